@@ -1,0 +1,44 @@
+// The scalpel commands. Each returns the process exit code; errors are thrown as scalpel::Error
+// and turned into a message and exit code by main().
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "scalpel/app/config.hpp"
+#include "scalpel/dist/comm.hpp"
+#include "scalpel/model/model.hpp"
+
+namespace scalpel::io {
+class HfCheckpoint;
+}
+
+namespace scalpel::app {
+
+// Result of evaluating one text: what `scalpel eval` prints and logs.
+struct EvalResult {
+  std::string name;
+  std::int64_t tokens = 0;   // tokens in the tokenized text
+  std::int64_t windows = 0;  // windows evaluated
+  std::int64_t seqlen = 0;
+  double mean_nll = 0, ppl = 0, seconds = 0;
+};
+
+// Adapts a checkpoint folder to the model's WeightSource.
+std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io::HfCheckpoint> ckpt);
+
+// Perplexity of `ids` with the SparseGPT/Wanda protocol: nsamples = numel / seqlen windows, mean
+// NLL over every predicted position, exp. The windows are split across the ranks of `comm` and the
+// per-window sums are combined in window order, so the result does not depend on the rank count.
+EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, std::int64_t seqlen,
+                        std::int64_t batch, std::int64_t max_windows, dist::Comm& comm,
+                        const std::string& name, double progress_seconds);
+
+// Threads per rank: the configured number, or the node's cores divided by the ranks on it.
+int threads_per_rank(int configured, int local_ranks);
+
+int run_eval(const Config& cfg, dist::Comm& comm, int local_ranks);
+int run_tokenize(const std::string& model, const std::string& input, const std::string& preset,
+                 const std::string& output, dist::Comm& comm);
+
+}  // namespace scalpel::app

@@ -1,0 +1,42 @@
+// Progress lines with rate and ETA for long work (rank 0 prints), and the JSON-lines metrics file.
+#pragma once
+#include <cstdint>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "scalpel/core/timer.hpp"
+
+namespace scalpel::app {
+
+class Progress {
+ public:
+  // `unit` names what is counted ("windows"); interval 0 disables; only `enabled` ranks print.
+  Progress(std::string what, std::int64_t total, std::string unit, double interval_s, bool enabled);
+  // Reports that `done` units are finished, `tokens` tokens so far (for the rate).
+  void update(std::int64_t done, std::int64_t tokens);
+  void finish();
+  static std::string eta_str(double seconds);
+
+ private:
+  std::string what_, unit_;
+  std::int64_t total_;
+  double interval_;
+  bool enabled_;
+  Timer timer_;
+  double last_ = 0;
+};
+
+class Metrics {
+ public:
+  Metrics() = default;
+  // Appends to `path` (created with its folder); empty path: a sink that drops records.
+  explicit Metrics(const std::string& path);
+  void write(nlohmann::json record);  // adds "time" (UTC ISO 8601)
+
+ private:
+  std::ofstream out_;
+};
+
+}  // namespace scalpel::app

@@ -1,0 +1,94 @@
+// Communicators. Algorithms see the abstract Comm (sum, gather, broadcast over a group of ranks);
+// MpiComm implements it over MPI with RAII, and SelfComm is the one-process group used by tests
+// and single-process runs. Raw MPI types never leave src/dist.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace scalpel::dist {
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual void barrier() = 0;
+  // Element-wise sum over the group, result on every rank.
+  virtual void allreduce_sum(std::span<double> values) = 0;
+  virtual void allreduce_sum(std::span<float> values) = 0;
+  virtual void allreduce_sum(std::span<std::int64_t> values) = 0;
+  virtual void allreduce_max(std::span<double> values) = 0;
+  // Concatenation of every rank's `mine` in rank order, on `root` only (empty elsewhere).
+  virtual std::vector<double> gatherv(std::span<const double> mine, int root) = 0;
+  virtual void broadcast(std::span<std::byte> bytes, int root) = 0;
+  // Ends every rank of the job now (error on one rank must not leave others waiting).
+  [[noreturn]] virtual void abort(int code) = 0;
+
+  bool is_root() const { return rank() == 0; }
+  void broadcast_string(std::string& s, int root);
+};
+
+// The group of one.
+class SelfComm final : public Comm {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void barrier() override {}
+  void allreduce_sum(std::span<double>) override {}
+  void allreduce_sum(std::span<float>) override {}
+  void allreduce_sum(std::span<std::int64_t>) override {}
+  void allreduce_max(std::span<double>) override {}
+  std::vector<double> gatherv(std::span<const double> mine, int) override {
+    return {mine.begin(), mine.end()};
+  }
+  void broadcast(std::span<std::byte>, int) override {}
+  [[noreturn]] void abort(int code) override;
+};
+
+// MPI_Init_thread / MPI_Finalize for the lifetime of the object (one per process).
+class MpiEnvironment {
+ public:
+  MpiEnvironment(int* argc, char*** argv);
+  ~MpiEnvironment();
+  MpiEnvironment(const MpiEnvironment&) = delete;
+  MpiEnvironment& operator=(const MpiEnvironment&) = delete;
+  static bool initialized();
+};
+
+class MpiComm final : public Comm {
+ public:
+  static std::unique_ptr<MpiComm> world();
+  ~MpiComm() override;
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void barrier() override;
+  void allreduce_sum(std::span<double> values) override;
+  void allreduce_sum(std::span<float> values) override;
+  void allreduce_sum(std::span<std::int64_t> values) override;
+  void allreduce_max(std::span<double> values) override;
+  std::vector<double> gatherv(std::span<const double> mine, int root) override;
+  void broadcast(std::span<std::byte> bytes, int root) override;
+  [[noreturn]] void abort(int code) override;
+
+  // Ranks sharing this node, and this rank's index among them (for threads and GPUs per rank).
+  int local_size() const { return local_size_; }
+  int local_rank() const { return local_rank_; }
+
+ private:
+  MpiComm() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
+};
+
+// Contiguous block split of n items over `parts`: the [begin, end) of part p (the first n % parts
+// parts get one more).
+struct Range {
+  std::int64_t begin, end;
+};
+Range block_range(std::int64_t n, int parts, int p);
+
+}  // namespace scalpel::dist

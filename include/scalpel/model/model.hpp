@@ -1,0 +1,95 @@
+// The decoder-only model on a Backend: embeddings, decoder layers walked one at a time, and the
+// LM head's per-token NLL. Weights come through WeightSource (the app adapts a checkpoint folder to
+// it), layer by layer, so a model larger than memory can be walked; layers are kept in memory
+// only while they fit the cache budget.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "scalpel/backend/backend.hpp"
+#include "scalpel/model/spec.hpp"
+
+namespace scalpel::model {
+
+// Where weights come from. Names are full Hugging Face names ("model.layers.0.mlp.up_proj.weight").
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual bool has(const std::string& name) const = 0;
+  // Host tensor in its stored dtype or fp32; input Error naming the tensor when it is missing.
+  virtual Tensor load(const std::string& name) const = 0;
+};
+
+// The tensors of one decoder layer on the backend's device, fp32, by relative name
+// ("self_attn.q_proj.weight", "fc1.bias", "input_layernorm.weight").
+struct LayerWeights {
+  std::map<std::string, Tensor> tensors;
+  const Tensor& at(const std::string& name) const;
+  const Tensor* find(const std::string& name) const;
+  std::size_t bytes() const;
+};
+
+// Called with the input of each group of linears that share it (q/k/v; gate/up; out; fc2/down),
+// before they run: the hook through which pruners collect statistics.
+using LinearTap = std::function<void(int input_group, const std::vector<std::string>& linears, const Tensor& x)>;
+
+// Intermediates a backward pass needs (filled only when a cache is passed to forward).
+struct LayerCache {
+  Tensor x_in, norm1, q, k, v, probs, attn, x_mid, norm2, ffn_pre, ffn_up, ffn_act;
+};
+
+// Tables for rotary embeddings, computed as Hugging Face does in fp32.
+struct RopeTables {
+  Tensor cos, sin;  // [seqlen, head_dim] on the backend
+};
+RopeTables make_rope_tables(Backend& be, const ModelSpec& spec, std::int64_t seqlen);
+
+// One decoder layer, forward, in place on x [batch*seqlen, hidden].
+void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeights& w, Tensor& x,
+                           std::int64_t batch, std::int64_t seqlen, const RopeTables* rope,
+                           const LinearTap* tap = nullptr, LayerCache* cache = nullptr);
+
+class Model {
+ public:
+  // cache_bytes: how much device memory decoder layers may stay resident in (0: reload each use).
+  Model(ModelSpec spec, std::shared_ptr<const WeightSource> source, Backend& be,
+        std::size_t cache_bytes = std::size_t{8} << 30);
+
+  const ModelSpec& spec() const { return spec_; }
+  Backend& backend() const { return be_; }
+
+  // Token embeddings (+ positions, project_in) for batch sequences of seqlen ids: [batch*seqlen, hidden].
+  Tensor embed(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen);
+  void layer_forward(std::int64_t layer, Tensor& x, std::int64_t batch, std::int64_t seqlen,
+                     const LinearTap* tap = nullptr, LayerCache* cache = nullptr);
+  // Final norm, project_out and LM head; out[b*(seqlen-1) + t] = -log p(ids[b, t+1] | ids[b, <=t]).
+  void head_nll(const Tensor& x, std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
+                std::span<double> out);
+  // Whole forward: NLL of every predicted position of `batch` windows.
+  void window_nll(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
+                  std::span<double> out);
+
+  // The layer's weights on the device (from the cache, or read now).
+  std::shared_ptr<const LayerWeights> layer_weights(std::int64_t layer);
+  // Replaces a layer's weights (the pruners hand back pruned layers this way).
+  void set_layer_weights(std::int64_t layer, std::shared_ptr<const LayerWeights> w);
+
+ private:
+  Tensor load(const std::string& name, const Shape& expect);
+  const RopeTables* rope(std::int64_t seqlen);
+
+  ModelSpec spec_;
+  std::shared_ptr<const WeightSource> source_;
+  Backend& be_;
+  std::size_t cache_bytes_, cached_bytes_ = 0;
+  std::map<std::int64_t, std::shared_ptr<const LayerWeights>> layers_;
+  Tensor embed_tokens_, embed_positions_, project_in_, project_out_, final_w_, final_b_, lm_head_;
+  std::map<std::int64_t, RopeTables> rope_;
+};
+
+}  // namespace scalpel::model

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, set-up included: packages, build, every CTest test (unit, numerical,
+# MPI at 1/2/4 ranks, end-to-end CLI), then the libFuzzer targets for a bounded time.
+#   SCALPEL_FUZZ_SECONDS  seconds per fuzz target (default 60; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+scripts/setup.sh
+BUILD_DIR=${SCALPEL_BUILD_DIR:-build}
+if [ ! -d ../shared/models ]; then
+  echo "test: ../shared is absent; the tests that need its models and texts will report SKIPPED"
+fi
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j 2 --timeout 900
+
+FUZZ_SECONDS=${SCALPEL_FUZZ_SECONDS:-60}
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  scripts/fuzz.sh "$FUZZ_SECONDS"
+fi

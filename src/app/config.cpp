@@ -1,0 +1,256 @@
+// YAML -> Config with strict checking: every key is known, every value has the expected type,
+// every error names the key path (and the file it came from).
+#include "scalpel/app/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <set>
+
+#include "scalpel/core/error.hpp"
+
+namespace scalpel::app {
+namespace {
+
+// Reads one YAML map, remembering which keys were used, so that leftovers are reported.
+class MapReader {
+ public:
+  MapReader(const YAML::Node& node, std::string path, const std::string& source)
+      : node_(node), path_(std::move(path)), source_(source) {
+    if (node_ && !node_.IsNull() && !node_.IsMap())
+      SCALPEL_INPUT_ERROR("{}: '{}' must be a mapping", source_, path_.empty() ? "<top>" : path_);
+  }
+
+  std::string key(const std::string& k) const { return path_.empty() ? k : path_ + "." + k; }
+
+  template <class T>
+  void get(const std::string& k, T& out) {
+    used_.insert(k);
+    if (!node_ || !node_.IsMap()) return;
+    const YAML::Node v = node_[k];
+    if (!v || v.IsNull()) return;
+    if (!v.IsScalar())
+      SCALPEL_INPUT_ERROR("{}: '{}' must be a scalar, got a {}", source_, key(k), v.IsMap() ? "mapping" : "list");
+    try {
+      if constexpr (std::is_same_v<T, bool>) {
+        out = v.as<bool>();
+      } else if constexpr (std::is_integral_v<T>) {
+        const auto s = v.as<std::string>();
+        std::size_t pos = 0;
+        const long long x = std::stoll(s, &pos);
+        if (pos != s.size()) throw std::invalid_argument(s);
+        out = static_cast<T>(x);
+      } else if constexpr (std::is_floating_point_v<T>) {
+        const auto s = v.as<std::string>();
+        std::size_t pos = 0;
+        const double x = std::stod(s, &pos);
+        if (pos != s.size()) throw std::invalid_argument(s);
+        out = static_cast<T>(x);
+      } else {
+        out = v.as<std::string>();
+      }
+    } catch (const std::exception&) {
+      const char* want = std::is_same_v<T, bool> ? "a boolean"
+                         : std::is_integral_v<T> ? "an integer"
+                         : std::is_floating_point_v<T> ? "a number" : "a string";
+      SCALPEL_INPUT_ERROR("{}: '{}' must be {}, got '{}'", source_, key(k), want, v.Scalar());
+    }
+  }
+
+  YAML::Node child(const std::string& k) {
+    used_.insert(k);
+    return node_ && node_.IsMap() ? node_[k] : YAML::Node();
+  }
+
+  void finish() const {
+    if (!node_ || !node_.IsMap()) return;
+    for (const auto& kv : node_) {
+      const auto k = kv.first.as<std::string>();
+      if (!used_.count(k)) SCALPEL_INPUT_ERROR("{}: unknown key '{}'", source_, key(k));
+    }
+  }
+
+ private:
+  YAML::Node node_;
+  std::string path_;
+  const std::string& source_;
+  std::set<std::string> used_;
+};
+
+// Sets `dotted` in `root` to the YAML value `text`, creating maps on the way; numeric parts index
+// lists ("eval.sets.0.path=x").
+void apply_override(YAML::Node root, const std::string& spec) {
+  const auto eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0)
+    SCALPEL_INPUT_ERROR("override '{}' is not of the form key=value", spec);
+  const std::string dotted = spec.substr(0, eq), text = spec.substr(eq + 1);
+  YAML::Node value;
+  try {
+    value = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    SCALPEL_INPUT_ERROR("override '{}': value is not valid YAML: {}", dotted, e.what());
+  }
+  if (!value || value.IsNull()) value = YAML::Node(text);
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  while (true) {
+    const auto dot = dotted.find('.', start);
+    parts.push_back(dotted.substr(start, dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  std::vector<YAML::Node> chain{root};
+  for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node cur = chain.back();
+    const auto& p = parts[i];
+    if (p.empty()) SCALPEL_INPUT_ERROR("override '{}': empty key part", dotted);
+    YAML::Node next;
+    if (cur.IsSequence()) {
+      std::size_t idx = 0;
+      try {
+        idx = std::stoul(p);
+      } catch (...) {
+        SCALPEL_INPUT_ERROR("override '{}': '{}' indexes a list, so it must be a number", dotted, p);
+      }
+      if (idx >= cur.size()) SCALPEL_INPUT_ERROR("override '{}': index {} past the list of {}", dotted, idx, cur.size());
+      next = cur[idx];
+    } else {
+      if (cur.IsScalar()) SCALPEL_INPUT_ERROR("override '{}': '{}' is a value, not a mapping", dotted, p);
+      next = cur[p];
+      if (!next || next.IsNull()) {
+        cur[p] = YAML::Node(YAML::NodeType::Map);
+        next = cur[p];
+      }
+    }
+    chain.push_back(next);
+  }
+  YAML::Node last = chain.back();
+  if (last.IsSequence()) {
+    std::size_t idx = 0;
+    try {
+      idx = std::stoul(parts.back());
+    } catch (...) {
+      SCALPEL_INPUT_ERROR("override '{}': '{}' indexes a list, so it must be a number", dotted, parts.back());
+    }
+    if (idx >= last.size()) SCALPEL_INPUT_ERROR("override '{}': index {} past the list", dotted, idx);
+    last[idx] = value;
+  } else {
+    last[parts.back()] = value;
+  }
+}
+
+void read_sets(const YAML::Node& node, const std::string& source, std::vector<EvalSet>& sets) {
+  if (!node || node.IsNull()) return;
+  if (!node.IsSequence()) SCALPEL_INPUT_ERROR("{}: 'eval.sets' must be a list", source);
+  sets.clear();
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    MapReader r(node[i], fmt::format("eval.sets.{}", i), source);
+    EvalSet s;
+    r.get("name", s.name);
+    r.get("preset", s.preset);
+    r.get("path", s.path);
+    r.finish();
+    static const std::set<std::string> presets{"wikitext2", "ptb", "c4", "text"};
+    if (!presets.count(s.preset))
+      SCALPEL_INPUT_ERROR("{}: 'eval.sets.{}.preset' is '{}', expected wikitext2, ptb, c4 or text", source, i,
+                          s.preset);
+    if (s.path.empty()) SCALPEL_INPUT_ERROR("{}: 'eval.sets.{}.path' is required", source, i);
+    if (s.name.empty()) s.name = s.preset;
+    sets.push_back(s);
+  }
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  const std::string source = path.empty() ? "<defaults>" : path;
+  if (!path.empty()) {
+    try {
+      root = YAML::LoadFile(path);
+    } catch (const YAML::BadFile&) {
+      SCALPEL_INPUT_ERROR("{}: cannot read the config file", path);
+    } catch (const YAML::Exception& e) {
+      SCALPEL_INPUT_ERROR("{}: not valid YAML: {}", path, e.what());
+    }
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  for (const auto& o : overrides) apply_override(root, o);
+
+  Config c;
+  MapReader top(root, "", source);
+  top.get("model", c.model);
+  top.get("device", c.device);
+  top.get("threads", c.threads);
+  top.get("weight_cache_mb", c.weight_cache_mb);
+  {
+    MapReader r(top.child("eval"), "eval", source);
+    r.get("seqlen", c.eval.seqlen);
+    r.get("batch", c.eval.batch);
+    r.get("max_windows", c.eval.max_windows);
+    read_sets(r.child("sets"), source, c.eval.sets);
+    r.finish();
+  }
+  {
+    MapReader r(top.child("output"), "output", source);
+    r.get("dir", c.output.dir);
+    r.get("metrics", c.output.metrics);
+    r.finish();
+  }
+  {
+    MapReader r(top.child("log"), "log", source);
+    r.get("level", c.log.level);
+    r.get("progress_seconds", c.log.progress_seconds);
+    r.finish();
+  }
+  top.finish();
+
+  if (c.device != "cpu" && c.device != "cuda")
+    SCALPEL_INPUT_ERROR("{}: 'device' is '{}', expected cpu or cuda", source, c.device);
+  if (c.threads < 0) SCALPEL_INPUT_ERROR("{}: 'threads' must be >= 0", source);
+  if (c.weight_cache_mb < 0) SCALPEL_INPUT_ERROR("{}: 'weight_cache_mb' must be >= 0", source);
+  if (c.eval.seqlen < 0 || c.eval.seqlen == 1) SCALPEL_INPUT_ERROR("{}: 'eval.seqlen' must be 0 (model maximum) or >= 2", source);
+  if (c.eval.batch < 1) SCALPEL_INPUT_ERROR("{}: 'eval.batch' must be >= 1", source);
+  if (c.eval.max_windows < 0) SCALPEL_INPUT_ERROR("{}: 'eval.max_windows' must be >= 0", source);
+  if (c.log.progress_seconds < 0) SCALPEL_INPUT_ERROR("{}: 'log.progress_seconds' must be >= 0", source);
+  return c;
+}
+
+std::string dump_config(const Config& c) {
+  YAML::Emitter e;
+  e << YAML::BeginMap;
+  e << YAML::Key << "model" << YAML::Value << c.model;
+  e << YAML::Key << "device" << YAML::Value << c.device;
+  e << YAML::Key << "threads" << YAML::Value << c.threads;
+  e << YAML::Key << "weight_cache_mb" << YAML::Value << c.weight_cache_mb;
+  e << YAML::Key << "eval" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "seqlen" << YAML::Value << c.eval.seqlen;
+  e << YAML::Key << "batch" << YAML::Value << c.eval.batch;
+  e << YAML::Key << "max_windows" << YAML::Value << c.eval.max_windows;
+  e << YAML::Key << "sets" << YAML::Value << YAML::BeginSeq;
+  for (const auto& s : c.eval.sets) {
+    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << s.name << YAML::Key << "preset" << YAML::Value
+      << s.preset << YAML::Key << "path" << YAML::Value << s.path << YAML::EndMap;
+  }
+  e << YAML::EndSeq << YAML::EndMap;
+  e << YAML::Key << "output" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "dir" << YAML::Value << c.output.dir;
+  e << YAML::Key << "metrics" << YAML::Value << c.output.metrics;
+  e << YAML::EndMap;
+  e << YAML::Key << "log" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "level" << YAML::Value << c.log.level;
+  e << YAML::Key << "progress_seconds" << YAML::Value << c.log.progress_seconds;
+  e << YAML::EndMap << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
+std::string config_hash(const Config& c) {
+  // FNV-1a 64 over the canonical YAML: stable across runs and machines.
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : dump_config(c)) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return fmt::format("{:016x}", h);
+}
+
+}  // namespace scalpel::app

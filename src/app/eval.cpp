@@ -1,0 +1,178 @@
+// `scalpel eval` and `scalpel tokenize`: the perplexity protocol of the SparseGPT and Wanda papers,
+// spread over MPI ranks by window, and the token dump users check tokenization with.
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "scalpel/app/commands.hpp"
+#include "scalpel/app/progress.hpp"
+#include "scalpel/backend/backend.hpp"
+#include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
+#include "scalpel/io/hf_checkpoint.hpp"
+#include "scalpel/text/eval_text.hpp"
+#include "scalpel/text/tokenizer.hpp"
+
+namespace scalpel::app {
+namespace {
+
+class CheckpointSource final : public model::WeightSource {
+ public:
+  explicit CheckpointSource(std::shared_ptr<const io::HfCheckpoint> c) : ckpt_(std::move(c)) {}
+  bool has(const std::string& name) const override { return ckpt_->has(name); }
+  Tensor load(const std::string& name) const override { return ckpt_->view(name); }
+
+ private:
+  std::shared_ptr<const io::HfCheckpoint> ckpt_;
+};
+
+// Rank 0 tokenizes, every rank receives the ids (tokenizing once keeps big texts cheap).
+std::vector<std::int32_t> tokenize_on_root(const text::Tokenizer* tok, const std::string& preset,
+                                           const std::string& path, dist::Comm& comm) {
+  std::vector<std::int32_t> ids;
+  std::int64_t n = 0;
+  std::string err;
+  if (comm.is_root()) {
+    try {
+      ids = tok->encode(text::load_eval_text(preset, path));
+      n = static_cast<std::int64_t>(ids.size());
+    } catch (const Error& e) {
+      err = e.what();
+      n = -1;
+    }
+  }
+  comm.broadcast(std::as_writable_bytes(std::span(&n, 1)), 0);
+  if (n < 0) {
+    comm.broadcast_string(err, 0);
+    SCALPEL_INPUT_ERROR("{}", err);
+  }
+  ids.resize(static_cast<std::size_t>(n));
+  comm.broadcast(std::as_writable_bytes(std::span(ids)), 0);
+  return ids;
+}
+
+}  // namespace
+
+std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io::HfCheckpoint> ckpt) {
+  return std::make_shared<CheckpointSource>(std::move(ckpt));
+}
+
+int threads_per_rank(int configured, int local_ranks) {
+  if (configured > 0) return configured;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / std::max(1, local_ranks));
+}
+
+EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, std::int64_t seqlen,
+                        std::int64_t batch, std::int64_t max_windows, dist::Comm& comm, const std::string& name,
+                        double progress_seconds) {
+  Timer timer;
+  EvalResult r;
+  r.name = name;
+  r.seqlen = seqlen;
+  r.tokens = static_cast<std::int64_t>(ids.size());
+  std::int64_t nwin = r.tokens / seqlen;
+  if (nwin == 0)
+    SCALPEL_INPUT_ERROR("{}: the text has {} tokens, fewer than one window of seqlen {}", name, r.tokens, seqlen);
+  if (max_windows > 0) nwin = std::min(nwin, max_windows);
+  r.windows = nwin;
+
+  const auto mine = dist::block_range(nwin, comm.size(), comm.rank());
+  std::vector<double> sums(static_cast<std::size_t>(mine.end - mine.begin), 0.0);
+  std::vector<double> nll;
+  Progress progress(fmt::format("eval {}", name), mine.end - mine.begin, "windows", progress_seconds,
+                    comm.is_root());
+  for (std::int64_t w = mine.begin; w < mine.end; w += batch) {
+    const std::int64_t b = std::min(batch, mine.end - w);
+    nll.assign(static_cast<std::size_t>(b * (seqlen - 1)), 0.0);
+    m.window_nll(std::span(ids).subspan(static_cast<std::size_t>(w * seqlen), static_cast<std::size_t>(b * seqlen)),
+                 b, seqlen, nll);
+    for (std::int64_t i = 0; i < b; ++i) {
+      double s = 0;  // summed in position order: the same on any rank count
+      for (std::int64_t t = 0; t < seqlen - 1; ++t) s += nll[static_cast<std::size_t>(i * (seqlen - 1) + t)];
+      if (!std::isfinite(s))
+        SCALPEL_RUNTIME_ERROR("{}: window {} has a non-finite NLL ({}): the weights or activations overflow", name,
+                              w + i, s);
+      sums[static_cast<std::size_t>(w + i - mine.begin)] = s;
+    }
+    progress.update(w + b - mine.begin, (w + b - mine.begin) * seqlen);
+  }
+  // Window order, not arrival order: the total is bitwise the same for any number of ranks.
+  const auto all = comm.gatherv(sums, 0);
+  double total = 0;
+  if (comm.is_root())
+    for (double s : all) total += s;
+  comm.broadcast(std::as_writable_bytes(std::span(&total, 1)), 0);
+  r.mean_nll = total / static_cast<double>(nwin * (seqlen - 1));
+  r.ppl = std::exp(r.mean_nll);
+  r.seconds = timer.seconds();
+  return r;
+}
+
+int run_eval(const Config& cfg, dist::Comm& comm, int local_ranks) {
+  if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
+  if (cfg.eval.sets.empty())
+    SCALPEL_INPUT_ERROR("config: 'eval.sets' is empty: nothing to evaluate (e.g. eval.sets=[{{preset: wikitext2, path: FILE}}])");
+  const int threads = threads_per_rank(cfg.threads, local_ranks);
+  auto backend = make_backend(cfg.device, threads);
+  auto ckpt = std::make_shared<const io::HfCheckpoint>(cfg.model);
+  auto spec = model::ModelSpec::from_config(ckpt->config(), (std::filesystem::path(cfg.model) / "config.json").string());
+  std::unique_ptr<text::Tokenizer> tok;
+  if (comm.is_root()) tok = text::Tokenizer::from_folder(cfg.model);
+  const std::int64_t seqlen = cfg.eval.seqlen > 0 ? cfg.eval.seqlen : spec.max_positions;
+  if (seqlen > spec.max_positions)
+    SCALPEL_INPUT_ERROR("config: 'eval.seqlen' {} exceeds the model's max_position_embeddings {}", seqlen,
+                        spec.max_positions);
+  log::info("model {} ({}, {} layers, hidden {}, {:.2f}M params), {} rank(s) x {} thread(s), backend {}",
+            cfg.model, spec.model_type, spec.layers, spec.hidden, spec.total_params() / 1e6, comm.size(), threads,
+            backend->name());
+  model::Model m(spec, checkpoint_source(ckpt), *backend,
+                 static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
+  Metrics metrics;
+  if (comm.is_root() && !cfg.output.metrics.empty())
+    metrics = Metrics((std::filesystem::path(cfg.output.dir) / cfg.output.metrics).string());
+  for (const auto& set : cfg.eval.sets) {
+    auto ids = tokenize_on_root(tok.get(), set.preset, set.path, comm);
+    const auto limit = text::preset_token_limit(set.preset, seqlen);
+    if (limit >= 0 && static_cast<std::int64_t>(ids.size()) > limit) ids.resize(static_cast<std::size_t>(limit));
+    const auto r = evaluate_ids(m, ids, seqlen, cfg.eval.batch, cfg.eval.max_windows, comm, set.name,
+                                cfg.log.progress_seconds);
+    if (comm.is_root()) {
+      fmt::print("{}: ppl {:.4f} (mean nll {:.6f}; {} windows x {} tokens of {}; {:.1f} s, {:.0f} tok/s)\n", r.name,
+                 r.ppl, r.mean_nll, r.windows, r.seqlen, r.tokens, r.seconds,
+                 r.windows * r.seqlen / std::max(r.seconds, 1e-9));
+      std::fflush(stdout);
+      metrics.write({{"event", "eval"}, {"set", r.name}, {"preset", set.preset}, {"path", set.path},
+                     {"model", cfg.model}, {"ppl", r.ppl}, {"mean_nll", r.mean_nll}, {"windows", r.windows},
+                     {"seqlen", r.seqlen}, {"tokens", r.tokens}, {"seconds", r.seconds}, {"ranks", comm.size()},
+                     {"threads", threads}, {"config_hash", config_hash(cfg)}});
+    }
+  }
+  return kExitOk;
+}
+
+int run_tokenize(const std::string& model, const std::string& input, const std::string& preset,
+                 const std::string& output, dist::Comm& comm) {
+  if (!comm.is_root()) return kExitOk;
+  auto tok = text::Tokenizer::from_folder(model);
+  const auto ids = tok->encode(text::load_eval_text(preset, input));
+  const std::filesystem::path out(output);
+  const auto tmp = out.string() + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) SCALPEL_RUNTIME_ERROR("{}: cannot open for writing", tmp);
+    // int32 little-endian, as the x86/ARM hosts store them.
+    f.write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 4));
+    if (!f) SCALPEL_RUNTIME_ERROR("{}: write failed", tmp);
+  }
+  std::filesystem::rename(tmp, out);
+  const nlohmann::json meta{{"count", ids.size()}, {"dtype", "int32-le"}, {"tokenizer", tok->kind()},
+                            {"model", model}, {"input", input}, {"preset", preset}};
+  std::ofstream(out.string() + ".json") << meta.dump(2) << '\n';
+  fmt::print("{} tokens -> {} (int32 little-endian; count in {}.json)\n", ids.size(), output, output);
+  return kExitOk;
+}
+
+}  // namespace scalpel::app

@@ -1,0 +1,118 @@
+// scalpel: the command line. Starts MPI, parses the command and config, runs it, and turns any
+// error into one message (with the rank) and a non-zero exit; under MPI an error on one rank
+// aborts the whole job so no rank is left waiting.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "scalpel/app/commands.hpp"
+#include "scalpel/app/config.hpp"
+#include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
+#include "scalpel/dist/comm.hpp"
+
+namespace {
+
+int exit_code(scalpel::ErrorKind k) {
+  switch (k) {
+    case scalpel::ErrorKind::input: return scalpel::kExitInput;
+    case scalpel::ErrorKind::runtime: return scalpel::kExitRuntime;
+    case scalpel::ErrorKind::internal: return scalpel::kExitInternal;
+  }
+  return scalpel::kExitInternal;
+}
+
+// Splits "config.yaml key=value ..." into the config path and the overrides.
+void split_args(const std::vector<std::string>& args, std::string& config, std::vector<std::string>& overrides) {
+  for (const auto& a : args) {
+    if (a.find('=') != std::string::npos) {
+      overrides.push_back(a);
+    } else if (config.empty()) {
+      config = a;
+    } else {
+      throw CLI::ValidationError("arguments", "a second config file '" + a + "' (overrides look like key=value)");
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  scalpel::dist::MpiEnvironment mpi(&argc, &argv);
+  auto world = scalpel::dist::MpiComm::world();
+  const int rank = world->rank(), size = world->size();
+
+  CLI::App app{"scalpel: one-shot pruning of large language models (SparseGPT, Wanda, magnitude, N:M)"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off");
+
+  auto* eval = app.add_subcommand("eval", "perplexity of a model on evaluation texts (SparseGPT/Wanda protocol)");
+  std::vector<std::string> eval_args;
+  bool print_config = false;
+  std::string model_opt;
+  std::vector<std::string> text_opts;
+  eval->add_option("args", eval_args, "[config.yaml] [key=value ...] (e.g. eval.seqlen=256)");
+  eval->add_flag("--print-config", print_config, "print the resolved config and exit");
+  eval->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR)");
+  eval->add_option("--text", text_opts, "PRESET:PATH to evaluate (wikitext2, ptb, c4, text); repeatable; replaces eval.sets");
+
+  auto* tokenize = app.add_subcommand("tokenize", "write the token ids of a text (int32) to check them");
+  std::string tk_model, tk_input, tk_output, tk_preset = "text";
+  tokenize->add_option("--model", tk_model, "model folder holding the tokenizer files")->required();
+  tokenize->add_option("--input", tk_input, "text file")->required();
+  tokenize->add_option("--output", tk_output, "output file of int32 ids (a .json with the count goes beside it)")->required();
+  tokenize->add_option("--preset", tk_preset, "how to read the text: text (as is), wikitext2, ptb, c4");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = rank == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : scalpel::kExitInput);
+    return code == 0 ? 0 : scalpel::kExitInput;
+  }
+
+  try {
+    scalpel::log::init(rank, size, log_level);
+    if (*eval) {
+      std::string config_path;
+      std::vector<std::string> overrides;
+      split_args(eval_args, config_path, overrides);
+      if (!model_opt.empty()) overrides.push_back("model=" + model_opt);
+      if (!text_opts.empty()) {
+        std::string sets = "[";
+        for (std::size_t i = 0; i < text_opts.size(); ++i) {
+          const auto c = text_opts[i].find(':');
+          if (c == std::string::npos)
+            throw scalpel::Error(scalpel::ErrorKind::input, "--text '" + text_opts[i] + "' is not PRESET:PATH",
+                                 __FILE__, __LINE__);
+          sets += (i ? ", " : "") + fmt::format("{{preset: '{}', path: '{}'}}", text_opts[i].substr(0, c),
+                                                 text_opts[i].substr(c + 1));
+        }
+        overrides.push_back("eval.sets=" + sets + "]");
+      }
+      const auto cfg = scalpel::app::load_config(config_path, overrides);
+      if (print_config) {
+        if (rank == 0) std::cout << scalpel::app::dump_config(cfg);
+        return 0;
+      }
+      return scalpel::app::run_eval(cfg, *world, world->local_size());
+    }
+    if (*tokenize) return scalpel::app::run_tokenize(tk_model, tk_input, tk_preset, tk_output, *world);
+  } catch (const CLI::ValidationError& e) {
+    if (rank == 0) std::fprintf(stderr, "scalpel: error: %s\n", e.what());
+    if (size > 1) world->abort(scalpel::kExitInput);
+    return scalpel::kExitInput;
+  } catch (const scalpel::Error& e) {
+    const int code = exit_code(e.kind());
+    std::fprintf(stderr, "scalpel: error%s: %s\n", size > 1 ? fmt::format(" (rank {})", rank).c_str() : "", e.what());
+    if (e.kind() == scalpel::ErrorKind::internal) std::fprintf(stderr, "  (raised at %s)\n", e.where().c_str());
+    if (size > 1) world->abort(code);
+    return code;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "scalpel: error (rank %d): %s\n", rank, e.what());
+    if (size > 1) world->abort(scalpel::kExitInternal);
+    return scalpel::kExitInternal;
+  }
+  return 0;
+}

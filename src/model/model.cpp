@@ -1,0 +1,145 @@
+// Model: weights on demand, embeddings, the layer walk and the LM head's NLL.
+#include "scalpel/model/model.hpp"
+
+#include <algorithm>
+
+#include "scalpel/core/error.hpp"
+
+namespace scalpel::model {
+
+Model::Model(ModelSpec spec, std::shared_ptr<const WeightSource> source, Backend& be, std::size_t cache_bytes)
+    : spec_(std::move(spec)), source_(std::move(source)), be_(be), cache_bytes_(cache_bytes) {
+  const auto V = spec_.vocab_size, e = spec_.word_embed_proj_dim, d = spec_.hidden;
+  embed_tokens_ = load(spec_.embed_tokens_name(), {V, e});
+  if (spec_.family == Family::opt) {
+    embed_positions_ = load("model.decoder.embed_positions.weight", {spec_.max_positions + spec_.position_offset, d});
+    if (e != d) {
+      project_in_ = load("model.decoder.project_in.weight", {d, e});
+      project_out_ = load("model.decoder.project_out.weight", {e, d});
+    }
+  }
+  if (spec_.final_norm) {
+    const auto p = spec_.final_norm_prefix();
+    if (spec_.family == Family::llama || spec_.norm_affine) final_w_ = load(p + ".weight", {d});
+    if (spec_.family == Family::opt && spec_.norm_affine) final_b_ = load(p + ".bias", {d});
+  }
+  if (spec_.tie_embeddings) {
+    lm_head_ = embed_tokens_;
+  } else {
+    lm_head_ = load("lm_head.weight", {V, e});
+  }
+}
+
+Tensor Model::load(const std::string& name, const Shape& expect) {
+  Tensor host = source_->load(name);
+  if (host.shape() != expect)
+    SCALPEL_INPUT_ERROR("tensor '{}' has shape {}, but config.json implies {}", name, shape_str(host.shape()),
+                        shape_str(expect));
+  if (host.dtype() != DType::f32 && host.dtype() != DType::f16 && host.dtype() != DType::bf16 &&
+      host.dtype() != DType::f64)
+    SCALPEL_INPUT_ERROR("tensor '{}' has dtype {}, expected a float type", name, dtype_name(host.dtype()));
+  return be_.upload(host);
+}
+
+std::shared_ptr<const LayerWeights> Model::layer_weights(std::int64_t layer) {
+  SCALPEL_CHECK(layer >= 0 && layer < spec_.layers, "layer {} of {}", layer, spec_.layers);
+  if (auto it = layers_.find(layer); it != layers_.end()) return it->second;
+  auto w = std::make_shared<LayerWeights>();
+  const auto prefix = spec_.layer_prefix(layer);
+  for (const auto& l : spec_.linears()) {
+    w->tensors[l.name + ".weight"] = load(prefix + l.name + ".weight", {l.out, l.in});
+    if (l.bias) w->tensors[l.name + ".bias"] = load(prefix + l.name + ".bias", {l.out});
+  }
+  for (const auto& n : spec_.layer_norm_tensors()) w->tensors[n] = load(prefix + n, {spec_.hidden});
+  if (cached_bytes_ + w->bytes() <= cache_bytes_) {
+    cached_bytes_ += w->bytes();
+    layers_[layer] = w;
+  }
+  return w;
+}
+
+void Model::set_layer_weights(std::int64_t layer, std::shared_ptr<const LayerWeights> w) {
+  SCALPEL_CHECK(layer >= 0 && layer < spec_.layers, "layer {} of {}", layer, spec_.layers);
+  if (auto it = layers_.find(layer); it != layers_.end()) cached_bytes_ -= it->second->bytes();
+  cached_bytes_ += w->bytes();  // replaced layers stay resident: they exist nowhere else
+  layers_[layer] = std::move(w);
+}
+
+const RopeTables* Model::rope(std::int64_t seqlen) {
+  if (spec_.family != Family::llama) return nullptr;
+  auto it = rope_.find(seqlen);
+  if (it == rope_.end()) it = rope_.emplace(seqlen, make_rope_tables(be_, spec_, seqlen)).first;
+  return &it->second;
+}
+
+Tensor Model::embed(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen) {
+  SCALPEL_CHECK(static_cast<std::int64_t>(ids.size()) == batch * seqlen, "{} ids for {} x {}", ids.size(),
+                batch, seqlen);
+  if (seqlen > spec_.max_positions)
+    SCALPEL_INPUT_ERROR("seqlen {} exceeds the model's max_position_embeddings {}", seqlen, spec_.max_positions);
+  const auto n = batch * seqlen, d = spec_.hidden, e = spec_.word_embed_proj_dim;
+  Tensor tok = be_.empty({n, e});
+  be_.embedding(ids, embed_tokens_, tok);
+  Tensor x;
+  if (e != d) {
+    x = be_.empty({n, d});
+    be_.linear(tok, project_in_, nullptr, x);
+  } else {
+    x = tok;
+  }
+  if (spec_.family == Family::opt) {
+    // Learned positions, row p + 2 (no padding, so positions run 0..seqlen-1 in every sequence).
+    std::vector<std::int32_t> pos(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) pos[i] = static_cast<std::int32_t>(i % seqlen + spec_.position_offset);
+    Tensor p = be_.empty({n, d});
+    be_.embedding(pos, embed_positions_, p);
+    be_.add(x, p);
+  }
+  return x;
+}
+
+void Model::layer_forward(std::int64_t layer, Tensor& x, std::int64_t batch, std::int64_t seqlen,
+                          const LinearTap* tap, LayerCache* cache) {
+  auto w = layer_weights(layer);
+  decoder_layer_forward(be_, spec_, *w, x, batch, seqlen, rope(seqlen), tap, cache);
+}
+
+void Model::head_nll(const Tensor& x, std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
+                     std::span<double> out) {
+  const auto d = spec_.hidden, e = spec_.word_embed_proj_dim, V = spec_.vocab_size;
+  SCALPEL_CHECK(static_cast<std::int64_t>(out.size()) == batch * (seqlen - 1), "nll out {}", out.size());
+  Tensor h = be_.empty({seqlen, d}), he, logits = be_.empty({seqlen - 1, V});
+  if (e != d) he = be_.empty({seqlen, e});
+  for (std::int64_t b = 0; b < batch; ++b) {
+    // One sequence at a time keeps the logits at seqlen x vocab.
+    const Tensor xb = x.slice_rows(b * seqlen, (b + 1) * seqlen);
+    if (spec_.final_norm) {
+      if (spec_.family == Family::opt)
+        be_.layer_norm(xb, final_w_.defined() ? &final_w_ : nullptr, final_b_.defined() ? &final_b_ : nullptr,
+                       static_cast<float>(spec_.norm_eps), h);
+      else
+        be_.rms_norm(xb, final_w_, static_cast<float>(spec_.norm_eps), h);
+    } else {
+      be_.copy(xb, h);
+    }
+    Tensor hp = h;
+    if (e != d) {
+      be_.linear(h, project_out_, nullptr, he);
+      hp = he;
+    }
+    // The last position predicts nothing inside the window.
+    const Tensor hin = hp.slice_rows(0, seqlen - 1);
+    be_.linear(hin, lm_head_, nullptr, logits);
+    be_.nll(logits, ids.subspan(static_cast<std::size_t>(b * seqlen + 1), static_cast<std::size_t>(seqlen - 1)),
+            out.subspan(static_cast<std::size_t>(b * (seqlen - 1)), static_cast<std::size_t>(seqlen - 1)));
+  }
+}
+
+void Model::window_nll(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
+                       std::span<double> out) {
+  Tensor x = embed(ids, batch, seqlen);
+  for (std::int64_t l = 0; l < spec_.layers; ++l) layer_forward(l, x, batch, seqlen);
+  head_nll(x, ids, batch, seqlen, out);
+}
+
+}  // namespace scalpel::model

@@ -1,0 +1,207 @@
+// End-to-end tests of the scalpel executable: the dense perplexities of the shared models against
+// their model cards, one process against several, and every kind of bad input giving a clear
+// message that names the file/key/tensor, a non-zero exit, and no crash.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "scalpel/io/safetensors.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Run {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+Run run(const std::string& cmd) {
+  Run r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p)) r.out += buf;
+  const int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+const fs::path kShared = SCALPEL_SHARED_DIR;
+const std::string kBin = SCALPEL_BIN;
+
+bool have_shared() { return fs::exists(kShared / "models/opt-mini/config.json"); }
+
+#define NEED_SHARED() \
+  if (!have_shared()) GTEST_SKIP() << "../shared/models not present: skipping"
+
+double ppl_of(const Run& r, const std::string& set) {
+  std::smatch m;
+  const std::regex re(set + R"(: ppl ([0-9.]+))");
+  if (!std::regex_search(r.out, m, re)) return -1;
+  return std::stod(m[1]);
+}
+
+fs::path temp_dir(const std::string& name) {
+  const auto d = fs::temp_directory_path() / ("scalpel_cli_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+// A copy of opt-mini to break in one way.
+fs::path copy_model(const std::string& name) {
+  const auto d = temp_dir(name);
+  for (const auto& e : fs::directory_iterator(kShared / "models/opt-mini"))
+    fs::copy_file(e.path(), d / e.path().filename());
+  for (const auto& e : fs::directory_iterator(d)) fs::permissions(e.path(), fs::perms::owner_write, fs::perm_options::add);
+  return d;
+}
+
+std::string eval_cmd(const fs::path& model, const std::string& text, const std::string& extra = "") {
+  return kBin + " eval --model " + model.string() + " --text " + text + " eval.max_windows=2 eval.seqlen=64 " +
+         "output.metrics= " + extra;
+}
+
+std::string heldout() { return "text:" + (kShared / "data/corpus/heldout.txt").string(); }
+
+// The acceptance figures: dense WikiText-2 perplexity to 0.1% of the model cards (measured with an
+// independent PyTorch implementation of the HF models, fp16 weights upcast to fp32, seqlen 512).
+TEST(Cli, OptMiniWikiText2MatchesModelCard) {
+  NEED_SHARED();
+  const auto r = run(kBin + " eval --model " + (kShared / "models/opt-mini").string() + " --text wikitext2:" +
+                     (kShared / "data/wikitext2/wiki.test.raw.joined.txt").string() + " output.metrics=");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const double ppl = ppl_of(r, "wikitext2");
+  EXPECT_NEAR(ppl, 1170.02, 1170.02 * 1e-3) << r.out;
+}
+
+TEST(Cli, LlamaMiniWikiText2MatchesModelCard) {
+  NEED_SHARED();
+  const auto r = run(kBin + " eval --model " + (kShared / "models/llama-mini").string() + " --text wikitext2:" +
+                     (kShared / "data/wikitext2/wiki.test.raw.joined.txt").string() + " output.metrics=");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NEAR(ppl_of(r, "wikitext2"), 362.83, 362.83 * 1e-3) << r.out;
+}
+
+TEST(Cli, MpiRanksGiveTheSamePerplexityAndOnlyRankZeroPrints) {
+  NEED_SHARED();
+  const auto one = run(eval_cmd(kShared / "models/opt-mini", heldout(), "eval.max_windows=6"));
+  ASSERT_EQ(one.code, 0) << one.out;
+  const auto two = run(std::string(SCALPEL_MPIEXEC) + " -n 3 --oversubscribe " +
+                       eval_cmd(kShared / "models/opt-mini", heldout(), "eval.max_windows=6"));
+  ASSERT_EQ(two.code, 0) << two.out;
+  EXPECT_NEAR(ppl_of(two, "text"), ppl_of(one, "text"), 1e-6 * ppl_of(one, "text"));
+  std::size_t lines = 0;
+  for (std::size_t p = two.out.find("text: ppl"); p != std::string::npos; p = two.out.find("text: ppl", p + 1)) ++lines;
+  EXPECT_EQ(lines, 1u) << two.out;
+}
+
+TEST(Cli, PrintConfigShowsOverridesWithoutRunning) {
+  const auto r = run(kBin + " eval --print-config model=/nowhere eval.seqlen=77");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("model: /nowhere"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("seqlen: 77"), std::string::npos) << r.out;
+}
+
+TEST(Cli, TokenizeWritesInt32IdsAndCount) {
+  NEED_SHARED();
+  const auto d = temp_dir("tok");
+  const auto r = run(kBin + " tokenize --model " + (kShared / "models/opt-mini").string() + " --input " +
+                     (kShared / "data/corpus/calib.txt").string() + " --output " + (d / "ids.bin").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto bytes = fs::file_size(d / "ids.bin");
+  EXPECT_EQ(bytes % 4, 0u);
+  EXPECT_NE(r.out.find(std::to_string(bytes / 4) + " tokens"), std::string::npos) << r.out;
+  std::ifstream f(d / "ids.bin", std::ios::binary);
+  std::int32_t first = -1;
+  f.read(reinterpret_cast<char*>(&first), 4);
+  EXPECT_EQ(first, 2);  // OPT's leading </s>
+}
+
+struct BadCase {
+  std::string what;
+  Run r;
+};
+
+void expect_clean_failure(const Run& r, const std::vector<std::string>& needles) {
+  EXPECT_EQ(r.code, 2) << r.out;  // input errors exit 2
+  for (const auto& n : needles) EXPECT_NE(r.out.find(n), std::string::npos) << "missing '" << n << "' in:\n" << r.out;
+  EXPECT_EQ(r.out.find("terminate called"), std::string::npos) << r.out;
+}
+
+TEST(Cli, UnknownConfigKeyAndWrongType) {
+  expect_clean_failure(run(kBin + " eval model=x eval.sqlen=3"), {"unknown key 'eval.sqlen'"});
+  expect_clean_failure(run(kBin + " eval model=x eval.seqlen=abc"), {"'eval.seqlen' must be an integer"});
+}
+
+TEST(Cli, MissingModelFolder) {
+  expect_clean_failure(run(kBin + " eval --model /nonexistent/model --text text:/etc/hostname"), {"/nonexistent/model"});
+}
+
+TEST(Cli, TruncatedSafetensors) {
+  NEED_SHARED();
+  const auto d = copy_model("trunc");
+  fs::resize_file(d / "model.safetensors", 5000);  // inside the 7520-byte header
+  expect_clean_failure(run(eval_cmd(d, heldout())), {(d / "model.safetensors").string()});
+}
+
+TEST(Cli, MissingTensor) {
+  NEED_SHARED();
+  const auto d = copy_model("missing");
+  auto f = scalpel::io::SafetensorsFile::open(kShared / "models/opt-mini/model.safetensors");
+  std::vector<std::pair<std::string, scalpel::Tensor>> keep;
+  for (const auto& t : f->header().tensors)
+    if (t.name != "model.decoder.layers.2.fc1.weight") keep.emplace_back(t.name, f->view(t.name));
+  scalpel::io::write_safetensors(d / "model.safetensors", keep);
+  expect_clean_failure(run(eval_cmd(d, heldout())), {"model.decoder.layers.2.fc1.weight"});
+}
+
+TEST(Cli, UnknownModelType) {
+  NEED_SHARED();
+  const auto d = copy_model("mtype");
+  std::ifstream in(d / "config.json");
+  std::string cfg((std::istreambuf_iterator<char>(in)), {});
+  cfg.replace(cfg.find("\"opt\""), 5, "\"bloom\"");
+  std::ofstream(d / "config.json") << cfg;
+  expect_clean_failure(run(eval_cmd(d, heldout())), {"config.json", "model_type 'bloom'"});
+}
+
+TEST(Cli, MissingAndMalformedTokenizer) {
+  NEED_SHARED();
+  const auto d = copy_model("tok_missing");
+  for (const char* f : {"tokenizer.json", "vocab.json", "merges.txt"}) fs::remove(d / f);
+  expect_clean_failure(run(eval_cmd(d, heldout())), {d.string()});
+  const auto m = copy_model("tok_bad");
+  std::ofstream(m / "tokenizer.json") << "{\"model\": {\"type\": \"BPE\", \"vocab\": [1, 2";
+  expect_clean_failure(run(eval_cmd(m, heldout())), {(m / "tokenizer.json").string()});
+}
+
+TEST(Cli, EmptyAndTooShortText) {
+  NEED_SHARED();
+  const auto d = temp_dir("texts");
+  std::ofstream(d / "empty.txt");
+  std::ofstream(d / "short.txt") << "Only a few words here.";
+  expect_clean_failure(run(eval_cmd(kShared / "models/opt-mini", "text:" + (d / "empty.txt").string())),
+                       {(d / "empty.txt").string()});
+  expect_clean_failure(run(eval_cmd(kShared / "models/opt-mini", "text:" + (d / "short.txt").string())),
+                       {"fewer than one window"});
+  expect_clean_failure(run(eval_cmd(kShared / "models/opt-mini", "text:/nonexistent/text.txt")),
+                       {"/nonexistent/text.txt"});
+}
+
+TEST(Cli, ErrorOnEveryRankEndsTheMpiJob) {
+  NEED_SHARED();
+  const auto d = copy_model("mpi_trunc");
+  fs::resize_file(d / "model.safetensors", 100000);  // header fine, data cut: a range past the end
+  const auto r = run("timeout 60 " + std::string(SCALPEL_MPIEXEC) + " -n 2 --oversubscribe " + eval_cmd(d, heldout()));
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_NE(r.code, 124) << "the job hung:\n" << r.out;
+  EXPECT_NE(r.out.find("model.safetensors"), std::string::npos) << r.out;
+}
+
+}  // namespace

@@ -1,0 +1,96 @@
+// Config parsing: defaults, overrides, and errors that name the key path.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "scalpel/app/config.hpp"
+#include "scalpel/core/error.hpp"
+
+namespace scalpel::test {
+namespace {
+
+std::string write_yaml(const std::string& text) {
+  static int n = 0;
+  const auto p = std::filesystem::temp_directory_path() /
+                 ("scalpel_cfg_" + std::to_string(::getpid()) + "_" + std::to_string(n++) + ".yaml");
+  std::ofstream(p) << text;
+  return p.string();
+}
+
+std::string error_of(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  try {
+    app::load_config(write_yaml(yaml), overrides);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::input);
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(Config, ReadsEveryKeyAndAppliesOverrides) {
+  const auto path = write_yaml(R"(
+model: models/opt-mini
+threads: 3
+eval:
+  seqlen: 256
+  sets:
+    - {preset: wikitext2, path: a.txt}
+    - {name: held, preset: text, path: b.txt}
+output: {dir: out/x}
+)");
+  const auto c = app::load_config(path, {"eval.seqlen=128", "eval.sets.1.path=c.txt", "log.level=debug"});
+  EXPECT_EQ(c.model, "models/opt-mini");
+  EXPECT_EQ(c.threads, 3);
+  EXPECT_EQ(c.eval.seqlen, 128);
+  ASSERT_EQ(c.eval.sets.size(), 2u);
+  EXPECT_EQ(c.eval.sets[0].name, "wikitext2");  // defaults to the preset
+  EXPECT_EQ(c.eval.sets[1].name, "held");
+  EXPECT_EQ(c.eval.sets[1].path, "c.txt");
+  EXPECT_EQ(c.output.dir, "out/x");
+  EXPECT_EQ(c.log.level, "debug");
+  // The dump is itself a valid config that reads back to the same values.
+  const auto again = app::load_config(write_yaml(app::dump_config(c)), {});
+  EXPECT_EQ(app::dump_config(again), app::dump_config(c));
+  EXPECT_EQ(app::config_hash(again), app::config_hash(c));
+  EXPECT_NE(app::config_hash(app::load_config(path, {})), app::config_hash(c));
+}
+
+TEST(Config, UnknownKeysNameTheirPath) {
+  EXPECT_NE(error_of("modle: x\n").find("unknown key 'modle'"), std::string::npos);
+  EXPECT_NE(error_of("eval: {seqlen: 8, batchsize: 2}\n").find("unknown key 'eval.batchsize'"), std::string::npos);
+  EXPECT_NE(error_of("eval: {sets: [{preset: ptb, path: p, split: test}]}\n").find("unknown key 'eval.sets.0.split'"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"eval.sqlen=3"}).find("unknown key 'eval.sqlen'"), std::string::npos);
+}
+
+TEST(Config, WrongTypesNameTheKey) {
+  EXPECT_NE(error_of("eval: {seqlen: long}\n").find("'eval.seqlen' must be an integer, got 'long'"), std::string::npos);
+  EXPECT_NE(error_of("threads: 2.5\n").find("'threads' must be an integer"), std::string::npos);
+  EXPECT_NE(error_of("eval: [1, 2]\n").find("'eval' must be a mapping"), std::string::npos);
+  EXPECT_NE(error_of("model: {a: 1}\n").find("'model' must be a scalar"), std::string::npos);
+  EXPECT_NE(error_of("eval: {sets: [{preset: imdb, path: x}]}\n").find("'eval.sets.0.preset' is 'imdb'"),
+            std::string::npos);
+  EXPECT_NE(error_of("device: tpu\n").find("'device' is 'tpu'"), std::string::npos);
+  EXPECT_NE(error_of("", {"noequals"}).find("not of the form key=value"), std::string::npos);
+  EXPECT_NE(error_of("eval: {batch: 0}\n").find("'eval.batch' must be >= 1"), std::string::npos);
+}
+
+TEST(Config, MalformedYamlAndMissingFileNameTheFile) {
+  const auto bad = write_yaml("eval: {seqlen: [\n");
+  try {
+    app::load_config(bad, {});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(bad), std::string::npos);
+  }
+  try {
+    app::load_config("/nonexistent/scalpel.yaml", {});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/scalpel.yaml"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace scalpel::test

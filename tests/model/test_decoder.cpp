@@ -1,0 +1,173 @@
+// The decoder layer forward of both families against a float64 re-implementation written here
+// from the Hugging Face modeling code's equations (OPT pre- and post-LayerNorm, LLaMA with GQA
+// and RoPE), on random weights; and ModelSpec against the model cards' figures.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "../common/reference.hpp"
+#include "scalpel/core/error.hpp"
+#include "scalpel/model/model.hpp"
+
+namespace scalpel::test {
+namespace {
+
+using model::Family;
+using model::LayerWeights;
+using model::ModelSpec;
+
+ModelSpec small_spec(Family f, bool pre_norm = true) {
+  nlohmann::json cfg;
+  if (f == Family::opt) {
+    cfg = {{"model_type", "opt"}, {"vocab_size", 50}, {"hidden_size", 32}, {"num_hidden_layers", 2},
+           {"num_attention_heads", 4}, {"ffn_dim", 48}, {"max_position_embeddings", 16},
+           {"do_layer_norm_before", pre_norm}, {"word_embed_proj_dim", 32}};
+  } else {
+    cfg = {{"model_type", "llama"}, {"vocab_size", 50}, {"hidden_size", 32}, {"num_hidden_layers", 2},
+           {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 40},
+           {"max_position_embeddings", 16}, {"rms_norm_eps", 1e-5}, {"rope_theta", 500.0}};
+  }
+  return ModelSpec::from_config(cfg, "test config");
+}
+
+struct RefLayer {
+  std::map<std::string, Vec> w;
+};
+
+// Random weights for every tensor a layer stores, scaled like a trained model's (std 1/sqrt(in)).
+RefLayer random_layer(const ModelSpec& s, std::uint64_t seed) {
+  RefLayer r;
+  for (const auto& l : s.linears()) {
+    r.w[l.name + ".weight"] = random_vec(static_cast<std::size_t>(l.out * l.in), seed++, 1.0 / std::sqrt(double(l.in)));
+    if (l.bias) r.w[l.name + ".bias"] = random_vec(static_cast<std::size_t>(l.out), seed++, 0.1);
+  }
+  for (const auto& n : s.layer_norm_tensors()) {
+    auto v = random_vec(static_cast<std::size_t>(s.hidden), seed++, 0.1);
+    if (n.ends_with(".weight"))
+      for (auto& x : v) x += 1.0;
+    r.w[n] = v;
+  }
+  return r;
+}
+
+Vec ref_forward(const ModelSpec& s, const RefLayer& L, Vec x, std::int64_t B, std::int64_t T) {
+  const auto n = B * T, d = s.hidden;
+  const bool opt = s.family == Family::opt;
+  auto lin = [&](const std::string& name, const Vec& in, std::int64_t in_dim, std::int64_t out_dim) {
+    auto it = L.w.find(name + ".bias");
+    return ref_linear(in, L.w.at(name + ".weight"), it == L.w.end() ? nullptr : &it->second, n, in_dim, out_dim);
+  };
+  auto norm = [&](const std::string& p, const Vec& in) {
+    return opt ? ref_layer_norm(in, L.w.at(p + ".weight"), L.w.at(p + ".bias"), n, d, s.norm_eps)
+               : ref_rms_norm(in, L.w.at(p + ".weight"), n, d, s.norm_eps);
+  };
+  const auto qd = s.heads * s.head_dim, kvd = s.kv_heads * s.head_dim;
+  const std::string ln1 = opt ? "self_attn_layer_norm" : "input_layernorm";
+  const std::string ln2 = opt ? "final_layer_norm" : "post_attention_layernorm";
+  Vec h = s.pre_norm ? norm(ln1, x) : x;
+  Vec q = lin("self_attn.q_proj", h, d, qd), k = lin("self_attn.k_proj", h, d, kvd), v = lin("self_attn.v_proj", h, d, kvd);
+  double scale = 1.0 / std::sqrt(double(s.head_dim));
+  if (opt) {
+    for (auto& e : q) e *= scale;
+    scale = 1.0;
+  } else {
+    ref_rope(q, n, T, s.heads, s.head_dim, s.rope_theta);
+    ref_rope(k, n, T, s.kv_heads, s.head_dim, s.rope_theta);
+  }
+  const Vec a = ref_attention(q, k, v, B, T, s.heads, s.kv_heads, s.head_dim, scale);
+  const Vec o = lin(opt ? "self_attn.out_proj" : "self_attn.o_proj", a, qd, d);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+  if (!s.pre_norm) x = norm(ln1, x);
+  Vec h2 = s.pre_norm ? norm(ln2, x) : x;
+  Vec y;
+  if (opt) {
+    Vec f = lin("fc1", h2, d, s.ffn);
+    for (auto& e : f) e = std::max(0.0, e);
+    y = lin("fc2", f, s.ffn, d);
+  } else {
+    Vec g = lin("mlp.gate_proj", h2, d, s.ffn), u = lin("mlp.up_proj", h2, d, s.ffn);
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
+    y = lin("mlp.down_proj", g, s.ffn, d);
+  }
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+  if (!s.pre_norm) x = norm(ln2, x);
+  return x;
+}
+
+void check_layer(const ModelSpec& s) {
+  auto be = make_cpu_backend(2);
+  const std::int64_t B = 3, T = 11;
+  const auto ref = random_layer(s, 100);
+  LayerWeights w;
+  for (const auto& l : s.linears()) {
+    w.tensors[l.name + ".weight"] = to_tensor(ref.w.at(l.name + ".weight"), {l.out, l.in});
+    if (l.bias) w.tensors[l.name + ".bias"] = to_tensor(ref.w.at(l.name + ".bias"), {l.out});
+  }
+  for (const auto& n : s.layer_norm_tensors()) w.tensors[n] = to_tensor(ref.w.at(n), {s.hidden});
+  const auto x0 = random_vec(static_cast<std::size_t>(B * T * s.hidden), 7);
+  Tensor x = to_tensor(x0, {B * T, s.hidden});
+  const auto rope = model::make_rope_tables(*be, s, T);
+  int taps = 0;
+  model::LinearTap tap = [&](int, const std::vector<std::string>&, const Tensor& in) {
+    ++taps;
+    EXPECT_EQ(in.size(0), B * T);
+  };
+  model::LayerCache cache;
+  model::decoder_layer_forward(*be, s, w, x, B, T, &rope, &tap, &cache);
+  EXPECT_EQ(taps, 4);  // one call per input group: qkv, out, fc1|gate+up, fc2|down
+  EXPECT_TRUE(cache.probs.defined());
+  EXPECT_REL_NEAR(to_vec(x), ref_forward(s, ref, x0, B, T), Tol::f32_deep);
+}
+
+TEST(DecoderLayer, OptPreNormMatchesFloat64) { check_layer(small_spec(Family::opt, true)); }
+TEST(DecoderLayer, OptPostNormMatchesFloat64) { check_layer(small_spec(Family::opt, false)); }
+TEST(DecoderLayer, LlamaGqaRopeMatchesFloat64) { check_layer(small_spec(Family::llama)); }
+
+nlohmann::json read_json(const std::filesystem::path& p) {
+  std::ifstream f(p);
+  return nlohmann::json::parse(f);
+}
+
+TEST(ModelSpec, SharedModelsMatchTheirCards) {
+  const std::filesystem::path shared = SCALPEL_SHARED_DIR;
+  if (!std::filesystem::exists(shared / "models/opt-mini/config.json"))
+    GTEST_SKIP() << "../shared/models not present: skipping the model-card checks";
+  const auto opt = ModelSpec::from_config(read_json(shared / "models/opt-mini/config.json"), "opt-mini");
+  EXPECT_EQ(opt.total_params(), 5388288);   // opt-mini README: 5,388,288 parameters
+  EXPECT_EQ(opt.linear_params(), 3145728);  // 24 decoder linear weights hold 3,145,728
+  EXPECT_EQ(opt.position_offset, 2);
+  EXPECT_TRUE(opt.tie_embeddings);
+  const auto llama = ModelSpec::from_config(read_json(shared / "models/llama-mini/config.json"), "llama-mini");
+  EXPECT_EQ(llama.total_params(), 4999424);   // llama-mini README
+  EXPECT_EQ(llama.linear_params(), 2899968);
+  EXPECT_EQ(llama.kv_heads, 2);
+  EXPECT_EQ(llama.linears().size(), 7u);
+}
+
+TEST(ModelSpec, BadConfigsNameTheKey) {
+  auto msg = [](const nlohmann::json& cfg) -> std::string {
+    try {
+      ModelSpec::from_config(cfg, "cfg.json");
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::input);
+      return e.what();
+    }
+    return "no error";
+  };
+  EXPECT_NE(msg({{"model_type", "gpt_neox"}}).find("model_type 'gpt_neox' is not supported"), std::string::npos);
+  nlohmann::json j = {{"model_type", "llama"}, {"vocab_size", "many"}};
+  EXPECT_NE(msg(j).find("'vocab_size' has the wrong type"), std::string::npos);
+  j = {{"model_type", "opt"}, {"vocab_size", 10}};
+  EXPECT_NE(msg(j).find("missing key 'hidden_size'"), std::string::npos);
+  j = {{"model_type", "llama"}, {"vocab_size", 10}, {"hidden_size", 32}, {"num_hidden_layers", 1},
+       {"num_attention_heads", 4}, {"num_key_value_heads", 3}, {"intermediate_size", 8},
+       {"max_position_embeddings", 8}};
+  EXPECT_NE(msg(j).find("not a multiple of num_key_value_heads"), std::string::npos);
+  j["num_key_value_heads"] = 2;
+  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 2.0}};
+  EXPECT_NE(msg(j).find("rope_scaling type 'yarn'"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace scalpel::test
