@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake pkg-config git
   libopenmpi-dev openmpi-bin
-  libhdf5-dev libyaml-cpp-dev libopenblas-dev liblapacke-dev
+  libhdf5-dev libyaml-cpp-dev libopenblas-dev libopenblas-openmp-dev liblapacke-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libgtest-dev libbenchmark-dev libsentencepiece-dev libpcre2-dev
   clang libclang-rt-14-dev

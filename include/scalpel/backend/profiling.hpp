@@ -18,6 +18,26 @@ struct OpStats {
 };
 
 class ProfilingBackend final : public Backend {
+  template <class F>
+  auto timed(const char* op, double flops, F&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto done = [&] {
+      auto& s = stats_[op];
+      ++s.calls;
+      s.flops += flops;
+      s.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    if constexpr (std::is_void_v<decltype(f())>) {
+      f();
+      done();
+    } else {
+      auto r = f();
+      done();
+      return r;
+    }
+  }
+
+ public:
  public:
   explicit ProfilingBackend(Backend& inner) : in_(inner) {}
   const std::map<std::string, OpStats>& stats() const { return stats_; }
@@ -77,25 +97,6 @@ class ProfilingBackend final : public Backend {
   }
 
  private:
-  template <class F>
-  auto timed(const char* op, double flops, F&& f) {
-    const auto t0 = std::chrono::steady_clock::now();
-    auto done = [&] {
-      auto& s = stats_[op];
-      ++s.calls;
-      s.flops += flops;
-      s.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    };
-    if constexpr (std::is_void_v<decltype(f())>) {
-      f();
-      done();
-    } else {
-      auto r = f();
-      done();
-      return r;
-    }
-  }
-
   Backend& in_;
   std::map<std::string, OpStats> stats_;
   std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t>, std::int64_t> shapes_;

@@ -68,7 +68,11 @@ class Tensor {
   std::size_t nbytes() const { return static_cast<std::size_t>(numel()) * dtype_size(dtype_); }
   // Rows of a 2-D view (or the leading dim of an N-D one).
   std::int64_t rows() const { return shape_.empty() ? 1 : shape_[0]; }
-  std::int64_t cols() const { return shape_.empty() ? 1 : numel() / shape_[0]; }
+  std::int64_t cols() const {
+    std::int64_t n = 1;
+    for (std::size_t i = 1; i < shape_.size(); ++i) n *= shape_[i];
+    return n;
+  }
 
   void* raw() const { return static_cast<char*>(buf_->data()) + offset_; }
   template <class T>
