@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
   eval->add_option("args", eval_args, "[config.yaml] [key=value ...] (e.g. eval.seqlen=256)");
   eval->add_flag("--print-config", print_config, "print the resolved config and exit");
   eval->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR)");
-  eval->add_option("--text", text_opts, "PRESET:PATH to evaluate (wikitext2, ptb, c4, text); repeatable; replaces eval.sets");
+  eval->add_option("--text", text_opts, "PRESET:PATH to evaluate (wikitext2, ptb, c4, text); repeatable; replaces eval.sets")
+      ->allow_extra_args(false);
 
   auto* tokenize = app.add_subcommand("tokenize", "write the token ids of a text (int32) to check them");
   std::string tk_model, tk_input, tk_output, tk_preset = "text";

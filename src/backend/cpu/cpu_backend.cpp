@@ -40,9 +40,8 @@ class CpuBackend final : public Backend {
 
   Tensor empty(const Shape& shape, DType dtype) override { return Tensor::empty(shape, dtype); }
   Tensor zeros(const Shape& shape, DType dtype) override { return Tensor::zeros(shape, dtype); }
-  Tensor upload(const Tensor& host) override {
-    return host.dtype() == DType::f32 ? host : host.to_f32();
-  }
+  // Always a private copy: the source may be a read-only memory map of a checkpoint.
+  Tensor upload(const Tensor& host) override { return host.dtype() == DType::f32 ? host.clone() : host.to_f32(); }
   Tensor download(const Tensor& t) override { return t; }
   void copy(const Tensor& src, Tensor& dst) override {
     SCALPEL_CHECK(src.nbytes() == dst.nbytes() && src.dtype() == dst.dtype(), "copy {} -> {}",
