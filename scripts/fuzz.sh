@@ -11,7 +11,13 @@ for t in safetensors_header bpe; do
   corpus=$(mktemp -d)
   cp -r fuzz/corpus/$t/. "$corpus"/ 2>/dev/null || true
   echo "fuzz: $t for ${SECONDS_PER_TARGET}s"
-  ./build-fuzz/fuzz/fuzz_$t -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 "$corpus" 2>&1 | tail -n 4
-  rm -rf "$corpus"
+  log=$(mktemp)
+  if ! ./build-fuzz/fuzz/fuzz_$t -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
+    tail -n 60 "$log"
+    echo "fuzz: $t FAILED (the crashing input is saved as crash-* in $(pwd))"
+    exit 1
+  fi
+  grep -E "^stat::(number_of_executed_units|new_units_added|peak_rss_mb)" "$log" || true
+  rm -rf "$corpus" "$log"
 done
 echo "fuzz: no crash"

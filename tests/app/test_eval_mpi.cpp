@@ -2,7 +2,6 @@
 // same perplexity as one process walking every window (SelfComm), to 1e-6 relative (in practice
 // bitwise: per-window sums are combined in window order). Registered at 1, 2 and 4 ranks.
 #include <gtest/gtest.h>
-#include <mpi.h>
 
 #include <filesystem>
 

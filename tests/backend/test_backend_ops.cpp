@@ -108,7 +108,9 @@ TEST_P(BackendOps, CausalGqaAttentionMatchesFloat64) {
   for (std::int64_t i = 0; i < T; ++i) {
     double row = 0;
     for (std::int64_t j = 0; j < T; ++j) {
-      if (j > i) EXPECT_EQ(p[i * T + j], 0.0);
+      if (j > i) {
+        EXPECT_EQ(p[i * T + j], 0.0);
+      }
       row += p[i * T + j];
     }
     EXPECT_NEAR(row, 1.0, 1e-6);

@@ -25,8 +25,13 @@ std::vector<std::string> gpt2_pretokenize(std::string_view text);
 // GPT-2's bytes_to_unicode(): the code point that stands for byte b in vocab/merges strings.
 char32_t gpt2_byte_to_char(std::uint8_t b);
 
-class Gpt2Splitter;  // compiled pattern (PCRE2), defined in bpe.cpp
-
+// encode() = prefix_ids() + encode_plain(text) + suffix_ids(). encode_plain cuts the text at the
+// literal contents of the added tokens first (leftmost-longest; lstrip/rstrip honoured), then
+// pre-tokenizes and BPE-encodes every other piece on its own, as both HF implementations do.
+// The two loaders differ where transformers and tokenizers differ: merge order when a merges
+// file is not trainer-consistent, add_prefix_space (once per text vs once per piece), the
+// whitespace that lstrip/rstrip remove, and tokenizer.json's two-pass added-token matching
+// (normalized=false tokens first). On real GPT-2/OPT files they give identical ids.
 class BpeTokenizer final : public Tokenizer {
  public:
   // tokenizer.json of the `tokenizers` library (model BPE, ByteLevel pre-tokenizer). Special
@@ -71,7 +76,8 @@ class BpeTokenizer final : public Tokenizer {
   void finish_setup(const std::filesystem::path& file);
   void bpe_word(std::string_view bytes, std::vector<std::int32_t>& out) const;
   void encode_text(std::string_view text, std::vector<std::int32_t>& out) const;
-  std::int32_t add_token_id(const std::string& token, std::int32_t id, const std::filesystem::path& file);
+  std::int32_t add_token_id(const std::string& token, std::int32_t id, const std::filesystem::path& file,
+                            const std::string& where);
 
   std::string kind_;
   std::vector<std::string> id_to_token_;
@@ -87,7 +93,6 @@ class BpeTokenizer final : public Tokenizer {
   bool prefix_space_per_piece_ = false;  // tokenizers adds it to every piece, transformers once
   bool use_regex_ = true;
   bool ignore_merges_ = false;
-  std::unique_ptr<Gpt2Splitter> regex_;
 
   // Pre-token bytes -> ids. Shared by all encode() calls; guarded because encode() is const.
   struct StringHash {

@@ -13,9 +13,9 @@ namespace scalpel::text {
 struct AddedToken {
   std::string content;
   std::int32_t id = -1;
-  bool lstrip = false;      // eats the whitespace on its left
-  bool rstrip = false;      // eats the whitespace on its right
-  bool normalized = true;   // tokenizer.json: matched after normalization (second pass)
+  bool lstrip = false;     // eats the whitespace on its left
+  bool rstrip = false;     // eats the whitespace on its right
+  bool normalized = true;  // tokenizer.json: matched after normalization (second pass)
   bool special = true;
 };
 

@@ -1,0 +1,58 @@
+// SentencePiece tokenizer (LLaMA) through libsentencepiece, wrapped with the behaviour of
+// transformers' slow LlamaTokenizer (legacy=True): split at special tokens, encode each chunk,
+// then add <s> / </s> as tokenizer_config.json asks.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "scalpel/text/special_tokens.hpp"
+#include "scalpel/text/tokenizer.hpp"
+
+namespace sentencepiece {
+class SentencePieceProcessor;
+}
+
+namespace scalpel::text {
+
+class SentencePieceTokenizer final : public Tokenizer {
+ public:
+  // tokenizer.model in `folder`, with tokenizer_config.json / special_tokens_map.json when present.
+  static std::unique_ptr<SentencePieceTokenizer> from_folder(const std::filesystem::path& folder);
+  ~SentencePieceTokenizer() override;
+
+  std::vector<std::int32_t> encode(std::string_view text) const override;
+  // sp.decode of the runs between special tokens; special tokens come out as their text (HF
+  // decode with spaces_between_special_tokens=False). Input Error on an unknown id.
+  std::string decode(const std::vector<std::int32_t>& ids) const override;
+  std::int64_t vocab_size() const override { return vocab_size_; }
+  std::string kind() const override { return "sentencepiece"; }
+
+  // Ids of `text` without <s>/</s>: special-token literals become their ids, every other chunk is
+  // passed to sp.encode separately (so each chunk gets SentencePiece's dummy-prefix space).
+  std::vector<std::int32_t> encode_plain(std::string_view text) const;
+  // Plain sp.EncodeAsIds of one string, with no special-token handling (invalid UTF-8 replaced).
+  std::vector<std::int32_t> sp_encode(std::string_view text) const;
+
+  std::int32_t bos_id() const { return bos_id_; }  // -1 when there is none
+  std::int32_t eos_id() const { return eos_id_; }
+  bool adds_bos() const { return add_bos_; }
+  bool adds_eos() const { return add_eos_; }
+  const std::vector<AddedToken>& added_tokens() const { return splitter_.tokens(); }
+
+ private:
+  SentencePieceTokenizer();
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::filesystem::path model_file_;
+  AddedTokenSplitter splitter_;
+  std::vector<std::string> extra_pieces_;  // added tokens beyond the model's pieces
+  std::vector<bool> is_added_;             // ids that decode as their literal text
+  std::int64_t vocab_size_ = 0;
+  std::int32_t bos_id_ = -1, eos_id_ = -1;
+  bool add_bos_ = true, add_eos_ = false;
+};
+
+}  // namespace scalpel::text
