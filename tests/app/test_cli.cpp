@@ -69,23 +69,26 @@ std::string eval_cmd(const fs::path& model, const std::string& text, const std::
 
 std::string heldout() { return "text:" + (kShared / "data/corpus/heldout.txt").string(); }
 
-// The acceptance figures: dense WikiText-2 perplexity to 0.1% of the model cards (measured with an
-// independent PyTorch implementation of the HF models, fp16 weights upcast to fp32, seqlen 512).
-TEST(Cli, OptMiniWikiText2MatchesModelCard) {
-  NEED_SHARED();
-  const auto r = run(kBin + " eval --model " + (kShared / "models/opt-mini").string() + " --text wikitext2:" +
-                     (kShared / "data/wikitext2/wiki.test.raw.joined.txt").string() + " output.metrics=");
+// The acceptance figures: dense perplexities to 0.1% of the model cards, which were measured with
+// an independent PyTorch implementation of the HF models (fp16 weights upcast to fp32, seqlen
+// 512, SparseGPT protocol). 0.1% is the bound; what we see is ~1e-5 (fp32 reassociation).
+void expect_card_figures(const std::string& model, double wikitext2, double heldout) {
+  const auto r = run(kBin + " eval --model " + (kShared / "models" / model).string() + " --text wikitext2:" +
+                     (kShared / "data/wikitext2/wiki.test.raw.joined.txt").string() + " --text text:" +
+                     (kShared / "data/corpus/heldout.txt").string() + " output.metrics= log.progress_seconds=0");
   ASSERT_EQ(r.code, 0) << r.out;
-  const double ppl = ppl_of(r, "wikitext2");
-  EXPECT_NEAR(ppl, 1170.02, 1170.02 * 1e-3) << r.out;
+  EXPECT_NEAR(ppl_of(r, "wikitext2"), wikitext2, wikitext2 * 1e-3) << r.out;
+  EXPECT_NEAR(ppl_of(r, "text"), heldout, heldout * 1e-3) << r.out;
 }
 
-TEST(Cli, LlamaMiniWikiText2MatchesModelCard) {
+TEST(Cli, OptMiniWikiText2AndHeldoutMatchModelCard) {
   NEED_SHARED();
-  const auto r = run(kBin + " eval --model " + (kShared / "models/llama-mini").string() + " --text wikitext2:" +
-                     (kShared / "data/wikitext2/wiki.test.raw.joined.txt").string() + " output.metrics=");
-  ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NEAR(ppl_of(r, "wikitext2"), 362.83, 362.83 * 1e-3) << r.out;
+  expect_card_figures("opt-mini", 1170.02, 227.91);
+}
+
+TEST(Cli, LlamaMiniWikiText2AndHeldoutMatchModelCard) {
+  NEED_SHARED();
+  expect_card_figures("llama-mini", 362.83, 168.39);
 }
 
 TEST(Cli, MpiRanksGiveTheSamePerplexityAndOnlyRankZeroPrints) {
