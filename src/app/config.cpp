@@ -138,6 +138,21 @@ void apply_override(YAML::Node root, const std::string& spec) {
   }
 }
 
+void read_string_list(const YAML::Node& node, const std::string& source, const std::string& key,
+                      std::vector<std::string>& out) {
+  if (!node || node.IsNull()) return;
+  if (node.IsScalar()) {
+    out = {node.Scalar()};
+    return;
+  }
+  if (!node.IsSequence()) SCALPEL_INPUT_ERROR("{}: '{}' must be a list of strings", source, key);
+  out.clear();
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    if (!node[i].IsScalar()) SCALPEL_INPUT_ERROR("{}: '{}.{}' must be a string", source, key, i);
+    out.push_back(node[i].Scalar());
+  }
+}
+
 void read_sets(const YAML::Node& node, const std::string& source, std::vector<EvalSet>& sets) {
   if (!node || node.IsNull()) return;
   if (!node.IsSequence()) SCALPEL_INPUT_ERROR("{}: 'eval.sets' must be a list", source);
@@ -191,9 +206,34 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.finish();
   }
   {
+    MapReader r(top.child("prune"), "prune", source);
+    r.get("method", c.prune.method);
+    r.get("sparsity", c.prune.sparsity);
+    r.get("pattern", c.prune.pattern);
+    read_string_list(r.child("targets"), source, "prune.targets", c.prune.targets);
+    r.get("propagation", c.prune.propagation);
+    r.get("true_sequential", c.prune.true_sequential);
+    r.get("dampening", c.prune.dampening);
+    r.get("blocksize", c.prune.blocksize);
+    r.finish();
+  }
+  {
+    MapReader r(top.child("calibration"), "calibration", source);
+    r.get("path", c.calibration.path);
+    r.get("nsamples", c.calibration.nsamples);
+    r.get("seqlen", c.calibration.seqlen);
+    r.get("seed", c.calibration.seed);
+    r.get("offsets", c.calibration.offsets);
+    r.get("batch", c.calibration.batch);
+    r.finish();
+  }
+  {
     MapReader r(top.child("output"), "output", source);
     r.get("dir", c.output.dir);
     r.get("metrics", c.output.metrics);
+    r.get("checkpoint", c.output.checkpoint);
+    r.get("export", c.output.export_dir);
+    r.get("export_shard_mb", c.output.export_shard_mb);
     r.finish();
   }
   {
@@ -212,7 +252,40 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.eval.batch < 1) SCALPEL_INPUT_ERROR("{}: 'eval.batch' must be >= 1", source);
   if (c.eval.max_windows < 0) SCALPEL_INPUT_ERROR("{}: 'eval.max_windows' must be >= 0", source);
   if (c.log.progress_seconds < 0) SCALPEL_INPUT_ERROR("{}: 'log.progress_seconds' must be >= 0", source);
+  static const std::set<std::string> methods{"magnitude", "wanda", "sparsegpt"};
+  if (!methods.count(c.prune.method))
+    SCALPEL_INPUT_ERROR("{}: 'prune.method' is '{}', expected magnitude, wanda or sparsegpt", source, c.prune.method);
+  if (!(c.prune.sparsity >= 0 && c.prune.sparsity < 1))
+    SCALPEL_INPUT_ERROR("{}: 'prune.sparsity' must be in [0, 1), got {}", source, c.prune.sparsity);
+  if (c.prune.pattern != "unstructured") {
+    const auto nm = parse_nm(c.prune.pattern);
+    if (!nm) SCALPEL_INPUT_ERROR("{}: 'prune.pattern' is '{}', expected unstructured or N:M with 0 < N < M (e.g. 2:4)",
+                                 source, c.prune.pattern);
+  }
+  if (c.prune.propagation != "pruned" && c.prune.propagation != "dense")
+    SCALPEL_INPUT_ERROR("{}: 'prune.propagation' is '{}', expected pruned or dense", source, c.prune.propagation);
+  if (!(c.prune.dampening > 0)) SCALPEL_INPUT_ERROR("{}: 'prune.dampening' must be > 0", source);
+  if (c.prune.blocksize < 1) SCALPEL_INPUT_ERROR("{}: 'prune.blocksize' must be >= 1", source);
+  if (c.calibration.nsamples < 1) SCALPEL_INPUT_ERROR("{}: 'calibration.nsamples' must be >= 1", source);
+  if (c.calibration.seqlen < 0 || c.calibration.seqlen == 1)
+    SCALPEL_INPUT_ERROR("{}: 'calibration.seqlen' must be 0 (model maximum) or >= 2", source);
+  if (c.calibration.batch < 1) SCALPEL_INPUT_ERROR("{}: 'calibration.batch' must be >= 1", source);
+  if (c.output.export_shard_mb < 1) SCALPEL_INPUT_ERROR("{}: 'output.export_shard_mb' must be >= 1", source);
   return c;
+}
+
+std::optional<std::pair<int, int>> parse_nm(const std::string& pattern) {
+  const auto colon = pattern.find(':');
+  if (colon == std::string::npos) return std::nullopt;
+  try {
+    std::size_t p1 = 0, p2 = 0;
+    const int n = std::stoi(pattern.substr(0, colon), &p1);
+    const int m = std::stoi(pattern.substr(colon + 1), &p2);
+    if (p1 != colon || p2 != pattern.size() - colon - 1 || n <= 0 || m <= n) return std::nullopt;
+    return std::make_pair(n, m);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
 }
 
 std::string dump_config(const Config& c) {
@@ -232,9 +305,30 @@ std::string dump_config(const Config& c) {
       << s.preset << YAML::Key << "path" << YAML::Value << s.path << YAML::EndMap;
   }
   e << YAML::EndSeq << YAML::EndMap;
+  e << YAML::Key << "prune" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "method" << YAML::Value << c.prune.method;
+  e << YAML::Key << "sparsity" << YAML::Value << c.prune.sparsity;
+  e << YAML::Key << "pattern" << YAML::Value << c.prune.pattern;
+  e << YAML::Key << "targets" << YAML::Value << YAML::Flow << c.prune.targets;
+  e << YAML::Key << "propagation" << YAML::Value << c.prune.propagation;
+  e << YAML::Key << "true_sequential" << YAML::Value << c.prune.true_sequential;
+  e << YAML::Key << "dampening" << YAML::Value << c.prune.dampening;
+  e << YAML::Key << "blocksize" << YAML::Value << c.prune.blocksize;
+  e << YAML::EndMap;
+  e << YAML::Key << "calibration" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "path" << YAML::Value << c.calibration.path;
+  e << YAML::Key << "nsamples" << YAML::Value << c.calibration.nsamples;
+  e << YAML::Key << "seqlen" << YAML::Value << c.calibration.seqlen;
+  e << YAML::Key << "seed" << YAML::Value << c.calibration.seed;
+  e << YAML::Key << "offsets" << YAML::Value << c.calibration.offsets;
+  e << YAML::Key << "batch" << YAML::Value << c.calibration.batch;
+  e << YAML::EndMap;
   e << YAML::Key << "output" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "dir" << YAML::Value << c.output.dir;
   e << YAML::Key << "metrics" << YAML::Value << c.output.metrics;
+  e << YAML::Key << "checkpoint" << YAML::Value << c.output.checkpoint;
+  e << YAML::Key << "export" << YAML::Value << c.output.export_dir;
+  e << YAML::Key << "export_shard_mb" << YAML::Value << c.output.export_shard_mb;
   e << YAML::EndMap;
   e << YAML::Key << "log" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "level" << YAML::Value << c.log.level;

@@ -2,6 +2,8 @@
 // parsed into validated structs. Unknown keys and wrong types are input errors naming the key path.
 #pragma once
 #include <cstdint>
+#include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -26,9 +28,32 @@ struct Config {
     std::vector<EvalSet> sets;
   } eval;
 
+  struct Prune {
+    std::string method = "sparsegpt";      // magnitude | wanda | sparsegpt
+    double sparsity = 0.5;                  // unstructured fraction pruned, in [0, 1)
+    std::string pattern = "unstructured";  // unstructured | N:M (N pruned of every M, e.g. 2:4)
+    std::vector<std::string> targets;       // globs over linear names ("self_attn.*", "fc1"); empty = all
+    std::string propagation = "pruned";    // inputs of the next layer: pruned | dense
+    bool true_sequential = false;           // re-collect statistics after each sub-block
+    double dampening = 0.01;                // SparseGPT: fraction of mean(diag H) added
+    std::int64_t blocksize = 128;           // SparseGPT: columns per block
+  } prune;
+
+  struct Calibration {
+    std::string path = "data/corpus/calib.txt";
+    std::int64_t nsamples = 128;
+    std::int64_t seqlen = 0;    // 0 = max_position_embeddings
+    std::uint64_t seed = 0;
+    std::string offsets;        // file of window start offsets (overrides nsamples/seed)
+    std::int64_t batch = 8;     // sequences per forward pass
+  } calibration;
+
   struct Output {
     std::string dir = "runs/default";
     std::string metrics = "metrics.jsonl";  // relative to dir; "" disables
+    std::string checkpoint = "ckpt";        // relative to dir: the resumable state
+    std::string export_dir = "model";       // relative to dir: pruned model (safetensors); "" skips
+    std::int64_t export_shard_mb = 5000;    // shard the export past this size
   } output;
 
   struct Log {
@@ -40,6 +65,8 @@ struct Config {
 // Reads `path` (may be empty: defaults only), applies overrides ("eval.seqlen=256",
 // "eval.sets=[{preset: ptb, path: p.txt}]"; values are YAML), and validates.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+// "2:4" -> {2, 4} (N pruned of every M), nullopt when malformed or not 0 < N < M.
+std::optional<std::pair<int, int>> parse_nm(const std::string& pattern);
 // The resolved configuration as YAML.
 std::string dump_config(const Config& cfg);
 // A stable hash of the resolved configuration (hex), for manifests and metrics.
