@@ -8,6 +8,7 @@
 
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/config.hpp"
+#include "scalpel/app/export.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/dist/comm.hpp"
@@ -66,6 +67,12 @@ int main(int argc, char** argv) {
   tokenize->add_option("--output", tk_output, "output file of int32 ids (a .json with the count goes beside it)")->required();
   tokenize->add_option("--preset", tk_preset, "how to read the text: text (as is), wikitext2, ptb, c4");
 
+  auto* inspect = app.add_subcommand("inspect", "per-layer and total sparsity of a model folder or checkpoint");
+  std::string inspect_path;
+  bool inspect_json = false;
+  inspect->add_option("path", inspect_path, "Hugging Face model folder (or a pruning checkpoint folder)")->required();
+  inspect->add_flag("--json", inspect_json, "print JSON instead of a table");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -98,6 +105,13 @@ int main(int argc, char** argv) {
         return 0;
       }
       return scalpel::app::run_eval(cfg, *world, world->local_size());
+    }
+    if (*inspect) {
+      if (rank == 0) {
+        const auto j = scalpel::app::inspect_hf_folder(inspect_path, !inspect_json);
+        if (inspect_json) std::cout << j.dump(2) << '\n';
+      }
+      return 0;
     }
     if (*tokenize) return scalpel::app::run_tokenize(tk_model, tk_input, tk_preset, tk_output, *world);
   } catch (const CLI::ValidationError& e) {

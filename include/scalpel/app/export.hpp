@@ -1,0 +1,40 @@
+// Hugging Face export and inspection of pruned models: `scalpel export` writes a folder that
+// transformers' from_pretrained loads (original tensor names, dtypes and shapes, dense with
+// zeros), and `scalpel inspect` reports the sparsity of any checkpoint or safetensors folder.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "scalpel/core/tensor.hpp"
+
+namespace scalpel::io {
+class HfCheckpoint;
+}
+
+namespace scalpel::app {
+
+// Writes `out` from `src`, with the tensors in `replaced` (stored name -> host tensor in the stored
+// dtype and shape) taking the place of the originals. model.safetensors, or shards
+// model-0000i-of-0000n.safetensors plus model.safetensors.index.json when the total exceeds
+// `shard_bytes`; config, generation and tokenizer files are copied. Written into a temporary
+// folder renamed into place at the end, so `out` is never left half-written.
+void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, Tensor>& replaced,
+                      const std::filesystem::path& out, std::int64_t shard_bytes);
+
+// Zero counts and N:M structure of one weight matrix (any float dtype, host).
+struct SparsityStats {
+  std::int64_t rows = 0, cols = 0, zeros = 0;
+  std::string nm;  // strongest N:M pattern every row satisfies ("2:4", "4:8"), or ""
+  double sparsity() const { return rows * cols ? static_cast<double>(zeros) / static_cast<double>(rows * cols) : 0; }
+};
+SparsityStats sparsity_stats(const Tensor& w);
+
+// Per-tensor and total sparsity of the decoder linears of a Hugging Face folder, as JSON
+// ({"tensors": [...], "total": {...}}) and as a table on stdout when `print`.
+nlohmann::json inspect_hf_folder(const std::filesystem::path& folder, bool print);
+
+}  // namespace scalpel::app

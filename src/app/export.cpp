@@ -1,0 +1,129 @@
+// Export to a Hugging Face folder and sparsity inspection.
+#include "scalpel/app/export.hpp"
+
+#include <fmt/format.h>
+
+#include <fstream>
+
+#include "scalpel/core/error.hpp"
+#include "scalpel/io/hf_checkpoint.hpp"
+#include "scalpel/model/spec.hpp"
+
+namespace fs = std::filesystem;
+
+namespace scalpel::app {
+namespace {
+
+const char* kCopied[] = {"config.json",       "generation_config.json", "tokenizer.json",          "vocab.json",
+                         "merges.txt",        "tokenizer.model",        "tokenizer_config.json", "special_tokens_map.json",
+                         "added_tokens.json"};
+
+}  // namespace
+
+void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, Tensor>& replaced,
+                      const fs::path& out, std::int64_t shard_bytes) {
+  const fs::path tmp = out.string() + ".tmp-export";
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", tmp.string(), ec.message());
+
+  std::vector<std::pair<std::string, Tensor>> all;
+  for (const auto& name : src.tensor_names()) {
+    auto it = replaced.find(name);
+    if (it != replaced.end()) {
+      const auto& info = src.info(name);
+      if (it->second.shape() != info.shape || it->second.dtype() != info.dtype)
+        SCALPEL_CHECK(false, "export of '{}': {} {} replaces {} {}", name, dtype_name(it->second.dtype()),
+                      shape_str(it->second.shape()), dtype_name(info.dtype), shape_str(info.shape));
+      all.emplace_back(name, it->second);
+    } else {
+      all.emplace_back(name, src.view(name));
+    }
+  }
+  for (const auto& [name, t] : replaced)
+    if (!src.has(name)) SCALPEL_CHECK(false, "export: '{}' is not a tensor of {}", name, src.folder().string());
+
+  // Shards of at most shard_bytes (a tensor larger than that gets a shard of its own), in name order.
+  std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
+  std::int64_t current = 0, total = 0;
+  for (auto& e : all) {
+    const auto b = static_cast<std::int64_t>(e.second.nbytes());
+    if (current > 0 && current + b > shard_bytes) {
+      shards.emplace_back();
+      current = 0;
+    }
+    shards.back().push_back(e);
+    current += b;
+    total += b;
+  }
+  if (shards.size() == 1) {
+    io::write_safetensors(tmp / "model.safetensors", shards[0]);
+  } else {
+    nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
+    for (std::size_t i = 0; i < shards.size(); ++i) {
+      const auto file = fmt::format("model-{:05}-of-{:05}.safetensors", i + 1, shards.size());
+      io::write_safetensors(tmp / file, shards[i]);
+      for (const auto& e : shards[i]) index["weight_map"][e.first] = file;
+    }
+    std::ofstream(tmp / "model.safetensors.index.json") << index.dump(2) << '\n';
+  }
+  for (const char* f : kCopied)
+    if (fs::exists(src.folder() / f)) fs::copy_file(src.folder() / f, tmp / f, fs::copy_options::overwrite_existing);
+  fs::remove_all(out, ec);
+  fs::rename(tmp, out, ec);
+  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot move the export into place: {}", out.string(), ec.message());
+}
+
+SparsityStats sparsity_stats(const Tensor& w) {
+  SparsityStats s;
+  s.rows = w.dim() >= 1 ? w.size(0) : 1;
+  s.cols = w.cols();
+  const Tensor f = w.dtype() == DType::f32 ? w : w.to_f32();
+  const float* p = f.data<float>();
+  for (std::int64_t i = 0; i < s.rows * s.cols; ++i) s.zeros += p[i] == 0.0f;
+  // The most specific N:M that every group of every row satisfies (1:2 implies 2:4 implies 4:8).
+  for (auto [n, m] : {std::pair{1, 2}, std::pair{2, 4}, std::pair{4, 8}}) {
+    if (s.cols % m != 0 || s.zeros == 0) continue;
+    bool ok = true;
+    for (std::int64_t r = 0; r < s.rows && ok; ++r)
+      for (std::int64_t c = 0; c < s.cols && ok; c += m) {
+        int z = 0;
+        for (int k = 0; k < m; ++k) z += p[r * s.cols + c + k] == 0.0f;
+        ok = z >= n;
+      }
+    if (ok) {
+      s.nm = fmt::format("{}:{}", n, m);
+      break;
+    }
+  }
+  return s;
+}
+
+nlohmann::json inspect_hf_folder(const fs::path& folder, bool print) {
+  io::HfCheckpoint ckpt(folder);
+  const auto spec = model::ModelSpec::from_config(ckpt.config(), (folder / "config.json").string());
+  nlohmann::json rows = nlohmann::json::array();
+  std::int64_t zeros = 0, total = 0;
+  if (print) fmt::print("{:<48} {:>14} {:>5} {:>9} {:>5}\n", "tensor", "shape", "dtype", "sparsity", "N:M");
+  for (std::int64_t l = 0; l < spec.layers; ++l) {
+    for (const auto& lin : spec.linears()) {
+      const auto name = spec.layer_prefix(l) + lin.name + ".weight";
+      const auto stored = ckpt.resolve(name);
+      if (stored.empty()) SCALPEL_INPUT_ERROR("{}: tensor '{}' is missing", folder.string(), name);
+      const auto s = sparsity_stats(ckpt.view(stored));
+      zeros += s.zeros;
+      total += s.rows * s.cols;
+      rows.push_back({{"tensor", stored}, {"rows", s.rows}, {"cols", s.cols}, {"zeros", s.zeros},
+                      {"sparsity", s.sparsity()}, {"nm", s.nm}});
+      if (print)
+        fmt::print("{:<48} {:>14} {:>5} {:>8.2f}% {:>5}\n", stored, fmt::format("{}x{}", s.rows, s.cols),
+                   dtype_name(ckpt.info(stored).dtype), 100 * s.sparsity(), s.nm.empty() ? "-" : s.nm);
+    }
+  }
+  const double sp = total ? static_cast<double>(zeros) / static_cast<double>(total) : 0;
+  if (print) fmt::print("decoder linears: {} of {} weights are zero ({:.2f}%)\n", zeros, total, 100 * sp);
+  return {{"tensors", rows}, {"total", {{"zeros", zeros}, {"weights", total}, {"sparsity", sp}}}};
+}
+
+}  // namespace scalpel::app
