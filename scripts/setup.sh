@@ -9,7 +9,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   libhdf5-dev libyaml-cpp-dev libopenblas-dev libopenblas-openmp-dev liblapacke-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
-  libgtest-dev libbenchmark-dev libsentencepiece-dev libpcre2-dev
+  libgtest-dev libbenchmark-dev libsentencepiece-dev libpcre2-dev libxxhash-dev
   clang libclang-rt-14-dev
 )
 

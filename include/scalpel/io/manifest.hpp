@@ -1,0 +1,92 @@
+// The checkpoint manifest (`manifest.json`): the single record of which layers are committed and
+// what their shard files must contain, with its typed per-layer entries, their validation (a
+// manifest is input: it may have been edited or damaged), and the durable-write helpers (write
+// temp, fsync, rename, fsync the folder) that make replacing it the commit point.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "scalpel/io/checkpoint_shard.hpp"
+
+namespace scalpel::io {
+
+inline constexpr std::int64_t kCheckpointFormatVersion = 1;
+inline constexpr const char* kCheckpointFormat = "scalpel-checkpoint";
+inline constexpr const char* kManifestName = "manifest.json";
+
+// A shard file of a committed layer.
+struct ManifestFile {
+  std::string file;  // shard_file_name(layer, shard)
+  std::int64_t shard = 0;
+  std::uint64_t bytes = 0;
+};
+
+// One row slice of a committed tensor, in one shard file.
+struct ManifestSlice {
+  std::string file;
+  std::int64_t row_begin = 0;
+  std::int64_t row_end = 0;
+  std::string digest;
+  std::string mask_digest;  // "" when the tensor has no mask
+};
+
+// A committed tensor: whole shape; its slices tile rows [0, shape[0]) in order, without gaps or
+// overlaps.
+struct ManifestTensor {
+  DType dtype = DType::f32;
+  Shape shape;
+  bool mask = false;
+  std::vector<ManifestSlice> slices;  // sorted by row_begin
+
+  // The SliceInfo a ShardReader checks slice `i` against.
+  SliceInfo slice_info(const std::string& name, std::size_t i) const;
+};
+
+// A committed layer's entry in manifest.json.
+struct LayerEntry {
+  std::int64_t layer = 0;
+  std::vector<ManifestFile> files;                // sorted by shard
+  std::map<std::string, ManifestTensor> tensors;  // by tensor name
+  nlohmann::json metrics;                         // the layer's metrics, given at commit
+  std::string time;                               // UTC commit time, ISO 8601
+
+  nlohmann::json to_json() const;
+  // Parses and validates a committed entry (input Error naming `what` and the key otherwise).
+  static LayerEntry from_json(const nlohmann::json& j, std::int64_t layer, const std::string& what);
+  // Builds the entry for the shards written for `layer`: every file belongs to the layer, shards
+  // are distinct, each tensor's slices agree on dtype and trailing shape and tile its rows exactly,
+  // and masks are on all slices or none. A violation is an internal Error (a bug in the caller)
+  // and nothing is committed.
+  static LayerEntry from_shards(std::int64_t layer, const std::vector<ShardInfo>& shards,
+                                nlohmann::json metrics, std::string time);
+};
+
+// Checks the whole manifest document: format, version (newer than this build reads is an Error
+// saying so), identity fields, layers array of num_layers entries each "pending" or a valid
+// committed entry. `what` names the file in the input Errors.
+void validate_manifest(const nlohmann::json& m, const std::string& what);
+
+// Replaces `path` atomically and durably with `bytes`: `path`.tmp is written, fsync'd, renamed over
+// `path`, then the folder is fsync'd. `crash_tag` prefixes the crash-test points
+// ("<tag>.synced", "<tag>.renamed"). Runtime Errors name the path.
+void write_file_atomic(const std::filesystem::path& path, std::string_view bytes,
+                       std::string_view crash_tag);
+// fsync of a file (after HDF5 closed it) or of a folder (to make a rename or unlink durable).
+void fsync_path(const std::filesystem::path& path, bool directory);
+
+// Current UTC time as "2024-05-01T12:34:56Z".
+std::string utc_now_iso();
+
+// A cheap fingerprint of a Hugging Face model folder: XXH3 over config.json and the JSON headers
+// (names, dtypes, shapes, offsets) of its safetensors files, in file-name order. It reads a few KiB,
+// not the weights: it catches a different model or layout, not weights edited in place.
+// Input Error naming the folder when config.json or a weight file is missing or malformed.
+std::string model_fingerprint(const std::filesystem::path& hf_folder);
+
+}  // namespace scalpel::io

@@ -1,0 +1,399 @@
+// The checkpoint folder: opening or resuming (identity checks, lock, removal of files an
+// interrupted commit left behind), the layer commit (manifest replace after the shards are
+// durable), verified reads that merge row slices, completion and rollback.
+#include "scalpel/io/checkpoint.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
+
+namespace scalpel::io {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kLockName = "checkpoint.lock";
+constexpr const char* kRedo = "rerun with --restart (or into a new output folder) to recompute it";
+
+json pending_entry() { return {{"status", "pending"}}; }
+
+json fresh_manifest(const CheckpointIdentity& id) {
+  const std::string now = utc_now_iso();
+  json layers = json::array();
+  for (std::int64_t l = 0; l < id.num_layers; ++l) layers.push_back(pending_entry());
+  return {{"format", kCheckpointFormat},
+          {"format_version", kCheckpointFormatVersion},
+          {"model", {{"name", id.model}, {"fingerprint", id.model_fingerprint}}},
+          {"config_hash", id.config_hash},
+          {"grid", id.grid},
+          {"num_layers", id.num_layers},
+          {"created", now},
+          {"updated", now},
+          {"complete", false},
+          {"summary", nullptr},
+          {"extra", json::object()},
+          {"runs", json::array()},
+          {"layers", std::move(layers)}};
+}
+
+json read_manifest(const fs::path& path) {
+  const std::string what = path.string();
+  std::ifstream in(path, std::ios::binary);
+  SCALPEL_CHECK_INPUT(in, "{}: cannot read the checkpoint manifest", what);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json m;
+  try {
+    m = json::parse(ss.str());
+  } catch (const json::exception& e) {
+    SCALPEL_INPUT_ERROR("{}: the checkpoint manifest is not valid JSON ({}); it was damaged or edited: "
+                        "rerun with --restart or into a new output folder",
+                        what, e.what());
+  }
+  validate_manifest(m, what);
+  return m;
+}
+
+std::int64_t first_pending(const json& m) {
+  const auto& layers = m.at("layers");
+  for (std::size_t l = 0; l < layers.size(); ++l)
+    if (layers[l].at("status") != "committed") return static_cast<std::int64_t>(l);
+  return static_cast<std::int64_t>(layers.size());
+}
+
+// Fails (input Error) when an existing checkpoint belongs to another model, configuration or depth.
+void check_identity(const json& m, const CheckpointIdentity& id, const fs::path& dir) {
+  const std::string what = (dir / kManifestName).string();
+  constexpr const char* kHow = "use a new output folder, or --restart to discard this checkpoint and start over";
+  const std::string fp = m.at("model").at("fingerprint");
+  if (fp != id.model_fingerprint)
+    SCALPEL_INPUT_ERROR("{}: the checkpoint belongs to model {} (fingerprint {}), this run prunes {} "
+                        "(fingerprint {}); {}",
+                        what, m.at("model").at("name").get<std::string>(), fp, id.model, id.model_fingerprint, kHow);
+  const std::string ch = m.at("config_hash");
+  if (ch != id.config_hash)
+    SCALPEL_INPUT_ERROR("{}: the checkpoint was written with config hash {}, this run's configuration hashes "
+                        "to {} (the pruning settings changed); {}",
+                        what, ch, id.config_hash, kHow);
+  const std::int64_t n = m.at("num_layers");
+  if (n != id.num_layers)
+    SCALPEL_INPUT_ERROR("{}: the checkpoint has {} layers, this run's model has {}; {}", what, n, id.num_layers, kHow);
+}
+
+int take_lock(const fs::path& dir) {
+  const fs::path path = dir / kLockName;
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) SCALPEL_RUNTIME_ERROR("{}: cannot create the lock file: {}", path.string(), std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
+  const int err = errno;
+  ::close(fd);
+  if (err == EWOULDBLOCK)
+    SCALPEL_INPUT_ERROR("{}: another process is writing this checkpoint (it holds {}); wait for it to end or "
+                        "use another output folder",
+                        dir.string(), path.string());
+  // Some parallel file systems refuse flock: go on without, as the job scheduler runs one job per folder.
+  log::warn("{}: cannot lock ({}); going on without a lock", path.string(), std::strerror(err));
+  return -1;
+}
+
+// Removes the shard and temp files no committed layer records: what an interrupted commit left.
+std::vector<std::string> remove_unrecorded(const fs::path& dir, const json& m) {
+  std::set<std::string> keep;
+  for (const auto& layer : m.at("layers"))
+    if (layer.at("status") == "committed")
+      for (const auto& f : layer.at("files")) keep.insert(f.at("file").get<std::string>());
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    bool ours = false;
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
+      const std::string base = name.substr(0, name.size() - 4);
+      ours = base == kManifestName || parse_shard_file_name(base).has_value();
+    } else if (parse_shard_file_name(name)) {
+      ours = !keep.count(name);
+    }
+    if (!ours) continue;
+    if (::unlink(entry.path().c_str()) != 0 && errno != ENOENT)
+      SCALPEL_RUNTIME_ERROR("{}: cannot remove a stale checkpoint file: {}", entry.path().string(),
+                            std::strerror(errno));
+    removed.push_back(name);
+  }
+  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot list the checkpoint folder: {}", dir.string(), ec.message());
+  std::sort(removed.begin(), removed.end());
+  if (!removed.empty()) fsync_path(dir, true);
+  return removed;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Opening
+
+Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdentity& id,
+                                      const CheckpointOptions& options) {
+  SCALPEL_CHECK(id.num_layers >= 0 && id.num_layers <= kMaxShardIndex + 1, "num_layers {}", id.num_layers);
+  SCALPEL_CHECK(!id.model_fingerprint.empty() && !id.config_hash.empty(),
+                "a checkpoint needs a model fingerprint and a config hash");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the checkpoint folder: {}", dir.string(), ec.message());
+
+  Checkpoint c;
+  c.dir_ = dir;
+  c.writable_ = true;
+  c.lock_fd_ = take_lock(dir);
+
+  const fs::path mpath = c.manifest_path();
+  if (options.restart && fs::exists(mpath)) {
+    // Manifest first: once it is gone nothing is committed, and the cleanup below removes the rest.
+    if (::unlink(mpath.c_str()) != 0)
+      SCALPEL_RUNTIME_ERROR("{}: cannot remove for --restart: {}", mpath.string(), std::strerror(errno));
+    fsync_path(dir, true);
+  }
+  json m;
+  if (fs::exists(mpath)) {
+    m = read_manifest(mpath);
+    check_identity(m, id, dir);
+  } else {
+    m = fresh_manifest(id);
+  }
+  // Before anything else: a stale shard under a committed-looking name must not survive into a
+  // later commit of the same layer.
+  c.removed_ = remove_unrecorded(dir, m);
+
+  const std::int64_t resume_at = first_pending(m);
+  m["grid"] = id.grid;
+  m["updated"] = utc_now_iso();
+  m["runs"].push_back({{"started", m["updated"]}, {"grid", id.grid}, {"first_uncommitted", resume_at}});
+  c.replace_manifest(std::move(m));
+
+  if (options.check_files) {
+    for (std::int64_t l = 0; l < c.num_layers(); ++l) {
+      if (!c.committed(l)) continue;
+      for (const auto& f : c.layer_entry(l).files) {
+        const fs::path p = dir / f.file;
+        struct stat st {};
+        if (::stat(p.c_str(), &st) != 0)
+          SCALPEL_INPUT_ERROR("{}: shard file of committed layer {} is missing; {}", p.string(), l, kRedo);
+        if (static_cast<std::uint64_t>(st.st_size) != f.bytes)
+          SCALPEL_INPUT_ERROR("{}: shard file of committed layer {} has {} bytes, the manifest recorded {}; {}",
+                              p.string(), l, st.st_size, f.bytes, kRedo);
+      }
+    }
+  }
+  if (!c.removed_.empty())
+    log::info("checkpoint {}: removed {} file(s) of an interrupted commit", dir.string(), c.removed_.size());
+  return c;
+}
+
+Checkpoint Checkpoint::open_read(const fs::path& dir) {
+  Checkpoint c;
+  c.dir_ = dir;
+  const fs::path mpath = c.manifest_path();
+  SCALPEL_CHECK_INPUT(fs::exists(mpath), "{}: no checkpoint here ({} is missing)", dir.string(), kManifestName);
+  c.manifest_ = read_manifest(mpath);
+  return c;
+}
+
+Checkpoint::Checkpoint(Checkpoint&& o) noexcept
+    : dir_(std::move(o.dir_)),
+      manifest_(std::move(o.manifest_)),
+      writable_(std::exchange(o.writable_, false)),
+      lock_fd_(std::exchange(o.lock_fd_, -1)),
+      removed_(std::move(o.removed_)) {}
+
+Checkpoint& Checkpoint::operator=(Checkpoint&& o) noexcept {
+  if (this != &o) {
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+    dir_ = std::move(o.dir_);
+    manifest_ = std::move(o.manifest_);
+    writable_ = std::exchange(o.writable_, false);
+    lock_fd_ = std::exchange(o.lock_fd_, -1);
+    removed_ = std::move(o.removed_);
+  }
+  return *this;
+}
+
+Checkpoint::~Checkpoint() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+std::int64_t Checkpoint::num_layers() const { return manifest_.at("num_layers").get<std::int64_t>(); }
+
+bool Checkpoint::committed(std::int64_t layer) const {
+  return layer >= 0 && layer < num_layers() && manifest_["layers"][layer]["status"] == "committed";
+}
+
+std::int64_t Checkpoint::first_uncommitted() const { return first_pending(manifest_); }
+
+std::int64_t Checkpoint::committed_count() const {
+  std::int64_t n = 0;
+  for (std::int64_t l = 0; l < num_layers(); ++l) n += committed(l);
+  return n;
+}
+
+bool Checkpoint::complete() const { return manifest_.at("complete").get<bool>(); }
+
+LayerEntry Checkpoint::layer_entry(std::int64_t layer) const {
+  SCALPEL_CHECK(committed(layer), "layer {} is not committed", layer);
+  return LayerEntry::from_json(manifest_["layers"][layer], layer, manifest_path().string());
+}
+
+void Checkpoint::require_writable(const char* op) const {
+  SCALPEL_CHECK(writable_, "{} on checkpoint {} opened read-only", op, dir_.string());
+}
+
+void Checkpoint::check_layer_index(std::int64_t layer) const {
+  SCALPEL_CHECK(layer >= 0 && layer < num_layers(), "layer {} outside the checkpoint's {} layers", layer,
+                num_layers());
+}
+
+void Checkpoint::replace_manifest(json next) {
+  write_file_atomic(manifest_path(), next.dump(2) + "\n", "manifest");
+  manifest_ = std::move(next);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing and committing
+
+ShardInfo Checkpoint::write_layer_shard(std::int64_t layer, std::int64_t shard, const std::vector<TensorRecord>& tensors,
+                                        const json& metrics) {
+  require_writable("write_layer_shard");
+  check_layer_index(layer);
+  SCALPEL_CHECK(!committed(layer), "layer {} is already committed: roll it back before rewriting its shards", layer);
+  return write_shard_file(dir_, layer, shard, tensors, metrics);
+}
+
+void Checkpoint::commit_layer(std::int64_t layer, const std::vector<ShardInfo>& shards, const json& metrics) {
+  require_writable("commit_layer");
+  check_layer_index(layer);
+  SCALPEL_CHECK(!committed(layer), "layer {} is already committed", layer);
+  LayerEntry entry = LayerEntry::from_shards(layer, shards, metrics, utc_now_iso());
+  // The writers made their files durable; make sure they are the files described before the
+  // manifest vouches for them.
+  for (const auto& f : entry.files) {
+    const fs::path p = dir_ / f.file;
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != f.bytes)
+      SCALPEL_RUNTIME_ERROR("{}: shard {} of layer {} is missing or not {} bytes at commit; nothing is committed",
+                            p.string(), f.shard, layer, f.bytes);
+  }
+  json next = manifest_;
+  next["layers"][layer] = entry.to_json();
+  next["updated"] = entry.time;
+  replace_manifest(std::move(next));
+}
+
+void Checkpoint::mark_complete(const json& summary) {
+  require_writable("mark_complete");
+  SCALPEL_CHECK(first_uncommitted() == num_layers(), "mark_complete with layer {} uncommitted", first_uncommitted());
+  json next = manifest_;
+  next["complete"] = true;
+  next["summary"] = summary;
+  next["updated"] = utc_now_iso();
+  replace_manifest(std::move(next));
+}
+
+void Checkpoint::set_extra(const json& extra) {
+  require_writable("set_extra");
+  json next = manifest_;
+  next["extra"] = extra;
+  next["updated"] = utc_now_iso();
+  replace_manifest(std::move(next));
+}
+
+void Checkpoint::rollback_to(std::int64_t layer) {
+  require_writable("rollback_to");
+  SCALPEL_CHECK(layer >= 0 && layer <= num_layers(), "rollback_to({}) of {} layers", layer, num_layers());
+  std::vector<std::string> files;
+  json next = manifest_;
+  for (std::int64_t l = layer; l < num_layers(); ++l) {
+    if (!committed(l)) continue;
+    for (const auto& f : manifest_["layers"][l]["files"]) files.push_back(f.at("file").get<std::string>());
+    next["layers"][l] = pending_entry();
+  }
+  next["complete"] = false;
+  next["summary"] = nullptr;
+  next["updated"] = utc_now_iso();
+  // Uncommit first: if we die before the unlinks, the next open removes the unrecorded files.
+  replace_manifest(std::move(next));
+  for (const auto& f : files) ::unlink((dir_ / f).c_str());
+  if (!files.empty()) fsync_path(dir_, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+const LayerTensor* LayerData::find(const std::string& name) const {
+  const auto it = std::lower_bound(tensors.begin(), tensors.end(), name,
+                                   [](const LayerTensor& t, const std::string& n) { return t.name < n; });
+  return it != tensors.end() && it->name == name ? &*it : nullptr;
+}
+
+const LayerTensor& LayerData::at(const std::string& name) const {
+  const LayerTensor* t = find(name);
+  SCALPEL_CHECK(t != nullptr, "layer {} has no tensor '{}'", layer, name);
+  return *t;
+}
+
+LayerData Checkpoint::read_layer(std::int64_t layer) const {
+  check_layer_index(layer);
+  SCALPEL_CHECK_INPUT(committed(layer), "{}: layer {} is not committed in this checkpoint", dir_.string(), layer);
+  const LayerEntry entry = layer_entry(layer);
+  try {
+    std::map<std::string, ShardReader> readers;
+    std::map<std::string, std::int64_t> shard_of;
+    for (const auto& f : entry.files) {
+      readers.emplace(f.file, ShardReader(dir_ / f.file, f.bytes));
+      shard_of[f.file] = f.shard;
+    }
+    LayerData out;
+    out.layer = layer;
+    out.metrics = entry.metrics;
+    for (const auto& [name, t] : entry.tensors) {  // std::map: by name, as LayerData::find expects
+      LayerTensor lt;
+      lt.name = name;
+      lt.data = Tensor::empty(t.shape, t.dtype);
+      const std::int64_t cols = shape_numel(t.shape) / std::max<std::int64_t>(1, t.shape[0]);
+      const std::size_t row_bytes = static_cast<std::size_t>(cols) * dtype_size(t.dtype);
+      if (t.mask) lt.packed_mask.assign(packed_mask_bytes(shape_numel(t.shape)), 0);
+      for (std::size_t i = 0; i < t.slices.size(); ++i) {
+        const ManifestSlice& s = t.slices[i];
+        const SliceInfo want = t.slice_info(name, i);
+        const ShardReader& r = readers.at(s.file);
+        r.read_data(layer, want, static_cast<char*>(lt.data.raw()) + static_cast<std::size_t>(s.row_begin) * row_bytes);
+        if (t.mask) {
+          const auto m = r.read_mask(layer, want);
+          copy_mask_bits(m.data(), (s.row_end - s.row_begin) * cols, lt.packed_mask.data(), s.row_begin * cols);
+        }
+        lt.slices.push_back({s.row_begin, s.row_end, shard_of.at(s.file), r.tensor_metrics(layer, name)});
+      }
+      out.tensors.push_back(std::move(lt));
+    }
+    for (const auto& [file, r] : readers) out.shard_metrics[shard_of.at(file)] = r.shard_metrics(layer);
+    return out;
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::input) throw;
+    // Say what it means for the run, not only what is wrong with the file.
+    SCALPEL_INPUT_ERROR("{} [layer {} of checkpoint {} cannot be used; {}]", e.what(), layer, dir_.string(), kRedo);
+  }
+}
+
+}  // namespace scalpel::io
