@@ -2,6 +2,10 @@
 // test-backend-ops idea): the cuda backend joins the list when it is built and a GPU is present.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
 #include "../common/reference.hpp"
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
@@ -138,6 +142,255 @@ TEST_P(BackendOps, EmbeddingRejectsOutOfVocabularyIds) {
   Tensor out = be->empty({2, 4});
   std::vector<std::int32_t> ids{3, 10};
   EXPECT_THROW(be->embedding(ids, table, out), Error);
+}
+
+// ---- Pruning ops ----
+
+// Symmetric positive definite test matrix A = BᵀB/k + I (condition number ~ 10).
+Vec spd(std::int64_t n, std::uint64_t seed) {
+  const std::int64_t k = 2 * n;
+  const auto b = random_vec(k * n, seed);
+  Vec a(static_cast<std::size_t>(n * n), 0.0);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (std::int64_t t = 0; t < k; ++t) s += b[t * n + i] * b[t * n + j];
+      a[i * n + j] = s / k + (i == j);
+    }
+  for (auto& v : a) v = static_cast<double>(static_cast<float>(v));
+  return a;
+}
+
+Vec matmul(const Vec& a, const Vec& b, std::int64_t m, std::int64_t k, std::int64_t n) {
+  Vec c(static_cast<std::size_t>(m * n), 0.0);
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t p = 0; p < k; ++p)
+      for (std::int64_t j = 0; j < n; ++j) c[i * n + j] += a[i * k + p] * b[p * n + j];
+  return c;
+}
+
+Vec transpose(const Vec& a, std::int64_t m, std::int64_t n) {
+  Vec t(a.size());
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) t[j * m + i] = a[i * n + j];
+  return t;
+}
+
+std::vector<std::uint8_t> mask_bytes(const Tensor& t) {
+  const auto* p = t.data<std::uint8_t>();
+  return {p, p + t.numel()};
+}
+
+TEST_P(BackendOps, CholeskyFactorsAndInverts) {
+  const std::int64_t n = 70;  // odd sizes past one 64-wide tile of the triangle mirror
+  const auto a = spd(n, 20);
+  for (const bool upper : {false, true}) {
+    Tensor f = up(a, {n, n});
+    ASSERT_TRUE(be->cholesky(f, upper));
+    const auto fv = down(f);
+    // The other triangle is zeroed, and the product gives A back (UᵀU or LLᵀ).
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < n; ++j)
+        if (upper ? j < i : j > i) {
+          EXPECT_EQ(fv[i * n + j], 0.0) << i << "," << j;
+        }
+    const auto back = upper ? matmul(transpose(fv, n, n), fv, n, n, n) : matmul(fv, transpose(fv, n, n), n, n, n);
+    // potrf is backward stable: |A - FᵀF| ~ n eps |A|; cond ~ 10 keeps the factor itself as close.
+    EXPECT_REL_NEAR(back, a, Tol::f32);
+    be->cholesky_inverse(f, upper);
+    // A · A⁻¹ = I: the inverse carries cond(A) x the factor's error, ~1e-6.
+    const auto prod = matmul(a, down(f), n, n, n);
+    Vec eye(static_cast<std::size_t>(n * n), 0.0);
+    for (std::int64_t i = 0; i < n; ++i) eye[i * n + i] = 1.0;
+    EXPECT_REL_NEAR(prod, eye, 1e-5);
+  }
+}
+
+TEST_P(BackendOps, CholeskyReportsIndefinite) {
+  Vec a = {1, 3, 0, 3, 1, 0, 0, 0, 1};  // eigenvalues -2, 4, 1
+  Tensor f = up(a, {3, 3});
+  EXPECT_FALSE(be->cholesky(f, true));
+}
+
+TEST_P(BackendOps, ColSqNormsAccumulate) {
+  const std::int64_t n = 150, d = 37;
+  const auto x = random_vec(n * d, 21);
+  const auto s0 = random_vec(d, 22);
+  Vec want(static_cast<std::size_t>(d));
+  for (std::int64_t j = 0; j < d; ++j) {
+    double s = 0;
+    for (std::int64_t t = 0; t < n; ++t) s += x[t * d + j] * x[t * d + j];
+    want[j] = 0.25 * s0[j] + 0.5 * s;
+  }
+  Tensor out = up(s0, {d});
+  be->col_sq_norms(up(x, {n, d}), 0.5f, 0.25f, out);
+  EXPECT_REL_NEAR(down(out), want, Tol::f32);
+  // beta == 0 does not read out (as BLAS with C): NaN there does not leak through.
+  Tensor nan = Tensor::empty({d});
+  for (std::int64_t j = 0; j < d; ++j) nan.f32()[j] = std::numeric_limits<float>::quiet_NaN();
+  out = be->upload(nan);
+  be->col_sq_norms(up(x, {n, d}), 0.5f, 0.0f, out);
+  for (std::int64_t j = 0; j < d; ++j) want[j] -= 0.25 * s0[j];
+  EXPECT_REL_NEAR(down(out), want, Tol::f32);
+}
+
+TEST_P(BackendOps, HessianPrepareFixesDeadInputsAndDamps) {
+  const std::int64_t d = 6, rows = 3;
+  Vec h = spd(d, 23);
+  for (std::int64_t j = 0; j < d; ++j) h[2 * d + j] = h[j * d + 2] = 0.0;  // input 2 never fires
+  Tensor ht = up(h, {d, d});
+  Tensor w = up(random_vec(rows * d, 24), {rows, d});
+  const auto prep = be->hessian_prepare(ht, &w, 0.1f);
+  EXPECT_EQ(prep.dead, 1);
+  double mean = 1.0;  // the dead diagonal counts as 1, as in the reference
+  for (std::int64_t j = 0; j < d; ++j) mean += j == 2 ? 0.0 : h[j * d + j];
+  mean /= d;
+  EXPECT_NEAR(prep.damp, 0.1 * mean, 1e-6 * mean);
+  const auto hv = down(ht), wv = down(w);
+  for (std::int64_t j = 0; j < d; ++j) EXPECT_NEAR(hv[j * d + j], (j == 2 ? 1.0 : h[j * d + j]) + prep.damp, 1e-6);
+  for (std::int64_t r = 0; r < rows; ++r) EXPECT_EQ(wv[r * d + 2], 0.0);
+}
+
+TEST_P(BackendOps, KthThresholdPrunesExactlyKWithTies) {
+  const std::int64_t rows = 40, cols = 50;
+  // Values on a coarse grid so that many tie, including at every threshold.
+  auto s = random_vec(rows * cols, 25);
+  for (auto& v : s) v = std::round(std::fabs(v) * 8) / 8;
+  const Tensor st = up(s, {rows, cols});
+  for (const std::int64_t k : {std::int64_t{0}, std::int64_t{1}, std::int64_t{777}, rows * cols / 2, rows * cols - 1,
+                               rows * cols}) {
+    const auto t = be->kth_threshold(st, k);
+    Tensor mask = be->empty({rows, cols + 3}, DType::u8);  // written at column offset 2
+    be->mask_threshold(st, t, mask, 2);
+    const auto m = mask_bytes(be->download(mask));
+    // Reference: a stable sort of the flattened scores, the first k pruned.
+    std::vector<std::int64_t> idx(static_cast<std::size_t>(rows * cols));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](auto a, auto b) { return s[a] < s[b]; });
+    std::vector<std::uint8_t> want(static_cast<std::size_t>(rows * cols), 1);
+    for (std::int64_t i = 0; i < k; ++i) want[idx[i]] = 0;
+    std::int64_t mismatches = 0;
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t j = 0; j < cols; ++j) mismatches += m[r * (cols + 3) + 2 + j] != want[r * cols + j];
+    EXPECT_EQ(mismatches, 0) << "k = " << k;
+  }
+}
+
+TEST_P(BackendOps, RowAndNmSelectionsFollowStableOrder) {
+  const std::int64_t rows = 7, cols = 30;  // 30 = 7 groups of 4 + a tail of 2
+  auto s = random_vec(rows * cols, 26);
+  for (auto& v : s) v = std::round(std::fabs(v) * 4) / 4;  // ties
+  const Tensor st = up(s, {rows, cols});
+  Tensor mask = be->empty({rows, cols}, DType::u8);
+  be->mask_rows_smallest(st, 11, mask);
+  auto m = mask_bytes(be->download(mask));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    std::vector<std::int64_t> idx(static_cast<std::size_t>(cols));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](auto a, auto b) { return s[r * cols + a] < s[r * cols + b]; });
+    for (std::int64_t i = 0; i < cols; ++i) EXPECT_EQ(m[r * cols + idx[i]], i < 11 ? 0 : 1) << r << "," << idx[i];
+  }
+  be->mask_nm(st, 3, 4, mask);
+  m = mask_bytes(be->download(mask));
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t g = 0; g < cols; g += 4) {
+      const auto len = std::min<std::int64_t>(4, cols - g);
+      std::vector<std::int64_t> idx(static_cast<std::size_t>(len));
+      std::iota(idx.begin(), idx.end(), g);
+      // (score, column) order, i.e. a stable sort (std::sort with the index as tie-break).
+      std::sort(idx.begin(), idx.end(), [&](auto a, auto b) {
+        return s[r * cols + a] < s[r * cols + b] || (s[r * cols + a] == s[r * cols + b] && a < b);
+      });
+      for (std::int64_t i = 0; i < len; ++i)
+        EXPECT_EQ(m[r * cols + idx[i]], i < std::min<std::int64_t>(3, len) ? 0 : 1) << r << "," << idx[i];
+    }
+}
+
+TEST_P(BackendOps, ScoresAndApplyMask) {
+  const std::int64_t rows = 5, cols = 9;
+  const auto w = random_vec(rows * cols, 27);
+  auto c = random_vec(cols, 28);
+  for (auto& v : c) v = std::fabs(v);
+  const Tensor wt = up(w, {rows, cols}), ct = up(c, {cols});
+  Tensor s = be->empty({rows, cols});
+  be->prune_scores(wt, &ct, s);
+  Vec want(w.size());
+  for (std::int64_t i = 0; i < rows * cols; ++i) want[i] = std::fabs(w[i]) * std::sqrt(c[i % cols]);
+  EXPECT_REL_NEAR(down(s), want, Tol::f32);
+  Tensor mask = be->empty({rows, cols}, DType::u8);
+  for (std::int64_t i = 0; i < rows * cols; ++i) mask.data<std::uint8_t>()[i] = i % 3 != 0;
+  Tensor wm = up(w, {rows, cols});
+  be->apply_mask(wm, be->upload(mask));
+  const auto got = down(wm);
+  for (std::int64_t i = 0; i < rows * cols; ++i) EXPECT_EQ(got[i], i % 3 ? static_cast<double>(static_cast<float>(w[i])) : 0.0);
+}
+
+// One OBS block with a given mask, and the lazy update, against the reference's column loop in
+// float64 (W1[:, i:] -= err ⊗ Hinv1[i, i:], then W[:, i2:] -= Err1 · Hinv[i1:i2, i2:]).
+TEST_P(BackendOps, ObsSweepBlockAndLazyUpdateMatchFloat64) {
+  const std::int64_t rows = 13, d = 40, c0 = 8, width = 20;
+  const auto w0 = random_vec(rows * d, 29);
+  auto u = random_vec(d * d, 30, 0.1);
+  for (std::int64_t i = 0; i < d; ++i) {
+    for (std::int64_t j = 0; j < i; ++j) u[i * d + j] = 0.0;
+    u[i * d + i] = 1.0 + std::fabs(u[i * d + i]);
+  }
+  for (const int pm : {0, 4}) {
+    std::vector<std::uint8_t> mk(static_cast<std::size_t>(rows * d), 1);
+    if (pm == 0)
+      for (std::int64_t i = 0; i < rows * d; ++i) mk[i] = (i * 7) % 5 < 3;
+    // float64 reference
+    Vec w = w0, err(static_cast<std::size_t>(rows * width), 0.0), loss(static_cast<std::size_t>(rows), 0.0);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      double* wr = w.data() + r * d;
+      for (std::int64_t i = 0; i < width; ++i) {
+        const std::int64_t c = c0 + i;
+        if (pm && i % pm == 0) {
+          std::vector<std::int64_t> idx(pm);
+          std::iota(idx.begin(), idx.end(), c);
+          auto score = [&](std::int64_t j) { return wr[j] * wr[j] / (u[j * d + j] * u[j * d + j]); };
+          std::stable_sort(idx.begin(), idx.end(), [&](auto a, auto b) { return score(a) < score(b); });
+          for (int t = 0; t < pm; ++t) mk[r * d + idx[t]] = t >= 1;  // 1:4
+        }
+        const double e = mk[r * d + c] ? 0.0 : wr[c] / u[c * d + c];
+        for (std::int64_t j = c; j < c0 + width; ++j) wr[j] -= e * u[c * d + j];
+        if (!mk[r * d + c]) wr[c] = 0.0;
+        err[r * width + i] = e;
+        loss[r] += e * e / 2;
+      }
+      for (std::int64_t j = c0 + width; j < d; ++j)
+        for (std::int64_t i = 0; i < width; ++i) wr[j] -= err[r * width + i] * u[(c0 + i) * d + j];
+    }
+    Tensor wt = up(w0, {rows, d}), ut = up(u, {d, d});
+    Tensor mask = be->empty({rows, d}, DType::u8);
+    std::copy(mk.begin(), mk.end(), mask.data<std::uint8_t>());
+    if (pm) std::fill(mask.data<std::uint8_t>(), mask.data<std::uint8_t>() + rows * d, std::uint8_t{7});
+    mask = be->upload(mask);
+    Tensor et = be->empty({rows, width}), lt = be->zeros({rows}, DType::f64);
+    be->obs_sweep_block(wt, ut, c0, width, pm ? 1 : 0, pm, mask, et, lt);
+    be->obs_lazy_update(wt, et, ut, c0);
+    EXPECT_REL_NEAR(down(wt), w, Tol::f32);
+    EXPECT_REL_NEAR(down(et), err, Tol::f32);
+    const Tensor lh = be->download(lt);
+    EXPECT_REL_NEAR(Vec(lh.f64(), lh.f64() + rows), loss, Tol::f32);
+    const auto mg = mask_bytes(be->download(mask));
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t j = c0; j < c0 + width; ++j) EXPECT_EQ(mg[r * d + j], mk[r * d + j]) << r << "," << j;
+  }
+}
+
+TEST_P(BackendOps, RowwiseDotAndAllFinite) {
+  const std::int64_t rows = 6, d = 33;
+  const auto a = random_vec(rows * d, 31), b = random_vec(rows * d, 32);
+  std::vector<double> got(rows);
+  be->rowwise_dot(up(a, {rows, d}), up(b, {rows, d}), got);
+  Vec want(rows, 0.0);
+  for (std::int64_t i = 0; i < rows * d; ++i) want[i / d] += a[i] * b[i];
+  EXPECT_REL_NEAR(Vec(got.begin(), got.end()), want, 1e-12);  // fp32 inputs, double products and sums
+  Tensor t = up(a, {rows, d});
+  EXPECT_TRUE(be->all_finite(t));
+  t.f32()[5] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_FALSE(be->all_finite(be->upload(t)));
 }
 
 std::vector<std::string> backends() { return {"cpu"}; }

@@ -21,14 +21,30 @@ struct AttentionShape {
   float scale = 1.0f;  // applied to q·k (OPT folds it into q beforehand and passes 1)
 };
 
+// The k smallest scores of a tensor as a rule a row slice can apply on its own: prune every score
+// < value, and the first `take_equal` scores == value in row-major order (a count at least the
+// number of ties, such as INT64_MAX, takes them all). Across ranks (rows split), `value` is a
+// global selection and each rank gets its share of the ties.
+struct SelectThreshold {
+  float value = 0.0f;
+  std::int64_t take_equal = 0;
+};
+
+// What hessian_prepare did: the damping added to the diagonal, and how many inputs were dead.
+struct HessianPrep {
+  double damp = 0.0;
+  std::int64_t dead = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual Device device() const = 0;
 
-  // Memory. upload() turns a host tensor of any float dtype into an fp32 tensor on the device;
-  // download() brings an fp32 device tensor to the host.
+  // Memory. upload() turns a host tensor of any float dtype into an fp32 tensor on the device
+  // (integer and U8 tensors, such as masks, keep their dtype); download() brings an fp32 (or U8,
+  // F64) device tensor to the host.
   virtual Tensor empty(const Shape& shape, DType dtype = DType::f32) = 0;
   virtual Tensor zeros(const Shape& shape, DType dtype = DType::f32) = 0;
   virtual Tensor upload(const Tensor& host) = 0;
@@ -69,6 +85,51 @@ class Backend {
   // Negative log-likelihood of targets under softmax(logits) per row, in float64, logits [n, V].
   virtual void nll(const Tensor& logits, std::span<const std::int32_t> targets,
                    std::span<double> out) = 0;
+
+  // ---- Pruning (SparseGPT, Wanda, magnitude). Masks are DType::u8 tensors, 1 = kept. ----
+
+  // Cholesky factorisation in place of a symmetric positive definite a [n, n]: upper (a = UᵀU) or
+  // lower (a = LLᵀ); the other triangle is zeroed. Returns false (a then undefined) when a is not
+  // numerically positive definite.
+  virtual bool cholesky(Tensor& a, bool upper) = 0;
+  // From a factor as cholesky(a, upper) left it, the inverse of the factored matrix in place,
+  // both triangles filled (LAPACK potri).
+  virtual void cholesky_inverse(Tensor& factor, bool upper) = 0;
+  // out[j] = beta * out[j] + alpha * Σ_t x[t, j]² for x [n, d], out [d] (sums in double); out
+  // is not read when beta == 0 (as BLAS treats C).
+  virtual void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) = 0;
+  // SparseGPT's preparation of H [d, d] in place: dead inputs (H_jj == 0) get H_jj = 1 and, when
+  // w [rows, d] is given, W[:, j] = 0; then damp = percdamp * mean(diag H) is added to the diagonal.
+  virtual HessianPrep hessian_prepare(Tensor& h, Tensor* w, float percdamp) = 0;
+  // True when no element is NaN or infinite (f32 or f64).
+  virtual bool all_finite(const Tensor& t) = 0;
+  // scores = |w| (col == nullptr: magnitude) or |w_ij| * sqrt(col_j) (Wanda), w and scores [rows, d].
+  virtual void prune_scores(const Tensor& w, const Tensor* col, Tensor& scores) = 0;
+  // The rule that prunes exactly the k smallest of `scores` (ties in row-major order), 0 <= k <= numel.
+  virtual SelectThreshold kth_threshold(const Tensor& scores, std::int64_t k) = 0;
+  // mask[r, col0 + j] = 0 where t prunes scores[r, j], else 1; scores [rows, width], mask [rows, >= col0 + width].
+  virtual void mask_threshold(const Tensor& scores, const SelectThreshold& t, Tensor& mask, std::int64_t col0) = 0;
+  // Per row, prune the k smallest scores (ties: lower column first, as a stable sort).
+  virtual void mask_rows_smallest(const Tensor& scores, std::int64_t k, Tensor& mask) = 0;
+  // N:M: in every group of m consecutive columns of a row (groups start at multiples of m), prune the
+  // n smallest (ties: lower column first); a last group shorter than m prunes min(n, its length).
+  virtual void mask_nm(const Tensor& scores, int n, int m, Tensor& mask) = 0;
+  // w *= mask (pruned entries become exact zeros).
+  virtual void apply_mask(Tensor& w, const Tensor& mask) = 0;
+  // SparseGPT block scores: scores[r, j] = W[r, col0+j]² / Hinv[col0+j, col0+j]², scores [rows, width].
+  virtual void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& scores) = 0;
+  // SparseGPT's sweep of columns [col0, col0 + width) of w [rows, d] against the upper factor hinv
+  // [d, d] (H⁻¹ = UᵀU). For each column i in order: (prune_m > 0, i - col0 a multiple of prune_m)
+  // mark the prune_n smallest w²/U_ii² of the row's next prune_m (already updated) columns in mask;
+  // then err = w_i·(pruned)/U_ii, w_i = kept ? w_i : 0, W[r, i+1:col0+width] -= err·U[i, i+1:...].
+  // prune_m == 0: the mask block is read as given. err [rows, width] receives the errors; losses
+  // [rows] (f64) accumulates Σ err²/2. Rows are independent (a row slice may run alone).
+  virtual void obs_sweep_block(Tensor& w, const Tensor& hinv, std::int64_t col0, std::int64_t width, int prune_n,
+                               int prune_m, Tensor& mask, Tensor& err, Tensor& losses) = 0;
+  // SparseGPT's lazy update after a block: W[:, c1:] -= err · U[col0:c1, c1:], c1 = col0 + err.cols (one GEMM).
+  virtual void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0) = 0;
+  // out[r] = Σ_j a[r, j] b[r, j] in double, a and b [rows, d].
+  virtual void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out) = 0;
 
   // Threads this backend uses for BLAS and loops (cpu); 0 = leave as is.
   virtual void set_threads(int threads) = 0;

@@ -96,6 +96,55 @@ class ProfilingBackend final : public Backend {
     timed("nll", 0, [&] { in_.nll(l, t, o); });
   }
 
+  // Pruning ops. FLOPs: potrf n³/3, potri 2n³/3; the OBS sweep Σ_i 2(width-1-i) per row; the lazy
+  // update a GEMM; selections count no FLOPs (their time is what matters).
+  bool cholesky(Tensor& a, bool upper) override {
+    const double n = static_cast<double>(a.size(0));
+    return timed("cholesky", n * n * n / 3, [&] { return in_.cholesky(a, upper); });
+  }
+  void cholesky_inverse(Tensor& f, bool upper) override {
+    const double n = static_cast<double>(f.size(0));
+    timed("cholesky_inverse", 2 * n * n * n / 3, [&] { in_.cholesky_inverse(f, upper); });
+  }
+  void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) override {
+    timed("col_sq_norms", 2.0 * x.size(0) * x.size(1), [&] { in_.col_sq_norms(x, alpha, beta, out); });
+  }
+  HessianPrep hessian_prepare(Tensor& h, Tensor* w, float percdamp) override {
+    return timed("hessian_prepare", 0, [&] { return in_.hessian_prepare(h, w, percdamp); });
+  }
+  bool all_finite(const Tensor& t) override { return timed("all_finite", 0, [&] { return in_.all_finite(t); }); }
+  void prune_scores(const Tensor& w, const Tensor* col, Tensor& s) override {
+    timed("prune_scores", 1.0 * w.numel() * (col ? 2 : 1), [&] { in_.prune_scores(w, col, s); });
+  }
+  SelectThreshold kth_threshold(const Tensor& s, std::int64_t k) override {
+    return timed("select", 0, [&] { return in_.kth_threshold(s, k); });
+  }
+  void mask_threshold(const Tensor& s, const SelectThreshold& t, Tensor& m, std::int64_t col0) override {
+    timed("select", 0, [&] { in_.mask_threshold(s, t, m, col0); });
+  }
+  void mask_rows_smallest(const Tensor& s, std::int64_t k, Tensor& m) override {
+    timed("select", 0, [&] { in_.mask_rows_smallest(s, k, m); });
+  }
+  void mask_nm(const Tensor& s, int n, int m, Tensor& mask) override {
+    timed("select", 0, [&] { in_.mask_nm(s, n, m, mask); });
+  }
+  void apply_mask(Tensor& w, const Tensor& m) override { timed("apply_mask", 0, [&] { in_.apply_mask(w, m); }); }
+  void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& s) override {
+    timed("obs_scores", 3.0 * s.numel(), [&] { in_.obs_scores(w, hinv, col0, s); });
+  }
+  void obs_sweep_block(Tensor& w, const Tensor& hinv, std::int64_t col0, std::int64_t width, int pn, int pm,
+                       Tensor& mask, Tensor& err, Tensor& losses) override {
+    timed("obs_sweep", 1.0 * w.size(0) * width * (width - 1),
+          [&] { in_.obs_sweep_block(w, hinv, col0, width, pn, pm, mask, err, losses); });
+  }
+  void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0) override {
+    const auto rows = w.size(0), width = err.size(1), rest = w.size(1) - col0 - width;
+    timed("obs_lazy", 2.0 * rows * width * rest, [&] { in_.obs_lazy_update(w, err, hinv, col0); });
+  }
+  void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out) override {
+    timed("rowwise_dot", 2.0 * a.numel(), [&] { in_.rowwise_dot(a, b, out); });
+  }
+
  private:
   Backend& in_;
   std::map<std::string, OpStats> stats_;

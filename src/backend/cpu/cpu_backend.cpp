@@ -1,12 +1,19 @@
-// CPU backend: OpenBLAS for the matrix work (sgemm, ssyrk), OpenMP for the row-wise and
-// elementwise loops. Reductions inside a row (norms, softmax, NLL) accumulate in double so that
-// the fp32 results sit within a few ulps of a float64 reference.
+// CPU backend: OpenBLAS for the matrix work (sgemm, ssyrk; LAPACKE spotrf/spotri for the
+// pruners' factorisations), OpenMP for the row-wise and elementwise loops. Reductions inside a
+// row (norms, softmax, NLL) accumulate in double so that the fp32 results sit within a few ulps
+// of a float64 reference.
 #include <cblas.h>
+#include <lapacke.h>
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <span>
 #include <vector>
 
 #include "scalpel/backend/backend.hpp"
@@ -47,6 +54,105 @@ void check_2d(const Tensor& t, const char* what) {
   SCALPEL_CHECK(t.dim() == 2, "{}: expected 2-D, got {}", what, shape_str(t.shape()));
 }
 
+void check_mask(const Tensor& t, const char* what) {
+  SCALPEL_CHECK(t.defined() && t.device() == Device::cpu && t.dtype() == DType::u8 && t.dim() == 2,
+                "{}: expected a host 2-D U8 tensor", what);
+}
+
+// Order-preserving map of non-NaN floats to unsigned keys (-0 and +0 share the key of +0, as
+// they compare equal), and back.
+inline std::uint32_t order_key(float f) {
+  std::uint32_t b;
+  std::memcpy(&b, &f, 4);
+  if ((b & 0x7fffffffu) == 0) b = 0;
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+inline float key_value(std::uint32_t k) {
+  const std::uint32_t b = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+// N:M groups up to this width select on the stack.
+constexpr std::int64_t kMaxGroup = 64;
+
+// Marks the c smallest of s[0, len) as pruned (mask 0) and the rest kept, ties to the lower index:
+// element a is pruned when fewer than c elements precede it in (score, index) order. O(len²) with
+// no branches on the data, which beats sorting for the small groups of N:M patterns.
+inline void select_group(const float* s, std::int64_t len, std::int64_t c, std::uint8_t* mask) {
+  for (std::int64_t a = 0; a < len; ++a) {
+    std::int64_t rank = 0;
+    for (std::int64_t b = 0; b < len; ++b) rank += (s[b] < s[a]) | ((s[b] == s[a]) & (b < a));
+    mask[a] = rank >= c;
+  }
+}
+
+// Zeroes the strict lower (or upper) triangle of a row-major n x n matrix.
+void zero_triangle(float* a, std::int64_t n, bool strict_lower) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (strict_lower)
+      std::fill(a + i * n, a + i * n + i, 0.0f);
+    else
+      std::fill(a + i * n + i + 1, a + (i + 1) * n, 0.0f);
+  }
+}
+
+// Copies one triangle of a row-major n x n matrix onto the other, in 64 x 64 tiles so that the
+// transposed reads stay in cache.
+void mirror_triangle(float* a, std::int64_t n, bool from_upper) {
+  constexpr std::int64_t B = 64;
+  const std::int64_t nb = (n + B - 1) / B;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (std::int64_t bi = 0; bi < nb; ++bi)
+    for (std::int64_t bj = 0; bj <= bi; ++bj)
+      for (std::int64_t i = bi * B; i < std::min(n, (bi + 1) * B); ++i)
+        for (std::int64_t j = bj * B; j < std::min(i, (bj + 1) * B); ++j) {
+          // (i, j) lies in the strict lower triangle.
+          if (from_upper)
+            a[i * n + j] = a[j * n + i];
+          else
+            a[j * n + i] = a[i * n + j];
+        }
+}
+
+// dst[j * ld + t] = src[t * ls + j] for a 16 x 16 block: the OBS sweep's row tiles go in and out
+// of their transposed layout with it (AVX-512 in-register transpose, scalar elsewhere).
+#pragma GCC diagnostic push
+// GCC 12's own _mm512_undefined_ps inside the unpack intrinsics trips this warning.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+inline void transpose16(const float* src, std::int64_t ls, float* dst, std::int64_t ld) {
+#if defined(__AVX512F__)
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, r[i]);
+#else
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) dst[j * ld + i] = src[i * ls + j];
+#endif
+}
+#pragma GCC diagnostic pop
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) { set_threads(threads); }
@@ -63,7 +169,11 @@ class CpuBackend final : public Backend {
   Tensor empty(const Shape& shape, DType dtype) override { return Tensor::empty(shape, dtype); }
   Tensor zeros(const Shape& shape, DType dtype) override { return Tensor::zeros(shape, dtype); }
   // Always a private copy: the source may be a read-only memory map of a checkpoint.
-  Tensor upload(const Tensor& host) override { return host.dtype() == DType::f32 ? host.clone() : host.to_f32(); }
+  Tensor upload(const Tensor& host) override {
+    const auto t = host.dtype();
+    const bool is_float = t == DType::f32 || t == DType::f16 || t == DType::bf16 || t == DType::f64;
+    return t == DType::f32 || !is_float ? host.clone() : host.to_f32();  // masks and ids keep their type
+  }
   Tensor download(const Tensor& t) override { return t; }
   void copy(const Tensor& src, Tensor& dst) override {
     SCALPEL_CHECK(src.nbytes() == dst.nbytes() && src.dtype() == dst.dtype(), "copy {} -> {}",
@@ -119,10 +229,8 @@ class CpuBackend final : public Backend {
     float* hp = h.f32();
     cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(d), static_cast<int>(n),
                 alpha, x.f32(), static_cast<int>(d), beta, hp, static_cast<int>(d));
-    // Mirror the upper triangle so consumers may read either.
-#pragma omp parallel for schedule(dynamic, 16)
-    for (std::int64_t i = 0; i < d; ++i)
-      for (std::int64_t j = 0; j < i; ++j) hp[i * d + j] = hp[j * d + i];
+    // Mirror the upper triangle so consumers may read either (in cache-sized tiles).
+    mirror_triangle(hp, d, /*from_upper=*/true);
   }
 
   void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) override {
@@ -338,6 +446,527 @@ class CpuBackend final : public Backend {
       }
       const auto t = targets[static_cast<std::size_t>(i)];
       out[static_cast<std::size_t>(i)] = (m + std::log(sum)) - static_cast<double>(r[t]);
+    }
+  }
+  // ---- Pruning ops ----
+
+  bool cholesky(Tensor& a, bool upper) override {
+    check_2d(a, "cholesky A");
+    const auto n = a.size(0);
+    SCALPEL_CHECK(a.size(1) == n, "cholesky of a non-square {}", shape_str(a.shape()));
+    if (n == 0) return true;
+    // A row-major upper triangle is LAPACK's column-major lower one (and vice versa), so the
+    // row-major matrix is factored in place without a transpose.
+    const int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, upper ? 'L' : 'U', static_cast<lapack_int>(n), a.f32(),
+                                         static_cast<lapack_int>(n));
+    SCALPEL_CHECK(info >= 0, "spotrf argument {} invalid", -info);
+    if (info > 0) return false;
+    zero_triangle(a.f32(), n, /*strict_lower=*/upper);
+    return true;
+  }
+
+  void cholesky_inverse(Tensor& f, bool upper) override {
+    check_2d(f, "cholesky_inverse factor");
+    const auto n = f.size(0);
+    SCALPEL_CHECK(f.size(1) == n, "cholesky_inverse of a non-square {}", shape_str(f.shape()));
+    if (n == 0) return;
+    const int info = LAPACKE_spotri_work(LAPACK_COL_MAJOR, upper ? 'L' : 'U', static_cast<lapack_int>(n), f.f32(),
+                                         static_cast<lapack_int>(n));
+    // info > 0 means a zero on the factor's diagonal, which a successful cholesky() cannot leave.
+    SCALPEL_CHECK(info == 0, "spotri info {}", info);
+    // potri wrote the triangle it was given: row-major upper (upper) or lower; mirror it.
+    mirror_triangle(f.f32(), n, /*from_upper=*/upper);
+  }
+
+  void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) override {
+    check_2d(x, "col_sq_norms x");
+    check_host_f32(out, "col_sq_norms out");
+    const auto n = x.size(0), d = x.size(1);
+    SCALPEL_CHECK(out.numel() == d, "col_sq_norms out {} for {} columns", shape_str(out.shape()), d);
+    const float* xp = x.f32();
+    float* op = out.f32();
+    // Each thread owns a range of columns and walks all rows: contiguous reads, no reduction
+    // between threads, so the sums do not depend on the thread count.
+#pragma omp parallel
+    {
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const std::int64_t c0 = d * t / nt, c1 = d * (t + 1) / nt;
+      std::vector<double> acc(static_cast<std::size_t>(c1 - c0), 0.0);
+      double* ap = acc.data();
+      for (std::int64_t i = 0; i < n; ++i) {
+        const float* r = xp + i * d + c0;
+#pragma omp simd
+        for (std::int64_t j = 0; j < c1 - c0; ++j) ap[j] += static_cast<double>(r[j]) * r[j];
+      }
+      // beta == 0: out is not read (it may be uninitialised), as BLAS treats C.
+      for (std::int64_t j = c0; j < c1; ++j)
+        op[j] = static_cast<float>((beta == 0.0f ? 0.0 : static_cast<double>(beta) * op[j]) +
+                                   static_cast<double>(alpha) * ap[j - c0]);
+    }
+  }
+
+  HessianPrep hessian_prepare(Tensor& h, Tensor* w, float percdamp) override {
+    check_2d(h, "hessian_prepare H");
+    const auto d = h.size(0);
+    SCALPEL_CHECK(h.size(1) == d, "hessian_prepare of a non-square {}", shape_str(h.shape()));
+    if (w) {
+      check_2d(*w, "hessian_prepare W");
+      SCALPEL_CHECK(w->size(1) == d, "hessian_prepare W {} for H {}", shape_str(w->shape()), shape_str(h.shape()));
+    }
+    float* hp = h.f32();
+    std::vector<std::int64_t> dead;
+    for (std::int64_t j = 0; j < d; ++j)
+      if (hp[j * d + j] == 0.0f) {
+        hp[j * d + j] = 1.0f;
+        dead.push_back(j);
+      }
+    if (w && !dead.empty()) {
+      float* wp = w->f32();
+      const auto rows = w->size(0);
+#pragma omp parallel for schedule(static)
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (const auto j : dead) wp[r * d + j] = 0.0f;
+    }
+    double sum = 0;
+    for (std::int64_t j = 0; j < d; ++j) sum += hp[j * d + j];
+    // fp32 like the reference's percdamp * torch.mean(torch.diag(H)).
+    const float damp = d ? static_cast<float>(percdamp * (sum / static_cast<double>(d))) : 0.0f;
+    for (std::int64_t j = 0; j < d; ++j) hp[j * d + j] += damp;
+    return {damp, static_cast<std::int64_t>(dead.size())};
+  }
+
+  bool all_finite(const Tensor& t) override {
+    SCALPEL_CHECK(t.device() == Device::cpu, "all_finite of a device tensor");
+    const auto n = t.numel();
+    bool ok = true;
+    if (t.dtype() == DType::f32) {
+      const float* p = t.f32();
+#pragma omp parallel for reduction(&& : ok) schedule(static)
+      for (std::int64_t i = 0; i < n; ++i) ok = ok && std::isfinite(p[i]);
+    } else {
+      const double* p = t.f64();
+#pragma omp parallel for reduction(&& : ok) schedule(static)
+      for (std::int64_t i = 0; i < n; ++i) ok = ok && std::isfinite(p[i]);
+    }
+    return ok;
+  }
+
+  void prune_scores(const Tensor& w, const Tensor* col, Tensor& scores) override {
+    check_2d(w, "prune_scores W");
+    check_2d(scores, "prune_scores scores");
+    SCALPEL_CHECK(scores.shape() == w.shape(), "prune_scores {} for W {}", shape_str(scores.shape()),
+                  shape_str(w.shape()));
+    const auto rows = w.size(0), d = w.size(1);
+    const float* wp = w.f32();
+    float* sp = scores.f32();
+    if (!col) {
+#pragma omp parallel for simd schedule(static)
+      for (std::int64_t i = 0; i < rows * d; ++i) sp[i] = std::fabs(wp[i]);
+      return;
+    }
+    check_host_f32(*col, "prune_scores column statistic");
+    SCALPEL_CHECK(col->numel() == d, "prune_scores column statistic {} for {} columns", shape_str(col->shape()), d);
+    std::vector<float> root(static_cast<std::size_t>(d));
+    for (std::int64_t j = 0; j < d; ++j) root[j] = std::sqrt(col->f32()[j]);
+    const float* rp = root.data();
+#pragma omp parallel for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+      for (std::int64_t j = 0; j < d; ++j) sp[r * d + j] = std::fabs(wp[r * d + j]) * rp[j];
+    }
+  }
+
+  SelectThreshold kth_threshold(const Tensor& scores, std::int64_t k) override {
+    check_host_f32(scores, "kth_threshold scores");
+    const auto n = scores.numel();
+    SCALPEL_CHECK(k >= 0 && k <= n, "kth_threshold k {} of {}", k, n);
+    if (k == 0) return {-std::numeric_limits<float>::infinity(), 0};
+    const float* s = scores.f32();
+    // Radix selection on order-preserving keys: a histogram of the top bits (16 for large n:
+    // 1/128 of an octave per bin, so the k-th value's bin holds a fraction of a percent of
+    // continuous scores; fewer for small n, whose histogram would cost more than the data),
+    // then the keys of that one bin are gathered and partially sorted. Two reads of the data,
+    // the second with a branch that is almost never taken.
+    int log2n = 0;
+    while (log2n < 62 && (std::int64_t{1} << (log2n + 1)) <= n) ++log2n;
+    const int kBits = std::clamp(log2n - 3, 8, 16);
+    const std::uint32_t kBins = 1u << kBits;
+    const bool par = n > (1 << 16);  // below that, a parallel region costs more than it saves
+    std::vector<std::int64_t> hist(kBins, 0);
+#pragma omp parallel if (par)
+    {
+      std::vector<std::uint32_t> local(kBins, 0);  // a thread counts < 2^32 of the n <= 2^31 x threads keys
+#pragma omp for schedule(static) nowait
+      for (std::int64_t i = 0; i < n; ++i) ++local[order_key(s[i]) >> (32 - kBits)];
+#pragma omp critical
+      for (std::uint32_t b = 0; b < kBins; ++b) hist[b] += local[b];
+    }
+    std::int64_t below = 0;
+    std::uint32_t bin = 0;
+    for (; bin < kBins; ++bin) {
+      if (below + hist[bin] >= k) break;
+      below += hist[bin];
+    }
+    std::vector<std::uint32_t> cand;
+    cand.reserve(static_cast<std::size_t>(hist[bin]));
+#pragma omp parallel if (par)
+    {
+      std::vector<std::uint32_t> local;
+#pragma omp for schedule(static) nowait
+      for (std::int64_t i = 0; i < n; ++i) {
+        const auto key = order_key(s[i]);
+        if ((key >> (32 - kBits)) == bin) local.push_back(key);
+      }
+#pragma omp critical
+      cand.insert(cand.end(), local.begin(), local.end());
+    }
+    const auto need = k - below;  // 1 <= need <= cand.size()
+    std::nth_element(cand.begin(), cand.begin() + (need - 1), cand.end());
+    const std::uint32_t vkey = cand[static_cast<std::size_t>(need - 1)];
+    std::int64_t less = below, equal = 0;
+    for (const auto c : cand) {
+      less += c < vkey;
+      equal += c == vkey;
+    }
+    // Taking every tie (the usual case: a unique k-th value) is said with the largest count, so
+    // that mask_threshold needs no pass to order the ties.
+    const auto take = k - less;
+    return {key_value(vkey), take == equal ? std::numeric_limits<std::int64_t>::max() : take};
+  }
+
+  void mask_threshold(const Tensor& scores, const SelectThreshold& t, Tensor& mask, std::int64_t col0) override {
+    check_2d(scores, "mask_threshold scores");
+    check_mask(mask, "mask_threshold mask");
+    const auto rows = scores.size(0), width = scores.size(1), mc = mask.size(1);
+    SCALPEL_CHECK(mask.size(0) == rows && col0 >= 0 && col0 + width <= mc, "mask_threshold scores {} into mask {} at {}",
+                  shape_str(scores.shape()), shape_str(mask.shape()), col0);
+    const float* s = scores.f32();
+    std::uint8_t* m = mask.data<std::uint8_t>();
+    const float v = t.value;
+    // Ties (== v) are taken in row-major order: count them per row first, so that every row knows
+    // how many ties the rows before it took, and the rows can then be masked in parallel.
+    if (t.take_equal >= rows * width) {  // every tie is taken: prune <= v
+#pragma omp parallel for schedule(static)
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const float* sr = s + r * width;
+        std::uint8_t* mr = m + r * mc + col0;
+        for (std::int64_t j = 0; j < width; ++j) mr[j] = !(sr[j] <= v);
+      }
+      return;
+    }
+    std::vector<std::int64_t> first(static_cast<std::size_t>(rows) + 1, 0);
+    if (t.take_equal > 0) {
+#pragma omp parallel for schedule(static)
+      for (std::int64_t r = 0; r < rows; ++r) {
+        std::int64_t c = 0;
+        for (std::int64_t j = 0; j < width; ++j) c += s[r * width + j] == v;
+        first[r + 1] = c;
+      }
+      for (std::int64_t r = 0; r < rows; ++r) first[r + 1] += first[r];
+    }
+#pragma omp parallel for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const float* sr = s + r * width;
+      std::uint8_t* mr = m + r * mc + col0;
+      if (t.take_equal <= first[r]) {  // no ties left for this row
+        for (std::int64_t j = 0; j < width; ++j) mr[j] = !(sr[j] < v);
+      } else {
+        std::int64_t seen = first[r];
+        for (std::int64_t j = 0; j < width; ++j) {
+          const bool eq = sr[j] == v;
+          mr[j] = !(sr[j] < v || (eq && seen < t.take_equal));
+          seen += eq;
+        }
+      }
+    }
+  }
+
+  void mask_rows_smallest(const Tensor& scores, std::int64_t k, Tensor& mask) override {
+    check_2d(scores, "mask_rows_smallest scores");
+    check_mask(mask, "mask_rows_smallest mask");
+    SCALPEL_CHECK(mask.shape() == scores.shape(), "mask {} for scores {}", shape_str(mask.shape()),
+                  shape_str(scores.shape()));
+    const auto rows = scores.size(0), d = scores.size(1);
+    SCALPEL_CHECK(k >= 0 && k <= d, "mask_rows_smallest k {} of {}", k, d);
+    const float* s = scores.f32();
+    std::uint8_t* m = mask.data<std::uint8_t>();
+#pragma omp parallel
+    {
+      std::vector<std::int32_t> idx(static_cast<std::size_t>(d));
+#pragma omp for schedule(static)
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const float* sr = s + r * d;
+        std::uint8_t* mr = m + r * d;
+        std::fill(mr, mr + d, std::uint8_t{1});
+        if (k == 0) continue;
+        for (std::int64_t j = 0; j < d; ++j) idx[j] = static_cast<std::int32_t>(j);
+        // (score, column) order: what a stable ascending sort of the row gives.
+        std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(), [sr](std::int32_t a, std::int32_t b) {
+          return sr[a] < sr[b] || (sr[a] == sr[b] && a < b);
+        });
+        for (std::int64_t j = 0; j < k; ++j) mr[idx[j]] = 0;
+      }
+    }
+  }
+
+  void mask_nm(const Tensor& scores, int n, int m, Tensor& mask) override {
+    check_2d(scores, "mask_nm scores");
+    check_mask(mask, "mask_nm mask");
+    SCALPEL_CHECK(mask.shape() == scores.shape(), "mask {} for scores {}", shape_str(mask.shape()),
+                  shape_str(scores.shape()));
+    SCALPEL_CHECK(n > 0 && n < m, "mask_nm {}:{}", n, m);
+    const auto rows = scores.size(0), d = scores.size(1);
+    const float* s = scores.f32();
+    std::uint8_t* mk = mask.data<std::uint8_t>();
+#pragma omp parallel for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t g = 0; g < d; g += m) {
+        const auto len = std::min<std::int64_t>(m, d - g);
+        select_group(s + r * d + g, len, std::min<std::int64_t>(n, len), mk + r * d + g);
+      }
+  }
+
+  void apply_mask(Tensor& w, const Tensor& mask) override {
+    check_2d(w, "apply_mask W");
+    check_mask(mask, "apply_mask mask");
+    SCALPEL_CHECK(mask.shape() == w.shape(), "mask {} for W {}", shape_str(mask.shape()), shape_str(w.shape()));
+    float* wp = w.f32();
+    const std::uint8_t* m = mask.data<std::uint8_t>();
+    const auto n = w.numel();
+#pragma omp parallel for simd schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) wp[i] = m[i] ? wp[i] : 0.0f;
+  }
+
+  void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& scores) override {
+    check_2d(w, "obs_scores W");
+    check_2d(hinv, "obs_scores Hinv");
+    check_2d(scores, "obs_scores scores");
+    const auto rows = w.size(0), d = w.size(1), width = scores.size(1);
+    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && scores.size(0) == rows && col0 >= 0 && col0 + width <= d,
+                  "obs_scores W {} Hinv {} scores {} at {}", shape_str(w.shape()), shape_str(hinv.shape()),
+                  shape_str(scores.shape()), col0);
+    const float* wp = w.f32();
+    const float* hp = hinv.f32();
+    std::vector<float> dd(static_cast<std::size_t>(width));
+    for (std::int64_t j = 0; j < width; ++j) {
+      const float u = hp[(col0 + j) * d + col0 + j];
+      dd[j] = u * u;
+    }
+    const float* dp = dd.data();
+    float* sp = scores.f32();
+#pragma omp parallel for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const float* wr = wp + r * d + col0;
+#pragma omp simd
+      for (std::int64_t j = 0; j < width; ++j) sp[r * width + j] = wr[j] * wr[j] / dp[j];
+    }
+  }
+
+  void obs_sweep_block(Tensor& w, const Tensor& hinv, std::int64_t col0, std::int64_t width, int prune_n, int prune_m,
+                       Tensor& mask, Tensor& err, Tensor& losses) override {
+    check_2d(w, "obs_sweep W");
+    check_2d(hinv, "obs_sweep Hinv");
+    check_2d(err, "obs_sweep err");
+    check_mask(mask, "obs_sweep mask");
+    const auto rows = w.size(0), d = w.size(1);
+    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && mask.shape() == w.shape() && col0 >= 0 && width >= 0 &&
+                      col0 + width <= d && err.size(0) == rows && err.size(1) == width,
+                  "obs_sweep W {} Hinv {} mask {} err {} block [{}, {})", shape_str(w.shape()), shape_str(hinv.shape()),
+                  shape_str(mask.shape()), shape_str(err.shape()), col0, col0 + width);
+    SCALPEL_CHECK(losses.dtype() == DType::f64 && losses.numel() == rows, "obs_sweep losses {}",
+                  shape_str(losses.shape()));
+    SCALPEL_CHECK(prune_m == 0 || (prune_n > 0 && prune_n < prune_m), "obs_sweep {}:{}", prune_n, prune_m);
+    if (rows == 0 || width == 0) return;
+    const float* U = hinv.f32() + col0 * d + col0;  // the block's diagonal tile, row stride d
+    std::vector<float> dsq(static_cast<std::size_t>(width));
+    for (std::int64_t j = 0; j < width; ++j) dsq[j] = U[j * d + j] * U[j * d + j];
+    float* W = w.f32() + col0;
+    std::uint8_t* M = mask.data<std::uint8_t>() + col0;
+    float* E = err.f32();
+    double* Lp = losses.f64();
+    // kLanes rows at a time, transposed into an L1-resident tile [width][kLanes]: every step of
+    // the sweep is then a vector op across rows (one division gives kLanes errors, one FMA per
+    // column updates kLanes rows), with no branches on the data. Rows past the end are padded
+    // with zero weights that are kept, so their errors are exactly zero.
+    constexpr std::int64_t kLanes = 16;
+    const std::int64_t group = prune_m > 0 ? prune_m : 1;
+    // Columns are applied to the rest of the block kMaxChunk at a time; for N:M the chunk must
+    // divide M so that every group starts a chunk (its columns then hold all earlier updates).
+    constexpr std::int64_t kMaxChunk = 4;
+    std::int64_t chunk = kMaxChunk;
+    while (prune_m > 0 && prune_m % chunk != 0) --chunk;
+#pragma omp parallel
+    {
+      std::vector<float> tile(static_cast<std::size_t>(width * kLanes)), keep(tile.size()), etile(tile.size()),
+          score(static_cast<std::size_t>(group * kLanes));
+      float* T = tile.data();
+      float* K = keep.data();
+      float* ET = etile.data();
+      float* S = score.data();
+      alignas(64) float stage_w[kLanes * kLanes];
+      alignas(64) float stage_k[kLanes * kLanes];
+      const std::int64_t wv = width - width % kLanes;  // columns moved by whole 16 x 16 blocks
+#pragma omp for schedule(static)
+      for (std::int64_t r0 = 0; r0 < rows; r0 += kLanes) {
+        const std::int64_t nr = std::min(kLanes, rows - r0);
+        // Into the transposed tile: 16 x 16 blocks through a row-major staging square.
+        for (std::int64_t jb = 0; jb < wv; jb += kLanes) {
+          for (std::int64_t t = 0; t < kLanes; ++t) {
+            const float* wr = W + (r0 + t) * d + jb;
+            const std::uint8_t* mr = M + (r0 + t) * d + jb;
+            for (std::int64_t j = 0; j < kLanes; ++j) {
+              stage_w[t * kLanes + j] = t < nr ? wr[j] : 0.0f;
+              stage_k[t * kLanes + j] = t >= nr || prune_m > 0 || mr[j] != 0 ? 1.0f : 0.0f;
+            }
+          }
+          transpose16(stage_w, kLanes, T + jb * kLanes, kLanes);
+          transpose16(stage_k, kLanes, K + jb * kLanes, kLanes);
+        }
+        for (std::int64_t t = 0; t < kLanes; ++t)
+          for (std::int64_t j = wv; j < width; ++j) {
+            T[j * kLanes + t] = t < nr ? W[(r0 + t) * d + j] : 0.0f;
+            K[j * kLanes + t] = t >= nr || prune_m > 0 || M[(r0 + t) * d + j] != 0 ? 1.0f : 0.0f;
+          }
+        float loss[kLanes] = {};
+        for (std::int64_t i0 = 0; i0 < width; i0 += chunk) {
+          const std::int64_t i1 = std::min(width, i0 + chunk);
+          if (prune_m > 0 && i0 % prune_m == 0) {
+            // N:M: rank the group's scores w²/U_jj² (weights as updated so far: chunks start at
+            // every group, so all earlier columns are applied) in every lane; prune the c
+            // smallest, ties to the lower column.
+            const std::int64_t len = std::min<std::int64_t>(prune_m, width - i0), c = std::min<std::int64_t>(prune_n, len);
+            const float* tg = T + i0 * kLanes;
+            float* kg = K + i0 * kLanes;
+            for (std::int64_t a = 0; a < len; ++a) {
+              const float* ta = tg + a * kLanes;
+              const float q = dsq[i0 + a];
+#pragma omp simd
+              for (std::int64_t t = 0; t < kLanes; ++t) S[a * kLanes + t] = ta[t] * ta[t] / q;
+            }
+            for (std::int64_t a = 0; a < len; ++a) {
+              float rank[kLanes] = {};
+              for (std::int64_t b = 0; b < len; ++b) {
+                const bool before = b < a;
+#pragma omp simd
+                for (std::int64_t t = 0; t < kLanes; ++t) {
+                  const float sa = S[a * kLanes + t], sb = S[b * kLanes + t];
+                  rank[t] += (sb < sa || (before && sb == sa)) ? 1.0f : 0.0f;
+                }
+              }
+              float* ka = kg + a * kLanes;
+#pragma omp simd
+              for (std::int64_t t = 0; t < kLanes; ++t) ka[t] = rank[t] >= static_cast<float>(c) ? 1.0f : 0.0f;
+            }
+            for (std::int64_t t = nr; t < kLanes; ++t)
+              for (std::int64_t a = 0; a < len; ++a) kg[a * kLanes + t] = 1.0f;  // padding stays kept
+          }
+          // The chunk's columns one by one, each updating the rest of the chunk...
+          float e[kMaxChunk][kLanes];
+          for (std::int64_t i = i0; i < i1; ++i) {
+            const float* u = U + i * d;
+            const float di = u[i];
+            float* ti = T + i * kLanes;
+            const float* ki = K + i * kLanes;
+            float* ec = e[i - i0];
+            float* ei = ET + i * kLanes;
+#pragma omp simd
+            for (std::int64_t t = 0; t < kLanes; ++t) {
+              const float wv = ti[t];
+              const bool kept = ki[t] != 0.0f;
+              ec[t] = kept ? 0.0f : wv / di;  // (w - q) / d with q = 0 when pruned, as the reference
+              ti[t] = kept ? wv : 0.0f;
+              ei[t] = ec[t];
+              loss[t] += ec[t] * ec[t];
+            }
+            for (std::int64_t j = i + 1; j < i1; ++j) {
+              const float uj = u[j];
+              float* tj = T + j * kLanes;
+#pragma omp simd
+              for (std::int64_t t = 0; t < kLanes; ++t) tj[t] -= ec[t] * uj;
+            }
+          }
+          // ...then all of them on the columns after it: one load and store per column for up to
+          // kMaxChunk FMAs, applied in column order, so every element sees the same rounding
+          // sequence as the column-by-column reference loop.
+          const std::int64_t nc = i1 - i0;
+          const float* u0 = U + i0 * d;
+          for (std::int64_t j = i1; j < width; ++j) {
+            float* tj = T + j * kLanes;
+            if (nc == kMaxChunk) {
+              const float a0 = u0[j], a1 = u0[d + j], a2 = u0[2 * d + j], a3 = u0[3 * d + j];
+#pragma omp simd
+              for (std::int64_t t = 0; t < kLanes; ++t) {
+                float v = tj[t];
+                v -= e[0][t] * a0;
+                v -= e[1][t] * a1;
+                v -= e[2][t] * a2;
+                v -= e[3][t] * a3;
+                tj[t] = v;
+              }
+            } else {
+              for (std::int64_t c = 0; c < nc; ++c) {
+                const float uc = u0[c * d + j];
+#pragma omp simd
+                for (std::int64_t t = 0; t < kLanes; ++t) tj[t] -= e[c][t] * uc;
+              }
+            }
+          }
+        }
+        // Back to rows (weights, errors, and the N:M mask chosen in the sweep).
+        for (std::int64_t jb = 0; jb < wv; jb += kLanes) {
+          transpose16(T + jb * kLanes, kLanes, stage_w, kLanes);
+          transpose16(ET + jb * kLanes, kLanes, stage_k, kLanes);
+          for (std::int64_t t = 0; t < nr; ++t)
+            for (std::int64_t j = 0; j < kLanes; ++j) {
+              W[(r0 + t) * d + jb + j] = stage_w[t * kLanes + j];
+              E[(r0 + t) * width + jb + j] = stage_k[t * kLanes + j];
+            }
+          if (prune_m > 0) {
+            transpose16(K + jb * kLanes, kLanes, stage_k, kLanes);
+            for (std::int64_t t = 0; t < nr; ++t)
+              for (std::int64_t j = 0; j < kLanes; ++j) M[(r0 + t) * d + jb + j] = stage_k[t * kLanes + j] != 0.0f;
+          }
+        }
+        for (std::int64_t t = 0; t < nr; ++t) {
+          for (std::int64_t j = wv; j < width; ++j) {
+            W[(r0 + t) * d + j] = T[j * kLanes + t];
+            E[(r0 + t) * width + j] = ET[j * kLanes + t];
+            if (prune_m > 0) M[(r0 + t) * d + j] = K[j * kLanes + t] != 0.0f;
+          }
+          Lp[r0 + t] += static_cast<double>(loss[t]) / 2;
+        }
+      }
+    }
+  }
+
+  void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0) override {
+    check_2d(w, "obs_lazy W");
+    check_2d(err, "obs_lazy err");
+    check_2d(hinv, "obs_lazy Hinv");
+    const auto rows = w.size(0), d = w.size(1), width = err.size(1), c1 = col0 + width;
+    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && err.size(0) == rows && col0 >= 0 && c1 <= d,
+                  "obs_lazy W {} err {} Hinv {} at {}", shape_str(w.shape()), shape_str(err.shape()),
+                  shape_str(hinv.shape()), col0);
+    if (rows == 0 || c1 == d || width == 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(d - c1),
+                static_cast<int>(width), -1.0f, err.f32(), static_cast<int>(width), hinv.f32() + col0 * d + c1,
+                static_cast<int>(d), 1.0f, w.f32() + c1, static_cast<int>(d));
+  }
+
+  void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out) override {
+    check_2d(a, "rowwise_dot A");
+    check_2d(b, "rowwise_dot B");
+    SCALPEL_CHECK(a.shape() == b.shape() && static_cast<std::int64_t>(out.size()) == a.size(0),
+                  "rowwise_dot {} . {} into {}", shape_str(a.shape()), shape_str(b.shape()), out.size());
+    const auto rows = a.size(0), d = a.size(1);
+    const float* ap = a.f32();
+    const float* bp = b.f32();
+#pragma omp parallel for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      double s = 0;
+#pragma omp simd reduction(+ : s)
+      for (std::int64_t j = 0; j < d; ++j) s += static_cast<double>(ap[r * d + j]) * bp[r * d + j];
+      out[static_cast<std::size_t>(r)] = s;
     }
   }
 };
