@@ -67,6 +67,22 @@ int main(int argc, char** argv) {
   tokenize->add_option("--output", tk_output, "output file of int32 ids (a .json with the count goes beside it)")->required();
   tokenize->add_option("--preset", tk_preset, "how to read the text: text (as is), wikitext2, ptb, c4");
 
+  auto* prune = app.add_subcommand("prune", "prune a model layer by layer (SparseGPT, Wanda, magnitude; N:M)");
+  std::vector<std::string> prune_args;
+  bool prune_restart = false;
+  prune->add_option("args", prune_args, "[config.yaml] [key=value ...] (e.g. prune.sparsity=0.6)");
+  prune->add_flag("--print-config", print_config, "print the resolved config and exit");
+  prune->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR)");
+  prune->add_flag("--restart", prune_restart, "discard the checkpoint in the output folder instead of resuming it");
+
+  auto* exporter = app.add_subcommand("export", "write the Hugging Face folder of a complete pruning checkpoint");
+  std::string ex_ckpt, ex_out, ex_model;
+  std::int64_t ex_shard_mb = 5000;
+  exporter->add_option("--checkpoint", ex_ckpt, "checkpoint folder (output.dir/ckpt of a prune)")->required();
+  exporter->add_option("--out", ex_out, "folder to write (replaced if present)")->required();
+  exporter->add_option("--model", ex_model, "source model folder (default: the one the checkpoint records)");
+  exporter->add_option("--shard-mb", ex_shard_mb, "shard model.safetensors past this size (MB)");
+
   auto* inspect = app.add_subcommand("inspect", "per-layer and total sparsity of a model folder or checkpoint");
   std::string inspect_path;
   bool inspect_json = false;
@@ -106,6 +122,19 @@ int main(int argc, char** argv) {
       }
       return scalpel::app::run_eval(cfg, *world, world->local_size());
     }
+    if (*prune) {
+      std::string config_path;
+      std::vector<std::string> overrides;
+      split_args(prune_args, config_path, overrides);
+      if (!model_opt.empty()) overrides.push_back("model=" + model_opt);
+      const auto cfg = scalpel::app::load_config(config_path, overrides);
+      if (print_config) {
+        if (rank == 0) std::cout << scalpel::app::dump_config(cfg);
+        return 0;
+      }
+      return scalpel::app::run_prune(cfg, *world, world->local_size(), prune_restart);
+    }
+    if (*exporter) return rank == 0 ? scalpel::app::run_export(ex_ckpt, ex_model, ex_out, ex_shard_mb) : 0;
     if (*inspect) {
       if (rank == 0) {
         const auto j = scalpel::app::inspect_hf_folder(inspect_path, !inspect_json);

@@ -59,9 +59,9 @@ TEST(Export, ShardedFolderRoundTripsAndInspectSeesTheSparsity) {
   // Zeros counted here on the raw F16 words (+0 and -0) of every decoder linear of the export.
   std::int64_t zeros = 0;
   for (const auto& name : back.tensor_names()) {
-    if (name.find("layers.") == std::string::npos || !name.ends_with("proj.weight") && !name.ends_with("fc1.weight") &&
-                                                         !name.ends_with("fc2.weight"))
-      continue;
+    const bool linear =
+        name.ends_with("proj.weight") || name.ends_with("fc1.weight") || name.ends_with("fc2.weight");
+    if (name.find("layers.") == std::string::npos || !linear) continue;
     const Tensor t = back.view(name);
     for (std::int64_t i = 0; i < t.numel(); ++i) zeros += (t.data<std::uint16_t>()[i] & 0x7fff) == 0;
   }

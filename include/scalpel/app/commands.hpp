@@ -38,6 +38,13 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
 int threads_per_rank(int configured, int local_ranks);
 
 int run_eval(const Config& cfg, dist::Comm& comm, int local_ranks);
+// The layer-by-layer prune with checkpoint, resume, export and evaluation (see prune_run.cpp).
+// restart: discard an existing checkpoint in the output folder instead of resuming it.
+int run_prune(const Config& cfg, dist::Comm& comm, int local_ranks, bool restart);
+// Writes the Hugging Face export of a complete checkpoint (model: the checkpoint's source unless
+// model_override names another copy of it).
+int run_export(const std::string& checkpoint_dir, const std::string& model_override, const std::string& out,
+               std::int64_t shard_mb);
 int run_tokenize(const std::string& model, const std::string& input, const std::string& preset,
                  const std::string& output, dist::Comm& comm);
 

@@ -29,7 +29,9 @@ void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, T
 struct SparsityStats {
   std::int64_t rows = 0, cols = 0, zeros = 0;
   std::string nm;  // strongest N:M pattern every row satisfies ("2:4", "4:8"), or ""
-  double sparsity() const { return rows * cols ? static_cast<double>(zeros) / static_cast<double>(rows * cols) : 0; }
+  double sparsity() const {
+    return rows > 0 && cols > 0 ? static_cast<double>(zeros) / static_cast<double>(rows * cols) : 0;
+  }
 };
 SparsityStats sparsity_stats(const Tensor& w);
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Reproduces the README's pruning table: opt-mini and llama-mini, dense and pruned with magnitude,
+# Wanda and SparseGPT (50%, 2:4, 4:8, 70%, 80%), calibrated on ../shared/data/corpus/calib.txt with
+# 128 x 512-token windows, seed 0; perplexity on WikiText-2, PTB and the held-out slice; mean
+# per-layer relative reconstruction error. Writes runs/table/results.{md,json}.
+#   MODELS="opt-mini" CONFIGS="sparsegpt:0.5:unstructured" scripts/prune_table.sh   # a subset
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SCALPEL_SHARED:-../shared}
+BIN=${SCALPEL_BIN:-build/bin/scalpel}
+OUT=${SCALPEL_TABLE_DIR:-runs/table}
+MODELS=${MODELS:-"opt-mini llama-mini"}
+CONFIGS=${CONFIGS:-"dense magnitude:0.5:unstructured wanda:0.5:unstructured wanda:0.5:2:4 sparsegpt:0.5:unstructured sparsegpt:0.5:2:4 sparsegpt:0.5:4:8 magnitude:0.7:unstructured wanda:0.7:unstructured sparsegpt:0.7:unstructured magnitude:0.8:unstructured wanda:0.8:unstructured sparsegpt:0.8:unstructured"}
+[ -x "$BIN" ] || scripts/setup.sh
+mkdir -p "$OUT"
+SETS="[{name: wikitext2, preset: wikitext2, path: $SHARED/data/wikitext2/wiki.test.raw.joined.txt}, {name: ptb, preset: ptb, path: $SHARED/data/ptb/ptb.test.txt}, {name: heldout, preset: text, path: $SHARED/data/corpus/heldout.txt}]"
+for model in $MODELS; do
+  for cfg in $CONFIGS; do
+    run="$OUT/$model-${cfg//:/-}"
+    if [ "$cfg" = dense ]; then
+      "$BIN" eval --model "$SHARED/models/$model" "eval.sets=$SETS" "output.dir=$run" log.progress_seconds=0
+    else
+      IFS=: read -r method sparsity pattern <<<"$cfg"
+      "$BIN" prune --model "$SHARED/models/$model" "prune.method=$method" "prune.sparsity=$sparsity" \
+        "prune.pattern=$pattern" "calibration.path=$SHARED/data/corpus/calib.txt" calibration.nsamples=128 \
+        calibration.seqlen=512 calibration.seed=0 "eval.sets=$SETS" "output.dir=$run" output.export= \
+        log.progress_seconds=0
+    fi
+  done
+done
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+rows = []
+for run in sorted(os.listdir(out)):
+    path = os.path.join(out, run, "metrics.jsonl")
+    if not os.path.exists(path):
+        continue
+    ppl, errs = {}, []
+    for line in open(path):
+        r = json.loads(line)
+        if r.get("event") == "eval":
+            ppl[r["set"]] = r["ppl"]
+        if r.get("event") == "layer":
+            errs += [v["error_rel"] for v in r["linears"].values() if v.get("error_rel") is not None]
+    model, _, cfg = run.partition("-mini-")
+    rows.append({"model": model + "-mini", "config": cfg, "ppl": ppl,
+                 "mean_layer_error_rel": sum(errs) / len(errs) if errs else None})
+json.dump(rows, open(os.path.join(out, "results.json"), "w"), indent=2)
+with open(os.path.join(out, "results.md"), "w") as f:
+    f.write("| model | method | WikiText-2 | PTB | held-out | mean rel. layer error |\n|---|---|---:|---:|---:|---:|\n")
+    for r in rows:
+        e = r["mean_layer_error_rel"]
+        f.write("| {} | {} | {:.2f} | {:.2f} | {:.2f} | {} |\n".format(
+            r["model"], r["config"], r["ppl"].get("wikitext2", float("nan")), r["ppl"].get("ptb", float("nan")),
+            r["ppl"].get("heldout", float("nan")), "-" if e is None else "{:.4f}".format(e)))
+print(open(os.path.join(out, "results.md")).read())
+PY
