@@ -190,6 +190,35 @@ TEST(PruneCli, ChangedConfigIsRefusedUntilRestart) {
   fs::remove_all(dir);
 }
 
+TEST(PruneCli, TargetsTrueSequentialAndDensePropagation) {
+  NEED_SHARED();
+  const auto dir = temp_dir("options");
+  // Only the MLP input projections, statistics re-collected after each group, dense inputs.
+  ASSERT_EQ(run_to_end(prune_args(dir, "llama-mini",
+                                  {"prune.targets=[mlp.gate_proj, mlp.up_proj]", "prune.true_sequential=true",
+                                   "prune.propagation=dense", "prune.sparsity=0.6"})),
+            0);
+  const auto out = run_capture({kBin, "inspect", "--json", (dir / "model").string()});
+  const auto j = nlohmann::json::parse(out.substr(0, out.rfind("exit=")));
+  int pruned = 0;
+  for (const auto& t : j["tensors"]) {
+    const auto name = t["tensor"].get<std::string>();
+    const bool target = name.find("gate_proj") != std::string::npos || name.find("up_proj") != std::string::npos;
+    if (target) {
+      ++pruned;
+      EXPECT_NEAR(t["sparsity"].get<double>(), 0.6, 0.01) << name;  // SparseGPT: int(rows*128*0.6) per block
+    } else {
+      EXPECT_LT(t["sparsity"].get<double>(), 0.001) << name;
+    }
+  }
+  EXPECT_EQ(pruned, 8);  // 4 layers x (gate, up)
+  // A glob that matches nothing is an error naming it.
+  const auto bad = run_capture(prune_args(dir, "llama-mini", {"prune.targets=[fc9]", "--restart"}));
+  EXPECT_NE(bad.find("exit=2"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("'fc9' matches no linear"), std::string::npos) << bad;
+  fs::remove_all(dir);
+}
+
 TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   NEED_SHARED();
   const auto dir = temp_dir("export");
