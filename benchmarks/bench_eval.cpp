@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "scalpel/app/commands.hpp"
 #include "scalpel/backend/profiling.hpp"
 #include "scalpel/core/timer.hpp"
@@ -24,11 +25,7 @@ using namespace scalpel;
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const auto n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+using bench::median;
 
 // Median seconds of one x·W^T sgemm of shape (M, N, K), as the cpu backend's linear calls it.
 double time_sgemm(std::int64_t m, std::int64_t n, std::int64_t k, int repeats) {

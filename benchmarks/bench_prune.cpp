@@ -17,6 +17,7 @@
 #include <sstream>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "scalpel/app/commands.hpp"
 #include "scalpel/backend/profiling.hpp"
 #include "scalpel/core/timer.hpp"
@@ -30,22 +31,8 @@ using nlohmann::json;
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const auto n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-template <class F>
-double median_seconds(int repeats, F&& f) {
-  std::vector<double> t;
-  for (int r = 0; r < repeats; ++r) {
-    Timer tm;
-    f();
-    t.push_back(tm.seconds());
-  }
-  return median(t);
-}
+using bench::median;
+using bench::median_seconds;
 
 // Uniform values in [-1, 1) from a 64-bit LCG: synthetic data of 50M entries in well under a second.
 void fill_random(float* p, std::int64_t n, std::uint64_t seed) {
