@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# Tests run two at a time (and MPI tests oversubscribe): OpenMP threads that spin while waiting
+# would steal the cores from each other; passive waiting keeps the suite's time predictable.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 scripts/setup.sh
 BUILD_DIR=${SCALPEL_BUILD_DIR:-build}

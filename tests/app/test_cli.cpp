@@ -64,7 +64,7 @@ fs::path copy_model(const std::string& name) {
 
 std::string eval_cmd(const fs::path& model, const std::string& text, const std::string& extra = "") {
   return kBin + " eval --model " + model.string() + " --text " + text + " eval.max_windows=2 eval.seqlen=64 " +
-         "output.metrics= " + extra;
+         "output.metrics= threads=1 " + extra;
 }
 
 std::string heldout() { return "text:" + (kShared / "data/corpus/heldout.txt").string(); }
@@ -75,7 +75,7 @@ std::string heldout() { return "text:" + (kShared / "data/corpus/heldout.txt").s
 void expect_card_figures(const std::string& model, double wikitext2, double heldout) {
   const auto r = run(kBin + " eval --model " + (kShared / "models" / model).string() + " --text wikitext2:" +
                      (kShared / "data/wikitext2/wiki.test.raw.joined.txt").string() + " --text text:" +
-                     (kShared / "data/corpus/heldout.txt").string() + " output.metrics= log.progress_seconds=0");
+                     (kShared / "data/corpus/heldout.txt").string() + " output.metrics= log.progress_seconds=0 threads=1");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NEAR(ppl_of(r, "wikitext2"), wikitext2, wikitext2 * 1e-3) << r.out;
   EXPECT_NEAR(ppl_of(r, "text"), heldout, heldout * 1e-3) << r.out;

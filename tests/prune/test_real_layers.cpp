@@ -64,7 +64,7 @@ void check_model(const std::string& name) {
   if (!fs::exists(dir / "config.json") || !fs::exists(calib))
     GTEST_SKIP() << name << " or calib.txt not found under " << shared
                  << " (set SCALPEL_SHARED_DIR to the folder holding models/ and data/)";
-  auto be = make_cpu_backend(2);
+  auto be = make_cpu_backend(1);  // ctest runs two tests at once on two cores
   auto src = std::make_shared<FolderSource>(dir);
   const auto spec = model::ModelSpec::from_config(src->checkpoint().config(), dir.string());
   model::Model m(spec, src, *be);
