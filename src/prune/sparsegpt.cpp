@@ -36,13 +36,10 @@ HinvFactor sparsegpt_factor(Backend& be, const Tensor& hessian, Tensor* w, doubl
     Tensor h = be.empty({d, d});
     be.copy(hessian, h);
     const auto prep = be.hessian_prepare(h, w, static_cast<float>(pd));
-    // torch.linalg.cholesky (lower), cholesky_inverse, cholesky(upper=True): U with H⁻¹ = UᵀU.
-    // A pivot that only just passes can still leave inf in H⁻¹, so finiteness is checked too.
-    bool ok = be.cholesky(h, false);
-    if (ok) {
-      be.cholesky_inverse(h, false);
-      ok = be.all_finite(h) && be.cholesky(h, true) && be.all_finite(h);
-    }
+    // U with H⁻¹ = UᵀU, the reference's torch.linalg.cholesky, cholesky_inverse,
+    // cholesky(upper=True) in one backend op (see Backend::inverse_cholesky_upper). A pivot that
+    // only just passes can still leave inf in U, which the op reports as a failure too.
+    const bool ok = be.inverse_cholesky_upper(h);
     if (ok) {
       if (t > 1)
         log::warn("{}: factorised with damping {:g} ({:g} x mean diag H) after {} tries", name, prep.damp, pd, t);

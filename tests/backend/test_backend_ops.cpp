@@ -206,6 +206,37 @@ TEST_P(BackendOps, CholeskyFactorsAndInverts) {
   }
 }
 
+// Past the CPU backend's 96-wide leaves: the recursive blocked path (trsm, syrk, trmm) runs.
+TEST_P(BackendOps, BlockedCholeskyAndSparseGptFactor) {
+  const std::int64_t n = 250;
+  const auto a = spd(n, 21);
+  Tensor l = up(a, {n, n});
+  ASSERT_TRUE(be->cholesky(l, false));
+  const auto lv = down(l);
+  EXPECT_REL_NEAR(matmul(lv, transpose(lv, n, n), n, n, n), a, Tol::f32);
+  // SparseGPT's U: upper, and A · UᵀU = I (the inverse's error is cond(A) x the factor's, ~1e-6).
+  Tensor u = up(a, {n, n});
+  ASSERT_TRUE(be->inverse_cholesky_upper(u));
+  const auto uv = down(u);
+  for (std::int64_t i = 0; i < n; ++i) {
+    EXPECT_GT(uv[i * n + i], 0.0) << i;
+    for (std::int64_t j = 0; j < i; ++j) ASSERT_EQ(uv[i * n + j], 0.0) << i << "," << j;
+  }
+  Vec eye(static_cast<std::size_t>(n * n), 0.0);
+  for (std::int64_t i = 0; i < n; ++i) eye[i * n + i] = 1.0;
+  EXPECT_REL_NEAR(matmul(a, matmul(transpose(uv, n, n), uv, n, n, n), n, n, n), eye, 1e-5);
+  // The reference's route (chol, cholesky_inverse, chol upper) reaches the same unique factor.
+  Tensor r = up(a, {n, n});
+  ASSERT_TRUE(be->cholesky(r, false));
+  be->cholesky_inverse(r, false);
+  ASSERT_TRUE(be->cholesky(r, true));
+  EXPECT_REL_NEAR(down(r), uv, 1e-5);
+  Vec bad = a;
+  bad[(n / 2) * n + n / 2] = -1.0;  // a negative diagonal entry: not positive definite
+  Tensor b = up(bad, {n, n});
+  EXPECT_FALSE(be->inverse_cholesky_upper(b));
+}
+
 TEST_P(BackendOps, CholeskyReportsIndefinite) {
   Vec a = {1, 3, 0, 3, 1, 0, 0, 0, 1};  // eigenvalues -2, 4, 1
   Tensor f = up(a, {3, 3});

@@ -95,6 +95,13 @@ class Backend {
   // From a factor as cholesky(a, upper) left it, the inverse of the factored matrix in place,
   // both triangles filled (LAPACK potri).
   virtual void cholesky_inverse(Tensor& factor, bool upper) = 0;
+  // SparseGPT's factor in place: a [n, n] symmetric positive definite becomes U, upper, with
+  // a⁻¹ = UᵀU (the strict lower triangle zeroed). The same U as the reference's chol, cholesky_inverse,
+  // chol(upper) (it is unique), computed as J·chol_lower(J a J)⁻¹·J with J the reversal: one
+  // factorisation and one triangular inverse, half the reference's FLOPs. Returns false (a then
+  // undefined) when a is not numerically positive definite or U is not finite. Bitwise the same
+  // at any thread count.
+  virtual bool inverse_cholesky_upper(Tensor& a) = 0;
   // out[j] = beta * out[j] + alpha * Σ_t x[t, j]² for x [n, d], out [d] (sums in double); out
   // is not read when beta == 0 (as BLAS treats C).
   virtual void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) = 0;

@@ -96,7 +96,7 @@ class ProfilingBackend final : public Backend {
     timed("nll", 0, [&] { in_.nll(l, t, o); });
   }
 
-  // Pruning ops. FLOPs: potrf n³/3, potri 2n³/3; the OBS sweep Σ_i 2(width-1-i) per row; the lazy
+  // Pruning ops. FLOPs: potrf n³/3, potri 2n³/3, potrf + trtri 2n³/3; the OBS sweep Σ_i 2(width-1-i) per row; the lazy
   // update a GEMM; selections count no FLOPs (their time is what matters).
   bool cholesky(Tensor& a, bool upper) override {
     const double n = static_cast<double>(a.size(0));
@@ -105,6 +105,10 @@ class ProfilingBackend final : public Backend {
   void cholesky_inverse(Tensor& f, bool upper) override {
     const double n = static_cast<double>(f.size(0));
     timed("cholesky_inverse", 2 * n * n * n / 3, [&] { in_.cholesky_inverse(f, upper); });
+  }
+  bool inverse_cholesky_upper(Tensor& a) override {
+    const double n = static_cast<double>(a.size(0));
+    return timed("inverse_cholesky_upper", 2 * n * n * n / 3, [&] { return in_.inverse_cholesky_upper(a); });
   }
   void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) override {
     timed("col_sq_norms", 2.0 * x.size(0) * x.size(1), [&] { in_.col_sq_norms(x, alpha, beta, out); });

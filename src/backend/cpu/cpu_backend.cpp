@@ -18,6 +18,7 @@
 
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
+#include "cpu_factor.hpp"
 
 namespace scalpel {
 namespace {
@@ -455,14 +456,33 @@ class CpuBackend final : public Backend {
     const auto n = a.size(0);
     SCALPEL_CHECK(a.size(1) == n, "cholesky of a non-square {}", shape_str(a.shape()));
     if (n == 0) return true;
-    // A row-major upper triangle is LAPACK's column-major lower one (and vice versa), so the
-    // row-major matrix is factored in place without a transpose.
-    const int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, upper ? 'L' : 'U', static_cast<lapack_int>(n), a.f32(),
-                                         static_cast<lapack_int>(n));
-    SCALPEL_CHECK(info >= 0, "spotrf argument {} invalid", -info);
-    if (info > 0) return false;
-    zero_triangle(a.f32(), n, /*strict_lower=*/upper);
+    float* p = a.f32();
+    if (!cpu::potrf_lower(p, n, n)) return false;
+    if (upper)  // A = UᵀU with U = Lᵀ
+      for (std::int64_t i = 0; i < n; ++i)
+        for (std::int64_t j = i + 1; j < n; ++j) {
+          p[i * n + j] = p[j * n + i];
+          p[j * n + i] = 0.0f;
+        }
+    else
+      zero_triangle(p, n, /*strict_lower=*/false);
     return true;
+  }
+
+  bool inverse_cholesky_upper(Tensor& a) override {
+    check_2d(a, "inverse_cholesky_upper A");
+    const auto n = a.size(0);
+    SCALPEL_CHECK(a.size(1) == n, "inverse_cholesky_upper of a non-square {}", shape_str(a.shape()));
+    if (n == 0) return true;
+    float* p = a.f32();
+    // Reversing the flat row-major array maps (i, j) to (n-1-i, n-1-j): it forms J a J, and later
+    // turns the lower inverse factor into the upper U.
+    std::reverse(p, p + n * n);
+    if (!cpu::potrf_lower(p, n, n)) return false;
+    cpu::trtri_lower(p, n, n);
+    zero_triangle(p, n, /*strict_lower=*/false);
+    std::reverse(p, p + n * n);
+    return all_finite(a);
   }
 
   void cholesky_inverse(Tensor& f, bool upper) override {

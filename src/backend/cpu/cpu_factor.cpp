@@ -1,0 +1,87 @@
+// Recursive blocked Cholesky and triangular inverse (see cpu_factor.hpp). The recursion halves the
+// matrix at a multiple of the leaf size until a leaf fits, so the BLAS-3 calls are as large as
+// possible (their K is half the matrix, not a narrow panel); leaves run a small kernel with double
+// accumulators in a fixed order.
+#include "cpu_factor.hpp"
+
+#include <cblas.h>
+
+#include <cmath>
+
+namespace scalpel::cpu {
+namespace {
+
+constexpr std::int64_t kLeaf = 96;
+
+// Where to split n rows: half, rounded to a multiple of the leaf size.
+std::int64_t split_point(std::int64_t n) {
+  const std::int64_t h = (n / 2 + kLeaf - 1) / kLeaf * kLeaf;
+  return h < n ? h : n / 2;
+}
+
+bool potrf_leaf(float* a, std::int64_t n, std::int64_t lda) {
+  for (std::int64_t j = 0; j < n; ++j) {
+    float* rj = a + j * lda;
+    double d = rj[j];
+    for (std::int64_t k = 0; k < j; ++k) d -= static_cast<double>(rj[k]) * rj[k];
+    if (!(d > 0.0) || !std::isfinite(d)) return false;
+    const double ljj = std::sqrt(d);
+    rj[j] = static_cast<float>(ljj);
+    for (std::int64_t i = j + 1; i < n; ++i) {
+      float* ri = a + i * lda;
+      double s = ri[j];
+      for (std::int64_t k = 0; k < j; ++k) s -= static_cast<double>(ri[k]) * rj[k];
+      ri[j] = static_cast<float>(s / ljj);
+    }
+  }
+  return true;
+}
+
+void trtri_leaf(float* a, std::int64_t n, std::int64_t lda) {
+  // Column by column from the left: X_ij = -(L_ij X_jj + Σ_{j<k<i} L_ik X_kj) / L_ii for i > j,
+  // rows in increasing order. The L entries it reads (row i right of column j, and L_ii) belong to
+  // columns not yet processed, so they are still L; X_jj = 1/L_jj is written last.
+  for (std::int64_t j = 0; j < n; ++j) {
+    const double xjj = 1.0 / a[j * lda + j];
+    for (std::int64_t i = j + 1; i < n; ++i) {
+      double s = static_cast<double>(a[i * lda + j]) * xjj;
+      for (std::int64_t k = j + 1; k < i; ++k) s += static_cast<double>(a[i * lda + k]) * a[k * lda + j];
+      a[i * lda + j] = static_cast<float>(-s / a[i * lda + i]);
+    }
+    a[j * lda + j] = static_cast<float>(xjj);
+  }
+}
+
+}  // namespace
+
+bool potrf_lower(float* a, std::int64_t n, std::int64_t lda) {
+  if (n <= kLeaf) return potrf_leaf(a, n, lda);
+  const std::int64_t n1 = split_point(n), n2 = n - n1;
+  float* a11 = a;
+  float* a21 = a + n1 * lda;
+  float* a22 = a + n1 * lda + n1;
+  if (!potrf_lower(a11, n1, lda)) return false;
+  // A21 <- A21 L11⁻ᵀ; A22 <- A22 - A21 A21ᵀ (lower triangle).
+  cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, static_cast<int>(n2),
+              static_cast<int>(n1), 1.0f, a11, static_cast<int>(lda), a21, static_cast<int>(lda));
+  cblas_ssyrk(CblasRowMajor, CblasLower, CblasNoTrans, static_cast<int>(n2), static_cast<int>(n1), -1.0f, a21,
+              static_cast<int>(lda), 1.0f, a22, static_cast<int>(lda));
+  return potrf_lower(a22, n2, lda);
+}
+
+void trtri_lower(float* a, std::int64_t n, std::int64_t lda) {
+  if (n <= kLeaf) return trtri_leaf(a, n, lda);
+  const std::int64_t n1 = split_point(n), n2 = n - n1;
+  float* a11 = a;
+  float* a21 = a + n1 * lda;
+  float* a22 = a + n1 * lda + n1;
+  // inv([L11 0; L21 L22]) = [X11 0; -X22 L21 X11, X22].
+  trtri_lower(a22, n2, lda);
+  cblas_strmm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, static_cast<int>(n2),
+              static_cast<int>(n1), -1.0f, a22, static_cast<int>(lda), a21, static_cast<int>(lda));
+  trtri_lower(a11, n1, lda);
+  cblas_strmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, static_cast<int>(n2),
+              static_cast<int>(n1), 1.0f, a11, static_cast<int>(lda), a21, static_cast<int>(lda));
+}
+
+}  // namespace scalpel::cpu

@@ -1,0 +1,20 @@
+// Cholesky factorisation and triangular inverse for the CPU backend, written as recursive blocked
+// algorithms over BLAS-3 calls (strsm, strmm, ssyrk) with split points that depend only on the
+// matrix size. OpenBLAS's own spotrf/spotri change their blocking with the thread count, and so
+// their bits; these do not (tests/backend/test_thread_invariance.cpp), which is what makes a
+// pruned model independent of how many ranks (and so threads per rank) computed it.
+#pragma once
+#include <cstdint>
+
+namespace scalpel::cpu {
+
+// In place, the lower Cholesky factor L (A = LLᵀ) of the symmetric positive definite row-major
+// n x n matrix at a (leading dimension lda; only the lower triangle is read); the strict upper
+// triangle is left as it was. Returns false when a pivot is not positive and finite.
+bool potrf_lower(float* a, std::int64_t n, std::int64_t lda);
+
+// In place, the inverse of the lower triangular row-major n x n matrix at a (non-zero diagonal);
+// the strict upper triangle is not touched.
+void trtri_lower(float* a, std::int64_t n, std::int64_t lda);
+
+}  // namespace scalpel::cpu
