@@ -237,6 +237,15 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.finish();
   }
   {
+    MapReader r(top.child("parallel"), "parallel", source);
+    r.get("stages", c.parallel.stages);
+    r.get("data", c.parallel.data);
+    r.get("memory_gb", c.parallel.memory_gb);
+    r.get("watchdog_seconds", c.parallel.watchdog_seconds);
+    r.finish();
+  }
+  top.get("determinism", c.determinism);
+  {
     MapReader r(top.child("log"), "log", source);
     r.get("level", c.log.level);
     r.get("progress_seconds", c.log.progress_seconds);
@@ -270,6 +279,13 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.calibration.seqlen < 0 || c.calibration.seqlen == 1)
     SCALPEL_INPUT_ERROR("{}: 'calibration.seqlen' must be 0 (model maximum) or >= 2", source);
   if (c.calibration.batch < 1) SCALPEL_INPUT_ERROR("{}: 'calibration.batch' must be >= 1", source);
+  if (c.parallel.stages < 1) SCALPEL_INPUT_ERROR("{}: 'parallel.stages' must be >= 1", source);
+  if (c.parallel.data < 0) SCALPEL_INPUT_ERROR("{}: 'parallel.data' must be >= 0 (0 = world / stages)", source);
+  if (!(c.parallel.memory_gb >= 0)) SCALPEL_INPUT_ERROR("{}: 'parallel.memory_gb' must be >= 0", source);
+  if (!(c.parallel.watchdog_seconds >= 0))
+    SCALPEL_INPUT_ERROR("{}: 'parallel.watchdog_seconds' must be >= 0 (0 = off)", source);
+  if (c.determinism != "fast" && c.determinism != "strict")
+    SCALPEL_INPUT_ERROR("{}: 'determinism' is '{}', expected fast or strict", source, c.determinism);
   if (c.output.export_shard_mb < 1) SCALPEL_INPUT_ERROR("{}: 'output.export_shard_mb' must be >= 1", source);
   return c;
 }
@@ -330,6 +346,13 @@ std::string dump_config(const Config& c) {
   e << YAML::Key << "export" << YAML::Value << c.output.export_dir;
   e << YAML::Key << "export_shard_mb" << YAML::Value << c.output.export_shard_mb;
   e << YAML::EndMap;
+  e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "stages" << YAML::Value << c.parallel.stages;
+  e << YAML::Key << "data" << YAML::Value << c.parallel.data;
+  e << YAML::Key << "memory_gb" << YAML::Value << c.parallel.memory_gb;
+  e << YAML::Key << "watchdog_seconds" << YAML::Value << c.parallel.watchdog_seconds;
+  e << YAML::EndMap;
+  e << YAML::Key << "determinism" << YAML::Value << c.determinism;
   e << YAML::Key << "log" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "level" << YAML::Value << c.log.level;
   e << YAML::Key << "progress_seconds" << YAML::Value << c.log.progress_seconds;

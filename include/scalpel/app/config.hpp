@@ -56,6 +56,17 @@ struct Config {
     std::int64_t export_shard_mb = 5000;    // shard the export past this size
   } output;
 
+  // The process grid (DESIGN.md section 2) and the run's failure handling.
+  struct Parallel {
+    int stages = 1;                  // pipeline stages: contiguous layers each
+    int data = 0;                    // ranks per stage (the data group); 0 = world / stages
+    double memory_gb = 0;            // per-rank memory the plan must fit in; 0 = no limit
+    double watchdog_seconds = 1800;  // abort when a rank makes no progress this long; 0 = off
+  } parallel;
+  // fast: statistics summed in floating point (rank-count invariance up to reassociation);
+  // strict: summed exactly (integer accumulators), bitwise the same at any rank count.
+  std::string determinism = "fast";
+
   struct Log {
     std::string level = "info";
     double progress_seconds = 5.0;  // interval between progress lines; 0 disables

@@ -32,6 +32,11 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitInput = 2;     // bad input (config, files, shapes)
 inline constexpr int kExitRuntime = 3;   // I/O, MPI, environment
 inline constexpr int kExitInternal = 4;  // bug
+// Stopped on request (SIGTERM/SIGUSR1) after committing the current layer: rerun to resume.
+// 75 is EX_TEMPFAIL of sysexits.h ("try again later"); the Slurm scripts requeue on it.
+inline constexpr int kExitInterrupted = 75;
+// The watchdog saw no progress for parallel.watchdog_seconds (a hung or dead peer).
+inline constexpr int kExitWatchdog = 6;
 
 }  // namespace scalpel
 
