@@ -52,6 +52,17 @@ void Comm::broadcast_string(std::string& s, int root) {
 
 void SelfComm::abort(int code) { std::_Exit(code); }
 
+void SelfComm::allgatherv(std::span<const std::byte> mine, std::span<std::byte> out, std::span<const std::int64_t>) {
+  SCALPEL_CHECK(out.size() == mine.size(), "allgatherv: {} bytes into {}", mine.size(), out.size());
+  std::copy(mine.begin(), mine.end(), out.begin());
+}
+void SelfComm::send(std::span<const std::byte>, int dest, int) {
+  SCALPEL_CHECK(false, "send to rank {} in a one-rank group", dest);
+}
+void SelfComm::recv(std::span<std::byte>, int source, int) {
+  SCALPEL_CHECK(false, "recv from rank {} in a one-rank group", source);
+}
+
 MpiEnvironment::MpiEnvironment(int* argc, char*** argv) {
   int provided = 0;
   check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "Init_thread");
@@ -103,6 +114,99 @@ void MpiComm::allreduce_sum(std::span<double> v) { allreduce_chunked(v, MPI_SUM,
 void MpiComm::allreduce_sum(std::span<float> v) { allreduce_chunked(v, MPI_SUM, impl_->comm); }
 void MpiComm::allreduce_sum(std::span<std::int64_t> v) { allreduce_chunked(v, MPI_SUM, impl_->comm); }
 void MpiComm::allreduce_max(std::span<double> v) { allreduce_chunked(v, MPI_MAX, impl_->comm); }
+void MpiComm::allreduce_max(std::span<std::int64_t> v) { allreduce_chunked(v, MPI_MAX, impl_->comm); }
+
+std::vector<std::int64_t> MpiComm::allgather(std::int64_t mine) {
+  std::vector<std::int64_t> out(static_cast<std::size_t>(size_));
+  check_mpi(MPI_Allgather(&mine, 1, MPI_INT64_T, out.data(), 1, MPI_INT64_T, impl_->comm), "Allgather");
+  return out;
+}
+
+void MpiComm::allgatherv(std::span<const std::byte> mine, std::span<std::byte> out,
+                         std::span<const std::int64_t> counts) {
+  SCALPEL_CHECK(static_cast<int>(counts.size()) == size_, "allgatherv: {} counts for {} ranks", counts.size(), size_);
+  SCALPEL_CHECK(counts[static_cast<std::size_t>(rank_)] == static_cast<std::int64_t>(mine.size()),
+                "allgatherv: rank {} sends {} bytes, counts say {}", rank_, mine.size(), counts[rank_]);
+  std::int64_t total = 0;
+  for (auto c : counts) total += c;
+  SCALPEL_CHECK(total == static_cast<std::int64_t>(out.size()), "allgatherv: {} bytes into {}", total, out.size());
+  if (total < INT_MAX) {
+    std::vector<int> cnt(static_cast<std::size_t>(size_)), displs(static_cast<std::size_t>(size_));
+    int off = 0;
+    for (int r = 0; r < size_; ++r) {
+      cnt[r] = static_cast<int>(counts[r]);
+      displs[r] = off;
+      off += cnt[r];
+    }
+    check_mpi(MPI_Allgatherv(mine.data(), static_cast<int>(mine.size()), MPI_BYTE, out.data(), cnt.data(),
+                             displs.data(), MPI_BYTE, impl_->comm),
+              "Allgatherv");
+    return;
+  }
+  // Past int counts: each rank's part is broadcast from its owner, in chunks.
+  std::int64_t off = 0;
+  for (int r = 0; r < size_; ++r) {
+    auto part = out.subspan(static_cast<std::size_t>(off), static_cast<std::size_t>(counts[r]));
+    if (r == rank_) std::copy(mine.begin(), mine.end(), part.begin());
+    broadcast(part, r);
+    off += counts[r];
+  }
+}
+
+void MpiComm::send(std::span<const std::byte> bytes, int dest, int tag) {
+  for (std::size_t off = 0; off < bytes.size() || off == 0; off += kChunk) {
+    const int n = static_cast<int>(std::min(kChunk, bytes.size() - off));
+    check_mpi(MPI_Send(bytes.data() + off, n, MPI_BYTE, dest, tag, impl_->comm), "Send");
+    if (bytes.empty()) break;
+  }
+}
+
+void MpiComm::recv(std::span<std::byte> bytes, int source, int tag) {
+  for (std::size_t off = 0; off < bytes.size() || off == 0; off += kChunk) {
+    const int n = static_cast<int>(std::min(kChunk, bytes.size() - off));
+    MPI_Status st;
+    check_mpi(MPI_Recv(bytes.data() + off, n, MPI_BYTE, source, tag, impl_->comm, &st), "Recv");
+    int got = 0;
+    MPI_Get_count(&st, MPI_BYTE, &got);
+    SCALPEL_CHECK(got == n, "recv from rank {}: {} bytes, expected {}", source, got, n);
+    if (bytes.empty()) break;
+  }
+}
+
+std::unique_ptr<Comm> MpiComm::split(int color, int key) {
+  std::unique_ptr<MpiComm> c(new MpiComm());
+  c->impl_ = std::make_unique<Impl>();
+  check_mpi(MPI_Comm_split(impl_->comm, color, key, &c->impl_->comm), "Comm_split");
+  MPI_Comm_set_errhandler(c->impl_->comm, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(c->impl_->comm, &c->rank_);
+  MPI_Comm_size(c->impl_->comm, &c->size_);
+  c->local_rank_ = local_rank_;
+  c->local_size_ = local_size_;
+  return c;
+}
+
+Grid make_grid(Comm& world, int stages, int data) {
+  SCALPEL_CHECK_INPUT(stages >= 1, "config: 'parallel.stages' must be >= 1, got {}", stages);
+  const int w = world.size();
+  if (data == 0) {
+    SCALPEL_CHECK_INPUT(w % stages == 0,
+                        "config: 'parallel.stages' {} does not divide the {} ranks of the job (world = stages x data)",
+                        stages, w);
+    data = w / stages;
+  }
+  SCALPEL_CHECK_INPUT(stages * data == w,
+                      "config: 'parallel.stages' {} x 'parallel.data' {} = {} ranks, but the job has {} (world = "
+                      "stages x data)",
+                      stages, data, stages * data, w);
+  Grid g;
+  g.stages = stages;
+  g.data = data;
+  g.stage = world.rank() / data;
+  g.data_index = world.rank() % data;
+  g.data_group = world.split(g.stage, g.data_index);
+  g.pipe = world.split(g.data_index, g.stage);
+  return g;
+}
 
 std::vector<double> MpiComm::gatherv(std::span<const double> mine, int root) {
   SCALPEL_CHECK(mine.size() < static_cast<std::size_t>(INT_MAX), "gatherv of {} values", mine.size());

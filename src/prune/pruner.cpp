@@ -136,7 +136,7 @@ PruneResult prune_linear(Backend& be, const Tensor& weight, const InputStats* st
   switch (o.method) {
     case Method::magnitude: {
       Timer t;
-      magnitude_mask(be, r.weight, o.pattern, r.mask);
+      magnitude_mask(be, r.weight, o.pattern, r.mask, o.select, o.total_rows);
       be.apply_mask(r.weight, r.mask);
       r.seconds.sweep = t.seconds();
       break;
@@ -168,6 +168,8 @@ PruneResult prune_linear(Backend& be, const Tensor& weight, const InputStats* st
       SweepOptions so;
       so.pattern = o.pattern;
       so.blocksize = o.blocksize;
+      so.total_rows = o.total_rows;
+      so.select = o.select;
       sparsegpt_sweep(be, r.weight, f.hinv, so, r.mask, losses);
       r.seconds.sweep = ts.seconds();
       r.blocksize = sparsegpt_blocksize(o.blocksize, o.pattern);

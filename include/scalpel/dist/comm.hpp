@@ -21,6 +21,18 @@ class Comm {
   virtual void allreduce_sum(std::span<float> values) = 0;
   virtual void allreduce_sum(std::span<std::int64_t> values) = 0;
   virtual void allreduce_max(std::span<double> values) = 0;
+  virtual void allreduce_max(std::span<std::int64_t> values) = 0;
+  // Every rank's value, in rank order, on every rank.
+  virtual std::vector<std::int64_t> allgather(std::int64_t mine) = 0;
+  // Concatenation of every rank's bytes in rank order into `out` on every rank; counts[r] is rank
+  // r's byte count (the same list on every rank; out holds their sum). Any size (chunked).
+  virtual void allgatherv(std::span<const std::byte> mine, std::span<std::byte> out,
+                          std::span<const std::int64_t> counts) = 0;
+  // Point to point (any size; chunked). `tag` tells concurrent messages apart.
+  virtual void send(std::span<const std::byte> bytes, int dest, int tag) = 0;
+  virtual void recv(std::span<std::byte> bytes, int source, int tag) = 0;
+  // The ranks with the same `color`, ordered by `key` (MPI_Comm_split).
+  virtual std::unique_ptr<Comm> split(int color, int key) = 0;
   // Concatenation of every rank's `mine` in rank order, on `root` only (empty elsewhere).
   virtual std::vector<double> gatherv(std::span<const double> mine, int root) = 0;
   virtual void broadcast(std::span<std::byte> bytes, int root) = 0;
@@ -41,6 +53,12 @@ class SelfComm final : public Comm {
   void allreduce_sum(std::span<float>) override {}
   void allreduce_sum(std::span<std::int64_t>) override {}
   void allreduce_max(std::span<double>) override {}
+  void allreduce_max(std::span<std::int64_t>) override {}
+  std::vector<std::int64_t> allgather(std::int64_t mine) override { return {mine}; }
+  void allgatherv(std::span<const std::byte> mine, std::span<std::byte> out, std::span<const std::int64_t>) override;
+  void send(std::span<const std::byte>, int dest, int) override;
+  void recv(std::span<std::byte>, int source, int) override;
+  std::unique_ptr<Comm> split(int, int) override { return std::make_unique<SelfComm>(); }
   std::vector<double> gatherv(std::span<const double> mine, int) override {
     return {mine.begin(), mine.end()};
   }
@@ -69,6 +87,13 @@ class MpiComm final : public Comm {
   void allreduce_sum(std::span<float> values) override;
   void allreduce_sum(std::span<std::int64_t> values) override;
   void allreduce_max(std::span<double> values) override;
+  void allreduce_max(std::span<std::int64_t> values) override;
+  std::vector<std::int64_t> allgather(std::int64_t mine) override;
+  void allgatherv(std::span<const std::byte> mine, std::span<std::byte> out,
+                  std::span<const std::int64_t> counts) override;
+  void send(std::span<const std::byte> bytes, int dest, int tag) override;
+  void recv(std::span<std::byte> bytes, int source, int tag) override;
+  std::unique_ptr<Comm> split(int color, int key) override;
   std::vector<double> gatherv(std::span<const double> mine, int root) override;
   void broadcast(std::span<std::byte> bytes, int root) override;
   [[noreturn]] void abort(int code) override;
@@ -83,6 +108,17 @@ class MpiComm final : public Comm {
   std::unique_ptr<Impl> impl_;
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
 };
+
+// The process grid of DESIGN.md section 2: world = stages x data. World rank r is stage
+// r / data, data index r % data. `data_group` holds the ranks of this rank's stage (they share
+// each layer's work); `pipe` the ranks with this data index (one per stage, in stage order).
+struct Grid {
+  int stages = 1, data = 1, stage = 0, data_index = 0;
+  std::unique_ptr<Comm> data_group, pipe;
+  int world_rank_of(int stage_, int data_index_) const { return stage_ * data + data_index_; }
+};
+// data == 0: world / stages. Input Error when world is not stages x data.
+Grid make_grid(Comm& world, int stages, int data);
 
 // Contiguous block split of n items over `parts`: the [begin, end) of part p (the first n % parts
 // parts get one more).

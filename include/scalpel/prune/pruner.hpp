@@ -34,6 +34,11 @@ std::string_view method_name(Method m);
 // "magnitude" | "wanda" | "sparsegpt"; input Error naming `what` otherwise.
 Method parse_method(const std::string& text, const std::string& what);
 
+// Chooses the rule that prunes exactly k of `scores` over all row slices (k counts every rank's
+// rows). Single process: the backend's kth_threshold on the local scores.
+using BlockSelect = std::function<SelectThreshold(Backend&, const Tensor& scores, std::int64_t k)>;
+SelectThreshold local_select(Backend& be, const Tensor& scores, std::int64_t k);
+
 struct PruneOptions {
   Method method = Method::sparsegpt;
   Pattern pattern;
@@ -41,6 +46,12 @@ struct PruneOptions {
   double percdamp = 0.01;        // SparseGPT: damping = percdamp * mean(diag H)
   int max_damping_tries = 10;    // SparseGPT: factorisations tried, damping x10 after each failure
   bool compute_error = true;     // reconstruction error from the Hessian (skipped without one)
+  // Row-parallel pruning: the weight given is a row slice of a matrix of total_rows rows (0 = the
+  // slice is the whole matrix) whose other slices are pruned by other ranks at the same time;
+  // `select` chooses the whole-matrix (magnitude) and per-block (SparseGPT) thresholds over all
+  // slices. Row-wise rules (Wanda, N:M) need neither.
+  std::int64_t total_rows = 0;
+  BlockSelect select = local_select;
   std::string name;              // names the linear in errors and warnings ("layer 3 fc1")
 };
 
@@ -71,7 +82,8 @@ struct PruneResult {
   PhaseSeconds seconds;
 };
 
-// Prunes `weight` (fp32 [rows, cols] on the backend; left unchanged) with `options`. Magnitude
+// Prunes `weight` (fp32 [rows, cols] on the backend, or a row slice: see PruneOptions; left
+// unchanged) with `options`. Counts, losses and errors are the slice's. Magnitude
 // needs no statistics; Wanda needs col_norms, SparseGPT a Hessian (input Errors naming the linear
 // otherwise). The error is computed when stats hold a Hessian and options.compute_error is set.
 PruneResult prune_linear(Backend& be, const Tensor& weight, const InputStats* stats, const PruneOptions& options);
@@ -84,10 +96,6 @@ std::int64_t expected_pruned(std::int64_t rows, std::int64_t cols, const Pattern
 
 // ---- Magnitude and Wanda masks (no weight update) ----
 
-// Chooses the rule that prunes exactly k of `scores` over all row slices (k counts every rank's
-// rows). Single process: the backend's kth_threshold on the local scores.
-using BlockSelect = std::function<SelectThreshold(Backend&, const Tensor& scores, std::int64_t k)>;
-SelectThreshold local_select(Backend& be, const Tensor& scores, std::int64_t k);
 
 // Magnitude: unstructured prunes the int(numel * s) smallest |w| over the whole matrix (ties in
 // row-major order; total_rows counts the rows of all slices, 0 = w's rows); N:M per group.

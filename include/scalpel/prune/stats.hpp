@@ -5,7 +5,11 @@
 #include <cstdint>
 #include <string>
 
+#include <memory>
+
 #include "scalpel/backend/backend.hpp"
+#include "scalpel/dist/comm.hpp"
+#include "scalpel/prune/exact_sum.hpp"
 
 namespace scalpel::prune {
 
@@ -14,15 +18,32 @@ struct StatsKinds {
   bool col_norms = false;  // Wanda
 };
 
+// How batches are combined.
+//  running: the references' running mean, H *= n/(n+b); H += (2/(n+b)) xᵀx (one process only).
+//  sum:     H = Σ (2/N) xᵀx with N the total sequence count over all ranks, known in advance; each
+//           rank sums its batches, reduce() adds the ranks' sums in floating point.
+//  exact:   each batch's xᵀx is added exactly (ExactSum); reduce() sums exactly over the ranks
+//           and scales once, so H is bitwise the same however the batches are spread over ranks
+//           (`determinism: strict`).
+enum class Accumulation { running, sum, exact };
+
 class InputStats {
  public:
-  // `name` names the input in errors ("layer 3 self_attn.q_proj/k_proj/v_proj").
-  InputStats(Backend& be, std::int64_t cols, StatsKinds kinds, std::string name);
+  // `name` names the input in errors ("layer 3 self_attn.q_proj/k_proj/v_proj"). total_sequences
+  // (sum, exact) is N, the sequences of every rank together.
+  InputStats(Backend& be, std::int64_t cols, StatsKinds kinds, std::string name,
+             Accumulation mode = Accumulation::running, std::int64_t total_sequences = 0);
 
   // Adds one batch: x [tokens, cols] on the backend, the tokens of `sequences` sequences. As the
   // references: H *= n/(n+b); n += b; H += (2/n) xᵀx (one syrk over all the batch's tokens), and
-  // s *= n_old/n; s += ‖x_j‖²/n. Input Error naming the input on a column mismatch.
+  // s *= n_old/n; s += ‖x_j‖²/n (running; the other modes as above). Input Error naming the
+  // input on a column mismatch.
   void add_batch(const Tensor& x, std::int64_t sequences);
+  // Combines the statistics of the ranks of `group` (sum, exact; every rank calls it, after its
+  // last batch). Afterwards nsamples() is N and every rank holds the same statistics. Runtime
+  // Error when the ranks' sequences do not add up to N.
+  void reduce(dist::Comm& group);
+  double reduce_seconds() const { return reduce_seconds_; }
 
   bool has_hessian() const { return kinds_.hessian; }
   bool has_col_norms() const { return kinds_.col_norms; }
@@ -39,6 +60,11 @@ class InputStats {
   std::int64_t cols_;
   StatsKinds kinds_;
   std::string name_;
+  Accumulation mode_;
+  std::int64_t total_ = 0;
+  std::unique_ptr<ExactSum> exact_h_, exact_n_;
+  Tensor scratch_h_, scratch_n_;  // exact: one batch's xᵀx and ‖x_j‖²
+  double reduce_seconds_ = 0;
   mutable Tensor h_, norms_;  // uninitialised until the first batch (zeroed if read before)
   mutable bool h_zeroed_ = false, norms_zeroed_ = false;
   std::int64_t nsamples_ = 0, tokens_ = 0;
