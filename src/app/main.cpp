@@ -9,6 +9,7 @@
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/config.hpp"
 #include "scalpel/app/export.hpp"
+#include "scalpel/app/plan.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/dist/comm.hpp"
@@ -89,6 +90,25 @@ int main(int argc, char** argv) {
   inspect->add_option("path", inspect_path, "Hugging Face model folder (or a pruning checkpoint folder)")->required();
   inspect->add_flag("--json", inspect_json, "print JSON instead of a table");
 
+  // `scalpel plan`: per-rank memory, I/O, communication and time of a prune job (see plan.cpp).
+  auto* plan = app.add_subcommand("plan", "per-rank memory, I/O, communication and time of a prune job, from "
+                                          "config.json alone; refuses a grid that exceeds parallel.memory_gb");
+  std::vector<std::string> plan_args;
+  int plan_ranks = 0;
+  bool plan_json = false;
+  double plan_gflops = 0, plan_net_gbps = 0, plan_read_gbps = 0;
+  plan->add_option("args", plan_args, "[config.yaml] [key=value ...] (e.g. parallel.stages=8)");
+  plan->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR); config.json is enough");
+  plan->add_option("--ranks", plan_ranks, "ranks of the job (default: the MPI world size; on one process, "
+                                          "parallel.stages x parallel.data when parallel.data is set)")
+      ->check(CLI::PositiveNumber);
+  plan->add_flag("--json", plan_json, "print JSON (every rank's figures) instead of tables");
+  plan->add_option("--gflops", plan_gflops, "FLOP rate per rank in GFLOP/s (default: cpu 95 x threads, cuda 19500)")
+      ->check(CLI::PositiveNumber);
+  plan->add_option("--net-gbps", plan_net_gbps, "network GB/s per rank (default 12.5)")->check(CLI::PositiveNumber);
+  plan->add_option("--read-gbps", plan_read_gbps, "checkpoint read GB/s per rank (default 2)")
+      ->check(CLI::PositiveNumber);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -133,6 +153,17 @@ int main(int argc, char** argv) {
         return 0;
       }
       return scalpel::app::run_prune(cfg, *world, world->local_size(), prune_restart);
+    }
+    if (*plan) {
+      std::string config_path;
+      std::vector<std::string> overrides;
+      split_args(plan_args, config_path, overrides);
+      if (!model_opt.empty()) overrides.push_back("model=" + model_opt);
+      const auto cfg = scalpel::app::load_config(config_path, overrides);
+      int ranks = plan_ranks > 0 ? plan_ranks : size;
+      if (plan_ranks <= 0 && size == 1 && cfg.parallel.data > 0) ranks = cfg.parallel.stages * cfg.parallel.data;
+      // Only rank 0 plans and prints; an error there aborts the job (see the catch blocks).
+      return rank == 0 ? scalpel::app::run_plan(cfg, ranks, plan_json, plan_gflops, plan_net_gbps, plan_read_gbps) : 0;
     }
     if (*exporter) return rank == 0 ? scalpel::app::run_export(ex_ckpt, ex_model, ex_out, ex_shard_mb) : 0;
     if (*inspect) {

@@ -1,24 +1,35 @@
-// `scalpel prune`: the sequential layer-by-layer prune of DESIGN.md section 3. Calibration windows
-// flow through the decoder one layer at a time; each layer's linears are pruned from the
-// statistics of their inputs, the pruned layer is written to the checkpoint and committed, and its
-// outputs feed the next layer. A rerun of the same command resumes after the last committed layer
-// and, because committed layers are replayed from their stored (bitwise) weights through the same
-// batched forward, ends bitwise equal to a run that never stopped.
+// `scalpel prune`: the sequential layer-by-layer prune of DESIGN.md section 3, over the process
+// grid of section 2. Calibration windows flow through the decoder one layer at a time; each rank
+// holds the windows of its calibration shard (whole batches of `calibration.batch` sequences, so
+// every batch is the same at any rank count). Per layer, the statistics of each linear's inputs
+// are summed over the data group, each weight is pruned by rows across the group (the unstructured
+// thresholds chosen over all rows at once) and the pruned rows are all-gathered; the layer's
+// owner writes it to the checkpoint and the manifest owner (world rank 0) commits it. With stages,
+// each stage owns contiguous layers and hands its activations to the next stage.
+//
+// A rerun resumes after the last committed layer: committed layers are replayed from their stored
+// (bitwise) weights through the same batched forward, so it ends bitwise equal to a run that
+// never stopped, at any rank count with `determinism: strict`. SIGTERM/SIGUSR1 stop the run after
+// the current layer is committed (exit code 75); a watchdog aborts a hung rank.
 #include <fnmatch.h>
 
+#include <array>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/export.hpp"
 #include "scalpel/app/progress.hpp"
+#include "scalpel/app/run_control.hpp"
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/io/checkpoint.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
 #include "scalpel/prune/pruner.hpp"
+#include "scalpel/prune/select.hpp"
 #include "scalpel/text/calibration.hpp"
 #include "scalpel/text/eval_text.hpp"
 #include "scalpel/text/tokenizer.hpp"
@@ -65,11 +76,14 @@ std::string ids_digest(const std::vector<std::int32_t>& ids) {
 std::string prune_config_hash(const Config& cfg, const std::string& calib_digest) {
   // What decides the pruned weights: method, pattern, options, calibration windows. Not the
   // threads, output paths, logging or evaluation sets.
+  // `determinism` counts too (strict sums exactly, fast in floating point), the grid does not:
+  // a run may resume at another rank count.
   Config c;
   c.prune = cfg.prune;
   c.calibration = cfg.calibration;
   c.calibration.path = calib_digest;
   c.calibration.offsets.clear();
+  c.determinism = cfg.determinism;
   return config_hash(c);
 }
 
@@ -91,13 +105,14 @@ std::map<int, std::unique_ptr<prune::InputStats>> collect_stats(Backend& be, con
                                                                 std::int64_t nseq, std::int64_t seqlen,
                                                                 std::int64_t batch, const model::RopeTables* rope,
                                                                 const std::vector<TargetGroup>& groups,
-                                                                prune::StatsKinds kinds, std::int64_t layer) {
+                                                                prune::StatsKinds kinds, std::int64_t layer,
+                                                                prune::Accumulation mode, std::int64_t total) {
   std::map<int, std::unique_ptr<prune::InputStats>> stats;
   for (const auto& g : groups) {
     std::string names;
     for (const auto& l : g.linears) names += (names.empty() ? "" : "/") + l.name;
     stats[g.group] = std::make_unique<prune::InputStats>(be, g.linears.front().in, kinds,
-                                                         fmt::format("layer {} {}", layer, names));
+                                                         fmt::format("layer {} {}", layer, names), mode, total);
   }
   std::int64_t seqs_in_batch = 0;
   model::LinearTap tap = [&](int group, const std::vector<std::string>&, const Tensor& in) {
@@ -119,6 +134,84 @@ Tensor to_storage(Backend& be, const Tensor& w, DType dtype) {
   Tensor out = Tensor::empty(host.shape(), dtype);
   convert_from_f32(dtype, host.f32(), out.raw(), static_cast<std::size_t>(host.numel()));
   return out;
+}
+
+// Weights of the pruned model: the checkpoint's tensors where it has them, the source model's
+// otherwise. Layers are read lazily, one at a time (the Model asks for a layer's tensors in turn),
+// with every digest checked.
+class PrunedSource final : public model::WeightSource {
+ public:
+  PrunedSource(io::Checkpoint ckpt, std::shared_ptr<const io::HfCheckpoint> src, const model::ModelSpec& spec)
+      : ckpt_(std::move(ckpt)), src_(std::move(src)) {
+    for (std::int64_t l = 0; l < spec.layers; ++l) prefixes_.push_back(spec.layer_prefix(l));
+  }
+  bool has(const std::string& name) const override { return src_->has(name); }
+  Tensor load(const std::string& name) const override {
+    for (std::int64_t l = 0; l < static_cast<std::int64_t>(prefixes_.size()); ++l) {
+      const auto& pre = prefixes_[static_cast<std::size_t>(l)];
+      if (name.compare(0, pre.size(), pre) != 0 || !ckpt_.committed(l)) continue;
+      const auto rel = name.substr(pre.size());
+      if (!ckpt_.layer_entry(l).tensors.count(rel)) break;
+      if (layer_ != l) {
+        data_ = ckpt_.read_layer(l);
+        layer_ = l;
+      }
+      return data_.at(rel).data;
+    }
+    return src_->view(name);
+  }
+
+ private:
+  io::Checkpoint ckpt_;
+  std::shared_ptr<const io::HfCheckpoint> src_;
+  std::vector<std::string> prefixes_;
+  mutable std::int64_t layer_ = -1;
+  mutable io::LayerData data_;
+};
+
+// Concatenates the row slices of a host tensor held by the ranks of `group` (rank order).
+Tensor gather_rows(dist::Comm& group, const Tensor& mine, std::int64_t rows) {
+  const auto cols = mine.size(1);
+  const auto row_bytes = static_cast<std::int64_t>(dtype_size(mine.dtype())) * cols;
+  std::vector<std::int64_t> counts;
+  for (int r = 0; r < group.size(); ++r) {
+    const auto rr = dist::block_range(rows, group.size(), r);
+    counts.push_back((rr.end - rr.begin) * row_bytes);
+  }
+  Tensor all = Tensor::empty({rows, cols}, mine.dtype());
+  group.allgatherv(std::span<const std::byte>(static_cast<const std::byte*>(mine.raw()),
+                                              static_cast<std::size_t>(mine.nbytes())),
+                   std::span<std::byte>(static_cast<std::byte*>(all.raw()), static_cast<std::size_t>(all.nbytes())),
+                   counts);
+  return all;
+}
+
+int stage_of(std::int64_t layer, std::int64_t layers, int stages) {
+  for (int s = 0; s < stages; ++s) {
+    const auto r = dist::block_range(layers, stages, s);
+    if (layer >= r.begin && layer < r.end) return s;
+  }
+  return stages - 1;
+}
+
+void send_tensor(dist::Comm& c, const Tensor& t, int dest, int tag) {
+  c.send(std::span<const std::byte>(static_cast<const std::byte*>(t.raw()), static_cast<std::size_t>(t.nbytes())),
+         dest, tag);
+}
+
+void send_json(dist::Comm& c, const nlohmann::json& j, int dest, int tag) {
+  const std::string s = j.dump();
+  const std::int64_t n = static_cast<std::int64_t>(s.size());
+  c.send(std::as_bytes(std::span(&n, 1)), dest, tag);
+  c.send(std::as_bytes(std::span(s.data(), s.size())), dest, tag);
+}
+
+nlohmann::json recv_json(dist::Comm& c, int source, int tag) {
+  std::int64_t n = 0;
+  c.recv(std::as_writable_bytes(std::span(&n, 1)), source, tag);
+  std::string s(static_cast<std::size_t>(n), '\0');
+  c.recv(std::as_writable_bytes(std::span(s.data(), s.size())), source, tag);
+  return nlohmann::json::parse(s);
 }
 
 }  // namespace
@@ -162,12 +255,13 @@ int run_export(const std::string& checkpoint_dir, const std::string& model_overr
   return kExitOk;
 }
 
-int run_prune(const Config& cfg, dist::Comm& comm, int local_ranks, bool restart) {
+int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restart) {
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
-  if (comm.size() > 1)
-    SCALPEL_INPUT_ERROR("scalpel prune runs on one MPI rank in this version ({} were started); "
-                        "distributed pruning is the next milestone (see README)", comm.size());
   Timer total_timer;
+  install_stop_signals();
+  const auto grid = dist::make_grid(world, cfg.parallel.stages, cfg.parallel.data);
+  dist::Comm& group = *grid.data_group;
+  dist::Comm& pipe = *grid.pipe;
   const int threads = threads_per_rank(cfg.threads, local_ranks);
   auto backend = make_backend(cfg.device, threads);
   Backend& be = *backend;
@@ -177,8 +271,11 @@ int run_prune(const Config& cfg, dist::Comm& comm, int local_ranks, bool restart
   const auto pattern = prune::Pattern::parse(cfg.prune.pattern, cfg.prune.sparsity, "config: 'prune.pattern'");
   const auto method = prune::parse_method(cfg.prune.method, "config: 'prune.method'");
   const auto groups = target_groups(spec, cfg.prune.targets);
+  if (grid.stages > spec.layers)
+    SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
+                        cfg.model);
 
-  // Calibration windows.
+  // Calibration windows (every rank tokenizes the text: cheaper than shipping the ids around).
   auto tok = text::Tokenizer::from_folder(cfg.model);
   const auto calib_ids = tok->encode(text::load_eval_text("text", cfg.calibration.path));
   const std::int64_t seqlen = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
@@ -194,29 +291,47 @@ int run_prune(const Config& cfg, dist::Comm& comm, int local_ranks, bool restart
   std::vector<std::int32_t> windows;
   windows.reserve(static_cast<std::size_t>(nseq * seqlen));
   for (auto o : offsets) windows.insert(windows.end(), calib_ids.begin() + o, calib_ids.begin() + o + seqlen);
+  // This rank's shard: whole batches, split over the data group.
+  const std::int64_t batch = cfg.calibration.batch;
+  const std::int64_t nbatches = (nseq + batch - 1) / batch;
+  if (nbatches < grid.data)
+    SCALPEL_INPUT_ERROR("config: {} calibration windows make {} batches of 'calibration.batch' {}, fewer than the {} "
+                        "ranks of a data group: lower calibration.batch or use fewer ranks per stage",
+                        nseq, nbatches, batch, grid.data);
+  const auto my_batches = dist::block_range(nbatches, grid.data, grid.data_index);
+  const std::int64_t seq0 = my_batches.begin * batch, seq1 = std::min(nseq, my_batches.end * batch);
+  const std::int64_t my_nseq = seq1 - seq0;
 
+  // The checkpoint: world rank 0 owns the manifest (creates, validates, cleans, commits); the
+  // others read it once rank 0 is done with that.
   const fs::path out_dir = cfg.output.dir;
   const fs::path ckpt_dir = out_dir / cfg.output.checkpoint;
   io::CheckpointIdentity id;
   id.model = cfg.model;
   id.model_fingerprint = io::model_fingerprint(cfg.model);
   id.config_hash = prune_config_hash(cfg, ids_digest(windows));
-  id.grid = {{"stages", 1}, {"data", comm.size()}};
+  id.grid = {{"stages", grid.stages}, {"data", grid.data}, {"determinism", cfg.determinism}};
   id.num_layers = spec.layers;
-  io::CheckpointOptions copt;
-  copt.restart = restart;
-  auto ckpt = io::Checkpoint::open_or_create(ckpt_dir, id, copt);
-  const auto resume_from = ckpt.first_uncommitted();
+  std::optional<io::Checkpoint> ckpt;
+  if (world.is_root()) {
+    io::CheckpointOptions copt;
+    copt.restart = restart;
+    ckpt = io::Checkpoint::open_or_create(ckpt_dir, id, copt);
+  }
+  world.barrier();
+  if (!world.is_root()) ckpt = io::Checkpoint::open_read(ckpt_dir);
+  const auto resume_from = ckpt->first_uncommitted();
 
-  log::info("prune {} ({}, {} layers): {} {}, {} calibration windows x {} tokens from {}, {} thread(s)", cfg.model,
-            spec.model_type, spec.layers, cfg.prune.method, pattern.str(), nseq, seqlen, cfg.calibration.path,
-            threads);
+  log::info("prune {} ({}, {} layers): {} {}, {} calibration windows x {} tokens from {}; {} rank(s) = {} stage(s) x "
+            "{} data, {} thread(s) per rank, determinism {}",
+            cfg.model, spec.model_type, spec.layers, cfg.prune.method, pattern.str(), nseq, seqlen,
+            cfg.calibration.path, world.size(), grid.stages, grid.data, threads, cfg.determinism);
   if (resume_from > 0)
     log::info("checkpoint {}: layers 0..{} committed; resuming at layer {}", ckpt_dir.string(), resume_from - 1,
               resume_from);
 
   Metrics metrics;
-  if (!cfg.output.metrics.empty()) metrics = Metrics((out_dir / cfg.output.metrics).string());
+  if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((out_dir / cfg.output.metrics).string());
   model::Model m(spec, checkpoint_source(src), be, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
   const model::RopeTables rope_tables =
       spec.family == model::Family::llama ? model::make_rope_tables(be, spec, seqlen) : model::RopeTables{};
@@ -225,117 +340,199 @@ int run_prune(const Config& cfg, dist::Comm& comm, int local_ranks, bool restart
   prune::StatsKinds kinds;
   kinds.hessian = true;  // SparseGPT's input, and every method's reconstruction error
   kinds.col_norms = method == prune::Method::wanda;
+  const auto accumulation = cfg.determinism == "strict" ? prune::Accumulation::exact : prune::Accumulation::sum;
+  const auto my_layers = dist::block_range(spec.layers, grid.stages, grid.stage);
+  const int tag_x = 1, tag_commit = 2;
 
-  Tensor x = m.embed(windows, nseq, seqlen);
-  const std::int64_t batch = cfg.calibration.batch;
-  Progress progress("prune", spec.layers, "layers", cfg.log.progress_seconds, comm.is_root());
-  std::int64_t pruned_total = 0, weights_total = 0;
+  Tensor x;
+  if (grid.stage == 0)
+    x = m.embed(std::span<const std::int32_t>(windows).subspan(static_cast<std::size_t>(seq0 * seqlen),
+                                                               static_cast<std::size_t>(my_nseq * seqlen)),
+                my_nseq, seqlen);
+  Progress progress("prune", spec.layers, "layers", cfg.log.progress_seconds, world.is_root());
+  Watchdog watchdog(cfg.parallel.watchdog_seconds, world.rank());
 
   for (std::int64_t layer = 0; layer < spec.layers; ++layer) {
     Timer layer_timer;
-    const auto dense = m.layer_weights(layer);
-    auto working = std::make_shared<model::LayerWeights>(*dense);
-    if (ckpt.committed(layer)) {
-      // Replay: the stored weights are the ones the original run propagated with.
-      const auto data = ckpt.read_layer(layer);
-      for (const auto& t : data.tensors) working->tensors[t.name] = be.upload(t.data);
-      m.set_layer_weights(layer, working);
-      forward_layer(be, spec, dense_propagation ? *dense : *working, x, nseq, seqlen, batch, rope, nullptr);
-      progress.update(layer + 1, (layer + 1) * nseq * seqlen);
-      continue;
-    }
-    std::vector<io::TensorRecord> records;
-    nlohmann::json lin_metrics = nlohmann::json::object();
-    double stats_s = 0;
-    // true_sequential: statistics of each group are taken after the groups before it are pruned.
-    const std::vector<std::vector<TargetGroup>> passes =
-        cfg.prune.true_sequential ? [&] {
-          std::vector<std::vector<TargetGroup>> p;
-          for (const auto& g : groups) p.push_back({g});
-          return p;
-        }()
-                                  : std::vector<std::vector<TargetGroup>>{groups};
-    for (const auto& pass : passes) {
-      Timer st;
-      auto stats = collect_stats(be, spec, *working, x, nseq, seqlen, batch, rope, pass, kinds, layer);
-      stats_s += st.seconds();
-      for (const auto& g : pass) {
-        for (const auto& lin : g.linears) {
-          const std::string wname = lin.name + ".weight";
-          prune::PruneOptions opt;
-          opt.method = method;
-          opt.pattern = pattern;
-          opt.blocksize = cfg.prune.blocksize;
-          opt.percdamp = cfg.prune.dampening;
-          opt.name = fmt::format("layer {} {}", layer, lin.name);
-          const auto r = prune::prune_linear(be, working->at(wname), stats.at(g.group).get(), opt);
-          const auto stored_dtype = src->info(spec.layer_prefix(layer) + wname).dtype;
-          Tensor stored = to_storage(be, r.weight, stored_dtype);
-          working->tensors[wname] = be.upload(stored);
-          const nlohmann::json lm = {{"error", r.error},          {"error_rel", r.error_rel}, {"sparsity", r.sparsity},
-                                     {"pruned", r.pruned},        {"weights", r.total},       {"damping", r.damping},
-                                     {"percdamp", r.percdamp},    {"damping_tries", r.damping_tries},
-                                     {"dead_inputs", r.dead},     {"factor_s", r.seconds.factorisation},
-                                     {"sweep_s", r.seconds.sweep}, {"error_s", r.seconds.error}};
-          if (!std::isfinite(r.sparsity)) SCALPEL_RUNTIME_ERROR("layer {} {}: non-finite result", layer, lin.name);
-          lin_metrics[lin.name] = lm;
-          pruned_total += r.pruned;
-          weights_total += r.total;
-          io::TensorRecord rec;
-          rec.name = wname;
-          rec.data = stored;
-          rec.packed_mask = io::pack_mask(be.download(r.mask));
-          rec.metrics = lm;
-          records.push_back(std::move(rec));
+    const int owner = stage_of(layer, spec.layers, grid.stages);
+    const bool committed = ckpt->committed(layer);
+    nlohmann::json commit_msg;  // the owner's {shard, metrics} for the manifest owner
+    if (owner == grid.stage) {
+      if (layer == my_layers.begin && grid.stage > 0) {
+        watchdog.beat("receive activations", layer);
+        x = be.empty({my_nseq * seqlen, spec.hidden});
+        Tensor host = Tensor::empty(x.shape(), DType::f32);
+        pipe.recv(std::span<std::byte>(static_cast<std::byte*>(host.raw()), static_cast<std::size_t>(host.nbytes())),
+                  grid.stage - 1, tag_x);
+        x = be.upload(host);
+      }
+      watchdog.beat("load layer", layer);
+      const auto dense = m.layer_weights(layer);
+      auto working = std::make_shared<model::LayerWeights>(*dense);
+      if (committed) {
+        // Replay: the stored weights are the ones the original run propagated with.
+        const auto data = ckpt->read_layer(layer);
+        for (const auto& t : data.tensors) working->tensors[t.name] = be.upload(t.data);
+      } else {
+        std::vector<io::TensorRecord> records;
+        nlohmann::json lin_metrics = nlohmann::json::object();
+        double stats_s = 0, reduce_s = 0;
+        // true_sequential: statistics of each group are taken after the groups before it are pruned.
+        std::vector<std::vector<TargetGroup>> passes;
+        if (cfg.prune.true_sequential)
+          for (const auto& g : groups) passes.push_back({g});
+        else
+          passes.push_back(groups);
+        for (const auto& pass : passes) {
+          watchdog.beat("statistics", layer);
+          Timer st;
+          auto stats = collect_stats(be, spec, *working, x, my_nseq, seqlen, batch, rope, pass, kinds, layer,
+                                     accumulation, nseq);
+          stats_s += st.seconds();
+          watchdog.beat("reduce statistics", layer);
+          for (auto& [g, s] : stats) {
+            s->reduce(group);
+            reduce_s += s->reduce_seconds();
+          }
+          for (const auto& g : pass) {
+            for (const auto& lin : g.linears) {
+              watchdog.beat("prune", layer);
+              const std::string wname = lin.name + ".weight";
+              const Tensor& w = working->at(wname);
+              const auto rows = w.size(0);
+              const auto rr = dist::block_range(rows, group.size(), group.rank());
+              prune::PruneOptions opt;
+              opt.method = method;
+              opt.pattern = pattern;
+              opt.blocksize = cfg.prune.blocksize;
+              opt.percdamp = cfg.prune.dampening;
+              opt.name = fmt::format("layer {} {}", layer, lin.name);
+              opt.total_rows = rows;
+              if (group.size() > 1) opt.select = prune::group_select(group);
+              const auto r = prune::prune_linear(be, w.slice_rows(rr.begin, rr.end), stats.at(g.group).get(), opt);
+              const auto stored_dtype = src->info(spec.layer_prefix(layer) + wname).dtype;
+              watchdog.beat("gather", layer);
+              // Every rank gets the whole pruned matrix (the next forward needs it).
+              const Tensor stored = gather_rows(group, to_storage(be, r.weight, stored_dtype), rows);
+              const Tensor mask = gather_rows(group, be.download(r.mask), rows);
+              std::array<double, 2> err{std::isfinite(r.error) ? r.error : 0.0, std::isfinite(r.dense) ? r.dense : 0.0};
+              std::array<std::int64_t, 2> counts{r.pruned, r.total};
+              group.allreduce_sum(std::span<double>(err));
+              group.allreduce_sum(std::span<std::int64_t>(counts));
+              working->tensors[wname] = be.upload(stored);
+              const double sparsity = counts[1] ? double(counts[0]) / double(counts[1]) : 0.0;
+              const double error_rel = err[1] > 0 ? err[0] / err[1] : 0.0;
+              const nlohmann::json lm = {{"error", err[0]},           {"error_rel", error_rel},
+                                         {"sparsity", sparsity},       {"pruned", counts[0]},
+                                         {"weights", counts[1]},       {"damping", r.damping},
+                                         {"percdamp", r.percdamp},     {"damping_tries", r.damping_tries},
+                                         {"dead_inputs", r.dead},      {"factor_s", r.seconds.factorisation},
+                                         {"sweep_s", r.seconds.sweep}, {"error_s", r.seconds.error}};
+              if (!std::isfinite(sparsity) || !std::isfinite(err[0]))
+                SCALPEL_RUNTIME_ERROR("layer {} {}: non-finite result", layer, lin.name);
+              lin_metrics[lin.name] = lm;
+              if (group.rank() == 0) {
+                io::TensorRecord rec;
+                rec.name = wname;
+                rec.data = stored;
+                rec.packed_mask = io::pack_mask(mask);
+                rec.metrics = lm;
+                records.push_back(std::move(rec));
+              }
+            }
+          }
+        }
+        const nlohmann::json layer_metrics = {{"layer", layer},     {"seconds", layer_timer.seconds()},
+                                              {"stats_s", stats_s}, {"reduce_s", reduce_s},
+                                              {"ranks", group.size()}, {"linears", lin_metrics}};
+        if (group.rank() == 0) {
+          watchdog.beat("write shard", layer);
+          const auto info = io::write_shard_file(ckpt_dir, layer, 0, records, nullptr);
+          commit_msg = {{"shard", info.to_json()}, {"metrics", layer_metrics}};
+          if (!world.is_root()) send_json(world, commit_msg, 0, tag_commit);
         }
       }
+      watchdog.beat("forward", layer);
+      forward_layer(be, spec, dense_propagation ? *dense : *working, x, my_nseq, seqlen, batch, rope, nullptr);
+      if (layer == my_layers.end - 1 && grid.stage < grid.stages - 1) {
+        watchdog.beat("send activations", layer);
+        send_tensor(pipe, be.download(x), grid.stage + 1, tag_x);
+        x = Tensor();
+      }
     }
-    m.set_layer_weights(layer, working);
-    forward_layer(be, spec, dense_propagation ? *dense : *working, x, nseq, seqlen, batch, rope, nullptr);
-    const nlohmann::json layer_metrics = {{"layer", layer}, {"seconds", layer_timer.seconds()}, {"stats_s", stats_s},
-                                          {"linears", lin_metrics}};
-    const auto info = ckpt.write_layer_shard(layer, 0, records, nullptr);
-    ckpt.commit_layer(layer, {info}, layer_metrics);
-    double err_sum = 0;
-    for (const auto& [k, v] : lin_metrics.items()) err_sum += v["error_rel"].is_number() ? v["error_rel"].get<double>() : 0;
-    log::info("layer {}/{} committed: {} linears, mean relative error {:.4g}, {:.1f} s", layer + 1, spec.layers,
-              lin_metrics.size(), lin_metrics.empty() ? 0.0 : err_sum / lin_metrics.size(), layer_timer.seconds());
-    nlohmann::json rec = layer_metrics;
-    rec["event"] = "layer";
-    rec["config_hash"] = id.config_hash;
-    metrics.write(rec);
+    // The commit: world rank 0 records the owner's shard in the manifest.
+    if (world.is_root() && !committed) {
+      watchdog.beat("commit", layer);
+      if (owner != 0) commit_msg = recv_json(world, grid.world_rank_of(owner, 0), tag_commit);
+      const auto info = io::ShardInfo::from_json(commit_msg.at("shard"), fmt::format("layer {} shard", layer));
+      const auto& layer_metrics = commit_msg.at("metrics");
+      ckpt->commit_layer(layer, {info}, layer_metrics);
+      double err_sum = 0;
+      const auto& lins = layer_metrics.at("linears");
+      for (const auto& [k, v] : lins.items()) err_sum += v["error_rel"].get<double>();
+      log::info("layer {}/{} committed: {} linears, mean relative error {:.4g}, {:.1f} s", layer + 1, spec.layers,
+                lins.size(), lins.empty() ? 0.0 : err_sum / static_cast<double>(lins.size()),
+                layer_metrics.at("seconds").get<double>());
+      nlohmann::json rec = layer_metrics;
+      rec["event"] = "layer";
+      rec["config_hash"] = id.config_hash;
+      metrics.write(rec);
+    }
     progress.update(layer + 1, (layer + 1) * nseq * seqlen);
+    // Stop requests (SIGTERM/SIGUSR1 on any rank) are honoured here, after the commit, by all
+    // ranks together.
+    watchdog.beat("stop check", layer);
+    std::int64_t stop = stop_signal();
+    world.allreduce_max(std::span<std::int64_t>(&stop, 1));
+    if (stop != 0 && layer + 1 < spec.layers) {
+      log::warn("signal {} received: stopping after layer {} (committed); rerun the same command to resume at layer "
+                "{} (exit code {})",
+                stop, layer, layer + 1, kExitInterrupted);
+      metrics.write({{"event", "interrupted"}, {"signal", stop}, {"after_layer", layer}, {"config_hash", id.config_hash}});
+      return kExitInterrupted;
+    }
   }
   progress.finish();
   x = Tensor();
 
-  // Every layer is committed: read the whole result back through the checkpoint (digests checked)
-  // for the export, so what is exported is exactly what the manifest vouches for.
-  std::int64_t zeros = 0, total = 0;
-  const auto replaced = pruned_tensors(ckpt, *src, spec, &zeros, &total);
-  const nlohmann::json summary = {{"method", cfg.prune.method}, {"pattern", pattern.str()}, {"zeros", zeros},
-                                  {"weights", total}, {"sparsity", total ? double(zeros) / double(total) : 0.0},
-                                  {"seconds", total_timer.seconds()}};
-  if (!ckpt.complete()) ckpt.mark_complete(summary);
-  log::info("pruned {} of {} target weights ({:.2f}%) in {:.1f} s", zeros, total,
-            total ? 100.0 * zeros / total : 0.0, total_timer.seconds());
-  if (!cfg.output.export_dir.empty()) {
-    const auto dest = out_dir / cfg.output.export_dir;
-    export_hf_folder(*src, replaced, dest, cfg.output.export_shard_mb << 20);
-    log::info("exported the pruned model to {}", dest.string());
+  // Every layer is committed. Rank 0 reads the whole result back through the checkpoint (digests
+  // checked) for the summary and the export, so what is exported is exactly what the manifest
+  // vouches for.
+  nlohmann::json summary;
+  if (world.is_root()) {
+    std::int64_t zeros = 0, total = 0;
+    const auto replaced = pruned_tensors(*ckpt, *src, spec, &zeros, &total);
+    summary = {{"method", cfg.prune.method}, {"pattern", pattern.str()}, {"zeros", zeros}, {"weights", total},
+               {"sparsity", total ? double(zeros) / double(total) : 0.0}, {"seconds", total_timer.seconds()},
+               {"ranks", world.size()}};
+    if (!ckpt->complete()) ckpt->mark_complete(summary);
+    log::info("pruned {} of {} target weights ({:.2f}%) in {:.1f} s", zeros, total,
+              total ? 100.0 * zeros / total : 0.0, total_timer.seconds());
+    if (!cfg.output.export_dir.empty()) {
+      const auto dest = out_dir / cfg.output.export_dir;
+      export_hf_folder(*src, replaced, dest, cfg.output.export_shard_mb << 20);
+      log::info("exported the pruned model to {}", dest.string());
+    }
+    metrics.write({{"event", "prune"}, {"config_hash", id.config_hash}, {"summary", summary}});
   }
-  metrics.write({{"event", "prune"}, {"config_hash", id.config_hash}, {"summary", summary}});
+  world.barrier();
+  if (cfg.eval.sets.empty()) return kExitOk;
 
+  // Evaluation of the pruned model over every rank, layers read from the checkpoint one at a time.
+  model::Model pruned(spec, std::make_shared<PrunedSource>(io::Checkpoint::open_read(ckpt_dir), src, spec), be,
+                      static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
   for (const auto& set : cfg.eval.sets) {
     auto ids = tok->encode(text::load_eval_text(set.preset, set.path));
     const std::int64_t eseq = cfg.eval.seqlen > 0 ? cfg.eval.seqlen : spec.max_positions;
     const auto limit = text::preset_token_limit(set.preset, eseq);
     if (limit >= 0 && static_cast<std::int64_t>(ids.size()) > limit) ids.resize(static_cast<std::size_t>(limit));
-    const auto r = evaluate_ids(m, ids, eseq, cfg.eval.batch, cfg.eval.max_windows, comm, set.name,
+    const auto r = evaluate_ids(pruned, ids, eseq, cfg.eval.batch, cfg.eval.max_windows, world, set.name,
                                 cfg.log.progress_seconds);
-    fmt::print("{}: ppl {:.4f} (pruned; mean nll {:.6f}; {} windows x {} tokens; {:.1f} s)\n", r.name, r.ppl,
-               r.mean_nll, r.windows, r.seqlen, r.seconds);
-    std::fflush(stdout);
+    if (world.is_root()) {
+      fmt::print("{}: ppl {:.4f} (pruned; mean nll {:.6f}; {} windows x {} tokens; {:.1f} s)\n", r.name, r.ppl,
+                 r.mean_nll, r.windows, r.seqlen, r.seconds);
+      std::fflush(stdout);
+    }
     metrics.write({{"event", "eval"}, {"set", r.name}, {"preset", set.preset}, {"path", set.path}, {"pruned", true},
                    {"ppl", r.ppl}, {"mean_nll", r.mean_nll}, {"windows", r.windows}, {"seqlen", r.seqlen},
                    {"config_hash", id.config_hash}});

@@ -6,6 +6,29 @@
 
 namespace scalpel::prune {
 
+namespace {
+
+void add_f64(std::vector<double>& acc, const float* v) {
+  double* a = acc.data();
+  const auto n = static_cast<std::int64_t>(acc.size());
+#pragma omp parallel for simd schedule(static)
+  for (std::int64_t i = 0; i < n; ++i) a[i] += static_cast<double>(v[i]);
+}
+
+// acc (packed upper triangle, row by row) += the upper triangle of the row-major d x d a.
+void add_upper_f64(std::vector<double>& acc, const float* a, std::int64_t d) {
+  double* p = acc.data();
+#pragma omp parallel for schedule(dynamic, 16)
+  for (std::int64_t i = 0; i < d; ++i) {
+    double* row = p + (i * d - i * (i - 1) / 2);
+    const float* src = a + i * d + i;
+#pragma omp simd
+    for (std::int64_t j = 0; j < d - i; ++j) row[j] += static_cast<double>(src[j]);
+  }
+}
+
+}  // namespace
+
 InputStats::InputStats(Backend& be, std::int64_t cols, StatsKinds kinds, std::string name, Accumulation mode,
                        std::int64_t total_sequences)
     : be_(be), cols_(cols), kinds_(kinds), name_(std::move(name)), mode_(mode), total_(total_sequences) {
@@ -13,21 +36,26 @@ InputStats::InputStats(Backend& be, std::int64_t cols, StatsKinds kinds, std::st
   SCALPEL_CHECK(kinds.hessian || kinds.col_norms, "{}: no statistic requested", name_);
   SCALPEL_CHECK(mode == Accumulation::running || total_sequences > 0, "{}: total sequences {} for a summed mode",
                 name_, total_sequences);
+  if (mode_ != Accumulation::running) {
+    if (kinds_.hessian) scratch_h_ = be_.empty({cols, cols});
+    if (kinds_.col_norms) scratch_n_ = be_.empty({cols});
+  }
   if (mode_ == Accumulation::exact) {
-    if (kinds_.hessian) {
-      exact_h_ = std::make_unique<ExactSum>(static_cast<std::size_t>(cols * (cols + 1) / 2));
-      scratch_h_ = be_.empty({cols, cols});
-    }
-    if (kinds_.col_norms) {
-      exact_n_ = std::make_unique<ExactSum>(static_cast<std::size_t>(cols));
-      scratch_n_ = be_.empty({cols});
-    }
+    if (kinds_.hessian) exact_h_ = std::make_unique<ExactSum>(static_cast<std::size_t>(cols * (cols + 1) / 2));
+    if (kinds_.col_norms) exact_n_ = std::make_unique<ExactSum>(static_cast<std::size_t>(cols));
+  }
+  if (mode_ == Accumulation::sum) {
+    if (kinds_.hessian) sum_h_.assign(static_cast<std::size_t>(cols * (cols + 1) / 2), 0.0);  // upper triangle
+    if (kinds_.col_norms) sum_n_.assign(static_cast<std::size_t>(cols), 0.0);
   }
   // Not zero-filled: the first batch has beta = n_old/n_new = 0, and neither syrk (BLAS: C is
   // not read when beta is 0) nor col_sq_norms reads the output then. Zero-filling cost 50 ms at
   // d = 4096 (12% of a 4096-token syrk). Read before any batch, they are zeroed on demand.
-  if (kinds_.hessian) h_ = be_.empty({cols, cols});
-  if (kinds_.col_norms) norms_ = be_.empty({cols});
+  // Summed modes allocate the fp32 results in reduce(), once the batch scratch is freed.
+  if (mode_ == Accumulation::running) {
+    if (kinds_.hessian) h_ = be_.empty({cols, cols});
+    if (kinds_.col_norms) norms_ = be_.empty({cols});
+  }
 }
 
 void InputStats::add_batch(const Tensor& x, std::int64_t sequences) {
@@ -39,22 +67,21 @@ void InputStats::add_batch(const Tensor& x, std::int64_t sequences) {
   if (mode_ != Accumulation::running) {
     SCALPEL_CHECK(nsamples_ + sequences <= total_, "{}: {} sequences added, more than the {} announced", name_,
                   nsamples_ + sequences, total_);
-    if (mode_ == Accumulation::sum) {
-      // Σ (2/N) xᵀx: the first batch overwrites (beta 0: the output is not read), later ones add.
-      const float beta = nsamples_ == 0 ? 0.0f : 1.0f;
-      if (kinds_.hessian) be_.syrk(static_cast<float>(2.0 / static_cast<double>(total_)), x, beta, h_);
-      if (kinds_.col_norms) be_.col_sq_norms(x, static_cast<float>(1.0 / static_cast<double>(total_)), beta, norms_);
-    } else {
-      if (kinds_.hessian) {
-        be_.syrk(1.0f, x, 0.0f, scratch_h_);
-        const Tensor host = be_.download(scratch_h_);
+    if (kinds_.hessian) {
+      be_.syrk(1.0f, x, 0.0f, scratch_h_);
+      const Tensor host = be_.download(scratch_h_);
+      if (mode_ == Accumulation::sum)
+        add_upper_f64(sum_h_, host.f32(), cols_);
+      else
         exact_h_->add_upper(host.f32(), cols_);
-      }
-      if (kinds_.col_norms) {
-        be_.col_sq_norms(x, 1.0f, 0.0f, scratch_n_);
-        const Tensor host = be_.download(scratch_n_);
+    }
+    if (kinds_.col_norms) {
+      be_.col_sq_norms(x, 1.0f, 0.0f, scratch_n_);
+      const Tensor host = be_.download(scratch_n_);
+      if (mode_ == Accumulation::sum)
+        add_f64(sum_n_, host.f32());
+      else
         exact_n_->add(host.f32());
-      }
     }
     nsamples_ += sequences;
     tokens_ += x.size(0);
@@ -73,76 +100,65 @@ void InputStats::add_batch(const Tensor& x, std::int64_t sequences) {
   seconds_ += t.seconds();
 }
 
-namespace {
-
-// Sums a float tensor over the group in place (host memory; other devices go through the host).
-void allreduce_tensor(Backend& be, Tensor& t, dist::Comm& group) {
-  if (t.device() == Device::cpu) {
-    group.allreduce_sum(std::span<float>(t.f32(), static_cast<std::size_t>(t.numel())));
-    return;
-  }
-  Tensor host = be.download(t);
-  group.allreduce_sum(std::span<float>(host.f32(), static_cast<std::size_t>(host.numel())));
-  t = be.upload(host);
-}
-
-// The exact sums, scaled, into t (full symmetric matrix when `symmetric`).
-void exact_result(Backend& be, const ExactSum& e, Tensor& t, double scale, bool symmetric) {
-  Tensor host = Tensor::empty(t.shape(), DType::f32);
-  if (symmetric)
-    e.result_symmetric(host.f32(), t.size(0), scale);
-  else
-    e.result(host.f32(), scale);
-  if (t.device() == Device::cpu)
-    std::copy(host.f32(), host.f32() + host.numel(), t.f32());
-  else
-    t = be.upload(host);
-}
-
-}  // namespace
-
 void InputStats::reduce(dist::Comm& group) {
   SCALPEL_CHECK(mode_ != Accumulation::running, "{}: running statistics cannot be reduced over ranks", name_);
+  SCALPEL_CHECK(!reduced_, "{}: reduce() called twice", name_);
   Timer t;
   std::int64_t n = nsamples_, tokens = tokens_;
   group.allreduce_sum(std::span<std::int64_t>(&n, 1));
   group.allreduce_sum(std::span<std::int64_t>(&tokens, 1));
   if (n != total_)
     SCALPEL_RUNTIME_ERROR("{}: the ranks saw {} sequences together, expected {}", name_, n, total_);
-  if (mode_ == Accumulation::sum) {
-    // A rank without batches contributes zeros (its tensors were never written).
-    if (kinds_.hessian) {
-      if (nsamples_ == 0) h_ = be_.zeros(h_.shape());
-      allreduce_tensor(be_, h_, group);
-    }
-    if (kinds_.col_norms) {
-      if (nsamples_ == 0) norms_ = be_.zeros(norms_.shape());
-      allreduce_tensor(be_, norms_, group);
-    }
-  } else {
-    if (kinds_.hessian) {
+  // The batch scratch goes first, then the fp32 results are filled.
+  scratch_h_ = scratch_n_ = Tensor();
+  const double hscale = 2.0 / static_cast<double>(total_), nscale = 1.0 / static_cast<double>(total_);
+  if (kinds_.hessian) {
+    Tensor host = Tensor::empty({cols_, cols_}, DType::f32);
+    if (mode_ == Accumulation::sum) {
+      // float64 sums over the ranks, then one rounding to fp32 with the 2/N scale.
+      group.allreduce_sum(std::span<double>(sum_h_));
+      float* o = host.f32();
+      const double* a = sum_h_.data();
+      const std::int64_t d = cols_;
+#pragma omp parallel for schedule(dynamic, 16)
+      for (std::int64_t i = 0; i < d; ++i) {
+        const double* row = a + (i * d - i * (i - 1) / 2);
+        for (std::int64_t j = i; j < d; ++j) o[i * d + j] = o[j * d + i] = static_cast<float>(row[j - i] * hscale);
+      }
+      sum_h_ = {};
+    } else {
       exact_h_->allreduce(group);
-      exact_result(be_, *exact_h_, h_, 2.0 / static_cast<double>(total_), true);
+      exact_h_->result_symmetric(host.f32(), cols_, hscale);
       exact_h_.reset();
-      scratch_h_ = Tensor();
     }
-    if (kinds_.col_norms) {
+    h_ = be_.upload(host);
+  }
+  if (kinds_.col_norms) {
+    Tensor host = Tensor::empty({cols_}, DType::f32);
+    if (mode_ == Accumulation::sum) {
+      group.allreduce_sum(std::span<double>(sum_n_));
+      for (std::int64_t j = 0; j < cols_; ++j)
+        host.f32()[j] = static_cast<float>(sum_n_[static_cast<std::size_t>(j)] * nscale);
+      sum_n_ = {};
+    } else {
       exact_n_->allreduce(group);
-      exact_result(be_, *exact_n_, norms_, 1.0 / static_cast<double>(total_), false);
+      exact_n_->result(host.f32(), nscale);
       exact_n_.reset();
-      scratch_n_ = Tensor();
     }
+    norms_ = be_.upload(host);
   }
   nsamples_ = n;
   tokens_ = tokens;
   h_zeroed_ = norms_zeroed_ = true;  // written: never zero them on read
+  reduced_ = true;
   reduce_seconds_ += t.seconds();
 }
 
 const Tensor& InputStats::hessian() const {
   SCALPEL_CHECK(kinds_.hessian, "{}: the Hessian was not collected", name_);
+  SCALPEL_CHECK(mode_ == Accumulation::running || reduced_, "{}: summed statistics read before reduce()", name_);
   if (nsamples_ == 0 && !h_zeroed_) {
-    h_ = be_.zeros(h_.shape());
+    h_ = be_.zeros({cols_, cols_});
     h_zeroed_ = true;
   }
   return h_;
@@ -150,8 +166,9 @@ const Tensor& InputStats::hessian() const {
 
 const Tensor& InputStats::col_norms() const {
   SCALPEL_CHECK(kinds_.col_norms, "{}: column norms were not collected", name_);
+  SCALPEL_CHECK(mode_ == Accumulation::running || reduced_, "{}: summed statistics read before reduce()", name_);
   if (nsamples_ == 0 && !norms_zeroed_) {
-    norms_ = be_.zeros(norms_.shape());
+    norms_ = be_.zeros({cols_});
     norms_zeroed_ = true;
   }
   return norms_;

@@ -20,8 +20,12 @@ struct StatsKinds {
 
 // How batches are combined.
 //  running: the references' running mean, H *= n/(n+b); H += (2/(n+b)) xᵀx (one process only).
-//  sum:     H = Σ (2/N) xᵀx with N the total sequence count over all ranks, known in advance; each
-//           rank sums its batches, reduce() adds the ranks' sums in floating point.
+//  sum:     H = (2/N) Σ xᵀx with N the total sequence count over all ranks, known in advance: each
+//           batch's xᵀx (one fp32 syrk) is added into a float64 sum, reduce() adds the ranks'
+//           float64 sums and rounds once to fp32. Rank counts then differ only by float64
+//           reassociation (~1e-16), which almost never changes the rounded fp32 H: the pruned
+//           weights match across rank counts far below 1e-6 (an fp32 sum gave 3% differences:
+//           a few flipped mask entries change SparseGPT's later updates).
 //  exact:   each batch's xᵀx is added exactly (ExactSum); reduce() sums exactly over the ranks
 //           and scales once, so H is bitwise the same however the batches are spread over ranks
 //           (`determinism: strict`).
@@ -63,8 +67,10 @@ class InputStats {
   Accumulation mode_;
   std::int64_t total_ = 0;
   std::unique_ptr<ExactSum> exact_h_, exact_n_;
-  Tensor scratch_h_, scratch_n_;  // exact: one batch's xᵀx and ‖x_j‖²
+  Tensor scratch_h_, scratch_n_;  // sum, exact: one batch's xᵀx and ‖x_j‖²
+  std::vector<double> sum_h_, sum_n_;  // sum: the float64 sums (H: packed upper triangle)
   double reduce_seconds_ = 0;
+  bool reduced_ = false;
   mutable Tensor h_, norms_;  // uninitialised until the first batch (zeroed if read before)
   mutable bool h_zeroed_ = false, norms_zeroed_ = false;
   std::int64_t nsamples_ = 0, tokens_ = 0;

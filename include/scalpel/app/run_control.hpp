@@ -1,0 +1,45 @@
+// Stopping and hang detection for long runs (DESIGN.md section 8).
+//  - SIGTERM and SIGUSR1 (Slurm's preemption warning) only set a flag; `scalpel prune` checks it
+//    after each committed layer, every rank agreeing through one all-reduce, and exits with
+//    kExitInterrupted (75) so that a batch script can requeue and the rerun resumes.
+//  - The Watchdog turns a hang (a peer that stopped answering in a collective, a stuck file
+//    system) into an abort: when no heartbeat came for its timeout it prints the rank, layer and
+//    phase and ends the process with kExitWatchdog; the launcher then ends the other ranks.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace scalpel::app {
+
+// Installs the SIGTERM/SIGUSR1 handlers (idempotent).
+void install_stop_signals();
+// The signal that asked for a stop (0: none).
+int stop_signal();
+
+class Watchdog {
+ public:
+  // timeout_seconds <= 0: disabled.
+  Watchdog(double timeout_seconds, int rank);
+  ~Watchdog();
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+  // Progress: records where the rank is and restarts the countdown.
+  void beat(const char* phase, std::int64_t layer);
+
+ private:
+  void run();
+  double timeout_;
+  int rank_;
+  std::atomic<std::int64_t> last_ns_{0}, layer_{-1};
+  std::atomic<const char*> phase_{"start"};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+}  // namespace scalpel::app

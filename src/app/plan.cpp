@@ -1,0 +1,838 @@
+// `scalpel plan`: the cost of a prune job per rank, from config.json alone (DESIGN.md sections 2,
+// 3 and 7), and the refusal of a job that will not fit parallel.memory_gb before it starts.
+//
+// The model of the distributed sequential prune it projects:
+//  - Grid: world = stages x data; rank = stage x data + data_index (dist::make_grid). Stage s owns
+//    the contiguous layers dist::block_range(layers, stages, s). The calibration windows (nsamples
+//    x seqlen tokens) are cut into chunks of calibration.batch sequences, and the chunks are split
+//    over the data ranks with block_range, so a data rank holds about chunks/data x batch sequences.
+//  - Per layer, every rank of a stage: reads the whole layer (every rank runs the forward), runs
+//    the statistics pass(es) over its sequences (one, or one per input group with
+//    prune.true_sequential), all-reduces the statistics over its data group, factorises each
+//    Hessian (redundantly on every data rank), sweeps its row slice (rows / data) of every
+//    linear, all-gathers the pruned rows (fp32 + 1-byte mask), and runs the propagation pass.
+//  - Stages run one after another: layer l+1 needs the outputs of the pruned layer l for every
+//    calibration sequence, so a stage starts when the stage before has finished (its activations
+//    are sent once per stage boundary). More stages cut each rank's reads, not the job's time.
+//  - Memory is counted in phases (statistics pass, the prune of each input group, propagation);
+//    the peak is the largest phase. The terms, in bytes:
+//      (a) activations: the rank's tokens x hidden x 4 (fp32); a second copy with dense propagation;
+//      (b) the layer's weights in fp32 twice (dense + working copy), the forward temporaries of one
+//          chunk (batch x seqlen tokens x max(q/k/v width, ffn) x 4 x 3) and its attention scores
+//          (batch x heads x seqlen x seqlen x 4);
+//      (c) statistics, per input group collected in the pass (all groups at once; one at a time
+//          with true_sequential): while collecting, the d x d fp32 scratch each batch's x^T x
+//          lands in plus the sum over the upper triangle, float64 (4 d (d+1) bytes) or with
+//          determinism: strict exact bins (prune::ExactSum: 3 int64, 12 d (d+1) bytes); after the
+//          all-reduce, the fp32 d x d Hessian; Wanda's d-vector likewise;
+//      (d) SparseGPT's factorisation (one more d x d fp32) and the sweep's row slice (rows/data x d
+//          x 4), its mask (1 byte per entry) and Err (rows/data x blocksize x 4);
+//      (e) the gathered full pruned weight (rows x cols x 4 + mask);
+//      plus the fp32 embeddings (stage 0) and head (last stage), and the decoder layers the weight
+//      cache keeps besides the current one (up to weight_cache_mb).
+//  - FLOPs per layer: forward 2 x tokens x linear weights + attention 4 x tokens x seqlen x width,
+//    per pass; Hessians tokens x d^2 per group (syrk); factorisation 2/3 d^3 per group (potrf +
+//    trtri); the sweep's lazy updates and in-block updates on the row slice; the reconstruction
+//    error 4 x rows/data x d^2 per linear. Time = FLOPs / rate + bytes / network + bytes / read,
+//    with no overlap. The rates are GEMM ceilings, so where norms, softmax and copies weigh (small
+//    models) the run is slower: opt-mini, 2 cores, measured 3.0 s per layer against 1.9 s planned.
+#include "scalpel/app/plan.hpp"
+
+#include <fmt/format.h>
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "scalpel/core/error.hpp"
+#include "scalpel/dist/comm.hpp"
+#include "scalpel/io/hf_checkpoint.hpp"
+
+namespace fs = std::filesystem;
+
+namespace scalpel::app {
+namespace {
+
+using json = nlohmann::json;
+using I = std::int64_t;
+
+constexpr double kGB = 1e9;                  // GB are SI: parallel.memory_gb 80 = 80e9 bytes
+constexpr double kCpuGflopsPerThread = 95;   // DESIGN.md section 9: sgemm 190 GFLOP/s on 2 cores
+constexpr double kCudaGflops = 19500;        // A100 FP32 peak without TF32
+constexpr double kNetGbps = 12.5;            // 100 Gb/s per rank
+constexpr double kReadGbps = 2;              // per rank, from the checkpoint's filesystem
+
+I ceil_div(I a, I b) { return (a + b - 1) / b; }
+
+// A group of target linears that read the same input (one Hessian).
+struct Group {
+  int id = 0;
+  I cols = 0;
+  std::vector<model::LinearSpec> linears;
+  std::string label;  // "q_proj/k_proj/v_proj"
+};
+
+// The linears this job prunes, grouped by shared input, as prune_run selects them.
+std::vector<Group> target_groups(const model::ModelSpec& spec, const std::vector<std::string>& globs) {
+  std::vector<Group> out;
+  std::set<std::string> matched;
+  for (const auto& l : spec.linears()) {
+    bool take = globs.empty();
+    for (const auto& g : globs)
+      if (fnmatch(g.c_str(), l.name.c_str(), 0) == 0) {
+        take = true;
+        matched.insert(g);
+      }
+    if (!take) continue;
+    if (out.empty() || out.back().id != l.input_group) out.push_back({l.input_group, l.in, {}, ""});
+    out.back().linears.push_back(l);
+    const auto dot = l.name.rfind('.');
+    auto& label = out.back().label;
+    if (!label.empty()) label += '/';
+    label += l.name.substr(dot == std::string::npos ? 0 : dot + 1);
+  }
+  for (const auto& g : globs)
+    if (!matched.count(g)) {
+      std::string names;
+      for (const auto& l : spec.linears()) {
+        if (!names.empty()) names += ", ";
+        names += l.name;
+      }
+      SCALPEL_INPUT_ERROR("config: 'prune.targets' entry '{}' matches no linear of this model ({})", g, names);
+    }
+  return out;
+}
+
+struct TensorRef {
+  std::string name;  // canonical (ModelSpec) name
+  I numel = 0;
+};
+
+std::vector<TensorRef> layer_tensors(const model::ModelSpec& spec, I layer) {
+  std::vector<TensorRef> t;
+  const auto p = spec.layer_prefix(layer);
+  for (const auto& l : spec.linears()) {
+    t.push_back({p + l.name + ".weight", l.out * l.in});
+    if (l.bias) t.push_back({p + l.name + ".bias", l.out});
+  }
+  for (const auto& n : spec.layer_norm_tensors()) t.push_back({p + n, spec.hidden});
+  return t;
+}
+
+// What stage 0 needs before layer 0: token (and OPT position) embeddings, OPT's project_in.
+std::vector<TensorRef> first_stage_tensors(const model::ModelSpec& spec) {
+  std::vector<TensorRef> t{{spec.embed_tokens_name(), spec.vocab_size * spec.word_embed_proj_dim}};
+  if (spec.family == model::Family::opt) {
+    t.push_back({"model.decoder.embed_positions.weight", (spec.max_positions + spec.position_offset) * spec.hidden});
+    if (spec.word_embed_proj_dim != spec.hidden)
+      t.push_back({"model.decoder.project_in.weight", spec.hidden * spec.word_embed_proj_dim});
+  }
+  return t;
+}
+
+// What the last stage needs after the last layer (the evaluation): final norm, project_out, head.
+// A tied head is the embedding table, which stage 0 already holds when it is also the last stage.
+std::vector<TensorRef> last_stage_tensors(const model::ModelSpec& spec, bool also_first) {
+  std::vector<TensorRef> t;
+  if (spec.final_norm) {
+    const auto p = spec.final_norm_prefix();
+    if (spec.family == model::Family::llama || spec.norm_affine) t.push_back({p + ".weight", spec.hidden});
+    if (spec.family == model::Family::opt && spec.norm_affine) t.push_back({p + ".bias", spec.hidden});
+  }
+  if (spec.family == model::Family::opt && spec.word_embed_proj_dim != spec.hidden)
+    t.push_back({"model.decoder.project_out.weight", spec.hidden * spec.word_embed_proj_dim});
+  if (!spec.tie_embeddings)
+    t.push_back({"lm_head.weight", spec.vocab_size * spec.word_embed_proj_dim});
+  else if (!also_first)
+    t.push_back({spec.embed_tokens_name(), spec.vocab_size * spec.word_embed_proj_dim});
+  return t;
+}
+
+I numel_of(const std::vector<TensorRef>& ts) {
+  I n = 0;
+  for (const auto& t : ts) n += t.numel;
+  return n;
+}
+
+std::string bytes_str(double b) {
+  if (b < 1e3) return fmt::format("{:.0f} B", b);
+  if (b < 1e6) return fmt::format("{:.1f} kB", b / 1e3);
+  if (b < 1e9) return fmt::format("{:.1f} MB", b / 1e6);
+  if (b < 1e12) return fmt::format("{:.2f} GB", b / 1e9);
+  return fmt::format("{:.2f} TB", b / 1e12);
+}
+
+std::string flops_str(double f) {
+  if (f <= 0) return "0";
+  if (f < 1e9) return fmt::format("{:.1f} MFLOP", f / 1e6);
+  if (f < 1e12) return fmt::format("{:.1f} GFLOP", f / 1e9);
+  if (f < 1e15) return fmt::format("{:.1f} TFLOP", f / 1e12);
+  return fmt::format("{:.2f} PFLOP", f / 1e15);
+}
+
+std::string seconds_str(double s) {
+  if (s <= 0) return "0 s";
+  if (s < 1e-3) return fmt::format("{:.0f} us", s * 1e6);
+  if (s < 1) return fmt::format("{:.1f} ms", s * 1e3);
+  if (s < 120) return fmt::format("{:.2f} s", s);
+  if (s < 7200) return fmt::format("{:.1f} min", s / 60);
+  return fmt::format("{:.2f} h", s / 3600);
+}
+
+std::string range_str(I first, I last) {
+  return first == last ? fmt::format("{}", first) : fmt::format("{}-{}", first, last);
+}
+
+int torch_dtype_bytes(const std::string& s) {
+  if (s == "float16" || s == "half" || s == "fp16" || s == "bfloat16" || s == "bf16") return 2;
+  if (s == "float32" || s == "float" || s == "fp32") return 4;
+  if (s == "float64" || s == "double") return 8;
+  return 0;
+}
+
+// FLOPs of the SparseGPT sweep's lazy updates, summed exactly over the column blocks:
+// after block [c0, c1) the remaining columns get W[:, c1:] -= Err U[block, c1:].
+double lazy_update_flops(I rows, I cols, I bs) {
+  double f = 0;
+  for (I c0 = 0; c0 < cols; c0 += bs) {
+    const I c1 = std::min(cols, c0 + bs);
+    f += 2.0 * static_cast<double>(rows) * static_cast<double>(c1 - c0) * static_cast<double>(cols - c1);
+  }
+  return f;
+}
+
+}  // namespace
+
+PlanModel load_plan_model(const std::string& folder) {
+  const fs::path dir(folder);
+  SCALPEL_CHECK_INPUT(fs::is_directory(dir), "{}: not a model folder (no such directory)", folder);
+  const fs::path cfg_path = dir / "config.json";
+  std::ifstream in(cfg_path, std::ios::binary);
+  SCALPEL_CHECK_INPUT(in, "{}: cannot open (missing or unreadable)", cfg_path.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json cfg;
+  try {
+    cfg = json::parse(ss.str());
+  } catch (const json::exception& e) {
+    SCALPEL_INPUT_ERROR("{}: not valid JSON: {}", cfg_path.string(), e.what());
+  }
+  PlanModel pm;
+  pm.spec = model::ModelSpec::from_config(cfg, cfg_path.string());
+  // The stored dtype: torch_dtype (newer transformers write "dtype"); absent means float32, as
+  // from_pretrained assumes.
+  const char* key = cfg.contains("torch_dtype") ? "torch_dtype" : "dtype";
+  if (auto it = cfg.find(key); it != cfg.end() && !it->is_null()) {
+    SCALPEL_CHECK_INPUT(it->is_string(), "{}: key '{}' has the wrong type (not a string): {}", cfg_path.string(), key,
+                        it->dump());
+    pm.dtype_name = it->get<std::string>();
+    pm.dtype_bytes = torch_dtype_bytes(pm.dtype_name);
+    SCALPEL_CHECK_INPUT(pm.dtype_bytes > 0, "{}: '{}' is '{}', expected float16, bfloat16 or float32",
+                        cfg_path.string(), key, pm.dtype_name);
+  } else {
+    pm.dtype_name = "float32 (torch_dtype absent)";
+    pm.dtype_bytes = 4;
+  }
+  // Stored sizes from the safetensors headers when the weights are there (headers only).
+  if (fs::exists(dir / "model.safetensors") || fs::exists(dir / "model.safetensors.index.json")) {
+    const io::HfCheckpoint ck(dir);
+    auto add = [&](const std::vector<TensorRef>& ts) {
+      for (const auto& t : ts) {
+        const auto stored = ck.resolve(t.name);
+        if (stored.empty()) continue;
+        const auto& info = ck.info(stored);
+        pm.tensor_bytes[t.name] = static_cast<I>(info.end - info.begin);
+      }
+    };
+    for (I l = 0; l < pm.spec.layers; ++l) add(layer_tensors(pm.spec, l));
+    add(first_stage_tensors(pm.spec));
+    add(last_stage_tensors(pm.spec, false));
+  }
+  return pm;
+}
+
+json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
+  const Config& cfg = in.cfg;
+  SCALPEL_CHECK_INPUT(in.world >= 1, "--ranks must be >= 1, got {}", in.world);
+  // ---- grid (the same rules and messages as dist::make_grid) ----
+  const int S = cfg.parallel.stages;
+  SCALPEL_CHECK_INPUT(S >= 1, "config: 'parallel.stages' must be >= 1, got {}", S);
+  int D = cfg.parallel.data;
+  if (D == 0) {
+    SCALPEL_CHECK_INPUT(in.world % S == 0,
+                        "config: 'parallel.stages' {} does not divide the {} ranks of the job (world = stages x data)",
+                        S, in.world);
+    D = in.world / S;
+  }
+  SCALPEL_CHECK_INPUT(static_cast<I>(S) * D == in.world,
+                      "config: 'parallel.stages' {} x 'parallel.data' {} = {} ranks, but the job has {} (world = "
+                      "stages x data)",
+                      S, D, static_cast<I>(S) * D, in.world);
+  SCALPEL_CHECK_INPUT(S <= spec.layers, "config: 'parallel.stages' {} exceeds the model's {} layers (a stage owns at "
+                      "least one layer)", S, spec.layers);
+
+  // ---- job ----
+  const std::string& method = cfg.prune.method;
+  const bool sparsegpt = method == "sparsegpt", wanda = method == "wanda";
+  const bool strict = cfg.determinism == "strict";
+  const bool dense_prop = cfg.prune.propagation == "dense";
+  const I copies = dense_prop ? 2 : 1;
+  const I T = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
+  SCALPEL_CHECK_INPUT(T <= spec.max_positions,
+                      "config: 'calibration.seqlen' {} exceeds the model's max_position_embeddings {}", T,
+                      spec.max_positions);
+  const I N = cfg.calibration.nsamples, B = cfg.calibration.batch, bs = cfg.prune.blocksize;
+  const I chunks = ceil_div(N, B);
+  const auto groups = target_groups(spec, cfg.prune.targets);
+  const I h = spec.hidden;
+  const I qdim = spec.heads * spec.head_dim;
+
+  // ---- rates ----
+  double gflops = in.gflops;
+  std::string gflops_note = "given";
+  if (gflops <= 0) {
+    if (cfg.device == "cuda") {
+      gflops = kCudaGflops;
+      gflops_note = "cuda default: an A100's FP32 peak without TF32";
+    } else {
+      int threads = cfg.threads;
+      if (threads <= 0) {
+        const int cores = std::max(1u, std::thread::hardware_concurrency());
+        threads = std::max(1, cores / std::min(cores, in.world));
+        gflops_note = fmt::format("cpu default: {} GFLOP/s x {} thread(s); threads 0 = this machine's {} cores / ranks",
+                                  kCpuGflopsPerThread, threads, cores);
+      } else {
+        gflops_note = fmt::format("cpu default: {} GFLOP/s x {} thread(s)", kCpuGflopsPerThread, threads);
+      }
+      gflops = kCpuGflopsPerThread * threads;
+    }
+  }
+  const double net = in.net_gbps > 0 ? in.net_gbps : kNetGbps;
+  const double rd = in.read_gbps > 0 ? in.read_gbps : kReadGbps;
+
+  auto stored = [&](const TensorRef& t) -> I {
+    auto it = in.tensor_bytes.find(t.name);
+    return it != in.tensor_bytes.end() ? it->second : t.numel * in.dtype_bytes;
+  };
+  auto stored_sum = [&](const std::vector<TensorRef>& ts) {
+    I b = 0;
+    for (const auto& t : ts) b += stored(t);
+    return b;
+  };
+
+  // ---- per layer, the same on every rank ----
+  I linear_weights = 0, qkv_out = 0;
+  for (const auto& l : spec.linears()) {
+    linear_weights += l.out * l.in;
+    if (l.input_group == 0) qkv_out += l.out;
+  }
+  const I layer32 = spec.layer_params() * 4;  // one fp32 copy of a decoder layer
+  I allreduce_bytes = 0, allgather_bytes = 0;
+  json groups_json = json::array();
+  // stats_bytes: what the statistics of an input hold while collected (until the all-reduce);
+  // kept_bytes: what stays while its linears are pruned (strict: the bins are freed once reduced
+  // into the fp32 Hessian; the scratch stays with the statistics object).
+  std::vector<I> stats_bytes, kept_bytes, factor_bytes, sweep_bytes, gathered_bytes;
+  for (const auto& g : groups) {
+    const I d = g.cols;
+    // (c) while collected: each batch's fp32 xᵀx (scratch) and the running sum over the upper
+    // triangle: float64 (fast: 8 bytes per entry) or exact bins (strict: 3 int64); Wanda's vector
+    // likewise. Once reduced, only the fp32 Hessian (and vector) stays.
+    const I kept = d * d * 4 + (wanda ? d * 4 : 0);
+    const I acc = strict ? 12 * d * (d + 1) + (wanda ? 24 * d : 0) : 4 * d * (d + 1) + (wanda ? 8 * d : 0);
+    const I st = std::max(d * d * 4 + (wanda ? d * 4 : 0) + acc, kept + acc);  // accumulating / finishing
+    // Summed over the data group: the float64 sums, or the exact bins.
+    const I ar = acc;
+    I sweep = 0, gathered = 0;
+    json lin = json::array();
+    for (const auto& l : g.linears) {
+      const I rs = ceil_div(l.out, D);  // the largest row slice
+      sweep = std::max(sweep, rs * d * 4 + rs * d + (sparsegpt ? rs * bs * 4 : 0));
+      gathered = std::max(gathered, l.out * d * 4 + l.out * d);
+      allgather_bytes += l.out * d * 5;
+      lin.push_back({{"name", l.name}, {"rows", l.out}, {"cols", l.in}, {"row_slice", rs}});
+    }
+    stats_bytes.push_back(st);
+    kept_bytes.push_back(kept);
+    factor_bytes.push_back(sparsegpt ? d * d * 4 : 0);
+    sweep_bytes.push_back(sweep);
+    gathered_bytes.push_back(gathered);
+    allreduce_bytes += ar;
+    groups_json.push_back({{"label", g.label},
+                           {"linears", lin},
+                           {"cols", d},
+                           {"statistics_bytes", st},
+                           {"statistics_kept_bytes", kept},
+                           {"factorisation_bytes", factor_bytes.back()},
+                           {"sweep_bytes", sweep},
+                           {"gathered_bytes", gathered},
+                           {"allreduce_bytes", ar}});
+  }
+  // Statistics passes: all groups at once, or one per group with true_sequential.
+  std::vector<std::vector<std::size_t>> passes;
+  if (cfg.prune.true_sequential) {
+    for (std::size_t i = 0; i < groups.size(); ++i) passes.push_back({i});
+  } else {
+    passes.emplace_back();
+    for (std::size_t i = 0; i < groups.size(); ++i) passes.back().push_back(i);
+  }
+  const I forward_passes = static_cast<I>(passes.size()) + 1;  // statistics pass(es) + propagation
+
+  // ---- per rank ----
+  json ranks = json::array();
+  json peak = {{"bytes", -1}};
+  std::vector<double> stage_seconds(S, 0.0);
+  I total_read = 0;
+  double total_allreduce_sent = 0, total_gather_recv = 0;
+  std::vector<std::string> warnings;
+  I idle_data_ranks = 0;
+  for (int s = 0; s < S; ++s) {
+    const auto lr = dist::block_range(spec.layers, S, s);
+    const I nl = lr.end - lr.begin;
+    I read_layers = 0;
+    for (I l = lr.begin; l < lr.end; ++l) read_layers += stored_sum(layer_tensors(spec, l));
+    const auto first = first_stage_tensors(spec);
+    const auto last = last_stage_tensors(spec, s == 0);
+    I read_extra = 0, embed32 = 0;
+    if (s == 0) {
+      read_extra += stored_sum(first);
+      embed32 += numel_of(first) * 4;
+    }
+    if (s == S - 1) {
+      read_extra += stored_sum(last);
+      embed32 += numel_of(last) * 4;
+    }
+    I write_layers = 0;  // the stage's writer (data index 0): pruned weights as stored + packed masks
+    for (I l = lr.begin; l < lr.end; ++l)
+      for (const auto& g : groups)
+        for (const auto& lin : g.linears)
+          write_layers += stored({spec.layer_prefix(l) + lin.name + ".weight", lin.out * lin.in}) +
+                          ceil_div(lin.out * lin.in, 8);
+    const I cache_layers = layer32 > 0 ? std::min<I>((cfg.weight_cache_mb << 20) / layer32, nl) : 0;
+    const I cache = std::max<I>(0, cache_layers - 1) * layer32;
+
+    for (int d = 0; d < D; ++d) {
+      const int rank = s * D + d;
+      const auto cr = dist::block_range(chunks, D, d);
+      const I nseq = std::min(N, cr.end * B) - std::min(N, cr.begin * B);
+      if (s == 0 && nseq == 0) ++idle_data_ranks;
+      const I tok = nseq * T;
+      const I chunk = std::min(B, nseq);
+
+      // Memory terms.
+      const I act = tok * h * 4 * copies;
+      const I weights = 2 * layer32;
+      const I fwd = chunk * T * std::max(qkv_out, spec.ffn) * 4 * 3;
+      const I attn = chunk * spec.heads * T * T * 4;
+      const I base = act + weights + embed32 + cache;
+      json phases = json::object();
+      std::string peak_phase, peak_terms;
+      I rank_peak = -1, stats_max = 0, factor_max = 0, sweep_max = 0, gathered_max = 0;
+      // A phase: its terms (name, bytes) on top of the base ones; the largest is the rank's peak.
+      auto phase = [&](const std::string& name, const std::vector<std::pair<const char*, I>>& terms) {
+        I bytes = base;
+        std::string text = fmt::format("activations {}, layer weights {}", bytes_str(act), bytes_str(weights));
+        for (const auto& [what, b] : terms) {
+          bytes += b;
+          if (b) text += fmt::format(", {} {}", what, bytes_str(b));
+        }
+        if (embed32) text += fmt::format(", embeddings/head {}", bytes_str(embed32));
+        if (cache) text += fmt::format(", weight cache {}", bytes_str(cache));
+        phases[name] = bytes;
+        if (bytes > rank_peak) {
+          rank_peak = bytes;
+          peak_phase = name;
+          peak_terms = text;
+        }
+      };
+      for (const auto& p : passes) {
+        I st = 0, kept = 0;
+        for (auto i : p) {
+          st += stats_bytes[i];
+          kept += kept_bytes[i];
+        }
+        stats_max = std::max(stats_max, st);
+        phase(cfg.prune.true_sequential ? "statistics " + groups[p.front()].label : "statistics",
+              {{"statistics", st}, {"forward temporaries", fwd}, {"attention scores", attn}});
+        for (auto i : p) {
+          factor_max = std::max(factor_max, factor_bytes[i]);
+          sweep_max = std::max(sweep_max, sweep_bytes[i]);
+          gathered_max = std::max(gathered_max, gathered_bytes[i]);
+          phase("prune " + groups[i].label, {{"statistics", kept},
+                                             {"factorisation", factor_bytes[i]},
+                                             {"sweep", sweep_bytes[i]},
+                                             {"gathered weight", gathered_bytes[i]}});
+        }
+      }
+      phase("propagation", {{"forward temporaries", fwd}, {"attention scores", attn}});
+
+      // FLOPs per layer.
+      const double t = static_cast<double>(tok);
+      const double f_forward =
+          static_cast<double>(forward_passes) * (2.0 * t * linear_weights + 4.0 * t * T * static_cast<double>(qdim));
+      double f_stats = 0, f_factor = 0, f_sweep = 0, f_error = 0;
+      for (const auto& g : groups) {
+        const double dd = static_cast<double>(g.cols);
+        f_stats += t * dd * dd + (wanda ? 2.0 * t * dd : 0.0);
+        if (sparsegpt) f_factor += 2.0 / 3.0 * dd * dd * dd;
+        for (const auto& l : g.linears) {
+          const I rs = ceil_div(l.out, D);
+          f_sweep += sparsegpt ? lazy_update_flops(rs, g.cols, bs) + static_cast<double>(rs) * dd * (bs - 1)
+                               : 2.0 * static_cast<double>(rs) * dd;
+          f_error += 4.0 * static_cast<double>(rs) * dd * dd;
+        }
+      }
+      const double f_total = f_forward + f_stats + f_factor + f_sweep + f_error;
+
+      // Communication per layer (ring all-reduce: 2 (D-1)/D of the buffer sent per rank; an
+      // all-gather receives the (D-1)/D of the matrices this rank did not prune).
+      const double frac = static_cast<double>(D - 1) / D;
+      const double ar_sent = 2.0 * frac * static_cast<double>(allreduce_bytes);
+      const double ag_recv = frac * static_cast<double>(allgather_bytes);
+      const I boundary = tok * h * 4 * copies;
+      const I send = s < S - 1 ? boundary : 0, recv = s > 0 ? boundary : 0;
+
+      const double read_per_layer = nl > 0 ? static_cast<double>(read_layers) / nl : 0;
+      const double sl_compute = f_total / (gflops * 1e9);
+      const double sl_comm = (ar_sent + ag_recv) / (net * kGB);
+      const double sl_read = read_per_layer / (rd * kGB);
+      const double s_compute = sl_compute * nl;
+      const double s_comm = sl_comm * nl + static_cast<double>(send + recv) / (net * kGB);
+      const double s_read = static_cast<double>(read_layers + read_extra) / (rd * kGB);
+      const double s_total = s_compute + s_comm + s_read;
+      stage_seconds[s] = std::max(stage_seconds[s], s_total);
+      total_read += read_layers + read_extra;
+      total_allreduce_sent += ar_sent * nl;
+      total_gather_recv += ag_recv * nl;
+
+      json r = {
+          {"rank", rank},
+          {"stage", s},
+          {"data_index", d},
+          {"layers", {lr.begin, lr.end}},
+          {"sequences", nseq},
+          {"tokens", tok},
+          {"memory",
+           {{"activations", act},
+            {"layer_weights", weights},
+            {"forward_temporaries", fwd},
+            {"attention_scores", attn},
+            {"statistics", stats_max},
+            {"factorisation", factor_max},
+            {"sweep", sweep_max},
+            {"gathered", gathered_max},
+            {"embeddings_head", embed32},
+            {"weight_cache", cache},
+            {"phases", phases},
+            {"peak", rank_peak},
+            {"peak_phase", peak_phase}}},
+          {"io",
+           {{"read_bytes", read_layers + read_extra},
+            {"read_layers_bytes", read_layers},
+            {"read_embeddings_head_bytes", read_extra},
+            {"write_bytes", d == 0 ? write_layers : 0}}},
+          {"comm_per_layer",
+           {{"allreduce_bytes", allreduce_bytes},
+            {"allreduce_sent_bytes", ar_sent},
+            {"allgather_bytes", allgather_bytes},
+            {"allgather_received_bytes", ag_recv}}},
+          {"stage_boundary", {{"send_bytes", send}, {"recv_bytes", recv}}},
+          {"flops_per_layer",
+           {{"forward", f_forward},
+            {"statistics", f_stats},
+            {"factorisation", f_factor},
+            {"sweep", f_sweep},
+            {"error", f_error},
+            {"total", f_total}}},
+          {"seconds_per_layer",
+           {{"compute", sl_compute}, {"comm", sl_comm}, {"read", sl_read}, {"total", sl_compute + sl_comm + sl_read}}},
+          {"seconds", {{"compute", s_compute}, {"comm", s_comm}, {"read", s_read}, {"total", s_total}}}};
+      if (rank_peak > peak["bytes"].get<I>())
+        peak = {{"bytes", rank_peak}, {"gb", rank_peak / kGB}, {"rank", rank},         {"stage", s},
+                {"data_index", d},    {"phase", peak_phase},  {"breakdown", peak_terms}};
+      ranks.push_back(std::move(r));
+    }
+  }
+  if (idle_data_ranks > 0)
+    warnings.push_back(fmt::format(
+        "{} of {} data ranks hold no calibration sequences ({} sequences in {} chunks of calibration.batch {}): "
+        "lower calibration.batch to at most {} or use fewer data ranks",
+        idle_data_ranks, D, N, chunks, B, std::max<I>(1, N / D)));
+
+  json stages = json::array();
+  double job_seconds = 0;
+  for (int s = 0; s < S; ++s) {
+    const auto lr = dist::block_range(spec.layers, S, s);
+    stages.push_back({{"stage", s},
+                      {"layers", {lr.begin, lr.end}},
+                      {"ranks", {s * D, s * D + D - 1}},
+                      {"seconds", stage_seconds[s]}});
+    job_seconds += stage_seconds[s];
+  }
+
+  I stored_total = 0;
+  for (I l = 0; l < spec.layers; ++l) stored_total += stored_sum(layer_tensors(spec, l));
+  stored_total += stored_sum(first_stage_tensors(spec)) + stored_sum(last_stage_tensors(spec, true));
+  const auto nm = parse_nm(cfg.prune.pattern);
+  const double limit = cfg.parallel.memory_gb;
+  const bool fits = limit <= 0 || static_cast<double>(peak["bytes"].get<I>()) <= limit * kGB;
+
+  json plan;
+  plan["model"] = {{"name", in.model_name},
+                   {"model_type", spec.model_type},
+                   {"layers", spec.layers},
+                   {"hidden", h},
+                   {"ffn", spec.ffn},
+                   {"heads", spec.heads},
+                   {"kv_heads", spec.kv_heads},
+                   {"vocab", spec.vocab_size},
+                   {"params", spec.total_params()},
+                   {"dtype", in.dtype_name},
+                   {"dtype_bytes", in.dtype_bytes},
+                   {"stored_bytes", stored_total},
+                   {"sizes_from", in.tensor_bytes.empty() ? "config.json" : "safetensors headers"}};
+  plan["job"] = {{"method", method},
+                 {"sparsity", cfg.prune.sparsity},
+                 {"pattern", cfg.prune.pattern},
+                 {"label", nm ? cfg.prune.pattern : fmt::format("{:g}%", cfg.prune.sparsity * 100)},
+                 {"propagation", cfg.prune.propagation},
+                 {"true_sequential", cfg.prune.true_sequential},
+                 {"determinism", cfg.determinism},
+                 {"device", cfg.device},
+                 {"blocksize", bs},
+                 {"weight_cache_mb", cfg.weight_cache_mb}};
+  plan["grid"] = {{"world", in.world}, {"stages", S}, {"data", D}};
+  plan["calibration"] = {{"nsamples", N}, {"seqlen", T}, {"batch", B}, {"chunks", chunks}, {"tokens", N * T}};
+  plan["rates"] = {{"gflops", gflops}, {"gflops_note", gflops_note}, {"net_gbps", net}, {"read_gbps", rd}};
+  plan["per_layer"] = {{"groups", groups_json},
+                       {"linear_params", linear_weights},
+                       {"layer_params", spec.layer_params()},
+                       {"forward_passes", forward_passes},
+                       {"allreduce_bytes", allreduce_bytes},
+                       {"allgather_bytes", allgather_bytes}};
+  plan["ranks"] = std::move(ranks);
+  plan["stages"] = std::move(stages);
+  plan["peak"] = peak;
+  plan["totals"] = {{"read_bytes", total_read},
+                    {"allreduce_sent_bytes", total_allreduce_sent},
+                    {"allgather_received_bytes", total_gather_recv},
+                    {"seconds", job_seconds},
+                    {"hours", job_seconds / 3600}};
+  plan["limit_gb"] = limit;
+  plan["fits"] = fits;
+  plan["warnings"] = warnings;
+  return plan;
+}
+
+void check_plan_fits(const json& plan, const Config& cfg) {
+  const double limit = cfg.parallel.memory_gb;
+  if (limit <= 0) return;
+  const auto& p = plan.at("peak");
+  const double need = static_cast<double>(p.at("bytes").get<I>());
+  if (need <= limit * kGB) return;
+  SCALPEL_INPUT_ERROR(
+      "config: 'parallel.memory_gb' is {:g} GB per rank, but rank {} (stage {}, data index {}) needs {:.2f} GB at its "
+      "peak ({}: {}); more data ranks (parallel.data) split the activations and row slices, a smaller "
+      "calibration.batch shrinks the forward temporaries, prune.true_sequential keeps one group's statistics at a time",
+      limit, p.at("rank").get<int>(), p.at("stage").get<int>(), p.at("data_index").get<int>(), need / kGB,
+      p.at("phase").get<std::string>(), p.at("breakdown").get<std::string>());
+}
+
+namespace {
+
+// The plan as tables: memory per rank class (ranks with the same figures), per-layer work of the
+// busiest rank, and the whole job.
+void print_plan(const json& p) {
+  const auto& m = p["model"];
+  const auto& job = p["job"];
+  const auto& grid = p["grid"];
+  const auto& cal = p["calibration"];
+  const auto& rates = p["rates"];
+  const int S = grid["stages"], D = grid["data"];
+  const double params = m["params"].get<double>();
+  fmt::print("scalpel plan: {} ({}, {} layers, hidden {}, ffn {}, {} heads, {} params, {} stored as {}; "
+             "sizes from {})\n",
+             m["name"].get<std::string>(), m["model_type"].get<std::string>(), m["layers"].get<I>(),
+             m["hidden"].get<I>(), m["ffn"].get<I>(), m["heads"].get<I>(),
+             params >= 1e9 ? fmt::format("{:.2f} B", params / 1e9) : fmt::format("{:.2f} M", params / 1e6),
+             bytes_str(m["stored_bytes"].get<double>()), m["dtype"].get<std::string>(),
+             m["sizes_from"].get<std::string>());
+  fmt::print("job: {} {}, propagation {}{}, determinism {}, device {}\n", job["method"].get<std::string>(),
+             job["label"].get<std::string>(), job["propagation"].get<std::string>(),
+             job["true_sequential"].get<bool>() ? ", true_sequential" : "", job["determinism"].get<std::string>(),
+             job["device"].get<std::string>());
+  fmt::print("grid: {} rank(s) = {} stage(s) x {} data; calibration {} x {} tokens in {} chunk(s) of {}\n",
+             grid["world"].get<int>(), S, D, cal["nsamples"].get<I>(), cal["seqlen"].get<I>(),
+             cal["chunks"].get<I>(), cal["batch"].get<I>());
+  fmt::print("rates per rank: {:g} GFLOP/s ({}), network {:g} GB/s, read {:g} GB/s\n", rates["gflops"].get<double>(),
+             rates["gflops_note"].get<std::string>(), rates["net_gbps"].get<double>(),
+             rates["read_gbps"].get<double>());
+
+  // Rank classes: consecutive ranks with the same sequences and memory figures (one column each).
+  struct Cls {
+    std::size_t first, last;
+  };
+  std::vector<Cls> cls;
+  const auto& ranks = p["ranks"];
+  for (std::size_t i = 0; i < ranks.size(); ++i) {
+    if (!cls.empty() && ranks[cls.back().first]["sequences"] == ranks[i]["sequences"] &&
+        ranks[cls.back().first]["memory"] == ranks[i]["memory"])
+      cls.back().last = i;
+    else
+      cls.push_back({i, i});
+  }
+  const std::size_t kMaxCols = 8;
+  if (cls.size() > kMaxCols) cls.resize(kMaxCols);  // the JSON output has every rank
+
+  const int lw = 30, cw = 16;
+  auto row = [&](const std::string& label, auto&& cell) {
+    std::string line = fmt::format("  {:<{}}", label, lw);
+    for (const auto& c : cls) line += fmt::format("{:>{}}", cell(ranks[c.first]), cw);
+    fmt::print("{}\n", line);
+  };
+  auto span_row = [&](const std::string& label, auto&& cell) {  // cell(first rank, last rank)
+    std::string line = fmt::format("  {:<{}}", label, lw);
+    for (const auto& c : cls) line += fmt::format("{:>{}}", cell(ranks[c.first], ranks[c.last]), cw);
+    fmt::print("{}\n", line);
+  };
+  fmt::print("\nmemory per rank (GB = 1e9 bytes; peak = the largest phase of a layer)\n");
+  span_row("ranks", [](const json& a, const json& b) { return range_str(a["rank"].get<I>(), b["rank"].get<I>()); });
+  span_row("stages", [](const json& a, const json& b) { return range_str(a["stage"].get<I>(), b["stage"].get<I>()); });
+  span_row("layers", [](const json& a, const json& b) {
+    return range_str(a["layers"][0].get<I>(), b["layers"][1].get<I>() - 1);
+  });
+  row("calibration sequences", [](const json& r) { return fmt::format("{}", r["sequences"].get<I>()); });
+  auto mem = [&](const char* label, const char* key) {
+    row(label, [key](const json& r) { return bytes_str(r["memory"][key].get<double>()); });
+  };
+  mem("(a) activations", "activations");
+  mem("(b) layer weights (fp32 x2)", "layer_weights");
+  mem("    forward temporaries", "forward_temporaries");
+  mem("    attention scores", "attention_scores");
+  mem("(c) statistics", "statistics");
+  mem("(d) factorisation", "factorisation");
+  mem("    sweep slice + mask + Err", "sweep");
+  mem("(e) gathered pruned weight", "gathered");
+  mem("    embeddings / head (fp32)", "embeddings_head");
+  mem("    weight cache", "weight_cache");
+  mem("peak", "peak");
+  row("  at", [](const json& r) { return r["memory"]["peak_phase"].get<std::string>(); });
+  if (p["ranks"].size() > 0 && cls.back().last + 1 < ranks.size())
+    fmt::print("  (first {} rank groups shown; --json lists every rank)\n", kMaxCols);
+
+  // The busiest rank's layer.
+  std::size_t busiest = 0;
+  auto layer_s = [&](std::size_t i) { return ranks[i]["seconds_per_layer"]["total"].get<double>(); };
+  for (std::size_t i = 0; i < ranks.size(); ++i)
+    if (layer_s(i) > layer_s(busiest)) busiest = i;
+  const auto& r = ranks[busiest];
+  const auto& f = r["flops_per_layer"];
+  const auto& c = r["comm_per_layer"];
+  const double gf = rates["gflops"].get<double>() * 1e9, net = rates["net_gbps"].get<double>() * kGB,
+               rd = rates["read_gbps"].get<double>() * kGB;
+  fmt::print("\nper layer, rank {} ({} sequences = {} tokens; every rank of its stage does the same up to its "
+             "share of the sequences)\n",
+             r["rank"].get<int>(), r["sequences"].get<I>(), r["tokens"].get<I>());
+  fmt::print("  {:<{}}{:>14}{:>14}{:>12}\n", "", lw, "FLOP", "bytes", "seconds");
+  auto frow = [&](const std::string& label, double flops, const std::string& note) {
+    fmt::print("  {:<{}}{:>14}{:>14}{:>12}{}\n", label, lw, flops_str(flops), "", seconds_str(flops / gf), note);
+  };
+  auto brow = [&](const std::string& label, double bytes, double rate, const std::string& note) {
+    fmt::print("  {:<{}}{:>14}{:>14}{:>12}{}\n", label, lw, "", bytes_str(bytes), seconds_str(bytes / rate), note);
+  };
+  frow(fmt::format("forward (x{})", p["per_layer"]["forward_passes"].get<I>()), f["forward"].get<double>(), "");
+  frow("statistics (syrk)", f["statistics"].get<double>(), "");
+  frow("factorisation", f["factorisation"].get<double>(),
+       D > 1 ? fmt::format("  (on each of the {} data ranks)", D) : "");
+  frow(D > 1 ? fmt::format("sweep (rows / {})", D) : "sweep", f["sweep"].get<double>(), "");
+  frow("reconstruction error", f["error"].get<double>(), "");
+  brow("all-reduce (statistics)", c["allreduce_sent_bytes"].get<double>(), net,
+       fmt::format("  (sent, ring; buffer {})", bytes_str(c["allreduce_bytes"].get<double>())));
+  brow("all-gather (pruned rows)", c["allgather_received_bytes"].get<double>(), net,
+       fmt::format("  (received, of {})", bytes_str(c["allgather_bytes"].get<double>())));
+  brow("read (safetensors)", r["seconds_per_layer"]["read"].get<double>() * rd, rd, "");
+  fmt::print("  {:<{}}{:>14}{:>14}{:>12}\n", "total", lw, flops_str(f["total"].get<double>()), "",
+             seconds_str(r["seconds_per_layer"]["total"].get<double>()));
+
+  fmt::print("\nwhole job (stages run one after another: each needs the pruned outputs of the one before)\n");
+  for (const auto& st : p["stages"]) {
+    const int s = st["stage"];
+    // The slowest rank of the stage decides it.
+    const json* slow = nullptr;
+    for (const auto& rr : ranks)
+      if (rr["stage"].get<int>() == s &&
+          (!slow || rr["seconds"]["total"].get<double>() > (*slow)["seconds"]["total"].get<double>()))
+        slow = &rr;
+    const auto& sec = (*slow)["seconds"];
+    fmt::print("  stage {}: ranks {}, layers {}: {} (compute {}, communication {}, read {}); reads {} per rank{}\n", s,
+               range_str(st["ranks"][0].get<I>(), st["ranks"][1].get<I>()),
+               range_str(st["layers"][0].get<I>(), st["layers"][1].get<I>() - 1),
+               seconds_str(sec["total"].get<double>()),
+               seconds_str(sec["compute"].get<double>()), seconds_str(sec["comm"].get<double>()),
+               seconds_str(sec["read"].get<double>()),
+               bytes_str((*slow)["io"]["read_bytes"].get<double>()),
+               (*slow)["io"]["write_bytes"].get<I>() > 0
+                   ? fmt::format(", writes {}", bytes_str((*slow)["io"]["write_bytes"].get<double>()))
+                   : "");
+  }
+  const auto& pk = p["peak"];
+  fmt::print("  total: {} for the prune (evaluation not included); {} read by all ranks; peak memory {} "
+             "(rank {}, {})\n",
+             seconds_str(p["totals"]["seconds"].get<double>()), bytes_str(p["totals"]["read_bytes"].get<double>()),
+             bytes_str(pk["bytes"].get<double>()), pk["rank"].get<int>(), pk["phase"].get<std::string>());
+  const double limit = p["limit_gb"];
+  if (limit > 0)
+    fmt::print("  parallel.memory_gb {:g}: {}\n", limit,
+               p["fits"].get<bool>()
+                   ? fmt::format("fits ({:.0f}% of it at the peak)", 100 * pk["gb"].get<double>() / limit)
+                   : "does NOT fit");
+  else
+    fmt::print("  parallel.memory_gb 0: no limit checked\n");
+  for (const auto& w : p["warnings"]) fmt::print("warning: {}\n", w.get<std::string>());
+}
+
+}  // namespace
+
+int run_plan(const Config& cfg, int world, bool as_json, double gflops, double net_gbps, double read_gbps) {
+  if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
+  const auto pm = load_plan_model(cfg.model);
+  PlanInput in;
+  in.cfg = cfg;
+  in.world = world;
+  in.gflops = gflops;
+  in.net_gbps = net_gbps;
+  in.read_gbps = read_gbps;
+  in.dtype_bytes = pm.dtype_bytes;
+  in.dtype_name = pm.dtype_name;
+  in.tensor_bytes = pm.tensor_bytes;
+  in.model_name = cfg.model;
+  // An offsets file fixes the number of windows (one offset a line), as the prune reads it.
+  if (!cfg.calibration.offsets.empty()) {
+    std::ifstream f(cfg.calibration.offsets);
+    SCALPEL_CHECK_INPUT(f, "config: 'calibration.offsets' {}: cannot open", cfg.calibration.offsets);
+    I n = 0;
+    std::string line;
+    while (std::getline(f, line))
+      if (line.find_first_not_of(" \t\r") != std::string::npos) ++n;
+    SCALPEL_CHECK_INPUT(n > 0, "config: 'calibration.offsets' {}: no offsets", cfg.calibration.offsets);
+    in.cfg.calibration.nsamples = n;
+  }
+  const auto plan = make_plan(pm.spec, in);
+  if (as_json)
+    std::cout << plan.dump(2) << '\n';
+  else
+    print_plan(plan);
+  std::cout.flush();
+  std::fflush(stdout);
+  check_plan_fits(plan, cfg);
+  return kExitOk;
+}
+
+}  // namespace scalpel::app

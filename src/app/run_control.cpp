@@ -1,0 +1,76 @@
+// Stop signals and the watchdog (see run_control.hpp).
+#include "scalpel/app/run_control.hpp"
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <chrono>
+
+#include "scalpel/core/error.hpp"
+
+namespace scalpel::app {
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+
+void on_stop(int sig) { g_stop = sig; }
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+void install_stop_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;  // MPI and file calls carry on; the flag is read between layers
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
+
+int stop_signal() { return g_stop; }
+
+Watchdog::Watchdog(double timeout_seconds, int rank) : timeout_(timeout_seconds), rank_(rank) {
+  last_ns_ = now_ns();
+  if (timeout_ > 0) thread_ = std::thread([this] { run(); });
+}
+
+Watchdog::~Watchdog() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Watchdog::beat(const char* phase, std::int64_t layer) {
+  phase_ = phase;
+  layer_ = layer;
+  last_ns_ = now_ns();
+}
+
+void Watchdog::run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  const auto tick = std::chrono::milliseconds(static_cast<int>(std::min(1000.0, timeout_ * 250.0)) + 1);
+  while (!done_) {
+    cv_.wait_for(lock, tick);
+    if (done_) break;
+    const double idle = static_cast<double>(now_ns() - last_ns_.load()) * 1e-9;
+    if (idle > timeout_) {
+      std::fprintf(stderr,
+                   "scalpel: error (rank %d): watchdog: no progress for %.0f s (layer %lld, %s); a peer rank is "
+                   "hung or dead, or the file system stalls; aborting (parallel.watchdog_seconds = %g)\n",
+                   rank_, idle, static_cast<long long>(layer_.load()), phase_.load(), timeout_);
+      std::fflush(stderr);
+      // No MPI from this thread (MPI_THREAD_FUNNELED): the launcher sees this rank exit non-zero
+      // and ends the job.
+      std::_Exit(kExitWatchdog);
+    }
+  }
+}
+
+}  // namespace scalpel::app

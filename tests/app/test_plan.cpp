@@ -1,0 +1,384 @@
+// `scalpel plan`: the per-rank figures against hand calculations on opt-mini (bytes read equal to
+// the safetensors tensors' bytes, Hessians, gathered weights, communication, FLOPs), how the grid
+// moves them (data ranks halve the activations, stages split the layers), OPT-175B on 8 x 8 GPUs
+// fitting 80 GB per rank, refusals naming parallel.memory_gb, and the command end to end.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "scalpel/app/config.hpp"
+#include "scalpel/app/plan.hpp"
+#include "scalpel/core/error.hpp"
+#include "scalpel/io/safetensors.hpp"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using I = std::int64_t;
+
+namespace scalpel::test {
+namespace {
+
+const fs::path kSource = SCALPEL_SOURCE_DIR;
+const fs::path kOptMini = kSource / "models/opt-mini";
+const fs::path kOpt175 = kSource / "configs/opt-175b";
+const fs::path kYaml175 = kSource / "configs/opt-175b-8x8-gpu.yaml";
+
+app::PlanInput input_for(const app::PlanModel& pm, app::Config cfg, int world) {
+  app::PlanInput in;
+  in.cfg = std::move(cfg);
+  in.world = world;
+  in.dtype_bytes = pm.dtype_bytes;
+  in.dtype_name = pm.dtype_name;
+  in.tensor_bytes = pm.tensor_bytes;
+  return in;
+}
+
+// opt-mini with SparseGPT defaults: 128 windows x 512 tokens in chunks of 8.
+app::Config mini_cfg(const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> overrides{"model=" + kOptMini.string(), "calibration.seqlen=512"};
+  overrides.insert(overrides.end(), extra.begin(), extra.end());
+  return app::load_config("", overrides);
+}
+
+json plan_of(const fs::path& model, const app::Config& cfg, int world) {
+  const auto pm = app::load_plan_model(model.string());
+  return app::make_plan(pm.spec, input_for(pm, cfg, world));
+}
+
+I mem(const json& p, int rank, const char* term) { return p["ranks"][rank]["memory"][term].get<I>(); }
+
+std::string input_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::input) << e.what();
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(Plan, OptMiniFiguresMatchHandCalculations) {
+  const auto cfg = mini_cfg();
+  const auto p = plan_of(kOptMini, cfg, 1);
+  EXPECT_EQ(p["model"]["sizes_from"], "safetensors headers");
+  const I d = 256, ffn = 1024, T = 512, tokens = 128 * T;
+
+  // Bytes read by the only rank: exactly the bytes of the tensors in model.safetensors (the file
+  // holds the layers, the embeddings and the final norm; the head is tied).
+  const auto st = io::SafetensorsFile::open(kOptMini / "model.safetensors");
+  I layer_bytes = 0, other_bytes = 0;
+  for (const auto& t : st->header().tensors)
+    (t.name.find(".layers.") != std::string::npos ? layer_bytes : other_bytes) += static_cast<I>(t.end - t.begin);
+  const auto& io = p["ranks"][0]["io"];
+  EXPECT_EQ(io["read_layers_bytes"].get<I>(), layer_bytes);
+  EXPECT_EQ(io["read_embeddings_head_bytes"].get<I>(), other_bytes);
+  EXPECT_EQ(io["read_bytes"].get<I>(), 10776576);  // the data section of model.safetensors
+  EXPECT_EQ(p["model"]["stored_bytes"].get<I>(), 10776576);
+
+  // (a) 128 x 512 tokens x 256 x fp32.
+  EXPECT_EQ(mem(p, 0, "activations"), tokens * d * 4);
+  // (b) the layer's parameters (linears, biases, 4 norm vectors) in fp32, twice.
+  const I layer_params = 4 * d * d + 2 * d * ffn + 4 * d + ffn + d + 4 * d;
+  EXPECT_EQ(mem(p, 0, "layer_weights"), 2 * layer_params * 4);
+  EXPECT_EQ(mem(p, 0, "forward_temporaries"), 8 * T * ffn * 4 * 3);  // max(3 x 256, 1024) = ffn
+  EXPECT_EQ(mem(p, 0, "attention_scores"), 8 * 4 * T * T * 4);
+  // (c) Hessians of q/k/v, out_proj, fc1 (256 x 256) and fc2 (1024 x 1024), all at once: while
+  // collected, a fp32 d x d batch scratch and the float64 sum over the upper triangle (8 bytes x
+  // d(d+1)/2) each; then the fp32 Hessians.
+  const I hessians = (3 * d * d + ffn * ffn) * 4;
+  const I sums = 3 * 4 * d * (d + 1) + 4 * ffn * (ffn + 1);
+  EXPECT_EQ(mem(p, 0, "statistics"), hessians + sums);
+  // (d) the largest factorisation copy (fc2) and the largest row slice (one rank: whole matrices;
+  // fc1 1024 x 256 and fc2 256 x 1024 tie): weights + mask + Err (rows x 128 blocksize).
+  EXPECT_EQ(mem(p, 0, "factorisation"), ffn * ffn * 4);
+  EXPECT_EQ(mem(p, 0, "sweep"), std::max(ffn * d * 5 + ffn * 128 * 4, d * ffn * 5 + d * 128 * 4));
+  // (e) the gathered pruned weight, fp32 + 1-byte mask.
+  EXPECT_EQ(mem(p, 0, "gathered"), ffn * d * 5);
+  // fp32 embeddings + positions (514 rows) + final norm; 4 layers fit the default 8 GB cache.
+  EXPECT_EQ(mem(p, 0, "embeddings_head"), (8192 * d + 514 * d + 2 * d) * 4);
+  EXPECT_EQ(mem(p, 0, "weight_cache"), 3 * layer_params * 4);
+  // The peak: the statistics pass or the prune of fc2, whichever is larger.
+  const I base = tokens * d * 4 + 2 * layer_params * 4 + (8192 * d + 514 * d + 2 * d) * 4 + 3 * layer_params * 4;
+  const I stats_phase = base + hessians + sums + 8 * T * ffn * 4 * 3 + 8 * 4 * T * T * 4;
+  const I fc2_phase = base + hessians + ffn * ffn * 4 + (d * ffn * 5 + d * 128 * 4) + ffn * d * 5;
+  EXPECT_EQ(mem(p, 0, "peak"), std::max(stats_phase, fc2_phase));
+  EXPECT_EQ(p["peak"]["phase"], stats_phase > fc2_phase ? "statistics" : "prune fc2");
+
+  // Communication: nothing to reduce or gather on one rank, but the buffers are what they are.
+  const auto& c = p["ranks"][0]["comm_per_layer"];
+  EXPECT_EQ(c["allreduce_bytes"].get<I>(), sums);  // the float64 sums
+  EXPECT_EQ(c["allgather_bytes"].get<I>(), (4 * d * d + 2 * d * ffn) * 5);
+  EXPECT_EQ(c["allreduce_sent_bytes"].get<double>(), 0);
+  EXPECT_EQ(c["allgather_received_bytes"].get<double>(), 0);
+
+  // FLOPs per layer: two forwards, syrk per group, 2/3 d^3 per group.
+  const auto& f = p["ranks"][0]["flops_per_layer"];
+  const double lin = 4.0 * d * d + 2.0 * d * ffn;
+  EXPECT_DOUBLE_EQ(f["forward"].get<double>(), 2 * (2.0 * tokens * lin + 4.0 * tokens * T * d));
+  EXPECT_DOUBLE_EQ(f["statistics"].get<double>(), double(tokens) * (3.0 * d * d + 1.0 * ffn * ffn));
+  EXPECT_DOUBLE_EQ(f["factorisation"].get<double>(), 2.0 / 3 * (3.0 * d * d * d + 1.0 * ffn * ffn * ffn));
+  EXPECT_TRUE(p["fits"].get<bool>());
+}
+
+TEST(Plan, ConfigJsonAloneGivesTheSameBytesAsTheHeaders) {
+  // A folder with only config.json: sizes from torch_dtype (float16) agree with the headers.
+  const auto dir = fs::temp_directory_path() / ("scalpel_plan_cfgonly_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy_file(kOptMini / "config.json", dir / "config.json");
+  const auto cfg = mini_cfg();
+  const auto a = plan_of(kOptMini, cfg, 1), b = plan_of(dir, cfg, 1);
+  EXPECT_EQ(b["model"]["sizes_from"], "config.json");
+  EXPECT_EQ(b["model"]["dtype_bytes"].get<int>(), 2);
+  EXPECT_EQ(b["ranks"][0]["io"]["read_bytes"], a["ranks"][0]["io"]["read_bytes"]);
+  EXPECT_EQ(b["ranks"][0]["memory"]["peak"], a["ranks"][0]["memory"]["peak"]);
+  fs::remove_all(dir);
+}
+
+TEST(Plan, DoublingDataRanksHalvesActivationsAndRowSlices) {
+  const auto cfg = mini_cfg();
+  const auto p2 = plan_of(kOptMini, cfg, 2), p4 = plan_of(kOptMini, cfg, 4);
+  ASSERT_EQ(p2["grid"]["data"].get<int>(), 2);
+  ASSERT_EQ(p4["grid"]["data"].get<int>(), 4);
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(p4["ranks"][r]["sequences"].get<I>(), 32);
+    EXPECT_EQ(2 * mem(p4, r, "activations"), mem(p2, r / 2, "activations"));
+    EXPECT_EQ(2 * p4["ranks"][r]["tokens"].get<I>(), p2["ranks"][r / 2]["tokens"].get<I>());
+  }
+  // Every rank of a stage reads the whole layers; the statistics are not split.
+  EXPECT_EQ(p4["ranks"][3]["io"]["read_bytes"], p2["ranks"][0]["io"]["read_bytes"]);
+  EXPECT_EQ(mem(p4, 0, "statistics"), mem(p2, 0, "statistics"));
+  // Row slices: fc1's 1024 rows over 4 ranks = 256 rows x 256 inputs x (4 + 1) + Err 256 x 128 x 4.
+  EXPECT_EQ(mem(p4, 0, "sweep"), std::max<I>(256 * 256 * 5 + 256 * 128 * 4, 64 * 1024 * 5 + 64 * 128 * 4));
+  // The ring all-reduce sends 2 (D-1)/D of the Hessians; the all-gather receives (D-1)/D.
+  const double h = p4["per_layer"]["allreduce_bytes"].get<double>();
+  EXPECT_DOUBLE_EQ(p4["ranks"][0]["comm_per_layer"]["allreduce_sent_bytes"].get<double>(), 2 * 0.75 * h);
+  EXPECT_DOUBLE_EQ(p4["ranks"][0]["comm_per_layer"]["allgather_received_bytes"].get<double>(),
+                   0.75 * p4["per_layer"]["allgather_bytes"].get<double>());
+  // Uneven: 16 chunks of 8 over 3 ranks = 6, 5, 5 chunks.
+  const auto p3 = plan_of(kOptMini, cfg, 3);
+  EXPECT_EQ(p3["ranks"][0]["sequences"].get<I>(), 48);
+  EXPECT_EQ(p3["ranks"][2]["sequences"].get<I>(), 40);
+  EXPECT_EQ(p3["peak"]["rank"].get<int>(), 0);
+}
+
+TEST(Plan, StagesSplitTheLayers) {
+  const auto p = plan_of(kOptMini, mini_cfg({"parallel.stages=2"}), 2);
+  ASSERT_EQ(p["grid"]["stages"].get<int>(), 2);
+  ASSERT_EQ(p["grid"]["data"].get<int>(), 1);
+  EXPECT_EQ(p["ranks"][0]["layers"], json::array({0, 2}));
+  EXPECT_EQ(p["ranks"][1]["layers"], json::array({2, 4}));
+  const auto one = plan_of(kOptMini, mini_cfg(), 1);
+  const I all_layers = one["ranks"][0]["io"]["read_layers_bytes"].get<I>();
+  EXPECT_EQ(p["ranks"][0]["io"]["read_layers_bytes"].get<I>(), all_layers / 2);
+  EXPECT_EQ(p["ranks"][1]["io"]["read_layers_bytes"].get<I>(), all_layers / 2);
+  // Stage 0 reads the embeddings; the last stage the final norm and the (tied) head.
+  const I embed = 8192 * 256 * 2, positions = 514 * 256 * 2, norm = 2 * 256 * 2;
+  EXPECT_EQ(p["ranks"][0]["io"]["read_embeddings_head_bytes"].get<I>(), embed + positions);
+  EXPECT_EQ(p["ranks"][1]["io"]["read_embeddings_head_bytes"].get<I>(), norm + embed);
+  // Activations cross the boundary once, all of them (one data rank).
+  EXPECT_EQ(p["ranks"][0]["stage_boundary"]["send_bytes"].get<I>(), 128 * 512 * 256 * 4);
+  EXPECT_EQ(p["ranks"][1]["stage_boundary"]["recv_bytes"].get<I>(), 128 * 512 * 256 * 4);
+  // Stages run one after another.
+  EXPECT_DOUBLE_EQ(p["totals"]["seconds"].get<double>(),
+                   p["stages"][0]["seconds"].get<double>() + p["stages"][1]["seconds"].get<double>());
+  // OPT-175B's 96 layers over 5 stages: 20, 19, 19, 19, 19.
+  const auto q = plan_of(kOpt175, app::load_config("", {"parallel.stages=5"}), 5);
+  EXPECT_EQ(q["ranks"][0]["layers"], json::array({0, 20}));
+  EXPECT_EQ(q["ranks"][4]["layers"], json::array({77, 96}));
+}
+
+TEST(Plan, TrueSequentialHoldsOneGroupAtATimeAndRunsMorePasses) {
+  const auto a = plan_of(kOptMini, mini_cfg(), 1);
+  const auto b = plan_of(kOptMini, mini_cfg({"prune.true_sequential=true"}), 1);
+  EXPECT_EQ(mem(b, 0, "statistics"), 1024 * 1024 * 4 + 4 * 1024 * 1025);  // fc2's alone
+  EXPECT_EQ(b["per_layer"]["forward_passes"].get<I>(), 5);  // 4 groups + propagation
+  EXPECT_DOUBLE_EQ(b["ranks"][0]["flops_per_layer"]["forward"].get<double>(),
+                   2.5 * a["ranks"][0]["flops_per_layer"]["forward"].get<double>());
+  // Strict determinism: 3 int64 bins over the upper triangle, 12 d (d+1) bytes per Hessian, summed
+  // as such; held besides a d x d fp32 scratch per batch (then the fp32 Hessian).
+  const auto s = plan_of(kOptMini, mini_cfg({"determinism=strict"}), 2);
+  const I exact = 3 * 12 * 256 * 257 + 12 * 1024 * 1025;
+  EXPECT_EQ(s["per_layer"]["allreduce_bytes"].get<I>(), exact);
+  EXPECT_EQ(mem(s, 0, "statistics"), (3 * 256 * 256 + 1024 * 1024) * 4 + exact);
+  // Wanda: no factorisation, a d-vector per group; dense propagation: two activation copies.
+  const auto w = plan_of(kOptMini, mini_cfg({"prune.method=wanda", "prune.propagation=dense"}), 1);
+  EXPECT_EQ(mem(w, 0, "factorisation"), 0);
+  EXPECT_EQ(mem(w, 0, "statistics"), (3 * 256 * 256 + 1024 * 1024) * 4 + 4 * (3 * 256 * 257 + 1024 * 1025) +
+                                         (3 * 256 + 1024) * (4 + 8));
+  EXPECT_EQ(mem(w, 0, "activations"), 2 * mem(a, 0, "activations"));
+}
+
+TEST(Plan, LlamaGroupsGateAndUpAndReadsTheUntiedHeadOnTheLastStage) {
+  // LLaMA-2-7B's config.json alone.
+  const auto dir = fs::temp_directory_path() / ("scalpel_plan_llama_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json") << R"({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
+    "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": false, "torch_dtype": "bfloat16"})";
+  const auto cfg = app::load_config("", {"model=" + dir.string(), "parallel.stages=2", "calibration.seqlen=2048"});
+  const auto p = plan_of(dir, cfg, 2);
+  EXPECT_NEAR(p["model"]["params"].get<double>() / 1e9, 6.74, 0.01);
+  const auto& g = p["per_layer"]["groups"];
+  ASSERT_EQ(g.size(), 4u);
+  EXPECT_EQ(g[0]["label"], "q_proj/k_proj/v_proj");
+  EXPECT_EQ(g[1]["label"], "o_proj");
+  EXPECT_EQ(g[2]["label"], "gate_proj/up_proj");
+  EXPECT_EQ(g[3]["label"], "down_proj");
+  const I h = 4096, ffn = 11008;
+  EXPECT_EQ(mem(p, 0, "statistics"), (3 * h * h + ffn * ffn) * 4 + 4 * (3 * h * (h + 1) + ffn * (ffn + 1)));
+  // bf16: stage 0 reads the embeddings, stage 1 the final norm and lm_head.
+  EXPECT_EQ(p["ranks"][0]["io"]["read_embeddings_head_bytes"].get<I>(), 32000 * h * 2);
+  EXPECT_EQ(p["ranks"][1]["io"]["read_embeddings_head_bytes"].get<I>(), (h + 32000 * h) * 2);
+  EXPECT_EQ(p["ranks"][1]["io"]["read_layers_bytes"].get<I>(), 16 * (4 * h * h + 3 * h * ffn + 2 * h) * 2);
+  fs::remove_all(dir);
+}
+
+TEST(Plan, GridErrorsNameTheKeys) {
+  const auto pm = app::load_plan_model(kOptMini.string());
+  auto err = [&](const app::Config& c, int world) {
+    return input_error([&] { app::make_plan(pm.spec, input_for(pm, c, world)); });
+  };
+  EXPECT_NE(err(mini_cfg({"parallel.stages=4"}), 6).find("'parallel.stages' 4 does not divide the 6 ranks"),
+            std::string::npos);
+  EXPECT_NE(err(mini_cfg({"parallel.stages=2", "parallel.data=3"}), 8).find("'parallel.data' 3"), std::string::npos);
+  EXPECT_NE(err(mini_cfg({"parallel.stages=8"}), 8).find("exceeds the model's 4 layers"), std::string::npos);
+  EXPECT_NE(err(mini_cfg({"calibration.seqlen=1024"}), 1).find("calibration.seqlen"), std::string::npos);
+  EXPECT_NE(err(mini_cfg({"prune.targets=[nothing]"}), 1).find("prune.targets"), std::string::npos);
+  // Idle data ranks are a warning: 16 chunks over 32 ranks.
+  const auto p = app::make_plan(pm.spec, input_for(pm, mini_cfg(), 32));
+  ASSERT_EQ(p["warnings"].size(), 1u);
+  EXPECT_NE(p["warnings"][0].get<std::string>().find("16 of 32 data ranks"), std::string::npos);
+}
+
+TEST(Plan, Opt175bOn8x8GpusFits80GB) {
+  const auto cfg = app::load_config(kYaml175.string(), {"model=" + kOpt175.string()});
+  ASSERT_EQ(cfg.parallel.memory_gb, 80);
+  const auto pm = app::load_plan_model(kOpt175.string());
+  EXPECT_EQ(pm.dtype_bytes, 2);
+  EXPECT_TRUE(pm.tensor_bytes.empty());  // config.json only
+  EXPECT_NEAR(pm.spec.total_params() / 1e9, 174.6, 1.0);  // DESIGN.md section 7: 174 B params
+  auto in = input_for(pm, cfg, 64);
+  const auto p = app::make_plan(pm.spec, in);
+  EXPECT_EQ(p["grid"]["world"].get<int>(), 64);
+  EXPECT_TRUE(p["fits"].get<bool>()) << p["peak"].dump();
+  EXPECT_NO_THROW(app::check_plan_fits(p, cfg));
+  EXPECT_TRUE(p["warnings"].empty()) << p["warnings"].dump();
+  EXPECT_NEAR(p["model"]["stored_bytes"].get<double>() / 1e9, 349, 2);  // 348 GB fp16
+  // DESIGN.md section 7: 604 MB per d-input Hessian, 9.7 GB for fc2.
+  const auto& g = p["per_layer"]["groups"];
+  ASSERT_EQ(g.size(), 4u);
+  EXPECT_EQ(g[0]["statistics_kept_bytes"].get<I>(), I{12288} * 12288 * 4);
+  EXPECT_EQ(g[3]["statistics_kept_bytes"].get<I>(), I{49152} * 49152 * 4);
+  // While collected: the batch scratch and the float64 sum over the upper triangle besides.
+  EXPECT_EQ(g[3]["statistics_bytes"].get<I>(), I{49152} * 49152 * 4 + I{4} * 49152 * 49153);
+  // Each of the 64 ranks reads all 96 layers (every rank runs the forward).
+  EXPECT_NEAR(p["ranks"][63]["io"]["read_layers_bytes"].get<double>() / 1e9, 348, 3);
+
+  // The whole calibration set on one rank: the per-layer FLOPs of DESIGN.md section 7 (Hessians
+  // 1.5e15, half with syrk; two forwards 1.9e15; sweep about 5e13; factorisation 2/3 d^3 per group
+  // here, where the table's 1.6e14 counts 4/3 d^3).
+  auto one = cfg;
+  one.parallel.data = 1;
+  const auto q = app::make_plan(pm.spec, input_for(pm, one, 1));
+  const auto& f = q["ranks"][0]["flops_per_layer"];
+  EXPECT_NEAR(f["statistics"].get<double>(), 0.75e15, 0.05e15);
+  EXPECT_NEAR(f["forward"].get<double>(), 1.95e15, 0.1e15);
+  EXPECT_NEAR(f["sweep"].get<double>(), 4.5e13, 0.5e13);
+  EXPECT_NEAR(f["factorisation"].get<double>(), 1.6e14 / 2, 0.05e14);
+}
+
+TEST(Plan, OverTheMemoryLimitIsRefusedNamingTheKey) {
+  // One rank with the exact (strict) accumulators and chunks of 8 windows: about 110 GB at its peak.
+  const auto cfg = app::load_config(kYaml175.string(), {"model=" + kOpt175.string(), "parallel.data=1",
+                                                        "determinism=strict", "calibration.batch=8"});
+  const auto pm = app::load_plan_model(kOpt175.string());
+  const auto p = app::make_plan(pm.spec, input_for(pm, cfg, 1));
+  EXPECT_FALSE(p["fits"].get<bool>());
+  const auto msg = input_error([&] { app::check_plan_fits(p, cfg); });
+  EXPECT_NE(msg.find("'parallel.memory_gb' is 80 GB"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("rank 0 (stage 0"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(fmt::format("{:.2f} GB", p["peak"]["gb"].get<double>())), std::string::npos) << msg;
+  // memory_gb 0: no limit.
+  auto unlimited = cfg;
+  unlimited.parallel.memory_gb = 0;
+  EXPECT_NO_THROW(app::check_plan_fits(p, unlimited));
+}
+
+// ---- the command ----
+
+struct Run {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+Run run(const std::string& cmd) {
+  Run r;
+  FILE* p = popen(("cd " + kSource.string() + " && " + cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p)) r.out += buf;
+  const int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+const std::string kBin = SCALPEL_BIN;
+
+std::size_t count(const std::string& s, const std::string& what) {
+  std::size_t n = 0;
+  for (auto p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
+  return n;
+}
+
+TEST(PlanCli, Opt175bTableAndJson) {
+  const auto r = run(kBin + " plan configs/opt-175b-8x8-gpu.yaml --ranks 64");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("64 rank(s) = 1 stage(s) x 64 data"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("parallel.memory_gb 80: fits"), std::string::npos) << r.out;
+  // On one process the grid of the config is the default.
+  const auto j = run(kBin + " plan configs/opt-175b-8x8-gpu.yaml --json --gflops 1000 --net-gbps 25");
+  ASSERT_EQ(j.code, 0) << j.out;
+  const auto p = json::parse(j.out);
+  EXPECT_EQ(p["grid"]["world"].get<int>(), 64);
+  EXPECT_EQ(p["rates"]["gflops"].get<double>(), 1000);
+  EXPECT_EQ(p["rates"]["net_gbps"].get<double>(), 25);
+  EXPECT_EQ(p["ranks"].size(), 64u);
+}
+
+TEST(PlanCli, RefusesWhatDoesNotFitWithExitCode2) {
+  const auto r = run(kBin + " plan configs/opt-175b-8x8-gpu.yaml --ranks 1 parallel.data=0 parallel.memory_gb=40");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("'parallel.memory_gb' is 40 GB per rank, but rank 0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("does NOT fit"), std::string::npos) << r.out;  // the table came first
+  const auto g = run(kBin + " plan configs/opt-175b-8x8-gpu.yaml --ranks 63");
+  EXPECT_EQ(g.code, 2) << g.out;
+  EXPECT_NE(g.out.find("'parallel.data' 64"), std::string::npos) << g.out;
+  const auto m = run(kBin + " plan --model /nowhere/model");
+  EXPECT_EQ(m.code, 2) << m.out;
+  EXPECT_NE(m.out.find("/nowhere/model"), std::string::npos) << m.out;
+}
+
+TEST(PlanCli, UnderMpiOnlyRankZeroPrintsAndRanksDefaultToTheWorld) {
+  const auto r = run("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + std::string(SCALPEL_MPIEXEC) +
+                     " -n 2 --oversubscribe " + kBin + " plan --model " +
+                     kOptMini.string() + " calibration.seqlen=128");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(count(r.out, "scalpel plan:"), 1u) << r.out;
+  EXPECT_NE(r.out.find("2 rank(s) = 1 stage(s) x 2 data"), std::string::npos) << r.out;
+  // A refusal on rank 0 ends the whole job with exit code 2.
+  const auto x = run("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + std::string(SCALPEL_MPIEXEC) +
+                     " -n 2 --oversubscribe " + kBin + " plan configs/opt-175b-8x8-gpu.yaml parallel.data=0 " +
+                     "parallel.memory_gb=40");
+  EXPECT_EQ(x.code, 2) << x.out;
+  EXPECT_NE(x.out.find("'parallel.memory_gb' is 40 GB per rank"), std::string::npos) << x.out;
+}
+
+}  // namespace
+}  // namespace scalpel::test
