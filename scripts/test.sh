@@ -14,6 +14,12 @@ BUILD_DIR=${SCALPEL_BUILD_DIR:-build}
 if [ ! -d ../shared/models ]; then
   echo "test: ../shared is absent; the tests that need its models and texts will report SKIPPED"
 fi
+# The `slurm` tests need a running Slurm: start a one-node one (they report SKIPPED without it).
+if [ "$(id -u)" -eq 0 ]; then
+  scripts/slurm_setup.sh || echo "test: scripts/slurm_setup.sh failed; the slurm tests will report SKIPPED"
+else
+  echo "test: not root, Slurm not set up (scripts/slurm_setup.sh); the slurm tests will report SKIPPED unless one runs"
+fi
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j 2 --timeout 900
 
 FUZZ_SECONDS=${SCALPEL_FUZZ_SECONDS:-60}

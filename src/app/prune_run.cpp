@@ -357,108 +357,116 @@ int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restar
     const int owner = stage_of(layer, spec.layers, grid.stages);
     const bool committed = ckpt->committed(layer);
     nlohmann::json commit_msg;  // the owner's {shard, metrics} for the manifest owner
-    if (owner == grid.stage) {
-      if (layer == my_layers.begin && grid.stage > 0) {
-        watchdog.beat("receive activations", layer);
-        x = be.empty({my_nseq * seqlen, spec.hidden});
-        Tensor host = Tensor::empty(x.shape(), DType::f32);
-        pipe.recv(std::span<std::byte>(static_cast<std::byte*>(host.raw()), static_cast<std::size_t>(host.nbytes())),
-                  grid.stage - 1, tag_x);
-        x = be.upload(host);
-      }
-      watchdog.beat("load layer", layer);
-      const auto dense = m.layer_weights(layer);
-      auto working = std::make_shared<model::LayerWeights>(*dense);
-      if (committed) {
-        // Replay: the stored weights are the ones the original run propagated with.
-        const auto data = ckpt->read_layer(layer);
-        for (const auto& t : data.tensors) working->tensors[t.name] = be.upload(t.data);
-      } else {
-        std::vector<io::TensorRecord> records;
-        nlohmann::json lin_metrics = nlohmann::json::object();
-        double stats_s = 0, reduce_s = 0;
-        // true_sequential: statistics of each group are taken after the groups before it are pruned.
-        std::vector<std::vector<TargetGroup>> passes;
-        if (cfg.prune.true_sequential)
-          for (const auto& g : groups) passes.push_back({g});
-        else
-          passes.push_back(groups);
-        for (const auto& pass : passes) {
-          watchdog.beat("statistics", layer);
-          Timer st;
-          auto stats = collect_stats(be, spec, *working, x, my_nseq, seqlen, batch, rope, pass, kinds, layer,
-                                     accumulation, nseq);
-          stats_s += st.seconds();
-          watchdog.beat("reduce statistics", layer);
-          for (auto& [g, s] : stats) {
-            s->reduce(group);
-            reduce_s += s->reduce_seconds();
-          }
-          for (const auto& g : pass) {
-            for (const auto& lin : g.linears) {
-              watchdog.beat("prune", layer);
-              const std::string wname = lin.name + ".weight";
-              const Tensor& w = working->at(wname);
-              const auto rows = w.size(0);
-              const auto rr = dist::block_range(rows, group.size(), group.rank());
-              prune::PruneOptions opt;
-              opt.method = method;
-              opt.pattern = pattern;
-              opt.blocksize = cfg.prune.blocksize;
-              opt.percdamp = cfg.prune.dampening;
-              opt.name = fmt::format("layer {} {}", layer, lin.name);
-              opt.total_rows = rows;
-              if (group.size() > 1) opt.select = prune::group_select(group);
-              const auto r = prune::prune_linear(be, w.slice_rows(rr.begin, rr.end), stats.at(g.group).get(), opt);
-              const auto stored_dtype = src->info(spec.layer_prefix(layer) + wname).dtype;
-              watchdog.beat("gather", layer);
-              // Every rank gets the whole pruned matrix (the next forward needs it).
-              const Tensor stored = gather_rows(group, to_storage(be, r.weight, stored_dtype), rows);
-              const Tensor mask = gather_rows(group, be.download(r.mask), rows);
-              std::array<double, 2> err{std::isfinite(r.error) ? r.error : 0.0, std::isfinite(r.dense) ? r.dense : 0.0};
-              std::array<std::int64_t, 2> counts{r.pruned, r.total};
-              group.allreduce_sum(std::span<double>(err));
-              group.allreduce_sum(std::span<std::int64_t>(counts));
-              working->tensors[wname] = be.upload(stored);
-              const double sparsity = counts[1] ? double(counts[0]) / double(counts[1]) : 0.0;
-              const double error_rel = err[1] > 0 ? err[0] / err[1] : 0.0;
-              const nlohmann::json lm = {{"error", err[0]},           {"error_rel", error_rel},
-                                         {"sparsity", sparsity},       {"pruned", counts[0]},
-                                         {"weights", counts[1]},       {"damping", r.damping},
-                                         {"percdamp", r.percdamp},     {"damping_tries", r.damping_tries},
-                                         {"dead_inputs", r.dead},      {"factor_s", r.seconds.factorisation},
-                                         {"sweep_s", r.seconds.sweep}, {"error_s", r.seconds.error}};
-              if (!std::isfinite(sparsity) || !std::isfinite(err[0]))
-                SCALPEL_RUNTIME_ERROR("layer {} {}: non-finite result", layer, lin.name);
-              lin_metrics[lin.name] = lm;
-              if (group.rank() == 0) {
-                io::TensorRecord rec;
-                rec.name = wname;
-                rec.data = stored;
-                rec.packed_mask = io::pack_mask(mask);
-                rec.metrics = lm;
-                records.push_back(std::move(rec));
+    // Errors name the layer (the rank is added by main): "layer 3: ...".
+    try {
+      if (owner == grid.stage) {
+        watchdog.beat("load layer", layer);
+        const auto dense = m.layer_weights(layer);
+        auto working = std::make_shared<model::LayerWeights>(*dense);
+        if (committed) {
+          // Replay: the stored weights are the ones the original run propagated with.
+          const auto data = ckpt->read_layer(layer);
+          for (const auto& t : data.tensors) working->tensors[t.name] = be.upload(t.data);
+        } else {
+          std::vector<io::TensorRecord> records;
+          nlohmann::json lin_metrics = nlohmann::json::object();
+          double stats_s = 0, reduce_s = 0;
+          // true_sequential: statistics of each group are taken after the groups before it are pruned.
+          std::vector<std::vector<TargetGroup>> passes;
+          if (cfg.prune.true_sequential)
+            for (const auto& g : groups) passes.push_back({g});
+          else
+            passes.push_back(groups);
+          for (const auto& pass : passes) {
+            watchdog.beat("statistics", layer);
+            Timer st;
+            auto stats = collect_stats(be, spec, *working, x, my_nseq, seqlen, batch, rope, pass, kinds, layer,
+                                       accumulation, nseq);
+            stats_s += st.seconds();
+            watchdog.beat("reduce statistics", layer);
+            for (auto& [g, s] : stats) {
+              s->reduce(group);
+              reduce_s += s->reduce_seconds();
+            }
+            for (const auto& g : pass) {
+              for (const auto& lin : g.linears) {
+                watchdog.beat("prune", layer);
+                const std::string wname = lin.name + ".weight";
+                const Tensor& w = working->at(wname);
+                const auto rows = w.size(0);
+                const auto rr = dist::block_range(rows, group.size(), group.rank());
+                prune::PruneOptions opt;
+                opt.method = method;
+                opt.pattern = pattern;
+                opt.blocksize = cfg.prune.blocksize;
+                opt.percdamp = cfg.prune.dampening;
+                opt.name = fmt::format("layer {} {}", layer, lin.name);
+                opt.total_rows = rows;
+                if (group.size() > 1) opt.select = prune::group_select(group);
+                const auto r = prune::prune_linear(be, w.slice_rows(rr.begin, rr.end), stats.at(g.group).get(), opt);
+                const auto stored_dtype = src->info(spec.layer_prefix(layer) + wname).dtype;
+                watchdog.beat("gather", layer);
+                // Every rank gets the whole pruned matrix (the next forward needs it).
+                const Tensor stored = gather_rows(group, to_storage(be, r.weight, stored_dtype), rows);
+                const Tensor mask = gather_rows(group, be.download(r.mask), rows);
+                std::array<double, 2> err{std::isfinite(r.error) ? r.error : 0.0, std::isfinite(r.dense) ? r.dense : 0.0};
+                std::array<std::int64_t, 2> counts{r.pruned, r.total};
+                group.allreduce_sum(std::span<double>(err));
+                group.allreduce_sum(std::span<std::int64_t>(counts));
+                working->tensors[wname] = be.upload(stored);
+                const double sparsity = counts[1] ? double(counts[0]) / double(counts[1]) : 0.0;
+                const double error_rel = err[1] > 0 ? err[0] / err[1] : 0.0;
+                const nlohmann::json lm = {{"error", err[0]},           {"error_rel", error_rel},
+                                           {"sparsity", sparsity},       {"pruned", counts[0]},
+                                           {"weights", counts[1]},       {"damping", r.damping},
+                                           {"percdamp", r.percdamp},     {"damping_tries", r.damping_tries},
+                                           {"dead_inputs", r.dead},      {"factor_s", r.seconds.factorisation},
+                                           {"sweep_s", r.seconds.sweep}, {"error_s", r.seconds.error}};
+                if (!std::isfinite(sparsity) || !std::isfinite(err[0]))
+                  SCALPEL_RUNTIME_ERROR("layer {} {}: non-finite result", layer, lin.name);
+                lin_metrics[lin.name] = lm;
+                if (group.rank() == 0) {
+                  io::TensorRecord rec;
+                  rec.name = wname;
+                  rec.data = stored;
+                  rec.packed_mask = io::pack_mask(mask);
+                  rec.metrics = lm;
+                  records.push_back(std::move(rec));
+                }
               }
             }
           }
+          const nlohmann::json layer_metrics = {{"layer", layer},     {"seconds", layer_timer.seconds()},
+                                                {"stats_s", stats_s}, {"reduce_s", reduce_s},
+                                                {"ranks", group.size()}, {"linears", lin_metrics}};
+          if (group.rank() == 0) {
+            watchdog.beat("write shard", layer);
+            const auto info = io::write_shard_file(ckpt_dir, layer, 0, records, nullptr);
+            commit_msg = {{"shard", info.to_json()}, {"metrics", layer_metrics}};
+            if (!world.is_root()) send_json(world, commit_msg, 0, tag_commit);
+          }
         }
-        const nlohmann::json layer_metrics = {{"layer", layer},     {"seconds", layer_timer.seconds()},
-                                              {"stats_s", stats_s}, {"reduce_s", reduce_s},
-                                              {"ranks", group.size()}, {"linears", lin_metrics}};
-        if (group.rank() == 0) {
-          watchdog.beat("write shard", layer);
-          const auto info = io::write_shard_file(ckpt_dir, layer, 0, records, nullptr);
-          commit_msg = {{"shard", info.to_json()}, {"metrics", layer_metrics}};
-          if (!world.is_root()) send_json(world, commit_msg, 0, tag_commit);
+        watchdog.beat("forward", layer);
+        forward_layer(be, spec, dense_propagation ? *dense : *working, x, my_nseq, seqlen, batch, rope, nullptr);
+        if (layer == my_layers.end - 1 && grid.stage < grid.stages - 1) {
+          watchdog.beat("send activations", layer);
+          send_tensor(pipe, be.download(x), grid.stage + 1, tag_x);
+          x = Tensor();
         }
       }
-      watchdog.beat("forward", layer);
-      forward_layer(be, spec, dense_propagation ? *dense : *working, x, my_nseq, seqlen, batch, rope, nullptr);
-      if (layer == my_layers.end - 1 && grid.stage < grid.stages - 1) {
-        watchdog.beat("send activations", layer);
-        send_tensor(pipe, be.download(x), grid.stage + 1, tag_x);
-        x = Tensor();
-      }
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      if (what.find(fmt::format("layer {}", layer)) != std::string::npos) throw;
+      throw Error(e.kind(), fmt::format("layer {}: {}", layer, what), __FILE__, __LINE__);
+    }
+    // The stage before hands its activations over after its last layer (both sides here, before
+    // the layer's world-wide stop check, so neither waits on the other).
+    if (grid.stage > 0 && layer == my_layers.begin - 1) {
+      watchdog.beat("receive activations", layer);
+      Tensor host = Tensor::empty({my_nseq * seqlen, spec.hidden}, DType::f32);
+      pipe.recv(std::span<std::byte>(static_cast<std::byte*>(host.raw()), static_cast<std::size_t>(host.nbytes())),
+                grid.stage - 1, tag_x);
+      x = be.upload(host);
     }
     // The commit: world rank 0 records the owner's shard in the manifest.
     if (world.is_root() && !committed) {
@@ -485,9 +493,9 @@ int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restar
     std::int64_t stop = stop_signal();
     world.allreduce_max(std::span<std::int64_t>(&stop, 1));
     if (stop != 0 && layer + 1 < spec.layers) {
-      log::warn("signal {} received: stopping after layer {} (committed); rerun the same command to resume at layer "
-                "{} (exit code {})",
-                stop, layer, layer + 1, kExitInterrupted);
+      log::warn("signal {} received: stopping after layer {}/{} (committed); rerun the same command to resume "
+                "(exit code {})",
+                stop, layer + 1, spec.layers, kExitInterrupted);
       metrics.write({{"event", "interrupted"}, {"signal", stop}, {"after_layer", layer}, {"config_hash", id.config_hash}});
       return kExitInterrupted;
     }

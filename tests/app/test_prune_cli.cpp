@@ -16,7 +16,11 @@
 
 namespace fs = std::filesystem;
 
+#include "prune_test_util.hpp"
+
 namespace {
+
+using namespace scalpel_test;
 
 const fs::path kShared = SCALPEL_SHARED_DIR;
 const std::string kBin = SCALPEL_BIN;
@@ -24,13 +28,6 @@ const std::string kBin = SCALPEL_BIN;
 #define NEED_SHARED()                                          \
   if (!fs::exists(kShared / "models/opt-mini/config.json")) \
   GTEST_SKIP() << "../shared/models not present: skipping"
-
-fs::path temp_dir(const std::string& name) {
-  const auto d = fs::temp_directory_path() / ("scalpel_prune_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 // A small but complete prune: 8 windows of 128 tokens of the calibration slice.
 std::vector<std::string> prune_args(const fs::path& out, const std::string& model = "opt-mini",
@@ -48,58 +45,6 @@ std::vector<std::string> prune_args(const fs::path& out, const std::string& mode
                              "threads=1"};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
-}
-
-pid_t spawn(const std::vector<std::string>& args) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    std::vector<char*> argv;
-    for (const auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
-    argv.push_back(nullptr);
-    // Quiet child: its log would interleave with the test's.
-    if (!std::freopen("/dev/null", "w", stderr) || !std::freopen("/dev/null", "w", stdout)) _exit(127);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-int wait_exit(pid_t pid) {
-  int st = 0;
-  waitpid(pid, &st, 0);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-int run_to_end(const std::vector<std::string>& args) { return wait_exit(spawn(args)); }
-
-std::string run_capture(const std::vector<std::string>& args) {
-  std::string cmd;
-  for (const auto& a : args) cmd += "'" + a + "' ";
-  std::string out;
-  FILE* p = popen((cmd + " 2>&1; echo \"exit=$?\"").c_str(), "r");
-  char buf[4096];
-  while (p && std::fgets(buf, sizeof buf, p)) out += buf;
-  if (p) pclose(p);
-  return out;
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), {}};
-}
-
-std::int64_t committed_layers(const fs::path& ckpt) {
-  try {
-    std::ifstream f(ckpt / "manifest.json");
-    if (!f) return 0;
-    const auto j = nlohmann::json::parse(f);
-    std::int64_t n = 0;
-    for (const auto& v : j.at("layers"))
-      if (v.is_object() && v.value("status", "") == "committed") ++n;
-    return n;
-  } catch (...) {
-    return 0;  // being replaced: readers see the old or the new file, never a torn one
-  }
 }
 
 TEST(PruneCli, SigkillAtAnyPointThenRerunIsBitwiseEqual) {

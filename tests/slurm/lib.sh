@@ -33,7 +33,7 @@ fail() {
   exit 1
 }
 cleanup() {
-  if [ -n "$JOB" ] && squeue -h -j "$JOB" -o %T 2> /dev/null | grep -q .; then
+  if [ -n "$JOB" ] && squeue -h -j "$JOB" -o %T 2> /dev/null | grep . > /dev/null; then
     scancel "$JOB" 2> /dev/null
   fi
   if [ -n "$TMP" ] && [ "${SCALPEL_SLURM_TEST_KEEP:-0}" != 1 ]; then
@@ -50,7 +50,7 @@ need_slurm() {
   for c in sbatch squeue scontrol scancel sinfo; do
     command -v "$c" > /dev/null || skip "no Slurm here ($c not found): run scripts/slurm_setup.sh as root to install and start one"
   done
-  scontrol ping 2> /dev/null | grep -q "is UP" \
+  scontrol ping 2> /dev/null | grep "is UP" > /dev/null \
     || skip "slurmctld is not answering (scontrol ping): run scripts/slurm_setup.sh as root to start Slurm"
   local states
   states=$(sinfo -h -o %T 2> /dev/null | tr '\n' ' ')

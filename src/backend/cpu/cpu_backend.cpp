@@ -19,6 +19,7 @@
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
 #include "cpu_factor.hpp"
+#include "det_blas.hpp"
 
 namespace scalpel {
 namespace {
@@ -195,10 +196,8 @@ class CpuBackend final : public Backend {
                   shape_str(a.shape()), ta == Trans::yes ? "^T" : "", shape_str(b.shape()),
                   tb == Trans::yes ? "^T" : "", shape_str(c.shape()));
     if (m == 0 || n == 0) return;
-    cblas_sgemm(CblasRowMajor, ta == Trans::yes ? CblasTrans : CblasNoTrans,
-                tb == Trans::yes ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
-                static_cast<int>(k), alpha, a.f32(), static_cast<int>(a.size(1)), b.f32(),
-                static_cast<int>(b.size(1)), beta, c.f32(), static_cast<int>(c.size(1)));
+    cpu::det_sgemm(ta == Trans::yes, tb == Trans::yes, m, n, k, alpha, a.f32(), a.size(1), b.f32(), b.size(1), beta,
+                   c.f32(), c.size(1));
   }
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
@@ -228,8 +227,7 @@ class CpuBackend final : public Backend {
     SCALPEL_CHECK(h.size(0) == d && h.size(1) == d, "syrk X {} H {}", shape_str(x.shape()),
                   shape_str(h.shape()));
     float* hp = h.f32();
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(d), static_cast<int>(n),
-                alpha, x.f32(), static_cast<int>(d), beta, hp, static_cast<int>(d));
+    cpu::det_syrk_upper_t(d, n, alpha, x.f32(), d, beta, hp, d);
     // Mirror the upper triangle so consumers may read either (in cache-sized tiles).
     mirror_triangle(hp, d, /*from_upper=*/true);
   }
@@ -968,9 +966,8 @@ class CpuBackend final : public Backend {
                   "obs_lazy W {} err {} Hinv {} at {}", shape_str(w.shape()), shape_str(err.shape()),
                   shape_str(hinv.shape()), col0);
     if (rows == 0 || c1 == d || width == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(d - c1),
-                static_cast<int>(width), -1.0f, err.f32(), static_cast<int>(width), hinv.f32() + col0 * d + c1,
-                static_cast<int>(d), 1.0f, w.f32() + c1, static_cast<int>(d));
+    cpu::det_sgemm(false, false, rows, d - c1, width, -1.0f, err.f32(), width, hinv.f32() + col0 * d + c1, d, 1.0f,
+                   w.f32() + c1, d);
   }
 
   void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out) override {

@@ -4,9 +4,9 @@
 // accumulators in a fixed order.
 #include "cpu_factor.hpp"
 
-#include <cblas.h>
-
 #include <cmath>
+
+#include "det_blas.hpp"
 
 namespace scalpel::cpu {
 namespace {
@@ -62,10 +62,8 @@ bool potrf_lower(float* a, std::int64_t n, std::int64_t lda) {
   float* a22 = a + n1 * lda + n1;
   if (!potrf_lower(a11, n1, lda)) return false;
   // A21 <- A21 L11⁻ᵀ; A22 <- A22 - A21 A21ᵀ (lower triangle).
-  cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, static_cast<int>(n2),
-              static_cast<int>(n1), 1.0f, a11, static_cast<int>(lda), a21, static_cast<int>(lda));
-  cblas_ssyrk(CblasRowMajor, CblasLower, CblasNoTrans, static_cast<int>(n2), static_cast<int>(n1), -1.0f, a21,
-              static_cast<int>(lda), 1.0f, a22, static_cast<int>(lda));
+  det_trsm_right_lower_t(n2, n1, a11, lda, a21, lda);
+  det_syrk_lower_n(n2, n1, -1.0f, a21, lda, 1.0f, a22, lda);
   return potrf_lower(a22, n2, lda);
 }
 
@@ -77,11 +75,9 @@ void trtri_lower(float* a, std::int64_t n, std::int64_t lda) {
   float* a22 = a + n1 * lda + n1;
   // inv([L11 0; L21 L22]) = [X11 0; -X22 L21 X11, X22].
   trtri_lower(a22, n2, lda);
-  cblas_strmm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, static_cast<int>(n2),
-              static_cast<int>(n1), -1.0f, a22, static_cast<int>(lda), a21, static_cast<int>(lda));
+  det_trmm_left_lower_n(n2, n1, -1.0f, a22, lda, a21, lda);
   trtri_lower(a11, n1, lda);
-  cblas_strmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, static_cast<int>(n2),
-              static_cast<int>(n1), 1.0f, a11, static_cast<int>(lda), a21, static_cast<int>(lda));
+  det_trmm_right_lower_n(n2, n1, 1.0f, a11, lda, a21, lda);
 }
 
 }  // namespace scalpel::cpu

@@ -1,6 +1,6 @@
 // Cholesky factorisation and triangular inverse for the CPU backend, written as recursive blocked
-// algorithms over BLAS-3 calls (strsm, strmm, ssyrk) with split points that depend only on the
-// matrix size. OpenBLAS's own spotrf/spotri change their blocking with the thread count, and so
+// algorithms over BLAS-3 calls (strsm, strmm, ssyrk; the thread-independent ones of det_blas.hpp)
+// with split points that depend only on the matrix size. OpenBLAS's own spotrf/spotri change their blocking with the thread count, and so
 // their bits; these do not (tests/backend/test_thread_invariance.cpp), which is what makes a
 // pruned model independent of how many ranks (and so threads per rank) computed it.
 #pragma once

@@ -1,0 +1,91 @@
+# shellcheck shell=bash
+# Shared by launch/mpirun.sh and launch/srun.sh (sourced, not run). The environment variables it
+# reads are documented in the headers of those two scripts.
+
+scalpel_log() { echo "scalpel-launch: $*" >&2; }
+
+# The scalpel executable: $SCALPEL_BIN, else <repository>/build/bin/scalpel, else `scalpel` on PATH.
+scalpel_find_bin() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if [ -n "${SCALPEL_BIN:-}" ]; then
+    echo "$SCALPEL_BIN"
+  elif [ -x "$root/build/bin/scalpel" ]; then
+    echo "$root/build/bin/scalpel"
+  elif command -v scalpel > /dev/null; then
+    command -v scalpel
+  else
+    scalpel_log "no scalpel executable: set SCALPEL_BIN or build build/bin/scalpel"
+    return 2
+  fi
+}
+
+# Positive integer check for an environment variable's value.
+scalpel_need_int() {  # NAME VALUE
+  case "$2" in
+    '' | *[!0-9]* | 0) scalpel_log "$1 must be a positive integer (got '$2')"; exit 2 ;;
+  esac
+}
+
+# SCALPEL_THREADS, when set: OMP_NUM_THREADS and OPENBLAS_NUM_THREADS for every rank, and
+# `threads=N` for the commands that take config overrides (eval, prune) unless the arguments
+# already set threads. Sets the array SCALPEL_CMD to "scalpel <command> <args...>".
+scalpel_build_command() {  # BIN COMMAND ARGS...
+  local bin=$1
+  shift
+  SCALPEL_CMD=("$bin" "$@")
+  [ -n "${SCALPEL_THREADS:-}" ] || return 0
+  scalpel_need_int SCALPEL_THREADS "$SCALPEL_THREADS"
+  export OMP_NUM_THREADS=$SCALPEL_THREADS OPENBLAS_NUM_THREADS=$SCALPEL_THREADS
+  case "${1:-}" in
+    eval | prune)
+      local a
+      for a in "${@:2}"; do
+        case "$a" in threads=*) return 0 ;; esac
+      done
+      SCALPEL_CMD+=("threads=$SCALPEL_THREADS")
+      ;;
+  esac
+}
+
+# Open MPI refuses to start as root unless told to.
+scalpel_root_env() {
+  if [ "$(id -u)" -eq 0 ]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  fi
+}
+
+# Runs "$@" in the background and waits for it, forwarding signals; returns its exit code.
+# SIGTERM and SIGUSR1 reach the ranks as SIGUSR1 (scalpel: finish the current layer, commit, exit
+# 75): mpirun and srun both turn a SIGTERM of their own into killing the ranks. SIGUSR2, SIGINT
+# and SIGHUP are forwarded as they are (the launcher aborts the run on SIGINT/SIGHUP).
+scalpel_run_forwarding() {
+  "$@" &
+  _scalpel_child=$!
+  _scalpel_trapped=0
+  trap '_scalpel_forward USR1 TERM' TERM
+  trap '_scalpel_forward USR1 USR1' USR1
+  trap '_scalpel_forward USR2 USR2' USR2
+  trap '_scalpel_forward INT INT' INT
+  trap '_scalpel_forward HUP HUP' HUP
+  local rc=0 again
+  while :; do
+    wait "$_scalpel_child"
+    rc=$?
+    kill -0 "$_scalpel_child" 2> /dev/null || break  # exited (a trap interrupts `wait` with rc > 128)
+  done
+  if [ "$_scalpel_trapped" = 1 ] && [ "$rc" -gt 128 ]; then
+    # The last `wait` may have been the one a trap interrupted: ask again for the real status.
+    wait "$_scalpel_child" 2> /dev/null
+    again=$?
+    [ "$again" -ne 127 ] && rc=$again
+  fi
+  trap - TERM USR1 USR2 INT HUP
+  return "$rc"
+}
+
+_scalpel_forward() {  # SIGNAL-TO-SEND SIGNAL-RECEIVED
+  _scalpel_trapped=1
+  scalpel_log "got SIG$2: forwarding SIG$1 to the launcher (pid $_scalpel_child)"
+  kill -s "$1" "$_scalpel_child" 2> /dev/null || true
+}

@@ -1,0 +1,88 @@
+# shellcheck shell=bash
+# Sourced by the batch scripts in slurm/ (not a batch script itself). scalpel_job runs one scalpel
+# command as the job step through launch/srun.sh or launch/mpirun.sh, forwards the preemption
+# signal to it, and requeues the job when scalpel exits 75 (interrupted after committing a layer).
+#
+#   the job                       batch shell (this code)        step (srun/mpirun -> scalpel ranks)
+#   SIGUSR1 <seconds> before  --> trap: SIGUSR1 to the step  --> finish the layer, commit, exit 75
+#   the time limit, or from       exit 75 -> scontrol requeue    (SIGTERM to the batch shell does
+#   scancel -s USR1 -b JOBID      $SLURM_JOB_ID, exit            the same)
+#   restart (same job id, SLURM_RESTART_COUNT=1, 2, ...): the same command; scalpel prune resumes
+#   after the last committed layer of output.dir/ckpt. Logs append (--open-mode=append).
+#
+# Environment read here (each batch script documents these at its top too):
+#   SCALPEL_LAUNCHER      srun (default) or mpirun: which launch/ wrapper starts the ranks
+#   SCALPEL_MAX_REQUEUES  requeue at most this many times (default 20); past it, exit 75
+#   SLURM_JOB_ID, SLURM_RESTART_COUNT, SLURM_JOB_NODELIST, SLURM_NTASKS (set by Slurm)
+# and, through the launch wrappers, the variables documented in launch/srun.sh and launch/mpirun.sh.
+
+scalpel_job_log() { echo "[$(date -u +%Y-%m-%dT%H:%M:%SZ)] scalpel-job: $*"; }
+
+# scalpel_job ROOT COMMAND ARGS...: runs `scalpel COMMAND ARGS...` over the job's tasks; exits.
+scalpel_job() {
+  local root=$1
+  shift
+  local launcher=${SCALPEL_LAUNCHER:-srun}
+  local wrapper=$root/launch/$launcher.sh
+  if [ ! -x "$wrapper" ]; then
+    scalpel_job_log "SCALPEL_LAUNCHER=$launcher: no executable $wrapper (srun or mpirun)"
+    exit 2
+  fi
+  local restarts=${SLURM_RESTART_COUNT:-0} max=${SCALPEL_MAX_REQUEUES:-20}
+  scalpel_job_log "job ${SLURM_JOB_ID:-?} (restart $restarts) on ${SLURM_JOB_NODELIST:-?}," \
+    "${SLURM_NTASKS:-1} task(s): $launcher scalpel $*"
+
+  "$wrapper" "$@" &
+  _scalpel_job_step=$!
+  _scalpel_job_signalled=0
+  trap '_scalpel_job_forward USR1' USR1
+  trap '_scalpel_job_forward TERM' TERM
+  local rc=0 again
+  while :; do
+    wait "$_scalpel_job_step"
+    rc=$?
+    kill -0 "$_scalpel_job_step" 2> /dev/null || break  # a trap interrupts `wait` with rc > 128
+  done
+  if [ "$_scalpel_job_signalled" = 1 ] && [ "$rc" -gt 128 ]; then
+    wait "$_scalpel_job_step" 2> /dev/null
+    again=$?
+    [ "$again" -ne 127 ] && rc=$again
+  fi
+  # Slurm sends SIGTERM to this shell when `scontrol requeue` below takes effect: let it finish.
+  trap '' USR1 TERM
+
+  case "$rc" in
+    0)
+      scalpel_job_log "scalpel $1 finished (exit 0)"
+      exit 0
+      ;;
+    75)
+      if [ -z "${SLURM_JOB_ID:-}" ]; then
+        scalpel_job_log "interrupted after a committed layer (exit 75), not in a Slurm job: run the same command to resume"
+        exit 75
+      fi
+      if [ "$restarts" -ge "$max" ]; then
+        scalpel_job_log "interrupted (exit 75) after $restarts restarts, SCALPEL_MAX_REQUEUES=$max: not requeueing;" \
+          "resubmit the same job to resume"
+        exit 75
+      fi
+      scalpel_job_log "interrupted after a committed layer (exit 75): requeueing job $SLURM_JOB_ID"
+      if scontrol requeue "$SLURM_JOB_ID"; then
+        exit 75  # this instance ends as REQUEUED; the job starts again and resumes
+      fi
+      scalpel_job_log "scontrol requeue $SLURM_JOB_ID failed (--no-requeue, or JobRequeue=0?):" \
+        "resubmit the same job to resume"
+      exit 75
+      ;;
+    *)
+      scalpel_job_log "scalpel $1 failed (exit $rc)"
+      exit "$rc"
+      ;;
+  esac
+}
+
+_scalpel_job_forward() {
+  _scalpel_job_signalled=1
+  scalpel_job_log "got SIG$1: asking scalpel to stop after the current layer (SIGUSR1 to the step)"
+  kill -s USR1 "$_scalpel_job_step" 2> /dev/null || true
+}

@@ -1,0 +1,121 @@
+// Thread-count-independent BLAS-3 (see det_blas.hpp).
+#include "det_blas.hpp"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace scalpel::cpu {
+namespace {
+
+constexpr std::int64_t kTile = 256;
+// OpenBLAS 0.3 computes products of up to 12 rows with other kernels, whose bits differ.
+constexpr std::int64_t kMinRows = 16;
+
+std::int64_t tiles(std::int64_t n) { return (n + kTile - 1) / kTile; }
+int I(std::int64_t v) { return static_cast<int>(v); }
+
+}  // namespace
+
+void det_sgemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+               std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const std::int64_t tm = tiles(m), tn = tiles(n);
+#pragma omp parallel for schedule(dynamic) collapse(2)
+  for (std::int64_t bi = 0; bi < tm; ++bi)
+    for (std::int64_t bj = 0; bj < tn; ++bj) {
+      const std::int64_t i0 = bi * kTile, j0 = bj * kTile;
+      const std::int64_t mi = std::min(kTile, m - i0), nj = std::min(kTile, n - j0);
+      const float* at = ta ? a + i0 : a + i0 * lda;  // rows i0.. of op(A)
+      const float* bt = tb ? b + j0 * ldb : b + j0;  // columns j0.. of op(B)
+      float* ct = c + i0 * ldc + j0;
+      if (mi >= kMinRows) {
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, I(mi), I(nj),
+                    I(k), alpha, at, I(lda), bt, I(ldb), beta, ct, I(ldc));
+        continue;
+      }
+      // Fewer rows than OpenBLAS's small-matrix path takes over at: padded to kMinRows rows, so
+      // that a row gets the bits it gets in a larger tile (a row slice of a matrix, computed on
+      // another rank, must match the whole matrix).
+      std::vector<float> ap(static_cast<std::size_t>(kMinRows * k), 0.0f), cp(static_cast<std::size_t>(kMinRows * nj), 0.0f);
+      for (std::int64_t r = 0; r < mi; ++r) {
+        for (std::int64_t q = 0; q < k; ++q) ap[static_cast<std::size_t>(r * k + q)] = ta ? at[q * lda + r] : at[r * lda + q];
+        if (beta != 0.0f) std::copy(ct + r * ldc, ct + r * ldc + nj, cp.begin() + r * nj);
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, tb ? CblasTrans : CblasNoTrans, I(kMinRows), I(nj), I(k), alpha,
+                  ap.data(), I(k), bt, I(ldb), beta, cp.data(), I(nj));
+      for (std::int64_t r = 0; r < mi; ++r) std::copy(cp.begin() + r * nj, cp.begin() + (r + 1) * nj, ct + r * ldc);
+    }
+}
+
+void det_syrk_upper_t(std::int64_t d, std::int64_t n, float alpha, const float* x, std::int64_t ldx, float beta,
+                      float* c, std::int64_t ldc) {
+  const std::int64_t t = tiles(d);
+#pragma omp parallel for schedule(dynamic) collapse(2)
+  for (std::int64_t bi = 0; bi < t; ++bi)
+    for (std::int64_t bj = 0; bj < t; ++bj) {
+      if (bj < bi) continue;
+      const std::int64_t i0 = bi * kTile, j0 = bj * kTile;
+      const std::int64_t di = std::min(kTile, d - i0), dj = std::min(kTile, d - j0);
+      if (bi == bj)
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, I(di), I(n), alpha, x + i0, I(ldx), beta,
+                    c + i0 * ldc + i0, I(ldc));
+      else
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, I(di), I(dj), I(n), alpha, x + i0, I(ldx), x + j0, I(ldx),
+                    beta, c + i0 * ldc + j0, I(ldc));
+    }
+}
+
+void det_syrk_lower_n(std::int64_t n, std::int64_t k, float alpha, const float* a, std::int64_t lda, float beta,
+                      float* c, std::int64_t ldc) {
+  const std::int64_t t = tiles(n);
+#pragma omp parallel for schedule(dynamic) collapse(2)
+  for (std::int64_t bi = 0; bi < t; ++bi)
+    for (std::int64_t bj = 0; bj < t; ++bj) {
+      if (bj > bi) continue;
+      const std::int64_t i0 = bi * kTile, j0 = bj * kTile;
+      const std::int64_t ni = std::min(kTile, n - i0), nj = std::min(kTile, n - j0);
+      if (bi == bj)
+        cblas_ssyrk(CblasRowMajor, CblasLower, CblasNoTrans, I(ni), I(k), alpha, a + i0 * lda, I(lda), beta,
+                    c + i0 * ldc + i0, I(ldc));
+      else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, I(ni), I(nj), I(k), alpha, a + i0 * lda, I(lda),
+                    a + j0 * lda, I(lda), beta, c + i0 * ldc + j0, I(ldc));
+    }
+}
+
+void det_trsm_right_lower_t(std::int64_t m, std::int64_t n, const float* l, std::int64_t ldl, float* b,
+                            std::int64_t ldb) {
+  // Rows of B are independent.
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t bi = 0; bi < tiles(m); ++bi) {
+    const std::int64_t i0 = bi * kTile, mi = std::min(kTile, m - i0);
+    cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, I(mi), I(n), 1.0f, l, I(ldl),
+                b + i0 * ldb, I(ldb));
+  }
+}
+
+void det_trmm_left_lower_n(std::int64_t m, std::int64_t n, float alpha, const float* l, std::int64_t ldl, float* b,
+                           std::int64_t ldb) {
+  // Columns of B are independent.
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t bj = 0; bj < tiles(n); ++bj) {
+    const std::int64_t j0 = bj * kTile, nj = std::min(kTile, n - j0);
+    cblas_strmm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, I(m), I(nj), alpha, l, I(ldl),
+                b + j0, I(ldb));
+  }
+}
+
+void det_trmm_right_lower_n(std::int64_t m, std::int64_t n, float alpha, const float* l, std::int64_t ldl, float* b,
+                            std::int64_t ldb) {
+  // Rows of B are independent.
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t bi = 0; bi < tiles(m); ++bi) {
+    const std::int64_t i0 = bi * kTile, mi = std::min(kTile, m - i0);
+    cblas_strmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, I(mi), I(n), alpha, l, I(ldl),
+                b + i0 * ldb, I(ldb));
+  }
+}
+
+}  // namespace scalpel::cpu

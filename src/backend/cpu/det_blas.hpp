@@ -1,0 +1,35 @@
+// BLAS-3 calls whose results do not depend on the thread count. OpenBLAS's threaded level-3
+// routines change how they block the inner (K) dimension with the number of threads for some
+// shapes (sgemm with K = 688 gives different bits at 1 and 2 threads), so a prune at 1 rank x 2
+// threads and at 2 ranks x 1 thread would differ. These split the output into fixed 256-wide tiles
+// (or independent rows/columns for the triangular ops) and run one single-threaded BLAS call per
+// tile in an OpenMP loop (OpenBLAS runs single-threaded inside a parallel region): every output
+// element is computed by the same call at any thread count. A GEMM row also gets the same bits
+// whether it is computed with the whole matrix or in a row slice (tiles of few rows are padded past
+// OpenBLAS's small-matrix kernels). Row-major, plain CBLAS arguments.
+#pragma once
+#include <cstdint>
+
+namespace scalpel::cpu {
+
+// C = alpha op(A) op(B) + beta C; C is m x n.
+void det_sgemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+               const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+               std::int64_t ldc);
+// Upper triangle of C (d x d) = alpha XᵀX + beta C, X n x d.
+void det_syrk_upper_t(std::int64_t d, std::int64_t n, float alpha, const float* x, std::int64_t ldx, float beta,
+                      float* c, std::int64_t ldc);
+// Lower triangle of C (n x n) = alpha A Aᵀ + beta C, A n x k.
+void det_syrk_lower_n(std::int64_t n, std::int64_t k, float alpha, const float* a, std::int64_t lda, float beta,
+                      float* c, std::int64_t ldc);
+// B (m x n) <- B L⁻ᵀ, L lower n x n.
+void det_trsm_right_lower_t(std::int64_t m, std::int64_t n, const float* l, std::int64_t ldl, float* b,
+                            std::int64_t ldb);
+// B (m x n) <- alpha L B, L lower m x m.
+void det_trmm_left_lower_n(std::int64_t m, std::int64_t n, float alpha, const float* l, std::int64_t ldl, float* b,
+                           std::int64_t ldb);
+// B (m x n) <- alpha B L, L lower n x n.
+void det_trmm_right_lower_n(std::int64_t m, std::int64_t n, float alpha, const float* l, std::int64_t ldl, float* b,
+                            std::int64_t ldb);
+
+}  // namespace scalpel::cpu

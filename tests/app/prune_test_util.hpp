@@ -1,0 +1,79 @@
+// Helpers of the end-to-end prune tests: temp folders, child processes (spawned quietly or with
+// their output captured), files read whole, and the committed-layer count of a manifest.
+#pragma once
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace scalpel_test {
+
+namespace fs = std::filesystem;
+
+inline fs::path temp_dir(const std::string& name) {
+  const auto d = fs::temp_directory_path() / ("scalpel_prune_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+// Starts args[0] with args; its stdout and stderr go to `log` (or /dev/null when empty).
+inline pid_t spawn(const std::vector<std::string>& args, const fs::path& log = {}) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (const auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
+    argv.push_back(nullptr);
+    const std::string out = log.empty() ? std::string("/dev/null") : log.string();
+    if (!std::freopen(out.c_str(), "w", stdout) || dup2(fileno(stdout), fileno(stderr)) < 0) _exit(127);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+inline int wait_exit(pid_t pid) {
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+inline int run_to_end(const std::vector<std::string>& args) { return wait_exit(spawn(args)); }
+
+inline std::string run_capture(const std::vector<std::string>& args) {
+  std::string cmd;
+  for (const auto& a : args) cmd += "'" + a + "' ";
+  std::string out;
+  FILE* p = popen((cmd + " 2>&1; echo \"exit=$?\"").c_str(), "r");
+  char buf[4096];
+  while (p && std::fgets(buf, sizeof buf, p)) out += buf;
+  if (p) pclose(p);
+  return out;
+}
+
+inline std::string read_bytes(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), {}};
+}
+
+inline std::int64_t committed_layers(const fs::path& ckpt) {
+  try {
+    std::ifstream f(ckpt / "manifest.json");
+    if (!f) return 0;
+    const auto j = nlohmann::json::parse(f);
+    std::int64_t n = 0;
+    for (const auto& v : j.at("layers"))
+      if (v.is_object() && v.value("status", "") == "committed") ++n;
+    return n;
+  } catch (...) {
+    return 0;  // being replaced: readers see the old or the new file, never a torn one
+  }
+}
+
+}  // namespace scalpel_test

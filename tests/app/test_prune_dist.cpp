@@ -1,0 +1,266 @@
+// End-to-end tests of the distributed `scalpel prune` under mpiexec (oversubscribed on this
+// machine's 2 cores):
+//  - rank-count invariance: SparseGPT unstructured and 2:4 and Wanda at 1, 2, 3 and 4 ranks give
+//    bitwise equal exports with determinism: strict, and equal to 1e-6 relative with fast; so do
+//    pipeline stages (2 x 1, 2 x 2) and llama-mini;
+//  - failures: SIGKILL of one rank ends the job within seconds and a rerun at another rank count
+//    resumes, bitwise equal to an uninterrupted run; SIGUSR1 stops after a committed layer with
+//    exit code 75 and the rerun finishes the same model; a stopped (hung) rank trips the watchdog;
+//    an error on the ranks ends the job with the rank, the layer and the cause.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "prune_test_util.hpp"
+#include "scalpel/core/dtype.hpp"
+#include "scalpel/io/hf_checkpoint.hpp"
+
+namespace {
+
+using namespace scalpel_test;
+using Clock = std::chrono::steady_clock;
+
+const fs::path kShared = SCALPEL_SHARED_DIR;
+const std::string kBin = SCALPEL_BIN;
+const std::string kMpiexec = SCALPEL_MPIEXEC;
+
+#define NEED_SHARED()                                          \
+  if (!fs::exists(kShared / "models/opt-mini/config.json")) \
+  GTEST_SKIP() << "../shared/models not present: skipping"
+
+// 16 windows of 128 tokens in batches of 2: 8 batches, so 4 ranks get 2 each.
+std::vector<std::string> prune_cmd(int ranks, const fs::path& out, const std::vector<std::string>& extra,
+                                   const std::string& model = "opt-mini") {
+  std::vector<std::string> a{kMpiexec, "-n", std::to_string(ranks), "--oversubscribe", kBin, "prune",
+                             "--model", (kShared / "models" / model).string(),
+                             "calibration.path=" + (kShared / "data/corpus/calib.txt").string(),
+                             "calibration.nsamples=16", "calibration.seqlen=128", "calibration.batch=2",
+                             "output.dir=" + out.string(), "log.progress_seconds=0"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+// Largest relative Frobenius difference over the tensors of two exported models.
+double max_rel_diff(const fs::path& a, const fs::path& b) {
+  const scalpel::io::HfCheckpoint x(a), y(b);
+  double worst = 0;
+  for (const auto& name : x.tensor_names()) {
+    const auto ta = x.view(name).to_f32(), tb = y.view(name).to_f32();
+    double num = 0, den = 0;
+    for (std::int64_t i = 0; i < ta.numel(); ++i) {
+      const double d = static_cast<double>(ta.f32()[i]) - tb.f32()[i];
+      num += d * d;
+      den += static_cast<double>(ta.f32()[i]) * ta.f32()[i];
+    }
+    if (den > 0) worst = std::max(worst, std::sqrt(num / den));
+  }
+  return worst;
+}
+
+// The pids of the scalpel ranks mpiexec started (its children), by MPI rank.
+std::map<int, pid_t> rank_pids(pid_t mpiexec) {
+  std::map<int, pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    char state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != mpiexec) continue;
+    std::ifstream env(e.path() / "environ", std::ios::binary);
+    std::string var;
+    while (std::getline(env, var, '\0'))
+      if (var.rfind("OMPI_COMM_WORLD_RANK=", 0) == 0) out[std::stoi(var.substr(21))] = std::stoi(name);
+  }
+  return out;
+}
+
+bool wait_committed(const fs::path& ckpt, std::int64_t n, pid_t pid, double seconds) {
+  const auto t0 = Clock::now();
+  while (committed_layers(ckpt) < n) {
+    if (waitpid(pid, nullptr, WNOHANG) == pid) return false;
+    if (std::chrono::duration<double>(Clock::now() - t0).count() > seconds) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+class PruneDist : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  }
+};
+
+// One prune at several rank counts: strict exports equal bit for bit, fast ones to 1e-6.
+void check_invariance(const std::string& tag, const std::vector<std::string>& extra) {
+  const auto base = temp_dir("inv_" + tag);
+  auto strict = extra;
+  strict.push_back("determinism=strict");
+  ASSERT_EQ(run_to_end(prune_cmd(1, base / "s1", strict)), 0);
+  const auto want = read_bytes(base / "s1/model/model.safetensors");
+  ASSERT_GT(want.size(), 1000u);
+  for (int ranks : {2, 3, 4}) {
+    const auto out = base / ("s" + std::to_string(ranks));
+    ASSERT_EQ(run_to_end(prune_cmd(ranks, out, strict)), 0) << ranks << " ranks";
+    EXPECT_TRUE(read_bytes(out / "model/model.safetensors") == want) << tag << ": strict at " << ranks << " ranks";
+  }
+  ASSERT_EQ(run_to_end(prune_cmd(1, base / "f1", extra)), 0);
+  ASSERT_EQ(run_to_end(prune_cmd(3, base / "f3", extra)), 0);
+  EXPECT_LE(max_rel_diff(base / "f1/model", base / "f3/model"), 1e-6) << tag << ": fast at 1 and 3 ranks";
+  fs::remove_all(base);
+}
+
+TEST_F(PruneDist, SparseGptUnstructuredIsRankCountInvariant) {
+  NEED_SHARED();
+  check_invariance("sgpt", {"prune.method=sparsegpt", "prune.sparsity=0.5"});
+}
+
+TEST_F(PruneDist, SparseGpt24IsRankCountInvariant) {
+  NEED_SHARED();
+  check_invariance("sgpt24", {"prune.method=sparsegpt", "prune.pattern=2:4"});
+}
+
+TEST_F(PruneDist, WandaIsRankCountInvariant) {
+  NEED_SHARED();
+  check_invariance("wanda", {"prune.method=wanda", "prune.sparsity=0.5"});
+}
+
+TEST_F(PruneDist, StagesAndLlamaAreRankCountInvariant) {
+  NEED_SHARED();
+  const auto base = temp_dir("stages");
+  for (const std::string model : {"opt-mini", "llama-mini"}) {
+    const std::vector<std::string> strict{"determinism=strict", "prune.method=sparsegpt"};
+    ASSERT_EQ(run_to_end(prune_cmd(1, base / (model + "1"), strict, model)), 0);
+    const auto want = read_bytes(base / (model + "1") / "model/model.safetensors");
+    auto two = strict;
+    two.push_back("parallel.stages=2");
+    ASSERT_EQ(run_to_end(prune_cmd(2, base / (model + "2x1"), two, model)), 0);
+    EXPECT_TRUE(read_bytes(base / (model + "2x1") / "model/model.safetensors") == want) << model << " 2 stages x 1";
+    ASSERT_EQ(run_to_end(prune_cmd(4, base / (model + "2x2"), two, model)), 0);
+    EXPECT_TRUE(read_bytes(base / (model + "2x2") / "model/model.safetensors") == want) << model << " 2 stages x 2";
+  }
+  fs::remove_all(base);
+}
+
+TEST_F(PruneDist, SigkillOfOneRankEndsTheJobAndAnotherRankCountResumes) {
+  NEED_SHARED();
+  const auto base = temp_dir("kill");
+  const std::vector<std::string> strict{"determinism=strict"};
+  ASSERT_EQ(run_to_end(prune_cmd(1, base / "ref", strict)), 0);
+  const auto out = base / "run";
+  const pid_t job = spawn(prune_cmd(2, out, strict));
+  ASSERT_TRUE(wait_committed(out / "ckpt", 1, job, 120)) << "no layer committed";
+  const auto pids = rank_pids(job);
+  ASSERT_EQ(pids.size(), 2u);
+  const auto t0 = Clock::now();
+  kill(pids.at(1), SIGKILL);
+  const int code = wait_exit(job);
+  const double ended = std::chrono::duration<double>(Clock::now() - t0).count();
+  EXPECT_NE(code, 0);
+  EXPECT_LT(ended, 30.0) << "the job outlived its killed rank";
+  const auto done = committed_layers(out / "ckpt");
+  EXPECT_GE(done, 1);
+  // Resume at 3 ranks: the checkpoint is per layer, not per rank.
+  const auto log = base / "resume.log";
+  ASSERT_EQ(wait_exit(spawn(prune_cmd(3, out, strict), log)), 0) << read_bytes(log);
+  if (done < 4) EXPECT_NE(read_bytes(log).find("resuming at layer"), std::string::npos) << read_bytes(log);
+  EXPECT_TRUE(read_bytes(out / "model/model.safetensors") == read_bytes(base / "ref/model/model.safetensors"));
+  fs::remove_all(base);
+}
+
+TEST_F(PruneDist, Sigusr1StopsAfterACommittedLayerWithExit75AndTheRerunFinishes) {
+  NEED_SHARED();
+  const auto base = temp_dir("usr1");
+  ASSERT_EQ(run_to_end(prune_cmd(1, base / "ref", {})), 0);
+  const auto out = base / "run";
+  const auto log = base / "stop.log";
+  const pid_t job = spawn(prune_cmd(2, out, {}), log);
+  ASSERT_TRUE(wait_committed(out / "ckpt", 1, job, 120)) << "no layer committed";
+  kill(job, SIGUSR1);  // mpiexec forwards SIGUSR1 to the ranks
+  EXPECT_EQ(wait_exit(job), 75) << read_bytes(log);
+  const auto done = committed_layers(out / "ckpt");
+  EXPECT_GE(done, 1);
+  EXPECT_LT(done, 4) << "the stop came after the last layer; nothing to check";
+  EXPECT_NE(read_bytes(log).find("stopping after layer"), std::string::npos) << read_bytes(log);
+  EXPECT_FALSE(fs::exists(out / "model/model.safetensors"));
+  ASSERT_EQ(run_to_end(prune_cmd(2, out, {})), 0);
+  EXPECT_TRUE(read_bytes(out / "model/model.safetensors") == read_bytes(base / "ref/model/model.safetensors"));
+  fs::remove_all(base);
+}
+
+TEST_F(PruneDist, AHungRankTripsTheWatchdog) {
+  NEED_SHARED();
+  const auto base = temp_dir("hang");
+  const auto out = base / "run";
+  const auto log = base / "hang.log";
+  const pid_t job = spawn(prune_cmd(2, out, {"parallel.watchdog_seconds=3"}), log);
+  ASSERT_TRUE(wait_committed(out / "ckpt", 1, job, 120)) << "no layer committed";
+  const auto pids = rank_pids(job);
+  ASSERT_EQ(pids.size(), 2u);
+  kill(pids.at(1), SIGSTOP);  // a peer that stops answering: rank 0 waits in a collective
+  const auto t0 = Clock::now();
+  const int code = wait_exit(job);
+  const double ended = std::chrono::duration<double>(Clock::now() - t0).count();
+  kill(pids.at(1), SIGKILL);  // in case the launcher left it
+  EXPECT_NE(code, 0);
+  EXPECT_LT(ended, 30.0);
+  const auto text = read_bytes(log);
+  EXPECT_NE(text.find("watchdog: no progress"), std::string::npos) << text;
+  EXPECT_NE(text.find("(rank 0)"), std::string::npos) << text;
+  fs::remove_all(base);
+}
+
+TEST_F(PruneDist, AnErrorOnTheRanksNamesRankAndLayerAndEndsTheJob) {
+  NEED_SHARED();
+  // A copy of opt-mini whose layer 2 fc1 weight holds a NaN.
+  const auto base = temp_dir("nan");
+  const auto model = base / "models/opt-mini";
+  fs::create_directories(model);
+  for (const auto& e : fs::directory_iterator(kShared / "models/opt-mini"))
+    if (e.is_regular_file()) fs::copy_file(e.path(), model / e.path().filename());
+  {
+    const scalpel::io::HfCheckpoint src(model);
+    const auto name = src.resolve("model.decoder.layers.2.fc1.weight");
+    ASSERT_FALSE(name.empty());
+    const auto bytes = read_bytes(model / "model.safetensors");
+    std::uint64_t header = 0;
+    std::memcpy(&header, bytes.data(), 8);
+    const auto meta = nlohmann::json::parse(bytes.substr(8, header));
+    const auto offset = 8 + header + meta.at(name).at("data_offsets")[0].get<std::uint64_t>();
+    ASSERT_EQ(meta.at(name).at("dtype"), "F16");
+    std::fstream f(model / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(offset + 2 * 1000));
+    const unsigned char nan16[2] = {0x00, 0x7e};
+    f.write(reinterpret_cast<const char*>(nan16), 2);
+  }
+  auto cmd = prune_cmd(2, base / "run", {});
+  cmd[7] = model.string();  // --model
+  const auto log = base / "nan.log";
+  const auto t0 = Clock::now();
+  const int code = wait_exit(spawn(cmd, log));
+  const double ended = std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto text = read_bytes(log);
+  EXPECT_EQ(code, 2) << text;
+  EXPECT_LT(ended, 60.0);
+  EXPECT_NE(text.find("(rank "), std::string::npos) << text;
+  EXPECT_NE(text.find("layer 2"), std::string::npos) << text;
+  EXPECT_NE(text.find("NaN"), std::string::npos) << text;
+  // Layers 0 and 1 are committed, layer 2 is not.
+  EXPECT_EQ(committed_layers(base / "run/ckpt"), 2);
+  fs::remove_all(base);
+}
+
+}  // namespace
