@@ -1,5 +1,7 @@
 // `scalpel eval` and `scalpel tokenize`: the perplexity protocol of the SparseGPT and Wanda papers,
 // spread over MPI ranks by window, and the token dump users check tokenization with.
+#include <sched.h>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -62,6 +64,14 @@ std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io:
 int threads_per_rank(int configured, int local_ranks) {
   if (configured > 0) return configured;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // A rank the launcher bound to some cores (mpirun --bind-to, srun --cpu-bind, a Slurm
+  // allocation) uses those; an unbound rank shares the node's cores with the others on it.
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    const int allowed = CPU_COUNT(&set);
+    if (allowed > 0 && allowed < cores) return allowed;
+  }
   return std::max(1, cores / std::max(1, local_ranks));
 }
 

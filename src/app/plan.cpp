@@ -348,15 +348,20 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
     const I kept = d * d * 4 + (wanda ? d * 4 : 0);
     const I acc = strict ? 12 * d * (d + 1) + (wanda ? 24 * d : 0) : 4 * d * (d + 1) + (wanda ? 8 * d : 0);
     const I st = std::max(d * d * 4 + (wanda ? d * 4 : 0) + acc, kept + acc);  // accumulating / finishing
-    // Summed over the data group: the float64 sums, or the exact bins.
-    const I ar = acc;
+    // Summed over the data group: the float64 sums, or the exact bins; with more than one data
+    // rank, unstructured thresholds are chosen over all rows by three all-reduced histograms of
+    // 4096 + 1024 + 1024 int64 (per 128-column block for SparseGPT, per matrix for magnitude).
+    I ar = acc;
+    const bool unstructured = cfg.prune.pattern == "unstructured";
+    if (D > 1 && unstructured && (sparsegpt || method == "magnitude"))
+      ar += static_cast<I>(g.linears.size()) * (sparsegpt ? ceil_div(d, bs) : 1) * 6144 * 8;
     I sweep = 0, gathered = 0;
     json lin = json::array();
     for (const auto& l : g.linears) {
       const I rs = ceil_div(l.out, D);  // the largest row slice
       sweep = std::max(sweep, rs * d * 4 + rs * d + (sparsegpt ? rs * bs * 4 : 0));
-      gathered = std::max(gathered, l.out * d * 4 + l.out * d);
-      allgather_bytes += l.out * d * 5;
+      gathered = std::max(gathered, l.out * d * (4 + in.dtype_bytes + 1));  // stored + mask on the host, fp32 on the device
+      allgather_bytes += l.out * d * (in.dtype_bytes + 1);  // rows in the stored dtype + 1-byte mask
       lin.push_back({{"name", l.name}, {"rows", l.out}, {"cols", l.in}, {"row_slice", rs}});
     }
     stats_bytes.push_back(st);

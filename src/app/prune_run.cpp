@@ -370,6 +370,7 @@ int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restar
         } else {
           std::vector<io::TensorRecord> records;
           nlohmann::json lin_metrics = nlohmann::json::object();
+          const dist::CommBytes comm_before = group.bytes();
           double stats_s = 0, reduce_s = 0;
           // true_sequential: statistics of each group are taken after the groups before it are pruned.
           std::vector<std::vector<TargetGroup>> passes;
@@ -436,9 +437,16 @@ int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restar
               }
             }
           }
-          const nlohmann::json layer_metrics = {{"layer", layer},     {"seconds", layer_timer.seconds()},
-                                                {"stats_s", stats_s}, {"reduce_s", reduce_s},
-                                                {"ranks", group.size()}, {"linears", lin_metrics}};
+          const auto& cb = group.bytes();
+          const nlohmann::json layer_metrics = {
+              {"layer", layer},
+              {"seconds", layer_timer.seconds()},
+              {"stats_s", stats_s},
+              {"reduce_s", reduce_s},
+              {"ranks", group.size()},
+              {"comm_bytes",
+               {{"allreduce", cb.allreduce - comm_before.allreduce}, {"allgather", cb.allgather - comm_before.allgather}}},
+              {"linears", lin_metrics}};
           if (group.rank() == 0) {
             watchdog.beat("write shard", layer);
             const auto info = io::write_shard_file(ckpt_dir, layer, 0, records, nullptr);

@@ -110,11 +110,26 @@ MpiComm::~MpiComm() {
 }
 
 void MpiComm::barrier() { check_mpi(MPI_Barrier(impl_->comm), "Barrier"); }
-void MpiComm::allreduce_sum(std::span<double> v) { allreduce_chunked(v, MPI_SUM, impl_->comm); }
-void MpiComm::allreduce_sum(std::span<float> v) { allreduce_chunked(v, MPI_SUM, impl_->comm); }
-void MpiComm::allreduce_sum(std::span<std::int64_t> v) { allreduce_chunked(v, MPI_SUM, impl_->comm); }
-void MpiComm::allreduce_max(std::span<double> v) { allreduce_chunked(v, MPI_MAX, impl_->comm); }
-void MpiComm::allreduce_max(std::span<std::int64_t> v) { allreduce_chunked(v, MPI_MAX, impl_->comm); }
+void MpiComm::allreduce_sum(std::span<double> v) {
+  bytes_.allreduce += static_cast<std::int64_t>(v.size_bytes());
+  allreduce_chunked(v, MPI_SUM, impl_->comm);
+}
+void MpiComm::allreduce_sum(std::span<float> v) {
+  bytes_.allreduce += static_cast<std::int64_t>(v.size_bytes());
+  allreduce_chunked(v, MPI_SUM, impl_->comm);
+}
+void MpiComm::allreduce_sum(std::span<std::int64_t> v) {
+  bytes_.allreduce += static_cast<std::int64_t>(v.size_bytes());
+  allreduce_chunked(v, MPI_SUM, impl_->comm);
+}
+void MpiComm::allreduce_max(std::span<double> v) {
+  bytes_.allreduce += static_cast<std::int64_t>(v.size_bytes());
+  allreduce_chunked(v, MPI_MAX, impl_->comm);
+}
+void MpiComm::allreduce_max(std::span<std::int64_t> v) {
+  bytes_.allreduce += static_cast<std::int64_t>(v.size_bytes());
+  allreduce_chunked(v, MPI_MAX, impl_->comm);
+}
 
 std::vector<std::int64_t> MpiComm::allgather(std::int64_t mine) {
   std::vector<std::int64_t> out(static_cast<std::size_t>(size_));
@@ -130,6 +145,7 @@ void MpiComm::allgatherv(std::span<const std::byte> mine, std::span<std::byte> o
   std::int64_t total = 0;
   for (auto c : counts) total += c;
   SCALPEL_CHECK(total == static_cast<std::int64_t>(out.size()), "allgatherv: {} bytes into {}", total, out.size());
+  bytes_.allgather += total;
   if (total < INT_MAX) {
     std::vector<int> cnt(static_cast<std::size_t>(size_)), displs(static_cast<std::size_t>(size_));
     int off = 0;
@@ -154,6 +170,7 @@ void MpiComm::allgatherv(std::span<const std::byte> mine, std::span<std::byte> o
 }
 
 void MpiComm::send(std::span<const std::byte> bytes, int dest, int tag) {
+  bytes_.p2p += static_cast<std::int64_t>(bytes.size());
   for (std::size_t off = 0; off < bytes.size() || off == 0; off += kChunk) {
     const int n = static_cast<int>(std::min(kChunk, bytes.size() - off));
     check_mpi(MPI_Send(bytes.data() + off, n, MPI_BYTE, dest, tag, impl_->comm), "Send");
@@ -231,6 +248,7 @@ std::vector<double> MpiComm::gatherv(std::span<const double> mine, int root) {
 }
 
 void MpiComm::broadcast(std::span<std::byte> bytes, int root) {
+  bytes_.broadcast += static_cast<std::int64_t>(bytes.size());
   for (std::size_t off = 0; off < bytes.size(); off += kChunk) {
     const int n = static_cast<int>(std::min(kChunk, bytes.size() - off));
     check_mpi(MPI_Bcast(bytes.data() + off, n, MPI_BYTE, root, impl_->comm), "Bcast");

@@ -10,9 +10,16 @@
 
 namespace scalpel::dist {
 
+// Bytes this rank handed to each kind of collective (its buffers' sizes: an all-reduce of n bytes
+// counts n, an all-gather counts the gathered total), for the metrics and the benchmark.
+struct CommBytes {
+  std::int64_t allreduce = 0, allgather = 0, p2p = 0, broadcast = 0;
+};
+
 class Comm {
  public:
   virtual ~Comm() = default;
+  const CommBytes& bytes() const { return bytes_; }
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual void barrier() = 0;
@@ -41,6 +48,9 @@ class Comm {
 
   bool is_root() const { return rank() == 0; }
   void broadcast_string(std::string& s, int root);
+
+ protected:
+  CommBytes bytes_;
 };
 
 // The group of one.

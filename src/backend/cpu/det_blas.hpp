@@ -1,7 +1,7 @@
 // BLAS-3 calls whose results do not depend on the thread count. OpenBLAS's threaded level-3
 // routines change how they block the inner (K) dimension with the number of threads for some
 // shapes (sgemm with K = 688 gives different bits at 1 and 2 threads), so a prune at 1 rank x 2
-// threads and at 2 ranks x 1 thread would differ. These split the output into fixed 256-wide tiles
+// threads and at 2 ranks x 1 thread would differ. These split the output into tiles sized by the shape alone (256 to 1024)
 // (or independent rows/columns for the triangular ops) and run one single-threaded BLAS call per
 // tile in an OpenMP loop (OpenBLAS runs single-threaded inside a parallel region): every output
 // element is computed by the same call at any thread count. A GEMM row also gets the same bits
