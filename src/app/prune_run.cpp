@@ -21,6 +21,7 @@
 
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/export.hpp"
+#include "scalpel/app/plan.hpp"
 #include "scalpel/app/progress.hpp"
 #include "scalpel/app/run_control.hpp"
 #include "scalpel/backend/backend.hpp"
@@ -274,6 +275,18 @@ int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restar
   if (grid.stages > spec.layers)
     SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
                         cfg.model);
+  if (cfg.parallel.memory_gb > 0) {
+    // The plan's memory model decides before any work whether the job fits (the same check as
+    // `scalpel plan`, which prints the terms).
+    const auto pm = load_plan_model(cfg.model);
+    PlanInput pin;
+    pin.cfg = cfg;
+    pin.world = world.size();
+    pin.dtype_bytes = pm.dtype_bytes;
+    pin.dtype_name = pm.dtype_name;
+    pin.tensor_bytes = pm.tensor_bytes;
+    check_plan_fits(make_plan(pm.spec, pin), cfg);
+  }
 
   // Calibration windows (every rank tokenizes the text: cheaper than shipping the ids around).
   auto tok = text::Tokenizer::from_folder(cfg.model);

@@ -6,26 +6,9 @@
 #include <limits>
 
 #include "scalpel/core/error.hpp"
+#include "scalpel/core/float_order.hpp"
 
 namespace scalpel::prune {
-namespace {
-
-// Order-preserving key of a float (as the CPU backend's selection): larger float, larger key.
-inline std::uint32_t order_key(float f) {
-  std::uint32_t b;
-  std::memcpy(&b, &f, 4);
-  if ((b & 0x7fffffffu) == 0) b = 0;  // -0 == +0
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-inline float key_value(std::uint32_t k) {
-  const std::uint32_t b = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
-
-}  // namespace
-
 SelectThreshold select_over(dist::Comm& group, Backend& be, const Tensor& scores, std::int64_t k) {
   if (group.size() == 1) return be.kth_threshold(scores, k);
   const Tensor host = be.download(scores);

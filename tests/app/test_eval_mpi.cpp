@@ -11,10 +11,10 @@
 #include "scalpel/text/eval_text.hpp"
 #include "scalpel/text/tokenizer.hpp"
 
+#include "../common/mpi_test_main.hpp"
+
 namespace scalpel::test {
 namespace {
-
-std::unique_ptr<dist::MpiComm> g_world;
 
 void check_model(const std::string& name) {
   const std::filesystem::path shared = SCALPEL_SHARED_DIR;
@@ -60,19 +60,3 @@ TEST(EvalMpi, BlockRangeCoversEveryItemOnce) {
 
 }  // namespace
 }  // namespace scalpel::test
-
-int main(int argc, char** argv) {
-  scalpel::dist::MpiEnvironment env(&argc, &argv);
-  scalpel::test::g_world = scalpel::dist::MpiComm::world();
-  ::testing::InitGoogleTest(&argc, argv);
-  // Only rank 0 reports, so the ctest log is readable; failures on any rank fail the exit code.
-  if (scalpel::test::g_world->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  int rc = RUN_ALL_TESTS();
-  double worst[1] = {static_cast<double>(rc)};
-  scalpel::test::g_world->allreduce_max(worst);
-  scalpel::test::g_world.reset();
-  return static_cast<int>(worst[0]);
-}

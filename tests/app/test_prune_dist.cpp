@@ -263,4 +263,15 @@ TEST_F(PruneDist, AnErrorOnTheRanksNamesRankAndLayerAndEndsTheJob) {
   fs::remove_all(base);
 }
 
+TEST_F(PruneDist, AJobThatDoesNotFitTheMemoryLimitIsRefusedBeforeItStarts) {
+  NEED_SHARED();
+  const auto base = temp_dir("mem");
+  auto cmd = prune_cmd(2, base / "run", {"parallel.memory_gb=0.02"});  // 20 MB: the plan says 39.4 MB
+  const auto out = run_capture(cmd);
+  EXPECT_NE(out.find("exit=2"), std::string::npos) << out;
+  EXPECT_NE(out.find("parallel.memory_gb"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(base / "run/ckpt/manifest.json")) << "nothing may be started";
+  fs::remove_all(base);
+}
+
 }  // namespace

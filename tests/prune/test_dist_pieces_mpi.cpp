@@ -14,10 +14,10 @@
 #include "scalpel/prune/select.hpp"
 #include "scalpel/prune/stats.hpp"
 
+#include "../common/mpi_test_main.hpp"
+
 namespace scalpel::test {
 namespace {
-
-std::unique_ptr<dist::MpiComm> g_world;
 
 // Values of very different magnitudes and signs, so that float sums depend on the order.
 std::vector<float> wild_values(std::size_t n, std::uint64_t seed) {
@@ -145,18 +145,3 @@ TEST(DistPieces, RowSplitPruneEqualsWholeMatrixPrune) {
 
 }  // namespace
 }  // namespace scalpel::test
-
-int main(int argc, char** argv) {
-  scalpel::dist::MpiEnvironment env(&argc, &argv);
-  scalpel::test::g_world = scalpel::dist::MpiComm::world();
-  ::testing::InitGoogleTest(&argc, argv);
-  if (scalpel::test::g_world->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  int rc = RUN_ALL_TESTS();
-  double worst[1] = {static_cast<double>(rc)};
-  scalpel::test::g_world->allreduce_max(worst);
-  scalpel::test::g_world.reset();
-  return static_cast<int>(worst[0]);
-}

@@ -18,6 +18,7 @@
 
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
+#include "scalpel/core/float_order.hpp"
 #include "cpu_factor.hpp"
 #include "det_blas.hpp"
 
@@ -59,21 +60,6 @@ void check_2d(const Tensor& t, const char* what) {
 void check_mask(const Tensor& t, const char* what) {
   SCALPEL_CHECK(t.defined() && t.device() == Device::cpu && t.dtype() == DType::u8 && t.dim() == 2,
                 "{}: expected a host 2-D U8 tensor", what);
-}
-
-// Order-preserving map of non-NaN floats to unsigned keys (-0 and +0 share the key of +0, as
-// they compare equal), and back.
-inline std::uint32_t order_key(float f) {
-  std::uint32_t b;
-  std::memcpy(&b, &f, 4);
-  if ((b & 0x7fffffffu) == 0) b = 0;
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-inline float key_value(std::uint32_t k) {
-  const std::uint32_t b = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
 }
 
 // N:M groups up to this width select on the stack.
