@@ -44,6 +44,16 @@ inline std::int64_t digit(std::int64_t m, int p, int b) {
   return m < 0 ? -static_cast<std::int64_t>(d) : static_cast<std::int64_t>(d);
 }
 
+// bins[k][i] += the digits of v in the window's three bins (top t, t-1, t-2).
+inline void add_digits(std::int64_t* b0, std::int64_t* b1, std::int64_t* b2, std::size_t i, float v, int t) {
+  std::int64_t m;
+  int p;
+  split(v, m, p);
+  b0[i] += digit(m, p, t);
+  b1[i] += digit(m, p, t - 1);
+  b2[i] += digit(m, p, t - 2);
+}
+
 }  // namespace
 
 ExactSum::ExactSum(std::size_t n) : n_(n), bins_(static_cast<std::size_t>(kK) * n, 0) {}
@@ -76,13 +86,7 @@ void ExactSum::add(const float* v) {
   const int t = top_;
 #pragma omp parallel for schedule(static)
   for (std::size_t i = 0; i < n_; ++i) {
-    if (v[i] == 0.0f) continue;
-    std::int64_t m;
-    int p;
-    split(v[i], m, p);
-    b0[i] += digit(m, p, t);
-    b1[i] += digit(m, p, t - 1);
-    b2[i] += digit(m, p, t - 2);
+    if (v[i] != 0.0f) add_digits(b0, b1, b2, i, v[i], t);
   }
 }
 
@@ -105,14 +109,7 @@ void ExactSum::add_upper(const float* a, std::int64_t d) {
     const std::size_t base = static_cast<std::size_t>(i * d - i * (i - 1) / 2);
     for (std::int64_t j = i; j < d; ++j) {
       const float v = a[i * d + j];
-      if (v == 0.0f) continue;
-      std::int64_t m;
-      int p;
-      split(v, m, p);
-      const std::size_t k = base + static_cast<std::size_t>(j - i);
-      b0[k] += digit(m, p, t);
-      b1[k] += digit(m, p, t - 1);
-      b2[k] += digit(m, p, t - 2);
+      if (v != 0.0f) add_digits(b0, b1, b2, base + static_cast<std::size_t>(j - i), v, t);
     }
   }
 }

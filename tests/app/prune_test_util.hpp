@@ -1,5 +1,6 @@
-// Helpers of the end-to-end prune tests: temp folders, child processes (spawned quietly or with
-// their output captured), files read whole, and the committed-layer count of a manifest.
+// Helpers of the end-to-end CLI tests: temp folders, shell commands with their exit code and
+// output, child processes (spawned quietly or with their output captured), files read whole, and
+// the committed-layer count of a manifest.
 #pragma once
 #include <signal.h>
 #include <sys/wait.h>
@@ -21,6 +22,22 @@ inline fs::path temp_dir(const std::string& name) {
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
+}
+
+// A shell command's exit code (128 + signal when killed) and its stdout and stderr together.
+struct Run {
+  int code = -1;
+  std::string out;
+};
+inline Run run(const std::string& cmd) {
+  Run r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p)) r.out += buf;
+  const int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
 }
 
 // Starts args[0] with args; its stdout and stderr go to `log` (or /dev/null when empty).

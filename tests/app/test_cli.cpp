@@ -10,26 +10,14 @@
 #include <regex>
 
 #include "scalpel/io/safetensors.hpp"
+#include "prune_test_util.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Run {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-Run run(const std::string& cmd) {
-  Run r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  while (std::fgets(buf, sizeof buf, p)) r.out += buf;
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using scalpel_test::Run;
+using scalpel_test::run;
 
 const fs::path kShared = SCALPEL_SHARED_DIR;
 const std::string kBin = SCALPEL_BIN;

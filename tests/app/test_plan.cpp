@@ -15,6 +15,7 @@
 #include "scalpel/app/plan.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/io/safetensors.hpp"
+#include "prune_test_util.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -22,6 +23,9 @@ using I = std::int64_t;
 
 namespace scalpel::test {
 namespace {
+
+using scalpel_test::Run;
+using scalpel_test::run;
 
 const fs::path kSource = SCALPEL_SOURCE_DIR;
 const fs::path kOptMini = kSource / "models/opt-mini";
@@ -315,21 +319,7 @@ TEST(Plan, OverTheMemoryLimitIsRefusedNamingTheKey) {
 
 // ---- the command ----
 
-struct Run {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-Run run(const std::string& cmd) {
-  Run r;
-  FILE* p = popen(("cd " + kSource.string() + " && " + cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  while (std::fgets(buf, sizeof buf, p)) r.out += buf;
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+Run run_here(const std::string& cmd) { return run("cd " + kSource.string() + " && " + cmd); }
 
 const std::string kBin = SCALPEL_BIN;
 
@@ -340,12 +330,12 @@ std::size_t count(const std::string& s, const std::string& what) {
 }
 
 TEST(PlanCli, Opt175bTableAndJson) {
-  const auto r = run(kBin + " plan configs/opt-175b-8x8-gpu.yaml --ranks 64");
+  const auto r = run_here(kBin + " plan configs/opt-175b-8x8-gpu.yaml --ranks 64");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("64 rank(s) = 1 stage(s) x 64 data"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("parallel.memory_gb 80: fits"), std::string::npos) << r.out;
   // On one process the grid of the config is the default.
-  const auto j = run(kBin + " plan configs/opt-175b-8x8-gpu.yaml --json --gflops 1000 --net-gbps 25");
+  const auto j = run_here(kBin + " plan configs/opt-175b-8x8-gpu.yaml --json --gflops 1000 --net-gbps 25");
   ASSERT_EQ(j.code, 0) << j.out;
   const auto p = json::parse(j.out);
   EXPECT_EQ(p["grid"]["world"].get<int>(), 64);
@@ -355,27 +345,27 @@ TEST(PlanCli, Opt175bTableAndJson) {
 }
 
 TEST(PlanCli, RefusesWhatDoesNotFitWithExitCode2) {
-  const auto r = run(kBin + " plan configs/opt-175b-8x8-gpu.yaml --ranks 1 parallel.data=0 parallel.memory_gb=40");
+  const auto r = run_here(kBin + " plan configs/opt-175b-8x8-gpu.yaml --ranks 1 parallel.data=0 parallel.memory_gb=40");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("'parallel.memory_gb' is 40 GB per rank, but rank 0"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("does NOT fit"), std::string::npos) << r.out;  // the table came first
-  const auto g = run(kBin + " plan configs/opt-175b-8x8-gpu.yaml --ranks 63");
+  const auto g = run_here(kBin + " plan configs/opt-175b-8x8-gpu.yaml --ranks 63");
   EXPECT_EQ(g.code, 2) << g.out;
   EXPECT_NE(g.out.find("'parallel.data' 64"), std::string::npos) << g.out;
-  const auto m = run(kBin + " plan --model /nowhere/model");
+  const auto m = run_here(kBin + " plan --model /nowhere/model");
   EXPECT_EQ(m.code, 2) << m.out;
   EXPECT_NE(m.out.find("/nowhere/model"), std::string::npos) << m.out;
 }
 
 TEST(PlanCli, UnderMpiOnlyRankZeroPrintsAndRanksDefaultToTheWorld) {
-  const auto r = run("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + std::string(SCALPEL_MPIEXEC) +
+  const auto r = run_here("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + std::string(SCALPEL_MPIEXEC) +
                      " -n 2 --oversubscribe " + kBin + " plan --model " +
                      kOptMini.string() + " calibration.seqlen=128");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(count(r.out, "scalpel plan:"), 1u) << r.out;
   EXPECT_NE(r.out.find("2 rank(s) = 1 stage(s) x 2 data"), std::string::npos) << r.out;
   // A refusal on rank 0 ends the whole job with exit code 2.
-  const auto x = run("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + std::string(SCALPEL_MPIEXEC) +
+  const auto x = run_here("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + std::string(SCALPEL_MPIEXEC) +
                      " -n 2 --oversubscribe " + kBin + " plan configs/opt-175b-8x8-gpu.yaml parallel.data=0 " +
                      "parallel.memory_gb=40");
   EXPECT_EQ(x.code, 2) << x.out;
