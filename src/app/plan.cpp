@@ -39,7 +39,6 @@
 #include "scalpel/app/plan.hpp"
 
 #include <fmt/format.h>
-#include <fnmatch.h>
 
 #include <algorithm>
 #include <cmath>
@@ -47,7 +46,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <set>
 #include <sstream>
 #include <thread>
 
@@ -82,31 +80,15 @@ struct Group {
 // The linears this job prunes, grouped by shared input, as prune_run selects them.
 std::vector<Group> target_groups(const model::ModelSpec& spec, const std::vector<std::string>& globs) {
   std::vector<Group> out;
-  std::set<std::string> matched;
-  for (const auto& l : spec.linears()) {
-    bool take = globs.empty();
-    for (const auto& g : globs)
-      if (fnmatch(g.c_str(), l.name.c_str(), 0) == 0) {
-        take = true;
-        matched.insert(g);
-      }
-    if (!take) continue;
-    if (out.empty() || out.back().id != l.input_group) out.push_back({l.input_group, l.in, {}, ""});
-    out.back().linears.push_back(l);
-    const auto dot = l.name.rfind('.');
-    auto& label = out.back().label;
-    if (!label.empty()) label += '/';
-    label += l.name.substr(dot == std::string::npos ? 0 : dot + 1);
-  }
-  for (const auto& g : globs)
-    if (!matched.count(g)) {
-      std::string names;
-      for (const auto& l : spec.linears()) {
-        if (!names.empty()) names += ", ";
-        names += l.name;
-      }
-      SCALPEL_INPUT_ERROR("config: 'prune.targets' entry '{}' matches no linear of this model ({})", g, names);
+  for (const auto& g : spec.linear_groups(globs, "config: 'prune.targets'")) {
+    Group o{g.input_group, g.linears.front().in, g.linears, ""};
+    for (const auto& l : g.linears) {
+      const auto dot = l.name.rfind('.');
+      if (!o.label.empty()) o.label += '/';
+      o.label += l.name.substr(dot == std::string::npos ? 0 : dot + 1);
     }
+    out.push_back(std::move(o));
+  }
   return out;
 }
 

@@ -11,13 +11,10 @@
 // (bitwise) weights through the same batched forward, so it ends bitwise equal to a run that
 // never stopped, at any rank count with `determinism: strict`. SIGTERM/SIGUSR1 stop the run after
 // the current layer is committed (exit code 75); a watchdog aborts a hung rank.
-#include <fnmatch.h>
-
 #include <array>
 #include <cmath>
 #include <filesystem>
 #include <optional>
-#include <set>
 
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/export.hpp"
@@ -40,34 +37,7 @@ namespace fs = std::filesystem;
 namespace scalpel::app {
 namespace {
 
-// The linears of a layer this run prunes, in forward order, grouped by shared input.
-struct TargetGroup {
-  int group = 0;
-  std::vector<model::LinearSpec> linears;
-};
-
-std::vector<TargetGroup> target_groups(const model::ModelSpec& spec, const std::vector<std::string>& globs) {
-  std::vector<TargetGroup> out;
-  std::set<std::string> matched_globs;
-  for (const auto& l : spec.linears()) {
-    bool take = globs.empty();
-    for (const auto& g : globs)
-      if (fnmatch(g.c_str(), l.name.c_str(), 0) == 0) {
-        take = true;
-        matched_globs.insert(g);
-      }
-    if (!take) continue;
-    if (out.empty() || out.back().group != l.input_group) out.push_back({l.input_group, {}});
-    out.back().linears.push_back(l);
-  }
-  for (const auto& g : globs)
-    if (!matched_globs.count(g)) {
-      std::string names;
-      for (const auto& l : spec.linears()) names += (names.empty() ? "" : ", ") + l.name;
-      SCALPEL_INPUT_ERROR("config: 'prune.targets' entry '{}' matches no linear of this model ({})", g, names);
-    }
-  return out;
-}
+using TargetGroup = model::LinearGroup;  // the linears of a layer this run prunes
 
 // Digest of the calibration windows, so a changed text or offsets file is a different run.
 std::string ids_digest(const std::vector<std::int32_t>& ids) {
@@ -112,7 +82,7 @@ std::map<int, std::unique_ptr<prune::InputStats>> collect_stats(Backend& be, con
   for (const auto& g : groups) {
     std::string names;
     for (const auto& l : g.linears) names += (names.empty() ? "" : "/") + l.name;
-    stats[g.group] = std::make_unique<prune::InputStats>(be, g.linears.front().in, kinds,
+    stats[g.input_group] = std::make_unique<prune::InputStats>(be, g.linears.front().in, kinds,
                                                          fmt::format("layer {} {}", layer, names), mode, total);
   }
   std::int64_t seqs_in_batch = 0;
@@ -271,7 +241,7 @@ int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restar
       model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   const auto pattern = prune::Pattern::parse(cfg.prune.pattern, cfg.prune.sparsity, "config: 'prune.pattern'");
   const auto method = prune::parse_method(cfg.prune.method, "config: 'prune.method'");
-  const auto groups = target_groups(spec, cfg.prune.targets);
+  const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
   if (grid.stages > spec.layers)
     SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
                         cfg.model);
@@ -417,7 +387,7 @@ int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restar
                 opt.name = fmt::format("layer {} {}", layer, lin.name);
                 opt.total_rows = rows;
                 if (group.size() > 1) opt.select = prune::group_select(group);
-                const auto r = prune::prune_linear(be, w.slice_rows(rr.begin, rr.end), stats.at(g.group).get(), opt);
+                const auto r = prune::prune_linear(be, w.slice_rows(rr.begin, rr.end), stats.at(g.input_group).get(), opt);
                 const auto stored_dtype = src->info(spec.layer_prefix(layer) + wname).dtype;
                 watchdog.beat("gather", layer);
                 // Every rank gets the whole pruned matrix (the next forward needs it).

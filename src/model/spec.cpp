@@ -2,6 +2,10 @@
 // when a key is absent.
 #include "scalpel/model/spec.hpp"
 
+#include <fnmatch.h>
+
+#include <set>
+
 #include "scalpel/core/error.hpp"
 
 namespace scalpel::model {
@@ -178,6 +182,31 @@ std::int64_t ModelSpec::total_params() const {
   if (final_norm) n += (family == Family::opt ? (norm_affine ? 2 : 0) : 1) * hidden;
   if (!tie_embeddings) n += vocab_size * word_embed_proj_dim;
   return n;
+}
+
+std::vector<LinearGroup> ModelSpec::linear_groups(const std::vector<std::string>& globs,
+                                                  const std::string& what) const {
+  std::vector<LinearGroup> out;
+  std::set<std::string> matched;
+  const auto all = linears();
+  for (const auto& l : all) {
+    bool take = globs.empty();
+    for (const auto& g : globs)
+      if (fnmatch(g.c_str(), l.name.c_str(), 0) == 0) {
+        take = true;
+        matched.insert(g);
+      }
+    if (!take) continue;
+    if (out.empty() || out.back().input_group != l.input_group) out.push_back({l.input_group, {}});
+    out.back().linears.push_back(l);
+  }
+  for (const auto& g : globs)
+    if (!matched.count(g)) {
+      std::string names;
+      for (const auto& l : all) names += (names.empty() ? "" : ", ") + l.name;
+      SCALPEL_INPUT_ERROR("{} entry '{}' matches no linear of this model ({})", what, g, names);
+    }
+  return out;
 }
 
 }  // namespace scalpel::model

@@ -21,6 +21,12 @@ struct LinearSpec {
   int input_group = 0;
 };
 
+// Linears that read the same input (q/k/v; LLaMA's gate/up), in forward order.
+struct LinearGroup {
+  int input_group = 0;
+  std::vector<LinearSpec> linears;
+};
+
 struct ModelSpec {
   Family family = Family::opt;
   std::string model_type;
@@ -45,6 +51,9 @@ struct ModelSpec {
 
   std::string layer_prefix(std::int64_t layer) const;  // "model.decoder.layers.3."
   std::vector<LinearSpec> linears() const;             // in forward order
+  // The linears whose names match one of `globs` (fnmatch; empty: all), grouped by shared input.
+  // Input Error naming `what` (e.g. "config: 'prune.targets'") for a glob that matches nothing.
+  std::vector<LinearGroup> linear_groups(const std::vector<std::string>& globs, const std::string& what) const;
   // Every non-linear tensor a layer stores (norm weights/biases), relative names.
   std::vector<std::string> layer_norm_tensors() const;
   std::string embed_tokens_name() const;
