@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-60}
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSCALPEL_BUILD_FUZZERS=ON \
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSCALPEL_BUILD_FUZZERS=ON -DSCALPEL_CUDA=OFF \
   -DSCALPEL_BUILD_TESTS=OFF -DSCALPEL_BUILD_BENCHMARKS=OFF -DSCALPEL_NATIVE=OFF >/dev/null
 cmake --build build-fuzz -j "$(nproc)" --target fuzz_safetensors_header fuzz_bpe
 for t in safetensors_header bpe; do

@@ -25,6 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The CUDA backend builds when nvcc is found (CMake looks on PATH); the toolkit's usual home is
+# added when nvcc is not on PATH yet. SCALPEL_CMAKE_ARGS=-DSCALPEL_CUDA=OFF skips it.
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
 BUILD_DIR=${SCALPEL_BUILD_DIR:-build}
 JOBS=${SCALPEL_JOBS:-$(nproc)}
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release ${SCALPEL_CMAKE_ARGS:-}

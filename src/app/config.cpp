@@ -198,6 +198,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   top.get("threads", c.threads);
   top.get("weight_cache_mb", c.weight_cache_mb);
   {
+    MapReader r(top.child("cuda"), "cuda", source);
+    r.get("tf32", c.cuda.tf32);
+    r.get("activations", c.cuda.activations);
+    r.finish();
+  }
+  {
     MapReader r(top.child("eval"), "eval", source);
     r.get("seqlen", c.eval.seqlen);
     r.get("batch", c.eval.batch);
@@ -256,6 +262,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.device != "cpu" && c.device != "cuda")
     SCALPEL_INPUT_ERROR("{}: 'device' is '{}', expected cpu or cuda", source, c.device);
   if (c.threads < 0) SCALPEL_INPUT_ERROR("{}: 'threads' must be >= 0", source);
+  if (c.cuda.tf32 != "off" && c.cuda.tf32 != "forward" && c.cuda.tf32 != "all")
+    SCALPEL_INPUT_ERROR("{}: 'cuda.tf32' is '{}', expected off, forward or all", source, c.cuda.tf32);
+  if (c.cuda.activations != "auto" && c.cuda.activations != "device" && c.cuda.activations != "host")
+    SCALPEL_INPUT_ERROR("{}: 'cuda.activations' is '{}', expected auto, device or host", source, c.cuda.activations);
   if (c.weight_cache_mb < 0) SCALPEL_INPUT_ERROR("{}: 'weight_cache_mb' must be >= 0", source);
   if (c.eval.seqlen < 0 || c.eval.seqlen == 1) SCALPEL_INPUT_ERROR("{}: 'eval.seqlen' must be 0 (model maximum) or >= 2", source);
   if (c.eval.batch < 1) SCALPEL_INPUT_ERROR("{}: 'eval.batch' must be >= 1", source);
@@ -311,6 +321,10 @@ std::string dump_config(const Config& c) {
   e << YAML::Key << "device" << YAML::Value << c.device;
   e << YAML::Key << "threads" << YAML::Value << c.threads;
   e << YAML::Key << "weight_cache_mb" << YAML::Value << c.weight_cache_mb;
+  e << YAML::Key << "cuda" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "tf32" << YAML::Value << c.cuda.tf32;
+  e << YAML::Key << "activations" << YAML::Value << c.cuda.activations;
+  e << YAML::EndMap;
   e << YAML::Key << "eval" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "seqlen" << YAML::Value << c.eval.seqlen;
   e << YAML::Key << "batch" << YAML::Value << c.eval.batch;

@@ -75,6 +75,15 @@ int threads_per_rank(int configured, int local_ranks) {
   return std::max(1, cores / std::max(1, local_ranks));
 }
 
+std::unique_ptr<Backend> make_rank_backend(const Config& cfg, const NodePlace& place) {
+  BackendOptions o;
+  o.threads = threads_per_rank(cfg.threads, place.local_ranks);
+  o.local_rank = place.local_rank;
+  o.tf32_forward = cfg.cuda.tf32 != "off";
+  o.tf32_hessian = cfg.cuda.tf32 == "all";
+  return make_backend(cfg.device, o);
+}
+
 EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, std::int64_t seqlen,
                         std::int64_t batch, std::int64_t max_windows, dist::Comm& comm, const std::string& name,
                         double progress_seconds) {
@@ -121,12 +130,12 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
   return r;
 }
 
-int run_eval(const Config& cfg, dist::Comm& comm, int local_ranks) {
+int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   if (cfg.eval.sets.empty())
     SCALPEL_INPUT_ERROR("config: 'eval.sets' is empty: nothing to evaluate (e.g. eval.sets=[{{preset: wikitext2, path: FILE}}])");
-  const int threads = threads_per_rank(cfg.threads, local_ranks);
-  auto backend = make_backend(cfg.device, threads);
+  const int threads = threads_per_rank(cfg.threads, place.local_ranks);
+  auto backend = make_rank_backend(cfg, place);
   auto ckpt = std::make_shared<const io::HfCheckpoint>(cfg.model);
   auto spec = model::ModelSpec::from_config(ckpt->config(), (std::filesystem::path(cfg.model) / "config.json").string());
   std::unique_ptr<text::Tokenizer> tok;

@@ -140,7 +140,7 @@ int main(int argc, char** argv) {
         if (rank == 0) std::cout << scalpel::app::dump_config(cfg);
         return 0;
       }
-      return scalpel::app::run_eval(cfg, *world, world->local_size());
+      return scalpel::app::run_eval(cfg, *world, {world->local_rank(), world->local_size()});
     }
     if (*prune) {
       std::string config_path;
@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
         if (rank == 0) std::cout << scalpel::app::dump_config(cfg);
         return 0;
       }
-      return scalpel::app::run_prune(cfg, *world, world->local_size(), prune_restart);
+      return scalpel::app::run_prune(cfg, *world, {world->local_rank(), world->local_size()}, prune_restart);
     }
     if (*plan) {
       std::string config_path;

@@ -58,15 +58,59 @@ std::string prune_config_hash(const Config& cfg, const std::string& calib_digest
   return config_hash(c);
 }
 
-// Runs x [batch*seqlen rows per batch] through one layer in place, batch by batch.
+// Runs x [batch*seqlen rows per batch] through one layer in place, batch by batch. x lives on the
+// backend's device, or in host memory (cuda.activations: host), and then each batch is staged to
+// the device and back.
 void forward_layer(Backend& be, const model::ModelSpec& spec, const model::LayerWeights& w, Tensor& x,
                    std::int64_t nseq, std::int64_t seqlen, std::int64_t batch, const model::RopeTables* rope,
                    const model::LinearTap* tap) {
+  const bool staged = x.device() != be.device();
   for (std::int64_t s = 0; s < nseq; s += batch) {
     const std::int64_t b = std::min(batch, nseq - s);
-    Tensor xb = x.slice_rows(s * seqlen, (s + b) * seqlen);
+    Tensor slice = x.slice_rows(s * seqlen, (s + b) * seqlen);
+    Tensor xb = staged ? clone_on(be, slice) : slice;
     model::decoder_layer_forward(be, spec, w, xb, b, seqlen, rope, tap);
+    if (staged) be.copy(xb, slice);
   }
+  if (staged) be.synchronize();
+}
+
+// Where the calibration activations stay between layers: on the GPU when cuda.activations says
+// device, or says auto and the plan's per-rank peak (activations included) fits in 90% of the
+// GPU's memory; otherwise in host memory, a batch at a time on the GPU.
+bool activations_on_host(Backend& be, const Config& cfg, const dist::Comm& world) {
+  if (be.memory_bytes() == 0 || cfg.cuda.activations == "device") return false;
+  if (cfg.cuda.activations == "host") return true;
+  const auto pm = load_plan_model(cfg.model);
+  PlanInput pin;
+  pin.cfg = cfg;
+  pin.world = world.size();
+  pin.dtype_bytes = pm.dtype_bytes;
+  pin.dtype_name = pm.dtype_name;
+  pin.tensor_bytes = pm.tensor_bytes;
+  const auto plan = make_plan(pm.spec, pin);
+  const double peak = plan.at("peak").at("bytes").get<double>();
+  const bool host = peak > 0.9 * static_cast<double>(be.memory_bytes());
+  if (world.is_root())
+    log::info("cuda.activations auto: planned peak {:.2f} GB per rank against {:.2f} GB of GPU memory: activations "
+              "on the {}",
+              peak / 1e9, static_cast<double>(be.memory_bytes()) / 1e9, host ? "host (staged per batch)" : "GPU");
+  return host;
+}
+
+// The embedded calibration windows of this rank, on the device or in host memory.
+Tensor embed_windows(Backend& be, model::Model& m, std::span<const std::int32_t> ids, std::int64_t nseq,
+                     std::int64_t seqlen, std::int64_t batch, std::int64_t hidden, bool on_host) {
+  if (!on_host) return m.embed(ids, nseq, seqlen);
+  Tensor x = Tensor::empty({nseq * seqlen, hidden});
+  for (std::int64_t s = 0; s < nseq; s += batch) {
+    const std::int64_t b = std::min(batch, nseq - s);
+    Tensor slice = x.slice_rows(s * seqlen, (s + b) * seqlen);
+    be.copy(m.embed(ids.subspan(static_cast<std::size_t>(s * seqlen), static_cast<std::size_t>(b * seqlen)), b, seqlen),
+            slice);
+  }
+  be.synchronize();
+  return x;
 }
 
 // Collects the statistics of the given groups' inputs with one pass over the calibration windows
@@ -226,15 +270,15 @@ int run_export(const std::string& checkpoint_dir, const std::string& model_overr
   return kExitOk;
 }
 
-int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restart) {
+int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   Timer total_timer;
   install_stop_signals();
   const auto grid = dist::make_grid(world, cfg.parallel.stages, cfg.parallel.data);
   dist::Comm& group = *grid.data_group;
   dist::Comm& pipe = *grid.pipe;
-  const int threads = threads_per_rank(cfg.threads, local_ranks);
-  auto backend = make_backend(cfg.device, threads);
+  const int threads = threads_per_rank(cfg.threads, place.local_ranks);
+  auto backend = make_rank_backend(cfg, place);
   Backend& be = *backend;
   auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
   const auto spec =
@@ -327,11 +371,13 @@ int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restar
   const auto my_layers = dist::block_range(spec.layers, grid.stages, grid.stage);
   const int tag_x = 1, tag_commit = 2;
 
+  const bool host_activations = activations_on_host(be, cfg, world);
   Tensor x;
   if (grid.stage == 0)
-    x = m.embed(std::span<const std::int32_t>(windows).subspan(static_cast<std::size_t>(seq0 * seqlen),
-                                                               static_cast<std::size_t>(my_nseq * seqlen)),
-                my_nseq, seqlen);
+    x = embed_windows(be, m,
+                      std::span<const std::int32_t>(windows).subspan(static_cast<std::size_t>(seq0 * seqlen),
+                                                                     static_cast<std::size_t>(my_nseq * seqlen)),
+                      my_nseq, seqlen, batch, spec.hidden, host_activations);
   Progress progress("prune", spec.layers, "layers", cfg.log.progress_seconds, world.is_root());
   Watchdog watchdog(cfg.parallel.watchdog_seconds, world.rank());
 
@@ -457,7 +503,7 @@ int run_prune(const Config& cfg, dist::Comm& world, int local_ranks, bool restar
       Tensor host = Tensor::empty({my_nseq * seqlen, spec.hidden}, DType::f32);
       pipe.recv(std::span<std::byte>(static_cast<std::byte*>(host.raw()), static_cast<std::size_t>(host.nbytes())),
                 grid.stage - 1, tag_x);
-      x = be.upload(host);
+      x = host_activations ? host : be.upload(host);
     }
     // The commit: world rank 0 records the owner's shard in the manifest.
     if (world.is_root() && !committed) {

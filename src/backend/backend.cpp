@@ -1,16 +1,47 @@
-// Backend registry: picks the implementation named in the config.
+// Backend registry: picks the implementation named in the config, and says what this build and
+// this machine can run.
 #include "scalpel/backend/backend.hpp"
 
 #include "scalpel/core/error.hpp"
 
 namespace scalpel {
 
-std::unique_ptr<Backend> make_backend(const std::string& device, int threads) {
-  if (device == "cpu") return make_cpu_backend(threads);
-  if (device == "cuda")
+#if defined(SCALPEL_HAVE_CUDA)
+std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options);  // cuda/cuda_backend.cpp
+int cuda_device_count();
+std::string cuda_device_status();
+bool cuda_built() { return true; }
+int cuda_devices() { return cuda_device_count(); }
+std::string cuda_status() { return cuda_device_status(); }
+#else
+bool cuda_built() { return false; }
+int cuda_devices() { return 0; }
+std::string cuda_status() { return "built without CUDA (no nvcc when it was configured)"; }
+#endif
+
+std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOptions& options) {
+  if (device == "cpu") return make_cpu_backend(options.threads);
+  if (device == "cuda") {
+#if defined(SCALPEL_HAVE_CUDA)
+    return make_cuda_backend(options);
+#else
     SCALPEL_INPUT_ERROR("device 'cuda': this scalpel was built without the CUDA backend "
                         "(configure on a machine with nvcc; see README, GPU)");
+#endif
+  }
   SCALPEL_INPUT_ERROR("device '{}' is not one of: cpu, cuda", device);
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device, int threads) {
+  BackendOptions o;
+  o.threads = threads;
+  return make_backend(device, o);
+}
+
+Tensor clone_on(Backend& be, const Tensor& t) {
+  Tensor out = be.empty(t.shape(), t.dtype());
+  be.copy(t, out);
+  return out;
 }
 
 }  // namespace scalpel

@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "scalpel/core/error.hpp"
+#include "nccl_group.hpp"
 
 namespace scalpel::dist {
 namespace {
@@ -84,7 +85,23 @@ bool MpiEnvironment::initialized() {
 
 struct MpiComm::Impl {
   MPI_Comm comm = MPI_COMM_NULL;
+  std::unique_ptr<NcclGroup> nccl;  // set up by the first device_collectives()
+  bool nccl_decided = false;
 };
+
+bool MpiComm::device_collectives() {
+  if (!impl_->nccl_decided) {
+    impl_->nccl = NcclGroup::create(*this, &impl_->comm);
+    impl_->nccl_decided = true;
+  }
+  return impl_->nccl != nullptr;
+}
+
+void MpiComm::allreduce_sum_device(double* dev, std::size_t n) {
+  SCALPEL_CHECK(device_collectives(), "allreduce_sum_device without NCCL on this group");
+  bytes_.allreduce += static_cast<std::int64_t>(n * sizeof(double));
+  impl_->nccl->allreduce_sum(dev, n);
+}
 
 std::unique_ptr<MpiComm> MpiComm::world() {
   SCALPEL_CHECK(MpiEnvironment::initialized(), "MPI is not initialised");
@@ -104,6 +121,7 @@ std::unique_ptr<MpiComm> MpiComm::world() {
 }
 
 MpiComm::~MpiComm() {
+  if (impl_) impl_->nccl.reset();  // before the MPI communicator it was bootstrapped from
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (impl_ && impl_->comm != MPI_COMM_NULL && !finalized) MPI_Comm_free(&impl_->comm);

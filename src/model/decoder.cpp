@@ -73,7 +73,7 @@ void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeight
     else
       be.rms_norm(in, w.at(std::string(prefix) + ".weight"), static_cast<float>(spec.norm_eps), out);
   };
-  if (cache) cache->x_in = x.clone();
+  if (cache) cache->x_in = clone_on(be, x);
 
   // --- attention block ---
   Tensor h = be.empty({n, d});
@@ -113,7 +113,7 @@ void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeight
   }
   be.add(x, o);
   if (!spec.pre_norm) norm(ln1, x, x);
-  if (cache) cache->x_mid = x.clone();
+  if (cache) cache->x_mid = clone_on(be, x);
 
   // --- MLP block ---
   Tensor h2 = be.empty({n, d});
@@ -125,7 +125,7 @@ void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeight
     tap_input(tap, 2, {"fc1"}, h2);
     Tensor f = be.empty({n, spec.ffn});
     run_linear(be, w, "fc1", h2, f);
-    if (cache) cache->ffn_pre = f.clone();
+    if (cache) cache->ffn_pre = clone_on(be, f);
     if (spec.activation == "relu") be.relu(f);
     else be.gelu(f);
     tap_input(tap, 3, {"fc2"}, f);

@@ -8,22 +8,20 @@ namespace scalpel::prune {
 
 namespace {
 
-void add_f64(std::vector<double>& acc, const float* v) {
-  double* a = acc.data();
-  const auto n = static_cast<std::int64_t>(acc.size());
-#pragma omp parallel for simd schedule(static)
-  for (std::int64_t i = 0; i < n; ++i) a[i] += static_cast<double>(v[i]);
-}
-
-// acc (packed upper triangle, row by row) += the upper triangle of the row-major d x d a.
-void add_upper_f64(std::vector<double>& acc, const float* a, std::int64_t d) {
-  double* p = acc.data();
-#pragma omp parallel for schedule(dynamic, 16)
-  for (std::int64_t i = 0; i < d; ++i) {
-    double* row = p + (i * d - i * (i - 1) / 2);
-    const float* src = a + i * d + i;
-#pragma omp simd
-    for (std::int64_t j = 0; j < d - i; ++j) row[j] += static_cast<double>(src[j]);
+// Sums a float64 tensor over the group: in place on the device with the communicator's device
+// collectives (NCCL) where it has them, else through host memory.
+void allreduce_f64(Backend& be, dist::Comm& group, Tensor& acc) {
+  if (group.size() == 1) return;
+  const auto n = static_cast<std::size_t>(acc.numel());
+  if (acc.device() == Device::cpu) {
+    group.allreduce_sum(std::span<double>(acc.f64(), n));
+  } else if (group.device_collectives()) {
+    be.synchronize();
+    group.allreduce_sum_device(acc.data<double>(), n);
+  } else {
+    Tensor host = be.download(acc);
+    group.allreduce_sum(std::span<double>(host.f64(), n));
+    acc = be.upload_exact(host);
   }
 }
 
@@ -45,8 +43,8 @@ InputStats::InputStats(Backend& be, std::int64_t cols, StatsKinds kinds, std::st
     if (kinds_.col_norms) exact_n_ = std::make_unique<ExactSum>(static_cast<std::size_t>(cols));
   }
   if (mode_ == Accumulation::sum) {
-    if (kinds_.hessian) sum_h_.assign(static_cast<std::size_t>(cols * (cols + 1) / 2), 0.0);  // upper triangle
-    if (kinds_.col_norms) sum_n_.assign(static_cast<std::size_t>(cols), 0.0);
+    if (kinds_.hessian) sum_h_ = be_.zeros({cols * (cols + 1) / 2}, DType::f64);  // upper triangle
+    if (kinds_.col_norms) sum_n_ = be_.zeros({cols}, DType::f64);
   }
   // Not zero-filled: the first batch has beta = n_old/n_new = 0, and neither syrk (BLAS: C is
   // not read when beta is 0) nor col_sq_norms reads the output then. Zero-filling cost 50 ms at
@@ -69,19 +67,17 @@ void InputStats::add_batch(const Tensor& x, std::int64_t sequences) {
                   nsamples_ + sequences, total_);
     if (kinds_.hessian) {
       be_.syrk(1.0f, x, 0.0f, scratch_h_);
-      const Tensor host = be_.download(scratch_h_);
       if (mode_ == Accumulation::sum)
-        add_upper_f64(sum_h_, host.f32(), cols_);
+        be_.accumulate_upper_f64(scratch_h_, sum_h_);
       else
-        exact_h_->add_upper(host.f32(), cols_);
+        exact_h_->add_upper(be_.download(scratch_h_).f32(), cols_);  // exact sums live on the host
     }
     if (kinds_.col_norms) {
       be_.col_sq_norms(x, 1.0f, 0.0f, scratch_n_);
-      const Tensor host = be_.download(scratch_n_);
       if (mode_ == Accumulation::sum)
-        add_f64(sum_n_, host.f32());
+        be_.accumulate_f64(scratch_n_, sum_n_);
       else
-        exact_n_->add(host.f32());
+        exact_n_->add(be_.download(scratch_n_).f32());
     }
     nsamples_ += sequences;
     tokens_ += x.size(0);
@@ -113,39 +109,33 @@ void InputStats::reduce(dist::Comm& group) {
   scratch_h_ = scratch_n_ = Tensor();
   const double hscale = 2.0 / static_cast<double>(total_), nscale = 1.0 / static_cast<double>(total_);
   if (kinds_.hessian) {
-    Tensor host = Tensor::empty({cols_, cols_}, DType::f32);
     if (mode_ == Accumulation::sum) {
       // float64 sums over the ranks, then one rounding to fp32 with the 2/N scale.
-      group.allreduce_sum(std::span<double>(sum_h_));
-      float* o = host.f32();
-      const double* a = sum_h_.data();
-      const std::int64_t d = cols_;
-#pragma omp parallel for schedule(dynamic, 16)
-      for (std::int64_t i = 0; i < d; ++i) {
-        const double* row = a + (i * d - i * (i - 1) / 2);
-        for (std::int64_t j = i; j < d; ++j) o[i * d + j] = o[j * d + i] = static_cast<float>(row[j - i] * hscale);
-      }
-      sum_h_ = {};
+      allreduce_f64(be_, group, sum_h_);
+      h_ = be_.empty({cols_, cols_});
+      be_.upper_f64_to_symmetric(sum_h_, hscale, h_);
+      sum_h_ = Tensor();
     } else {
+      Tensor host = Tensor::empty({cols_, cols_}, DType::f32);
       exact_h_->allreduce(group);
       exact_h_->result_symmetric(host.f32(), cols_, hscale);
       exact_h_.reset();
+      h_ = be_.upload(host);
     }
-    h_ = be_.upload(host);
   }
   if (kinds_.col_norms) {
-    Tensor host = Tensor::empty({cols_}, DType::f32);
     if (mode_ == Accumulation::sum) {
-      group.allreduce_sum(std::span<double>(sum_n_));
-      for (std::int64_t j = 0; j < cols_; ++j)
-        host.f32()[j] = static_cast<float>(sum_n_[static_cast<std::size_t>(j)] * nscale);
-      sum_n_ = {};
+      allreduce_f64(be_, group, sum_n_);
+      norms_ = be_.empty({cols_});
+      be_.f64_to_f32(sum_n_, nscale, norms_);
+      sum_n_ = Tensor();
     } else {
+      Tensor host = Tensor::empty({cols_}, DType::f32);
       exact_n_->allreduce(group);
       exact_n_->result(host.f32(), nscale);
       exact_n_.reset();
+      norms_ = be_.upload(host);
     }
-    norms_ = be_.upload(host);
   }
   nsamples_ = n;
   tokens_ = tokens;

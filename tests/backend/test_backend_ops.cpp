@@ -6,6 +6,7 @@
 #include <limits>
 #include <numeric>
 
+#include "../common/backends.hpp"
 #include "../common/reference.hpp"
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
@@ -15,7 +16,7 @@ namespace {
 
 class BackendOps : public ::testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override { be = make_backend(GetParam(), 2); }
+  void SetUp() override { SCALPEL_BACKEND_OR_SKIP(be, GetParam(), 2); }
   Tensor up(const Vec& v, Shape s) { return be->upload(to_tensor(v, std::move(s))); }
   Vec down(const Tensor& t) { return to_vec(be->download(t)); }
   std::unique_ptr<Backend> be;
@@ -348,7 +349,7 @@ TEST_P(BackendOps, ScoresAndApplyMask) {
   Vec want(w.size());
   for (std::int64_t i = 0; i < rows * cols; ++i) want[i] = std::fabs(w[i]) * std::sqrt(c[i % cols]);
   EXPECT_REL_NEAR(down(s), want, Tol::f32);
-  Tensor mask = be->empty({rows, cols}, DType::u8);
+  Tensor mask = Tensor::empty({rows, cols}, DType::u8);  // host; uploaded below
   for (std::int64_t i = 0; i < rows * cols; ++i) mask.data<std::uint8_t>()[i] = i % 3 != 0;
   Tensor wm = up(w, {rows, cols});
   be->apply_mask(wm, be->upload(mask));
@@ -393,7 +394,7 @@ TEST_P(BackendOps, ObsSweepBlockAndLazyUpdateMatchFloat64) {
         for (std::int64_t i = 0; i < width; ++i) wr[j] -= err[r * width + i] * u[(c0 + i) * d + j];
     }
     Tensor wt = up(w0, {rows, d}), ut = up(u, {d, d});
-    Tensor mask = be->empty({rows, d}, DType::u8);
+    Tensor mask = Tensor::empty({rows, d}, DType::u8);  // host; uploaded below
     std::copy(mk.begin(), mk.end(), mask.data<std::uint8_t>());
     if (pm) std::fill(mask.data<std::uint8_t>(), mask.data<std::uint8_t>() + rows * d, std::uint8_t{7});
     mask = be->upload(mask);
@@ -418,14 +419,45 @@ TEST_P(BackendOps, RowwiseDotAndAllFinite) {
   Vec want(rows, 0.0);
   for (std::int64_t i = 0; i < rows * d; ++i) want[i / d] += a[i] * b[i];
   EXPECT_REL_NEAR(Vec(got.begin(), got.end()), want, 1e-12);  // fp32 inputs, double products and sums
-  Tensor t = up(a, {rows, d});
-  EXPECT_TRUE(be->all_finite(t));
+  Tensor t = to_tensor(a, {rows, d});  // host
+  EXPECT_TRUE(be->all_finite(be->upload(t)));
   t.f32()[5] = std::numeric_limits<float>::quiet_NaN();
   EXPECT_FALSE(be->all_finite(be->upload(t)));
+  Tensor d64 = Tensor::zeros({rows}, DType::f64);
+  EXPECT_TRUE(be->all_finite(be->upload_exact(d64)));
+  d64.f64()[rows - 1] = std::numeric_limits<double>::infinity();
+  EXPECT_FALSE(be->all_finite(be->upload_exact(d64)));
 }
 
-std::vector<std::string> backends() { return {"cpu"}; }
-INSTANTIATE_TEST_SUITE_P(All, BackendOps, ::testing::ValuesIn(backends()));
+// The float64 sums of the summed statistics: elementwise and packed upper triangle, rounded once.
+TEST_P(BackendOps, Float64SumsRoundOnce) {
+  const std::int64_t d = 37;
+  const auto a = random_vec(d * d, 33), b = random_vec(d * d, 34);
+  Vec sa(a.size()), sb(b.size());  // symmetric versions
+  for (std::int64_t i = 0; i < d; ++i)
+    for (std::int64_t j = 0; j < d; ++j) {
+      sa[i * d + j] = static_cast<float>(a[std::min(i, j) * d + std::max(i, j)]);
+      sb[i * d + j] = static_cast<float>(b[std::min(i, j) * d + std::max(i, j)]);
+    }
+  Tensor acc = be->zeros({d * (d + 1) / 2}, DType::f64);
+  be->accumulate_upper_f64(up(sa, {d, d}), acc);
+  be->accumulate_upper_f64(up(sb, {d, d}), acc);
+  Tensor h = be->empty({d, d});
+  be->upper_f64_to_symmetric(acc, 0.5, h);
+  Vec want(sa.size());
+  for (std::size_t i = 0; i < want.size(); ++i) want[i] = static_cast<float>((sa[i] + sb[i]) * 0.5);
+  EXPECT_EQ(rel_err(down(h), want), 0.0);  // two fp32 values sum exactly in double; one rounding
+  Tensor acc1 = be->zeros({d}, DType::f64), out = be->empty({d});
+  be->accumulate_f64(up(Vec(a.begin(), a.begin() + d), {d}), acc1);
+  be->accumulate_f64(up(Vec(b.begin(), b.begin() + d), {d}), acc1);
+  be->f64_to_f32(acc1, 2.0, out);
+  Vec want1(d);
+  for (std::int64_t j = 0; j < d; ++j)
+    want1[j] = static_cast<float>((double(float(a[j])) + double(float(b[j]))) * 2.0);
+  EXPECT_EQ(rel_err(down(out), want1), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, BackendOps, ::testing::ValuesIn(test_backends()));
 
 }  // namespace
 }  // namespace scalpel::test

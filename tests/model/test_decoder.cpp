@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../common/backends.hpp"
 #include "../common/reference.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/model/model.hpp"
@@ -95,18 +96,18 @@ Vec ref_forward(const ModelSpec& s, const RefLayer& L, Vec x, std::int64_t B, st
   return x;
 }
 
-void check_layer(const ModelSpec& s) {
-  auto be = make_cpu_backend(2);
+void check_layer(Backend& be_ref, const ModelSpec& s) {
+  Backend* be = &be_ref;
   const std::int64_t B = 3, T = 11;
   const auto ref = random_layer(s, 100);
   LayerWeights w;
   for (const auto& l : s.linears()) {
-    w.tensors[l.name + ".weight"] = to_tensor(ref.w.at(l.name + ".weight"), {l.out, l.in});
-    if (l.bias) w.tensors[l.name + ".bias"] = to_tensor(ref.w.at(l.name + ".bias"), {l.out});
+    w.tensors[l.name + ".weight"] = be->upload(to_tensor(ref.w.at(l.name + ".weight"), {l.out, l.in}));
+    if (l.bias) w.tensors[l.name + ".bias"] = be->upload(to_tensor(ref.w.at(l.name + ".bias"), {l.out}));
   }
-  for (const auto& n : s.layer_norm_tensors()) w.tensors[n] = to_tensor(ref.w.at(n), {s.hidden});
+  for (const auto& n : s.layer_norm_tensors()) w.tensors[n] = be->upload(to_tensor(ref.w.at(n), {s.hidden}));
   const auto x0 = random_vec(static_cast<std::size_t>(B * T * s.hidden), 7);
-  Tensor x = to_tensor(x0, {B * T, s.hidden});
+  Tensor x = be->upload(to_tensor(x0, {B * T, s.hidden}));
   const auto rope = model::make_rope_tables(*be, s, T);
   int taps = 0;
   model::LinearTap tap = [&](int, const std::vector<std::string>&, const Tensor& in) {
@@ -117,12 +118,19 @@ void check_layer(const ModelSpec& s) {
   model::decoder_layer_forward(*be, s, w, x, B, T, &rope, &tap, &cache);
   EXPECT_EQ(taps, 4);  // one call per input group: qkv, out, fc1|gate+up, fc2|down
   EXPECT_TRUE(cache.probs.defined());
-  EXPECT_REL_NEAR(to_vec(x), ref_forward(s, ref, x0, B, T), Tol::f32_deep);
+  EXPECT_REL_NEAR(to_vec(be->download(x)), ref_forward(s, ref, x0, B, T), Tol::f32_deep);
 }
 
-TEST(DecoderLayer, OptPreNormMatchesFloat64) { check_layer(small_spec(Family::opt, true)); }
-TEST(DecoderLayer, OptPostNormMatchesFloat64) { check_layer(small_spec(Family::opt, false)); }
-TEST(DecoderLayer, LlamaGqaRopeMatchesFloat64) { check_layer(small_spec(Family::llama)); }
+// One test body per backend (cpu, and cuda when built; skipped without a GPU).
+class DecoderLayer : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { SCALPEL_BACKEND_OR_SKIP(be, GetParam(), 2); }
+  std::unique_ptr<Backend> be;
+};
+TEST_P(DecoderLayer, OptPreNormMatchesFloat64) { check_layer(*be, small_spec(Family::opt, true)); }
+TEST_P(DecoderLayer, OptPostNormMatchesFloat64) { check_layer(*be, small_spec(Family::opt, false)); }
+TEST_P(DecoderLayer, LlamaGqaRopeMatchesFloat64) { check_layer(*be, small_spec(Family::llama)); }
+INSTANTIATE_TEST_SUITE_P(All, DecoderLayer, ::testing::ValuesIn(test_backends()));
 
 nlohmann::json read_json(const std::filesystem::path& p) {
   std::ifstream f(p);

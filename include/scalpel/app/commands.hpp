@@ -37,10 +37,18 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
 // Threads per rank: the configured number, or the node's cores divided by the ranks on it.
 int threads_per_rank(int configured, int local_ranks);
 
-int run_eval(const Config& cfg, dist::Comm& comm, int local_ranks);
+// Where this rank sits on its node: its index among the node's ranks (which GPU it takes) and
+// how many ranks share the node (how many cores it gets).
+struct NodePlace {
+  int local_rank = 0, local_ranks = 1;
+};
+// The backend of `cfg.device` for this rank: threads, GPU and TF32 settings.
+std::unique_ptr<Backend> make_rank_backend(const Config& cfg, const NodePlace& place);
+
+int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place);
 // The layer-by-layer prune with checkpoint, resume, export and evaluation (see prune_run.cpp).
 // restart: discard an existing checkpoint in the output folder instead of resuming it.
-int run_prune(const Config& cfg, dist::Comm& comm, int local_ranks, bool restart);
+int run_prune(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool restart);
 // Writes the Hugging Face export of a complete checkpoint (model: the checkpoint's source unless
 // model_override names another copy of it).
 int run_export(const std::string& checkpoint_dir, const std::string& model_override, const std::string& out,

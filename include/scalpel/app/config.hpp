@@ -21,6 +21,15 @@ struct Config {
   int threads = 0;            // BLAS/OpenMP threads per rank; 0 = cores / ranks on the node
   std::int64_t weight_cache_mb = 8192;  // decoder layers kept resident up to this size
 
+  // device: cuda only. TF32 (tensor-core fp32 with 10-bit mantissas): off (the reference's
+  // setting), forward (the forward's GEMMs and attention), or all (the Hessians' products too).
+  // Activations: where the calibration activations live between layers: device, host (staged to
+  // the GPU a batch at a time), or auto (device when they fit beside the layer's working set).
+  struct Cuda {
+    std::string tf32 = "off";
+    std::string activations = "auto";
+  } cuda;
+
   struct Eval {
     std::int64_t seqlen = 0;       // 0 = max_position_embeddings
     std::int64_t batch = 1;        // windows per forward pass

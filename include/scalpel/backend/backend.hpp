@@ -36,6 +36,17 @@ struct HessianPrep {
   std::int64_t dead = 0;
 };
 
+// How make_backend sets a backend up. `local_rank` picks the GPU (local_rank % visible devices:
+// one rank per GPU); TF32 lets cuBLAS round fp32 GEMM inputs to 10-bit mantissas on tensor cores
+// (about 8x the fp32 rate on an A100/H100), off by default as in the reference, separately for
+// the forward's GEMMs and the Hessian's SYRK. The cpu backend ignores all but `threads`.
+struct BackendOptions {
+  int threads = 0;
+  int local_rank = 0;
+  bool tf32_forward = false;
+  bool tf32_hessian = false;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -49,7 +60,22 @@ class Backend {
   virtual Tensor zeros(const Shape& shape, DType dtype = DType::f32) = 0;
   virtual Tensor upload(const Tensor& host) = 0;
   virtual Tensor download(const Tensor& t) = 0;
+  // A device copy of a host tensor with its dtype unchanged (f64 sums, ids).
+  virtual Tensor upload_exact(const Tensor& host) = 0;
   virtual void copy(const Tensor& src, Tensor& dst) = 0;
+  // Waits until every op enqueued so far has finished (a no-op on a synchronous backend).
+  virtual void synchronize() {}
+  // Bytes of the device's own memory (a GPU's), 0 for the host's.
+  virtual std::int64_t memory_bytes() const { return 0; }
+
+  // Float64 sums (the summed statistics): acc += a elementwise (a f32, acc f64, same numel), and
+  // out = float(acc * scale).
+  virtual void accumulate_f64(const Tensor& a, Tensor& acc) = 0;
+  virtual void f64_to_f32(const Tensor& acc, double scale, Tensor& out) = 0;
+  // The same for a symmetric a [d, d] whose upper triangle is summed into acc, packed row by row
+  // (d(d+1)/2 f64: row i holds a[i, i..d)); out [d, d] receives both triangles.
+  virtual void accumulate_upper_f64(const Tensor& a, Tensor& acc) = 0;
+  virtual void upper_f64_to_symmetric(const Tensor& acc, double scale, Tensor& out) = 0;
 
   // C = alpha * op(A) * op(B) + beta * C, all fp32 2-D.
   virtual void gemm(Trans ta, Trans tb, float alpha, const Tensor& a, const Tensor& b, float beta,
@@ -144,6 +170,16 @@ class Backend {
 
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
 // "cpu" or "cuda"; input Error naming the device when it is not built in or not present.
+std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOptions& options);
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads = 0);
+// A deep copy of t on the backend's device.
+Tensor clone_on(Backend& be, const Tensor& t);
+
+// What this build can run: cuda_built() says the CUDA backend was compiled in; cuda_devices()
+// counts the GPUs the driver shows (0 without a driver or a GPU, or in a CPU-only build), and
+// cuda_status() says why in words.
+bool cuda_built();
+int cuda_devices();
+std::string cuda_status();
 
 }  // namespace scalpel

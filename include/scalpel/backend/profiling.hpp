@@ -1,6 +1,6 @@
 // A Backend that forwards to another and accounts wall time and FLOPs per op, for benchmarks and
-// `--profile` runs. It synchronises nothing itself: on an asynchronous backend the times are of
-// the enqueue unless the inner backend blocks.
+// `--profile` runs. On an asynchronous backend (cuda) it waits for each op to finish
+// (synchronize()) so that the times are of the work, not of the enqueue.
 #pragma once
 #include <chrono>
 #include <map>
@@ -29,15 +29,16 @@ class ProfilingBackend final : public Backend {
     };
     if constexpr (std::is_void_v<decltype(f())>) {
       f();
+      in_.synchronize();
       done();
     } else {
       auto r = f();
+      in_.synchronize();
       done();
       return r;
     }
   }
 
- public:
  public:
   explicit ProfilingBackend(Backend& inner) : in_(inner) {}
   const std::map<std::string, OpStats>& stats() const { return stats_; }
@@ -54,7 +55,22 @@ class ProfilingBackend final : public Backend {
   Tensor zeros(const Shape& s, DType d) override { return in_.zeros(s, d); }
   Tensor upload(const Tensor& h) override { return timed("upload", 0, [&] { return in_.upload(h); }); }
   Tensor download(const Tensor& t) override { return in_.download(t); }
+  Tensor upload_exact(const Tensor& h) override { return timed("upload", 0, [&] { return in_.upload_exact(h); }); }
   void copy(const Tensor& s, Tensor& d) override { timed("copy", 0, [&] { in_.copy(s, d); }); }
+  void synchronize() override { in_.synchronize(); }
+  std::int64_t memory_bytes() const override { return in_.memory_bytes(); }
+  void accumulate_f64(const Tensor& a, Tensor& acc) override {
+    timed("sum_f64", 0, [&] { in_.accumulate_f64(a, acc); });
+  }
+  void f64_to_f32(const Tensor& acc, double scale, Tensor& out) override {
+    timed("sum_f64", 0, [&] { in_.f64_to_f32(acc, scale, out); });
+  }
+  void accumulate_upper_f64(const Tensor& a, Tensor& acc) override {
+    timed("sum_f64", 0, [&] { in_.accumulate_upper_f64(a, acc); });
+  }
+  void upper_f64_to_symmetric(const Tensor& acc, double scale, Tensor& out) override {
+    timed("sum_f64", 0, [&] { in_.upper_f64_to_symmetric(acc, scale, out); });
+  }
   void gemm(Trans ta, Trans tb, float alpha, const Tensor& a, const Tensor& b, float beta, Tensor& c) override {
     const auto k = ta == Trans::no ? a.size(1) : a.size(0);
     ++shapes_[{c.size(0), c.size(1), k}];

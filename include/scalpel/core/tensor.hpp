@@ -77,13 +77,13 @@ class Tensor {
   void* raw() const { return static_cast<char*>(buf_->data()) + offset_; }
   template <class T>
   T* data() const { return static_cast<T*>(raw()); }
-  float* f32() const;  // checked: dtype must be f32 on the host
+  float* f32() const;  // checked: dtype must be f32 (a device address for a device tensor)
   double* f64() const;
 
   // Views sharing storage.
   Tensor slice_rows(std::int64_t begin, std::int64_t end) const;  // along dim 0
   Tensor reshape(Shape shape) const;
-  // Deep copy on the host.
+  // Deep copy of a host tensor (clone_on(backend, t) copies on a device).
   Tensor clone() const;
   // Host fp32 copy of any float dtype.
   Tensor to_f32() const;

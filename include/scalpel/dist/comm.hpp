@@ -46,6 +46,15 @@ class Comm {
   // Ends every rank of the job now (error on one rank must not leave others waiting).
   [[noreturn]] virtual void abort(int code) = 0;
 
+  // Device-resident collectives, on buffers in the memory of the GPU this rank's backend uses.
+  // device_collectives() is collective on its first call (every rank of the group calls it): true
+  // when the build has NCCL and the ranks use distinct GPUs (NCCL cannot put two ranks of one
+  // communicator on one GPU); callers stage through host memory when it is false.
+  virtual bool device_collectives() { return false; }
+  // Element-wise sum of n doubles at device address `dev`, in place, on every rank. Returns once
+  // the sum is complete.
+  virtual void allreduce_sum_device(double* dev, std::size_t n);
+
   bool is_root() const { return rank() == 0; }
   void broadcast_string(std::string& s, int root);
 
@@ -111,6 +120,9 @@ class MpiComm final : public Comm {
   // Ranks sharing this node, and this rank's index among them (for threads and GPUs per rank).
   int local_size() const { return local_size_; }
   int local_rank() const { return local_rank_; }
+
+  bool device_collectives() override;
+  void allreduce_sum_device(double* dev, std::size_t n) override;
 
  private:
   MpiComm() = default;

@@ -68,7 +68,7 @@ class InputStats {
   std::int64_t total_ = 0;
   std::unique_ptr<ExactSum> exact_h_, exact_n_;
   Tensor scratch_h_, scratch_n_;  // sum, exact: one batch's xᵀx and ‖x_j‖²
-  std::vector<double> sum_h_, sum_n_;  // sum: the float64 sums (H: packed upper triangle)
+  Tensor sum_h_, sum_n_;  // sum: the float64 sums on the backend's device (H: packed upper triangle)
   double reduce_seconds_ = 0;
   bool reduced_ = false;
   mutable Tensor h_, norms_;  // uninitialised until the first batch (zeroed if read before)

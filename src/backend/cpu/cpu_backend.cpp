@@ -163,10 +163,63 @@ class CpuBackend final : public Backend {
     return t == DType::f32 || !is_float ? host.clone() : host.to_f32();  // masks and ids keep their type
   }
   Tensor download(const Tensor& t) override { return t; }
+  Tensor upload_exact(const Tensor& host) override { return host.clone(); }
   void copy(const Tensor& src, Tensor& dst) override {
     SCALPEL_CHECK(src.nbytes() == dst.nbytes() && src.dtype() == dst.dtype(), "copy {} -> {}",
                   shape_str(src.shape()), shape_str(dst.shape()));
     std::memcpy(dst.raw(), src.raw(), src.nbytes());
+  }
+
+  void accumulate_f64(const Tensor& a, Tensor& acc) override {
+    check_host_f32(a, "accumulate_f64 a");
+    SCALPEL_CHECK(acc.dtype() == DType::f64 && acc.numel() == a.numel(), "accumulate_f64 {} into {}",
+                  shape_str(a.shape()), shape_str(acc.shape()));
+    const float* v = a.f32();
+    double* p = acc.f64();
+    const auto n = a.numel();
+#pragma omp parallel for simd schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) p[i] += static_cast<double>(v[i]);
+  }
+
+  void f64_to_f32(const Tensor& acc, double scale, Tensor& out) override {
+    check_host_f32(out, "f64_to_f32 out");
+    SCALPEL_CHECK(acc.dtype() == DType::f64 && acc.numel() == out.numel(), "f64_to_f32 {} into {}",
+                  shape_str(acc.shape()), shape_str(out.shape()));
+    const double* p = acc.f64();
+    float* o = out.f32();
+    const auto n = out.numel();
+#pragma omp parallel for simd schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) o[i] = static_cast<float>(p[i] * scale);
+  }
+
+  void accumulate_upper_f64(const Tensor& a, Tensor& acc) override {
+    check_2d(a, "accumulate_upper_f64 a");
+    const auto d = a.size(0);
+    SCALPEL_CHECK(a.size(1) == d && acc.dtype() == DType::f64 && acc.numel() == d * (d + 1) / 2,
+                  "accumulate_upper_f64 {} into {}", shape_str(a.shape()), shape_str(acc.shape()));
+    double* p = acc.f64();
+    const float* src = a.f32();
+#pragma omp parallel for schedule(dynamic, 16)
+    for (std::int64_t i = 0; i < d; ++i) {
+      double* row = p + (i * d - i * (i - 1) / 2);
+      const float* r = src + i * d + i;
+#pragma omp simd
+      for (std::int64_t j = 0; j < d - i; ++j) row[j] += static_cast<double>(r[j]);
+    }
+  }
+
+  void upper_f64_to_symmetric(const Tensor& acc, double scale, Tensor& out) override {
+    check_2d(out, "upper_f64_to_symmetric out");
+    const auto d = out.size(0);
+    SCALPEL_CHECK(out.size(1) == d && acc.dtype() == DType::f64 && acc.numel() == d * (d + 1) / 2,
+                  "upper_f64_to_symmetric {} into {}", shape_str(acc.shape()), shape_str(out.shape()));
+    const double* a = acc.f64();
+    float* o = out.f32();
+#pragma omp parallel for schedule(dynamic, 16)
+    for (std::int64_t i = 0; i < d; ++i) {
+      const double* row = a + (i * d - i * (i - 1) / 2);
+      for (std::int64_t j = i; j < d; ++j) o[i * d + j] = o[j * d + i] = static_cast<float>(row[j - i] * scale);
+    }
   }
 
   void gemm(Trans ta, Trans tb, float alpha, const Tensor& a, const Tensor& b, float beta,

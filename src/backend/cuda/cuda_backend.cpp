@@ -1,0 +1,786 @@
+// CUDA backend: cuBLAS for GEMM and SYRK (the forward and the Hessians), cuSOLVER for Cholesky,
+// its inverse and SparseGPT's factor, and the kernels of kernels.hpp for the rest. One GPU per
+// rank (local rank % visible devices). Everything runs in order on the legacy default stream;
+// device memory comes from a caching allocator, since a layer allocates the same shapes batch
+// after batch and cudaFree synchronises the device.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "kernels.hpp"
+#include "scalpel/backend/backend.hpp"
+#include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
+
+namespace scalpel {
+namespace {
+
+void check_cuda(cudaError_t rc, const char* what) {
+  if (rc != cudaSuccess) SCALPEL_RUNTIME_ERROR("CUDA {}: {} ({})", what, cudaGetErrorString(rc), cudaGetErrorName(rc));
+}
+void launched(const char* what) { check_cuda(cudaGetLastError(), what); }
+
+const char* cublas_name(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "not initialised";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "allocation failed";
+    case CUBLAS_STATUS_INVALID_VALUE: return "invalid value";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "architecture mismatch";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "execution failed";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "internal error";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported";
+    default: return "error";
+  }
+}
+void check_cublas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) SCALPEL_RUNTIME_ERROR("cuBLAS {}: {} (status {})", what, cublas_name(s), int(s));
+}
+void check_cusolver(cusolverStatus_t s, const char* what) {
+  if (s != CUSOLVER_STATUS_SUCCESS) SCALPEL_RUNTIME_ERROR("cuSOLVER {}: status {}", what, int(s));
+}
+
+// Size classes: powers of two up to 1 MiB, then multiples of 2 MiB. Freed blocks wait in their
+// class for the next request of that class; when cudaMalloc fails, the cache is returned to the
+// driver and the request tried once more.
+class DeviceAllocator {
+ public:
+  explicit DeviceAllocator(int device) : device_(device) {}
+  ~DeviceAllocator() { release_cached(); }
+
+  void* allocate(std::size_t bytes) {
+    const std::size_t size = size_class(std::max<std::size_t>(bytes, 1));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(size);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_ -= size;
+        return p;
+      }
+    }
+    void* p = nullptr;
+    cudaError_t rc = cudaMalloc(&p, size);
+    if (rc == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      release_cached();
+      rc = cudaMalloc(&p, size);
+    }
+    if (rc != cudaSuccess) {
+      cudaGetLastError();
+      std::size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      SCALPEL_RUNTIME_ERROR("CUDA device {}: cannot allocate {:.2f} GB ({}); {:.2f} of {:.2f} GB free. Lower "
+                            "calibration.batch or use more ranks (scalpel plan shows the per-rank peak)",
+                            device_, double(size) / 1e9, cudaGetErrorString(rc), double(free_b) / 1e9,
+                            double(total_b) / 1e9);
+    }
+    return p;
+  }
+  void release(void* p, std::size_t bytes) {
+    const std::size_t size = size_class(std::max<std::size_t>(bytes, 1));
+    std::lock_guard<std::mutex> lock(mu_);
+    free_[size].push_back(p);
+    cached_ += size;
+  }
+  void release_cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    cudaDeviceSynchronize();  // blocks in flight may still be read by enqueued work
+    for (auto& [size, ptrs] : free_)
+      for (void* p : ptrs) cudaFree(p);
+    free_.clear();
+    cached_ = 0;
+  }
+
+ private:
+  static std::size_t size_class(std::size_t b) {
+    constexpr std::size_t kMiB = std::size_t{1} << 20;
+    if (b <= kMiB) {
+      std::size_t c = 512;
+      while (c < b) c <<= 1;
+      return c;
+    }
+    return (b + 2 * kMiB - 1) / (2 * kMiB) * (2 * kMiB);
+  }
+  int device_;
+  std::mutex mu_;
+  std::map<std::size_t, std::vector<void*>> free_;
+  std::size_t cached_ = 0;
+};
+
+void check_dev(const Tensor& t, DType dt, const char* what) {
+  SCALPEL_CHECK(t.defined() && t.device() == Device::cuda && t.dtype() == dt, "{}: expected a CUDA {} tensor, got {} {}",
+                what, dtype_name(dt), t.defined() && t.device() == Device::cuda ? "CUDA" : "host",
+                t.defined() ? dtype_name(t.dtype()) : "undefined");
+}
+void check_f32(const Tensor& t, const char* what) { check_dev(t, DType::f32, what); }
+void check_2d(const Tensor& t, const char* what) {
+  check_f32(t, what);
+  SCALPEL_CHECK(t.dim() == 2, "{}: expected 2-D, got {}", what, shape_str(t.shape()));
+}
+void check_mask(const Tensor& t, const char* what) {
+  check_dev(t, DType::u8, what);
+  SCALPEL_CHECK(t.dim() == 2, "{}: expected 2-D, got {}", what, shape_str(t.shape()));
+}
+int as_int(std::int64_t v, const char* what) {
+  SCALPEL_CHECK(v >= 0 && v <= std::numeric_limits<int>::max(), "{} = {} exceeds the 32-bit sizes of cuBLAS/cuSOLVER",
+                what, v);
+  return static_cast<int>(v);
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const BackendOptions& o) : opt_(o) {
+    int count = 0;
+    const cudaError_t rc = cudaGetDeviceCount(&count);
+    if (rc != cudaSuccess || count == 0) {
+      cudaGetLastError();
+      SCALPEL_INPUT_ERROR("device 'cuda': no CUDA GPU is visible to this process ({}); use device: cpu, or run on a "
+                          "GPU node (CUDA_VISIBLE_DEVICES, Slurm --gpus-per-task)",
+                          rc != cudaSuccess ? cudaGetErrorString(rc) : "cudaGetDeviceCount found 0 devices");
+    }
+    device_ = o.local_rank % count;
+    check_cuda(cudaSetDevice(device_), "SetDevice");
+    cudaDeviceProp prop{};
+    check_cuda(cudaGetDeviceProperties(&prop, device_), "GetDeviceProperties");
+    name_ = prop.name;
+    memory_ = static_cast<std::int64_t>(prop.totalGlobalMem);
+    alloc_ = std::make_shared<DeviceAllocator>(device_);
+    check_cublas(cublasCreate(&blas_), "Create");
+    check_cublas(cublasSetStream(blas_, nullptr), "SetStream");
+    check_cusolver(cusolverDnCreate(&solver_), "Create");
+    check_cusolver(cusolverDnSetStream(solver_, nullptr), "SetStream");
+    check_cusolver(cusolverDnCreateParams(&params_), "CreateParams");
+    info_ = empty({2}, DType::i32);
+    log::debug("cuda backend on device {} of {}: {} ({:.1f} GB), TF32 forward {} hessian {}", device_, count, name_,
+               double(prop.totalGlobalMem) / 1e9, o.tf32_forward, o.tf32_hessian);
+  }
+  ~CudaBackend() override {
+    info_ = Tensor();
+    cudaDeviceSynchronize();
+    if (params_) cusolverDnDestroyParams(params_);
+    if (solver_) cusolverDnDestroy(solver_);
+    if (blas_) cublasDestroy(blas_);
+  }
+
+  std::string name() const override { return "cuda"; }
+  Device device() const override { return Device::cuda; }
+  void set_threads(int) override {}
+  void synchronize() override { check_cuda(cudaDeviceSynchronize(), "DeviceSynchronize"); }
+  std::int64_t memory_bytes() const override { return memory_; }
+
+  // ---- memory ----
+  Tensor empty(const Shape& shape, DType dtype = DType::f32) override {
+    const std::size_t bytes = static_cast<std::size_t>(shape_numel(shape)) * dtype_size(dtype);
+    auto alloc = alloc_;
+    void* p = alloc->allocate(bytes);
+    auto buf = std::make_shared<Buffer>(p, bytes, Device::cuda, [alloc, bytes](void* q) { alloc->release(q, bytes); });
+    return Tensor(std::move(buf), 0, shape, dtype);
+  }
+  Tensor zeros(const Shape& shape, DType dtype = DType::f32) override {
+    Tensor t = empty(shape, dtype);
+    check_cuda(cudaMemsetAsync(t.raw(), 0, t.nbytes()), "MemsetAsync");
+    return t;
+  }
+  Tensor upload(const Tensor& host) override {
+    SCALPEL_CHECK(host.defined(), "upload of an undefined tensor");
+    const DType dt = host.dtype();
+    if (dt == DType::f16 || dt == DType::bf16) {
+      // The 2-byte values travel as they are and widen on the device (half the PCIe bytes).
+      Tensor raw = upload_exact(host);
+      Tensor out = empty(host.shape(), DType::f32);
+      const auto* in = static_cast<const std::uint16_t*>(raw.raw());
+      if (dt == DType::f16)
+        cuda::f16_to_f32(in, out.f32(), host.numel());
+      else
+        cuda::bf16_to_f32(in, out.f32(), host.numel());
+      launched("f16/bf16 -> f32");
+      return out;
+    }
+    if (dt == DType::f64) return upload_exact(host.to_f32());
+    return upload_exact(host);  // f32, masks and ids keep their type
+  }
+  Tensor upload_exact(const Tensor& host) override {
+    Tensor out = empty(host.shape(), host.dtype());
+    if (host.nbytes())
+      check_cuda(cudaMemcpy(out.raw(), host.raw(), host.nbytes(),
+                            host.device() == Device::cuda ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice),
+                 "Memcpy to device");
+    return out;
+  }
+  Tensor download(const Tensor& t) override {
+    if (t.device() == Device::cpu) return t;
+    Tensor host = Tensor::empty(t.shape(), t.dtype());
+    if (t.nbytes()) check_cuda(cudaMemcpy(host.raw(), t.raw(), t.nbytes(), cudaMemcpyDeviceToHost), "Memcpy to host");
+    return host;
+  }
+  void copy(const Tensor& src, Tensor& dst) override {
+    SCALPEL_CHECK(src.nbytes() == dst.nbytes() && src.dtype() == dst.dtype(), "copy {} -> {}", shape_str(src.shape()),
+                  shape_str(dst.shape()));
+    if (src.nbytes()) check_cuda(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(), cudaMemcpyDefault), "MemcpyAsync");
+  }
+
+  void accumulate_f64(const Tensor& a, Tensor& acc) override {
+    check_f32(a, "accumulate_f64 a");
+    check_dev(acc, DType::f64, "accumulate_f64 acc");
+    SCALPEL_CHECK(acc.numel() == a.numel(), "accumulate_f64 {} into {}", shape_str(a.shape()), shape_str(acc.shape()));
+    cuda::accumulate_f64(a.f32(), acc.data<double>(), a.numel());
+    launched("accumulate_f64");
+  }
+  void f64_to_f32(const Tensor& acc, double scale, Tensor& out) override {
+    check_f32(out, "f64_to_f32 out");
+    check_dev(acc, DType::f64, "f64_to_f32 acc");
+    SCALPEL_CHECK(acc.numel() == out.numel(), "f64_to_f32 {} into {}", shape_str(acc.shape()), shape_str(out.shape()));
+    cuda::f64_to_f32(acc.data<double>(), scale, out.f32(), out.numel());
+    launched("f64_to_f32");
+  }
+  void accumulate_upper_f64(const Tensor& a, Tensor& acc) override {
+    check_2d(a, "accumulate_upper_f64 a");
+    check_dev(acc, DType::f64, "accumulate_upper_f64 acc");
+    const auto d = a.size(0);
+    SCALPEL_CHECK(a.size(1) == d && acc.numel() == d * (d + 1) / 2, "accumulate_upper_f64 {} into {}",
+                  shape_str(a.shape()), shape_str(acc.shape()));
+    cuda::accumulate_upper_f64(a.f32(), acc.data<double>(), d);
+    launched("accumulate_upper_f64");
+  }
+  void upper_f64_to_symmetric(const Tensor& acc, double scale, Tensor& out) override {
+    check_2d(out, "upper_f64_to_symmetric out");
+    check_dev(acc, DType::f64, "upper_f64_to_symmetric acc");
+    const auto d = out.size(0);
+    SCALPEL_CHECK(out.size(1) == d && acc.numel() == d * (d + 1) / 2, "upper_f64_to_symmetric {} into {}",
+                  shape_str(acc.shape()), shape_str(out.shape()));
+    cuda::upper_f64_to_f32(acc.data<double>(), scale, out.f32(), d);
+    cuda::mirror_upper_to_lower(out.f32(), d);
+    launched("upper_f64_to_symmetric");
+  }
+
+  // ---- dense ----
+  // Row-major C [m, n] = alpha op(A) op(B) + beta C as the column-major Cᵀ = op(B)ᵀ op(A)ᵀ.
+  void rm_gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+               std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc, bool tf32) {
+    math(tf32);
+    check_cublas(cublasSgemm(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, as_int(n, "n"),
+                             as_int(m, "m"), as_int(k, "k"), &alpha, b, as_int(ldb, "ldb"), a, as_int(lda, "lda"), &beta,
+                             c, as_int(ldc, "ldc")),
+                 "Sgemm");
+  }
+  void rm_gemm_batched(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                       std::int64_t lda, std::int64_t sa, const float* b, std::int64_t ldb, std::int64_t sb, float beta,
+                       float* c, std::int64_t ldc, std::int64_t sc, std::int64_t count, bool tf32) {
+    math(tf32);
+    check_cublas(cublasSgemmStridedBatched(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                           as_int(n, "n"), as_int(m, "m"), as_int(k, "k"), &alpha, b, as_int(ldb, "ldb"),
+                                           sb, a, as_int(lda, "lda"), sa, &beta, c, as_int(ldc, "ldc"), sc,
+                                           as_int(count, "batch")),
+                 "SgemmStridedBatched");
+  }
+
+  void gemm(Trans ta, Trans tb, float alpha, const Tensor& a, const Tensor& b, float beta, Tensor& c) override {
+    check_2d(a, "gemm A");
+    check_2d(b, "gemm B");
+    check_2d(c, "gemm C");
+    const auto m = ta == Trans::no ? a.size(0) : a.size(1);
+    const auto k = ta == Trans::no ? a.size(1) : a.size(0);
+    const auto kb = tb == Trans::no ? b.size(0) : b.size(1);
+    const auto n = tb == Trans::no ? b.size(1) : b.size(0);
+    SCALPEL_CHECK(k == kb && c.size(0) == m && c.size(1) == n, "gemm shapes {}{} x {}{} -> {}", shape_str(a.shape()),
+                  ta == Trans::yes ? "^T" : "", shape_str(b.shape()), tb == Trans::yes ? "^T" : "", shape_str(c.shape()));
+    if (m == 0 || n == 0) return;
+    rm_gemm(ta == Trans::yes, tb == Trans::yes, m, n, k, alpha, a.f32(), a.size(1), b.f32(), b.size(1), beta, c.f32(),
+            c.size(1), opt_.tf32_forward);
+  }
+
+  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
+    check_2d(x, "linear x");
+    check_2d(w, "linear W");
+    check_2d(y, "linear y");
+    const auto n = x.size(0), out = w.size(0);
+    SCALPEL_CHECK(x.size(1) == w.size(1) && y.size(0) == n && y.size(1) == out, "linear x {} W {} y {}",
+                  shape_str(x.shape()), shape_str(w.shape()), shape_str(y.shape()));
+    float beta = 0.0f;
+    if (bias) {
+      check_f32(*bias, "linear bias");
+      SCALPEL_CHECK(bias->numel() == out, "bias {} for {} outputs", shape_str(bias->shape()), out);
+      cuda::broadcast_rows(bias->f32(), y.f32(), n, out);
+      launched("bias");
+      beta = 1.0f;
+    }
+    gemm(Trans::no, Trans::yes, 1.0f, x, w, beta, y);
+  }
+
+  void syrk(float alpha, const Tensor& x, float beta, Tensor& h) override {
+    check_2d(x, "syrk X");
+    check_2d(h, "syrk H");
+    const auto n = x.size(0), d = x.size(1);
+    SCALPEL_CHECK(h.size(0) == d && h.size(1) == d, "syrk X {} H {}", shape_str(x.shape()), shape_str(h.shape()));
+    if (d == 0) return;
+    if (opt_.tf32_hessian) {
+      // Tensor cores: the full product (both triangles) in one TF32 GEMM.
+      rm_gemm(true, false, d, d, n, alpha, x.f32(), d, x.f32(), d, beta, h.f32(), d, true);
+      return;
+    }
+    math(false);
+    // X row-major [n, d] is column-major Xᵀ [d, n]: C = Xᵀ X is syrk with trans = N. The column-major
+    // lower triangle is the row-major upper one, mirrored below.
+    check_cublas(cublasSsyrk(blas_, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, as_int(d, "d"), as_int(n, "n"), &alpha,
+                             x.f32(), as_int(d, "d"), &beta, h.f32(), as_int(d, "d")),
+                 "Ssyrk");
+    cuda::mirror_upper_to_lower(h.f32(), d);
+    launched("mirror");
+  }
+
+  void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) override {
+    check_2d(x, "layer_norm x");
+    SCALPEL_CHECK(out.numel() == x.numel(), "layer_norm out {}", shape_str(out.shape()));
+    cuda::layer_norm(x.f32(), w ? w->f32() : nullptr, b ? b->f32() : nullptr, eps, out.f32(), x.size(0), x.size(1));
+    launched("layer_norm");
+  }
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    check_2d(x, "rms_norm x");
+    SCALPEL_CHECK(w.numel() == x.size(1) && out.numel() == x.numel(), "rms_norm shapes");
+    cuda::rms_norm(x.f32(), w.f32(), eps, out.f32(), x.size(0), x.size(1));
+    launched("rms_norm");
+  }
+  void add(Tensor& y, const Tensor& x) override {
+    SCALPEL_CHECK(y.numel() == x.numel(), "add {} += {}", shape_str(y.shape()), shape_str(x.shape()));
+    cuda::add(y.f32(), x.f32(), y.numel());
+    launched("add");
+  }
+  void scale(Tensor& y, float alpha) override {
+    cuda::scale(y.f32(), alpha, y.numel());
+    launched("scale");
+  }
+  void relu(Tensor& y) override {
+    cuda::relu(y.f32(), y.numel());
+    launched("relu");
+  }
+  void gelu(Tensor& y) override {
+    cuda::gelu(y.f32(), y.numel());
+    launched("gelu");
+  }
+  void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    SCALPEL_CHECK(gate.numel() == up.numel() && out.numel() == up.numel(), "silu_mul shapes");
+    cuda::silu_mul(gate.f32(), up.f32(), out.f32(), out.numel());
+    launched("silu_mul");
+  }
+  void rope(Tensor& x, std::int64_t seqlen, std::int64_t heads, std::int64_t head_dim, const Tensor& cos,
+            const Tensor& sin) override {
+    check_2d(x, "rope x");
+    SCALPEL_CHECK(x.size(1) == heads * head_dim && x.size(0) % seqlen == 0 && head_dim % 2 == 0,
+                  "rope x {} heads {} head_dim {} seqlen {}", shape_str(x.shape()), heads, head_dim, seqlen);
+    SCALPEL_CHECK(cos.size(0) >= seqlen && cos.size(1) == head_dim, "rope table {}", shape_str(cos.shape()));
+    cuda::rope(x.f32(), x.size(0), seqlen, heads, head_dim, cos.f32(), sin.f32());
+    launched("rope");
+  }
+
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor& out,
+                 Tensor* probs) override {
+    const auto T = s.seqlen, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
+    SCALPEL_CHECK(H % KV == 0, "heads {} not a multiple of kv heads {}", H, KV);
+    SCALPEL_CHECK(q.size(0) == s.batch * T && q.size(1) == H * hd && k.size(1) == KV * hd && v.size(1) == KV * hd &&
+                      k.size(0) == q.size(0) && out.numel() == q.numel(),
+                  "attention q {} k {} v {}", shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
+    if (probs) SCALPEL_CHECK(probs->numel() == s.batch * H * T * T, "attention probs {}", shape_str(probs->shape()));
+    const std::int64_t ldq = H * hd, ldk = KV * hd, group = H / KV;
+    // Per sequence: the scores of all heads [H, T, T] (q·kᵀ for every key, the causal softmax
+    // zeroes the future), then P·V. Query heads h = kv * group + g share kv head kv, so each
+    // g is one strided batch over the kv heads.
+    Tensor scratch;
+    if (!probs) scratch = empty({H, T, T});
+    for (std::int64_t b = 0; b < s.batch; ++b) {
+      float* p = probs ? probs->f32() + b * H * T * T : scratch.f32();
+      const float* qb = q.f32() + b * T * ldq;
+      const float* kb = k.f32() + b * T * ldk;
+      const float* vb = v.f32() + b * T * ldk;
+      float* ob = out.f32() + b * T * ldq;
+      for (std::int64_t g = 0; g < group; ++g)
+        rm_gemm_batched(false, true, T, T, hd, s.scale, qb + g * hd, ldq, group * hd, kb, ldk, hd, 0.0f, p + g * T * T, T,
+                        group * T * T, KV, opt_.tf32_forward);
+      cuda::causal_softmax(p, H, T);
+      launched("causal_softmax");
+      for (std::int64_t g = 0; g < group; ++g)
+        rm_gemm_batched(false, false, T, hd, T, 1.0f, p + g * T * T, T, group * T * T, vb, ldk, hd, 0.0f, ob + g * hd,
+                        ldq, group * hd, KV, opt_.tf32_forward);
+    }
+  }
+
+  void embedding(std::span<const std::int32_t> ids, const Tensor& table, Tensor& out) override {
+    check_2d(table, "embedding table");
+    const auto vocab = table.size(0), d = table.size(1);
+    SCALPEL_CHECK(out.numel() == static_cast<std::int64_t>(ids.size()) * d, "embedding out {}", shape_str(out.shape()));
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      if (ids[i] < 0 || ids[i] >= vocab)
+        SCALPEL_INPUT_ERROR("token id {} at position {} is outside the vocabulary of {}", ids[i], i, vocab);
+    const Tensor dids = upload_exact(
+        Tensor::wrap(const_cast<std::int32_t*>(ids.data()), {static_cast<std::int64_t>(ids.size())}, DType::i32));
+    cuda::embedding(dids.data<std::int32_t>(), table.f32(), out.f32(), static_cast<std::int64_t>(ids.size()), d);
+    launched("embedding");
+  }
+
+  void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out) override {
+    check_2d(logits, "nll logits");
+    const auto n = logits.size(0), V = logits.size(1);
+    SCALPEL_CHECK(static_cast<std::int64_t>(targets.size()) == n && static_cast<std::int64_t>(out.size()) == n,
+                  "nll: {} rows, {} targets", n, targets.size());
+    const Tensor dt = upload_exact(Tensor::wrap(const_cast<std::int32_t*>(targets.data()), {n}, DType::i32));
+    Tensor res = empty({n}, DType::f64);
+    cuda::nll_rows(logits.f32(), dt.data<std::int32_t>(), res.data<double>(), n, V);
+    launched("nll");
+    const Tensor h = download(res);
+    std::memcpy(out.data(), h.raw(), static_cast<std::size_t>(n) * sizeof(double));
+  }
+
+  // ---- factorisations ----
+  // Row-major a is the column-major aᵀ = a (symmetric): the column-major LOWER factor L (a = L Lᵀ)
+  // reads row-major as U = Lᵀ (a = UᵀU), and the column-major UPPER one as a row-major lower L.
+  bool potrf(float* a, std::int64_t n, cublasFillMode_t uplo) {
+    int lwork = 0;
+    check_cusolver(cusolverDnSpotrf_bufferSize(solver_, uplo, as_int(n, "n"), a, as_int(n, "n"), &lwork), "potrf size");
+    Tensor work = empty({static_cast<std::int64_t>(std::max(lwork, 1))});
+    check_cusolver(cusolverDnSpotrf(solver_, uplo, as_int(n, "n"), a, as_int(n, "n"), work.f32(), lwork, info_.data<int>()),
+                   "Spotrf");
+    return read_info() == 0;
+  }
+  int read_info() {
+    int info = 0;
+    check_cuda(cudaMemcpy(&info, info_.raw(), sizeof info, cudaMemcpyDeviceToHost), "Memcpy info");
+    return info;
+  }
+
+  bool cholesky(Tensor& a, bool upper) override {
+    check_2d(a, "cholesky A");
+    const auto n = a.size(0);
+    SCALPEL_CHECK(a.size(1) == n, "cholesky of a non-square {}", shape_str(a.shape()));
+    if (n == 0) return true;
+    if (!potrf(a.f32(), n, upper ? CUBLAS_FILL_MODE_LOWER : CUBLAS_FILL_MODE_UPPER)) return false;
+    if (upper)
+      cuda::zero_strict_lower(a.f32(), n);
+    else
+      cuda::zero_strict_upper(a.f32(), n);
+    launched("zero triangle");
+    return true;
+  }
+
+  bool inverse_cholesky_upper(Tensor& a) override {
+    check_2d(a, "inverse_cholesky_upper A");
+    const auto n = a.size(0);
+    SCALPEL_CHECK(a.size(1) == n, "inverse_cholesky_upper of a non-square {}", shape_str(a.shape()));
+    if (n == 0) return true;
+    float* p = a.f32();
+    // J a J, its row-major lower factor L (column-major upper), L⁻¹, then J L⁻¹ J = U (upper).
+    cuda::reverse_flat(p, n, false);
+    launched("reverse");
+    if (!potrf(p, n, CUBLAS_FILL_MODE_UPPER)) return false;
+    std::size_t dev_bytes = 0, host_bytes = 0;
+    check_cusolver(cusolverDnXtrtri_bufferSize(solver_, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_32F, p, n,
+                                               &dev_bytes, &host_bytes),
+                   "trtri size");
+    Tensor work = empty({static_cast<std::int64_t>(std::max<std::size_t>(dev_bytes, 1))}, DType::u8);
+    std::vector<char> host_work(std::max<std::size_t>(host_bytes, 1));
+    check_cusolver(cusolverDnXtrtri(solver_, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_32F, p, n, work.raw(),
+                                    dev_bytes, host_work.data(), host_bytes, info_.data<int>()),
+                   "Xtrtri");
+    if (read_info() != 0) return false;
+    cuda::reverse_flat(p, n, true);
+    launched("reverse");
+    return all_finite(a);
+  }
+
+  void cholesky_inverse(Tensor& f, bool upper) override {
+    check_2d(f, "cholesky_inverse factor");
+    const auto n = f.size(0);
+    SCALPEL_CHECK(f.size(1) == n, "cholesky_inverse of a non-square {}", shape_str(f.shape()));
+    if (n == 0) return;
+    const auto uplo = upper ? CUBLAS_FILL_MODE_LOWER : CUBLAS_FILL_MODE_UPPER;
+    int lwork = 0;
+    check_cusolver(cusolverDnSpotri_bufferSize(solver_, uplo, as_int(n, "n"), f.f32(), as_int(n, "n"), &lwork),
+                   "potri size");
+    Tensor work = empty({static_cast<std::int64_t>(std::max(lwork, 1))});
+    check_cusolver(cusolverDnSpotri(solver_, uplo, as_int(n, "n"), f.f32(), as_int(n, "n"), work.f32(), lwork,
+                                    info_.data<int>()),
+                   "Spotri");
+    const int info = read_info();
+    SCALPEL_CHECK(info == 0, "spotri info {}", info);
+    if (upper)
+      cuda::mirror_upper_to_lower(f.f32(), n);
+    else
+      cuda::mirror_lower_to_upper(f.f32(), n);
+    launched("mirror");
+  }
+
+  // ---- pruning ----
+  void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) override {
+    check_2d(x, "col_sq_norms x");
+    check_f32(out, "col_sq_norms out");
+    const auto n = x.size(0), d = x.size(1);
+    SCALPEL_CHECK(out.numel() == d, "col_sq_norms out {} for {} columns", shape_str(out.shape()), d);
+    const std::int64_t chunks = std::clamp<std::int64_t>((n + 255) / 256, 1, 64);
+    Tensor partial = empty({chunks, d}, DType::f64);
+    cuda::col_sq_norms(x.f32(), alpha, beta, out.f32(), partial.data<double>(), n, d, chunks);
+    launched("col_sq_norms");
+  }
+
+  HessianPrep hessian_prepare(Tensor& h, Tensor* w, float percdamp) override {
+    check_2d(h, "hessian_prepare H");
+    const auto d = h.size(0);
+    SCALPEL_CHECK(h.size(1) == d, "hessian_prepare of a non-square {}", shape_str(h.shape()));
+    if (w) {
+      check_2d(*w, "hessian_prepare W");
+      SCALPEL_CHECK(w->size(1) == d, "hessian_prepare W {} for H {}", shape_str(w->shape()), shape_str(h.shape()));
+    }
+    if (d == 0) return {};
+    Tensor dead = empty({d}, DType::u8);
+    Tensor out = empty({2}, DType::f64);  // [sum of the diagonal, dead count (as bits of a long long)]
+    cuda::hessian_diag(h.f32(), d, dead.data<std::uint8_t>(), out.data<double>(),
+                       reinterpret_cast<long long*>(out.data<double>() + 1));
+    launched("hessian_diag");
+    const Tensor host = download(out);
+    const double sum = host.data<double>()[0];
+    long long ndead = 0;
+    std::memcpy(&ndead, host.data<double>() + 1, sizeof ndead);
+    // fp32 like the reference's percdamp * torch.mean(torch.diag(H)).
+    const float damp = static_cast<float>(percdamp * (sum / static_cast<double>(d)));
+    cuda::add_diag(h.f32(), d, damp);
+    launched("add_diag");
+    if (w && ndead > 0) {
+      cuda::zero_dead_columns(w->f32(), w->size(0), d, dead.data<std::uint8_t>());
+      launched("zero_dead_columns");
+    }
+    return {damp, static_cast<std::int64_t>(ndead)};
+  }
+
+  bool all_finite(const Tensor& t) override {
+    SCALPEL_CHECK(t.device() == Device::cuda && (t.dtype() == DType::f32 || t.dtype() == DType::f64),
+                  "all_finite: expected a CUDA f32/f64 tensor");
+    check_cuda(cudaMemsetAsync(info_.data<int>() + 1, 0xff, sizeof(int)), "MemsetAsync");  // nonzero = ok
+    if (t.dtype() == DType::f32)
+      cuda::all_finite_f32(t.f32(), t.numel(), info_.data<int>() + 1);
+    else
+      cuda::all_finite_f64(t.data<double>(), t.numel(), info_.data<int>() + 1);
+    launched("all_finite");
+    int ok = 0;
+    check_cuda(cudaMemcpy(&ok, info_.data<int>() + 1, sizeof ok, cudaMemcpyDeviceToHost), "Memcpy flag");
+    return ok != 0;
+  }
+
+  void prune_scores(const Tensor& w, const Tensor* col, Tensor& scores) override {
+    check_2d(w, "prune_scores W");
+    check_2d(scores, "prune_scores scores");
+    SCALPEL_CHECK(scores.shape() == w.shape(), "prune_scores {} for W {}", shape_str(scores.shape()), shape_str(w.shape()));
+    if (col) {
+      check_f32(*col, "prune_scores column statistic");
+      SCALPEL_CHECK(col->numel() == w.size(1), "prune_scores column statistic {} for {} columns",
+                    shape_str(col->shape()), w.size(1));
+    }
+    cuda::prune_scores(w.f32(), col ? col->f32() : nullptr, scores.f32(), w.size(0), w.size(1));
+    launched("prune_scores");
+  }
+
+  SelectThreshold kth_threshold(const Tensor& scores, std::int64_t k) override {
+    check_f32(scores, "kth_threshold scores");
+    const auto n = scores.numel();
+    SCALPEL_CHECK(k >= 0 && k <= n, "kth_threshold k {} of {}", k, n);
+    if (k == 0) return {-std::numeric_limits<float>::infinity(), 0};
+    // Radix selection on the order keys, 11 + 11 + 10 bits: one histogram pass per digit over the
+    // elements that share the digits found so far.
+    Tensor hist = empty({2048}, DType::i64);
+    std::uint32_t prefix = 0;
+    std::int64_t below = 0, equal = 0;
+    const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
+    for (int pass = 0; pass < 3; ++pass) {
+      cuda::key_histogram(scores.f32(), n, shifts[pass], widths[pass], prefix,
+                          reinterpret_cast<unsigned long long*>(hist.raw()));
+      launched("key_histogram");
+      const Tensor h = download(hist);
+      const auto* c = h.data<std::int64_t>();
+      const int bins = 1 << widths[pass];
+      int b = 0;
+      for (; b < bins - 1; ++b) {
+        if (below + c[b] >= k) break;
+        below += c[b];
+      }
+      prefix = (prefix << widths[pass]) | static_cast<std::uint32_t>(b);
+      equal = c[b];
+    }
+    const std::uint32_t vkey = prefix;
+    const std::uint32_t b = (vkey & 0x80000000u) ? (vkey & 0x7fffffffu) : ~vkey;  // core/float_order key_value
+    float value;
+    std::memcpy(&value, &b, 4);
+    const auto take = k - below;
+    return {value, take == equal ? std::numeric_limits<std::int64_t>::max() : take};
+  }
+
+  void mask_threshold(const Tensor& scores, const SelectThreshold& t, Tensor& mask, std::int64_t col0) override {
+    check_2d(scores, "mask_threshold scores");
+    check_mask(mask, "mask_threshold mask");
+    const auto rows = scores.size(0), width = scores.size(1), mc = mask.size(1);
+    SCALPEL_CHECK(mask.size(0) == rows && col0 >= 0 && col0 + width <= mc, "mask_threshold scores {} into mask {} at {}",
+                  shape_str(scores.shape()), shape_str(mask.shape()), col0);
+    if (rows == 0 || width == 0) return;
+    Tensor first;
+    const long long take = t.take_equal >= rows * width ? std::numeric_limits<long long>::max() : t.take_equal;
+    if (take > 0 && take < rows * width) {
+      // Ties are taken in row-major order: each row needs the count of ties in the rows before it.
+      Tensor counts = empty({rows}, DType::i64);
+      cuda::count_equal_rows(scores.f32(), rows, width, t.value, reinterpret_cast<long long*>(counts.raw()));
+      launched("count_equal_rows");
+      Tensor h = download(counts);
+      auto* c = h.data<std::int64_t>();
+      std::int64_t acc = 0;
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const auto here = c[r];
+        c[r] = acc;
+        acc += here;
+      }
+      first = upload_exact(h);
+    }
+    cuda::mask_threshold(scores.f32(), rows, width, t.value, take,
+                         first.defined() ? reinterpret_cast<const long long*>(first.raw()) : nullptr,
+                         mask.data<std::uint8_t>(), mc, col0);
+    launched("mask_threshold");
+  }
+
+  void mask_rows_smallest(const Tensor& scores, std::int64_t k, Tensor& mask) override {
+    check_2d(scores, "mask_rows_smallest scores");
+    check_mask(mask, "mask_rows_smallest mask");
+    SCALPEL_CHECK(mask.shape() == scores.shape(), "mask {} for scores {}", shape_str(mask.shape()),
+                  shape_str(scores.shape()));
+    SCALPEL_CHECK(k >= 0 && k <= scores.size(1), "mask_rows_smallest k {} of {}", k, scores.size(1));
+    if (scores.numel() == 0) return;
+    cuda::mask_rows_smallest(scores.f32(), scores.size(0), scores.size(1), k, mask.data<std::uint8_t>());
+    launched("mask_rows_smallest");
+  }
+
+  void mask_nm(const Tensor& scores, int n, int m, Tensor& mask) override {
+    check_2d(scores, "mask_nm scores");
+    check_mask(mask, "mask_nm mask");
+    SCALPEL_CHECK(mask.shape() == scores.shape(), "mask {} for scores {}", shape_str(mask.shape()),
+                  shape_str(scores.shape()));
+    SCALPEL_CHECK(n > 0 && n < m, "mask_nm {}:{}", n, m);
+    if (scores.numel() == 0) return;
+    cuda::mask_nm(scores.f32(), scores.size(0), scores.size(1), n, m, mask.data<std::uint8_t>());
+    launched("mask_nm");
+  }
+
+  void apply_mask(Tensor& w, const Tensor& mask) override {
+    check_2d(w, "apply_mask W");
+    check_mask(mask, "apply_mask mask");
+    SCALPEL_CHECK(mask.shape() == w.shape(), "mask {} for W {}", shape_str(mask.shape()), shape_str(w.shape()));
+    cuda::apply_mask(w.f32(), mask.data<std::uint8_t>(), w.numel());
+    launched("apply_mask");
+  }
+
+  void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& scores) override {
+    check_2d(w, "obs_scores W");
+    check_2d(hinv, "obs_scores Hinv");
+    check_2d(scores, "obs_scores scores");
+    const auto rows = w.size(0), d = w.size(1), width = scores.size(1);
+    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && scores.size(0) == rows && col0 >= 0 && col0 + width <= d,
+                  "obs_scores W {} Hinv {} scores {} at {}", shape_str(w.shape()), shape_str(hinv.shape()),
+                  shape_str(scores.shape()), col0);
+    cuda::obs_scores(w.f32(), hinv.f32(), rows, d, col0, width, scores.f32());
+    launched("obs_scores");
+  }
+
+  void obs_sweep_block(Tensor& w, const Tensor& hinv, std::int64_t col0, std::int64_t width, int prune_n, int prune_m,
+                       Tensor& mask, Tensor& err, Tensor& losses) override {
+    check_2d(w, "obs_sweep W");
+    check_2d(hinv, "obs_sweep Hinv");
+    check_2d(err, "obs_sweep err");
+    check_mask(mask, "obs_sweep mask");
+    const auto rows = w.size(0), d = w.size(1);
+    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && mask.shape() == w.shape() && col0 >= 0 && width >= 0 &&
+                      col0 + width <= d && err.size(0) == rows && err.size(1) == width,
+                  "obs_sweep W {} Hinv {} mask {} err {} block [{}, {})", shape_str(w.shape()), shape_str(hinv.shape()),
+                  shape_str(mask.shape()), shape_str(err.shape()), col0, col0 + width);
+    check_dev(losses, DType::f64, "obs_sweep losses");
+    SCALPEL_CHECK(losses.numel() == rows, "obs_sweep losses {}", shape_str(losses.shape()));
+    SCALPEL_CHECK(prune_m == 0 || (prune_n > 0 && prune_n < prune_m), "obs_sweep {}:{}", prune_n, prune_m);
+    SCALPEL_CHECK_INPUT(width <= 4096, "obs_sweep: a SparseGPT block of {} columns exceeds the 4096 the cuda backend "
+                        "holds in shared memory (prune.blocksize)", width);
+    if (rows == 0 || width == 0) return;
+    cuda::obs_sweep_block(w.f32(), hinv.f32(), rows, d, col0, width, prune_n, prune_m, mask.data<std::uint8_t>(),
+                          err.f32(), losses.data<double>());
+    launched("obs_sweep_block");
+  }
+
+  void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0) override {
+    check_2d(w, "obs_lazy W");
+    check_2d(err, "obs_lazy err");
+    check_2d(hinv, "obs_lazy Hinv");
+    const auto rows = w.size(0), d = w.size(1), width = err.size(1), c1 = col0 + width;
+    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && err.size(0) == rows && col0 >= 0 && c1 <= d,
+                  "obs_lazy W {} err {} Hinv {} at {}", shape_str(w.shape()), shape_str(err.shape()),
+                  shape_str(hinv.shape()), col0);
+    if (rows == 0 || c1 == d || width == 0) return;
+    rm_gemm(false, false, rows, d - c1, width, -1.0f, err.f32(), width, hinv.f32() + col0 * d + c1, d, 1.0f,
+            w.f32() + c1, d, false);
+  }
+
+  void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out) override {
+    check_2d(a, "rowwise_dot A");
+    check_2d(b, "rowwise_dot B");
+    SCALPEL_CHECK(a.shape() == b.shape() && static_cast<std::int64_t>(out.size()) == a.size(0),
+                  "rowwise_dot {} . {} into {}", shape_str(a.shape()), shape_str(b.shape()), out.size());
+    if (a.size(0) == 0) return;
+    Tensor res = empty({a.size(0)}, DType::f64);
+    cuda::rowwise_dot(a.f32(), b.f32(), res.data<double>(), a.size(0), a.size(1));
+    launched("rowwise_dot");
+    const Tensor h = download(res);
+    std::memcpy(out.data(), h.raw(), out.size() * sizeof(double));
+  }
+
+ private:
+  void math(bool tf32) {
+    check_cublas(cublasSetMathMode(blas_, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH), "SetMathMode");
+  }
+
+  BackendOptions opt_;
+  int device_ = 0;
+  std::string name_;
+  std::int64_t memory_ = 0;
+  std::shared_ptr<DeviceAllocator> alloc_;
+  cublasHandle_t blas_ = nullptr;
+  cusolverDnHandle_t solver_ = nullptr;
+  cusolverDnParams_t params_ = nullptr;
+  Tensor info_;  // device ints: [0] cuSOLVER info, [1] all_finite flag
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options) {
+  return std::make_unique<CudaBackend>(options);
+}
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+std::string cuda_device_status() {
+  int count = 0;
+  const cudaError_t rc = cudaGetDeviceCount(&count);
+  if (rc != cudaSuccess) {
+    cudaGetLastError();
+    return fmt::format("built with CUDA; no usable GPU ({})", cudaGetErrorString(rc));
+  }
+  if (count == 0) return "built with CUDA; no GPU visible";
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  return fmt::format("built with CUDA; {} GPU(s), device 0: {} (sm_{}{}, {:.1f} GB)", count, prop.name, prop.major,
+                     prop.minor, double(prop.totalGlobalMem) / 1e9);
+}
+
+}  // namespace scalpel

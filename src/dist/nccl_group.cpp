@@ -1,0 +1,107 @@
+// NcclGroup: one NCCL communicator per MPI group, made when a group first sums device buffers.
+// The unique id travels by MPI_Bcast; the GPUs of the group are compared first (by host name and
+// PCI bus id) because NCCL refuses two ranks on one GPU, which is how tests share a single card.
+#include "nccl_group.hpp"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
+#include "scalpel/dist/comm.hpp"
+
+#if defined(SCALPEL_HAVE_NCCL)
+#include <cuda_runtime.h>
+#include <nccl.h>
+#endif
+
+namespace scalpel::dist {
+
+#if defined(SCALPEL_HAVE_NCCL)
+
+namespace {
+
+void check_nccl(ncclResult_t rc, const char* what) {
+  if (rc != ncclSuccess) SCALPEL_RUNTIME_ERROR("NCCL {} failed: {}", what, ncclGetErrorString(rc));
+}
+
+// FNV-1a of this rank's host name and GPU bus id; 0 when no GPU is selected.
+std::int64_t gpu_key() {
+  int dev = -1;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) {
+    cudaGetLastError();
+    return 0;
+  }
+  char bus[64] = {};
+  if (cudaDeviceGetPCIBusId(bus, sizeof bus, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  std::uint64_t h = 1469598103934665603ull;
+  for (const std::string& s : {std::string(host), std::string("/"), std::string(bus)})
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return static_cast<std::int64_t>(h >> 1) | 1;  // positive, never 0
+}
+
+}  // namespace
+
+struct NcclGroup::Impl {
+  ncclComm_t comm = nullptr;
+};
+
+std::unique_ptr<NcclGroup> NcclGroup::create(MpiComm& comm, MPI_Comm* mpi) {
+  if (comm.size() == 1) return nullptr;
+  const char* env = std::getenv("SCALPEL_NCCL");
+  const bool wanted = !(env && std::string(env) == "0");
+  const auto keys = comm.allgather(wanted ? gpu_key() : 0);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (keys[i] == 0) return nullptr;
+    for (std::size_t j = 0; j < i; ++j)
+      if (keys[i] == keys[j]) {
+        if (comm.rank() == 0)
+          log::warn("ranks {} and {} share a GPU: NCCL needs one GPU per rank, so device sums go through host "
+                    "memory and MPI",
+                    j, i);
+        return nullptr;
+      }
+  }
+  ncclUniqueId id;
+  if (comm.rank() == 0) check_nccl(ncclGetUniqueId(&id), "GetUniqueId");
+  if (MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, *mpi) != MPI_SUCCESS) SCALPEL_RUNTIME_ERROR("MPI Bcast of the NCCL id failed");
+  std::unique_ptr<NcclGroup> g(new NcclGroup());
+  g->impl_ = std::make_unique<Impl>();
+  check_nccl(ncclCommInitRank(&g->impl_->comm, comm.size(), id, comm.rank()), "CommInitRank");
+  if (comm.rank() == 0) log::debug("NCCL communicator over {} ranks", comm.size());
+  return g;
+}
+
+NcclGroup::~NcclGroup() {
+  if (impl_ && impl_->comm) ncclCommDestroy(impl_->comm);
+}
+
+void NcclGroup::allreduce_sum(double* dev, std::size_t n) {
+  check_nccl(ncclAllReduce(dev, dev, n, ncclFloat64, ncclSum, impl_->comm, nullptr), "AllReduce");
+  if (cudaStreamSynchronize(nullptr) != cudaSuccess)
+    SCALPEL_RUNTIME_ERROR("CUDA error after an NCCL all-reduce: {}", cudaGetErrorString(cudaGetLastError()));
+}
+
+#else
+
+struct NcclGroup::Impl {};
+std::unique_ptr<NcclGroup> NcclGroup::create(MpiComm&, MPI_Comm*) { return nullptr; }
+NcclGroup::~NcclGroup() = default;
+void NcclGroup::allreduce_sum(double*, std::size_t) { SCALPEL_RUNTIME_ERROR("built without NCCL"); }
+
+#endif
+
+void Comm::allreduce_sum_device(double*, std::size_t) {
+  SCALPEL_RUNTIME_ERROR("this communicator has no device collectives");
+}
+
+}  // namespace scalpel::dist

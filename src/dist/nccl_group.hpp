@@ -1,0 +1,31 @@
+// NCCL communicators bootstrapped from MPI (private to dist): MPI keeps the control traffic, NCCL
+// sums the large device-resident buffers (the statistics) without a trip through host memory.
+#pragma once
+#include <mpi.h>
+
+#include <cstddef>
+#include <memory>
+
+namespace scalpel::dist {
+
+class MpiComm;
+
+class NcclGroup {
+ public:
+  // Collective over `comm`. Null when NCCL is not built in, SCALPEL_NCCL=0 is set, the group has
+  // one rank, a rank has no CUDA device selected, or two ranks share a GPU (NCCL forbids that);
+  // every rank reaches the same answer.
+  static std::unique_ptr<NcclGroup> create(MpiComm& comm, MPI_Comm* mpi);
+  ~NcclGroup();
+  NcclGroup(const NcclGroup&) = delete;
+  NcclGroup& operator=(const NcclGroup&) = delete;
+  // In place on the current CUDA device's default stream; returns when the sum is done.
+  void allreduce_sum(double* dev, std::size_t n);
+
+ private:
+  NcclGroup() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace scalpel::dist

@@ -1,0 +1,124 @@
+// End-to-end checks of `device: cuda` through the CLI:
+//  - without a GPU (or in a CPU-only build) a cuda run stops at once with exit code 2 and an error
+//    naming the device, and leaves no checkpoint marked complete;
+//  - on a GPU: the dense opt-mini evaluation gives the model card's perplexities (0.1%), and a
+//    SparseGPT prune gives the CPU run's pruned perplexity to 0.5% at 1 and 2 ranks, with the
+//    activations on the GPU or staged from host memory (the same weights either way).
+// The GPU tests report SKIPPED with the reason on a machine without one.
+#include <gtest/gtest.h>
+
+#include <regex>
+
+#include "prune_test_util.hpp"
+#include "scalpel/backend/backend.hpp"
+#include "scalpel/io/hf_checkpoint.hpp"
+
+namespace {
+
+using namespace scalpel_test;
+
+const fs::path kShared = SCALPEL_SHARED_DIR;
+const std::string kBin = SCALPEL_BIN;
+const std::string kMpiexec = SCALPEL_MPIEXEC;
+
+#define NEED_SHARED()                                          \
+  if (!fs::exists(kShared / "models/opt-mini/config.json")) \
+  GTEST_SKIP() << "../shared/models not present: skipping"
+#define NEED_GPU()                                                                                  \
+  if (scalpel::cuda_devices() == 0)                                                                 \
+  GTEST_SKIP() << "no GPU here (" << scalpel::cuda_status() << "): this check runs on a GPU machine"
+
+double ppl_of(const std::string& out, const std::string& set) {
+  const std::regex re(set + R"(: ppl ([0-9.]+))");
+  std::smatch m;
+  if (!std::regex_search(out, m, re)) {
+    ADD_FAILURE() << "no '" << set << ": ppl' line in:\n" << out;
+    return -1;
+  }
+  return std::stod(m[1]);
+}
+
+// SparseGPT 50% on opt-mini: 16 windows of 128 tokens in batches of 2, then the held-out text.
+std::string prune_cmd(const std::string& device, const fs::path& out, const std::string& extra = "") {
+  return kBin + " prune --model " + (kShared / "models/opt-mini").string() + " device=" + device +
+         " calibration.path=" + (kShared / "data/corpus/calib.txt").string() +
+         " calibration.nsamples=16 calibration.seqlen=128 calibration.batch=2 output.dir=" + out.string() +
+         " log.progress_seconds=0 eval.seqlen=512 'eval.sets=[{preset: text, path: " +
+         (kShared / "data/corpus/heldout.txt").string() + "}]' " + extra;
+}
+
+// Largest elementwise difference between the tensors of two exported models.
+double max_abs_diff(const fs::path& a, const fs::path& b) {
+  const scalpel::io::HfCheckpoint x(a), y(b);
+  double worst = 0;
+  for (const auto& name : x.tensor_names()) {
+    const auto ta = x.view(name).to_f32(), tb = y.view(name).to_f32();
+    for (std::int64_t i = 0; i < ta.numel(); ++i)
+      worst = std::max(worst, std::abs(static_cast<double>(ta.f32()[i]) - tb.f32()[i]));
+  }
+  return worst;
+}
+
+TEST(Gpu, CudaWithoutAGpuStopsWithAClearError) {
+  NEED_SHARED();
+  if (scalpel::cuda_devices() > 0) GTEST_SKIP() << "a GPU is present: the no-GPU error cannot be seen here";
+  const auto dir = temp_dir("gpu_none");
+  const auto r = run(prune_cmd("cuda", dir, "eval.sets=[]"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("device 'cuda'"), std::string::npos) << r.out;
+  // Nothing was pruned, so nothing may claim to be: no manifest says complete.
+  EXPECT_EQ(committed_layers(dir / "ckpt"), 0);
+}
+
+TEST(Gpu, DenseEvalMatchesTheModelCard) {
+  NEED_SHARED();
+  NEED_GPU();
+  // The opt-mini card's figures (an independent PyTorch run, seqlen 512): 1170.02 and 227.91.
+  const auto r = run(kBin + " eval --model " + (kShared / "models/opt-mini").string() + " device=cuda --text wikitext2:" +
+                     (kShared / "data/wikitext2/wiki.test.raw.joined.txt").string() + " --text text:" +
+                     (kShared / "data/corpus/heldout.txt").string() + " output.metrics= log.progress_seconds=0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NEAR(ppl_of(r.out, "wikitext2"), 1170.02, 1170.02 * 1e-3) << r.out;
+  EXPECT_NEAR(ppl_of(r.out, "text"), 227.91, 227.91 * 1e-3) << r.out;
+}
+
+TEST(Gpu, SparseGptPruneMatchesTheCpuAtOneAndTwoRanks) {
+  NEED_SHARED();
+  NEED_GPU();
+  const auto dir = temp_dir("gpu_prune");
+  const auto cpu = run(prune_cmd("cpu", dir / "cpu"));
+  ASSERT_EQ(cpu.code, 0) << cpu.out;
+  const auto gpu = run(prune_cmd("cuda", dir / "gpu"));
+  ASSERT_EQ(gpu.code, 0) << gpu.out;
+  // Two ranks share the one GPU here (NCCL needs a GPU per rank, so the sums go through MPI).
+  const auto gpu2 = run(kMpiexec + " -n 2 --oversubscribe " + prune_cmd("cuda", dir / "gpu2"));
+  ASSERT_EQ(gpu2.code, 0) << gpu2.out;
+  const auto host = run(prune_cmd("cuda", dir / "gpu_host", "cuda.activations=host"));
+  ASSERT_EQ(host.code, 0) << host.out;
+  const double p_cpu = ppl_of(cpu.out, "text"), p_gpu = ppl_of(gpu.out, "text"), p_gpu2 = ppl_of(gpu2.out, "text");
+  std::printf("pruned held-out perplexity: cpu %.4f, gpu %.4f, gpu x 2 ranks %.4f\n", p_cpu, p_gpu, p_gpu2);
+  // The issue's bound: 0.5%. Both sides are fp32 SparseGPT on the same statistics; they differ by
+  // summation order (cuBLAS vs OpenBLAS), which flips a few mask decisions near the threshold.
+  EXPECT_NEAR(p_gpu, p_cpu, 0.005 * p_cpu);
+  EXPECT_NEAR(p_gpu2, p_cpu, 0.005 * p_cpu);
+  // Staging the activations through host memory moves bytes, not arithmetic: the same weights.
+  EXPECT_EQ(max_abs_diff(dir / "gpu/model", dir / "gpu_host/model"), 0.0);
+  EXPECT_NEAR(ppl_of(host.out, "text"), p_gpu, 1e-9 * p_gpu);
+}
+
+TEST(Gpu, WandaAndTwoFourMatchTheCpu) {
+  NEED_SHARED();
+  NEED_GPU();
+  const auto dir = temp_dir("gpu_wanda");
+  for (const std::string extra : {"prune.method=wanda", "prune.pattern=2:4"}) {
+    const auto cpu = run(prune_cmd("cpu", dir / "cpu", extra + " --restart"));
+    ASSERT_EQ(cpu.code, 0) << cpu.out;
+    const auto gpu = run(prune_cmd("cuda", dir / "gpu", extra + " --restart"));
+    ASSERT_EQ(gpu.code, 0) << gpu.out;
+    const double p_cpu = ppl_of(cpu.out, "text"), p_gpu = ppl_of(gpu.out, "text");
+    std::printf("%s: pruned held-out perplexity cpu %.4f, gpu %.4f\n", extra.c_str(), p_cpu, p_gpu);
+    EXPECT_NEAR(p_gpu, p_cpu, 0.005 * p_cpu) << extra;
+  }
+}
+
+}  // namespace
