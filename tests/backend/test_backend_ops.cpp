@@ -238,6 +238,27 @@ TEST_P(BackendOps, BlockedCholeskyAndSparseGptFactor) {
   EXPECT_FALSE(be->inverse_cholesky_upper(b));
 }
 
+// The cuda backend inverts triangles above a leaf size (8192) by halves with two TRMMs; a small
+// leaf puts n = 250 through three levels of that split. (The cpu backend ignores the variable.)
+TEST_P(BackendOps, SparseGptFactorWithSplitTriangularInverse) {
+  const std::int64_t n = 250;
+  const auto a = spd(n, 22);
+  Tensor whole = up(a, {n, n});
+  ASSERT_TRUE(be->inverse_cholesky_upper(whole));
+  setenv("SCALPEL_CUDA_TRTRI_LEAF", "40", 1);
+  auto split = make_backend(GetParam(), 2);
+  unsetenv("SCALPEL_CUDA_TRTRI_LEAF");
+  Tensor u = split->upload(to_tensor(a, {n, n}));
+  ASSERT_TRUE(split->inverse_cholesky_upper(u));
+  const auto uv = to_vec(split->download(u));
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < i; ++j) ASSERT_EQ(uv[i * n + j], 0.0) << i << "," << j;
+  Vec eye(static_cast<std::size_t>(n * n), 0.0);
+  for (std::int64_t i = 0; i < n; ++i) eye[i * n + i] = 1.0;
+  EXPECT_REL_NEAR(matmul(a, matmul(transpose(uv, n, n), uv, n, n, n), n, n, n), eye, 1e-5);
+  EXPECT_REL_NEAR(uv, down(whole), 1e-5);  // the unique factor, by either route
+}
+
 TEST_P(BackendOps, CholeskyReportsIndefinite) {
   Vec a = {1, 3, 0, 3, 1, 0, 0, 0, 1};  // eigenvalues -2, 4, 1
   Tensor f = up(a, {3, 3});

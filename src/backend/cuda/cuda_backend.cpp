@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -160,6 +161,7 @@ class CudaBackend final : public Backend {
     check_cusolver(cusolverDnSetStream(solver_, nullptr), "SetStream");
     check_cusolver(cusolverDnCreateParams(&params_), "CreateParams");
     info_ = empty({2}, DType::i32);
+    if (const char* leaf = std::getenv("SCALPEL_CUDA_TRTRI_LEAF")) trtri_leaf_ = std::max(16L, std::atol(leaf));
     log::debug("cuda backend on device {} of {}: {} ({:.1f} GB), TF32 forward {} hessian {}", device_, count, name_,
                double(prop.totalGlobalMem) / 1e9, o.tf32_forward, o.tf32_hessian);
   }
@@ -479,19 +481,46 @@ class CudaBackend final : public Backend {
     cuda::reverse_flat(p, n, false);
     launched("reverse");
     if (!potrf(p, n, CUBLAS_FILL_MODE_UPPER)) return false;
-    std::size_t dev_bytes = 0, host_bytes = 0;
-    check_cusolver(cusolverDnXtrtri_bufferSize(solver_, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_32F, p, n,
-                                               &dev_bytes, &host_bytes),
-                   "trtri size");
-    Tensor work = empty({static_cast<std::int64_t>(std::max<std::size_t>(dev_bytes, 1))}, DType::u8);
-    std::vector<char> host_work(std::max<std::size_t>(host_bytes, 1));
-    check_cusolver(cusolverDnXtrtri(solver_, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_32F, p, n, work.raw(),
-                                    dev_bytes, host_work.data(), host_bytes, info_.data<int>()),
-                   "Xtrtri");
-    if (read_info() != 0) return false;
+    if (!trtri_upper(p, n, n)) return false;
     cuda::reverse_flat(p, n, true);
     launched("reverse");
     return all_finite(a);
+  }
+
+  // In-place inverse of the column-major upper triangular n x n block at p (leading dimension ld).
+  // cuSOLVER's trtri takes blocks up to trtri_leaf_ (it refused n = 49152, whose n² passes 2³¹;
+  // SCALPEL_CUDA_TRTRI_LEAF lowers the leaf, for the tests of the split);
+  // larger ones split in two: inv([[A, B], [0, C]]) = [[A⁻¹, -A⁻¹ B C⁻¹], [0, C⁻¹]], the corner by
+  // two in-place TRMMs. Same n³/3 FLOPs.
+  bool trtri_upper(float* p, std::int64_t n, std::int64_t ld) {
+    if (n <= trtri_leaf_) {
+      std::size_t dev_bytes = 0, host_bytes = 0;
+      check_cusolver(cusolverDnXtrtri_bufferSize(solver_, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_32F, p,
+                                                 ld, &dev_bytes, &host_bytes),
+                     "trtri size");
+      Tensor work = empty({static_cast<std::int64_t>(std::max<std::size_t>(dev_bytes, 1))}, DType::u8);
+      std::vector<char> host_work(std::max<std::size_t>(host_bytes, 1));
+      check_cusolver(cusolverDnXtrtri(solver_, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_32F, p, ld,
+                                      work.raw(), dev_bytes, host_work.data(), host_bytes, info_.data<int>()),
+                     "Xtrtri");
+      return read_info() == 0;
+    }
+    const std::int64_t n1 = n / 2 >= 256 ? n / 2 / 256 * 256 : n / 2, n2 = n - n1;  // tile-aligned split
+    float* a = p;
+    float* b = p + n1 * ld;       // rows [0, n1), columns [n1, n)
+    float* c = p + n1 + n1 * ld;  // rows and columns [n1, n)
+    if (!trtri_upper(a, n1, ld) || !trtri_upper(c, n2, ld)) return false;
+    math(false);
+    const float minus_one = -1.0f, one = 1.0f;
+    check_cublas(cublasStrmm(blas_, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT,
+                             as_int(n1, "n1"), as_int(n2, "n2"), &minus_one, a, as_int(ld, "ld"), b, as_int(ld, "ld"), b,
+                             as_int(ld, "ld")),
+                 "Strmm");
+    check_cublas(cublasStrmm(blas_, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT,
+                             as_int(n1, "n1"), as_int(n2, "n2"), &one, c, as_int(ld, "ld"), b, as_int(ld, "ld"), b,
+                             as_int(ld, "ld")),
+                 "Strmm");
+    return true;
   }
 
   void cholesky_inverse(Tensor& f, bool upper) override {
@@ -751,6 +780,7 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
   cusolverDnParams_t params_ = nullptr;
+  std::int64_t trtri_leaf_ = 8192;
   Tensor info_;  // device ints: [0] cuSOLVER info, [1] all_finite flag
 };
 
