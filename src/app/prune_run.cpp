@@ -75,20 +75,25 @@ void forward_layer(Backend& be, const model::ModelSpec& spec, const model::Layer
   if (staged) be.synchronize();
 }
 
+// `scalpel plan`'s figures for this job (cfg.model's config.json and tensor sizes, `world` ranks).
+nlohmann::json plan_of_job(const Config& cfg, int world) {
+  const auto pm = load_plan_model(cfg.model);
+  PlanInput pin;
+  pin.cfg = cfg;
+  pin.world = world;
+  pin.dtype_bytes = pm.dtype_bytes;
+  pin.dtype_name = pm.dtype_name;
+  pin.tensor_bytes = pm.tensor_bytes;
+  return make_plan(pm.spec, pin);
+}
+
 // Where the calibration activations stay between layers: on the GPU when cuda.activations says
 // device, or says auto and the plan's per-rank peak (activations included) fits in 90% of the
 // GPU's memory; otherwise in host memory, a batch at a time on the GPU.
 bool activations_on_host(Backend& be, const Config& cfg, const dist::Comm& world) {
   if (be.memory_bytes() == 0 || cfg.cuda.activations == "device") return false;
   if (cfg.cuda.activations == "host") return true;
-  const auto pm = load_plan_model(cfg.model);
-  PlanInput pin;
-  pin.cfg = cfg;
-  pin.world = world.size();
-  pin.dtype_bytes = pm.dtype_bytes;
-  pin.dtype_name = pm.dtype_name;
-  pin.tensor_bytes = pm.tensor_bytes;
-  const auto plan = make_plan(pm.spec, pin);
+  const auto plan = plan_of_job(cfg, world.size());
   const double peak = plan.at("peak").at("bytes").get<double>();
   const bool host = peak > 0.9 * static_cast<double>(be.memory_bytes());
   if (world.is_root())
@@ -289,18 +294,9 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   if (grid.stages > spec.layers)
     SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
                         cfg.model);
-  if (cfg.parallel.memory_gb > 0) {
-    // The plan's memory model decides before any work whether the job fits (the same check as
-    // `scalpel plan`, which prints the terms).
-    const auto pm = load_plan_model(cfg.model);
-    PlanInput pin;
-    pin.cfg = cfg;
-    pin.world = world.size();
-    pin.dtype_bytes = pm.dtype_bytes;
-    pin.dtype_name = pm.dtype_name;
-    pin.tensor_bytes = pm.tensor_bytes;
-    check_plan_fits(make_plan(pm.spec, pin), cfg);
-  }
+  // The plan's memory model decides before any work whether the job fits (the same check as
+  // `scalpel plan`, which prints the terms).
+  if (cfg.parallel.memory_gb > 0) check_plan_fits(plan_of_job(cfg, world.size()), cfg);
 
   // Calibration windows (every rank tokenizes the text: cheaper than shipping the ids around).
   auto tok = text::Tokenizer::from_folder(cfg.model);
@@ -350,9 +346,9 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto resume_from = ckpt->first_uncommitted();
 
   log::info("prune {} ({}, {} layers): {} {}, {} calibration windows x {} tokens from {}; {} rank(s) = {} stage(s) x "
-            "{} data, {} thread(s) per rank, determinism {}",
+            "{} data, device {}, {} thread(s) per rank, determinism {}",
             cfg.model, spec.model_type, spec.layers, cfg.prune.method, pattern.str(), nseq, seqlen,
-            cfg.calibration.path, world.size(), grid.stages, grid.data, threads, cfg.determinism);
+            cfg.calibration.path, world.size(), grid.stages, grid.data, be.name(), threads, cfg.determinism);
   if (resume_from > 0)
     log::info("checkpoint {}: layers 0..{} committed; resuming at layer {}", ckpt_dir.string(), resume_from - 1,
               resume_from);

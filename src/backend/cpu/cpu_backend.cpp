@@ -19,6 +19,7 @@
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/float_order.hpp"
+#include "../op_checks.hpp"
 #include "cpu_factor.hpp"
 #include "det_blas.hpp"
 
@@ -227,13 +228,7 @@ class CpuBackend final : public Backend {
     check_2d(a, "gemm A");
     check_2d(b, "gemm B");
     check_2d(c, "gemm C");
-    const auto m = ta == Trans::no ? a.size(0) : a.size(1);
-    const auto k = ta == Trans::no ? a.size(1) : a.size(0);
-    const auto kb = tb == Trans::no ? b.size(0) : b.size(1);
-    const auto n = tb == Trans::no ? b.size(1) : b.size(0);
-    SCALPEL_CHECK(k == kb && c.size(0) == m && c.size(1) == n, "gemm shapes {}{} x {}{} -> {}",
-                  shape_str(a.shape()), ta == Trans::yes ? "^T" : "", shape_str(b.shape()),
-                  tb == Trans::yes ? "^T" : "", shape_str(c.shape()));
+    const auto [m, n, k] = op_checks::gemm(ta, tb, a, b, c);
     if (m == 0 || n == 0) return;
     cpu::det_sgemm(ta == Trans::yes, tb == Trans::yes, m, n, k, alpha, a.f32(), a.size(1), b.f32(), b.size(1), beta,
                    c.f32(), c.size(1));
@@ -243,13 +238,11 @@ class CpuBackend final : public Backend {
     check_2d(x, "linear x");
     check_2d(w, "linear W");
     check_2d(y, "linear y");
+    op_checks::linear(x, w, bias, y);
     const auto n = x.size(0), out = w.size(0);
-    SCALPEL_CHECK(x.size(1) == w.size(1) && y.size(0) == n && y.size(1) == out,
-                  "linear x {} W {} y {}", shape_str(x.shape()), shape_str(w.shape()), shape_str(y.shape()));
     float beta = 0.0f;
     if (bias) {
       check_host_f32(*bias, "linear bias");
-      SCALPEL_CHECK(bias->numel() == out, "bias {} for {} outputs", shape_str(bias->shape()), out);
       const float* bp = bias->f32();
       float* yp = y.f32();
 #pragma omp parallel for schedule(static)
@@ -262,9 +255,8 @@ class CpuBackend final : public Backend {
   void syrk(float alpha, const Tensor& x, float beta, Tensor& h) override {
     check_2d(x, "syrk X");
     check_2d(h, "syrk H");
+    op_checks::syrk(x, h);
     const auto n = x.size(0), d = x.size(1);
-    SCALPEL_CHECK(h.size(0) == d && h.size(1) == d, "syrk X {} H {}", shape_str(x.shape()),
-                  shape_str(h.shape()));
     float* hp = h.f32();
     cpu::det_syrk_upper_t(d, n, alpha, x.f32(), d, beta, hp, d);
     // Mirror the upper triangle so consumers may read either (in cache-sized tiles).
@@ -369,9 +361,7 @@ class CpuBackend final : public Backend {
   void rope(Tensor& x, std::int64_t seqlen, std::int64_t heads, std::int64_t head_dim,
             const Tensor& cos, const Tensor& sin) override {
     check_2d(x, "rope x");
-    SCALPEL_CHECK(x.size(1) == heads * head_dim && x.size(0) % seqlen == 0 && head_dim % 2 == 0,
-                  "rope x {} heads {} head_dim {} seqlen {}", shape_str(x.shape()), heads, head_dim, seqlen);
-    SCALPEL_CHECK(cos.size(0) >= seqlen && cos.size(1) == head_dim, "rope table {}", shape_str(cos.shape()));
+    op_checks::rope(x, seqlen, heads, head_dim, cos);
     const auto rows = x.size(0), half = head_dim / 2;
     float* xp = x.f32();
     const float* c = cos.f32();
@@ -395,13 +385,8 @@ class CpuBackend final : public Backend {
 
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s,
                  Tensor& out, Tensor* probs) override {
+    op_checks::attention(q, k, v, s, out, probs);
     const auto T = s.seqlen, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
-    SCALPEL_CHECK(H % KV == 0, "heads {} not a multiple of kv heads {}", H, KV);
-    SCALPEL_CHECK(q.size(0) == s.batch * T && q.size(1) == H * hd && k.size(1) == KV * hd &&
-                      v.size(1) == KV * hd && k.size(0) == q.size(0) && out.numel() == q.numel(),
-                  "attention q {} k {} v {}", shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
-    if (probs)
-      SCALPEL_CHECK(probs->numel() == s.batch * H * T * T, "attention probs {}", shape_str(probs->shape()));
     const int ldq = static_cast<int>(H * hd), ldk = static_cast<int>(KV * hd);
     const std::int64_t group = H / KV;
     // One task per (sequence, head); inside a task, blocks of query rows only see the keys up to
@@ -448,14 +433,11 @@ class CpuBackend final : public Backend {
 
   void embedding(std::span<const std::int32_t> ids, const Tensor& table, Tensor& out) override {
     check_2d(table, "embedding table");
-    const auto vocab = table.size(0), d = table.size(1);
-    SCALPEL_CHECK(out.numel() == static_cast<std::int64_t>(ids.size()) * d, "embedding out {}",
-                  shape_str(out.shape()));
+    op_checks::embedding(ids, table, out);
+    const auto d = table.size(1);
     const float* tp = table.f32();
     float* op = out.f32();
     for (std::size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] < 0 || ids[i] >= vocab)
-        SCALPEL_INPUT_ERROR("token id {} at position {} is outside the vocabulary of {}", ids[i], i, vocab);
       std::memcpy(op + static_cast<std::int64_t>(i) * d, tp + static_cast<std::int64_t>(ids[i]) * d,
                   d * sizeof(float));
     }
@@ -463,9 +445,8 @@ class CpuBackend final : public Backend {
 
   void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out) override {
     check_2d(logits, "nll logits");
+    op_checks::nll(logits, targets, out);
     const auto n = logits.size(0), V = logits.size(1);
-    SCALPEL_CHECK(static_cast<std::int64_t>(targets.size()) == n && static_cast<std::int64_t>(out.size()) == n,
-                  "nll: {} rows, {} targets", n, targets.size());
     const float* lp = logits.f32();
 #pragma omp parallel for schedule(static)
     for (std::int64_t i = 0; i < n; ++i) {
@@ -538,8 +519,8 @@ class CpuBackend final : public Backend {
   void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) override {
     check_2d(x, "col_sq_norms x");
     check_host_f32(out, "col_sq_norms out");
+    op_checks::col_sq_norms(x, out);
     const auto n = x.size(0), d = x.size(1);
-    SCALPEL_CHECK(out.numel() == d, "col_sq_norms out {} for {} columns", shape_str(out.shape()), d);
     const float* xp = x.f32();
     float* op = out.f32();
     // Each thread owns a range of columns and walks all rows: contiguous reads, no reduction
@@ -564,12 +545,9 @@ class CpuBackend final : public Backend {
 
   HessianPrep hessian_prepare(Tensor& h, Tensor* w, float percdamp) override {
     check_2d(h, "hessian_prepare H");
+    if (w) check_2d(*w, "hessian_prepare W");
+    op_checks::hessian_prepare(h, w);
     const auto d = h.size(0);
-    SCALPEL_CHECK(h.size(1) == d, "hessian_prepare of a non-square {}", shape_str(h.shape()));
-    if (w) {
-      check_2d(*w, "hessian_prepare W");
-      SCALPEL_CHECK(w->size(1) == d, "hessian_prepare W {} for H {}", shape_str(w->shape()), shape_str(h.shape()));
-    }
     float* hp = h.f32();
     std::vector<std::int64_t> dead;
     for (std::int64_t j = 0; j < d; ++j)
@@ -611,8 +589,8 @@ class CpuBackend final : public Backend {
   void prune_scores(const Tensor& w, const Tensor* col, Tensor& scores) override {
     check_2d(w, "prune_scores W");
     check_2d(scores, "prune_scores scores");
-    SCALPEL_CHECK(scores.shape() == w.shape(), "prune_scores {} for W {}", shape_str(scores.shape()),
-                  shape_str(w.shape()));
+    if (col) check_host_f32(*col, "prune_scores column statistic");
+    op_checks::prune_scores(w, col, scores);
     const auto rows = w.size(0), d = w.size(1);
     const float* wp = w.f32();
     float* sp = scores.f32();
@@ -621,8 +599,6 @@ class CpuBackend final : public Backend {
       for (std::int64_t i = 0; i < rows * d; ++i) sp[i] = std::fabs(wp[i]);
       return;
     }
-    check_host_f32(*col, "prune_scores column statistic");
-    SCALPEL_CHECK(col->numel() == d, "prune_scores column statistic {} for {} columns", shape_str(col->shape()), d);
     std::vector<float> root(static_cast<std::size_t>(d));
     for (std::int64_t j = 0; j < d; ++j) root[j] = std::sqrt(col->f32()[j]);
     const float* rp = root.data();
@@ -636,7 +612,7 @@ class CpuBackend final : public Backend {
   SelectThreshold kth_threshold(const Tensor& scores, std::int64_t k) override {
     check_host_f32(scores, "kth_threshold scores");
     const auto n = scores.numel();
-    SCALPEL_CHECK(k >= 0 && k <= n, "kth_threshold k {} of {}", k, n);
+    op_checks::kth(k, n);
     if (k == 0) return {-std::numeric_limits<float>::infinity(), 0};
     const float* s = scores.f32();
     // Radix selection on order-preserving keys: a histogram of the top bits (16 for large n:
@@ -695,8 +671,7 @@ class CpuBackend final : public Backend {
     check_2d(scores, "mask_threshold scores");
     check_mask(mask, "mask_threshold mask");
     const auto rows = scores.size(0), width = scores.size(1), mc = mask.size(1);
-    SCALPEL_CHECK(mask.size(0) == rows && col0 >= 0 && col0 + width <= mc, "mask_threshold scores {} into mask {} at {}",
-                  shape_str(scores.shape()), shape_str(mask.shape()), col0);
+    op_checks::mask_threshold(scores, mask, col0);
     const float* s = scores.f32();
     std::uint8_t* m = mask.data<std::uint8_t>();
     const float v = t.value;
@@ -741,8 +716,7 @@ class CpuBackend final : public Backend {
   void mask_rows_smallest(const Tensor& scores, std::int64_t k, Tensor& mask) override {
     check_2d(scores, "mask_rows_smallest scores");
     check_mask(mask, "mask_rows_smallest mask");
-    SCALPEL_CHECK(mask.shape() == scores.shape(), "mask {} for scores {}", shape_str(mask.shape()),
-                  shape_str(scores.shape()));
+    op_checks::same_shape(mask, scores, "scores");
     const auto rows = scores.size(0), d = scores.size(1);
     SCALPEL_CHECK(k >= 0 && k <= d, "mask_rows_smallest k {} of {}", k, d);
     const float* s = scores.f32();
@@ -769,8 +743,7 @@ class CpuBackend final : public Backend {
   void mask_nm(const Tensor& scores, int n, int m, Tensor& mask) override {
     check_2d(scores, "mask_nm scores");
     check_mask(mask, "mask_nm mask");
-    SCALPEL_CHECK(mask.shape() == scores.shape(), "mask {} for scores {}", shape_str(mask.shape()),
-                  shape_str(scores.shape()));
+    op_checks::same_shape(mask, scores, "scores");
     SCALPEL_CHECK(n > 0 && n < m, "mask_nm {}:{}", n, m);
     const auto rows = scores.size(0), d = scores.size(1);
     const float* s = scores.f32();
@@ -786,7 +759,7 @@ class CpuBackend final : public Backend {
   void apply_mask(Tensor& w, const Tensor& mask) override {
     check_2d(w, "apply_mask W");
     check_mask(mask, "apply_mask mask");
-    SCALPEL_CHECK(mask.shape() == w.shape(), "mask {} for W {}", shape_str(mask.shape()), shape_str(w.shape()));
+    op_checks::same_shape(mask, w, "W");
     float* wp = w.f32();
     const std::uint8_t* m = mask.data<std::uint8_t>();
     const auto n = w.numel();
@@ -798,10 +771,8 @@ class CpuBackend final : public Backend {
     check_2d(w, "obs_scores W");
     check_2d(hinv, "obs_scores Hinv");
     check_2d(scores, "obs_scores scores");
+    op_checks::obs_scores(w, hinv, col0, scores);
     const auto rows = w.size(0), d = w.size(1), width = scores.size(1);
-    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && scores.size(0) == rows && col0 >= 0 && col0 + width <= d,
-                  "obs_scores W {} Hinv {} scores {} at {}", shape_str(w.shape()), shape_str(hinv.shape()),
-                  shape_str(scores.shape()), col0);
     const float* wp = w.f32();
     const float* hp = hinv.f32();
     std::vector<float> dd(static_cast<std::size_t>(width));
@@ -825,14 +796,8 @@ class CpuBackend final : public Backend {
     check_2d(hinv, "obs_sweep Hinv");
     check_2d(err, "obs_sweep err");
     check_mask(mask, "obs_sweep mask");
+    op_checks::obs_sweep(w, hinv, col0, width, prune_n, prune_m, mask, err, losses);
     const auto rows = w.size(0), d = w.size(1);
-    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && mask.shape() == w.shape() && col0 >= 0 && width >= 0 &&
-                      col0 + width <= d && err.size(0) == rows && err.size(1) == width,
-                  "obs_sweep W {} Hinv {} mask {} err {} block [{}, {})", shape_str(w.shape()), shape_str(hinv.shape()),
-                  shape_str(mask.shape()), shape_str(err.shape()), col0, col0 + width);
-    SCALPEL_CHECK(losses.dtype() == DType::f64 && losses.numel() == rows, "obs_sweep losses {}",
-                  shape_str(losses.shape()));
-    SCALPEL_CHECK(prune_m == 0 || (prune_n > 0 && prune_n < prune_m), "obs_sweep {}:{}", prune_n, prune_m);
     if (rows == 0 || width == 0) return;
     const float* U = hinv.f32() + col0 * d + col0;  // the block's diagonal tile, row stride d
     std::vector<float> dsq(static_cast<std::size_t>(width));
@@ -1000,10 +965,8 @@ class CpuBackend final : public Backend {
     check_2d(w, "obs_lazy W");
     check_2d(err, "obs_lazy err");
     check_2d(hinv, "obs_lazy Hinv");
+    op_checks::obs_lazy(w, err, hinv, col0);
     const auto rows = w.size(0), d = w.size(1), width = err.size(1), c1 = col0 + width;
-    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && err.size(0) == rows && col0 >= 0 && c1 <= d,
-                  "obs_lazy W {} err {} Hinv {} at {}", shape_str(w.shape()), shape_str(err.shape()),
-                  shape_str(hinv.shape()), col0);
     if (rows == 0 || c1 == d || width == 0) return;
     cpu::det_sgemm(false, false, rows, d - c1, width, -1.0f, err.f32(), width, hinv.f32() + col0 * d + c1, d, 1.0f,
                    w.f32() + c1, d);
@@ -1012,8 +975,7 @@ class CpuBackend final : public Backend {
   void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out) override {
     check_2d(a, "rowwise_dot A");
     check_2d(b, "rowwise_dot B");
-    SCALPEL_CHECK(a.shape() == b.shape() && static_cast<std::int64_t>(out.size()) == a.size(0),
-                  "rowwise_dot {} . {} into {}", shape_str(a.shape()), shape_str(b.shape()), out.size());
+    op_checks::rowwise_dot(a, b, out);
     const auto rows = a.size(0), d = a.size(1);
     const float* ap = a.f32();
     const float* bp = b.f32();

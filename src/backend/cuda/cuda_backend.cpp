@@ -16,6 +16,7 @@
 #include <mutex>
 #include <vector>
 
+#include "../op_checks.hpp"
 #include "kernels.hpp"
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
@@ -289,12 +290,7 @@ class CudaBackend final : public Backend {
     check_2d(a, "gemm A");
     check_2d(b, "gemm B");
     check_2d(c, "gemm C");
-    const auto m = ta == Trans::no ? a.size(0) : a.size(1);
-    const auto k = ta == Trans::no ? a.size(1) : a.size(0);
-    const auto kb = tb == Trans::no ? b.size(0) : b.size(1);
-    const auto n = tb == Trans::no ? b.size(1) : b.size(0);
-    SCALPEL_CHECK(k == kb && c.size(0) == m && c.size(1) == n, "gemm shapes {}{} x {}{} -> {}", shape_str(a.shape()),
-                  ta == Trans::yes ? "^T" : "", shape_str(b.shape()), tb == Trans::yes ? "^T" : "", shape_str(c.shape()));
+    const auto [m, n, k] = op_checks::gemm(ta, tb, a, b, c);
     if (m == 0 || n == 0) return;
     rm_gemm(ta == Trans::yes, tb == Trans::yes, m, n, k, alpha, a.f32(), a.size(1), b.f32(), b.size(1), beta, c.f32(),
             c.size(1), opt_.tf32_forward);
@@ -304,13 +300,11 @@ class CudaBackend final : public Backend {
     check_2d(x, "linear x");
     check_2d(w, "linear W");
     check_2d(y, "linear y");
+    op_checks::linear(x, w, bias, y);
     const auto n = x.size(0), out = w.size(0);
-    SCALPEL_CHECK(x.size(1) == w.size(1) && y.size(0) == n && y.size(1) == out, "linear x {} W {} y {}",
-                  shape_str(x.shape()), shape_str(w.shape()), shape_str(y.shape()));
     float beta = 0.0f;
     if (bias) {
       check_f32(*bias, "linear bias");
-      SCALPEL_CHECK(bias->numel() == out, "bias {} for {} outputs", shape_str(bias->shape()), out);
       cuda::broadcast_rows(bias->f32(), y.f32(), n, out);
       launched("bias");
       beta = 1.0f;
@@ -321,8 +315,8 @@ class CudaBackend final : public Backend {
   void syrk(float alpha, const Tensor& x, float beta, Tensor& h) override {
     check_2d(x, "syrk X");
     check_2d(h, "syrk H");
+    op_checks::syrk(x, h);
     const auto n = x.size(0), d = x.size(1);
-    SCALPEL_CHECK(h.size(0) == d && h.size(1) == d, "syrk X {} H {}", shape_str(x.shape()), shape_str(h.shape()));
     if (d == 0) return;
     if (opt_.tf32_hessian) {
       // Tensor cores: the full product (both triangles) in one TF32 GEMM.
@@ -376,21 +370,15 @@ class CudaBackend final : public Backend {
   void rope(Tensor& x, std::int64_t seqlen, std::int64_t heads, std::int64_t head_dim, const Tensor& cos,
             const Tensor& sin) override {
     check_2d(x, "rope x");
-    SCALPEL_CHECK(x.size(1) == heads * head_dim && x.size(0) % seqlen == 0 && head_dim % 2 == 0,
-                  "rope x {} heads {} head_dim {} seqlen {}", shape_str(x.shape()), heads, head_dim, seqlen);
-    SCALPEL_CHECK(cos.size(0) >= seqlen && cos.size(1) == head_dim, "rope table {}", shape_str(cos.shape()));
+    op_checks::rope(x, seqlen, heads, head_dim, cos);
     cuda::rope(x.f32(), x.size(0), seqlen, heads, head_dim, cos.f32(), sin.f32());
     launched("rope");
   }
 
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor& out,
                  Tensor* probs) override {
+    op_checks::attention(q, k, v, s, out, probs);
     const auto T = s.seqlen, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
-    SCALPEL_CHECK(H % KV == 0, "heads {} not a multiple of kv heads {}", H, KV);
-    SCALPEL_CHECK(q.size(0) == s.batch * T && q.size(1) == H * hd && k.size(1) == KV * hd && v.size(1) == KV * hd &&
-                      k.size(0) == q.size(0) && out.numel() == q.numel(),
-                  "attention q {} k {} v {}", shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
-    if (probs) SCALPEL_CHECK(probs->numel() == s.batch * H * T * T, "attention probs {}", shape_str(probs->shape()));
     const std::int64_t ldq = H * hd, ldk = KV * hd, group = H / KV;
     // Per sequence: the scores of all heads [H, T, T] (q·kᵀ for every key, the causal softmax
     // zeroes the future), then P·V. Query heads h = kv * group + g share kv head kv, so each
@@ -416,11 +404,8 @@ class CudaBackend final : public Backend {
 
   void embedding(std::span<const std::int32_t> ids, const Tensor& table, Tensor& out) override {
     check_2d(table, "embedding table");
-    const auto vocab = table.size(0), d = table.size(1);
-    SCALPEL_CHECK(out.numel() == static_cast<std::int64_t>(ids.size()) * d, "embedding out {}", shape_str(out.shape()));
-    for (std::size_t i = 0; i < ids.size(); ++i)
-      if (ids[i] < 0 || ids[i] >= vocab)
-        SCALPEL_INPUT_ERROR("token id {} at position {} is outside the vocabulary of {}", ids[i], i, vocab);
+    op_checks::embedding(ids, table, out);
+    const auto d = table.size(1);
     const Tensor dids = upload_exact(
         Tensor::wrap(const_cast<std::int32_t*>(ids.data()), {static_cast<std::int64_t>(ids.size())}, DType::i32));
     cuda::embedding(dids.data<std::int32_t>(), table.f32(), out.f32(), static_cast<std::int64_t>(ids.size()), d);
@@ -429,9 +414,8 @@ class CudaBackend final : public Backend {
 
   void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out) override {
     check_2d(logits, "nll logits");
+    op_checks::nll(logits, targets, out);
     const auto n = logits.size(0), V = logits.size(1);
-    SCALPEL_CHECK(static_cast<std::int64_t>(targets.size()) == n && static_cast<std::int64_t>(out.size()) == n,
-                  "nll: {} rows, {} targets", n, targets.size());
     const Tensor dt = upload_exact(Tensor::wrap(const_cast<std::int32_t*>(targets.data()), {n}, DType::i32));
     Tensor res = empty({n}, DType::f64);
     cuda::nll_rows(logits.f32(), dt.data<std::int32_t>(), res.data<double>(), n, V);
@@ -549,8 +533,8 @@ class CudaBackend final : public Backend {
   void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) override {
     check_2d(x, "col_sq_norms x");
     check_f32(out, "col_sq_norms out");
+    op_checks::col_sq_norms(x, out);
     const auto n = x.size(0), d = x.size(1);
-    SCALPEL_CHECK(out.numel() == d, "col_sq_norms out {} for {} columns", shape_str(out.shape()), d);
     const std::int64_t chunks = std::clamp<std::int64_t>((n + 255) / 256, 1, 64);
     Tensor partial = empty({chunks, d}, DType::f64);
     cuda::col_sq_norms(x.f32(), alpha, beta, out.f32(), partial.data<double>(), n, d, chunks);
@@ -559,12 +543,9 @@ class CudaBackend final : public Backend {
 
   HessianPrep hessian_prepare(Tensor& h, Tensor* w, float percdamp) override {
     check_2d(h, "hessian_prepare H");
+    if (w) check_2d(*w, "hessian_prepare W");
+    op_checks::hessian_prepare(h, w);
     const auto d = h.size(0);
-    SCALPEL_CHECK(h.size(1) == d, "hessian_prepare of a non-square {}", shape_str(h.shape()));
-    if (w) {
-      check_2d(*w, "hessian_prepare W");
-      SCALPEL_CHECK(w->size(1) == d, "hessian_prepare W {} for H {}", shape_str(w->shape()), shape_str(h.shape()));
-    }
     if (d == 0) return {};
     Tensor dead = empty({d}, DType::u8);
     Tensor out = empty({2}, DType::f64);  // [sum of the diagonal, dead count (as bits of a long long)]
@@ -603,12 +584,8 @@ class CudaBackend final : public Backend {
   void prune_scores(const Tensor& w, const Tensor* col, Tensor& scores) override {
     check_2d(w, "prune_scores W");
     check_2d(scores, "prune_scores scores");
-    SCALPEL_CHECK(scores.shape() == w.shape(), "prune_scores {} for W {}", shape_str(scores.shape()), shape_str(w.shape()));
-    if (col) {
-      check_f32(*col, "prune_scores column statistic");
-      SCALPEL_CHECK(col->numel() == w.size(1), "prune_scores column statistic {} for {} columns",
-                    shape_str(col->shape()), w.size(1));
-    }
+    if (col) check_f32(*col, "prune_scores column statistic");
+    op_checks::prune_scores(w, col, scores);
     cuda::prune_scores(w.f32(), col ? col->f32() : nullptr, scores.f32(), w.size(0), w.size(1));
     launched("prune_scores");
   }
@@ -616,7 +593,7 @@ class CudaBackend final : public Backend {
   SelectThreshold kth_threshold(const Tensor& scores, std::int64_t k) override {
     check_f32(scores, "kth_threshold scores");
     const auto n = scores.numel();
-    SCALPEL_CHECK(k >= 0 && k <= n, "kth_threshold k {} of {}", k, n);
+    op_checks::kth(k, n);
     if (k == 0) return {-std::numeric_limits<float>::infinity(), 0};
     // Radix selection on the order keys, 11 + 11 + 10 bits: one histogram pass per digit over the
     // elements that share the digits found so far.
@@ -651,8 +628,7 @@ class CudaBackend final : public Backend {
     check_2d(scores, "mask_threshold scores");
     check_mask(mask, "mask_threshold mask");
     const auto rows = scores.size(0), width = scores.size(1), mc = mask.size(1);
-    SCALPEL_CHECK(mask.size(0) == rows && col0 >= 0 && col0 + width <= mc, "mask_threshold scores {} into mask {} at {}",
-                  shape_str(scores.shape()), shape_str(mask.shape()), col0);
+    op_checks::mask_threshold(scores, mask, col0);
     if (rows == 0 || width == 0) return;
     Tensor first;
     const long long take = t.take_equal >= rows * width ? std::numeric_limits<long long>::max() : t.take_equal;
@@ -680,8 +656,7 @@ class CudaBackend final : public Backend {
   void mask_rows_smallest(const Tensor& scores, std::int64_t k, Tensor& mask) override {
     check_2d(scores, "mask_rows_smallest scores");
     check_mask(mask, "mask_rows_smallest mask");
-    SCALPEL_CHECK(mask.shape() == scores.shape(), "mask {} for scores {}", shape_str(mask.shape()),
-                  shape_str(scores.shape()));
+    op_checks::same_shape(mask, scores, "scores");
     SCALPEL_CHECK(k >= 0 && k <= scores.size(1), "mask_rows_smallest k {} of {}", k, scores.size(1));
     if (scores.numel() == 0) return;
     cuda::mask_rows_smallest(scores.f32(), scores.size(0), scores.size(1), k, mask.data<std::uint8_t>());
@@ -691,8 +666,7 @@ class CudaBackend final : public Backend {
   void mask_nm(const Tensor& scores, int n, int m, Tensor& mask) override {
     check_2d(scores, "mask_nm scores");
     check_mask(mask, "mask_nm mask");
-    SCALPEL_CHECK(mask.shape() == scores.shape(), "mask {} for scores {}", shape_str(mask.shape()),
-                  shape_str(scores.shape()));
+    op_checks::same_shape(mask, scores, "scores");
     SCALPEL_CHECK(n > 0 && n < m, "mask_nm {}:{}", n, m);
     if (scores.numel() == 0) return;
     cuda::mask_nm(scores.f32(), scores.size(0), scores.size(1), n, m, mask.data<std::uint8_t>());
@@ -702,7 +676,7 @@ class CudaBackend final : public Backend {
   void apply_mask(Tensor& w, const Tensor& mask) override {
     check_2d(w, "apply_mask W");
     check_mask(mask, "apply_mask mask");
-    SCALPEL_CHECK(mask.shape() == w.shape(), "mask {} for W {}", shape_str(mask.shape()), shape_str(w.shape()));
+    op_checks::same_shape(mask, w, "W");
     cuda::apply_mask(w.f32(), mask.data<std::uint8_t>(), w.numel());
     launched("apply_mask");
   }
@@ -711,10 +685,8 @@ class CudaBackend final : public Backend {
     check_2d(w, "obs_scores W");
     check_2d(hinv, "obs_scores Hinv");
     check_2d(scores, "obs_scores scores");
+    op_checks::obs_scores(w, hinv, col0, scores);
     const auto rows = w.size(0), d = w.size(1), width = scores.size(1);
-    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && scores.size(0) == rows && col0 >= 0 && col0 + width <= d,
-                  "obs_scores W {} Hinv {} scores {} at {}", shape_str(w.shape()), shape_str(hinv.shape()),
-                  shape_str(scores.shape()), col0);
     cuda::obs_scores(w.f32(), hinv.f32(), rows, d, col0, width, scores.f32());
     launched("obs_scores");
   }
@@ -725,14 +697,9 @@ class CudaBackend final : public Backend {
     check_2d(hinv, "obs_sweep Hinv");
     check_2d(err, "obs_sweep err");
     check_mask(mask, "obs_sweep mask");
-    const auto rows = w.size(0), d = w.size(1);
-    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && mask.shape() == w.shape() && col0 >= 0 && width >= 0 &&
-                      col0 + width <= d && err.size(0) == rows && err.size(1) == width,
-                  "obs_sweep W {} Hinv {} mask {} err {} block [{}, {})", shape_str(w.shape()), shape_str(hinv.shape()),
-                  shape_str(mask.shape()), shape_str(err.shape()), col0, col0 + width);
     check_dev(losses, DType::f64, "obs_sweep losses");
-    SCALPEL_CHECK(losses.numel() == rows, "obs_sweep losses {}", shape_str(losses.shape()));
-    SCALPEL_CHECK(prune_m == 0 || (prune_n > 0 && prune_n < prune_m), "obs_sweep {}:{}", prune_n, prune_m);
+    op_checks::obs_sweep(w, hinv, col0, width, prune_n, prune_m, mask, err, losses);
+    const auto rows = w.size(0), d = w.size(1);
     SCALPEL_CHECK_INPUT(width <= 4096, "obs_sweep: a SparseGPT block of {} columns exceeds the 4096 the cuda backend "
                         "holds in shared memory (prune.blocksize)", width);
     if (rows == 0 || width == 0) return;
@@ -745,10 +712,8 @@ class CudaBackend final : public Backend {
     check_2d(w, "obs_lazy W");
     check_2d(err, "obs_lazy err");
     check_2d(hinv, "obs_lazy Hinv");
+    op_checks::obs_lazy(w, err, hinv, col0);
     const auto rows = w.size(0), d = w.size(1), width = err.size(1), c1 = col0 + width;
-    SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && err.size(0) == rows && col0 >= 0 && c1 <= d,
-                  "obs_lazy W {} err {} Hinv {} at {}", shape_str(w.shape()), shape_str(err.shape()),
-                  shape_str(hinv.shape()), col0);
     if (rows == 0 || c1 == d || width == 0) return;
     rm_gemm(false, false, rows, d - c1, width, -1.0f, err.f32(), width, hinv.f32() + col0 * d + c1, d, 1.0f,
             w.f32() + c1, d, false);
@@ -757,8 +722,7 @@ class CudaBackend final : public Backend {
   void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out) override {
     check_2d(a, "rowwise_dot A");
     check_2d(b, "rowwise_dot B");
-    SCALPEL_CHECK(a.shape() == b.shape() && static_cast<std::int64_t>(out.size()) == a.size(0),
-                  "rowwise_dot {} . {} into {}", shape_str(a.shape()), shape_str(b.shape()), out.size());
+    op_checks::rowwise_dot(a, b, out);
     if (a.size(0) == 0) return;
     Tensor res = empty({a.size(0)}, DType::f64);
     cuda::rowwise_dot(a.f32(), b.f32(), res.data<double>(), a.size(0), a.size(1));

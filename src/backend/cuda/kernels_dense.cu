@@ -9,19 +9,10 @@
 
 #include "block_reduce.cuh"
 #include "kernels.hpp"
+#include "launch.cuh"
 
 namespace scalpel::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-unsigned blocks_for(i64 n, int threads = kThreads) {
-  const i64 b = (n + threads - 1) / threads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
-}
-
-#define GRID_STRIDE(i, n) for (i64 i = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; i < (n); \
-                               i += static_cast<i64>(gridDim.x) * blockDim.x)
 
 __global__ void k_f16(const std::uint16_t* in, float* out, i64 n) {
   GRID_STRIDE(i, n) out[i] = __half2float(__ushort_as_half(in[i]));
@@ -222,7 +213,6 @@ __global__ void k_embedding(const std::int32_t* ids, const float* table, float* 
   GRID_STRIDE(p, n * d) out[p] = table[static_cast<i64>(ids[p / d]) * d + p % d];
 }
 
-unsigned row_blocks(i64 rows) { return static_cast<unsigned>(rows < 65535 * 4 ? (rows < 1 ? 1 : rows) : 65535 * 4); }
 
 }  // namespace
 

@@ -10,20 +10,10 @@
 
 #include "block_reduce.cuh"
 #include "kernels.hpp"
+#include "launch.cuh"
 
 namespace scalpel::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-unsigned blocks_for(i64 n, int threads = kThreads) {
-  const i64 b = (n + threads - 1) / threads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
-}
-unsigned row_blocks(i64 rows) { return static_cast<unsigned>(rows < 65535 * 4 ? (rows < 1 ? 1 : rows) : 65535 * 4); }
-
-#define GRID_STRIDE(i, n) for (i64 i = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; i < (n); \
-                               i += static_cast<i64>(gridDim.x) * blockDim.x)
 
 // core/float_order.hpp's order_key, on the device.
 __device__ __forceinline__ std::uint32_t key_of(float f) {
