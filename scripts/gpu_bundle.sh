@@ -15,7 +15,7 @@ STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 
 bins=(bin/scalpel bin/bench_layer tests/backend/test_backend_ops tests/prune/test_prune_methods tests/model/test_decoder
-      tests/app/test_gpu tests/prune/test_dist_pieces_mpi)
+      tests/app/test_gpu tests/prune/test_dist_pieces_mpi tests/dist/test_nccl_mpi)
 mkdir -p "$STAGE/repo/$BUILD" "$STAGE/lib" "$STAGE/mpi"
 for b in "${bins[@]}"; do
   mkdir -p "$STAGE/repo/$BUILD/$(dirname "$b")"

@@ -26,7 +26,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOp
     return make_cuda_backend(options);
 #else
     SCALPEL_INPUT_ERROR("device 'cuda': this scalpel was built without the CUDA backend "
-                        "(configure on a machine with nvcc; see README, GPU)");
+                        "(configure on a machine with nvcc; see README, "GPUs (CUDA)")");
 #endif
   }
   SCALPEL_INPUT_ERROR("device '{}' is not one of: cpu, cuda", device);

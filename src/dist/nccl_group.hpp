@@ -13,8 +13,8 @@ class MpiComm;
 class NcclGroup {
  public:
   // Collective over `comm`. Null when NCCL is not built in, SCALPEL_NCCL=0 is set, the group has
-  // one rank, a rank has no CUDA device selected, or two ranks share a GPU (NCCL forbids that);
-  // every rank reaches the same answer.
+  // one rank (unless SCALPEL_NCCL=force), a rank has no CUDA device selected, or two ranks share a
+  // GPU (NCCL forbids that); every rank reaches the same answer.
   static std::unique_ptr<NcclGroup> create(MpiComm& comm, MPI_Comm* mpi);
   ~NcclGroup();
   NcclGroup(const NcclGroup&) = delete;

@@ -344,6 +344,20 @@ TEST(PlanCli, Opt175bTableAndJson) {
   EXPECT_EQ(p["ranks"].size(), 64u);
 }
 
+// The one-GPU OPT-175B job: fits 80 GB with the activations on the GPU (12288 x 128 x 2048 fp32 =
+// 12.88 GB), which is what cuda.activations: auto then chooses (peak < 90% of 80 GB).
+TEST(PlanCli, Opt175bFitsOneEightyGigabyteGpu) {
+  const auto j = run_here(kBin + " plan configs/opt-175b-1gpu.yaml --json");
+  ASSERT_EQ(j.code, 0) << j.out;
+  const auto p = json::parse(j.out);
+  EXPECT_EQ(p["grid"]["world"].get<int>(), 1);
+  EXPECT_NEAR(p["ranks"][0]["memory"]["activations"].get<double>(), 12288.0 * 128 * 2048 * 4, 1.0);
+  const double peak = p["peak"]["bytes"].get<double>();
+  EXPECT_LT(peak, 0.9 * 80e9);
+  EXPECT_GT(peak, 40e9);  // the fc2 Hessian (9.7 GB), its float64 sum (9.7 GB) and its batch scratch alone are 29 GB
+  EXPECT_TRUE(p["fits"].get<bool>());
+}
+
 TEST(PlanCli, RefusesWhatDoesNotFitWithExitCode2) {
   const auto r = run_here(kBin + " plan configs/opt-175b-8x8-gpu.yaml --ranks 1 parallel.data=0 parallel.memory_gb=40");
   EXPECT_EQ(r.code, 2) << r.out;
