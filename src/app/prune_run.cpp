@@ -206,6 +206,17 @@ Tensor gather_rows(dist::Comm& group, const Tensor& mine, std::int64_t rows) {
   return all;
 }
 
+// The same for device tensors, through the group's NCCL communicator (`all` preallocated).
+void gather_rows_device(dist::Comm& group, const Tensor& mine, Tensor& all, std::int64_t rows) {
+  const auto row_bytes = static_cast<std::int64_t>(dtype_size(mine.dtype())) * mine.size(1);
+  std::vector<std::int64_t> counts;
+  for (int r = 0; r < group.size(); ++r) {
+    const auto rr = dist::block_range(rows, group.size(), r);
+    counts.push_back((rr.end - rr.begin) * row_bytes);
+  }
+  group.allgatherv_device(static_cast<const std::byte*>(mine.raw()), static_cast<std::byte*>(all.raw()), counts);
+}
+
 int stage_of(std::int64_t layer, std::int64_t layers, int stages) {
   for (int s = 0; s < stages; ++s) {
     const auto r = dist::block_range(layers, stages, s);
@@ -432,14 +443,30 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                 const auto r = prune::prune_linear(be, w.slice_rows(rr.begin, rr.end), stats.at(g.input_group).get(), opt);
                 const auto stored_dtype = src->info(spec.layer_prefix(layer) + wname).dtype;
                 watchdog.beat("gather", layer);
-                // Every rank gets the whole pruned matrix (the next forward needs it).
-                const Tensor stored = gather_rows(group, to_storage(be, r.weight, stored_dtype), rows);
-                const Tensor mask = gather_rows(group, be.download(r.mask), rows);
+                // Every rank gets the whole pruned matrix (the next forward needs it), rounded to
+                // the stored dtype (what a resumed run reads back); the writer gets it on the host.
+                Tensor stored, mask, next;
+                if (be.device() != Device::cpu && group.device_collectives()) {
+                  // NCCL: the rows meet on the GPUs; only the writer downloads the whole matrix.
+                  const Tensor mine = be.upload_exact(to_storage(be, r.weight, stored_dtype));
+                  Tensor all = be.empty({rows, w.size(1)}, stored_dtype), all_mask = be.empty({rows, w.size(1)}, DType::u8);
+                  gather_rows_device(group, mine, all, rows);
+                  gather_rows_device(group, r.mask, all_mask, rows);
+                  next = be.upload(all);  // widened to fp32 on the GPU
+                  if (group.rank() == 0) {
+                    stored = be.download(all);
+                    mask = be.download(all_mask);
+                  }
+                } else {
+                  stored = gather_rows(group, to_storage(be, r.weight, stored_dtype), rows);
+                  mask = gather_rows(group, be.download(r.mask), rows);
+                  next = be.upload(stored);
+                }
                 std::array<double, 2> err{std::isfinite(r.error) ? r.error : 0.0, std::isfinite(r.dense) ? r.dense : 0.0};
                 std::array<std::int64_t, 2> counts{r.pruned, r.total};
                 group.allreduce_sum(std::span<double>(err));
                 group.allreduce_sum(std::span<std::int64_t>(counts));
-                working->tensors[wname] = be.upload(stored);
+                working->tensors[wname] = next;
                 const double sparsity = counts[1] ? double(counts[0]) / double(counts[1]) : 0.0;
                 const double error_rel = err[1] > 0 ? err[0] / err[1] : 0.0;
                 const nlohmann::json lm = {{"error", err[0]},           {"error_rel", error_rel},

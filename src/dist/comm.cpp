@@ -103,6 +103,14 @@ void MpiComm::allreduce_sum_device(double* dev, std::size_t n) {
   impl_->nccl->allreduce_sum(dev, n);
 }
 
+void MpiComm::allgatherv_device(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts) {
+  SCALPEL_CHECK(device_collectives(), "allgatherv_device without NCCL on this group");
+  SCALPEL_CHECK(static_cast<int>(counts.size()) == size_, "allgatherv_device: {} counts for {} ranks", counts.size(),
+                size_);
+  for (const auto c : counts) bytes_.allgather += c;
+  impl_->nccl->allgatherv(mine, out, counts, rank_);
+}
+
 std::unique_ptr<MpiComm> MpiComm::world() {
   SCALPEL_CHECK(MpiEnvironment::initialized(), "MPI is not initialised");
   std::unique_ptr<MpiComm> c(new MpiComm());

@@ -94,9 +94,29 @@ void NcclGroup::allreduce_sum(double* dev, std::size_t n) {
     SCALPEL_RUNTIME_ERROR("CUDA error after an NCCL all-reduce: {}", cudaGetErrorString(cudaGetLastError()));
 }
 
+void NcclGroup::allgatherv(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts, int rank) {
+  // One broadcast per rank, rooted there, into its place in `out` (NCCL's all-gather needs equal
+  // counts; row slices differ by a row).
+  check_nccl(ncclGroupStart(), "GroupStart");
+  std::int64_t offset = 0;
+  for (int r = 0; r < static_cast<int>(counts.size()); ++r) {
+    std::byte* dst = out + offset;
+    const void* src = r == rank ? static_cast<const void*>(mine) : static_cast<const void*>(dst);
+    check_nccl(ncclBroadcast(src, dst, static_cast<std::size_t>(counts[r]), ncclUint8, r, impl_->comm, nullptr),
+               "Broadcast");
+    offset += counts[r];
+  }
+  check_nccl(ncclGroupEnd(), "GroupEnd");
+  if (cudaStreamSynchronize(nullptr) != cudaSuccess)
+    SCALPEL_RUNTIME_ERROR("CUDA error after an NCCL all-gather: {}", cudaGetErrorString(cudaGetLastError()));
+}
+
 #else
 
 struct NcclGroup::Impl {};
+void NcclGroup::allgatherv(const std::byte*, std::byte*, std::span<const std::int64_t>, int) {
+  SCALPEL_RUNTIME_ERROR("built without NCCL");
+}
 std::unique_ptr<NcclGroup> NcclGroup::create(MpiComm&, MPI_Comm*) { return nullptr; }
 NcclGroup::~NcclGroup() = default;
 void NcclGroup::allreduce_sum(double*, std::size_t) { SCALPEL_RUNTIME_ERROR("built without NCCL"); }
@@ -104,6 +124,9 @@ void NcclGroup::allreduce_sum(double*, std::size_t) { SCALPEL_RUNTIME_ERROR("bui
 #endif
 
 void Comm::allreduce_sum_device(double*, std::size_t) {
+  SCALPEL_RUNTIME_ERROR("this communicator has no device collectives");
+}
+void Comm::allgatherv_device(const std::byte*, std::byte*, std::span<const std::int64_t>) {
   SCALPEL_RUNTIME_ERROR("this communicator has no device collectives");
 }
 

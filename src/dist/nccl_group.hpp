@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <span>
 
 namespace scalpel::dist {
 
@@ -21,6 +22,8 @@ class NcclGroup {
   NcclGroup& operator=(const NcclGroup&) = delete;
   // In place on the current CUDA device's default stream; returns when the sum is done.
   void allreduce_sum(double* dev, std::size_t n);
+  // Rank r's counts[r] bytes at `mine` (device) into `out` at the offset of the counts before it.
+  void allgatherv(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts, int rank);
 
  private:
   NcclGroup() = default;

@@ -3,7 +3,8 @@
 //    naming the device, and leaves no checkpoint marked complete;
 //  - on a GPU: the dense opt-mini evaluation gives the model card's perplexities (0.1%), and a
 //    SparseGPT prune gives the CPU run's pruned perplexity to 0.5% at 1 and 2 ranks, with the
-//    activations on the GPU or staged from host memory (the same weights either way).
+//    activations on the GPU or staged from host memory, and the rows gathered through NCCL (a
+//    one-rank group, forced) or the host: the same weights every way.
 // The GPU tests report SKIPPED with the reason on a machine without one.
 #include <gtest/gtest.h>
 
@@ -95,6 +96,9 @@ TEST(Gpu, SparseGptPruneMatchesTheCpuAtOneAndTwoRanks) {
   ASSERT_EQ(gpu2.code, 0) << gpu2.out;
   const auto host = run(prune_cmd("cuda", dir / "gpu_host", "cuda.activations=host"));
   ASSERT_EQ(host.code, 0) << host.out;
+  // A one-rank NCCL group (forced): the pruned rows are gathered through NCCL on the GPU.
+  const auto nccl = run("SCALPEL_NCCL=force " + prune_cmd("cuda", dir / "gpu_nccl"));
+  ASSERT_EQ(nccl.code, 0) << nccl.out;
   const double p_cpu = ppl_of(cpu.out, "text"), p_gpu = ppl_of(gpu.out, "text"), p_gpu2 = ppl_of(gpu2.out, "text");
   std::printf("pruned held-out perplexity: cpu %.4f, gpu %.4f, gpu x 2 ranks %.4f\n", p_cpu, p_gpu, p_gpu2);
   // The bound: 0.5%. Both sides are fp32 SparseGPT on the same statistics; they differ by
@@ -104,6 +108,9 @@ TEST(Gpu, SparseGptPruneMatchesTheCpuAtOneAndTwoRanks) {
   // Staging the activations through host memory moves bytes, not arithmetic: the same weights.
   EXPECT_EQ(max_abs_diff(dir / "gpu/model", dir / "gpu_host/model"), 0.0);
   EXPECT_NEAR(ppl_of(host.out, "text"), p_gpu, 1e-9 * p_gpu);
+  // Gathering through NCCL moves the same bytes as through the host.
+  EXPECT_EQ(max_abs_diff(dir / "gpu/model", dir / "gpu_nccl/model"), 0.0);
+  EXPECT_NEAR(ppl_of(nccl.out, "text"), p_gpu, 1e-9 * p_gpu);
 }
 
 TEST(Gpu, WandaAndTwoFourMatchTheCpu) {

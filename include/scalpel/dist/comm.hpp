@@ -54,6 +54,9 @@ class Comm {
   // Element-wise sum of n doubles at device address `dev`, in place, on every rank. Returns once
   // the sum is complete.
   virtual void allreduce_sum_device(double* dev, std::size_t n);
+  // allgatherv() on device buffers: every rank's `mine` in rank order into `out`, counts[r] bytes
+  // from rank r (the same list everywhere). Returns once `out` is complete.
+  virtual void allgatherv_device(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts);
 
   bool is_root() const { return rank() == 0; }
   void broadcast_string(std::string& s, int root);
@@ -123,6 +126,7 @@ class MpiComm final : public Comm {
 
   bool device_collectives() override;
   void allreduce_sum_device(double* dev, std::size_t n) override;
+  void allgatherv_device(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts) override;
 
  private:
   MpiComm() = default;
