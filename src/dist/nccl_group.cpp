@@ -80,7 +80,8 @@ std::unique_ptr<NcclGroup> NcclGroup::create(MpiComm& comm, MPI_Comm* mpi) {
   std::unique_ptr<NcclGroup> g(new NcclGroup());
   g->impl_ = std::make_unique<Impl>();
   check_nccl(ncclCommInitRank(&g->impl_->comm, comm.size(), id, comm.rank()), "CommInitRank");
-  if (comm.rank() == 0) log::debug("NCCL communicator over {} ranks", comm.size());
+  if (comm.rank() == 0)
+    log::info("NCCL communicator over {} rank(s), one GPU each: device sums and gathers go through NCCL", comm.size());
   return g;
 }
 

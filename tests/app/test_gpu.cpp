@@ -99,6 +99,7 @@ TEST(Gpu, SparseGptPruneMatchesTheCpuAtOneAndTwoRanks) {
   // A one-rank NCCL group (forced): the pruned rows are gathered through NCCL on the GPU.
   const auto nccl = run("SCALPEL_NCCL=force " + prune_cmd("cuda", dir / "gpu_nccl"));
   ASSERT_EQ(nccl.code, 0) << nccl.out;
+  EXPECT_NE(nccl.out.find("NCCL communicator over 1 rank(s)"), std::string::npos) << nccl.out;
   const double p_cpu = ppl_of(cpu.out, "text"), p_gpu = ppl_of(gpu.out, "text"), p_gpu2 = ppl_of(gpu2.out, "text");
   std::printf("pruned held-out perplexity: cpu %.4f, gpu %.4f, gpu x 2 ranks %.4f\n", p_cpu, p_gpu, p_gpu2);
   // The bound: 0.5%. Both sides are fp32 SparseGPT on the same statistics; they differ by
