@@ -54,8 +54,8 @@ class Backend {
   virtual Device device() const = 0;
 
   // Memory. upload() turns a host tensor of any float dtype into an fp32 tensor on the device
-  // (integer and U8 tensors, such as masks, keep their dtype); download() brings an fp32 (or U8,
-  // F64) device tensor to the host.
+  // (integer and U8 tensors, such as masks, keep their dtype; an f16/bf16 tensor already on the
+  // device is widened there); download() brings a device tensor to the host, dtype unchanged.
   virtual Tensor empty(const Shape& shape, DType dtype = DType::f32) = 0;
   virtual Tensor zeros(const Shape& shape, DType dtype = DType::f32) = 0;
   virtual Tensor upload(const Tensor& host) = 0;

@@ -160,7 +160,6 @@ class CudaBackend final : public Backend {
     check_cublas(cublasSetStream(blas_, nullptr), "SetStream");
     check_cusolver(cusolverDnCreate(&solver_), "Create");
     check_cusolver(cusolverDnSetStream(solver_, nullptr), "SetStream");
-    check_cusolver(cusolverDnCreateParams(&params_), "CreateParams");
     info_ = empty({2}, DType::i32);
     if (const char* leaf = std::getenv("SCALPEL_CUDA_TRTRI_LEAF")) trtri_leaf_ = std::max(16L, std::atol(leaf));
     log::debug("cuda backend on device {} of {}: {} ({:.1f} GB), TF32 forward {} hessian {}", device_, count, name_,
@@ -169,7 +168,6 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     info_ = Tensor();
     cudaDeviceSynchronize();
-    if (params_) cusolverDnDestroyParams(params_);
     if (solver_) cusolverDnDestroy(solver_);
     if (blas_) cublasDestroy(blas_);
   }
@@ -197,8 +195,9 @@ class CudaBackend final : public Backend {
     SCALPEL_CHECK(host.defined(), "upload of an undefined tensor");
     const DType dt = host.dtype();
     if (dt == DType::f16 || dt == DType::bf16) {
-      // The 2-byte values travel as they are and widen on the device (half the PCIe bytes).
-      Tensor raw = upload_exact(host);
+      // The 2-byte values travel as they are and widen on the device (half the PCIe bytes). A
+      // device tensor (rows gathered by NCCL) widens in place of the copy.
+      const Tensor raw = host.device() == Device::cuda ? host : upload_exact(host);
       Tensor out = empty(host.shape(), DType::f32);
       const auto* in = static_cast<const std::uint16_t*>(raw.raw());
       if (dt == DType::f16)
@@ -743,7 +742,6 @@ class CudaBackend final : public Backend {
   std::shared_ptr<DeviceAllocator> alloc_;
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
-  cusolverDnParams_t params_ = nullptr;
   std::int64_t trtri_leaf_ = 8192;
   Tensor info_;  // device ints: [0] cuSOLVER info, [1] all_finite flag
 };
