@@ -86,7 +86,7 @@ std::unique_ptr<Backend> make_rank_backend(const Config& cfg, const NodePlace& p
 
 EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, std::int64_t seqlen,
                         std::int64_t batch, std::int64_t max_windows, dist::Comm& comm, const std::string& name,
-                        double progress_seconds) {
+                        double progress_seconds, const std::function<void()>& heartbeat) {
   Timer timer;
   EvalResult r;
   r.name = name;
@@ -117,6 +117,7 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
       sums[static_cast<std::size_t>(w + i - mine.begin)] = s;
     }
     progress.update(w + b - mine.begin, (w + b - mine.begin) * seqlen);
+    if (heartbeat) heartbeat();
   }
   // Window order, not arrival order: the total is bitwise the same for any number of ranks.
   const auto all = comm.gatherv(sums, 0);

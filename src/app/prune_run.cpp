@@ -562,6 +562,9 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   }
   progress.finish();
   x = Tensor();
+  // Rank 0 alone reads the checkpoint back and writes the export (hundreds of GB for the largest
+  // models); the others wait at the barrier below: no heartbeat to give, so no countdown.
+  watchdog.suspend("summary and export");
 
   // Every layer is committed. Rank 0 reads the whole result back through the checkpoint (digests
   // checked) for the summary and the export, so what is exported is exactly what the manifest
@@ -585,6 +588,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   }
   world.barrier();
   if (cfg.eval.sets.empty()) return kExitOk;
+  watchdog.beat("evaluate", -1);
 
   // Evaluation of the pruned model over every rank, layers read from the checkpoint one at a time.
   model::Model pruned(spec, std::make_shared<PrunedSource>(io::Checkpoint::open_read(ckpt_dir), src, spec), be,
@@ -595,7 +599,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     const auto limit = text::preset_token_limit(set.preset, eseq);
     if (limit >= 0 && static_cast<std::int64_t>(ids.size()) > limit) ids.resize(static_cast<std::size_t>(limit));
     const auto r = evaluate_ids(pruned, ids, eseq, cfg.eval.batch, cfg.eval.max_windows, world, set.name,
-                                cfg.log.progress_seconds);
+                                cfg.log.progress_seconds, [&] { watchdog.beat("evaluate", -1); });
     if (world.is_root()) {
       fmt::print("{}: ppl {:.4f} (pruned; mean nll {:.6f}; {} windows x {} tokens; {:.1f} s)\n", r.name, r.ppl,
                  r.mean_nll, r.windows, r.seqlen, r.seconds);

@@ -3,6 +3,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <limits>
 #include <cstdlib>
 #include <chrono>
 
@@ -51,6 +52,11 @@ void Watchdog::beat(const char* phase, std::int64_t layer) {
   phase_ = phase;
   layer_ = layer;
   last_ns_ = now_ns();
+}
+
+void Watchdog::suspend(const char* phase) {
+  phase_ = phase;
+  last_ns_ = std::numeric_limits<std::int64_t>::max();  // "idle" stays negative until the next beat
 }
 
 void Watchdog::run() {

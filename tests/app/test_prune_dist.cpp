@@ -223,6 +223,30 @@ TEST_F(PruneDist, AHungRankTripsTheWatchdog) {
   fs::remove_all(base);
 }
 
+// After the last layer the watchdog must not mistake the long phases for a hang: the evaluation
+// (here about 900 windows, 15 s or more, well over the 5 s timeout) beats once per batch, and the export
+// written by rank 0 alone suspends the countdown.
+TEST_F(PruneDist, TheWatchdogStaysQuietThroughExportAndEvaluation) {
+  NEED_SHARED();
+  const auto base = temp_dir("quiet");
+  const auto out = base / "run";
+  const auto log = base / "quiet.log";
+  const pid_t job = spawn(prune_cmd(2, out,
+                                    {"parallel.watchdog_seconds=5", "eval.seqlen=128", "eval.batch=4",
+                                     "eval.sets=[{preset: text, path: " +
+                                         (kShared / "data/corpus/heldout.txt").string() + "}]"}),
+                          log);
+  const auto t0 = Clock::now();
+  const int code = wait_exit(job);
+  const double took = std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto text = read_bytes(log);
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_EQ(text.find("watchdog"), std::string::npos) << text;
+  EXPECT_NE(text.find("text: ppl"), std::string::npos) << text;
+  std::printf("prune + export + evaluation took %.1f s under a 5 s watchdog\n", took);
+  fs::remove_all(base);
+}
+
 TEST_F(PruneDist, AnErrorOnTheRanksNamesRankAndLayerAndEndsTheJob) {
   NEED_SHARED();
   // A copy of opt-mini whose layer 2 fc1 weight holds a NaN.

@@ -1,6 +1,7 @@
 // The scalpel commands. Each returns the process exit code; errors are thrown as scalpel::Error
 // and turned into a message and exit code by main().
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,9 +31,11 @@ std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io:
 // Perplexity of `ids` with the SparseGPT/Wanda protocol: nsamples = numel / seqlen windows, mean
 // NLL over every predicted position, exp. The windows are split across the ranks of `comm` and the
 // per-window sums are combined in window order, so the result does not depend on the rank count.
+// `heartbeat`, when given, is called after every batch of windows (the prune's watchdog).
 EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, std::int64_t seqlen,
                         std::int64_t batch, std::int64_t max_windows, dist::Comm& comm,
-                        const std::string& name, double progress_seconds);
+                        const std::string& name, double progress_seconds,
+                        const std::function<void()>& heartbeat = {});
 
 // Threads per rank: the configured number, or the node's cores divided by the ranks on it.
 int threads_per_rank(int configured, int local_ranks);

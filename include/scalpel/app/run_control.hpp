@@ -29,6 +29,9 @@ class Watchdog {
   Watchdog& operator=(const Watchdog&) = delete;
   // Progress: records where the rank is and restarts the countdown.
   void beat(const char* phase, std::int64_t layer);
+  // Stops the countdown until the next beat: for a phase with no heartbeat to give, such as the
+  // ranks that wait while rank 0 alone writes the export.
+  void suspend(const char* phase);
 
  private:
   void run();
