@@ -1,6 +1,6 @@
 // Helpers of the end-to-end CLI tests: temp folders, shell commands with their exit code and
 // output, child processes (spawned quietly or with their output captured), files read whole, and
-// the committed-layer count of a manifest.
+// the committed-layer count of a manifest; the paths and the skip rule they share.
 #pragma once
 #include <signal.h>
 #include <sys/wait.h>
@@ -16,6 +16,14 @@
 namespace scalpel_test {
 
 namespace fs = std::filesystem;
+
+// What every CLI test target defines: the shared models and texts, the scalpel executable, and
+// (for those that launch ranks) mpiexec.
+inline const fs::path kShared = SCALPEL_SHARED_DIR;
+inline const std::string kBin = SCALPEL_BIN;
+#ifdef SCALPEL_MPIEXEC
+inline const std::string kMpiexec = SCALPEL_MPIEXEC;
+#endif
 
 inline fs::path temp_dir(const std::string& name) {
   const auto d = fs::temp_directory_path() / ("scalpel_prune_" + std::to_string(::getpid()) + "_" + name);
@@ -94,3 +102,8 @@ inline std::int64_t committed_layers(const fs::path& ckpt) {
 }
 
 }  // namespace scalpel_test
+
+// Skips the calling test where ../shared (the models and texts) is absent.
+#define NEED_SHARED()                                                                  \
+  if (!scalpel_test::fs::exists(scalpel_test::kShared / "models/opt-mini/config.json")) \
+  GTEST_SKIP() << "../shared/models not present: skipping"

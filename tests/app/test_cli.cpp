@@ -19,13 +19,8 @@ namespace {
 using scalpel_test::Run;
 using scalpel_test::run;
 
-const fs::path kShared = SCALPEL_SHARED_DIR;
-const std::string kBin = SCALPEL_BIN;
-
-bool have_shared() { return fs::exists(kShared / "models/opt-mini/config.json"); }
-
-#define NEED_SHARED() \
-  if (!have_shared()) GTEST_SKIP() << "../shared/models not present: skipping"
+using scalpel_test::kBin;
+using scalpel_test::kShared;
 
 double ppl_of(const Run& r, const std::string& set) {
   std::smatch m;

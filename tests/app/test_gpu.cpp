@@ -18,13 +18,6 @@ namespace {
 
 using namespace scalpel_test;
 
-const fs::path kShared = SCALPEL_SHARED_DIR;
-const std::string kBin = SCALPEL_BIN;
-const std::string kMpiexec = SCALPEL_MPIEXEC;
-
-#define NEED_SHARED()                                          \
-  if (!fs::exists(kShared / "models/opt-mini/config.json")) \
-  GTEST_SKIP() << "../shared/models not present: skipping"
 #define NEED_GPU()                                                                                  \
   if (scalpel::cuda_devices() == 0)                                                                 \
   GTEST_SKIP() << "no GPU here (" << scalpel::cuda_status() << "): this check runs on a GPU machine"

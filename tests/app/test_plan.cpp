@@ -321,7 +321,7 @@ TEST(Plan, OverTheMemoryLimitIsRefusedNamingTheKey) {
 
 Run run_here(const std::string& cmd) { return run("cd " + kSource.string() + " && " + cmd); }
 
-const std::string kBin = SCALPEL_BIN;
+using scalpel_test::kBin;
 
 std::size_t count(const std::string& s, const std::string& what) {
   std::size_t n = 0;

@@ -22,13 +22,6 @@ namespace {
 
 using namespace scalpel_test;
 
-const fs::path kShared = SCALPEL_SHARED_DIR;
-const std::string kBin = SCALPEL_BIN;
-
-#define NEED_SHARED()                                          \
-  if (!fs::exists(kShared / "models/opt-mini/config.json")) \
-  GTEST_SKIP() << "../shared/models not present: skipping"
-
 // A small but complete prune: 8 windows of 128 tokens of the calibration slice.
 std::vector<std::string> prune_args(const fs::path& out, const std::string& model = "opt-mini",
                                     const std::vector<std::string>& extra = {}) {

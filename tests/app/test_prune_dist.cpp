@@ -25,14 +25,6 @@ namespace {
 using namespace scalpel_test;
 using Clock = std::chrono::steady_clock;
 
-const fs::path kShared = SCALPEL_SHARED_DIR;
-const std::string kBin = SCALPEL_BIN;
-const std::string kMpiexec = SCALPEL_MPIEXEC;
-
-#define NEED_SHARED()                                          \
-  if (!fs::exists(kShared / "models/opt-mini/config.json")) \
-  GTEST_SKIP() << "../shared/models not present: skipping"
-
 // 16 windows of 128 tokens in batches of 2: 8 batches, so 4 ranks get 2 each.
 std::vector<std::string> prune_cmd(int ranks, const fs::path& out, const std::vector<std::string>& extra,
                                    const std::string& model = "opt-mini") {
@@ -176,7 +168,9 @@ TEST_F(PruneDist, SigkillOfOneRankEndsTheJobAndAnotherRankCountResumes) {
   // Resume at 3 ranks: the checkpoint is per layer, not per rank.
   const auto log = base / "resume.log";
   ASSERT_EQ(wait_exit(spawn(prune_cmd(3, out, strict), log)), 0) << read_bytes(log);
-  if (done < 4) EXPECT_NE(read_bytes(log).find("resuming at layer"), std::string::npos) << read_bytes(log);
+  if (done < 4) {
+    EXPECT_NE(read_bytes(log).find("resuming at layer"), std::string::npos) << read_bytes(log);
+  }
   EXPECT_TRUE(read_bytes(out / "model/model.safetensors") == read_bytes(base / "ref/model/model.safetensors"));
   fs::remove_all(base);
 }
