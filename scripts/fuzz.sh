@@ -6,8 +6,12 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-60}
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSCALPEL_BUILD_FUZZERS=ON -DSCALPEL_CUDA=OFF \
   -DSCALPEL_BUILD_TESTS=OFF -DSCALPEL_BUILD_BENCHMARKS=OFF -DSCALPEL_NATIVE=OFF >/dev/null
-cmake --build build-fuzz -j "$(nproc)" --target fuzz_safetensors_header fuzz_bpe
-for t in safetensors_header bpe; do
+cmake --build build-fuzz -j "$(nproc)" --target fuzz_safetensors_header fuzz_bpe fuzz_sentencepiece
+for t in safetensors_header bpe sentencepiece; do
+  if [ $t = sentencepiece ] && [ ! -f "${SCALPEL_SHARED_DIR:-../shared}/models/llama-mini/tokenizer.model" ]; then
+    echo "fuzz: sentencepiece SKIPPED (llama-mini's tokenizer.model not found under ${SCALPEL_SHARED_DIR:-../shared})"
+    continue
+  fi
   corpus=$(mktemp -d)
   cp -r fuzz/corpus/$t/. "$corpus"/ 2>/dev/null || true
   echo "fuzz: $t for ${SECONDS_PER_TARGET}s"

@@ -204,6 +204,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.finish();
   }
   {
+    MapReader r(top.child("tokenizer"), "tokenizer", source);
+    r.get("mode", c.tokenizer.mode);
+    r.finish();
+  }
+  {
     MapReader r(top.child("eval"), "eval", source);
     r.get("seqlen", c.eval.seqlen);
     r.get("batch", c.eval.batch);
@@ -266,6 +271,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     SCALPEL_INPUT_ERROR("{}: 'cuda.tf32' is '{}', expected off, forward or all", source, c.cuda.tf32);
   if (c.cuda.activations != "auto" && c.cuda.activations != "device" && c.cuda.activations != "host")
     SCALPEL_INPUT_ERROR("{}: 'cuda.activations' is '{}', expected auto, device or host", source, c.cuda.activations);
+  if (c.tokenizer.mode != "transformers" && c.tokenizer.mode != "sentencepiece")
+    SCALPEL_INPUT_ERROR("{}: 'tokenizer.mode' is '{}', expected transformers or sentencepiece", source,
+                        c.tokenizer.mode);
   if (c.weight_cache_mb < 0) SCALPEL_INPUT_ERROR("{}: 'weight_cache_mb' must be >= 0", source);
   if (c.eval.seqlen < 0 || c.eval.seqlen == 1) SCALPEL_INPUT_ERROR("{}: 'eval.seqlen' must be 0 (model maximum) or >= 2", source);
   if (c.eval.batch < 1) SCALPEL_INPUT_ERROR("{}: 'eval.batch' must be >= 1", source);
@@ -324,6 +332,9 @@ std::string dump_config(const Config& c) {
   e << YAML::Key << "cuda" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "tf32" << YAML::Value << c.cuda.tf32;
   e << YAML::Key << "activations" << YAML::Value << c.cuda.activations;
+  e << YAML::EndMap;
+  e << YAML::Key << "tokenizer" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "mode" << YAML::Value << c.tokenizer.mode;
   e << YAML::EndMap;
   e << YAML::Key << "eval" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "seqlen" << YAML::Value << c.eval.seqlen;

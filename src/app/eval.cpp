@@ -61,6 +61,16 @@ std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io:
   return std::make_shared<CheckpointSource>(std::move(ckpt));
 }
 
+text::TokenizerMode tokenizer_mode(const std::string& mode) {
+  if (mode == "transformers") return text::TokenizerMode::transformers;
+  if (mode == "sentencepiece") return text::TokenizerMode::sentencepiece;
+  SCALPEL_INPUT_ERROR("tokenizer mode '{}': expected transformers or sentencepiece", mode);
+}
+
+std::unique_ptr<text::Tokenizer> make_tokenizer(const Config& cfg) {
+  return text::Tokenizer::from_folder(cfg.model, tokenizer_mode(cfg.tokenizer.mode));
+}
+
 int threads_per_rank(int configured, int local_ranks) {
   if (configured > 0) return configured;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -140,7 +150,7 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
   auto ckpt = std::make_shared<const io::HfCheckpoint>(cfg.model);
   auto spec = model::ModelSpec::from_config(ckpt->config(), (std::filesystem::path(cfg.model) / "config.json").string());
   std::unique_ptr<text::Tokenizer> tok;
-  if (comm.is_root()) tok = text::Tokenizer::from_folder(cfg.model);
+  if (comm.is_root()) tok = make_tokenizer(cfg);
   const std::int64_t seqlen = cfg.eval.seqlen > 0 ? cfg.eval.seqlen : spec.max_positions;
   if (seqlen > spec.max_positions)
     SCALPEL_INPUT_ERROR("config: 'eval.seqlen' {} exceeds the model's max_position_embeddings {}", seqlen,
@@ -174,9 +184,9 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
 }
 
 int run_tokenize(const std::string& model, const std::string& input, const std::string& preset,
-                 const std::string& output, dist::Comm& comm) {
+                 const std::string& output, const std::string& mode, dist::Comm& comm) {
   if (!comm.is_root()) return kExitOk;
-  auto tok = text::Tokenizer::from_folder(model);
+  auto tok = text::Tokenizer::from_folder(model, tokenizer_mode(mode));
   const auto ids = tok->encode(text::load_eval_text(preset, input));
   const std::filesystem::path out(output);
   const auto tmp = out.string() + ".tmp";

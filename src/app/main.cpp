@@ -62,11 +62,12 @@ int main(int argc, char** argv) {
       ->allow_extra_args(false);
 
   auto* tokenize = app.add_subcommand("tokenize", "write the token ids of a text (int32) to check them");
-  std::string tk_model, tk_input, tk_output, tk_preset = "text";
+  std::string tk_model, tk_input, tk_output, tk_preset = "text", tk_mode = "transformers";
   tokenize->add_option("--model", tk_model, "model folder holding the tokenizer files")->required();
   tokenize->add_option("--input", tk_input, "text file")->required();
   tokenize->add_option("--output", tk_output, "output file of int32 ids (a .json with the count goes beside it)")->required();
   tokenize->add_option("--preset", tk_preset, "how to read the text: text (as is), wikitext2, ptb, c4");
+  tokenize->add_option("--mode", tk_mode, "SentencePiece models: transformers (default) or sentencepiece (sp.encode)");
 
   auto* prune = app.add_subcommand("prune", "prune a model layer by layer (SparseGPT, Wanda, magnitude; N:M)");
   std::vector<std::string> prune_args;
@@ -173,7 +174,7 @@ int main(int argc, char** argv) {
       }
       return 0;
     }
-    if (*tokenize) return scalpel::app::run_tokenize(tk_model, tk_input, tk_preset, tk_output, *world);
+    if (*tokenize) return scalpel::app::run_tokenize(tk_model, tk_input, tk_preset, tk_output, tk_mode, *world);
   } catch (const CLI::ValidationError& e) {
     if (rank == 0) std::fprintf(stderr, "scalpel: error: %s\n", e.what());
     if (size > 1) world->abort(scalpel::kExitInput);

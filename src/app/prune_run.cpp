@@ -310,7 +310,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   if (cfg.parallel.memory_gb > 0) check_plan_fits(plan_of_job(cfg, world.size()), cfg);
 
   // Calibration windows (every rank tokenizes the text: cheaper than shipping the ids around).
-  auto tok = text::Tokenizer::from_folder(cfg.model);
+  auto tok = make_tokenizer(cfg);
   const auto calib_ids = tok->encode(text::load_eval_text("text", cfg.calibration.path));
   const std::int64_t seqlen = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
   if (seqlen > spec.max_positions)

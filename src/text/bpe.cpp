@@ -413,6 +413,17 @@ std::int32_t BpeTokenizer::add_token_id(const std::string& token, std::int32_t i
   return id;
 }
 
+void BpeTokenizer::set_named_ids(const std::map<std::string, std::string>& named) {
+  auto id_of = [&](const char* key) -> std::int32_t {
+    const auto n = named.find(key);
+    if (n == named.end()) return -1;
+    const auto t = token_to_id_.find(n->second);
+    return t == token_to_id_.end() ? -1 : t->second;
+  };
+  bos_id_ = id_of("bos_token");
+  eos_id_ = id_of("eos_token");
+}
+
 void BpeTokenizer::finish_setup(const fs::path& file) {
   const ByteMap& m = byte_map();
   for (int b = 0; b < 256; ++b) {
@@ -646,6 +657,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const fs::path& 
   for (std::int32_t id : t->suffix_)
     if (static_cast<std::size_t>(id) >= t->id_to_token_.size() || t->id_to_token_[id].empty())
       SCALPEL_INPUT_ERROR("{}: post_processor adds id {}, which is not in the vocabulary", f, id);
+  t->set_named_ids(cfg.named);
   t->finish_setup(file);
   return t;
 }
@@ -766,6 +778,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(const fs::path& fo
     t->prefix_.push_back(id->second);
   }
   t->splitter_ = AddedTokenSplitter(std::move(added), StripWhitespace::python);
+  t->set_named_ids(cfg.named);
   t->finish_setup(vocab_file);
   return t;
 }

@@ -1,18 +1,29 @@
-// LLaMA's SentencePiece tokenizer with the exact ids of transformers' slow LlamaTokenizer.
+// LLaMA's SentencePiece tokenizer, with the ids of transformers in either of two modes.
 //
-// What transformers (4.31 .. 4.36, legacy=True) does for tokenizer(text):
-//  * PreTrainedTokenizer.tokenize() cuts the text with tokens_trie.split() at every added token,
-//    which includes the special tokens <s>, </s> and <unk> (all AddedToken(lstrip=False,
-//    rstrip=False), so no whitespace is eaten around them), and drops chunks that end up empty;
-//  * LlamaTokenizer.tokenize() with legacy=True defers to that, and _tokenize(chunk) is
-//    sp_model.encode(chunk, out_type=str) for EACH non-special chunk separately, so every chunk,
-//    including the one right after a special token, gets SentencePiece's dummy-prefix "▁";
-//  * pieces are mapped back with piece_to_id (identical to EncodeAsIds: with byte_fallback no
-//    piece is unknown), then build_inputs_with_special_tokens adds [bos] if add_bos_token and
-//    [eos] if add_eos_token.
-// So "a</s>b" -> [1] + sp("a") + [2] + sp("b"), and a text without special-token literals gives
-// [1] + sp.EncodeAsIds(text). legacy=False (a different treatment after special tokens and an
-// altered dummy prefix) is rejected rather than approximated.
+// Both modes first cut the text at every added token (<s>, </s>, <unk> and the added tokens of
+// tokenizer_config.json), as transformers does, and drop pieces left empty; then:
+//
+// sentencepiece mode, transformers 4.31..4.36's slow LlamaTokenizer with legacy=True (and the
+// original LLaMA code on text without special-token literals): each piece is passed to
+// sp_model.encode on its own, so every piece, including one right after a special token or one
+// that starts with a space, gets SentencePiece's dummy-prefix "▁". lstrip/rstrip use Python's
+// str.strip whitespace.
+//
+// transformers mode, transformers 5's LlamaTokenizer (a `tokenizers` pipeline built from
+// tokenizer.model: no normalizer; Metaspace pre-tokenizer with replacement "▁", split=false and a
+// prepend_scheme; BPE with byte fallback over the model's pieces): each piece has its spaces
+// replaced by "▁", then gets a "▁" in front only when it does not already start with one and the
+// scheme asks for it (always: legacy=true; first: legacy=false, only the piece at offset 0 of the
+// text; never: add_prefix_space=false); the result is segmented as a whole. That segmentation is
+// SentencePiece's BPE on the same string with the normalizer switched off (no dummy prefix, no
+// whitespace removal, no character map), which is what the `bare_` processor runs: SentencePiece's
+// BPE encoder also merges over the whole normalized string (no word split), taking the pair whose
+// merged piece scores highest, leftmost first, and the pipeline's merges are ranked by those same
+// scores. lstrip/rstrip use Unicode White_Space, as `tokenizers` does.
+// Checked against transformers 5.17's ids for 300 strings at both legacy settings and for the PTB
+// test text (121,536 ids) in the tests.
+//
+// Ids are then [bos] + pieces + [eos] as add_bos_token / add_eos_token say.
 #include "scalpel/text/sentencepiece.hpp"
 
 #include <sentencepiece_processor.h>
@@ -21,18 +32,73 @@
 
 #include "hf_files.hpp"
 #include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
 #include "scalpel/text/unicode.hpp"
 
 namespace scalpel::text {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// Length of the protobuf field starting at bytes[pos] (tag included), or 0 when malformed.
+std::size_t proto_field_size(std::string_view bytes, std::size_t pos, std::uint64_t& field) {
+  auto varint = [&](std::size_t& p, std::uint64_t& v) {
+    v = 0;
+    for (int shift = 0; shift < 64 && p < bytes.size(); shift += 7) {
+      const auto b = static_cast<unsigned char>(bytes[p++]);
+      v |= static_cast<std::uint64_t>(b & 0x7F) << shift;
+      if (!(b & 0x80)) return true;
+    }
+    return false;
+  };
+  std::size_t p = pos;
+  std::uint64_t tag = 0, v = 0;
+  if (!varint(p, tag)) return 0;
+  field = tag >> 3;
+  switch (tag & 7) {
+    case 0: if (!varint(p, v)) return 0; break;
+    case 1: p += 8; break;
+    case 2: if (!varint(p, v) || v > bytes.size() - p) return 0; p += v; break;
+    case 5: p += 4; break;
+    default: return 0;
+  }
+  return p <= bytes.size() ? p - pos : 0;
+}
+
+// The serialized ModelProto with HF's normalizer instead of the stored one: NormalizerSpec (field 3)
+// becomes {name "identity", no charsmap, add_dummy_prefix false, remove_extra_whitespaces false,
+// escape_whitespaces true}, and the self-test samples (field 4), which were recorded with the old
+// normalizer and would fail the load, are dropped. Empty when the bytes are not a protobuf message.
+std::string without_normalizer(std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size() + 32);
+  for (std::size_t pos = 0; pos < bytes.size();) {
+    std::uint64_t field = 0;
+    const std::size_t n = proto_field_size(bytes, pos, field);
+    if (n == 0) return {};
+    if (field != 3 && field != 4) out.append(bytes.substr(pos, n));
+    pos += n;
+  }
+  static const char spec[] = "\x0a\x08identity\x12\x00\x18\x00\x20\x00\x28\x01";
+  const std::string_view inner(spec, sizeof spec - 1);
+  out += '\x1a';
+  out += static_cast<char>(inner.size());
+  out.append(inner);
+  return out;
+}
+
+}  // namespace
+
 SentencePieceTokenizer::SentencePieceTokenizer()
-    : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {}
+    : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()),
+      bare_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {}
 SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
-std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_folder(const fs::path& folder) {
+std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_folder(const fs::path& folder,
+                                                                           TokenizerMode mode) {
   std::unique_ptr<SentencePieceTokenizer> t(new SentencePieceTokenizer());
+  t->mode_ = mode;
   t->model_file_ = folder / "tokenizer.model";
   const std::string mf = t->model_file_.string();
   const std::string bytes = detail::read_file(t->model_file_);
@@ -41,6 +107,14 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_folder(cons
   if (!status.ok()) SCALPEL_INPUT_ERROR("{}: not a usable SentencePiece model: {}", mf, status.ToString());
   const int pieces = t->sp_->GetPieceSize();
   if (pieces <= 0) SCALPEL_INPUT_ERROR("{}: the model has no pieces", mf);
+  if (mode == TokenizerMode::transformers) {
+    const std::string bare = without_normalizer(bytes);
+    const auto st = bare.empty() ? sentencepiece::util::Status(sentencepiece::util::StatusCode::kDataLoss,
+                                                               "malformed protobuf")
+                                 : t->bare_->LoadFromSerializedProto(bare);
+    if (!st.ok())
+      SCALPEL_INPUT_ERROR("{}: cannot rebuild the model without its normalizer: {}", mf, st.ToString());
+  }
 
   const detail::HfSpecialTokens cfg = detail::read_special_tokens(
       folder, {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}});
@@ -49,9 +123,13 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_folder(cons
     SCALPEL_INPUT_ERROR(
         "{}: tokenizer_class \"{}\" is not supported with tokenizer.model (LlamaTokenizer only)", cf,
         *cfg.tokenizer_class);
-  if (detail::json_bool(cfg.config, "legacy", cfg.config_file) == std::optional<bool>(false))
-    SCALPEL_INPUT_ERROR(
-        "{}: legacy=false is not supported (only the legacy LlamaTokenizer behaviour is reproduced)", cf);
+  // transformers reads legacy=None as True (with a warning) and add_prefix_space as True.
+  const bool legacy = detail::json_bool(cfg.config, "legacy", cfg.config_file).value_or(true);
+  const bool prefix_space = detail::json_bool(cfg.config, "add_prefix_space", cfg.config_file).value_or(true);
+  t->prepend_ = !prefix_space ? Prepend::never : legacy ? Prepend::always : Prepend::first;
+  if (mode == TokenizerMode::sentencepiece && (!legacy || !prefix_space))
+    log::info("{}: legacy={} add_prefix_space={} are transformers settings; tokenizer.mode sentencepiece "
+              "encodes with sp.encode as stored", cf, legacy, prefix_space);
   t->add_bos_ = detail::json_bool(cfg.config, "add_bos_token", cfg.config_file).value_or(true);
   t->add_eos_ = detail::json_bool(cfg.config, "add_eos_token", cfg.config_file).value_or(false);
 
@@ -108,7 +186,9 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_folder(cons
     SCALPEL_INPUT_ERROR("{}: add_eos_token is true but no eos_token is set", cf);
   t->is_added_.assign(static_cast<std::size_t>(t->vocab_size_), false);
   for (const auto& a : added) t->is_added_[a.id] = true;
-  t->splitter_ = AddedTokenSplitter(std::move(added), StripWhitespace::python);
+  t->splitter_ = AddedTokenSplitter(std::move(added), mode == TokenizerMode::transformers
+                                                         ? StripWhitespace::unicode
+                                                         : StripWhitespace::python);
   return t;
 }
 
@@ -121,22 +201,46 @@ std::vector<std::int32_t> SentencePieceTokenizer::sp_encode(std::string_view tex
   return {ids.begin(), ids.end()};
 }
 
+std::string SentencePieceTokenizer::kind() const {
+  return mode_ == TokenizerMode::transformers ? "sentencepiece(transformers)" : "sentencepiece(sp.encode)";
+}
+
+void SentencePieceTokenizer::encode_piece(std::string_view piece, bool at_start, std::vector<std::int32_t>& out) const {
+  static constexpr std::string_view kMeta = "\u2581";
+  std::vector<int> ids;
+  sentencepiece::util::Status status;
+  if (mode_ == TokenizerMode::sentencepiece) {
+    status = sp_->Encode(piece, &ids);
+  } else {
+    std::string s;
+    s.reserve(piece.size() + 3 * 8);
+    const bool prepend = !piece.starts_with(' ') && !piece.starts_with(kMeta) &&
+                         (prepend_ == Prepend::always || (prepend_ == Prepend::first && at_start));
+    if (prepend) s += kMeta;
+    for (char c : piece) {
+      if (c == ' ')
+        s += kMeta;
+      else
+        s += c;
+    }
+    status = bare_->Encode(s, &ids);
+  }
+  if (!status.ok())
+    SCALPEL_RUNTIME_ERROR("{}: SentencePiece encode failed: {}", model_file_.string(), status.ToString());
+  out.insert(out.end(), ids.begin(), ids.end());
+}
+
 std::vector<std::int32_t> SentencePieceTokenizer::encode_plain(std::string_view text) const {
   const std::string clean = sanitize_utf8(text);
   std::vector<TextPiece> pieces;
   splitter_.split(clean, pieces);
   std::vector<std::int32_t> out;
   out.reserve(clean.size() / 3 + 8);
-  std::vector<int> ids;
   for (const auto& p : pieces) {
-    if (p.token_id >= 0) {
+    if (p.token_id >= 0)
       out.push_back(p.token_id);
-      continue;
-    }
-    const auto status = sp_->Encode(std::string_view(p.text.data(), p.text.size()), &ids);
-    if (!status.ok())
-      SCALPEL_RUNTIME_ERROR("{}: SentencePiece encode failed: {}", model_file_.string(), status.ToString());
-    out.insert(out.end(), ids.begin(), ids.end());
+    else
+      encode_piece(p.text, p.text.data() == clean.data(), out);
   }
   return out;
 }

@@ -14,7 +14,7 @@ namespace scalpel::text {
 
 namespace fs = std::filesystem;
 
-std::unique_ptr<Tokenizer> Tokenizer::from_folder(const fs::path& folder) {
+std::unique_ptr<Tokenizer> Tokenizer::from_folder(const fs::path& folder, TokenizerMode mode) {
   std::error_code ec;
   if (!fs::is_directory(folder, ec)) SCALPEL_INPUT_ERROR("{}: tokenizer folder not found", folder.string());
   const fs::path tj = folder / "tokenizer.json", vocab = folder / "vocab.json",
@@ -24,15 +24,15 @@ std::unique_ptr<Tokenizer> Tokenizer::from_folder(const fs::path& folder) {
 
   if (has_tj) {
     // LLaMA folders ship a tokenizer.json for LlamaTokenizerFast (Metaspace / byte_fallback BPE)
-    // next to tokenizer.model; it is not byte-level, and the slow tokenizer from tokenizer.model
-    // gives the same ids, so that one is used. Any other non-byte-level tokenizer.json is an
-    // error from the BPE loader, which names the unsupported field.
+    // next to tokenizer.model; it is not byte-level, so tokenizer.model is used, with the rules
+    // of `mode`. Any other non-byte-level tokenizer.json is an error from the BPE loader, which
+    // names the unsupported field.
     const nlohmann::json root = detail::read_json(tj);
     const bool byte_level = root.is_object() && root.contains("pre_tokenizer") &&
                             detail::json_string(root["pre_tokenizer"], "type") == "ByteLevel";
     if (!byte_level && has_model) {
       log::info("{}: tokenizer.json is not byte-level BPE; using tokenizer.model", folder.string());
-      return SentencePieceTokenizer::from_folder(folder);
+      return SentencePieceTokenizer::from_folder(folder, mode);
     }
     return BpeTokenizer::from_tokenizer_json(tj);
   }
@@ -43,7 +43,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_folder(const fs::path& folder) {
       SCALPEL_INPUT_ERROR("{}: vocab.json is present but merges.txt is missing", folder.string());
     return BpeTokenizer::from_vocab_merges(folder);
   }
-  if (has_model) return SentencePieceTokenizer::from_folder(folder);
+  if (has_model) return SentencePieceTokenizer::from_folder(folder, mode);
   SCALPEL_INPUT_ERROR("{}: no tokenizer files (tokenizer.json, vocab.json + merges.txt, or tokenizer.model)",
                       folder.string());
 }

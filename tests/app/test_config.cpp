@@ -72,6 +72,8 @@ TEST(Config, WrongTypesNameTheKey) {
   EXPECT_NE(error_of("eval: {sets: [{preset: imdb, path: x}]}\n").find("'eval.sets.0.preset' is 'imdb'"),
             std::string::npos);
   EXPECT_NE(error_of("device: tpu\n").find("'device' is 'tpu'"), std::string::npos);
+  EXPECT_NE(error_of("tokenizer: {mode: slow}\n").find("'tokenizer.mode' is 'slow'"), std::string::npos);
+  EXPECT_NE(error_of("tokenizer: {legacy: true}\n").find("unknown key 'tokenizer.legacy'"), std::string::npos);
   EXPECT_NE(error_of("", {"noequals"}).find("not of the form key=value"), std::string::npos);
   EXPECT_NE(error_of("eval: {batch: 0}\n").find("'eval.batch' must be >= 1"), std::string::npos);
 }

@@ -1,7 +1,8 @@
-// The shared llama-mini SentencePiece tokenizer: <s> convention, special-token literals split
-// before sp.encode (each chunk with its own dummy prefix, as LlamaTokenizer legacy=True does),
-// round trips, and the README's count of 3,857,394 tokens for corpus/train.txt encoded paragraph
-// by paragraph.
+// The shared llama-mini SentencePiece tokenizer in tokenizer.mode sentencepiece: <s> convention,
+// special-token literals split before sp.encode (each chunk with its own dummy prefix, as
+// transformers 4's slow LlamaTokenizer with legacy=True does), round trips, and the README's count
+// of 3,857,394 tokens for corpus/train.txt encoded paragraph by paragraph. The default
+// (transformers) mode is checked against transformers' own ids in test_hf_cases.cpp.
 #include <gtest/gtest.h>
 
 #include "scalpel/text/sentencepiece.hpp"
@@ -19,7 +20,7 @@ class LlamaMini : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (fs::exists(folder() / "tokenizer.model"))
-      sp_ = SentencePieceTokenizer::from_folder(folder()).release();
+      sp_ = SentencePieceTokenizer::from_folder(folder(), TokenizerMode::sentencepiece).release();
   }
   static void TearDownTestSuite() {
     delete sp_;
@@ -40,8 +41,9 @@ class LlamaMini : public ::testing::Test {
 };
 
 TEST_F(LlamaMini, FolderAndConventions) {
-  auto t = Tokenizer::from_folder(folder());
-  EXPECT_EQ(t->kind(), "sentencepiece");
+  auto t = Tokenizer::from_folder(folder(), TokenizerMode::sentencepiece);
+  EXPECT_EQ(t->kind(), "sentencepiece(sp.encode)");
+  EXPECT_EQ(Tokenizer::from_folder(folder())->kind(), "sentencepiece(transformers)");
   EXPECT_EQ(t->vocab_size(), 4096);
   EXPECT_EQ(sp_->bos_id(), 1);
   EXPECT_EQ(sp_->eos_id(), 2);

@@ -192,8 +192,12 @@ TEST(TextErrors, CorruptSentencePieceModel) {
     write_file(d / "tokenizer.model", bytes.substr(0, bytes.size() / 2));  // truncated
     expect_input_error([&] { (void)Tokenizer::from_folder(d.path()); }, {"tokenizer.model"});
     write_file(d / "tokenizer.model", bytes);
-    write_file(d / "tokenizer_config.json", json{{"legacy", false}}.dump());
+    // legacy=false is supported (test_hf_cases); a legacy that is not a boolean is not.
+    write_file(d / "tokenizer_config.json", json{{"legacy", "no"}}.dump());
     expect_input_error([&] { (void)Tokenizer::from_folder(d.path()); }, {"tokenizer_config.json", "legacy"});
+    write_file(d / "tokenizer_config.json", json{{"add_prefix_space", 1}}.dump());
+    expect_input_error([&] { (void)Tokenizer::from_folder(d.path()); },
+                       {"tokenizer_config.json", "add_prefix_space"});
   }
 }
 

@@ -9,6 +9,7 @@
 #include "scalpel/app/config.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/model/model.hpp"
+#include "scalpel/text/tokenizer.hpp"
 
 namespace scalpel::io {
 class HfCheckpoint;
@@ -37,6 +38,10 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
                         const std::string& name, double progress_seconds,
                         const std::function<void()>& heartbeat = {});
 
+// The tokenizer of cfg.model with cfg.tokenizer.mode.
+std::unique_ptr<text::Tokenizer> make_tokenizer(const Config& cfg);
+text::TokenizerMode tokenizer_mode(const std::string& mode);
+
 // Threads per rank: the configured number, or the node's cores divided by the ranks on it.
 int threads_per_rank(int configured, int local_ranks);
 
@@ -57,6 +62,6 @@ int run_prune(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool 
 int run_export(const std::string& checkpoint_dir, const std::string& model_override, const std::string& out,
                std::int64_t shard_mb);
 int run_tokenize(const std::string& model, const std::string& input, const std::string& preset,
-                 const std::string& output, dist::Comm& comm);
+                 const std::string& output, const std::string& mode, dist::Comm& comm);
 
 }  // namespace scalpel::app

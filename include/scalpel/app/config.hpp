@@ -30,6 +30,12 @@ struct Config {
     std::string activations = "auto";
   } cuda;
 
+  // SentencePiece models: transformers (transformers 5's ids, the default) or sentencepiece
+  // (sp.encode per piece, as the original LLaMA code); byte-level BPE is the same in both.
+  struct Tokenizer {
+    std::string mode = "transformers";
+  } tokenizer;
+
   struct Eval {
     std::int64_t seqlen = 0;       // 0 = max_position_embeddings
     std::int64_t batch = 1;        // windows per forward pass

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -53,7 +54,9 @@ class BpeTokenizer final : public Tokenizer {
   std::string kind() const override { return kind_; }
 
   // Ids of `text` without the tokens the post-processor / add_bos_token adds.
-  std::vector<std::int32_t> encode_plain(std::string_view text) const;
+  std::vector<std::int32_t> encode_plain(std::string_view text) const override;
+  std::int32_t bos_token_id() const override { return bos_id_; }
+  std::int32_t eos_token_id() const override { return eos_id_; }
   // Tokens added around every encoded text (OPT: prefix {2}, suffix {}).
   const std::vector<std::int32_t>& prefix_ids() const { return prefix_; }
   const std::vector<std::int32_t>& suffix_ids() const { return suffix_; }
@@ -74,6 +77,8 @@ class BpeTokenizer final : public Tokenizer {
   };
 
   void finish_setup(const std::filesystem::path& file);
+  // bos_id_ / eos_id_ from the configs' named special tokens ("bos_token" -> content).
+  void set_named_ids(const std::map<std::string, std::string>& named);
   void bpe_word(std::string_view bytes, std::vector<std::int32_t>& out) const;
   void encode_text(std::string_view text, std::vector<std::int32_t>& out) const;
   std::int32_t add_token_id(const std::string& token, std::int32_t id, const std::filesystem::path& file,
@@ -93,6 +98,7 @@ class BpeTokenizer final : public Tokenizer {
   bool prefix_space_per_piece_ = false;  // tokenizers adds it to every piece, transformers once
   bool use_regex_ = true;
   bool ignore_merges_ = false;
+  std::int32_t bos_id_ = -1, eos_id_ = -1;  // the configs' bos_token / eos_token, when tokens
 
   // Pre-token bytes -> ids. Shared by all encode() calls; guarded because encode() is const.
   struct StringHash {
