@@ -65,10 +65,16 @@ inline void embedding(std::span<const std::int32_t> ids, const Tensor& table, co
       SCALPEL_INPUT_ERROR("token id {} at position {} is outside the vocabulary of {}", ids[i], i, vocab);
 }
 
-inline void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out) {
-  const auto n = logits.size(0);
+inline void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out,
+                std::span<std::uint8_t> is_argmax) {
+  const auto n = logits.size(0), V = logits.size(1);
   SCALPEL_CHECK(static_cast<std::int64_t>(targets.size()) == n && static_cast<std::int64_t>(out.size()) == n,
                 "nll: {} rows, {} targets", n, targets.size());
+  SCALPEL_CHECK(is_argmax.empty() || static_cast<std::int64_t>(is_argmax.size()) == n, "nll: {} rows, {} argmax flags",
+                n, is_argmax.size());
+  for (std::size_t i = 0; i < targets.size(); ++i)
+    SCALPEL_CHECK(targets[i] >= 0 && targets[i] < V, "nll: target {} of row {} outside the {} logits", targets[i], i,
+                  V);
 }
 
 inline void col_sq_norms(const Tensor& x, const Tensor& out) {

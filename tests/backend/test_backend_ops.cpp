@@ -138,6 +138,24 @@ TEST_P(BackendOps, NllMatchesFloat64LogSoftmax) {
   }
 }
 
+TEST_P(BackendOps, NllFlagsTheFirstArgmaxAsTorchDoes) {
+  const std::int64_t n = 5, V = 300;
+  auto l = random_vec(n * V, 23, 2.0);
+  std::vector<std::int32_t> tgt{7, 150, 299, 40, 0};
+  l[0 * V + 7] = 9.0;                          // the unique maximum: greedy
+  l[1 * V + 150] = 9.0, l[1 * V + 3] = 9.0;    // tied with an earlier index: torch.argmax says 3
+  l[2 * V + 299] = 9.0;                        // the last index, unique maximum
+  l[3 * V + 40] = 9.0, l[3 * V + 200] = 9.0;   // tied with a later index: 40 comes first
+  l[4 * V + 10] = 9.0;                         // not the maximum at all
+  std::vector<double> got(n);
+  std::vector<std::uint8_t> hit(n, 7);
+  be->nll(up(l, {n, V}), tgt, got, hit);
+  EXPECT_EQ(hit, (std::vector<std::uint8_t>{1, 0, 1, 1, 0}));
+  std::vector<double> plain(n);
+  be->nll(up(l, {n, V}), tgt, plain);  // the flag changes nothing else
+  EXPECT_EQ(plain, got);
+}
+
 TEST_P(BackendOps, EmbeddingRejectsOutOfVocabularyIds) {
   Tensor table = up(random_vec(10 * 4, 18), {10, 4});
   Tensor out = be->empty({2, 4});

@@ -109,8 +109,10 @@ class Backend {
   // out[i, :] = table[ids[i], :] (table [vocab, d] fp32).
   virtual void embedding(std::span<const std::int32_t> ids, const Tensor& table, Tensor& out) = 0;
   // Negative log-likelihood of targets under softmax(logits) per row, in float64, logits [n, V].
-  virtual void nll(const Tensor& logits, std::span<const std::int32_t> targets,
-                   std::span<double> out) = 0;
+  // is_argmax (optional, n entries): 1 where the target is the row's argmax, the first index of
+  // the maximum as torch.argmax picks it (the zero-shot tasks' greedy check), else 0.
+  virtual void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out,
+                   std::span<std::uint8_t> is_argmax = {}) = 0;
 
   // ---- Pruning (SparseGPT, Wanda, magnitude). Masks are DType::u8 tensors, 1 = kept. ----
 

@@ -108,8 +108,9 @@ class ProfilingBackend final : public Backend {
   void embedding(std::span<const std::int32_t> ids, const Tensor& t, Tensor& o) override {
     timed("embedding", 0, [&] { in_.embedding(ids, t, o); });
   }
-  void nll(const Tensor& l, std::span<const std::int32_t> t, std::span<double> o) override {
-    timed("nll", 0, [&] { in_.nll(l, t, o); });
+  void nll(const Tensor& l, std::span<const std::int32_t> t, std::span<double> o,
+           std::span<std::uint8_t> a = {}) override {
+    timed("nll", 0, [&] { in_.nll(l, t, o, a); });
   }
 
   // Pruning ops. FLOPs: potrf n³/3, potri 2n³/3, potrf + trtri 2n³/3; the OBS sweep Σ_i 2(width-1-i) per row; the lazy

@@ -443,9 +443,10 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out) override {
+  void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out,
+           std::span<std::uint8_t> is_argmax) override {
     check_2d(logits, "nll logits");
-    op_checks::nll(logits, targets, out);
+    op_checks::nll(logits, targets, out, is_argmax);
     const auto n = logits.size(0), V = logits.size(1);
     const float* lp = logits.f32();
 #pragma omp parallel for schedule(static)
@@ -465,6 +466,11 @@ class CpuBackend final : public Backend {
       }
       const auto t = targets[static_cast<std::size_t>(i)];
       out[static_cast<std::size_t>(i)] = (m + std::log(sum)) - static_cast<double>(r[t]);
+      if (!is_argmax.empty()) {
+        bool first_max = r[t] == m;
+        for (std::int64_t j = 0; first_max && j < t; ++j) first_max = r[j] != m;
+        is_argmax[static_cast<std::size_t>(i)] = first_max ? 1 : 0;
+      }
     }
   }
   // ---- Pruning ops ----

@@ -411,16 +411,23 @@ class CudaBackend final : public Backend {
     launched("embedding");
   }
 
-  void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out) override {
+  void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out,
+           std::span<std::uint8_t> is_argmax) override {
     check_2d(logits, "nll logits");
-    op_checks::nll(logits, targets, out);
+    op_checks::nll(logits, targets, out, is_argmax);
     const auto n = logits.size(0), V = logits.size(1);
     const Tensor dt = upload_exact(Tensor::wrap(const_cast<std::int32_t*>(targets.data()), {n}, DType::i32));
     Tensor res = empty({n}, DType::f64);
-    cuda::nll_rows(logits.f32(), dt.data<std::int32_t>(), res.data<double>(), n, V);
+    Tensor hit = is_argmax.empty() ? Tensor() : empty({n}, DType::u8);
+    cuda::nll_rows(logits.f32(), dt.data<std::int32_t>(), res.data<double>(),
+                   hit.defined() ? hit.data<std::uint8_t>() : nullptr, n, V);
     launched("nll");
     const Tensor h = download(res);
     std::memcpy(out.data(), h.raw(), static_cast<std::size_t>(n) * sizeof(double));
+    if (hit.defined()) {
+      const Tensor hh = download(hit);
+      std::memcpy(is_argmax.data(), hh.raw(), static_cast<std::size_t>(n));
+    }
   }
 
   // ---- factorisations ----

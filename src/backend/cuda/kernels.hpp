@@ -31,7 +31,8 @@ void reverse_flat(float* a, i64 n, bool keep_upper);
 void layer_norm(const float* x, const float* w, const float* b, float eps, float* out, i64 n, i64 d);
 void rms_norm(const float* x, const float* w, float eps, float* out, i64 n, i64 d);
 void causal_softmax(float* p, i64 matrices, i64 t);  // each t x t matrix, row i over columns <= i
-void nll_rows(const float* logits, const std::int32_t* targets, double* out, i64 n, i64 v);
+// is_argmax may be null; else 1 where the target is the first index of the row's maximum.
+void nll_rows(const float* logits, const std::int32_t* targets, double* out, std::uint8_t* is_argmax, i64 n, i64 v);
 void rowwise_dot(const float* a, const float* b, double* out, i64 rows, i64 d);
 void col_sq_norms(const float* x, float alpha, float beta, float* out, double* partial, i64 n, i64 d, i64 chunks);
 

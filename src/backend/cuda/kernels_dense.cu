@@ -141,7 +141,8 @@ __global__ void k_causal_softmax(float* p, i64 rows, i64 t) {
   }
 }
 
-__global__ void k_nll(const float* logits, const std::int32_t* targets, double* out, i64 n, i64 v) {
+__global__ void k_nll(const float* logits, const std::int32_t* targets, double* out, std::uint8_t* is_argmax,
+                      i64 n, i64 v) {
   for (i64 i = blockIdx.x; i < n; i += gridDim.x) {
     const float* r = logits + i * v;
     float m = -INFINITY;
@@ -150,6 +151,15 @@ __global__ void k_nll(const float* logits, const std::int32_t* targets, double* 
     double s = 0;
     for (i64 j = threadIdx.x; j < v; j += blockDim.x) s += static_cast<double>(expf(r[j] - m));
     s = block_sum(s);
+    if (is_argmax) {
+      // The first index holding the maximum (torch.argmax's tie rule), as the minimum such index
+      // (a float holds every index exactly: vocabularies are far below 2^24).
+      float first = static_cast<float>(v);
+      for (i64 j = threadIdx.x; j < v; j += blockDim.x)
+        if (r[j] == m) first = fminf(first, static_cast<float>(j));
+      first = -block_max(-first);
+      if (threadIdx.x == 0) is_argmax[i] = static_cast<i64>(first) == targets[i] ? 1 : 0;
+    }
     if (threadIdx.x == 0) out[i] = (static_cast<double>(m) + log(s)) - static_cast<double>(r[targets[i]]);
   }
 }
@@ -249,8 +259,8 @@ void rms_norm(const float* x, const float* w, float eps, float* out, i64 n, i64 
   k_rms_norm<<<row_blocks(n), kThreads>>>(x, w, eps, out, n, d);
 }
 void causal_softmax(float* p, i64 matrices, i64 t) { k_causal_softmax<<<row_blocks(matrices * t), kThreads>>>(p, matrices * t, t); }
-void nll_rows(const float* logits, const std::int32_t* targets, double* out, i64 n, i64 v) {
-  k_nll<<<row_blocks(n), kThreads>>>(logits, targets, out, n, v);
+void nll_rows(const float* logits, const std::int32_t* targets, double* out, std::uint8_t* is_argmax, i64 n, i64 v) {
+  k_nll<<<row_blocks(n), kThreads>>>(logits, targets, out, is_argmax, n, v);
 }
 void rowwise_dot(const float* a, const float* b, double* out, i64 rows, i64 d) {
   k_rowwise_dot<<<row_blocks(rows), kThreads>>>(a, b, out, rows, d);
