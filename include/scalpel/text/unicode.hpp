@@ -36,4 +36,9 @@ std::string_view python_strip(std::string_view s);
 std::string_view python_lstrip(std::string_view s);
 std::string_view python_rstrip(std::string_view s);
 
+// Python's str.lower() and str.capitalize() (first character titlecased, the rest lowered), with
+// Unicode's full mappings ("ß".capitalize() == "Ss") and the final-sigma rule, on valid UTF-8.
+std::string python_lower(std::string_view s);
+std::string python_capitalize(std::string_view s);
+
 }  // namespace scalpel::text
