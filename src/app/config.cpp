@@ -4,9 +4,12 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <set>
 
 #include "scalpel/core/error.hpp"
+#include "scalpel/text/tasks.hpp"
 
 namespace scalpel::app {
 namespace {
@@ -174,6 +177,33 @@ void read_sets(const YAML::Node& node, const std::string& source, std::vector<Ev
   }
 }
 
+void read_tasks(const YAML::Node& node, const std::string& source, std::vector<EvalTask>& tasks) {
+  if (!node || node.IsNull()) return;
+  if (!node.IsSequence()) SCALPEL_INPUT_ERROR("{}: 'eval.tasks' must be a list", source);
+  tasks.clear();
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    MapReader r(node[i], fmt::format("eval.tasks.{}", i), source);
+    EvalTask t;
+    r.get("name", t.name);
+    r.get("preset", t.preset);
+    r.get("path", t.path);
+    r.finish();
+    try {
+      (void)text::task_preset(t.preset);
+    } catch (const Error& e) {
+      SCALPEL_INPUT_ERROR("{}: 'eval.tasks.{}.preset': {}", source, i, e.what());
+    }
+    if (t.path.empty()) SCALPEL_INPUT_ERROR("{}: 'eval.tasks.{}.path' is required", source, i);
+    tasks.push_back(t);
+  }
+  // Unnamed tasks are called by their preset, or preset/file-stem where a preset repeats.
+  for (auto& t : tasks) {
+    if (!t.name.empty()) continue;
+    const auto same = std::count_if(tasks.begin(), tasks.end(), [&](const EvalTask& o) { return o.preset == t.preset; });
+    t.name = same > 1 ? t.preset + "/" + std::filesystem::path(t.path).stem().string() : t.preset;
+  }
+}
+
 }  // namespace
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -214,6 +244,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("batch", c.eval.batch);
     r.get("max_windows", c.eval.max_windows);
     read_sets(r.child("sets"), source, c.eval.sets);
+    read_tasks(r.child("tasks"), source, c.eval.tasks);
+    r.get("max_items", c.eval.max_items);
+    r.get("add_bos", c.eval.add_bos);
     r.finish();
   }
   {
@@ -278,6 +311,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.eval.seqlen < 0 || c.eval.seqlen == 1) SCALPEL_INPUT_ERROR("{}: 'eval.seqlen' must be 0 (model maximum) or >= 2", source);
   if (c.eval.batch < 1) SCALPEL_INPUT_ERROR("{}: 'eval.batch' must be >= 1", source);
   if (c.eval.max_windows < 0) SCALPEL_INPUT_ERROR("{}: 'eval.max_windows' must be >= 0", source);
+  if (c.eval.max_items < 0) SCALPEL_INPUT_ERROR("{}: 'eval.max_items' must be >= 0", source);
   if (c.log.progress_seconds < 0) SCALPEL_INPUT_ERROR("{}: 'log.progress_seconds' must be >= 0", source);
   static const std::set<std::string> methods{"magnitude", "wanda", "sparsegpt"};
   if (!methods.count(c.prune.method))
@@ -345,7 +379,16 @@ std::string dump_config(const Config& c) {
     e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << s.name << YAML::Key << "preset" << YAML::Value
       << s.preset << YAML::Key << "path" << YAML::Value << s.path << YAML::EndMap;
   }
-  e << YAML::EndSeq << YAML::EndMap;
+  e << YAML::EndSeq;
+  e << YAML::Key << "tasks" << YAML::Value << YAML::BeginSeq;
+  for (const auto& t : c.eval.tasks) {
+    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << t.name << YAML::Key << "preset" << YAML::Value
+      << t.preset << YAML::Key << "path" << YAML::Value << t.path << YAML::EndMap;
+  }
+  e << YAML::EndSeq;
+  e << YAML::Key << "max_items" << YAML::Value << c.eval.max_items;
+  e << YAML::Key << "add_bos" << YAML::Value << c.eval.add_bos;
+  e << YAML::EndMap;
   e << YAML::Key << "prune" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "method" << YAML::Value << c.prune.method;
   e << YAML::Key << "sparsity" << YAML::Value << c.prune.sparsity;

@@ -141,20 +141,82 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
   return r;
 }
 
+namespace {
+
+// null for NaN (a metric that does not apply, or the standard error of a single item).
+nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); }
+
+std::string with_stderr(double v, double se) {
+  return std::isfinite(se) ? fmt::format("{:.4f} (± {:.4f})", v, se) : fmt::format("{:.4f} (± n/a)", v);
+}
+
+void report_task(const TaskResult& r, const text::TaskPreset& preset, const Config& cfg, dist::Comm& comm,
+                 Metrics& metrics, const nlohmann::json& extra) {
+  const auto& s = r.scores;
+  const std::string scores =
+      preset.output == text::TaskOutput::loglikelihood
+          ? fmt::format("ppl {} acc {}", with_stderr(s.ppl, s.ppl_stderr), with_stderr(s.acc, s.acc_stderr))
+          : fmt::format("acc {} acc_norm {}", with_stderr(s.acc, s.acc_stderr),
+                        with_stderr(s.acc_norm, s.acc_norm_stderr));
+  fmt::print("{}: {}; {} items; {:.1f} s\n", r.name, scores, s.items, r.seconds);
+  std::fflush(stdout);
+  nlohmann::json rec{{"event", "task"}, {"task", r.name}, {"preset", r.preset}, {"path", r.path},
+                     {"model", cfg.model}, {"items", s.items}, {"requests", r.requests}, {"tokens", r.tokens},
+                     {"acc", s.acc}, {"acc_stderr", number_or_null(s.acc_stderr)},
+                     {"acc_norm", number_or_null(s.acc_norm)}, {"acc_norm_stderr", number_or_null(s.acc_norm_stderr)},
+                     {"ppl", number_or_null(s.ppl)}, {"ppl_stderr", number_or_null(s.ppl_stderr)},
+                     {"reported", preset.reported}, {"add_bos", cfg.eval.add_bos},
+                     {"tokenizer_mode", cfg.tokenizer.mode}, {"seconds", r.seconds}, {"ranks", comm.size()}};
+  rec.update(extra);
+  metrics.write(rec);
+}
+
+}  // namespace
+
+void evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& cfg, dist::Comm& comm,
+                     Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat) {
+  const auto& spec = m.spec();
+  const std::int64_t seqlen = cfg.eval.seqlen > 0 ? cfg.eval.seqlen : spec.max_positions;
+  if (seqlen > spec.max_positions)
+    SCALPEL_INPUT_ERROR("config: 'eval.seqlen' {} exceeds the model's max_position_embeddings {}", seqlen,
+                        spec.max_positions);
+  for (const auto& set : cfg.eval.sets) {
+    auto ids = tokenize_on_root(tok, set.preset, set.path, comm);
+    const auto limit = text::preset_token_limit(set.preset, seqlen);
+    if (limit >= 0 && static_cast<std::int64_t>(ids.size()) > limit) ids.resize(static_cast<std::size_t>(limit));
+    const auto r = evaluate_ids(m, ids, seqlen, cfg.eval.batch, cfg.eval.max_windows, comm, set.name,
+                                cfg.log.progress_seconds, heartbeat);
+    if (!comm.is_root()) continue;
+    fmt::print("{}: ppl {:.4f} (mean nll {:.6f}; {} windows x {} tokens of {}; {:.1f} s, {:.0f} tok/s)\n", r.name,
+               r.ppl, r.mean_nll, r.windows, r.seqlen, r.tokens, r.seconds,
+               r.windows * r.seqlen / std::max(r.seconds, 1e-9));
+    std::fflush(stdout);
+    nlohmann::json rec{{"event", "eval"}, {"set", r.name}, {"preset", set.preset}, {"path", set.path},
+                       {"model", cfg.model}, {"ppl", r.ppl}, {"mean_nll", r.mean_nll}, {"windows", r.windows},
+                       {"seqlen", r.seqlen}, {"tokens", r.tokens}, {"seconds", r.seconds},
+                       {"tokenizer_mode", cfg.tokenizer.mode}, {"ranks", comm.size()}};
+    rec.update(extra);
+    metrics.write(rec);
+  }
+  // The harness's context: the model's (eval.seqlen when set), inputs cut on the left past it.
+  const TaskOptions opt{cfg.eval.batch, cfg.eval.max_items, cfg.eval.add_bos, seqlen, cfg.log.progress_seconds};
+  for (const auto& task : cfg.eval.tasks) {
+    const auto r = evaluate_task(m, tok, task, opt, comm, heartbeat);
+    if (comm.is_root()) report_task(r, text::task_preset(task.preset), cfg, comm, metrics, extra);
+  }
+}
+
 int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
-  if (cfg.eval.sets.empty())
-    SCALPEL_INPUT_ERROR("config: 'eval.sets' is empty: nothing to evaluate (e.g. eval.sets=[{{preset: wikitext2, path: FILE}}])");
+  if (cfg.eval.sets.empty() && cfg.eval.tasks.empty())
+    SCALPEL_INPUT_ERROR("config: 'eval.sets' and 'eval.tasks' are empty: nothing to evaluate (e.g. --text "
+                        "wikitext2:FILE or --task piqa:FILE)");
   const int threads = threads_per_rank(cfg.threads, place.local_ranks);
   auto backend = make_rank_backend(cfg, place);
   auto ckpt = std::make_shared<const io::HfCheckpoint>(cfg.model);
   auto spec = model::ModelSpec::from_config(ckpt->config(), (std::filesystem::path(cfg.model) / "config.json").string());
   std::unique_ptr<text::Tokenizer> tok;
   if (comm.is_root()) tok = make_tokenizer(cfg);
-  const std::int64_t seqlen = cfg.eval.seqlen > 0 ? cfg.eval.seqlen : spec.max_positions;
-  if (seqlen > spec.max_positions)
-    SCALPEL_INPUT_ERROR("config: 'eval.seqlen' {} exceeds the model's max_position_embeddings {}", seqlen,
-                        spec.max_positions);
   log::info("model {} ({}, {} layers, hidden {}, {:.2f}M params), {} rank(s) x {} thread(s), backend {}",
             cfg.model, spec.model_type, spec.layers, spec.hidden, spec.total_params() / 1e6, comm.size(), threads,
             backend->name());
@@ -163,23 +225,7 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
   Metrics metrics;
   if (comm.is_root() && !cfg.output.metrics.empty())
     metrics = Metrics((std::filesystem::path(cfg.output.dir) / cfg.output.metrics).string());
-  for (const auto& set : cfg.eval.sets) {
-    auto ids = tokenize_on_root(tok.get(), set.preset, set.path, comm);
-    const auto limit = text::preset_token_limit(set.preset, seqlen);
-    if (limit >= 0 && static_cast<std::int64_t>(ids.size()) > limit) ids.resize(static_cast<std::size_t>(limit));
-    const auto r = evaluate_ids(m, ids, seqlen, cfg.eval.batch, cfg.eval.max_windows, comm, set.name,
-                                cfg.log.progress_seconds);
-    if (comm.is_root()) {
-      fmt::print("{}: ppl {:.4f} (mean nll {:.6f}; {} windows x {} tokens of {}; {:.1f} s, {:.0f} tok/s)\n", r.name,
-                 r.ppl, r.mean_nll, r.windows, r.seqlen, r.tokens, r.seconds,
-                 r.windows * r.seqlen / std::max(r.seconds, 1e-9));
-      std::fflush(stdout);
-      metrics.write({{"event", "eval"}, {"set", r.name}, {"preset", set.preset}, {"path", set.path},
-                     {"model", cfg.model}, {"ppl", r.ppl}, {"mean_nll", r.mean_nll}, {"windows", r.windows},
-                     {"seqlen", r.seqlen}, {"tokens", r.tokens}, {"seconds", r.seconds}, {"ranks", comm.size()},
-                     {"threads", threads}, {"config_hash", config_hash(cfg)}});
-    }
-  }
+  evaluate_config(m, tok.get(), cfg, comm, metrics, {{"threads", threads}, {"config_hash", config_hash(cfg)}});
   return kExitOk;
 }
 

@@ -38,6 +38,24 @@ void split_args(const std::vector<std::string>& args, std::string& config, std::
   }
 }
 
+// "PRESET:PATH" options as a YAML list of {preset, path} (single-quoted, quotes doubled).
+std::string preset_path_list(const std::string& flag, const std::vector<std::string>& opts) {
+  auto quoted = [](std::string s) {
+    for (std::size_t p = 0; (p = s.find('\'', p)) != std::string::npos; p += 2) s.insert(p, 1, '\'');
+    return "'" + s + "'";
+  };
+  std::string list = "[";
+  for (std::size_t i = 0; i < opts.size(); ++i) {
+    const auto c = opts[i].find(':');
+    if (c == std::string::npos)
+      throw scalpel::Error(scalpel::ErrorKind::input, flag + " '" + opts[i] + "' is not PRESET:PATH", __FILE__,
+                           __LINE__);
+    list += (i ? ", " : "") + fmt::format("{{preset: {}, path: {}}}", quoted(opts[i].substr(0, c)),
+                                          quoted(opts[i].substr(c + 1)));
+  }
+  return list + "]";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -50,15 +68,20 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off");
 
-  auto* eval = app.add_subcommand("eval", "perplexity of a model on evaluation texts (SparseGPT/Wanda protocol)");
+  auto* eval = app.add_subcommand("eval", "perplexity on evaluation texts (SparseGPT/Wanda protocol) and zero-shot "
+                                          "task accuracy (lm-evaluation-harness scoring)");
   std::vector<std::string> eval_args;
   bool print_config = false;
   std::string model_opt;
-  std::vector<std::string> text_opts;
+  std::vector<std::string> text_opts, task_opts;
   eval->add_option("args", eval_args, "[config.yaml] [key=value ...] (e.g. eval.seqlen=256)");
   eval->add_flag("--print-config", print_config, "print the resolved config and exit");
   eval->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR)");
   eval->add_option("--text", text_opts, "PRESET:PATH to evaluate (wikitext2, ptb, c4, text); repeatable; replaces eval.sets")
+      ->allow_extra_args(false);
+  eval->add_option("--task", task_opts,
+                   "PRESET:PATH zero-shot task (piqa, hellaswag, arc_easy, arc_challenge, winogrande, boolq, rte, "
+                   "openbookqa, copa, lambada, mc); repeatable; replaces eval.tasks")
       ->allow_extra_args(false);
 
   auto* tokenize = app.add_subcommand("tokenize", "write the token ids of a text (int32) to check them");
@@ -124,18 +147,8 @@ int main(int argc, char** argv) {
       std::vector<std::string> overrides;
       split_args(eval_args, config_path, overrides);
       if (!model_opt.empty()) overrides.push_back("model=" + model_opt);
-      if (!text_opts.empty()) {
-        std::string sets = "[";
-        for (std::size_t i = 0; i < text_opts.size(); ++i) {
-          const auto c = text_opts[i].find(':');
-          if (c == std::string::npos)
-            throw scalpel::Error(scalpel::ErrorKind::input, "--text '" + text_opts[i] + "' is not PRESET:PATH",
-                                 __FILE__, __LINE__);
-          sets += (i ? ", " : "") + fmt::format("{{preset: '{}', path: '{}'}}", text_opts[i].substr(0, c),
-                                                 text_opts[i].substr(c + 1));
-        }
-        overrides.push_back("eval.sets=" + sets + "]");
-      }
+      if (!text_opts.empty()) overrides.push_back("eval.sets=" + preset_path_list("--text", text_opts));
+      if (!task_opts.empty()) overrides.push_back("eval.tasks=" + preset_path_list("--task", task_opts));
       const auto cfg = scalpel::app::load_config(config_path, overrides);
       if (print_config) {
         if (rank == 0) std::cout << scalpel::app::dump_config(cfg);

@@ -587,28 +587,14 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     metrics.write({{"event", "prune"}, {"config_hash", id.config_hash}, {"summary", summary}});
   }
   world.barrier();
-  if (cfg.eval.sets.empty()) return kExitOk;
+  if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
   watchdog.beat("evaluate", -1);
 
   // Evaluation of the pruned model over every rank, layers read from the checkpoint one at a time.
   model::Model pruned(spec, std::make_shared<PrunedSource>(io::Checkpoint::open_read(ckpt_dir), src, spec), be,
                       static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
-  for (const auto& set : cfg.eval.sets) {
-    auto ids = tok->encode(text::load_eval_text(set.preset, set.path));
-    const std::int64_t eseq = cfg.eval.seqlen > 0 ? cfg.eval.seqlen : spec.max_positions;
-    const auto limit = text::preset_token_limit(set.preset, eseq);
-    if (limit >= 0 && static_cast<std::int64_t>(ids.size()) > limit) ids.resize(static_cast<std::size_t>(limit));
-    const auto r = evaluate_ids(pruned, ids, eseq, cfg.eval.batch, cfg.eval.max_windows, world, set.name,
-                                cfg.log.progress_seconds, [&] { watchdog.beat("evaluate", -1); });
-    if (world.is_root()) {
-      fmt::print("{}: ppl {:.4f} (pruned; mean nll {:.6f}; {} windows x {} tokens; {:.1f} s)\n", r.name, r.ppl,
-                 r.mean_nll, r.windows, r.seqlen, r.seconds);
-      std::fflush(stdout);
-    }
-    metrics.write({{"event", "eval"}, {"set", r.name}, {"preset", set.preset}, {"path", set.path}, {"pruned", true},
-                   {"ppl", r.ppl}, {"mean_nll", r.mean_nll}, {"windows", r.windows}, {"seqlen", r.seqlen},
-                   {"config_hash", id.config_hash}});
-  }
+  evaluate_config(pruned, tok.get(), cfg, world, metrics, {{"pruned", true}, {"config_hash", id.config_hash}},
+                  [&] { watchdog.beat("evaluate", -1); });
   return kExitOk;
 }
 

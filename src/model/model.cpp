@@ -104,42 +104,64 @@ void Model::layer_forward(std::int64_t layer, Tensor& x, std::int64_t batch, std
   decoder_layer_forward(be_, spec_, *w, x, batch, seqlen, rope(seqlen), tap, cache);
 }
 
+void Model::final_logits(const Tensor& rows, Tensor& logits) {
+  const auto n = rows.size(0), d = spec_.hidden, e = spec_.word_embed_proj_dim;
+  Tensor h = be_.empty({n, d});
+  if (spec_.final_norm) {
+    if (spec_.family == Family::opt)
+      be_.layer_norm(rows, final_w_.defined() ? &final_w_ : nullptr, final_b_.defined() ? &final_b_ : nullptr,
+                     static_cast<float>(spec_.norm_eps), h);
+    else
+      be_.rms_norm(rows, final_w_, static_cast<float>(spec_.norm_eps), h);
+  } else {
+    be_.copy(rows, h);
+  }
+  if (e != d) {
+    Tensor he = be_.empty({n, e});
+    be_.linear(h, project_out_, nullptr, he);
+    h = he;
+  }
+  be_.linear(h, lm_head_, nullptr, logits);
+}
+
 void Model::head_nll(const Tensor& x, std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
                      std::span<double> out) {
-  const auto d = spec_.hidden, e = spec_.word_embed_proj_dim, V = spec_.vocab_size;
   SCALPEL_CHECK(static_cast<std::int64_t>(out.size()) == batch * (seqlen - 1), "nll out {}", out.size());
-  Tensor h = be_.empty({seqlen, d}), he, logits = be_.empty({seqlen - 1, V});
-  if (e != d) he = be_.empty({seqlen, e});
+  Tensor logits = be_.empty({seqlen - 1, spec_.vocab_size});
   for (std::int64_t b = 0; b < batch; ++b) {
-    // One sequence at a time keeps the logits at seqlen x vocab.
-    const Tensor xb = x.slice_rows(b * seqlen, (b + 1) * seqlen);
-    if (spec_.final_norm) {
-      if (spec_.family == Family::opt)
-        be_.layer_norm(xb, final_w_.defined() ? &final_w_ : nullptr, final_b_.defined() ? &final_b_ : nullptr,
-                       static_cast<float>(spec_.norm_eps), h);
-      else
-        be_.rms_norm(xb, final_w_, static_cast<float>(spec_.norm_eps), h);
-    } else {
-      be_.copy(xb, h);
-    }
-    Tensor hp = h;
-    if (e != d) {
-      be_.linear(h, project_out_, nullptr, he);
-      hp = he;
-    }
-    // The last position predicts nothing inside the window.
-    const Tensor hin = hp.slice_rows(0, seqlen - 1);
-    be_.linear(hin, lm_head_, nullptr, logits);
+    // One sequence at a time keeps the logits at seqlen x vocab; the last position predicts
+    // nothing inside the window.
+    final_logits(x.slice_rows(b * seqlen, (b + 1) * seqlen - 1), logits);
     be_.nll(logits, ids.subspan(static_cast<std::size_t>(b * seqlen + 1), static_cast<std::size_t>(seqlen - 1)),
             out.subspan(static_cast<std::size_t>(b * (seqlen - 1)), static_cast<std::size_t>(seqlen - 1)));
   }
 }
 
+void Model::head_targets(const Tensor& x, std::int64_t seqlen, std::int64_t b, std::int64_t first,
+                         std::span<const std::int32_t> targets, std::span<double> nll,
+                         std::span<std::uint8_t> is_argmax) {
+  const auto n = static_cast<std::int64_t>(targets.size());
+  SCALPEL_CHECK(first >= 0 && first + n <= seqlen && (b + 1) * seqlen <= x.size(0),
+                "head_targets: rows {}..{} of sequence {} (seqlen {})", first, first + n, b, seqlen);
+  if (n == 0) return;
+  Tensor logits = be_.empty({n, spec_.vocab_size});
+  final_logits(x.slice_rows(b * seqlen + first, b * seqlen + first + n), logits);
+  be_.nll(logits, targets, nll, is_argmax);
+}
+
+Tensor Model::hidden(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
+                     const std::function<void()>& after_layer) {
+  Tensor x = embed(ids, batch, seqlen);
+  for (std::int64_t l = 0; l < spec_.layers; ++l) {
+    layer_forward(l, x, batch, seqlen);
+    if (after_layer) after_layer();
+  }
+  return x;
+}
+
 void Model::window_nll(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
                        std::span<double> out) {
-  Tensor x = embed(ids, batch, seqlen);
-  for (std::int64_t l = 0; l < spec_.layers; ++l) layer_forward(l, x, batch, seqlen);
-  head_nll(x, ids, batch, seqlen, out);
+  head_nll(hidden(ids, batch, seqlen), ids, batch, seqlen, out);
 }
 
 }  // namespace scalpel::model

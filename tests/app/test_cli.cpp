@@ -191,3 +191,53 @@ TEST(Cli, ErrorOnEveryRankEndsTheMpiJob) {
 }
 
 }  // namespace
+
+namespace {
+
+std::string task_cmd(const std::string& model, const std::string& tasks, const std::string& extra = "") {
+  return kBin + " eval --model " + (kShared / "models" / model).string() + " " + tasks +
+         " log.progress_seconds=0 threads=1 " + extra;
+}
+
+std::string everyday() { return (fs::path(SCALPEL_SOURCE_DIR) / "tests/data/tasks/everyday_mc.jsonl").string(); }
+
+TEST(Cli, TaskLineAndMetricsRecord) {
+  NEED_SHARED();
+  const auto d = temp_dir("task_ok");
+  const auto r = run(task_cmd("llama-mini", "--task mc:" + everyday(),
+                              "eval.batch=4 output.dir=" + d.string() + " output.metrics=m.jsonl"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::regex line(R"(mc: acc (0\.\d{4}) \(± 0\.\d{4}\) acc_norm (0\.\d{4}) \(± 0\.\d{4}\); 40 items; [0-9.]+ s)");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, line)) << r.out;
+  std::ifstream in(d / "m.jsonl");
+  std::string rec((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(rec.find("\"event\":\"task\""), std::string::npos) << rec;
+  EXPECT_NE(rec.find("\"acc\":" + std::string(m[1]).substr(0, 5)), std::string::npos) << rec;
+  EXPECT_NE(rec.find("\"items\":40"), std::string::npos) << rec;
+  EXPECT_NE(rec.find("\"tokenizer_mode\":\"transformers\""), std::string::npos) << rec;
+}
+
+TEST(Cli, BadTaskFilesNameFileLineAndField) {
+  NEED_SHARED();
+  const auto d = temp_dir("task_bad");
+  std::ofstream(d / "label.jsonl") << R"({"context": "a", "choices": ["b", "c"], "label": 1})" << "\n"
+                                   << R"({"context": "a", "choices": ["b", "c"], "label": 5})" << "\n";
+  expect_clean_failure(run(task_cmd("opt-mini", "--task mc:" + (d / "label.jsonl").string())),
+                       {"label.jsonl: line 2", "'label'", "out of range"});
+  std::ofstream(d / "piqa.jsonl") << R"({"goal": "g", "sol1": "a", "label": 0})" << "\n";
+  expect_clean_failure(run(task_cmd("opt-mini", "--task piqa:" + (d / "piqa.jsonl").string())),
+                       {"piqa.jsonl: line 1", "'sol2'", "missing"});
+  std::ofstream(d / "bytes.jsonl") << "{\"context\": \"\xff\", \"choices\": [\"b\"], \"label\": 0}\n";
+  expect_clean_failure(run(task_cmd("opt-mini", "--task mc:" + (d / "bytes.jsonl").string())),
+                       {"bytes.jsonl: line 1", "UTF-8"});
+  expect_clean_failure(run(task_cmd("opt-mini", "--task mmlu:" + (d / "piqa.jsonl").string())), {"'mmlu'", "piqa"});
+  expect_clean_failure(run(task_cmd("opt-mini", "--task " + (d / "piqa.jsonl").string())), {"not PRESET:PATH"});
+  // Under MPI the error reaches every rank and ends the job.
+  const auto r = run("timeout 60 " + std::string(SCALPEL_MPIEXEC) + " -n 2 --oversubscribe " +
+                     task_cmd("opt-mini", "--task mc:" + (d / "label.jsonl").string()));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("line 2"), std::string::npos) << r.out;
+}
+
+}  // namespace

@@ -1,8 +1,11 @@
 // Rank-count invariance of perplexity: the windows split over the ranks of MPI_COMM_WORLD give the
 // same perplexity as one process walking every window (SelfComm), to 1e-6 relative (in practice
-// bitwise: per-window sums are combined in window order). Registered at 1, 2 and 4 ranks.
+// bitwise: per-window sums are combined in window order). Zero-shot tasks: every request's
+// log-likelihood bitwise equal (the batches, not the ranks, decide each forward pass).
+// Registered at 1, 2 and 4 ranks.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "scalpel/app/commands.hpp"
@@ -41,7 +44,39 @@ void check_model(const std::string& name) {
   EXPECT_EQ(v[0], mx[0]);
 }
 
+void check_tasks(const std::string& name) {
+  const std::filesystem::path shared = SCALPEL_SHARED_DIR, source = SCALPEL_SOURCE_DIR;
+  const auto folder = shared / "models" / name;
+  if (!std::filesystem::exists(folder / "config.json"))
+    GTEST_SKIP() << folder << " not present: ../shared/models is needed for this test";
+  auto ckpt = std::make_shared<const io::HfCheckpoint>(folder);
+  const auto spec = model::ModelSpec::from_config(ckpt->config(), name);
+  auto tok = text::Tokenizer::from_folder(folder);
+  auto be = make_cpu_backend(1);
+  model::Model m(spec, app::checkpoint_source(ckpt), *be);
+  dist::SelfComm self;
+  const std::vector<app::EvalTask> tasks{
+      {"everyday", "mc", (source / "tests/data/tasks/everyday_mc.jsonl").string()},
+      {"lambada", "lambada", (source / "data/tasks/brown_lambada.jsonl").string()}};
+  for (const auto& task : tasks) {
+    // 3 requests a batch: 27 or 40 requests make uneven blocks at 2 and 4 ranks.
+    const app::TaskOptions opt{3, 20, false, spec.max_positions, 0};
+    const auto dist_r = app::evaluate_task(m, g_world->rank() == 0 ? tok.get() : nullptr, task, opt, *g_world);
+    const auto one = app::evaluate_task(m, tok.get(), task, opt, self);
+    EXPECT_EQ(dist_r.requests, one.requests);
+    if (g_world->rank() != 0) continue;
+    EXPECT_EQ(dist_r.loglik, one.loglik) << task.name << " at " << g_world->size() << " ranks";
+    auto same = [](double a, double b) { return std::isnan(a) ? std::isnan(b) : a == b; };
+    EXPECT_TRUE(same(dist_r.scores.acc, one.scores.acc));
+    EXPECT_TRUE(same(dist_r.scores.acc_norm, one.scores.acc_norm));
+    EXPECT_TRUE(same(dist_r.scores.ppl, one.scores.ppl));
+    EXPECT_EQ(dist_r.scores.items, 20);
+  }
+}
+
 TEST(EvalMpi, OptMiniPerplexityIsRankCountInvariant) { check_model("opt-mini"); }
+TEST(EvalMpi, OptMiniTasksAreRankCountInvariant) { check_tasks("opt-mini"); }
+TEST(EvalMpi, LlamaMiniTasksAreRankCountInvariant) { check_tasks("llama-mini"); }
 TEST(EvalMpi, LlamaMiniPerplexityIsRankCountInvariant) { check_model("llama-mini"); }
 
 TEST(EvalMpi, BlockRangeCoversEveryItemOnce) {

@@ -88,8 +88,23 @@ TEST(PruneCli, SigkillAtAnyPointThenRerunIsBitwiseEqual) {
 TEST(PruneCli, TwoFourExportHasExactStructure) {
   NEED_SHARED();
   const auto dir = temp_dir("nm");
-  auto args = prune_args(dir, "llama-mini", {"prune.pattern=2:4"});
+  // With a zero-shot task scored on the pruned model at the end.
+  const std::string task = (fs::path(SCALPEL_SOURCE_DIR) / "tests/data/tasks/everyday_mc.jsonl").string();
+  auto args = prune_args(dir, "llama-mini",
+                         {"prune.pattern=2:4", "eval.tasks=[{name: everyday, preset: mc, path: " + task + "}]"});
   ASSERT_EQ(run_to_end(args), 0);
+  std::ifstream metrics(dir / "metrics.jsonl");
+  bool scored = false;
+  for (std::string line; std::getline(metrics, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.value("event", "") != "task") continue;
+    scored = true;
+    EXPECT_EQ(j["task"], "everyday");
+    EXPECT_EQ(j["pruned"], true);
+    EXPECT_EQ(j["items"], 40);
+    EXPECT_GE(j["acc"].get<double>(), 0.0);
+  }
+  EXPECT_TRUE(scored) << "no task record in " << (dir / "metrics.jsonl");
   const auto out = run_capture({kBin, "inspect", "--json", (dir / "model").string()});
   const auto j = nlohmann::json::parse(out.substr(0, out.rfind("exit=")));
   ASSERT_EQ(j["tensors"].size(), 28u);  // llama-mini: 4 layers x 7 linears

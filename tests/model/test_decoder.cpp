@@ -8,6 +8,7 @@
 
 #include "../common/backends.hpp"
 #include "../common/reference.hpp"
+#include "../common/reference_model.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/model/model.hpp"
 
@@ -32,11 +33,6 @@ ModelSpec small_spec(Family f, bool pre_norm = true) {
   return ModelSpec::from_config(cfg, "test config");
 }
 
-struct RefLayer {
-  std::map<std::string, Vec> w;
-};
-
-// Random weights for every tensor a layer stores, scaled like a trained model's (std 1/sqrt(in)).
 RefLayer random_layer(const ModelSpec& s, std::uint64_t seed) {
   RefLayer r;
   for (const auto& l : s.linears()) {
@@ -50,50 +46,6 @@ RefLayer random_layer(const ModelSpec& s, std::uint64_t seed) {
     r.w[n] = v;
   }
   return r;
-}
-
-Vec ref_forward(const ModelSpec& s, const RefLayer& L, Vec x, std::int64_t B, std::int64_t T) {
-  const auto n = B * T, d = s.hidden;
-  const bool opt = s.family == Family::opt;
-  auto lin = [&](const std::string& name, const Vec& in, std::int64_t in_dim, std::int64_t out_dim) {
-    auto it = L.w.find(name + ".bias");
-    return ref_linear(in, L.w.at(name + ".weight"), it == L.w.end() ? nullptr : &it->second, n, in_dim, out_dim);
-  };
-  auto norm = [&](const std::string& p, const Vec& in) {
-    return opt ? ref_layer_norm(in, L.w.at(p + ".weight"), L.w.at(p + ".bias"), n, d, s.norm_eps)
-               : ref_rms_norm(in, L.w.at(p + ".weight"), n, d, s.norm_eps);
-  };
-  const auto qd = s.heads * s.head_dim, kvd = s.kv_heads * s.head_dim;
-  const std::string ln1 = opt ? "self_attn_layer_norm" : "input_layernorm";
-  const std::string ln2 = opt ? "final_layer_norm" : "post_attention_layernorm";
-  Vec h = s.pre_norm ? norm(ln1, x) : x;
-  Vec q = lin("self_attn.q_proj", h, d, qd), k = lin("self_attn.k_proj", h, d, kvd), v = lin("self_attn.v_proj", h, d, kvd);
-  double scale = 1.0 / std::sqrt(double(s.head_dim));
-  if (opt) {
-    for (auto& e : q) e *= scale;
-    scale = 1.0;
-  } else {
-    ref_rope(q, n, T, s.heads, s.head_dim, s.rope_theta);
-    ref_rope(k, n, T, s.kv_heads, s.head_dim, s.rope_theta);
-  }
-  const Vec a = ref_attention(q, k, v, B, T, s.heads, s.kv_heads, s.head_dim, scale);
-  const Vec o = lin(opt ? "self_attn.out_proj" : "self_attn.o_proj", a, qd, d);
-  for (std::size_t i = 0; i < x.size(); ++i) x[i] += o[i];
-  if (!s.pre_norm) x = norm(ln1, x);
-  Vec h2 = s.pre_norm ? norm(ln2, x) : x;
-  Vec y;
-  if (opt) {
-    Vec f = lin("fc1", h2, d, s.ffn);
-    for (auto& e : f) e = std::max(0.0, e);
-    y = lin("fc2", f, s.ffn, d);
-  } else {
-    Vec g = lin("mlp.gate_proj", h2, d, s.ffn), u = lin("mlp.up_proj", h2, d, s.ffn);
-    for (std::size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
-    y = lin("mlp.down_proj", g, s.ffn, d);
-  }
-  for (std::size_t i = 0; i < x.size(); ++i) x[i] += y[i];
-  if (!s.pre_norm) x = norm(ln2, x);
-  return x;
 }
 
 void check_layer(Backend& be_ref, const ModelSpec& s) {

@@ -3,12 +3,15 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "scalpel/app/config.hpp"
+#include "scalpel/app/progress.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/model/model.hpp"
+#include "scalpel/text/tasks.hpp"
 #include "scalpel/text/tokenizer.hpp"
 
 namespace scalpel::io {
@@ -25,6 +28,34 @@ struct EvalResult {
   std::int64_t seqlen = 0;
   double mean_nll = 0, ppl = 0, seconds = 0;
 };
+
+// Result of one zero-shot task (scores on rank 0 only).
+struct TaskResult {
+  std::string name, preset, path;
+  text::TaskScores scores;
+  std::vector<double> loglik;  // per request, in file order (rank 0)
+  std::int64_t requests = 0, tokens = 0;
+  double seconds = 0;
+};
+
+struct TaskOptions {
+  std::int64_t batch = 1;         // sequences per forward pass
+  std::int64_t max_items = 0;     // 0 = all
+  bool add_bos = false;
+  std::int64_t max_length = 2048;  // the model's context
+  double progress_seconds = 5;
+};
+
+// One zero-shot task, as lm-evaluation-harness scores it (see eval_tasks.cpp). `tok` is needed on
+// rank 0 only. The result does not depend on the rank count.
+TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const EvalTask& task, const TaskOptions& opt,
+                         dist::Comm& comm, const std::function<void()>& heartbeat = {});
+
+// Every eval.sets text and eval.tasks task of `cfg` on `m`: a line each on stdout and a metrics
+// record each (rank 0), the records carrying `extra` (e.g. {"pruned": true}). `tok` is needed on
+// rank 0 only.
+void evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& cfg, dist::Comm& comm,
+                     Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat = {});
 
 // Adapts a checkpoint folder to the model's WeightSource.
 std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io::HfCheckpoint> ckpt);

@@ -15,6 +15,14 @@ struct EvalSet {
   std::string path;
 };
 
+// A zero-shot task: a JSON-lines file read through a preset (text/tasks.hpp).
+struct EvalTask {
+  std::string name;    // label in outputs (default: the preset)
+  std::string preset;  // piqa | hellaswag | arc_easy | arc_challenge | winogrande | boolq | rte |
+                       // openbookqa | copa | lambada | mc
+  std::string path;
+};
+
 struct Config {
   std::string model;          // Hugging Face model folder
   std::string device = "cpu";
@@ -41,6 +49,9 @@ struct Config {
     std::int64_t batch = 1;        // windows per forward pass
     std::int64_t max_windows = 0;  // 0 = all (a quick look at the first few)
     std::vector<EvalSet> sets;
+    std::vector<EvalTask> tasks;   // zero-shot tasks, scored as lm-evaluation-harness does
+    std::int64_t max_items = 0;    // tasks: 0 = every item; N = the first N of each file
+    bool add_bos = false;          // tasks: add the tokenizer's special tokens (HFLM add_bos_token)
   } eval;
 
   struct Prune {

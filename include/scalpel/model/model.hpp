@@ -70,6 +70,16 @@ class Model {
   // Final norm, project_out and LM head; out[b*(seqlen-1) + t] = -log p(ids[b, t+1] | ids[b, <=t]).
   void head_nll(const Tensor& x, std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
                 std::span<double> out);
+  // Log-likelihood terms of chosen positions of sequence b of x ([batch*seqlen, hidden] after the
+  // last layer): rows first .. first+n-1 (n = targets.size()) predict `targets`; nll and the
+  // optional is_argmax as Backend::nll gives them.
+  void head_targets(const Tensor& x, std::int64_t seqlen, std::int64_t b, std::int64_t first,
+                    std::span<const std::int32_t> targets, std::span<double> nll,
+                    std::span<std::uint8_t> is_argmax = {});
+  // Embeddings and every decoder layer: the last layer's output [batch*seqlen, hidden].
+  // after_layer, when given, is called after each layer (progress, the watchdog).
+  Tensor hidden(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
+                const std::function<void()>& after_layer = {});
   // Whole forward: NLL of every predicted position of `batch` windows.
   void window_nll(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
                   std::span<double> out);
@@ -81,6 +91,8 @@ class Model {
 
  private:
   Tensor load(const std::string& name, const Shape& expect);
+  // Final norm, project_out and LM head of hidden rows [n, hidden] -> logits [n, vocab].
+  void final_logits(const Tensor& rows, Tensor& logits);
   const RopeTables* rope(std::int64_t seqlen);
 
   ModelSpec spec_;

@@ -1,0 +1,175 @@
+// Zero-shot tasks on the model, scored as lm-evaluation-harness scores them (text/tasks.hpp has
+// the templates, encoding and metrics). Rank 0 reads and encodes the items; every rank receives
+// the requests. Requests are sorted by length (longest first, then file order) and cut into
+// batches of eval.batch sequences, right-padded (causal attention: padding after a sequence never
+// reaches it); the batches are split over the ranks in contiguous blocks, so every forward pass,
+// and every log-likelihood, is the same at any rank count. Results go back to rank 0 in batch
+// order and are scored there.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "scalpel/app/commands.hpp"
+#include "scalpel/app/progress.hpp"
+#include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
+#include "scalpel/core/timer.hpp"
+
+namespace scalpel::app {
+namespace {
+
+// Every request of a task as ids: request r is ids[offset[r] .. offset[r+1]), its last cont[r]
+// ids scored.
+struct RequestTable {
+  std::vector<std::int64_t> offset{0};
+  std::vector<std::int32_t> ids;
+  std::vector<std::int64_t> cont;
+  std::int64_t size() const { return static_cast<std::int64_t>(cont.size()); }
+  std::int64_t length(std::int64_t r) const { return offset[r + 1] - offset[r]; }
+};
+
+RequestTable encode_docs(const text::Tokenizer& tok, const std::vector<text::TaskDoc>& docs,
+                         const text::HarnessEncoding& enc, const std::string& path) {
+  RequestTable t;
+  for (const auto& d : docs) {
+    for (std::size_t k = 0; k < d.requests.size(); ++k) {
+      text::EncodedRequest e;
+      try {
+        e = text::encode_request(tok, d.requests[k].first, d.requests[k].second, enc);
+      } catch (const Error& err) {
+        SCALPEL_INPUT_ERROR("{}: line {}: request {}: {}", path, d.line, k, err.what());
+      }
+      t.ids.insert(t.ids.end(), e.ids.begin(), e.ids.end());
+      t.offset.push_back(static_cast<std::int64_t>(t.ids.size()));
+      t.cont.push_back(e.continuation);
+    }
+  }
+  return t;
+}
+
+template <class T>
+void broadcast_vector(std::vector<T>& v, dist::Comm& comm) {
+  std::int64_t n = static_cast<std::int64_t>(v.size());
+  comm.broadcast(std::as_writable_bytes(std::span(&n, 1)), 0);
+  v.resize(static_cast<std::size_t>(n));
+  comm.broadcast(std::as_writable_bytes(std::span(v)), 0);
+}
+
+// Rank 0 loads and encodes; an input error there reaches every rank as the same error.
+RequestTable load_on_root(const text::Tokenizer* tok, const text::TaskPreset& preset, const EvalTask& task,
+                          const TaskOptions& opt, dist::Comm& comm, std::vector<text::TaskDoc>& docs) {
+  RequestTable t;
+  std::string err;
+  if (comm.is_root()) {
+    try {
+      docs = text::load_task_docs(preset, task.path, opt.max_items);
+      t = encode_docs(*tok, docs, {opt.add_bos, opt.max_length}, task.path);
+    } catch (const Error& e) {
+      err = e.what();
+    }
+  }
+  std::int64_t failed = err.empty() ? 0 : 1;
+  comm.broadcast(std::as_writable_bytes(std::span(&failed, 1)), 0);
+  if (failed) {
+    comm.broadcast_string(err, 0);
+    SCALPEL_INPUT_ERROR("{}", err);
+  }
+  broadcast_vector(t.offset, comm);
+  broadcast_vector(t.ids, comm);
+  broadcast_vector(t.cont, comm);
+  return t;
+}
+
+// One batch through the model: per request, the summed log-likelihood of its scored tokens (in
+// position order) and whether every one of them is the greedy choice.
+void score_batch(model::Model& m, const RequestTable& t, std::span<const std::int64_t> reqs,
+                 std::vector<double>& loglik, std::vector<double>& greedy) {
+  std::int64_t len = 1;  // the model reads every id but the last (a request may score nothing)
+  for (auto r : reqs) len = std::max(len, t.length(r) - 1);
+  const auto B = static_cast<std::int64_t>(reqs.size());
+  std::vector<std::int32_t> input(static_cast<std::size_t>(B * len), 0);
+  for (std::int64_t b = 0; b < B; ++b) {
+    const auto r = reqs[b];
+    std::copy(t.ids.begin() + t.offset[r], t.ids.begin() + t.offset[r + 1] - 1, input.begin() + b * len);
+  }
+  const Tensor x = m.hidden(input, B, len);
+  std::vector<double> nll;
+  std::vector<std::uint8_t> hit;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const auto r = reqs[b], n = t.length(r), c = t.cont[r];
+    nll.assign(static_cast<std::size_t>(c), 0.0);
+    hit.assign(static_cast<std::size_t>(c), 0);
+    // Input position p predicts id p + 1: the scored ids n-c .. n-1 come from positions n-c-1 .. n-2.
+    m.head_targets(x, len, b, n - c - 1,
+                   std::span(t.ids).subspan(static_cast<std::size_t>(t.offset[r] + n - c), static_cast<std::size_t>(c)),
+                   nll, hit);
+    double ll = 0;
+    bool all = true;
+    for (std::int64_t i = 0; i < c; ++i) {
+      ll -= nll[static_cast<std::size_t>(i)];
+      all = all && hit[static_cast<std::size_t>(i)];
+    }
+    loglik.push_back(ll);
+    greedy.push_back(all ? 1.0 : 0.0);
+  }
+}
+
+}  // namespace
+
+TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const EvalTask& task, const TaskOptions& opt,
+                         dist::Comm& comm, const std::function<void()>& heartbeat) {
+  Timer timer;
+  const auto& preset = text::task_preset(task.preset);
+  std::vector<text::TaskDoc> docs;
+  const RequestTable t = load_on_root(tok, preset, task, opt, comm, docs);
+
+  // Longest first (the harness's order too: the batch's padding stays small), then file order.
+  std::vector<std::int64_t> order(static_cast<std::size_t>(t.size()));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return t.length(a) > t.length(b); });
+  const std::int64_t nbatches = (t.size() + opt.batch - 1) / opt.batch;
+  const auto mine = dist::block_range(nbatches, comm.size(), comm.rank());
+  std::vector<double> loglik, greedy;
+  std::int64_t done = 0, tokens = 0;
+  Progress progress(fmt::format("task {}", task.name), mine.end - mine.begin, "batches", opt.progress_seconds,
+                    comm.is_root());
+  for (std::int64_t b = mine.begin; b < mine.end; ++b) {
+    const auto first = b * opt.batch, last = std::min(t.size(), first + opt.batch);
+    const std::span<const std::int64_t> reqs(order.data() + first, static_cast<std::size_t>(last - first));
+    score_batch(m, t, reqs, loglik, greedy);
+    for (auto r : reqs) tokens += t.length(r) - 1;
+    progress.update(++done, tokens);
+    if (heartbeat) heartbeat();
+  }
+  progress.finish();
+  for (std::size_t i = 0; i < loglik.size(); ++i)
+    if (!std::isfinite(loglik[i]))
+      SCALPEL_RUNTIME_ERROR("task {}: request {} has a non-finite log-likelihood ({}): the weights or activations "
+                            "overflow", task.name, order[static_cast<std::size_t>(mine.begin * opt.batch) + i],
+                            loglik[i]);
+
+  // Batch order is sorted order; rank 0 puts the results back in request order and scores.
+  const auto all_ll = comm.gatherv(loglik, 0), all_greedy = comm.gatherv(greedy, 0);
+  std::vector<double> total_tokens{static_cast<double>(tokens)};
+  comm.allreduce_sum(total_tokens);
+  TaskResult res;
+  res.name = task.name;
+  res.preset = task.preset;
+  res.path = task.path;
+  res.requests = t.size();
+  res.tokens = static_cast<std::int64_t>(total_tokens[0]);
+  if (comm.is_root()) {
+    std::vector<double> ll(order.size());
+    std::vector<std::uint8_t> gr(order.size());
+    for (std::size_t i = 0; i < order.size(); ++i) {
+      ll[static_cast<std::size_t>(order[i])] = all_ll[i];
+      gr[static_cast<std::size_t>(order[i])] = all_greedy[i] != 0.0;
+    }
+    res.scores = text::score_task(preset, docs, ll, gr);
+    res.loglik = std::move(ll);
+  }
+  res.seconds = timer.seconds();
+  return res;
+}
+
+}  // namespace scalpel::app
