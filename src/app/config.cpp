@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <set>
 
 #include "scalpel/core/error.hpp"
@@ -156,46 +157,46 @@ void read_string_list(const YAML::Node& node, const std::string& source, const s
   }
 }
 
-void read_sets(const YAML::Node& node, const std::string& source, std::vector<EvalSet>& sets) {
+// A list of {name, preset, path} maps under eval.<key>; `check_preset` throws (or returns an
+// error message) for an unknown preset.
+template <class Item>
+void read_preset_list(const YAML::Node& node, const std::string& source, const std::string& key,
+                      const std::function<std::string(const std::string&)>& check_preset, std::vector<Item>& items) {
   if (!node || node.IsNull()) return;
-  if (!node.IsSequence()) SCALPEL_INPUT_ERROR("{}: 'eval.sets' must be a list", source);
-  sets.clear();
+  if (!node.IsSequence()) SCALPEL_INPUT_ERROR("{}: 'eval.{}' must be a list", source, key);
+  items.clear();
   for (std::size_t i = 0; i < node.size(); ++i) {
-    MapReader r(node[i], fmt::format("eval.sets.{}", i), source);
-    EvalSet s;
-    r.get("name", s.name);
-    r.get("preset", s.preset);
-    r.get("path", s.path);
+    MapReader r(node[i], fmt::format("eval.{}.{}", key, i), source);
+    Item item;
+    r.get("name", item.name);
+    r.get("preset", item.preset);
+    r.get("path", item.path);
     r.finish();
-    static const std::set<std::string> presets{"wikitext2", "ptb", "c4", "text"};
-    if (!presets.count(s.preset))
-      SCALPEL_INPUT_ERROR("{}: 'eval.sets.{}.preset' is '{}', expected wikitext2, ptb, c4 or text", source, i,
-                          s.preset);
-    if (s.path.empty()) SCALPEL_INPUT_ERROR("{}: 'eval.sets.{}.path' is required", source, i);
-    if (s.name.empty()) s.name = s.preset;
-    sets.push_back(s);
+    if (const auto err = check_preset(item.preset); !err.empty())
+      SCALPEL_INPUT_ERROR("{}: 'eval.{}.{}.preset' {}", source, key, i, err);
+    if (item.path.empty()) SCALPEL_INPUT_ERROR("{}: 'eval.{}.{}.path' is required", source, key, i);
+    items.push_back(item);
   }
 }
 
+void read_sets(const YAML::Node& node, const std::string& source, std::vector<EvalSet>& sets) {
+  read_preset_list<EvalSet>(node, source, "sets", [](const std::string& p) {
+    static const std::set<std::string> presets{"wikitext2", "ptb", "c4", "text"};
+    return presets.count(p) ? std::string() : fmt::format("is '{}', expected wikitext2, ptb, c4 or text", p);
+  }, sets);
+  for (auto& s : sets)
+    if (s.name.empty()) s.name = s.preset;
+}
+
 void read_tasks(const YAML::Node& node, const std::string& source, std::vector<EvalTask>& tasks) {
-  if (!node || node.IsNull()) return;
-  if (!node.IsSequence()) SCALPEL_INPUT_ERROR("{}: 'eval.tasks' must be a list", source);
-  tasks.clear();
-  for (std::size_t i = 0; i < node.size(); ++i) {
-    MapReader r(node[i], fmt::format("eval.tasks.{}", i), source);
-    EvalTask t;
-    r.get("name", t.name);
-    r.get("preset", t.preset);
-    r.get("path", t.path);
-    r.finish();
-    try {
-      (void)text::task_preset(t.preset);
-    } catch (const Error& e) {
-      SCALPEL_INPUT_ERROR("{}: 'eval.tasks.{}.preset': {}", source, i, e.what());
+  read_preset_list<EvalTask>(node, source, "tasks", [](const std::string& p) {
+    std::string names;
+    for (const auto& t : text::task_presets()) {
+      if (t.name == p) return std::string();
+      names += (names.empty() ? "" : ", ") + t.name;
     }
-    if (t.path.empty()) SCALPEL_INPUT_ERROR("{}: 'eval.tasks.{}.path' is required", source, i);
-    tasks.push_back(t);
-  }
+    return fmt::format("is '{}', expected one of {}", p, names);
+  }, tasks);
   // Unnamed tasks are called by their preset, or preset/file-stem where a preset repeats.
   for (auto& t : tasks) {
     if (!t.name.empty()) continue;

@@ -19,18 +19,34 @@
 namespace scalpel::test {
 namespace {
 
+// A shared model on a 1-thread cpu backend (at 4 ranks the 2 cores are already oversubscribed).
+struct Loaded {
+  std::shared_ptr<const io::HfCheckpoint> ckpt;
+  model::ModelSpec spec;
+  std::unique_ptr<text::Tokenizer> tok;
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<model::Model> m;
+};
+
+std::unique_ptr<Loaded> load(const std::string& name) {
+  const auto folder = std::filesystem::path(SCALPEL_SHARED_DIR) / "models" / name;
+  if (!std::filesystem::exists(folder / "config.json")) return nullptr;
+  auto l = std::make_unique<Loaded>();
+  l->ckpt = std::make_shared<const io::HfCheckpoint>(folder);
+  l->spec = model::ModelSpec::from_config(l->ckpt->config(), name);
+  l->tok = text::Tokenizer::from_folder(folder);
+  l->be = make_cpu_backend(1);
+  l->m = std::make_unique<model::Model>(l->spec, app::checkpoint_source(l->ckpt), *l->be);
+  return l;
+}
+
 void check_model(const std::string& name) {
   const std::filesystem::path shared = SCALPEL_SHARED_DIR;
-  const auto folder = shared / "models" / name;
-  if (!std::filesystem::exists(folder / "config.json"))
-    GTEST_SKIP() << folder << " not present: ../shared/models is needed for this test";
-  auto ckpt = std::make_shared<const io::HfCheckpoint>(folder);
-  const auto spec = model::ModelSpec::from_config(ckpt->config(), name);
-  auto tok = text::Tokenizer::from_folder(folder);
+  const auto l = load(name);
+  if (!l) GTEST_SKIP() << name << " not present: ../shared/models is needed for this test";
+  auto& tok = l->tok;
+  auto& m = *l->m;
   const auto ids = tok->encode(text::load_eval_text("text", (shared / "data/corpus/heldout.txt").string()));
-  // 1 thread per rank: at 4 ranks the 2 cores are already oversubscribed.
-  auto be = make_cpu_backend(1);
-  model::Model m(spec, app::checkpoint_source(ckpt), *be);
   const std::int64_t seqlen = 128, windows = 12;  // 12 windows: uneven splits at 4 ranks... and at 5+
   const auto dist_r = app::evaluate_ids(m, ids, seqlen, 2, windows, *g_world, name, 0);
   dist::SelfComm self;
@@ -45,15 +61,12 @@ void check_model(const std::string& name) {
 }
 
 void check_tasks(const std::string& name) {
-  const std::filesystem::path shared = SCALPEL_SHARED_DIR, source = SCALPEL_SOURCE_DIR;
-  const auto folder = shared / "models" / name;
-  if (!std::filesystem::exists(folder / "config.json"))
-    GTEST_SKIP() << folder << " not present: ../shared/models is needed for this test";
-  auto ckpt = std::make_shared<const io::HfCheckpoint>(folder);
-  const auto spec = model::ModelSpec::from_config(ckpt->config(), name);
-  auto tok = text::Tokenizer::from_folder(folder);
-  auto be = make_cpu_backend(1);
-  model::Model m(spec, app::checkpoint_source(ckpt), *be);
+  const std::filesystem::path source = SCALPEL_SOURCE_DIR;
+  const auto l = load(name);
+  if (!l) GTEST_SKIP() << name << " not present: ../shared/models is needed for this test";
+  auto& tok = l->tok;
+  auto& m = *l->m;
+  const auto& spec = l->spec;
   dist::SelfComm self;
   const std::vector<app::EvalTask> tasks{
       {"everyday", "mc", (source / "tests/data/tasks/everyday_mc.jsonl").string()},
