@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The default job, set-up included: build scalpel, evaluate the embedded opt-mini model on the
-# embedded held-out text, then prune it with SparseGPT to 50% (calibrated on the embedded
-# calibration slice), export it, and evaluate the pruned model on the same text.
+# embedded held-out text and two zero-shot tasks, then prune it with SparseGPT to 50% (calibrated
+# on the embedded calibration slice), export it, and evaluate the pruned model the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

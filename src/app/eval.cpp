@@ -173,6 +173,15 @@ void report_task(const TaskResult& r, const text::TaskPreset& preset, const Conf
 
 }  // namespace
 
+void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec) {
+  if (cfg.eval.seqlen > spec.max_positions)
+    SCALPEL_INPUT_ERROR("config: 'eval.seqlen' {} exceeds the model's max_position_embeddings {}", cfg.eval.seqlen,
+                        spec.max_positions);
+  for (const auto& set : cfg.eval.sets) (void)text::load_eval_text(set.preset, set.path);
+  for (const auto& task : cfg.eval.tasks)
+    (void)text::load_task_docs(text::task_preset(task.preset), task.path, cfg.eval.max_items);
+}
+
 void evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& cfg, dist::Comm& comm,
                      Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat) {
   const auto& spec = m.spec();

@@ -308,6 +308,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   // The plan's memory model decides before any work whether the job fits (the same check as
   // `scalpel plan`, which prints the terms).
   if (cfg.parallel.memory_gb > 0) check_plan_fits(plan_of_job(cfg, world.size()), cfg);
+  // A typo in the evaluation settings must not surface only after hours of pruning.
+  check_eval_inputs(cfg, spec);
 
   // Calibration windows (every rank tokenizes the text: cheaper than shipping the ids around).
   auto tok = make_tokenizer(cfg);

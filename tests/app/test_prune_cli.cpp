@@ -202,3 +202,23 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(PruneCli, BadEvaluationInputsStopBeforeAnyPruning) {
+  NEED_SHARED();
+  const auto dir = temp_dir("bad_eval");
+  std::ofstream(dir / "bad.jsonl") << R"({"context": "a", "choices": ["b"], "label": 3})" << "\n";
+  auto args = prune_args(dir / "run", "opt-mini", {"eval.tasks=[{preset: mc, path: " + (dir / "bad.jsonl").string() + "}]"});
+  const auto out = run_capture(args);
+  EXPECT_NE(out.find("exit=2"), std::string::npos) << out;
+  EXPECT_NE(out.find("bad.jsonl: line 1"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir / "run" / "ckpt" / "manifest.json")) << "a checkpoint was started";
+  auto sets = prune_args(dir / "run", "opt-mini", {"eval.sets=[{preset: text, path: /nonexistent/heldout.txt}]"});
+  const auto out2 = run_capture(sets);
+  EXPECT_NE(out2.find("exit=2"), std::string::npos) << out2;
+  EXPECT_NE(out2.find("/nonexistent/heldout.txt"), std::string::npos) << out2;
+  fs::remove_all(dir);
+}
+
+}  // namespace

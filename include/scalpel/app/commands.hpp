@@ -51,6 +51,10 @@ struct TaskOptions {
 TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const EvalTask& task, const TaskOptions& opt,
                          dist::Comm& comm, const std::function<void()>& heartbeat = {});
 
+// Checks what evaluate_config will read before any work: eval.seqlen within the model's context,
+// every eval.sets file readable, every eval.tasks file's items valid (input Error otherwise).
+void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec);
+
 // Every eval.sets text and eval.tasks task of `cfg` on `m`: a line each on stdout and a metrics
 // record each (rank 0), the records carrying `extra` (e.g. {"pruned": true}). `tok` is needed on
 // rank 0 only.
