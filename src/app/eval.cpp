@@ -207,8 +207,10 @@ void evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& 
     rec.update(extra);
     metrics.write(rec);
   }
-  // The harness's context: the model's (eval.seqlen when set), inputs cut on the left past it.
-  const TaskOptions opt{cfg.eval.batch, cfg.eval.max_items, cfg.eval.add_bos, seqlen, cfg.log.progress_seconds};
+  // The harness's context is the model's (max_position_embeddings), whatever eval.seqlen says;
+  // inputs longer than it lose tokens on the left.
+  const TaskOptions opt{cfg.eval.batch, cfg.eval.max_items, cfg.eval.add_bos, spec.max_positions,
+                        cfg.log.progress_seconds};
   for (const auto& task : cfg.eval.tasks) {
     const auto r = evaluate_task(m, tok, task, opt, comm, heartbeat);
     if (comm.is_root()) report_task(r, text::task_preset(task.preset), cfg, comm, metrics, extra);

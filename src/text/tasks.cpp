@@ -13,6 +13,7 @@
 
 #include "hf_files.hpp"
 #include "scalpel/core/error.hpp"
+#include "scalpel/text/calibration.hpp"
 #include "scalpel/text/unicode.hpp"
 
 namespace scalpel::text {
@@ -52,18 +53,25 @@ struct Item {
     if (out.empty()) fail(fmt::format("field '{}' is an empty list", name));
     return out;
   }
-  // An integer label, or a string of digits (HellaSwag stores "0".."3"), as the harness's
-  // `isdigit` + literal_eval accepts it.
-  int label(const char* name, std::size_t choices) const {
+  // The index of the right choice. Presets whose target is the raw field (`doc_to_target: label`)
+  // take what Python would take for an index: an integer or a boolean. `rendered` presets (a
+  // "{{label}}" template, HellaSwag) also take a string of digits, as the harness's isdigit +
+  // literal_eval does (literal_eval refuses leading zeros). Out of range is an error here; the
+  // harness would only warn and score the item 0.
+  int label(const char* name, std::size_t choices, bool rendered = false) const {
     const json& v = field(name);
     long long x = -1;
+    const std::string s = v.is_string() ? v.get<std::string>() : "";
     if (v.is_number_integer()) {
       x = v.get<long long>();
-    } else if (v.is_string() && !v.get<std::string>().empty() && v.get<std::string>().size() < 10 &&
-               v.get<std::string>().find_first_not_of("0123456789") == std::string::npos) {
-      x = std::stoll(v.get<std::string>());
+    } else if (v.is_boolean()) {
+      x = v.get<bool>() ? 1 : 0;
+    } else if (rendered && !s.empty() && s.size() < 10 && s.find_first_not_of("0123456789") == std::string::npos &&
+               (s == "0" || s[0] != '0')) {
+      x = std::stoll(s);
     } else {
-      fail(fmt::format("field '{}' must be an integer label, got {}", name, v.dump()));
+      fail(fmt::format("field '{}' must be {}, got {}", name,
+                       rendered ? "an integer or a string of digits" : "an integer label", v.dump()));
     }
     if (x < 0 || x >= static_cast<long long>(choices))
       fail(fmt::format("field '{}' is {}, out of range for {} choices", name, x, choices));
@@ -150,7 +158,7 @@ TaskDoc doc_hellaswag(const Item& it) {
   const std::string ctx = it.str("ctx_a") + " " + python_capitalize(it.str("ctx_b"));
   std::vector<std::string> endings = it.strings(it.field("endings"), "endings");
   for (auto& e : endings) e = hellaswag_preprocess(e);
-  const int gold = it.label("label", endings.size());
+  const int gold = it.label("label", endings.size(), /*rendered=*/true);
   return choice_doc(it, hellaswag_preprocess(it.str("activity_label") + ": " + ctx), endings, gold);
 }
 
@@ -190,17 +198,11 @@ TaskDoc doc_winogrande(const Item& it) {
   return d;
 }
 
-// super_glue boolq (label 0/1); google/boolq's boolean "answer" is read too.
+// super_glue boolq (label 0/1). google/boolq is not read: its passages lack super_glue's
+// "Title -- " prefix, so its prompts would not be the harness's.
 TaskDoc doc_boolq(const Item& it) {
-  int gold = 0;
-  if (it.has("label")) {
-    gold = it.label("label", 2);
-  } else if (it.has("answer") && it.field("answer").is_boolean()) {
-    gold = it.field("answer").get<bool>() ? 1 : 0;
-  } else {
-    it.fail("field 'label' is missing (or a boolean 'answer')");
-  }
-  return choice_doc(it, it.str("passage") + "\nQuestion: " + it.str("question") + "?\nAnswer:", {"no", "yes"}, gold);
+  return choice_doc(it, it.str("passage") + "\nQuestion: " + it.str("question") + "?\nAnswer:", {"no", "yes"},
+                    it.label("label", 2));
 }
 
 // glue rte (sentence1, sentence2); super_glue's premise / hypothesis read the same way.
@@ -222,7 +224,9 @@ TaskDoc doc_copa(const Item& it) {
     ch.emplace_back(" ");
     ch.back() += lower_first(it, it.str(name), name);
   }
-  return choice_doc(it, context, ch, it.label("label", 2));
+  // The harness's gold is choices.index(target): the first equal choice.
+  const int label = it.label("label", 2);
+  return choice_doc(it, context, ch, ch[0] == ch[static_cast<std::size_t>(label)] ? 0 : label);
 }
 
 // lambada_openai: context = the text before its last ' ', continuation = " " + the last word.
@@ -260,17 +264,48 @@ DocFn doc_function(const std::string& preset) {
   SCALPEL_CHECK(false, "no document function for preset {}", preset);
 }
 
-double sample_stderr(const std::vector<double>& x, double mean) {
-  if (x.size() < 2) return std::numeric_limits<double>::quiet_NaN();
-  double ss = 0;
-  for (double v : x) ss += (v - mean) * (v - mean);
-  return std::sqrt(ss / static_cast<double>(x.size() - 1)) / std::sqrt(static_cast<double>(x.size()));
+// Python's sum() of floats (Neumaier's compensated sum since CPython 3.12), and lm-eval's mean().
+double python_sum(const std::vector<double>& x) {
+  double s = 0, c = 0;
+  for (double v : x) {
+    const double t = s + v;
+    c += std::abs(s) >= std::abs(v) ? (s - t) + v : (v - t) + s;
+    s = t;
+  }
+  return s + c;
+}
+double python_mean(const std::vector<double>& x) { return python_sum(x) / static_cast<double>(x.size()); }
+
+// lm-eval's sample_stddev: sqrt(sum((x - mean)^2) / (n - 1)).
+double sample_stddev(const std::vector<double>& x) {
+  const double mu = python_mean(x);
+  std::vector<double> sq(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) sq[i] = (x[i] - mu) * (x[i] - mu);
+  return std::sqrt(python_sum(sq) / static_cast<double>(x.size() - 1));
 }
 
-double mean_of(const std::vector<double>& x) {
-  double s = 0;
-  for (double v : x) s += v;
-  return x.empty() ? 0.0 : s / static_cast<double>(x.size());
+// lm-eval's bootstrap_stderr(perplexity, ll, iters=100000): 100 chunks of 1000 resamples, chunk i
+// drawn by random.Random(i).choices(ll, k=n) (index floor(random() * n)); the sample standard
+// deviation of exp(-mean) over the 100,000 resamples. The same draws as the harness's.
+double bootstrap_ppl_stderr(const std::vector<double>& ll) {
+  const auto n = ll.size();
+  std::vector<double> res, sample(n);
+  res.reserve(100000);
+  for (std::uint64_t chunk = 0; chunk < 100; ++chunk) {
+    PythonRandom rnd(chunk);
+    for (int r = 0; r < 1000; ++r) {
+      for (std::size_t k = 0; k < n; ++k)
+        sample[k] = ll[static_cast<std::size_t>(std::floor(rnd.random() * static_cast<double>(n)))];
+      res.push_back(std::exp(-python_mean(sample)));
+    }
+  }
+  return sample_stddev(res);
+}
+
+// lm-eval's mean_stderr; NaN for a single item (the harness prints N/A).
+double mean_stderr(const std::vector<double>& x) {
+  if (x.size() < 2) return std::numeric_limits<double>::quiet_NaN();
+  return sample_stddev(x) / std::sqrt(static_cast<double>(x.size()));
 }
 
 std::size_t code_points(const std::string& s) {
@@ -338,14 +373,21 @@ std::vector<TaskDoc> load_task_docs(const TaskPreset& preset, const fs::path& pa
 
 EncodedRequest encode_request(const Tokenizer& tok, const std::string& context, const std::string& continuation,
                               const HarnessEncoding& opt) {
-  auto enc = [&](const std::string& s) { return opt.add_bos ? tok.encode(s) : tok.encode_plain(s); };
   const std::int32_t prefix = tok.bos_token_id() >= 0 ? tok.bos_token_id() : tok.eos_token_id();
+  // tok_encode: special tokens only with add_bos, and not for a text that already starts with
+  // the prefix token's text (lm-eval >= 0.4.9.2's has_bos_prefix).
+  const std::string prefix_text = prefix >= 0 ? tok.decode({prefix}) : std::string();
+  auto enc = [&](const std::string& s) {
+    const bool special = opt.add_bos && (prefix_text.empty() || !s.starts_with(prefix_text));
+    return special ? tok.encode(s) : tok.encode_plain(s);
+  };
   std::vector<std::int32_t> ctx, cont;
   // _encode_pair: trailing whitespace (str.rstrip) belongs to the continuation.
   const std::string_view kept = python_rstrip(context);
   if (context.empty()) {
     cont = tok.encode_plain(continuation);
-    if (!cont.empty() && cont[0] == prefix) {
+    if (cont.empty()) SCALPEL_INPUT_ERROR("the context and the continuation are both empty");
+    if (cont[0] == prefix) {
       ctx.assign(cont.begin(), cont.begin() + 1);
       cont.erase(cont.begin());
     } else {
@@ -358,12 +400,10 @@ EncodedRequest encode_request(const Tokenizer& tok, const std::string& context, 
     ctx = enc(c);
     const std::size_t n = std::min(ctx.size(), whole.size());
     cont.assign(whole.begin() + static_cast<std::ptrdiff_t>(n), whole.end());
-    // A context of whitespace alone encodes to nothing: the first continuation token would have
-    // no position to be predicted from (the harness slices past the start); use the prefix id.
-    if (ctx.empty()) {
-      if (prefix < 0) SCALPEL_INPUT_ERROR("a blank context needs a BOS or EOS token, and the tokenizer has neither");
-      ctx = {prefix};
-    }
+    // The harness asserts both (HFLM._loglikelihood_tokens): stop with the item named instead.
+    if (ctx.empty())
+      SCALPEL_INPUT_ERROR("the context \"{}\" is only whitespace and encodes to no tokens", context);
+    if (cont.empty()) SCALPEL_INPUT_ERROR("the continuation \"{}\" adds no tokens to the context's", continuation);
   }
   if (static_cast<std::int64_t>(cont.size()) > opt.max_length)
     SCALPEL_INPUT_ERROR("the continuation has {} tokens, more than the model's context of {}", cont.size(),
@@ -403,16 +443,15 @@ TaskScores score_task(const TaskPreset& preset, const std::vector<TaskDoc>& docs
     r += d.requests.size();
   }
   SCALPEL_CHECK(r == loglik.size(), "score_task: {} results for {} requests", loglik.size(), r);
-  s.acc = mean_of(acc);
-  s.acc_stderr = sample_stderr(acc, s.acc);
+  s.acc = python_mean(acc);
+  s.acc_stderr = mean_stderr(acc);
   if (preset.output == TaskOutput::loglikelihood) {
-    const double m = mean_of(ll);
-    s.ppl = std::exp(-m);
-    s.ppl_stderr = s.ppl * sample_stderr(ll, m);
+    s.ppl = std::exp(-python_mean(ll));
+    s.ppl_stderr = ll.size() < 2 ? nan : bootstrap_ppl_stderr(ll);
     s.acc_norm = s.acc_norm_stderr = nan;
   } else {
-    s.acc_norm = mean_of(norm);
-    s.acc_norm_stderr = sample_stderr(norm, s.acc_norm);
+    s.acc_norm = python_mean(norm);
+    s.acc_norm_stderr = mean_stderr(norm);
     s.ppl = s.ppl_stderr = nan;
   }
   return s;

@@ -79,7 +79,7 @@ TEST(TaskPresets, BoolqRteCopa) {
   const auto b = one("boolq", R"({"passage": "Cats are mammals.", "question": "is a cat a mammal", "label": 1})");
   EXPECT_EQ(b.requests.at(1), (Req{"Cats are mammals.\nQuestion: is a cat a mammal?\nAnswer:", " yes"}));
   EXPECT_EQ(b.gold, 1);
-  EXPECT_EQ(one("boolq", R"({"passage": "p", "question": "q", "answer": false})").gold, 0);  // google/boolq
+  EXPECT_EQ(one("boolq", R"({"passage": "p", "question": "q", "label": true})").gold, 1);
   const auto r = one("rte", R"({"sentence1": "A dog ran.", "sentence2": "An animal ran.", "label": 0})");
   EXPECT_EQ(r.requests, (std::vector<Req>{{"A dog ran.\nQuestion: An animal ran. True or False?\nAnswer:", " True"},
                                           {"A dog ran.\nQuestion: An animal ran. True or False?\nAnswer:", " False"}}));
@@ -93,6 +93,9 @@ TEST(TaskPresets, BoolqRteCopa) {
   EXPECT_EQ(c.choices.at(1), " his sock had a hole.");
   EXPECT_EQ(one("copa", R"({"premise": "It rained.", "choice1": "A", "choice2": "B", "question": "effect", "label": 1})")
                 .requests.at(1), (Req{"It rained therefore", "  b"}));
+  // Gold is choices.index(target): with two equal choices, the first.
+  EXPECT_EQ(one("copa", R"({"premise": "P.", "choice1": "Same.", "choice2": "same.", "question": "cause", "label": 1})")
+                .gold, 0);
 }
 
 TEST(TaskPresets, LambadaAndMc) {
@@ -129,6 +132,12 @@ TEST(TaskPresets, BadItemsNameFileLineAndField) {
   bad("winogrande", R"({"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"})", {"'sentence'", "blank"});
   bad("copa", R"({"premise": "p", "choice1": "", "choice2": "b", "question": "cause", "label": 0})", {"'choice1'", "empty"});
   bad("copa", R"({"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "label": 0})", {"'question'"});
+  // Raw-field labels take integers (and booleans, as Python would), not strings; HellaSwag's
+  // rendered label takes digits but not a leading zero (literal_eval refuses "01").
+  bad("piqa", R"({"goal": "g", "sol1": "a", "sol2": "b", "label": "1"})", {"'label'", "integer"});
+  bad("hellaswag", R"({"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": ["x", "y"], "label": "01"})",
+      {"'label'"});
+  bad("boolq", R"({"passage": "p", "question": "q", "answer": true})", {"'label'", "missing"});
   expect_input_error([&] { (void)task_preset("mmlu"); }, {"mmlu", "piqa", "lambada"});
   expect_input_error([&] { (void)load_task_docs(task_preset("mc"), d / "absent.jsonl"); }, {"absent.jsonl"});
 }
@@ -168,6 +177,13 @@ TEST_P(Encoding, FollowsTheHarness) {
   EXPECT_EQ(t.ids, Ids(all.end() - 7, all.end()));
   expect_input_error([&] { (void)encode_request(*tok, "a", " b c d e f g h i j k l m n o p", {false, 4}); },
                      {"continuation", "context of 4"});
+  // Where the harness stops on an assertion, so does scalpel.
+  expect_input_error([&] { (void)encode_request(*tok, " \n ", " word", enc); }, {"only whitespace"});
+  expect_input_error([&] { (void)encode_request(*tok, "", "", enc); }, {"both empty"});
+  // add_bos, but the text already starts with the BOS text: no second BOS (has_bos_prefix).
+  const std::string bos = tok->decode({tok->bos_token_id()});
+  const auto p = encode_request(*tok, bos + "Hello", " world", {true, 2048});
+  EXPECT_EQ(p.ids, tok->encode_plain(bos + "Hello world"));
 }
 
 INSTANTIATE_TEST_SUITE_P(SharedModels, Encoding, ::testing::Values("opt-mini", "llama-mini"),
@@ -198,8 +214,16 @@ TEST(TaskScores, LambadaPerplexityAndGreedyAccuracy) {
   EXPECT_DOUBLE_EQ(s.ppl, std::exp(2.0));
   EXPECT_DOUBLE_EQ(s.acc, 0.5);
   EXPECT_NEAR(s.acc_stderr, 0.5, 1e-15);
-  // delta method: ppl * sample sd({-1, -3}) / sqrt(2) = e^2 * sqrt(2) / sqrt(2).
-  EXPECT_NEAR(s.ppl_stderr, std::exp(2.0), 1e-12);
+  // lm-eval's bootstrap_stderr(perplexity, ll, 100000), run by CPython 3.11 with the harness's
+  // algorithm (random.Random(i).choices per chunk of 1000) on the same log-likelihoods:
+  // 6.464890884236977. The draws are the same; Python 3.11 sums the 100,000 resamples naively and
+  // scalpel as 3.12+ does (compensated), which moves the result by up to ~1e5 * 2^-53 relative.
+  EXPECT_NEAR(s.ppl_stderr, 6.464890884236977, 1e-10);
+  const auto five = docs_of("lambada", "{\"text\": \"a b\"}\n{\"text\": \"a b\"}\n{\"text\": \"a b\"}\n"
+                                       "{\"text\": \"a b\"}\n{\"text\": \"a b\"}\n");
+  const auto f = score_task(task_preset("lambada"), five, {-1.5, -2.25, -0.5, -3.0, -1.0}, {0, 0, 0, 0, 0});
+  EXPECT_NEAR(f.ppl, 5.206979827179849, 1e-12);
+  EXPECT_NEAR(f.ppl_stderr, 2.3538103653187283, 1e-10);
   const auto single = score_task(task_preset("lambada"), {docs[0]}, {-1.0}, {1});
   EXPECT_TRUE(std::isnan(single.acc_stderr));
 }

@@ -62,7 +62,9 @@ struct EncodedRequest {
 // The harness's encoding: trailing whitespace of the context moves to the continuation; the
 // context and context + continuation are encoded and the continuation's ids are the tail; an empty
 // context becomes the tokenizer's BOS id (EOS without one), unless the continuation already starts
-// with it. Input Error when the continuation alone is longer than max_length.
+// with it. Input Error where the harness stops on an assertion (a context of whitespace only, a
+// continuation that adds no token, both empty) and when the continuation alone is longer than
+// max_length.
 EncodedRequest encode_request(const Tokenizer& tok, const std::string& context, const std::string& continuation,
                               const HarnessEncoding& opt);
 
@@ -78,8 +80,8 @@ struct TaskScores {
 // The harness's process_results and aggregation: `loglik` and `greedy` hold one entry per request,
 // the documents' requests in order. acc_norm divides by the choice's length in characters (Python
 // len: code points), ties go to the first choice (numpy argmax), standard errors are the sample
-// standard deviation over sqrt(n); the perplexity's is the delta method's ppl * stderr(loglik)
-// (the harness bootstraps it).
+// standard deviation over sqrt(n); the perplexity's is the harness's bootstrap (100,000 resamples
+// drawn with CPython's generator seeded as the harness seeds it, so the same figure).
 TaskScores score_task(const TaskPreset& preset, const std::vector<TaskDoc>& docs, const std::vector<double>& loglik,
                       const std::vector<std::uint8_t>& greedy);
 
