@@ -21,6 +21,8 @@ SETS="[{name: wikitext2, preset: wikitext2, path: $SHARED/data/wikitext2/wiki.te
 for model in $MODELS; do
   for cfg in $CONFIGS; do
     run="$OUT/$model-${cfg//:/-}"
+    # Byte-level BPE has one tokenizer behaviour: the sentencepiece row is for SentencePiece models.
+    if [ "$cfg" = dense-sentencepiece ] && [ ! -f "$SHARED/models/$model/tokenizer.model" ]; then continue; fi
     rm -f "$run/metrics.jsonl"
     if [ "$cfg" = dense ] || [ "$cfg" = dense-sentencepiece ]; then
       mode=transformers
