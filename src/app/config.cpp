@@ -357,6 +357,42 @@ std::optional<std::pair<int, int>> parse_nm(const std::string& pattern) {
   }
 }
 
+namespace {
+
+// The sections that decide a prune's weights, in dump_config's layout.
+void emit_prune_sections(YAML::Emitter& e, const Config& c) {
+  e << YAML::Key << "prune" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "method" << YAML::Value << c.prune.method;
+  e << YAML::Key << "sparsity" << YAML::Value << c.prune.sparsity;
+  e << YAML::Key << "pattern" << YAML::Value << c.prune.pattern;
+  e << YAML::Key << "targets" << YAML::Value << YAML::Flow << c.prune.targets;
+  e << YAML::Key << "propagation" << YAML::Value << c.prune.propagation;
+  e << YAML::Key << "true_sequential" << YAML::Value << c.prune.true_sequential;
+  e << YAML::Key << "dampening" << YAML::Value << c.prune.dampening;
+  e << YAML::Key << "blocksize" << YAML::Value << c.prune.blocksize;
+  e << YAML::EndMap;
+  e << YAML::Key << "calibration" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "path" << YAML::Value << c.calibration.path;
+  e << YAML::Key << "nsamples" << YAML::Value << c.calibration.nsamples;
+  e << YAML::Key << "seqlen" << YAML::Value << c.calibration.seqlen;
+  e << YAML::Key << "seed" << YAML::Value << c.calibration.seed;
+  e << YAML::Key << "offsets" << YAML::Value << c.calibration.offsets;
+  e << YAML::Key << "batch" << YAML::Value << c.calibration.batch;
+  e << YAML::EndMap;
+}
+
+std::string fnv1a_hex(const std::string& text) {
+  // FNV-1a 64 over canonical YAML: stable across runs and machines.
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : text) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return fmt::format("{:016x}", h);
+}
+
+}  // namespace
+
 std::string dump_config(const Config& c) {
   YAML::Emitter e;
   e << YAML::BeginMap;
@@ -390,24 +426,7 @@ std::string dump_config(const Config& c) {
   e << YAML::Key << "max_items" << YAML::Value << c.eval.max_items;
   e << YAML::Key << "add_bos" << YAML::Value << c.eval.add_bos;
   e << YAML::EndMap;
-  e << YAML::Key << "prune" << YAML::Value << YAML::BeginMap;
-  e << YAML::Key << "method" << YAML::Value << c.prune.method;
-  e << YAML::Key << "sparsity" << YAML::Value << c.prune.sparsity;
-  e << YAML::Key << "pattern" << YAML::Value << c.prune.pattern;
-  e << YAML::Key << "targets" << YAML::Value << YAML::Flow << c.prune.targets;
-  e << YAML::Key << "propagation" << YAML::Value << c.prune.propagation;
-  e << YAML::Key << "true_sequential" << YAML::Value << c.prune.true_sequential;
-  e << YAML::Key << "dampening" << YAML::Value << c.prune.dampening;
-  e << YAML::Key << "blocksize" << YAML::Value << c.prune.blocksize;
-  e << YAML::EndMap;
-  e << YAML::Key << "calibration" << YAML::Value << YAML::BeginMap;
-  e << YAML::Key << "path" << YAML::Value << c.calibration.path;
-  e << YAML::Key << "nsamples" << YAML::Value << c.calibration.nsamples;
-  e << YAML::Key << "seqlen" << YAML::Value << c.calibration.seqlen;
-  e << YAML::Key << "seed" << YAML::Value << c.calibration.seed;
-  e << YAML::Key << "offsets" << YAML::Value << c.calibration.offsets;
-  e << YAML::Key << "batch" << YAML::Value << c.calibration.batch;
-  e << YAML::EndMap;
+  emit_prune_sections(e, c);
   e << YAML::Key << "output" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "dir" << YAML::Value << c.output.dir;
   e << YAML::Key << "metrics" << YAML::Value << c.output.metrics;
@@ -429,14 +448,15 @@ std::string dump_config(const Config& c) {
   return std::string(e.c_str()) + "\n";
 }
 
-std::string config_hash(const Config& c) {
-  // FNV-1a 64 over the canonical YAML: stable across runs and machines.
-  std::uint64_t h = 1469598103934665603ull;
-  for (unsigned char ch : dump_config(c)) {
-    h ^= ch;
-    h *= 1099511628211ull;
-  }
-  return fmt::format("{:016x}", h);
+std::string config_hash(const Config& c) { return fnv1a_hex(dump_config(c)); }
+
+std::string prune_identity_hash(const Config& c) {
+  YAML::Emitter e;
+  e << YAML::BeginMap;
+  emit_prune_sections(e, c);
+  e << YAML::Key << "determinism" << YAML::Value << c.determinism;
+  e << YAML::EndMap;
+  return fnv1a_hex(std::string(e.c_str()) + "\n");
 }
 
 }  // namespace scalpel::app

@@ -46,7 +46,8 @@ std::string ids_digest(const std::vector<std::int32_t>& ids) {
 
 std::string prune_config_hash(const Config& cfg, const std::string& calib_digest) {
   // What decides the pruned weights: method, pattern, options, calibration windows. Not the
-  // threads, output paths, logging or evaluation sets.
+  // threads, output paths, logging, tokenizer mode (the windows' digest covers the ids) or
+  // evaluation settings.
   // `determinism` counts too (strict sums exactly, fast in floating point), the grid does not:
   // a run may resume at another rank count.
   Config c;
@@ -55,7 +56,7 @@ std::string prune_config_hash(const Config& cfg, const std::string& calib_digest
   c.calibration.path = calib_digest;
   c.calibration.offsets.clear();
   c.determinism = cfg.determinism;
-  return config_hash(c);
+  return prune_identity_hash(c);
 }
 
 // Runs x [batch*seqlen rows per batch] through one layer in place, batch by batch. x lives on the

@@ -213,7 +213,7 @@ void SentencePieceTokenizer::encode_piece(std::string_view piece, bool at_start,
     status = sp_->Encode(piece, &ids);
   } else {
     std::string s;
-    s.reserve(piece.size() + 3 * 8);
+    s.reserve(piece.size() + 16);
     const bool prepend = !piece.starts_with(' ') && !piece.starts_with(kMeta) &&
                          (prepend_ == Prepend::always || (prepend_ == Prepend::first && at_start));
     if (prepend) s += kMeta;

@@ -56,6 +56,16 @@ output: {dir: out/x}
   EXPECT_NE(app::config_hash(app::load_config(path, {})), app::config_hash(c));
 }
 
+TEST(Config, PruneIdentityIgnoresEverythingButPruneCalibrationAndDeterminism) {
+  const auto base = app::load_config("", {"prune.sparsity=0.5"});
+  const auto id = app::prune_identity_hash(base);
+  for (const char* other : {"eval.tasks=[{preset: mc, path: x.jsonl}]", "tokenizer.mode=sentencepiece",
+                            "output.dir=elsewhere", "threads=3", "eval.add_bos=true", "log.level=debug"})
+    EXPECT_EQ(app::prune_identity_hash(app::load_config("", {"prune.sparsity=0.5", other})), id) << other;
+  for (const char* other : {"prune.sparsity=0.6", "calibration.nsamples=64", "determinism=strict", "prune.method=wanda"})
+    EXPECT_NE(app::prune_identity_hash(app::load_config("", {"prune.sparsity=0.5", other})), id) << other;
+}
+
 TEST(Config, UnknownKeysNameTheirPath) {
   EXPECT_NE(error_of("modle: x\n").find("unknown key 'modle'"), std::string::npos);
   EXPECT_NE(error_of("eval: {seqlen: 8, batchsize: 2}\n").find("unknown key 'eval.batchsize'"), std::string::npos);

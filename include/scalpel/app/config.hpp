@@ -106,7 +106,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 std::optional<std::pair<int, int>> parse_nm(const std::string& pattern);
 // The resolved configuration as YAML.
 std::string dump_config(const Config& cfg);
-// A stable hash of the resolved configuration (hex), for manifests and metrics.
+// A stable hash of the resolved configuration (hex), for metrics.
 std::string config_hash(const Config& cfg);
+// A stable hash of what decides a prune's weights alone (the prune and calibration sections and
+// determinism): the checkpoint's identity, unchanged by any other setting, including settings a
+// later release adds.
+std::string prune_identity_hash(const Config& cfg);
 
 }  // namespace scalpel::app
