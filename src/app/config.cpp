@@ -157,8 +157,8 @@ void read_string_list(const YAML::Node& node, const std::string& source, const s
   }
 }
 
-// A list of {name, preset, path} maps under eval.<key>; `check_preset` throws (or returns an
-// error message) for an unknown preset.
+// A list of {name, preset, path} maps under eval.<key>; `check_preset` returns the error message
+// for an unknown preset ("" for a known one).
 template <class Item>
 void read_preset_list(const YAML::Node& node, const std::string& source, const std::string& key,
                       const std::function<std::string(const std::string&)>& check_preset, std::vector<Item>& items) {

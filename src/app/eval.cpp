@@ -10,6 +10,7 @@
 
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/progress.hpp"
+#include "root_work.hpp"
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
@@ -34,24 +35,8 @@ class CheckpointSource final : public model::WeightSource {
 std::vector<std::int32_t> tokenize_on_root(const text::Tokenizer* tok, const std::string& preset,
                                            const std::string& path, dist::Comm& comm) {
   std::vector<std::int32_t> ids;
-  std::int64_t n = 0;
-  std::string err;
-  if (comm.is_root()) {
-    try {
-      ids = tok->encode(text::load_eval_text(preset, path));
-      n = static_cast<std::int64_t>(ids.size());
-    } catch (const Error& e) {
-      err = e.what();
-      n = -1;
-    }
-  }
-  comm.broadcast(std::as_writable_bytes(std::span(&n, 1)), 0);
-  if (n < 0) {
-    comm.broadcast_string(err, 0);
-    SCALPEL_INPUT_ERROR("{}", err);
-  }
-  ids.resize(static_cast<std::size_t>(n));
-  comm.broadcast(std::as_writable_bytes(std::span(ids)), 0);
+  detail::on_root(comm, [&] { ids = tok->encode(text::load_eval_text(preset, path)); });
+  detail::broadcast_vector(ids, comm);
   return ids;
 }
 
@@ -171,12 +156,18 @@ void report_task(const TaskResult& r, const text::TaskPreset& preset, const Conf
   metrics.write(rec);
 }
 
-}  // namespace
-
-void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec) {
+// The perplexity windows' length: eval.seqlen, or the model's context when 0.
+std::int64_t eval_seqlen(const Config& cfg, const model::ModelSpec& spec) {
   if (cfg.eval.seqlen > spec.max_positions)
     SCALPEL_INPUT_ERROR("config: 'eval.seqlen' {} exceeds the model's max_position_embeddings {}", cfg.eval.seqlen,
                         spec.max_positions);
+  return cfg.eval.seqlen > 0 ? cfg.eval.seqlen : spec.max_positions;
+}
+
+}  // namespace
+
+void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec) {
+  (void)eval_seqlen(cfg, spec);
   for (const auto& set : cfg.eval.sets) (void)text::load_eval_text(set.preset, set.path);
   for (const auto& task : cfg.eval.tasks)
     (void)text::load_task_docs(text::task_preset(task.preset), task.path, cfg.eval.max_items);
@@ -185,10 +176,7 @@ void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec) {
 void evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& cfg, dist::Comm& comm,
                      Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat) {
   const auto& spec = m.spec();
-  const std::int64_t seqlen = cfg.eval.seqlen > 0 ? cfg.eval.seqlen : spec.max_positions;
-  if (seqlen > spec.max_positions)
-    SCALPEL_INPUT_ERROR("config: 'eval.seqlen' {} exceeds the model's max_position_embeddings {}", seqlen,
-                        spec.max_positions);
+  const std::int64_t seqlen = eval_seqlen(cfg, spec);
   for (const auto& set : cfg.eval.sets) {
     auto ids = tokenize_on_root(tok, set.preset, set.path, comm);
     const auto limit = text::preset_token_limit(set.preset, seqlen);

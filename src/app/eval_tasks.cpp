@@ -14,6 +14,7 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/core/timer.hpp"
+#include "root_work.hpp"
 
 namespace scalpel::app {
 namespace {
@@ -47,36 +48,17 @@ RequestTable encode_docs(const text::Tokenizer& tok, const std::vector<text::Tas
   return t;
 }
 
-template <class T>
-void broadcast_vector(std::vector<T>& v, dist::Comm& comm) {
-  std::int64_t n = static_cast<std::int64_t>(v.size());
-  comm.broadcast(std::as_writable_bytes(std::span(&n, 1)), 0);
-  v.resize(static_cast<std::size_t>(n));
-  comm.broadcast(std::as_writable_bytes(std::span(v)), 0);
-}
-
 // Rank 0 loads and encodes; an input error there reaches every rank as the same error.
 RequestTable load_on_root(const text::Tokenizer* tok, const text::TaskPreset& preset, const EvalTask& task,
                           const TaskOptions& opt, dist::Comm& comm, std::vector<text::TaskDoc>& docs) {
   RequestTable t;
-  std::string err;
-  if (comm.is_root()) {
-    try {
-      docs = text::load_task_docs(preset, task.path, opt.max_items);
-      t = encode_docs(*tok, docs, {opt.add_bos, opt.max_length}, task.path);
-    } catch (const Error& e) {
-      err = e.what();
-    }
-  }
-  std::int64_t failed = err.empty() ? 0 : 1;
-  comm.broadcast(std::as_writable_bytes(std::span(&failed, 1)), 0);
-  if (failed) {
-    comm.broadcast_string(err, 0);
-    SCALPEL_INPUT_ERROR("{}", err);
-  }
-  broadcast_vector(t.offset, comm);
-  broadcast_vector(t.ids, comm);
-  broadcast_vector(t.cont, comm);
+  detail::on_root(comm, [&] {
+    docs = text::load_task_docs(preset, task.path, opt.max_items);
+    t = encode_docs(*tok, docs, {opt.add_bos, opt.max_length}, task.path);
+  });
+  detail::broadcast_vector(t.offset, comm);
+  detail::broadcast_vector(t.ids, comm);
+  detail::broadcast_vector(t.cont, comm);
   return t;
 }
 

@@ -31,6 +31,7 @@
 #include "scalpel/text/calibration.hpp"
 #include "scalpel/text/eval_text.hpp"
 #include "scalpel/text/tokenizer.hpp"
+#include "root_work.hpp"
 
 namespace fs = std::filesystem;
 
@@ -309,8 +310,9 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   // The plan's memory model decides before any work whether the job fits (the same check as
   // `scalpel plan`, which prints the terms).
   if (cfg.parallel.memory_gb > 0) check_plan_fits(plan_of_job(cfg, world.size()), cfg);
-  // A typo in the evaluation settings must not surface only after hours of pruning.
-  check_eval_inputs(cfg, spec);
+  // A typo in the evaluation settings must not surface only after hours of pruning. Rank 0, which
+  // reads those files at the end, checks them.
+  detail::on_root(world, [&] { check_eval_inputs(cfg, spec); });
 
   // Calibration windows (every rank tokenizes the text: cheaper than shipping the ids around).
   auto tok = make_tokenizer(cfg);

@@ -149,13 +149,9 @@ void Model::head_targets(const Tensor& x, std::int64_t seqlen, std::int64_t b, s
   be_.nll(logits, targets, nll, is_argmax);
 }
 
-Tensor Model::hidden(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
-                     const std::function<void()>& after_layer) {
+Tensor Model::hidden(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen) {
   Tensor x = embed(ids, batch, seqlen);
-  for (std::int64_t l = 0; l < spec_.layers; ++l) {
-    layer_forward(l, x, batch, seqlen);
-    if (after_layer) after_layer();
-  }
+  for (std::int64_t l = 0; l < spec_.layers; ++l) layer_forward(l, x, batch, seqlen);
   return x;
 }
 

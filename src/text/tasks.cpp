@@ -253,14 +253,32 @@ TaskDoc doc_mc(const Item& it) {
 
 using DocFn = TaskDoc (*)(const Item&);
 
+// Every preset with the function that turns its items into requests, in the README's order.
+struct PresetEntry {
+  TaskPreset preset;
+  DocFn doc;
+};
+
+const std::vector<PresetEntry>& preset_table() {
+  using O = TaskOutput;
+  static const std::vector<PresetEntry> table{
+      {{"piqa", O::multiple_choice, {"acc", "acc_norm"}}, doc_piqa},
+      {{"hellaswag", O::multiple_choice, {"acc", "acc_norm"}}, doc_hellaswag},
+      {{"arc_easy", O::multiple_choice, {"acc", "acc_norm"}}, doc_arc},
+      {{"arc_challenge", O::multiple_choice, {"acc", "acc_norm"}}, doc_arc},
+      {{"winogrande", O::multiple_choice, {"acc"}}, doc_winogrande},
+      {{"boolq", O::multiple_choice, {"acc"}}, doc_boolq},
+      {{"rte", O::multiple_choice, {"acc"}}, doc_rte},
+      {{"openbookqa", O::multiple_choice, {"acc", "acc_norm"}}, doc_openbookqa},
+      {{"copa", O::multiple_choice, {"acc"}}, doc_copa},
+      {{"lambada", O::loglikelihood, {"perplexity", "acc"}}, doc_lambada},
+      {{"mc", O::multiple_choice, {"acc", "acc_norm"}}, doc_mc}};
+  return table;
+}
+
 DocFn doc_function(const std::string& preset) {
-  static const std::vector<std::pair<std::string, DocFn>> fns{
-      {"piqa", doc_piqa},           {"hellaswag", doc_hellaswag}, {"arc_easy", doc_arc},
-      {"arc_challenge", doc_arc},   {"winogrande", doc_winogrande}, {"boolq", doc_boolq},
-      {"rte", doc_rte},             {"openbookqa", doc_openbookqa}, {"copa", doc_copa},
-      {"lambada", doc_lambada},     {"mc", doc_mc}};
-  for (const auto& [name, fn] : fns)
-    if (name == preset) return fn;
+  for (const auto& e : preset_table())
+    if (e.preset.name == preset) return e.doc;
   SCALPEL_CHECK(false, "no document function for preset {}", preset);
 }
 
@@ -317,19 +335,11 @@ std::size_t code_points(const std::string& s) {
 }  // namespace
 
 const std::vector<TaskPreset>& task_presets() {
-  using O = TaskOutput;
-  static const std::vector<TaskPreset> presets{
-      {"piqa", O::multiple_choice, {"acc", "acc_norm"}, "baber/piqa, validation"},
-      {"hellaswag", O::multiple_choice, {"acc", "acc_norm"}, "Rowan/hellaswag, validation"},
-      {"arc_easy", O::multiple_choice, {"acc", "acc_norm"}, "allenai/ai2_arc ARC-Easy, test"},
-      {"arc_challenge", O::multiple_choice, {"acc", "acc_norm"}, "allenai/ai2_arc ARC-Challenge, test"},
-      {"winogrande", O::multiple_choice, {"acc"}, "allenai/winogrande winogrande_xl, validation"},
-      {"boolq", O::multiple_choice, {"acc"}, "aps/super_glue boolq, validation"},
-      {"rte", O::multiple_choice, {"acc"}, "nyu-mll/glue rte, validation"},
-      {"openbookqa", O::multiple_choice, {"acc", "acc_norm"}, "allenai/openbookqa main, test"},
-      {"copa", O::multiple_choice, {"acc"}, "aps/super_glue copa, validation"},
-      {"lambada", O::loglikelihood, {"perplexity", "acc"}, "EleutherAI/lambada_openai, test"},
-      {"mc", O::multiple_choice, {"acc", "acc_norm"}, "any file of {context, choices, label} items"}};
+  static const std::vector<TaskPreset> presets = [] {
+    std::vector<TaskPreset> out;
+    for (const auto& e : preset_table()) out.push_back(e.preset);
+    return out;
+  }();
   return presets;
 }
 

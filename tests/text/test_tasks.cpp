@@ -104,8 +104,11 @@ TEST(TaskPresets, LambadaAndMc) {
   EXPECT_EQ(one("lambada", R"({"text": "Alone"})").requests.at(0), (Req{"", " Alone"}));
   const auto m = one("mc", R"({"context": "Two plus two is", "choices": ["four", "five"], "label": 0})");
   EXPECT_EQ(m.requests, (std::vector<Req>{{"Two plus two is", " four"}, {"Two plus two is", " five"}}));
-  EXPECT_EQ(docs_of("mc", "\n" + std::string(R"({"context": "a", "choices": ["b"], "label": 0})") + "\n\n" +
-                             R"({"context": "c", "choices": ["d"], "label": 0})" + "\r\n", 1).size(), 1u);
+  // Blank lines skipped, CRLF accepted, max_items honoured.
+  const char* two = "\n{\"context\": \"a\", \"choices\": [\"b\"], \"label\": 0}\n\n"
+                    "{\"context\": \"c\", \"choices\": [\"d\"], \"label\": 0}\r\n";
+  EXPECT_EQ(docs_of("mc", two).size(), 2u);
+  EXPECT_EQ(docs_of("mc", two, 1).size(), 1u);
 }
 
 TEST(TaskPresets, BadItemsNameFileLineAndField) {

@@ -77,9 +77,7 @@ class Model {
                     std::span<const std::int32_t> targets, std::span<double> nll,
                     std::span<std::uint8_t> is_argmax = {});
   // Embeddings and every decoder layer: the last layer's output [batch*seqlen, hidden].
-  // after_layer, when given, is called after each layer (progress, the watchdog).
-  Tensor hidden(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
-                const std::function<void()>& after_layer = {});
+  Tensor hidden(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen);
   // Whole forward: NLL of every predicted position of `batch` windows.
   void window_nll(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
                   std::span<double> out);

@@ -23,7 +23,6 @@ struct TaskPreset {
   std::string name;             // piqa, hellaswag, arc_easy, ..., lambada, mc
   TaskOutput output = TaskOutput::multiple_choice;
   std::vector<std::string> reported;  // the metrics the harness's task reports
-  std::string source;           // the dataset and split the harness reads, for messages and docs
 };
 
 // Every preset, in the order the README lists them.
