@@ -38,6 +38,31 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads) {
   return make_backend(device, o);
 }
 
+namespace {
+[[noreturn]] void no_backward(const Backend& be, const char* op) {
+  SCALPEL_INPUT_ERROR("the {} backend has no {} (gradients: LLM Surgeon); use device: cpu", be.name(), op);
+}
+}  // namespace
+
+void Backend::layer_norm_backward(const Tensor&, const Tensor*, float, const Tensor&, Tensor&) {
+  no_backward(*this, "layer_norm_backward");
+}
+void Backend::rms_norm_backward(const Tensor&, const Tensor&, float, const Tensor&, Tensor&) {
+  no_backward(*this, "rms_norm_backward");
+}
+void Backend::relu_backward(const Tensor&, Tensor&) { no_backward(*this, "relu_backward"); }
+void Backend::gelu_backward(const Tensor&, Tensor&) { no_backward(*this, "gelu_backward"); }
+void Backend::silu_mul_backward(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&) {
+  no_backward(*this, "silu_mul_backward");
+}
+void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                 const AttentionShape&, Tensor&, Tensor&, Tensor&) {
+  no_backward(*this, "attention_backward");
+}
+void Backend::nll_backward(Tensor&, std::span<const std::int32_t>, float, std::span<double>) {
+  no_backward(*this, "nll_backward");
+}
+
 Tensor clone_on(Backend& be, const Tensor& t) {
   Tensor out = be.empty(t.shape(), t.dtype());
   be.copy(t, out);

@@ -43,7 +43,9 @@ RopeTables make_rope_tables(Backend& be, const ModelSpec& spec, std::int64_t seq
       s.f32()[p * hd + i] = s.f32()[p * hd + i + half] = std::sin(f);
     }
   }
-  return {be.upload(c), be.upload(s)};
+  Tensor ns = s.clone();
+  for (std::int64_t i = 0; i < ns.numel(); ++i) ns.f32()[i] = -ns.f32()[i];
+  return {be.upload(c), be.upload(s), be.upload(ns)};
 }
 
 namespace {
@@ -112,6 +114,7 @@ void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeight
     cache->attn = attn;
   }
   be.add(x, o);
+  if (cache && !spec.pre_norm) cache->res1 = clone_on(be, x);
   if (!spec.pre_norm) norm(ln1, x, x);
   if (cache) cache->x_mid = clone_on(be, x);
 
@@ -147,6 +150,7 @@ void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeight
   }
   if (cache) cache->norm2 = h2;
   be.add(x, y);
+  if (cache && !spec.pre_norm) cache->res2 = clone_on(be, x);
   if (!spec.pre_norm) norm(ln2, x, x);
 }
 

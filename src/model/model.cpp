@@ -161,3 +161,72 @@ void Model::window_nll(std::span<const std::int32_t> ids, std::int64_t batch, st
 }
 
 }  // namespace scalpel::model
+
+namespace scalpel::model {
+
+void Model::final_backward(const Tensor& rows, const Tensor& dlogits, Tensor& dx) {
+  const auto n = rows.size(0), d = spec_.hidden, e = spec_.word_embed_proj_dim;
+  Tensor dh = be_.empty({n, e});
+  be_.gemm(Trans::no, Trans::no, 1.0f, dlogits, lm_head_, 0.0f, dh);  // logits = h·lm_headᵀ
+  if (e != d) {
+    Tensor dhd = be_.empty({n, d});
+    be_.gemm(Trans::no, Trans::no, 1.0f, dh, project_out_, 0.0f, dhd);
+    dh = dhd;
+  }
+  if (!spec_.final_norm) {
+    be_.copy(dh, dx);
+  } else if (spec_.family == Family::opt) {
+    be_.layer_norm_backward(rows, final_w_.defined() ? &final_w_ : nullptr, static_cast<float>(spec_.norm_eps), dh,
+                            dx);
+  } else {
+    be_.rms_norm_backward(rows, final_w_, static_cast<float>(spec_.norm_eps), dh, dx);
+  }
+}
+
+std::vector<double> Model::backward(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
+                                    const BackwardTaps& taps) {
+  SCALPEL_CHECK(seqlen >= 2, "a backward pass needs windows of at least 2 tokens, got {}", seqlen);
+  const auto L = spec_.layers, d = spec_.hidden, V = spec_.vocab_size;
+  // Forward, keeping each layer's input.
+  std::vector<Tensor> inputs;
+  Tensor x = embed(ids, batch, seqlen);
+  for (std::int64_t l = 0; l < L; ++l) {
+    inputs.push_back(clone_on(be_, x));
+    layer_forward(l, x, batch, seqlen);
+  }
+  // The head, one window at a time: dL/dx of the last layer's output, L = Σ_b mean_t nll.
+  Tensor dx = be_.empty({batch * seqlen, d});
+  Tensor logits = be_.empty({seqlen, V});
+  std::vector<double> losses(static_cast<std::size_t>(batch));
+  std::vector<std::int32_t> targets(static_cast<std::size_t>(seqlen), -1);
+  std::vector<double> row_loss(static_cast<std::size_t>(seqlen));
+  for (std::int64_t b = 0; b < batch; ++b) {
+    std::copy(ids.begin() + b * seqlen + 1, ids.begin() + (b + 1) * seqlen, targets.begin());
+    const Tensor rows = x.slice_rows(b * seqlen, (b + 1) * seqlen);
+    final_logits(rows, logits);
+    be_.nll_backward(logits, targets, 1.0f / static_cast<float>(seqlen - 1), row_loss);
+    double sum = 0;
+    for (const double v : row_loss) sum += v;
+    losses[static_cast<std::size_t>(b)] = sum / static_cast<double>(seqlen - 1);
+    Tensor dxb = dx.slice_rows(b * seqlen, (b + 1) * seqlen);
+    final_backward(rows, logits, dxb);
+  }
+  // Layers in reverse: recompute the forward with its cache, then the backward.
+  for (std::int64_t l = L - 1; l >= 0; --l) {
+    LinearTap in_tap;
+    if (taps.input) in_tap = [&](int g, const std::vector<std::string>& names, const Tensor& xin) {
+      taps.input(l, g, names, xin);
+    };
+    GradTap g_tap;
+    if (taps.grad) g_tap = [&](const std::string& name, const Tensor& g) { taps.grad(l, name, g); };
+    LayerCache cache;
+    auto w = layer_weights(l);
+    decoder_layer_forward(be_, spec_, *w, inputs[static_cast<std::size_t>(l)], batch, seqlen, rope(seqlen), &in_tap,
+                          &cache);
+    inputs[static_cast<std::size_t>(l)] = Tensor();
+    decoder_layer_backward(be_, spec_, *w, cache, dx, batch, seqlen, rope(seqlen), &g_tap);
+  }
+  return losses;
+}
+
+}  // namespace scalpel::model

@@ -24,13 +24,22 @@ struct RefLayer {
 };
 
 // Random weights for every tensor a layer stores, scaled like a trained model's (std 1/sqrt(in)).
+// Offsets added to linears' outputs by name ("fc1"): the finite-difference probe of the
+// gradient tests (∂L/∂y of a linear is the derivative along an offset of y).
+using OutputOffsets = std::map<std::string, Vec>;
+
 // One decoder layer on x [B*T, hidden], in float64.
-inline Vec ref_forward(const ModelSpec& s, const RefLayer& L, Vec x, std::int64_t B, std::int64_t T) {
+inline Vec ref_forward(const ModelSpec& s, const RefLayer& L, Vec x, std::int64_t B, std::int64_t T,
+                       const OutputOffsets* offsets = nullptr) {
   const auto n = B * T, d = s.hidden;
   const bool opt = s.family == Family::opt;
   auto lin = [&](const std::string& name, const Vec& in, std::int64_t in_dim, std::int64_t out_dim) {
     auto it = L.w.find(name + ".bias");
-    return ref_linear(in, L.w.at(name + ".weight"), it == L.w.end() ? nullptr : &it->second, n, in_dim, out_dim);
+    Vec y = ref_linear(in, L.w.at(name + ".weight"), it == L.w.end() ? nullptr : &it->second, n, in_dim, out_dim);
+    if (offsets)
+      if (auto o = offsets->find(name); o != offsets->end())
+        for (std::size_t i = 0; i < y.size(); ++i) y[i] += o->second[i];
+    return y;
   };
   auto norm = [&](const std::string& p, const Vec& in) {
     return opt ? ref_layer_norm(in, L.w.at(p + ".weight"), L.w.at(p + ".bias"), n, d, s.norm_eps)
@@ -118,7 +127,8 @@ struct RefScores {
   std::vector<bool> argmax;
 };
 
-inline RefScores ref_model_scores(const RefModel& m, const std::vector<std::int32_t>& ids, std::int64_t first = 0) {
+inline RefScores ref_model_scores(const RefModel& m, const std::vector<std::int32_t>& ids, std::int64_t first = 0,
+                                  std::int64_t offset_layer = -1, const OutputOffsets* offsets = nullptr) {
   const auto& s = m.spec;
   const auto T = static_cast<std::int64_t>(ids.size()), d = s.hidden, e = s.word_embed_proj_dim, V = s.vocab_size;
   Vec x(static_cast<std::size_t>(T * e));
@@ -128,7 +138,8 @@ inline RefScores ref_model_scores(const RefModel& m, const std::vector<std::int3
   if (s.family == Family::opt)
     for (std::int64_t t = 0; t < T; ++t)
       for (std::int64_t j = 0; j < d; ++j) x[t * d + j] += m.positions[(t + s.position_offset) * d + j];
-  for (const auto& L : m.layers) x = ref_forward(s, L, x, 1, T);
+  for (std::size_t l = 0; l < m.layers.size(); ++l)
+    x = ref_forward(s, m.layers[l], x, 1, T, static_cast<std::int64_t>(l) == offset_layer ? offsets : nullptr);
   if (s.final_norm) {
     if (s.family == Family::opt) {
       const Vec ones(static_cast<std::size_t>(d), 1.0), zeros(static_cast<std::size_t>(d), 0.0);
@@ -153,6 +164,16 @@ inline RefScores ref_model_scores(const RefModel& m, const std::vector<std::int3
     r.argmax.push_back(best == ids[t + 1]);
   }
   return r;
+}
+
+// A window's loss as LLM Surgeon takes it: the mean next-token NLL over its T - 1 predictions,
+// with optional offsets on the outputs of layer offset_layer's linears.
+inline double ref_window_loss(const RefModel& m, const std::vector<std::int32_t>& ids, std::int64_t offset_layer = -1,
+                              const OutputOffsets* offsets = nullptr) {
+  const auto r = ref_model_scores(m, ids, 0, offset_layer, offsets);
+  double sum = 0;
+  for (const double v : r.logp) sum -= v;
+  return sum / static_cast<double>(r.logp.size());
 }
 
 }  // namespace scalpel::test

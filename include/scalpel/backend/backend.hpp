@@ -114,6 +114,30 @@ class Backend {
   virtual void nll(const Tensor& logits, std::span<const std::int32_t> targets, std::span<double> out,
                    std::span<std::uint8_t> is_argmax = {}) = 0;
 
+  // ---- Backward (LLM Surgeon's gradients; optional). dy is the gradient of the loss with respect
+  // to an op's output; each writes the gradient with respect to its input. Weight gradients are
+  // never formed (the curvature needs only the gradients at the linears' outputs). ----
+
+  // dx for out = layer_norm(x, w, b) (w may be null); dx may alias dy.
+  virtual void layer_norm_backward(const Tensor& x, const Tensor* w, float eps, const Tensor& dy, Tensor& dx);
+  // dx for out = rms_norm(x, w); dx may alias dy.
+  virtual void rms_norm_backward(const Tensor& x, const Tensor& w, float eps, const Tensor& dy, Tensor& dx);
+  // dy *= relu'(pre) or gelu'(pre) (tanh approximation), pre the activation's input.
+  virtual void relu_backward(const Tensor& pre, Tensor& dy);
+  virtual void gelu_backward(const Tensor& pre, Tensor& dy);
+  // For out = silu(gate) * up: dgate and dup from dout.
+  virtual void silu_mul_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
+                                 Tensor& dup);
+  // For attention(q, k, v, s, out, probs): dq, dk, dv from dout and the probs it kept (GQA: a kv
+  // head's gradient sums over the query heads sharing it).
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
+                                  const Tensor& dout, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv);
+  // Cross-entropy's gradient in place: logits [n, V] become scale * (softmax(row) - onehot(target))
+  // per row; a row whose target is negative (a position that predicts nothing) becomes 0. loss[i]
+  // receives the row's NLL (0 for those rows), in float64.
+  virtual void nll_backward(Tensor& logits, std::span<const std::int32_t> targets, float scale,
+                            std::span<double> loss);
+
   // ---- Pruning (SparseGPT, Wanda, magnitude). Masks are DType::u8 tensors, 1 = kept. ----
 
   // Cholesky factorisation in place of a symmetric positive definite a [n, n]: upper (a = UᵀU) or

@@ -38,14 +38,21 @@ struct LayerWeights {
 // before they run: the hook through which pruners collect statistics.
 using LinearTap = std::function<void(int input_group, const std::vector<std::string>& linears, const Tensor& x)>;
 
-// Intermediates a backward pass needs (filled only when a cache is passed to forward).
+// Intermediates a backward pass needs (filled only when a cache is passed to forward). q and k
+// are kept as attention saw them (after OPT's scaling, after RoPE); res1 and res2 are the
+// residual sums before a post-LayerNorm (OPT-350m), undefined for pre-norm models.
 struct LayerCache {
-  Tensor x_in, norm1, q, k, v, probs, attn, x_mid, norm2, ffn_pre, ffn_up, ffn_act;
+  Tensor x_in, norm1, q, k, v, probs, attn, x_mid, norm2, ffn_pre, ffn_up, ffn_act, res1, res2;
 };
 
-// Tables for rotary embeddings, computed as Hugging Face does in fp32.
+// Called during a backward pass with the gradient of the loss with respect to a linear's output
+// y = x·Wᵀ + b ([batch*seqlen, out]); `linear` is its relative name ("fc1").
+using GradTap = std::function<void(const std::string& linear, const Tensor& g)>;
+
+// Tables for rotary embeddings, computed as Hugging Face does in fp32; neg_sin = -sin turns the
+// rotation into its transpose (the backward of RoPE).
 struct RopeTables {
-  Tensor cos, sin;  // [seqlen, head_dim] on the backend
+  Tensor cos, sin, neg_sin;  // [seqlen, head_dim] on the backend
 };
 RopeTables make_rope_tables(Backend& be, const ModelSpec& spec, std::int64_t seqlen);
 
@@ -53,6 +60,20 @@ RopeTables make_rope_tables(Backend& be, const ModelSpec& spec, std::int64_t seq
 void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeights& w, Tensor& x,
                            std::int64_t batch, std::int64_t seqlen, const RopeTables* rope,
                            const LinearTap* tap = nullptr, LayerCache* cache = nullptr);
+
+// One decoder layer, backward: dx holds dL/d(layer output) and becomes dL/d(layer input), from
+// the cache decoder_layer_forward filled for the same input. `tap` sees every linear's output
+// gradient (q, k, v first to last in reverse order of the forward). No weight gradient is formed.
+void decoder_layer_backward(Backend& be, const ModelSpec& spec, const LayerWeights& w, const LayerCache& cache,
+                            Tensor& dx, std::int64_t batch, std::int64_t seqlen, const RopeTables* rope,
+                            const GradTap* tap = nullptr);
+
+// What Model::backward reports to its callers, per layer: the inputs of each group of linears
+// (as LinearTap) and each linear's output gradient (as GradTap).
+struct BackwardTaps {
+  std::function<void(std::int64_t layer, int group, const std::vector<std::string>& linears, const Tensor& x)> input;
+  std::function<void(std::int64_t layer, const std::string& linear, const Tensor& g)> grad;
+};
 
 class Model {
  public:
@@ -82,6 +103,15 @@ class Model {
   void window_nll(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
                   std::span<double> out);
 
+  // LLM Surgeon's pass over `batch` windows: the loss of each window is its mean next-token
+  // cross-entropy over its seqlen - 1 predictions (the reference's per-window loss), and
+  // gradients flow from their sum. Memory: each layer's input is kept ([batch*seqlen, hidden] per
+  // layer); each layer's forward is recomputed with its cache just before its backward, so one
+  // layer's intermediates live at a time (two forwards and one backward in all). taps.input sees
+  // the recomputed forward's inputs, taps.grad the output gradients. Returns the windows' losses.
+  std::vector<double> backward(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
+                               const BackwardTaps& taps);
+
   // The layer's weights on the device (from the cache, or read now).
   std::shared_ptr<const LayerWeights> layer_weights(std::int64_t layer);
   // Replaces a layer's weights (the pruners hand back pruned layers this way).
@@ -91,6 +121,8 @@ class Model {
   Tensor load(const std::string& name, const Shape& expect);
   // Final norm, project_out and LM head of hidden rows [n, hidden] -> logits [n, vocab].
   void final_logits(const Tensor& rows, Tensor& logits);
+  // From dlogits of rows [n, vocab], the gradient at those rows of the last layer's output.
+  void final_backward(const Tensor& rows, const Tensor& dlogits, Tensor& dx);
   const RopeTables* rope(std::int64_t seqlen);
 
   ModelSpec spec_;

@@ -20,6 +20,7 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/float_order.hpp"
 #include "../op_checks.hpp"
+#include "cpu_backward.hpp"
 #include "cpu_factor.hpp"
 #include "det_blas.hpp"
 
@@ -473,6 +474,28 @@ class CpuBackend final : public Backend {
       }
     }
   }
+  // ---- Backward (cpu_backward.cpp) ----
+  void layer_norm_backward(const Tensor& x, const Tensor* w, float eps, const Tensor& dy, Tensor& dx) override {
+    cpu::layer_norm_backward(x, w, eps, dy, dx);
+  }
+  void rms_norm_backward(const Tensor& x, const Tensor& w, float eps, const Tensor& dy, Tensor& dx) override {
+    cpu::rms_norm_backward(x, w, eps, dy, dx);
+  }
+  void relu_backward(const Tensor& pre, Tensor& dy) override { cpu::relu_backward(pre, dy); }
+  void gelu_backward(const Tensor& pre, Tensor& dy) override { cpu::gelu_backward(pre, dy); }
+  void silu_mul_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
+                         Tensor& dup) override {
+    cpu::silu_mul_backward(gate, up, dout, dgate, dup);
+  }
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& dout,
+                          const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv) override {
+    cpu::attention_backward(q, k, v, probs, dout, s, dq, dk, dv);
+  }
+  void nll_backward(Tensor& logits, std::span<const std::int32_t> targets, float scale,
+                    std::span<double> loss) override {
+    cpu::nll_backward(logits, targets, scale, loss);
+  }
+
   // ---- Pruning ops ----
 
   bool cholesky(Tensor& a, bool upper) override {

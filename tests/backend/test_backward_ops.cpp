@@ -1,0 +1,154 @@
+// The backward ops (LLM Surgeon's gradients) of every backend against float64 central
+// differences of the float64 reference forwards (tests/common/reference.hpp): each op's input
+// gradient for a random output cotangent r, i.e. ∂<r, f(x)>/∂x. Tolerance Tol::f32_deep (1e-4,
+// relative Frobenius): the fp32 backward's rounding is ~1e-6 over these short rows, the finite
+// differences' error ~1e-10 (finite_diff.hpp); a wrong term in a derivative is off by O(1).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "../common/backends.hpp"
+#include "../common/finite_diff.hpp"
+#include "../common/reference.hpp"
+
+namespace scalpel::test {
+namespace {
+
+class BackwardOps : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { SCALPEL_BACKEND_OR_SKIP(be, GetParam(), 2); }
+  Tensor up(const Vec& v, Shape s) { return be->upload(to_tensor(v, std::move(s))); }
+  Vec down(const Tensor& t) { return to_vec(be->download(t)); }
+  std::unique_ptr<Backend> be;
+};
+
+TEST_P(BackwardOps, LayerNormWithAndWithoutAffine) {
+  const std::int64_t n = 5, d = 24;
+  const Vec x = random_vec(n * d, 1, 2.0), w = random_vec(d, 2), b = random_vec(d, 3), r = random_vec(n * d, 4);
+  const Vec ones(d, 1.0), zeros(d, 0.0);
+  for (const bool affine : {true, false}) {
+    const auto f = [&](const Vec& in) { return ref_layer_norm(in, affine ? w : ones, affine ? b : zeros, n, d, 1e-5); };
+    Tensor tw = up(w, {d}), tdx = be->empty({n, d});
+    be->layer_norm_backward(up(x, {n, d}), affine ? &tw : nullptr, 1e-5f, up(r, {n, d}), tdx);
+    SCOPED_TRACE(affine ? "affine" : "no affine");
+    EXPECT_REL_NEAR(down(tdx), fd_gradient(f, x, r), Tol::f32_deep);
+  }
+}
+
+TEST_P(BackwardOps, RmsNormInPlace) {
+  const std::int64_t n = 4, d = 32;
+  const Vec x = random_vec(n * d, 5, 1.5), w = random_vec(d, 6), r = random_vec(n * d, 7);
+  Tensor dy = up(r, {n, d});
+  be->rms_norm_backward(up(x, {n, d}), up(w, {d}), 1e-6f, dy, dy);  // dx aliases dy
+  EXPECT_REL_NEAR(down(dy), fd_gradient([&](const Vec& in) { return ref_rms_norm(in, w, n, d, 1e-6); }, x, r),
+                  Tol::f32_deep);
+}
+
+TEST_P(BackwardOps, Activations) {
+  const std::int64_t n = 64;
+  Vec x = random_vec(n, 8, 2.0);
+  for (auto& v : x)
+    if (std::abs(v) < 1e-3) v = 0.5;  // relu has no derivative at 0
+  const Vec r = random_vec(n, 9);
+  const double c = std::sqrt(2.0 / M_PI);
+  const auto gelu = [&](const Vec& in) {
+    Vec o(in.size());
+    for (std::size_t i = 0; i < in.size(); ++i)
+      o[i] = 0.5 * in[i] * (1 + std::tanh(c * (in[i] + 0.044715 * in[i] * in[i] * in[i])));
+    return o;
+  };
+  const auto relu = [](const Vec& in) {
+    Vec o(in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) o[i] = std::max(0.0, in[i]);
+    return o;
+  };
+  Tensor g1 = up(r, {n}), g2 = up(r, {n});
+  be->gelu_backward(up(x, {n}), g1);
+  be->relu_backward(up(x, {n}), g2);
+  EXPECT_REL_NEAR(down(g1), fd_gradient(gelu, x, r), Tol::f32_deep);
+  EXPECT_REL_NEAR(down(g2), fd_gradient(relu, x, r), Tol::f32_deep);
+}
+
+TEST_P(BackwardOps, SiluMul) {
+  const std::int64_t n = 48;
+  const Vec g = random_vec(n, 10, 3.0), u = random_vec(n, 11), r = random_vec(n, 12);
+  const auto f = [](const Vec& gate, const Vec& upv) {
+    Vec o(gate.size());
+    for (std::size_t i = 0; i < o.size(); ++i) o[i] = gate[i] / (1 + std::exp(-gate[i])) * upv[i];
+    return o;
+  };
+  Tensor dg = be->empty({n}), du = be->empty({n});
+  be->silu_mul_backward(up(g, {n}), up(u, {n}), up(r, {n}), dg, du);
+  EXPECT_REL_NEAR(down(dg), fd_gradient([&](const Vec& in) { return f(in, u); }, g, r), Tol::f32_deep);
+  EXPECT_REL_NEAR(down(du), fd_gradient([&](const Vec& in) { return f(g, in); }, u, r), Tol::f32_deep);
+}
+
+// Grouped-query attention (4 query heads on 2 kv heads), two sequences, a scale != 1.
+TEST_P(BackwardOps, AttentionGqa) {
+  const std::int64_t B = 2, T = 7, H = 4, KV = 2, hd = 6;
+  const double scale = 0.4;
+  const Vec q = random_vec(B * T * H * hd, 13), k = random_vec(B * T * KV * hd, 14), v = random_vec(B * T * KV * hd, 15);
+  const Vec r = random_vec(B * T * H * hd, 16);
+  const AttentionShape s{B, T, H, KV, hd, static_cast<float>(scale)};
+  Tensor tq = up(q, {B * T, H * hd}), tk = up(k, {B * T, KV * hd}), tv = up(v, {B * T, KV * hd});
+  Tensor out = be->empty({B * T, H * hd}), probs = be->empty({B, H, T, T});
+  be->attention(tq, tk, tv, s, out, &probs);
+  Tensor dq = be->empty({B * T, H * hd}), dk = be->empty({B * T, KV * hd}), dv = be->empty({B * T, KV * hd});
+  be->attention_backward(tq, tk, tv, probs, up(r, {B * T, H * hd}), s, dq, dk, dv);
+  const auto att = [&](const Vec& a, const Vec& b, const Vec& c) { return ref_attention(a, b, c, B, T, H, KV, hd, scale); };
+  EXPECT_REL_NEAR(down(dq), fd_gradient([&](const Vec& in) { return att(in, k, v); }, q, r), Tol::f32_deep);
+  EXPECT_REL_NEAR(down(dk), fd_gradient([&](const Vec& in) { return att(q, in, v); }, k, r), Tol::f32_deep);
+  EXPECT_REL_NEAR(down(dv), fd_gradient([&](const Vec& in) { return att(q, k, in); }, v, r), Tol::f32_deep);
+}
+
+// RoPE's backward is the rotation by -θ: the rope op with the sine table negated.
+TEST_P(BackwardOps, RopeWithNegatedSineIsTheTranspose) {
+  const std::int64_t T = 5, heads = 2, hd = 8, rows = 2 * T;
+  const double theta = 500.0;
+  const Vec x = random_vec(rows * heads * hd, 17), r = random_vec(rows * heads * hd, 18);
+  Vec c(T * hd), s(T * hd), ns(T * hd);
+  for (std::int64_t p = 0; p < T; ++p)
+    for (std::int64_t i = 0; i < hd; ++i) {
+      const double f = p / std::pow(theta, 2.0 * (i % (hd / 2)) / hd);
+      c[p * hd + i] = std::cos(f);
+      s[p * hd + i] = std::sin(f);
+      ns[p * hd + i] = -s[p * hd + i];
+    }
+  Tensor g = up(r, {rows, heads * hd});
+  be->rope(g, T, heads, hd, up(c, {T, hd}), up(ns, {T, hd}));
+  const auto f = [&](const Vec& in) {
+    Vec o = in;
+    ref_rope(o, rows, T, heads, hd, theta);
+    return o;
+  };
+  EXPECT_REL_NEAR(down(g), fd_gradient(f, x, r), Tol::f32_deep);
+}
+
+TEST_P(BackwardOps, CrossEntropyGradientAndLoss) {
+  const std::int64_t n = 4, V = 300;
+  const Vec z = random_vec(n * V, 19, 3.0);
+  const std::vector<std::int32_t> t{5, -1, 299, 0};
+  const float scale = 0.25f;
+  const auto loss = [&](const Vec& in) {
+    double L = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (t[i] < 0) continue;
+      double m = -1e300, zs = 0;
+      for (std::int64_t j = 0; j < V; ++j) m = std::max(m, in[i * V + j]);
+      for (std::int64_t j = 0; j < V; ++j) zs += std::exp(in[i * V + j] - m);
+      L += m + std::log(zs) - in[i * V + t[i]];
+    }
+    return Vec{L * scale};
+  };
+  Tensor g = up(z, {n, V});
+  std::vector<double> rows(n);
+  be->nll_backward(g, t, scale, rows);
+  EXPECT_REL_NEAR(down(g), fd_gradient(loss, z, Vec{1.0}), Tol::f32_deep);
+  EXPECT_EQ(rows[1], 0.0);
+  EXPECT_NEAR((rows[0] + rows[2] + rows[3]) * scale, loss(z)[0], 1e-5 * loss(z)[0]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BackwardOps, ::testing::ValuesIn(test_backends()));
+
+}  // namespace
+}  // namespace scalpel::test
