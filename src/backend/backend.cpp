@@ -40,7 +40,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads) {
 
 namespace {
 [[noreturn]] void no_backward(const Backend& be, const char* op) {
-  SCALPEL_INPUT_ERROR("the {} backend has no {} (gradients: LLM Surgeon); use device: cpu", be.name(), op);
+  SCALPEL_INPUT_ERROR("the {} backend has no {} yet (LLM Surgeon); use device: cpu", be.name(), op);
 }
 }  // namespace
 
@@ -59,6 +59,8 @@ void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, co
                                  const AttentionShape&, Tensor&, Tensor&, Tensor&) {
   no_backward(*this, "attention_backward");
 }
+bool Backend::spd_inverse_f64(Tensor&) { no_backward(*this, "spd_inverse_f64"); }
+bool Backend::spd_solve(Tensor&, Tensor&) { no_backward(*this, "spd_solve"); }
 void Backend::nll_backward(Tensor&, std::span<const std::int32_t>, float, std::span<double>) {
   no_backward(*this, "nll_backward");
 }

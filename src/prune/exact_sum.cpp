@@ -132,23 +132,42 @@ double ExactSum::value(std::size_t i) const {
   return std::ldexp(static_cast<double>(total), (top_ - (kK - 1)) * kW - kOffset);
 }
 
+namespace {
+template <class T>
+void symmetric_from_upper(const ExactSum& e, T* out, std::int64_t d, double scale,
+                          double (*value)(const ExactSum&, std::size_t)) {
+  SCALPEL_CHECK(static_cast<std::size_t>(d * (d + 1) / 2) == e.size(), "ExactSum of {} entries: upper triangle of {}",
+                e.size(), d);
+#pragma omp parallel for schedule(dynamic, 16)
+  for (std::int64_t i = 0; i < d; ++i) {
+    const std::size_t base = static_cast<std::size_t>(i * d - i * (i - 1) / 2);
+    for (std::int64_t j = i; j < d; ++j) {
+      const T v = static_cast<T>(value(e, base + static_cast<std::size_t>(j - i)) * scale);
+      out[i * d + j] = v;
+      out[j * d + i] = v;
+    }
+  }
+}
+}  // namespace
+
+double ExactSum::entry(const ExactSum& e, std::size_t i) { return e.value(i); }
+
 void ExactSum::result(float* out, double scale) const {
 #pragma omp parallel for schedule(static)
   for (std::size_t i = 0; i < n_; ++i) out[i] = static_cast<float>(value(i) * scale);
 }
 
+void ExactSum::result(double* out, double scale) const {
+#pragma omp parallel for schedule(static)
+  for (std::size_t i = 0; i < n_; ++i) out[i] = value(i) * scale;
+}
+
 void ExactSum::result_symmetric(float* out, std::int64_t d, double scale) const {
-  SCALPEL_CHECK(static_cast<std::size_t>(d * (d + 1) / 2) == n_, "ExactSum of {} entries: upper triangle of {}", n_,
-                d);
-#pragma omp parallel for schedule(dynamic, 16)
-  for (std::int64_t i = 0; i < d; ++i) {
-    const std::size_t base = static_cast<std::size_t>(i * d - i * (i - 1) / 2);
-    for (std::int64_t j = i; j < d; ++j) {
-      const float v = static_cast<float>(value(base + static_cast<std::size_t>(j - i)) * scale);
-      out[i * d + j] = v;
-      out[j * d + i] = v;
-    }
-  }
+  symmetric_from_upper(*this, out, d, scale, &ExactSum::entry);
+}
+
+void ExactSum::result_symmetric(double* out, std::int64_t d, double scale) const {
+  symmetric_from_upper(*this, out, d, scale, &ExactSum::entry);
 }
 
 }  // namespace scalpel::prune

@@ -6,10 +6,6 @@
 
 namespace scalpel::prune {
 
-namespace {
-
-// Sums a float64 tensor over the group: in place on the device with the communicator's device
-// collectives (NCCL) where it has them, else through host memory.
 void allreduce_f64(Backend& be, dist::Comm& group, Tensor& acc) {
   if (group.size() == 1) return;
   const auto n = static_cast<std::size_t>(acc.numel());
@@ -24,8 +20,6 @@ void allreduce_f64(Backend& be, dist::Comm& group, Tensor& acc) {
     acc = be.upload_exact(host);
   }
 }
-
-}  // namespace
 
 InputStats::InputStats(Backend& be, std::int64_t cols, StatsKinds kinds, std::string name, Accumulation mode,
                        std::int64_t total_sequences)

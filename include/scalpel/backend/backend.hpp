@@ -138,6 +138,16 @@ class Backend {
   virtual void nll_backward(Tensor& logits, std::span<const std::int32_t> targets, float scale,
                             std::span<double> loss);
 
+  // ---- LLM Surgeon's linear algebra (optional) ----
+
+  // In place, the inverse of a symmetric positive definite f64 a [n, n] by Cholesky in float64
+  // (both triangles filled). Returns false (a then undefined) when a is not numerically positive
+  // definite. Bitwise the same at any thread count.
+  virtual bool spd_inverse_f64(Tensor& a);
+  // b [n, k] becomes a⁻¹ b for a symmetric positive definite f32 a [n, n] (overwritten by its
+  // Cholesky factor), in fp32. Returns false when a is not numerically positive definite.
+  virtual bool spd_solve(Tensor& a, Tensor& b);
+
   // ---- Pruning (SparseGPT, Wanda, magnitude). Masks are DType::u8 tensors, 1 = kept. ----
 
   // Cholesky factorisation in place of a symmetric positive definite a [n, n]: upper (a = UᵀU) or

@@ -32,8 +32,12 @@ class ExactSum {
   void result(float* out, double scale) const;
   // Both triangles of the d x d matrix whose upper triangle was added with add_upper.
   void result_symmetric(float* out, std::int64_t d, double scale) const;
+  // The same, rounded once to double (out[i] = sum[i] * scale).
+  void result(double* out, double scale) const;
+  void result_symmetric(double* out, std::int64_t d, double scale) const;
 
  private:
+  static double entry(const ExactSum& e, std::size_t i);  // value(i), for the result helpers
   void raise_top(int top);
   double value(std::size_t i) const;
   std::size_t n_;

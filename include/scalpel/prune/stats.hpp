@@ -31,6 +31,10 @@ struct StatsKinds {
 //           (`determinism: strict`).
 enum class Accumulation { running, sum, exact };
 
+// Sums a float64 tensor over the group in place: on the device with the communicator's device
+// collectives (NCCL) where it has them, else through host memory.
+void allreduce_f64(Backend& be, dist::Comm& group, Tensor& acc);
+
 class InputStats {
  public:
   // `name` names the input in errors ("layer 3 self_attn.q_proj/k_proj/v_proj"). total_sequences

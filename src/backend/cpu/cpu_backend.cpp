@@ -231,7 +231,7 @@ class CpuBackend final : public Backend {
     check_2d(c, "gemm C");
     const auto [m, n, k] = op_checks::gemm(ta, tb, a, b, c);
     if (m == 0 || n == 0) return;
-    cpu::det_sgemm(ta == Trans::yes, tb == Trans::yes, m, n, k, alpha, a.f32(), a.size(1), b.f32(), b.size(1), beta,
+    cpu::det_gemm<float>(ta == Trans::yes, tb == Trans::yes, m, n, k, alpha, a.f32(), a.size(1), b.f32(), b.size(1), beta,
                    c.f32(), c.size(1));
   }
 
@@ -259,7 +259,7 @@ class CpuBackend final : public Backend {
     op_checks::syrk(x, h);
     const auto n = x.size(0), d = x.size(1);
     float* hp = h.f32();
-    cpu::det_syrk_upper_t(d, n, alpha, x.f32(), d, beta, hp, d);
+    cpu::det_syrk_upper_t<float>(d, n, alpha, x.f32(), d, beta, hp, d);
     // Mirror the upper triangle so consumers may read either (in cache-sized tiles).
     mirror_triangle(hp, d, /*from_upper=*/true);
   }
@@ -496,6 +496,44 @@ class CpuBackend final : public Backend {
     cpu::nll_backward(logits, targets, scale, loss);
   }
 
+  // ---- LLM Surgeon's linear algebra ----
+  bool spd_inverse_f64(Tensor& a) override {
+    SCALPEL_CHECK(a.dim() == 2 && a.size(0) == a.size(1) && a.dtype() == DType::f64 && a.device() == Device::cpu,
+                  "spd_inverse_f64 of {} {}", dtype_name(a.dtype()), shape_str(a.shape()));
+    const auto n = a.size(0);
+    if (n == 0) return true;
+    double* p = a.f64();
+    if (!cpu::potrf_lower<double>(p, n, n)) return false;
+    cpu::trtri_lower<double>(p, n, n);  // X = L⁻¹, lower
+    for (std::int64_t i = 0; i < n; ++i) std::fill(p + i * n + i + 1, p + (i + 1) * n, 0.0);
+    std::vector<double> inv(static_cast<std::size_t>(n * n));
+    cpu::det_syrk_upper_t<double>(n, n, 1.0, p, n, 0.0, inv.data(), n);  // a⁻¹ = XᵀX
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = i; j < n; ++j) p[i * n + j] = p[j * n + i] = inv[static_cast<std::size_t>(i * n + j)];
+    for (std::int64_t i = 0; i < n * n; ++i)
+      if (!std::isfinite(p[i])) return false;
+    return true;
+  }
+
+  bool spd_solve(Tensor& a, Tensor& b) override {
+    check_2d(a, "spd_solve A");
+    check_host_f32(b, "spd_solve B");
+    const auto n = a.size(0), k = b.numel() / std::max<std::int64_t>(n, 1);
+    SCALPEL_CHECK(a.size(1) == n && b.size(0) == n && b.numel() == n * k, "spd_solve A {} B {}", shape_str(a.shape()),
+                  shape_str(b.shape()));
+    if (n == 0 || k == 0) return true;
+    if (!cpu::potrf_lower<float>(a.f32(), n, n)) return false;
+    // Rows of Bᵀ: Bᵀ L⁻ᵀ L⁻¹ = (A⁻¹ B)ᵀ.
+    std::vector<float> bt(static_cast<std::size_t>(n * k));
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < k; ++j) bt[static_cast<std::size_t>(j * n + i)] = b.f32()[i * k + j];
+    cpu::det_trsm_right_lower_t<float>(k, n, a.f32(), n, bt.data(), n);
+    cpu::det_trsm_right_lower_n<float>(k, n, a.f32(), n, bt.data(), n);
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < k; ++j) b.f32()[i * k + j] = bt[static_cast<std::size_t>(j * n + i)];
+    return all_finite(b);
+  }
+
   // ---- Pruning ops ----
 
   bool cholesky(Tensor& a, bool upper) override {
@@ -504,7 +542,7 @@ class CpuBackend final : public Backend {
     SCALPEL_CHECK(a.size(1) == n, "cholesky of a non-square {}", shape_str(a.shape()));
     if (n == 0) return true;
     float* p = a.f32();
-    if (!cpu::potrf_lower(p, n, n)) return false;
+    if (!cpu::potrf_lower<float>(p, n, n)) return false;
     if (upper)  // A = UᵀU with U = Lᵀ
       for (std::int64_t i = 0; i < n; ++i)
         for (std::int64_t j = i + 1; j < n; ++j) {
@@ -525,8 +563,8 @@ class CpuBackend final : public Backend {
     // Reversing the flat row-major array maps (i, j) to (n-1-i, n-1-j): it forms J a J, and later
     // turns the lower inverse factor into the upper U.
     std::reverse(p, p + n * n);
-    if (!cpu::potrf_lower(p, n, n)) return false;
-    cpu::trtri_lower(p, n, n);
+    if (!cpu::potrf_lower<float>(p, n, n)) return false;
+    cpu::trtri_lower<float>(p, n, n);
     zero_triangle(p, n, /*strict_lower=*/false);
     std::reverse(p, p + n * n);
     return all_finite(a);
@@ -997,7 +1035,7 @@ class CpuBackend final : public Backend {
     op_checks::obs_lazy(w, err, hinv, col0);
     const auto rows = w.size(0), d = w.size(1), width = err.size(1), c1 = col0 + width;
     if (rows == 0 || c1 == d || width == 0) return;
-    cpu::det_sgemm(false, false, rows, d - c1, width, -1.0f, err.f32(), width, hinv.f32() + col0 * d + c1, d, 1.0f,
+    cpu::det_gemm<float>(false, false, rows, d - c1, width, -1.0f, err.f32(), width, hinv.f32() + col0 * d + c1, d, 1.0f,
                    w.f32() + c1, d);
   }
 

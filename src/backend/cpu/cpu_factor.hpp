@@ -8,13 +8,15 @@
 
 namespace scalpel::cpu {
 
-// In place, the lower Cholesky factor L (A = LLᵀ) of the symmetric positive definite row-major
+// Instantiated for float and double. In place, the lower Cholesky factor L (A = LLᵀ) of the symmetric positive definite row-major
 // n x n matrix at a (leading dimension lda; only the lower triangle is read); the strict upper
 // triangle is left as it was. Returns false when a pivot is not positive and finite.
-bool potrf_lower(float* a, std::int64_t n, std::int64_t lda);
+template <class T>
+bool potrf_lower(T* a, std::int64_t n, std::int64_t lda);
 
 // In place, the inverse of the lower triangular row-major n x n matrix at a (non-zero diagonal);
 // the strict upper triangle is not touched.
-void trtri_lower(float* a, std::int64_t n, std::int64_t lda);
+template <class T>
+void trtri_lower(T* a, std::int64_t n, std::int64_t lda);
 
 }  // namespace scalpel::cpu

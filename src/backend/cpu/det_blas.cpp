@@ -20,10 +20,29 @@ std::int64_t tile_for(std::int64_t n) { return n >= 4096 ? 1024 : n >= 1024 ? 51
 std::int64_t tiles(std::int64_t n, std::int64_t t) { return (n + t - 1) / t; }
 int I(std::int64_t v) { return static_cast<int>(v); }
 
+// The CBLAS calls by element type.
+template <class T>
+struct Blas;
+template <>
+struct Blas<float> {
+  static constexpr auto gemm = cblas_sgemm;
+  static constexpr auto syrk = cblas_ssyrk;
+  static constexpr auto trsm = cblas_strsm;
+  static constexpr auto trmm = cblas_strmm;
+};
+template <>
+struct Blas<double> {
+  static constexpr auto gemm = cblas_dgemm;
+  static constexpr auto syrk = cblas_dsyrk;
+  static constexpr auto trsm = cblas_dtrsm;
+  static constexpr auto trmm = cblas_dtrmm;
+};
+
 }  // namespace
 
-void det_sgemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
-               std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+template <class T>
+void det_gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
+              const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
   if (m == 0 || n == 0) return;
   const std::int64_t tr = tile_for(m), tc = tile_for(n), tm = tiles(m, tr), tn = tiles(n, tc);
 #pragma omp parallel for schedule(dynamic) collapse(2)
@@ -31,30 +50,31 @@ void det_sgemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k,
     for (std::int64_t bj = 0; bj < tn; ++bj) {
       const std::int64_t i0 = bi * tr, j0 = bj * tc;
       const std::int64_t mi = std::min(tr, m - i0), nj = std::min(tc, n - j0);
-      const float* at = ta ? a + i0 : a + i0 * lda;  // rows i0.. of op(A)
-      const float* bt = tb ? b + j0 * ldb : b + j0;  // columns j0.. of op(B)
-      float* ct = c + i0 * ldc + j0;
+      const T* at = ta ? a + i0 : a + i0 * lda;  // rows i0.. of op(A)
+      const T* bt = tb ? b + j0 * ldb : b + j0;  // columns j0.. of op(B)
+      T* ct = c + i0 * ldc + j0;
       if (mi >= kMinRows) {
-        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, I(mi), I(nj),
+        Blas<T>::gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, I(mi), I(nj),
                     I(k), alpha, at, I(lda), bt, I(ldb), beta, ct, I(ldc));
         continue;
       }
       // Fewer rows than OpenBLAS's small-matrix path takes over at: padded to kMinRows rows, so
       // that a row gets the bits it gets in a larger tile (a row slice of a matrix, computed on
       // another rank, must match the whole matrix).
-      std::vector<float> ap(static_cast<std::size_t>(kMinRows * k), 0.0f), cp(static_cast<std::size_t>(kMinRows * nj), 0.0f);
+      std::vector<T> ap(static_cast<std::size_t>(kMinRows * k), T{0}), cp(static_cast<std::size_t>(kMinRows * nj), T{0});
       for (std::int64_t r = 0; r < mi; ++r) {
         for (std::int64_t q = 0; q < k; ++q) ap[static_cast<std::size_t>(r * k + q)] = ta ? at[q * lda + r] : at[r * lda + q];
-        if (beta != 0.0f) std::copy(ct + r * ldc, ct + r * ldc + nj, cp.begin() + r * nj);
+        if (beta != T{0}) std::copy(ct + r * ldc, ct + r * ldc + nj, cp.begin() + r * nj);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, tb ? CblasTrans : CblasNoTrans, I(kMinRows), I(nj), I(k), alpha,
+      Blas<T>::gemm(CblasRowMajor, CblasNoTrans, tb ? CblasTrans : CblasNoTrans, I(kMinRows), I(nj), I(k), alpha,
                   ap.data(), I(k), bt, I(ldb), beta, cp.data(), I(nj));
       for (std::int64_t r = 0; r < mi; ++r) std::copy(cp.begin() + r * nj, cp.begin() + (r + 1) * nj, ct + r * ldc);
     }
 }
 
-void det_syrk_upper_t(std::int64_t d, std::int64_t n, float alpha, const float* x, std::int64_t ldx, float beta,
-                      float* c, std::int64_t ldc) {
+template <class T>
+void det_syrk_upper_t(std::int64_t d, std::int64_t n, T alpha, const T* x, std::int64_t ldx, T beta, T* c,
+                      std::int64_t ldc) {
   const std::int64_t ts = tile_for(d), t = tiles(d, ts);
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (std::int64_t bi = 0; bi < t; ++bi)
@@ -63,16 +83,17 @@ void det_syrk_upper_t(std::int64_t d, std::int64_t n, float alpha, const float* 
       const std::int64_t i0 = bi * ts, j0 = bj * ts;
       const std::int64_t di = std::min(ts, d - i0), dj = std::min(ts, d - j0);
       if (bi == bj)
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, I(di), I(n), alpha, x + i0, I(ldx), beta,
+        Blas<T>::syrk(CblasRowMajor, CblasUpper, CblasTrans, I(di), I(n), alpha, x + i0, I(ldx), beta,
                     c + i0 * ldc + i0, I(ldc));
       else
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, I(di), I(dj), I(n), alpha, x + i0, I(ldx), x + j0, I(ldx),
+        Blas<T>::gemm(CblasRowMajor, CblasTrans, CblasNoTrans, I(di), I(dj), I(n), alpha, x + i0, I(ldx), x + j0, I(ldx),
                     beta, c + i0 * ldc + j0, I(ldc));
     }
 }
 
-void det_syrk_lower_n(std::int64_t n, std::int64_t k, float alpha, const float* a, std::int64_t lda, float beta,
-                      float* c, std::int64_t ldc) {
+template <class T>
+void det_syrk_lower_n(std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda, T beta, T* c,
+                      std::int64_t ldc) {
   const std::int64_t ts = tile_for(n), t = tiles(n, ts);
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (std::int64_t bi = 0; bi < t; ++bi)
@@ -81,48 +102,75 @@ void det_syrk_lower_n(std::int64_t n, std::int64_t k, float alpha, const float* 
       const std::int64_t i0 = bi * ts, j0 = bj * ts;
       const std::int64_t ni = std::min(ts, n - i0), nj = std::min(ts, n - j0);
       if (bi == bj)
-        cblas_ssyrk(CblasRowMajor, CblasLower, CblasNoTrans, I(ni), I(k), alpha, a + i0 * lda, I(lda), beta,
+        Blas<T>::syrk(CblasRowMajor, CblasLower, CblasNoTrans, I(ni), I(k), alpha, a + i0 * lda, I(lda), beta,
                     c + i0 * ldc + i0, I(ldc));
       else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, I(ni), I(nj), I(k), alpha, a + i0 * lda, I(lda),
+        Blas<T>::gemm(CblasRowMajor, CblasNoTrans, CblasTrans, I(ni), I(nj), I(k), alpha, a + i0 * lda, I(lda),
                     a + j0 * lda, I(lda), beta, c + i0 * ldc + j0, I(ldc));
     }
 }
 
-void det_trsm_right_lower_t(std::int64_t m, std::int64_t n, const float* l, std::int64_t ldl, float* b,
-                            std::int64_t ldb) {
+template <class T>
+void det_trsm_right_lower_t(std::int64_t m, std::int64_t n, const T* l, std::int64_t ldl, T* b, std::int64_t ldb) {
   // Rows of B are independent.
   const std::int64_t ts = tile_for(m);
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t bi = 0; bi < tiles(m, ts); ++bi) {
     const std::int64_t i0 = bi * ts, mi = std::min(ts, m - i0);
-    cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, I(mi), I(n), 1.0f, l, I(ldl),
+    Blas<T>::trsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, I(mi), I(n), T{1}, l, I(ldl),
                 b + i0 * ldb, I(ldb));
   }
 }
 
-void det_trmm_left_lower_n(std::int64_t m, std::int64_t n, float alpha, const float* l, std::int64_t ldl, float* b,
+template <class T>
+void det_trsm_right_lower_n(std::int64_t m, std::int64_t n, const T* l, std::int64_t ldl, T* b, std::int64_t ldb) {
+  // Rows of B are independent.
+  const std::int64_t ts = tile_for(m);
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t bi = 0; bi < tiles(m, ts); ++bi) {
+    const std::int64_t i0 = bi * ts, mi = std::min(ts, m - i0);
+    Blas<T>::trsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, I(mi), I(n), T{1}, l, I(ldl),
+                  b + i0 * ldb, I(ldb));
+  }
+}
+
+template <class T>
+void det_trmm_left_lower_n(std::int64_t m, std::int64_t n, T alpha, const T* l, std::int64_t ldl, T* b,
                            std::int64_t ldb) {
   // Columns of B are independent.
   const std::int64_t ts = tile_for(n);
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t bj = 0; bj < tiles(n, ts); ++bj) {
     const std::int64_t j0 = bj * ts, nj = std::min(ts, n - j0);
-    cblas_strmm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, I(m), I(nj), alpha, l, I(ldl),
+    Blas<T>::trmm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, I(m), I(nj), alpha, l, I(ldl),
                 b + j0, I(ldb));
   }
 }
 
-void det_trmm_right_lower_n(std::int64_t m, std::int64_t n, float alpha, const float* l, std::int64_t ldl, float* b,
+template <class T>
+void det_trmm_right_lower_n(std::int64_t m, std::int64_t n, T alpha, const T* l, std::int64_t ldl, T* b,
                             std::int64_t ldb) {
   // Rows of B are independent.
   const std::int64_t ts = tile_for(m);
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t bi = 0; bi < tiles(m, ts); ++bi) {
     const std::int64_t i0 = bi * ts, mi = std::min(ts, m - i0);
-    cblas_strmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, I(mi), I(n), alpha, l, I(ldl),
+    Blas<T>::trmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, I(mi), I(n), alpha, l, I(ldl),
                 b + i0 * ldb, I(ldb));
   }
 }
+
+#define SCALPEL_DET_BLAS(T)                                                                                  \
+  template void det_gemm<T>(bool, bool, std::int64_t, std::int64_t, std::int64_t, T, const T*, std::int64_t,       \
+                            const T*, std::int64_t, T, T*, std::int64_t);                                          \
+  template void det_syrk_upper_t<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T, T*, std::int64_t);   \
+  template void det_syrk_lower_n<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T, T*, std::int64_t);   \
+  template void det_trsm_right_lower_t<T>(std::int64_t, std::int64_t, const T*, std::int64_t, T*, std::int64_t);   \
+  template void det_trsm_right_lower_n<T>(std::int64_t, std::int64_t, const T*, std::int64_t, T*, std::int64_t);   \
+  template void det_trmm_left_lower_n<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T*, std::int64_t); \
+  template void det_trmm_right_lower_n<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T*, std::int64_t);
+SCALPEL_DET_BLAS(float)
+SCALPEL_DET_BLAS(double)
+#undef SCALPEL_DET_BLAS
 
 }  // namespace scalpel::cpu

@@ -12,24 +12,31 @@
 
 namespace scalpel::cpu {
 
-// C = alpha op(A) op(B) + beta C; C is m x n.
-void det_sgemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
-               const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
-               std::int64_t ldc);
+// Instantiated for float and double. C = alpha op(A) op(B) + beta C; C is m x n.
+template <class T>
+void det_gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
+              std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc);
 // Upper triangle of C (d x d) = alpha XᵀX + beta C, X n x d.
-void det_syrk_upper_t(std::int64_t d, std::int64_t n, float alpha, const float* x, std::int64_t ldx, float beta,
-                      float* c, std::int64_t ldc);
+template <class T>
+void det_syrk_upper_t(std::int64_t d, std::int64_t n, T alpha, const T* x, std::int64_t ldx, T beta, T* c,
+                      std::int64_t ldc);
 // Lower triangle of C (n x n) = alpha A Aᵀ + beta C, A n x k.
-void det_syrk_lower_n(std::int64_t n, std::int64_t k, float alpha, const float* a, std::int64_t lda, float beta,
-                      float* c, std::int64_t ldc);
+template <class T>
+void det_syrk_lower_n(std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda, T beta, T* c,
+                      std::int64_t ldc);
 // B (m x n) <- B L⁻ᵀ, L lower n x n.
-void det_trsm_right_lower_t(std::int64_t m, std::int64_t n, const float* l, std::int64_t ldl, float* b,
-                            std::int64_t ldb);
+template <class T>
+void det_trsm_right_lower_t(std::int64_t m, std::int64_t n, const T* l, std::int64_t ldl, T* b, std::int64_t ldb);
+// B (m x n) <- B L⁻¹, L lower n x n.
+template <class T>
+void det_trsm_right_lower_n(std::int64_t m, std::int64_t n, const T* l, std::int64_t ldl, T* b, std::int64_t ldb);
 // B (m x n) <- alpha L B, L lower m x m.
-void det_trmm_left_lower_n(std::int64_t m, std::int64_t n, float alpha, const float* l, std::int64_t ldl, float* b,
+template <class T>
+void det_trmm_left_lower_n(std::int64_t m, std::int64_t n, T alpha, const T* l, std::int64_t ldl, T* b,
                            std::int64_t ldb);
 // B (m x n) <- alpha B L, L lower n x n.
-void det_trmm_right_lower_n(std::int64_t m, std::int64_t n, float alpha, const float* l, std::int64_t ldl, float* b,
+template <class T>
+void det_trmm_right_lower_n(std::int64_t m, std::int64_t n, T alpha, const T* l, std::int64_t ldl, T* b,
                             std::int64_t ldb);
 
 }  // namespace scalpel::cpu
