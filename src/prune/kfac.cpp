@@ -36,7 +36,7 @@ void KroneckerFactor::add(const Tensor& v) {
   if (mode_ == Accumulation::sum) be_.accumulate_upper_f64(scratch_, sum_);
   else exact_->add_upper(be_.download(scratch_).f32(), dim_);
   if (ones_) {
-    if (ones_rows_.size(0) != v.size(0)) {
+    if (!ones_rows_.defined() || ones_rows_.size(0) != v.size(0)) {
       Tensor h = Tensor::empty({v.size(0), 1});
       for (std::int64_t i = 0; i < v.size(0); ++i) h.f32()[i] = 1.0f;
       ones_rows_ = be_.upload(h);
