@@ -157,6 +157,46 @@ void read_string_list(const YAML::Node& node, const std::string& source, const s
   }
 }
 
+void read_int_list(const YAML::Node& node, const std::string& source, const std::string& key,
+                   std::vector<std::int64_t>& out) {
+  if (!node || node.IsNull()) return;
+  if (!node.IsSequence()) SCALPEL_INPUT_ERROR("{}: '{}' must be a list of integers", source, key);
+  out.clear();
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    try {
+      out.push_back(node[i].as<std::int64_t>());
+    } catch (const YAML::Exception&) {
+      SCALPEL_INPUT_ERROR("{}: '{}.{}' must be an integer", source, key, i);
+    }
+  }
+}
+
+void validate_surgeon(const Config& c, const std::string& source) {
+  const auto& s = c.surgeon;
+  if (s.shots < 1) SCALPEL_INPUT_ERROR("{}: 'surgeon.shots' must be >= 1", source);
+  if (!(s.damp_g > 0) || !(s.damp_a > 0)) SCALPEL_INPUT_ERROR("{}: 'surgeon.damp_g' and 'surgeon.damp_a' must be > 0", source);
+  if (s.max_correlate < 0) SCALPEL_INPUT_ERROR("{}: 'surgeon.max_correlate' must be >= 0 (0 = all at once)", source);
+  if (s.fisher != "empirical" && s.fisher != "sampled")
+    SCALPEL_INPUT_ERROR("{}: 'surgeon.fisher' is '{}', expected empirical or sampled", source, s.fisher);
+  if (s.cost != "surgeon" && s.cost != "kobd" && s.cost != "magnitude")
+    SCALPEL_INPUT_ERROR("{}: 'surgeon.cost' is '{}', expected surgeon, kobd or magnitude", source, s.cost);
+  if (s.structures.empty()) SCALPEL_INPUT_ERROR("{}: 'surgeon.structures' is empty, expected rows and/or columns", source);
+  for (const auto& x : s.structures)
+    if (x != "rows" && x != "columns")
+      SCALPEL_INPUT_ERROR("{}: 'surgeon.structures' has '{}', expected rows and/or columns", source, x);
+  const bool default_structures = s.structures == std::vector<std::string>{"rows", "columns"};
+  if (c.prune.method == "surgeon" && c.prune.pattern != "structured" && !default_structures)
+    SCALPEL_INPUT_ERROR("{}: 'surgeon.structures' {} needs prune.pattern: structured (pattern '{}' removes single "
+                        "weights)", source, fmt::format("[{}]", fmt::join(s.structures, ", ")), c.prune.pattern);
+  for (const auto k : s.eval_shots)
+    if (k < 1 || k > s.shots)
+      SCALPEL_INPUT_ERROR("{}: 'surgeon.eval_shots' has {}, outside the shots 1..{}", source, k, s.shots);
+  if (c.prune.method == "surgeon" && c.prune.pattern != "structured" && c.prune.pattern != "unstructured" &&
+      c.prune.sparsity != 0.5 && c.prune.sparsity != 0.0)
+    SCALPEL_INPUT_ERROR("{}: 'prune.sparsity' {} with prune.pattern {}: an N:M prune reaches N/M, not another "
+                        "fraction (leave prune.sparsity out)", source, c.prune.sparsity, c.prune.pattern);
+}
+
 // A list of {name, preset, path} maps under eval.<key>; `check_preset` returns the error message
 // for an unknown preset ("" for a known one).
 template <class Item>
@@ -263,6 +303,19 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.finish();
   }
   {
+    MapReader r(top.child("surgeon"), "surgeon", source);
+    r.get("shots", c.surgeon.shots);
+    read_string_list(r.child("structures"), source, "surgeon.structures", c.surgeon.structures);
+    r.get("damp_g", c.surgeon.damp_g);
+    r.get("damp_a", c.surgeon.damp_a);
+    r.get("max_correlate", c.surgeon.max_correlate);
+    r.get("addupdate", c.surgeon.addupdate);
+    r.get("fisher", c.surgeon.fisher);
+    r.get("cost", c.surgeon.cost);
+    read_int_list(r.child("eval_shots"), source, "surgeon.eval_shots", c.surgeon.eval_shots);
+    r.finish();
+  }
+  {
     MapReader r(top.child("calibration"), "calibration", source);
     r.get("path", c.calibration.path);
     r.get("nsamples", c.calibration.nsamples);
@@ -314,12 +367,16 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.eval.max_windows < 0) SCALPEL_INPUT_ERROR("{}: 'eval.max_windows' must be >= 0", source);
   if (c.eval.max_items < 0) SCALPEL_INPUT_ERROR("{}: 'eval.max_items' must be >= 0", source);
   if (c.log.progress_seconds < 0) SCALPEL_INPUT_ERROR("{}: 'log.progress_seconds' must be >= 0", source);
-  static const std::set<std::string> methods{"magnitude", "wanda", "sparsegpt"};
+  static const std::set<std::string> methods{"magnitude", "wanda", "sparsegpt", "surgeon"};
   if (!methods.count(c.prune.method))
-    SCALPEL_INPUT_ERROR("{}: 'prune.method' is '{}', expected magnitude, wanda or sparsegpt", source, c.prune.method);
+    SCALPEL_INPUT_ERROR("{}: 'prune.method' is '{}', expected magnitude, wanda, sparsegpt or surgeon", source,
+                        c.prune.method);
   if (!(c.prune.sparsity >= 0 && c.prune.sparsity < 1))
     SCALPEL_INPUT_ERROR("{}: 'prune.sparsity' must be in [0, 1), got {}", source, c.prune.sparsity);
-  if (c.prune.pattern != "unstructured") {
+  if (c.prune.pattern == "structured" && c.prune.method != "surgeon")
+    SCALPEL_INPUT_ERROR("{}: 'prune.pattern' structured (whole rows and columns) needs prune.method: surgeon", source);
+  validate_surgeon(c, source);
+  if (c.prune.pattern != "unstructured" && c.prune.pattern != "structured") {
     const auto nm = parse_nm(c.prune.pattern);
     if (!nm) SCALPEL_INPUT_ERROR("{}: 'prune.pattern' is '{}', expected unstructured or N:M with 0 < N < M (e.g. 2:4)",
                                  source, c.prune.pattern);
@@ -359,8 +416,23 @@ std::optional<std::pair<int, int>> parse_nm(const std::string& pattern) {
 
 namespace {
 
-// The sections that decide a prune's weights, in dump_config's layout.
+void emit_surgeon(YAML::Emitter& e, const Config& c) {
+  e << YAML::Key << "surgeon" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "shots" << YAML::Value << c.surgeon.shots;
+  e << YAML::Key << "structures" << YAML::Value << YAML::Flow << c.surgeon.structures;
+  e << YAML::Key << "damp_g" << YAML::Value << c.surgeon.damp_g;
+  e << YAML::Key << "damp_a" << YAML::Value << c.surgeon.damp_a;
+  e << YAML::Key << "max_correlate" << YAML::Value << c.surgeon.max_correlate;
+  e << YAML::Key << "addupdate" << YAML::Value << c.surgeon.addupdate;
+  e << YAML::Key << "fisher" << YAML::Value << c.surgeon.fisher;
+  e << YAML::Key << "cost" << YAML::Value << c.surgeon.cost;
+  e << YAML::EndMap;
+}
+
+// The sections that decide a prune's weights, in dump_config's layout. The surgeon section only
+// for a surgeon prune, so that adding it left every other checkpoint's identity as it was.
 void emit_prune_sections(YAML::Emitter& e, const Config& c) {
+  if (c.prune.method == "surgeon") emit_surgeon(e, c);
   e << YAML::Key << "prune" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "method" << YAML::Value << c.prune.method;
   e << YAML::Key << "sparsity" << YAML::Value << c.prune.sparsity;

@@ -32,6 +32,7 @@
 #include "scalpel/text/eval_text.hpp"
 #include "scalpel/text/tokenizer.hpp"
 #include "root_work.hpp"
+#include "run_common.hpp"
 
 namespace fs = std::filesystem;
 
@@ -39,26 +40,6 @@ namespace scalpel::app {
 namespace {
 
 using TargetGroup = model::LinearGroup;  // the linears of a layer this run prunes
-
-// Digest of the calibration windows, so a changed text or offsets file is a different run.
-std::string ids_digest(const std::vector<std::int32_t>& ids) {
-  return io::digest_bytes(ids.data(), ids.size() * sizeof(std::int32_t));
-}
-
-std::string prune_config_hash(const Config& cfg, const std::string& calib_digest) {
-  // What decides the pruned weights: method, pattern, options, calibration windows. Not the
-  // threads, output paths, logging, tokenizer mode (the windows' digest covers the ids) or
-  // evaluation settings.
-  // `determinism` counts too (strict sums exactly, fast in floating point), the grid does not:
-  // a run may resume at another rank count.
-  Config c;
-  c.prune = cfg.prune;
-  c.calibration = cfg.calibration;
-  c.calibration.path = calib_digest;
-  c.calibration.offsets.clear();
-  c.determinism = cfg.determinism;
-  return prune_identity_hash(c);
-}
 
 // Runs x [batch*seqlen rows per batch] through one layer in place, batch by batch. x lives on the
 // backend's device, or in host memory (cuda.activations: host), and then each batch is staged to
@@ -148,14 +129,6 @@ std::map<int, std::unique_ptr<prune::InputStats>> collect_stats(Backend& be, con
     model::decoder_layer_forward(be, spec, w, xb, seqs_in_batch, seqlen, rope, &tap);
   }
   return stats;
-}
-
-// fp32 weight -> the checkpoint's stored dtype, on the host.
-Tensor to_storage(Backend& be, const Tensor& w, DType dtype) {
-  const Tensor host = be.download(w);
-  Tensor out = Tensor::empty(host.shape(), dtype);
-  convert_from_f32(dtype, host.f32(), out.raw(), static_cast<std::size_t>(host.numel()));
-  return out;
 }
 
 // Weights of the pruned model: the checkpoint's tensors where it has them, the source model's
@@ -289,6 +262,7 @@ int run_export(const std::string& checkpoint_dir, const std::string& model_overr
 }
 
 int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
+  if (cfg.prune.method == "surgeon") return run_surgeon(cfg, world, place, restart);
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   Timer total_timer;
   install_stop_signals();
@@ -314,32 +288,14 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   // reads those files at the end, checks them.
   detail::on_root(world, [&] { check_eval_inputs(cfg, spec); });
 
-  // Calibration windows (every rank tokenizes the text: cheaper than shipping the ids around).
+  // Calibration windows (every rank tokenizes the text: cheaper than shipping the ids around) and
+  // this rank's shard of them.
   auto tok = make_tokenizer(cfg);
-  const auto calib_ids = tok->encode(text::load_eval_text("text", cfg.calibration.path));
-  const std::int64_t seqlen = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
-  if (seqlen > spec.max_positions)
-    SCALPEL_INPUT_ERROR("config: 'calibration.seqlen' {} exceeds the model's max_position_embeddings {}", seqlen,
-                        spec.max_positions);
-  const auto offsets =
-      cfg.calibration.offsets.empty()
-          ? text::sample_window_offsets(static_cast<std::int64_t>(calib_ids.size()), seqlen, cfg.calibration.nsamples,
-                                        cfg.calibration.seed, cfg.calibration.path)
-          : text::read_window_offsets(cfg.calibration.offsets, static_cast<std::int64_t>(calib_ids.size()), seqlen);
-  const auto nseq = static_cast<std::int64_t>(offsets.size());
-  std::vector<std::int32_t> windows;
-  windows.reserve(static_cast<std::size_t>(nseq * seqlen));
-  for (auto o : offsets) windows.insert(windows.end(), calib_ids.begin() + o, calib_ids.begin() + o + seqlen);
-  // This rank's shard: whole batches, split over the data group.
-  const std::int64_t batch = cfg.calibration.batch;
-  const std::int64_t nbatches = (nseq + batch - 1) / batch;
-  if (nbatches < grid.data)
-    SCALPEL_INPUT_ERROR("config: {} calibration windows make {} batches of 'calibration.batch' {}, fewer than the {} "
-                        "ranks of a data group: lower calibration.batch or use fewer ranks per stage",
-                        nseq, nbatches, batch, grid.data);
-  const auto my_batches = dist::block_range(nbatches, grid.data, grid.data_index);
-  const std::int64_t seq0 = my_batches.begin * batch, seq1 = std::min(nseq, my_batches.end * batch);
-  const std::int64_t my_nseq = seq1 - seq0;
+  const auto calib = calibration_windows(cfg, spec, *tok);
+  const auto& windows = calib.ids;
+  const std::int64_t nseq = calib.nseq, seqlen = calib.seqlen, batch = cfg.calibration.batch;
+  const auto shard = calibration_shard(nseq, batch, grid.data, grid.data_index);
+  const std::int64_t seq0 = shard.begin, my_nseq = shard.count();
 
   // The checkpoint: world rank 0 owns the manifest (creates, validates, cleans, commits); the
   // others read it once rank 0 is done with that.
@@ -348,7 +304,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   io::CheckpointIdentity id;
   id.model = cfg.model;
   id.model_fingerprint = io::model_fingerprint(cfg.model);
-  id.config_hash = prune_config_hash(cfg, ids_digest(windows));
+  id.config_hash = prune_config_hash(cfg, windows);
   id.grid = {{"stages", grid.stages}, {"data", grid.data}, {"determinism", cfg.determinism}};
   id.num_layers = spec.layers;
   std::optional<io::Checkpoint> ckpt;

@@ -61,6 +61,8 @@ void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, co
 }
 bool Backend::spd_inverse_f64(Tensor&) { no_backward(*this, "spd_inverse_f64"); }
 bool Backend::spd_solve(Tensor&, Tensor&) { no_backward(*this, "spd_solve"); }
+void Backend::cholesky_batch(std::span<Tensor>, std::span<std::uint8_t>) { no_backward(*this, "cholesky_batch"); }
+void Backend::cholesky_solve(const Tensor&, Tensor&) { no_backward(*this, "cholesky_solve"); }
 void Backend::nll_backward(Tensor&, std::span<const std::int32_t>, float, std::span<double>) {
   no_backward(*this, "nll_backward");
 }

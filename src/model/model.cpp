@@ -204,6 +204,7 @@ std::vector<double> Model::backward(std::span<const std::int32_t> ids, std::int6
     std::copy(ids.begin() + b * seqlen + 1, ids.begin() + (b + 1) * seqlen, targets.begin());
     const Tensor rows = x.slice_rows(b * seqlen, (b + 1) * seqlen);
     final_logits(rows, logits);
+    if (taps.labels) taps.labels(b, logits, targets);
     be_.nll_backward(logits, targets, 1.0f / static_cast<float>(seqlen - 1), row_loss);
     double sum = 0;
     for (const double v : row_loss) sum += v;

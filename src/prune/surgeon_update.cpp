@@ -79,46 +79,81 @@ std::vector<std::pair<std::size_t, std::size_t>> row_chunks(const std::vector<st
   return out;
 }
 
-void solve_chunk(Backend& be, const Linear& l, const Scored& s, Sub& u,
-                 const std::vector<std::pair<std::int64_t, std::int64_t>>& q, bool addupdate) {
+using Entries = std::vector<std::pair<std::int64_t, std::int64_t>>;  // (row, column) in the sub-problem
+
+// C = Ĝ⁻¹[r_Q, r_Q] ∘ Â⁻¹[c_Q, c_Q] of a chunk: it does not depend on the updates of the chunks before
+// it, so a batch of them is built and factorised at once.
+Tensor chunk_matrix(const Scored& s, const Entries& q, std::int64_t ra, std::int64_t ca) {
   const auto n = static_cast<std::int64_t>(q.size());
+  Tensor cm = Tensor::empty({n, n});
+#pragma omp parallel for schedule(static)
+  for (std::int64_t a = 0; a < n; ++a) {
+    const auto [ia, ja] = q[static_cast<std::size_t>(a)];
+    const float* g = s.ginv.f32() + ia * ra;
+    const float* x = s.ainv.f32() + ja * ca;
+    float* row = cm.f32() + a * n;
+    for (std::int64_t b = 0; b < n; ++b) {
+      const auto [ib, jb] = q[static_cast<std::size_t>(b)];
+      row[b] = g[ib] * x[jb];
+    }
+  }
+  return cm;
+}
+
+// With the chunk's factor: λ = C⁻¹ (w_Q + ΔW_Q), then ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹.
+void apply_chunk(Backend& be, const Scored& s, Sub& u, const Entries& q, const Tensor& factor, bool addupdate) {
+  const auto n = static_cast<std::int64_t>(q.size()), ra = u.ra, ca = u.ca;
   Index rows;
   std::vector<std::int64_t> local(q.size());
   for (std::size_t k = 0; k < q.size(); ++k) {
     if (rows.empty() || rows.back() != q[k].first) rows.push_back(q[k].first);
     local[k] = static_cast<std::int64_t>(rows.size()) - 1;
   }
-  const auto nr = static_cast<std::int64_t>(rows.size()), ra = u.ra, ca = u.ca;
-  Tensor cm = Tensor::empty({n, n}), lam = Tensor::empty({n, 1});
+  Tensor lam = Tensor::empty({n, 1});
   for (std::int64_t a = 0; a < n; ++a) {
-    const auto [ia, ja] = q[static_cast<std::size_t>(a)];
-    for (std::int64_t b = 0; b < n; ++b) {
-      const auto [ib, jb] = q[static_cast<std::size_t>(b)];
-      cm.f32()[a * n + b] = s.ginv.f32()[ia * ra + ib] * s.ainv.f32()[ja * ca + jb];
-    }
-    lam.f32()[a] = u.W(ia, ja) + (addupdate ? u.D(ia, ja) : 0.0f);
+    const auto [i, j] = q[static_cast<std::size_t>(a)];
+    lam.f32()[a] = u.W(i, j) + (addupdate ? u.D(i, j) : 0.0f);
   }
-  if (!be.spd_solve(cm, lam))
-    SCALPEL_RUNTIME_ERROR("{}: the correlated update's system of {} weights is not positive definite", l.name, n);
+  be.cholesky_solve(factor, lam);
+  const auto nr = static_cast<std::int64_t>(rows.size());
   Tensor big = Tensor::zeros({nr, ca}), t = Tensor::empty({nr, ca});
   for (std::int64_t k = 0; k < n; ++k)
     big.f32()[local[static_cast<std::size_t>(k)] * ca + q[static_cast<std::size_t>(k)].second] = lam.f32()[k];
-  be.gemm(Trans::no, Trans::no, 1.0f, big, s.ainv, 0.0f, t);                  // Λ Â⁻¹
+  be.gemm(Trans::no, Trans::no, 1.0f, big, s.ainv, 0.0f, t);                         // Λ Â⁻¹
   be.gemm(Trans::no, Trans::no, -1.0f, pick(s.ginv, iota(ra), rows), t, 1.0f, u.dw);  // ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹
 }
+
+// Chunks factorised this many at a time (their matrices held together: 8 x 16 MB at 2000 entries).
+constexpr std::size_t kChunkBatch = 8;
 
 void update_elements(Backend& be, Linear& l, const Scored& s, const Removal& r, const Options& o) {
   const auto C = l.w.size(1);
   if (o.cost == Cost::surgeon && !s.rows.empty() && !s.cols.empty()) {
     Sub u = make_sub(l, s);
-    std::vector<std::pair<std::int64_t, std::int64_t>> q;
+    Entries q;
     for (std::int64_t i = 0; i < u.ra; ++i)
       for (std::int64_t j = 0; j < u.ca; ++j)
         if (r.mask[static_cast<std::size_t>(s.rows[static_cast<std::size_t>(i)] * C + s.cols[static_cast<std::size_t>(j)])])
           q.emplace_back(i, j);
-    for (const auto& [b, e] : row_chunks(q, o.max_correlate))
-      solve_chunk(be, l, s, u, {q.begin() + static_cast<std::ptrdiff_t>(b), q.begin() + static_cast<std::ptrdiff_t>(e)},
-                  o.addupdate);
+    const auto ranges = row_chunks(q, o.max_correlate);
+    for (std::size_t c0 = 0; c0 < ranges.size(); c0 += kChunkBatch) {
+      const std::size_t c1 = std::min(ranges.size(), c0 + kChunkBatch);
+      std::vector<Entries> chunks;
+      std::vector<Tensor> factors;
+      for (std::size_t c = c0; c < c1; ++c) {
+        chunks.emplace_back(q.begin() + static_cast<std::ptrdiff_t>(ranges[c].first),
+                            q.begin() + static_cast<std::ptrdiff_t>(ranges[c].second));
+        factors.push_back(chunk_matrix(s, chunks.back(), u.ra, u.ca));
+      }
+      std::vector<std::uint8_t> ok(factors.size(), 0);
+      be.cholesky_batch(factors, ok);
+      for (std::size_t c = 0; c < chunks.size(); ++c) {
+        if (!ok[c])
+          SCALPEL_RUNTIME_ERROR("{}: the correlated update's system of {} weights is not positive definite", l.name,
+                                chunks[c].size());
+        apply_chunk(be, s, u, chunks[c], factors[c], o.addupdate);
+      }
+    }
     write_back(l, s, u);
   }
   for (std::size_t k = 0; k < r.mask.size(); ++k)

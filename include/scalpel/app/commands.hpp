@@ -92,6 +92,9 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place);
 // The layer-by-layer prune with checkpoint, resume, export and evaluation (see prune_run.cpp).
 // restart: discard an existing checkpoint in the output folder instead of resuming it.
 int run_prune(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool restart);
+// LLM Surgeon's whole-model shots (prune.method: surgeon; see surgeon_run.cpp), with the same
+// checkpoint, resume, export and evaluation services; run_prune hands such configs to it.
+int run_surgeon(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool restart);
 // Writes the Hugging Face export of a complete checkpoint (model: the checkpoint's source unless
 // model_override names another copy of it).
 int run_export(const std::string& checkpoint_dir, const std::string& model_override, const std::string& out,

@@ -55,15 +55,29 @@ struct Config {
   } eval;
 
   struct Prune {
-    std::string method = "sparsegpt";      // magnitude | wanda | sparsegpt
-    double sparsity = 0.5;                  // unstructured fraction pruned, in [0, 1)
-    std::string pattern = "unstructured";  // unstructured | N:M (N pruned of every M, e.g. 2:4)
+    std::string method = "sparsegpt";      // magnitude | wanda | sparsegpt | surgeon
+    double sparsity = 0.5;                  // fraction pruned, in [0, 1) (unstructured, structured)
+    std::string pattern = "unstructured";  // unstructured | N:M (N pruned of every M, e.g. 2:4) |
+                                            // structured (surgeon: whole rows and columns)
     std::vector<std::string> targets;       // globs over linear names ("self_attn.*", "fc1"); empty = all
     std::string propagation = "pruned";    // inputs of the next layer: pruned | dense
     bool true_sequential = false;           // re-collect statistics after each sub-block
     double dampening = 0.01;                // SparseGPT: fraction of mean(diag H) added
     std::int64_t blocksize = 128;           // SparseGPT: columns per block
   } prune;
+
+  // LLM Surgeon (prune.method: surgeon): K shots at s_k = k·s/K, the Kronecker-factored curvature
+  // re-estimated on the current model each shot (README "LLM Surgeon").
+  struct Surgeon {
+    std::int64_t shots = 40;
+    std::vector<std::string> structures{"rows", "columns"};  // pattern structured: rows, columns
+    double damp_g = 0.01, damp_a = 0.01;  // relative damping of G and A
+    std::int64_t max_correlate = 2000;    // weights (rows or columns, structured) solved jointly; 0 = all
+    bool addupdate = true;                // later chunks see the earlier chunks' updates
+    std::string fisher = "empirical";     // empirical (true labels) | sampled (labels drawn from the model)
+    std::string cost = "surgeon";         // surgeon | kobd | magnitude
+    std::vector<std::int64_t> eval_shots;  // shots after which eval.sets are measured (the last always)
+  } surgeon;
 
   struct Calibration {
     std::string path = "data/corpus/calib.txt";

@@ -147,6 +147,13 @@ class Backend {
   // b [n, k] becomes a⁻¹ b for a symmetric positive definite f32 a [n, n] (overwritten by its
   // Cholesky factor), in fp32. Returns false when a is not numerically positive definite.
   virtual bool spd_solve(Tensor& a, Tensor& b);
+  // Many independent systems at once (LLM Surgeon's chunks): each a[i] [n_i, n_i], symmetric
+  // positive definite f32, becomes its lower Cholesky factor L (a = LLᵀ; the strict upper triangle
+  // undefined). ok[i] = 0 where a[i] is not numerically positive definite. Each factor's bits do
+  // not depend on the thread count or on the other matrices of the batch.
+  virtual void cholesky_batch(std::span<Tensor> a, std::span<std::uint8_t> ok);
+  // b [n, k] becomes (LLᵀ)⁻¹ b for a factor l from cholesky_batch.
+  virtual void cholesky_solve(const Tensor& l, Tensor& b);
 
   // ---- Pruning (SparseGPT, Wanda, magnitude). Masks are DType::u8 tensors, 1 = kept. ----
 

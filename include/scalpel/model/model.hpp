@@ -73,6 +73,9 @@ void decoder_layer_backward(Backend& be, const ModelSpec& spec, const LayerWeigh
 struct BackwardTaps {
   std::function<void(std::int64_t layer, int group, const std::vector<std::string>& linears, const Tensor& x)> input;
   std::function<void(std::int64_t layer, const std::string& linear, const Tensor& g)> grad;
+  // Optional: replaces the labels of window b (its seqlen - 1 next tokens, then -1) from its
+  // logits [seqlen, vocab] before the loss is taken (a sampled Fisher draws them from the model).
+  std::function<void(std::int64_t b, const Tensor& logits, std::span<std::int32_t> targets)> labels;
 };
 
 class Model {

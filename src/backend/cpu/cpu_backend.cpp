@@ -515,6 +515,40 @@ class CpuBackend final : public Backend {
     return true;
   }
 
+  void cholesky_batch(std::span<Tensor> a, std::span<std::uint8_t> ok) override {
+    SCALPEL_CHECK(ok.size() == a.size(), "cholesky_batch: {} flags for {} matrices", ok.size(), a.size());
+    for (const auto& t : a) {
+      check_2d(t, "cholesky_batch A");
+      SCALPEL_CHECK(t.size(0) == t.size(1), "cholesky_batch of a non-square {}", shape_str(t.shape()));
+    }
+    // One single-threaded LAPACK factorisation per matrix (OpenBLAS runs single-threaded inside
+    // a parallel region), so a factor is the same whatever the thread count.
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      const auto n = static_cast<lapack_int>(a[i].size(0));
+      ok[i] = n == 0 || LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'U', n, a[i].f32(), n) == 0;  // row-major lower
+    }
+  }
+
+  void cholesky_solve(const Tensor& l, Tensor& b) override {
+    check_2d(l, "cholesky_solve L");
+    check_host_f32(b, "cholesky_solve B");
+    const auto n = l.size(0), k = n > 0 ? b.numel() / n : 0;
+    SCALPEL_CHECK(l.size(1) == n && b.size(0) == n && b.numel() == n * k, "cholesky_solve L {} B {}",
+                  shape_str(l.shape()), shape_str(b.shape()));
+    if (n == 0 || k == 0) return;
+    // Row-major L is column-major U = Lᵀ: potrs with 'U' solves UᵀU x = b, b column-major [n, k]
+    // (a transposed copy of the row-major b unless k == 1).
+    std::vector<float> bt(static_cast<std::size_t>(n * k));
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < k; ++j) bt[static_cast<std::size_t>(j * n + i)] = b.f32()[i * k + j];
+    const int info = LAPACKE_spotrs_work(LAPACK_COL_MAJOR, 'U', static_cast<lapack_int>(n), static_cast<lapack_int>(k),
+                                         l.f32(), static_cast<lapack_int>(n), bt.data(), static_cast<lapack_int>(n));
+    SCALPEL_CHECK(info == 0, "spotrs info {}", info);
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < k; ++j) b.f32()[i * k + j] = bt[static_cast<std::size_t>(j * n + i)];
+  }
+
   bool spd_solve(Tensor& a, Tensor& b) override {
     check_2d(a, "spd_solve A");
     check_host_f32(b, "spd_solve B");

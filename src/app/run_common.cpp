@@ -1,0 +1,63 @@
+// Shared services of the prune drivers (see run_common.hpp).
+#include "run_common.hpp"
+
+#include "scalpel/core/error.hpp"
+#include "scalpel/dist/comm.hpp"
+#include "scalpel/io/manifest.hpp"
+#include "scalpel/text/calibration.hpp"
+#include "scalpel/text/eval_text.hpp"
+
+namespace scalpel::app {
+
+CalibrationWindows calibration_windows(const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer& tok) {
+  const auto calib_ids = tok.encode(text::load_eval_text("text", cfg.calibration.path));
+  CalibrationWindows w;
+  w.seqlen = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
+  if (w.seqlen > spec.max_positions)
+    SCALPEL_INPUT_ERROR("config: 'calibration.seqlen' {} exceeds the model's max_position_embeddings {}", w.seqlen,
+                        spec.max_positions);
+  const auto n = static_cast<std::int64_t>(calib_ids.size());
+  const auto offsets = cfg.calibration.offsets.empty()
+                           ? text::sample_window_offsets(n, w.seqlen, cfg.calibration.nsamples, cfg.calibration.seed,
+                                                         cfg.calibration.path)
+                           : text::read_window_offsets(cfg.calibration.offsets, n, w.seqlen);
+  w.nseq = static_cast<std::int64_t>(offsets.size());
+  w.ids.reserve(static_cast<std::size_t>(w.nseq * w.seqlen));
+  for (auto o : offsets) w.ids.insert(w.ids.end(), calib_ids.begin() + o, calib_ids.begin() + o + w.seqlen);
+  return w;
+}
+
+WindowRange calibration_shard(std::int64_t nseq, std::int64_t batch, int ranks, int index) {
+  const std::int64_t nbatches = (nseq + batch - 1) / batch;
+  if (nbatches < ranks)
+    SCALPEL_INPUT_ERROR("config: {} calibration windows make {} batches of 'calibration.batch' {}, fewer than the {} "
+                        "ranks of a data group: lower calibration.batch or use fewer ranks per stage",
+                        nseq, nbatches, batch, ranks);
+  const auto mine = dist::block_range(nbatches, ranks, index);
+  return {mine.begin * batch, std::min(nseq, mine.end * batch)};
+}
+
+std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows) {
+  // What decides the pruned weights: method, pattern, options, calibration windows. Not the
+  // threads, output paths, logging, tokenizer mode (the windows' digest covers the ids) or
+  // evaluation settings. `determinism` counts too (strict sums exactly, fast in floating point),
+  // the grid does not: a run may resume at another rank count.
+  Config c;
+  c.prune = cfg.prune;
+  c.surgeon = cfg.surgeon;
+  c.surgeon.eval_shots.clear();
+  c.calibration = cfg.calibration;
+  c.calibration.path = io::digest_bytes(windows.data(), windows.size() * sizeof(std::int32_t));
+  c.calibration.offsets.clear();
+  c.determinism = cfg.determinism;
+  return prune_identity_hash(c);
+}
+
+Tensor to_storage(Backend& be, const Tensor& w, DType dtype) {
+  const Tensor host = be.download(w);
+  Tensor out = Tensor::empty(host.shape(), dtype);
+  convert_from_f32(dtype, host.f32(), out.raw(), static_cast<std::size_t>(host.numel()));
+  return out;
+}
+
+}  // namespace scalpel::app

@@ -1,0 +1,46 @@
+// Services shared by the kinds of prune run (the layer-by-layer driver of prune_run.cpp and LLM
+// Surgeon's whole-model shots of surgeon_run.cpp): calibration windows and their split over the
+// data group, the checkpoint identity of a run, and the stored-dtype rounding. Private to app.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "scalpel/app/config.hpp"
+#include "scalpel/backend/backend.hpp"
+#include "scalpel/model/spec.hpp"
+#include "scalpel/text/tokenizer.hpp"
+
+namespace scalpel::app {
+
+// The calibration windows of a run: nseq windows of seqlen ids, back to back.
+struct CalibrationWindows {
+  std::vector<std::int32_t> ids;
+  std::int64_t nseq = 0, seqlen = 0;
+  // The ids of windows [first, first + count).
+  std::span<const std::int32_t> windows(std::int64_t first, std::int64_t count) const {
+    return std::span<const std::int32_t>(ids).subspan(static_cast<std::size_t>(first * seqlen),
+                                                      static_cast<std::size_t>(count * seqlen));
+  }
+};
+
+// Tokenizes calibration.path and draws (or reads) the windows; input Errors name the key.
+CalibrationWindows calibration_windows(const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer& tok);
+
+// The windows of data rank `index` of `ranks`: whole batches of calibration.batch sequences, so
+// every batch is the same at any rank count. Input Error when there are fewer batches than ranks.
+struct WindowRange {
+  std::int64_t begin = 0, end = 0;
+  std::int64_t count() const { return end - begin; }
+};
+WindowRange calibration_shard(std::int64_t nseq, std::int64_t batch, int ranks, int index);
+
+// The checkpoint's config hash: what decides the pruned weights (prune, surgeon and calibration
+// sections, determinism), with the calibration windows' digest standing for the text and offsets.
+std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows);
+
+// fp32 weight -> the checkpoint's stored dtype, on the host.
+Tensor to_storage(Backend& be, const Tensor& w, DType dtype);
+
+}  // namespace scalpel::app

@@ -1,0 +1,448 @@
+// `scalpel prune` with prune.method: surgeon, LLM Surgeon's whole-model shots (its own driver: the
+// layer-by-layer loop of prune_run.cpp does not fit a method whose every shot needs the gradient
+// of the global loss). Per shot k of K, at the target s_k = k·s/K:
+//   curvature  every rank runs Model::backward over its calibration windows (whole batches, as the
+//              layer-by-layer driver splits them), the Kronecker factors are summed over the ranks
+//   score      dead rows and columns, damped float64 inverses, costs from the weights at the
+//              start of the shot (every rank computes the same from the same sums)
+//   select     one threshold over every pruned linear of the model
+//   update     the correlated updates; the model's weights are replaced in memory (fp32)
+//   commit     world rank 0 writes the shot's weights (fp32, exact) to <ckpt>/shot-KKKKK and then
+//              names it in <ckpt>/shots.json: a rerun resumes after the last committed shot,
+//              bitwise equal to a run that never stopped.
+// After the last shot the weights are rounded to the checkpoint's dtype, exported and evaluated.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <optional>
+
+#include "scalpel/app/commands.hpp"
+#include "scalpel/app/export.hpp"
+#include "scalpel/app/progress.hpp"
+#include "scalpel/app/run_control.hpp"
+#include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
+#include "scalpel/core/timer.hpp"
+#include "scalpel/io/hf_checkpoint.hpp"
+#include "scalpel/io/manifest.hpp"
+#include "scalpel/io/shot_checkpoint.hpp"
+#include "scalpel/prune/surgeon.hpp"
+#include "root_work.hpp"
+#include "run_common.hpp"
+#include "surgeon_curvature.hpp"
+
+namespace fs = std::filesystem;
+
+namespace scalpel::app {
+namespace {
+
+namespace sg = prune::surgeon;
+
+sg::Options surgeon_options(const Config& cfg) {
+  sg::Options o;
+  const auto& s = cfg.surgeon;
+  if (cfg.prune.pattern == "structured") {
+    o.shape = sg::Shape::structured;
+    o.rows = std::count(s.structures.begin(), s.structures.end(), "rows") > 0;
+    o.columns = std::count(s.structures.begin(), s.structures.end(), "columns") > 0;
+  } else if (cfg.prune.pattern != "unstructured") {
+    const auto nm = parse_nm(cfg.prune.pattern);
+    o.shape = sg::Shape::nm;
+    o.n = nm->first;
+    o.m = nm->second;
+  }
+  o.cost = s.cost == "kobd" ? sg::Cost::kobd : s.cost == "magnitude" ? sg::Cost::magnitude : sg::Cost::surgeon;
+  o.damp_g = s.damp_g;
+  o.damp_a = s.damp_a;
+  o.max_correlate = s.max_correlate;
+  o.addupdate = s.addupdate;
+  return o;
+}
+
+// The final fraction pruned: N/M for N:M, prune.sparsity otherwise.
+double final_sparsity(const Config& cfg, const sg::Options& o) {
+  return o.shape == sg::Shape::nm ? static_cast<double>(o.n) / o.m : cfg.prune.sparsity;
+}
+
+std::vector<SurgeonTarget> targets_of(const model::ModelSpec& spec, const Config& cfg, const sg::Options& o) {
+  const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
+  std::vector<SurgeonTarget> out;
+  for (std::int64_t l = 0; l < spec.layers; ++l)
+    for (const auto& g : groups)
+      for (const auto& lin : g.linears) {
+        if (o.shape == sg::Shape::nm && lin.in % o.m != 0)
+          SCALPEL_INPUT_ERROR("config: prune.pattern {}:{} does not divide the {} input columns of {}; exclude it "
+                              "with prune.targets", o.n, o.m, lin.in, lin.name);
+        out.push_back({l, lin});
+      }
+  return out;
+}
+
+// The linear's weight with its bias as the last column, on the host, fp32 [out, in (+1)].
+Tensor weight_with_bias(Backend& be, const model::LayerWeights& w, const model::LinearSpec& lin) {
+  const Tensor wt = be.download(w.at(lin.name + ".weight"));
+  const auto R = lin.out, C = lin.in + (lin.bias ? 1 : 0);
+  Tensor out = Tensor::empty({R, C});
+  const Tensor b = lin.bias ? be.download(w.at(lin.name + ".bias")) : Tensor();
+  for (std::int64_t r = 0; r < R; ++r) {
+    std::copy(wt.f32() + r * lin.in, wt.f32() + (r + 1) * lin.in, out.f32() + r * C);
+    if (lin.bias) out.f32()[r * C + lin.in] = b.f32()[r];
+  }
+  return out;
+}
+
+// Splits weight_with_bias's layout back into the layer's tensors (host f32).
+std::pair<Tensor, Tensor> split_bias(const Tensor& wb, const model::LinearSpec& lin) {
+  const auto R = lin.out, C = wb.size(1);
+  Tensor w = Tensor::empty({R, lin.in}), b = lin.bias ? Tensor::empty({R}) : Tensor();
+  for (std::int64_t r = 0; r < R; ++r) {
+    std::copy(wb.f32() + r * C, wb.f32() + r * C + lin.in, w.f32() + r * lin.in);
+    if (lin.bias) b.f32()[r] = wb.f32()[r * C + lin.in];
+  }
+  return {w, b};
+}
+
+// Replaces the targets' tensors in the model's layers (host f32 weights with bias columns).
+void install(model::Model& m, Backend& be, const std::vector<SurgeonTarget>& targets, const std::vector<Tensor>& wbs) {
+  std::map<std::int64_t, std::shared_ptr<model::LayerWeights>> layers;
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    const auto& t = targets[i];
+    auto& lw = layers[t.layer];
+    if (!lw) lw = std::make_shared<model::LayerWeights>(*m.layer_weights(t.layer));
+    const auto [w, b] = split_bias(wbs[i], t.linear);
+    lw->tensors[t.linear.name + ".weight"] = be.upload(w);
+    if (t.linear.bias) lw->tensors[t.linear.name + ".bias"] = be.upload(b);
+  }
+  for (auto& [l, lw] : layers) m.set_layer_weights(l, lw);
+}
+
+// The targets' tensors per layer as checkpoint records (fp32: a resumed run continues bitwise).
+std::vector<std::vector<io::TensorRecord>> shot_records(const std::vector<SurgeonTarget>& targets,
+                                                        const std::vector<Tensor>& wbs, std::int64_t layers) {
+  std::vector<std::vector<io::TensorRecord>> out(static_cast<std::size_t>(layers));
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    const auto [w, b] = split_bias(wbs[i], targets[i].linear);
+    auto& recs = out[static_cast<std::size_t>(targets[i].layer)];
+    io::TensorRecord rw;
+    rw.name = targets[i].linear.name + ".weight";
+    rw.data = w;
+    recs.push_back(std::move(rw));
+    if (targets[i].linear.bias) {
+      io::TensorRecord rb;
+      rb.name = targets[i].linear.name + ".bias";
+      rb.data = b;
+      recs.push_back(std::move(rb));
+    }
+  }
+  return out;
+}
+
+// Loads the weights of a committed shot into wbs (and so into the model).
+std::vector<Tensor> read_shot(const io::Checkpoint& ck, const std::vector<SurgeonTarget>& targets) {
+  std::vector<Tensor> wbs;
+  std::int64_t cached = -1;
+  io::LayerData data;
+  for (const auto& t : targets) {
+    if (t.layer != cached) {
+      data = ck.read_layer(t.layer);
+      cached = t.layer;
+    }
+    const auto& lin = t.linear;
+    const Tensor w = data.at(lin.name + ".weight").data;
+    const auto C = lin.in + (lin.bias ? 1 : 0);
+    Tensor wb = Tensor::empty({lin.out, C});
+    for (std::int64_t r = 0; r < lin.out; ++r) {
+      std::copy(w.f32() + r * lin.in, w.f32() + (r + 1) * lin.in, wb.f32() + r * C);
+      if (lin.bias) wb.f32()[r * C + lin.in] = data.at(lin.name + ".bias").data.f32()[r];
+    }
+    wbs.push_back(std::move(wb));
+  }
+  return wbs;
+}
+
+std::int64_t zeros_of(const std::vector<Tensor>& wbs) {
+  std::int64_t z = 0;
+  for (const auto& w : wbs)
+    for (std::int64_t i = 0; i < w.numel(); ++i) z += w.f32()[i] == 0.0f;
+  return z;
+}
+
+std::int64_t weights_of(const std::vector<Tensor>& wbs) {
+  std::int64_t n = 0;
+  for (const auto& w : wbs) n += w.numel();
+  return n;
+}
+
+}  // namespace
+
+// Everything a shot needs, set up once by run_surgeon.
+struct SurgeonRun {
+  const Config& cfg;
+  dist::Comm& world;
+  dist::Comm& group;
+  Backend& be;
+  model::Model& m;
+  const CalibrationWindows& calib;
+  WindowRange shard;
+  std::vector<SurgeonTarget> targets;
+  sg::Options opt;
+  prune::Accumulation accumulation;
+  Metrics& metrics;
+  Watchdog& watchdog;
+  std::string config_hash;
+  std::vector<Tensor> wbs_final;  // the targets' weights after the last shot
+};
+
+namespace {
+
+// One shot: curvature, scores, selection, updates. Returns the shot's metrics record; wbs holds the
+// targets' weights before (in) and after (out) the shot.
+nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& wbs) {
+  const auto K = r.cfg.surgeon.shots;
+  const double target = final_sparsity(r.cfg, r.opt) * static_cast<double>(shot) / static_cast<double>(K);
+  nlohmann::json phases = nlohmann::json::object();
+  std::vector<sg::Linear> lins(r.targets.size());
+  double loss = std::nan("");
+  Timer t;
+  if (r.opt.cost != sg::Cost::magnitude) {
+    r.watchdog.beat("curvature", -1);
+    ShotCurvature curv(r.be, r.targets, r.accumulation, shot, r.cfg.surgeon.fisher == "sampled", r.cfg.calibration.seed);
+    std::array<double, 2> loss_sum{0, 0};
+    const auto batch = r.cfg.calibration.batch;
+    for (std::int64_t s0 = r.shard.begin; s0 < r.shard.end; s0 += batch) {
+      const auto b = std::min(batch, r.shard.end - s0);
+      const auto losses = r.m.backward(r.calib.windows(s0, b), b, r.calib.seqlen, curv.taps(s0));
+      for (const double l : losses) loss_sum[0] += l;
+      loss_sum[1] += static_cast<double>(b);
+      r.watchdog.beat("curvature", -1);
+    }
+    phases["forward_backward_s"] = t.seconds() - curv.seconds();
+    phases["factors_s"] = curv.seconds();
+    t = Timer();
+    curv.reduce(r.group);
+    r.group.allreduce_sum(std::span<double>(loss_sum));
+    loss = loss_sum[0] / loss_sum[1];
+    phases["reduce_s"] = t.seconds();
+    t = Timer();
+    const auto tokens = r.calib.nseq * r.calib.seqlen;
+    for (std::size_t i = 0; i < r.targets.size(); ++i) std::tie(lins[i].a, lins[i].g) = curv.factors(i, tokens);
+    phases["means_s"] = t.seconds();
+  }
+  t = Timer();
+  std::vector<sg::Scored> scored;
+  for (std::size_t i = 0; i < r.targets.size(); ++i) {
+    r.watchdog.beat("score", r.targets[i].layer);
+    lins[i].name = fmt::format("shot {} {}", shot, r.targets[i].label());
+    lins[i].w = wbs[i];
+    lins[i].has_bias = r.targets[i].linear.bias;
+    scored.push_back(sg::score(r.be, lins[i], r.opt));
+  }
+  phases["score_s"] = t.seconds();
+  t = Timer();
+  double threshold = 0;
+  const auto removal = sg::select(lins, scored, r.opt, target, threshold);
+  phases["select_s"] = t.seconds();
+  t = Timer();
+  nlohmann::json removed = nlohmann::json::object();
+  for (std::size_t i = 0; i < lins.size(); ++i) {
+    r.watchdog.beat("update", r.targets[i].layer);
+    sg::update(r.be, lins[i], scored[i], removal[i], r.opt);
+    removed[r.targets[i].label()] = removal[i].removed;
+    wbs[i] = lins[i].w;
+  }
+  phases["update_s"] = t.seconds();
+  for (const auto& w : wbs)
+    if (!r.be.all_finite(w)) SCALPEL_RUNTIME_ERROR("shot {}: non-finite weights after the update", shot);
+  const auto zeros = zeros_of(wbs), total = weights_of(wbs);
+  return {{"event", "shot"},
+          {"shot", shot},
+          {"shots", K},
+          {"target", target},
+          {"reached", static_cast<double>(zeros) / static_cast<double>(total)},
+          {"zeros", zeros},
+          {"weights", total},
+          {"threshold", std::isfinite(threshold) ? nlohmann::json(threshold) : nlohmann::json(nullptr)},
+          {"calibration_loss_before", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr)},
+          {"removed", removed},
+          {"seconds", phases}};
+}
+
+}  // namespace
+namespace {
+
+// The mean next-token loss of the calibration windows (the reference's per-window loss), over the
+// ranks' shards.
+double calibration_loss(SurgeonRun& r) {
+  std::array<double, 2> sum{0, 0};
+  const auto batch = r.cfg.calibration.batch, T = r.calib.seqlen;
+  std::vector<double> nll(static_cast<std::size_t>(batch * (T - 1)));
+  for (std::int64_t s0 = r.shard.begin; s0 < r.shard.end; s0 += batch) {
+    const auto b = std::min(batch, r.shard.end - s0);
+    r.m.window_nll(r.calib.windows(s0, b), b, T, std::span<double>(nll).first(static_cast<std::size_t>(b * (T - 1))));
+    for (std::int64_t w = 0; w < b; ++w) {
+      double s = 0;
+      for (std::int64_t t = 0; t < T - 1; ++t) s += nll[static_cast<std::size_t>(w * (T - 1) + t)];
+      sum[0] += s / static_cast<double>(T - 1);
+    }
+    sum[1] += static_cast<double>(b);
+  }
+  r.group.allreduce_sum(std::span<double>(sum));
+  return sum[0] / sum[1];
+}
+
+void log_shot(const nlohmann::json& rec) {
+  const auto& sec = rec.at("seconds");
+  double total = 0;
+  for (const auto& [k, v] : sec.items()) total += v.get<double>();
+  log::info("shot {}/{}: target {:.2f}%, reached {:.2f}%, threshold {}, calibration loss before {}, {:.1f} s",
+            rec.at("shot").get<std::int64_t>(), rec.at("shots").get<std::int64_t>(), 100 * rec.at("target").get<double>(),
+            100 * rec.at("reached").get<double>(), rec.at("threshold").dump(), rec.at("calibration_loss_before").dump(),
+            total);
+}
+
+// After the last shot: weights rounded to the checkpoint's dtype (what the export holds and what
+// is evaluated), the export, the summary record and the evaluation.
+int finish_surgeon(SurgeonRun& r, const io::HfCheckpoint& src, const model::ModelSpec& spec,
+                   const text::Tokenizer* tok, const Timer& total_timer) {
+  r.watchdog.beat("export", -1);
+  std::map<std::string, Tensor> replaced;
+  std::vector<Tensor> rounded;
+  for (std::size_t i = 0; i < r.targets.size(); ++i) {
+    const auto& t = r.targets[i];
+    const auto [w, b] = split_bias(r.wbs_final[i], t.linear);
+    Tensor wb = r.wbs_final[i].clone();
+    for (const auto& [suffix, part] : {std::pair<std::string, Tensor>{".weight", w}, {".bias", b}}) {
+      if (!part.defined()) continue;
+      const auto name = spec.layer_prefix(t.layer) + t.linear.name + suffix;
+      Tensor stored = Tensor::empty(part.shape(), src.info(name).dtype);
+      convert_from_f32(stored.dtype(), part.f32(), stored.raw(), static_cast<std::size_t>(part.numel()));
+      replaced[name] = stored;
+    }
+    const auto rw = replaced.at(spec.layer_prefix(t.layer) + t.linear.name + ".weight").to_f32();
+    const auto C = wb.size(1);
+    for (std::int64_t row = 0; row < t.linear.out; ++row) {
+      std::copy(rw.f32() + row * t.linear.in, rw.f32() + (row + 1) * t.linear.in, wb.f32() + row * C);
+      if (t.linear.bias)
+        wb.f32()[row * C + t.linear.in] =
+            replaced.at(spec.layer_prefix(t.layer) + t.linear.name + ".bias").to_f32().f32()[row];
+    }
+    rounded.push_back(std::move(wb));
+  }
+  install(r.m, r.be, r.targets, rounded);
+  const double loss = calibration_loss(r);
+  const auto zeros = zeros_of(rounded), total = weights_of(rounded);
+  const nlohmann::json summary = {{"method", "surgeon"}, {"cost", r.cfg.surgeon.cost}, {"pattern", r.cfg.prune.pattern},
+                                  {"shots", r.cfg.surgeon.shots}, {"zeros", zeros}, {"weights", total},
+                                  {"sparsity", static_cast<double>(zeros) / static_cast<double>(total)},
+                                  {"calibration_loss", loss}, {"seconds", total_timer.seconds()},
+                                  {"ranks", r.world.size()}};
+  if (r.world.is_root()) {
+    log::info("pruned {} of {} target weights and biases ({:.2f}%), calibration loss {:.4f}, in {:.1f} s", zeros, total,
+              100.0 * zeros / total, loss, total_timer.seconds());
+    if (!r.cfg.output.export_dir.empty()) {
+      const auto dest = fs::path(r.cfg.output.dir) / r.cfg.output.export_dir;
+      export_hf_folder(src, replaced, dest, r.cfg.output.export_shard_mb << 20);
+      log::info("exported the pruned model to {}", dest.string());
+    }
+    r.metrics.write({{"event", "prune"}, {"config_hash", r.config_hash}, {"summary", summary}});
+  }
+  r.world.barrier();
+  if (r.cfg.eval.sets.empty() && r.cfg.eval.tasks.empty()) return kExitOk;
+  evaluate_config(r.m, tok, r.cfg, r.world, r.metrics, {{"pruned", true}, {"config_hash", r.config_hash}},
+                  [&] { r.watchdog.beat("evaluate", -1); });
+  return kExitOk;
+}
+
+}  // namespace
+
+int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
+  if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
+  Timer total_timer;
+  install_stop_signals();
+  if (cfg.parallel.stages != 1)
+    SCALPEL_INPUT_ERROR("config: 'parallel.stages' {}: LLM Surgeon runs data-parallel only in this release "
+                        "(parallel.stages: 1)", cfg.parallel.stages);
+  if (cfg.device != "cpu")
+    SCALPEL_INPUT_ERROR("config: 'device' {}: LLM Surgeon runs on device: cpu in this release", cfg.device);
+  const auto grid = dist::make_grid(world, 1, cfg.parallel.data);
+  auto backend = make_rank_backend(cfg, place);
+  Backend& be = *backend;
+  auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
+  const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
+  const auto opt = surgeon_options(cfg);
+  auto targets = targets_of(spec, cfg, opt);
+  detail::on_root(world, [&] { check_eval_inputs(cfg, spec); });
+  auto tok = make_tokenizer(cfg);
+  const auto calib = calibration_windows(cfg, spec, *tok);
+  const auto shard = calibration_shard(calib.nseq, cfg.calibration.batch, grid.data, grid.data_index);
+
+  const fs::path out_dir = cfg.output.dir, ckpt_dir = out_dir / cfg.output.checkpoint;
+  io::CheckpointIdentity id;
+  id.model = cfg.model;
+  id.model_fingerprint = io::model_fingerprint(cfg.model);
+  id.config_hash = prune_config_hash(cfg, calib.ids);
+  id.grid = {{"stages", 1}, {"data", grid.data}, {"determinism", cfg.determinism}};
+  id.num_layers = spec.layers;
+  std::optional<io::ShotCheckpoint> state;
+  if (world.is_root()) state = io::ShotCheckpoint::open_or_create(ckpt_dir, id, cfg.surgeon.shots, restart);
+  world.barrier();
+  if (!world.is_root()) state = io::ShotCheckpoint::open_read(ckpt_dir);
+  const auto K = cfg.surgeon.shots;
+
+  model::Model m(spec, checkpoint_source(src), be, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
+  std::vector<Tensor> wbs;
+  for (const auto& t : targets) wbs.push_back(weight_with_bias(be, *m.layer_weights(t.layer), t.linear));
+  const auto first = state->last_shot() + 1;
+  if (first > 1) {
+    wbs = read_shot(state->last(), targets);
+    install(m, be, targets, wbs);
+    log::info("checkpoint {}: shots 1..{} committed; resuming at shot {}", ckpt_dir.string(), first - 1, first);
+  }
+  log::info("prune {} ({}, {} layers): LLM Surgeon ({} cost) {} to {:.1f}% in {} shots, {} linears; {} calibration "
+            "windows x {} tokens; {} rank(s), determinism {}",
+            cfg.model, spec.model_type, spec.layers, cfg.surgeon.cost, cfg.prune.pattern,
+            100 * final_sparsity(cfg, opt), K, targets.size(), calib.nseq, calib.seqlen, world.size(), cfg.determinism);
+
+  Metrics metrics;
+  if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((out_dir / cfg.output.metrics).string());
+  Watchdog watchdog(cfg.parallel.watchdog_seconds, world.rank());
+  SurgeonRun run{cfg, world, *grid.data_group, be, m, calib, shard, targets, opt,
+                 cfg.determinism == "strict" ? prune::Accumulation::exact : prune::Accumulation::sum,
+                 metrics, watchdog, id.config_hash, {}};
+  Progress progress("surgeon", K, "shots", cfg.log.progress_seconds, world.is_root());
+  for (std::int64_t shot = first; shot <= K; ++shot) {
+    auto rec = run_shot(run, shot, wbs);
+    install(m, be, targets, wbs);
+    Timer ct;
+    if (world.is_root()) state->commit_shot(shot, shot_records(targets, wbs, spec.layers), {{"reached", rec["reached"]}});
+    world.barrier();
+    rec["seconds"]["commit_s"] = ct.seconds();
+    rec["config_hash"] = id.config_hash;
+    if (world.is_root()) log_shot(rec);
+    metrics.write(rec);
+    const bool eval_now = std::count(cfg.surgeon.eval_shots.begin(), cfg.surgeon.eval_shots.end(), shot) > 0;
+    if (eval_now && shot < K && !cfg.eval.sets.empty()) {
+      Config c = cfg;
+      c.eval.tasks.clear();
+      evaluate_config(m, tok.get(), c, world, metrics, {{"pruned", true}, {"shot", shot}, {"config_hash", id.config_hash}},
+                      [&] { watchdog.beat("evaluate", -1); });
+    }
+    progress.update(shot - first + 1, 0);
+    std::int64_t stop = stop_signal();
+    world.allreduce_max(std::span<std::int64_t>(&stop, 1));
+    if (stop != 0 && shot < K) {
+      log::warn("signal {} received: stopping after shot {}/{} (committed); rerun the same command to resume (exit "
+                "code {})", stop, shot, K, kExitInterrupted);
+      metrics.write({{"event", "interrupted"}, {"signal", stop}, {"after_shot", shot}, {"config_hash", id.config_hash}});
+      return kExitInterrupted;
+    }
+  }
+  progress.finish();
+  run.wbs_final = std::move(wbs);
+  return finish_surgeon(run, *src, spec, tok.get(), total_timer);
+}
+
+}  // namespace scalpel::app

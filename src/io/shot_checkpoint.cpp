@@ -1,0 +1,135 @@
+// Multi-shot checkpoint state (see shot_checkpoint.hpp): one io::Checkpoint per shot under a
+// pointer file replaced atomically.
+#include "scalpel/io/shot_checkpoint.hpp"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "scalpel/core/error.hpp"
+#include "scalpel/io/manifest.hpp"
+
+namespace fs = std::filesystem;
+
+namespace scalpel::io {
+namespace {
+
+constexpr const char* kFormat = "scalpel-shots";
+
+nlohmann::json read_pointer(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) SCALPEL_INPUT_ERROR("{}: cannot read the shot pointer", file.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(ss.str());
+  } catch (const nlohmann::json::exception& e) {
+    SCALPEL_INPUT_ERROR("{}: malformed JSON ({})", file.string(), e.what());
+  }
+  const bool ok = j.is_object() && j.value("format", "") == kFormat && j.contains("shot") &&
+                  j["shot"].is_number_integer() && j.contains("total_shots") && j["total_shots"].is_number_integer() &&
+                  j.contains("model_fingerprint") && j.contains("config_hash") && j.contains("num_layers");
+  if (!ok) SCALPEL_INPUT_ERROR("{}: not a scalpel shot pointer (format, shot, total_shots, identity)", file.string());
+  if (j["shot"].get<std::int64_t>() < 0 || j["shot"].get<std::int64_t>() > j["total_shots"].get<std::int64_t>())
+    SCALPEL_INPUT_ERROR("{}: shot {} outside 0..{}", file.string(), j["shot"].get<std::int64_t>(),
+                        j["total_shots"].get<std::int64_t>());
+  return j;
+}
+
+std::string shot_name(std::int64_t shot) { return fmt::format("shot-{:05d}", shot); }
+
+}  // namespace
+
+bool ShotCheckpoint::is_shot_state(const fs::path& dir) { return fs::exists(dir / kShotPointerName); }
+
+fs::path ShotCheckpoint::shot_dir(std::int64_t shot) const { return dir_ / shot_name(shot); }
+
+ShotCheckpoint ShotCheckpoint::open_read(const fs::path& dir) {
+  ShotCheckpoint s;
+  s.dir_ = dir;
+  s.pointer_ = read_pointer(dir / kShotPointerName);
+  s.shot_ = s.pointer_["shot"].get<std::int64_t>();
+  s.total_ = s.pointer_["total_shots"].get<std::int64_t>();
+  return s;
+}
+
+ShotCheckpoint ShotCheckpoint::open_or_create(const fs::path& dir, const CheckpointIdentity& id,
+                                              std::int64_t total_shots, bool restart) {
+  SCALPEL_CHECK(total_shots >= 1, "{} shots", total_shots);
+  if (restart && fs::exists(dir)) fs::remove_all(dir);
+  if (fs::exists(dir) && !fs::is_empty(dir) && !is_shot_state(dir))
+    SCALPEL_INPUT_ERROR("{}: holds something else than a multi-shot state (no {}); use another output.dir or "
+                        "--restart", dir.string(), kShotPointerName);
+  fs::create_directories(dir);
+  ShotCheckpoint s;
+  s.dir_ = dir;
+  s.id_ = id;
+  s.total_ = total_shots;
+  s.writable_ = true;
+  if (is_shot_state(dir)) {
+    s.pointer_ = read_pointer(dir / kShotPointerName);
+    const auto& p = s.pointer_;
+    const auto differs = [&](const char* what) {
+      SCALPEL_INPUT_ERROR("{}: the checkpoint was made with another {} than this run; use another output.dir, or "
+                          "--restart to discard it", dir.string(), what);
+    };
+    if (p["model_fingerprint"] != id.model_fingerprint) differs("model");
+    if (p["config_hash"] != id.config_hash) differs("configuration (prune, surgeon or calibration settings)");
+    if (p["num_layers"].get<std::int64_t>() != id.num_layers) differs("layer count");
+    if (p["total_shots"].get<std::int64_t>() != total_shots) differs("number of shots");
+    s.shot_ = p["shot"].get<std::int64_t>();
+  } else {
+    s.write_pointer({{"format", kFormat}, {"version", 1}, {"model", id.model},
+                     {"model_fingerprint", id.model_fingerprint}, {"config_hash", id.config_hash},
+                     {"num_layers", id.num_layers}, {"total_shots", total_shots}, {"shot", 0},
+                     {"grid", id.grid}, {"history", nlohmann::json::array()}});
+  }
+  s.remove_unreferenced();
+  return s;
+}
+
+Checkpoint ShotCheckpoint::last() const {
+  if (shot_ == 0) SCALPEL_INPUT_ERROR("{}: no shot committed yet", dir_.string());
+  return Checkpoint::open_read(shot_dir(shot_));
+}
+
+void ShotCheckpoint::write_pointer(nlohmann::json next) {
+  write_file_atomic(dir_ / kShotPointerName, next.dump(2) + "\n", "shots");
+  pointer_ = std::move(next);
+}
+
+void ShotCheckpoint::remove_unreferenced() const {
+  const std::string keep = shot_ > 0 ? shot_name(shot_) : "";
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    const auto name = e.path().filename().string();
+    if (e.is_directory() && name.rfind("shot-", 0) == 0 && name != keep) fs::remove_all(e.path());
+  }
+}
+
+void ShotCheckpoint::commit_shot(std::int64_t shot, const std::vector<std::vector<TensorRecord>>& tensors,
+                                 const nlohmann::json& metrics) {
+  SCALPEL_CHECK(writable_, "shot checkpoint {} opened read-only", dir_.string());
+  SCALPEL_CHECK(shot == shot_ + 1 && shot <= total_, "commit of shot {} after shot {} (of {})", shot, shot_, total_);
+  SCALPEL_CHECK(static_cast<std::int64_t>(tensors.size()) == id_.num_layers, "{} layers for {}", tensors.size(),
+                id_.num_layers);
+  CheckpointIdentity id = id_;
+  id.config_hash = fmt::format("{}/shot-{}", id_.config_hash, shot);
+  CheckpointOptions opt;
+  opt.restart = true;  // a leftover of an interrupted attempt at this shot
+  auto ck = Checkpoint::open_or_create(shot_dir(shot), id, opt);
+  for (std::int64_t l = 0; l < id_.num_layers; ++l) {
+    const auto info = ck.write_layer_shard(l, 0, tensors[static_cast<std::size_t>(l)]);
+    ck.commit_layer(l, {info});
+  }
+  ck.mark_complete(metrics);
+  nlohmann::json next = pointer_;
+  next["shot"] = shot;
+  next["history"].push_back({{"shot", shot}, {"committed", utc_now_iso()}, {"metrics", metrics}});
+  write_pointer(std::move(next));  // the commit point
+  shot_ = shot;
+  remove_unreferenced();
+}
+
+}  // namespace scalpel::io
