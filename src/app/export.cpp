@@ -81,7 +81,18 @@ SparsityStats sparsity_stats(const Tensor& w) {
   s.cols = w.cols();
   const Tensor f = w.dtype() == DType::f32 ? w : w.to_f32();
   const float* p = f.data<float>();
-  for (std::int64_t i = 0; i < s.rows * s.cols; ++i) s.zeros += p[i] == 0.0f;
+  std::vector<std::uint8_t> col_nz(static_cast<std::size_t>(s.cols), 0);
+  for (std::int64_t r = 0; r < s.rows; ++r) {
+    std::int64_t z = 0;
+    for (std::int64_t c = 0; c < s.cols; ++c) {
+      const bool zero = p[r * s.cols + c] == 0.0f;
+      z += zero;
+      if (!zero) col_nz[static_cast<std::size_t>(c)] = 1;
+    }
+    s.zeros += z;
+    s.zero_rows += z == s.cols;
+  }
+  for (const auto nz : col_nz) s.zero_cols += nz == 0;
   // The most specific N:M that every group of every row satisfies (1:2 implies 2:4 implies 4:8).
   for (auto [n, m] : {std::pair{1, 2}, std::pair{2, 4}, std::pair{4, 8}}) {
     if (s.cols % m != 0 || s.zeros == 0) continue;
@@ -105,7 +116,9 @@ nlohmann::json inspect_hf_folder(const fs::path& folder, bool print) {
   const auto spec = model::ModelSpec::from_config(ckpt.config(), (folder / "config.json").string());
   nlohmann::json rows = nlohmann::json::array();
   std::int64_t zeros = 0, total = 0;
-  if (print) fmt::print("{:<48} {:>14} {:>5} {:>9} {:>5}\n", "tensor", "shape", "dtype", "sparsity", "N:M");
+  if (print)
+    fmt::print("{:<48} {:>14} {:>5} {:>9} {:>5} {:>9} {:>9}\n", "tensor", "shape", "dtype", "sparsity", "N:M",
+               "zero rows", "zero cols");
   for (std::int64_t l = 0; l < spec.layers; ++l) {
     for (const auto& lin : spec.linears()) {
       const auto name = spec.layer_prefix(l) + lin.name + ".weight";
@@ -115,10 +128,11 @@ nlohmann::json inspect_hf_folder(const fs::path& folder, bool print) {
       zeros += s.zeros;
       total += s.rows * s.cols;
       rows.push_back({{"tensor", stored}, {"rows", s.rows}, {"cols", s.cols}, {"zeros", s.zeros},
-                      {"sparsity", s.sparsity()}, {"nm", s.nm}});
+                      {"sparsity", s.sparsity()}, {"nm", s.nm}, {"zero_rows", s.zero_rows}, {"zero_cols", s.zero_cols}});
       if (print)
-        fmt::print("{:<48} {:>14} {:>5} {:>8.2f}% {:>5}\n", stored, fmt::format("{}x{}", s.rows, s.cols),
-                   dtype_name(ckpt.info(stored).dtype), 100 * s.sparsity(), s.nm.empty() ? "-" : s.nm);
+        fmt::print("{:<48} {:>14} {:>5} {:>8.2f}% {:>5} {:>9} {:>9}\n", stored, fmt::format("{}x{}", s.rows, s.cols),
+                   dtype_name(ckpt.info(stored).dtype), 100 * s.sparsity(), s.nm.empty() ? "-" : s.nm, s.zero_rows,
+                   s.zero_cols);
     }
   }
   const double sp = total ? static_cast<double>(zeros) / static_cast<double>(total) : 0;

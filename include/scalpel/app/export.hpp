@@ -28,6 +28,7 @@ void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, T
 // Zero counts and N:M structure of one weight matrix (any float dtype, host).
 struct SparsityStats {
   std::int64_t rows = 0, cols = 0, zeros = 0;
+  std::int64_t zero_rows = 0, zero_cols = 0;  // rows and columns entirely zero (structured pruning)
   std::string nm;  // strongest N:M pattern every row satisfies ("2:4", "4:8"), or ""
   double sparsity() const {
     return rows > 0 && cols > 0 ? static_cast<double>(zeros) / static_cast<double>(rows * cols) : 0;
