@@ -175,6 +175,7 @@ void validate_surgeon(const Config& c, const std::string& source) {
   const auto& s = c.surgeon;
   if (s.shots < 1) SCALPEL_INPUT_ERROR("{}: 'surgeon.shots' must be >= 1", source);
   if (!(s.damp_g > 0) || !(s.damp_a > 0)) SCALPEL_INPUT_ERROR("{}: 'surgeon.damp_g' and 'surgeon.damp_a' must be > 0", source);
+  if (s.keep_activations_mb < 0) SCALPEL_INPUT_ERROR("{}: 'surgeon.keep_activations_mb' must be >= 0", source);
   if (s.max_correlate < 0) SCALPEL_INPUT_ERROR("{}: 'surgeon.max_correlate' must be >= 0 (0 = all at once)", source);
   if (s.fisher != "empirical" && s.fisher != "sampled")
     SCALPEL_INPUT_ERROR("{}: 'surgeon.fisher' is '{}', expected empirical or sampled", source, s.fisher);
@@ -313,6 +314,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("fisher", c.surgeon.fisher);
     r.get("cost", c.surgeon.cost);
     read_int_list(r.child("eval_shots"), source, "surgeon.eval_shots", c.surgeon.eval_shots);
+    r.get("keep_activations_mb", c.surgeon.keep_activations_mb);
     r.finish();
   }
   {

@@ -212,9 +212,11 @@ nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& w
     ShotCurvature curv(r.be, r.targets, r.accumulation, shot, r.cfg.surgeon.fisher == "sampled", r.cfg.calibration.seed);
     std::array<double, 2> loss_sum{0, 0};
     const auto batch = r.cfg.calibration.batch;
+    const bool keep = r.m.spec().layers * r.m.layer_cache_bytes(batch, r.calib.seqlen) <=
+                      (r.cfg.surgeon.keep_activations_mb << 20);
     for (std::int64_t s0 = r.shard.begin; s0 < r.shard.end; s0 += batch) {
       const auto b = std::min(batch, r.shard.end - s0);
-      const auto losses = r.m.backward(r.calib.windows(s0, b), b, r.calib.seqlen, curv.taps(s0));
+      const auto losses = r.m.backward(r.calib.windows(s0, b), b, r.calib.seqlen, curv.taps(s0), keep);
       for (const double l : losses) loss_sum[0] += l;
       loss_sum[1] += static_cast<double>(b);
       r.watchdog.beat("curvature", -1);

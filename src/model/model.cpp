@@ -183,16 +183,39 @@ void Model::final_backward(const Tensor& rows, const Tensor& dlogits, Tensor& dx
   }
 }
 
+std::int64_t Model::layer_cache_bytes(std::int64_t batch, std::int64_t seqlen) const {
+  const auto n = batch * seqlen, d = spec_.hidden, qd = spec_.heads * spec_.head_dim,
+             kvd = spec_.kv_heads * spec_.head_dim;
+  // x_in, norm1, x_mid, norm2 (+ res1, res2 post-norm); q, attn; k, v; probs; ffn_pre, ffn_act (+ ffn_up).
+  const std::int64_t floats = n * d * (spec_.pre_norm ? 4 : 6) + 2 * n * qd + 2 * n * kvd +
+                              batch * spec_.heads * seqlen * seqlen +
+                              n * spec_.ffn * (spec_.family == Family::llama ? 3 : 2);
+  return 4 * floats;
+}
+
 std::vector<double> Model::backward(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
-                                    const BackwardTaps& taps) {
+                                    const BackwardTaps& taps, bool keep_caches) {
   SCALPEL_CHECK(seqlen >= 2, "a backward pass needs windows of at least 2 tokens, got {}", seqlen);
   const auto L = spec_.layers, d = spec_.hidden, V = spec_.vocab_size;
-  // Forward, keeping each layer's input.
-  std::vector<Tensor> inputs;
+  const auto in_tap = [&](std::int64_t l) {
+    LinearTap t;
+    if (taps.input) t = [&taps, l](int g, const std::vector<std::string>& names, const Tensor& xin) {
+      taps.input(l, g, names, xin);
+    };
+    return t;
+  };
+  // Forward, keeping each layer's input or its whole cache.
+  std::vector<Tensor> inputs(static_cast<std::size_t>(L));
+  std::vector<LayerCache> caches(static_cast<std::size_t>(keep_caches ? L : 0));
   Tensor x = embed(ids, batch, seqlen);
   for (std::int64_t l = 0; l < L; ++l) {
-    inputs.push_back(clone_on(be_, x));
-    layer_forward(l, x, batch, seqlen);
+    if (keep_caches) {
+      const LinearTap t = in_tap(l);
+      layer_forward(l, x, batch, seqlen, &t, &caches[static_cast<std::size_t>(l)]);
+    } else {
+      inputs[static_cast<std::size_t>(l)] = clone_on(be_, x);
+      layer_forward(l, x, batch, seqlen);
+    }
   }
   // The head, one window at a time: dL/dx of the last layer's output, L = Σ_b mean_t nll.
   Tensor dx = be_.empty({batch * seqlen, d});
@@ -202,6 +225,7 @@ std::vector<double> Model::backward(std::span<const std::int32_t> ids, std::int6
   std::vector<double> row_loss(static_cast<std::size_t>(seqlen));
   for (std::int64_t b = 0; b < batch; ++b) {
     std::copy(ids.begin() + b * seqlen + 1, ids.begin() + (b + 1) * seqlen, targets.begin());
+    targets.back() = -1;
     const Tensor rows = x.slice_rows(b * seqlen, (b + 1) * seqlen);
     final_logits(rows, logits);
     if (taps.labels) taps.labels(b, logits, targets);
@@ -212,20 +236,21 @@ std::vector<double> Model::backward(std::span<const std::int32_t> ids, std::int6
     Tensor dxb = dx.slice_rows(b * seqlen, (b + 1) * seqlen);
     final_backward(rows, logits, dxb);
   }
-  // Layers in reverse: recompute the forward with its cache, then the backward.
+  // Layers in reverse: the kept cache, or the forward recomputed with its cache; then the backward.
   for (std::int64_t l = L - 1; l >= 0; --l) {
-    LinearTap in_tap;
-    if (taps.input) in_tap = [&](int g, const std::vector<std::string>& names, const Tensor& xin) {
-      taps.input(l, g, names, xin);
-    };
     GradTap g_tap;
     if (taps.grad) g_tap = [&](const std::string& name, const Tensor& g) { taps.grad(l, name, g); };
-    LayerCache cache;
     auto w = layer_weights(l);
-    decoder_layer_forward(be_, spec_, *w, inputs[static_cast<std::size_t>(l)], batch, seqlen, rope(seqlen), &in_tap,
-                          &cache);
-    inputs[static_cast<std::size_t>(l)] = Tensor();
+    LayerCache recomputed;
+    LayerCache& cache = keep_caches ? caches[static_cast<std::size_t>(l)] : recomputed;
+    if (!keep_caches) {
+      const LinearTap t = in_tap(l);
+      decoder_layer_forward(be_, spec_, *w, inputs[static_cast<std::size_t>(l)], batch, seqlen, rope(seqlen), &t,
+                            &cache);
+      inputs[static_cast<std::size_t>(l)] = Tensor();
+    }
     decoder_layer_backward(be_, spec_, *w, cache, dx, batch, seqlen, rope(seqlen), &g_tap);
+    cache = LayerCache();
   }
   return losses;
 }

@@ -148,6 +148,53 @@ TEST_P(BackwardOps, CrossEntropyGradientAndLoss) {
   EXPECT_NEAR((rows[0] + rows[2] + rows[3]) * scale, loss(z)[0], 1e-5 * loss(z)[0]);
 }
 
+// LLM Surgeon's solvers against float64 identities: A·A⁻¹ = I past the recursion's 96-wide leaves,
+// and the chunk factor and solve.
+TEST_P(BackwardOps, SpdInverseAndChunkSolves) {
+  const std::int64_t n = 250, k = 3;
+  const Vec m = random_vec(static_cast<std::size_t>(n * n), 40);
+  Vec a(static_cast<std::size_t>(n * n), 0.0);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      for (std::int64_t q = 0; q < n; ++q) a[i * n + j] += m[i * n + q] * m[j * n + q] / n;
+      if (i == j) a[i * n + j] += 0.05;
+    }
+  Tensor inv = Tensor::empty({n, n}, DType::f64);
+  std::copy(a.begin(), a.end(), inv.f64());
+  ASSERT_TRUE(be->spd_inverse_f64(inv));
+  double worst = 0;
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (std::int64_t q = 0; q < n; ++q) s += a[i * n + q] * inv.f64()[q * n + j];
+      worst = std::max(worst, std::abs(s - (i == j ? 1.0 : 0.0)));
+    }
+  EXPECT_LT(worst, 1e-9);  // condition ~1e3: float64 leaves ~1e-13
+  // fp32 factor + solve of A X = B: residual relative to ||B||, fp32 with condition ~1e3.
+  const Vec b = random_vec(static_cast<std::size_t>(n * k), 41);
+  std::vector<Tensor> f{up(a, {n, n})};
+  std::vector<std::uint8_t> ok(1, 0);
+  be->cholesky_batch(f, ok);
+  ASSERT_TRUE(ok[0]);
+  Tensor x = up(b, {n, k});
+  be->cholesky_solve(f[0], x);
+  const Vec xs = down(x);
+  Vec ax(static_cast<std::size_t>(n * k), 0.0);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < k; ++j)
+      for (std::int64_t q = 0; q < n; ++q) ax[i * k + j] += a[i * n + q] * xs[q * k + j];
+  EXPECT_REL_NEAR(ax, b, 1e-4);
+  // Not positive definite: reported, not thrown.
+  Vec bad = a;
+  bad[5 * n + 5] = -1.0;
+  std::vector<Tensor> fb{up(bad, {n, n})};
+  be->cholesky_batch(fb, ok);
+  EXPECT_EQ(ok[0], 0);
+  Tensor badinv = Tensor::empty({n, n}, DType::f64);
+  std::copy(bad.begin(), bad.end(), badinv.f64());
+  EXPECT_FALSE(be->spd_inverse_f64(badinv));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, BackwardOps, ::testing::ValuesIn(test_backends()));
 
 }  // namespace

@@ -165,6 +165,35 @@ TEST_P(ThreadInvariance, ObsSweepOfRowSliceEqualsWholeMatrix) {
   make_cpu_backend(2);
 }
 
+// LLM Surgeon's float64 inverse (recursive Cholesky, triangular inverse and LᵀL past the 96-wide
+// leaves) and its batched chunk factorisations.
+TEST_P(ThreadInvariance, SurgeonInverseAndChunkFactors) {
+  const std::int64_t n = 700;
+  const auto x = random_vec(static_cast<std::size_t>(kTokens * n), 31);
+  auto spd = [&](Backend& be) {
+    Tensor h = be.empty({n, n});
+    be.syrk(1.0f / kTokens, be.upload(host(x, {kTokens, n})), 0.0f, h);
+    for (std::int64_t i = 0; i < n; ++i) h.f32()[i * n + i] += 0.01f;
+    return h;
+  };
+  auto [a, c] = both([&](Backend& be) {
+    const Tensor h = spd(be);
+    Tensor d = Tensor::empty({n, n}, DType::f64);
+    for (std::int64_t i = 0; i < n * n; ++i) d.f64()[i] = h.f32()[i];
+    EXPECT_TRUE(be.spd_inverse_f64(d));
+    return d;
+  });
+  EXPECT_TRUE(same_bits(a, c)) << "spd_inverse_f64 depends on the thread count";
+  auto [f, g] = both([&](Backend& be) {
+    std::vector<Tensor> m{spd(be), spd(be).slice_rows(0, n).clone()};
+    std::vector<std::uint8_t> ok(2, 0);
+    be.cholesky_batch(m, ok);
+    EXPECT_TRUE(ok[0] && ok[1]);
+    return m[0];
+  });
+  EXPECT_TRUE(same_bits(f, g)) << "cholesky_batch depends on the thread count";
+}
+
 INSTANTIATE_TEST_SUITE_P(Cpu, ThreadInvariance, ::testing::Values(2, 3),
                          [](const auto& info) { return std::to_string(info.param) + "threads"; });
 

@@ -77,6 +77,9 @@ struct Config {
     std::string fisher = "empirical";     // empirical (true labels) | sampled (labels drawn from the model)
     std::string cost = "surgeon";         // surgeon | kobd | magnitude
     std::vector<std::int64_t> eval_shots;  // shots after which eval.sets are measured (the last always)
+    // Every layer's forward intermediates are kept for the backward when they fit in this many MB
+    // (one forward and one backward per batch); otherwise each layer's forward is recomputed.
+    std::int64_t keep_activations_mb = 8192;
   } surgeon;
 
   struct Calibration {

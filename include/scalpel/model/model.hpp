@@ -108,12 +108,16 @@ class Model {
 
   // LLM Surgeon's pass over `batch` windows: the loss of each window is its mean next-token
   // cross-entropy over its seqlen - 1 predictions (the reference's per-window loss), and
-  // gradients flow from their sum. Memory: each layer's input is kept ([batch*seqlen, hidden] per
-  // layer); each layer's forward is recomputed with its cache just before its backward, so one
-  // layer's intermediates live at a time (two forwards and one backward in all). taps.input sees
-  // the recomputed forward's inputs, taps.grad the output gradients. Returns the windows' losses.
+  // gradients flow from their sum. Memory: keep_caches = true keeps every layer's intermediates
+  // from the forward (layer_cache_bytes each; one forward and one backward); false keeps only
+  // each layer's input ([batch*seqlen, hidden]) and recomputes the layer's forward with its cache
+  // just before its backward (one layer's intermediates at a time; two forwards and one
+  // backward). Both give the same bits. taps.input sees the linears' inputs (in layer order when
+  // kept, in reverse when recomputed), taps.grad the output gradients. Returns the windows' losses.
   std::vector<double> backward(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
-                               const BackwardTaps& taps);
+                               const BackwardTaps& taps, bool keep_caches = false);
+  // Bytes of one layer's LayerCache for batch x seqlen tokens (fp32).
+  std::int64_t layer_cache_bytes(std::int64_t batch, std::int64_t seqlen) const;
 
   // The layer's weights on the device (from the cache, or read now).
   std::shared_ptr<const LayerWeights> layer_weights(std::int64_t layer);

@@ -21,33 +21,14 @@
 #include "scalpel/core/float_order.hpp"
 #include "../op_checks.hpp"
 #include "cpu_backward.hpp"
+#include "fast_exp.hpp"
 #include "cpu_factor.hpp"
 #include "det_blas.hpp"
 
 namespace scalpel {
 namespace {
 
-// exp for x <= 0 (softmax and log-sum-exp after subtracting the maximum), written so that the
-// compiler vectorises the loops that call it: Cody-Waite reduction x = n ln2 + r and the Cephes
-// degree-5 polynomial, within 2 ulp of expf on [-87, 0]; below -87 it returns ~1e-38, which is 0
-// next to the row's maximum term 1. glibc's expf is not vectorised without -ffast-math.
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return y * scale;
-}
+using cpu::exp_nonpositive;
 
 void check_host_f32(const Tensor& t, const char* what) {
   SCALPEL_CHECK(t.defined() && t.device() == Device::cpu && t.dtype() == DType::f32,
@@ -505,11 +486,9 @@ class CpuBackend final : public Backend {
     double* p = a.f64();
     if (!cpu::potrf_lower<double>(p, n, n)) return false;
     cpu::trtri_lower<double>(p, n, n);  // X = L⁻¹, lower
-    for (std::int64_t i = 0; i < n; ++i) std::fill(p + i * n + i + 1, p + (i + 1) * n, 0.0);
-    std::vector<double> inv(static_cast<std::size_t>(n * n));
-    cpu::det_syrk_upper_t<double>(n, n, 1.0, p, n, 0.0, inv.data(), n);  // a⁻¹ = XᵀX
+    cpu::lauum_lower<double>(p, n, n);  // a⁻¹ = XᵀX, lower triangle
     for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t j = i; j < n; ++j) p[i * n + j] = p[j * n + i] = inv[static_cast<std::size_t>(i * n + j)];
+      for (std::int64_t j = i + 1; j < n; ++j) p[i * n + j] = p[j * n + i];
     for (std::int64_t i = 0; i < n * n; ++i)
       if (!std::isfinite(p[i])) return false;
     return true;

@@ -12,6 +12,7 @@
 
 #include "scalpel/core/error.hpp"
 #include "../op_checks.hpp"
+#include "fast_exp.hpp"
 
 namespace scalpel::cpu {
 namespace {
@@ -199,11 +200,21 @@ void nll_backward(Tensor& logits, std::span<const std::int32_t> targets, float s
       continue;
     }
     const float m = *std::max_element(r, r + V);
+    // As the forward's nll: fp32 exponentials (vectorised, 2 ulp), summed in fp32 chunks of 256
+    // and then in double.
     double sum = 0;
-    for (std::int64_t j = 0; j < V; ++j) sum += std::exp(static_cast<double>(r[j]) - m);
+    for (std::int64_t j0 = 0; j0 < V; j0 += 256) {
+      const std::int64_t j1 = std::min(V, j0 + 256);
+      float part = 0;
+#pragma omp simd reduction(+ : part)
+      for (std::int64_t j = j0; j < j1; ++j) part += exp_nonpositive(r[j] - m);
+      sum += part;
+    }
     const double lse = m + std::log(sum);
     loss[static_cast<std::size_t>(i)] = lse - r[t];
-    for (std::int64_t j = 0; j < V; ++j) r[j] = static_cast<float>(scale * std::exp(static_cast<double>(r[j]) - lse));
+    const auto shift = static_cast<float>(lse);
+#pragma omp simd
+    for (std::int64_t j = 0; j < V; ++j) r[j] = scale * exp_nonpositive(std::min(r[j] - shift, 0.0f));
     r[t] -= scale;
   }
 }

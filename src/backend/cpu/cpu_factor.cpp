@@ -84,6 +84,38 @@ void trtri_lower(T* a, std::int64_t n, std::int64_t lda) {
   det_trmm_right_lower_n<T>(n2, n1, T{1}, a11, lda, a21, lda);
 }
 
+namespace {
+
+template <class T>
+void lauum_leaf(T* a, std::int64_t n, std::int64_t lda) {
+  // (LᵀL)_ij = Σ_{k >= i} L_ki L_kj for j <= i; row i only reads rows k >= i, so rows in
+  // increasing order overwrite what is no longer needed.
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j <= i; ++j) {
+      double s = 0;
+      for (std::int64_t k = i; k < n; ++k) s += static_cast<double>(a[k * lda + i]) * a[k * lda + j];
+      a[i * lda + j] = static_cast<T>(s);
+    }
+}
+
+}  // namespace
+
+template <class T>
+void lauum_lower(T* a, std::int64_t n, std::int64_t lda) {
+  if (n <= kLeaf) return lauum_leaf(a, n, lda);
+  const std::int64_t n1 = split_point(n), n2 = n - n1;
+  T* a11 = a;
+  T* a21 = a + n1 * lda;
+  T* a22 = a + n1 * lda + n1;
+  // [L11 0; L21 L22]ᵀ[L11 0; L21 L22] = [L11ᵀL11 + L21ᵀL21, .; L22ᵀL21, L22ᵀL22].
+  lauum_lower(a11, n1, lda);
+  det_syrk_lower_t<T>(n1, n2, T{1}, a21, lda, T{1}, a11, lda);
+  det_trmm_left_lower_t<T>(n2, n1, T{1}, a22, lda, a21, lda);
+  lauum_lower(a22, n2, lda);
+}
+
+template void lauum_lower<float>(float*, std::int64_t, std::int64_t);
+template void lauum_lower<double>(double*, std::int64_t, std::int64_t);
 template bool potrf_lower<float>(float*, std::int64_t, std::int64_t);
 template bool potrf_lower<double>(double*, std::int64_t, std::int64_t);
 template void trtri_lower<float>(float*, std::int64_t, std::int64_t);

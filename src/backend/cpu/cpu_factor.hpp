@@ -19,4 +19,9 @@ bool potrf_lower(T* a, std::int64_t n, std::int64_t lda);
 template <class T>
 void trtri_lower(T* a, std::int64_t n, std::int64_t lda);
 
+// In place, LᵀL (lower triangle) from the lower triangular L at a (LAPACK's lauum): with
+// L = chol(A)⁻¹ this is A⁻¹. The strict upper triangle is not touched.
+template <class T>
+void lauum_lower(T* a, std::int64_t n, std::int64_t lda);
+
 }  // namespace scalpel::cpu

@@ -135,6 +135,38 @@ void det_trsm_right_lower_n(std::int64_t m, std::int64_t n, const T* l, std::int
 }
 
 template <class T>
+void det_trmm_left_lower_t(std::int64_t m, std::int64_t n, T alpha, const T* l, std::int64_t ldl, T* b,
+                           std::int64_t ldb) {
+  // Columns of B are independent.
+  const std::int64_t ts = tile_for(n);
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t bj = 0; bj < tiles(n, ts); ++bj) {
+    const std::int64_t j0 = bj * ts, nj = std::min(ts, n - j0);
+    Blas<T>::trmm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, I(m), I(nj), alpha, l, I(ldl),
+                  b + j0, I(ldb));
+  }
+}
+
+template <class T>
+void det_syrk_lower_t(std::int64_t d, std::int64_t n, T alpha, const T* x, std::int64_t ldx, T beta, T* c,
+                      std::int64_t ldc) {
+  const std::int64_t ts = tile_for(d), t = tiles(d, ts);
+#pragma omp parallel for schedule(dynamic) collapse(2)
+  for (std::int64_t bi = 0; bi < t; ++bi)
+    for (std::int64_t bj = 0; bj < t; ++bj) {
+      if (bj > bi) continue;
+      const std::int64_t i0 = bi * ts, j0 = bj * ts;
+      const std::int64_t di = std::min(ts, d - i0), dj = std::min(ts, d - j0);
+      if (bi == bj)
+        Blas<T>::syrk(CblasRowMajor, CblasLower, CblasTrans, I(di), I(n), alpha, x + i0, I(ldx), beta,
+                      c + i0 * ldc + i0, I(ldc));
+      else
+        Blas<T>::gemm(CblasRowMajor, CblasTrans, CblasNoTrans, I(di), I(dj), I(n), alpha, x + i0, I(ldx), x + j0,
+                      I(ldx), beta, c + i0 * ldc + j0, I(ldc));
+    }
+}
+
+template <class T>
 void det_trmm_left_lower_n(std::int64_t m, std::int64_t n, T alpha, const T* l, std::int64_t ldl, T* b,
                            std::int64_t ldb) {
   // Columns of B are independent.
@@ -167,6 +199,8 @@ void det_trmm_right_lower_n(std::int64_t m, std::int64_t n, T alpha, const T* l,
   template void det_syrk_lower_n<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T, T*, std::int64_t);   \
   template void det_trsm_right_lower_t<T>(std::int64_t, std::int64_t, const T*, std::int64_t, T*, std::int64_t);   \
   template void det_trsm_right_lower_n<T>(std::int64_t, std::int64_t, const T*, std::int64_t, T*, std::int64_t);   \
+  template void det_trmm_left_lower_t<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T*, std::int64_t); \
+  template void det_syrk_lower_t<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T, T*, std::int64_t);   \
   template void det_trmm_left_lower_n<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T*, std::int64_t); \
   template void det_trmm_right_lower_n<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T*, std::int64_t);
 SCALPEL_DET_BLAS(float)

@@ -16,6 +16,10 @@ namespace scalpel::cpu {
 template <class T>
 void det_gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
               std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc);
+// Upper triangle of C (d x d) = alpha XᵀX + beta C, X n x d (lower triangle of C: see det_syrk_lower_t).
+template <class T>
+void det_syrk_lower_t(std::int64_t d, std::int64_t n, T alpha, const T* x, std::int64_t ldx, T beta, T* c,
+                      std::int64_t ldc);
 // Upper triangle of C (d x d) = alpha XᵀX + beta C, X n x d.
 template <class T>
 void det_syrk_upper_t(std::int64_t d, std::int64_t n, T alpha, const T* x, std::int64_t ldx, T beta, T* c,
@@ -30,6 +34,10 @@ void det_trsm_right_lower_t(std::int64_t m, std::int64_t n, const T* l, std::int
 // B (m x n) <- B L⁻¹, L lower n x n.
 template <class T>
 void det_trsm_right_lower_n(std::int64_t m, std::int64_t n, const T* l, std::int64_t ldl, T* b, std::int64_t ldb);
+// B (m x n) <- alpha Lᵀ B, L lower m x m.
+template <class T>
+void det_trmm_left_lower_t(std::int64_t m, std::int64_t n, T alpha, const T* l, std::int64_t ldl, T* b,
+                           std::int64_t ldb);
 // B (m x n) <- alpha L B, L lower m x m.
 template <class T>
 void det_trmm_left_lower_n(std::int64_t m, std::int64_t n, T alpha, const T* l, std::int64_t ldl, T* b,
