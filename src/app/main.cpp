@@ -10,6 +10,7 @@
 #include "scalpel/app/config.hpp"
 #include "scalpel/app/export.hpp"
 #include "scalpel/app/plan.hpp"
+#include "scalpel/app/run_control.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/dist/comm.hpp"
@@ -59,6 +60,7 @@ std::string preset_path_list(const std::string& flag, const std::vector<std::str
 }  // namespace
 
 int main(int argc, char** argv) {
+  scalpel::app::ensure_passive_wait_policy(argv);
   scalpel::dist::MpiEnvironment mpi(&argc, &argv);
   auto world = scalpel::dist::MpiComm::world();
   const int rank = world->rank(), size = world->size();

@@ -52,6 +52,7 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
+#include "plan_common.hpp"
 
 namespace fs = std::filesystem;
 
@@ -60,10 +61,8 @@ namespace {
 
 using json = nlohmann::json;
 using I = std::int64_t;
+using namespace plan_detail;
 
-constexpr double kGB = 1e9;                  // GB are SI: parallel.memory_gb 80 = 80e9 bytes
-constexpr double kCpuGflopsPerThread = 95;   // DESIGN.md section 9: sgemm 190 GFLOP/s on 2 cores
-constexpr double kCudaGflops = 19500;        // A100 FP32 peak without TF32
 constexpr double kNetGbps = 12.5;            // 100 Gb/s per rank
 constexpr double kReadGbps = 2;              // per rank, from the checkpoint's filesystem
 
@@ -141,31 +140,6 @@ I numel_of(const std::vector<TensorRef>& ts) {
   I n = 0;
   for (const auto& t : ts) n += t.numel;
   return n;
-}
-
-std::string bytes_str(double b) {
-  if (b < 1e3) return fmt::format("{:.0f} B", b);
-  if (b < 1e6) return fmt::format("{:.1f} kB", b / 1e3);
-  if (b < 1e9) return fmt::format("{:.1f} MB", b / 1e6);
-  if (b < 1e12) return fmt::format("{:.2f} GB", b / 1e9);
-  return fmt::format("{:.2f} TB", b / 1e12);
-}
-
-std::string flops_str(double f) {
-  if (f <= 0) return "0";
-  if (f < 1e9) return fmt::format("{:.1f} MFLOP", f / 1e6);
-  if (f < 1e12) return fmt::format("{:.1f} GFLOP", f / 1e9);
-  if (f < 1e15) return fmt::format("{:.1f} TFLOP", f / 1e12);
-  return fmt::format("{:.2f} PFLOP", f / 1e15);
-}
-
-std::string seconds_str(double s) {
-  if (s <= 0) return "0 s";
-  if (s < 1e-3) return fmt::format("{:.0f} us", s * 1e6);
-  if (s < 1) return fmt::format("{:.1f} ms", s * 1e3);
-  if (s < 120) return fmt::format("{:.2f} s", s);
-  if (s < 7200) return fmt::format("{:.1f} min", s / 60);
-  return fmt::format("{:.2f} h", s / 3600);
 }
 
 std::string range_str(I first, I last) {
@@ -626,10 +600,11 @@ void check_plan_fits(const json& plan, const Config& cfg) {
   if (need <= limit * kGB) return;
   SCALPEL_INPUT_ERROR(
       "config: 'parallel.memory_gb' is {:g} GB per rank, but rank {} (stage {}, data index {}) needs {:.2f} GB at its "
-      "peak ({}: {}); more data ranks (parallel.data) split the activations and row slices, a smaller "
-      "calibration.batch shrinks the forward temporaries, prune.true_sequential keeps one group's statistics at a time",
+      "peak ({}: {}); {}",
       limit, p.at("rank").get<int>(), p.at("stage").get<int>(), p.at("data_index").get<int>(), need / kGB,
-      p.at("phase").get<std::string>(), p.at("breakdown").get<std::string>());
+      p.at("phase").get<std::string>(), p.at("breakdown").get<std::string>(), p.value("hint", std::string(
+      "more data ranks (parallel.data) split the activations and row slices, a smaller calibration.batch shrinks the "
+      "forward temporaries, prune.true_sequential keeps one group's statistics at a time")));
 }
 
 namespace {
@@ -811,9 +786,12 @@ int run_plan(const Config& cfg, int world, bool as_json, double gflops, double n
     SCALPEL_CHECK_INPUT(n > 0, "config: 'calibration.offsets' {}: no offsets", cfg.calibration.offsets);
     in.cfg.calibration.nsamples = n;
   }
-  const auto plan = make_plan(pm.spec, in);
+  const bool surgeon = cfg.prune.method == "surgeon";
+  const auto plan = surgeon ? make_surgeon_plan(pm.spec, in) : make_plan(pm.spec, in);
   if (as_json)
     std::cout << plan.dump(2) << '\n';
+  else if (surgeon)
+    print_surgeon_plan(plan);
   else
     print_plan(plan);
   std::cout.flush();

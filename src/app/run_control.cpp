@@ -1,6 +1,8 @@
 // Stop signals and the watchdog (see run_control.hpp).
 #include "scalpel/app/run_control.hpp"
 
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
 #include <limits>
@@ -77,6 +79,12 @@ void Watchdog::run() {
       std::_Exit(kExitWatchdog);
     }
   }
+}
+
+void ensure_passive_wait_policy(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: run on with the default policy
 }
 
 }  // namespace scalpel::app

@@ -241,6 +241,7 @@ nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& w
     lins[i].w = wbs[i];
     lins[i].has_bias = r.targets[i].linear.bias;
     scored.push_back(sg::score(r.be, lins[i], r.opt));
+    lins[i].a = lins[i].g = Tensor();  // the update needs the f32 inverses only
   }
   phases["score_s"] = t.seconds();
   t = Timer();

@@ -47,6 +47,11 @@ PlanModel load_plan_model(const std::string& folder);
 // (a grid that does not divide the world, more stages than layers, calibration.seqlen too long).
 nlohmann::json make_plan(const model::ModelSpec& spec, const PlanInput& in);
 
+// The plan of an LLM Surgeon job (prune.method: surgeon; plan_surgeon.cpp): memory per rank by term
+// and at its peak (same "peak" fields as make_plan's), FLOPs per shot by phase, the run's time.
+nlohmann::json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in);
+void print_surgeon_plan(const nlohmann::json& plan);
+
 // Input Error naming 'parallel.memory_gb', the rank and stage with the largest peak, the needed
 // and the configured GB, when that peak exceeds cfg.parallel.memory_gb (0 = no limit).
 void check_plan_fits(const nlohmann::json& plan, const Config& cfg);

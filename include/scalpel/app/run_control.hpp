@@ -16,6 +16,12 @@
 namespace scalpel::app {
 
 // Installs the SIGTERM/SIGUSR1 handlers (idempotent).
+// OpenMP threads that spin after a parallel region take the cores from the next BLAS call (a
+// SparseGPT or LLM Surgeon run twice as slow on 2 cores). libgomp reads OMP_WAIT_POLICY once, when
+// it loads, so a process started without it restarts itself (execv of /proc/self/exe) with
+// PASSIVE; call first thing in main, before MPI or any thread exists. A user's setting is kept.
+void ensure_passive_wait_policy(char** argv);
+
 void install_stop_signals();
 // The signal that asked for a stop (0: none).
 int stop_signal();

@@ -1,0 +1,191 @@
+// `scalpel plan` for prune.method: surgeon (LLM Surgeon's shots): per rank (every data rank holds
+// the whole model and computes the same scores and updates; the calibration windows are split),
+// the memory by term at the shot's peak, and the FLOPs and time of a shot and of the run, phase by
+// phase. The terms follow surgeon_run.cpp:
+//   weights      every decoder layer resident in fp32 (pruned layers never leave memory), embeddings
+//                and head, and the pruned linears' host copies [R, C(+1)] that the shots update;
+//   factor sums  A per input group (q/k/v and gate/up share one) and G per linear: the packed upper
+//                triangle in float64 (fast) or three int64 bins (strict), plus one batch's fp32 syrk;
+//   factors      one linear's A and G means in float64 at a time, while it is scored;
+//   inverses     every pruned linear's Ĝ⁻¹ and Â⁻¹ in fp32, held from scoring to the update;
+//   activations  keep (every layer's forward intermediates of a batch) or recompute (each layer's
+//                input only, plus one layer's intermediates), as surgeon.keep_activations_mb decides;
+//   chunks       8 chunk matrices of max_correlate² fp32 factorised together.
+// FLOPs: forward 2·params·tokens + attention, backward twice that (input gradients only; no weight
+// gradients), a second forward when recomputing; factors T·d² per factor; float64 inverses n³
+// (Cholesky, triangular inverse, LᵀL) per factor, at half the fp32 rate; chunk solves (1/3)·Q³ per
+// chunk of Q = max_correlate weights, s_k·n/Q chunks at shot k.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <iostream>
+#include <thread>
+
+#include "plan_common.hpp"
+#include "scalpel/app/plan.hpp"
+#include "scalpel/core/error.hpp"
+
+namespace scalpel::app {
+namespace {
+
+using json = nlohmann::json;
+using I = std::int64_t;
+using namespace plan_detail;
+
+struct Sizes {
+  I params = 0, pruned = 0;        // decoder linears' weights + biases; of them, the pruned targets
+  I a_packed = 0, g_packed = 0;    // entries of the packed upper triangles (all factors)
+  I largest_factor = 0;            // the largest C' or R
+  double factor_flops = 0;         // per token: Σ d² over factors
+  double inverse_flops = 0;        // Σ n³ over every pruned linear's A and G
+  I inverses_bytes = 0;            // Σ (R² + C'²) · 4
+};
+
+Sizes sizes_of(const model::ModelSpec& spec, const Config& cfg) {
+  Sizes z;
+  const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
+  for (const auto& l : spec.linears()) z.params += l.out * (l.in + (l.bias ? 1 : 0));
+  z.params *= spec.layers;
+  for (const auto& g : groups) {
+    const I c = g.linears.front().in + (g.linears.front().bias ? 1 : 0);
+    z.a_packed += c * (c + 1) / 2;
+    z.factor_flops += static_cast<double>(c) * static_cast<double>(c);
+    for (const auto& l : g.linears) {
+      const I r = l.out;
+      z.pruned += r * c;
+      z.g_packed += r * (r + 1) / 2;
+      z.factor_flops += static_cast<double>(r) * static_cast<double>(r);
+      z.inverse_flops += std::pow(static_cast<double>(r), 3) + std::pow(static_cast<double>(c), 3);
+      z.inverses_bytes += (r * r + c * c) * 4;
+      z.largest_factor = std::max({z.largest_factor, r, c});
+    }
+  }
+  z.pruned *= spec.layers;
+  z.a_packed *= spec.layers;
+  z.g_packed *= spec.layers;
+  z.factor_flops *= static_cast<double>(spec.layers);
+  z.inverse_flops *= static_cast<double>(spec.layers);
+  z.inverses_bytes *= spec.layers;
+  return z;
+}
+
+double rank_gflops(const Config& cfg, const PlanInput& in, std::string& note) {
+  if (in.gflops > 0) {
+    note = "given";
+    return in.gflops;
+  }
+  if (cfg.device == "cuda") {
+    note = "cuda default: an A100's FP32 peak without TF32";
+    return kCudaGflops;
+  }
+  const int cores = std::max(1u, std::thread::hardware_concurrency());
+  const int threads = cfg.threads > 0 ? cfg.threads : std::max(1, cores / std::min(cores, in.world));
+  note = fmt::format("cpu default: {} GFLOP/s x {} thread(s)", kCpuGflopsPerThread, threads);
+  return kCpuGflopsPerThread * threads;
+}
+
+}  // namespace
+
+json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in) {
+  const Config& cfg = in.cfg;
+  SCALPEL_CHECK_INPUT(in.world >= 1, "--ranks must be >= 1, got {}", in.world);
+  SCALPEL_CHECK_INPUT(cfg.parallel.stages == 1, "config: 'parallel.stages' {}: LLM Surgeon runs data-parallel only "
+                      "(parallel.stages: 1)", cfg.parallel.stages);
+  const I T = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
+  const I N = cfg.calibration.nsamples, B = cfg.calibration.batch, K = cfg.surgeon.shots, L = spec.layers;
+  const I my_windows = (N + in.world - 1) / in.world, tokens = my_windows * T;
+  const auto z = sizes_of(spec, cfg);
+  const bool strict = cfg.determinism == "strict";
+  const I d = spec.hidden, e = spec.word_embed_proj_dim, V = spec.vocab_size;
+  const I qdim = spec.heads * spec.head_dim, kvdim = spec.kv_heads * spec.head_dim;
+
+  // ---- memory per rank ----
+  const I cache_floats = B * T * d * (spec.pre_norm ? 4 : 6) + 2 * B * T * qdim + 2 * B * T * kvdim +
+                         B * spec.heads * T * T + B * T * spec.ffn * (spec.family == model::Family::llama ? 3 : 2);
+  const I layer_cache = cache_floats * 4;
+  const bool keep = L * layer_cache <= (cfg.surgeon.keep_activations_mb << 20);
+  const I activations = (keep ? L * layer_cache : L * B * T * d * 4 + layer_cache) + T * V * 4 + 2 * B * T * d * 4;
+  const I weights = spec.layer_params() * 4 * L + V * e * 4 * (spec.tie_embeddings ? 1 : 2) + z.params * 4;
+  const I sums = (z.a_packed + z.g_packed) * (strict ? 24 : 8) + z.largest_factor * z.largest_factor * 4;
+  const I factors = 2 * z.largest_factor * z.largest_factor * 8;
+  const I mc = cfg.surgeon.max_correlate > 0 ? cfg.surgeon.max_correlate : 0;
+  const I chunks = mc > 0 ? 8 * mc * mc * 4 : 0;
+  const I curvature_peak = weights + sums + activations;
+  const I update_peak = weights + z.inverses_bytes + factors + chunks;
+  const I peak = std::max(curvature_peak, update_peak);
+
+  // ---- FLOPs of a shot, per rank ----
+  std::string note;
+  const double gflops = rank_gflops(cfg, in, note);
+  const double lin = 2.0 * static_cast<double>(z.params) * static_cast<double>(tokens);
+  const double attn = 2.0 * static_cast<double>(L) * static_cast<double>(my_windows) * T * T * qdim;  // causal half of 4·T²·qdim
+  const double head = 2.0 * static_cast<double>(V) * e * static_cast<double>(tokens);
+  const double fwd = lin + attn + head;
+  const double fwd_bwd = fwd * 3 + (keep ? 0.0 : lin + attn);
+  const double fac = z.factor_flops * static_cast<double>(tokens);
+  const double inv = z.inverse_flops;
+  double solve_total = 0;
+  const bool elements = cfg.prune.pattern != "structured";
+  const double s_final = cfg.prune.pattern == "unstructured" || cfg.prune.pattern == "structured" ? cfg.prune.sparsity : 0.5;
+  for (I k = 1; k <= K; ++k) {
+    const double q = s_final * static_cast<double>(k) / static_cast<double>(K) * static_cast<double>(z.pruned);
+    if (elements && mc > 0) solve_total += q / static_cast<double>(mc) * std::pow(static_cast<double>(mc), 3) / 3;
+  }
+  const bool curvature = cfg.surgeon.cost != "magnitude";
+  const double shot_flops = (curvature ? fwd_bwd + fac + 2 * inv : 0);  // inverses at half the fp32 rate
+  const double run_seconds = (static_cast<double>(K) * shot_flops + solve_total) / (gflops * 1e9);
+  return {{"kind", "surgeon"},
+          {"model", {{"name", in.model_name}, {"layers", L}, {"hidden", d}, {"ffn", spec.ffn}, {"params", z.params},
+                     {"pruned_params", z.pruned}}},
+          {"job", {{"shots", K}, {"pattern", cfg.prune.pattern}, {"cost", cfg.surgeon.cost},
+                   {"max_correlate", cfg.surgeon.max_correlate}, {"determinism", cfg.determinism}}},
+          {"grid", {{"stages", 1}, {"data", in.world}}},
+          {"calibration", {{"windows", N}, {"seqlen", T}, {"batch", B}, {"windows_per_rank", my_windows}}},
+          {"activations", {{"mode", keep ? "keep" : "recompute"}, {"layer_cache_bytes", layer_cache},
+                           {"keep_activations_mb", cfg.surgeon.keep_activations_mb}}},
+          {"rates", {{"gflops", gflops}, {"note", note}}},
+          {"memory", {{"weights", weights}, {"factor_sums", sums}, {"activations", activations},
+                      {"factors", factors}, {"inverses", z.inverses_bytes}, {"chunks", chunks},
+                      {"curvature_peak", curvature_peak}, {"update_peak", update_peak}}},
+          {"per_shot_flops", {{"forward_backward", curvature ? fwd_bwd : 0.0}, {"factors", curvature ? fac : 0.0},
+                              {"inverses_f64", curvature ? inv : 0.0}}},
+          {"solve_flops_all_shots", solve_total},
+          {"seconds", run_seconds},
+          {"peak", {{"hint", "LLM Surgeon holds the whole model and every pruned linear's factors on each rank in "
+                             "this release (data-parallel only): a smaller model, prune.targets, or a machine with "
+                             "more memory"},
+                    {"bytes", peak}, {"rank", 0}, {"stage", 0}, {"data_index", 0},
+                    {"phase", curvature_peak >= update_peak ? "curvature" : "update"},
+                    {"breakdown", fmt::format("weights {}, factor sums {}, activations {}, inverses {}",
+                                              bytes_str(static_cast<double>(weights)), bytes_str(static_cast<double>(sums)),
+                                              bytes_str(static_cast<double>(activations)),
+                                              bytes_str(static_cast<double>(z.inverses_bytes)))}}}};
+}
+
+void print_surgeon_plan(const json& p) {
+  const auto& m = p["memory"];
+  const auto b = [](const json& v) { return bytes_str(static_cast<double>(v.get<I>())); };
+  fmt::print("LLM Surgeon plan: {} ({} layers, {:.1f}M decoder params, {:.1f}M pruned), {} shots, {} pattern, {} cost\n",
+             p["model"]["name"].get<std::string>(), p["model"]["layers"].get<I>(),
+             p["model"]["params"].get<I>() / 1e6, p["model"]["pruned_params"].get<I>() / 1e6,
+             p["job"]["shots"].get<I>(), p["job"]["pattern"].get<std::string>(), p["job"]["cost"].get<std::string>());
+  fmt::print("ranks: {} (data-parallel; every rank holds the whole model), {} windows per rank x {} tokens\n",
+             p["grid"]["data"].get<I>(), p["calibration"]["windows_per_rank"].get<I>(),
+             p["calibration"]["seqlen"].get<I>());
+  fmt::print("activations: {} (one layer's intermediates {}; surgeon.keep_activations_mb {})\n",
+             p["activations"]["mode"].get<std::string>(), b(p["activations"]["layer_cache_bytes"]),
+             p["activations"]["keep_activations_mb"].get<I>());
+  fmt::print("memory per rank: weights {}, factor sums {}, activations {}, factors (one linear) {}, inverses {}, "
+             "chunks {}\n", b(m["weights"]), b(m["factor_sums"]), b(m["activations"]), b(m["factors"]),
+             b(m["inverses"]), b(m["chunks"]));
+  fmt::print("peak {} ({} phase); curvature {}, update {}\n", b(p["peak"]["bytes"]),
+             p["peak"]["phase"].get<std::string>(), b(m["curvature_peak"]), b(m["update_peak"]));
+  const auto& f = p["per_shot_flops"];
+  fmt::print("per shot: forward+backward {}, factors {}, float64 inverses {}; chunk solves over all shots {}\n",
+             flops_str(f["forward_backward"].get<double>()), flops_str(f["factors"].get<double>()),
+             flops_str(f["inverses_f64"].get<double>()), flops_str(p["solve_flops_all_shots"].get<double>()));
+  fmt::print("estimated run: {} at {:.0f} GFLOP/s per rank ({})\n", seconds_str(p["seconds"].get<double>()),
+             p["rates"]["gflops"].get<double>(), p["rates"]["note"].get<std::string>());
+}
+
+}  // namespace scalpel::app
