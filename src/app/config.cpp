@@ -315,6 +315,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("cost", c.surgeon.cost);
     read_int_list(r.child("eval_shots"), source, "surgeon.eval_shots", c.surgeon.eval_shots);
     r.get("keep_activations_mb", c.surgeon.keep_activations_mb);
+    r.get("final_loss", c.surgeon.final_loss);
     r.finish();
   }
   {

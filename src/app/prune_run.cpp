@@ -26,6 +26,7 @@
 #include "scalpel/core/log.hpp"
 #include "scalpel/io/checkpoint.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
+#include "scalpel/io/shot_checkpoint.hpp"
 #include "scalpel/prune/pruner.hpp"
 #include "scalpel/prune/select.hpp"
 #include "scalpel/text/calibration.hpp"
@@ -243,7 +244,16 @@ std::map<std::string, Tensor> pruned_tensors(const io::Checkpoint& ckpt, const i
 
 int run_export(const std::string& checkpoint_dir, const std::string& model_override, const std::string& out,
                std::int64_t shard_mb) {
-  const auto ckpt = io::Checkpoint::open_read(checkpoint_dir);
+  // An LLM Surgeon state: the last shot's checkpoint, once every shot is committed; its fp32
+  // tensors are rounded to the model's dtypes below, as the prune's own export rounds them.
+  const bool shots = io::ShotCheckpoint::is_shot_state(checkpoint_dir);
+  if (shots) {
+    const auto state = io::ShotCheckpoint::open_read(checkpoint_dir);
+    if (!state.complete())
+      SCALPEL_INPUT_ERROR("checkpoint {}: not complete ({} of {} shots committed); finish the prune first (rerun "
+                          "the same scalpel prune command)", checkpoint_dir, state.last_shot(), state.total_shots());
+  }
+  const auto ckpt = shots ? io::ShotCheckpoint::open_read(checkpoint_dir).last() : io::Checkpoint::open_read(checkpoint_dir);
   if (!ckpt.complete())
     SCALPEL_INPUT_ERROR("checkpoint {}: not complete ({} of {} layers committed); finish the prune first (rerun "
                         "the same scalpel prune command)",
@@ -255,7 +265,15 @@ int run_export(const std::string& checkpoint_dir, const std::string& model_overr
     SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {} (fingerprints differ)", checkpoint_dir,
                         model);
   const auto spec = model::ModelSpec::from_config(src.config(), (fs::path(model) / "config.json").string());
-  const auto replaced = pruned_tensors(ckpt, src, spec, nullptr, nullptr);
+  auto replaced = pruned_tensors(ckpt, src, spec, nullptr, nullptr);
+  for (auto& [name, t] : replaced) {
+    const auto dtype = src.info(name).dtype;
+    if (t.dtype() == dtype) continue;
+    Tensor stored = Tensor::empty(t.shape(), dtype);
+    const Tensor f = t.to_f32();
+    convert_from_f32(dtype, f.f32(), stored.raw(), static_cast<std::size_t>(f.numel()));
+    t = stored;
+  }
   export_hf_folder(src, replaced, out, shard_mb << 20);
   fmt::print("exported {} pruned tensors of {} to {}\n", replaced.size(), model, out);
   return kExitOk;

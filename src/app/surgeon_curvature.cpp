@@ -63,7 +63,10 @@ std::pair<Tensor, Tensor> ShotCurvature::factors(std::size_t i, std::int64_t tok
   const auto& t = targets_.at(i);
   const AKey ak{t.layer, t.linear.input_group};
   auto it = a_mean_.find(ak);
-  if (it == a_mean_.end()) it = a_mean_.emplace(ak, a_.at(ak)->mean(tokens)).first;
+  if (it == a_mean_.end()) {
+    a_mean_.clear();  // targets come group by group: one input group's A at a time
+    it = a_mean_.emplace(ak, a_.at(ak)->mean(tokens)).first;
+  }
   Tensor a = it->second.clone();
   Tensor g = g_.at({t.layer, t.linear.name})->mean(tokens);
   prune::rebalance_factors(a, g);

@@ -46,7 +46,7 @@ class ShotCurvature {
   std::uint64_t seed_;
   std::map<AKey, std::unique_ptr<prune::KroneckerFactor>> a_;
   std::map<GKey, std::unique_ptr<prune::KroneckerFactor>> g_;
-  std::map<AKey, Tensor> a_mean_;  // read once per input group
+  std::map<AKey, Tensor> a_mean_;  // the current input group's A, read once for its linears
 };
 
 }  // namespace scalpel::app

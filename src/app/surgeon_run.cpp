@@ -170,6 +170,31 @@ std::int64_t zeros_of(const std::vector<Tensor>& wbs) {
   return z;
 }
 
+// Per-linear figures of the weight (bias excluded) and bias after a shot, fp32: zeros, rows and
+// columns entirely zero, sum and sum of squares (float64), as the reference's tables count them.
+nlohmann::json linear_stats(const Tensor& wb, const model::LinearSpec& lin, std::int64_t removed) {
+  const auto R = lin.out, C = wb.size(1);
+  std::int64_t zw = 0, zb = 0, zr = 0, zc = 0;
+  double sum = 0, sumsq = 0;
+  std::vector<std::uint8_t> col_nz(static_cast<std::size_t>(lin.in), 0);
+  for (std::int64_t r = 0; r < R; ++r) {
+    std::int64_t row_zeros = 0;
+    for (std::int64_t c = 0; c < lin.in; ++c) {
+      const float v = wb.f32()[r * C + c];
+      row_zeros += v == 0.0f;
+      if (v != 0.0f) col_nz[static_cast<std::size_t>(c)] = 1;
+      sum += v;
+      sumsq += static_cast<double>(v) * v;
+    }
+    zw += row_zeros;
+    zr += row_zeros == lin.in;
+    if (lin.bias) zb += wb.f32()[r * C + lin.in] == 0.0f;
+  }
+  for (const auto nz : col_nz) zc += nz == 0;
+  return {{"removed", removed}, {"zero_w", zw}, {"zero_b", zb}, {"zero_rows", zr}, {"zero_cols", zc},
+          {"w_sum", sum}, {"w_sumsq", sumsq}};
+}
+
 std::int64_t weights_of(const std::vector<Tensor>& wbs) {
   std::int64_t n = 0;
   for (const auto& w : wbs) n += w.numel();
@@ -198,6 +223,56 @@ struct SurgeonRun {
 
 namespace {
 
+// The shot's curvature pass over this rank's batches, summed over the data group; returns the
+// mean calibration loss of the model the shot starts from.
+double curvature_pass(SurgeonRun& r, ShotCurvature& curv, nlohmann::json& phases) {
+  Timer t;
+  std::array<double, 2> loss_sum{0, 0};
+  const auto batch = r.cfg.calibration.batch;
+  const bool keep = r.m.spec().layers * r.m.layer_cache_bytes(batch, r.calib.seqlen) <=
+                    (r.cfg.surgeon.keep_activations_mb << 20);
+  for (std::int64_t s0 = r.shard.begin; s0 < r.shard.end; s0 += batch) {
+    const auto b = std::min(batch, r.shard.end - s0);
+    const auto losses = r.m.backward(r.calib.windows(s0, b), b, r.calib.seqlen, curv.taps(s0), keep);
+    for (const double l : losses) loss_sum[0] += l;
+    loss_sum[1] += static_cast<double>(b);
+    r.watchdog.beat("curvature", -1);
+  }
+  phases["forward_backward_s"] = t.seconds() - curv.seconds();
+  phases["factors_s"] = curv.seconds();
+  t = Timer();
+  curv.reduce(r.group);
+  r.group.allreduce_sum(std::span<double>(loss_sum));
+  phases["reduce_s"] = t.seconds();
+  return loss_sum[0] / loss_sum[1];
+}
+
+// Scores every target from its weights at the start of the shot; one linear's float64 factors
+// exist at a time (curv is null for the magnitude cost).
+std::vector<sg::Scored> score_all(SurgeonRun& r, std::int64_t shot, ShotCurvature* curv, std::vector<sg::Linear>& lins,
+                                  const std::vector<Tensor>& wbs, nlohmann::json& phases) {
+  const auto tokens = r.calib.nseq * r.calib.seqlen;
+  std::vector<sg::Scored> scored;
+  double means_s = 0;
+  Timer t;
+  for (std::size_t i = 0; i < r.targets.size(); ++i) {
+    r.watchdog.beat("score", r.targets[i].layer);
+    lins[i].name = fmt::format("shot {} {}", shot, r.targets[i].label());
+    lins[i].w = wbs[i];
+    lins[i].has_bias = r.targets[i].linear.bias;
+    if (curv) {
+      Timer tm;
+      std::tie(lins[i].a, lins[i].g) = curv->factors(i, tokens);
+      means_s += tm.seconds();
+    }
+    scored.push_back(sg::score(r.be, lins[i], r.opt));
+    lins[i].a = lins[i].g = Tensor();  // the update needs the f32 inverses only
+  }
+  phases["means_s"] = means_s;
+  phases["score_s"] = t.seconds() - means_s;
+  return scored;
+}
+
 // One shot: curvature, scores, selection, updates. Returns the shot's metrics record; wbs holds the
 // targets' weights before (in) and after (out) the shot.
 nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& wbs) {
@@ -206,50 +281,20 @@ nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& w
   nlohmann::json phases = nlohmann::json::object();
   std::vector<sg::Linear> lins(r.targets.size());
   double loss = std::nan("");
-  Timer t;
+  std::optional<ShotCurvature> curv;
   if (r.opt.cost != sg::Cost::magnitude) {
     r.watchdog.beat("curvature", -1);
-    ShotCurvature curv(r.be, r.targets, r.accumulation, shot, r.cfg.surgeon.fisher == "sampled", r.cfg.calibration.seed);
-    std::array<double, 2> loss_sum{0, 0};
-    const auto batch = r.cfg.calibration.batch;
-    const bool keep = r.m.spec().layers * r.m.layer_cache_bytes(batch, r.calib.seqlen) <=
-                      (r.cfg.surgeon.keep_activations_mb << 20);
-    for (std::int64_t s0 = r.shard.begin; s0 < r.shard.end; s0 += batch) {
-      const auto b = std::min(batch, r.shard.end - s0);
-      const auto losses = r.m.backward(r.calib.windows(s0, b), b, r.calib.seqlen, curv.taps(s0), keep);
-      for (const double l : losses) loss_sum[0] += l;
-      loss_sum[1] += static_cast<double>(b);
-      r.watchdog.beat("curvature", -1);
-    }
-    phases["forward_backward_s"] = t.seconds() - curv.seconds();
-    phases["factors_s"] = curv.seconds();
-    t = Timer();
-    curv.reduce(r.group);
-    r.group.allreduce_sum(std::span<double>(loss_sum));
-    loss = loss_sum[0] / loss_sum[1];
-    phases["reduce_s"] = t.seconds();
-    t = Timer();
-    const auto tokens = r.calib.nseq * r.calib.seqlen;
-    for (std::size_t i = 0; i < r.targets.size(); ++i) std::tie(lins[i].a, lins[i].g) = curv.factors(i, tokens);
-    phases["means_s"] = t.seconds();
+    curv.emplace(r.be, r.targets, r.accumulation, shot, r.cfg.surgeon.fisher == "sampled", r.cfg.calibration.seed);
+    loss = curvature_pass(r, *curv, phases);
   }
-  t = Timer();
-  std::vector<sg::Scored> scored;
-  for (std::size_t i = 0; i < r.targets.size(); ++i) {
-    r.watchdog.beat("score", r.targets[i].layer);
-    lins[i].name = fmt::format("shot {} {}", shot, r.targets[i].label());
-    lins[i].w = wbs[i];
-    lins[i].has_bias = r.targets[i].linear.bias;
-    scored.push_back(sg::score(r.be, lins[i], r.opt));
-    lins[i].a = lins[i].g = Tensor();  // the update needs the f32 inverses only
-  }
-  phases["score_s"] = t.seconds();
-  t = Timer();
+  const auto scored = score_all(r, shot, curv ? &*curv : nullptr, lins, wbs, phases);
+  curv.reset();
+  Timer t;
   double threshold = 0;
   const auto removal = sg::select(lins, scored, r.opt, target, threshold);
   phases["select_s"] = t.seconds();
   t = Timer();
-  nlohmann::json removed = nlohmann::json::object();
+  nlohmann::json removed = nlohmann::json::object(), per_linear = nlohmann::json::object();
   for (std::size_t i = 0; i < lins.size(); ++i) {
     r.watchdog.beat("update", r.targets[i].layer);
     sg::update(r.be, lins[i], scored[i], removal[i], r.opt);
@@ -257,8 +302,11 @@ nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& w
     wbs[i] = lins[i].w;
   }
   phases["update_s"] = t.seconds();
-  for (const auto& w : wbs)
-    if (!r.be.all_finite(w)) SCALPEL_RUNTIME_ERROR("shot {}: non-finite weights after the update", shot);
+  for (std::size_t i = 0; i < lins.size(); ++i) {
+    if (!r.be.all_finite(wbs[i])) SCALPEL_RUNTIME_ERROR("shot {} {}: non-finite weights after the update", shot,
+                                                         r.targets[i].label());
+    per_linear[r.targets[i].label()] = linear_stats(wbs[i], r.targets[i].linear, removal[i].removed);
+  }
   const auto zeros = zeros_of(wbs), total = weights_of(wbs);
   return {{"event", "shot"},
           {"shot", shot},
@@ -270,6 +318,7 @@ nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& w
           {"threshold", std::isfinite(threshold) ? nlohmann::json(threshold) : nlohmann::json(nullptr)},
           {"calibration_loss_before", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr)},
           {"removed", removed},
+          {"linears", per_linear},
           {"seconds", phases}};
 }
 
@@ -335,16 +384,18 @@ int finish_surgeon(SurgeonRun& r, const io::HfCheckpoint& src, const model::Mode
     rounded.push_back(std::move(wb));
   }
   install(r.m, r.be, r.targets, rounded);
-  const double loss = calibration_loss(r);
+  const double loss = r.cfg.surgeon.final_loss ? calibration_loss(r) : std::nan("");
   const auto zeros = zeros_of(rounded), total = weights_of(rounded);
   const nlohmann::json summary = {{"method", "surgeon"}, {"cost", r.cfg.surgeon.cost}, {"pattern", r.cfg.prune.pattern},
                                   {"shots", r.cfg.surgeon.shots}, {"zeros", zeros}, {"weights", total},
                                   {"sparsity", static_cast<double>(zeros) / static_cast<double>(total)},
-                                  {"calibration_loss", loss}, {"seconds", total_timer.seconds()},
+                                  {"calibration_loss", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr)},
+                                  {"seconds", total_timer.seconds()},
                                   {"ranks", r.world.size()}};
   if (r.world.is_root()) {
-    log::info("pruned {} of {} target weights and biases ({:.2f}%), calibration loss {:.4f}, in {:.1f} s", zeros, total,
-              100.0 * zeros / total, loss, total_timer.seconds());
+    log::info("pruned {} of {} target weights and biases ({:.2f}%){} in {:.1f} s", zeros, total, 100.0 * zeros / total,
+              std::isfinite(loss) ? fmt::format(", calibration loss {:.6f},", loss) : std::string(","),
+              total_timer.seconds());
     if (!r.cfg.output.export_dir.empty()) {
       const auto dest = fs::path(r.cfg.output.dir) / r.cfg.output.export_dir;
       export_hf_folder(src, replaced, dest, r.cfg.output.export_shard_mb << 20);

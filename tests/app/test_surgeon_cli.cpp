@@ -58,6 +58,11 @@ TEST(SurgeonCli, UnstructuredShotsReachTheirTargetsExactly) {
       EXPECT_TRUE(s["seconds"].contains(p)) << p;
   }
   EXPECT_DOUBLE_EQ(shots[0]["target"].get<double>(), 0.2);
+  // `scalpel export` of the shot checkpoint writes the same bytes as the prune's own export.
+  const auto out = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",
+                                (dir / "again").string()});
+  EXPECT_NE(out.find("exit=0"), std::string::npos) << out;
+  EXPECT_EQ(read_bytes(dir / "again/model.safetensors"), read_bytes(dir / "model/model.safetensors"));
   const auto summary = records(dir / "metrics.jsonl", "prune");
   ASSERT_EQ(summary.size(), 1u);
   EXPECT_NEAR(summary[0]["summary"]["sparsity"].get<double>(), 0.4, 1e-4);  // after rounding to fp16

@@ -80,6 +80,8 @@ struct Config {
     // Every layer's forward intermediates are kept for the backward when they fit in this many MB
     // (one forward and one backward per batch); otherwise each layer's forward is recomputed.
     std::int64_t keep_activations_mb = 8192;
+    // The mean calibration loss after the last shot (one more forward pass over the windows).
+    bool final_loss = false;
   } surgeon;
 
   struct Calibration {

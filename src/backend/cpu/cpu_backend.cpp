@@ -436,18 +436,8 @@ class CpuBackend final : public Backend {
       const float* r = lp + i * V;
       float m = r[0];
       for (std::int64_t j = 1; j < V; ++j) m = std::max(m, r[j]);
-      // fp32 exponentials (vectorised), summed in fp32 chunks of 256 and then in double: each
-      // term carries 2^-24 relative error, far below what the fp32 logits themselves carry.
-      double sum = 0;
-      for (std::int64_t j0 = 0; j0 < V; j0 += 256) {
-        const std::int64_t j1 = std::min(V, j0 + 256);
-        float part = 0;
-#pragma omp simd reduction(+ : part)
-        for (std::int64_t j = j0; j < j1; ++j) part += exp_nonpositive(r[j] - m);
-        sum += part;
-      }
       const auto t = targets[static_cast<std::size_t>(i)];
-      out[static_cast<std::size_t>(i)] = (m + std::log(sum)) - static_cast<double>(r[t]);
+      out[static_cast<std::size_t>(i)] = (m + cpu::log_sum_exp_shifted(r, V, m)) - static_cast<double>(r[t]);
       if (!is_argmax.empty()) {
         bool first_max = r[t] == m;
         for (std::int64_t j = 0; first_max && j < t; ++j) first_max = r[j] != m;
@@ -653,17 +643,20 @@ class CpuBackend final : public Backend {
   bool all_finite(const Tensor& t) override {
     SCALPEL_CHECK(t.device() == Device::cpu, "all_finite of a device tensor");
     const auto n = t.numel();
-    bool ok = true;
+    // Exponent bits all ones = inf or NaN; an or-reduction over the bits vectorises, a
+    // short-circuit && does not.
+    std::uint32_t bad = 0;
     if (t.dtype() == DType::f32) {
-      const float* p = t.f32();
-#pragma omp parallel for reduction(&& : ok) schedule(static)
-      for (std::int64_t i = 0; i < n; ++i) ok = ok && std::isfinite(p[i]);
+      const auto* p = static_cast<const std::uint32_t*>(t.raw());
+#pragma omp parallel for simd reduction(| : bad) schedule(static)
+      for (std::int64_t i = 0; i < n; ++i) bad |= (p[i] & 0x7f800000u) == 0x7f800000u;
     } else {
-      const double* p = t.f64();
-#pragma omp parallel for reduction(&& : ok) schedule(static)
-      for (std::int64_t i = 0; i < n; ++i) ok = ok && std::isfinite(p[i]);
+      const auto* p = static_cast<const std::uint64_t*>(t.raw());
+#pragma omp parallel for simd reduction(| : bad) schedule(static)
+      for (std::int64_t i = 0; i < n; ++i)
+        bad |= (p[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
     }
-    return ok;
+    return bad == 0;
   }
 
   void prune_scores(const Tensor& w, const Tensor* col, Tensor& scores) override {

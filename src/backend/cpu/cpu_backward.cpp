@@ -133,8 +133,9 @@ void silu_mul_backward(const Tensor& gate, const Tensor& up, const Tensor& dout,
 
 // Per (sequence, head), with P the kept probabilities and O = P·V:
 //   dV += Pᵀ·dO;  dP = dO·Vᵀ;  dS = P ∘ (dP - rowsum(P ∘ dP));  dQ = scale·dS·K;  dK += scale·dSᵀ·Q.
-// Tasks are (sequence, kv head), looping over the query heads that share it, so the sums into a
-// shared dK/dV never race. Masked entries have P = 0 and so dS = 0.
+// Query rows go in blocks of 64 that only meet the keys up to their last row (the causal half),
+// as the forward does. Tasks are (sequence, kv head), looping over the query heads that share it,
+// so the sums into a shared dK/dV never race.
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& dout,
                         const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv) {
   op_checks::attention(q, k, v, s, dout, &probs);
@@ -143,11 +144,12 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   const auto T = s.seqlen, H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV;
   const int ldq = static_cast<int>(H * hd), ldk = static_cast<int>(KV * hd), t = static_cast<int>(T),
             h_d = static_cast<int>(hd);
+  constexpr std::int64_t kRows = 64;
   std::fill(dk.f32(), dk.f32() + dk.numel(), 0.0f);
   std::fill(dv.f32(), dv.f32() + dv.numel(), 0.0f);
 #pragma omp parallel
   {
-    std::vector<float> dp(static_cast<std::size_t>(T * T));
+    std::vector<float> dp(static_cast<std::size_t>(kRows * T));
 #pragma omp for collapse(2) schedule(dynamic, 1)
     for (std::int64_t b = 0; b < s.batch; ++b) {
       for (std::int64_t kvh = 0; kvh < KV; ++kvh) {
@@ -160,22 +162,30 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
           const float* qh = q.f32() + b * T * ldq + h * hd;
           const float* doh = dout.f32() + b * T * ldq + h * hd;
           float* dqh = dq.f32() + b * T * ldq + h * hd;
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t, h_d, t, 1.0f, p, t, doh, ldq, 1.0f, dvh, ldk);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, t, h_d, 1.0f, doh, ldq, vh, ldk, 0.0f, dp.data(),
-                      t);
-          for (std::int64_t i = 0; i < T; ++i) {
-            const float* pr = p + i * T;
-            float* dr = dp.data() + i * T;
-            double dot = 0;
-            for (std::int64_t j = 0; j <= i; ++j) dot += static_cast<double>(pr[j]) * dr[j];
-            const auto c = static_cast<float>(dot);
-            for (std::int64_t j = 0; j <= i; ++j) dr[j] = pr[j] * (dr[j] - c);
-            std::fill(dr + i + 1, dr + T, 0.0f);
+          for (std::int64_t i0 = 0; i0 < T; i0 += kRows) {
+            const std::int64_t i1 = std::min(T, i0 + kRows);
+            const int rows = static_cast<int>(i1 - i0), keys = static_cast<int>(i1);
+            const float* pb = p + i0 * T;
+            // dV[0:i1] += P[i0:i1, 0:i1]ᵀ dO[i0:i1];  dP = dO[i0:i1] V[0:i1]ᵀ.
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, h_d, rows, 1.0f, pb, t, doh + i0 * ldq, ldq,
+                        1.0f, dvh, ldk);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, h_d, 1.0f, doh + i0 * ldq, ldq, vh, ldk,
+                        0.0f, dp.data(), keys);
+            for (std::int64_t i = i0; i < i1; ++i) {
+              const float* pr = p + i * T;
+              float* dr = dp.data() + (i - i0) * keys;
+              double dot = 0;
+              for (std::int64_t j = 0; j <= i; ++j) dot += static_cast<double>(pr[j]) * dr[j];
+              const auto c = static_cast<float>(dot);
+              for (std::int64_t j = 0; j <= i; ++j) dr[j] = pr[j] * (dr[j] - c);
+              std::fill(dr + i + 1, dr + keys, 0.0f);
+            }
+            // dQ[i0:i1] = scale dS K[0:i1];  dK[0:i1] += scale dSᵀ Q[i0:i1].
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, h_d, keys, s.scale, dp.data(), keys, kh, ldk,
+                        0.0f, dqh + i0 * ldq, ldq);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, h_d, rows, s.scale, dp.data(), keys,
+                        qh + i0 * ldq, ldq, 1.0f, dkh, ldk);
           }
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t, h_d, t, s.scale, dp.data(), t, kh, ldk, 0.0f,
-                      dqh, ldq);
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t, h_d, t, s.scale, dp.data(), t, qh, ldq, 1.0f, dkh,
-                      ldk);
         }
       }
     }
@@ -199,22 +209,24 @@ void nll_backward(Tensor& logits, std::span<const std::int32_t> targets, float s
       loss[static_cast<std::size_t>(i)] = 0.0;
       continue;
     }
-    const float m = *std::max_element(r, r + V);
-    // As the forward's nll: fp32 exponentials (vectorised, 2 ulp), summed in fp32 chunks of 256
-    // and then in double.
+    const float m = *std::max_element(r, r + V), zt = r[t];
+    // One pass of fp32 exponentials (vectorised, 2 ulp) kept in place and summed in fp32 chunks
+    // of 256, then in double (as the forward's nll); then one scaling pass.
     double sum = 0;
     for (std::int64_t j0 = 0; j0 < V; j0 += 256) {
       const std::int64_t j1 = std::min(V, j0 + 256);
       float part = 0;
 #pragma omp simd reduction(+ : part)
-      for (std::int64_t j = j0; j < j1; ++j) part += exp_nonpositive(r[j] - m);
+      for (std::int64_t j = j0; j < j1; ++j) {
+        r[j] = exp_nonpositive(r[j] - m);
+        part += r[j];
+      }
       sum += part;
     }
-    const double lse = m + std::log(sum);
-    loss[static_cast<std::size_t>(i)] = lse - r[t];
-    const auto shift = static_cast<float>(lse);
+    loss[static_cast<std::size_t>(i)] = m + std::log(sum) - static_cast<double>(zt);
+    const auto f = static_cast<float>(scale / sum);
 #pragma omp simd
-    for (std::int64_t j = 0; j < V; ++j) r[j] = scale * exp_nonpositive(std::min(r[j] - shift, 0.0f));
+    for (std::int64_t j = 0; j < V; ++j) r[j] *= f;
     r[t] -= scale;
   }
 }

@@ -29,4 +29,19 @@ inline float exp_nonpositive(float x) {
   return y * scale;
 }
 
+// log Σ_j exp(r[j] - m) for a row whose maximum is m: fp32 exponentials (vectorised), summed in
+// fp32 chunks of 256 and then in double; each term carries 2^-24 relative error, far below what
+// the fp32 logits themselves carry.
+inline double log_sum_exp_shifted(const float* r, std::int64_t n, float m) {
+  double sum = 0;
+  for (std::int64_t j0 = 0; j0 < n; j0 += 256) {
+    const std::int64_t j1 = std::min(n, j0 + 256);
+    float part = 0;
+#pragma omp simd reduction(+ : part)
+    for (std::int64_t j = j0; j < j1; ++j) part += exp_nonpositive(r[j] - m);
+    sum += part;
+  }
+  return std::log(sum);
+}
+
 }  // namespace scalpel::cpu
