@@ -126,7 +126,8 @@ json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in) {
   const double inv = z.inverse_flops;
   double solve_total = 0;
   const bool elements = cfg.prune.pattern != "structured";
-  const double s_final = cfg.prune.pattern == "unstructured" || cfg.prune.pattern == "structured" ? cfg.prune.sparsity : 0.5;
+  const auto nm = elements && cfg.prune.pattern != "unstructured" ? parse_nm(cfg.prune.pattern) : std::nullopt;
+  const double s_final = nm ? static_cast<double>(nm->first) / nm->second : cfg.prune.sparsity;  // N:M reaches N/M
   for (I k = 1; k <= K; ++k) {
     const double q = s_final * static_cast<double>(k) / static_cast<double>(K) * static_cast<double>(z.pruned);
     if (elements && mc > 0) solve_total += q / static_cast<double>(mc) * std::pow(static_cast<double>(mc), 3) / 3;

@@ -246,14 +246,15 @@ int run_export(const std::string& checkpoint_dir, const std::string& model_overr
                std::int64_t shard_mb) {
   // An LLM Surgeon state: the last shot's checkpoint, once every shot is committed; its fp32
   // tensors are rounded to the model's dtypes below, as the prune's own export rounds them.
-  const bool shots = io::ShotCheckpoint::is_shot_state(checkpoint_dir);
-  if (shots) {
+  const auto open_checkpoint = [&] {
+    if (!io::ShotCheckpoint::is_shot_state(checkpoint_dir)) return io::Checkpoint::open_read(checkpoint_dir);
     const auto state = io::ShotCheckpoint::open_read(checkpoint_dir);
     if (!state.complete())
       SCALPEL_INPUT_ERROR("checkpoint {}: not complete ({} of {} shots committed); finish the prune first (rerun "
                           "the same scalpel prune command)", checkpoint_dir, state.last_shot(), state.total_shots());
-  }
-  const auto ckpt = shots ? io::ShotCheckpoint::open_read(checkpoint_dir).last() : io::Checkpoint::open_read(checkpoint_dir);
+    return state.last();
+  };
+  const auto ckpt = open_checkpoint();
   if (!ckpt.complete())
     SCALPEL_INPUT_ERROR("checkpoint {}: not complete ({} of {} layers committed); finish the prune first (rerun "
                         "the same scalpel prune command)",

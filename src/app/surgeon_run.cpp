@@ -81,17 +81,23 @@ std::vector<SurgeonTarget> targets_of(const model::ModelSpec& spec, const Config
   return out;
 }
 
-// The linear's weight with its bias as the last column, on the host, fp32 [out, in (+1)].
-Tensor weight_with_bias(Backend& be, const model::LayerWeights& w, const model::LinearSpec& lin) {
-  const Tensor wt = be.download(w.at(lin.name + ".weight"));
+// The linear's weight [out, in] and bias [out] (host, any float dtype; b undefined without a
+// bias) joined as fp32 [out, in (+1)], the bias as the last column.
+Tensor join_bias(const Tensor& w, const Tensor& b, const model::LinearSpec& lin) {
+  const Tensor wf = w.dtype() == DType::f32 ? w : w.to_f32();
+  const Tensor bf = !lin.bias ? Tensor() : b.dtype() == DType::f32 ? b : b.to_f32();
   const auto R = lin.out, C = lin.in + (lin.bias ? 1 : 0);
   Tensor out = Tensor::empty({R, C});
-  const Tensor b = lin.bias ? be.download(w.at(lin.name + ".bias")) : Tensor();
   for (std::int64_t r = 0; r < R; ++r) {
-    std::copy(wt.f32() + r * lin.in, wt.f32() + (r + 1) * lin.in, out.f32() + r * C);
-    if (lin.bias) out.f32()[r * C + lin.in] = b.f32()[r];
+    std::copy(wf.f32() + r * lin.in, wf.f32() + (r + 1) * lin.in, out.f32() + r * C);
+    if (lin.bias) out.f32()[r * C + lin.in] = bf.f32()[r];
   }
   return out;
+}
+
+Tensor weight_with_bias(Backend& be, const model::LayerWeights& w, const model::LinearSpec& lin) {
+  return join_bias(be.download(w.at(lin.name + ".weight")),
+                   lin.bias ? be.download(w.at(lin.name + ".bias")) : Tensor(), lin);
 }
 
 // Splits weight_with_bias's layout back into the layer's tensors (host f32).
@@ -151,13 +157,8 @@ std::vector<Tensor> read_shot(const io::Checkpoint& ck, const std::vector<Surgeo
       cached = t.layer;
     }
     const auto& lin = t.linear;
-    const Tensor w = data.at(lin.name + ".weight").data;
-    const auto C = lin.in + (lin.bias ? 1 : 0);
-    Tensor wb = Tensor::empty({lin.out, C});
-    for (std::int64_t r = 0; r < lin.out; ++r) {
-      std::copy(w.f32() + r * lin.in, w.f32() + (r + 1) * lin.in, wb.f32() + r * C);
-      if (lin.bias) wb.f32()[r * C + lin.in] = data.at(lin.name + ".bias").data.f32()[r];
-    }
+    Tensor wb = join_bias(data.at(lin.name + ".weight").data,
+                          lin.bias ? data.at(lin.name + ".bias").data : Tensor(), lin);
     wbs.push_back(std::move(wb));
   }
   return wbs;
@@ -365,22 +366,16 @@ int finish_surgeon(SurgeonRun& r, const io::HfCheckpoint& src, const model::Mode
   for (std::size_t i = 0; i < r.targets.size(); ++i) {
     const auto& t = r.targets[i];
     const auto [w, b] = split_bias(r.wbs_final[i], t.linear);
-    Tensor wb = r.wbs_final[i].clone();
-    for (const auto& [suffix, part] : {std::pair<std::string, Tensor>{".weight", w}, {".bias", b}}) {
+    std::map<std::string, Tensor> parts{{".weight", w}, {".bias", b}};
+    for (auto& [suffix, part] : parts) {
       if (!part.defined()) continue;
       const auto name = spec.layer_prefix(t.layer) + t.linear.name + suffix;
       Tensor stored = Tensor::empty(part.shape(), src.info(name).dtype);
       convert_from_f32(stored.dtype(), part.f32(), stored.raw(), static_cast<std::size_t>(part.numel()));
       replaced[name] = stored;
+      part = stored;
     }
-    const auto rw = replaced.at(spec.layer_prefix(t.layer) + t.linear.name + ".weight").to_f32();
-    const auto C = wb.size(1);
-    for (std::int64_t row = 0; row < t.linear.out; ++row) {
-      std::copy(rw.f32() + row * t.linear.in, rw.f32() + (row + 1) * t.linear.in, wb.f32() + row * C);
-      if (t.linear.bias)
-        wb.f32()[row * C + t.linear.in] =
-            replaced.at(spec.layer_prefix(t.layer) + t.linear.name + ".bias").to_f32().f32()[row];
-    }
+    Tensor wb = join_bias(parts.at(".weight"), parts.at(".bias"), t.linear);  // the rounded values, as exported
     rounded.push_back(std::move(wb));
   }
   install(r.m, r.be, r.targets, rounded);
