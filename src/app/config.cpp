@@ -5,6 +5,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <set>
@@ -171,6 +172,46 @@ void read_int_list(const YAML::Node& node, const std::string& source, const std:
   }
 }
 
+void validate_allocation(const Config& c, const std::string& source) {
+  const auto& a = c.allocation;
+  const auto& alloc = c.prune.allocation;
+  if (alloc != "uniform" && alloc != "owl" && alloc != "sensitivity")
+    SCALPEL_INPUT_ERROR("{}: 'prune.allocation' is '{}', expected uniform, owl or sensitivity", source, alloc);
+  if (alloc != "uniform" && c.prune.method == "surgeon")
+    SCALPEL_INPUT_ERROR("{}: 'prune.allocation' {} is for magnitude, wanda and sparsegpt (LLM Surgeon allocates "
+                        "globally by itself)", source, alloc);
+  if (!(a.owl_m > 0)) SCALPEL_INPUT_ERROR("{}: 'allocation.owl_m' must be > 0", source);
+  if (!(a.owl_lambda >= 0)) SCALPEL_INPUT_ERROR("{}: 'allocation.owl_lambda' must be >= 0", source);
+  if (!(a.alpha >= 0 && a.alpha < 1)) SCALPEL_INPUT_ERROR("{}: 'allocation.alpha' must be in [0, 1)", source);
+  if (a.hutchinson_samples < 1) SCALPEL_INPUT_ERROR("{}: 'allocation.hutchinson_samples' must be >= 1", source);
+  if (!(a.epsilon > 0)) SCALPEL_INPUT_ERROR("{}: 'allocation.epsilon' must be > 0", source);
+  if (a.granularity != "block" && a.granularity != "matrix")
+    SCALPEL_INPUT_ERROR("{}: 'allocation.granularity' is '{}', expected block or matrix", source, a.granularity);
+  if (alloc == "owl" && a.granularity == "matrix")
+    SCALPEL_INPUT_ERROR("{}: 'allocation.granularity' matrix is for prune.allocation: sensitivity (OWL gives one "
+                        "sparsity per block)", source);
+  if (c.sparsegpt.saliency != "obs" && c.sparsegpt.saliency != "isc")
+    SCALPEL_INPUT_ERROR("{}: 'sparsegpt.saliency' is '{}', expected obs or isc", source, c.sparsegpt.saliency);
+  if (c.sparsegpt.saliency == "isc" && c.prune.method != "sparsegpt")
+    SCALPEL_INPUT_ERROR("{}: 'sparsegpt.saliency' isc needs prune.method: sparsegpt", source);
+}
+
+void validate_depth(const Config& c, const std::string& source) {
+  const auto& d = c.depth;
+  if (d.criterion != "bi" && d.criterion != "angular" && d.criterion != "laco" && d.criterion != "ppl")
+    SCALPEL_INPUT_ERROR("{}: 'depth.criterion' is '{}', expected bi, angular, laco or ppl", source, d.criterion);
+  if (!(d.remove > 0) || (d.remove >= 1 && d.remove != std::floor(d.remove)))
+    SCALPEL_INPUT_ERROR("{}: 'depth.remove' is {}, expected a block count (an integer >= 1) or a fraction in (0, 1)",
+                        source, d.remove);
+  for (const auto b : d.protect)
+    if (b < 0) SCALPEL_INPUT_ERROR("{}: 'depth.protect' has {}, expected block indices >= 0", source, b);
+  if (d.merge < 2) SCALPEL_INPUT_ERROR("{}: 'depth.merge' must be >= 2 (a block and at least one after it)", source);
+  if (d.interval < 1) SCALPEL_INPUT_ERROR("{}: 'depth.interval' must be >= 1", source);
+  if (!(d.threshold >= -1 && d.threshold <= 1))
+    SCALPEL_INPUT_ERROR("{}: 'depth.threshold' must be a cosine similarity in [-1, 1]", source);
+  if (d.windows < 0) SCALPEL_INPUT_ERROR("{}: 'depth.windows' must be >= 0 (0 = all)", source);
+}
+
 void validate_surgeon(const Config& c, const std::string& source) {
   const auto& s = c.surgeon;
   if (s.shots < 1) SCALPEL_INPUT_ERROR("{}: 'surgeon.shots' must be >= 1", source);
@@ -301,6 +342,36 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("true_sequential", c.prune.true_sequential);
     r.get("dampening", c.prune.dampening);
     r.get("blocksize", c.prune.blocksize);
+    r.get("allocation", c.prune.allocation);
+    r.finish();
+  }
+  {
+    MapReader r(top.child("allocation"), "allocation", source);
+    r.get("owl_m", c.allocation.owl_m);
+    r.get("owl_lambda", c.allocation.owl_lambda);
+    r.get("alpha", c.allocation.alpha);
+    r.get("hutchinson_samples", c.allocation.hutchinson_samples);
+    r.get("epsilon", c.allocation.epsilon);
+    r.get("weighted", c.allocation.weighted);
+    r.get("granularity", c.allocation.granularity);
+    r.finish();
+  }
+  {
+    MapReader r(top.child("sparsegpt"), "sparsegpt", source);
+    r.get("saliency", c.sparsegpt.saliency);
+    r.finish();
+  }
+  {
+    MapReader r(top.child("depth"), "depth", source);
+    r.get("criterion", c.depth.criterion);
+    r.get("remove", c.depth.remove);
+    const auto protect = r.child("protect");
+    if (protect && !protect.IsNull()) c.depth.protect_set = true;
+    read_int_list(protect, source, "depth.protect", c.depth.protect);
+    r.get("merge", c.depth.merge);
+    r.get("interval", c.depth.interval);
+    r.get("threshold", c.depth.threshold);
+    r.get("windows", c.depth.windows);
     r.finish();
   }
   {
@@ -379,6 +450,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.prune.pattern == "structured" && c.prune.method != "surgeon")
     SCALPEL_INPUT_ERROR("{}: 'prune.pattern' structured (whole rows and columns) needs prune.method: surgeon", source);
   validate_surgeon(c, source);
+  validate_allocation(c, source);
+  validate_depth(c, source);
   if (c.prune.pattern != "unstructured" && c.prune.pattern != "structured") {
     const auto nm = parse_nm(c.prune.pattern);
     if (!nm) SCALPEL_INPUT_ERROR("{}: 'prune.pattern' is '{}', expected unstructured or N:M with 0 < N < M (e.g. 2:4)",
@@ -432,6 +505,32 @@ void emit_surgeon(YAML::Emitter& e, const Config& c) {
   e << YAML::EndMap;
 }
 
+void emit_allocation(YAML::Emitter& e, const Config& c) {
+  const auto& a = c.allocation;
+  e << YAML::Key << "allocation" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "owl_m" << YAML::Value << a.owl_m;
+  e << YAML::Key << "owl_lambda" << YAML::Value << a.owl_lambda;
+  e << YAML::Key << "alpha" << YAML::Value << a.alpha;
+  e << YAML::Key << "hutchinson_samples" << YAML::Value << a.hutchinson_samples;
+  e << YAML::Key << "epsilon" << YAML::Value << a.epsilon;
+  e << YAML::Key << "weighted" << YAML::Value << a.weighted;
+  e << YAML::Key << "granularity" << YAML::Value << a.granularity;
+  e << YAML::EndMap;
+}
+
+void emit_depth(YAML::Emitter& e, const Config& c) {
+  const auto& d = c.depth;
+  e << YAML::Key << "depth" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "criterion" << YAML::Value << d.criterion;
+  e << YAML::Key << "remove" << YAML::Value << d.remove;
+  if (d.protect_set) e << YAML::Key << "protect" << YAML::Value << YAML::Flow << d.protect;
+  e << YAML::Key << "merge" << YAML::Value << d.merge;
+  e << YAML::Key << "interval" << YAML::Value << d.interval;
+  e << YAML::Key << "threshold" << YAML::Value << d.threshold;
+  e << YAML::Key << "windows" << YAML::Value << d.windows;
+  e << YAML::EndMap;
+}
+
 // The sections that decide a prune's weights, in dump_config's layout. The surgeon section only
 // for a surgeon prune, so that adding it left every other checkpoint's identity as it was.
 void emit_prune_sections(YAML::Emitter& e, const Config& c) {
@@ -445,7 +544,12 @@ void emit_prune_sections(YAML::Emitter& e, const Config& c) {
   e << YAML::Key << "true_sequential" << YAML::Value << c.prune.true_sequential;
   e << YAML::Key << "dampening" << YAML::Value << c.prune.dampening;
   e << YAML::Key << "blocksize" << YAML::Value << c.prune.blocksize;
+  if (c.prune.allocation != "uniform") e << YAML::Key << "allocation" << YAML::Value << c.prune.allocation;
   e << YAML::EndMap;
+  if (c.prune.allocation != "uniform") emit_allocation(e, c);
+  if (c.sparsegpt.saliency != "obs")
+    e << YAML::Key << "sparsegpt" << YAML::Value << YAML::BeginMap << YAML::Key << "saliency" << YAML::Value
+      << c.sparsegpt.saliency << YAML::EndMap;
   e << YAML::Key << "calibration" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "path" << YAML::Value << c.calibration.path;
   e << YAML::Key << "nsamples" << YAML::Value << c.calibration.nsamples;
@@ -502,6 +606,7 @@ std::string dump_config(const Config& c) {
   e << YAML::Key << "add_bos" << YAML::Value << c.eval.add_bos;
   e << YAML::EndMap;
   emit_prune_sections(e, c);
+  emit_depth(e, c);
   e << YAML::Key << "output" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "dir" << YAML::Value << c.output.dir;
   e << YAML::Key << "metrics" << YAML::Value << c.output.metrics;

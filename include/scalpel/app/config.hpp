@@ -64,7 +64,41 @@ struct Config {
     bool true_sequential = false;           // re-collect statistics after each sub-block
     double dampening = 0.01;                // SparseGPT: fraction of mean(diag H) added
     std::int64_t blocksize = 128;           // SparseGPT: columns per block
+    // How the sparsity is spread over the layers (magnitude, Wanda, SparseGPT): uniform (every
+    // linear gets prune.sparsity), owl (outlier-weighted per block) or sensitivity (per matrix,
+    // from the loss Hessian's trace). README "Allocation".
+    std::string allocation = "uniform";
   } prune;
+
+  // prune.allocation: owl | sensitivity.
+  struct Allocation {
+    double owl_m = 5;             // OWL: outlier when a Wanda score exceeds owl_m x the block's mean
+    double owl_lambda = 0.08;     // OWL: sparsities spread over [s - λ, s + λ] (N:M: weights per group)
+    double alpha = 0.1;           // sensitivity: densities spread over [1 - s - α, 1 - s + α]
+    std::int64_t hutchinson_samples = 8;  // sensitivity: Rademacher probes of the Hessian trace
+    double epsilon = 1e-3;        // sensitivity: finite-difference step of Hv, relative to each matrix's RMS
+    bool weighted = false;        // false: the paper's rank rule; true: rescaled so the parameter-weighted
+                                  // sparsity is prune.sparsity
+    std::string granularity = "block";  // block (one sparsity per decoder block) | matrix
+  } allocation;
+
+  // SparseGPT's saliency inside the block sweep: obs (w²/[H⁻¹]²_mm, the reference) or isc
+  // (w²·(H_mm + 1/[H⁻¹]_mm), the sensitivity paper's).
+  struct SparseGpt {
+    std::string saliency = "obs";
+  } sparsegpt;
+
+  // `scalpel depth`: removing whole decoder blocks (README "Depth pruning").
+  struct Depth {
+    std::string criterion = "bi";   // bi (ShortGPT) | angular (Gromov et al.) | laco | ppl (SLEB-style greedy)
+    double remove = 1;              // blocks to remove: a count (>= 1) or a fraction of the blocks (< 1)
+    std::vector<std::int64_t> protect;  // blocks never removed; default: none, ppl: the first and the last
+    bool protect_set = false;       // protect was given (even as [])
+    std::int64_t merge = 2;         // laco: blocks combined per merge (C: block l and the C - 1 after it)
+    std::int64_t interval = 1;      // laco: blocks skipped after an accepted merge (I)
+    double threshold = 0.45;        // laco: cosine similarity a merge must keep (T)
+    std::int64_t windows = 0;       // laco: calibration windows of the similarity check; 0 = all
+  } depth;
 
   // LLM Surgeon (prune.method: surgeon): K shots at s_k = k·s/K, the Kronecker-factored curvature
   // re-estimated on the current model each shot (README "LLM Surgeon").
