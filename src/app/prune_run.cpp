@@ -32,6 +32,7 @@
 #include "scalpel/text/calibration.hpp"
 #include "scalpel/text/eval_text.hpp"
 #include "scalpel/text/tokenizer.hpp"
+#include "allocation_run.hpp"
 #include "root_work.hpp"
 #include "run_common.hpp"
 
@@ -358,6 +359,24 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto my_layers = dist::block_range(spec.layers, grid.stages, grid.stage);
   const int tag_x = 1, tag_commit = 2;
 
+  if (cfg.prune.allocation != "uniform" && grid.stages > 1)
+    SCALPEL_INPUT_ERROR("config: 'prune.allocation' {} runs with parallel.stages: 1 only (data ranks are fine)",
+                        cfg.prune.allocation);
+  // The allocation is recomputed on a resumed run too: it depends on the dense model and the
+  // calibration windows only, so it comes out the same.
+  AllocationContext actx{m, groups, calib, shard, batch, group, accumulation, cfg.surgeon.keep_activations_mb};
+  const Allocation allocation = allocate_sparsity(cfg, pattern, actx);
+  if (!allocation.record.empty()) {
+    nlohmann::json rec = allocation.record;
+    rec["config_hash"] = id.config_hash;
+    metrics.write(rec);
+    if (world.is_root())
+      log::info("allocation {}: sparsities from {:.4f} to {:.4f}, mean {:.4f}, parameter-weighted {:.4f} ({:.1f} s)",
+                allocation.method, allocation.range().first, allocation.range().second,
+                allocation.record.at("mean_sparsity").get<double>(),
+                allocation.record.at("weighted_sparsity").get<double>(), allocation.seconds);
+  }
+
   const bool host_activations = activations_on_host(be, cfg, world);
   Tensor x;
   if (grid.stage == 0)
@@ -414,7 +433,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                 const auto rr = dist::block_range(rows, group.size(), group.rank());
                 prune::PruneOptions opt;
                 opt.method = method;
-                opt.pattern = pattern;
+                opt.pattern = allocation.of(layer, lin.name);
                 opt.blocksize = cfg.prune.blocksize;
                 opt.percdamp = cfg.prune.dampening;
                 opt.name = fmt::format("layer {} {}", layer, lin.name);
@@ -449,12 +468,13 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                 working->tensors[wname] = next;
                 const double sparsity = counts[1] ? double(counts[0]) / double(counts[1]) : 0.0;
                 const double error_rel = err[1] > 0 ? err[0] / err[1] : 0.0;
-                const nlohmann::json lm = {{"error", err[0]},           {"error_rel", error_rel},
+                nlohmann::json lm = {{"error", err[0]},           {"error_rel", error_rel},
                                            {"sparsity", sparsity},       {"pruned", counts[0]},
                                            {"weights", counts[1]},       {"damping", r.damping},
                                            {"percdamp", r.percdamp},     {"damping_tries", r.damping_tries},
                                            {"dead_inputs", r.dead},      {"factor_s", r.seconds.factorisation},
                                            {"sweep_s", r.seconds.sweep}, {"error_s", r.seconds.error}};
+                if (!allocation.patterns.empty()) lm["allocated"] = opt.pattern.str();
                 if (!std::isfinite(sparsity) || !std::isfinite(err[0]))
                   SCALPEL_RUNTIME_ERROR("layer {} {}: non-finite result", layer, lin.name);
                 lin_metrics[lin.name] = lm;

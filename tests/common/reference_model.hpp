@@ -29,11 +29,13 @@ struct RefLayer {
 using OutputOffsets = std::map<std::string, Vec>;
 
 // One decoder layer on x [B*T, hidden], in float64.
+// `inputs`, when given, receives each linear's input by name.
 inline Vec ref_forward(const ModelSpec& s, const RefLayer& L, Vec x, std::int64_t B, std::int64_t T,
-                       const OutputOffsets* offsets = nullptr) {
+                       const OutputOffsets* offsets = nullptr, std::map<std::string, Vec>* inputs = nullptr) {
   const auto n = B * T, d = s.hidden;
   const bool opt = s.family == Family::opt;
   auto lin = [&](const std::string& name, const Vec& in, std::int64_t in_dim, std::int64_t out_dim) {
+    if (inputs) (*inputs)[name] = in;
     auto it = L.w.find(name + ".bias");
     Vec y = ref_linear(in, L.w.at(name + ".weight"), it == L.w.end() ? nullptr : &it->second, n, in_dim, out_dim);
     if (offsets)
@@ -120,6 +122,20 @@ inline RefModel load_ref_model(const std::filesystem::path& folder) {
   return m;
 }
 
+// The decoder's input for one sequence: token embeddings (+ project_in, + OPT's positions).
+inline Vec ref_embed(const RefModel& m, const std::vector<std::int32_t>& ids) {
+  const auto& s = m.spec;
+  const auto T = static_cast<std::int64_t>(ids.size()), d = s.hidden, e = s.word_embed_proj_dim;
+  Vec x(static_cast<std::size_t>(T * e));
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t j = 0; j < e; ++j) x[t * e + j] = m.embed_tokens[ids[t] * e + j];
+  if (e != d) x = ref_linear(x, m.project_in, nullptr, T, e, d);
+  if (s.family == Family::opt)
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t j = 0; j < d; ++j) x[t * d + j] += m.positions[(t + s.position_offset) * d + j];
+  return x;
+}
+
 // log p(ids[t+1] | ids[..t]) for t = first .. T-2 of one sequence, and whether ids[t+1] is the
 // first argmax of the row, from a float64 forward (log-softmax in float64).
 struct RefScores {
@@ -131,13 +147,7 @@ inline RefScores ref_model_scores(const RefModel& m, const std::vector<std::int3
                                   std::int64_t offset_layer = -1, const OutputOffsets* offsets = nullptr) {
   const auto& s = m.spec;
   const auto T = static_cast<std::int64_t>(ids.size()), d = s.hidden, e = s.word_embed_proj_dim, V = s.vocab_size;
-  Vec x(static_cast<std::size_t>(T * e));
-  for (std::int64_t t = 0; t < T; ++t)
-    for (std::int64_t j = 0; j < e; ++j) x[t * e + j] = m.embed_tokens[ids[t] * e + j];
-  if (e != d) x = ref_linear(x, m.project_in, nullptr, T, e, d);
-  if (s.family == Family::opt)
-    for (std::int64_t t = 0; t < T; ++t)
-      for (std::int64_t j = 0; j < d; ++j) x[t * d + j] += m.positions[(t + s.position_offset) * d + j];
+  Vec x = ref_embed(m, ids);
   for (std::size_t l = 0; l < m.layers.size(); ++l)
     x = ref_forward(s, m.layers[l], x, 1, T, static_cast<std::int64_t>(l) == offset_layer ? offsets : nullptr);
   if (s.final_norm) {

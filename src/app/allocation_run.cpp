@@ -1,0 +1,314 @@
+// Layer-wise sparsity allocation passes (see allocation_run.hpp).
+#include "allocation_run.hpp"
+
+#include <cmath>
+#include <memory>
+
+#include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
+#include "scalpel/core/timer.hpp"
+#include "scalpel/prune/allocation.hpp"
+
+namespace scalpel::app {
+namespace {
+
+std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+struct TargetRef {
+  std::int64_t layer = 0;
+  model::LinearSpec lin;
+};
+
+std::vector<TargetRef> target_list(const AllocationContext& c) {
+  std::vector<TargetRef> out;
+  for (std::int64_t l = 0; l < c.model.spec().layers; ++l)
+    for (const auto& g : c.groups)
+      for (const auto& lin : g.linears) out.push_back({l, lin});
+  return out;
+}
+
+double rms(Backend& be, const Tensor& w) {
+  const Tensor h = be.download(w).to_f32();
+  double s = 0;
+  for (std::int64_t i = 0; i < h.numel(); ++i) s += static_cast<double>(h.f32()[i]) * h.f32()[i];
+  const double r = std::sqrt(s / static_cast<double>(std::max<std::int64_t>(1, h.numel())));
+  return r > 0 ? r : 1.0;
+}
+
+// Installs W ± step·σ·V for every target (the dense weights otherwise).
+void install_perturbed(AllocationContext& c, const std::vector<TargetRef>& targets, const std::vector<Tensor>& dirs,
+                       const std::vector<std::shared_ptr<const model::LayerWeights>>& dense,
+                       const std::vector<double>& sigma, double step) {
+  auto& be = c.model.backend();
+  std::vector<std::shared_ptr<model::LayerWeights>> layers(dense.size());
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    const auto l = static_cast<std::size_t>(targets[i].layer);
+    if (!layers[l]) layers[l] = std::make_shared<model::LayerWeights>(*dense[l]);
+    const auto name = targets[i].lin.name + ".weight";
+    const Tensor& w = dense[l]->at(name);
+    Tensor p = be.empty(w.shape());
+    be.copy(dirs[i], p);
+    be.scale(p, static_cast<float>(step * sigma[i]));
+    be.add(p, w);
+    layers[l]->tensors[name] = p;
+  }
+  for (std::size_t l = 0; l < layers.size(); ++l)
+    if (layers[l]) c.model.set_layer_weights(static_cast<std::int64_t>(l), layers[l]);
+}
+
+// v·∇_W (Σ_windows L) for every target at the installed weights: per calibration batch
+// Σ_t g_t·(V a_t), gathered over the data ranks by batch and summed in batch order.
+std::vector<double> directional_grads(AllocationContext& c, const std::vector<TargetRef>& targets,
+                                      const std::vector<Tensor>& dirs) {
+  auto& be = c.model.backend();
+  const auto n = targets.size();
+  // Keeping every layer's intermediates (and every V a_t until its gradient arrives) saves a
+  // forward per pass when it fits in keep_activations_mb.
+  std::int64_t y_bytes = 0;
+  for (const auto& t : targets) y_bytes += t.lin.out * c.batch * c.calib.seqlen * 4;
+  const bool keep = c.model.layer_cache_bytes(c.batch, c.calib.seqlen) * c.model.spec().layers + y_bytes <=
+                    (c.keep_activations_mb << 20);
+  std::map<std::pair<std::int64_t, std::string>, std::size_t> index;
+  for (std::size_t i = 0; i < n; ++i) index[{targets[i].layer, targets[i].lin.name}] = i;
+  const std::int64_t batches = (c.calib.nseq + c.batch - 1) / c.batch;
+  std::vector<double> per(static_cast<std::size_t>(batches) * n, 0.0);
+  std::map<std::size_t, Tensor> ys;  // V a_t of the layer being differentiated
+  std::int64_t bi = 0;
+  model::BackwardTaps taps;
+  taps.input = [&](std::int64_t l, int, const std::vector<std::string>& names, const Tensor& x) {
+    for (const auto& name : names) {
+      const auto it = index.find({l, name});
+      if (it == index.end()) continue;
+      Tensor y = be.empty({x.size(0), targets[it->second].lin.out});
+      be.gemm(Trans::no, Trans::yes, 1.0f, x, dirs[it->second], 0.0f, y);
+      ys[it->second] = std::move(y);
+    }
+  };
+  taps.grad = [&](std::int64_t l, const std::string& name, const Tensor& g) {
+    const auto it = index.find({l, name});
+    if (it == index.end()) return;
+    std::vector<double> rows(static_cast<std::size_t>(g.size(0)));
+    be.rowwise_dot(g, ys.at(it->second), rows);
+    double s = 0;
+    for (const double r : rows) s += r;
+    per[static_cast<std::size_t>(bi) * n + it->second] += s;
+    ys.erase(it->second);
+  };
+  for (std::int64_t s = c.shard.begin; s < c.shard.end; s += c.batch) {
+    const auto b = std::min(c.batch, c.shard.end - s);
+    bi = s / c.batch;
+    c.model.backward(c.calib.windows(s, b), b, c.calib.seqlen, taps, keep);
+  }
+  c.group.allreduce_sum(std::span<double>(per));  // one rank holds each batch's value: exact
+  std::vector<double> d(n, 0.0);
+  for (std::int64_t b = 0; b < batches; ++b)
+    for (std::size_t i = 0; i < n; ++i) d[i] += per[static_cast<std::size_t>(b) * n + i];
+  return d;
+}
+
+}  // namespace
+
+const prune::Pattern& Allocation::of(std::int64_t layer, const std::string& name) const {
+  if (patterns.empty()) return base;
+  return patterns.at(static_cast<std::size_t>(layer)).at(name);
+}
+
+std::pair<double, double> Allocation::range() const {
+  if (patterns.empty()) return {base.target(), base.target()};
+  double lo = 1, hi = 0;
+  for (const auto& layer : patterns)
+    for (const auto& [name, p] : layer) lo = std::min(lo, p.target()), hi = std::max(hi, p.target());
+  return {lo, hi};
+}
+
+Tensor probe_direction(std::uint64_t seed, std::int64_t probe, std::int64_t index, std::int64_t rows,
+                       std::int64_t cols) {
+  Tensor v = Tensor::empty({rows, cols});
+  const std::uint64_t key =
+      splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(probe) * 0x100000001B3ULL + static_cast<std::uint64_t>(index)));
+  const std::int64_t n = rows * cols;
+  for (std::int64_t w = 0; w * 64 < n; ++w) {
+    const std::uint64_t bits = splitmix64(key + static_cast<std::uint64_t>(w));
+    for (std::int64_t j = w * 64; j < std::min(n, (w + 1) * 64); ++j)
+      v.f32()[j] = ((bits >> (j - w * 64)) & 1ULL) ? 1.0f : -1.0f;
+  }
+  return v;
+}
+
+std::vector<double> owl_outlier_ratios(AllocationContext& c, double owl_m) {
+  auto& m = c.model;
+  auto& be = m.backend();
+  const auto seqlen = c.calib.seqlen, mine = c.shard.count();
+  Tensor x = m.embed(c.calib.windows(c.shard.begin, mine), mine, seqlen);
+  prune::StatsKinds kinds;
+  kinds.hessian = false;
+  kinds.col_norms = true;
+  std::vector<double> ratios;
+  for (std::int64_t layer = 0; layer < m.spec().layers; ++layer) {
+    std::map<int, std::unique_ptr<prune::InputStats>> stats;
+    for (const auto& g : c.groups)
+      stats[g.input_group] = std::make_unique<prune::InputStats>(
+          be, g.linears.front().in, kinds, fmt::format("layer {} input {} (OWL)", layer, g.linears.front().name),
+          c.accumulation, c.calib.nseq);
+    std::int64_t seqs = 0;
+    model::LinearTap tap = [&](int group, const std::vector<std::string>&, const Tensor& in) {
+      if (auto it = stats.find(group); it != stats.end()) it->second->add_batch(in, seqs);
+    };
+    for (std::int64_t s = 0; s < mine; s += c.batch) {  // dense propagation: x becomes the layer's output
+      seqs = std::min(c.batch, mine - s);
+      Tensor slice = x.slice_rows(s * seqlen, (s + seqs) * seqlen);
+      m.layer_forward(layer, slice, seqs, seqlen, &tap);
+    }
+    prune::OutlierCounter counter;
+    const auto w = m.layer_weights(layer);
+    for (const auto& g : c.groups) {
+      auto& st = *stats.at(g.input_group);
+      st.reduce(c.group);
+      const Tensor norms = be.download(st.col_norms());
+      for (const auto& lin : g.linears) counter.add(be.download(w->at(lin.name + ".weight")), norms);
+    }
+    ratios.push_back(counter.ratio(owl_m));
+  }
+  return ratios;
+}
+
+TraceEstimate hessian_traces(AllocationContext& c, std::int64_t probes, double epsilon, std::uint64_t seed) {
+  Timer timer;
+  auto& m = c.model;
+  auto& be = m.backend();
+  const auto targets = target_list(c);
+  std::vector<std::shared_ptr<const model::LayerWeights>> dense;
+  for (std::int64_t l = 0; l < m.spec().layers; ++l) dense.push_back(m.layer_weights(l));
+  TraceEstimate est;
+  for (const auto& t : targets) {
+    est.layer.push_back(t.layer);
+    est.linear.push_back(t.lin.name);
+    est.numel.push_back(t.lin.out * t.lin.in);
+    est.sigma.push_back(rms(be, dense[static_cast<std::size_t>(t.layer)]->at(t.lin.name + ".weight")));
+  }
+  est.trace.assign(targets.size(), 0.0);
+  for (std::int64_t k = 0; k < probes; ++k) {
+    std::vector<Tensor> dirs;
+    for (std::size_t i = 0; i < targets.size(); ++i)
+      dirs.push_back(be.upload(probe_direction(seed, k, static_cast<std::int64_t>(i), targets[i].lin.out, targets[i].lin.in)));
+    install_perturbed(c, targets, dirs, dense, est.sigma, epsilon);
+    const auto plus = directional_grads(c, targets, dirs);
+    install_perturbed(c, targets, dirs, dense, est.sigma, -epsilon);
+    const auto minus = directional_grads(c, targets, dirs);
+    std::vector<double> row(targets.size());
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+      row[i] = (plus[i] - minus[i]) / (2 * epsilon * est.sigma[i] * static_cast<double>(c.calib.nseq));
+      if (!std::isfinite(row[i]))
+        SCALPEL_RUNTIME_ERROR("sensitivity: probe {} of layer {} {} is not finite (the loss or its gradient overflowed)",
+                              k, targets[i].layer, targets[i].lin.name);
+      est.trace[i] += row[i] / static_cast<double>(probes);
+    }
+    est.probes.push_back(std::move(row));
+  }
+  for (std::int64_t l = 0; l < m.spec().layers; ++l) m.set_layer_weights(l, dense[static_cast<std::size_t>(l)]);
+  est.seconds = timer.seconds();
+  return est;
+}
+
+namespace {
+
+// Every target linear of `layer` gets `p`.
+void set_layer(Allocation& a, const AllocationContext& c, std::int64_t layer, const prune::Pattern& p) {
+  for (const auto& g : c.groups)
+    for (const auto& lin : g.linears) a.patterns.at(static_cast<std::size_t>(layer))[lin.name] = p;
+}
+
+nlohmann::json allocate_owl(const Config& cfg, Allocation& a, AllocationContext& c) {
+  const auto d = owl_outlier_ratios(c, cfg.allocation.owl_m);
+  nlohmann::json blocks = nlohmann::json::array();
+  const auto& base = a.base;
+  if (base.is_nm()) {
+    const auto n = prune::owl_nm(d, base.n, base.m, cfg.allocation.owl_lambda);
+    for (std::size_t l = 0; l < d.size(); ++l) {
+      const auto p = n[l] > 0 ? prune::Pattern::nm(n[l], base.m) : prune::Pattern::unstructured(0);
+      set_layer(a, c, static_cast<std::int64_t>(l), p);
+      blocks.push_back({{"layer", l}, {"score", d[l]}, {"sparsity", p.target()}, {"pattern", p.str()}});
+    }
+  } else {
+    const auto s = prune::owl_sparsities(d, base.sparsity, cfg.allocation.owl_lambda);
+    for (std::size_t l = 0; l < d.size(); ++l) {
+      set_layer(a, c, static_cast<std::int64_t>(l), prune::Pattern::unstructured(s[l]));
+      blocks.push_back({{"layer", l}, {"score", d[l]}, {"sparsity", s[l]}});
+    }
+  }
+  return {{"blocks", blocks}};
+}
+
+nlohmann::json allocate_sensitivity(const Config& cfg, Allocation& a, AllocationContext& c) {
+  const auto& ac = cfg.allocation;
+  const auto est = hessian_traces(c, ac.hutchinson_samples, ac.epsilon, cfg.calibration.seed);
+  const bool per_matrix = ac.granularity == "matrix";
+  std::vector<double> trace, sens;
+  std::vector<std::int64_t> params;
+  for (std::size_t i = 0; i < est.trace.size(); ++i) {
+    const auto unit = per_matrix ? i : static_cast<std::size_t>(est.layer[i]);
+    if (unit >= trace.size()) trace.resize(unit + 1, 0.0), params.resize(unit + 1, 0);
+    trace[unit] += est.trace[i];
+    params[unit] += est.numel[i];
+  }
+  for (std::size_t u = 0; u < trace.size(); ++u) sens.push_back(trace[u] / static_cast<double>(params[u]));
+  const auto s = prune::sensitivity_sparsities(sens, a.base.sparsity, ac.alpha, ac.weighted, params);
+  nlohmann::json units = nlohmann::json::array();
+  for (std::size_t u = 0; u < s.size(); ++u) {
+    nlohmann::json e = {{"score", sens[u]}, {"trace", trace[u]}, {"sparsity", s[u]}, {"weights", params[u]}};
+    if (per_matrix) {
+      e["layer"] = est.layer[u];
+      e["linear"] = est.linear[u];
+      a.patterns.at(static_cast<std::size_t>(est.layer[u]))[est.linear[u]] = prune::Pattern::unstructured(s[u]);
+    } else {
+      e["layer"] = u;
+      set_layer(a, c, static_cast<std::int64_t>(u), prune::Pattern::unstructured(s[u]));
+    }
+    units.push_back(e);
+  }
+  return {{per_matrix ? "matrices" : "blocks", units},
+          {"probes", ac.hutchinson_samples},
+          {"epsilon", ac.epsilon},
+          {"weighted_rule", ac.weighted},
+          {"passes_s", est.seconds}};
+}
+
+}  // namespace
+
+Allocation allocate_sparsity(const Config& cfg, const prune::Pattern& base, AllocationContext& c) {
+  Allocation a;
+  a.method = cfg.prune.allocation;
+  a.base = base;
+  if (a.method == "uniform") return a;
+  Timer timer;
+  a.patterns.resize(static_cast<std::size_t>(c.model.spec().layers));
+  nlohmann::json rec = a.method == "owl" ? allocate_owl(cfg, a, c) : allocate_sensitivity(cfg, a, c);
+  double weights = 0, pruned = 0, mean = 0;
+  std::int64_t count = 0;
+  for (std::size_t l = 0; l < a.patterns.size(); ++l)
+    for (const auto& g : c.groups)
+      for (const auto& lin : g.linears) {
+        const double t = a.patterns[l].at(lin.name).target();
+        weights += static_cast<double>(lin.out * lin.in);
+        pruned += t * static_cast<double>(lin.out * lin.in);
+        mean += t;
+        ++count;
+      }
+  a.seconds = timer.seconds();
+  rec["event"] = "allocation";
+  rec["method"] = a.method;
+  rec["granularity"] = a.method == "owl" ? "block" : cfg.allocation.granularity;
+  rec["target"] = base.target();
+  rec["mean_sparsity"] = count ? mean / static_cast<double>(count) : 0.0;
+  rec["weighted_sparsity"] = weights > 0 ? pruned / weights : 0.0;
+  rec["seconds"] = a.seconds;
+  a.record = std::move(rec);
+  return a;
+}
+
+}  // namespace scalpel::app
