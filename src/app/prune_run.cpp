@@ -359,9 +359,6 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto my_layers = dist::block_range(spec.layers, grid.stages, grid.stage);
   const int tag_x = 1, tag_commit = 2;
 
-  if (cfg.prune.allocation != "uniform" && grid.stages > 1)
-    SCALPEL_INPUT_ERROR("config: 'prune.allocation' {} runs with parallel.stages: 1 only (data ranks are fine)",
-                        cfg.prune.allocation);
   // The allocation is recomputed on a resumed run too: it depends on the dense model and the
   // calibration windows only, so it comes out the same.
   AllocationContext actx{m, groups, calib, shard, batch, group, accumulation, cfg.surgeon.keep_activations_mb};

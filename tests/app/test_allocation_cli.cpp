@@ -1,0 +1,177 @@
+// End-to-end tests of prune.allocation (owl, sensitivity) through `scalpel prune`: the allocation
+// record comes before the layers and every linear is pruned at the sparsity it was given (OWL
+// unstructured with Wanda, OWL's N:M rule with SparseGPT, sensitivity per matrix), the data-
+// parallel runs at 1, 2 and 4 ranks allocate and prune identically, and bad settings exit 2
+// naming the key with nothing exported.
+#include <gtest/gtest.h>
+
+#include "prune_test_util.hpp"
+
+namespace {
+
+using namespace scalpel_test;
+
+// 8 windows of 64 tokens in batches of 2 (4 batches: up to 4 data ranks).
+std::vector<std::string> alloc_args(const fs::path& out, const std::vector<std::string>& extra) {
+  std::vector<std::string> a{kBin, "prune", "--model", (kShared / "models/opt-mini").string(),
+                             "calibration.path=" + (kShared / "data/corpus/calib.txt").string(),
+                             "calibration.nsamples=8", "calibration.seqlen=64", "calibration.batch=2",
+                             "output.dir=" + out.string(), "log.progress_seconds=0", "threads=1"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+std::vector<nlohmann::json> records(const fs::path& metrics, const std::string& event) {
+  std::vector<nlohmann::json> out;
+  std::ifstream f(metrics);
+  for (std::string line; std::getline(f, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.value("event", "") == event) out.push_back(j);
+  }
+  return out;
+}
+
+std::string command(const std::vector<std::string>& a) {
+  std::string cmd = "OMP_WAIT_POLICY=PASSIVE ";
+  for (const auto& s : a) cmd += "'" + s + "' ";
+  return cmd;
+}
+
+TEST(AllocationCli, OwlGivesEachBlockItsSparsityWithWanda) {
+  NEED_SHARED();
+  const auto dir = temp_dir("al_owl");
+  ASSERT_EQ(run_to_end(alloc_args(dir, {"prune.method=wanda", "prune.sparsity=0.6", "prune.allocation=owl"})), 0);
+  const auto alloc = records(dir / "metrics.jsonl", "allocation");
+  ASSERT_EQ(alloc.size(), 1u);
+  const auto& blocks = alloc[0]["blocks"];
+  ASSERT_EQ(blocks.size(), 4u);
+  double mean = 0;
+  std::vector<double> s;
+  for (const auto& b : blocks) {
+    EXPECT_GT(b["score"].get<double>(), 0.0) << b.dump();
+    s.push_back(b["sparsity"].get<double>());
+    mean += s.back() / 4;
+  }
+  EXPECT_NEAR(mean, 0.6, 1e-12);  // OWL's rule is mean-preserving
+  EXPECT_NEAR(*std::max_element(s.begin(), s.end()) - *std::min_element(s.begin(), s.end()), 0.16, 1e-12);  // 2λ
+  const auto layers = records(dir / "metrics.jsonl", "layer");
+  ASSERT_EQ(layers.size(), 4u);
+  for (const auto& l : layers) {
+    const double want = s.at(l["layer"].get<std::size_t>());
+    for (const auto& [name, lm] : l["linears"].items()) {
+      // Wanda prunes int(cols·s) of every row: within 1/cols (256 or 1024 columns) below s.
+      const double got = lm["pruned"].get<double>() / lm["weights"].get<double>();
+      EXPECT_LE(got, want) << name;
+      EXPECT_GT(got, want - 1.0 / 256) << name;
+    }
+  }
+  fs::remove_all(dir);
+}
+
+TEST(AllocationCli, OwlNmShiftsNPerBlock) {
+  NEED_SHARED();
+  const auto dir = temp_dir("al_nm");
+  ASSERT_EQ(run_to_end(alloc_args(dir, {"prune.method=sparsegpt", "prune.pattern=4:8", "prune.allocation=owl",
+                                        "allocation.owl_lambda=2"})),
+            0);
+  const auto alloc = records(dir / "metrics.jsonl", "allocation");
+  ASSERT_EQ(alloc.size(), 1u);
+  std::set<std::string> patterns;
+  for (const auto& b : alloc[0]["blocks"]) patterns.insert(b["pattern"].get<std::string>());
+  EXPECT_GE(patterns.size(), 2u) << alloc[0].dump();  // λ = 2 weights per group moves some blocks off 4:8
+  for (const auto& l : records(dir / "metrics.jsonl", "layer")) {
+    const auto& b = alloc[0]["blocks"][l["layer"].get<std::size_t>()];
+    for (const auto& [name, lm] : l["linears"].items()) {
+      EXPECT_EQ(lm["allocated"], b["pattern"]) << name;
+      EXPECT_DOUBLE_EQ(lm["sparsity"].get<double>(), b["sparsity"].get<double>()) << name;  // N:M is exact
+    }
+  }
+  const auto out = run_capture({kBin, "inspect", "--json", (dir / "model").string()});
+  const auto j = nlohmann::json::parse(out.substr(0, out.rfind("exit=")));
+  // The export holds each block's N zeros in every group of 8: inspect names 4:8 (or stronger)
+  // where N >= 4 (it knows 1:2, 2:4 and 4:8 only).
+  for (const auto& t : j["tensors"]) {
+    const auto name = t["tensor"].get<std::string>();
+    const auto layer = std::stoul(name.substr(std::string("model.decoder.layers.").size()));
+    const auto& b = alloc[0]["blocks"][layer];
+    EXPECT_GE(t["sparsity"].get<double>(), b["sparsity"].get<double>()) << name;
+    if (b["sparsity"].get<double>() >= 0.5) EXPECT_FALSE(t["nm"].get<std::string>().empty()) << name;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(AllocationCli, SensitivityPerMatrixWeightedHitsTheTarget) {
+  NEED_SHARED();
+  const auto dir = temp_dir("al_sens");
+  ASSERT_EQ(run_to_end(alloc_args(dir, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
+                                        "allocation.granularity=matrix", "allocation.weighted=true",
+                                        "allocation.hutchinson_samples=1"})),
+            0);
+  const auto alloc = records(dir / "metrics.jsonl", "allocation");
+  ASSERT_EQ(alloc.size(), 1u);
+  EXPECT_EQ(alloc[0]["matrices"].size(), 24u);
+  EXPECT_NEAR(alloc[0]["weighted_sparsity"].get<double>(), 0.5, 1e-12);
+  std::map<std::pair<std::int64_t, std::string>, double> want;
+  for (const auto& m : alloc[0]["matrices"]) want[{m["layer"], m["linear"]}] = m["sparsity"].get<double>();
+  for (const auto& l : records(dir / "metrics.jsonl", "layer"))
+    for (const auto& [name, lm] : l["linears"].items()) {
+      // SparseGPT prunes int(rows·128·s) per block of 128 columns: within 1/(rows·128) of s.
+      const double s = want.at({l["layer"].get<std::int64_t>(), name});
+      EXPECT_NEAR(lm["sparsity"].get<double>(), s, 1e-4) << name;
+    }
+  fs::remove_all(dir);
+}
+
+TEST(AllocationCli, BadSettingsExit2NamingTheKey) {
+  NEED_SHARED();
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases{
+      {{"prune.allocation=owl", "prune.sparsity=0.9", "allocation.owl_lambda=0.2"}, "allocation.owl_lambda"},
+      {{"prune.allocation=sensitivity", "allocation.alpha=0.6"}, "allocation.alpha"},
+      {{"prune.allocation=sensitivity", "prune.pattern=2:4"}, "prune.allocation"},
+      {{"prune.allocation=owl", "prune.method=surgeon"}, "prune.allocation"},
+      {{"prune.allocation=owl", "allocation.granularity=matrix"}, "allocation.granularity"},
+      {{"prune.allocation=owl", "parallel.stages=2"}, "prune.allocation"},
+      {{"prune.allocation=owls"}, "prune.allocation"},
+      {{"allocation.hutchinson_samples=0"}, "allocation.hutchinson_samples"},
+  };
+  int i = 0;
+  for (const auto& [extra, key] : cases) {
+    const auto dir = temp_dir("al_bad" + std::to_string(i++));
+    const auto r = run(command(alloc_args(dir, extra)));
+    EXPECT_EQ(r.code, 2) << key << "\n" << r.out;
+    EXPECT_NE(r.out.find(key), std::string::npos) << key << "\n" << r.out;
+    EXPECT_FALSE(fs::exists(dir / "model")) << key;
+    EXPECT_EQ(committed_layers(dir / "ckpt"), 0) << key;
+    fs::remove_all(dir);
+  }
+}
+
+TEST(AllocationDist, OneTwoAndFourRanksAllocateAndPruneTheSame) {
+  NEED_SHARED();
+  for (const std::string alloc : {"owl", "sensitivity"}) {
+    std::string want_model;
+    nlohmann::json want_alloc;
+    for (const int ranks : {1, 2, 4}) {
+      const auto dir = temp_dir("al_mpi" + std::to_string(ranks));
+      std::vector<std::string> a{kMpiexec, "-n", std::to_string(ranks), "--oversubscribe"};
+      const auto rest = alloc_args(dir, {"prune.method=sparsegpt", "prune.allocation=" + alloc,
+                                         "allocation.hutchinson_samples=1", "determinism=strict"});
+      a.insert(a.end(), rest.begin(), rest.end());
+      const auto r = run(command(a));
+      ASSERT_EQ(r.code, 0) << r.out;
+      auto rec = records(dir / "metrics.jsonl", "allocation").at(0);
+      for (const char* k : {"time", "seconds", "passes_s"}) rec.erase(k);
+      const auto model = read_bytes(dir / "model/model.safetensors");
+      if (ranks == 1) {
+        want_model = model;
+        want_alloc = rec;
+      } else {
+        EXPECT_EQ(rec, want_alloc) << alloc << " at " << ranks << " ranks";
+        EXPECT_EQ(model, want_model) << alloc << " at " << ranks << " ranks";
+      }
+      fs::remove_all(dir);
+    }
+  }
+}
+
+}  // namespace
