@@ -198,8 +198,9 @@ void validate_allocation(const Config& c, const std::string& source) {
                         source);
   if (c.sparsegpt.saliency != "obs" && c.sparsegpt.saliency != "isc")
     SCALPEL_INPUT_ERROR("{}: 'sparsegpt.saliency' is '{}', expected obs or isc", source, c.sparsegpt.saliency);
-  if (c.sparsegpt.saliency == "isc" && c.prune.method != "sparsegpt")
-    SCALPEL_INPUT_ERROR("{}: 'sparsegpt.saliency' isc needs prune.method: sparsegpt", source);
+  if (c.sparsegpt.saliency == "isc" && (c.prune.method != "sparsegpt" || c.prune.pattern != "unstructured"))
+    SCALPEL_INPUT_ERROR("{}: 'sparsegpt.saliency' isc needs prune.method: sparsegpt and prune.pattern: unstructured",
+                        source);
 }
 
 void validate_depth(const Config& c, const std::string& source) {

@@ -431,6 +431,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                 prune::PruneOptions opt;
                 opt.method = method;
                 opt.pattern = allocation.of(layer, lin.name);
+                opt.isc = cfg.sparsegpt.saliency == "isc";
                 opt.blocksize = cfg.prune.blocksize;
                 opt.percdamp = cfg.prune.dampening;
                 opt.name = fmt::format("layer {} {}", layer, lin.name);

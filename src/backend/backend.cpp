@@ -61,6 +61,14 @@ void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, co
 }
 bool Backend::spd_inverse_f64(Tensor&) { no_backward(*this, "spd_inverse_f64"); }
 bool Backend::spd_solve(Tensor&, Tensor&) { no_backward(*this, "spd_solve"); }
+void Backend::diagonal(const Tensor& a, Tensor& out) {
+  const Tensor h = download(a);
+  const auto n = h.size(0);
+  Tensor d = Tensor::empty({n});
+  for (std::int64_t i = 0; i < n; ++i) d.f32()[i] = h.f32()[i * n + i];
+  copy(upload(d), out);
+}
+
 void Backend::cholesky_batch(std::span<Tensor>, std::span<std::uint8_t>) { no_backward(*this, "cholesky_batch"); }
 void Backend::cholesky_solve(const Tensor&, Tensor&) { no_backward(*this, "cholesky_solve"); }
 void Backend::nll_backward(Tensor&, std::span<const std::int32_t>, float, std::span<double>) {

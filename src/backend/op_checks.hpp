@@ -106,11 +106,20 @@ inline void same_shape(const Tensor& mask, const Tensor& t, const char* of) {
   SCALPEL_CHECK(mask.shape() == t.shape(), "mask {} for {} {}", shape_str(mask.shape()), of, shape_str(t.shape()));
 }
 
-inline void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, const Tensor& scores) {
+inline void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, const Tensor& scores,
+                       const Tensor* hdiag) {
   const auto rows = w.size(0), d = w.size(1), width = scores.size(1);
   SCALPEL_CHECK(hinv.size(0) == d && hinv.size(1) == d && scores.size(0) == rows && col0 >= 0 && col0 + width <= d,
                 "obs_scores W {} Hinv {} scores {} at {}", shape_str(w.shape()), shape_str(hinv.shape()),
                 shape_str(scores.shape()), col0);
+  SCALPEL_CHECK(!hdiag || (hdiag->numel() == d && hdiag->dtype() == DType::f32), "obs_scores hdiag {} for {} columns",
+                hdiag ? shape_str(hdiag->shape()) : std::string(), d);
+}
+
+inline void diagonal(const Tensor& a, const Tensor& out) {
+  SCALPEL_CHECK(a.dim() == 2 && a.size(0) == a.size(1) && out.numel() == a.size(0) && a.dtype() == DType::f32 &&
+                    out.dtype() == DType::f32,
+                "diagonal of {} into {}", shape_str(a.shape()), shape_str(out.shape()));
 }
 
 inline void obs_sweep(const Tensor& w, const Tensor& hinv, std::int64_t col0, std::int64_t width, int prune_n,

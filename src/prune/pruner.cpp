@@ -157,7 +157,8 @@ PruneResult prune_linear(Backend& be, const Tensor& weight, const InputStats* st
       SCALPEL_CHECK_INPUT(o.percdamp > 0 && std::isfinite(o.percdamp), "{}: dampening {} must be > 0", what, o.percdamp);
       SCALPEL_CHECK_INPUT(o.max_damping_tries >= 1, "{}: max_damping_tries must be >= 1", what);
       Timer tf;
-      auto f = sparsegpt_factor(be, stats->hessian(), &r.weight, o.percdamp, o.max_damping_tries, what);
+      SCALPEL_CHECK_INPUT(!o.isc || !o.pattern.is_nm(), "{}: the ISC saliency is for unstructured patterns", what);
+      auto f = sparsegpt_factor(be, stats->hessian(), &r.weight, o.percdamp, o.max_damping_tries, what, o.isc);
       r.seconds.factorisation = tf.seconds();
       r.damping = f.damping;
       r.percdamp = f.percdamp;
@@ -170,6 +171,7 @@ PruneResult prune_linear(Backend& be, const Tensor& weight, const InputStats* st
       so.blocksize = o.blocksize;
       so.total_rows = o.total_rows;
       so.select = o.select;
+      so.hdiag = o.isc ? &f.hdiag : nullptr;
       sparsegpt_sweep(be, r.weight, f.hinv, so, r.mask, losses);
       r.seconds.sweep = ts.seconds();
       r.blocksize = sparsegpt_blocksize(o.blocksize, o.pattern);

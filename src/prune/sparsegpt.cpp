@@ -25,7 +25,7 @@ std::int64_t sparsegpt_blocksize(std::int64_t blocksize, const Pattern& p) {
 }
 
 HinvFactor sparsegpt_factor(Backend& be, const Tensor& hessian, Tensor* w, double percdamp, int max_tries,
-                            const std::string& name) {
+                            const std::string& name, bool keep_diagonal) {
   SCALPEL_CHECK(hessian.dim() == 2 && hessian.size(0) == hessian.size(1), "{}: Hessian {}", name,
                 shape_str(hessian.shape()));
   SCALPEL_CHECK_INPUT(be.all_finite(hessian),
@@ -36,6 +36,11 @@ HinvFactor sparsegpt_factor(Backend& be, const Tensor& hessian, Tensor* w, doubl
     Tensor h = be.empty({d, d});
     be.copy(hessian, h);
     const auto prep = be.hessian_prepare(h, w, static_cast<float>(pd));
+    Tensor hdiag;
+    if (keep_diagonal) {
+      hdiag = be.empty({d});
+      be.diagonal(h, hdiag);
+    }
     // U with H⁻¹ = UᵀU, the reference's torch.linalg.cholesky, cholesky_inverse,
     // cholesky(upper=True) in one backend op (see Backend::inverse_cholesky_upper). A pivot that
     // only just passes can still leave inf in U, which the op reports as a failure too.
@@ -49,6 +54,7 @@ HinvFactor sparsegpt_factor(Backend& be, const Tensor& hessian, Tensor* w, doubl
       f.percdamp = pd;
       f.tries = t;
       f.dead = prep.dead;
+      f.hdiag = std::move(hdiag);
       return f;
     }
     log::warn("{}: Hessian not positive definite with damping {:g} ({:g} x mean diag H); retrying with {:g} x", name,
@@ -77,7 +83,7 @@ void sparsegpt_sweep(Backend& be, Tensor& w, const Tensor& hinv, const SweepOpti
       // The block's mask from w²/U_jj² of the weights as the previous blocks left them, one
       // threshold over every row of the block.
       Tensor scores = view_of(score_buf, {rows, width});
-      be.obs_scores(w, hinv, c0, scores);
+      be.obs_scores(w, hinv, c0, scores, o.hdiag);
       const auto t = o.select(be, scores, unstructured_count(total_rows * width, p.sparsity));
       be.mask_threshold(scores, t, mask, c0);
     }

@@ -133,6 +133,8 @@ TEST(AllocationCli, BadSettingsExit2NamingTheKey) {
       {{"prune.allocation=owl", "parallel.stages=2"}, "prune.allocation"},
       {{"prune.allocation=owls"}, "prune.allocation"},
       {{"allocation.hutchinson_samples=0"}, "allocation.hutchinson_samples"},
+      {{"sparsegpt.saliency=isc", "prune.pattern=2:4"}, "sparsegpt.saliency"},
+      {{"sparsegpt.saliency=isc", "prune.method=wanda"}, "sparsegpt.saliency"},
   };
   int i = 0;
   for (const auto& [extra, key] : cases) {

@@ -163,8 +163,9 @@ struct RefSparseGpt {
 };
 
 // fasterprune in float64, column by column as the reference writes it, with the exact-count
-// block selection and the N:M block rounding of sparsegpt.cpp.
-RefSparseGpt ref_sparsegpt(Vec w, Vec h, const Pattern& p, std::int64_t blocksize) {
+// block selection and the N:M block rounding of sparsegpt.cpp. isc: unstructured scores
+// w²/U_jj² + w²·H_jj (the sensitivity paper's ISC saliency, H damped).
+RefSparseGpt ref_sparsegpt(Vec w, Vec h, const Pattern& p, std::int64_t blocksize, bool isc = false) {
   const std::int64_t n = C;
   for (std::int64_t j = 0; j < n; ++j)
     if (h[j * n + j] == 0) {
@@ -176,6 +177,8 @@ RefSparseGpt ref_sparsegpt(Vec w, Vec h, const Pattern& p, std::int64_t blocksiz
   RefSparseGpt out;
   out.damp = 0.01 * mean / n;
   for (std::int64_t j = 0; j < n; ++j) h[j * n + j] += out.damp;
+  Vec hdiag(static_cast<std::size_t>(n));
+  for (std::int64_t j = 0; j < n; ++j) hdiag[j] = h[j * n + j];
   const Vec hinv_full = chol_inverse(chol_lower(h, n), n);
   const Vec lo = chol_lower(hinv_full, n);
   Vec u(lo.size());  // chol(upper=True) = Lᵀ of the lower factor
@@ -195,7 +198,8 @@ RefSparseGpt ref_sparsegpt(Vec w, Vec h, const Pattern& p, std::int64_t blocksiz
       for (std::int64_t r = 0; r < R; ++r)
         for (std::int64_t j = 0; j < count; ++j) {
           const double d = u[(i1 + j) * n + i1 + j];
-          s[r * count + j] = w[r * n + i1 + j] * w[r * n + i1 + j] / (d * d);
+          const double w2 = w[r * n + i1 + j] * w[r * n + i1 + j];
+          s[r * count + j] = w2 / (d * d) + (isc ? w2 * hdiag[i1 + j] : 0.0);
           idx[r * count + j] = r * count + j;
           pos[r * count + j] = r * n + i1 + j;
         }
@@ -374,6 +378,38 @@ TEST_P(PruneMethods, SparseGptMatchesFloat64) {
       // Dead input: the reference zeroes its weights.
       for (std::int64_t rr = 0; rr < R; ++rr) EXPECT_EQ(be->download(r.weight).f32()[rr * C + kDead], 0.0f);
     }
+  }
+}
+
+TEST_P(PruneMethods, SparseGptIscSaliencyMatchesFloat64) {
+  auto st = feed(*be, layer);
+  const Vec h = to_vec(be->download(st.hessian()));
+  for (const auto& p : {Pattern::unstructured(0.5), Pattern::unstructured(0.7)}) {
+    PruneOptions o;
+    o.method = Method::sparsegpt;
+    o.pattern = p;
+    o.isc = true;
+    o.name = "layer 0 test.isc";
+    const auto r = prune_linear(*be, w, &st, o);
+    const auto ref = ref_sparsegpt(layer.w, h, p, 128, true);
+    const auto obs = ref_sparsegpt(layer.w, h, p, 128, false);
+    // Tolerances as SparseGptMatchesFloat64 (same factor and sweep; only the scores differ).
+    ASSERT_GT(ref.gap, 1e-5) << p.str() << ": inputs not well separated, change the seed";
+    EXPECT_EQ(mismatches(host_mask(*be, r.mask), ref.mask), 0) << p.str();
+    EXPECT_GT(mismatches(ref.mask, obs.mask), 0) << p.str() << ": ISC chose the OBS mask, the test shows nothing";
+    EXPECT_REL_NEAR(to_vec(be->download(r.weight)), ref.w, 2e-6);
+    check_structure(*be, r, p, Method::sparsegpt, 128);
+  }
+  PruneOptions nm;
+  nm.method = Method::sparsegpt;
+  nm.pattern = Pattern::nm(2, 4);
+  nm.isc = true;
+  nm.name = "layer 0 test.isc";
+  try {
+    prune_linear(*be, w, &st, nm);
+    ADD_FAILURE() << "ISC with 2:4 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 0 test.isc"), std::string::npos) << e.what();
   }
 }
 

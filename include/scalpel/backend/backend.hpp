@@ -193,7 +193,12 @@ class Backend {
   // w *= mask (pruned entries become exact zeros).
   virtual void apply_mask(Tensor& w, const Tensor& mask) = 0;
   // SparseGPT block scores: scores[r, j] = W[r, col0+j]² / Hinv[col0+j, col0+j]², scores [rows, width].
-  virtual void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& scores) = 0;
+  // With hdiag ([d]: the damped Hessian's diagonal) the ISC saliency of the sensitivity paper:
+  // W² / Hinv_jj² + W² · hdiag[col0+j].
+  virtual void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& scores,
+                          const Tensor* hdiag) = 0;
+  // out [n] = the diagonal of a [n, n] (fp32).
+  virtual void diagonal(const Tensor& a, Tensor& out);
   // SparseGPT's sweep of columns [col0, col0 + width) of w [rows, d] against the upper factor hinv
   // [d, d] (H⁻¹ = UᵀU). For each column i in order: (prune_m > 0, i - col0 a multiple of prune_m)
   // mark the prune_n smallest w²/U_ii² of the row's next prune_m (already updated) columns in mask;

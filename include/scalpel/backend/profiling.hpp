@@ -150,9 +150,10 @@ class ProfilingBackend final : public Backend {
     timed("select", 0, [&] { in_.mask_nm(s, n, m, mask); });
   }
   void apply_mask(Tensor& w, const Tensor& m) override { timed("apply_mask", 0, [&] { in_.apply_mask(w, m); }); }
-  void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& s) override {
-    timed("obs_scores", 3.0 * s.numel(), [&] { in_.obs_scores(w, hinv, col0, s); });
+  void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& s, const Tensor* hdiag) override {
+    timed("obs_scores", 3.0 * s.numel(), [&] { in_.obs_scores(w, hinv, col0, s, hdiag); });
   }
+  void diagonal(const Tensor& a, Tensor& out) override { timed("copy", 0, [&] { in_.diagonal(a, out); }); }
   void obs_sweep_block(Tensor& w, const Tensor& hinv, std::int64_t col0, std::int64_t width, int pn, int pm,
                        Tensor& mask, Tensor& err, Tensor& losses) override {
     timed("obs_sweep", 1.0 * w.size(0) * width * (width - 1),

@@ -53,6 +53,9 @@ struct PruneOptions {
   std::int64_t total_rows = 0;
   BlockSelect select = local_select;
   std::string name;              // names the linear in errors and warnings ("layer 3 fc1")
+  // SparseGPT, unstructured: the ISC saliency w²·(H_jj + 1/[H⁻¹]_jj) of the sensitivity paper
+  // (arXiv 2310.09499) in place of the reference's w²/[H⁻¹]_jj, H the damped Hessian.
+  bool isc = false;
 };
 
 struct PhaseSeconds {
@@ -113,13 +116,14 @@ struct HinvFactor {
   double percdamp = 0;   // λ / mean(diag H)
   int tries = 0;
   std::int64_t dead = 0;
+  Tensor hdiag;          // the damped H's diagonal [d] (when asked for: the ISC saliency)
 };
 // The reference's factorisation: copy H; dead inputs H_jj = 1 (and W[:, j] = 0 when w, a weight
 // or a row slice of it, is given); λ = percdamp·mean(diag H) on the diagonal; chol (lower),
 // cholesky_inverse, chol upper. A failed factorisation (not positive definite, or a non-finite
 // result) restarts with λ x10, logging a warning naming `name`; after max_tries a runtime Error.
 HinvFactor sparsegpt_factor(Backend& be, const Tensor& hessian, Tensor* w, double percdamp, int max_tries,
-                            const std::string& name);
+                            const std::string& name, bool keep_diagonal = false);
 
 // Block width the sweep uses: blocksize rounded down to a multiple of M for N:M (at least M), so
 // that every N:M group lies inside one block and groups stay aligned to global columns (the
@@ -131,6 +135,7 @@ struct SweepOptions {
   std::int64_t blocksize = 128;
   std::int64_t total_rows = 0;  // rows of all slices (unstructured block counts); 0 = w's rows
   BlockSelect select = local_select;
+  const Tensor* hdiag = nullptr;  // unstructured: the ISC saliency with this damped diag H (see PruneOptions)
 };
 // The OBS sweep of w (a weight or a row slice) in place against hinv: per block, the unstructured
 // mask from w²/U_jj² over all rows of the block (select), or N:M inside the sweep; the in-block

@@ -840,11 +840,17 @@ class CpuBackend final : public Backend {
     for (std::int64_t i = 0; i < n; ++i) wp[i] = m[i] ? wp[i] : 0.0f;
   }
 
-  void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& scores) override {
+  void diagonal(const Tensor& a, Tensor& out) override {
+    op_checks::diagonal(a, out);
+    const auto n = a.size(0);
+    for (std::int64_t i = 0; i < n; ++i) out.f32()[i] = a.f32()[i * n + i];
+  }
+
+  void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& scores, const Tensor* hdiag) override {
     check_2d(w, "obs_scores W");
     check_2d(hinv, "obs_scores Hinv");
     check_2d(scores, "obs_scores scores");
-    op_checks::obs_scores(w, hinv, col0, scores);
+    op_checks::obs_scores(w, hinv, col0, scores, hdiag);
     const auto rows = w.size(0), d = w.size(1), width = scores.size(1);
     const float* wp = w.f32();
     const float* hp = hinv.f32();
@@ -855,11 +861,17 @@ class CpuBackend final : public Backend {
     }
     const float* dp = dd.data();
     float* sp = scores.f32();
+    const float* hd = hdiag ? hdiag->f32() + col0 : nullptr;
 #pragma omp parallel for schedule(static)
     for (std::int64_t r = 0; r < rows; ++r) {
       const float* wr = wp + r * d + col0;
+      if (hd) {
 #pragma omp simd
-      for (std::int64_t j = 0; j < width; ++j) sp[r * width + j] = wr[j] * wr[j] / dp[j];
+        for (std::int64_t j = 0; j < width; ++j) sp[r * width + j] = wr[j] * wr[j] / dp[j] + wr[j] * wr[j] * hd[j];
+      } else {
+#pragma omp simd
+        for (std::int64_t j = 0; j < width; ++j) sp[r * width + j] = wr[j] * wr[j] / dp[j];
+      }
     }
   }
 

@@ -687,14 +687,22 @@ class CudaBackend final : public Backend {
     launched("apply_mask");
   }
 
-  void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& scores) override {
+  void obs_scores(const Tensor& w, const Tensor& hinv, std::int64_t col0, Tensor& scores, const Tensor* hdiag) override {
     check_2d(w, "obs_scores W");
     check_2d(hinv, "obs_scores Hinv");
     check_2d(scores, "obs_scores scores");
-    op_checks::obs_scores(w, hinv, col0, scores);
+    op_checks::obs_scores(w, hinv, col0, scores, hdiag);
     const auto rows = w.size(0), d = w.size(1), width = scores.size(1);
-    cuda::obs_scores(w.f32(), hinv.f32(), rows, d, col0, width, scores.f32());
+    cuda::obs_scores(w.f32(), hinv.f32(), hdiag ? hdiag->f32() : nullptr, rows, d, col0, width, scores.f32());
     launched("obs_scores");
+  }
+
+  void diagonal(const Tensor& a, Tensor& out) override {
+    op_checks::diagonal(a, out);
+    const auto n = a.size(0);
+    check_cuda(cudaMemcpy2DAsync(out.f32(), sizeof(float), a.f32(), static_cast<std::size_t>(n + 1) * sizeof(float),
+                                 sizeof(float), static_cast<std::size_t>(n), cudaMemcpyDeviceToDevice),
+               "Memcpy2DAsync (diagonal)");
   }
 
   void obs_sweep_block(Tensor& w, const Tensor& hinv, std::int64_t col0, std::int64_t width, int prune_n, int prune_m,

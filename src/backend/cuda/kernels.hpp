@@ -66,7 +66,8 @@ void mask_threshold(const float* s, i64 rows, i64 width, float v, long long take
 void mask_rows_smallest(const float* s, i64 rows, i64 d, i64 k, std::uint8_t* mask);
 void mask_nm(const float* s, i64 rows, i64 d, int n, int m, std::uint8_t* mask);
 void apply_mask(float* w, const std::uint8_t* mask, i64 n);
-void obs_scores(const float* w, const float* hinv, i64 rows, i64 d, i64 col0, i64 width, float* scores);
+void obs_scores(const float* w, const float* hinv, const float* hdiag, i64 rows, i64 d, i64 col0, i64 width,
+                float* scores);
 void obs_sweep_block(float* w, const float* hinv, i64 rows, i64 d, i64 col0, i64 width, int prune_n, int prune_m,
                      std::uint8_t* mask, float* err, double* losses);
 

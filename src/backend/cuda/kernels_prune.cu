@@ -183,12 +183,13 @@ __global__ void k_mask_nm(const float* s, i64 rows, i64 d, int n, int m, std::ui
 
 __global__ void k_apply_mask(float* w, const std::uint8_t* m, i64 n) { GRID_STRIDE(i, n) w[i] = m[i] ? w[i] : 0.0f; }
 
-__global__ void k_obs_scores(const float* w, const float* u, i64 rows, i64 d, i64 col0, i64 width, float* s) {
+__global__ void k_obs_scores(const float* w, const float* u, const float* hdiag, i64 rows, i64 d, i64 col0, i64 width,
+                             float* s) {
   GRID_STRIDE(p, rows * width) {
     const i64 r = p / width, j = p % width;
     const float uj = u[(col0 + j) * d + col0 + j];
     const float wv = w[r * d + col0 + j];
-    s[p] = wv * wv / (uj * uj);
+    s[p] = hdiag ? wv * wv / (uj * uj) + wv * wv * hdiag[col0 + j] : wv * wv / (uj * uj);
   }
 }
 
@@ -283,8 +284,9 @@ void mask_nm(const float* s, i64 rows, i64 d, int n, int m, std::uint8_t* mask) 
   k_mask_nm<<<blocks_for(rows * ((d + m - 1) / m)), kThreads>>>(s, rows, d, n, m, mask);
 }
 void apply_mask(float* w, const std::uint8_t* mask, i64 n) { k_apply_mask<<<blocks_for(n), kThreads>>>(w, mask, n); }
-void obs_scores(const float* w, const float* hinv, i64 rows, i64 d, i64 col0, i64 width, float* scores) {
-  k_obs_scores<<<blocks_for(rows * width), kThreads>>>(w, hinv, rows, d, col0, width, scores);
+void obs_scores(const float* w, const float* hinv, const float* hdiag, i64 rows, i64 d, i64 col0, i64 width,
+                float* scores) {
+  k_obs_scores<<<blocks_for(rows * width), kThreads>>>(w, hinv, hdiag, rows, d, col0, width, scores);
 }
 void obs_sweep_block(float* w, const float* hinv, i64 rows, i64 d, i64 col0, i64 width, int prune_n, int prune_m,
                      std::uint8_t* mask, float* err, double* losses) {
