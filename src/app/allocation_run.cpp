@@ -2,11 +2,15 @@
 #include "allocation_run.hpp"
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/core/timer.hpp"
+#include "scalpel/io/checkpoint_shard.hpp"
+#include "scalpel/io/manifest.hpp"
 #include "scalpel/prune/allocation.hpp"
 
 namespace scalpel::app {
@@ -244,9 +248,64 @@ nlohmann::json allocate_owl(const Config& cfg, Allocation& a, AllocationContext&
   return {{"blocks", blocks}};
 }
 
+// What a trace estimate depends on: the model, the windows, the targets, the probes.
+nlohmann::json trace_identity(const Config& cfg, const AllocationContext& c) {
+  nlohmann::json targets = nlohmann::json::array();
+  for (const auto& g : c.groups)
+    for (const auto& lin : g.linears) targets.push_back(lin.name);
+  return {{"model", io::model_fingerprint(cfg.model)},
+          {"windows", io::digest_bytes(c.calib.ids.data(), c.calib.ids.size() * sizeof(std::int32_t))},
+          {"targets", targets},
+          {"probes", cfg.allocation.hutchinson_samples},
+          {"epsilon", cfg.allocation.epsilon},
+          {"seed", cfg.calibration.seed}};
+}
+
+// The estimate from allocation.traces when it holds this identity's, else computed (and written
+// there by the first data rank, atomically).
+TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
+  const auto& path = cfg.allocation.traces;
+  const auto identity = path.empty() ? nlohmann::json() : trace_identity(cfg, c);
+  if (!path.empty() && std::filesystem::exists(path)) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(std::ifstream(path));
+    } catch (const std::exception& e) {
+      SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: not a trace file ({})", path, e.what());
+    }
+    if (j.value("identity", nlohmann::json()) == identity) {
+      TraceEstimate est;
+      try {
+        const auto& t = j.at("estimate");
+        t.at("layer").get_to(est.layer);
+        t.at("linear").get_to(est.linear);
+        t.at("numel").get_to(est.numel);
+        t.at("sigma").get_to(est.sigma);
+        t.at("probes").get_to(est.probes);
+        t.at("trace").get_to(est.trace);
+      } catch (const std::exception& e) {
+        SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: malformed estimate ({})", path, e.what());
+      }
+      log::info("allocation sensitivity: traces read from {}", path);
+      return est;
+    }
+    log::info("allocation sensitivity: {} holds another model's, windows' or probes' traces; estimating anew", path);
+  }
+  auto est = hessian_traces(c, cfg.allocation.hutchinson_samples, cfg.allocation.epsilon, cfg.calibration.seed);
+  if (!path.empty() && c.group.rank() == 0) {
+    const nlohmann::json t = {{"layer", est.layer}, {"linear", est.linear}, {"numel", est.numel},
+                              {"sigma", est.sigma}, {"probes", est.probes},   {"trace", est.trace},
+                              {"seconds", est.seconds}};
+    const std::string tmp = path + ".tmp";
+    std::ofstream(tmp) << nlohmann::json{{"identity", identity}, {"estimate", t}}.dump() << "\n";
+    std::filesystem::rename(tmp, path);
+  }
+  return est;
+}
+
 nlohmann::json allocate_sensitivity(const Config& cfg, Allocation& a, AllocationContext& c) {
   const auto& ac = cfg.allocation;
-  const auto est = hessian_traces(c, ac.hutchinson_samples, ac.epsilon, cfg.calibration.seed);
+  const auto est = cached_traces(cfg, c);
   const bool per_matrix = ac.granularity == "matrix";
   std::vector<double> trace, sens;
   std::vector<std::int64_t> params;

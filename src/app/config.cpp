@@ -361,6 +361,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("epsilon", c.allocation.epsilon);
     r.get("weighted", c.allocation.weighted);
     r.get("granularity", c.allocation.granularity);
+    r.get("traces", c.allocation.traces);
     r.finish();
   }
   {
@@ -522,6 +523,7 @@ void emit_allocation(YAML::Emitter& e, const Config& c) {
   e << YAML::Key << "epsilon" << YAML::Value << a.epsilon;
   e << YAML::Key << "weighted" << YAML::Value << a.weighted;
   e << YAML::Key << "granularity" << YAML::Value << a.granularity;
+  if (!a.traces.empty()) e << YAML::Key << "traces" << YAML::Value << a.traces;
   e << YAML::EndMap;
 }
 

@@ -46,6 +46,9 @@ std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>
   c.prune = cfg.prune;
   c.surgeon = cfg.surgeon;
   c.surgeon.eval_shots.clear();
+  c.allocation = cfg.allocation;
+  c.allocation.traces.clear();  // where the estimate is cached, not what it is
+  c.sparsegpt = cfg.sparsegpt;
   c.calibration = cfg.calibration;
   c.calibration.path = io::digest_bytes(windows.data(), windows.size() * sizeof(std::int32_t));
   c.calibration.offsets.clear();

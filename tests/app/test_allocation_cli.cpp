@@ -103,10 +103,12 @@ TEST(AllocationCli, OwlNmShiftsNPerBlock) {
 TEST(AllocationCli, SensitivityPerMatrixWeightedHitsTheTarget) {
   NEED_SHARED();
   const auto dir = temp_dir("al_sens");
+  const auto traces = (dir / "traces.json").string();
   ASSERT_EQ(run_to_end(alloc_args(dir, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
                                         "allocation.granularity=matrix", "allocation.weighted=true",
-                                        "allocation.hutchinson_samples=1"})),
+                                        "allocation.hutchinson_samples=1", "allocation.traces=" + traces})),
             0);
+  ASSERT_TRUE(fs::exists(traces));
   const auto alloc = records(dir / "metrics.jsonl", "allocation");
   ASSERT_EQ(alloc.size(), 1u);
   EXPECT_EQ(alloc[0]["matrices"].size(), 24u);
@@ -119,6 +121,28 @@ TEST(AllocationCli, SensitivityPerMatrixWeightedHitsTheTarget) {
       const double s = want.at({l["layer"].get<std::int64_t>(), name});
       EXPECT_NEAR(lm["sparsity"].get<double>(), s, 1e-4) << name;
     }
+  // A second run at another sparsity reads the cached traces: the same scores, no passes.
+  const auto again = dir / "again";
+  const auto r = run(command(alloc_args(again, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
+                                                "allocation.granularity=matrix", "prune.sparsity=0.6",
+                                                "allocation.hutchinson_samples=1", "allocation.traces=" + traces})));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("traces read from"), std::string::npos) << r.out;
+  const auto second = records(again / "metrics.jsonl", "allocation").at(0);
+  for (std::size_t i = 0; i < 24; ++i)
+    EXPECT_EQ(second["matrices"][i]["score"], alloc[0]["matrices"][i]["score"]) << i;
+  // Other probes: estimated anew, and the file now holds those.
+  const auto third = dir / "third";
+  const auto r3 = run(command(alloc_args(third, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
+                                                 "allocation.hutchinson_samples=2", "allocation.traces=" + traces})));
+  ASSERT_EQ(r3.code, 0) << r3.out;
+  EXPECT_NE(r3.out.find("estimating anew"), std::string::npos) << r3.out;
+  // A file that is not a trace file is an input error naming the key.
+  std::ofstream(dir / "bad.json") << "{not json";
+  const auto bad = run(command(alloc_args(dir / "bad", {"prune.allocation=sensitivity",
+                                                        "allocation.traces=" + (dir / "bad.json").string()})));
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("allocation.traces"), std::string::npos) << bad.out;
   fs::remove_all(dir);
 }
 

@@ -80,6 +80,9 @@ struct Config {
     bool weighted = false;        // false: the paper's rank rule; true: rescaled so the parameter-weighted
                                   // sparsity is prune.sparsity
     std::string granularity = "block";  // block (one sparsity per decoder block) | matrix
+    // sensitivity: a JSON file caching the trace estimate: read when it holds the estimate of this
+    // model, calibration and probes; written otherwise (reuse it across sparsities). "" = none.
+    std::string traces;
   } allocation;
 
   // SparseGPT's saliency inside the block sweep: obs (w²/[H⁻¹]²_mm, the reference) or isc
