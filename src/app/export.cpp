@@ -20,34 +20,37 @@ const char* kCopied[] = {"config.json",       "generation_config.json", "tokeniz
 
 }  // namespace
 
-void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, Tensor>& replaced,
-                      const fs::path& out, std::int64_t shard_bytes) {
-  const fs::path tmp = out.string() + ".tmp-export";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", tmp.string(), ec.message());
+namespace {
 
-  std::vector<std::pair<std::string, Tensor>> all;
+// The output tensors of a rewrite, in output-name order: renamed, dropped or replaced.
+std::vector<std::pair<std::string, Tensor>> rewritten_tensors(const io::HfCheckpoint& src, const ExportRewrite& rw) {
+  std::map<std::string, Tensor> all;
   for (const auto& name : src.tensor_names()) {
-    auto it = replaced.find(name);
-    if (it != replaced.end()) {
+    const auto out = rw.rename ? rw.rename(name) : name;
+    if (out.empty()) continue;
+    if (all.count(out)) SCALPEL_CHECK(false, "export: two tensors of {} are both named '{}'", src.folder().string(), out);
+    auto it = rw.replaced.find(out);
+    if (it != rw.replaced.end()) {
       const auto& info = src.info(name);
       if (it->second.shape() != info.shape || it->second.dtype() != info.dtype)
-        SCALPEL_CHECK(false, "export of '{}': {} {} replaces {} {}", name, dtype_name(it->second.dtype()),
+        SCALPEL_CHECK(false, "export of '{}': {} {} replaces {} {}", out, dtype_name(it->second.dtype()),
                       shape_str(it->second.shape()), dtype_name(info.dtype), shape_str(info.shape));
-      all.emplace_back(name, it->second);
+      all.emplace(out, it->second);
     } else {
-      all.emplace_back(name, src.view(name));
+      all.emplace(out, src.view(name));
     }
   }
-  for (const auto& [name, t] : replaced)
-    if (!src.has(name)) SCALPEL_CHECK(false, "export: '{}' is not a tensor of {}", name, src.folder().string());
+  for (const auto& [name, t] : rw.replaced)
+    if (!all.count(name) && (rw.rename || !src.has(name))) SCALPEL_CHECK(false, "export: '{}' is not a tensor of {}", name, src.folder().string());
+  return {all.begin(), all.end()};
+}
 
-  // Shards of at most shard_bytes (a tensor larger than that gets a shard of its own), in name order.
+// model.safetensors, or shards of at most shard_bytes (a tensor larger than that gets a shard of
+// its own) plus the index, in the given order.
+void write_tensors(const fs::path& dir, const std::vector<std::pair<std::string, Tensor>>& all, std::int64_t shard_bytes) {
   std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
   std::int64_t current = 0, total = 0;
-  for (auto& e : all) {
+  for (const auto& e : all) {
     const auto b = static_cast<std::int64_t>(e.second.nbytes());
     if (current > 0 && current + b > shard_bytes) {
       shards.emplace_back();
@@ -58,21 +61,45 @@ void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, T
     total += b;
   }
   if (shards.size() == 1) {
-    io::write_safetensors(tmp / "model.safetensors", shards[0]);
-  } else {
-    nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
-    for (std::size_t i = 0; i < shards.size(); ++i) {
-      const auto file = fmt::format("model-{:05}-of-{:05}.safetensors", i + 1, shards.size());
-      io::write_safetensors(tmp / file, shards[i]);
-      for (const auto& e : shards[i]) index["weight_map"][e.first] = file;
-    }
-    std::ofstream(tmp / "model.safetensors.index.json") << index.dump(2) << '\n';
+    io::write_safetensors(dir / "model.safetensors", shards[0]);
+    return;
   }
+  nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    const auto file = fmt::format("model-{:05}-of-{:05}.safetensors", i + 1, shards.size());
+    io::write_safetensors(dir / file, shards[i]);
+    for (const auto& e : shards[i]) index["weight_map"][e.first] = file;
+  }
+  std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << '\n';
+}
+
+}  // namespace
+
+void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out,
+                         std::int64_t shard_bytes) {
+  const fs::path tmp = out.string() + ".tmp-export";
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", tmp.string(), ec.message());
+  write_tensors(tmp, rewritten_tensors(src, rw), shard_bytes);
   for (const char* f : kCopied)
     if (fs::exists(src.folder() / f)) fs::copy_file(src.folder() / f, tmp / f, fs::copy_options::overwrite_existing);
+  if (!rw.config.is_null()) {
+    std::ofstream cfg(tmp / "config.json", std::ios::trunc);
+    cfg << rw.config.dump(2) << '\n';
+    if (!cfg) SCALPEL_RUNTIME_ERROR("{}: cannot write config.json", tmp.string());
+  }
   fs::remove_all(out, ec);
   fs::rename(tmp, out, ec);
   if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot move the export into place: {}", out.string(), ec.message());
+}
+
+void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, Tensor>& replaced,
+                      const fs::path& out, std::int64_t shard_bytes) {
+  ExportRewrite rw;
+  rw.replaced = replaced;
+  export_hf_rewritten(src, rw, out, shard_bytes);
 }
 
 SparsityStats sparsity_stats(const Tensor& w) {

@@ -102,6 +102,15 @@ int main(int argc, char** argv) {
   prune->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR)");
   prune->add_flag("--restart", prune_restart, "discard the checkpoint in the output folder instead of resuming it");
 
+  auto* depth = app.add_subcommand("depth", "remove whole decoder blocks (ShortGPT's Block Influence, angular "
+                                            "distance, LaCo merging, perplexity greedy)");
+  std::vector<std::string> depth_args;
+  bool depth_scores_only = false;
+  depth->add_option("args", depth_args, "[config.yaml] [key=value ...] (e.g. depth.criterion=angular depth.remove=2)");
+  depth->add_flag("--print-config", print_config, "print the resolved config and exit");
+  depth->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR)");
+  depth->add_flag("--scores-only", depth_scores_only, "print the per-block scores (JSON) and remove nothing");
+
   auto* exporter = app.add_subcommand("export", "write the Hugging Face folder of a complete pruning checkpoint");
   std::string ex_ckpt, ex_out, ex_model;
   std::int64_t ex_shard_mb = 5000;
@@ -169,6 +178,18 @@ int main(int argc, char** argv) {
         return 0;
       }
       return scalpel::app::run_prune(cfg, *world, {world->local_rank(), world->local_size()}, prune_restart);
+    }
+    if (*depth) {
+      std::string config_path;
+      std::vector<std::string> overrides;
+      split_args(depth_args, config_path, overrides);
+      if (!model_opt.empty()) overrides.push_back("model=" + model_opt);
+      const auto cfg = scalpel::app::load_config(config_path, overrides);
+      if (print_config) {
+        if (rank == 0) std::cout << scalpel::app::dump_config(cfg);
+        return 0;
+      }
+      return scalpel::app::run_depth(cfg, *world, {world->local_rank(), world->local_size()}, depth_scores_only);
     }
     if (*plan) {
       std::string config_path;

@@ -95,6 +95,10 @@ int run_prune(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool 
 // LLM Surgeon's whole-model shots (prune.method: surgeon; see surgeon_run.cpp), with the same
 // checkpoint, resume, export and evaluation services; run_prune hands such configs to it.
 int run_surgeon(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool restart);
+// `scalpel depth`: removes whole decoder blocks by depth.criterion (bi, angular, laco, ppl), writes
+// the renumbered export and evaluates it (see depth_run.cpp). scores_only: print the per-block
+// scores, remove and write nothing but the metrics record.
+int run_depth(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool scores_only);
 // Writes the Hugging Face export of a complete checkpoint (model: the checkpoint's source unless
 // model_override names another copy of it).
 int run_export(const std::string& checkpoint_dir, const std::string& model_override, const std::string& out,

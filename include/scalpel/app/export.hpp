@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -24,6 +25,21 @@ namespace scalpel::app {
 // folder renamed into place at the end, so `out` is never left half-written.
 void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, Tensor>& replaced,
                       const std::filesystem::path& out, std::int64_t shard_bytes);
+
+// A rewrite of a source folder's tensors and config (depth pruning renumbers and drops decoder
+// blocks this way). Each source tensor keeps its name, is renamed (rename returns the new name)
+// or dropped (rename returns ""); `replaced` gives new values by output name, in the source
+// tensor's stored dtype and shape; `config`, when not null, is written as config.json.
+struct ExportRewrite {
+  std::function<std::string(const std::string&)> rename;  // empty: every name kept
+  std::map<std::string, Tensor> replaced;
+  nlohmann::json config;
+};
+
+// export_hf_folder with a rewrite: the same files, shards and atomic temporary folder, tensors in
+// output-name order.
+void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const std::filesystem::path& out,
+                         std::int64_t shard_bytes);
 
 // Zero counts and N:M structure of one weight matrix (any float dtype, host).
 struct SparsityStats {

@@ -1,0 +1,336 @@
+// End-to-end tests of `scalpel depth` on the shared mini models:
+//   - BI and angular scores against a float64 reference forward (tests/common/reference_model.hpp);
+//   - the export: config and renumbered tensors, `scalpel eval` of it equal to the original model
+//     evaluated with those blocks skipped (computed here), and `scalpel prune` running on it;
+//   - LaCo's exported block equal to the RDSC formula computed here from the checkpoint;
+//   - --scores-only at 1, 2 and 4 ranks printing the same scores;
+//   - bad inputs: exit code 2, a message naming the key, nothing written.
+// Every test skips when ../shared is absent.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <numbers>
+#include <sstream>
+
+#include "../../src/app/run_common.hpp"
+#include "../common/reference_model.hpp"
+#include "prune_test_util.hpp"
+#include "scalpel/app/commands.hpp"
+#include "scalpel/app/export.hpp"
+#include "scalpel/core/error.hpp"
+#include "scalpel/io/hf_checkpoint.hpp"
+#include "scalpel/text/eval_text.hpp"
+
+namespace {
+
+using namespace scalpel_test;
+using scalpel::test::Vec;
+
+const std::string kCalib = (kShared / "data/corpus/calib.txt").string();
+const std::string kHeldout = (kShared / "data/corpus/heldout.txt").string();
+
+// A short calibration: 8 windows of 64 tokens (seed 0), 1 thread.
+std::vector<std::string> calib_args(std::int64_t nsamples = 8, std::int64_t batch = 2) {
+  return {"calibration.path=" + kCalib, "calibration.nsamples=" + std::to_string(nsamples), "calibration.seqlen=64",
+          "calibration.batch=" + std::to_string(batch), "threads=1", "log.progress_seconds=0"};
+}
+
+std::vector<std::string> depth_args(const std::string& model, const fs::path& dir, const std::vector<std::string>& extra,
+                                    std::int64_t nsamples = 8, std::int64_t batch = 2) {
+  std::vector<std::string> a{kBin, "depth", "--model", (kShared / "models" / model).string(), "output.dir=" + dir.string()};
+  for (const auto& s : calib_args(nsamples, batch)) a.push_back(s);
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+// The JSON lines of a metrics file with the given event.
+std::vector<nlohmann::json> records(const fs::path& file, const std::string& event) {
+  std::vector<nlohmann::json> out;
+  std::ifstream f(file);
+  for (std::string line; std::getline(f, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.value("event", "") == event) out.push_back(j);
+  }
+  return out;
+}
+
+// The JSON line scalpel depth prints (the first line that starts with '{').
+nlohmann::json printed(const std::string& out) {
+  std::istringstream s(out);
+  for (std::string line; std::getline(s, line);)
+    if (!line.empty() && line[0] == '{') return nlohmann::json::parse(line);
+  ADD_FAILURE() << "no JSON line in:\n" << out;
+  return {};
+}
+
+// ---- scores against a float64 forward ----
+
+// Hidden states x_0 (embeddings) .. x_L of one window in float64 ([T*d] each).
+std::vector<Vec> ref_hidden(const scalpel::test::RefModel& m, std::span<const std::int32_t> ids) {
+  const auto& s = m.spec;
+  const auto T = static_cast<std::int64_t>(ids.size()), d = s.hidden, e = s.word_embed_proj_dim;
+  Vec x(static_cast<std::size_t>(T * e));
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t j = 0; j < e; ++j) x[t * e + j] = m.embed_tokens[ids[t] * e + j];
+  if (e != d) x = scalpel::test::ref_linear(x, m.project_in, nullptr, T, e, d);
+  if (s.family == scalpel::model::Family::opt)
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t j = 0; j < d; ++j) x[t * d + j] += m.positions[(t + s.position_offset) * d + j];
+  std::vector<Vec> xs{x};
+  for (const auto& layer : m.layers) xs.push_back(scalpel::test::ref_forward(s, layer, xs.back(), 1, T));
+  return xs;
+}
+
+double ref_cos(const double* a, const double* b, std::int64_t d) {
+  double dot = 0, na = 0, nb = 0;
+  for (std::int64_t i = 0; i < d; ++i) {
+    dot += a[i] * b[i];
+    na += a[i] * a[i];
+    nb += b[i] * b[i];
+  }
+  return na == 0 || nb == 0 ? 0.5 : dot / std::sqrt(na * nb);
+}
+
+// scalpel's --scores-only scores of `criterion`, run in this process on one rank.
+std::vector<double> scalpel_scores(const std::string& model, const std::string& criterion, std::int64_t remove) {
+  const auto dir = temp_dir("ref_" + model + criterion);
+  std::vector<std::string> o{"model=" + (kShared / "models" / model).string(), "output.dir=" + dir.string(),
+                             "depth.criterion=" + criterion, "depth.remove=" + std::to_string(remove)};
+  for (const auto& s : calib_args()) o.push_back(s);
+  const auto cfg = scalpel::app::load_config("", o);
+  scalpel::dist::SelfComm self;
+  EXPECT_EQ(scalpel::app::run_depth(cfg, self, {}, true), 0);
+  const auto recs = records(dir / "metrics.jsonl", "depth");
+  EXPECT_EQ(recs.size(), 1u);
+  fs::remove_all(dir);
+  return recs.empty() ? std::vector<double>{} : recs[0]["scores"].get<std::vector<double>>();
+}
+
+void check_against_float64(const std::string& model) {
+  const auto folder = kShared / "models" / model;
+  const auto ref = scalpel::test::load_ref_model(folder);
+  const std::int64_t L = ref.spec.layers, d = ref.spec.hidden, n = 2;
+  auto cfg = scalpel::app::load_config("", {"model=" + folder.string(), "calibration.path=" + kCalib,
+                                            "calibration.nsamples=8", "calibration.seqlen=64"});
+  const auto tok = scalpel::app::make_tokenizer(cfg);
+  const auto calib = scalpel::app::calibration_windows(cfg, ref.spec, *tok);
+  const auto T = calib.seqlen;
+  std::vector<double> cos_sum(static_cast<std::size_t>(L), 0.0), ang(static_cast<std::size_t>(L - n + 1), 0.0);
+  for (std::int64_t w = 0; w < calib.nseq; ++w) {
+    const auto xs = ref_hidden(ref, calib.windows(w, 1));
+    for (std::int64_t l = 0; l < L; ++l)
+      for (std::int64_t t = 0; t < T; ++t) cos_sum[l] += ref_cos(xs[l].data() + t * d, xs[l + 1].data() + t * d, d);
+    for (std::int64_t l = 0; l + n <= L; ++l)
+      ang[l] += std::acos(std::clamp(ref_cos(xs[l].data() + (T - 1) * d, xs[l + n].data() + (T - 1) * d, d), -1.0, 1.0)) /
+                std::numbers::pi / static_cast<double>(calib.nseq);
+  }
+  const auto bi = scalpel_scores(model, "bi", n), angular = scalpel_scores(model, "angular", n);
+  ASSERT_EQ(bi.size(), static_cast<std::size_t>(L));
+  ASSERT_EQ(angular.size(), static_cast<std::size_t>(L - n + 1));
+  // Tolerance: scalpel runs the blocks in fp32 (unit roundoff 6e-8; a hidden state after 4 blocks
+  // carries a relative error of order 1e-7), and a cosine moves by at most about the relative
+  // errors of its two vectors, averaged here over 512 tokens (BI) or 8 sequences (angular).
+  // Measured: |scalpel - float64| <= 7e-9 on both models. 1e-6 leaves two orders of margin and is
+  // still three orders below the gaps between blocks' scores (>= 1e-4) that decide the removal.
+  for (std::int64_t l = 0; l < L; ++l) {
+    const double want = 1.0 - cos_sum[l] / static_cast<double>(calib.nseq * T);
+    EXPECT_NEAR(bi[l], want, 1e-6) << model << " BI of block " << l;
+  }
+  for (std::int64_t l = 0; l + n <= L; ++l) EXPECT_NEAR(angular[l], ang[l], 1e-6) << model << " d(" << l << ", 2)";
+}
+
+TEST(DepthCli, ScoresMatchAFloat64Forward) {
+  NEED_SHARED();
+  check_against_float64("opt-mini");
+  check_against_float64("llama-mini");
+}
+
+// ---- export ----
+
+// Mean NLL of the first `windows` windows of seqlen of the held-out text through the original
+// model with only the `kept` blocks, computed here from the library's layers.
+double mean_nll_skipping(const std::string& model, const std::vector<std::int64_t>& kept, std::int64_t seqlen,
+                         std::int64_t windows) {
+  const auto folder = kShared / "models" / model;
+  auto ckpt = std::make_shared<const scalpel::io::HfCheckpoint>(folder);
+  const auto spec = scalpel::model::ModelSpec::from_config(ckpt->config(), model);
+  auto be = scalpel::make_cpu_backend(1);
+  scalpel::model::Model m(spec, scalpel::app::checkpoint_source(ckpt), *be);
+  const auto tok = scalpel::text::Tokenizer::from_folder(folder);
+  const auto ids = tok->encode(scalpel::text::load_eval_text("text", kHeldout));
+  double total = 0;
+  std::vector<double> nll(static_cast<std::size_t>(seqlen - 1));
+  for (std::int64_t w = 0; w < windows; ++w) {
+    const auto win = std::span(ids).subspan(static_cast<std::size_t>(w * seqlen), static_cast<std::size_t>(seqlen));
+    auto x = m.embed(win, 1, seqlen);
+    for (const auto l : kept) m.layer_forward(l, x, 1, seqlen);
+    m.head_nll(x, win, 1, seqlen, nll);
+    for (const double v : nll) total += v;
+  }
+  return total / static_cast<double>(windows * (seqlen - 1));
+}
+
+TEST(DepthCli, ExportRenumbersEvaluatesAsSkippedBlocksAndPrunes) {
+  NEED_SHARED();
+  const auto dir = temp_dir("depth_export");
+  const std::string sets = "eval.sets=[{name: heldout, preset: text, path: " + kHeldout + "}]";
+  const auto out = run_capture(depth_args("llama-mini", dir, {"depth.criterion=bi", "depth.remove=2", sets,
+                                                              "eval.seqlen=128", "eval.max_windows=4"}));
+  ASSERT_NE(out.find("exit=0"), std::string::npos) << out;
+  const auto depth = records(dir / "metrics.jsonl", "depth");
+  ASSERT_EQ(depth.size(), 1u);
+  const auto removed = depth[0]["removed"].get<std::vector<std::int64_t>>();
+  const auto kept = depth[0]["kept"].get<std::vector<std::int64_t>>();
+  ASSERT_EQ(removed.size(), 2u);
+  ASSERT_EQ(kept.size(), 2u);
+  EXPECT_EQ(depth[0]["remaining_blocks"], 2);
+
+  // config.json and tensor names.
+  const auto exp = dir / "model";
+  scalpel::io::HfCheckpoint e(exp), src(kShared / "models/llama-mini");
+  EXPECT_EQ(e.config()["num_hidden_layers"], 2);
+  EXPECT_EQ(e.config()["scalpel_depth"]["removed"].get<std::vector<std::int64_t>>(), removed);
+  EXPECT_EQ(e.config()["scalpel_depth"]["original_num_hidden_layers"], 4);
+  EXPECT_EQ(e.config()["scalpel_depth"]["criterion"], "bi");
+  std::size_t layer_tensors = 0;
+  for (const auto& name : e.tensor_names()) {
+    if (name.rfind("model.layers.", 0) != 0) continue;
+    ++layer_tensors;
+    const auto i = std::stoll(name.substr(13, name.find('.', 13) - 13));
+    ASSERT_LT(i, 2) << name;
+    const auto orig = "model.layers." + std::to_string(kept[i]) + name.substr(name.find('.', 13));
+    const auto a = e.view(name), b = src.view(orig);
+    ASSERT_EQ(a.nbytes(), b.nbytes()) << name;
+    EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << name << " differs from " << orig;
+  }
+  EXPECT_EQ(layer_tensors, 2u * 9u);  // 7 linears + 2 norms per block
+  EXPECT_TRUE(e.has("lm_head.weight"));
+  EXPECT_TRUE(e.has("model.norm.weight"));
+
+  // `scalpel eval` of the export = the original with those blocks skipped = depth's own eval.
+  const auto ev = dir / "ev";
+  const auto eout = run_capture({kBin, "eval", "--model", exp.string(), "--text", "text:" + kHeldout, "eval.seqlen=128",
+                                 "eval.max_windows=4", "output.dir=" + ev.string(), "threads=1"});
+  ASSERT_NE(eout.find("exit=0"), std::string::npos) << eout;
+  const auto want = mean_nll_skipping("llama-mini", kept, 128, 4);
+  const auto got = records(ev / "metrics.jsonl", "eval");
+  const auto own = records(dir / "metrics.jsonl", "eval");
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_EQ(own.size(), 1u);
+  EXPECT_NEAR(got[0]["mean_nll"].get<double>(), want, 1e-9 * want);
+  EXPECT_NEAR(own[0]["mean_nll"].get<double>(), want, 1e-9 * want);
+
+  // `scalpel prune` runs on the exported model.
+  const auto pruned = dir / "pruned";
+  const auto pout = run_capture({kBin, "prune", "--model", exp.string(), "prune.method=wanda", "calibration.path=" + kCalib,
+                                 "calibration.nsamples=4", "calibration.seqlen=64", "output.dir=" + pruned.string(),
+                                 "threads=1", "log.progress_seconds=0"});
+  ASSERT_NE(pout.find("exit=0"), std::string::npos) << pout;
+  scalpel::io::HfCheckpoint p(pruned / "model");
+  EXPECT_EQ(p.config()["num_hidden_layers"], 2);
+  const auto s = scalpel::app::sparsity_stats(p.view("model.layers.1.mlp.down_proj.weight"));
+  EXPECT_NEAR(s.sparsity(), 0.5, 0.01);
+  fs::remove_all(dir);
+}
+
+TEST(DepthCli, LacoExportHoldsTheRdscMerge) {
+  NEED_SHARED();
+  const auto dir = temp_dir("depth_laco");
+  // merge 3, threshold -1 (every merge accepted), remove 2: blocks 1, 2, 3 of opt-mini merge into 1.
+  const auto out = run_capture(depth_args("opt-mini", dir, {"depth.criterion=laco", "depth.merge=3", "depth.threshold=-1",
+                                                            "depth.remove=2", "depth.windows=2"}));
+  ASSERT_NE(out.find("exit=0"), std::string::npos) << out;
+  const auto rec = records(dir / "metrics.jsonl", "depth");
+  ASSERT_EQ(rec.size(), 1u);
+  EXPECT_EQ(rec[0]["removed"].get<std::vector<std::int64_t>>(), (std::vector<std::int64_t>{2, 3}));
+  EXPECT_EQ(rec[0]["windows"], 2);
+  scalpel::io::HfCheckpoint e(dir / "model"), src(kShared / "models/opt-mini");
+  EXPECT_EQ(e.config()["scalpel_depth"]["merged"], nlohmann::json::parse("[[1, 2, 3]]"));
+  const std::string p = "model.decoder.layers.";
+  for (const std::string t : {"fc1.weight", "fc2.bias", "self_attn.q_proj.weight", "self_attn_layer_norm.weight"}) {
+    const auto got = e.view(p + "1." + t).to_f32();
+    const auto a = src.view(p + "1." + t).to_f32(), b = src.view(p + "2." + t).to_f32(), c = src.view(p + "3." + t).to_f32();
+    const bool norm = t.find("layer_norm") != std::string::npos;  // norms stay block 1's
+    scalpel::Tensor want = scalpel::Tensor::empty(a.shape());
+    for (std::int64_t i = 0; i < a.numel(); ++i) {
+      const double base = a.f32()[i];
+      want.f32()[i] = norm ? a.f32()[i] : static_cast<float>(base + (b.f32()[i] - base) + (c.f32()[i] - base));
+    }
+    scalpel::Tensor stored = scalpel::Tensor::empty(a.shape(), src.info(p + "1." + t).dtype);
+    scalpel::convert_from_f32(stored.dtype(), want.f32(), stored.raw(), static_cast<std::size_t>(a.numel()));
+    EXPECT_EQ(std::memcmp(stored.raw(), e.view(p + "1." + t).raw(), stored.nbytes()), 0) << t;
+    (void)got;
+  }
+  EXPECT_FALSE(e.has(p + "2.fc1.weight"));
+  fs::remove_all(dir);
+}
+
+// ---- ranks ----
+
+TEST(DepthCli, ScoresOnlyIsTheSameAtOneTwoAndFourRanks) {
+  NEED_SHARED();
+  const auto dir = temp_dir("depth_ranks");
+  for (const std::string criterion : {"bi", "ppl", "laco"}) {
+    nlohmann::json first;
+    for (const int np : {1, 2, 4}) {
+      auto args = depth_args("opt-mini", dir, {"depth.criterion=" + criterion, "depth.remove=1", "depth.windows=4",
+                                               "depth.threshold=0.5", "--scores-only"}, 8, 1);
+      args.insert(args.begin(), {kMpiexec, "-n", std::to_string(np), "--oversubscribe"});
+      const auto out = run_capture(args);
+      ASSERT_NE(out.find("exit=0"), std::string::npos) << out;
+      auto j = printed(out);
+      EXPECT_EQ(j["ranks"], np);
+      j.erase("ranks");
+      j.erase("seconds");
+      if (np == 1) first = j;
+      else EXPECT_EQ(j.dump(), first.dump()) << criterion << " at " << np << " ranks";
+    }
+    EXPECT_GT(first["scores"].size(), 0u) << criterion;
+  }
+  EXPECT_FALSE(fs::exists(dir / "model"));  // --scores-only writes no export
+  fs::remove_all(dir);
+}
+
+// ---- bad inputs ----
+
+TEST(DepthCli, BadInputsExitTwoNamingTheKeyAndWriteNothing) {
+  NEED_SHARED();
+  const auto dir = temp_dir("depth_bad");
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases{
+      {{"depth.remove=4"}, "'depth.remove'"},                                        // every block of opt-mini
+      {{"depth.protect=[4]"}, "'depth.protect'"},                                    // no block 4
+      {{"depth.criterion=ppl", "depth.remove=3"}, "'depth.remove'"},                 // ppl protects 0 and 3
+      {{"depth.criterion=angular", "depth.remove=2", "depth.protect=[1, 2]"}, "'depth.protect'"},
+      {{"depth.criterion=shortest"}, "'depth.criterion'"},
+  };
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const auto& [extra, key] = cases[i];
+    if (i < 2) {  // through the executable: the exit code
+      const auto out = run_capture(depth_args("opt-mini", dir, extra));
+      EXPECT_NE(out.find("exit=2"), std::string::npos) << out;
+      EXPECT_NE(out.find(key), std::string::npos) << out;
+    } else {  // the rest in this process: the same checks, without MPI's start-up
+      std::vector<std::string> o{"model=" + (kShared / "models/opt-mini").string(), "output.dir=" + dir.string()};
+      o.insert(o.end(), extra.begin(), extra.end());
+      try {
+        const auto cfg = scalpel::app::load_config("", o);
+        scalpel::dist::SelfComm self;
+        scalpel::app::run_depth(cfg, self, {}, false);
+        ADD_FAILURE() << "no error for " << key;
+      } catch (const scalpel::Error& e) {
+        EXPECT_EQ(e.kind(), scalpel::ErrorKind::input) << e.what();
+        EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+      }
+    }
+  }
+  EXPECT_FALSE(fs::exists(dir / "model"));
+  EXPECT_FALSE(fs::exists(dir / "model.tmp-export"));
+  EXPECT_FALSE(fs::exists(dir / "metrics.jsonl"));
+  fs::remove_all(dir);
+}
+
+}  // namespace
