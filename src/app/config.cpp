@@ -205,8 +205,10 @@ void validate_allocation(const Config& c, const std::string& source) {
 
 void validate_depth(const Config& c, const std::string& source) {
   const auto& d = c.depth;
-  if (d.criterion != "bi" && d.criterion != "angular" && d.criterion != "laco" && d.criterion != "ppl")
-    SCALPEL_INPUT_ERROR("{}: 'depth.criterion' is '{}', expected bi, angular, laco or ppl", source, d.criterion);
+  if (d.criterion != "bi" && d.criterion != "angular" && d.criterion != "deepest" && d.criterion != "laco" &&
+      d.criterion != "ppl")
+    SCALPEL_INPUT_ERROR("{}: 'depth.criterion' is '{}', expected bi, angular, deepest, laco or ppl", source,
+                        d.criterion);
   if (!(d.remove > 0) || (d.remove >= 1 && d.remove != std::floor(d.remove)))
     SCALPEL_INPUT_ERROR("{}: 'depth.remove' is {}, expected a block count (an integer >= 1) or a fraction in (0, 1)",
                         source, d.remove);

@@ -5,6 +5,7 @@
 //   bi       ShortGPT's Block Influence, 1 - mean cos(block input, block output) over every token
 //   angular  Gromov et al.: arccos(cos(x_l, x_{l+n}))/π at each sequence's last token; the n
 //            consecutive blocks from the argmin go
+//   deepest  Gromov et al.'s simple rule: the n deepest blocks before the last (no scores)
 //   ppl      SLEB-style greedy: each round removes the block whose removal leaves the lowest
 //            calibration perplexity
 //   laco     LaCo's merge schedule: blocks merged by RDSC while the final hidden states stay close
@@ -340,6 +341,9 @@ Outcome choose(DepthRun& r, std::int64_t n, const std::vector<bool>& prot, bool 
   if (c == "bi") {
     o.scores = bi_scores(r);
     o.removed = depth::lowest_blocks(o.scores, n, prot);
+  } else if (c == "deepest") {  // no scores: the rule needs no pass over the windows
+    const auto start = depth::deepest_start(spec_of(r).layers, n, prot);
+    for (std::int64_t k = start; k < start + n; ++k) o.removed.push_back(k);
   } else {
     o.scores = angular_scores(r, n);
     const auto start = depth::angular_start(o.scores, n, prot);
@@ -428,6 +432,9 @@ std::vector<bool> check_depth(const Config& cfg, const model::ModelSpec& spec, s
       depth::angular_start(std::vector<double>(static_cast<std::size_t>(spec.layers - n + 1), 0.0), n, prot) < 0)
     SCALPEL_INPUT_ERROR("config: 'depth.protect' leaves no {} consecutive unprotected blocks for depth.criterion "
                         "angular", n);
+  if (cfg.depth.criterion == "deepest" && depth::deepest_start(spec.layers, n, prot) < 0)
+    SCALPEL_INPUT_ERROR("config: 'depth.remove' {} with depth.criterion deepest needs blocks {}..{} (the deepest before "
+                        "the last) to exist and be outside 'depth.protect'", n, spec.layers - 1 - n, spec.layers - 2);
   if (cfg.depth.criterion == "laco" && cfg.depth.merge > spec.layers)
     SCALPEL_INPUT_ERROR("config: 'depth.merge' {} exceeds the model's {} blocks", cfg.depth.merge, spec.layers);
   return prot;

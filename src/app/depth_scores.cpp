@@ -82,6 +82,14 @@ std::vector<std::int64_t> lowest_blocks(std::span<const double> scores, std::int
   return order;
 }
 
+std::int64_t deepest_start(std::int64_t layers, std::int64_t n, const std::vector<bool>& prot) {
+  const auto start = layers - 1 - n;
+  if (start < 0) return -1;
+  for (std::int64_t l = start; l < start + n; ++l)
+    if (prot[static_cast<std::size_t>(l)]) return -1;
+  return start;
+}
+
 std::int64_t angular_start(std::span<const double> d, std::int64_t n, const std::vector<bool>& prot) {
   std::int64_t best = -1;
   for (std::int64_t l = 0; l < static_cast<std::int64_t>(d.size()); ++l) {

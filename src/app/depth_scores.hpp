@@ -38,6 +38,9 @@ std::vector<std::int64_t> lowest_blocks(std::span<const double> scores, std::int
 // l = 0 .. L - n) over the windows l .. l+n-1 without a protected block (ties: lowest l); -1 when
 // every window holds one.
 std::int64_t angular_start(std::span<const double> d, std::int64_t n, const std::vector<bool>& prot);
+// Gromov et al.'s simple rule: the n deepest blocks before the last, L-1-n .. L-2; -1 when one of
+// them is protected (or n > L - 1).
+std::int64_t deepest_start(std::int64_t layers, std::int64_t n, const std::vector<bool>& prot);
 // Index of the smallest value (ties: the first); NaN never wins; -1 for none.
 std::int64_t greedy_pick(std::span<const double> values);
 

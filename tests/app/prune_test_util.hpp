@@ -1,6 +1,7 @@
 // Helpers of the end-to-end CLI tests: temp folders, shell commands with their exit code and
-// output, child processes (spawned quietly or with their output captured), files read whole, and
-// the committed-layer count of a manifest; the paths and the skip rule they share.
+// output, child processes (spawned quietly or with their output captured), files read whole, the
+// records of a metrics file and the committed-layer count of a manifest; the paths and the skip
+// rule they share.
 #pragma once
 #include <signal.h>
 #include <sys/wait.h>
@@ -85,6 +86,17 @@ inline std::string run_capture(const std::vector<std::string>& args) {
 inline std::string read_bytes(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(f), {}};
+}
+
+// The records of a metrics file (JSON lines) with the given event.
+inline std::vector<nlohmann::json> records(const fs::path& metrics, const std::string& event) {
+  std::vector<nlohmann::json> out;
+  std::ifstream f(metrics);
+  for (std::string line; std::getline(f, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.value("event", "") == event) out.push_back(j);
+  }
+  return out;
 }
 
 inline std::int64_t committed_layers(const fs::path& ckpt) {

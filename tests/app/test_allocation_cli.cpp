@@ -21,16 +21,6 @@ std::vector<std::string> alloc_args(const fs::path& out, const std::vector<std::
   return a;
 }
 
-std::vector<nlohmann::json> records(const fs::path& metrics, const std::string& event) {
-  std::vector<nlohmann::json> out;
-  std::ifstream f(metrics);
-  for (std::string line; std::getline(f, line);) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.value("event", "") == event) out.push_back(j);
-  }
-  return out;
-}
-
 std::string command(const std::vector<std::string>& a) {
   std::string cmd = "OMP_WAIT_POLICY=PASSIVE ";
   for (const auto& s : a) cmd += "'" + s + "' ";

@@ -47,17 +47,6 @@ std::vector<std::string> depth_args(const std::string& model, const fs::path& di
   return a;
 }
 
-// The JSON lines of a metrics file with the given event.
-std::vector<nlohmann::json> records(const fs::path& file, const std::string& event) {
-  std::vector<nlohmann::json> out;
-  std::ifstream f(file);
-  for (std::string line; std::getline(f, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.value("event", "") == event) out.push_back(j);
-  }
-  return out;
-}
-
 // The JSON line scalpel depth prints (the first line that starts with '{').
 nlohmann::json printed(const std::string& out) {
   std::istringstream s(out);
@@ -235,6 +224,30 @@ TEST(DepthCli, ExportRenumbersEvaluatesAsSkippedBlocksAndPrunes) {
   const auto s = scalpel::app::sparsity_stats(p.view("model.layers.1.mlp.down_proj.weight"));
   EXPECT_NEAR(s.sparsity(), 0.5, 0.01);
   fs::remove_all(dir);
+}
+
+TEST(DepthCli, DeepestRemovesTheBlocksBeforeTheLast) {
+  NEED_SHARED();
+  const auto dir = temp_dir("depth_deepest");
+  const auto out = run_capture(depth_args("opt-deep", dir, {"depth.criterion=deepest", "depth.remove=3"}));
+  ASSERT_NE(out.find("exit=0"), std::string::npos) << out;
+  const auto rec = records(dir / "metrics.jsonl", "depth");
+  ASSERT_EQ(rec.size(), 1u);
+  EXPECT_EQ(rec[0]["removed"].get<std::vector<std::int64_t>>(), (std::vector<std::int64_t>{8, 9, 10}));
+  scalpel::io::HfCheckpoint e(dir / "model"), src(kShared / "models/opt-deep");
+  EXPECT_EQ(e.config()["num_hidden_layers"], 9);
+  // The last block (11) is kept, renumbered 8.
+  const std::string p = "model.decoder.layers.";
+  EXPECT_EQ(e.view(p + "8.fc1.weight").to_f32().f32()[5], src.view(p + "11.fc1.weight").to_f32().f32()[5]);
+  // Block 9 protected: the rule cannot apply; refused, naming the key, nothing written.
+  const auto bad_dir = temp_dir("depth_deepest_bad");
+  const auto bad = run_capture(depth_args("opt-deep", bad_dir, {"depth.criterion=deepest", "depth.remove=3",
+                                                                "depth.protect=[9]"}));
+  EXPECT_NE(bad.find("exit=2"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("depth.protect"), std::string::npos) << bad;
+  EXPECT_FALSE(fs::exists(bad_dir / "model"));
+  fs::remove_all(dir);
+  fs::remove_all(bad_dir);
 }
 
 TEST(DepthCli, LacoExportHoldsTheRdscMerge) {

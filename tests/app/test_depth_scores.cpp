@@ -63,6 +63,19 @@ TEST(DepthScores, AngularArgminAvoidsWindowsWithAProtectedBlock) {
   EXPECT_EQ(angular_start(tie, 1, std::vector<bool>(3, false)), 1);  // ties: lowest l
 }
 
+TEST(DepthScores, DeepestBeforeTheLast) {
+  const std::vector<bool> none(12, false);
+  EXPECT_EQ(deepest_start(12, 3, none), 8);  // blocks 8, 9, 10; 11 (the last) stays
+  EXPECT_EQ(deepest_start(4, 3, std::vector<bool>(4, false)), 0);
+  EXPECT_EQ(deepest_start(4, 4, std::vector<bool>(4, false)), -1);
+  std::vector<bool> prot = none;
+  prot[9] = true;
+  EXPECT_EQ(deepest_start(12, 3, prot), -1);
+  prot[9] = false;
+  prot[11] = true;  // the last block is never among them
+  EXPECT_EQ(deepest_start(12, 3, prot), 8);
+}
+
 TEST(DepthScores, GreedyRemovesTheCheapestBlockEachRound) {
   EXPECT_EQ(greedy_pick(std::vector<double>{3, 1, 1, 2}), 1);
   EXPECT_EQ(greedy_pick(std::vector<double>{NAN, 5, 4}), 2);

@@ -27,16 +27,6 @@ std::vector<std::string> surgeon_args(const fs::path& out, const std::string& mo
   return a;
 }
 
-std::vector<nlohmann::json> records(const fs::path& metrics, const std::string& event) {
-  std::vector<nlohmann::json> out;
-  std::ifstream f(metrics);
-  for (std::string line; std::getline(f, line);) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.value("event", "") == event) out.push_back(j);
-  }
-  return out;
-}
-
 nlohmann::json inspect(const fs::path& model) {
   const auto out = run_capture({kBin, "inspect", "--json", model.string()});
   return nlohmann::json::parse(out.substr(0, out.rfind("exit=")));

@@ -93,7 +93,8 @@ struct Config {
 
   // `scalpel depth`: removing whole decoder blocks (README "Depth pruning").
   struct Depth {
-    std::string criterion = "bi";   // bi (ShortGPT) | angular (Gromov et al.) | laco | ppl (SLEB-style greedy)
+    std::string criterion = "bi";   // bi (ShortGPT) | angular (Gromov et al.) | deepest (their simple rule) |
+                                    // laco | ppl (SLEB-style greedy)
     double remove = 1;              // blocks to remove: a count (>= 1) or a fraction of the blocks (< 1)
     std::vector<std::int64_t> protect;  // blocks never removed; default: none, ppl: the first and the last
     bool protect_set = false;       // protect was given (even as [])
