@@ -7,7 +7,9 @@
 
 #include <chrono>
 #include <random>
+#include <map>
 #include <thread>
+#include <tuple>
 
 #include "prune_test_util.hpp"
 
@@ -169,6 +171,30 @@ TEST(SurgeonCli, BadSettingsExit2NamingTheKey) {
     }
     fs::remove_all(dir);
   }
+}
+
+// Sampled Fisher: labels drawn from the model with a generator seeded per (seed, shot, window),
+// so 1 and 2 ranks draw the same labels and prune the same model; and it is not the empirical
+// Fisher's model (the labels really are drawn).
+TEST(SurgeonDist, SampledFisherIsRankInvariantAndNotEmpirical) {
+  NEED_SHARED();
+  std::map<std::string, std::string> models;
+  for (const auto& [name, ranks, fisher] : {std::tuple{"s1", 1, "sampled"}, std::tuple{"s2", 2, "sampled"},
+                                            std::tuple{"e1", 1, "empirical"}}) {
+    const auto dir = temp_dir(std::string("sg_fisher_") + name);
+    std::vector<std::string> a{kMpiexec, "-n", std::to_string(ranks), "--oversubscribe"};
+    const auto rest = surgeon_args(dir, "opt-mini", {"prune.sparsity=0.3", "surgeon.shots=1", "determinism=strict",
+                                                     std::string("surgeon.fisher=") + fisher});
+    a.insert(a.end(), rest.begin(), rest.end());
+    std::string cmd = "OMP_WAIT_POLICY=PASSIVE ";
+    for (const auto& s : a) cmd += "'" + s + "' ";
+    const auto r = run(cmd);
+    ASSERT_EQ(r.code, 0) << r.out;
+    models[name] = read_bytes(dir / "model/model.safetensors");
+    fs::remove_all(dir);
+  }
+  EXPECT_EQ(models["s1"], models["s2"]);
+  EXPECT_NE(models["s1"], models["e1"]);
 }
 
 TEST(SurgeonDist, OneTwoAndFourRanksGiveTheSameModel) {
