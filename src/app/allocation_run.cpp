@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 
 #include "scalpel/core/error.hpp"
@@ -44,8 +45,12 @@ double rms(Backend& be, const Tensor& w) {
   return r > 0 ? r : 1.0;
 }
 
+// The Rademacher direction of target i for one probe, made on demand (the same bits each time)
+// rather than held for every target at once: it costs a hash per 64 weights.
+using Direction = std::function<Tensor(std::size_t i)>;
+
 // Installs W ± step·σ·V for every target (the dense weights otherwise).
-void install_perturbed(AllocationContext& c, const std::vector<TargetRef>& targets, const std::vector<Tensor>& dirs,
+void install_perturbed(AllocationContext& c, const std::vector<TargetRef>& targets, const Direction& dir,
                        const std::vector<std::shared_ptr<const model::LayerWeights>>& dense,
                        const std::vector<double>& sigma, double step) {
   auto& be = c.model.backend();
@@ -56,7 +61,7 @@ void install_perturbed(AllocationContext& c, const std::vector<TargetRef>& targe
     const auto name = targets[i].lin.name + ".weight";
     const Tensor& w = dense[l]->at(name);
     Tensor p = be.empty(w.shape());
-    be.copy(dirs[i], p);
+    be.copy(dir(i), p);
     be.scale(p, static_cast<float>(step * sigma[i]));
     be.add(p, w);
     layers[l]->tensors[name] = p;
@@ -68,7 +73,7 @@ void install_perturbed(AllocationContext& c, const std::vector<TargetRef>& targe
 // v·∇_W (Σ_windows L) for every target at the installed weights: per calibration batch
 // Σ_t g_t·(V a_t), gathered over the data ranks by batch and summed in batch order.
 std::vector<double> directional_grads(AllocationContext& c, const std::vector<TargetRef>& targets,
-                                      const std::vector<Tensor>& dirs) {
+                                      const Direction& dir) {
   auto& be = c.model.backend();
   const auto n = targets.size();
   // Keeping every layer's intermediates (and every V a_t until its gradient arrives) saves a
@@ -89,7 +94,7 @@ std::vector<double> directional_grads(AllocationContext& c, const std::vector<Ta
       const auto it = index.find({l, name});
       if (it == index.end()) continue;
       Tensor y = be.empty({x.size(0), targets[it->second].lin.out});
-      be.gemm(Trans::no, Trans::yes, 1.0f, x, dirs[it->second], 0.0f, y);
+      be.gemm(Trans::no, Trans::yes, 1.0f, x, dir(it->second), 0.0f, y);
       ys[it->second] = std::move(y);
     }
   };
@@ -197,13 +202,13 @@ TraceEstimate hessian_traces(AllocationContext& c, std::int64_t probes, double e
   }
   est.trace.assign(targets.size(), 0.0);
   for (std::int64_t k = 0; k < probes; ++k) {
-    std::vector<Tensor> dirs;
-    for (std::size_t i = 0; i < targets.size(); ++i)
-      dirs.push_back(be.upload(probe_direction(seed, k, static_cast<std::int64_t>(i), targets[i].lin.out, targets[i].lin.in)));
-    install_perturbed(c, targets, dirs, dense, est.sigma, epsilon);
-    const auto plus = directional_grads(c, targets, dirs);
-    install_perturbed(c, targets, dirs, dense, est.sigma, -epsilon);
-    const auto minus = directional_grads(c, targets, dirs);
+    const Direction dir = [&](std::size_t i) {
+      return be.upload(probe_direction(seed, k, static_cast<std::int64_t>(i), targets[i].lin.out, targets[i].lin.in));
+    };
+    install_perturbed(c, targets, dir, dense, est.sigma, epsilon);
+    const auto plus = directional_grads(c, targets, dir);
+    install_perturbed(c, targets, dir, dense, est.sigma, -epsilon);
+    const auto minus = directional_grads(c, targets, dir);
     std::vector<double> row(targets.size());
     for (std::size_t i = 0; i < targets.size(); ++i) {
       row[i] = (plus[i] - minus[i]) / (2 * epsilon * est.sigma[i] * static_cast<double>(c.calib.nseq));
