@@ -426,6 +426,9 @@ void evaluate_pruned(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src, c
 
 // The checks that need only the config and config.json: input Errors naming the key.
 std::vector<bool> check_depth(const Config& cfg, const model::ModelSpec& spec, std::int64_t& n) {
+  if (cfg.parallel.stages > 1)
+    SCALPEL_INPUT_ERROR("config: 'parallel.stages' {}: scalpel depth runs data-parallel only (every rank holds the "
+                        "model); use parallel.stages: 1", cfg.parallel.stages);
   n = depth::blocks_to_remove(cfg.depth.remove, spec.layers);
   auto prot = depth::protected_mask(cfg.depth.protect, cfg.depth.protect_set, cfg.depth.criterion, spec.layers, n);
   if (cfg.depth.criterion == "angular" &&

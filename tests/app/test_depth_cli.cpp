@@ -319,6 +319,7 @@ TEST(DepthCli, BadInputsExitTwoNamingTheKeyAndWriteNothing) {
       {{"depth.criterion=ppl", "depth.remove=3"}, "'depth.remove'"},                 // ppl protects 0 and 3
       {{"depth.criterion=angular", "depth.remove=2", "depth.protect=[1, 2]"}, "'depth.protect'"},
       {{"depth.criterion=shortest"}, "'depth.criterion'"},
+      {{"parallel.stages=2"}, "'parallel.stages'"},
   };
   for (std::size_t i = 0; i < cases.size(); ++i) {
     const auto& [extra, key] = cases[i];
