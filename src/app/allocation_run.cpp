@@ -24,6 +24,8 @@ std::uint64_t splitmix64(std::uint64_t x) {
   return x ^ (x >> 31);
 }
 
+constexpr int kOwlTag = 11;  // the pipe's message tag of OWL's dense activations
+
 struct TargetRef {
   std::int64_t layer = 0;
   model::LinearSpec lin;
@@ -149,16 +151,32 @@ Tensor probe_direction(std::uint64_t seed, std::int64_t probe, std::int64_t inde
   return v;
 }
 
+namespace {
+
+// This stage's dense input: the embedded windows (stage 0) or the stage before's output.
+Tensor stage_input(AllocationContext& c) {
+  auto& be = c.model.backend();
+  const auto seqlen = c.calib.seqlen, mine = c.shard.count();
+  if (c.stage == 0) return c.model.embed(c.calib.windows(c.shard.begin, mine), mine, seqlen);
+  Tensor host = Tensor::empty({mine * seqlen, c.model.spec().hidden});
+  c.pipe->recv(std::span<std::byte>(static_cast<std::byte*>(host.raw()), static_cast<std::size_t>(host.nbytes())),
+               c.stage - 1, kOwlTag);
+  return be.upload(host);
+}
+
+}  // namespace
+
 std::vector<double> owl_outlier_ratios(AllocationContext& c, double owl_m) {
   auto& m = c.model;
   auto& be = m.backend();
   const auto seqlen = c.calib.seqlen, mine = c.shard.count();
-  Tensor x = m.embed(c.calib.windows(c.shard.begin, mine), mine, seqlen);
+  Tensor x = stage_input(c);
   prune::StatsKinds kinds;
   kinds.hessian = false;
   kinds.col_norms = true;
-  std::vector<double> ratios;
-  for (std::int64_t layer = 0; layer < m.spec().layers; ++layer) {
+  std::vector<double> ratios(static_cast<std::size_t>(m.spec().layers), 0.0);
+  const auto layers = dist::block_range(m.spec().layers, c.stages, c.stage);
+  for (std::int64_t layer = layers.begin; layer < layers.end; ++layer) {
     std::map<int, std::unique_ptr<prune::InputStats>> stats;
     for (const auto& g : c.groups)
       stats[g.input_group] = std::make_unique<prune::InputStats>(
@@ -181,8 +199,18 @@ std::vector<double> owl_outlier_ratios(AllocationContext& c, double owl_m) {
       const Tensor norms = be.download(st.col_norms());
       for (const auto& lin : g.linears) counter.add(be.download(w->at(lin.name + ".weight")), norms);
     }
-    ratios.push_back(counter.ratio(owl_m));
+    ratios[static_cast<std::size_t>(layer)] = counter.ratio(owl_m);
   }
+  if (c.stages == 1) return ratios;
+  if (c.stage + 1 < c.stages) {
+    const Tensor host = be.download(x);
+    c.pipe->send(std::span<const std::byte>(static_cast<const std::byte*>(host.raw()),
+                                            static_cast<std::size_t>(host.nbytes())),
+                 c.stage + 1, kOwlTag);
+  }
+  // Each stage's first data rank gives its layers' ratios; the others add zeros (exact).
+  if (c.group.rank() != 0) std::fill(ratios.begin(), ratios.end(), 0.0);
+  c.world->allreduce_sum(std::span<double>(ratios));
   return ratios;
 }
 

@@ -34,6 +34,12 @@ struct AllocationContext {
   dist::Comm& group;  // the data ranks
   prune::Accumulation accumulation = prune::Accumulation::sum;
   std::int64_t keep_activations_mb = 8192;  // sensitivity: keep the forward's intermediates up to this
+  // Pipeline stages (OWL only): this rank's stage takes its layers of the block split, its dense
+  // activations come from the stage before and go to the one after through `pipe`, and the
+  // stages' ratios meet over `world`.
+  int stage = 0, stages = 1;
+  dist::Comm* pipe = nullptr;
+  dist::Comm* world = nullptr;
 };
 
 struct Allocation {

@@ -190,9 +190,9 @@ void validate_allocation(const Config& c, const std::string& source) {
   if (alloc == "owl" && a.granularity == "matrix")
     SCALPEL_INPUT_ERROR("{}: 'allocation.granularity' matrix is for prune.allocation: sensitivity (OWL gives one "
                         "sparsity per block)", source);
-  if (alloc != "uniform" && c.parallel.stages > 1)
-    SCALPEL_INPUT_ERROR("{}: 'prune.allocation' {} runs with parallel.stages: 1 only (data ranks are fine)", source,
-                        alloc);
+  if (alloc == "sensitivity" && c.parallel.stages > 1)
+    SCALPEL_INPUT_ERROR("{}: 'prune.allocation' sensitivity runs with parallel.stages: 1 only (its passes go through "
+                        "the whole model; data ranks are fine)", source);
   if (alloc == "sensitivity" && c.prune.pattern != "unstructured")
     SCALPEL_INPUT_ERROR("{}: 'prune.allocation' sensitivity needs prune.pattern: unstructured (OWL has an N:M rule)",
                         source);

@@ -361,7 +361,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
 
   // The allocation is recomputed on a resumed run too: it depends on the dense model and the
   // calibration windows only, so it comes out the same.
-  AllocationContext actx{m, groups, calib, shard, batch, group, accumulation, cfg.surgeon.keep_activations_mb};
+  AllocationContext actx{m,     groups,          calib,       shard, batch, group, accumulation,
+                         cfg.surgeon.keep_activations_mb, grid.stage, grid.stages, &pipe, &world};
   const Allocation allocation = allocate_sparsity(cfg, pattern, actx);
   if (!allocation.record.empty()) {
     nlohmann::json rec = allocation.record;

@@ -144,7 +144,7 @@ TEST(AllocationCli, BadSettingsExit2NamingTheKey) {
       {{"prune.allocation=sensitivity", "prune.pattern=2:4"}, "prune.allocation"},
       {{"prune.allocation=owl", "prune.method=surgeon"}, "prune.allocation"},
       {{"prune.allocation=owl", "allocation.granularity=matrix"}, "allocation.granularity"},
-      {{"prune.allocation=owl", "parallel.stages=2"}, "prune.allocation"},
+      {{"prune.allocation=sensitivity", "parallel.stages=2"}, "prune.allocation"},
       {{"prune.allocation=owls"}, "prune.allocation"},
       {{"allocation.hutchinson_samples=0"}, "allocation.hutchinson_samples"},
       {{"sparsegpt.saliency=isc", "prune.pattern=2:4"}, "sparsegpt.saliency"},
@@ -162,16 +162,20 @@ TEST(AllocationCli, BadSettingsExit2NamingTheKey) {
   }
 }
 
+// Data ranks for both; OWL also through pipeline stages (2 stages of 1 and of 2 data ranks).
 TEST(AllocationDist, OneTwoAndFourRanksAllocateAndPruneTheSame) {
   NEED_SHARED();
   for (const std::string alloc : {"owl", "sensitivity"}) {
     std::string want_model;
     nlohmann::json want_alloc;
-    for (const int ranks : {1, 2, 4}) {
-      const auto dir = temp_dir("al_mpi" + std::to_string(ranks));
+    std::vector<std::pair<int, int>> grids{{1, 1}, {2, 1}, {4, 1}};  // ranks, stages
+    if (alloc == "owl") grids.insert(grids.end(), {{2, 2}, {4, 2}});
+    for (const auto& [ranks, stages] : grids) {
+      const auto dir = temp_dir("al_mpi" + std::to_string(ranks) + "x" + std::to_string(stages));
       std::vector<std::string> a{kMpiexec, "-n", std::to_string(ranks), "--oversubscribe"};
       const auto rest = alloc_args(dir, {"prune.method=sparsegpt", "prune.allocation=" + alloc,
-                                         "allocation.hutchinson_samples=1", "determinism=strict"});
+                                         "allocation.hutchinson_samples=1", "determinism=strict",
+                                         "parallel.stages=" + std::to_string(stages)});
       a.insert(a.end(), rest.begin(), rest.end());
       const auto r = run(command(a));
       ASSERT_EQ(r.code, 0) << r.out;
@@ -182,8 +186,8 @@ TEST(AllocationDist, OneTwoAndFourRanksAllocateAndPruneTheSame) {
         want_model = model;
         want_alloc = rec;
       } else {
-        EXPECT_EQ(rec, want_alloc) << alloc << " at " << ranks << " ranks";
-        EXPECT_EQ(model, want_model) << alloc << " at " << ranks << " ranks";
+        EXPECT_EQ(rec, want_alloc) << alloc << " at " << ranks << " ranks, " << stages << " stages";
+        EXPECT_EQ(model, want_model) << alloc << " at " << ranks << " ranks, " << stages << " stages";
       }
       fs::remove_all(dir);
     }
