@@ -382,6 +382,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("interval", c.depth.interval);
     r.get("threshold", c.depth.threshold);
     r.get("windows", c.depth.windows);
+    r.get("greedy", c.depth.greedy);
     r.finish();
   }
   {
@@ -539,6 +540,7 @@ void emit_depth(YAML::Emitter& e, const Config& c) {
   e << YAML::Key << "interval" << YAML::Value << d.interval;
   e << YAML::Key << "threshold" << YAML::Value << d.threshold;
   e << YAML::Key << "windows" << YAML::Value << d.windows;
+  e << YAML::Key << "greedy" << YAML::Value << d.greedy;
   e << YAML::EndMap;
 }
 

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <optional>
 
 #include "depth_scores.hpp"
@@ -286,7 +287,8 @@ void keep_the_rest(Outcome& o, std::int64_t layers) {
 }
 
 // ppl: the per-block scores are the first round's (null for protected blocks); every round goes
-// to the details. --scores-only runs the first round alone.
+// to the details. --scores-only, and depth.greedy false (remove the n best of that round), run
+// the first round alone.
 Outcome choose_ppl(DepthRun& r, std::int64_t n, const std::vector<bool>& prot, bool scores_only) {
   Outcome o;
   std::vector<depth::GreedyRound> rounds;
@@ -296,10 +298,18 @@ Outcome choose_ppl(DepthRun& r, std::int64_t n, const std::vector<bool>& prot, b
               *std::min_element(v.begin(), v.end()));
     return v;
   };
-  o.removed = depth::greedy_remove(spec_of(r).layers, scores_only ? 1 : n, prot, scorer, rounds);
+  const bool one_round = scores_only || !r.cfg.depth.greedy;
+  o.removed = depth::greedy_remove(spec_of(r).layers, one_round ? 1 : n, prot, scorer, rounds);
   o.scores.assign(static_cast<std::size_t>(spec_of(r).layers), std::nan(""));
   for (std::size_t c = 0; c < rounds[0].candidates.size(); ++c)
     o.scores[static_cast<std::size_t>(rounds[0].candidates[c])] = rounds[0].values[c];
+  // One-shot (Shortened LLaMA): the n blocks whose removal alone costs least (protected: NaN, never).
+  if (!r.cfg.depth.greedy && !scores_only) {
+    std::vector<double> ranked = o.scores;
+    for (auto& v : ranked)
+      if (std::isnan(v)) v = std::numeric_limits<double>::infinity();
+    o.removed = depth::lowest_blocks(ranked, n, prot);
+  }
   o.details["rounds"] = nlohmann::json::array();
   for (const auto& g : rounds)
     o.details["rounds"].push_back({{"candidates", g.candidates}, {"ppl", numbers(g.values)}, {"removed", g.removed}});

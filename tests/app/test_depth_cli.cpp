@@ -250,6 +250,26 @@ TEST(DepthCli, DeepestRemovesTheBlocksBeforeTheLast) {
   fs::remove_all(bad_dir);
 }
 
+TEST(DepthCli, PplOneShotRemovesTheBestOfOneRound) {
+  NEED_SHARED();
+  const auto dir = temp_dir("depth_ppl_oneshot");
+  const auto out = run_capture(depth_args("opt-deep", dir, {"depth.criterion=ppl", "depth.greedy=false",
+                                                            "depth.remove=2", "output.export="}));
+  ASSERT_NE(out.find("exit=0"), std::string::npos) << out;
+  const auto rec = records(dir / "metrics.jsonl", "depth");
+  ASSERT_EQ(rec.size(), 1u);
+  EXPECT_EQ(rec[0]["rounds"].size(), 1u);  // one round, not one per block
+  std::vector<std::pair<double, std::int64_t>> ranked;
+  for (std::size_t l = 0; l < rec[0]["scores"].size(); ++l)
+    if (!rec[0]["scores"][l].is_null()) ranked.emplace_back(rec[0]["scores"][l].get<double>(), l);
+  EXPECT_EQ(ranked.size(), 10u);  // blocks 0 and 11 protected
+  std::sort(ranked.begin(), ranked.end());
+  std::vector<std::int64_t> want{ranked[0].second, ranked[1].second};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(rec[0]["removed"].get<std::vector<std::int64_t>>(), want);
+  fs::remove_all(dir);
+}
+
 TEST(DepthCli, LacoExportHoldsTheRdscMerge) {
   NEED_SHARED();
   const auto dir = temp_dir("depth_laco");

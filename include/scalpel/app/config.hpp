@@ -102,6 +102,8 @@ struct Config {
     std::int64_t interval = 1;      // laco: blocks skipped after an accepted merge (I)
     double threshold = 0.45;        // laco: cosine similarity a merge must keep (T)
     std::int64_t windows = 0;       // laco: calibration windows of the similarity check; 0 = all
+    bool greedy = true;             // ppl: remove one block per round (SLEB); false: the n best of one
+                                    // round (Shortened LLaMA's one-shot ranking)
   } depth;
 
   // LLM Surgeon (prune.method: surgeon): K shots at s_k = k·s/K, the Kronecker-factored curvature
