@@ -1,10 +1,7 @@
 // LLM Surgeon's weight update (pruner.py weight_update, first Kronecker rank): the correlated OBS
 // update of the removed set under F ≈ G ⊗ A on the alive sub-problem, then exact zeros.
 //  elements: Q cut into chunks of whole rows of at most max_correlate entries; per chunk
-//            C = Ĝ⁻¹[r_Q, r_Q] ∘ Â⁻¹[c_Q, c_Q], λ = C⁻¹ (w_Q + ΔW_Q), ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹, the last
-//            step taken for a group of consecutive chunks at once (ΔW_Q of a chunk then adds the
-//            group's earlier chunks' updates at its entries: the same numbers, one sweep of ΔW
-//            per group instead of per chunk).
+//            C = Ĝ⁻¹[r_Q, r_Q] ∘ Â⁻¹[c_Q, c_Q], λ = C⁻¹ (w_Q + ΔW_Q), ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹.
 //  rows P:    ΔW = -Ĝ⁻¹[:, P] (Ĝ⁻¹_PP)⁻¹ (W + ΔW)_P,: with ΔW_P,: = -W_P,:;
 //  columns P: ΔW = -(W + ΔW)_:,P (Â⁻¹_PP)⁻¹ Â⁻¹[P, :] with ΔW_:,P = -W_:,P.
 #include <algorithm>
@@ -103,101 +100,31 @@ Tensor chunk_matrix(const Scored& s, const Entries& q, std::int64_t ra, std::int
   return cm;
 }
 
-// A chunk solved in the current group: its entries and λ.
-struct Solved {
-  Entries q;
-  std::vector<float> lam;
-};
-
-// d[a] -= Σ_b Ĝ⁻¹[i_a, i_b] Â⁻¹[j_b, j_a] λ_b over the entries b of an earlier chunk of the group:
-// its update of ΔW at the entries a of q (the C block between the two chunks, times λ).
-void add_cross(const Scored& s, const Sub& u, const Entries& q, const Solved& e, std::vector<double>& d) {
-  const auto n = static_cast<std::int64_t>(q.size()), m = static_cast<std::int64_t>(e.q.size());
-#pragma omp parallel for schedule(static)
-  for (std::int64_t a = 0; a < n; ++a) {
-    const auto [ia, ja] = q[static_cast<std::size_t>(a)];
-    const float* g = s.ginv.f32() + ia * u.ra;
-    const float* x = s.ainv.f32() + ja * u.ca;  // Â⁻¹ is symmetric: row j_a is column j_a
-    double acc = 0;
-    for (std::int64_t b = 0; b < m; ++b) {
-      const auto [ib, jb] = e.q[static_cast<std::size_t>(b)];
-      acc += static_cast<double>(g[ib]) * x[jb] * e.lam[static_cast<std::size_t>(b)];
-    }
-    d[static_cast<std::size_t>(a)] -= acc;
+// With the chunk's factor: λ = C⁻¹ (w_Q + ΔW_Q), then ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹.
+void apply_chunk(Backend& be, const Scored& s, Sub& u, const Entries& q, const Tensor& factor, bool addupdate) {
+  const auto n = static_cast<std::int64_t>(q.size()), ra = u.ra, ca = u.ca;
+  Index rows;
+  std::vector<std::int64_t> local(q.size());
+  for (std::size_t k = 0; k < q.size(); ++k) {
+    if (rows.empty() || rows.back() != q[k].first) rows.push_back(q[k].first);
+    local[k] = static_cast<std::int64_t>(rows.size()) - 1;
   }
-}
-
-// λ = C⁻¹ (w_Q + ΔW_Q): ΔW_Q from the groups before (in u.dw) and this group's earlier chunks.
-Solved solve_chunk(Backend& be, const Scored& s, const Sub& u, const Entries& q, const Tensor& factor,
-                   const std::vector<Solved>& group, bool addupdate) {
-  const auto n = static_cast<std::int64_t>(q.size());
-  std::vector<double> d(q.size(), 0.0);
-  if (addupdate)
-    for (const auto& e : group) add_cross(s, u, q, e, d);
   Tensor lam = Tensor::empty({n, 1});
   for (std::int64_t a = 0; a < n; ++a) {
     const auto [i, j] = q[static_cast<std::size_t>(a)];
-    lam.f32()[a] = addupdate ? static_cast<float>(u.W(i, j) + (static_cast<double>(u.D(i, j)) + d[static_cast<std::size_t>(a)]))
-                             : u.W(i, j);
+    lam.f32()[a] = u.W(i, j) + (addupdate ? u.D(i, j) : 0.0f);
   }
   be.cholesky_solve(factor, lam);
-  return {q, std::vector<float>(lam.f32(), lam.f32() + n)};
-}
-
-// ΔW -= Ĝ⁻¹[:, R] Λ Â⁻¹ for the group's rows R (chunks hold disjoint rows): one product each.
-void commit_group(Backend& be, const Scored& s, Sub& u, const std::vector<Solved>& group) {
-  Index rows;
-  for (const auto& e : group)
-    for (const auto& [i, j] : e.q)
-      if (rows.empty() || rows.back() != i) rows.push_back(i);
-  if (rows.empty()) return;
   const auto nr = static_cast<std::int64_t>(rows.size());
-  Tensor lam = Tensor::zeros({nr, u.ca}), t = Tensor::empty({nr, u.ca});
-  std::int64_t r = -1, last = -1;
-  for (const auto& e : group)
-    for (std::size_t k = 0; k < e.q.size(); ++k) {
-      if (e.q[k].first != last) last = e.q[k].first, ++r;
-      lam.f32()[r * u.ca + e.q[k].second] = e.lam[k];
-    }
-  be.gemm(Trans::no, Trans::no, 1.0f, lam, s.ainv, 0.0f, t);                           // Λ Â⁻¹
-  be.gemm(Trans::no, Trans::no, -1.0f, pick(s.ginv, iota(u.ra), rows), t, 1.0f, u.dw);  // ΔW -= Ĝ⁻¹[:, R] Λ Â⁻¹
+  Tensor big = Tensor::zeros({nr, ca}), t = Tensor::empty({nr, ca});
+  for (std::int64_t k = 0; k < n; ++k)
+    big.f32()[local[static_cast<std::size_t>(k)] * ca + q[static_cast<std::size_t>(k)].second] = lam.f32()[k];
+  be.gemm(Trans::no, Trans::no, 1.0f, big, s.ainv, 0.0f, t);                         // Λ Â⁻¹
+  be.gemm(Trans::no, Trans::no, -1.0f, pick(s.ginv, iota(ra), rows), t, 1.0f, u.dw);  // ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹
 }
 
 // Chunks factorised this many at a time (their matrices held together: 8 x 16 MB at 2000 entries).
 constexpr std::size_t kChunkBatch = 8;
-constexpr std::size_t kGroupChunks = 16;
-
-// The chunks of Q in order, factorised a batch at a time, solved and committed a group at a time.
-void solve_chunks(Backend& be, const Linear& l, const Scored& s, Sub& u, const Entries& q, const Options& o) {
-  const auto ranges = row_chunks(q, o.max_correlate);
-  std::vector<Solved> group;
-  std::int64_t group_rows = 0;
-  for (std::size_t c0 = 0; c0 < ranges.size(); c0 += kChunkBatch) {
-    const std::size_t c1 = std::min(ranges.size(), c0 + kChunkBatch);
-    std::vector<Entries> chunks;
-    std::vector<Tensor> factors;
-    for (std::size_t c = c0; c < c1; ++c) {
-      chunks.emplace_back(q.begin() + static_cast<std::ptrdiff_t>(ranges[c].first),
-                          q.begin() + static_cast<std::ptrdiff_t>(ranges[c].second));
-      factors.push_back(chunk_matrix(s, chunks.back(), u.ra, u.ca));
-    }
-    std::vector<std::uint8_t> ok(factors.size(), 0);
-    be.cholesky_batch(factors, ok);
-    for (std::size_t c = 0; c < chunks.size(); ++c) {
-      if (!ok[c])
-        SCALPEL_RUNTIME_ERROR("{}: the correlated update's system of {} weights is not positive definite", l.name,
-                              chunks[c].size());
-      group.push_back(solve_chunk(be, s, u, chunks[c], factors[c], group, o.addupdate));
-      group_rows += chunks[c].back().first - chunks[c].front().first + 1;
-      if (group_rows >= o.group_rows || group.size() >= kGroupChunks) {
-        commit_group(be, s, u, group);
-        group.clear();
-        group_rows = 0;
-      }
-    }
-  }
-  commit_group(be, s, u, group);
-}
 
 void update_elements(Backend& be, Linear& l, const Scored& s, const Removal& r, const Options& o) {
   const auto C = l.w.size(1);
@@ -208,7 +135,25 @@ void update_elements(Backend& be, Linear& l, const Scored& s, const Removal& r, 
       for (std::int64_t j = 0; j < u.ca; ++j)
         if (r.mask[static_cast<std::size_t>(s.rows[static_cast<std::size_t>(i)] * C + s.cols[static_cast<std::size_t>(j)])])
           q.emplace_back(i, j);
-    solve_chunks(be, l, s, u, q, o);
+    const auto ranges = row_chunks(q, o.max_correlate);
+    for (std::size_t c0 = 0; c0 < ranges.size(); c0 += kChunkBatch) {
+      const std::size_t c1 = std::min(ranges.size(), c0 + kChunkBatch);
+      std::vector<Entries> chunks;
+      std::vector<Tensor> factors;
+      for (std::size_t c = c0; c < c1; ++c) {
+        chunks.emplace_back(q.begin() + static_cast<std::ptrdiff_t>(ranges[c].first),
+                            q.begin() + static_cast<std::ptrdiff_t>(ranges[c].second));
+        factors.push_back(chunk_matrix(s, chunks.back(), u.ra, u.ca));
+      }
+      std::vector<std::uint8_t> ok(factors.size(), 0);
+      be.cholesky_batch(factors, ok);
+      for (std::size_t c = 0; c < chunks.size(); ++c) {
+        if (!ok[c])
+          SCALPEL_RUNTIME_ERROR("{}: the correlated update's system of {} weights is not positive definite", l.name,
+                                chunks[c].size());
+        apply_chunk(be, s, u, chunks[c], factors[c], o.addupdate);
+      }
+    }
     write_back(l, s, u);
   }
   for (std::size_t k = 0; k < r.mask.size(); ++k)

@@ -34,11 +34,6 @@ struct Options {
   double damp_g = 0.01, damp_a = 0.01;  // X̂ = X + damp·mean(diag X)·I
   std::int64_t max_correlate = 2000;    // entries (rows, for structured) solved jointly; 0 = all
   bool addupdate = true;                // later chunks see earlier chunks' updates
-  // Element updates: consecutive chunks are solved in groups of about this many rows (at most 16
-  // chunks) before ΔW takes the group's update in one product; within a group each chunk sees the
-  // earlier ones' updates at its own entries. The same result up to rounding as one product per
-  // chunk, with one sweep of ΔW per group instead of per chunk (a memory-traffic knob).
-  std::int64_t group_rows = 128;
 };
 
 // One linear in a shot. w: host f32 [R, C'] with the bias as the last column when has_bias
