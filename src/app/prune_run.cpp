@@ -361,16 +361,17 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
 
   // The allocation is recomputed on a resumed run too: it depends on the dense model and the
   // calibration windows only, so it comes out the same.
-  AllocationContext actx{m,     groups,          calib,       shard, batch, group, accumulation,
-                         cfg.surgeon.keep_activations_mb, grid.stage, grid.stages, &pipe, &world};
+  AllocationContext actx{m, groups, calib, shard, batch, group, accumulation, cfg.surgeon.keep_activations_mb,
+                         grid.stage, grid.stages, &pipe, &world};
   const Allocation allocation = allocate_sparsity(cfg, pattern, actx);
   if (!allocation.record.empty()) {
     nlohmann::json rec = allocation.record;
     rec["config_hash"] = id.config_hash;
     metrics.write(rec);
+    const auto [lo, hi] = allocation.range();
     if (world.is_root())
       log::info("allocation {}: sparsities from {:.4f} to {:.4f}, mean {:.4f}, parameter-weighted {:.4f} ({:.1f} s)",
-                allocation.method, allocation.range().first, allocation.range().second,
+                allocation.method, lo, hi,
                 allocation.record.at("mean_sparsity").get<double>(),
                 allocation.record.at("weighted_sparsity").get<double>(), allocation.seconds);
   }

@@ -88,6 +88,13 @@ inline std::string read_bytes(const fs::path& p) {
   return {std::istreambuf_iterator<char>(f), {}};
 }
 
+// A shell command line running `args` (each quoted) with passive OpenMP waiting, for run().
+inline std::string shell_command(const std::vector<std::string>& args) {
+  std::string cmd = "OMP_WAIT_POLICY=PASSIVE ";
+  for (const auto& s : args) cmd += "'" + s + "' ";
+  return cmd;
+}
+
 // The records of a metrics file (JSON lines) with the given event.
 inline std::vector<nlohmann::json> records(const fs::path& metrics, const std::string& event) {
   std::vector<nlohmann::json> out;

@@ -21,12 +21,6 @@ std::vector<std::string> alloc_args(const fs::path& out, const std::vector<std::
   return a;
 }
 
-std::string command(const std::vector<std::string>& a) {
-  std::string cmd = "OMP_WAIT_POLICY=PASSIVE ";
-  for (const auto& s : a) cmd += "'" + s + "' ";
-  return cmd;
-}
-
 TEST(AllocationCli, OwlGivesEachBlockItsSparsityWithWanda) {
   NEED_SHARED();
   const auto dir = temp_dir("al_owl");
@@ -113,7 +107,7 @@ TEST(AllocationCli, SensitivityPerMatrixWeightedHitsTheTarget) {
     }
   // A second run at another sparsity reads the cached traces: the same scores, no passes.
   const auto again = dir / "again";
-  const auto r = run(command(alloc_args(again, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
+  const auto r = run(shell_command(alloc_args(again, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
                                                 "allocation.granularity=matrix", "prune.sparsity=0.6",
                                                 "allocation.hutchinson_samples=1", "allocation.traces=" + traces})));
   ASSERT_EQ(r.code, 0) << r.out;
@@ -123,13 +117,13 @@ TEST(AllocationCli, SensitivityPerMatrixWeightedHitsTheTarget) {
     EXPECT_EQ(second["matrices"][i]["score"], alloc[0]["matrices"][i]["score"]) << i;
   // Other probes: estimated anew, and the file now holds those.
   const auto third = dir / "third";
-  const auto r3 = run(command(alloc_args(third, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
+  const auto r3 = run(shell_command(alloc_args(third, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
                                                  "allocation.hutchinson_samples=2", "allocation.traces=" + traces})));
   ASSERT_EQ(r3.code, 0) << r3.out;
   EXPECT_NE(r3.out.find("estimating anew"), std::string::npos) << r3.out;
   // A file that is not a trace file is an input error naming the key.
   std::ofstream(dir / "bad.json") << "{not json";
-  const auto bad = run(command(alloc_args(dir / "bad", {"prune.allocation=sensitivity",
+  const auto bad = run(shell_command(alloc_args(dir / "bad", {"prune.allocation=sensitivity",
                                                         "allocation.traces=" + (dir / "bad.json").string()})));
   EXPECT_EQ(bad.code, 2) << bad.out;
   EXPECT_NE(bad.out.find("allocation.traces"), std::string::npos) << bad.out;
@@ -153,7 +147,7 @@ TEST(AllocationCli, BadSettingsExit2NamingTheKey) {
   int i = 0;
   for (const auto& [extra, key] : cases) {
     const auto dir = temp_dir("al_bad" + std::to_string(i++));
-    const auto r = run(command(alloc_args(dir, extra)));
+    const auto r = run(shell_command(alloc_args(dir, extra)));
     EXPECT_EQ(r.code, 2) << key << "\n" << r.out;
     EXPECT_NE(r.out.find(key), std::string::npos) << key << "\n" << r.out;
     EXPECT_FALSE(fs::exists(dir / "model")) << key;
@@ -177,7 +171,7 @@ TEST(AllocationDist, OneTwoAndFourRanksAllocateAndPruneTheSame) {
                                          "allocation.hutchinson_samples=1", "determinism=strict",
                                          "parallel.stages=" + std::to_string(stages)});
       a.insert(a.end(), rest.begin(), rest.end());
-      const auto r = run(command(a));
+      const auto r = run(shell_command(a));
       ASSERT_EQ(r.code, 0) << r.out;
       auto rec = records(dir / "metrics.jsonl", "allocation").at(0);
       for (const char* k : {"time", "seconds", "passes_s"}) rec.erase(k);

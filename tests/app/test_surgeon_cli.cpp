@@ -160,8 +160,7 @@ TEST(SurgeonCli, BadSettingsExit2NamingTheKey) {
   for (const auto& [extra, key] : cases) {
     const auto dir = temp_dir("sg_bad" + std::to_string(i++));
     auto a = surgeon_args(dir, "opt-mini", extra);
-    std::string cmd;
-    for (const auto& s : a) cmd += "'" + s + "' ";
+    const auto cmd = shell_command(a);
     const auto r = run(cmd);
     EXPECT_EQ(r.code, 2) << cmd << "\n" << r.out;
     EXPECT_NE(r.out.find(key), std::string::npos) << key << "\n" << r.out;
@@ -186,9 +185,7 @@ TEST(SurgeonDist, SampledFisherIsRankInvariantAndNotEmpirical) {
     const auto rest = surgeon_args(dir, "opt-mini", {"prune.sparsity=0.3", "surgeon.shots=1", "determinism=strict",
                                                      std::string("surgeon.fisher=") + fisher});
     a.insert(a.end(), rest.begin(), rest.end());
-    std::string cmd = "OMP_WAIT_POLICY=PASSIVE ";
-    for (const auto& s : a) cmd += "'" + s + "' ";
-    const auto r = run(cmd);
+    const auto r = run(shell_command(a));
     ASSERT_EQ(r.code, 0) << r.out;
     models[name] = read_bytes(dir / "model/model.safetensors");
     fs::remove_all(dir);
@@ -206,9 +203,7 @@ TEST(SurgeonDist, OneTwoAndFourRanksGiveTheSameModel) {
     std::vector<std::string> a{kMpiexec, "-n", std::to_string(ranks), "--oversubscribe"};
     const auto rest = surgeon_args(dir, "opt-mini", extra);
     a.insert(a.end(), rest.begin(), rest.end());
-    std::string cmd = "OMP_WAIT_POLICY=PASSIVE ";
-    for (const auto& s : a) cmd += "'" + s + "' ";
-    const auto r = run(cmd);
+    const auto r = run(shell_command(a));
     ASSERT_EQ(r.code, 0) << r.out;
     const auto got = read_bytes(dir / "model/model.safetensors");
     if (ranks == 1) want = got;
