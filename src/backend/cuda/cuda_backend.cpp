@@ -430,6 +430,109 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // ---- backward (LLM Surgeon's gradients) ----
+  void layer_norm_backward(const Tensor& x, const Tensor* w, float eps, const Tensor& dy, Tensor& dx) override {
+    check_2d(x, "layer_norm_backward x");
+    check_f32(dy, "layer_norm_backward dy");
+    check_f32(dx, "layer_norm_backward dx");
+    const auto n = x.size(0), d = x.size(1);
+    SCALPEL_CHECK(dy.numel() == x.numel() && dx.numel() == x.numel() && (!w || w->numel() == d),
+                  "layer_norm_backward x {} dy {} dx {}", shape_str(x.shape()), shape_str(dy.shape()),
+                  shape_str(dx.shape()));
+    cuda::layer_norm_backward(x.f32(), w ? w->f32() : nullptr, eps, dy.f32(), dx.f32(), n, d);
+    launched("layer_norm_backward");
+  }
+  void rms_norm_backward(const Tensor& x, const Tensor& w, float eps, const Tensor& dy, Tensor& dx) override {
+    check_2d(x, "rms_norm_backward x");
+    check_f32(dy, "rms_norm_backward dy");
+    check_f32(dx, "rms_norm_backward dx");
+    const auto n = x.size(0), d = x.size(1);
+    SCALPEL_CHECK(dy.numel() == x.numel() && dx.numel() == x.numel() && w.numel() == d, "rms_norm_backward x {} w {}",
+                  shape_str(x.shape()), shape_str(w.shape()));
+    cuda::rms_norm_backward(x.f32(), w.f32(), eps, dy.f32(), dx.f32(), n, d);
+    launched("rms_norm_backward");
+  }
+  void relu_backward(const Tensor& pre, Tensor& dy) override {
+    check_f32(pre, "relu_backward pre");
+    check_f32(dy, "relu_backward dy");
+    SCALPEL_CHECK(pre.numel() == dy.numel(), "relu_backward {} {}", shape_str(pre.shape()), shape_str(dy.shape()));
+    cuda::relu_backward(pre.f32(), dy.f32(), dy.numel());
+    launched("relu_backward");
+  }
+  void gelu_backward(const Tensor& pre, Tensor& dy) override {
+    check_f32(pre, "gelu_backward pre");
+    check_f32(dy, "gelu_backward dy");
+    SCALPEL_CHECK(pre.numel() == dy.numel(), "gelu_backward {} {}", shape_str(pre.shape()), shape_str(dy.shape()));
+    cuda::gelu_backward(pre.f32(), dy.f32(), dy.numel());
+    launched("gelu_backward");
+  }
+  void silu_mul_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
+                         Tensor& dup) override {
+    for (const Tensor* t : {&gate, &up, &dout, static_cast<const Tensor*>(&dgate), static_cast<const Tensor*>(&dup)}) {
+      check_f32(*t, "silu_mul_backward");
+      SCALPEL_CHECK(t->numel() == gate.numel(), "silu_mul_backward {} against gate {}", shape_str(t->shape()),
+                    shape_str(gate.shape()));
+    }
+    cuda::silu_mul_backward(gate.f32(), up.f32(), dout.f32(), dgate.f32(), dup.f32(), gate.numel());
+    launched("silu_mul_backward");
+  }
+
+  // Per sequence, with the forward's batching (query heads h = kv·group + g, one strided batch over
+  // the kv heads per g): dV += Pᵀ dO and dP = dO Vᵀ per head, dS = P ∘ (dP - rowsum(P ∘ dP)) for all
+  // heads, then dQ = scale dS K and dK += scale dSᵀ Q. A kv head's dK and dV sum its query heads in
+  // the order g = 0, 1, ... (fixed: the bits repeat).
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& dout,
+                          const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv) override {
+    op_checks::attention(q, k, v, s, dout, &probs);
+    SCALPEL_CHECK(dq.numel() == q.numel() && dk.numel() == k.numel() && dv.numel() == v.numel(),
+                  "attention_backward gradient shapes");
+    const auto T = s.seqlen, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
+    const std::int64_t ldq = H * hd, ldk = KV * hd, group = H / KV;
+    const bool tf = opt_.tf32_forward;
+    check_cuda(cudaMemsetAsync(dk.raw(), 0, dk.nbytes()), "MemsetAsync");
+    check_cuda(cudaMemsetAsync(dv.raw(), 0, dv.nbytes()), "MemsetAsync");
+    Tensor ds = empty({H, T, T});
+    for (std::int64_t b = 0; b < s.batch; ++b) {
+      const float* p = probs.f32() + b * H * T * T;
+      const float* qb = q.f32() + b * T * ldq;
+      const float* kb = k.f32() + b * T * ldk;
+      const float* vb = v.f32() + b * T * ldk;
+      const float* dob = dout.f32() + b * T * ldq;
+      float* dqb = dq.f32() + b * T * ldq;
+      float* dkb = dk.f32() + b * T * ldk;
+      float* dvb = dv.f32() + b * T * ldk;
+      for (std::int64_t g = 0; g < group; ++g) {
+        rm_gemm_batched(true, false, T, hd, T, 1.0f, p + g * T * T, T, group * T * T, dob + g * hd, ldq, group * hd, 1.0f,
+                        dvb, ldk, hd, KV, tf);
+        rm_gemm_batched(false, true, T, T, hd, 1.0f, dob + g * hd, ldq, group * hd, vb, ldk, hd, 0.0f,
+                        ds.f32() + g * T * T, T, group * T * T, KV, tf);
+      }
+      cuda::causal_softmax_backward(p, ds.f32(), H, T);
+      launched("causal_softmax_backward");
+      for (std::int64_t g = 0; g < group; ++g) {
+        rm_gemm_batched(false, false, T, hd, T, s.scale, ds.f32() + g * T * T, T, group * T * T, kb, ldk, hd, 0.0f,
+                        dqb + g * hd, ldq, group * hd, KV, tf);
+        rm_gemm_batched(true, false, T, hd, T, s.scale, ds.f32() + g * T * T, T, group * T * T, qb + g * hd, ldq,
+                        group * hd, 1.0f, dkb, ldk, hd, KV, tf);
+      }
+    }
+  }
+
+  void nll_backward(Tensor& logits, std::span<const std::int32_t> targets, float scale,
+                    std::span<double> loss) override {
+    check_2d(logits, "nll_backward logits");
+    const auto n = logits.size(0), V = logits.size(1);
+    SCALPEL_CHECK(static_cast<std::int64_t>(targets.size()) == n && static_cast<std::int64_t>(loss.size()) == n,
+                  "nll_backward: {} targets, {} losses for {} rows", targets.size(), loss.size(), n);
+    for (const auto t : targets) SCALPEL_CHECK(t < V, "nll_backward target {} of vocab {}", t, V);
+    const Tensor dt = upload_exact(Tensor::wrap(const_cast<std::int32_t*>(targets.data()), {n}, DType::i32));
+    Tensor res = empty({n}, DType::f64);
+    cuda::nll_backward_rows(logits.f32(), dt.data<std::int32_t>(), scale, res.data<double>(), n, V);
+    launched("nll_backward");
+    const Tensor h = download(res);
+    std::memcpy(loss.data(), h.raw(), static_cast<std::size_t>(n) * sizeof(double));
+  }
+
   // ---- factorisations ----
   // Row-major a is the column-major aᵀ = a (symmetric): the column-major LOWER factor L (a = L Lᵀ)
   // reads row-major as U = Lᵀ (a = UᵀU), and the column-major UPPER one as a row-major lower L.
@@ -533,6 +636,109 @@ class CudaBackend final : public Backend {
     else
       cuda::mirror_lower_to_upper(f.f32(), n);
     launched("mirror");
+  }
+
+  // ---- LLM Surgeon's linear algebra ----
+  // a (host or device f64) becomes a⁻¹ by cuSOLVER's potrf and potri in float64 on the GPU.
+  bool spd_inverse_f64(Tensor& a) override {
+    SCALPEL_CHECK(a.dim() == 2 && a.size(0) == a.size(1) && a.dtype() == DType::f64, "spd_inverse_f64 of {} {}",
+                  dtype_name(a.dtype()), shape_str(a.shape()));
+    const auto n = a.size(0);
+    if (n == 0) return true;
+    Tensor d = a.device() == Device::cuda ? a : upload_exact(a);
+    double* p = d.data<double>();
+    const int ni = as_int(n, "n");
+    int lwork = 0, lwork_i = 0;
+    // Column-major lower = row-major upper (a is symmetric): potri leaves the row-major upper triangle.
+    check_cusolver(cusolverDnDpotrf_bufferSize(solver_, CUBLAS_FILL_MODE_LOWER, ni, p, ni, &lwork), "Dpotrf size");
+    check_cusolver(cusolverDnDpotri_bufferSize(solver_, CUBLAS_FILL_MODE_LOWER, ni, p, ni, &lwork_i), "Dpotri size");
+    Tensor work = empty({static_cast<std::int64_t>(std::max({lwork, lwork_i, 1}))}, DType::f64);
+    check_cusolver(cusolverDnDpotrf(solver_, CUBLAS_FILL_MODE_LOWER, ni, p, ni, work.data<double>(), lwork,
+                                    info_.data<int>()),
+                   "Dpotrf");
+    if (read_info() != 0) return false;
+    check_cusolver(cusolverDnDpotri(solver_, CUBLAS_FILL_MODE_LOWER, ni, p, ni, work.data<double>(), lwork_i,
+                                    info_.data<int>()),
+                   "Dpotri");
+    if (read_info() != 0) return false;
+    cuda::fill_lower_from_upper_f64(p, n);
+    launched("fill_lower_from_upper_f64");
+    if (!all_finite(d)) return false;
+    if (a.device() != Device::cuda)
+      check_cuda(cudaMemcpy(a.raw(), d.raw(), a.nbytes(), cudaMemcpyDeviceToHost), "Memcpy to host");
+    return true;
+  }
+
+  // Each a[i] becomes its row-major lower factor (the column-major upper one of cuSOLVER). The
+  // factorisations are enqueued one after another and their info words read once at the end; a
+  // factor depends only on its own matrix.
+  void cholesky_batch(std::span<Tensor> a, std::span<std::uint8_t> ok) override {
+    SCALPEL_CHECK(ok.size() == a.size(), "cholesky_batch: {} flags for {} matrices", ok.size(), a.size());
+    int lwork = 1;
+    for (auto& t : a) {
+      check_2d(t, "cholesky_batch A");
+      SCALPEL_CHECK(t.size(0) == t.size(1), "cholesky_batch of a non-square {}", shape_str(t.shape()));
+      int lw = 0;
+      const int n = as_int(t.size(0), "n");
+      if (n > 0)
+        check_cusolver(cusolverDnSpotrf_bufferSize(solver_, CUBLAS_FILL_MODE_UPPER, n, t.f32(), n, &lw), "potrf size");
+      lwork = std::max(lwork, lw);
+    }
+    if (a.empty()) return;
+    Tensor work = empty({lwork});
+    Tensor infos = zeros({static_cast<std::int64_t>(a.size())}, DType::i32);
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      const int n = as_int(a[i].size(0), "n");
+      if (n > 0)
+        check_cusolver(cusolverDnSpotrf(solver_, CUBLAS_FILL_MODE_UPPER, n, a[i].f32(), n, work.f32(), lwork,
+                                        infos.data<int>() + i),
+                       "Spotrf");
+    }
+    const Tensor h = download(infos);
+    for (std::size_t i = 0; i < a.size(); ++i) ok[i] = h.data<int>()[i] == 0;
+  }
+
+  // b [n, k] (row-major, the column-major [k, n]) through potrs: k = 1 as it is, else transposed
+  // into a column-major [n, k] copy and back.
+  void potrs_upper(const float* l, std::int64_t n, Tensor& b) {
+    const auto k = b.numel() / n;
+    const int ni = as_int(n, "n"), ki = as_int(k, "k");
+    Tensor bt = k == 1 ? b : empty({k, n});
+    const float one = 1.0f, zero = 0.0f;
+    math(false);
+    if (k > 1)  // column-major [n, k] = transpose of column-major [k, n]
+      check_cublas(cublasSgeam(blas_, CUBLAS_OP_T, CUBLAS_OP_N, ni, ki, &one, b.f32(), ki, &zero, bt.f32(), ni,
+                               bt.f32(), ni),
+                   "Sgeam");
+    check_cusolver(cusolverDnSpotrs(solver_, CUBLAS_FILL_MODE_UPPER, ni, ki, l, ni, bt.f32(), ni, info_.data<int>()),
+                   "Spotrs");
+    const int info = read_info();
+    SCALPEL_CHECK(info == 0, "spotrs info {}", info);
+    if (k > 1)
+      check_cublas(cublasSgeam(blas_, CUBLAS_OP_T, CUBLAS_OP_N, ki, ni, &one, bt.f32(), ni, &zero, b.f32(), ki, b.f32(),
+                               ki),
+                   "Sgeam");
+  }
+
+  void cholesky_solve(const Tensor& l, Tensor& b) override {
+    check_2d(l, "cholesky_solve L");
+    check_f32(b, "cholesky_solve B");
+    const auto n = l.size(0);
+    SCALPEL_CHECK(l.size(1) == n && b.size(0) == n, "cholesky_solve L {} B {}", shape_str(l.shape()),
+                  shape_str(b.shape()));
+    if (n == 0 || b.numel() == 0) return;
+    potrs_upper(l.f32(), n, b);
+  }
+
+  bool spd_solve(Tensor& a, Tensor& b) override {
+    check_2d(a, "spd_solve A");
+    check_f32(b, "spd_solve B");
+    const auto n = a.size(0);
+    SCALPEL_CHECK(a.size(1) == n && b.size(0) == n, "spd_solve A {} B {}", shape_str(a.shape()), shape_str(b.shape()));
+    if (n == 0 || b.numel() == 0) return true;
+    if (!potrf(a.f32(), n, CUBLAS_FILL_MODE_UPPER)) return false;
+    potrs_upper(a.f32(), n, b);
+    return all_finite(b);
   }
 
   // ---- pruning ----

@@ -45,6 +45,17 @@ void silu_mul(const float* g, const float* u, float* out, i64 n);
 void rope(float* x, i64 rows, i64 seqlen, i64 heads, i64 head_dim, const float* cos, const float* sin);
 void embedding(const std::int32_t* ids, const float* table, float* out, i64 n, i64 d);
 
+// Backward (LLM Surgeon's gradients; kernels_backward.cu). dx may alias dy in the norms.
+void layer_norm_backward(const float* x, const float* w, float eps, const float* dy, float* dx, i64 n, i64 d);
+void rms_norm_backward(const float* x, const float* w, float eps, const float* dy, float* dx, i64 n, i64 d);
+void relu_backward(const float* pre, float* dy, i64 n);
+void gelu_backward(const float* pre, float* dy, i64 n);
+void silu_mul_backward(const float* g, const float* u, const float* dout, float* dg, float* du, i64 n);
+// dp (dO·Vᵀ per t x t matrix) becomes dS = P ∘ (dP - rowsum(P ∘ dP)) on the causal half, 0 above it.
+void causal_softmax_backward(const float* p, float* dp, i64 matrices, i64 t);
+void nll_backward_rows(float* logits, const std::int32_t* targets, float scale, double* loss, i64 n, i64 v);
+void fill_lower_from_upper_f64(double* a, i64 n);  // a[i, j] = a[j, i] for i > j
+
 // Pruning.
 // Dead diagonal entries (== 0) become 1 and are flagged; writes sum of the diagonal (after that)
 // and the dead count into sums[0] and counts[0].
