@@ -22,6 +22,12 @@ else
 fi
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j 2 --timeout 900
 
+# A machine without nvcc builds the CPU-only variant: compile the libraries whose code differs
+# there (the #if SCALPEL_HAVE_CUDA / NCCL branches), so that build cannot silently break.
+cmake -S . -B "$BUILD_DIR-nocuda" -DSCALPEL_CUDA=OFF -DSCALPEL_BUILD_TESTS=OFF -DSCALPEL_BUILD_BENCHMARKS=OFF \
+  -DCMAKE_BUILD_TYPE=Release > /dev/null
+cmake --build "$BUILD_DIR-nocuda" --target scalpel_backend scalpel_dist -j 2
+
 FUZZ_SECONDS=${SCALPEL_FUZZ_SECONDS:-60}
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   scripts/fuzz.sh "$FUZZ_SECONDS"

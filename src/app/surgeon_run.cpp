@@ -196,6 +196,14 @@ nlohmann::json linear_stats(const Tensor& wb, const model::LinearSpec& lin, std:
           {"w_sum", sum}, {"w_sumsq", sumsq}};
 }
 
+// A host tensor's values all finite (the cpu backend's threaded check where it computes).
+bool all_finite_host(Backend& be, const Tensor& t) {
+  if (be.device() == Device::cpu) return be.all_finite(t);
+  for (std::int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(t.f32()[i])) return false;
+  return true;
+}
+
 std::int64_t weights_of(const std::vector<Tensor>& wbs) {
   std::int64_t n = 0;
   for (const auto& w : wbs) n += w.numel();
@@ -209,8 +217,7 @@ struct SurgeonRun {
   const Config& cfg;
   dist::Comm& world;
   dist::Comm& group;
-  Backend& be;      // the model's passes and the Kronecker factor sums
-  Backend& solver;  // the per-shot linear algebra on host tensors (be itself on device: cpu)
+  Backend& be;
   model::Model& m;
   const CalibrationWindows& calib;
   WindowRange shard;
@@ -267,7 +274,7 @@ std::vector<sg::Scored> score_all(SurgeonRun& r, std::int64_t shot, ShotCurvatur
       std::tie(lins[i].a, lins[i].g) = curv->factors(i, tokens);
       means_s += tm.seconds();
     }
-    scored.push_back(sg::score(r.solver, lins[i], r.opt));
+    scored.push_back(sg::score(r.be, lins[i], r.opt));
     lins[i].a = lins[i].g = Tensor();  // the update needs the f32 inverses only
   }
   phases["means_s"] = means_s;
@@ -299,13 +306,13 @@ nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& w
   nlohmann::json removed = nlohmann::json::object(), per_linear = nlohmann::json::object();
   for (std::size_t i = 0; i < lins.size(); ++i) {
     r.watchdog.beat("update", r.targets[i].layer);
-    sg::update(r.solver, lins[i], scored[i], removal[i], r.opt);
+    sg::update(r.be, lins[i], scored[i], removal[i], r.opt);
     removed[r.targets[i].label()] = removal[i].removed;
     wbs[i] = lins[i].w;
   }
   phases["update_s"] = t.seconds();
   for (std::size_t i = 0; i < lins.size(); ++i) {
-    if (!r.solver.all_finite(wbs[i])) SCALPEL_RUNTIME_ERROR("shot {} {}: non-finite weights after the update", shot,
+    if (!all_finite_host(r.be, wbs[i])) SCALPEL_RUNTIME_ERROR("shot {} {}: non-finite weights after the update", shot,
                                                          r.targets[i].label());
     per_linear[r.targets[i].label()] = linear_stats(wbs[i], r.targets[i].linear, removal[i].removed);
   }
@@ -418,13 +425,9 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   const auto grid = dist::make_grid(world, 1, cfg.parallel.data);
   auto backend = make_rank_backend(cfg, place);
   Backend& be = *backend;
-  // On a GPU the passes and factor sums run there; the per-shot inverses, costs and updates work
-  // on host tensors, through a cpu backend beside it.
-  auto host_backend = be.device() == Device::cpu ? nullptr : make_cpu_backend(threads_per_rank(cfg.threads, place.local_ranks));
-  Backend& solver = host_backend ? *host_backend : be;
-  if (host_backend)
-    log::warn("LLM Surgeon on device: cuda: forward, backward and factor sums on the GPU, the per-shot linear "
-              "algebra on the CPU; this path has not been validated on a GPU in this release (README, LLM Surgeon)");
+  if (be.device() != Device::cpu)
+    log::warn("LLM Surgeon on device: {} has not been validated on a GPU in this release (README, LLM Surgeon)",
+              cfg.device);
   auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   const auto opt = surgeon_options(cfg);
@@ -464,7 +467,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   Metrics metrics;
   if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((out_dir / cfg.output.metrics).string());
   Watchdog watchdog(cfg.parallel.watchdog_seconds, world.rank());
-  SurgeonRun run{cfg, world, *grid.data_group, be, solver, m, calib, shard, targets, opt,
+  SurgeonRun run{cfg, world, *grid.data_group, be, m, calib, shard, targets, opt,
                  cfg.determinism == "strict" ? prune::Accumulation::exact : prune::Accumulation::sum,
                  metrics, watchdog, id.config_hash, {}};
   Progress progress("surgeon", K, "shots", cfg.log.progress_seconds, world.is_root());

@@ -26,7 +26,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOp
     return make_cuda_backend(options);
 #else
     SCALPEL_INPUT_ERROR("device 'cuda': this scalpel was built without the CUDA backend "
-                        "(configure on a machine with nvcc; see README, "GPUs (CUDA)")");
+                        "(configure on a machine with nvcc; see README, 'GPUs (CUDA)')");
 #endif
   }
   SCALPEL_INPUT_ERROR("device '{}' is not one of: cpu, cuda", device);
@@ -71,6 +71,22 @@ void Backend::diagonal(const Tensor& a, Tensor& out) {
 
 void Backend::cholesky_batch(std::span<Tensor>, std::span<std::uint8_t>) { no_backward(*this, "cholesky_batch"); }
 void Backend::cholesky_solve(const Tensor&, Tensor&) { no_backward(*this, "cholesky_solve"); }
+void Backend::gather(const Tensor&, std::span<const std::int64_t>, std::span<const std::int64_t>, Tensor&, bool) {
+  no_backward(*this, "gather");
+}
+void Backend::scatter(const Tensor&, std::span<const std::int64_t>, std::span<const std::int64_t>, Tensor&) {
+  no_backward(*this, "scatter");
+}
+void Backend::gather_pairs(const Tensor&, std::span<const std::int64_t>, std::span<const std::int64_t>, Tensor&) {
+  no_backward(*this, "gather_pairs");
+}
+void Backend::scatter_pairs(const Tensor&, std::span<const std::int64_t>, std::span<const std::int64_t>, Tensor&) {
+  no_backward(*this, "scatter_pairs");
+}
+void Backend::kron_pairs(const Tensor&, const Tensor&, std::span<const std::int64_t>, std::span<const std::int64_t>,
+                         Tensor&) {
+  no_backward(*this, "kron_pairs");
+}
 void Backend::nll_backward(Tensor&, std::span<const std::int32_t>, float, std::span<double>) {
   no_backward(*this, "nll_backward");
 }

@@ -146,4 +146,38 @@ inline void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out)
                 "rowwise_dot {} . {} into {}", shape_str(a.shape()), shape_str(b.shape()), out.size());
 }
 
+
+// Indices of the gathers and scatters lie inside the matrix they address.
+inline void indices(std::span<const std::int64_t> idx, std::int64_t bound, const char* what) {
+  for (const auto v : idx) SCALPEL_CHECK(v >= 0 && v < bound, "{}: index {} outside [0, {})", what, v, bound);
+}
+
+inline void gather(const Tensor& a, std::span<const std::int64_t> rows, std::span<const std::int64_t> cols,
+                   const Tensor& out, const char* what) {
+  SCALPEL_CHECK(a.dim() == 2 && out.numel() == static_cast<std::int64_t>(rows.size() * cols.size()),
+                "{}: {} at {} x {} indices into {}", what, shape_str(a.shape()), rows.size(), cols.size(),
+                shape_str(out.shape()));
+  indices(rows, a.size(0), what);
+  indices(cols, a.size(1), what);
+}
+
+inline void pairs(const Tensor& a, std::span<const std::int64_t> i, std::span<const std::int64_t> j, std::int64_t n,
+                  const char* what) {
+  SCALPEL_CHECK(a.dim() == 2 && i.size() == j.size() && n == static_cast<std::int64_t>(i.size()),
+                "{}: {} with {} and {} indices for {} values", what, shape_str(a.shape()), i.size(), j.size(), n);
+  indices(i, a.size(0), what);
+  indices(j, a.size(1), what);
+}
+
+inline void kron_pairs(const Tensor& g, const Tensor& a, std::span<const std::int64_t> i,
+                       std::span<const std::int64_t> j, const Tensor& out) {
+  const auto n = static_cast<std::int64_t>(i.size());
+  SCALPEL_CHECK(g.dim() == 2 && a.dim() == 2 && g.size(0) == g.size(1) && a.size(0) == a.size(1) && i.size() == j.size() &&
+                    out.numel() == n * n,
+                "kron_pairs: G {} A {} at {} pairs into {}", shape_str(g.shape()), shape_str(a.shape()), n,
+                shape_str(out.shape()));
+  indices(i, g.size(0), "kron_pairs rows");
+  indices(j, a.size(0), "kron_pairs columns");
+}
+
 }  // namespace scalpel::op_checks

@@ -109,9 +109,14 @@ void structured_costs(Backend& be, const Linear& l, Scored& s, Cost cost) {
     for (auto& v : rq) v = std::sqrt(v);
     for (auto& v : cq) v = std::sqrt(v);
   } else {
-    Tensor wa = Tensor::empty({nr, nc}), gw = Tensor::empty({nr, nc});
-    be.gemm(Trans::no, Trans::no, 1.0f, w, gather(l.a, s.cols, s.cols), 0.0f, wa);
-    be.gemm(Trans::no, Trans::no, 1.0f, gather(l.g, s.rows, s.rows), w, 0.0f, gw);
+    // The two products on the backend (host tensors go to its device and back).
+    const auto on = [&](const Tensor& t) { return be.device() == Device::cpu ? t : be.upload(t); };
+    const Tensor wd = on(w);
+    Tensor wa = be.empty({nr, nc}), gw = be.empty({nr, nc});
+    be.gemm(Trans::no, Trans::no, 1.0f, wd, on(gather(l.a, s.cols, s.cols)), 0.0f, wa);
+    be.gemm(Trans::no, Trans::no, 1.0f, on(gather(l.g, s.rows, s.rows)), wd, 0.0f, gw);
+    wa = be.download(wa);
+    gw = be.download(gw);
     for (std::int64_t i = 0; i < nr; ++i)
       for (std::int64_t j = 0; j < nc; ++j) {
         const double v = w.f32()[i * nc + j];

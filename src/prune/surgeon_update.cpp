@@ -14,47 +14,55 @@ namespace {
 
 using Index = std::vector<std::int64_t>;
 
-// The alive sub-problem of a linear: W and the accumulated update ΔW, [ra, ca].
-struct Sub {
-  Tensor w, dw;
-  std::int64_t ra = 0, ca = 0;
-  float& W(std::int64_t i, std::int64_t j) const { return w.f32()[i * ca + j]; }
-  float& D(std::int64_t i, std::int64_t j) const { return dw.f32()[i * ca + j]; }
-};
-
-Sub make_sub(const Linear& l, const Scored& s) {
-  Sub u;
-  u.ra = static_cast<std::int64_t>(s.rows.size());
-  u.ca = static_cast<std::int64_t>(s.cols.size());
-  u.w = Tensor::empty({u.ra, u.ca});
-  u.dw = Tensor::zeros({u.ra, u.ca});
-  const auto C = l.w.size(1);
-  for (std::int64_t i = 0; i < u.ra; ++i)
-    for (std::int64_t j = 0; j < u.ca; ++j)
-      u.W(i, j) = l.w.f32()[s.rows[static_cast<std::size_t>(i)] * C + s.cols[static_cast<std::size_t>(j)]];
-  return u;
-}
-
-// W += ΔW on the alive entries of l.w.
-void write_back(Linear& l, const Scored& s, const Sub& u) {
-  const auto C = l.w.size(1);
-  for (std::int64_t i = 0; i < u.ra; ++i)
-    for (std::int64_t j = 0; j < u.ca; ++j)
-      l.w.f32()[s.rows[static_cast<std::size_t>(i)] * C + s.cols[static_cast<std::size_t>(j)]] = u.W(i, j) + u.D(i, j);
-}
-
-Tensor pick(const Tensor& m, const Index& rows, const Index& cols) {
-  const auto ld = m.size(1);
-  Tensor out = Tensor::empty({static_cast<std::int64_t>(rows.size()), static_cast<std::int64_t>(cols.size())});
-  for (std::size_t i = 0; i < rows.size(); ++i)
-    for (std::size_t j = 0; j < cols.size(); ++j) out.f32()[i * cols.size() + j] = m.f32()[rows[i] * ld + cols[j]];
-  return out;
-}
+// A host tensor where be computes: itself on the cpu backend (read only there), a device copy
+// otherwise.
+Tensor on(Backend& be, const Tensor& host) { return be.device() == Device::cpu ? host : be.upload(host); }
 
 Index iota(std::int64_t n) {
   Index v(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
   return v;
+}
+
+// The alive sub-problem of a linear on the backend: W and the accumulated update ΔW [ra, ca], and
+// the f32 inverses Ĝ⁻¹ [ra, ra] and Â⁻¹ [ca, ca].
+struct Sub {
+  Tensor w, dw, ginv, ainv;
+  std::int64_t ra = 0, ca = 0;
+};
+
+Sub make_sub(Backend& be, const Linear& l, const Scored& s) {
+  Sub u;
+  u.ra = static_cast<std::int64_t>(s.rows.size());
+  u.ca = static_cast<std::int64_t>(s.cols.size());
+  Tensor w = Tensor::empty({u.ra, u.ca});
+  const auto C = l.w.size(1);
+  for (std::int64_t i = 0; i < u.ra; ++i)
+    for (std::int64_t j = 0; j < u.ca; ++j)
+      w.f32()[i * u.ca + j] = l.w.f32()[s.rows[static_cast<std::size_t>(i)] * C + s.cols[static_cast<std::size_t>(j)]];
+  u.w = be.device() == Device::cpu ? w : be.upload(w);
+  u.dw = be.zeros({u.ra, u.ca});
+  u.ginv = on(be, s.ginv);
+  u.ainv = on(be, s.ainv);
+  return u;
+}
+
+// W += ΔW on the alive entries of l.w.
+void write_back(Backend& be, Linear& l, const Scored& s, const Sub& u) {
+  const Tensor w = be.download(u.w), dw = be.download(u.dw);
+  const auto C = l.w.size(1);
+  for (std::int64_t i = 0; i < u.ra; ++i)
+    for (std::int64_t j = 0; j < u.ca; ++j)
+      l.w.f32()[s.rows[static_cast<std::size_t>(i)] * C + s.cols[static_cast<std::size_t>(j)]] =
+          w.f32()[i * u.ca + j] + dw.f32()[i * u.ca + j];
+}
+
+// m[rows, cols] on the backend, [rows.size(), cols.size()] (or its transpose).
+Tensor pick(Backend& be, const Tensor& m, const Index& rows, const Index& cols, bool transposed = false) {
+  const auto nr = static_cast<std::int64_t>(rows.size()), nc = static_cast<std::int64_t>(cols.size());
+  Tensor out = be.empty(transposed ? scalpel::Shape{nc, nr} : scalpel::Shape{nr, nc});
+  be.gather(m, rows, cols, out, transposed);
+  return out;
 }
 
 // The reference's chunks: consecutive rows of Q grouped while their entries fit max_correlate; a
@@ -79,48 +87,39 @@ std::vector<std::pair<std::size_t, std::size_t>> row_chunks(const std::vector<st
   return out;
 }
 
-using Entries = std::vector<std::pair<std::int64_t, std::int64_t>>;  // (row, column) in the sub-problem
+// A chunk's entries (row, column) in the sub-problem as two index lists, and its distinct rows.
+struct Chunk {
+  Index i, j, rows, local;  // local[k]: the position of i[k] in rows
+  std::int64_t size() const { return static_cast<std::int64_t>(i.size()); }
+};
 
-// C = Ĝ⁻¹[r_Q, r_Q] ∘ Â⁻¹[c_Q, c_Q] of a chunk: it does not depend on the updates of the chunks before
-// it, so a batch of them is built and factorised at once.
-Tensor chunk_matrix(const Scored& s, const Entries& q, std::int64_t ra, std::int64_t ca) {
-  const auto n = static_cast<std::int64_t>(q.size());
-  Tensor cm = Tensor::empty({n, n});
-#pragma omp parallel for schedule(static)
-  for (std::int64_t a = 0; a < n; ++a) {
-    const auto [ia, ja] = q[static_cast<std::size_t>(a)];
-    const float* g = s.ginv.f32() + ia * ra;
-    const float* x = s.ainv.f32() + ja * ca;
-    float* row = cm.f32() + a * n;
-    for (std::int64_t b = 0; b < n; ++b) {
-      const auto [ib, jb] = q[static_cast<std::size_t>(b)];
-      row[b] = g[ib] * x[jb];
-    }
+Chunk make_chunk(const std::vector<std::pair<std::int64_t, std::int64_t>>& q, std::pair<std::size_t, std::size_t> range) {
+  Chunk c;
+  for (std::size_t k = range.first; k < range.second; ++k) {
+    c.i.push_back(q[k].first);
+    c.j.push_back(q[k].second);
+    if (c.rows.empty() || c.rows.back() != q[k].first) c.rows.push_back(q[k].first);
+    c.local.push_back(static_cast<std::int64_t>(c.rows.size()) - 1);
   }
-  return cm;
+  return c;
 }
 
-// With the chunk's factor: λ = C⁻¹ (w_Q + ΔW_Q), then ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹.
-void apply_chunk(Backend& be, const Scored& s, Sub& u, const Entries& q, const Tensor& factor, bool addupdate) {
-  const auto n = static_cast<std::int64_t>(q.size()), ra = u.ra, ca = u.ca;
-  Index rows;
-  std::vector<std::int64_t> local(q.size());
-  for (std::size_t k = 0; k < q.size(); ++k) {
-    if (rows.empty() || rows.back() != q[k].first) rows.push_back(q[k].first);
-    local[k] = static_cast<std::int64_t>(rows.size()) - 1;
-  }
-  Tensor lam = Tensor::empty({n, 1});
-  for (std::int64_t a = 0; a < n; ++a) {
-    const auto [i, j] = q[static_cast<std::size_t>(a)];
-    lam.f32()[a] = u.W(i, j) + (addupdate ? u.D(i, j) : 0.0f);
+// With the chunk's factor of C = Ĝ⁻¹[r_Q, r_Q] ∘ Â⁻¹[c_Q, c_Q]: λ = C⁻¹ (w_Q + ΔW_Q), then
+// ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹.
+void apply_chunk(Backend& be, Sub& u, const Chunk& q, const Tensor& factor, bool addupdate) {
+  const auto n = q.size(), nr = static_cast<std::int64_t>(q.rows.size());
+  Tensor lam = be.empty({n, 1});
+  be.gather_pairs(u.w, q.i, q.j, lam);
+  if (addupdate) {
+    Tensor d = be.empty({n, 1});
+    be.gather_pairs(u.dw, q.i, q.j, d);
+    be.add(lam, d);
   }
   be.cholesky_solve(factor, lam);
-  const auto nr = static_cast<std::int64_t>(rows.size());
-  Tensor big = Tensor::zeros({nr, ca}), t = Tensor::empty({nr, ca});
-  for (std::int64_t k = 0; k < n; ++k)
-    big.f32()[local[static_cast<std::size_t>(k)] * ca + q[static_cast<std::size_t>(k)].second] = lam.f32()[k];
-  be.gemm(Trans::no, Trans::no, 1.0f, big, s.ainv, 0.0f, t);                         // Λ Â⁻¹
-  be.gemm(Trans::no, Trans::no, -1.0f, pick(s.ginv, iota(ra), rows), t, 1.0f, u.dw);  // ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹
+  Tensor big = be.zeros({nr, u.ca}), t = be.empty({nr, u.ca});
+  be.scatter_pairs(lam, q.local, q.j, big);
+  be.gemm(Trans::no, Trans::no, 1.0f, big, u.ainv, 0.0f, t);                                // Λ Â⁻¹
+  be.gemm(Trans::no, Trans::no, -1.0f, pick(be, u.ginv, iota(u.ra), q.rows), t, 1.0f, u.dw);  // ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹
 }
 
 // Chunks factorised this many at a time (their matrices held together: 8 x 16 MB at 2000 entries).
@@ -129,8 +128,8 @@ constexpr std::size_t kChunkBatch = 8;
 void update_elements(Backend& be, Linear& l, const Scored& s, const Removal& r, const Options& o) {
   const auto C = l.w.size(1);
   if (o.cost == Cost::surgeon && !s.rows.empty() && !s.cols.empty()) {
-    Sub u = make_sub(l, s);
-    Entries q;
+    Sub u = make_sub(be, l, s);
+    std::vector<std::pair<std::int64_t, std::int64_t>> q;
     for (std::int64_t i = 0; i < u.ra; ++i)
       for (std::int64_t j = 0; j < u.ca; ++j)
         if (r.mask[static_cast<std::size_t>(s.rows[static_cast<std::size_t>(i)] * C + s.cols[static_cast<std::size_t>(j)])])
@@ -138,12 +137,13 @@ void update_elements(Backend& be, Linear& l, const Scored& s, const Removal& r, 
     const auto ranges = row_chunks(q, o.max_correlate);
     for (std::size_t c0 = 0; c0 < ranges.size(); c0 += kChunkBatch) {
       const std::size_t c1 = std::min(ranges.size(), c0 + kChunkBatch);
-      std::vector<Entries> chunks;
+      std::vector<Chunk> chunks;
       std::vector<Tensor> factors;
       for (std::size_t c = c0; c < c1; ++c) {
-        chunks.emplace_back(q.begin() + static_cast<std::ptrdiff_t>(ranges[c].first),
-                            q.begin() + static_cast<std::ptrdiff_t>(ranges[c].second));
-        factors.push_back(chunk_matrix(s, chunks.back(), u.ra, u.ca));
+        chunks.push_back(make_chunk(q, ranges[c]));
+        const auto n = chunks.back().size();
+        factors.push_back(be.empty({n, n}));
+        be.kron_pairs(u.ginv, u.ainv, chunks.back().i, chunks.back().j, factors.back());
       }
       std::vector<std::uint8_t> ok(factors.size(), 0);
       be.cholesky_batch(factors, ok);
@@ -151,10 +151,10 @@ void update_elements(Backend& be, Linear& l, const Scored& s, const Removal& r, 
         if (!ok[c])
           SCALPEL_RUNTIME_ERROR("{}: the correlated update's system of {} weights is not positive definite", l.name,
                                 chunks[c].size());
-        apply_chunk(be, s, u, chunks[c], factors[c], o.addupdate);
+        apply_chunk(be, u, chunks[c], factors[c], o.addupdate);
       }
     }
-    write_back(l, s, u);
+    write_back(be, l, s, u);
   }
   for (std::size_t k = 0; k < r.mask.size(); ++k)
     if (r.mask[k]) l.w.f32()[k] = 0.0f;
@@ -179,42 +179,47 @@ std::vector<Index> split(const Index& v, std::int64_t size) {
   return out;
 }
 
-void remove_rows(Backend& be, const Linear& l, const Scored& s, Sub& u, const Index& p, bool addupdate) {
-  const auto np = static_cast<std::int64_t>(p.size()), ra = u.ra, ca = u.ca;
-  Tensor m = pick(s.ginv, p, p), x = Tensor::empty({np, ca});
-  for (std::int64_t k = 0; k < np; ++k)
-    for (std::int64_t j = 0; j < ca; ++j)
-      x.f32()[k * ca + j] = u.W(p[static_cast<std::size_t>(k)], j) + (addupdate ? u.D(p[static_cast<std::size_t>(k)], j) : 0.0f);
-  if (!be.spd_solve(m, x)) SCALPEL_RUNTIME_ERROR("{}: the row update's system of {} rows is not positive definite", l.name, np);
-  Tensor d = Tensor::empty({ra, ca});
-  be.gemm(Trans::no, Trans::no, -1.0f, pick(s.ginv, iota(ra), p), x, 0.0f, d);
-  for (const auto i : p)
-    for (std::int64_t j = 0; j < ca; ++j) d.f32()[i * ca + j] = -u.W(i, j);
+// (W + ΔW)[rows, cols] on the backend (ΔW left out without addupdate), or its transpose.
+Tensor current(Backend& be, const Sub& u, const Index& rows, const Index& cols, bool addupdate, bool transposed) {
+  Tensor x = pick(be, u.w, rows, cols, transposed);
+  if (addupdate) be.add(x, pick(be, u.dw, rows, cols, transposed));
+  return x;
+}
+
+// ΔW += d, after d[rows, cols] = -W[rows, cols] (the removed structures end at exactly zero).
+void add_with_removed(Backend& be, Sub& u, Tensor& d, const Index& rows, const Index& cols) {
+  Tensor neg = pick(be, u.w, rows, cols);
+  be.scale(neg, -1.0f);
+  be.scatter(neg, rows, cols, d);
   be.add(u.dw, d);
 }
 
-void remove_cols(Backend& be, const Linear& l, const Scored& s, Sub& u, const Index& p, bool addupdate) {
-  const auto np = static_cast<std::int64_t>(p.size()), ra = u.ra, ca = u.ca;
-  Tensor m = pick(s.ainv, p, p), x = Tensor::empty({np, ra});  // (W + ΔW)_:,Pᵀ
-  for (std::int64_t k = 0; k < np; ++k)
-    for (std::int64_t i = 0; i < ra; ++i)
-      x.f32()[k * ra + i] = u.W(i, p[static_cast<std::size_t>(k)]) + (addupdate ? u.D(i, p[static_cast<std::size_t>(k)]) : 0.0f);
+void remove_rows(Backend& be, const Linear& l, Sub& u, const Index& p, bool addupdate) {
+  const auto np = static_cast<std::int64_t>(p.size());
+  Tensor m = pick(be, u.ginv, p, p), x = current(be, u, p, iota(u.ca), addupdate, false);
+  if (!be.spd_solve(m, x)) SCALPEL_RUNTIME_ERROR("{}: the row update's system of {} rows is not positive definite", l.name, np);
+  Tensor d = be.empty({u.ra, u.ca});
+  be.gemm(Trans::no, Trans::no, -1.0f, pick(be, u.ginv, iota(u.ra), p), x, 0.0f, d);
+  add_with_removed(be, u, d, p, iota(u.ca));
+}
+
+void remove_cols(Backend& be, const Linear& l, Sub& u, const Index& p, bool addupdate) {
+  const auto np = static_cast<std::int64_t>(p.size());
+  Tensor m = pick(be, u.ainv, p, p), x = current(be, u, iota(u.ra), p, addupdate, true);  // (W + ΔW)_:,Pᵀ
   if (!be.spd_solve(m, x))
     SCALPEL_RUNTIME_ERROR("{}: the column update's system of {} columns is not positive definite", l.name, np);
-  Tensor d = Tensor::empty({ra, ca});
-  be.gemm(Trans::yes, Trans::no, -1.0f, x, pick(s.ainv, p, iota(ca)), 0.0f, d);
-  for (std::int64_t i = 0; i < ra; ++i)
-    for (const auto j : p) d.f32()[i * ca + j] = -u.W(i, j);
-  be.add(u.dw, d);
+  Tensor d = be.empty({u.ra, u.ca});
+  be.gemm(Trans::yes, Trans::no, -1.0f, x, pick(be, u.ainv, p, iota(u.ca)), 0.0f, d);
+  add_with_removed(be, u, d, iota(u.ra), p);
 }
 
 void update_structures(Backend& be, Linear& l, const Scored& s, const Removal& r, const Options& o) {
   const Index pr = positions(s.rows, r.rows), pc = positions(s.cols, r.cols);
   if (o.cost == Cost::surgeon && (!pr.empty() || !pc.empty())) {
-    Sub u = make_sub(l, s);
-    for (const auto& p : split(pr, o.max_correlate)) remove_rows(be, l, s, u, p, o.addupdate);
-    for (const auto& p : split(pc, o.max_correlate)) remove_cols(be, l, s, u, p, o.addupdate);
-    write_back(l, s, u);
+    Sub u = make_sub(be, l, s);
+    for (const auto& p : split(pr, o.max_correlate)) remove_rows(be, l, u, p, o.addupdate);
+    for (const auto& p : split(pc, o.max_correlate)) remove_cols(be, l, u, p, o.addupdate);
+    write_back(be, l, s, u);
   }
   const auto C = l.w.size(1);
   for (const auto row : r.rows) std::fill(l.w.f32() + row * C, l.w.f32() + (row + 1) * C, 0.0f);

@@ -5,11 +5,13 @@
 // differences' error ~1e-10 (finite_diff.hpp); a wrong term in a derivative is off by O(1).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "../common/backends.hpp"
 #include "../common/finite_diff.hpp"
 #include "../common/reference.hpp"
+#include "scalpel/core/error.hpp"
 
 namespace scalpel::test {
 namespace {
@@ -193,6 +195,53 @@ TEST_P(BackwardOps, SpdInverseAndChunkSolves) {
   Tensor badinv = Tensor::empty({n, n}, DType::f64);
   std::copy(bad.begin(), bad.end(), badinv.f64());
   EXPECT_FALSE(be->spd_inverse_f64(badinv));
+}
+
+// The sub-problem gathers and scatters of the LLM Surgeon update, against direct indexing.
+TEST_P(BackwardOps, SurgeonIndexOps) {
+  const std::int64_t R = 5, C = 7;
+  const Vec a = random_vec(R * C, 50), g = random_vec(4 * 4, 51), x = random_vec(C * C, 52);
+  const std::vector<std::int64_t> rows{4, 0, 2}, cols{6, 1};
+  Tensor ta = up(a, {R, C});
+  Tensor out = be->empty({3, 2}), outt = be->empty({2, 3});
+  be->gather(ta, rows, cols, out, false);
+  be->gather(ta, rows, cols, outt, true);
+  const Vec o = down(out), ot = down(outt);
+  for (std::size_t i = 0; i < 3; ++i)
+    for (std::size_t j = 0; j < 2; ++j) {
+      EXPECT_EQ(o[i * 2 + j], static_cast<float>(a[rows[i] * C + cols[j]]));
+      EXPECT_EQ(ot[j * 3 + i], o[i * 2 + j]);
+    }
+  Tensor z = be->zeros({R, C});
+  be->scatter(out, rows, cols, z);
+  const Vec zs = down(z);
+  for (std::int64_t r = 0; r < R; ++r)
+    for (std::int64_t c = 0; c < C; ++c) {
+      const bool hit = std::count(rows.begin(), rows.end(), r) && std::count(cols.begin(), cols.end(), c);
+      EXPECT_EQ(zs[r * C + c], hit ? static_cast<float>(a[r * C + c]) : 0.0f) << r << "," << c;
+    }
+  const std::vector<std::int64_t> pi{3, 3, 1}, pj{0, 5, 2};
+  Tensor v = be->empty({3, 1});
+  be->gather_pairs(ta, pi, pj, v);
+  Tensor z2 = be->zeros({R, C});
+  be->scatter_pairs(v, pi, pj, z2);
+  const Vec vs = down(v), z2s = down(z2);
+  for (std::size_t k = 0; k < 3; ++k) {
+    EXPECT_EQ(vs[k], static_cast<float>(a[pi[k] * C + pj[k]]));
+    EXPECT_EQ(z2s[pi[k] * C + pj[k]], vs[k]);
+  }
+  // kron_pairs: entries of G ⊗ X at (row, column) pairs of a 4 x 7 weight.
+  const std::vector<std::int64_t> ki{0, 0, 3, 2}, kj{6, 1, 1, 4};
+  Tensor kp = be->empty({4, 4});
+  be->kron_pairs(up(g, {4, 4}), up(x, {C, C}), ki, kj, kp);
+  const Vec ks = down(kp);
+  for (std::size_t p = 0; p < 4; ++p)
+    for (std::size_t q = 0; q < 4; ++q)
+      EXPECT_EQ(ks[p * 4 + q], static_cast<float>(g[ki[p] * 4 + ki[q]]) * static_cast<float>(x[kj[p] * C + kj[q]]));
+  // An index outside the matrix is refused before anything is read or written.
+  const std::vector<std::int64_t> bad{0, 5};
+  EXPECT_THROW(be->gather(ta, bad, cols, out, false), Error);
+  EXPECT_THROW(be->scatter_pairs(v, pi, std::vector<std::int64_t>{0, 7, 1}, z2), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackwardOps, ::testing::ValuesIn(test_backends()));

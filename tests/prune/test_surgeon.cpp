@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../common/backends.hpp"
 #include "../common/reference.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/prune/kfac.hpp"
@@ -260,11 +261,13 @@ Vec reference_element_update(const Problem& p, const std::vector<std::uint8_t>& 
   return out;
 }
 
-class ElementUpdate : public ::testing::TestWithParam<std::tuple<std::int64_t, bool>> {};
+// The updates run on every backend (cuda: the sub-problem, chunk factors and solves on the GPU).
+class ElementUpdate : public ::testing::TestWithParam<std::tuple<std::string, std::int64_t, bool>> {};
 
 TEST_P(ElementUpdate, MatchesTheFloat64ObsSolution) {
-  const auto [max_correlate, addupdate] = GetParam();
-  auto be = make_cpu_backend(2);
+  const auto [backend, max_correlate, addupdate] = GetParam();
+  std::unique_ptr<Backend> be;
+  SCALPEL_BACKEND_OR_SKIP(be, backend, 2);
   const auto p = make_problem(80, 7, 9);
   Options o;
   o.max_correlate = max_correlate;
@@ -282,11 +285,15 @@ TEST_P(ElementUpdate, MatchesTheFloat64ObsSolution) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Chunks, ElementUpdate,
-                         ::testing::Values(std::make_tuple(std::int64_t{0}, true), std::make_tuple(std::int64_t{5}, true),
-                                           std::make_tuple(std::int64_t{5}, false), std::make_tuple(std::int64_t{2}, true)));
+                         ::testing::Combine(::testing::ValuesIn(test_backends()),
+                                            ::testing::Values(std::int64_t{0}, std::int64_t{5}, std::int64_t{2}),
+                                            ::testing::Bool()));
 
-TEST(StructuredUpdate, RowsThenColumnsMatchFloat64) {
-  auto be = make_cpu_backend(2);
+class StructuredUpdate : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(StructuredUpdate, RowsThenColumnsMatchFloat64) {
+  std::unique_ptr<Backend> be;
+  SCALPEL_BACKEND_OR_SKIP(be, GetParam(), 2);
   const auto p = make_problem(90, 8, 6);
   Options o;
   o.shape = surgeon::Shape::structured;
@@ -322,6 +329,8 @@ TEST(StructuredUpdate, RowsThenColumnsMatchFloat64) {
       want[i * C + c] = (i == 1 || i == 5 || c == 2) ? 0.0 : p.w[i * C + c] + dw[i * C + c];
   EXPECT_REL_NEAR(to_vec(ls[0].w), want, 1e-4);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, StructuredUpdate, ::testing::ValuesIn(test_backends()));
 
 // ---- selections ----
 

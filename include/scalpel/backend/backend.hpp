@@ -154,6 +154,24 @@ class Backend {
   virtual void cholesky_batch(std::span<Tensor> a, std::span<std::uint8_t> ok);
   // b [n, k] becomes (LLᵀ)⁻¹ b for a factor l from cholesky_batch.
   virtual void cholesky_solve(const Tensor& l, Tensor& b);
+  // Index gathers and scatters of LLM Surgeon's sub-problems on f32 2-D tensors, the indices in
+  // host memory. out [rows.size(), cols.size()] = a[rows, cols], or with `transposed` its
+  // transpose [cols.size(), rows.size()].
+  virtual void gather(const Tensor& a, std::span<const std::int64_t> rows, std::span<const std::int64_t> cols,
+                      Tensor& out, bool transposed);
+  // a[rows, cols] = v, v [rows.size(), cols.size()].
+  virtual void scatter(const Tensor& v, std::span<const std::int64_t> rows, std::span<const std::int64_t> cols,
+                       Tensor& a);
+  // out[k] = a[i[k], j[k]] (out holds i.size() values).
+  virtual void gather_pairs(const Tensor& a, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
+                            Tensor& out);
+  // a[i[k], j[k]] = v[k].
+  virtual void scatter_pairs(const Tensor& v, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
+                             Tensor& a);
+  // out [n, n], n = i.size(): out[x, y] = g[i[x], i[y]] · a[j[x], j[y]], the entries of G ⊗ A at
+  // the (row, column) pairs (i, j) of a weight matrix.
+  virtual void kron_pairs(const Tensor& g, const Tensor& a, std::span<const std::int64_t> i,
+                          std::span<const std::int64_t> j, Tensor& out);
 
   // ---- Pruning (SparseGPT, Wanda, magnitude). Masks are DType::u8 tensors, 1 = kept. ----
 

@@ -537,6 +537,66 @@ class CpuBackend final : public Backend {
     return all_finite(b);
   }
 
+  void gather(const Tensor& a, std::span<const std::int64_t> rows, std::span<const std::int64_t> cols, Tensor& out,
+              bool transposed) override {
+    check_2d(a, "gather A");
+    check_host_f32(out, "gather out");
+    op_checks::gather(a, rows, cols, out, "gather");
+    const auto nr = static_cast<std::int64_t>(rows.size()), nc = static_cast<std::int64_t>(cols.size()), ld = a.size(1);
+    const float* src = a.f32();
+    float* o = out.f32();
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < nr; ++i) {
+      const float* row = src + rows[static_cast<std::size_t>(i)] * ld;
+      for (std::int64_t j = 0; j < nc; ++j) {
+        const float v = row[cols[static_cast<std::size_t>(j)]];
+        if (transposed) o[j * nr + i] = v;
+        else o[i * nc + j] = v;
+      }
+    }
+  }
+  void scatter(const Tensor& v, std::span<const std::int64_t> rows, std::span<const std::int64_t> cols,
+               Tensor& a) override {
+    check_2d(a, "scatter A");
+    check_host_f32(v, "scatter values");
+    op_checks::gather(a, rows, cols, v, "scatter");
+    const auto nr = static_cast<std::int64_t>(rows.size()), nc = static_cast<std::int64_t>(cols.size()), ld = a.size(1);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < nr; ++i) {
+      float* row = a.f32() + rows[static_cast<std::size_t>(i)] * ld;
+      for (std::int64_t j = 0; j < nc; ++j) row[cols[static_cast<std::size_t>(j)]] = v.f32()[i * nc + j];
+    }
+  }
+  void gather_pairs(const Tensor& a, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
+                    Tensor& out) override {
+    check_2d(a, "gather_pairs A");
+    check_host_f32(out, "gather_pairs out");
+    op_checks::pairs(a, i, j, out.numel(), "gather_pairs");
+    for (std::size_t k = 0; k < i.size(); ++k) out.f32()[k] = a.f32()[i[k] * a.size(1) + j[k]];
+  }
+  void scatter_pairs(const Tensor& v, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
+                     Tensor& a) override {
+    check_2d(a, "scatter_pairs A");
+    check_host_f32(v, "scatter_pairs values");
+    op_checks::pairs(a, i, j, v.numel(), "scatter_pairs");
+    for (std::size_t k = 0; k < i.size(); ++k) a.f32()[i[k] * a.size(1) + j[k]] = v.f32()[k];
+  }
+  void kron_pairs(const Tensor& g, const Tensor& a, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
+                  Tensor& out) override {
+    check_2d(g, "kron_pairs G");
+    check_2d(a, "kron_pairs A");
+    check_host_f32(out, "kron_pairs out");
+    op_checks::kron_pairs(g, a, i, j, out);
+    const auto n = static_cast<std::int64_t>(i.size()), ldg = g.size(1), lda = a.size(1);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t x = 0; x < n; ++x) {
+      const float* gr = g.f32() + i[static_cast<std::size_t>(x)] * ldg;
+      const float* ar = a.f32() + j[static_cast<std::size_t>(x)] * lda;
+      float* o = out.f32() + x * n;
+      for (std::int64_t y = 0; y < n; ++y) o[y] = gr[i[static_cast<std::size_t>(y)]] * ar[j[static_cast<std::size_t>(y)]];
+    }
+  }
+
   // ---- Pruning ops ----
 
   bool cholesky(Tensor& a, bool upper) override {

@@ -741,6 +741,66 @@ class CudaBackend final : public Backend {
     return all_finite(b);
   }
 
+  // Host index lists travel to the device with each call (at most a few hundred KB: a chunk's
+  // pairs, a sub-problem's rows and columns).
+  Tensor indices_on_device(std::span<const std::int64_t> idx) {
+    return upload_exact(Tensor::wrap(const_cast<std::int64_t*>(idx.data()), {static_cast<std::int64_t>(idx.size())},
+                                     DType::i64));
+  }
+  void gather(const Tensor& a, std::span<const std::int64_t> rows, std::span<const std::int64_t> cols, Tensor& out,
+              bool transposed) override {
+    check_2d(a, "gather A");
+    check_f32(out, "gather out");
+    op_checks::gather(a, rows, cols, out, "gather");
+    if (out.numel() == 0) return;
+    const Tensor r = indices_on_device(rows), c = indices_on_device(cols);
+    cuda::gather(a.f32(), a.size(1), r.data<std::int64_t>(), r.numel(), c.data<std::int64_t>(), c.numel(), out.f32(),
+                 transposed);
+    launched("gather");
+  }
+  void scatter(const Tensor& v, std::span<const std::int64_t> rows, std::span<const std::int64_t> cols,
+               Tensor& a) override {
+    check_2d(a, "scatter A");
+    check_f32(v, "scatter values");
+    op_checks::gather(a, rows, cols, v, "scatter");
+    if (v.numel() == 0) return;
+    const Tensor r = indices_on_device(rows), c = indices_on_device(cols);
+    cuda::scatter(v.f32(), r.data<std::int64_t>(), r.numel(), c.data<std::int64_t>(), c.numel(), a.f32(), a.size(1));
+    launched("scatter");
+  }
+  void gather_pairs(const Tensor& a, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
+                    Tensor& out) override {
+    check_2d(a, "gather_pairs A");
+    check_f32(out, "gather_pairs out");
+    op_checks::pairs(a, i, j, out.numel(), "gather_pairs");
+    if (i.empty()) return;
+    const Tensor di = indices_on_device(i), dj = indices_on_device(j);
+    cuda::gather_pairs(a.f32(), a.size(1), di.data<std::int64_t>(), dj.data<std::int64_t>(), di.numel(), out.f32());
+    launched("gather_pairs");
+  }
+  void scatter_pairs(const Tensor& v, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
+                     Tensor& a) override {
+    check_2d(a, "scatter_pairs A");
+    check_f32(v, "scatter_pairs values");
+    op_checks::pairs(a, i, j, v.numel(), "scatter_pairs");
+    if (i.empty()) return;
+    const Tensor di = indices_on_device(i), dj = indices_on_device(j);
+    cuda::scatter_pairs(v.f32(), di.data<std::int64_t>(), dj.data<std::int64_t>(), di.numel(), a.f32(), a.size(1));
+    launched("scatter_pairs");
+  }
+  void kron_pairs(const Tensor& g, const Tensor& a, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
+                  Tensor& out) override {
+    check_2d(g, "kron_pairs G");
+    check_2d(a, "kron_pairs A");
+    check_f32(out, "kron_pairs out");
+    op_checks::kron_pairs(g, a, i, j, out);
+    if (i.empty()) return;
+    const Tensor di = indices_on_device(i), dj = indices_on_device(j);
+    cuda::kron_pairs(g.f32(), g.size(1), a.f32(), a.size(1), di.data<std::int64_t>(), dj.data<std::int64_t>(),
+                     di.numel(), out.f32());
+    launched("kron_pairs");
+  }
+
   // ---- pruning ----
   void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) override {
     check_2d(x, "col_sq_norms x");

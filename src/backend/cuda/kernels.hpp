@@ -55,6 +55,12 @@ void silu_mul_backward(const float* g, const float* u, const float* dout, float*
 void causal_softmax_backward(const float* p, float* dp, i64 matrices, i64 t);
 void nll_backward_rows(float* logits, const std::int32_t* targets, float scale, double* loss, i64 n, i64 v);
 void fill_lower_from_upper_f64(double* a, i64 n);  // a[i, j] = a[j, i] for i > j
+// LLM Surgeon's index ops (Backend::gather and the rest), indices on the device.
+void gather(const float* a, i64 lda, const i64* rows, i64 nr, const i64* cols, i64 nc, float* out, bool transposed);
+void scatter(const float* v, const i64* rows, i64 nr, const i64* cols, i64 nc, float* a, i64 lda);
+void gather_pairs(const float* a, i64 lda, const i64* i, const i64* j, i64 n, float* out);
+void scatter_pairs(const float* v, const i64* i, const i64* j, i64 n, float* a, i64 lda);
+void kron_pairs(const float* g, i64 ldg, const float* a, i64 lda, const i64* i, const i64* j, i64 n, float* out);
 
 // Pruning.
 // Dead diagonal entries (== 0) become 1 and are flagged; writes sum of the diagonal (after that)

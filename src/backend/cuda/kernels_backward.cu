@@ -1,7 +1,8 @@
-// Kernels of LLM Surgeon's backward pass on the GPU: the transposed Jacobians of the norms, the
+// Kernels of LLM Surgeon on the GPU: the backward pass's transposed Jacobians of the norms, the
 // activations, the causal softmax and the cross-entropy, as the CPU backend computes them
-// (cpu_backward.cpp has the derivations). Row sums accumulate in double, one block per row, in a
-// fixed order, so results repeat bit for bit.
+// (cpu_backward.cpp has the derivations), and the index gathers and scatters of the per-shot
+// sub-problems. Row sums accumulate in double, one block per row, in a fixed order, so results
+// repeat bit for bit.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -130,6 +131,32 @@ __global__ void k_mirror_f64(double* a, i64 n) {
   }
 }
 
+__global__ void k_gather(const float* a, i64 lda, const i64* rows, i64 nr, const i64* cols, i64 nc, float* out,
+                         bool transposed) {
+  GRID_STRIDE(p, nr * nc) {
+    const i64 i = p / nc, j = p % nc;
+    const float v = a[rows[i] * lda + cols[j]];
+    if (transposed) out[j * nr + i] = v;
+    else out[p] = v;
+  }
+}
+__global__ void k_scatter(const float* v, const i64* rows, i64 nr, const i64* cols, i64 nc, float* a, i64 lda) {
+  GRID_STRIDE(p, nr * nc) a[rows[p / nc] * lda + cols[p % nc]] = v[p];
+}
+__global__ void k_gather_pairs(const float* a, i64 lda, const i64* i, const i64* j, i64 n, float* out) {
+  GRID_STRIDE(k, n) out[k] = a[i[k] * lda + j[k]];
+}
+__global__ void k_scatter_pairs(const float* v, const i64* i, const i64* j, i64 n, float* a, i64 lda) {
+  GRID_STRIDE(k, n) a[i[k] * lda + j[k]] = v[k];
+}
+__global__ void k_kron_pairs(const float* g, i64 ldg, const float* a, i64 lda, const i64* i, const i64* j, i64 n,
+                             float* out) {
+  GRID_STRIDE(p, n * n) {
+    const i64 x = p / n, y = p % n;
+    out[p] = g[i[x] * ldg + i[y]] * a[j[x] * lda + j[y]];
+  }
+}
+
 }  // namespace
 
 void layer_norm_backward(const float* x, const float* w, float eps, const float* dy, float* dx, i64 n, i64 d) {
@@ -150,5 +177,21 @@ void nll_backward_rows(float* logits, const std::int32_t* targets, float scale, 
   k_nll_bw<<<row_blocks(n), kThreads>>>(logits, targets, scale, loss, n, v);
 }
 void fill_lower_from_upper_f64(double* a, i64 n) { k_mirror_f64<<<blocks_for(n * n), kThreads>>>(a, n); }
+
+void gather(const float* a, i64 lda, const i64* rows, i64 nr, const i64* cols, i64 nc, float* out, bool transposed) {
+  k_gather<<<blocks_for(nr * nc), kThreads>>>(a, lda, rows, nr, cols, nc, out, transposed);
+}
+void scatter(const float* v, const i64* rows, i64 nr, const i64* cols, i64 nc, float* a, i64 lda) {
+  k_scatter<<<blocks_for(nr * nc), kThreads>>>(v, rows, nr, cols, nc, a, lda);
+}
+void gather_pairs(const float* a, i64 lda, const i64* i, const i64* j, i64 n, float* out) {
+  k_gather_pairs<<<blocks_for(n), kThreads>>>(a, lda, i, j, n, out);
+}
+void scatter_pairs(const float* v, const i64* i, const i64* j, i64 n, float* a, i64 lda) {
+  k_scatter_pairs<<<blocks_for(n), kThreads>>>(v, i, j, n, a, lda);
+}
+void kron_pairs(const float* g, i64 ldg, const float* a, i64 lda, const i64* i, const i64* j, i64 n, float* out) {
+  k_kron_pairs<<<blocks_for(n * n), kThreads>>>(g, ldg, a, lda, i, j, n, out);
+}
 
 }  // namespace scalpel::cuda
