@@ -14,8 +14,9 @@ SHARED=${SCALPEL_SHARED_DIR:-../shared}
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 
-bins=(bin/scalpel bin/bench_layer tests/backend/test_backend_ops tests/prune/test_prune_methods tests/model/test_decoder
-      tests/app/test_gpu tests/prune/test_dist_pieces_mpi tests/dist/test_nccl_mpi)
+bins=(bin/scalpel bin/bench_layer bin/bench_surgeon tests/backend/test_backend_ops tests/backend/test_backward_ops
+      tests/prune/test_prune_methods tests/prune/test_surgeon tests/model/test_decoder tests/model/test_decoder_backward
+      tests/app/test_model_backward tests/app/test_gpu tests/prune/test_dist_pieces_mpi tests/dist/test_nccl_mpi)
 mkdir -p "$STAGE/repo/$BUILD" "$STAGE/lib" "$STAGE/mpi"
 for b in "${bins[@]}"; do
   mkdir -p "$STAGE/repo/$BUILD/$(dirname "$b")"
@@ -48,11 +49,16 @@ for p in "$ompi" /usr/lib/x86_64-linux-gnu/pmix2 /usr/share/openmpi /usr/share/p
 done
 tar -C / --exclude='*.a' --exclude='*.la' --exclude='include' -cf - "${paths[@]}" | tar -C "$STAGE/root" -xf -
 
-# Test inputs (../shared is not on the GPU machine): WikiText-2's test text; the opt-mini model
-# and the corpus slices are the repository's own copies (models/, data/), linked at unpacking.
+# Test inputs (../shared is not on the GPU machine): WikiText-2's test text and llama-mini (the
+# LLaMA backward and depth checks); the opt-mini model and the corpus slices are the repository's
+# own copies (models/, data/), linked at unpacking.
 if [ -f "$SHARED/data/wikitext2/wiki.test.raw.joined.txt" ]; then
   mkdir -p "$STAGE/shared/data/wikitext2"
   cp "$SHARED/data/wikitext2/wiki.test.raw.joined.txt" "$STAGE/shared/data/wikitext2/"
+fi
+if [ -d "$SHARED/models/llama-mini" ]; then
+  mkdir -p "$STAGE/shared/models"
+  cp -r "$SHARED/models/llama-mini" "$STAGE/shared/models/"
 fi
 mkdir -p "$(dirname "$OUT")"
 tar -C "$STAGE" -czf "$OUT" .

@@ -14,6 +14,7 @@ if [ ! -e "$_sh/models/opt-mini" ]; then
   ln -sfn "$_repo/models/opt-mini" "$_sh/models/opt-mini"
   ln -sfn "$_repo/data/corpus" "$_sh/data/corpus"
   [ -d /opt/scalpel/shared/data/wikitext2 ] && ln -sfn /opt/scalpel/shared/data/wikitext2 "$_sh/data/wikitext2"
+  [ -d /opt/scalpel/shared/models/llama-mini ] && ln -sfn /opt/scalpel/shared/models/llama-mini "$_sh/models/llama-mini"
 fi
 _ld=/opt/scalpel/lib
 if ! command -v mpirun >/dev/null 2>&1; then

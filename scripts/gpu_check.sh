@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The checks that need the GPU machine (the `device` tool), as one prepared run per call: nothing is
+# built there. Pack the bundle here first (scripts/gpu_bundle.sh), run the same script here (the GPU
+# tests report SKIPPED, the transformers checks say what is missing), then on the device:
+#   scripts/gpu_check.sh tests   # GPU tests of the backend, the model's backward, LLM Surgeon and the
+#                                # CLI; transformers loads a depth-pruned OPT and LLaMA export and an
+#                                # LLM Surgeon export and gives scalpel eval's perplexity (a few minutes)
+#   scripts/gpu_check.sh bench   # bench_surgeon --device cuda at OPT-66B widths (9216 / 36864), 1%
+#   scripts/gpu_check.sh bench13 # the same at OPT-13B widths (5120 / 20480), a shorter run
+# Logs and JSON go to $OUT (the device tool's folder; default out/gpu_check) and into
+# $OUT/gpu_check.tgz. Exit status: the number of failed steps (0 = all passed).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-tests}
+BUNDLE=${SCALPEL_BUNDLE:-.devpack/scalpel-gpu.tgz}
+OUT=${OUT:-out/gpu_check}
+mkdir -p "$OUT"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
+if [ ! -x build/bin/scalpel ] && [ -f "$BUNDLE" ]; then
+  # shellcheck disable=SC1091
+  source scripts/gpu_unpack.sh "$BUNDLE"
+fi
+SHARED=$(cd .. && pwd)/shared
+failed=0
+step() {  # step NAME COMMAND...: runs it, logs to $OUT/NAME.log, counts a failure
+  local name=$1
+  shift
+  local t0=$SECONDS
+  "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "gpu_check: $name rc=$rc ($((SECONDS - t0)) s)" | tee -a "$OUT/summary.txt"
+  [ $rc -eq 0 ] || failed=$((failed + 1))
+  return 0
+}
+
+# The perplexity `scalpel eval` prints for the text preset on FILE (one line "text: ppl X").
+eval_ppl() {
+  build/bin/scalpel eval --model "$1" --text "text:$2" eval.seqlen=512 output.metrics= log.progress_seconds=0 2>&1 |
+    sed -n 's/^text: ppl \([0-9.]*\).*/\1/p' | head -1
+}
+
+# A model folder loads in transformers and gives scalpel's perplexity (0.1%).
+hf_check() {
+  local folder=$1 text=$2
+  local ppl
+  ppl=$(eval_ppl "$folder" "$text")
+  echo "scalpel eval: $ppl"
+  [ -n "$ppl" ] || return 1
+  python3 scripts/check_hf_load.py "$folder" --text "$text" --seqlen 512 --expect "$ppl"
+}
+
+run_tests() {
+  nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+  local t
+  for t in backend/test_backend_ops backend/test_backward_ops model/test_decoder model/test_decoder_backward \
+           app/test_model_backward prune/test_surgeon app/test_gpu; do
+    step "$(basename "$t")" "build/tests/$t"
+  done
+  local heldout=data/corpus/heldout.txt calib=data/corpus/calib.txt
+  local common=(calibration.path=$calib calibration.nsamples=16 calibration.seqlen=128 calibration.batch=4
+                'eval.sets=[]' log.progress_seconds=0 output.export=model)
+  step depth_opt build/bin/scalpel depth --model "$SHARED/models/opt-mini" depth.criterion=bi depth.remove=1 \
+    output.dir="$OUT/runs/depth-opt" "${common[@]}"
+  step hf_depth_opt hf_check "$OUT/runs/depth-opt/model" "$heldout"
+  step depth_llama build/bin/scalpel depth --model "$SHARED/models/llama-mini" depth.criterion=angular \
+    depth.remove=1 output.dir="$OUT/runs/depth-llama" "${common[@]}"
+  step hf_depth_llama hf_check "$OUT/runs/depth-llama/model" "$heldout"
+  step surgeon_gpu build/bin/scalpel prune --model "$SHARED/models/opt-mini" device=cuda prune.method=surgeon \
+    surgeon.shots=2 output.dir="$OUT/runs/surgeon" "${common[@]}" --restart
+  step hf_surgeon hf_check "$OUT/runs/surgeon/model" "$heldout"
+}
+
+run_bench() {
+  local hidden=$1 ffn=$2 heads=$3
+  step "bench_surgeon_${hidden}" build/bin/bench_surgeon --device cuda --hidden "$hidden" --ffn "$ffn" \
+    --heads "$heads" --sparsity 0.01 --repeats 1 --out "$OUT/bench_surgeon_cuda_${hidden}_${ffn}.json"
+}
+
+case $MODE in
+  tests) run_tests ;;
+  bench) run_bench 9216 36864 72 ;;
+  bench13) run_bench 5120 20480 40 ;;
+  *) echo "usage: scripts/gpu_check.sh tests|bench|bench13" >&2; exit 2 ;;
+esac
+rm -rf "$OUT/runs/"*/model "$OUT/runs/"*/ckpt  # weights do not travel back
+tar -C "$OUT" -czf "$OUT/gpu_check.tgz" --exclude=gpu_check.tgz . 2>/dev/null
+echo "gpu_check: $MODE: $failed failed step(s); logs in $OUT"
+exit "$failed"
