@@ -7,6 +7,8 @@
 #                                # LLM Surgeon export and gives scalpel eval's perplexity (a few minutes)
 #   scripts/gpu_check.sh bench   # bench_surgeon --device cuda at OPT-66B widths (9216 / 36864), 1%
 #   scripts/gpu_check.sh bench13 # the same at OPT-13B widths (5120 / 20480), a shorter run
+#   scripts/gpu_check.sh e2e     # bench_e2e.sh: `scalpel prune` end to end of a synthetic one-layer OPT at
+#                                # OPT-175B widths (128 x 2048 tokens), with bench_layer's ceilings
 # Logs and JSON go to $OUT (the device tool's folder; default out/gpu_check) and into
 # $OUT/gpu_check.tgz. Exit status: the number of failed steps (0 = all passed).
 set -uo pipefail
@@ -80,7 +82,8 @@ case $MODE in
   tests) run_tests ;;
   bench) run_bench 9216 36864 72 ;;
   bench13) run_bench 5120 20480 40 ;;
-  *) echo "usage: scripts/gpu_check.sh tests|bench|bench13" >&2; exit 2 ;;
+  e2e) step e2e_opt175b_layer benchmarks/bench_e2e.sh --device cuda --ceilings --out "$OUT/e2e_opt175b_layer.json" ;;
+  *) echo "usage: scripts/gpu_check.sh tests|bench|bench13|e2e" >&2; exit 2 ;;
 esac
 rm -rf "$OUT/runs/"*/model "$OUT/runs/"*/ckpt  # weights do not travel back
 tar -C "$OUT" -czf "$OUT/gpu_check.tgz" --exclude=gpu_check.tgz . 2>/dev/null

@@ -80,8 +80,9 @@ void Backend::scatter(const Tensor&, std::span<const std::int64_t>, std::span<co
 void Backend::gather_pairs(const Tensor&, std::span<const std::int64_t>, std::span<const std::int64_t>, Tensor&) {
   no_backward(*this, "gather_pairs");
 }
-void Backend::scatter_pairs(const Tensor&, std::span<const std::int64_t>, std::span<const std::int64_t>, Tensor&) {
-  no_backward(*this, "scatter_pairs");
+void Backend::rows_axpy(const Tensor&, std::span<const std::int64_t>, std::span<const std::int64_t>, const Tensor&,
+                        Tensor&) {
+  no_backward(*this, "rows_axpy");
 }
 void Backend::kron_pairs(const Tensor&, const Tensor&, std::span<const std::int64_t>, std::span<const std::int64_t>,
                          Tensor&) {

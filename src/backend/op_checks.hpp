@@ -169,6 +169,16 @@ inline void pairs(const Tensor& a, std::span<const std::int64_t> i, std::span<co
   indices(j, a.size(1), what);
 }
 
+inline void rows_axpy(const Tensor& a, std::span<const std::int64_t> src, std::span<const std::int64_t> dst,
+                      const Tensor& coef, const Tensor& out) {
+  SCALPEL_CHECK(a.dim() == 2 && out.dim() == 2 && out.size(1) == a.size(1) && src.size() == dst.size() &&
+                    coef.numel() == static_cast<std::int64_t>(src.size()),
+                "rows_axpy: {} into {} with {} sources, {} destinations, {} coefficients", shape_str(a.shape()),
+                shape_str(out.shape()), src.size(), dst.size(), coef.numel());
+  indices(src, a.size(0), "rows_axpy sources");
+  indices(dst, out.size(0), "rows_axpy destinations");
+}
+
 inline void kron_pairs(const Tensor& g, const Tensor& a, std::span<const std::int64_t> i,
                        std::span<const std::int64_t> j, const Tensor& out) {
   const auto n = static_cast<std::int64_t>(i.size());

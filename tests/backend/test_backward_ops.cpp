@@ -223,13 +223,21 @@ TEST_P(BackwardOps, SurgeonIndexOps) {
   const std::vector<std::int64_t> pi{3, 3, 1}, pj{0, 5, 2};
   Tensor v = be->empty({3, 1});
   be->gather_pairs(ta, pi, pj, v);
-  Tensor z2 = be->zeros({R, C});
-  be->scatter_pairs(v, pi, pj, z2);
-  const Vec vs = down(v), z2s = down(z2);
-  for (std::size_t k = 0; k < 3; ++k) {
-    EXPECT_EQ(vs[k], static_cast<float>(a[pi[k] * C + pj[k]]));
-    EXPECT_EQ(z2s[pi[k] * C + pj[k]], vs[k]);
-  }
+  const Vec vs = down(v);
+  for (std::size_t k = 0; k < 3; ++k) EXPECT_EQ(vs[k], static_cast<float>(a[pi[k] * C + pj[k]]));
+  // rows_axpy: out[dst[k], :] += v[k] a[src[k], :], the k's in order (two land in row 1), against
+  // the same fp32 operations in that order.
+  const std::vector<std::int64_t> src{3, 0, 4}, dst{1, 0, 1};
+  Tensor acc = up(Vec(2 * C, 0.5), {2, C});
+  be->rows_axpy(ta, src, dst, v, acc);
+  const Vec as = down(acc);
+  for (std::int64_t c = 0; c < C; ++c)
+    for (std::int64_t row = 0; row < 2; ++row) {
+      float want = 0.5f;
+      for (std::size_t k = 0; k < 3; ++k)
+        if (dst[k] == row) want += static_cast<float>(vs[k]) * static_cast<float>(a[src[k] * C + c]);
+      EXPECT_FLOAT_EQ(as[row * C + c], want) << row << "," << c;
+    }
   // kron_pairs: entries of G ⊗ X at (row, column) pairs of a 4 x 7 weight.
   const std::vector<std::int64_t> ki{0, 0, 3, 2}, kj{6, 1, 1, 4};
   Tensor kp = be->empty({4, 4});
@@ -241,7 +249,8 @@ TEST_P(BackwardOps, SurgeonIndexOps) {
   // An index outside the matrix is refused before anything is read or written.
   const std::vector<std::int64_t> bad{0, 5};
   EXPECT_THROW(be->gather(ta, bad, cols, out, false), Error);
-  EXPECT_THROW(be->scatter_pairs(v, pi, std::vector<std::int64_t>{0, 7, 1}, z2), Error);
+  EXPECT_THROW(be->gather_pairs(ta, pi, std::vector<std::int64_t>{0, 7, 1}, v), Error);
+  EXPECT_THROW(be->rows_axpy(ta, src, std::vector<std::int64_t>{1, 2, 0}, v, acc), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackwardOps, ::testing::ValuesIn(test_backends()));

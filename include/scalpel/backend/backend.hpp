@@ -165,13 +165,15 @@ class Backend {
   // out[k] = a[i[k], j[k]] (out holds i.size() values).
   virtual void gather_pairs(const Tensor& a, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
                             Tensor& out);
-  // a[i[k], j[k]] = v[k].
-  virtual void scatter_pairs(const Tensor& v, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
-                             Tensor& a);
   // out [n, n], n = i.size(): out[x, y] = g[i[x], i[y]] · a[j[x], j[y]], the entries of G ⊗ A at
   // the (row, column) pairs (i, j) of a weight matrix.
   virtual void kron_pairs(const Tensor& g, const Tensor& a, std::span<const std::int64_t> i,
                           std::span<const std::int64_t> j, Tensor& out);
+  // out[dst[k], :] += coef[k] · a[src[k], :] for k = 0, 1, ... in that order (each entry's sum in
+  // the order of k, at any thread count); coef holds src.size() values, out has a's columns. The
+  // product S·a of a matrix S with one non-zero per column (LLM Surgeon's Λ·Â⁻¹), in 2·k·cols FLOPs.
+  virtual void rows_axpy(const Tensor& a, std::span<const std::int64_t> src, std::span<const std::int64_t> dst,
+                         const Tensor& coef, Tensor& out);
 
   // ---- Pruning (SparseGPT, Wanda, magnitude). Masks are DType::u8 tensors, 1 = kept. ----
 

@@ -574,12 +574,27 @@ class CpuBackend final : public Backend {
     op_checks::pairs(a, i, j, out.numel(), "gather_pairs");
     for (std::size_t k = 0; k < i.size(); ++k) out.f32()[k] = a.f32()[i[k] * a.size(1) + j[k]];
   }
-  void scatter_pairs(const Tensor& v, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
-                     Tensor& a) override {
-    check_2d(a, "scatter_pairs A");
-    check_host_f32(v, "scatter_pairs values");
-    op_checks::pairs(a, i, j, v.numel(), "scatter_pairs");
-    for (std::size_t k = 0; k < i.size(); ++k) a.f32()[i[k] * a.size(1) + j[k]] = v.f32()[k];
+  // Column blocks of a fixed width (not a share per thread), so an entry takes the same code path
+  // at any thread count.
+  void rows_axpy(const Tensor& a, std::span<const std::int64_t> src, std::span<const std::int64_t> dst,
+                 const Tensor& coef, Tensor& out) override {
+    check_2d(a, "rows_axpy A");
+    check_2d(out, "rows_axpy out");
+    check_host_f32(coef, "rows_axpy coefficients");
+    op_checks::rows_axpy(a, src, dst, coef, out);
+    constexpr std::int64_t kBlock = 512;
+    const auto cols = a.size(1), n = static_cast<std::int64_t>(src.size());
+#pragma omp parallel for schedule(static)
+    for (std::int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+      const std::int64_t w = std::min(kBlock, cols - c0);
+      for (std::int64_t k = 0; k < n; ++k) {
+        const float f = coef.f32()[k];
+        const float* x = a.f32() + src[static_cast<std::size_t>(k)] * cols + c0;
+        float* y = out.f32() + dst[static_cast<std::size_t>(k)] * cols + c0;
+#pragma omp simd
+        for (std::int64_t c = 0; c < w; ++c) y[c] += f * x[c];
+      }
+    }
   }
   void kron_pairs(const Tensor& g, const Tensor& a, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
                   Tensor& out) override {

@@ -778,15 +778,17 @@ class CudaBackend final : public Backend {
     cuda::gather_pairs(a.f32(), a.size(1), di.data<std::int64_t>(), dj.data<std::int64_t>(), di.numel(), out.f32());
     launched("gather_pairs");
   }
-  void scatter_pairs(const Tensor& v, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
-                     Tensor& a) override {
-    check_2d(a, "scatter_pairs A");
-    check_f32(v, "scatter_pairs values");
-    op_checks::pairs(a, i, j, v.numel(), "scatter_pairs");
-    if (i.empty()) return;
-    const Tensor di = indices_on_device(i), dj = indices_on_device(j);
-    cuda::scatter_pairs(v.f32(), di.data<std::int64_t>(), dj.data<std::int64_t>(), di.numel(), a.f32(), a.size(1));
-    launched("scatter_pairs");
+  void rows_axpy(const Tensor& a, std::span<const std::int64_t> src, std::span<const std::int64_t> dst,
+                 const Tensor& coef, Tensor& out) override {
+    check_2d(a, "rows_axpy A");
+    check_2d(out, "rows_axpy out");
+    check_f32(coef, "rows_axpy coefficients");
+    op_checks::rows_axpy(a, src, dst, coef, out);
+    if (src.empty() || a.size(1) == 0) return;
+    const Tensor ds = indices_on_device(src), dd = indices_on_device(dst);
+    cuda::rows_axpy(a.f32(), ds.data<std::int64_t>(), dd.data<std::int64_t>(), coef.f32(), ds.numel(), a.size(1),
+                    out.f32());
+    launched("rows_axpy");
   }
   void kron_pairs(const Tensor& g, const Tensor& a, std::span<const std::int64_t> i, std::span<const std::int64_t> j,
                   Tensor& out) override {

@@ -59,8 +59,8 @@ void fill_lower_from_upper_f64(double* a, i64 n);  // a[i, j] = a[j, i] for i > 
 void gather(const float* a, i64 lda, const i64* rows, i64 nr, const i64* cols, i64 nc, float* out, bool transposed);
 void scatter(const float* v, const i64* rows, i64 nr, const i64* cols, i64 nc, float* a, i64 lda);
 void gather_pairs(const float* a, i64 lda, const i64* i, const i64* j, i64 n, float* out);
-void scatter_pairs(const float* v, const i64* i, const i64* j, i64 n, float* a, i64 lda);
 void kron_pairs(const float* g, i64 ldg, const float* a, i64 lda, const i64* i, const i64* j, i64 n, float* out);
+void rows_axpy(const float* a, const i64* src, const i64* dst, const float* coef, i64 n, i64 cols, float* out);
 
 // Pruning.
 // Dead diagonal entries (== 0) become 1 and are flagged; writes sum of the diagonal (after that)

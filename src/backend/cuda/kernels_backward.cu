@@ -146,14 +146,19 @@ __global__ void k_scatter(const float* v, const i64* rows, i64 nr, const i64* co
 __global__ void k_gather_pairs(const float* a, i64 lda, const i64* i, const i64* j, i64 n, float* out) {
   GRID_STRIDE(k, n) out[k] = a[i[k] * lda + j[k]];
 }
-__global__ void k_scatter_pairs(const float* v, const i64* i, const i64* j, i64 n, float* a, i64 lda) {
-  GRID_STRIDE(k, n) a[i[k] * lda + j[k]] = v[k];
-}
 __global__ void k_kron_pairs(const float* g, i64 ldg, const float* a, i64 lda, const i64* i, const i64* j, i64 n,
                              float* out) {
   GRID_STRIDE(p, n * n) {
     const i64 x = p / n, y = p % n;
     out[p] = g[i[x] * ldg + i[y]] * a[j[x] * lda + j[y]];
+  }
+}
+
+// One thread per column, the k's in order.
+__global__ void k_rows_axpy(const float* a, const i64* src, const i64* dst, const float* coef, i64 n, i64 cols,
+                            float* out) {
+  GRID_STRIDE(c, cols) {
+    for (i64 k = 0; k < n; ++k) out[dst[k] * cols + c] += coef[k] * a[src[k] * cols + c];
   }
 }
 
@@ -187,8 +192,8 @@ void scatter(const float* v, const i64* rows, i64 nr, const i64* cols, i64 nc, f
 void gather_pairs(const float* a, i64 lda, const i64* i, const i64* j, i64 n, float* out) {
   k_gather_pairs<<<blocks_for(n), kThreads>>>(a, lda, i, j, n, out);
 }
-void scatter_pairs(const float* v, const i64* i, const i64* j, i64 n, float* a, i64 lda) {
-  k_scatter_pairs<<<blocks_for(n), kThreads>>>(v, i, j, n, a, lda);
+void rows_axpy(const float* a, const i64* src, const i64* dst, const float* coef, i64 n, i64 cols, float* out) {
+  k_rows_axpy<<<blocks_for(cols), kThreads>>>(a, src, dst, coef, n, cols, out);
 }
 void kron_pairs(const float* g, i64 ldg, const float* a, i64 lda, const i64* i, const i64* j, i64 n, float* out) {
   k_kron_pairs<<<blocks_for(n * n), kThreads>>>(g, ldg, a, lda, i, j, n, out);
