@@ -8,9 +8,11 @@
 //    over the data ranks with block_range, so a data rank holds about chunks/data x batch sequences.
 //  - Per layer, every rank of a stage: reads the whole layer (every rank runs the forward), runs
 //    the statistics pass(es) over its sequences (one, or one per input group with
-//    prune.true_sequential), all-reduces the statistics over its data group, factorises each
-//    Hessian (redundantly on every data rank), sweeps its row slice (rows / data) of every
-//    linear, all-gathers the pruned rows (fp32 + 1-byte mask), and runs the propagation pass.
+//    prune.true_sequential), all-reduces the statistics over its data group, factorises its share
+//    of the Hessians (one per input group; the groups go to the data ranks greedily by d³, and each
+//    factor is broadcast from its owner: app/factor_share.hpp), sweeps its row slice (rows / data)
+//    of every linear, all-gathers the pruned rows (fp32 + 1-byte mask), and runs the propagation
+//    pass.
 //  - Stages run one after another: layer l+1 needs the outputs of the pruned layer l for every
 //    calibration sequence, so a stage starts when the stage before has finished (its activations
 //    are sent once per stage boundary). More stages cut each rank's reads, not the job's time.
@@ -25,14 +27,15 @@
 //          lands in plus the sum over the upper triangle, float64 (4 d (d+1) bytes) or with
 //          determinism: strict exact bins (prune::ExactSum: 3 int64, 12 d (d+1) bytes); after the
 //          all-reduce, the fp32 d x d Hessian; Wanda's d-vector likewise;
-//      (d) SparseGPT's factorisation (one more d x d fp32) and the sweep's row slice (rows/data x d
-//          x 4), its mask (1 byte per entry) and Err (rows/data x blocksize x 4);
+//      (d) SparseGPT's factorisation (one more d x d fp32; with several data ranks, the factors of
+//          every group of the pass at once, owned or received) and the sweep's row slice
+//          (rows/data x d x 4), its mask (1 byte per entry) and Err (rows/data x blocksize x 4);
 //      (e) the gathered full pruned weight (rows x cols x 4 + mask);
 //      plus the fp32 embeddings (stage 0) and head (last stage), and the decoder layers the weight
 //      cache keeps besides the current one (up to weight_cache_mb).
 //  - FLOPs per layer: forward 2 x tokens x linear weights + attention 4 x tokens x seqlen x width,
-//    per pass; Hessians tokens x d^2 per group (syrk); factorisation 2/3 d^3 per group (potrf +
-//    trtri); the sweep's lazy updates and in-block updates on the row slice; the reconstruction
+//    per pass; Hessians tokens x d^2 per group (syrk); factorisation 2/3 d^3 per group the rank
+//    owns (potrf + trtri); the sweep's lazy updates and in-block updates on the row slice; the reconstruction
 //    error 4 x rows/data x d^2 per linear. Time = FLOPs / rate + bytes / network + bytes / read,
 //    with no overlap. The rates are GEMM ceilings, so where norms, softmax and copies weigh (small
 //    models) the run is slower: opt-mini, 2 cores, measured 3.0 s per layer against 1.9 s planned.
@@ -52,6 +55,7 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
+#include "factor_share.hpp"
 #include "plan_common.hpp"
 
 namespace fs = std::filesystem;
@@ -345,6 +349,14 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
     for (std::size_t i = 0; i < groups.size(); ++i) passes.back().push_back(i);
   }
   const I forward_passes = static_cast<I>(passes.size()) + 1;  // statistics pass(es) + propagation
+  // The data rank that factorises each group (per pass, as the prune assigns them).
+  std::vector<int> owner(groups.size(), 0);
+  for (const auto& p : passes) {
+    std::vector<I> widths;
+    for (auto i : p) widths.push_back(groups[i].cols);
+    const auto o = factor_owners(widths, D);
+    for (std::size_t k = 0; k < p.size(); ++k) owner[p[k]] = o[k];
+  }
 
   // ---- per rank ----
   json ranks = json::array();
@@ -422,12 +434,15 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
         stats_max = std::max(stats_max, st);
         phase(cfg.prune.true_sequential ? "statistics " + groups[p.front()].label : "statistics",
               {{"statistics", st}, {"forward temporaries", fwd}, {"attention scores", attn}});
+        I pass_factors = 0;  // several data ranks: every factor of the pass is held from its start
+        for (auto i : p) pass_factors += factor_bytes[i];
         for (auto i : p) {
-          factor_max = std::max(factor_max, factor_bytes[i]);
+          const I factors = D > 1 ? pass_factors : factor_bytes[i];
+          factor_max = std::max(factor_max, factors);
           sweep_max = std::max(sweep_max, sweep_bytes[i]);
           gathered_max = std::max(gathered_max, gathered_bytes[i]);
           phase("prune " + groups[i].label, {{"statistics", kept},
-                                             {"factorisation", factor_bytes[i]},
+                                             {"factorisation", factors},
                                              {"sweep", sweep_bytes[i]},
                                              {"gathered weight", gathered_bytes[i]}});
         }
@@ -439,10 +454,13 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
       const double f_forward =
           static_cast<double>(forward_passes) * (2.0 * t * linear_weights + 4.0 * t * T * static_cast<double>(qdim));
       double f_stats = 0, f_factor = 0, f_sweep = 0, f_error = 0;
-      for (const auto& g : groups) {
+      I factor_recv = 0;  // bytes of the factors other ranks own (broadcast to this one)
+      for (std::size_t gi = 0; gi < groups.size(); ++gi) {
+        const auto& g = groups[gi];
         const double dd = static_cast<double>(g.cols);
         f_stats += t * dd * dd + (wanda ? 2.0 * t * dd : 0.0);
-        if (sparsegpt) f_factor += 2.0 / 3.0 * dd * dd * dd;
+        if (sparsegpt && owner[gi] == d) f_factor += 2.0 / 3.0 * dd * dd * dd;
+        if (sparsegpt && owner[gi] != d) factor_recv += factor_bytes[gi];
         for (const auto& l : g.linears) {
           const I rs = ceil_div(l.out, D);
           f_sweep += sparsegpt ? lazy_update_flops(rs, g.cols, bs) + static_cast<double>(rs) * dd * (bs - 1)
@@ -462,7 +480,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
 
       const double read_per_layer = nl > 0 ? static_cast<double>(read_layers) / nl : 0;
       const double sl_compute = f_total / (gflops * 1e9);
-      const double sl_comm = (ar_sent + ag_recv) / (net * kGB);
+      const double sl_comm = (ar_sent + ag_recv + static_cast<double>(factor_recv)) / (net * kGB);
       const double sl_read = read_per_layer / (rd * kGB);
       const double s_compute = sl_compute * nl;
       const double s_comm = sl_comm * nl + static_cast<double>(send + recv) / (net * kGB);
@@ -503,7 +521,8 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
            {{"allreduce_bytes", allreduce_bytes},
             {"allreduce_sent_bytes", ar_sent},
             {"allgather_bytes", allgather_bytes},
-            {"allgather_received_bytes", ag_recv}}},
+            {"allgather_received_bytes", ag_recv},
+            {"factor_broadcast_received_bytes", factor_recv}}},
           {"stage_boundary", {{"send_bytes", send}, {"recv_bytes", recv}}},
           {"flops_per_layer",
            {{"forward", f_forward},
@@ -712,13 +731,15 @@ void print_plan(const json& p) {
   frow(fmt::format("forward (x{})", p["per_layer"]["forward_passes"].get<I>()), f["forward"].get<double>(), "");
   frow("statistics (syrk)", f["statistics"].get<double>(), "");
   frow("factorisation", f["factorisation"].get<double>(),
-       D > 1 ? fmt::format("  (on each of the {} data ranks)", D) : "");
+       D > 1 ? fmt::format("  (this rank's share; the {} data ranks split the groups)", D) : "");
   frow(D > 1 ? fmt::format("sweep (rows / {})", D) : "sweep", f["sweep"].get<double>(), "");
   frow("reconstruction error", f["error"].get<double>(), "");
   brow("all-reduce (statistics)", c["allreduce_sent_bytes"].get<double>(), net,
        fmt::format("  (sent, ring; buffer {})", bytes_str(c["allreduce_bytes"].get<double>())));
   brow("all-gather (pruned rows)", c["allgather_received_bytes"].get<double>(), net,
        fmt::format("  (received, of {})", bytes_str(c["allgather_bytes"].get<double>())));
+  if (D > 1)
+    brow("factor broadcast", c["factor_broadcast_received_bytes"].get<double>(), net, "  (received from their owners)");
   brow("read (safetensors)", r["seconds_per_layer"]["read"].get<double>() * rd, rd, "");
   fmt::print("  {:<{}}{:>14}{:>14}{:>12}\n", "total", lw, flops_str(f["total"].get<double>()), "",
              seconds_str(r["seconds_per_layer"]["total"].get<double>()));

@@ -33,6 +33,7 @@
 #include "scalpel/text/eval_text.hpp"
 #include "scalpel/text/tokenizer.hpp"
 #include "allocation_run.hpp"
+#include "factor_share.hpp"
 #include "root_work.hpp"
 #include "run_common.hpp"
 
@@ -101,6 +102,26 @@ Tensor embed_windows(Backend& be, model::Model& m, std::span<const std::int32_t>
   }
   be.synchronize();
   return x;
+}
+
+// One factor job per input group of the pass: its Hessian, named by its linears.
+std::vector<FactorJob> factor_jobs(const std::vector<TargetGroup>& pass,
+                                   const std::map<int, std::unique_ptr<prune::InputStats>>& stats, std::int64_t layer) {
+  std::vector<FactorJob> jobs;
+  for (const auto& g : pass) {
+    std::string names;
+    for (const auto& lin : g.linears) names += (names.empty() ? "" : "+") + lin.name;
+    jobs.push_back({g.input_group, fmt::format("layer {} {}", layer, names), &stats.at(g.input_group)->hessian()});
+  }
+  return jobs;
+}
+
+FactorSettings factor_settings(const Config& cfg) {
+  FactorSettings s;
+  s.percdamp = cfg.prune.dampening;
+  s.max_tries = prune::PruneOptions{}.max_damping_tries;
+  s.isc = cfg.sparsegpt.saliency == "isc";
+  return s;
 }
 
 // Collects the statistics of the given groups' inputs with one pass over the calibration windows
@@ -403,7 +424,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
           for (const auto& t : data.tensors) working->tensors[t.name] = be.upload(t.data);
         } else {
           std::vector<io::TensorRecord> records;
-          nlohmann::json lin_metrics = nlohmann::json::object();
+          nlohmann::json lin_metrics = nlohmann::json::object(), factor_records = nlohmann::json::array();
           const dist::CommBytes comm_before = group.bytes();
           double stats_s = 0, reduce_s = 0;
           // true_sequential: statistics of each group are taken after the groups before it are pruned.
@@ -423,6 +444,11 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
               s->reduce(group);
               reduce_s += s->reduce_seconds();
             }
+            std::optional<SharedFactors> factors;
+            if (method == prune::Method::sparsegpt) {
+              watchdog.beat("factorise", layer);
+              factors.emplace(be, group, factor_jobs(pass, stats, layer), factor_settings(cfg));
+            }
             for (const auto& g : pass) {
               for (const auto& lin : g.linears) {
                 watchdog.beat("prune", layer);
@@ -437,6 +463,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                 opt.blocksize = cfg.prune.blocksize;
                 opt.percdamp = cfg.prune.dampening;
                 opt.name = fmt::format("layer {} {}", layer, lin.name);
+                if (factors) opt.factor = &factors->get(g.input_group);
                 opt.total_rows = rows;
                 if (group.size() > 1) opt.select = prune::group_select(group);
                 const auto r = prune::prune_linear(be, w.slice_rows(rr.begin, rr.end), stats.at(g.input_group).get(), opt);
@@ -487,18 +514,22 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                   records.push_back(std::move(rec));
                 }
               }
+              if (factors) factors->release(g.input_group);
             }
+            if (factors) factor_records.push_back(factors->record());
           }
           const auto& cb = group.bytes();
-          const nlohmann::json layer_metrics = {
+          nlohmann::json layer_metrics = {
               {"layer", layer},
               {"seconds", layer_timer.seconds()},
               {"stats_s", stats_s},
               {"reduce_s", reduce_s},
               {"ranks", group.size()},
               {"comm_bytes",
-               {{"allreduce", cb.allreduce - comm_before.allreduce}, {"allgather", cb.allgather - comm_before.allgather}}},
+               {{"allreduce", cb.allreduce - comm_before.allreduce}, {"allgather", cb.allgather - comm_before.allgather},
+                {"broadcast", cb.broadcast - comm_before.broadcast}}},
               {"linears", lin_metrics}};
+          if (!factor_records.empty()) layer_metrics["factors"] = factor_records;
           if (group.rank() == 0) {
             watchdog.beat("write shard", layer);
             const auto info = io::write_shard_file(ckpt_dir, layer, 0, records, nullptr);

@@ -158,7 +158,15 @@ PruneResult prune_linear(Backend& be, const Tensor& weight, const InputStats* st
       SCALPEL_CHECK_INPUT(o.max_damping_tries >= 1, "{}: max_damping_tries must be >= 1", what);
       Timer tf;
       SCALPEL_CHECK_INPUT(!o.isc || !o.pattern.is_nm(), "{}: the ISC saliency is for unstructured patterns", what);
-      auto f = sparsegpt_factor(be, stats->hessian(), &r.weight, o.percdamp, o.max_damping_tries, what, o.isc);
+      HinvFactor own;
+      if (o.factor) {
+        SCALPEL_CHECK(o.factor->hinv.defined() && o.factor->hinv.size(0) == cols && (!o.isc || o.factor->hdiag.defined()),
+                      "{}: the shared factor does not fit", what);
+        be.zero_dead_columns(stats->hessian(), r.weight);
+      } else {
+        own = sparsegpt_factor(be, stats->hessian(), &r.weight, o.percdamp, o.max_damping_tries, what, o.isc);
+      }
+      const HinvFactor& f = o.factor ? *o.factor : own;
       r.seconds.factorisation = tf.seconds();
       r.damping = f.damping;
       r.percdamp = f.percdamp;

@@ -171,6 +171,27 @@ TEST(Plan, DoublingDataRanksHalvesActivationsAndRowSlices) {
   EXPECT_EQ(p3["peak"]["rank"].get<int>(), 0);
 }
 
+// SparseGPT's factors split over the data ranks (opt-mini's groups: q/k/v, out_proj and fc1 take
+// 256 inputs, fc2 1024): at 2 ranks rank 0 factorises fc2 and receives the three 256-wide factors,
+// rank 1 the reverse; every rank holds all four during the prune of the pass.
+TEST(Plan, DataRanksSplitTheFactorisations) {
+  const auto cfg = mini_cfg();
+  const auto p1 = plan_of(kOptMini, cfg, 1), p2 = plan_of(kOptMini, cfg, 2);
+  const double small = 2.0 / 3.0 * 256.0 * 256 * 256, big = 2.0 / 3.0 * 1024.0 * 1024 * 1024;
+  const auto flops = [](const json& p, int r) { return p["ranks"][r]["flops_per_layer"]["factorisation"].get<double>(); };
+  const auto recv = [](const json& p, int r) {
+    return p["ranks"][r]["comm_per_layer"]["factor_broadcast_received_bytes"].get<I>();
+  };
+  EXPECT_DOUBLE_EQ(flops(p1, 0), 3 * small + big);
+  EXPECT_DOUBLE_EQ(flops(p2, 0), big);
+  EXPECT_DOUBLE_EQ(flops(p2, 1), 3 * small);
+  EXPECT_EQ(recv(p1, 0), 0);
+  EXPECT_EQ(recv(p2, 0), 3 * 256 * 256 * 4);
+  EXPECT_EQ(recv(p2, 1), 1024 * 1024 * 4);
+  EXPECT_EQ(mem(p1, 0, "factorisation"), 1024 * 1024 * 4);
+  EXPECT_EQ(mem(p2, 0, "factorisation"), (3 * 256 * 256 + 1024 * 1024) * 4);
+}
+
 TEST(Plan, StagesSplitTheLayers) {
   const auto p = plan_of(kOptMini, mini_cfg({"parallel.stages=2"}), 2);
   ASSERT_EQ(p["grid"]["stages"].get<int>(), 2);

@@ -197,6 +197,9 @@ class Backend {
   // SparseGPT's preparation of H [d, d] in place: dead inputs (H_jj == 0) get H_jj = 1 and, when
   // w [rows, d] is given, W[:, j] = 0; then damp = percdamp * mean(diag H) is added to the diagonal.
   virtual HessianPrep hessian_prepare(Tensor& h, Tensor* w, float percdamp) = 0;
+  // W[:, j] = 0 wherever H_jj == 0: hessian_prepare's dead inputs on a weight (or a row slice of
+  // one) whose factor was prepared elsewhere (h [d, d] is left as it is).
+  virtual void zero_dead_columns(const Tensor& h, Tensor& w) = 0;
   // True when no element is NaN or infinite (f32 or f64).
   virtual bool all_finite(const Tensor& t) = 0;
   // scores = |w| (col == nullptr: magnitude) or |w_ij| * sqrt(col_j) (Wanda), w and scores [rows, d].

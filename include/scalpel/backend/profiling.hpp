@@ -133,6 +133,9 @@ class ProfilingBackend final : public Backend {
   HessianPrep hessian_prepare(Tensor& h, Tensor* w, float percdamp) override {
     return timed("hessian_prepare", 0, [&] { return in_.hessian_prepare(h, w, percdamp); });
   }
+  void zero_dead_columns(const Tensor& h, Tensor& w) override {
+    timed("zero_dead_columns", 0, [&] { in_.zero_dead_columns(h, w); });
+  }
   bool all_finite(const Tensor& t) override { return timed("all_finite", 0, [&] { return in_.all_finite(t); }); }
   void prune_scores(const Tensor& w, const Tensor* col, Tensor& s) override {
     timed("prune_scores", 1.0 * w.numel() * (col ? 2 : 1), [&] { in_.prune_scores(w, col, s); });

@@ -39,12 +39,17 @@ Method parse_method(const std::string& text, const std::string& what);
 using BlockSelect = std::function<SelectThreshold(Backend&, const Tensor& scores, std::int64_t k)>;
 SelectThreshold local_select(Backend& be, const Tensor& scores, std::int64_t k);
 
+struct HinvFactor;
+
 struct PruneOptions {
   Method method = Method::sparsegpt;
   Pattern pattern;
   std::int64_t blocksize = 128;  // SparseGPT: columns per block (rounded down to a multiple of M for N:M)
   double percdamp = 0.01;        // SparseGPT: damping = percdamp * mean(diag H)
   int max_damping_tries = 10;    // SparseGPT: factorisations tried, damping x10 after each failure
+  // SparseGPT: the factor of these statistics' Hessian made already (shared by the linears of an
+  // input group, possibly on another rank); null = factorise here.
+  const HinvFactor* factor = nullptr;
   bool compute_error = true;     // reconstruction error from the Hessian (skipped without one)
   // Row-parallel pruning: the weight given is a row slice of a matrix of total_rows rows (0 = the
   // slice is the whole matrix) whose other slices are pruned by other ranks at the same time;

@@ -715,6 +715,21 @@ class CpuBackend final : public Backend {
     return {damp, static_cast<std::int64_t>(dead.size())};
   }
 
+  void zero_dead_columns(const Tensor& h, Tensor& w) override {
+    check_2d(h, "zero_dead_columns H");
+    check_2d(w, "zero_dead_columns W");
+    op_checks::hessian_prepare(h, &w);
+    const auto d = h.size(0), rows = w.size(0);
+    std::vector<std::int64_t> dead;
+    for (std::int64_t j = 0; j < d; ++j)
+      if (h.f32()[j * d + j] == 0.0f) dead.push_back(j);
+    if (dead.empty()) return;
+    float* wp = w.f32();
+#pragma omp parallel for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (const auto j : dead) wp[r * d + j] = 0.0f;
+  }
+
   bool all_finite(const Tensor& t) override {
     SCALPEL_CHECK(t.device() == Device::cpu, "all_finite of a device tensor");
     const auto n = t.numel();

@@ -815,6 +815,15 @@ class CudaBackend final : public Backend {
     launched("col_sq_norms");
   }
 
+  void zero_dead_columns(const Tensor& h, Tensor& w) override {
+    check_2d(h, "zero_dead_columns H");
+    check_2d(w, "zero_dead_columns W");
+    op_checks::hessian_prepare(h, &w);
+    if (w.numel() == 0) return;
+    cuda::zero_dead_columns_h(w.f32(), w.size(0), w.size(1), h.f32());
+    launched("zero_dead_columns");
+  }
+
   HessianPrep hessian_prepare(Tensor& h, Tensor* w, float percdamp) override {
     check_2d(h, "hessian_prepare H");
     if (w) check_2d(*w, "hessian_prepare W");

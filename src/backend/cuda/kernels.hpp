@@ -68,6 +68,7 @@ void rows_axpy(const float* a, const i64* src, const i64* dst, const float* coef
 void hessian_diag(float* h, i64 d, std::uint8_t* dead, double* sum, long long* count);
 void add_diag(float* h, i64 d, float v);
 void zero_dead_columns(float* w, i64 rows, i64 d, const std::uint8_t* dead);
+void zero_dead_columns_h(float* w, i64 rows, i64 d, const float* h);  // where H_jj == 0
 void all_finite_f32(const float* p, i64 n, int* ok);
 void all_finite_f64(const double* p, i64 n, int* ok);
 void prune_scores(const float* w, const float* col, float* scores, i64 rows, i64 d);

@@ -44,6 +44,13 @@ __global__ void k_hessian_diag(float* h, i64 d, std::uint8_t* dead, double* sum,
   }
 }
 __global__ void k_add_diag(float* h, i64 d, float v) { GRID_STRIDE(j, d) h[j * d + j] += v; }
+// W[:, j] = 0 where H_jj == 0, read from H itself.
+__global__ void k_zero_dead_h(float* w, i64 rows, i64 d, const float* h) {
+  GRID_STRIDE(p, rows * d) {
+    const i64 j = p % d;
+    if (h[j * d + j] == 0.0f) w[p] = 0.0f;
+  }
+}
 __global__ void k_zero_dead(float* w, i64 rows, i64 d, const std::uint8_t* dead) {
   GRID_STRIDE(p, rows * d) if (dead[p % d]) w[p] = 0.0f;
 }
@@ -257,6 +264,9 @@ void hessian_diag(float* h, i64 d, std::uint8_t* dead, double* sum, long long* c
   k_hessian_diag<<<1, 1024>>>(h, d, dead, sum, count);
 }
 void add_diag(float* h, i64 d, float v) { k_add_diag<<<blocks_for(d), kThreads>>>(h, d, v); }
+void zero_dead_columns_h(float* w, i64 rows, i64 d, const float* h) {
+  k_zero_dead_h<<<blocks_for(rows * d), kThreads>>>(w, rows, d, h);
+}
 void zero_dead_columns(float* w, i64 rows, i64 d, const std::uint8_t* dead) {
   k_zero_dead<<<blocks_for(rows * d), kThreads>>>(w, rows, d, dead);
 }

@@ -1,0 +1,88 @@
+// Shared SparseGPT factors over the ranks of MPI_COMM_WORLD (registered at 1, 2 and 4 ranks): the
+// greedy owner assignment, every rank receiving bitwise the factor it would have made itself, and a
+// factorisation that fails on its owner failing on every rank with the owner's message.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "../../src/app/factor_share.hpp"
+#include "../common/mpi_test_main.hpp"
+#include "scalpel/core/error.hpp"
+
+namespace scalpel::test {
+namespace {
+
+// X Xᵀ/k + 0.1 I, an SPD Hessian of width d.
+Tensor spd(std::int64_t d, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  const std::int64_t k = 2 * d;
+  std::vector<float> x(static_cast<std::size_t>(d * k));
+  for (auto& v : x) v = n(rng);
+  Tensor h = Tensor::empty({d, d});
+  for (std::int64_t i = 0; i < d; ++i)
+    for (std::int64_t j = 0; j < d; ++j) {
+      double s = 0;
+      for (std::int64_t q = 0; q < k; ++q) s += double(x[i * k + q]) * x[j * k + q];
+      h.f32()[i * d + j] = static_cast<float>(s / k + (i == j ? 0.1 : 0.0));
+    }
+  return h;
+}
+
+TEST(FactorOwners, LargestFirstToTheLeastLoadedRank) {
+  const std::vector<std::int64_t> opt{256, 256, 256, 1024};  // q/k/v, out_proj, fc1, fc2 of opt-mini
+  EXPECT_EQ(app::factor_owners(opt, 1), (std::vector<int>{0, 0, 0, 0}));
+  EXPECT_EQ(app::factor_owners(opt, 2), (std::vector<int>{1, 1, 1, 0}));
+  EXPECT_EQ(app::factor_owners(opt, 4), (std::vector<int>{1, 2, 3, 0}));
+  EXPECT_EQ(app::factor_owners({100, 100}, 2), (std::vector<int>{0, 1}));  // ties: the lower rank first
+}
+
+TEST(SharedFactors, EveryRankGetsTheFactorItWouldHaveMade) {
+  auto be = make_cpu_backend(1);
+  const std::vector<std::int64_t> widths{48, 96, 48, 160};
+  std::vector<Tensor> hs;
+  std::vector<app::FactorJob> jobs;
+  for (std::size_t i = 0; i < widths.size(); ++i) hs.push_back(spd(widths[i], 10 + static_cast<unsigned>(i)));
+  for (std::size_t i = 0; i < widths.size(); ++i)
+    jobs.push_back({static_cast<int>(i), "job " + std::to_string(i), &hs[i]});
+  for (const bool isc : {false, true}) {
+    app::FactorSettings s;
+    s.isc = isc;
+    app::SharedFactors shared(*be, *g_world, jobs, s);
+    for (std::size_t i = 0; i < widths.size(); ++i) {
+      const auto own = prune::sparsegpt_factor(*be, hs[i], nullptr, s.percdamp, s.max_tries, "own", isc);
+      const auto& got = shared.get(static_cast<int>(i));
+      ASSERT_EQ(got.hinv.numel(), own.hinv.numel());
+      EXPECT_EQ(std::memcmp(got.hinv.raw(), own.hinv.raw(), own.hinv.nbytes()), 0) << "job " << i;
+      if (isc) EXPECT_EQ(std::memcmp(got.hdiag.raw(), own.hdiag.raw(), own.hdiag.nbytes()), 0) << "job " << i;
+      EXPECT_EQ(got.damping, own.damping);
+      EXPECT_EQ(got.tries, own.tries);
+    }
+    const auto rec = shared.record();
+    EXPECT_EQ(rec.at("owners").get<std::vector<int>>(), app::factor_owners(widths, g_world->size()));
+  }
+}
+
+TEST(SharedFactors, AFailureOnItsOwnerFailsEveryRank) {
+  auto be = make_cpu_backend(1);
+  Tensor good = spd(32, 1), bad = spd(64, 2);
+  bad.f32()[5] = std::numeric_limits<float>::quiet_NaN();
+  // The bad (wider) job goes to rank 0, the good one to rank 1 when there are two ranks or more.
+  std::vector<app::FactorJob> jobs{{0, "layer 7 fc1", &good}, {1, "layer 7 fc2", &bad}};
+  try {
+    app::SharedFactors shared(*be, *g_world, jobs, {});
+    shared.get(0);
+    shared.get(1);
+    FAIL() << "no error on rank " << g_world->rank();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("layer 7 fc2"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("NaN or infinite"), std::string::npos) << msg;
+    if (g_world->size() > 1) EXPECT_NE(msg.find("factorised on data rank 0"), std::string::npos) << msg;
+  }
+}
+
+}  // namespace
+}  // namespace scalpel::test
