@@ -126,7 +126,6 @@ int main(int argc, char** argv) {
       const auto name = fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, total);
       io::write_safetensors(out / name, s);
       for (const auto& [n, t] : s) weight_map[n] = name;
-      std::cerr << "make_synthetic_opt: wrote " << name << "\n";
     };
     // Embeddings (positions carry OPT's offset of 2) and the final norm; the LM head is tied.
     const std::string fin = spec.final_norm_prefix();

@@ -22,53 +22,77 @@ const char* kCopied[] = {"config.json",       "generation_config.json", "tokeniz
 
 namespace {
 
+// One output tensor: its name and size, and how to get it (a zero-copy view of the source, an
+// eager replacement, or a lazy one made when its shard is written).
+struct Entry {
+  std::string name;
+  std::int64_t bytes = 0;
+  std::function<Tensor()> get;
+};
+
 // The output tensors of a rewrite, in output-name order: renamed, dropped or replaced.
-std::vector<std::pair<std::string, Tensor>> rewritten_tensors(const io::HfCheckpoint& src, const ExportRewrite& rw) {
-  std::map<std::string, Tensor> all;
+std::vector<Entry> rewritten_tensors(const io::HfCheckpoint& src, const ExportRewrite& rw) {
+  std::map<std::string, Entry> all;
   for (const auto& name : src.tensor_names()) {
     const auto out = rw.rename ? rw.rename(name) : name;
     if (out.empty()) continue;
     if (all.count(out)) SCALPEL_CHECK(false, "export: two tensors of {} are both named '{}'", src.folder().string(), out);
-    auto it = rw.replaced.find(out);
-    if (it != rw.replaced.end()) {
-      const auto& info = src.info(name);
-      if (it->second.shape() != info.shape || it->second.dtype() != info.dtype)
-        SCALPEL_CHECK(false, "export of '{}': {} {} replaces {} {}", out, dtype_name(it->second.dtype()),
-                      shape_str(it->second.shape()), dtype_name(info.dtype), shape_str(info.shape));
-      all.emplace(out, it->second);
+    const auto& info = src.info(name);
+    const auto check = [&src, name, out](const Tensor& t) {
+      const auto& in = src.info(name);
+      if (t.shape() != in.shape || t.dtype() != in.dtype)
+        SCALPEL_CHECK(false, "export of '{}': {} {} replaces {} {}", out, dtype_name(t.dtype()), shape_str(t.shape()),
+                      dtype_name(in.dtype), shape_str(in.shape));
+      return t;
+    };
+    Entry e{out, static_cast<std::int64_t>(shape_numel(info.shape) * dtype_size(info.dtype)), {}};
+    if (auto it = rw.replaced.find(out); it != rw.replaced.end()) {
+      check(it->second);
+      e.get = [t = it->second] { return t; };
+    } else if (rw.lazy.names.count(out)) {
+      e.get = [&rw, out, check] { return check(rw.lazy.load(out)); };
     } else {
-      all.emplace(out, src.view(name));
+      e.get = [&src, name] { return src.view(name); };
     }
+    all.emplace(out, std::move(e));
   }
   for (const auto& [name, t] : rw.replaced)
     if (!all.count(name) && (rw.rename || !src.has(name))) SCALPEL_CHECK(false, "export: '{}' is not a tensor of {}", name, src.folder().string());
-  return {all.begin(), all.end()};
+  for (const auto& name : rw.lazy.names)
+    if (!all.count(name)) SCALPEL_CHECK(false, "export: '{}' is not a tensor of {}", name, src.folder().string());
+  std::vector<Entry> out;
+  for (auto& [n, e] : all) out.push_back(std::move(e));
+  return out;
 }
 
 // model.safetensors, or shards of at most shard_bytes (a tensor larger than that gets a shard of
-// its own) plus the index, in the given order.
-void write_tensors(const fs::path& dir, const std::vector<std::pair<std::string, Tensor>>& all, std::int64_t shard_bytes) {
-  std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
+// its own) plus the index, in the given order; one shard's tensors in memory at a time.
+void write_tensors(const fs::path& dir, const std::vector<Entry>& all, std::int64_t shard_bytes) {
+  std::vector<std::vector<const Entry*>> shards(1);
   std::int64_t current = 0, total = 0;
   for (const auto& e : all) {
-    const auto b = static_cast<std::int64_t>(e.second.nbytes());
-    if (current > 0 && current + b > shard_bytes) {
+    if (current > 0 && current + e.bytes > shard_bytes) {
       shards.emplace_back();
       current = 0;
     }
-    shards.back().push_back(e);
-    current += b;
-    total += b;
+    shards.back().push_back(&e);
+    current += e.bytes;
+    total += e.bytes;
   }
+  const auto write = [&](const fs::path& file, const std::vector<const Entry*>& shard) {
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const auto* e : shard) tensors.emplace_back(e->name, e->get());
+    io::write_safetensors(file, tensors);
+  };
   if (shards.size() == 1) {
-    io::write_safetensors(dir / "model.safetensors", shards[0]);
+    write(dir / "model.safetensors", shards[0]);
     return;
   }
   nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
   for (std::size_t i = 0; i < shards.size(); ++i) {
     const auto file = fmt::format("model-{:05}-of-{:05}.safetensors", i + 1, shards.size());
-    io::write_safetensors(dir / file, shards[i]);
-    for (const auto& e : shards[i]) index["weight_map"][e.first] = file;
+    write(dir / file, shards[i]);
+    for (const auto* e : shards[i]) index["weight_map"][e->name] = file;
   }
   std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << '\n';
 }
@@ -99,6 +123,13 @@ void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, T
                       const fs::path& out, std::int64_t shard_bytes) {
   ExportRewrite rw;
   rw.replaced = replaced;
+  export_hf_rewritten(src, rw, out, shard_bytes);
+}
+
+void export_hf_folder(const io::HfCheckpoint& src, const LazyReplacement& replaced, const fs::path& out,
+                      std::int64_t shard_bytes) {
+  ExportRewrite rw;
+  rw.lazy = replaced;
   export_hf_rewritten(src, rw, out, shard_bytes);
 }
 

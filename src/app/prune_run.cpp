@@ -245,24 +245,62 @@ nlohmann::json recv_json(dist::Comm& c, int source, int tag) {
 
 }  // namespace
 
-std::map<std::string, Tensor> pruned_tensors(const io::Checkpoint& ckpt, const io::HfCheckpoint& src,
-                                             const model::ModelSpec& spec, std::int64_t* zeros, std::int64_t* total) {
-  std::map<std::string, Tensor> replaced;
-  for (std::int64_t layer = 0; layer < spec.layers; ++layer) {
-    const auto data = ckpt.read_layer(layer);
-    for (const auto& t : data.tensors) {
-      const auto name = src.resolve(spec.layer_prefix(layer) + t.name);
-      if (name.empty())
-        SCALPEL_INPUT_ERROR("checkpoint {}: layer {} tensor '{}' is not in the model {}", ckpt.dir().string(), layer,
-                            t.name, src.folder().string());
-      replaced[name] = t.data;
-      const auto s = sparsity_stats(t.data);
-      if (zeros) *zeros += s.zeros;
-      if (total) *total += s.rows * s.cols;
-    }
+// The pruned tensors of a complete checkpoint, for the export and the summary, one layer in
+// memory at a time: the export asks for them in name order, in which a layer's tensors are
+// contiguous, so each layer is read once. Tensors the checkpoint holds in another dtype than the
+// model's (LLM Surgeon's fp32 states) are rounded to the model's.
+class PrunedReader {
+ public:
+  PrunedReader(const io::Checkpoint& ckpt, const io::HfCheckpoint& src, const model::ModelSpec& spec)
+      : ckpt_(ckpt), src_(src) {
+    for (std::int64_t layer = 0; layer < spec.layers; ++layer)
+      for (const auto& [t, info] : ckpt.layer_entry(layer).tensors) {
+        const auto name = src.resolve(spec.layer_prefix(layer) + t);
+        if (name.empty())
+          SCALPEL_INPUT_ERROR("checkpoint {}: layer {} tensor '{}' is not in the model {}", ckpt.dir().string(), layer,
+                              t, src.folder().string());
+        where_[name] = {layer, t};
+      }
   }
-  return replaced;
-}
+  LazyReplacement lazy() {
+    LazyReplacement r;
+    for (const auto& [name, w] : where_) r.names.insert(name);
+    r.load = [this](const std::string& name) { return load(name); };
+    return r;
+  }
+  // Zeros and entries of every pruned tensor (a pass over the layers, one at a time).
+  std::pair<std::int64_t, std::int64_t> count() {
+    std::int64_t zeros = 0, total = 0;
+    for (const auto& [name, w] : where_) {
+      const auto st = sparsity_stats(load(name));
+      zeros += st.zeros;
+      total += st.rows * st.cols;
+    }
+    return {zeros, total};
+  }
+
+ private:
+  Tensor load(const std::string& name) {
+    const auto& [layer, t] = where_.at(name);
+    if (layer != cached_) {
+      data_ = io::LayerData();
+      data_ = ckpt_.read_layer(layer);
+      cached_ = layer;
+    }
+    Tensor v = data_.at(t).data;
+    const auto dtype = src_.info(name).dtype;
+    if (v.dtype() == dtype) return v;
+    Tensor stored = Tensor::empty(v.shape(), dtype);
+    const Tensor f = v.to_f32();
+    convert_from_f32(dtype, f.f32(), stored.raw(), static_cast<std::size_t>(f.numel()));
+    return stored;
+  }
+  const io::Checkpoint& ckpt_;
+  const io::HfCheckpoint& src_;
+  std::map<std::string, std::pair<std::int64_t, std::string>> where_;  // stored name -> (layer, name in it)
+  std::int64_t cached_ = -1;
+  io::LayerData data_;
+};
 
 int run_export(const std::string& checkpoint_dir, const std::string& model_override, const std::string& out,
                std::int64_t shard_mb) {
@@ -288,17 +326,10 @@ int run_export(const std::string& checkpoint_dir, const std::string& model_overr
     SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {} (fingerprints differ)", checkpoint_dir,
                         model);
   const auto spec = model::ModelSpec::from_config(src.config(), (fs::path(model) / "config.json").string());
-  auto replaced = pruned_tensors(ckpt, src, spec, nullptr, nullptr);
-  for (auto& [name, t] : replaced) {
-    const auto dtype = src.info(name).dtype;
-    if (t.dtype() == dtype) continue;
-    Tensor stored = Tensor::empty(t.shape(), dtype);
-    const Tensor f = t.to_f32();
-    convert_from_f32(dtype, f.f32(), stored.raw(), static_cast<std::size_t>(f.numel()));
-    t = stored;
-  }
-  export_hf_folder(src, replaced, out, shard_mb << 20);
-  fmt::print("exported {} pruned tensors of {} to {}\n", replaced.size(), model, out);
+  PrunedReader reader(ckpt, src, spec);
+  const auto lazy = reader.lazy();
+  export_hf_folder(src, lazy, out, shard_mb << 20);
+  fmt::print("exported {} pruned tensors of {} to {}\n", lazy.names.size(), model, out);
   return kExitOk;
 }
 
@@ -602,8 +633,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   // vouches for.
   nlohmann::json summary;
   if (world.is_root()) {
-    std::int64_t zeros = 0, total = 0;
-    const auto replaced = pruned_tensors(*ckpt, *src, spec, &zeros, &total);
+    PrunedReader reader(*ckpt, *src, spec);
+    const auto [zeros, total] = reader.count();
     summary = {{"method", cfg.prune.method}, {"pattern", pattern.str()}, {"zeros", zeros}, {"weights", total},
                {"sparsity", total ? double(zeros) / double(total) : 0.0}, {"seconds", total_timer.seconds()},
                {"ranks", world.size()}};
@@ -612,7 +643,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
               total ? 100.0 * zeros / total : 0.0, total_timer.seconds());
     if (!cfg.output.export_dir.empty()) {
       const auto dest = out_dir / cfg.output.export_dir;
-      export_hf_folder(*src, replaced, dest, cfg.output.export_shard_mb << 20);
+      export_hf_folder(*src, reader.lazy(), dest, cfg.output.export_shard_mb << 20);
       log::info("exported the pruned model to {}", dest.string());
     }
     metrics.write({{"event", "prune"}, {"config_hash", id.config_hash}, {"summary", summary}});

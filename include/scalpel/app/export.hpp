@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -26,6 +27,17 @@ namespace scalpel::app {
 void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, Tensor>& replaced,
                       const std::filesystem::path& out, std::int64_t shard_bytes);
 
+// Replacement tensors made on demand, for exports larger than memory (a pruned checkpoint read
+// layer by layer): the export asks load() for each of `names` once, in output-name order, shard by
+// shard, and holds only the tensors of the shard it is writing; load returns the host tensor in
+// the source tensor's stored dtype and shape.
+struct LazyReplacement {
+  std::set<std::string> names;
+  std::function<Tensor(const std::string&)> load;
+};
+void export_hf_folder(const io::HfCheckpoint& src, const LazyReplacement& replaced, const std::filesystem::path& out,
+                      std::int64_t shard_bytes);
+
 // A rewrite of a source folder's tensors and config (depth pruning renumbers and drops decoder
 // blocks this way). Each source tensor keeps its name, is renamed (rename returns the new name)
 // or dropped (rename returns ""); `replaced` gives new values by output name, in the source
@@ -33,6 +45,7 @@ void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, T
 struct ExportRewrite {
   std::function<std::string(const std::string&)> rename;  // empty: every name kept
   std::map<std::string, Tensor> replaced;
+  LazyReplacement lazy;  // replacements made on demand (names not in `replaced`)
   nlohmann::json config;
 };
 
