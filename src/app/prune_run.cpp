@@ -12,6 +12,7 @@
 // never stopped, at any rank count with `determinism: strict`. SIGTERM/SIGUSR1 stop the run after
 // the current layer is committed (exit code 75); a watchdog aborts a hung rank.
 #include <array>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <optional>
@@ -102,6 +103,12 @@ Tensor embed_windows(Backend& be, model::Model& m, std::span<const std::int32_t>
   }
   be.synchronize();
   return x;
+}
+
+// The next layer's weights are read in the background unless SCALPEL_PREFETCH=0 (for benchmarks).
+bool prefetch_layers() {
+  const char* v = std::getenv("SCALPEL_PREFETCH");
+  return v == nullptr || std::string(v) != "0";
 }
 
 // One factor job per input group of the pass: its Hessian, named by its linears.
@@ -448,6 +455,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
       if (owner == grid.stage) {
         watchdog.beat("load layer", layer);
         const auto dense = m.layer_weights(layer);
+        if (layer + 1 < my_layers.end && prefetch_layers()) m.prefetch(layer + 1);  // reads overlap this layer
         auto working = std::make_shared<model::LayerWeights>(*dense);
         if (committed) {
           // Replay: the stored weights are the ones the original run propagated with.

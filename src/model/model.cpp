@@ -30,8 +30,8 @@ Model::Model(ModelSpec spec, std::shared_ptr<const WeightSource> source, Backend
   }
 }
 
-Tensor Model::load(const std::string& name, const Shape& expect) {
-  Tensor host = source_->load(name);
+Tensor Model::load(const std::string& name, const Shape& expect, const Tensor* staged) {
+  Tensor host = staged ? *staged : source_->load(name);
   if (host.shape() != expect)
     SCALPEL_INPUT_ERROR("tensor '{}' has shape {}, but config.json implies {}", name, shape_str(host.shape()),
                         shape_str(expect));
@@ -44,13 +44,23 @@ Tensor Model::load(const std::string& name, const Shape& expect) {
 std::shared_ptr<const LayerWeights> Model::layer_weights(std::int64_t layer) {
   SCALPEL_CHECK(layer >= 0 && layer < spec_.layers, "layer {} of {}", layer, spec_.layers);
   if (auto it = layers_.find(layer); it != layers_.end()) return it->second;
+  std::map<std::string, Tensor> staged;
+  if (auto it = prefetched_.find(layer); it != prefetched_.end()) {
+    auto f = std::move(it->second);
+    prefetched_.erase(it);
+    staged = f.get();  // rethrows a read error of the background thread
+  }
+  const auto get = [&](const std::string& name, const Shape& shape) {
+    auto it = staged.find(name);
+    return load(name, shape, it != staged.end() ? &it->second : nullptr);
+  };
   auto w = std::make_shared<LayerWeights>();
   const auto prefix = spec_.layer_prefix(layer);
   for (const auto& l : spec_.linears()) {
-    w->tensors[l.name + ".weight"] = load(prefix + l.name + ".weight", {l.out, l.in});
-    if (l.bias) w->tensors[l.name + ".bias"] = load(prefix + l.name + ".bias", {l.out});
+    w->tensors[l.name + ".weight"] = get(prefix + l.name + ".weight", {l.out, l.in});
+    if (l.bias) w->tensors[l.name + ".bias"] = get(prefix + l.name + ".bias", {l.out});
   }
-  for (const auto& n : spec_.layer_norm_tensors()) w->tensors[n] = load(prefix + n, {spec_.hidden});
+  for (const auto& n : spec_.layer_norm_tensors()) w->tensors[n] = get(prefix + n, {spec_.hidden});
   if (cached_bytes_ + w->bytes() <= cache_bytes_) {
     cached_bytes_ += w->bytes();
     layers_[layer] = w;
@@ -58,8 +68,25 @@ std::shared_ptr<const LayerWeights> Model::layer_weights(std::int64_t layer) {
   return w;
 }
 
+void Model::prefetch(std::int64_t layer) {
+  if (layer < 0 || layer >= spec_.layers || layers_.count(layer) || prefetched_.count(layer)) return;
+  std::vector<std::string> names;
+  const auto prefix = spec_.layer_prefix(layer);
+  for (const auto& l : spec_.linears()) {
+    names.push_back(prefix + l.name + ".weight");
+    if (l.bias) names.push_back(prefix + l.name + ".bias");
+  }
+  for (const auto& n : spec_.layer_norm_tensors()) names.push_back(prefix + n);
+  prefetched_[layer] = std::async(std::launch::async, [source = source_, names] {
+    std::map<std::string, Tensor> out;
+    for (const auto& n : names) out[n] = source->load(n).clone();  // the copy is the read
+    return out;
+  });
+}
+
 void Model::set_layer_weights(std::int64_t layer, std::shared_ptr<const LayerWeights> w) {
   SCALPEL_CHECK(layer >= 0 && layer < spec_.layers, "layer {} of {}", layer, spec_.layers);
+  prefetched_.erase(layer);  // a read under way is waited for and dropped
   if (auto it = layers_.find(layer); it != layers_.end()) cached_bytes_ -= it->second->bytes();
   cached_bytes_ += w->bytes();  // replaced layers stay resident: they exist nowhere else
   layers_[layer] = std::move(w);

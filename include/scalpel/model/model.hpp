@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <span>
@@ -119,13 +120,19 @@ class Model {
   // Bytes of one layer's LayerCache for batch x seqlen tokens (fp32).
   std::int64_t layer_cache_bytes(std::int64_t batch, std::int64_t seqlen) const;
 
-  // The layer's weights on the device (from the cache, or read now).
+  // The layer's weights on the device (from the cache, from a prefetch, or read now).
   std::shared_ptr<const LayerWeights> layer_weights(std::int64_t layer);
+  // Starts reading the layer's stored tensors into host memory on a background thread, so that a
+  // later layer_weights(layer) finds them there (the disk reads overlap the current layer's work;
+  // the upload stays on the caller's thread). A no-op for a cached, pending or absent layer. The
+  // source must allow reads from another thread (safetensors views do). Read errors surface in
+  // layer_weights.
+  void prefetch(std::int64_t layer);
   // Replaces a layer's weights (the pruners hand back pruned layers this way).
   void set_layer_weights(std::int64_t layer, std::shared_ptr<const LayerWeights> w);
 
  private:
-  Tensor load(const std::string& name, const Shape& expect);
+  Tensor load(const std::string& name, const Shape& expect, const Tensor* staged = nullptr);
   // Final norm, project_out and LM head of hidden rows [n, hidden] -> logits [n, vocab].
   void final_logits(const Tensor& rows, Tensor& logits);
   // From dlogits of rows [n, vocab], the gradient at those rows of the last layer's output.
@@ -137,6 +144,7 @@ class Model {
   Backend& be_;
   std::size_t cache_bytes_, cached_bytes_ = 0;
   std::map<std::int64_t, std::shared_ptr<const LayerWeights>> layers_;
+  std::map<std::int64_t, std::future<std::map<std::string, Tensor>>> prefetched_;  // stored name -> host copy
   Tensor embed_tokens_, embed_positions_, project_in_, project_out_, final_w_, final_b_, lm_head_;
   std::map<std::int64_t, RopeTables> rope_;
 };
