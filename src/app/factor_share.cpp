@@ -1,28 +1,17 @@
 // Shared SparseGPT factors (see factor_share.hpp).
 #include "factor_share.hpp"
 
-#include <algorithm>
-#include <cstring>
-#include <numeric>
 
+#include "root_work.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/timer.hpp"
 
 namespace scalpel::app {
 
 std::vector<int> factor_owners(const std::vector<std::int64_t>& widths, int ranks) {
-  std::vector<std::size_t> order(widths.size());
-  std::iota(order.begin(), order.end(), std::size_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return widths[a] > widths[b]; });
-  std::vector<double> load(static_cast<std::size_t>(std::max(ranks, 1)), 0.0);
-  std::vector<int> owner(widths.size(), 0);
-  for (const auto j : order) {
-    const auto r = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-    owner[j] = static_cast<int>(r);
-    const double d = static_cast<double>(widths[j]);
-    load[r] += d * d * d;
-  }
-  return owner;
+  std::vector<double> costs;
+  for (const auto w : widths) costs.push_back(static_cast<double>(w) * static_cast<double>(w) * static_cast<double>(w));
+  return dist::balance_parts(costs, ranks);
 }
 
 SharedFactors::SharedFactors(Backend& be, dist::Comm& group, std::vector<FactorJob> jobs, const FactorSettings& s)
@@ -58,7 +47,7 @@ namespace {
 // What travels with a factor besides its matrices.
 struct Meta {
   double damping = 0, percdamp = 0, seconds = 0;
-  std::int64_t tries = 0, dead = 0, ok = 0;
+  std::int64_t tries = 0, dead = 0;
 };
 
 void broadcast_tensor(Backend& be, dist::Comm& group, Tensor& t, int root) {
@@ -70,53 +59,40 @@ void broadcast_tensor(Backend& be, dist::Comm& group, Tensor& t, int root) {
 }  // namespace
 
 // Each rank makes its own jobs first (the ranks work side by side), then every factor is broadcast
-// from its owner in job order. A failure on the owner reaches every rank as the same error.
+// from its owner in job order (detail::owned_work: a failure on the owner reaches every rank).
 void SharedFactors::exchange() {
-  std::vector<std::string> errors(jobs_.size());
-  for (std::size_t j = 0; j < jobs_.size(); ++j) {
-    if (owners_[j] != group_.rank()) continue;
-    Timer t;
-    try {
-      made_.emplace(jobs_[j].input_group, make(jobs_[j]));
-    } catch (const Error& e) {
-      errors[j] = e.what();
-    }
-    seconds_[j] = t.seconds();
-  }
-  for (std::size_t j = 0; j < jobs_.size(); ++j) {
-    const int root = owners_[j];
-    const bool mine = root == group_.rank();
-    Meta m;
-    if (mine) {
-      m.seconds = seconds_[j];
-      m.ok = errors[j].empty();
-      if (m.ok) {
-        const auto& f = made_.at(jobs_[j].input_group);
-        m = {f.damping, f.percdamp, seconds_[j], f.tries, f.dead, 1};
-      }
-    }
-    group_.broadcast(std::span<std::byte>(reinterpret_cast<std::byte*>(&m), sizeof m), root);
-    seconds_[j] = m.seconds;
-    if (!m.ok) {
-      std::string msg = errors[j];
-      group_.broadcast_string(msg, root);
-      SCALPEL_RUNTIME_ERROR("{} (factorised on data rank {})", msg, root);
-    }
-    prune::HinvFactor f;
-    const auto d = jobs_[j].hessian->size(0);
-    if (mine) f = made_.at(jobs_[j].input_group);
-    else {
-      f.hinv = be_.empty({d, d});
-      if (s_.isc) f.hdiag = be_.empty({d});
-      f.damping = m.damping;
-      f.percdamp = m.percdamp;
-      f.tries = static_cast<int>(m.tries);
-      f.dead = m.dead;
-    }
-    broadcast_tensor(be_, group_, f.hinv, root);
-    if (s_.isc) broadcast_tensor(be_, group_, f.hdiag, root);
-    made_[jobs_[j].input_group] = std::move(f);
-  }
+  detail::owned_work(
+      group_, owners_, "factorised",
+      [&](std::size_t j) {
+        Timer t;
+        made_.emplace(jobs_[j].input_group, make(jobs_[j]));
+        seconds_[j] = t.seconds();
+      },
+      [&](std::size_t j, int root) {
+        const bool mine = root == group_.rank();
+        Meta m;
+        if (mine) {
+          const auto& f = made_.at(jobs_[j].input_group);
+          m = {f.damping, f.percdamp, seconds_[j], f.tries, f.dead};
+        }
+        group_.broadcast(std::span<std::byte>(reinterpret_cast<std::byte*>(&m), sizeof m), root);
+        prune::HinvFactor f;
+        if (mine) {
+          f = made_.at(jobs_[j].input_group);
+        } else {
+          const auto d = jobs_[j].hessian->size(0);
+          f.hinv = be_.empty({d, d});
+          if (s_.isc) f.hdiag = be_.empty({d});
+          f.damping = m.damping;
+          f.percdamp = m.percdamp;
+          f.tries = static_cast<int>(m.tries);
+          f.dead = m.dead;
+        }
+        seconds_[j] = m.seconds;
+        broadcast_tensor(be_, group_, f.hinv, root);
+        if (s_.isc) broadcast_tensor(be_, group_, f.hdiag, root);
+        made_[jobs_[j].input_group] = std::move(f);
+      });
 }
 
 nlohmann::json SharedFactors::record() const {

@@ -290,7 +290,7 @@ class PrunedReader {
   Tensor load(const std::string& name) {
     const auto& [layer, t] = where_.at(name);
     if (layer != cached_) {
-      data_ = io::LayerData();
+      data_ = io::LayerData();  // the last layer is freed before the next is read
       data_ = ckpt_.read_layer(layer);
       cached_ = layer;
     }

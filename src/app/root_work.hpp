@@ -1,6 +1,7 @@
-// Work that rank 0 alone does (reading and tokenizing an input file), shared with the other ranks.
-// An input error on rank 0 becomes the same error on every rank, so no rank waits for data that
-// never comes, and the job ends with the message naming the file.
+// Work that one rank does and shares with the others: rank 0 reading and tokenizing an input
+// file, or items split over the ranks (factorisations, LLM Surgeon's updates). An error on the rank
+// doing the work becomes the same error on every rank, so no rank waits for data that never comes,
+// and the job ends with the message naming what failed.
 #pragma once
 #include <span>
 #include <string>
@@ -27,6 +28,32 @@ void on_root(dist::Comm& comm, F&& work) {
   if (failed) {
     comm.broadcast_string(err, 0);
     SCALPEL_INPUT_ERROR("{}", err);
+  }
+}
+
+// Items split over the ranks of comm, owners[i] the rank that does item i: each rank runs work(i)
+// for its items (side by side with the others), then every item is shared from its owner in item
+// order with share(i, owner), a collective call on every rank. An Error on an owner stops every
+// rank with a runtime Error giving its message and "(<what> on data rank r)".
+template <class Work, class Share>
+void owned_work(dist::Comm& comm, const std::vector<int>& owners, const char* what, Work&& work, Share&& share) {
+  std::vector<std::string> errors(owners.size());
+  for (std::size_t i = 0; i < owners.size(); ++i) {
+    if (owners[i] != comm.rank()) continue;
+    try {
+      work(i);
+    } catch (const Error& e) {
+      errors[i] = e.what();
+    }
+  }
+  for (std::size_t i = 0; i < owners.size(); ++i) {
+    std::int64_t failed = errors[i].empty() ? 0 : 1;
+    comm.broadcast(std::as_writable_bytes(std::span(&failed, 1)), owners[i]);
+    if (failed) {
+      comm.broadcast_string(errors[i], owners[i]);
+      SCALPEL_RUNTIME_ERROR("{} ({} on data rank {})", errors[i], what, owners[i]);
+    }
+    share(i, owners[i]);
   }
 }
 

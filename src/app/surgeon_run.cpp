@@ -282,6 +282,26 @@ std::vector<sg::Scored> score_all(SurgeonRun& r, std::int64_t shot, ShotCurvatur
   return scored;
 }
 
+// The updates of every target, split over the data ranks (by weight count, largest first to the
+// least loaded) and broadcast from each owner: an update depends only on its linear's weight,
+// inverses and removal, and its bits not on the rank or thread count that computes it, so the
+// model is the same at any rank count.
+void update_all(SurgeonRun& r, std::vector<sg::Linear>& lins, const std::vector<sg::Scored>& scored,
+                const std::vector<sg::Removal>& removal) {
+  std::vector<double> costs;
+  for (const auto& l : lins) costs.push_back(static_cast<double>(l.w.numel()));
+  detail::owned_work(
+      r.group, dist::balance_parts(costs, r.group.size()), "updated",
+      [&](std::size_t i) {
+        r.watchdog.beat("update", r.targets[i].layer);
+        sg::update(r.be, lins[i], scored[i], removal[i], r.opt);
+      },
+      [&](std::size_t i, int root) {
+        r.watchdog.beat("share updates", r.targets[i].layer);
+        r.group.broadcast(std::span<std::byte>(static_cast<std::byte*>(lins[i].w.raw()), lins[i].w.nbytes()), root);
+      });
+}
+
 // One shot: curvature, scores, selection, updates. Returns the shot's metrics record; wbs holds the
 // targets' weights before (in) and after (out) the shot.
 nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& wbs) {
@@ -303,14 +323,13 @@ nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& w
   const auto removal = sg::select(lins, scored, r.opt, target, threshold);
   phases["select_s"] = t.seconds();
   t = Timer();
+  update_all(r, lins, scored, removal);
+  phases["update_s"] = t.seconds();
   nlohmann::json removed = nlohmann::json::object(), per_linear = nlohmann::json::object();
   for (std::size_t i = 0; i < lins.size(); ++i) {
-    r.watchdog.beat("update", r.targets[i].layer);
-    sg::update(r.be, lins[i], scored[i], removal[i], r.opt);
     removed[r.targets[i].label()] = removal[i].removed;
     wbs[i] = lins[i].w;
   }
-  phases["update_s"] = t.seconds();
   for (std::size_t i = 0; i < lins.size(); ++i) {
     if (!all_finite_host(r.be, wbs[i])) SCALPEL_RUNTIME_ERROR("shot {} {}: non-finite weights after the update", shot,
                                                          r.targets[i].label());

@@ -286,6 +286,20 @@ void MpiComm::abort(int code) {
   std::_Exit(code);
 }
 
+std::vector<int> balance_parts(const std::vector<double>& costs, int parts) {
+  std::vector<std::size_t> order(costs.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return costs[a] > costs[b]; });
+  std::vector<double> load(static_cast<std::size_t>(std::max(parts, 1)), 0.0);
+  std::vector<int> owner(costs.size(), 0);
+  for (const auto i : order) {
+    const auto r = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = static_cast<int>(r);
+    load[r] += costs[i];
+  }
+  return owner;
+}
+
 Range block_range(std::int64_t n, int parts, int p) {
   const std::int64_t base = n / parts, extra = n % parts;
   const std::int64_t begin = p * base + std::min<std::int64_t>(p, extra);

@@ -40,7 +40,7 @@ Sub make_sub(Backend& be, const Linear& l, const Scored& s) {
   for (std::int64_t i = 0; i < u.ra; ++i)
     for (std::int64_t j = 0; j < u.ca; ++j)
       w.f32()[i * u.ca + j] = l.w.f32()[s.rows[static_cast<std::size_t>(i)] * C + s.cols[static_cast<std::size_t>(j)]];
-  u.w = be.device() == Device::cpu ? w : be.upload(w);
+  u.w = on(be, w);
   u.dw = be.zeros({u.ra, u.ca});
   u.ginv = on(be, s.ginv);
   u.ainv = on(be, s.ainv);

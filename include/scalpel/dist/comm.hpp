@@ -153,4 +153,8 @@ struct Range {
 };
 Range block_range(std::int64_t n, int parts, int p);
 
+// Items of the given costs assigned to `parts` ranks, largest first to the least loaded (ties to
+// the lower rank, equal costs in item order): the owner of each item.
+std::vector<int> balance_parts(const std::vector<double>& costs, int parts);
+
 }  // namespace scalpel::dist
