@@ -1,5 +1,7 @@
 // `scalpel plan` for prune.method: surgeon (LLM Surgeon's shots): per rank (every data rank holds
-// the whole model and computes the same scores and updates; the calibration windows are split),
+// the whole model; the calibration windows are split, and each pruned linear is scored and updated
+// by one rank, as surgeon_run.cpp assigns them: by weight count, largest first to the least
+// loaded; the figures are those of the busiest rank),
 // the memory by term at the shot's peak, and the FLOPs and time of a shot and of the run, phase by
 // phase. The terms follow surgeon_run.cpp:
 //   weights      every decoder layer resident in fp32 (pruned layers never leave memory), embeddings
@@ -7,7 +9,7 @@
 //   factor sums  A per input group (q/k/v and gate/up share one) and G per linear: the packed upper
 //                triangle in float64 (fast) or three int64 bins (strict), plus one batch's fp32 syrk;
 //   factors      one linear's A and G means in float64 at a time, while it is scored;
-//   inverses     every pruned linear's Ĝ⁻¹ and Â⁻¹ in fp32, held from scoring to the update;
+//   inverses     the Ĝ⁻¹ and Â⁻¹ in fp32 of the linears the rank owns, held from scoring to the update;
 //   activations  keep (every layer's forward intermediates of a batch) or recompute (each layer's
 //                input only, plus one layer's intermediates), as surgeon.keep_activations_mb decides;
 //   chunks       8 chunk matrices of max_correlate² fp32 factorised together.
@@ -17,6 +19,7 @@
 // chunk of Q = max_correlate weights, s_k·n/Q chunks at shot k.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <thread>
@@ -24,6 +27,7 @@
 #include "plan_common.hpp"
 #include "scalpel/app/plan.hpp"
 #include "scalpel/core/error.hpp"
+#include "scalpel/dist/comm.hpp"
 
 namespace scalpel::app {
 namespace {
@@ -37,12 +41,34 @@ struct Sizes {
   I a_packed = 0, g_packed = 0;    // entries of the packed upper triangles (all factors)
   I largest_factor = 0;            // the largest C' or R
   double factor_flops = 0;         // per token: Σ d² over factors
-  double inverse_flops = 0;        // Σ n³ over every pruned linear's A and G
-  I inverses_bytes = 0;            // Σ (R² + C'²) · 4
+  double inverse_flops = 0;        // Σ n³ over the busiest rank's linears' A and G
+  I inverses_bytes = 0;            // Σ (R² + C'²) · 4 over its linears
+  I rank_pruned = 0;               // the pruned weights of its linears (its share of the chunk solves)
 };
 
-Sizes sizes_of(const model::ModelSpec& spec, const Config& cfg) {
+// Per pruned linear of the model (layer by layer): its weight count and its inverses' FLOPs and
+// bytes; then the busiest rank's sums under the run's assignment.
+void assign_to_ranks(Sizes& z, const std::vector<double>& numel, const std::vector<double>& inv_flops,
+                     const std::vector<I>& inv_bytes, int ranks) {
+  const auto owners = dist::balance_parts(numel, ranks);
+  std::vector<double> flops(static_cast<std::size_t>(ranks), 0.0), weights(flops);
+  std::vector<I> bytes(static_cast<std::size_t>(ranks), 0);
+  for (std::size_t i = 0; i < owners.size(); ++i) {
+    const auto r = static_cast<std::size_t>(owners[i]);
+    flops[r] += inv_flops[i];
+    bytes[r] += inv_bytes[i];
+    weights[r] += numel[i];
+  }
+  const auto busiest = static_cast<std::size_t>(std::max_element(weights.begin(), weights.end()) - weights.begin());
+  z.inverse_flops = flops[busiest];
+  z.inverses_bytes = bytes[busiest];
+  z.rank_pruned = static_cast<I>(weights[busiest]);
+}
+
+Sizes sizes_of(const model::ModelSpec& spec, const Config& cfg, int ranks) {
   Sizes z;
+  std::vector<double> numel, inv_flops;
+  std::vector<I> inv_bytes;
   const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
   for (const auto& l : spec.linears()) z.params += l.out * (l.in + (l.bias ? 1 : 0));
   z.params *= spec.layers;
@@ -55,8 +81,9 @@ Sizes sizes_of(const model::ModelSpec& spec, const Config& cfg) {
       z.pruned += r * c;
       z.g_packed += r * (r + 1) / 2;
       z.factor_flops += static_cast<double>(r) * static_cast<double>(r);
-      z.inverse_flops += std::pow(static_cast<double>(r), 3) + std::pow(static_cast<double>(c), 3);
-      z.inverses_bytes += (r * r + c * c) * 4;
+      numel.push_back(static_cast<double>(r * c));
+      inv_flops.push_back(std::pow(static_cast<double>(r), 3) + std::pow(static_cast<double>(c), 3));
+      inv_bytes.push_back((r * r + c * c) * 4);
       z.largest_factor = std::max({z.largest_factor, r, c});
     }
   }
@@ -64,8 +91,14 @@ Sizes sizes_of(const model::ModelSpec& spec, const Config& cfg) {
   z.a_packed *= spec.layers;
   z.g_packed *= spec.layers;
   z.factor_flops *= static_cast<double>(spec.layers);
-  z.inverse_flops *= static_cast<double>(spec.layers);
-  z.inverses_bytes *= spec.layers;
+  const auto per_layer = numel.size();
+  for (I l = 1; l < spec.layers; ++l)
+    for (std::size_t i = 0; i < per_layer; ++i) {
+      numel.push_back(numel[i]);
+      inv_flops.push_back(inv_flops[i]);
+      inv_bytes.push_back(inv_bytes[i]);
+    }
+  assign_to_ranks(z, numel, inv_flops, inv_bytes, ranks);
   return z;
 }
 
@@ -94,7 +127,7 @@ json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in) {
   const I T = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
   const I N = cfg.calibration.nsamples, B = cfg.calibration.batch, K = cfg.surgeon.shots, L = spec.layers;
   const I my_windows = (N + in.world - 1) / in.world, tokens = my_windows * T;
-  const auto z = sizes_of(spec, cfg);
+  const auto z = sizes_of(spec, cfg, in.world);
   const bool strict = cfg.determinism == "strict";
   const I d = spec.hidden, e = spec.word_embed_proj_dim, V = spec.vocab_size;
   const I qdim = spec.heads * spec.head_dim, kvdim = spec.kv_heads * spec.head_dim;
@@ -129,7 +162,7 @@ json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in) {
   const auto nm = elements && cfg.prune.pattern != "unstructured" ? parse_nm(cfg.prune.pattern) : std::nullopt;
   const double s_final = nm ? static_cast<double>(nm->first) / nm->second : cfg.prune.sparsity;  // N:M reaches N/M
   for (I k = 1; k <= K; ++k) {
-    const double q = s_final * static_cast<double>(k) / static_cast<double>(K) * static_cast<double>(z.pruned);
+    const double q = s_final * static_cast<double>(k) / static_cast<double>(K) * static_cast<double>(z.rank_pruned);
     if (elements && mc > 0) solve_total += q / static_cast<double>(mc) * std::pow(static_cast<double>(mc), 3) / 3;
   }
   const bool curvature = cfg.surgeon.cost != "magnitude";

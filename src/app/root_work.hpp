@@ -34,24 +34,27 @@ void on_root(dist::Comm& comm, F&& work) {
 // Items split over the ranks of comm, owners[i] the rank that does item i: each rank runs work(i)
 // for its items (side by side with the others), then every item is shared from its owner in item
 // order with share(i, owner), a collective call on every rank. An Error on an owner stops every
-// rank with a runtime Error giving its message and "(<what> on data rank r)".
+// rank with an Error of the same kind giving its message (and, with several ranks, "(<what> on data
+// rank r)"), so the exit code does not depend on the rank count.
 template <class Work, class Share>
 void owned_work(dist::Comm& comm, const std::vector<int>& owners, const char* what, Work&& work, Share&& share) {
   std::vector<std::string> errors(owners.size());
+  std::vector<std::int64_t> kinds(owners.size(), -1);  // ErrorKind of a failed item
   for (std::size_t i = 0; i < owners.size(); ++i) {
     if (owners[i] != comm.rank()) continue;
     try {
       work(i);
     } catch (const Error& e) {
       errors[i] = e.what();
+      kinds[i] = static_cast<std::int64_t>(e.kind());
     }
   }
   for (std::size_t i = 0; i < owners.size(); ++i) {
-    std::int64_t failed = errors[i].empty() ? 0 : 1;
-    comm.broadcast(std::as_writable_bytes(std::span(&failed, 1)), owners[i]);
-    if (failed) {
+    comm.broadcast(std::as_writable_bytes(std::span(&kinds[i], 1)), owners[i]);
+    if (kinds[i] >= 0) {
       comm.broadcast_string(errors[i], owners[i]);
-      SCALPEL_RUNTIME_ERROR("{} ({} on data rank {})", errors[i], what, owners[i]);
+      const auto msg = comm.size() > 1 ? fmt::format("{} ({} on data rank {})", errors[i], what, owners[i]) : errors[i];
+      throw Error(static_cast<ErrorKind>(kinds[i]), msg, __FILE__, __LINE__);
     }
     share(i, owners[i]);
   }

@@ -256,42 +256,71 @@ double curvature_pass(SurgeonRun& r, ShotCurvature& curv, nlohmann::json& phases
   return loss_sum[0] / loss_sum[1];
 }
 
-// Scores every target from its weights at the start of the shot; one linear's float64 factors
-// exist at a time (curv is null for the magnitude cost).
+// v from `root` on every rank of comm (its size first).
+template <class T>
+void broadcast_from(dist::Comm& comm, std::vector<T>& v, int root) {
+  std::int64_t n = static_cast<std::int64_t>(v.size());
+  comm.broadcast(std::as_writable_bytes(std::span(&n, 1)), root);
+  v.resize(static_cast<std::size_t>(n));
+  comm.broadcast(std::as_writable_bytes(std::span(v)), root);
+}
+
+// Which data rank scores and updates each target: by weight count, largest first to the least
+// loaded. The owner alone holds the target's inverses (from scoring to its update).
+std::vector<int> target_owners(const SurgeonRun& r, const std::vector<Tensor>& wbs) {
+  std::vector<double> costs;
+  for (const auto& w : wbs) costs.push_back(static_cast<double>(w.numel()));
+  return dist::balance_parts(costs, r.group.size());
+}
+
+// Scores every target from its weights at the start of the shot, each on its owner (one linear's
+// float64 factors exist there at a time; curv is null for the magnitude cost); the alive rows and
+// columns and the costs, not the inverses, are broadcast to every rank for the selection.
 std::vector<sg::Scored> score_all(SurgeonRun& r, std::int64_t shot, ShotCurvature* curv, std::vector<sg::Linear>& lins,
-                                  const std::vector<Tensor>& wbs, nlohmann::json& phases) {
+                                  const std::vector<Tensor>& wbs, const std::vector<int>& owners,
+                                  nlohmann::json& phases) {
   const auto tokens = r.calib.nseq * r.calib.seqlen;
-  std::vector<sg::Scored> scored;
-  double means_s = 0;
-  Timer t;
+  std::vector<sg::Scored> scored(r.targets.size());
   for (std::size_t i = 0; i < r.targets.size(); ++i) {
-    r.watchdog.beat("score", r.targets[i].layer);
     lins[i].name = fmt::format("shot {} {}", shot, r.targets[i].label());
     lins[i].w = wbs[i];
     lins[i].has_bias = r.targets[i].linear.bias;
-    if (curv) {
-      Timer tm;
-      std::tie(lins[i].a, lins[i].g) = curv->factors(i, tokens);
-      means_s += tm.seconds();
-    }
-    scored.push_back(sg::score(r.be, lins[i], r.opt));
-    lins[i].a = lins[i].g = Tensor();  // the update needs the f32 inverses only
   }
+  double means_s = 0;
+  Timer t;
+  detail::owned_work(
+      r.group, owners, "scored",
+      [&](std::size_t i) {
+        r.watchdog.beat("score", r.targets[i].layer);
+        if (curv) {
+          Timer tm;
+          std::tie(lins[i].a, lins[i].g) = curv->factors(i, tokens);
+          means_s += tm.seconds();
+        }
+        scored[i] = sg::score(r.be, lins[i], r.opt);
+        lins[i].a = lins[i].g = Tensor();  // the update needs the f32 inverses only
+      },
+      [&](std::size_t i, int root) {
+        r.watchdog.beat("share scores", r.targets[i].layer);
+        auto& s = scored[i];
+        broadcast_from(r.group, s.rows, root);
+        broadcast_from(r.group, s.cols, root);
+        broadcast_from(r.group, s.cost, root);
+        broadcast_from(r.group, s.row_cost, root);
+        broadcast_from(r.group, s.col_cost, root);
+      });
   phases["means_s"] = means_s;
   phases["score_s"] = t.seconds() - means_s;
   return scored;
 }
 
-// The updates of every target, split over the data ranks (by weight count, largest first to the
-// least loaded) and broadcast from each owner: an update depends only on its linear's weight,
-// inverses and removal, and its bits not on the rank or thread count that computes it, so the
-// model is the same at any rank count.
+// The updates of every target, each on its owner (which holds its inverses), and the updated
+// weights broadcast: an update depends only on its linear's weight, inverses and removal, and its
+// bits not on the rank or thread count that computes it, so the model is the same at any rank count.
 void update_all(SurgeonRun& r, std::vector<sg::Linear>& lins, const std::vector<sg::Scored>& scored,
-                const std::vector<sg::Removal>& removal) {
-  std::vector<double> costs;
-  for (const auto& l : lins) costs.push_back(static_cast<double>(l.w.numel()));
+                const std::vector<sg::Removal>& removal, const std::vector<int>& owners) {
   detail::owned_work(
-      r.group, dist::balance_parts(costs, r.group.size()), "updated",
+      r.group, owners, "updated",
       [&](std::size_t i) {
         r.watchdog.beat("update", r.targets[i].layer);
         sg::update(r.be, lins[i], scored[i], removal[i], r.opt);
@@ -316,14 +345,15 @@ nlohmann::json run_shot(SurgeonRun& r, std::int64_t shot, std::vector<Tensor>& w
     curv.emplace(r.be, r.targets, r.accumulation, shot, r.cfg.surgeon.fisher == "sampled", r.cfg.calibration.seed);
     loss = curvature_pass(r, *curv, phases);
   }
-  const auto scored = score_all(r, shot, curv ? &*curv : nullptr, lins, wbs, phases);
+  const auto owners = target_owners(r, wbs);
+  const auto scored = score_all(r, shot, curv ? &*curv : nullptr, lins, wbs, owners, phases);
   curv.reset();
   Timer t;
   double threshold = 0;
   const auto removal = sg::select(lins, scored, r.opt, target, threshold);
   phases["select_s"] = t.seconds();
   t = Timer();
-  update_all(r, lins, scored, removal);
+  update_all(r, lins, scored, removal, owners);
   phases["update_s"] = t.seconds();
   nlohmann::json removed = nlohmann::json::object(), per_linear = nlohmann::json::object();
   for (std::size_t i = 0; i < lins.size(); ++i) {

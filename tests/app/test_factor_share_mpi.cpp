@@ -1,6 +1,7 @@
 // Shared SparseGPT factors over the ranks of MPI_COMM_WORLD (registered at 1, 2 and 4 ranks): the
 // greedy owner assignment, every rank receiving bitwise the factor it would have made itself, and a
-// factorisation that fails on its owner failing on every rank with the owner's message.
+// factorisation that fails on its owner failing on every rank with the owner's message and error
+// kind (detail::owned_work, which LLM Surgeon's scores and updates use too).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -81,6 +82,8 @@ TEST(SharedFactors, AFailureOnItsOwnerFailsEveryRank) {
     EXPECT_NE(msg.find("layer 7 fc2"), std::string::npos) << msg;
     EXPECT_NE(msg.find("NaN or infinite"), std::string::npos) << msg;
     if (g_world->size() > 1) EXPECT_NE(msg.find("factorised on data rank 0"), std::string::npos) << msg;
+    // The owner's error kind (a non-finite Hessian is an input error, exit 2) at any rank count.
+    EXPECT_EQ(e.kind(), ErrorKind::input) << msg;
   }
 }
 

@@ -192,6 +192,21 @@ TEST(Plan, DataRanksSplitTheFactorisations) {
   EXPECT_EQ(mem(p2, 0, "factorisation"), (3 * 256 * 256 + 1024 * 1024) * 4);
 }
 
+// LLM Surgeon: each pruned linear is scored and updated by one rank, so a rank holds the inverses
+// of its share. opt-mini per layer: 4 x (256² + 257²) + (1024² + 257²) + (256² + 1025²) fp32 entries.
+TEST(Plan, SurgeonRanksSplitTheInversesAndSolves) {
+  const auto cfg = mini_cfg({"prune.method=surgeon"});
+  const auto pm = app::load_plan_model(kOptMini.string());
+  const auto p1 = app::make_surgeon_plan(pm.spec, input_for(pm, cfg, 1));
+  const auto p2 = app::make_surgeon_plan(pm.spec, input_for(pm, cfg, 2));
+  const I per_layer = (4 * (256 * 256 + 257 * 257) + (1024 * 1024 + 257 * 257) + (256 * 256 + 1025 * 1025)) * 4;
+  EXPECT_EQ(p1["memory"]["inverses"].get<I>(), 4 * per_layer);
+  const auto inv2 = p2["memory"]["inverses"].get<I>();
+  EXPECT_LT(inv2, 4 * per_layer * 6 / 10);  // the busiest rank's share, about half
+  EXPECT_GE(inv2, 4 * per_layer / 2 - 1024 * 1024 * 4);
+  EXPECT_LT(p2["solve_flops_all_shots"].get<double>(), 0.6 * p1["solve_flops_all_shots"].get<double>());
+}
+
 TEST(Plan, StagesSplitTheLayers) {
   const auto p = plan_of(kOptMini, mini_cfg({"parallel.stages=2"}), 2);
   ASSERT_EQ(p["grid"]["stages"].get<int>(), 2);
