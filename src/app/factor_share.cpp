@@ -14,12 +14,13 @@ std::vector<int> factor_owners(const std::vector<std::int64_t>& widths, int rank
   return dist::balance_parts(costs, ranks);
 }
 
-SharedFactors::SharedFactors(Backend& be, dist::Comm& group, std::vector<FactorJob> jobs, const FactorSettings& s)
+SharedFactors::SharedFactors(Backend& be, dist::Comm& group, std::vector<FactorJob> jobs, const FactorSettings& s,
+                             std::function<void()> idle)
     : be_(be), group_(group), jobs_(std::move(jobs)), s_(s), seconds_(jobs_.size(), 0.0) {
   std::vector<std::int64_t> widths;
   for (const auto& j : jobs_) widths.push_back(j.hessian->size(0));
   owners_ = factor_owners(widths, group_.size());
-  if (group_.size() > 1) exchange();
+  if (group_.size() > 1) exchange(idle);
 }
 
 prune::HinvFactor SharedFactors::make(const FactorJob& job) {
@@ -60,7 +61,7 @@ void broadcast_tensor(Backend& be, dist::Comm& group, Tensor& t, int root) {
 
 // Each rank makes its own jobs first (the ranks work side by side), then every factor is broadcast
 // from its owner in job order (detail::owned_work: a failure on the owner reaches every rank).
-void SharedFactors::exchange() {
+void SharedFactors::exchange(const std::function<void()>& idle) {
   detail::owned_work(
       group_, owners_, "factorised",
       [&](std::size_t j) {
@@ -92,7 +93,8 @@ void SharedFactors::exchange() {
         broadcast_tensor(be_, group_, f.hinv, root);
         if (s_.isc) broadcast_tensor(be_, group_, f.hdiag, root);
         made_[jobs_[j].input_group] = std::move(f);
-      });
+      },
+      idle);
 }
 
 nlohmann::json SharedFactors::record() const {

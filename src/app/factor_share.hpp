@@ -10,6 +10,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -37,7 +38,10 @@ std::vector<int> factor_owners(const std::vector<std::int64_t>& widths, int rank
 
 class SharedFactors {
  public:
-  SharedFactors(Backend& be, dist::Comm& group, std::vector<FactorJob> jobs, const FactorSettings& s);
+  // idle: called when this rank has made its factors and may wait for the others' (a watchdog's
+  // suspend; several ranks only).
+  SharedFactors(Backend& be, dist::Comm& group, std::vector<FactorJob> jobs, const FactorSettings& s,
+                std::function<void()> idle = [] {});
   // The factor of the group's Hessian (made here on one rank; received or made on several).
   const prune::HinvFactor& get(int input_group);
   void release(int input_group);
@@ -46,7 +50,7 @@ class SharedFactors {
 
  private:
   prune::HinvFactor make(const FactorJob& job);
-  void exchange();
+  void exchange(const std::function<void()>& idle);
   Backend& be_;
   dist::Comm& group_;
   std::vector<FactorJob> jobs_;

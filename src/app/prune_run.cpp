@@ -486,7 +486,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
             std::optional<SharedFactors> factors;
             if (method == prune::Method::sparsegpt) {
               watchdog.beat("factorise", layer);
-              factors.emplace(be, group, factor_jobs(pass, stats, layer), factor_settings(cfg));
+              factors.emplace(be, group, factor_jobs(pass, stats, layer), factor_settings(cfg),
+                              [&] { watchdog.suspend("waiting for the other ranks' factors"); });
             }
             for (const auto& g : pass) {
               for (const auto& lin : g.linears) {

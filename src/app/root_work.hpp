@@ -33,11 +33,13 @@ void on_root(dist::Comm& comm, F&& work) {
 
 // Items split over the ranks of comm, owners[i] the rank that does item i: each rank runs work(i)
 // for its items (side by side with the others), then every item is shared from its owner in item
-// order with share(i, owner), a collective call on every rank. An Error on an owner stops every
+// order with share(i, owner), a collective call on every rank. idle() runs between the two, when
+// this rank may wait for slower owners (a watchdog's suspend). An Error on an owner stops every
 // rank with an Error of the same kind giving its message (and, with several ranks, "(<what> on data
 // rank r)"), so the exit code does not depend on the rank count.
-template <class Work, class Share>
-void owned_work(dist::Comm& comm, const std::vector<int>& owners, const char* what, Work&& work, Share&& share) {
+template <class Work, class Share, class Idle>
+void owned_work(dist::Comm& comm, const std::vector<int>& owners, const char* what, Work&& work, Share&& share,
+                Idle&& idle) {
   std::vector<std::string> errors(owners.size());
   std::vector<std::int64_t> kinds(owners.size(), -1);  // ErrorKind of a failed item
   for (std::size_t i = 0; i < owners.size(); ++i) {
@@ -49,6 +51,7 @@ void owned_work(dist::Comm& comm, const std::vector<int>& owners, const char* wh
       kinds[i] = static_cast<std::int64_t>(e.kind());
     }
   }
+  if (comm.size() > 1) idle();
   for (std::size_t i = 0; i < owners.size(); ++i) {
     comm.broadcast(std::as_writable_bytes(std::span(&kinds[i], 1)), owners[i]);
     if (kinds[i] >= 0) {

@@ -308,7 +308,8 @@ std::vector<sg::Scored> score_all(SurgeonRun& r, std::int64_t shot, ShotCurvatur
         broadcast_from(r.group, s.cost, root);
         broadcast_from(r.group, s.row_cost, root);
         broadcast_from(r.group, s.col_cost, root);
-      });
+      },
+      [&] { r.watchdog.suspend("waiting for the other ranks' scores"); });
   phases["means_s"] = means_s;
   phases["score_s"] = t.seconds() - means_s;
   return scored;
@@ -328,7 +329,8 @@ void update_all(SurgeonRun& r, std::vector<sg::Linear>& lins, const std::vector<
       [&](std::size_t i, int root) {
         r.watchdog.beat("share updates", r.targets[i].layer);
         r.group.broadcast(std::span<std::byte>(static_cast<std::byte*>(lins[i].w.raw()), lins[i].w.nbytes()), root);
-      });
+      },
+      [&] { r.watchdog.suspend("waiting for the other ranks' updates"); });
 }
 
 // One shot: curvature, scores, selection, updates. Returns the shot's metrics record; wbs holds the
