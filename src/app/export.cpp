@@ -38,11 +38,10 @@ std::vector<Entry> rewritten_tensors(const io::HfCheckpoint& src, const ExportRe
     if (out.empty()) continue;
     if (all.count(out)) SCALPEL_CHECK(false, "export: two tensors of {} are both named '{}'", src.folder().string(), out);
     const auto& info = src.info(name);
-    const auto check = [&src, name, out](const Tensor& t) {
-      const auto& in = src.info(name);
-      if (t.shape() != in.shape || t.dtype() != in.dtype)
+    const auto check = [&info, out](const Tensor& t) {
+      if (t.shape() != info.shape || t.dtype() != info.dtype)
         SCALPEL_CHECK(false, "export of '{}': {} {} replaces {} {}", out, dtype_name(t.dtype()), shape_str(t.shape()),
-                      dtype_name(in.dtype), shape_str(in.shape));
+                      dtype_name(info.dtype), shape_str(info.shape));
       return t;
     };
     Entry e{out, static_cast<std::int64_t>(shape_numel(info.shape) * dtype_size(info.dtype)), {}};

@@ -63,13 +63,13 @@ void owned_work(dist::Comm& comm, const std::vector<int>& owners, const char* wh
   }
 }
 
-// Rank 0's `v` on every rank.
+// The `v` of rank `root` (0 by default) on every rank, its size first.
 template <class T>
-void broadcast_vector(std::vector<T>& v, dist::Comm& comm) {
+void broadcast_vector(std::vector<T>& v, dist::Comm& comm, int root = 0) {
   std::int64_t n = static_cast<std::int64_t>(v.size());
-  comm.broadcast(std::as_writable_bytes(std::span(&n, 1)), 0);
+  comm.broadcast(std::as_writable_bytes(std::span(&n, 1)), root);
   v.resize(static_cast<std::size_t>(n));
-  comm.broadcast(std::as_writable_bytes(std::span(v)), 0);
+  comm.broadcast(std::as_writable_bytes(std::span(v)), root);
 }
 
 }  // namespace scalpel::app::detail

@@ -256,15 +256,6 @@ double curvature_pass(SurgeonRun& r, ShotCurvature& curv, nlohmann::json& phases
   return loss_sum[0] / loss_sum[1];
 }
 
-// v from `root` on every rank of comm (its size first).
-template <class T>
-void broadcast_from(dist::Comm& comm, std::vector<T>& v, int root) {
-  std::int64_t n = static_cast<std::int64_t>(v.size());
-  comm.broadcast(std::as_writable_bytes(std::span(&n, 1)), root);
-  v.resize(static_cast<std::size_t>(n));
-  comm.broadcast(std::as_writable_bytes(std::span(v)), root);
-}
-
 // Which data rank scores and updates each target: by weight count, largest first to the least
 // loaded. The owner alone holds the target's inverses (from scoring to its update).
 std::vector<int> target_owners(const SurgeonRun& r, const std::vector<Tensor>& wbs) {
@@ -303,11 +294,11 @@ std::vector<sg::Scored> score_all(SurgeonRun& r, std::int64_t shot, ShotCurvatur
       [&](std::size_t i, int root) {
         r.watchdog.beat("share scores", r.targets[i].layer);
         auto& s = scored[i];
-        broadcast_from(r.group, s.rows, root);
-        broadcast_from(r.group, s.cols, root);
-        broadcast_from(r.group, s.cost, root);
-        broadcast_from(r.group, s.row_cost, root);
-        broadcast_from(r.group, s.col_cost, root);
+        detail::broadcast_vector(s.rows, r.group, root);
+        detail::broadcast_vector(s.cols, r.group, root);
+        detail::broadcast_vector(s.cost, r.group, root);
+        detail::broadcast_vector(s.row_cost, r.group, root);
+        detail::broadcast_vector(s.col_cost, r.group, root);
       },
       [&] { r.watchdog.suspend("waiting for the other ranks' scores"); });
   phases["means_s"] = means_s;

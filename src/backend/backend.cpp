@@ -98,4 +98,6 @@ Tensor clone_on(Backend& be, const Tensor& t) {
   return out;
 }
 
+Tensor view_on(Backend& be, const Tensor& host) { return be.device() == Device::cpu ? host : be.upload(host); }
+
 }  // namespace scalpel

@@ -110,11 +110,10 @@ void structured_costs(Backend& be, const Linear& l, Scored& s, Cost cost) {
     for (auto& v : cq) v = std::sqrt(v);
   } else {
     // The two products on the backend (host tensors go to its device and back).
-    const auto on = [&](const Tensor& t) { return be.device() == Device::cpu ? t : be.upload(t); };
-    const Tensor wd = on(w);
+    const Tensor wd = view_on(be, w);
     Tensor wa = be.empty({nr, nc}), gw = be.empty({nr, nc});
-    be.gemm(Trans::no, Trans::no, 1.0f, wd, on(gather(l.a, s.cols, s.cols)), 0.0f, wa);
-    be.gemm(Trans::no, Trans::no, 1.0f, on(gather(l.g, s.rows, s.rows)), wd, 0.0f, gw);
+    be.gemm(Trans::no, Trans::no, 1.0f, wd, view_on(be, gather(l.a, s.cols, s.cols)), 0.0f, wa);
+    be.gemm(Trans::no, Trans::no, 1.0f, view_on(be, gather(l.g, s.rows, s.rows)), wd, 0.0f, gw);
     wa = be.download(wa);
     gw = be.download(gw);
     for (std::int64_t i = 0; i < nr; ++i)

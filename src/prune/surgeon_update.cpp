@@ -14,10 +14,6 @@ namespace {
 
 using Index = std::vector<std::int64_t>;
 
-// A host tensor where be computes: itself on the cpu backend (read only there), a device copy
-// otherwise.
-Tensor on(Backend& be, const Tensor& host) { return be.device() == Device::cpu ? host : be.upload(host); }
-
 Index iota(std::int64_t n) {
   Index v(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
@@ -40,10 +36,10 @@ Sub make_sub(Backend& be, const Linear& l, const Scored& s) {
   for (std::int64_t i = 0; i < u.ra; ++i)
     for (std::int64_t j = 0; j < u.ca; ++j)
       w.f32()[i * u.ca + j] = l.w.f32()[s.rows[static_cast<std::size_t>(i)] * C + s.cols[static_cast<std::size_t>(j)]];
-  u.w = on(be, w);
+  u.w = view_on(be, w);
   u.dw = be.zeros({u.ra, u.ca});
-  u.ginv = on(be, s.ginv);
-  u.ainv = on(be, s.ainv);
+  u.ginv = view_on(be, s.ginv);  // read only
+  u.ainv = view_on(be, s.ainv);
   return u;
 }
 

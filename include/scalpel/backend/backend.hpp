@@ -245,6 +245,9 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOp
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads = 0);
 // A deep copy of t on the backend's device.
 Tensor clone_on(Backend& be, const Tensor& t);
+// A host tensor where the backend computes, for reading: t itself on the cpu backend (no copy), a
+// device copy (be.upload) otherwise.
+Tensor view_on(Backend& be, const Tensor& host);
 
 // What this build can run: cuda_built() says the CUDA backend was compiled in; cuda_devices()
 // counts the GPUs the driver shows (0 without a driver or a GPU, or in a CPU-only build), and
