@@ -79,11 +79,13 @@ void convert_from_f32(DType to, const float* src, void* dst, std::size_t n) {
       return;
     case DType::f16: {
       auto* d = static_cast<std::uint16_t*>(dst);
+#pragma omp parallel for if (n > (1u << 16)) schedule(static)
       for (std::size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
       return;
     }
     case DType::bf16: {
       auto* d = static_cast<std::uint16_t*>(dst);
+#pragma omp parallel for if (n > (1u << 16)) schedule(static)
       for (std::size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
       return;
     }

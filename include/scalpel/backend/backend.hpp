@@ -63,6 +63,9 @@ class Backend {
   // A device copy of a host tensor with its dtype unchanged (f64 sums, ids).
   virtual Tensor upload_exact(const Tensor& host) = 0;
   virtual void copy(const Tensor& src, Tensor& dst) = 0;
+  // dst = src rounded (or widened) to dst's dtype, both on the device, of f32, f16 or bf16, same
+  // numel; round to nearest even, as torch's .to(dtype).
+  virtual void convert(const Tensor& src, Tensor& dst) = 0;
   // Waits until every op enqueued so far has finished (a no-op on a synchronous backend).
   virtual void synchronize() {}
   // Bytes of the device's own memory (a GPU's), 0 for the host's.
@@ -77,19 +80,29 @@ class Backend {
   virtual void accumulate_upper_f64(const Tensor& a, Tensor& acc) = 0;
   virtual void upper_f64_to_symmetric(const Tensor& acc, double scale, Tensor& out) = 0;
 
+  // ---- The forward. Every op below takes fp32 tensors; those marked [lp] also take the forward's
+  // low-precision activations (f16 or bf16, one dtype per call, weights in that dtype or fp32),
+  // with the reference's precision model (a torch forward in the checkpoint's dtype): products of
+  // 2-byte inputs summed in fp32 (tensor cores on a GPU), every other op computed in fp32 from
+  // its widened inputs, and each output rounded once to its tensor's dtype. The cpu backend
+  // computes the same roundings (slowly), so it is the GPU's reference. ----
+
   // C = alpha * op(A) * op(B) + beta * C, all fp32 2-D.
   virtual void gemm(Trans ta, Trans tb, float alpha, const Tensor& a, const Tensor& b, float beta,
                     Tensor& c) = 0;
-  // y = x * W^T (+ bias): x [n, in], W [out, in] (PyTorch layout), y [n, out].
+  // y = x * W^T (+ bias): x [n, in], W [out, in] (PyTorch layout), y [n, out]. [lp] x, W, bias
+  // and y in one dtype: the bias is added to the fp32 sum before its rounding (torch's addmm).
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;
-  // H = alpha * X^T X + beta * H for X [n, d], H [d, d]; both triangles are filled.
+  // H = alpha * X^T X + beta * H for X [n, d], H [d, d]; both triangles are filled. [lp] X (H
+  // stays fp32: the products of 2-byte values are exact in fp32, so H is the reference's
+  // x.float() Hessian up to summation order).
   virtual void syrk(float alpha, const Tensor& x, float beta, Tensor& h) = 0;
 
-  // Row-wise normalisations over the last dim of x [n, d] (out may alias x).
+  // Row-wise normalisations over the last dim of x [n, d] (out may alias x). [lp]
   virtual void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) = 0;
   virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
 
-  // Elementwise.
+  // Elementwise. [lp]
   virtual void add(Tensor& y, const Tensor& x) = 0;  // y += x
   virtual void scale(Tensor& y, float alpha) = 0;    // y *= alpha
   virtual void relu(Tensor& y) = 0;
@@ -97,16 +110,17 @@ class Backend {
   virtual void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;  // silu(gate) * up
 
   // Rotary embedding (HF rotate_half convention) in place on x [batch*seqlen, heads*head_dim],
-  // positions 0..seqlen-1 in every sequence; cos/sin tables [seqlen, head_dim].
+  // positions 0..seqlen-1 in every sequence; cos/sin tables [seqlen, head_dim] fp32. [lp] x
   virtual void rope(Tensor& x, std::int64_t seqlen, std::int64_t heads, std::int64_t head_dim,
                     const Tensor& cos, const Tensor& sin) = 0;
   // Causal softmax attention; out has q's shape. kv heads are shared by heads/kv_heads query
   // heads (GQA). probs, if given ([batch, heads, seqlen, seqlen]), receives the attention weights
-  // (kept for a backward pass).
+  // (kept for a backward pass). [lp] q, k, v and out, without probs: the scores are summed in
+  // fp32, the softmax is computed in fp32 and rounded to the dtype before P·V (HF's upcast softmax).
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s,
                          Tensor& out, Tensor* probs = nullptr) = 0;
 
-  // out[i, :] = table[ids[i], :] (table [vocab, d] fp32).
+  // out[i, :] = table[ids[i], :] (table [vocab, d]). [lp] table and out (any float dtypes).
   virtual void embedding(std::span<const std::int32_t> ids, const Tensor& table, Tensor& out) = 0;
   // Negative log-likelihood of targets under softmax(logits) per row, in float64, logits [n, V].
   // is_argmax (optional, n entries): 1 where the target is the row's argmax, the first index of
@@ -191,7 +205,7 @@ class Backend {
   // undefined) when a is not numerically positive definite or U is not finite. Bitwise the same
   // at any thread count.
   virtual bool inverse_cholesky_upper(Tensor& a) = 0;
-  // out[j] = beta * out[j] + alpha * Σ_t x[t, j]² for x [n, d], out [d] (sums in double); out
+  // out[j] = beta * out[j] + alpha * Σ_t x[t, j]² for x [n, d] ([lp]), out [d] fp32 (sums in double); out
   // is not read when beta == 0 (as BLAS treats C).
   virtual void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) = 0;
   // SparseGPT's preparation of H [d, d] in place: dead inputs (H_jj == 0) get H_jj = 1 and, when

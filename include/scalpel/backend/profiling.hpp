@@ -57,6 +57,7 @@ class ProfilingBackend final : public Backend {
   Tensor download(const Tensor& t) override { return in_.download(t); }
   Tensor upload_exact(const Tensor& h) override { return timed("upload", 0, [&] { return in_.upload_exact(h); }); }
   void copy(const Tensor& s, Tensor& d) override { timed("copy", 0, [&] { in_.copy(s, d); }); }
+  void convert(const Tensor& s, Tensor& d) override { timed("convert", 0, [&] { in_.convert(s, d); }); }
   void synchronize() override { in_.synchronize(); }
   std::int64_t memory_bytes() const override { return in_.memory_bytes(); }
   void accumulate_f64(const Tensor& a, Tensor& acc) override {

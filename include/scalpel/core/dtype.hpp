@@ -12,6 +12,8 @@ namespace scalpel {
 enum class DType : std::uint8_t { f32, f16, bf16, f64, i32, i64, u8, boolean };
 
 std::size_t dtype_size(DType t);
+// The 2-byte float types a forward may run in (fp16, bf16).
+inline bool low_precision(DType t) { return t == DType::f16 || t == DType::bf16; }
 std::string_view dtype_name(DType t);  // "F32", "F16", ... (safetensors spelling)
 std::optional<DType> dtype_from_safetensors(std::string_view s);
 
@@ -78,6 +80,13 @@ inline std::uint16_t f32_to_bf16(float f) {
   if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);  // quiet NaN
   x += 0x7fffu + ((x >> 16) & 1u);
   return static_cast<std::uint16_t>(x >> 16);
+}
+
+// v rounded to t's precision and widened back (the identity for f32).
+inline float round_to(DType t, float v) {
+  if (t == DType::f16) return f16_to_f32(f32_to_f16(v));
+  if (t == DType::bf16) return bf16_to_f32(f32_to_bf16(v));
+  return v;
 }
 
 // Converts n elements of `src` (of type `from`) into fp32.

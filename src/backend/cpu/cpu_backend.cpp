@@ -19,6 +19,7 @@
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/float_order.hpp"
+#include "../lowp.hpp"
 #include "../op_checks.hpp"
 #include "cpu_backward.hpp"
 #include "fast_exp.hpp"
@@ -152,6 +153,21 @@ class CpuBackend final : public Backend {
                   shape_str(src.shape()), shape_str(dst.shape()));
     std::memcpy(dst.raw(), src.raw(), src.nbytes());
   }
+  void convert(const Tensor& src, Tensor& dst) override {
+    SCALPEL_CHECK(src.numel() == dst.numel() && src.device() == Device::cpu && dst.device() == Device::cpu,
+                  "convert {} -> {}", shape_str(src.shape()), shape_str(dst.shape()));
+    const auto n = static_cast<std::size_t>(src.numel());
+    if (src.dtype() == dst.dtype()) {
+      std::memcpy(dst.raw(), src.raw(), src.nbytes());
+    } else if (src.dtype() == DType::f32) {
+      convert_from_f32(dst.dtype(), src.f32(), dst.raw(), n);
+    } else if (dst.dtype() == DType::f32) {
+      convert_to_f32(src.dtype(), src.raw(), dst.f32(), n);
+    } else {
+      const Tensor mid = src.to_f32();
+      convert_from_f32(dst.dtype(), mid.f32(), dst.raw(), n);
+    }
+  }
 
   void accumulate_f64(const Tensor& a, Tensor& acc) override {
     check_host_f32(a, "accumulate_f64 a");
@@ -217,6 +233,12 @@ class CpuBackend final : public Backend {
   }
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
+    if (lowp::any({&x, &w, bias, &y})) {
+      lowp::check_one_dtype({&x, &w, bias, &y}, "linear");
+      lowp::F32Scope f(*this);
+      linear(f.in(x), f.in(w), f.in(bias), f.out(y, false));
+      return f.commit();
+    }
     check_2d(x, "linear x");
     check_2d(w, "linear W");
     check_2d(y, "linear y");
@@ -235,6 +257,10 @@ class CpuBackend final : public Backend {
   }
 
   void syrk(float alpha, const Tensor& x, float beta, Tensor& h) override {
+    if (lowp::any({&x})) {
+      lowp::F32Scope f(*this);
+      return syrk(alpha, f.in(x), beta, h);
+    }
     check_2d(x, "syrk X");
     check_2d(h, "syrk H");
     op_checks::syrk(x, h);
@@ -246,6 +272,12 @@ class CpuBackend final : public Backend {
   }
 
   void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) override {
+    if (lowp::any({&x, w, b, &out})) {
+      lowp::check_one_dtype({&x, w, b, &out}, "layer_norm");
+      lowp::F32Scope f(*this);
+      layer_norm(f.in(x), f.in(w), f.in(b), eps, f.out(out, false));
+      return f.commit();
+    }
     check_2d(x, "layer_norm x");
     const auto n = x.size(0), d = x.size(1);
     SCALPEL_CHECK(out.numel() == x.numel(), "layer_norm out {}", shape_str(out.shape()));
@@ -277,6 +309,12 @@ class CpuBackend final : public Backend {
   }
 
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    if (lowp::any({&x, &w, &out})) {
+      lowp::check_one_dtype({&x, &w, &out}, "rms_norm");
+      lowp::F32Scope f(*this);
+      rms_norm(f.in(x), f.in(w), eps, f.out(out, false));
+      return f.commit();
+    }
     check_2d(x, "rms_norm x");
     const auto n = x.size(0), d = x.size(1);
     SCALPEL_CHECK(w.numel() == d && out.numel() == x.numel(), "rms_norm shapes");
@@ -298,6 +336,12 @@ class CpuBackend final : public Backend {
 
   void add(Tensor& y, const Tensor& x) override {
     SCALPEL_CHECK(y.numel() == x.numel(), "add {} += {}", shape_str(y.shape()), shape_str(x.shape()));
+    if (lowp::any({&y, &x})) {
+      lowp::check_one_dtype({&y, &x}, "add");
+      lowp::F32Scope f(*this);
+      add(f.out(y, true), f.in(x));
+      return f.commit();
+    }
     float* yp = y.f32();
     const float* xp = x.f32();
     const auto n = y.numel();
@@ -306,6 +350,11 @@ class CpuBackend final : public Backend {
   }
 
   void scale(Tensor& y, float alpha) override {
+    if (lowp::any({&y})) {
+      lowp::F32Scope f(*this);
+      scale(f.out(y, true), alpha);
+      return f.commit();
+    }
     float* yp = y.f32();
     const auto n = y.numel();
 #pragma omp parallel for simd schedule(static)
@@ -313,6 +362,11 @@ class CpuBackend final : public Backend {
   }
 
   void relu(Tensor& y) override {
+    if (lowp::any({&y})) {
+      lowp::F32Scope f(*this);
+      relu(f.out(y, true));
+      return f.commit();
+    }
     float* yp = y.f32();
     const auto n = y.numel();
 #pragma omp parallel for simd schedule(static)
@@ -320,6 +374,11 @@ class CpuBackend final : public Backend {
   }
 
   void gelu(Tensor& y) override {
+    if (lowp::any({&y})) {
+      lowp::F32Scope f(*this);
+      gelu(f.out(y, true));
+      return f.commit();
+    }
     float* yp = y.f32();
     const auto n = y.numel();
     const double c = std::sqrt(2.0 / M_PI);
@@ -332,6 +391,12 @@ class CpuBackend final : public Backend {
 
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override {
     SCALPEL_CHECK(gate.numel() == up.numel() && out.numel() == up.numel(), "silu_mul shapes");
+    if (lowp::any({&gate, &up, &out})) {
+      lowp::check_one_dtype({&gate, &up, &out}, "silu_mul");
+      lowp::F32Scope f(*this);
+      silu_mul(f.in(gate), f.in(up), f.out(out, false));
+      return f.commit();
+    }
     const float* g = gate.f32();
     const float* u = up.f32();
     float* o = out.f32();
@@ -342,6 +407,11 @@ class CpuBackend final : public Backend {
 
   void rope(Tensor& x, std::int64_t seqlen, std::int64_t heads, std::int64_t head_dim,
             const Tensor& cos, const Tensor& sin) override {
+    if (lowp::any({&x})) {
+      lowp::F32Scope f(*this);
+      rope(f.out(x, true), seqlen, heads, head_dim, cos, sin);
+      return f.commit();
+    }
     check_2d(x, "rope x");
     op_checks::rope(x, seqlen, heads, head_dim, cos);
     const auto rows = x.size(0), half = head_dim / 2;
@@ -368,6 +438,21 @@ class CpuBackend final : public Backend {
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s,
                  Tensor& out, Tensor* probs) override {
     op_checks::attention(q, k, v, s, out, probs);
+    if (lowp::any({&q, &k, &v, &out})) {
+      lowp::check_one_dtype({&q, &k, &v, &out}, "attention");
+      SCALPEL_CHECK(!probs, "attention: probs are kept for fp32 forwards only (LLM Surgeon's backward)");
+      lowp::F32Scope f(*this);
+      attention_f32(f.in(q), f.in(k), f.in(v), s, f.out(out, false), nullptr, out.dtype());
+      return f.commit();
+    }
+    attention_f32(q, k, v, s, out, probs, DType::f32);
+  }
+
+  // The attention in fp32; with a low-precision `round_probs`, the probabilities are rounded to
+  // it before P·V (the low-precision forward's P is stored in its dtype).
+  void attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor& out,
+                     Tensor* probs, DType round_probs) {
+    for (const Tensor* t : {&q, &k, &v, static_cast<const Tensor*>(&out)}) check_host_f32(*t, "attention");
     const auto T = s.seqlen, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
     const int ldq = static_cast<int>(H * hd), ldk = static_cast<int>(KV * hd);
     const std::int64_t group = H / KV;
@@ -403,6 +488,8 @@ class CpuBackend final : public Backend {
               }
               const float inv = 1.0f / sum;
               for (std::int64_t j = 0; j <= i; ++j) row[j] *= inv;
+              if (round_probs != DType::f32)
+                for (std::int64_t j = 0; j <= i; ++j) row[j] = round_to(round_probs, row[j]);
               std::fill(row + i + 1, row + T, 0.0f);  // masked: exp(finfo.min - max) == 0 exactly
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(hd),
@@ -414,6 +501,11 @@ class CpuBackend final : public Backend {
   }
 
   void embedding(std::span<const std::int32_t> ids, const Tensor& table, Tensor& out) override {
+    if (lowp::any({&table, &out})) {
+      lowp::F32Scope f(*this);
+      embedding(ids, f.in(table), f.out(out, false));
+      return f.commit();
+    }
     check_2d(table, "embedding table");
     op_checks::embedding(ids, table, out);
     const auto d = table.size(1);
@@ -662,6 +754,10 @@ class CpuBackend final : public Backend {
   }
 
   void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) override {
+    if (lowp::any({&x})) {
+      lowp::F32Scope f(*this);
+      return col_sq_norms(f.in(x), alpha, beta, out);
+    }
     check_2d(x, "col_sq_norms x");
     check_host_f32(out, "col_sq_norms out");
     op_checks::col_sq_norms(x, out);

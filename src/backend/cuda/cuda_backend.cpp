@@ -16,6 +16,7 @@
 #include <mutex>
 #include <vector>
 
+#include "../lowp.hpp"
 #include "../op_checks.hpp"
 #include "kernels.hpp"
 #include "scalpel/backend/backend.hpp"
@@ -128,6 +129,31 @@ void check_2d(const Tensor& t, const char* what) {
   check_f32(t, what);
   SCALPEL_CHECK(t.dim() == 2, "{}: expected 2-D, got {}", what, shape_str(t.shape()));
 }
+// A 2-D device tensor of a forward dtype (f32, f16, bf16).
+void check_2d_float(const Tensor& t, const char* what) {
+  SCALPEL_CHECK(t.defined() && t.device() == Device::cuda &&
+                    (t.dtype() == DType::f32 || low_precision(t.dtype())) && t.dim() == 2,
+                "{}: expected a 2-D CUDA float tensor", what);
+}
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::f32: return CUDA_R_32F;
+    case DType::f16: return CUDA_R_16F;
+    case DType::bf16: return CUDA_R_16BF;
+    default: SCALPEL_CHECK(false, "no cuBLAS type for {}", dtype_name(t));
+  }
+}
+// The 2-byte dtype all of these share, or f32 when they do not all share one (the call then
+// takes the generic fp32 stand-ins).
+DType shared_low(std::initializer_list<const Tensor*> ts) {
+  DType seen = DType::f32;
+  for (const Tensor* t : ts) {
+    if (!t) continue;
+    if (!low_precision(t->dtype()) || (seen != DType::f32 && seen != t->dtype())) return DType::f32;
+    seen = t->dtype();
+  }
+  return seen;
+}
 void check_mask(const Tensor& t, const char* what) {
   check_dev(t, DType::u8, what);
   SCALPEL_CHECK(t.dim() == 2, "{}: expected 2-D, got {}", what, shape_str(t.shape()));
@@ -229,6 +255,31 @@ class CudaBackend final : public Backend {
                   shape_str(dst.shape()));
     if (src.nbytes()) check_cuda(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(), cudaMemcpyDefault), "MemcpyAsync");
   }
+  void convert(const Tensor& src, Tensor& dst) override {
+    SCALPEL_CHECK(src.numel() == dst.numel() && src.device() == Device::cuda && dst.device() == Device::cuda,
+                  "convert {} -> {}", shape_str(src.shape()), shape_str(dst.shape()));
+    const auto n = src.numel();
+    if (n == 0) return;
+    if (src.dtype() == dst.dtype()) return copy(src, dst);
+    if (src.dtype() != DType::f32 && dst.dtype() != DType::f32) {
+      Tensor mid = empty(src.shape(), DType::f32);
+      convert(src, mid);
+      return convert(mid, dst);
+    }
+    if (src.dtype() == DType::f32) {
+      check_dev(src, DType::f32, "convert src");
+      SCALPEL_CHECK(low_precision(dst.dtype()), "convert F32 to {}", dtype_name(dst.dtype()));
+      auto* out = static_cast<std::uint16_t*>(dst.raw());
+      if (dst.dtype() == DType::f16) cuda::f32_to_f16(src.f32(), out, n);
+      else cuda::f32_to_bf16(src.f32(), out, n);
+    } else {
+      SCALPEL_CHECK(low_precision(src.dtype()), "convert {} to F32", dtype_name(src.dtype()));
+      const auto* in = static_cast<const std::uint16_t*>(src.raw());
+      if (src.dtype() == DType::f16) cuda::f16_to_f32(in, dst.f32(), n);
+      else cuda::bf16_to_f32(in, dst.f32(), n);
+    }
+    launched("convert");
+  }
 
   void accumulate_f64(const Tensor& a, Tensor& acc) override {
     check_f32(a, "accumulate_f64 a");
@@ -284,6 +335,22 @@ class CudaBackend final : public Backend {
                                            as_int(count, "batch")),
                  "SgemmStridedBatched");
   }
+  // The same with typed operands (2-byte A and B on tensor cores, C of any forward dtype), fp32
+  // accumulation throughout (reduced-precision split-K reductions disallowed).
+  void rm_gemm_ex(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const void* a,
+                  cudaDataType_t at, std::int64_t lda, std::int64_t sa, const void* b, cudaDataType_t bt,
+                  std::int64_t ldb, std::int64_t sb, float beta, void* c, cudaDataType_t ct, std::int64_t ldc,
+                  std::int64_t sc, std::int64_t count = 1) {
+    check_cublas(cublasSetMathMode(blas_, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                                                    CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)),
+                 "SetMathMode");
+    check_cublas(cublasGemmStridedBatchedEx(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                            as_int(n, "n"), as_int(m, "m"), as_int(k, "k"), &alpha, b, bt,
+                                            as_int(ldb, "ldb"), sb, a, at, as_int(lda, "lda"), sa, &beta, c, ct,
+                                            as_int(ldc, "ldc"), sc, as_int(count, "batch"), CUBLAS_COMPUTE_32F,
+                                            CUBLAS_GEMM_DEFAULT),
+                 "GemmStridedBatchedEx");
+  }
 
   void gemm(Trans ta, Trans tb, float alpha, const Tensor& a, const Tensor& b, float beta, Tensor& c) override {
     check_2d(a, "gemm A");
@@ -296,6 +363,7 @@ class CudaBackend final : public Backend {
   }
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
+    if (lowp::any({&x, &w, bias, &y})) return linear_lowp(x, w, bias, y);
     check_2d(x, "linear x");
     check_2d(w, "linear W");
     check_2d(y, "linear y");
@@ -311,7 +379,44 @@ class CudaBackend final : public Backend {
     gemm(Trans::no, Trans::yes, 1.0f, x, w, beta, y);
   }
 
+  // linear with 2-byte tensors: one tensor-core GEMM when x, W, bias and y share the dtype (the
+  // bias in C, beta = 1: added to the fp32 sum before the rounding), fp32 stand-ins otherwise.
+  void linear_lowp(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+    lowp::check_one_dtype({&x, &w, bias, &y}, "linear");
+    const DType dt = shared_low({&x, &w, bias, &y});
+    if (dt == DType::f32) {
+      lowp::F32Scope f(*this);
+      linear(f.in(x), f.in(w), f.in(bias), f.out(y, false));
+      return f.commit();
+    }
+    for (const Tensor* t : {&x, &w, static_cast<const Tensor*>(&y)}) check_2d_float(*t, "linear");
+    op_checks::linear(x, w, bias, y);
+    const auto n = x.size(0), out = w.size(0), in = x.size(1);
+    if (n == 0 || out == 0) return;
+    float beta = 0.0f;
+    if (bias) {
+      cuda::broadcast_rows_u16(static_cast<const std::uint16_t*>(bias->raw()), static_cast<std::uint16_t*>(y.raw()), n,
+                               out);
+      launched("bias");
+      beta = 1.0f;
+    }
+    const auto ct = cuda_type(dt);
+    rm_gemm_ex(false, true, n, out, in, 1.0f, x.raw(), ct, in, 0, w.raw(), ct, in, 0, beta, y.raw(), ct, out, 0);
+  }
+
   void syrk(float alpha, const Tensor& x, float beta, Tensor& h) override {
+    if (low_precision(x.dtype())) {
+      // Xᵀ X of 2-byte activations into fp32 H: both triangles in one tensor-core GEMM (the
+      // products are exact in fp32; only the summation order differs from an fp32 SYRK).
+      check_2d_float(x, "syrk X");
+      check_2d(h, "syrk H");
+      op_checks::syrk(x, h);
+      const auto n = x.size(0), d = x.size(1);
+      if (d == 0) return;
+      const auto xt = cuda_type(x.dtype());
+      rm_gemm_ex(true, false, d, d, n, alpha, x.raw(), xt, d, 0, x.raw(), xt, d, 0, beta, h.raw(), CUDA_R_32F, d, 0);
+      return;
+    }
     check_2d(x, "syrk X");
     check_2d(h, "syrk H");
     op_checks::syrk(x, h);
@@ -333,41 +438,85 @@ class CudaBackend final : public Backend {
   }
 
   void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) override {
+    if (lowp::any({&x, w, b, &out})) {
+      lowp::check_one_dtype({&x, w, b, &out}, "layer_norm");
+      lowp::F32Scope f(*this);
+      layer_norm(f.in(x), f.in(w), f.in(b), eps, f.out(out, false));
+      return f.commit();
+    }
     check_2d(x, "layer_norm x");
     SCALPEL_CHECK(out.numel() == x.numel(), "layer_norm out {}", shape_str(out.shape()));
     cuda::layer_norm(x.f32(), w ? w->f32() : nullptr, b ? b->f32() : nullptr, eps, out.f32(), x.size(0), x.size(1));
     launched("layer_norm");
   }
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    if (lowp::any({&x, &w, &out})) {
+      lowp::check_one_dtype({&x, &w, &out}, "rms_norm");
+      lowp::F32Scope f(*this);
+      rms_norm(f.in(x), f.in(w), eps, f.out(out, false));
+      return f.commit();
+    }
     check_2d(x, "rms_norm x");
     SCALPEL_CHECK(w.numel() == x.size(1) && out.numel() == x.numel(), "rms_norm shapes");
     cuda::rms_norm(x.f32(), w.f32(), eps, out.f32(), x.size(0), x.size(1));
     launched("rms_norm");
   }
   void add(Tensor& y, const Tensor& x) override {
+    if (lowp::any({&y, &x})) {
+      lowp::check_one_dtype({&y, &x}, "add");
+      lowp::F32Scope f(*this);
+      add(f.out(y, true), f.in(x));
+      return f.commit();
+    }
     SCALPEL_CHECK(y.numel() == x.numel(), "add {} += {}", shape_str(y.shape()), shape_str(x.shape()));
     cuda::add(y.f32(), x.f32(), y.numel());
     launched("add");
   }
   void scale(Tensor& y, float alpha) override {
+    if (lowp::any({&y})) {
+      lowp::F32Scope f(*this);
+      scale(f.out(y, true), alpha);
+      return f.commit();
+    }
     cuda::scale(y.f32(), alpha, y.numel());
     launched("scale");
   }
   void relu(Tensor& y) override {
+    if (lowp::any({&y})) {
+      lowp::F32Scope f(*this);
+      relu(f.out(y, true));
+      return f.commit();
+    }
     cuda::relu(y.f32(), y.numel());
     launched("relu");
   }
   void gelu(Tensor& y) override {
+    if (lowp::any({&y})) {
+      lowp::F32Scope f(*this);
+      gelu(f.out(y, true));
+      return f.commit();
+    }
     cuda::gelu(y.f32(), y.numel());
     launched("gelu");
   }
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    if (lowp::any({&gate, &up, &out})) {
+      lowp::check_one_dtype({&gate, &up, &out}, "silu_mul");
+      lowp::F32Scope f(*this);
+      silu_mul(f.in(gate), f.in(up), f.out(out, false));
+      return f.commit();
+    }
     SCALPEL_CHECK(gate.numel() == up.numel() && out.numel() == up.numel(), "silu_mul shapes");
     cuda::silu_mul(gate.f32(), up.f32(), out.f32(), out.numel());
     launched("silu_mul");
   }
   void rope(Tensor& x, std::int64_t seqlen, std::int64_t heads, std::int64_t head_dim, const Tensor& cos,
             const Tensor& sin) override {
+    if (lowp::any({&x})) {
+      lowp::F32Scope f(*this);
+      rope(f.out(x, true), seqlen, heads, head_dim, cos, sin);
+      return f.commit();
+    }
     check_2d(x, "rope x");
     op_checks::rope(x, seqlen, heads, head_dim, cos);
     cuda::rope(x.f32(), x.size(0), seqlen, heads, head_dim, cos.f32(), sin.f32());
@@ -377,6 +526,7 @@ class CudaBackend final : public Backend {
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor& out,
                  Tensor* probs) override {
     op_checks::attention(q, k, v, s, out, probs);
+    if (lowp::any({&q, &k, &v, &out})) return attention_lowp(q, k, v, s, out, probs);
     const auto T = s.seqlen, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
     const std::int64_t ldq = H * hd, ldk = KV * hd, group = H / KV;
     // Per sequence: the scores of all heads [H, T, T] (q·kᵀ for every key, the causal softmax
@@ -401,7 +551,44 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // attention with 2-byte q, k, v and out (one dtype): per sequence, the scores q·kᵀ summed in fp32
+  // on tensor cores into fp32 [H, T, T], the causal softmax in fp32, P rounded to the dtype, and
+  // P·V on tensor cores into out (the same batching over kv heads as the fp32 path).
+  void attention_lowp(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor& out,
+                      Tensor* probs) {
+    lowp::check_one_dtype({&q, &k, &v, &out}, "attention");
+    SCALPEL_CHECK(!probs, "attention: probs are kept for fp32 forwards only (LLM Surgeon's backward)");
+    const DType dt = shared_low({&q, &k, &v, &out});
+    SCALPEL_CHECK(dt != DType::f32, "attention: q, k, v and out must share one dtype");
+    const auto T = s.seqlen, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
+    const std::int64_t ldq = H * hd, ldk = KV * hd, group = H / KV;
+    const auto ct = cuda_type(dt);
+    Tensor scores = empty({H, T, T}), p16 = empty({H, T, T}, dt);
+    using u16 = std::uint16_t;
+    for (std::int64_t b = 0; b < s.batch; ++b) {
+      const u16* qb = static_cast<const u16*>(q.raw()) + b * T * ldq;
+      const u16* kb = static_cast<const u16*>(k.raw()) + b * T * ldk;
+      const u16* vb = static_cast<const u16*>(v.raw()) + b * T * ldk;
+      u16* ob = static_cast<u16*>(out.raw()) + b * T * ldq;
+      u16* pb = static_cast<u16*>(p16.raw());
+      for (std::int64_t g = 0; g < group; ++g)
+        rm_gemm_ex(false, true, T, T, hd, s.scale, qb + g * hd, ct, ldq, group * hd, kb, ct, ldk, hd, 0.0f,
+                   scores.f32() + g * T * T, CUDA_R_32F, T, group * T * T, KV);
+      cuda::causal_softmax(scores.f32(), H, T);
+      launched("causal_softmax");
+      convert(scores, p16);
+      for (std::int64_t g = 0; g < group; ++g)
+        rm_gemm_ex(false, false, T, hd, T, 1.0f, pb + g * T * T, ct, T, group * T * T, vb, ct, ldk, hd, 0.0f,
+                   ob + g * hd, ct, ldq, group * hd, KV);
+    }
+  }
+
   void embedding(std::span<const std::int32_t> ids, const Tensor& table, Tensor& out) override {
+    if (lowp::any({&table, &out})) {
+      lowp::F32Scope f(*this);
+      embedding(ids, f.in(table), f.out(out, false));
+      return f.commit();
+    }
     check_2d(table, "embedding table");
     op_checks::embedding(ids, table, out);
     const auto d = table.size(1);
@@ -805,6 +992,10 @@ class CudaBackend final : public Backend {
 
   // ---- pruning ----
   void col_sq_norms(const Tensor& x, float alpha, float beta, Tensor& out) override {
+    if (lowp::any({&x})) {
+      lowp::F32Scope f(*this);
+      return col_sq_norms(f.in(x), alpha, beta, out);
+    }
     check_2d(x, "col_sq_norms x");
     check_f32(out, "col_sq_norms out");
     op_checks::col_sq_norms(x, out);

@@ -12,7 +12,10 @@ using i64 = std::int64_t;
 // Conversions and fills.
 void f16_to_f32(const std::uint16_t* in, float* out, i64 n);
 void bf16_to_f32(const std::uint16_t* in, float* out, i64 n);
+void f32_to_f16(const float* in, std::uint16_t* out, i64 n);   // round to nearest even
+void f32_to_bf16(const float* in, std::uint16_t* out, i64 n);
 void broadcast_rows(const float* row, float* out, i64 n, i64 cols);  // out[i, :] = row
+void broadcast_rows_u16(const std::uint16_t* row, std::uint16_t* out, i64 n, i64 cols);  // 2-byte values
 void accumulate_f64(const float* a, double* acc, i64 n);
 void f64_to_f32(const double* acc, double scale, float* out, i64 n);
 void accumulate_upper_f64(const float* a, double* acc, i64 d);

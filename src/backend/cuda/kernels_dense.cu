@@ -20,7 +20,16 @@ __global__ void k_f16(const std::uint16_t* in, float* out, i64 n) {
 __global__ void k_bf16(const std::uint16_t* in, float* out, i64 n) {
   GRID_STRIDE(i, n) out[i] = __bfloat162float(__ushort_as_bfloat16(in[i]));
 }
+__global__ void k_to_f16(const float* in, std::uint16_t* out, i64 n) {
+  GRID_STRIDE(i, n) out[i] = __half_as_ushort(__float2half_rn(in[i]));
+}
+__global__ void k_to_bf16(const float* in, std::uint16_t* out, i64 n) {
+  GRID_STRIDE(i, n) out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(in[i]));
+}
 __global__ void k_broadcast_rows(const float* row, float* out, i64 n, i64 cols) {
+  GRID_STRIDE(i, n * cols) out[i] = row[i % cols];
+}
+__global__ void k_broadcast_rows_u16(const std::uint16_t* row, std::uint16_t* out, i64 n, i64 cols) {
   GRID_STRIDE(i, n * cols) out[i] = row[i % cols];
 }
 __global__ void k_acc_f64(const float* a, double* acc, i64 n) {
@@ -228,8 +237,13 @@ __global__ void k_embedding(const std::int32_t* ids, const float* table, float* 
 
 void f16_to_f32(const std::uint16_t* in, float* out, i64 n) { k_f16<<<blocks_for(n), kThreads>>>(in, out, n); }
 void bf16_to_f32(const std::uint16_t* in, float* out, i64 n) { k_bf16<<<blocks_for(n), kThreads>>>(in, out, n); }
+void f32_to_f16(const float* in, std::uint16_t* out, i64 n) { k_to_f16<<<blocks_for(n), kThreads>>>(in, out, n); }
+void f32_to_bf16(const float* in, std::uint16_t* out, i64 n) { k_to_bf16<<<blocks_for(n), kThreads>>>(in, out, n); }
 void broadcast_rows(const float* row, float* out, i64 n, i64 cols) {
   k_broadcast_rows<<<blocks_for(n * cols), kThreads>>>(row, out, n, cols);
+}
+void broadcast_rows_u16(const std::uint16_t* row, std::uint16_t* out, i64 n, i64 cols) {
+  k_broadcast_rows_u16<<<blocks_for(n * cols), kThreads>>>(row, out, n, cols);
 }
 void accumulate_f64(const float* a, double* acc, i64 n) { k_acc_f64<<<blocks_for(n), kThreads>>>(a, acc, n); }
 void f64_to_f32(const double* acc, double scale, float* out, i64 n) {
