@@ -67,6 +67,9 @@ void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeight
   SCALPEL_CHECK(x.size(0) == n && x.size(1) == d, "layer input {} for {} x {} tokens", shape_str(x.shape()),
                 batch, seqlen);
   const bool opt = spec.family == Family::opt;
+  const DType dt = x.dtype();  // intermediates follow the forward's dtype
+  SCALPEL_CHECK(!cache || dt == DType::f32, "a layer cache (backward pass) needs the fp32 forward, not {}",
+                dtype_name(dt));
   const auto qdim = spec.heads * spec.head_dim, kvdim = spec.kv_heads * spec.head_dim;
   auto norm = [&](const char* prefix, const Tensor& in, Tensor& out) {
     if (opt)
@@ -78,12 +81,12 @@ void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeight
   if (cache) cache->x_in = clone_on(be, x);
 
   // --- attention block ---
-  Tensor h = be.empty({n, d});
+  Tensor h = be.empty({n, d}, dt);
   const char* ln1 = opt ? "self_attn_layer_norm" : "input_layernorm";
   if (spec.pre_norm) norm(ln1, x, h);
   else be.copy(x, h);
   tap_input(tap, 0, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}, h);
-  Tensor q = be.empty({n, qdim}), k = be.empty({n, kvdim}), v = be.empty({n, kvdim});
+  Tensor q = be.empty({n, qdim}, dt), k = be.empty({n, kvdim}, dt), v = be.empty({n, kvdim}, dt);
   run_linear(be, w, "self_attn.q_proj", h, q);
   run_linear(be, w, "self_attn.k_proj", h, k);
   run_linear(be, w, "self_attn.v_proj", h, v);
@@ -97,13 +100,13 @@ void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeight
     be.rope(k, seqlen, spec.kv_heads, spec.head_dim, rope->cos, rope->sin);
     as.scale = scaling;
   }
-  Tensor attn = be.empty({n, qdim});
+  Tensor attn = be.empty({n, qdim}, dt);
   Tensor probs;
   if (cache) probs = be.empty({batch, spec.heads, seqlen, seqlen});
   be.attention(q, k, v, as, attn, cache ? &probs : nullptr);
   const std::string out_name = opt ? "self_attn.out_proj" : "self_attn.o_proj";
   tap_input(tap, 1, {out_name}, attn);
-  Tensor o = be.empty({n, d});
+  Tensor o = be.empty({n, d}, dt);
   run_linear(be, w, out_name, attn, o);
   if (cache) {
     cache->norm1 = h;
@@ -119,14 +122,14 @@ void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeight
   if (cache) cache->x_mid = clone_on(be, x);
 
   // --- MLP block ---
-  Tensor h2 = be.empty({n, d});
+  Tensor h2 = be.empty({n, d}, dt);
   const char* ln2 = opt ? "final_layer_norm" : "post_attention_layernorm";
   if (spec.pre_norm) norm(ln2, x, h2);
   else be.copy(x, h2);
-  Tensor y = be.empty({n, d});
+  Tensor y = be.empty({n, d}, dt);
   if (opt) {
     tap_input(tap, 2, {"fc1"}, h2);
-    Tensor f = be.empty({n, spec.ffn});
+    Tensor f = be.empty({n, spec.ffn}, dt);
     run_linear(be, w, "fc1", h2, f);
     if (cache) cache->ffn_pre = clone_on(be, f);
     if (spec.activation == "relu") be.relu(f);
@@ -136,7 +139,7 @@ void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeight
     if (cache) cache->ffn_act = f;
   } else {
     tap_input(tap, 2, {"mlp.gate_proj", "mlp.up_proj"}, h2);
-    Tensor g = be.empty({n, spec.ffn}), u = be.empty({n, spec.ffn}), a = be.empty({n, spec.ffn});
+    Tensor g = be.empty({n, spec.ffn}, dt), u = be.empty({n, spec.ffn}, dt), a = be.empty({n, spec.ffn}, dt);
     run_linear(be, w, "mlp.gate_proj", h2, g);
     run_linear(be, w, "mlp.up_proj", h2, u);
     be.silu_mul(g, u, a);

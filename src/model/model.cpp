@@ -41,6 +41,30 @@ Tensor Model::load(const std::string& name, const Shape& expect, const Tensor* s
   return be_.upload(host);
 }
 
+Tensor Model::load_layer_tensor(const std::string& name, const Shape& expect, const Tensor* staged) {
+  if (forward_dtype_ == DType::f32) return load(name, expect, staged);
+  const Tensor host = staged ? *staged : source_->load(name);
+  if (host.dtype() == forward_dtype_ && host.shape() == expect) return be_.upload_exact(host);
+  const Tensor wide = load(name, expect, &host);
+  Tensor out = be_.empty(expect, forward_dtype_);
+  be_.convert(wide, out);
+  return out;
+}
+
+void Model::set_forward_dtype(DType t) {
+  SCALPEL_CHECK(t == DType::f32 || low_precision(t), "forward dtype {}: expected F32, F16 or BF16", dtype_name(t));
+  forward_dtype_ = t;
+  layers_.clear();
+  cached_bytes_ = 0;
+}
+
+Tensor Model::fp32_rows(const Tensor& rows) {
+  if (rows.dtype() == DType::f32) return rows;
+  Tensor wide = be_.empty(rows.shape(), DType::f32);
+  be_.convert(rows, wide);
+  return wide;
+}
+
 std::shared_ptr<const LayerWeights> Model::layer_weights(std::int64_t layer) {
   SCALPEL_CHECK(layer >= 0 && layer < spec_.layers, "layer {} of {}", layer, spec_.layers);
   if (auto it = layers_.find(layer); it != layers_.end()) return it->second;
@@ -52,7 +76,7 @@ std::shared_ptr<const LayerWeights> Model::layer_weights(std::int64_t layer) {
   }
   const auto get = [&](const std::string& name, const Shape& shape) {
     auto it = staged.find(name);
-    return load(name, shape, it != staged.end() ? &it->second : nullptr);
+    return load_layer_tensor(name, shape, it != staged.end() ? &it->second : nullptr);
   };
   auto w = std::make_shared<LayerWeights>();
   const auto prefix = spec_.layer_prefix(layer);
@@ -122,7 +146,10 @@ Tensor Model::embed(std::span<const std::int32_t> ids, std::int64_t batch, std::
     be_.embedding(pos, embed_positions_, p);
     be_.add(x, p);
   }
-  return x;
+  if (forward_dtype_ == DType::f32) return x;
+  Tensor low = be_.empty({n, d}, forward_dtype_);
+  be_.convert(x, low);
+  return low;
 }
 
 void Model::layer_forward(std::int64_t layer, Tensor& x, std::int64_t batch, std::int64_t seqlen,
@@ -131,7 +158,8 @@ void Model::layer_forward(std::int64_t layer, Tensor& x, std::int64_t batch, std
   decoder_layer_forward(be_, spec_, *w, x, batch, seqlen, rope(seqlen), tap, cache);
 }
 
-void Model::final_logits(const Tensor& rows, Tensor& logits) {
+void Model::final_logits(const Tensor& low_rows, Tensor& logits) {
+  const Tensor rows = fp32_rows(low_rows);
   const auto n = rows.size(0), d = spec_.hidden, e = spec_.word_embed_proj_dim;
   Tensor h = be_.empty({n, d});
   if (spec_.final_norm) {
@@ -223,6 +251,8 @@ std::int64_t Model::layer_cache_bytes(std::int64_t batch, std::int64_t seqlen) c
 std::vector<double> Model::backward(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
                                     const BackwardTaps& taps, bool keep_caches) {
   SCALPEL_CHECK(seqlen >= 2, "a backward pass needs windows of at least 2 tokens, got {}", seqlen);
+  SCALPEL_CHECK(forward_dtype_ == DType::f32, "a backward pass needs the fp32 forward (forward dtype {})",
+                dtype_name(forward_dtype_));
   const auto L = spec_.layers, d = spec_.hidden, V = spec_.vocab_size;
   const auto in_tap = [&](std::int64_t l) {
     LinearTap t;

@@ -26,7 +26,7 @@ class WeightSource {
   virtual Tensor load(const std::string& name) const = 0;
 };
 
-// The tensors of one decoder layer on the backend's device, fp32, by relative name
+// The tensors of one decoder layer on the backend's device, in the model's forward dtype, by relative name
 // ("self_attn.q_proj.weight", "fc1.bias", "input_layernorm.weight").
 struct LayerWeights {
   std::map<std::string, Tensor> tensors;
@@ -57,7 +57,9 @@ struct RopeTables {
 };
 RopeTables make_rope_tables(Backend& be, const ModelSpec& spec, std::int64_t seqlen);
 
-// One decoder layer, forward, in place on x [batch*seqlen, hidden].
+// One decoder layer, forward, in place on x [batch*seqlen, hidden]. Every intermediate takes x's
+// dtype (fp32, or the 2-byte dtype of a low-precision forward, whose weights w then hold); a
+// cache (a backward pass) needs fp32.
 void decoder_layer_forward(Backend& be, const ModelSpec& spec, const LayerWeights& w, Tensor& x,
                            std::int64_t batch, std::int64_t seqlen, const RopeTables* rope,
                            const LinearTap* tap = nullptr, LayerCache* cache = nullptr);
@@ -88,7 +90,15 @@ class Model {
   const ModelSpec& spec() const { return spec_; }
   Backend& backend() const { return be_; }
 
-  // Token embeddings (+ positions, project_in) for batch sequences of seqlen ids: [batch*seqlen, hidden].
+  // The dtype the decoder layers run in: f32 (the default), or f16 / bf16 for the reference's
+  // low-precision forward (weights and activations in that dtype on the device, the Backend's
+  // [lp] precision model). Embeddings are computed in fp32 and rounded; the LM head widens its
+  // input and runs in fp32. Set it before the first layer is read (it drops the layer cache).
+  void set_forward_dtype(DType t);
+  DType forward_dtype() const { return forward_dtype_; }
+
+  // Token embeddings (+ positions, project_in) for batch sequences of seqlen ids: [batch*seqlen,
+  // hidden] in the forward dtype.
   Tensor embed(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen);
   void layer_forward(std::int64_t layer, Tensor& x, std::int64_t batch, std::int64_t seqlen,
                      const LinearTap* tap = nullptr, LayerCache* cache = nullptr);
@@ -133,6 +143,11 @@ class Model {
 
  private:
   Tensor load(const std::string& name, const Shape& expect, const Tensor* staged = nullptr);
+  // A layer tensor on the device in the forward dtype (the stored bytes as they are when the
+  // dtypes agree).
+  Tensor load_layer_tensor(const std::string& name, const Shape& expect, const Tensor* staged);
+  // rows in fp32 (a widened copy of low-precision rows) for the head.
+  Tensor fp32_rows(const Tensor& rows);
   // Final norm, project_out and LM head of hidden rows [n, hidden] -> logits [n, vocab].
   void final_logits(const Tensor& rows, Tensor& logits);
   // From dlogits of rows [n, vocab], the gradient at those rows of the last layer's output.
@@ -143,6 +158,7 @@ class Model {
   std::shared_ptr<const WeightSource> source_;
   Backend& be_;
   std::size_t cache_bytes_, cached_bytes_ = 0;
+  DType forward_dtype_ = DType::f32;
   std::map<std::int64_t, std::shared_ptr<const LayerWeights>> layers_;
   std::map<std::int64_t, std::future<std::map<std::string, Tensor>>> prefetched_;  // stored name -> host copy
   Tensor embed_tokens_, embed_positions_, project_in_, project_out_, final_w_, final_b_, lm_head_;
