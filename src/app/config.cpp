@@ -323,6 +323,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     MapReader r(top.child("cuda"), "cuda", source);
     r.get("tf32", c.cuda.tf32);
     r.get("activations", c.cuda.activations);
+    r.get("forward_dtype", c.cuda.forward_dtype);
+    r.finish();
+  }
+  {
+    MapReader r(top.child("cpu"), "cpu", source);
+    r.get("forward_dtype", c.cpu.forward_dtype);
     r.finish();
   }
   {
@@ -443,6 +449,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     SCALPEL_INPUT_ERROR("{}: 'cuda.tf32' is '{}', expected off, forward or all", source, c.cuda.tf32);
   if (c.cuda.activations != "auto" && c.cuda.activations != "device" && c.cuda.activations != "host")
     SCALPEL_INPUT_ERROR("{}: 'cuda.activations' is '{}', expected auto, device or host", source, c.cuda.activations);
+  if (c.cuda.forward_dtype != "auto" && c.cuda.forward_dtype != "fp32" && c.cuda.forward_dtype != "fp16" &&
+      c.cuda.forward_dtype != "bf16")
+    SCALPEL_INPUT_ERROR("{}: 'cuda.forward_dtype' is '{}', expected auto, fp32, fp16 or bf16", source,
+                        c.cuda.forward_dtype);
+  if (c.cpu.forward_dtype != "fp32" && c.cpu.forward_dtype != "fp16" && c.cpu.forward_dtype != "bf16")
+    SCALPEL_INPUT_ERROR("{}: 'cpu.forward_dtype' is '{}', expected fp32, fp16 or bf16", source, c.cpu.forward_dtype);
   if (c.tokenizer.mode != "transformers" && c.tokenizer.mode != "sentencepiece")
     SCALPEL_INPUT_ERROR("{}: 'tokenizer.mode' is '{}', expected transformers or sentencepiece", source,
                         c.tokenizer.mode);
@@ -595,6 +607,10 @@ std::string dump_config(const Config& c) {
   e << YAML::Key << "cuda" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "tf32" << YAML::Value << c.cuda.tf32;
   e << YAML::Key << "activations" << YAML::Value << c.cuda.activations;
+  e << YAML::Key << "forward_dtype" << YAML::Value << c.cuda.forward_dtype;
+  e << YAML::EndMap;
+  e << YAML::Key << "cpu" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "forward_dtype" << YAML::Value << c.cpu.forward_dtype;
   e << YAML::EndMap;
   e << YAML::Key << "tokenizer" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "mode" << YAML::Value << c.tokenizer.mode;
@@ -643,11 +659,12 @@ std::string dump_config(const Config& c) {
 
 std::string config_hash(const Config& c) { return fnv1a_hex(dump_config(c)); }
 
-std::string prune_identity_hash(const Config& c) {
+std::string prune_identity_hash(const Config& c, const std::string& forward_dtype) {
   YAML::Emitter e;
   e << YAML::BeginMap;
   emit_prune_sections(e, c);
   e << YAML::Key << "determinism" << YAML::Value << c.determinism;
+  if (!forward_dtype.empty()) e << YAML::Key << "forward_dtype" << YAML::Value << forward_dtype;
   e << YAML::EndMap;
   return fnv1a_hex(std::string(e.c_str()) + "\n");
 }

@@ -94,7 +94,7 @@ bool activations_on_host(Backend& be, const Config& cfg, const dist::Comm& world
 Tensor embed_windows(Backend& be, model::Model& m, std::span<const std::int32_t> ids, std::int64_t nseq,
                      std::int64_t seqlen, std::int64_t batch, std::int64_t hidden, bool on_host) {
   if (!on_host) return m.embed(ids, nseq, seqlen);
-  Tensor x = Tensor::empty({nseq * seqlen, hidden});
+  Tensor x = Tensor::empty({nseq * seqlen, hidden}, m.forward_dtype());
   for (std::int64_t s = 0; s < nseq; s += batch) {
     const std::int64_t b = std::min(batch, nseq - s);
     Tensor slice = x.slice_rows(s * seqlen, (s + b) * seqlen);
@@ -154,7 +154,7 @@ std::map<int, std::unique_ptr<prune::InputStats>> collect_stats(Backend& be, con
   };
   for (std::int64_t s = 0; s < nseq; s += batch) {
     seqs_in_batch = std::min(batch, nseq - s);
-    Tensor xb = be.empty({seqs_in_batch * seqlen, spec.hidden});
+    Tensor xb = be.empty({seqs_in_batch * seqlen, spec.hidden}, x.dtype());
     be.copy(x.slice_rows(s * seqlen, (s + seqs_in_batch) * seqlen), xb);
     model::decoder_layer_forward(be, spec, w, xb, seqs_in_batch, seqlen, rope, &tap);
   }
@@ -357,6 +357,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto pattern = prune::Pattern::parse(cfg.prune.pattern, cfg.prune.sparsity, "config: 'prune.pattern'");
   const auto method = prune::parse_method(cfg.prune.method, "config: 'prune.method'");
   const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
+  const DType fwd =
+      forward_dtype(cfg, cfg.device, src->info(spec.layer_prefix(0) + spec.linears().front().name + ".weight").dtype);
   if (grid.stages > spec.layers)
     SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
                         cfg.model);
@@ -383,7 +385,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   io::CheckpointIdentity id;
   id.model = cfg.model;
   id.model_fingerprint = io::model_fingerprint(cfg.model);
-  id.config_hash = prune_config_hash(cfg, windows);
+  id.config_hash = prune_config_hash(cfg, windows, fwd);
   id.grid = {{"stages", grid.stages}, {"data", grid.data}, {"determinism", cfg.determinism}};
   id.num_layers = spec.layers;
   std::optional<io::Checkpoint> ckpt;
@@ -397,9 +399,10 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto resume_from = ckpt->first_uncommitted();
 
   log::info("prune {} ({}, {} layers): {} {}, {} calibration windows x {} tokens from {}; {} rank(s) = {} stage(s) x "
-            "{} data, device {}, {} thread(s) per rank, determinism {}",
+            "{} data, device {} ({} forward), {} thread(s) per rank, determinism {}",
             cfg.model, spec.model_type, spec.layers, cfg.prune.method, pattern.str(), nseq, seqlen,
-            cfg.calibration.path, world.size(), grid.stages, grid.data, be.name(), threads, cfg.determinism);
+            cfg.calibration.path, world.size(), grid.stages, grid.data, be.name(), dtype_name(fwd), threads,
+            cfg.determinism);
   if (resume_from > 0)
     log::info("checkpoint {}: layers 0..{} committed; resuming at layer {}", ckpt_dir.string(), resume_from - 1,
               resume_from);
@@ -435,6 +438,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                 allocation.record.at("weighted_sparsity").get<double>(), allocation.seconds);
   }
 
+  // The allocation ran the fp32 forward; the layers run in the forward dtype from here.
+  m.set_forward_dtype(fwd);
   const bool host_activations = activations_on_host(be, cfg, world);
   Tensor x;
   if (grid.stage == 0)
@@ -460,7 +465,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
         if (committed) {
           // Replay: the stored weights are the ones the original run propagated with.
           const auto data = ckpt->read_layer(layer);
-          for (const auto& t : data.tensors) working->tensors[t.name] = be.upload(t.data);
+          for (const auto& t : data.tensors) working->tensors[t.name] = to_forward(be, t.data, fwd);
         } else {
           std::vector<io::TensorRecord> records;
           nlohmann::json lin_metrics = nlohmann::json::object(), factor_records = nlohmann::json::array();
@@ -506,7 +511,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                 if (factors) opt.factor = &factors->get(g.input_group);
                 opt.total_rows = rows;
                 if (group.size() > 1) opt.select = prune::group_select(group);
-                const auto r = prune::prune_linear(be, w.slice_rows(rr.begin, rr.end), stats.at(g.input_group).get(), opt);
+                const auto r =
+                    prune::prune_linear(be, to_fp32(be, w.slice_rows(rr.begin, rr.end)), stats.at(g.input_group).get(), opt);
                 const auto stored_dtype = src->info(spec.layer_prefix(layer) + wname).dtype;
                 watchdog.beat("gather", layer);
                 // Every rank gets the whole pruned matrix (the next forward needs it), rounded to
@@ -518,7 +524,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                   Tensor all = be.empty({rows, w.size(1)}, stored_dtype), all_mask = be.empty({rows, w.size(1)}, DType::u8);
                   gather_rows_device(group, mine, all, rows);
                   gather_rows_device(group, r.mask, all_mask, rows);
-                  next = be.upload(all);  // widened to fp32 on the GPU
+                  next = to_forward(be, all, fwd);  // widened to fp32 on the GPU, or kept
                   if (group.rank() == 0) {
                     stored = be.download(all);
                     mask = be.download(all_mask);
@@ -526,7 +532,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                 } else {
                   stored = gather_rows(group, to_storage(be, r.weight, stored_dtype), rows);
                   mask = gather_rows(group, be.download(r.mask), rows);
-                  next = be.upload(stored);
+                  next = to_forward(be, stored, fwd);
                 }
                 std::array<double, 2> err{std::isfinite(r.error) ? r.error : 0.0, std::isfinite(r.dense) ? r.dense : 0.0};
                 std::array<std::int64_t, 2> counts{r.pruned, r.total};
@@ -594,7 +600,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     // the layer's world-wide stop check, so neither waits on the other).
     if (grid.stage > 0 && layer == my_layers.begin - 1) {
       watchdog.beat("receive activations", layer);
-      Tensor host = Tensor::empty({my_nseq * seqlen, spec.hidden}, DType::f32);
+      Tensor host = Tensor::empty({my_nseq * seqlen, spec.hidden}, fwd);
       pipe.recv(std::span<std::byte>(static_cast<std::byte*>(host.raw()), static_cast<std::size_t>(host.nbytes())),
                 grid.stage - 1, tag_x);
       x = host_activations ? host : be.upload(host);

@@ -37,7 +37,7 @@ WindowRange calibration_shard(std::int64_t nseq, std::int64_t batch, int ranks, 
   return {mine.begin * batch, std::min(nseq, mine.end * batch)};
 }
 
-std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows) {
+std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows, DType forward) {
   // What decides the pruned weights: method, pattern, options, calibration windows. Not the
   // threads, output paths, logging, tokenizer mode (the windows' digest covers the ids) or
   // evaluation settings. `determinism` counts too (strict sums exactly, fast in floating point),
@@ -53,7 +53,31 @@ std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>
   c.calibration.path = io::digest_bytes(windows.data(), windows.size() * sizeof(std::int32_t));
   c.calibration.offsets.clear();
   c.determinism = cfg.determinism;
-  return prune_identity_hash(c);
+  return prune_identity_hash(c, forward == DType::f32 ? "" : std::string(dtype_name(forward)));
+}
+
+DType forward_dtype(const Config& cfg, const std::string& device, DType stored) {
+  const std::string& want = device == "cuda" ? cfg.cuda.forward_dtype : cfg.cpu.forward_dtype;
+  if (want == "fp16") return DType::f16;
+  if (want == "bf16") return DType::bf16;
+  if (want == "auto" && low_precision(stored)) return stored;
+  return DType::f32;
+}
+
+Tensor to_forward(Backend& be, const Tensor& w, DType forward) {
+  if (forward == DType::f32) return be.upload(w);
+  if (w.dtype() == forward) return be.upload_exact(w);
+  const Tensor src = w.device() == be.device() ? w : be.upload_exact(w);
+  Tensor out = be.empty(w.shape(), forward);
+  be.convert(src, out);
+  return out;
+}
+
+Tensor to_fp32(Backend& be, const Tensor& w) {
+  if (w.dtype() == DType::f32) return w;
+  Tensor out = be.empty(w.shape(), DType::f32);
+  be.convert(w, out);
+  return out;
 }
 
 Tensor to_storage(Backend& be, const Tensor& w, DType dtype) {

@@ -37,10 +37,21 @@ struct WindowRange {
 WindowRange calibration_shard(std::int64_t nseq, std::int64_t batch, int ranks, int index);
 
 // The checkpoint's config hash: what decides the pruned weights (prune, surgeon and calibration
-// sections, determinism), with the calibration windows' digest standing for the text and offsets.
-std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows);
+// sections, determinism, a low-precision forward's dtype), with the calibration windows' digest
+// standing for the text and offsets.
+std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows,
+                              DType forward = DType::f32);
+
+// The dtype of the prune's calibration forward on `device`: cuda.forward_dtype (auto: `stored`,
+// the checkpoint's weight dtype, when it is 2-byte, else fp32) or cpu.forward_dtype.
+DType forward_dtype(const Config& cfg, const std::string& device, DType stored);
 
 // fp32 weight -> the checkpoint's stored dtype, on the host.
 Tensor to_storage(Backend& be, const Tensor& w, DType dtype);
+// A weight in the forward's dtype on the device, from the stored (host or device) or fp32 copy
+// (the stored bytes as they are when the dtypes agree).
+Tensor to_forward(Backend& be, const Tensor& w, DType forward);
+// An fp32 copy on the device of a low-precision weight (w itself when it is fp32).
+Tensor to_fp32(Backend& be, const Tensor& w);
 
 }  // namespace scalpel::app

@@ -31,12 +31,22 @@ struct Config {
 
   // device: cuda only. TF32 (tensor-core fp32 with 10-bit mantissas): off (the reference's
   // setting), forward (the forward's GEMMs and attention), or all (the Hessians' products too).
+  // forward_dtype: the dtype of the prune's calibration forward (magnitude, Wanda, SparseGPT):
+  // auto (the checkpoint's fp16/bf16, as the reference runs it; fp32 for an fp32 checkpoint),
+  // fp32, fp16 or bf16. Hessians, factorisations and sweeps stay fp32.
   // Activations: where the calibration activations live between layers: device, host (staged to
   // the GPU a batch at a time), or auto (device when they fit beside the layer's working set).
   struct Cuda {
     std::string tf32 = "off";
     std::string activations = "auto";
+    std::string forward_dtype = "auto";
   } cuda;
+  // device: cpu only. forward_dtype fp32 (the default), or fp16 / bf16: the GPU's low-precision
+  // forward with the same roundings, computed in fp32 and rounded (slower than fp32; for checking
+  // a GPU run or reproducing its masks on a CPU).
+  struct Cpu {
+    std::string forward_dtype = "fp32";
+  } cpu;
 
   // SentencePiece models: transformers (transformers 5's ids, the default) or sentencepiece
   // (sp.encode per piece, as the original LLaMA code); byte-level BPE is the same in both.
@@ -170,6 +180,8 @@ std::string config_hash(const Config& cfg);
 // A stable hash of what decides a prune's weights alone (the prune and calibration sections and
 // determinism): the checkpoint's identity, unchanged by any other setting, including settings a
 // later release adds.
-std::string prune_identity_hash(const Config& cfg);
+// forward_dtype: the calibration forward's resolved dtype when it is not fp32 ("" otherwise, which
+// keeps the hashes of fp32 runs as they were).
+std::string prune_identity_hash(const Config& cfg, const std::string& forward_dtype = "");
 
 }  // namespace scalpel::app
