@@ -603,7 +603,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
       Tensor host = Tensor::empty({my_nseq * seqlen, spec.hidden}, fwd);
       pipe.recv(std::span<std::byte>(static_cast<std::byte*>(host.raw()), static_cast<std::size_t>(host.nbytes())),
                 grid.stage - 1, tag_x);
-      x = host_activations ? host : be.upload(host);
+      x = host_activations ? host : be.upload_exact(host);  // in the forward dtype
     }
     // The commit: world rank 0 records the owner's shard in the manifest.
     if (world.is_root() && !committed) {

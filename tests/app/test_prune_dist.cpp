@@ -147,6 +147,24 @@ TEST_F(PruneDist, StagesAndLlamaAreRankCountInvariant) {
   fs::remove_all(base);
 }
 
+// The fp16 calibration forward (the GPU's precision model, on the CPU) keeps the invariance: data
+// ranks and pipeline stages (whose hand-over carries 2-byte activations) give the same bits.
+TEST_F(PruneDist, Fp16ForwardIsRankAndStageInvariant) {
+  NEED_SHARED();
+  const auto base = temp_dir("fp16");
+  const std::vector<std::string> strict{"determinism=strict", "prune.method=sparsegpt", "cpu.forward_dtype=fp16"};
+  ASSERT_EQ(run_to_end(prune_cmd(1, base / "one", strict)), 0);
+  const auto want = read_bytes(base / "one/model/model.safetensors");
+  ASSERT_GT(want.size(), 1000u);
+  ASSERT_EQ(run_to_end(prune_cmd(2, base / "data2", strict)), 0);
+  EXPECT_TRUE(read_bytes(base / "data2/model/model.safetensors") == want) << "2 data ranks";
+  auto stages = strict;
+  stages.push_back("parallel.stages=2");
+  ASSERT_EQ(run_to_end(prune_cmd(4, base / "2x2", stages)), 0);
+  EXPECT_TRUE(read_bytes(base / "2x2/model/model.safetensors") == want) << "2 stages x 2";
+  fs::remove_all(base);
+}
+
 TEST_F(PruneDist, SigkillOfOneRankEndsTheJobAndAnotherRankCountResumes) {
   NEED_SHARED();
   const auto base = temp_dir("kill");
