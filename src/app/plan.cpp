@@ -18,10 +18,11 @@
 //    are sent once per stage boundary). More stages cut each rank's reads, not the job's time.
 //  - Memory is counted in phases (statistics pass, the prune of each input group, propagation);
 //    the peak is the largest phase. The terms, in bytes:
-//      (a) activations: the rank's tokens x hidden x 4 (fp32); a second copy with dense propagation;
-//      (b) the layer's weights in fp32 twice (dense + working copy), the forward temporaries of one
-//          chunk (batch x seqlen tokens x max(q/k/v width, ffn) x 4 x 3) and its attention scores
-//          (batch x heads x seqlen x seqlen x 4);
+//      (a) activations: the rank's tokens x hidden x F (F = 4 for the fp32 forward, 2 for fp16/bf16);
+//          a second copy with dense propagation;
+//      (b) the layer's weights in the forward dtype twice (dense + working copy), the forward
+//          temporaries of one chunk (batch x seqlen tokens x max(q/k/v width, ffn) x F x 3) and its
+//          attention scores (batch x heads x seqlen x seqlen x 4, and x 2 more for a 2-byte P);
 //      (c) statistics, per input group collected in the pass (all groups at once; one at a time
 //          with true_sequential): while collecting, the d x d fp32 scratch each batch's x^T x
 //          lands in plus the sum over the upper triangle, float64 (4 d (d+1) bytes) or with
@@ -37,7 +38,7 @@
 //    per pass; Hessians tokens x d^2 per group (syrk); factorisation 2/3 d^3 per group the rank
 //    owns (potrf + trtri); the sweep's lazy updates and in-block updates on the row slice; the reconstruction
 //    error 4 x rows/data x d^2 per linear. Time = FLOPs / rate + bytes / network + bytes / read,
-//    with no overlap. The rates are GEMM ceilings, so where norms, softmax and copies weigh (small
+//    with no overlap; a 2-byte forward on a GPU counts its FLOPs at 16x the rate (tensor cores). The rates are GEMM ceilings, so where norms, softmax and copies weigh (small
 //    models) the run is slower: opt-mini, 2 cores, measured 3.0 s per layer against 1.9 s planned.
 #include "scalpel/app/plan.hpp"
 
@@ -218,6 +219,16 @@ PlanModel load_plan_model(const std::string& folder) {
   return pm;
 }
 
+// Bytes per element of the calibration forward's weights and activations: 2 for a low-precision
+// forward (cuda.forward_dtype fp16/bf16, or auto on a 2-byte checkpoint; cpu.forward_dtype), 4 for fp32.
+I forward_bytes(const PlanInput& in) {
+  const Config& cfg = in.cfg;
+  if (cfg.prune.method == "surgeon") return 4;
+  const std::string& want = cfg.device == "cuda" ? cfg.cuda.forward_dtype : cfg.cpu.forward_dtype;
+  if (want == "fp16" || want == "bf16") return 2;
+  return want == "auto" && in.dtype_bytes == 2 ? 2 : 4;
+}
+
 json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
   const Config& cfg = in.cfg;
   SCALPEL_CHECK_INPUT(in.world >= 1, "--ranks must be >= 1, got {}", in.world);
@@ -274,6 +285,10 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
       gflops = kCpuGflopsPerThread * threads;
     }
   }
+  // A 2-byte forward on a GPU runs its GEMMs on tensor cores: an A100's dense FP16 peak is 16x its
+  // FP32 peak (312 against 19.5 TFLOP/s), the ratio applied to the forward's FLOPs.
+  const I fb = forward_bytes(in);
+  const double forward_gflops = gflops * (fb == 2 && cfg.device == "cuda" ? 16.0 : 1.0);
   const double net = in.net_gbps > 0 ? in.net_gbps : kNetGbps;
   const double rd = in.read_gbps > 0 ? in.read_gbps : kReadGbps;
 
@@ -293,7 +308,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
     linear_weights += l.out * l.in;
     if (l.input_group == 0) qkv_out += l.out;
   }
-  const I layer32 = spec.layer_params() * 4;  // one fp32 copy of a decoder layer
+  const I layer32 = spec.layer_params() * fb;  // one copy of a decoder layer in the forward dtype
   I allreduce_bytes = 0, allgather_bytes = 0;
   json groups_json = json::array();
   // stats_bytes: what the statistics of an input hold while collected (until the all-reduce);
@@ -400,10 +415,10 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
       const I chunk = std::min(B, nseq);
 
       // Memory terms.
-      const I act = tok * h * 4 * copies;
+      const I act = tok * h * fb * copies;
       const I weights = 2 * layer32;
-      const I fwd = chunk * T * std::max(qkv_out, spec.ffn) * 4 * 3;
-      const I attn = chunk * spec.heads * T * T * 4;
+      const I fwd = chunk * T * std::max(qkv_out, spec.ffn) * fb * 3;
+      const I attn = chunk * spec.heads * T * T * (fb == 2 ? 6 : 4);  // 2-byte: fp32 scores + 2-byte P
       const I base = act + weights + embed32 + cache;
       json phases = json::object();
       std::string peak_phase, peak_terms;
@@ -475,11 +490,11 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
       const double frac = static_cast<double>(D - 1) / D;
       const double ar_sent = 2.0 * frac * static_cast<double>(allreduce_bytes);
       const double ag_recv = frac * static_cast<double>(allgather_bytes);
-      const I boundary = tok * h * 4 * copies;
+      const I boundary = tok * h * fb * copies;
       const I send = s < S - 1 ? boundary : 0, recv = s > 0 ? boundary : 0;
 
       const double read_per_layer = nl > 0 ? static_cast<double>(read_layers) / nl : 0;
-      const double sl_compute = f_total / (gflops * 1e9);
+      const double sl_compute = (f_total - f_forward) / (gflops * 1e9) + f_forward / (forward_gflops * 1e9);
       const double sl_comm = (ar_sent + ag_recv + static_cast<double>(factor_recv)) / (net * kGB);
       const double sl_read = read_per_layer / (rd * kGB);
       const double s_compute = sl_compute * nl;
@@ -590,7 +605,8 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
                  {"weight_cache_mb", cfg.weight_cache_mb}};
   plan["grid"] = {{"world", in.world}, {"stages", S}, {"data", D}};
   plan["calibration"] = {{"nsamples", N}, {"seqlen", T}, {"batch", B}, {"chunks", chunks}, {"tokens", N * T}};
-  plan["rates"] = {{"gflops", gflops}, {"gflops_note", gflops_note}, {"net_gbps", net}, {"read_gbps", rd}};
+  plan["rates"] = {{"gflops", gflops},      {"gflops_note", gflops_note}, {"forward_gflops", forward_gflops},
+                   {"forward_bytes", fb}, {"net_gbps", net},            {"read_gbps", rd}};
   plan["per_layer"] = {{"groups", groups_json},
                        {"linear_params", linear_weights},
                        {"layer_params", spec.layer_params()},

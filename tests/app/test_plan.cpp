@@ -387,11 +387,20 @@ TEST(PlanCli, Opt175bFitsOneEightyGigabyteGpu) {
   ASSERT_EQ(j.code, 0) << j.out;
   const auto p = json::parse(j.out);
   EXPECT_EQ(p["grid"]["world"].get<int>(), 1);
-  EXPECT_NEAR(p["ranks"][0]["memory"]["activations"].get<double>(), 12288.0 * 128 * 2048 * 4, 1.0);
+  // cuda.forward_dtype auto on an fp16 checkpoint: 2-byte activations, forward FLOPs at 16x.
+  EXPECT_NEAR(p["ranks"][0]["memory"]["activations"].get<double>(), 12288.0 * 128 * 2048 * 2, 1.0);
+  EXPECT_EQ(p["rates"]["forward_bytes"].get<int>(), 2);
+  EXPECT_DOUBLE_EQ(p["rates"]["forward_gflops"].get<double>(), 16 * p["rates"]["gflops"].get<double>());
   const double peak = p["peak"]["bytes"].get<double>();
   EXPECT_LT(peak, 0.9 * 80e9);
   EXPECT_GT(peak, 40e9);  // the fc2 Hessian (9.7 GB), its float64 sum (9.7 GB) and its batch scratch alone are 29 GB
   EXPECT_TRUE(p["fits"].get<bool>());
+  const auto f32 = run_here(kBin + " plan configs/opt-175b-1gpu.yaml --json cuda.forward_dtype=fp32");
+  ASSERT_EQ(f32.code, 0) << f32.out;
+  const auto q = json::parse(f32.out);
+  EXPECT_NEAR(q["ranks"][0]["memory"]["activations"].get<double>(), 12288.0 * 128 * 2048 * 4, 1.0);
+  EXPECT_GT(q["ranks"][0]["seconds_per_layer"]["compute"].get<double>(),
+            p["ranks"][0]["seconds_per_layer"]["compute"].get<double>());
 }
 
 TEST(PlanCli, RefusesWhatDoesNotFitWithExitCode2) {
