@@ -1,17 +1,22 @@
 // One OPT decoder layer's SparseGPT prune at any width on any backend (written for the GPU at
 // OPT-175B widths: hidden 12288, ffn 49152, 96 heads), split into its phases, each against a
 // ceiling measured in the same run on the same device:
-//   hessian   = SYRK of a calibration batch (3 inputs of width hidden, 1 of width ffn) vs GEMM rate;
+//   hessian   = XᵀX of a calibration batch (3 inputs of width hidden, 1 of width ffn): fp32 SYRK
+//               vs the fp32 GEMM rate, or, with a 2-byte forward, the tensor-core GEMM of the
+//               2-byte activations vs the tensor-core rate;
 //   f64 sum   = adding that batch's fp32 Hessian into the float64 sum vs device copy bandwidth;
-//   factor    = SparseGPT's factor U = chol(H⁻¹) (5 of width hidden, 1 of ffn) vs GEMM rate;
-//   sweep     = the OBS sweep of the six weights (q, k, v, out, fc1, fc2) vs GEMM rate;
-//   forward   = the decoder layer on a batch (random weights) vs GEMM rate;
+//   factor    = SparseGPT's factor U = chol(H⁻¹), once per input group (3 of width hidden, 1 of
+//               ffn), vs the fp32 GEMM rate;
+//   sweep     = the OBS sweep of the six weights (q, k, v, out, fc1, fc2) vs the fp32 GEMM rate;
+//   forward   = the decoder layer on a batch (random weights) in the forward dtype (--forward-dtype,
+//               default fp16 as the reference runs an fp16 checkpoint) vs that dtype's GEMM rate;
 //   load      = the layer's fp16 weights host -> device vs the measured upload bandwidth.
 // Times are medians over repeats of synchronised runs. The calibration set (default 128 x 2048
 // tokens) is timed on one batch and scaled by the number of batches (SYRK, the sums and the
 // forward are linear in the tokens); the JSON says so. The projection for the whole model on 1
 // and on N GPUs follows from the measured phases (see the "projection" field for its terms).
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -42,10 +47,14 @@ void fill_random(float* p, std::int64_t n, std::uint64_t seed, float scale) {
   }
 }
 
-Tensor random_on(Backend& be, Shape shape, std::uint64_t seed, float scale = 1.0f) {
+Tensor random_on(Backend& be, Shape shape, std::uint64_t seed, float scale = 1.0f, DType dt = DType::f32) {
   Tensor h = Tensor::empty(std::move(shape));
   fill_random(h.f32(), h.numel(), seed, scale);
-  return be.upload(h);
+  const Tensor f = be.upload(h);
+  if (dt == DType::f32) return f;
+  Tensor out = be.empty(f.shape(), dt);
+  be.convert(f, out);
+  return out;
 }
 
 // Median seconds of f over `repeats` runs after one warm-up, the device drained around each.
@@ -84,7 +93,7 @@ model::ModelSpec opt_spec(std::int64_t hidden, std::int64_t ffn, std::int64_t he
 
 int main(int argc, char** argv) {
   CLI::App app("Per-phase time of one OPT layer's SparseGPT prune on a backend, with same-run ceilings");
-  std::string device = "cuda", out, tf32 = "off";
+  std::string device = "cuda", out, tf32 = "off", forward_dtype = "fp16";
   std::int64_t hidden = 12288, ffn = 49152, heads = 96, seqlen = 2048, batch = 2, nsamples = 128, layers = 96;
   int repeats = 3, gpus = 8;
   double link_gbps = 150;
@@ -100,6 +109,8 @@ int main(int argc, char** argv) {
   app.add_option("--gpus", gpus, "ranks of the multi-GPU projection");
   app.add_option("--link-gbps", link_gbps, "assumed all-reduce bus bandwidth between GPUs (GB/s), for the projection");
   app.add_option("--tf32", tf32, "off | forward | all (the backend's TF32 setting)");
+  app.add_option("--forward-dtype", forward_dtype, "fp16 | bf16 | fp32: the forward's dtype (fp16: the reference's)")
+      ->check(CLI::IsMember({"fp16", "bf16", "fp32"}));
   app.add_option("--out", out, "JSON file (default: stdout only)");
   CLI11_PARSE(app, argc, argv);
 
@@ -108,8 +119,10 @@ int main(int argc, char** argv) {
   bo.tf32_hessian = tf32 == "all";
   auto bep = make_backend(device, bo);
   Backend& be = *bep;
+  const DType fdt = forward_dtype == "fp16" ? DType::f16 : forward_dtype == "bf16" ? DType::bf16 : DType::f32;
   const std::int64_t tokens = batch * seqlen, batches = (nsamples + batch - 1) / batch;
-  json r = {{"device", device},     {"backend", be.name()}, {"tf32", tf32},   {"hidden", hidden},
+  json r = {{"device", device},     {"backend", be.name()}, {"tf32", tf32},   {"forward_dtype", forward_dtype},
+            {"hidden", hidden},
             {"ffn", ffn},           {"heads", heads},       {"seqlen", seqlen}, {"batch_tokens", tokens},
             {"nsamples", nsamples}, {"batches", batches},   {"repeats", repeats}};
   std::cerr << "bench_layer: " << device << " hidden " << hidden << " ffn " << ffn << ", batches of " << tokens
@@ -128,6 +141,12 @@ int main(int argc, char** argv) {
       const double s2 = timed(be, repeats, [&] { be.gemm(Trans::no, Trans::no, 1.0f, a, b, 0.0f, c); });
       r["ceiling"]["gemm_tf32_tflops"] = 2.0 * n * n * n / s2 / 1e12;
     }
+    if (fdt != DType::f32) {  // the tensor-core GEMM of 2-byte operands (fp32 sums), as linear runs it
+      Tensor a2 = random_on(be, {n, n}, 1, 1.0f, fdt), b2 = random_on(be, {n, n}, 2, 1.0f, fdt);
+      Tensor c2 = be.empty({n, n}, fdt);
+      const double s3 = timed(be, repeats, [&] { be.linear(a2, b2, nullptr, c2); });
+      r["ceiling"]["gemm_" + forward_dtype + "_tflops"] = 2.0 * n * n * n / s3 / 1e12;
+    }
     const std::int64_t m = 256 << 20;  // 1 GiB of floats
     Tensor x = be.zeros({m}), y = be.empty({m});
     const double sc = timed(be, repeats, [&] { be.copy(x, y); });
@@ -138,25 +157,32 @@ int main(int argc, char** argv) {
     r["ceiling"]["upload_gbps"] = static_cast<double>(hh.nbytes()) / su / 1e9;
   }
   const double gemm_rate = r["ceiling"]["gemm_fp32_tflops"].get<double>() * 1e12;
-  const double fwd_rate = (tf32 != "off" ? r["ceiling"]["gemm_tf32_tflops"] : r["ceiling"]["gemm_fp32_tflops"]).get<double>() * 1e12;
+  const double fwd_rate = (fdt != DType::f32 ? r["ceiling"]["gemm_" + forward_dtype + "_tflops"]
+                           : tf32 != "off" ? r["ceiling"]["gemm_tf32_tflops"]
+                                           : r["ceiling"]["gemm_fp32_tflops"])
+                              .get<double>() *
+                          1e12;
   const double copy_bw = r["ceiling"]["copy_gbps"].get<double>() * 1e9;
   std::cerr << "  ceilings: " << r["ceiling"].dump() << "\n";
 
   // ---- statistics: one batch's SYRK and f64 sum, for each input width ----
   double hess_layer = 0, sum_layer = 0;
   for (const auto& [d, count] : std::vector<std::pair<std::int64_t, int>>{{hidden, 3}, {ffn, 1}}) {
-    Tensor x = random_on(be, {tokens, d}, 10 + d);
+    Tensor x = random_on(be, {tokens, d}, 10 + d, 1.0f, fdt);
     Tensor h = be.empty({d, d});
     Tensor acc = be.zeros({d * (d + 1) / 2}, DType::f64);
     const double s_syrk = timed(be, repeats, [&] { be.syrk(1.0f, x, 0.0f, h); });
     const double s_sum = timed(be, repeats, [&] { be.accumulate_upper_f64(h, acc); });
+    // Useful FLOPs (one triangle); the 2-byte path computes both triangles on tensor cores, so its
+    // ceiling is half the tensor-core rate in these units.
     const double flops = static_cast<double>(tokens) * d * (d + 1);
+    const double syrk_ceiling = fdt != DType::f32 ? fwd_rate / 2 : gemm_rate;
     const double bytes = 4.0 * d * d / 2 + 16.0 * d * (d + 1) / 2;  // read the upper fp32, read+write the f64
     r["hessian"].push_back({{"width", d},
                             {"per_layer", count},
                             {"syrk_s", s_syrk},
                             {"syrk_tflops", flops / s_syrk / 1e12},
-                            {"syrk_vs_gemm", flops / s_syrk / gemm_rate},
+                            {"syrk_vs_ceiling", flops / s_syrk / syrk_ceiling},
                             {"sum_s", s_sum},
                             {"sum_gbps", bytes / s_sum / 1e9},
                             {"sum_vs_copy", bytes / s_sum / copy_bw}});
@@ -226,10 +252,12 @@ int main(int argc, char** argv) {
                             {"tflops", flops / s / 1e12},
                             {"vs_gemm", flops / s / gemm_rate}});
       sweep_layer += s;
-      factor_layer += fact_by_width[d].first;  // one factorisation per linear, as the prune does
       std::cerr << "  sweep " << r["sweep"].back().dump() << "\n";
     }
   }
+
+  // One factorisation per input group (q/k/v share theirs), as the prune does.
+  factor_layer = 3 * fact_by_width[hidden].first + fact_by_width[ffn].first;
 
   // ---- forward of one batch through the layer (random weights) ----
   double fwd_layer = 0;
@@ -238,11 +266,11 @@ int main(int argc, char** argv) {
     model::LayerWeights lw;
     std::uint64_t seed = 100;
     for (const auto& l : spec.linears()) {
-      lw.tensors[l.name + ".weight"] = random_on(be, {l.out, l.in}, ++seed, 0.02f);
-      if (l.bias) lw.tensors[l.name + ".bias"] = random_on(be, {l.out}, ++seed, 0.02f);
+      lw.tensors[l.name + ".weight"] = random_on(be, {l.out, l.in}, ++seed, 0.02f, fdt);
+      if (l.bias) lw.tensors[l.name + ".bias"] = random_on(be, {l.out}, ++seed, 0.02f, fdt);
     }
-    for (const auto& n : spec.layer_norm_tensors()) lw.tensors[n] = random_on(be, {hidden}, ++seed);
-    Tensor x0 = random_on(be, {tokens, hidden}, 7), x = be.empty({tokens, hidden});
+    for (const auto& n : spec.layer_norm_tensors()) lw.tensors[n] = random_on(be, {hidden}, ++seed, 1.0f, fdt);
+    Tensor x0 = random_on(be, {tokens, hidden}, 7, 1.0f, fdt), x = be.empty({tokens, hidden}, fdt);
     std::vector<double> t;
     for (int rep = 0; rep < repeats + 1; ++rep) {
       be.copy(x0, x);
@@ -271,14 +299,22 @@ int main(int argc, char** argv) {
                            {"sweep", sweep_layer},  {"forward", fwd_layer}, {"load", load},
                            {"total", one}};
   // N GPUs, data parallel: tokens (statistics, sums, forwards) and weight rows (sweeps) split N
-  // ways; each rank still factorises every Hessian and loads every weight; the float64 Hessians
-  // are all-reduced (ring: 2 (N-1)/N of their bytes at the assumed link bandwidth) and the fp16
-  // pruned rows all-gathered.
+  // ways; the four factorisations are shared out (greedy by d³, as SharedFactors: with N >= 2 the
+  // busiest rank holds fc2's alone, or all four at N = 1) and each broadcast from its owner
+  // (4 d² bytes); every rank loads every weight; the float64 Hessians are all-reduced (ring:
+  // 2 (N-1)/N of their bytes at the assumed link bandwidth) and the fp16 pruned rows all-gathered.
   const double hess_bytes = 8.0 * (3.0 * hidden * (hidden + 1) / 2 + ffn * (ffn + 1.0) / 2);
+  const double factor_bytes = 4.0 * (3.0 * hidden * hidden + static_cast<double>(ffn) * ffn);
   const double ring = 2.0 * (gpus - 1) / gpus;
-  const double comm = (ring * hess_bytes + (gpus - 1.0) / gpus * layer_bytes) / (link_gbps * 1e9);
-  const double many = (hess_layer + sum_layer + fwd_layer + sweep_layer) / gpus + factor_layer + load + comm;
-  r["per_layer_ngpu_s"] = {{"gpus", gpus}, {"comm", comm}, {"total", many}, {"link_gbps_assumed", link_gbps}};
+  const double comm = (ring * hess_bytes + (gpus - 1.0) / gpus * (layer_bytes + factor_bytes)) / (link_gbps * 1e9);
+  const double factor_share =
+      gpus >= 2 ? std::max(fact_by_width[ffn].first, 3 * fact_by_width[hidden].first / (gpus - 1)) : factor_layer;
+  const double many = (hess_layer + sum_layer + fwd_layer + sweep_layer) / gpus + factor_share + load + comm;
+  r["per_layer_ngpu_s"] = {{"gpus", gpus},
+                           {"comm", comm},
+                           {"factor_busiest_rank", factor_share},
+                           {"total", many},
+                           {"link_gbps_assumed", link_gbps}};
   r["projection"] = {{"layers", layers},
                      {"hours_1gpu", one * layers / 3600},
                      {"hours_ngpu", many * layers / 3600},
