@@ -31,6 +31,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 BIN=${SCALPEL_BIN_DIR:-build/bin}
+# The forward's dtype, for bench_layer's matching ceilings: what the prune resolves (cuda auto on
+# this fp16 model: fp16; cpu: fp32) unless a --set names it.
+fdt=$([ "$device" = cuda ] && echo fp16 || echo fp32)
+for kv in "${sets[@]}"; do
+  case $kv in
+    "$device.forward_dtype="*) fdt=${kv#*=} ;;
+  esac
+done
+[ "$fdt" = auto ] && fdt=fp16
 model=runs/synth-$hidden-$ffn-$layers
 run=runs/e2e-$hidden-$ffn-$layers-$device
 if [ ! -f "$model/model.safetensors.index.json" ]; then
@@ -48,11 +57,12 @@ ceil_json=""
 if [ "$ceilings" = 1 ]; then
   ceil_json=$run.ceilings.json
   "$BIN/bench_layer" --device "$device" --hidden "$hidden" --ffn "$ffn" --heads "$heads" --seqlen "$seqlen" \
-    --batch "$batch" --nsamples "$nsamples" --layers "$layers" --repeats 1 --out "$ceil_json" > /dev/null
+    --batch "$batch" --nsamples "$nsamples" --layers "$layers" --forward-dtype "$fdt" --repeats 1 \
+    --out "$ceil_json" > /dev/null
 fi
-python3 - "$run/metrics.jsonl" "$t0" "$t1" "$ceil_json" "$out" <<'EOF'
+python3 - "$run/metrics.jsonl" "$t0" "$t1" "$ceil_json" "$out" "$fdt" <<'EOF'
 import json, statistics, sys
-metrics, ceil_path, out = sys.argv[1], sys.argv[4], sys.argv[5]
+metrics, ceil_path, out, fdt = sys.argv[1], sys.argv[4], sys.argv[5], sys.argv[6]
 process_s = float(sys.argv[3]) - float(sys.argv[2])
 layers, prune = [], None
 for line in open(metrics):
@@ -65,14 +75,16 @@ per_layer = []
 for r in layers:
     lin = r.get("linears", {}).values()
     p = {"seconds": r["seconds"], "statistics_s": r.get("stats_s", 0.0), "reduce_s": r.get("reduce_s", 0.0),
-         "factorisation_s": sum(x.get("factor_s", 0.0) for x in lin),
+         # The shared factors (one per input group) record their own time; a linear's factor_s
+         # counts a factorisation it made itself.
+         "factorisation_s": sum(x.get("factor_s", 0.0) for x in lin) + sum(sum(f.get("seconds", [])) for f in r.get("factors", [])),
          "sweep_s": sum(x.get("sweep_s", 0.0) for x in lin),
          "error_s": sum(x.get("error_s", 0.0) for x in lin)}
     p["rest_s"] = p["seconds"] - sum(v for k, v in p.items() if k != "seconds")
     per_layer.append(p)
 in_layers = sum(p["seconds"] for p in per_layer)
 prune_s = prune["summary"]["seconds"] if prune else None
-res = {"process_s": process_s, "prune_s": prune_s, "layers": len(per_layer), "layer_seconds_sum": in_layers,
+res = {"forward_dtype": fdt, "process_s": process_s, "prune_s": prune_s, "layers": len(per_layer), "layer_seconds_sum": in_layers,
        "outside_layers_s": process_s - in_layers,
        "outside_layers_fraction": (process_s - in_layers) / process_s if process_s > 0 else None,
        "median_layer": {k: statistics.median(p[k] for p in per_layer) for k in per_layer[0]} if per_layer else {},
