@@ -423,6 +423,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("checkpoint", c.output.checkpoint);
     r.get("export", c.output.export_dir);
     r.get("export_shard_mb", c.output.export_shard_mb);
+    r.get("reconstruction_error", c.output.reconstruction_error);
     r.finish();
   }
   {
@@ -642,6 +643,7 @@ std::string dump_config(const Config& c) {
   e << YAML::Key << "checkpoint" << YAML::Value << c.output.checkpoint;
   e << YAML::Key << "export" << YAML::Value << c.output.export_dir;
   e << YAML::Key << "export_shard_mb" << YAML::Value << c.output.export_shard_mb;
+  e << YAML::Key << "reconstruction_error" << YAML::Value << c.output.reconstruction_error;
   e << YAML::EndMap;
   e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "stages" << YAML::Value << c.parallel.stages;

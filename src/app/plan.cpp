@@ -480,7 +480,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
           const I rs = ceil_div(l.out, D);
           f_sweep += sparsegpt ? lazy_update_flops(rs, g.cols, bs) + static_cast<double>(rs) * dd * (bs - 1)
                                : 2.0 * static_cast<double>(rs) * dd;
-          f_error += 4.0 * static_cast<double>(rs) * dd * dd;
+          if (cfg.output.reconstruction_error) f_error += 4.0 * static_cast<double>(rs) * dd * dd;
         }
       }
       const double f_total = f_forward + f_stats + f_factor + f_sweep + f_error;

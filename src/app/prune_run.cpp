@@ -507,6 +507,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                 opt.isc = cfg.sparsegpt.saliency == "isc";
                 opt.blocksize = cfg.prune.blocksize;
                 opt.percdamp = cfg.prune.dampening;
+                opt.compute_error = cfg.output.reconstruction_error;
                 opt.name = fmt::format("layer {} {}", layer, lin.name);
                 if (factors) opt.factor = &factors->get(g.input_group);
                 opt.total_rows = rows;
@@ -548,6 +549,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                                            {"dead_inputs", r.dead},      {"factor_s", r.seconds.factorisation},
                                            {"sweep_s", r.seconds.sweep}, {"error_s", r.seconds.error}};
                 if (!allocation.patterns.empty()) lm["allocated"] = opt.pattern.str();
+                if (!cfg.output.reconstruction_error) lm["error"] = lm["error_rel"] = nullptr;
                 if (!std::isfinite(sparsity) || !std::isfinite(err[0]))
                   SCALPEL_RUNTIME_ERROR("layer {} {}: non-finite result", layer, lin.name);
                 lin_metrics[lin.name] = lm;
@@ -613,10 +615,16 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
       const auto& layer_metrics = commit_msg.at("metrics");
       ckpt->commit_layer(layer, {info}, layer_metrics);
       double err_sum = 0;
+      std::size_t errs = 0;
       const auto& lins = layer_metrics.at("linears");
-      for (const auto& [k, v] : lins.items()) err_sum += v["error_rel"].get<double>();
-      log::info("layer {}/{} committed: {} linears, mean relative error {:.4g}, {:.1f} s", layer + 1, spec.layers,
-                lins.size(), lins.empty() ? 0.0 : err_sum / static_cast<double>(lins.size()),
+      for (const auto& [k, v] : lins.items())
+        if (v["error_rel"].is_number()) {
+          err_sum += v["error_rel"].get<double>();
+          ++errs;
+        }
+      log::info("layer {}/{} committed: {} linears, {}, {:.1f} s", layer + 1, spec.layers, lins.size(),
+                errs ? fmt::format("mean relative error {:.4g}", err_sum / static_cast<double>(errs))
+                     : std::string("reconstruction error not computed"),
                 layer_metrics.at("seconds").get<double>());
       nlohmann::json rec = layer_metrics;
       rec["event"] = "layer";

@@ -143,6 +143,25 @@ TEST(PruneCli, ChangedConfigIsRefusedUntilRestart) {
   fs::remove_all(dir);
 }
 
+// output.reconstruction_error: false skips the error's GEMMs: the same pruned model, null fields.
+TEST(PruneCli, TheReconstructionErrorCanBeSkipped) {
+  NEED_SHARED();
+  const auto dir = temp_dir("noerr");
+  ASSERT_EQ(run_to_end(prune_args(dir / "with", "opt-mini", {"eval.sets=[]"})), 0);
+  ASSERT_EQ(run_to_end(prune_args(dir / "without", "opt-mini", {"eval.sets=[]", "output.reconstruction_error=false"})),
+            0);
+  EXPECT_TRUE(read_bytes(dir / "with/model/model.safetensors") == read_bytes(dir / "without/model/model.safetensors"));
+  const auto with = records(dir / "with/metrics.jsonl", "layer"), without = records(dir / "without/metrics.jsonl", "layer");
+  ASSERT_EQ(without.size(), 4u);
+  ASSERT_EQ(with.size(), 4u);
+  for (std::size_t l = 0; l < 4; ++l)
+    for (const auto& [name, lin] : without[l]["linears"].items()) {
+      EXPECT_TRUE(lin["error"].is_null() && lin["error_rel"].is_null()) << name;
+      EXPECT_GT(with[l]["linears"][name]["error"].get<double>(), 0.0) << name;
+    }
+  fs::remove_all(dir);
+}
+
 TEST(PruneCli, TargetsTrueSequentialAndDensePropagation) {
   NEED_SHARED();
   const auto dir = temp_dir("options");
