@@ -38,7 +38,8 @@
 //    per pass; Hessians tokens x d^2 per group (syrk); factorisation 2/3 d^3 per group the rank
 //    owns (potrf + trtri); the sweep's lazy updates and in-block updates on the row slice; the reconstruction
 //    error 4 x rows/data x d^2 per linear. Time = FLOPs / rate + bytes / network + bytes / read,
-//    with no overlap; a 2-byte forward on a GPU counts its FLOPs at 16x the rate (tensor cores). The rates are GEMM ceilings, so where norms, softmax and copies weigh (small
+//    with no overlap; a 2-byte forward on a GPU counts its FLOPs at 16x the rate (tensor cores), and
+//    its Hessians (full GEMMs of the 2-byte activations) at 8x. The rates are GEMM ceilings, so where norms, softmax and copies weigh (small
 //    models) the run is slower: opt-mini, 2 cores, measured 3.0 s per layer against 1.9 s planned.
 #include "scalpel/app/plan.hpp"
 
@@ -288,7 +289,10 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
   // A 2-byte forward on a GPU runs its GEMMs on tensor cores: an A100's dense FP16 peak is 16x its
   // FP32 peak (312 against 19.5 TFLOP/s), the ratio applied to the forward's FLOPs.
   const I fb = forward_bytes(in);
-  const double forward_gflops = gflops * (fb == 2 && cfg.device == "cuda" ? 16.0 : 1.0);
+  const bool tensor_cores = fb == 2 && cfg.device == "cuda";
+  const double forward_gflops = gflops * (tensor_cores ? 16.0 : 1.0);
+  // The Hessians of 2-byte activations: one full tensor-core GEMM (twice SYRK's FLOPs) per batch.
+  const double stats_gflops = tensor_cores ? forward_gflops / 2 : gflops;
   const double net = in.net_gbps > 0 ? in.net_gbps : kNetGbps;
   const double rd = in.read_gbps > 0 ? in.read_gbps : kReadGbps;
 
@@ -494,7 +498,8 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
       const I send = s < S - 1 ? boundary : 0, recv = s > 0 ? boundary : 0;
 
       const double read_per_layer = nl > 0 ? static_cast<double>(read_layers) / nl : 0;
-      const double sl_compute = (f_total - f_forward) / (gflops * 1e9) + f_forward / (forward_gflops * 1e9);
+      const double sl_compute = (f_total - f_forward - f_stats) / (gflops * 1e9) + f_forward / (forward_gflops * 1e9) +
+                                f_stats / (stats_gflops * 1e9);
       const double sl_comm = (ar_sent + ag_recv + static_cast<double>(factor_recv)) / (net * kGB);
       const double sl_read = read_per_layer / (rd * kGB);
       const double s_compute = sl_compute * nl;
@@ -605,7 +610,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
                  {"weight_cache_mb", cfg.weight_cache_mb}};
   plan["grid"] = {{"world", in.world}, {"stages", S}, {"data", D}};
   plan["calibration"] = {{"nsamples", N}, {"seqlen", T}, {"batch", B}, {"chunks", chunks}, {"tokens", N * T}};
-  plan["rates"] = {{"gflops", gflops},      {"gflops_note", gflops_note}, {"forward_gflops", forward_gflops},
+  plan["rates"] = {{"gflops", gflops},      {"gflops_note", gflops_note}, {"forward_gflops", forward_gflops}, {"statistics_gflops", stats_gflops},
                    {"forward_bytes", fb}, {"net_gbps", net},            {"read_gbps", rd}};
   plan["per_layer"] = {{"groups", groups_json},
                        {"linear_params", linear_weights},
@@ -710,7 +715,7 @@ void print_plan(const json& p) {
     row(label, [key](const json& r) { return bytes_str(r["memory"][key].get<double>()); });
   };
   mem("(a) activations", "activations");
-  mem("(b) layer weights (fp32 x2)", "layer_weights");
+  mem("(b) layer weights (x2)", "layer_weights");
   mem("    forward temporaries", "forward_temporaries");
   mem("    attention scores", "attention_scores");
   mem("(c) statistics", "statistics");
@@ -738,14 +743,20 @@ void print_plan(const json& p) {
              "share of the sequences)\n",
              r["rank"].get<int>(), r["sequences"].get<I>(), r["tokens"].get<I>());
   fmt::print("  {:<{}}{:>14}{:>14}{:>12}\n", "", lw, "FLOP", "bytes", "seconds");
-  auto frow = [&](const std::string& label, double flops, const std::string& note) {
-    fmt::print("  {:<{}}{:>14}{:>14}{:>12}{}\n", label, lw, flops_str(flops), "", seconds_str(flops / gf), note);
+  auto frow = [&](const std::string& label, double flops, const std::string& note, double rate = 0) {
+    fmt::print("  {:<{}}{:>14}{:>14}{:>12}{}\n", label, lw, flops_str(flops), "", seconds_str(flops / (rate > 0 ? rate : gf)),
+               note);
   };
   auto brow = [&](const std::string& label, double bytes, double rate, const std::string& note) {
     fmt::print("  {:<{}}{:>14}{:>14}{:>12}{}\n", label, lw, "", bytes_str(bytes), seconds_str(bytes / rate), note);
   };
-  frow(fmt::format("forward (x{})", p["per_layer"]["forward_passes"].get<I>()), f["forward"].get<double>(), "");
-  frow("statistics (syrk)", f["statistics"].get<double>(), "");
+  const double fwd_gf = rates["forward_gflops"].get<double>() * 1e9;
+  frow(fmt::format("forward (x{})", p["per_layer"]["forward_passes"].get<I>()), f["forward"].get<double>(),
+       rates["forward_bytes"].get<I>() == 2 ? fmt::format("  (2-byte forward at {:g} GFLOP/s)", fwd_gf / 1e9) : "",
+       fwd_gf);
+  const double stats_gf = rates["statistics_gflops"].get<double>() * 1e9;
+  frow("statistics (syrk)", f["statistics"].get<double>(),
+       stats_gf != gf ? "  (2-byte activations: one tensor-core GEMM, twice the FLOPs)" : "", stats_gf);
   frow("factorisation", f["factorisation"].get<double>(),
        D > 1 ? fmt::format("  (this rank's share; the {} data ranks split the groups)", D) : "");
   frow(D > 1 ? fmt::format("sweep (rows / {})", D) : "sweep", f["sweep"].get<double>(), "");
