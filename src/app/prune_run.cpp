@@ -513,7 +513,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                 opt.total_rows = rows;
                 if (group.size() > 1) opt.select = prune::group_select(group);
                 const auto r =
-                    prune::prune_linear(be, to_fp32(be, w.slice_rows(rr.begin, rr.end)), stats.at(g.input_group).get(), opt);
+                    prune::prune_linear(be, as_dtype_on(be, w.slice_rows(rr.begin, rr.end), DType::f32), stats.at(g.input_group).get(), opt);
                 const auto stored_dtype = src->info(spec.layer_prefix(layer) + wname).dtype;
                 watchdog.beat("gather", layer);
                 // Every rank gets the whole pruned matrix (the next forward needs it), rounded to

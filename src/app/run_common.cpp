@@ -67,17 +67,7 @@ DType forward_dtype(const Config& cfg, const std::string& device, DType stored) 
 Tensor to_forward(Backend& be, const Tensor& w, DType forward) {
   if (forward == DType::f32) return be.upload(w);
   if (w.dtype() == forward) return be.upload_exact(w);
-  const Tensor src = w.device() == be.device() ? w : be.upload_exact(w);
-  Tensor out = be.empty(w.shape(), forward);
-  be.convert(src, out);
-  return out;
-}
-
-Tensor to_fp32(Backend& be, const Tensor& w) {
-  if (w.dtype() == DType::f32) return w;
-  Tensor out = be.empty(w.shape(), DType::f32);
-  be.convert(w, out);
-  return out;
+  return as_dtype_on(be, w, forward);
 }
 
 Tensor to_storage(Backend& be, const Tensor& w, DType dtype) {

@@ -48,10 +48,8 @@ DType forward_dtype(const Config& cfg, const std::string& device, DType stored);
 
 // fp32 weight -> the checkpoint's stored dtype, on the host.
 Tensor to_storage(Backend& be, const Tensor& w, DType dtype);
-// A weight in the forward's dtype on the device, from the stored (host or device) or fp32 copy
-// (the stored bytes as they are when the dtypes agree).
+// A new copy of a weight in the forward's dtype on the device, from the stored (host or device)
+// or fp32 one (the stored bytes as they are when the dtypes agree).
 Tensor to_forward(Backend& be, const Tensor& w, DType forward);
-// An fp32 copy on the device of a low-precision weight (w itself when it is fp32).
-Tensor to_fp32(Backend& be, const Tensor& w);
 
 }  // namespace scalpel::app

@@ -100,4 +100,12 @@ Tensor clone_on(Backend& be, const Tensor& t) {
 
 Tensor view_on(Backend& be, const Tensor& host) { return be.device() == Device::cpu ? host : be.upload(host); }
 
+Tensor as_dtype_on(Backend& be, const Tensor& t, DType dt) {
+  const Tensor src = t.device() == be.device() ? t : be.upload_exact(t);
+  if (src.dtype() == dt) return src;
+  Tensor out = be.empty(src.shape(), dt);
+  be.convert(src, out);
+  return out;
+}
+
 }  // namespace scalpel

@@ -45,10 +45,7 @@ Tensor Model::load_layer_tensor(const std::string& name, const Shape& expect, co
   if (forward_dtype_ == DType::f32) return load(name, expect, staged);
   const Tensor host = staged ? *staged : source_->load(name);
   if (host.dtype() == forward_dtype_ && host.shape() == expect) return be_.upload_exact(host);
-  const Tensor wide = load(name, expect, &host);
-  Tensor out = be_.empty(expect, forward_dtype_);
-  be_.convert(wide, out);
-  return out;
+  return as_dtype_on(be_, load(name, expect, &host), forward_dtype_);
 }
 
 void Model::set_forward_dtype(DType t) {
@@ -56,13 +53,6 @@ void Model::set_forward_dtype(DType t) {
   forward_dtype_ = t;
   layers_.clear();
   cached_bytes_ = 0;
-}
-
-Tensor Model::fp32_rows(const Tensor& rows) {
-  if (rows.dtype() == DType::f32) return rows;
-  Tensor wide = be_.empty(rows.shape(), DType::f32);
-  be_.convert(rows, wide);
-  return wide;
 }
 
 std::shared_ptr<const LayerWeights> Model::layer_weights(std::int64_t layer) {
@@ -159,7 +149,7 @@ void Model::layer_forward(std::int64_t layer, Tensor& x, std::int64_t batch, std
 }
 
 void Model::final_logits(const Tensor& low_rows, Tensor& logits) {
-  const Tensor rows = fp32_rows(low_rows);
+  const Tensor rows = as_dtype_on(be_, low_rows, DType::f32);  // the head runs in fp32
   const auto n = rows.size(0), d = spec_.hidden, e = spec_.word_embed_proj_dim;
   Tensor h = be_.empty({n, d});
   if (spec_.final_norm) {

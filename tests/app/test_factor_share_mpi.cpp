@@ -57,7 +57,9 @@ TEST(SharedFactors, EveryRankGetsTheFactorItWouldHaveMade) {
       const auto& got = shared.get(static_cast<int>(i));
       ASSERT_EQ(got.hinv.numel(), own.hinv.numel());
       EXPECT_EQ(std::memcmp(got.hinv.raw(), own.hinv.raw(), own.hinv.nbytes()), 0) << "job " << i;
-      if (isc) EXPECT_EQ(std::memcmp(got.hdiag.raw(), own.hdiag.raw(), own.hdiag.nbytes()), 0) << "job " << i;
+      if (isc) {
+        EXPECT_EQ(std::memcmp(got.hdiag.raw(), own.hdiag.raw(), own.hdiag.nbytes()), 0) << "job " << i;
+      }
       EXPECT_EQ(got.damping, own.damping);
       EXPECT_EQ(got.tries, own.tries);
     }
@@ -81,7 +83,9 @@ TEST(SharedFactors, AFailureOnItsOwnerFailsEveryRank) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("layer 7 fc2"), std::string::npos) << msg;
     EXPECT_NE(msg.find("NaN or infinite"), std::string::npos) << msg;
-    if (g_world->size() > 1) EXPECT_NE(msg.find("factorised on data rank 0"), std::string::npos) << msg;
+    if (g_world->size() > 1) {
+      EXPECT_NE(msg.find("factorised on data rank 0"), std::string::npos) << msg;
+    }
     // The owner's error kind (a non-finite Hessian is an input error, exit 2) at any rank count.
     EXPECT_EQ(e.kind(), ErrorKind::input) << msg;
   }

@@ -102,10 +102,8 @@ std::vector<std::uint8_t> layer_masks(Backend& be, const fs::path& folder, const
     for (const auto& l : g.linears) {
       prune::PruneOptions o;
       o.pattern = prune::Pattern::unstructured(0.5);
-      const Tensor wl = w->at(l.name + ".weight");
-      Tensor wf = be.empty(wl.shape());
-      be.convert(wl, wf);
-      const auto r = prune::prune_linear(be, wf, stats.at(g.input_group).get(), o);
+      const auto r = prune::prune_linear(be, as_dtype_on(be, w->at(l.name + ".weight"), DType::f32),
+                                         stats.at(g.input_group).get(), o);
       const Tensor mh = be.download(r.mask);
       masks.insert(masks.end(), mh.data<std::uint8_t>(), mh.data<std::uint8_t>() + mh.numel());
     }

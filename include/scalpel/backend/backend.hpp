@@ -262,6 +262,9 @@ Tensor clone_on(Backend& be, const Tensor& t);
 // A host tensor where the backend computes, for reading: t itself on the cpu backend (no copy), a
 // device copy (be.upload) otherwise.
 Tensor view_on(Backend& be, const Tensor& host);
+// t as a tensor of dtype dt (f32, f16, bf16) on the backend's device: t itself when it already is
+// one, else a converted copy (a host tensor travels in its own dtype and converts there).
+Tensor as_dtype_on(Backend& be, const Tensor& t, DType dt);
 
 // What this build can run: cuda_built() says the CUDA backend was compiled in; cuda_devices()
 // counts the GPUs the driver shows (0 without a driver or a GPU, or in a CPU-only build), and

@@ -146,8 +146,6 @@ class Model {
   // A layer tensor on the device in the forward dtype (the stored bytes as they are when the
   // dtypes agree).
   Tensor load_layer_tensor(const std::string& name, const Shape& expect, const Tensor* staged);
-  // rows in fp32 (a widened copy of low-precision rows) for the head.
-  Tensor fp32_rows(const Tensor& rows);
   // Final norm, project_out and LM head of hidden rows [n, hidden] -> logits [n, vocab].
   void final_logits(const Tensor& rows, Tensor& logits);
   // From dlogits of rows [n, vocab], the gradient at those rows of the last layer's output.
