@@ -222,6 +222,166 @@ void gather_rows_device(dist::Comm& group, const Tensor& mine, Tensor& all, std:
   group.allgatherv_device(static_cast<const std::byte*>(mine.raw()), static_cast<std::byte*>(all.raw()), counts);
 }
 
+// A pruned matrix met on every rank of the data group: in the stored dtype and its mask on the
+// writer's host (data rank 0; undefined elsewhere), and the copy the next forward uses, on the
+// device in the forward dtype.
+struct GatheredLinear {
+  Tensor stored, mask, next;
+};
+
+GatheredLinear gather_pruned(Backend& be, dist::Comm& group, const prune::PruneResult& r, std::int64_t rows,
+                             std::int64_t cols, DType stored_dtype, DType fwd) {
+  GatheredLinear out;
+  if (be.device() != Device::cpu && group.device_collectives()) {
+    // NCCL: the rows meet on the GPUs; only the writer downloads the whole matrix.
+    const Tensor mine = be.upload_exact(to_storage(be, r.weight, stored_dtype));
+    Tensor all = be.empty({rows, cols}, stored_dtype), all_mask = be.empty({rows, cols}, DType::u8);
+    gather_rows_device(group, mine, all, rows);
+    gather_rows_device(group, r.mask, all_mask, rows);
+    out.next = to_forward(be, all, fwd);  // widened to fp32 on the GPU, or kept
+    if (group.rank() == 0) {
+      out.stored = be.download(all);
+      out.mask = be.download(all_mask);
+    }
+  } else {
+    out.stored = gather_rows(group, to_storage(be, r.weight, stored_dtype), rows);
+    out.mask = gather_rows(group, be.download(r.mask), rows);
+    out.next = to_forward(be, out.stored, fwd);
+  }
+  return out;
+}
+
+// What pruning the linears of one layer shares: the run's settings and services.
+struct LinearJob {
+  Backend& be;
+  dist::Comm& group;
+  const Config& cfg;
+  const io::HfCheckpoint& src;
+  const model::ModelSpec& spec;
+  prune::Method method;
+  const Allocation& allocation;
+  DType fwd;
+  std::int64_t layer;
+  Watchdog& watchdog;
+};
+
+// One linear: this rank's row slice pruned (its input's statistics, the group's shared factor
+// when SparseGPT), the whole pruned matrix gathered into `working` for the next forward, rounded
+// to the stored dtype (what a resumed run reads back), and on data rank 0 its record for the
+// shard appended to `records`. Returns its metrics (sums over the ranks).
+nlohmann::json prune_one(const LinearJob& j, const model::LinearSpec& lin, const prune::InputStats* stats,
+                         const prune::HinvFactor* factor, model::LayerWeights& working,
+                         std::vector<io::TensorRecord>& records) {
+  j.watchdog.beat("prune", j.layer);
+  const std::string wname = lin.name + ".weight";
+  const Tensor& w = working.at(wname);
+  const auto rows = w.size(0);
+  const auto rr = dist::block_range(rows, j.group.size(), j.group.rank());
+  prune::PruneOptions opt;
+  opt.method = j.method;
+  opt.pattern = j.allocation.of(j.layer, lin.name);
+  opt.isc = j.cfg.sparsegpt.saliency == "isc";
+  opt.blocksize = j.cfg.prune.blocksize;
+  opt.percdamp = j.cfg.prune.dampening;
+  opt.compute_error = j.cfg.output.reconstruction_error;
+  opt.name = fmt::format("layer {} {}", j.layer, lin.name);
+  opt.factor = factor;
+  opt.total_rows = rows;
+  if (j.group.size() > 1) opt.select = prune::group_select(j.group);
+  const auto r = prune::prune_linear(j.be, as_dtype_on(j.be, w.slice_rows(rr.begin, rr.end), DType::f32), stats, opt);
+  j.watchdog.beat("gather", j.layer);
+  const auto stored_dtype = j.src.info(j.spec.layer_prefix(j.layer) + wname).dtype;
+  auto g = gather_pruned(j.be, j.group, r, rows, w.size(1), stored_dtype, j.fwd);
+  std::array<double, 2> err{std::isfinite(r.error) ? r.error : 0.0, std::isfinite(r.dense) ? r.dense : 0.0};
+  std::array<std::int64_t, 2> counts{r.pruned, r.total};
+  j.group.allreduce_sum(std::span<double>(err));
+  j.group.allreduce_sum(std::span<std::int64_t>(counts));
+  working.tensors[wname] = g.next;
+  const double sparsity = counts[1] ? double(counts[0]) / double(counts[1]) : 0.0;
+  const double error_rel = err[1] > 0 ? err[0] / err[1] : 0.0;
+  nlohmann::json lm = {{"error", err[0]},           {"error_rel", error_rel},
+                       {"sparsity", sparsity},       {"pruned", counts[0]},
+                       {"weights", counts[1]},       {"damping", r.damping},
+                       {"percdamp", r.percdamp},     {"damping_tries", r.damping_tries},
+                       {"dead_inputs", r.dead},      {"factor_s", r.seconds.factorisation},
+                       {"sweep_s", r.seconds.sweep}, {"error_s", r.seconds.error}};
+  if (!j.allocation.patterns.empty()) lm["allocated"] = opt.pattern.str();
+  if (!j.cfg.output.reconstruction_error) lm["error"] = lm["error_rel"] = nullptr;
+  if (!std::isfinite(sparsity) || !std::isfinite(err[0]))
+    SCALPEL_RUNTIME_ERROR("layer {} {}: non-finite result", j.layer, lin.name);
+  if (j.group.rank() == 0) {
+    io::TensorRecord rec;
+    rec.name = wname;
+    rec.data = g.stored;
+    rec.packed_mask = io::pack_mask(g.mask);
+    rec.metrics = lm;
+    records.push_back(std::move(rec));
+  }
+  return lm;
+}
+
+// This rank's calibration activations at a layer's input and how its statistics are taken.
+struct CalibrationPass {
+  const Tensor& x;
+  std::int64_t my_nseq, seqlen, batch, total_nseq;
+  const model::RopeTables* rope;
+  prune::StatsKinds kinds;
+  prune::Accumulation accumulation;
+};
+
+// The prune of one layer's target linears: per pass (all groups at once, or one group at a time
+// with true_sequential, after the groups before it are pruned), the statistics through the
+// layer's current weights, summed over the data ranks, SparseGPT's shared factors, then every
+// linear. Returns the layer's metrics (without its wall time); records as prune_one.
+nlohmann::json prune_layer(const LinearJob& j, const CalibrationPass& c, const std::vector<TargetGroup>& groups,
+                           model::LayerWeights& working, std::vector<io::TensorRecord>& records) {
+  nlohmann::json lin_metrics = nlohmann::json::object(), factor_records = nlohmann::json::array();
+  const dist::CommBytes comm_before = j.group.bytes();
+  double stats_s = 0, reduce_s = 0;
+  std::vector<std::vector<TargetGroup>> passes;
+  if (j.cfg.prune.true_sequential)
+    for (const auto& g : groups) passes.push_back({g});
+  else
+    passes.push_back(groups);
+  for (const auto& pass : passes) {
+    j.watchdog.beat("statistics", j.layer);
+    Timer st;
+    auto stats = collect_stats(j.be, j.spec, working, c.x, c.my_nseq, c.seqlen, c.batch, c.rope, pass, c.kinds, j.layer,
+                               c.accumulation, c.total_nseq);
+    stats_s += st.seconds();
+    j.watchdog.beat("reduce statistics", j.layer);
+    for (auto& [g, s] : stats) {
+      s->reduce(j.group);
+      reduce_s += s->reduce_seconds();
+    }
+    std::optional<SharedFactors> factors;
+    if (j.method == prune::Method::sparsegpt) {
+      j.watchdog.beat("factorise", j.layer);
+      factors.emplace(j.be, j.group, factor_jobs(pass, stats, j.layer), factor_settings(j.cfg),
+                      [&] { j.watchdog.suspend("waiting for the other ranks' factors"); });
+    }
+    for (const auto& g : pass) {
+      for (const auto& lin : g.linears)
+        lin_metrics[lin.name] = prune_one(j, lin, stats.at(g.input_group).get(),
+                                          factors ? &factors->get(g.input_group) : nullptr, working, records);
+      if (factors) factors->release(g.input_group);
+    }
+    if (factors) factor_records.push_back(factors->record());
+  }
+  const auto& cb = j.group.bytes();
+  nlohmann::json m = {{"layer", j.layer},
+                      {"stats_s", stats_s},
+                      {"reduce_s", reduce_s},
+                      {"ranks", j.group.size()},
+                      {"comm_bytes",
+                       {{"allreduce", cb.allreduce - comm_before.allreduce},
+                        {"allgather", cb.allgather - comm_before.allgather},
+                        {"broadcast", cb.broadcast - comm_before.broadcast}}},
+                      {"linears", lin_metrics}};
+  if (!factor_records.empty()) m["factors"] = factor_records;
+  return m;
+}
+
 int stage_of(std::int64_t layer, std::int64_t layers, int stages) {
   for (int s = 0; s < stages; ++s) {
     const auto r = dist::block_range(layers, stages, s);
@@ -467,117 +627,11 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
           const auto data = ckpt->read_layer(layer);
           for (const auto& t : data.tensors) working->tensors[t.name] = to_forward(be, t.data, fwd);
         } else {
+          const LinearJob job{be, group, cfg, *src, spec, method, allocation, fwd, layer, watchdog};
+          const CalibrationPass calib_pass{x, my_nseq, seqlen, batch, nseq, rope, kinds, accumulation};
           std::vector<io::TensorRecord> records;
-          nlohmann::json lin_metrics = nlohmann::json::object(), factor_records = nlohmann::json::array();
-          const dist::CommBytes comm_before = group.bytes();
-          double stats_s = 0, reduce_s = 0;
-          // true_sequential: statistics of each group are taken after the groups before it are pruned.
-          std::vector<std::vector<TargetGroup>> passes;
-          if (cfg.prune.true_sequential)
-            for (const auto& g : groups) passes.push_back({g});
-          else
-            passes.push_back(groups);
-          for (const auto& pass : passes) {
-            watchdog.beat("statistics", layer);
-            Timer st;
-            auto stats = collect_stats(be, spec, *working, x, my_nseq, seqlen, batch, rope, pass, kinds, layer,
-                                       accumulation, nseq);
-            stats_s += st.seconds();
-            watchdog.beat("reduce statistics", layer);
-            for (auto& [g, s] : stats) {
-              s->reduce(group);
-              reduce_s += s->reduce_seconds();
-            }
-            std::optional<SharedFactors> factors;
-            if (method == prune::Method::sparsegpt) {
-              watchdog.beat("factorise", layer);
-              factors.emplace(be, group, factor_jobs(pass, stats, layer), factor_settings(cfg),
-                              [&] { watchdog.suspend("waiting for the other ranks' factors"); });
-            }
-            for (const auto& g : pass) {
-              for (const auto& lin : g.linears) {
-                watchdog.beat("prune", layer);
-                const std::string wname = lin.name + ".weight";
-                const Tensor& w = working->at(wname);
-                const auto rows = w.size(0);
-                const auto rr = dist::block_range(rows, group.size(), group.rank());
-                prune::PruneOptions opt;
-                opt.method = method;
-                opt.pattern = allocation.of(layer, lin.name);
-                opt.isc = cfg.sparsegpt.saliency == "isc";
-                opt.blocksize = cfg.prune.blocksize;
-                opt.percdamp = cfg.prune.dampening;
-                opt.compute_error = cfg.output.reconstruction_error;
-                opt.name = fmt::format("layer {} {}", layer, lin.name);
-                if (factors) opt.factor = &factors->get(g.input_group);
-                opt.total_rows = rows;
-                if (group.size() > 1) opt.select = prune::group_select(group);
-                const auto r =
-                    prune::prune_linear(be, as_dtype_on(be, w.slice_rows(rr.begin, rr.end), DType::f32), stats.at(g.input_group).get(), opt);
-                const auto stored_dtype = src->info(spec.layer_prefix(layer) + wname).dtype;
-                watchdog.beat("gather", layer);
-                // Every rank gets the whole pruned matrix (the next forward needs it), rounded to
-                // the stored dtype (what a resumed run reads back); the writer gets it on the host.
-                Tensor stored, mask, next;
-                if (be.device() != Device::cpu && group.device_collectives()) {
-                  // NCCL: the rows meet on the GPUs; only the writer downloads the whole matrix.
-                  const Tensor mine = be.upload_exact(to_storage(be, r.weight, stored_dtype));
-                  Tensor all = be.empty({rows, w.size(1)}, stored_dtype), all_mask = be.empty({rows, w.size(1)}, DType::u8);
-                  gather_rows_device(group, mine, all, rows);
-                  gather_rows_device(group, r.mask, all_mask, rows);
-                  next = to_forward(be, all, fwd);  // widened to fp32 on the GPU, or kept
-                  if (group.rank() == 0) {
-                    stored = be.download(all);
-                    mask = be.download(all_mask);
-                  }
-                } else {
-                  stored = gather_rows(group, to_storage(be, r.weight, stored_dtype), rows);
-                  mask = gather_rows(group, be.download(r.mask), rows);
-                  next = to_forward(be, stored, fwd);
-                }
-                std::array<double, 2> err{std::isfinite(r.error) ? r.error : 0.0, std::isfinite(r.dense) ? r.dense : 0.0};
-                std::array<std::int64_t, 2> counts{r.pruned, r.total};
-                group.allreduce_sum(std::span<double>(err));
-                group.allreduce_sum(std::span<std::int64_t>(counts));
-                working->tensors[wname] = next;
-                const double sparsity = counts[1] ? double(counts[0]) / double(counts[1]) : 0.0;
-                const double error_rel = err[1] > 0 ? err[0] / err[1] : 0.0;
-                nlohmann::json lm = {{"error", err[0]},           {"error_rel", error_rel},
-                                           {"sparsity", sparsity},       {"pruned", counts[0]},
-                                           {"weights", counts[1]},       {"damping", r.damping},
-                                           {"percdamp", r.percdamp},     {"damping_tries", r.damping_tries},
-                                           {"dead_inputs", r.dead},      {"factor_s", r.seconds.factorisation},
-                                           {"sweep_s", r.seconds.sweep}, {"error_s", r.seconds.error}};
-                if (!allocation.patterns.empty()) lm["allocated"] = opt.pattern.str();
-                if (!cfg.output.reconstruction_error) lm["error"] = lm["error_rel"] = nullptr;
-                if (!std::isfinite(sparsity) || !std::isfinite(err[0]))
-                  SCALPEL_RUNTIME_ERROR("layer {} {}: non-finite result", layer, lin.name);
-                lin_metrics[lin.name] = lm;
-                if (group.rank() == 0) {
-                  io::TensorRecord rec;
-                  rec.name = wname;
-                  rec.data = stored;
-                  rec.packed_mask = io::pack_mask(mask);
-                  rec.metrics = lm;
-                  records.push_back(std::move(rec));
-                }
-              }
-              if (factors) factors->release(g.input_group);
-            }
-            if (factors) factor_records.push_back(factors->record());
-          }
-          const auto& cb = group.bytes();
-          nlohmann::json layer_metrics = {
-              {"layer", layer},
-              {"seconds", layer_timer.seconds()},
-              {"stats_s", stats_s},
-              {"reduce_s", reduce_s},
-              {"ranks", group.size()},
-              {"comm_bytes",
-               {{"allreduce", cb.allreduce - comm_before.allreduce}, {"allgather", cb.allgather - comm_before.allgather},
-                {"broadcast", cb.broadcast - comm_before.broadcast}}},
-              {"linears", lin_metrics}};
-          if (!factor_records.empty()) layer_metrics["factors"] = factor_records;
+          nlohmann::json layer_metrics = prune_layer(job, calib_pass, groups, *working, records);
+          layer_metrics["seconds"] = layer_timer.seconds();
           if (group.rank() == 0) {
             watchdog.beat("write shard", layer);
             const auto info = io::write_shard_file(ckpt_dir, layer, 0, records, nullptr);
