@@ -90,11 +90,12 @@ bool activations_on_host(Backend& be, const Config& cfg, const dist::Comm& world
   return host;
 }
 
-// The embedded calibration windows of this rank, on the device or in host memory.
+// The embedded calibration windows of this rank in the forward dtype, on the device or in host
+// memory, made a batch at a time (the fp32 embeddings of one batch exist at once, never all).
 Tensor embed_windows(Backend& be, model::Model& m, std::span<const std::int32_t> ids, std::int64_t nseq,
                      std::int64_t seqlen, std::int64_t batch, std::int64_t hidden, bool on_host) {
-  if (!on_host) return m.embed(ids, nseq, seqlen);
-  Tensor x = Tensor::empty({nseq * seqlen, hidden}, m.forward_dtype());
+  Tensor x = on_host ? Tensor::empty({nseq * seqlen, hidden}, m.forward_dtype())
+                     : be.empty({nseq * seqlen, hidden}, m.forward_dtype());
   for (std::int64_t s = 0; s < nseq; s += batch) {
     const std::int64_t b = std::min(batch, nseq - s);
     Tensor slice = x.slice_rows(s * seqlen, (s + b) * seqlen);

@@ -14,8 +14,7 @@
 
 #include "prune_test_util.hpp"
 #include "scalpel/backend/backend.hpp"
-#include "scalpel/io/checkpoint.hpp"
-#include "scalpel/io/checkpoint_shard.hpp"
+#include "mask_agreement.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
 
 namespace {
@@ -129,23 +128,6 @@ TEST(Gpu, WandaAndTwoFourMatchTheCpu) {
   }
 }
 
-// Fraction of mask entries on which two prunes of opt-mini's 4 layers agree.
-double mask_agreement(const fs::path& a, const fs::path& b) {
-  const auto ca = scalpel::io::Checkpoint::open_read(a / "ckpt");
-  const auto cb = scalpel::io::Checkpoint::open_read(b / "ckpt");
-  std::int64_t same = 0, total = 0;
-  for (std::int64_t l = 0; l < 4; ++l) {
-    const auto la = ca.read_layer(l), lb = cb.read_layer(l);
-    for (const auto& t : la.tensors) {
-      const auto n = t.data.numel();
-      const auto ma = scalpel::io::unpack_mask(t.packed_mask, n);
-      const auto mb = scalpel::io::unpack_mask(lb.at(t.name).packed_mask, n);
-      for (std::int64_t i = 0; i < n; ++i) same += ma[i] == mb[i];
-      total += n;
-    }
-  }
-  return total ? static_cast<double>(same) / static_cast<double>(total) : 0.0;
-}
 
 // The reference's precision model on the GPU (fp16 forward on tensor cores, the Hessian from the
 // fp16 activations by a tensor-core GEMM) against the same model computed on the CPU (fp16
@@ -166,8 +148,8 @@ TEST(Gpu, Fp16ForwardMatchesTheCpuEmulation) {
   EXPECT_NE(gpu16.out.find("F16 forward"), std::string::npos) << gpu16.out;
   const auto gpu32 = run(prune_cmd("cuda", dir / "gpu32", "cuda.forward_dtype=fp32"));
   ASSERT_EQ(gpu32.code, 0) << gpu32.out;
-  const double agree16 = mask_agreement(dir / "cpu16", dir / "gpu16");
-  const double agree32 = mask_agreement(dir / "cpu32", dir / "gpu32");
+  const double agree16 = mask_agreement(dir / "cpu16/ckpt", dir / "gpu16/ckpt", 4);
+  const double agree32 = mask_agreement(dir / "cpu32/ckpt", dir / "gpu32/ckpt", 4);
   const double p32 = ppl_of(cpu32.out, "text"), p16 = ppl_of(gpu16.out, "text");
   std::printf("masks: gpu fp16 vs cpu fp16 %.5f, gpu fp32 vs cpu fp32 %.5f; held-out ppl cpu fp32 %.4f, cpu fp16 "
               "%.4f, gpu fp16 %.4f, gpu fp32 %.4f\n",

@@ -9,8 +9,7 @@
 namespace fs = std::filesystem;
 
 #include "prune_test_util.hpp"
-#include "scalpel/io/checkpoint.hpp"
-#include "scalpel/io/checkpoint_shard.hpp"
+#include "mask_agreement.hpp"
 
 namespace {
 
@@ -37,23 +36,6 @@ double heldout_ppl(const fs::path& dir) {
   return 0;
 }
 
-// Fraction of mask entries on which two checkpoints of the same model agree.
-double mask_agreement(const fs::path& a, const fs::path& b, std::int64_t layers) {
-  const auto ca = scalpel::io::Checkpoint::open_read(a / "ckpt");
-  const auto cb = scalpel::io::Checkpoint::open_read(b / "ckpt");
-  std::int64_t same = 0, total = 0;
-  for (std::int64_t l = 0; l < layers; ++l) {
-    const auto la = ca.read_layer(l), lb = cb.read_layer(l);
-    for (const auto& t : la.tensors) {
-      const auto n = t.data.numel();
-      const auto ma = scalpel::io::unpack_mask(t.packed_mask, n);
-      const auto mb = scalpel::io::unpack_mask(lb.at(t.name).packed_mask, n);
-      for (std::int64_t i = 0; i < n; ++i) same += ma[i] == mb[i];
-      total += n;
-    }
-  }
-  return total ? static_cast<double>(same) / static_cast<double>(total) : 0.0;
-}
 
 class LowpPrune : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
@@ -74,7 +56,7 @@ TEST_P(LowpPrune, MasksAndPerplexityStayWithTheFp32Prune) {
   // fp16 activations move the Hessian by ~1e-3 relative, which flips the choice between weights
   // whose scores are that close. Measured agreement: SparseGPT 99.92% (opt-mini) and 99.91%
   // (llama-mini; a flip also changes the updates of the row's later columns), Wanda 99.997%.
-  const double agree = mask_agreement(base / "fp32", base / "fp16", 4);
+  const double agree = mask_agreement(base / "fp32/ckpt", base / "fp16/ckpt", 4);
   EXPECT_GT(agree, method == "wanda" ? 0.9995 : 0.998) << "mask agreement";
   EXPECT_LT(agree, 1.0) << "the fp16 forward gave the fp32 masks: did it round at all?";
   fs::remove_all(base);
