@@ -5,11 +5,14 @@
 # files) and, for the tests, the WikiText-2 test text (the model and corpus slices travel in
 # the repository's models/ and data/). Unpack on the GPU machine
 # with `source scripts/gpu_unpack.sh BUNDLE` from the repository root.
-#   scripts/gpu_bundle.sh [BUILD_DIR] [OUT]     (defaults: build, .devpack/scalpel-gpu.tgz)
+#   scripts/gpu_bundle.sh [BUILD_DIR] [OUT]     (defaults: build, .devpack/scalpel-gpu.tar.xz)
+# The bundle and the working tree travel to the GPU machine together and must stay under 64 MiB:
+# the executables are stripped and the tarball is xz-compressed (about half of gzip's size); the
+# script says how much room is left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
-OUT=${2:-.devpack/scalpel-gpu.tgz}
+OUT=${2:-.devpack/scalpel-gpu.tar.xz}
 SHARED=${SCALPEL_SHARED_DIR:-../shared}
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
@@ -21,6 +24,7 @@ mkdir -p "$STAGE/repo/$BUILD" "$STAGE/lib" "$STAGE/mpi"
 for b in "${bins[@]}"; do
   mkdir -p "$STAGE/repo/$BUILD/$(dirname "$b")"
   cp "$BUILD/$b" "$STAGE/repo/$BUILD/$b"
+  strip --strip-unneeded "$STAGE/repo/$BUILD/$b"
 done
 
 # Libraries: what ldd resolves, except glibc's own, the driver's and the CUDA toolkit's (the GPU
@@ -61,5 +65,11 @@ if [ -d "$SHARED/models/llama-mini" ]; then
   cp -r "$SHARED/models/llama-mini" "$STAGE/shared/models/"
 fi
 mkdir -p "$(dirname "$OUT")"
-tar -C "$STAGE" -czf "$OUT" .
-echo "gpu_bundle: $OUT ($(du -h "$OUT" | cut -f1))"
+tar -C "$STAGE" -cf - . | xz -T0 -9 > "$OUT"
+bundle=$(stat -c %s "$OUT")
+tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+echo "gpu_bundle: $OUT ($((bundle >> 20)) MiB; with the working tree $(((bundle + tree) >> 20)) of the 64 MiB that may travel)"
+if [ $((bundle + tree)) -ge $((64 << 20)) ]; then
+  echo "gpu_bundle: too large to travel with the working tree" >&2
+  exit 1
+fi

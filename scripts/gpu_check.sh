@@ -8,13 +8,14 @@
 #   scripts/gpu_check.sh bench   # bench_surgeon --device cuda at OPT-66B widths (9216 / 36864), 1%
 #   scripts/gpu_check.sh bench13 # the same at OPT-13B widths (5120 / 20480), a shorter run
 #   scripts/gpu_check.sh e2e     # bench_e2e.sh: `scalpel prune` end to end of a synthetic one-layer OPT at
-#                                # OPT-175B widths (128 x 2048 tokens), with bench_layer's ceilings
+#                                # OPT-175B widths (128 x 2048 tokens), with bench_layer's ceilings; again
+#                                # without the reconstruction error, and with the fp32 forward
 # Logs and JSON go to $OUT (the device tool's folder; default out/gpu_check) and into
 # $OUT/gpu_check.tgz. Exit status: the number of failed steps (0 = all passed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-tests}
-BUNDLE=${SCALPEL_BUNDLE:-.devpack/scalpel-gpu.tgz}
+BUNDLE=${SCALPEL_BUNDLE:-.devpack/scalpel-gpu.tar.xz}
 OUT=${OUT:-out/gpu_check}
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
@@ -82,7 +83,12 @@ case $MODE in
   tests) run_tests ;;
   bench) run_bench 9216 36864 72 ;;
   bench13) run_bench 5120 20480 40 ;;
-  e2e) step e2e_opt175b_layer benchmarks/bench_e2e.sh --device cuda --ceilings --out "$OUT/e2e_opt175b_layer.json" ;;
+  e2e)  # the default numerics (fp16 forward), then without the reconstruction error, then the fp32 forward
+    step e2e_opt175b_layer benchmarks/bench_e2e.sh --device cuda --ceilings --out "$OUT/e2e_opt175b_layer.json"
+    step e2e_opt175b_layer_noerr benchmarks/bench_e2e.sh --device cuda --set output.reconstruction_error=false \
+      --out "$OUT/e2e_opt175b_layer_noerr.json"
+    step e2e_opt175b_layer_fp32 benchmarks/bench_e2e.sh --device cuda --set cuda.forward_dtype=fp32 \
+      --out "$OUT/e2e_opt175b_layer_fp32.json" ;;
   *) echo "usage: scripts/gpu_check.sh tests|bench|bench13|e2e" >&2; exit 2 ;;
 esac
 rm -rf "$OUT/runs/"*/model "$OUT/runs/"*/ckpt  # weights do not travel back

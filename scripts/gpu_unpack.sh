@@ -4,7 +4,13 @@
 # the tests look), and sets LD_LIBRARY_PATH to them and the machine's CUDA libraries.
 _b=${1:?usage: source scripts/gpu_unpack.sh BUNDLE}
 _repo=$(pwd -P)
-mkdir -p /opt/scalpel && tar -C /opt/scalpel -xzf "$_b"
+mkdir -p /opt/scalpel
+# xz (scripts/gpu_bundle.sh) or gzip (older bundles); Python's tarfile where tar has no xz.
+case $_b in
+  *.xz) tar -C /opt/scalpel -xJf "$_b" 2>/dev/null ||
+          python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$_b" /opt/scalpel ;;
+  *) tar -C /opt/scalpel -xzf "$_b" ;;
+esac
 cp -a /opt/scalpel/repo/. "$_repo/"
 # The build's compiled-in paths name /work/main and its ../shared.
 if [ "$_repo" != /work/main ]; then mkdir -p /work && ln -sfn "$_repo" /work/main; fi
