@@ -2,8 +2,8 @@
 # End-to-end SparseGPT prune of a synthetic OPT model of any width and depth, as a user runs it:
 # `scalpel prune` reading the Hugging Face folder, calibrating, pruning every layer, committing the
 # checkpoint and exporting; the process's wall time, the prune's per-layer phases from its metrics
-# (statistics = the forward with the Hessians, factorisation, sweep, reconstruction error, the rest
-# of the layer: the propagating forward, the gather and the commit) and the time outside the layers;
+# (statistics = the forward with the Hessians, factorisation, sweep, reconstruction error, the
+# propagating forward, the rest of the layer: the gather and the shard write) and the time outside the layers;
 # with --ceilings, bench_layer's same-run ceilings at the same widths on the same device (SGEMM,
 # SYRK, factorisation, copy and upload rates). Writes one JSON.
 #   benchmarks/bench_e2e.sh [--hidden 12288 --ffn 49152 --heads 96 --layers 1] [--device cuda]
@@ -79,6 +79,7 @@ for r in layers:
          # counts a factorisation it made itself.
          "factorisation_s": sum(x.get("factor_s", 0.0) for x in lin) + sum(sum(f.get("seconds", [])) for f in r.get("factors", [])),
          "sweep_s": sum(x.get("sweep_s", 0.0) for x in lin),
+         "forward_s": r.get("forward_s", 0.0),  # the propagation to the next layer
          "error_s": sum(x.get("error_s", 0.0) for x in lin)}
     p["rest_s"] = p["seconds"] - sum(v for k, v in p.items() if k != "seconds")
     per_layer.append(p)

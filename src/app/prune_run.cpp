@@ -627,11 +627,21 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
           // Replay: the stored weights are the ones the original run propagated with.
           const auto data = ckpt->read_layer(layer);
           for (const auto& t : data.tensors) working->tensors[t.name] = to_forward(be, t.data, fwd);
-        } else {
+        }
+        std::vector<io::TensorRecord> records;
+        nlohmann::json layer_metrics;
+        if (!committed) {
           const LinearJob job{be, group, cfg, *src, spec, method, allocation, fwd, layer, watchdog};
           const CalibrationPass calib_pass{x, my_nseq, seqlen, batch, nseq, rope, kinds, accumulation};
-          std::vector<io::TensorRecord> records;
-          nlohmann::json layer_metrics = prune_layer(job, calib_pass, groups, *working, records);
+          layer_metrics = prune_layer(job, calib_pass, groups, *working, records);
+        }
+        // The propagation: this layer's outputs, the next layer's inputs (before the commit, so
+        // that the layer's seconds count all of its work).
+        watchdog.beat("forward", layer);
+        Timer forward_timer;
+        forward_layer(be, spec, dense_propagation ? *dense : *working, x, my_nseq, seqlen, batch, rope, nullptr);
+        if (!committed) {
+          layer_metrics["forward_s"] = forward_timer.seconds();
           layer_metrics["seconds"] = layer_timer.seconds();
           if (group.rank() == 0) {
             watchdog.beat("write shard", layer);
@@ -640,8 +650,6 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
             if (!world.is_root()) send_json(world, commit_msg, 0, tag_commit);
           }
         }
-        watchdog.beat("forward", layer);
-        forward_layer(be, spec, dense_propagation ? *dense : *working, x, my_nseq, seqlen, batch, rope, nullptr);
         if (layer == my_layers.end - 1 && grid.stage < grid.stages - 1) {
           watchdog.beat("send activations", layer);
           send_tensor(pipe, be.download(x), grid.stage + 1, tag_x);
