@@ -39,7 +39,12 @@ eval:
     - {name: held, preset: text, path: b.txt}
 output: {dir: out/x}
 )");
-  const auto c = app::load_config(path, {"eval.seqlen=128", "eval.sets.1.path=c.txt", "log.level=debug"});
+  const auto c = app::load_config(path, {"eval.seqlen=128", "eval.sets.1.path=c.txt", "log.level=debug",
+                                         "cuda.forward_dtype=bf16", "cpu.forward_dtype=fp16",
+                                         "output.reconstruction_error=false"});
+  EXPECT_EQ(c.cuda.forward_dtype, "bf16");
+  EXPECT_EQ(c.cpu.forward_dtype, "fp16");
+  EXPECT_FALSE(c.output.reconstruction_error);
   EXPECT_EQ(c.model, "models/opt-mini");
   EXPECT_EQ(c.threads, 3);
   EXPECT_EQ(c.eval.seqlen, 128);
@@ -60,10 +65,14 @@ TEST(Config, PruneIdentityIgnoresEverythingButPruneCalibrationAndDeterminism) {
   const auto base = app::load_config("", {"prune.sparsity=0.5"});
   const auto id = app::prune_identity_hash(base);
   for (const char* other : {"eval.tasks=[{preset: mc, path: x.jsonl}]", "tokenizer.mode=sentencepiece",
-                            "output.dir=elsewhere", "threads=3", "eval.add_bos=true", "log.level=debug"})
+                            "output.dir=elsewhere", "threads=3", "eval.add_bos=true", "log.level=debug",
+                            "output.reconstruction_error=false"})
     EXPECT_EQ(app::prune_identity_hash(app::load_config("", {"prune.sparsity=0.5", other})), id) << other;
   for (const char* other : {"prune.sparsity=0.6", "calibration.nsamples=64", "determinism=strict", "prune.method=wanda"})
     EXPECT_NE(app::prune_identity_hash(app::load_config("", {"prune.sparsity=0.5", other})), id) << other;
+  // The resolved forward dtype counts (the run passes it when it is not fp32).
+  EXPECT_NE(app::prune_identity_hash(base, "F16"), id);
+  EXPECT_NE(app::prune_identity_hash(base, "F16"), app::prune_identity_hash(base, "BF16"));
 }
 
 TEST(Config, UnknownKeysNameTheirPath) {
