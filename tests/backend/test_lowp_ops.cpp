@@ -246,6 +246,10 @@ TEST_P(LowpOps, AttentionRoundsTheProbabilitiesAndTheOutput) {
   // term by an ulp of p (2^-10 of it for f16, 2^-7 for bf16): allow that once per output.
   expect_rounded(down(o), want, mag, dt, dt == DType::f16 ? 1e-3 : 8e-3);
 
+  // One dtype for all four (the backends refuse a mix rather than guess where to round).
+  Tensor o32 = be->empty({B * T, H * hd});
+  EXPECT_THROW(be->attention(low(q, {B * T, H * hd}), low(k, {B * T, KV * hd}), low(v, {B * T, KV * hd}), as, o32),
+               Error);
   Tensor probs = be->empty({B, H, T, T});
   EXPECT_THROW(be->attention(low(q, {B * T, H * hd}), low(k, {B * T, KV * hd}), low(v, {B * T, KV * hd}), as, o,
                              &probs),

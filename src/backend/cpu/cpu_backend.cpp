@@ -440,6 +440,8 @@ class CpuBackend final : public Backend {
     op_checks::attention(q, k, v, s, out, probs);
     if (lowp::any({&q, &k, &v, &out})) {
       lowp::check_one_dtype({&q, &k, &v, &out}, "attention");
+      SCALPEL_CHECK(q.dtype() == k.dtype() && k.dtype() == v.dtype() && v.dtype() == out.dtype(),
+                    "attention: q, k, v and out must share one dtype");
       SCALPEL_CHECK(!probs, "attention: probs are kept for fp32 forwards only (LLM Surgeon's backward)");
       lowp::F32Scope f(*this);
       attention_f32(f.in(q), f.in(k), f.in(v), s, f.out(out, false), nullptr, out.dtype());

@@ -395,6 +395,7 @@ class CudaBackend final : public Backend {
     if (n == 0 || out == 0) return;
     float beta = 0.0f;
     if (bias) {
+      check_dev(*bias, dt, "linear bias");
       cuda::broadcast_rows_u16(static_cast<const std::uint16_t*>(bias->raw()), static_cast<std::uint16_t*>(y.raw()), n,
                                out);
       launched("bias");
@@ -560,6 +561,7 @@ class CudaBackend final : public Backend {
     SCALPEL_CHECK(!probs, "attention: probs are kept for fp32 forwards only (LLM Surgeon's backward)");
     const DType dt = shared_low({&q, &k, &v, &out});
     SCALPEL_CHECK(dt != DType::f32, "attention: q, k, v and out must share one dtype");
+    for (const Tensor* t : {&q, &k, &v, static_cast<const Tensor*>(&out)}) check_2d_float(*t, "attention");
     const auto T = s.seqlen, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
     const std::int64_t ldq = H * hd, ldk = KV * hd, group = H / KV;
     const auto ct = cuda_type(dt);
