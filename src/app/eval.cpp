@@ -11,6 +11,7 @@
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/progress.hpp"
 #include "root_work.hpp"
+#include "run_common.hpp"
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
@@ -216,15 +217,18 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
   auto spec = model::ModelSpec::from_config(ckpt->config(), (std::filesystem::path(cfg.model) / "config.json").string());
   std::unique_ptr<text::Tokenizer> tok;
   if (comm.is_root()) tok = make_tokenizer(cfg);
-  log::info("model {} ({}, {} layers, hidden {}, {:.2f}M params), {} rank(s) x {} thread(s), backend {}",
+  const DType fwd = forward_dtype(cfg, *ckpt, spec);
+  log::info("model {} ({}, {} layers, hidden {}, {:.2f}M params), {} rank(s) x {} thread(s), backend {} ({} forward)",
             cfg.model, spec.model_type, spec.layers, spec.hidden, spec.total_params() / 1e6, comm.size(), threads,
-            backend->name());
+            backend->name(), dtype_name(fwd));
   model::Model m(spec, checkpoint_source(ckpt), *backend,
                  static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
+  m.set_forward_dtype(fwd);
   Metrics metrics;
   if (comm.is_root() && !cfg.output.metrics.empty())
     metrics = Metrics((std::filesystem::path(cfg.output.dir) / cfg.output.metrics).string());
-  evaluate_config(m, tok.get(), cfg, comm, metrics, {{"threads", threads}, {"config_hash", config_hash(cfg)}});
+  evaluate_config(m, tok.get(), cfg, comm, metrics,
+                  {{"threads", threads}, {"config_hash", config_hash(cfg)}, {"forward_dtype", dtype_name(fwd)}});
   return kExitOk;
 }
 

@@ -518,8 +518,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto pattern = prune::Pattern::parse(cfg.prune.pattern, cfg.prune.sparsity, "config: 'prune.pattern'");
   const auto method = prune::parse_method(cfg.prune.method, "config: 'prune.method'");
   const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
-  const DType fwd =
-      forward_dtype(cfg, cfg.device, src->info(spec.layer_prefix(0) + spec.linears().front().name + ".weight").dtype);
+  const DType fwd = forward_dtype(cfg, *src, spec);
   if (grid.stages > spec.layers)
     SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
                         cfg.model);
@@ -741,7 +740,9 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   // Evaluation of the pruned model over every rank, layers read from the checkpoint one at a time.
   model::Model pruned(spec, std::make_shared<PrunedSource>(io::Checkpoint::open_read(ckpt_dir), src, spec), be,
                       static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
-  evaluate_config(pruned, tok.get(), cfg, world, metrics, {{"pruned", true}, {"config_hash", id.config_hash}},
+  pruned.set_forward_dtype(fwd);  // evaluated as it was pruned: the reference's fp16 eval on a GPU
+  evaluate_config(pruned, tok.get(), cfg, world, metrics,
+                  {{"pruned", true}, {"config_hash", id.config_hash}, {"forward_dtype", dtype_name(fwd)}},
                   [&] { watchdog.beat("evaluate", -1); });
   return kExitOk;
 }

@@ -64,6 +64,10 @@ DType forward_dtype(const Config& cfg, const std::string& device, DType stored) 
   return DType::f32;
 }
 
+DType forward_dtype(const Config& cfg, const io::HfCheckpoint& src, const model::ModelSpec& spec) {
+  return forward_dtype(cfg, cfg.device, src.info(spec.layer_prefix(0) + spec.linears().front().name + ".weight").dtype);
+}
+
 Tensor to_forward(Backend& be, const Tensor& w, DType forward) {
   if (forward == DType::f32) return be.upload(w);
   if (w.dtype() == forward) return be.upload_exact(w);

@@ -9,6 +9,7 @@
 
 #include "scalpel/app/config.hpp"
 #include "scalpel/backend/backend.hpp"
+#include "scalpel/io/hf_checkpoint.hpp"
 #include "scalpel/model/spec.hpp"
 #include "scalpel/text/tokenizer.hpp"
 
@@ -45,6 +46,8 @@ std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>
 // The dtype of the prune's calibration forward on `device`: cuda.forward_dtype (auto: `stored`,
 // the checkpoint's weight dtype, when it is 2-byte, else fp32) or cpu.forward_dtype.
 DType forward_dtype(const Config& cfg, const std::string& device, DType stored);
+// The same for a model folder: `stored` read from its first decoder linear's weight.
+DType forward_dtype(const Config& cfg, const io::HfCheckpoint& src, const model::ModelSpec& spec);
 
 // fp32 weight -> the checkpoint's stored dtype, on the host.
 Tensor to_storage(Backend& be, const Tensor& w, DType dtype);

@@ -31,9 +31,10 @@ struct Config {
 
   // device: cuda only. TF32 (tensor-core fp32 with 10-bit mantissas): off (the reference's
   // setting), forward (the forward's GEMMs and attention), or all (the Hessians' products too).
-  // forward_dtype: the dtype of the prune's calibration forward (magnitude, Wanda, SparseGPT):
-  // auto (the checkpoint's fp16/bf16, as the reference runs it; fp32 for an fp32 checkpoint),
-  // fp32, fp16 or bf16. Hessians, factorisations and sweeps stay fp32.
+  // forward_dtype: the dtype of the prune's calibration forward (magnitude, Wanda, SparseGPT) and
+  // of the evaluation (`scalpel eval`, the prune's own): auto (the checkpoint's fp16/bf16, as the
+  // reference runs it; fp32 for an fp32 checkpoint), fp32, fp16 or bf16. Hessians,
+  // factorisations, sweeps and the LM head stay fp32.
   // Activations: where the calibration activations live between layers: device, host (staged to
   // the GPU a batch at a time), or auto (device when they fit beside the layer's working set).
   struct Cuda {
