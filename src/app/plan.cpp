@@ -39,8 +39,9 @@
 //    owns (potrf + trtri); the sweep's lazy updates and in-block updates on the row slice; the reconstruction
 //    error 4 x rows/data x d^2 per linear. Time = FLOPs / rate + bytes / network + bytes / read,
 //    with no overlap; a 2-byte forward on a GPU counts its FLOPs at 16x the rate (tensor cores), and
-//    its Hessians (full GEMMs of the 2-byte activations) at 8x. The rates are GEMM ceilings, so where norms, softmax and copies weigh (small
-//    models) the run is slower: opt-mini, 2 cores, measured 3.0 s per layer against 1.9 s planned.
+//    its Hessians (full GEMMs of the 2-byte activations) at 8x. The rates are GEMM ceilings, so
+//    where norms, softmax and copies weigh (small models) the run is slower: opt-mini, 2 cores,
+//    measured 3.0 s per layer against 1.9 s planned.
 #include "scalpel/app/plan.hpp"
 
 #include <fmt/format.h>
@@ -610,8 +611,13 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
                  {"weight_cache_mb", cfg.weight_cache_mb}};
   plan["grid"] = {{"world", in.world}, {"stages", S}, {"data", D}};
   plan["calibration"] = {{"nsamples", N}, {"seqlen", T}, {"batch", B}, {"chunks", chunks}, {"tokens", N * T}};
-  plan["rates"] = {{"gflops", gflops},      {"gflops_note", gflops_note}, {"forward_gflops", forward_gflops}, {"statistics_gflops", stats_gflops},
-                   {"forward_bytes", fb}, {"net_gbps", net},            {"read_gbps", rd}};
+  plan["rates"] = {{"gflops", gflops},
+                   {"gflops_note", gflops_note},
+                   {"forward_gflops", forward_gflops},
+                   {"statistics_gflops", stats_gflops},
+                   {"forward_bytes", fb},
+                   {"net_gbps", net},
+                   {"read_gbps", rd}};
   plan["per_layer"] = {{"groups", groups_json},
                        {"linear_params", linear_weights},
                        {"layer_params", spec.layer_params()},
@@ -744,8 +750,8 @@ void print_plan(const json& p) {
              r["rank"].get<int>(), r["sequences"].get<I>(), r["tokens"].get<I>());
   fmt::print("  {:<{}}{:>14}{:>14}{:>12}\n", "", lw, "FLOP", "bytes", "seconds");
   auto frow = [&](const std::string& label, double flops, const std::string& note, double rate = 0) {
-    fmt::print("  {:<{}}{:>14}{:>14}{:>12}{}\n", label, lw, flops_str(flops), "", seconds_str(flops / (rate > 0 ? rate : gf)),
-               note);
+    const double s = flops / (rate > 0 ? rate : gf);
+    fmt::print("  {:<{}}{:>14}{:>14}{:>12}{}\n", label, lw, flops_str(flops), "", seconds_str(s), note);
   };
   auto brow = [&](const std::string& label, double bytes, double rate, const std::string& note) {
     fmt::print("  {:<{}}{:>14}{:>14}{:>12}{}\n", label, lw, "", bytes_str(bytes), seconds_str(bytes / rate), note);

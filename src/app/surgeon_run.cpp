@@ -464,7 +464,8 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   if (cfg.parallel.stages != 1)
     SCALPEL_INPUT_ERROR("config: 'parallel.stages' {}: LLM Surgeon runs data-parallel only in this release "
                         "(parallel.stages: 1)", cfg.parallel.stages);
-  if (const auto& fd = cfg.device == "cuda" ? cfg.cuda.forward_dtype : cfg.cpu.forward_dtype; fd == "fp16" || fd == "bf16")
+  const auto& fd = cfg.device == "cuda" ? cfg.cuda.forward_dtype : cfg.cpu.forward_dtype;
+  if (fd == "fp16" || fd == "bf16")
     SCALPEL_INPUT_ERROR("config: '{}.forward_dtype' {}: LLM Surgeon's gradients need the fp32 forward (fp32, or auto)",
                         cfg.device, fd);
   const auto grid = dist::make_grid(world, 1, cfg.parallel.data);

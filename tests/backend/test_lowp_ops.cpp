@@ -180,7 +180,8 @@ TEST_P(LowpOps, ElementwiseRoundOnce) {
   y = low(g, {n});
   be->gelu(y);
   const double c = std::sqrt(2.0 / M_PI);
-  for (std::int64_t i = 0; i < n; ++i) want[i] = 0.5 * g[i] * (1 + std::tanh(c * (g[i] + 0.044715 * std::pow(g[i], 3))));
+  for (std::int64_t i = 0; i < n; ++i)
+    want[i] = 0.5 * g[i] * (1 + std::tanh(c * (g[i] + 0.044715 * std::pow(g[i], 3))));
   expect_rounded(down(y), want, mag_g, dt, 1e-5);
 }
 
