@@ -59,6 +59,15 @@ inline double rel_err(const Vec& a, const Vec& b) {
     EXPECT_LT(e_, (tol)) << "relative Frobenius error " << e_ << " (tolerance " << (tol) << ")"; \
   } while (0)
 
+// H[d, d] = scale * x^T x for x [n, d] (both triangles): the Hessian a syrk accumulates.
+inline Vec ref_gram(const Vec& x, std::int64_t n, std::int64_t d, double scale) {
+  Vec h(static_cast<std::size_t>(d * d), 0.0);
+  for (std::int64_t i = 0; i < d; ++i)
+    for (std::int64_t j = 0; j < d; ++j)
+      for (std::int64_t t = 0; t < n; ++t) h[i * d + j] += scale * x[t * d + i] * x[t * d + j];
+  return h;
+}
+
 // y[n, out] = x[n, in] W[out, in]^T + b
 inline Vec ref_linear(const Vec& x, const Vec& w, const Vec* b, std::int64_t n, std::int64_t in, std::int64_t out) {
   Vec y(static_cast<std::size_t>(n * out));
