@@ -55,7 +55,8 @@ hf_check() {
 run_tests() {
   nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
   local t
-  for t in backend/test_backend_ops backend/test_lowp_ops backend/test_backward_ops model/test_decoder \
+  for t in backend/test_backend_ops backend/test_lowp_ops backend/test_uploader backend/test_backward_ops \
+           model/test_model_prefetch model/test_decoder \
            model/test_decoder_backward app/test_model_backward app/test_lowp_forward prune/test_surgeon app/test_gpu; do
     step "$(basename "$t")" "build/tests/$t"
   done

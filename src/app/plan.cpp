@@ -20,7 +20,8 @@
 //    the peak is the largest phase. The terms, in bytes:
 //      (a) activations: the rank's tokens x hidden x F (F = 4 for the fp32 forward, 2 for fp16/bf16);
 //          a second copy with dense propagation;
-//      (b) the layer's weights in the forward dtype twice (dense + working copy), the forward
+//      (b) the layer's weights in the forward dtype twice (dense + working copy), the next layer's
+//          as stored (its prefetch: on the device with a GPU, in host memory on a CPU), the forward
 //          temporaries of one chunk (batch x seqlen tokens x max(q/k/v width, ffn) x F x 3) and its
 //          attention scores (batch x heads x seqlen x seqlen x 4, and x 2 more for a 2-byte P);
 //      (c) statistics, per input group collected in the pass (all groups at once; one at a time
@@ -38,7 +39,7 @@
 //    per pass; Hessians tokens x d^2 per group (syrk); factorisation 2/3 d^3 per group the rank
 //    owns (potrf + trtri); the sweep's lazy updates and in-block updates on the row slice; the reconstruction
 //    error 4 x rows/data x d^2 per linear. Time = FLOPs / rate + bytes / network + bytes / read,
-//    with no overlap; a 2-byte forward on a GPU counts its FLOPs at 16x the rate (tensor cores), and
+//    where only a layer's read overlaps the work of the layer before (the prefetch); a 2-byte forward on a GPU counts its FLOPs at 16x the rate (tensor cores), and
 //    its Hessians (full GEMMs of the 2-byte activations) at 8x. The rates are GEMM ceilings, so
 //    where norms, softmax and copies weigh (small models) the run is slower: opt-mini, 2 cores,
 //    measured 3.0 s per layer against 1.9 s planned.
@@ -422,9 +423,10 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
       // Memory terms.
       const I act = tok * h * fb * copies;
       const I weights = 2 * layer32;
+      const I next_layer = nl > 1 ? stored_sum(layer_tensors(spec, lr.begin)) : 0;  // prefetched, as stored
       const I fwd = chunk * T * std::max(qkv_out, spec.ffn) * fb * 3;
       const I attn = chunk * spec.heads * T * T * (fb == 2 ? 6 : 4);  // 2-byte: fp32 scores + 2-byte P
-      const I base = act + weights + embed32 + cache;
+      const I base = act + weights + next_layer + embed32 + cache;
       json phases = json::object();
       std::string peak_phase, peak_terms;
       I rank_peak = -1, stats_max = 0, factor_max = 0, sweep_max = 0, gathered_max = 0;
@@ -432,6 +434,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
       auto phase = [&](const std::string& name, const std::vector<std::pair<const char*, I>>& terms) {
         I bytes = base;
         std::string text = fmt::format("activations {}, layer weights {}", bytes_str(act), bytes_str(weights));
+        if (next_layer) text += fmt::format(", next layer {}", bytes_str(next_layer));
         for (const auto& [what, b] : terms) {
           bytes += b;
           if (b) text += fmt::format(", {} {}", what, bytes_str(b));
@@ -506,7 +509,12 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
       const double s_compute = sl_compute * nl;
       const double s_comm = sl_comm * nl + static_cast<double>(send + recv) / (net * kGB);
       const double s_read = static_cast<double>(read_layers + read_extra) / (rd * kGB);
-      const double s_total = s_compute + s_comm + s_read;
+      // Model::prefetch reads (and uploads) the next layer while one works: past the first layer,
+      // a layer costs the longer of its work and the next one's read.
+      const double sl_work = sl_compute + sl_comm;
+      const double sl_total = nl > 1 ? std::max(sl_work, sl_read) : sl_work + sl_read;
+      const double s_read_hidden = static_cast<double>(std::max<I>(nl - 1, 0)) * std::min(sl_work, sl_read);
+      const double s_total = s_compute + s_comm + s_read - s_read_hidden;
       stage_seconds[s] = std::max(stage_seconds[s], s_total);
       total_read += read_layers + read_extra;
       total_allreduce_sent += ar_sent * nl;
@@ -522,6 +530,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
           {"memory",
            {{"activations", act},
             {"layer_weights", weights},
+            {"next_layer", next_layer},
             {"forward_temporaries", fwd},
             {"attention_scores", attn},
             {"statistics", stats_max},
@@ -553,8 +562,10 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
             {"error", f_error},
             {"total", f_total}}},
           {"seconds_per_layer",
-           {{"compute", sl_compute}, {"comm", sl_comm}, {"read", sl_read}, {"total", sl_compute + sl_comm + sl_read}}},
-          {"seconds", {{"compute", s_compute}, {"comm", s_comm}, {"read", s_read}, {"total", s_total}}}};
+           {{"compute", sl_compute}, {"comm", sl_comm}, {"read", sl_read}, {"total", sl_total}}},
+          {"seconds",
+           {{"compute", s_compute}, {"comm", s_comm}, {"read", s_read}, {"read_hidden", s_read_hidden},
+            {"total", s_total}}}};
       if (rank_peak > peak["bytes"].get<I>())
         peak = {{"bytes", rank_peak}, {"gb", rank_peak / kGB}, {"rank", rank},         {"stage", s},
                 {"data_index", d},    {"phase", peak_phase},  {"breakdown", peak_terms}};
@@ -722,6 +733,7 @@ void print_plan(const json& p) {
   };
   mem("(a) activations", "activations");
   mem("(b) layer weights (x2)", "layer_weights");
+  mem("    next layer (prefetch)", "next_layer");
   mem("    forward temporaries", "forward_temporaries");
   mem("    attention scores", "attention_scores");
   mem("(c) statistics", "statistics");
@@ -773,7 +785,8 @@ void print_plan(const json& p) {
        fmt::format("  (received, of {})", bytes_str(c["allgather_bytes"].get<double>())));
   if (D > 1)
     brow("factor broadcast", c["factor_broadcast_received_bytes"].get<double>(), net, "  (received from their owners)");
-  brow("read (safetensors)", r["seconds_per_layer"]["read"].get<double>() * rd, rd, "");
+  brow("read (safetensors)", r["seconds_per_layer"]["read"].get<double>() * rd, rd,
+       r["layers"][1].get<I>() - r["layers"][0].get<I>() > 1 ? "  (the next layer's, during this one's work)" : "");
   fmt::print("  {:<{}}{:>14}{:>14}{:>12}\n", "total", lw, flops_str(f["total"].get<double>()), "",
              seconds_str(r["seconds_per_layer"]["total"].get<double>()));
 
@@ -787,12 +800,14 @@ void print_plan(const json& p) {
           (!slow || rr["seconds"]["total"].get<double>() > (*slow)["seconds"]["total"].get<double>()))
         slow = &rr;
     const auto& sec = (*slow)["seconds"];
-    fmt::print("  stage {}: ranks {}, layers {}: {} (compute {}, communication {}, read {}); reads {} per rank{}\n", s,
+    fmt::print("  stage {}: ranks {}, layers {}: {} (compute {}, communication {}, read {}, {} of it behind the work); "
+               "reads {} per rank{}\n",
+               s,
                range_str(st["ranks"][0].get<I>(), st["ranks"][1].get<I>()),
                range_str(st["layers"][0].get<I>(), st["layers"][1].get<I>() - 1),
                seconds_str(sec["total"].get<double>()),
                seconds_str(sec["compute"].get<double>()), seconds_str(sec["comm"].get<double>()),
-               seconds_str(sec["read"].get<double>()),
+               seconds_str(sec["read"].get<double>()), seconds_str(sec["read_hidden"].get<double>()),
                bytes_str((*slow)["io"]["read_bytes"].get<double>()),
                (*slow)["io"]["write_bytes"].get<I>() > 0
                    ? fmt::format(", writes {}", bytes_str((*slow)["io"]["write_bytes"].get<double>()))

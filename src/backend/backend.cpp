@@ -2,6 +2,8 @@
 // this machine can run.
 #include "scalpel/backend/backend.hpp"
 
+#include <mutex>
+
 #include "scalpel/core/error.hpp"
 
 namespace scalpel {
@@ -37,6 +39,28 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads) {
   o.threads = threads;
   return make_backend(device, o);
 }
+
+namespace {
+
+// Host copies: for the cpu backend these are the layer's tensors themselves; any other backend
+// uploads them later on its own thread (only the reads overlap then).
+class HostCopies final : public Uploader {
+ public:
+  std::vector<Tensor> upload(const std::vector<Tensor>& host) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<Tensor> out;
+    out.reserve(host.size());
+    for (const auto& t : host) out.push_back(t.clone());  // from a mapped file, the copy is the read
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+};
+
+}  // namespace
+
+std::shared_ptr<Uploader> Backend::make_uploader() { return std::make_shared<HostCopies>(); }
 
 namespace {
 [[noreturn]] void no_backward(const Backend& be, const char* op) {

@@ -42,6 +42,10 @@ Tensor Model::load(const std::string& name, const Shape& expect, const Tensor* s
 }
 
 Tensor Model::load_layer_tensor(const std::string& name, const Shape& expect, const Tensor* staged) {
+  // A prefetched copy already on the device in the forward dtype is used as it is (it is a fresh
+  // copy, never a view of the file).
+  if (staged && staged->device() == be_.device() && staged->dtype() == forward_dtype_ && staged->shape() == expect)
+    return *staged;
   if (forward_dtype_ == DType::f32) return load(name, expect, staged);
   const Tensor host = staged ? *staged : source_->load(name);
   if (host.dtype() == forward_dtype_ && host.shape() == expect) return be_.upload_exact(host);
@@ -91,9 +95,13 @@ void Model::prefetch(std::int64_t layer) {
     if (l.bias) names.push_back(prefix + l.name + ".bias");
   }
   for (const auto& n : spec_.layer_norm_tensors()) names.push_back(prefix + n);
-  prefetched_[layer] = std::async(std::launch::async, [source = source_, names] {
+  if (!uploader_) uploader_ = be_.make_uploader();
+  prefetched_[layer] = std::async(std::launch::async, [source = source_, uploader = uploader_, names] {
+    std::vector<Tensor> stored;
+    for (const auto& n : names) stored.push_back(source->load(n));  // views: the upload reads them
+    auto copies = uploader->upload(stored);
     std::map<std::string, Tensor> out;
-    for (const auto& n : names) out[n] = source->load(n).clone();  // the copy is the read
+    for (std::size_t i = 0; i < names.size(); ++i) out[names[i]] = std::move(copies[i]);
     return out;
   });
 }

@@ -89,6 +89,9 @@ TEST(Plan, OptMiniFiguresMatchHandCalculations) {
   // (b) the layer's parameters (linears, biases, 4 norm vectors) in fp32, twice.
   const I layer_params = 4 * d * d + 2 * d * ffn + 4 * d + ffn + d + 4 * d;
   EXPECT_EQ(mem(p, 0, "layer_weights"), 2 * layer_params * 4);
+  // The next layer, prefetched as stored while this one works (4 layers of equal size).
+  const I next_layer = layer_bytes / 4;
+  EXPECT_EQ(mem(p, 0, "next_layer"), next_layer);
   EXPECT_EQ(mem(p, 0, "forward_temporaries"), 8 * T * ffn * 4 * 3);  // max(3 x 256, 1024) = ffn
   EXPECT_EQ(mem(p, 0, "attention_scores"), 8 * 4 * T * T * 4);
   // (c) Hessians of q/k/v, out_proj, fc1 (256 x 256) and fc2 (1024 x 1024), all at once: while
@@ -107,7 +110,7 @@ TEST(Plan, OptMiniFiguresMatchHandCalculations) {
   EXPECT_EQ(mem(p, 0, "embeddings_head"), (8192 * d + 514 * d + 2 * d) * 4);
   EXPECT_EQ(mem(p, 0, "weight_cache"), 3 * layer_params * 4);
   // The peak: the statistics pass or the prune of fc2, whichever is larger.
-  const I base = tokens * d * 4 + 2 * layer_params * 4 + (8192 * d + 514 * d + 2 * d) * 4 + 3 * layer_params * 4;
+  const I base = tokens * d * 4 + 2 * layer_params * 4 + next_layer + (8192 * d + 514 * d + 2 * d) * 4 + 3 * layer_params * 4;
   const I stats_phase = base + hessians + sums + 8 * T * ffn * 4 * 3 + 8 * 4 * T * T * 4;
   const I fc2_phase = base + hessians + ffn * ffn * 4 + (d * ffn * 5 + d * 128 * 4) + ffn * d * 7;
   EXPECT_EQ(mem(p, 0, "peak"), std::max(stats_phase, fc2_phase));
@@ -127,6 +130,18 @@ TEST(Plan, OptMiniFiguresMatchHandCalculations) {
   EXPECT_DOUBLE_EQ(f["statistics"].get<double>(), double(tokens) * (3.0 * d * d + 1.0 * ffn * ffn));
   EXPECT_DOUBLE_EQ(f["factorisation"].get<double>(), 2.0 / 3 * (3.0 * d * d * d + 1.0 * ffn * ffn * ffn));
   EXPECT_TRUE(p["fits"].get<bool>());
+
+  // Time: the reads of layers 1-3 overlap the work of the layer before (the prefetch), so a layer
+  // costs the longer of its work and a read, and the whole job hides 3 of the 4 layer reads'
+  // overlap with the work.
+  const auto& sl = p["ranks"][0]["seconds_per_layer"];
+  const double work = sl["compute"].get<double>() + sl["comm"].get<double>(), read = sl["read"].get<double>();
+  EXPECT_DOUBLE_EQ(sl["total"].get<double>(), std::max(work, read));
+  const auto& sj = p["ranks"][0]["seconds"];
+  EXPECT_DOUBLE_EQ(sj["read_hidden"].get<double>(), 3 * std::min(work, read));
+  EXPECT_NEAR(sj["total"].get<double>(),
+              sj["compute"].get<double>() + sj["comm"].get<double>() + sj["read"].get<double>() - 3 * std::min(work, read),
+              1e-12);
 }
 
 TEST(Plan, ConfigJsonAloneGivesTheSameBytesAsTheHeaders) {

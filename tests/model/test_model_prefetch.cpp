@@ -1,12 +1,14 @@
-// Model::prefetch: a layer read on the background thread gives the same weights as one read when
-// asked for, a read error there surfaces (naming the tensor) when the layer is asked for, and a
+// Model::prefetch: a layer read (and, on a GPU, copied to the device) on the background thread gives
+// the same weights as one read when asked for, on every backend and forward dtype, a read error there surfaces (naming the tensor) when the layer is asked for, and a
 // prefetched layer replaced before use is dropped.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <cstring>
 #include <thread>
+#include <tuple>
 
+#include "../common/backends.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/model/model.hpp"
 
@@ -60,28 +62,46 @@ model::ModelSpec tiny() {
   return model::ModelSpec::from_config(cfg, "tiny");
 }
 
-bool same(const model::LayerWeights& a, const model::LayerWeights& b) {
+bool same(Backend& be, const model::LayerWeights& a, const model::LayerWeights& b) {
   if (a.tensors.size() != b.tensors.size()) return false;
-  for (const auto& [n, t] : a.tensors)
-    if (!b.find(n) || b.at(n).nbytes() != t.nbytes() || std::memcmp(b.at(n).raw(), t.raw(), t.nbytes()) != 0)
-      return false;
+  for (const auto& [n, t] : a.tensors) {
+    if (!b.find(n) || b.at(n).nbytes() != t.nbytes() || b.at(n).dtype() != t.dtype()) return false;
+    const Tensor x = be.download(t), y = be.download(b.at(n));
+    if (std::memcmp(x.raw(), y.raw(), x.nbytes()) != 0) return false;
+  }
   return true;
 }
 
-TEST(ModelPrefetch, SameWeightsAsAReadOnDemand) {
+// On each backend (the cuda one copies through its Uploader's pinned buffers and copy stream),
+// in fp32 and in a 2-byte forward dtype (the stored f32 tensors are then rounded on the device).
+class ModelPrefetchOn : public ::testing::TestWithParam<std::tuple<std::string, DType>> {};
+
+TEST_P(ModelPrefetchOn, SameWeightsAsAReadOnDemand) {
   const auto spec = tiny();
-  auto be = make_cpu_backend(1);
+  std::unique_ptr<Backend> be;
+  SCALPEL_BACKEND_OR_SKIP(be, std::get<0>(GetParam()), 1);
   auto src = std::make_shared<SyntheticSource>(spec);
   model::Model plain(spec, src, *be, 0), pre(spec, src, *be, 0);
+  plain.set_forward_dtype(std::get<1>(GetParam()));
+  pre.set_forward_dtype(std::get<1>(GetParam()));
   const int before = src->reads;
   pre.prefetch(1);
   pre.prefetch(1);  // already pending: no second read
   const auto w = pre.layer_weights(1);
   // 6 linears with biases and 2 norms of 2 tensors: 16 reads, all made by the prefetch.
   EXPECT_EQ(src->reads - before, 16);
-  EXPECT_TRUE(same(*w, *plain.layer_weights(1)));
+  EXPECT_EQ(w->at("fc1.weight").device(), be->device());
+  EXPECT_EQ(w->at("fc1.weight").dtype(), std::get<1>(GetParam()));
+  EXPECT_TRUE(same(*be, *w, *plain.layer_weights(1)));
   pre.prefetch(5);  // no such layer: nothing
 }
+
+INSTANTIATE_TEST_SUITE_P(All, ModelPrefetchOn,
+                         ::testing::Combine(::testing::ValuesIn(test_backends()),
+                                            ::testing::Values(DType::f32, DType::f16)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_" + std::string(dtype_name(std::get<1>(info.param)));
+                         });
 
 TEST(ModelPrefetch, AReadErrorSurfacesWhenTheLayerIsAskedFor) {
   const auto spec = tiny();

@@ -7,6 +7,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "scalpel/core/tensor.hpp"
 
@@ -47,6 +48,18 @@ struct BackendOptions {
   bool tf32_hessian = false;
 };
 
+// Copies host tensors to a backend's device from a background thread, so that the reads and
+// the copies of the next layer's weights overlap the current layer's work (Model::prefetch). On a
+// GPU the bytes go through pinned staging buffers on a copy stream of their own; on the cpu
+// backend the "copy" is the read itself. One batch at a time (calls from several threads wait for
+// each other); the backend must outlive it.
+class Uploader {
+ public:
+  virtual ~Uploader() = default;
+  // Copies of `host` (dtypes and shapes unchanged) on the device, complete when this returns.
+  virtual std::vector<Tensor> upload(const std::vector<Tensor>& host) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -66,6 +79,8 @@ class Backend {
   // dst = src rounded (or widened) to dst's dtype, both on the device, of f32, f16 or bf16, same
   // numel; round to nearest even, as torch's .to(dtype).
   virtual void convert(const Tensor& src, Tensor& dst) = 0;
+  // An Uploader for this backend (the default: host copies, for a backend whose device is the host).
+  virtual std::shared_ptr<Uploader> make_uploader();
   // Waits until every op enqueued so far has finished (a no-op on a synchronous backend).
   virtual void synchronize() {}
   // Bytes of the device's own memory (a GPU's), 0 for the host's.

@@ -59,6 +59,7 @@ class ProfilingBackend final : public Backend {
   void copy(const Tensor& s, Tensor& d) override { timed("copy", 0, [&] { in_.copy(s, d); }); }
   void convert(const Tensor& s, Tensor& d) override { timed("convert", 0, [&] { in_.convert(s, d); }); }
   void synchronize() override { in_.synchronize(); }
+  std::shared_ptr<Uploader> make_uploader() override { return in_.make_uploader(); }
   std::int64_t memory_bytes() const override { return in_.memory_bytes(); }
   void accumulate_f64(const Tensor& a, Tensor& acc) override {
     timed("sum_f64", 0, [&] { in_.accumulate_f64(a, acc); });

@@ -132,11 +132,11 @@ class Model {
 
   // The layer's weights on the device (from the cache, from a prefetch, or read now).
   std::shared_ptr<const LayerWeights> layer_weights(std::int64_t layer);
-  // Starts reading the layer's stored tensors into host memory on a background thread, so that a
-  // later layer_weights(layer) finds them there (the disk reads overlap the current layer's work;
-  // the upload stays on the caller's thread). A no-op for a cached, pending or absent layer. The
-  // source must allow reads from another thread (safetensors views do). Read errors surface in
-  // layer_weights.
+  // Starts reading the layer's stored tensors and copying them to the device on a background
+  // thread (the backend's Uploader: pinned buffers and a copy stream on a GPU), so that a later
+  // layer_weights(layer) finds them there: the disk reads and the host-to-device copies overlap
+  // the current layer's work. A no-op for a cached, pending or absent layer. The source must allow
+  // reads from another thread (safetensors views do). Read errors surface in layer_weights.
   void prefetch(std::int64_t layer);
   // Replaces a layer's weights (the pruners hand back pruned layers this way).
   void set_layer_weights(std::int64_t layer, std::shared_ptr<const LayerWeights> w);
@@ -158,7 +158,8 @@ class Model {
   std::size_t cache_bytes_, cached_bytes_ = 0;
   DType forward_dtype_ = DType::f32;
   std::map<std::int64_t, std::shared_ptr<const LayerWeights>> layers_;
-  std::map<std::int64_t, std::future<std::map<std::string, Tensor>>> prefetched_;  // stored name -> host copy
+  std::map<std::int64_t, std::future<std::map<std::string, Tensor>>> prefetched_;  // stored name -> copy
+  std::shared_ptr<Uploader> uploader_;  // made at the first prefetch
   Tensor embed_tokens_, embed_positions_, project_in_, project_out_, final_w_, final_b_, lm_head_;
   std::map<std::int64_t, RopeTables> rope_;
 };

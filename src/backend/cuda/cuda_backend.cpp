@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -24,6 +25,9 @@
 #include "scalpel/core/log.hpp"
 
 namespace scalpel {
+
+std::shared_ptr<Uploader> make_cuda_uploader(int device, std::function<Tensor(const Shape&, DType)> alloc);  // uploader.cpp
+
 namespace {
 
 void check_cuda(cudaError_t rc, const char* what) {
@@ -243,6 +247,9 @@ class CudaBackend final : public Backend {
                             host.device() == Device::cuda ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice),
                  "Memcpy to device");
     return out;
+  }
+  std::shared_ptr<Uploader> make_uploader() override {
+    return make_cuda_uploader(device_, [this](const Shape& s, DType d) { return empty(s, d); });
   }
   Tensor download(const Tensor& t) override {
     if (t.device() == Device::cpu) return t;
