@@ -17,8 +17,8 @@ SHARED=${SCALPEL_SHARED_DIR:-../shared}
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 
-bins=(bin/scalpel bin/bench_layer bin/bench_surgeon bin/make_synthetic_opt tests/backend/test_backend_ops tests/backend/test_lowp_ops tests/backend/test_uploader tests/backend/test_backward_ops tests/app/test_lowp_forward
-      tests/prune/test_prune_methods tests/prune/test_surgeon tests/model/test_model_prefetch tests/model/test_decoder tests/model/test_decoder_backward
+bins=(bin/scalpel bin/bench_layer bin/bench_surgeon bin/bench_factor bin/make_synthetic_opt tests/backend/test_backend_ops tests/backend/test_lowp_ops tests/backend/test_uploader tests/backend/test_backward_ops tests/app/test_lowp_forward
+      tests/prune/test_prune_methods tests/prune/test_surgeon tests/prune/test_split_factor tests/model/test_model_prefetch tests/model/test_decoder tests/model/test_decoder_backward
       tests/app/test_model_backward tests/app/test_gpu tests/prune/test_dist_pieces_mpi tests/dist/test_nccl_mpi)
 mkdir -p "$STAGE/repo/$BUILD" "$STAGE/lib" "$STAGE/mpi"
 for b in "${bins[@]}"; do

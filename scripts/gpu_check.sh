@@ -7,7 +7,8 @@
 #                                # LLM Surgeon export and gives scalpel eval's perplexity (a few minutes)
 #   scripts/gpu_check.sh bench   # bench_surgeon --device cuda at OPT-66B widths (9216 / 36864), 1%
 #   scripts/gpu_check.sh bench13 # the same at OPT-13B widths (5120 / 20480), a shorter run
-#   scripts/gpu_check.sh e2e     # bench_e2e.sh: `scalpel prune` end to end of a synthetic one-layer OPT at
+#   scripts/gpu_check.sh e2e     # bench_factor: fc2's 49152-wide factor whole and shared on one GPU; then
+#                                # bench_e2e.sh: `scalpel prune` end to end of a synthetic one-layer OPT at
 #                                # OPT-175B widths (128 x 2048 tokens), with bench_layer's ceilings; again
 #                                # without the reconstruction error, and with the fp32 forward
 # Logs and JSON go to $OUT (the device tool's folder; default out/gpu_check) and into
@@ -56,7 +57,7 @@ run_tests() {
   nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
   local t
   for t in backend/test_backend_ops backend/test_lowp_ops backend/test_uploader backend/test_backward_ops \
-           model/test_model_prefetch model/test_decoder \
+           model/test_model_prefetch model/test_decoder prune/test_split_factor \
            model/test_decoder_backward app/test_model_backward app/test_lowp_forward prune/test_surgeon app/test_gpu; do
     step "$(basename "$t")" "build/tests/$t"
   done
@@ -84,7 +85,10 @@ case $MODE in
   tests) run_tests ;;
   bench) run_bench 9216 36864 72 ;;
   bench13) run_bench 5120 20480 40 ;;
-  e2e)  # the default numerics (fp16 forward), then without the reconstruction error, then the fp32 forward
+  e2e)  # fc2's factor whole vs shared (one GPU); the default numerics (fp16 forward), then without the
+        # reconstruction error, then the fp32 forward
+    step bench_factor_49152 build/bin/bench_factor --device cuda --width 49152 --tile 1024 --repeats 2 \
+      --out "$OUT/bench_factor_cuda_49152.json"
     step e2e_opt175b_layer benchmarks/bench_e2e.sh --device cuda --ceilings --out "$OUT/e2e_opt175b_layer.json"
     step e2e_opt175b_layer_noerr benchmarks/bench_e2e.sh --device cuda --set output.reconstruction_error=false \
       --out "$OUT/e2e_opt175b_layer_noerr.json"

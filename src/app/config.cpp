@@ -198,6 +198,11 @@ void validate_allocation(const Config& c, const std::string& source) {
                         source);
   if (c.sparsegpt.saliency != "obs" && c.sparsegpt.saliency != "isc")
     SCALPEL_INPUT_ERROR("{}: 'sparsegpt.saliency' is '{}', expected obs or isc", source, c.sparsegpt.saliency);
+  if (c.sparsegpt.split_width < 0)
+    SCALPEL_INPUT_ERROR("{}: 'sparsegpt.split_width' is {}, expected >= 0 (0: never split a factor)", source,
+                        c.sparsegpt.split_width);
+  if (c.sparsegpt.tile < 1)
+    SCALPEL_INPUT_ERROR("{}: 'sparsegpt.tile' is {}, expected >= 1", source, c.sparsegpt.tile);
   if (c.sparsegpt.saliency == "isc" && (c.prune.method != "sparsegpt" || c.prune.pattern != "unstructured"))
     SCALPEL_INPUT_ERROR("{}: 'sparsegpt.saliency' isc needs prune.method: sparsegpt and prune.pattern: unstructured",
                         source);
@@ -375,6 +380,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   {
     MapReader r(top.child("sparsegpt"), "sparsegpt", source);
     r.get("saliency", c.sparsegpt.saliency);
+    r.get("split_width", c.sparsegpt.split_width);
+    r.get("tile", c.sparsegpt.tile);
     r.finish();
   }
   {
@@ -573,9 +580,18 @@ void emit_prune_sections(YAML::Emitter& e, const Config& c) {
   if (c.prune.allocation != "uniform") e << YAML::Key << "allocation" << YAML::Value << c.prune.allocation;
   e << YAML::EndMap;
   if (c.prune.allocation != "uniform") emit_allocation(e, c);
-  if (c.sparsegpt.saliency != "obs")
-    e << YAML::Key << "sparsegpt" << YAML::Value << YAML::BeginMap << YAML::Key << "saliency" << YAML::Value
-      << c.sparsegpt.saliency << YAML::EndMap;
+  // Only what differs from the defaults, so that checkpoints made before a key existed keep their
+  // identity.
+  const Config::SparseGpt dflt;
+  if (c.sparsegpt.saliency != dflt.saliency || c.sparsegpt.split_width != dflt.split_width ||
+      c.sparsegpt.tile != dflt.tile) {
+    e << YAML::Key << "sparsegpt" << YAML::Value << YAML::BeginMap;
+    if (c.sparsegpt.saliency != dflt.saliency) e << YAML::Key << "saliency" << YAML::Value << c.sparsegpt.saliency;
+    if (c.sparsegpt.split_width != dflt.split_width)
+      e << YAML::Key << "split_width" << YAML::Value << c.sparsegpt.split_width;
+    if (c.sparsegpt.tile != dflt.tile) e << YAML::Key << "tile" << YAML::Value << c.sparsegpt.tile;
+    e << YAML::EndMap;
+  }
   e << YAML::Key << "calibration" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "path" << YAML::Value << c.calibration.path;
   e << YAML::Key << "nsamples" << YAML::Value << c.calibration.nsamples;

@@ -4,6 +4,7 @@
 
 #include "root_work.hpp"
 #include "scalpel/core/error.hpp"
+#include "scalpel/prune/split_factor.hpp"
 #include "scalpel/core/timer.hpp"
 
 namespace scalpel::app {
@@ -16,15 +17,28 @@ std::vector<int> factor_owners(const std::vector<std::int64_t>& widths, int rank
 
 SharedFactors::SharedFactors(Backend& be, dist::Comm& group, std::vector<FactorJob> jobs, const FactorSettings& s,
                              std::function<void()> idle)
-    : be_(be), group_(group), jobs_(std::move(jobs)), s_(s), seconds_(jobs_.size(), 0.0) {
+    : be_(be), group_(group), jobs_(std::move(jobs)), s_(s), owners_(jobs_.size(), -1), seconds_(jobs_.size(), 0.0) {
   std::vector<std::int64_t> widths;
-  for (const auto& j : jobs_) widths.push_back(j.hessian->size(0));
-  owners_ = factor_owners(widths, group_.size());
+  std::vector<std::size_t> whole;
+  for (std::size_t j = 0; j < jobs_.size(); ++j)
+    if (!shared(jobs_[j])) {
+      whole.push_back(j);
+      widths.push_back(jobs_[j].hessian->size(0));
+    }
+  const auto o = factor_owners(widths, group_.size());
+  for (std::size_t k = 0; k < whole.size(); ++k) owners_[whole[k]] = o[k];
   if (group_.size() > 1) exchange(idle);
 }
 
+bool SharedFactors::shared(const FactorJob& job) const {
+  return s_.split_width > 0 && job.hessian->size(0) >= s_.split_width;
+}
+
 prune::HinvFactor SharedFactors::make(const FactorJob& job) {
-  return prune::sparsegpt_factor(be_, *job.hessian, nullptr, s_.percdamp, s_.max_tries, job.name, s_.isc);
+  std::function<bool(Tensor&)> factorise;
+  if (shared(job))
+    factorise = [this](Tensor& h) { return prune::shared_inverse_cholesky_upper(be_, h, s_.tile, group_); };
+  return prune::sparsegpt_factor(be_, *job.hessian, nullptr, s_.percdamp, s_.max_tries, job.name, s_.isc, factorise);
 }
 
 const prune::HinvFactor& SharedFactors::get(int input_group) {
@@ -59,17 +73,33 @@ void broadcast_tensor(Backend& be, dist::Comm& group, Tensor& t, int root) {
 
 }  // namespace
 
-// Each rank makes its own jobs first (the ranks work side by side), then every factor is broadcast
-// from its owner in job order (detail::owned_work: a failure on the owner reaches every rank).
+// The shared factors first, all ranks together in job order (each rank decides the same: every
+// failure is seen by all). Then each rank makes its own whole jobs (the ranks work side by side),
+// and every one is broadcast from its owner in job order (detail::owned_work: a failure on the
+// owner reaches every rank).
 void SharedFactors::exchange(const std::function<void()>& idle) {
+  std::vector<std::size_t> whole;
+  std::vector<int> owners;
+  for (std::size_t j = 0; j < jobs_.size(); ++j) {
+    if (owners_[j] >= 0) {
+      whole.push_back(j);
+      owners.push_back(owners_[j]);
+      continue;
+    }
+    Timer t;
+    made_.emplace(jobs_[j].input_group, make(jobs_[j]));
+    seconds_[j] = t.seconds();
+  }
   detail::owned_work(
-      group_, owners_, "factorised",
-      [&](std::size_t j) {
+      group_, owners, "factorised",
+      [&](std::size_t k) {
+        const auto j = whole[k];
         Timer t;
         made_.emplace(jobs_[j].input_group, make(jobs_[j]));
         seconds_[j] = t.seconds();
       },
-      [&](std::size_t j, int root) {
+      [&](std::size_t k, int root) {
+        const auto j = whole[k];
         const bool mine = root == group_.rank();
         Meta m;
         if (mine) {

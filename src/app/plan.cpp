@@ -59,6 +59,7 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
+#include "scalpel/prune/split_factor.hpp"
 #include "factor_share.hpp"
 #include "plan_common.hpp"
 
@@ -172,6 +173,33 @@ double lazy_update_flops(I rows, I cols, I bs) {
   return f;
 }
 
+// A shared factor's work and traffic on data rank r of D (prune/split_factor.cpp, step by step):
+// panel i (rows [c_i, c_i + w_i)) belongs to rank prune::panel_owner(i, D). Its diagonal block
+// costs its owner the update 2 w² c and the Cholesky w³/3, every rank the inverse w³/3; each later
+// panel of the rank 2 w_i w (c + w) (update and solve); forming L⁻¹ costs the owner 2 w² c and
+// each later panel of the rank 2 w_i w (c + w). Received: the other ranks' panels, w (c + w)
+// values each, twice.
+struct SharedFactorCost {
+  double flops = 0, recv_bytes = 0;
+};
+SharedFactorCost shared_factor_cost(I n, I tile, int D, int r) {
+  SharedFactorCost c;
+  const I t = std::min(tile, n), count = ceil_div(n, t);
+  const auto w = [&](I i) { return static_cast<double>(std::min(t, n - i * t)); };
+  for (I j = 0; j < count; ++j) {
+    const double cj = static_cast<double>(j * t), wj = w(j);
+    c.flops += wj * wj * wj / 3.0;
+    if (prune::panel_owner(j, D) == r) {
+      c.flops += 2.0 * wj * wj * cj + wj * wj * wj / 3.0 + 2.0 * wj * wj * cj;
+    } else {
+      c.recv_bytes += 2.0 * wj * (cj + wj) * 4.0;
+    }
+    for (I i = j + 1; i < count; ++i)
+      if (prune::panel_owner(i, D) == r) c.flops += 2.0 * 2.0 * w(i) * wj * (cj + wj);
+  }
+  return c;
+}
+
 }  // namespace
 
 PlanModel load_plan_model(const std::string& folder) {
@@ -255,6 +283,10 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
   // ---- job ----
   const std::string& method = cfg.prune.method;
   const bool sparsegpt = method == "sparsegpt", wanda = method == "wanda";
+  // Factors made by all data ranks together (prune/split_factor.hpp).
+  const auto shared_factor = [&](I width) {
+    return sparsegpt && cfg.sparsegpt.split_width > 0 && width >= cfg.sparsegpt.split_width;
+  };
   const bool strict = cfg.determinism == "strict";
   const bool dense_prop = cfg.prune.propagation == "dense";
   const I copies = dense_prop ? 2 : 1;
@@ -347,7 +379,10 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
     }
     stats_bytes.push_back(st);
     kept_bytes.push_back(kept);
-    factor_bytes.push_back(sparsegpt ? d * d * 4 : 0);
+    // A shared factor (split_factor.hpp) also holds three tile x tile scratch tiles and, over
+    // several ranks, one panel in flight.
+    const I tile = std::min(cfg.sparsegpt.tile, d);
+    factor_bytes.push_back(!sparsegpt ? 0 : d * d * 4 + (shared_factor(d) ? 3 * tile * tile * 4 + (D > 1 ? tile * d * 4 : 0) : 0));
     sweep_bytes.push_back(sweep);
     gathered_bytes.push_back(gathered);
     allreduce_bytes += ar;
@@ -370,13 +405,18 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
     for (std::size_t i = 0; i < groups.size(); ++i) passes.back().push_back(i);
   }
   const I forward_passes = static_cast<I>(passes.size()) + 1;  // statistics pass(es) + propagation
-  // The data rank that factorises each group (per pass, as the prune assigns them).
-  std::vector<int> owner(groups.size(), 0);
+  // The data rank that factorises each group (per pass, as the prune assigns them; -1: shared).
+  std::vector<int> owner(groups.size(), -1);
   for (const auto& p : passes) {
     std::vector<I> widths;
-    for (auto i : p) widths.push_back(groups[i].cols);
+    std::vector<std::size_t> whole;
+    for (auto i : p)
+      if (!shared_factor(groups[i].cols)) {
+        widths.push_back(groups[i].cols);
+        whole.push_back(i);
+      }
     const auto o = factor_owners(widths, D);
-    for (std::size_t k = 0; k < p.size(); ++k) owner[p[k]] = o[k];
+    for (std::size_t k = 0; k < whole.size(); ++k) owner[whole[k]] = o[k];
   }
 
   // ---- per rank ----
@@ -482,8 +522,16 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
         const auto& g = groups[gi];
         const double dd = static_cast<double>(g.cols);
         f_stats += t * dd * dd + (wanda ? 2.0 * t * dd : 0.0);
-        if (sparsegpt && owner[gi] == d) f_factor += 2.0 / 3.0 * dd * dd * dd;
-        if (sparsegpt && owner[gi] != d) factor_recv += factor_bytes[gi];
+        if (sparsegpt && owner[gi] < 0) {
+          // Shared: this rank's panels, every diagonal tile's inverse, the other ranks' panels.
+          const auto sc = shared_factor_cost(g.cols, cfg.sparsegpt.tile, D, d);
+          f_factor += sc.flops;
+          factor_recv += static_cast<I>(sc.recv_bytes);
+        } else if (sparsegpt && owner[gi] == d) {
+          f_factor += 2.0 / 3.0 * dd * dd * dd;
+        } else if (sparsegpt) {
+          factor_recv += factor_bytes[gi];
+        }
         for (const auto& l : g.linears) {
           const I rs = ceil_div(l.out, D);
           f_sweep += sparsegpt ? lazy_update_flops(rs, g.cols, bs) + static_cast<double>(rs) * dd * (bs - 1)
@@ -784,7 +832,8 @@ void print_plan(const json& p) {
   brow("all-gather (pruned rows)", c["allgather_received_bytes"].get<double>(), net,
        fmt::format("  (received, of {})", bytes_str(c["allgather_bytes"].get<double>())));
   if (D > 1)
-    brow("factor broadcast", c["factor_broadcast_received_bytes"].get<double>(), net, "  (received from their owners)");
+    brow("factor broadcast", c["factor_broadcast_received_bytes"].get<double>(), net,
+         "  (received: factors from their owners, panels of the shared ones)");
   brow("read (safetensors)", r["seconds_per_layer"]["read"].get<double>() * rd, rd,
        r["layers"][1].get<I>() - r["layers"][0].get<I>() > 1 ? "  (the next layer's, during this one's work)" : "");
   fmt::print("  {:<{}}{:>14}{:>14}{:>12}\n", "total", lw, flops_str(f["total"].get<double>()), "",

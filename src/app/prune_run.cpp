@@ -129,6 +129,8 @@ FactorSettings factor_settings(const Config& cfg) {
   s.percdamp = cfg.prune.dampening;
   s.max_tries = prune::PruneOptions{}.max_damping_tries;
   s.isc = cfg.sparsegpt.saliency == "isc";
+  s.split_width = cfg.sparsegpt.split_width;
+  s.tile = cfg.sparsegpt.tile;
   return s;
 }
 

@@ -24,6 +24,29 @@ inline GemmDims gemm(Trans ta, Trans tb, const Tensor& a, const Tensor& b, const
   return {m, n, k};
 }
 
+// A block inside a 2-D tensor.
+inline void block_in(const Tensor& t, const Block& b, const char* what) {
+  SCALPEL_CHECK(t.dim() == 2 && b.r0 >= 0 && b.c0 >= 0 && b.rows >= 0 && b.cols >= 0 && b.r0 + b.rows <= t.size(0) &&
+                    b.c0 + b.cols <= t.size(1),
+                "{}: block rows [{}, {}) columns [{}, {}) outside {}", what, b.r0, b.r0 + b.rows, b.c0, b.c0 + b.cols,
+                shape_str(t.shape()));
+}
+
+inline GemmDims gemm_block(Trans ta, Trans tb, const Tensor& a, const Block& ba, const Tensor& b, const Block& bb,
+                           const Tensor& c, const Block& bc) {
+  block_in(a, ba, "gemm_block A");
+  block_in(b, bb, "gemm_block B");
+  block_in(c, bc, "gemm_block C");
+  const auto m = ta == Trans::no ? ba.rows : ba.cols;
+  const auto k = ta == Trans::no ? ba.cols : ba.rows;
+  const auto kb = tb == Trans::no ? bb.rows : bb.cols;
+  const auto n = tb == Trans::no ? bb.cols : bb.rows;
+  SCALPEL_CHECK(k == kb && bc.rows == m && bc.cols == n, "gemm_block shapes {}x{}{} x {}x{}{} -> {}x{}", ba.rows,
+                ba.cols, ta == Trans::yes ? "^T" : "", bb.rows, bb.cols, tb == Trans::yes ? "^T" : "", bc.rows,
+                bc.cols);
+  return {m, n, k};
+}
+
 inline void linear(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& y) {
   const auto n = x.size(0), out = w.size(0);
   SCALPEL_CHECK(x.size(1) == w.size(1) && y.size(0) == n && y.size(1) == out, "linear x {} W {} y {}",

@@ -111,6 +111,13 @@ void MpiComm::allgatherv_device(const std::byte* mine, std::byte* out, std::span
   impl_->nccl->allgatherv(mine, out, counts, rank_);
 }
 
+void MpiComm::broadcast_device(std::byte* dev, std::size_t bytes, int root) {
+  SCALPEL_CHECK(device_collectives(), "broadcast_device without NCCL on this group");
+  SCALPEL_CHECK(root >= 0 && root < size_, "broadcast_device: root {} of {} ranks", root, size_);
+  bytes_.broadcast += static_cast<std::int64_t>(bytes);
+  impl_->nccl->broadcast(dev, bytes, root);
+}
+
 std::unique_ptr<MpiComm> MpiComm::world() {
   SCALPEL_CHECK(MpiEnvironment::initialized(), "MPI is not initialised");
   std::unique_ptr<MpiComm> c(new MpiComm());

@@ -95,6 +95,12 @@ void NcclGroup::allreduce_sum(double* dev, std::size_t n) {
     SCALPEL_RUNTIME_ERROR("CUDA error after an NCCL all-reduce: {}", cudaGetErrorString(cudaGetLastError()));
 }
 
+void NcclGroup::broadcast(std::byte* dev, std::size_t bytes, int root) {
+  check_nccl(ncclBroadcast(dev, dev, bytes, ncclUint8, root, impl_->comm, nullptr), "Broadcast");
+  if (cudaStreamSynchronize(nullptr) != cudaSuccess)
+    SCALPEL_RUNTIME_ERROR("CUDA error after an NCCL broadcast: {}", cudaGetErrorString(cudaGetLastError()));
+}
+
 void NcclGroup::allgatherv(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts, int rank) {
   // One broadcast per rank, rooted there, into its place in `out` (NCCL's all-gather needs equal
   // counts; row slices differ by a row).
@@ -115,6 +121,7 @@ void NcclGroup::allgatherv(const std::byte* mine, std::byte* out, std::span<cons
 #else
 
 struct NcclGroup::Impl {};
+void NcclGroup::broadcast(std::byte*, std::size_t, int) { SCALPEL_RUNTIME_ERROR("built without NCCL"); }
 void NcclGroup::allgatherv(const std::byte*, std::byte*, std::span<const std::int64_t>, int) {
   SCALPEL_RUNTIME_ERROR("built without NCCL");
 }
@@ -128,6 +135,9 @@ void Comm::allreduce_sum_device(double*, std::size_t) {
   SCALPEL_RUNTIME_ERROR("this communicator has no device collectives");
 }
 void Comm::allgatherv_device(const std::byte*, std::byte*, std::span<const std::int64_t>) {
+  SCALPEL_RUNTIME_ERROR("this communicator has no device collectives");
+}
+void Comm::broadcast_device(std::byte*, std::size_t, int) {
   SCALPEL_RUNTIME_ERROR("this communicator has no device collectives");
 }
 

@@ -24,6 +24,8 @@ class NcclGroup {
   void allreduce_sum(double* dev, std::size_t n);
   // Rank r's counts[r] bytes at `mine` (device) into `out` at the offset of the counts before it.
   void allgatherv(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts, int rank);
+  // In place from `root`'s buffer to every rank's.
+  void broadcast(std::byte* dev, std::size_t bytes, int root);
 
  private:
   NcclGroup() = default;

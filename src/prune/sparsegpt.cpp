@@ -25,7 +25,7 @@ std::int64_t sparsegpt_blocksize(std::int64_t blocksize, const Pattern& p) {
 }
 
 HinvFactor sparsegpt_factor(Backend& be, const Tensor& hessian, Tensor* w, double percdamp, int max_tries,
-                            const std::string& name, bool keep_diagonal) {
+                            const std::string& name, bool keep_diagonal, const std::function<bool(Tensor&)>& factorise) {
   SCALPEL_CHECK(hessian.dim() == 2 && hessian.size(0) == hessian.size(1), "{}: Hessian {}", name,
                 shape_str(hessian.shape()));
   SCALPEL_CHECK_INPUT(be.all_finite(hessian),
@@ -44,7 +44,7 @@ HinvFactor sparsegpt_factor(Backend& be, const Tensor& hessian, Tensor* w, doubl
     // U with H⁻¹ = UᵀU, the reference's torch.linalg.cholesky, cholesky_inverse,
     // cholesky(upper=True) in one backend op (see Backend::inverse_cholesky_upper). A pivot that
     // only just passes can still leave inf in U, which the op reports as a failure too.
-    const bool ok = be.inverse_cholesky_upper(h);
+    const bool ok = factorise ? factorise(h) : be.inverse_cholesky_upper(h);
     if (ok) {
       if (t > 1)
         log::warn("{}: factorised with damping {:g} ({:g} x mean diag H) after {} tries", name, prep.damp, pd, t);

@@ -68,7 +68,8 @@ TEST(Config, PruneIdentityIgnoresEverythingButPruneCalibrationAndDeterminism) {
                             "output.dir=elsewhere", "threads=3", "eval.add_bos=true", "log.level=debug",
                             "output.reconstruction_error=false"})
     EXPECT_EQ(app::prune_identity_hash(app::load_config("", {"prune.sparsity=0.5", other})), id) << other;
-  for (const char* other : {"prune.sparsity=0.6", "calibration.nsamples=64", "determinism=strict", "prune.method=wanda"})
+  for (const char* other : {"prune.sparsity=0.6", "calibration.nsamples=64", "determinism=strict", "prune.method=wanda",
+                            "sparsegpt.split_width=0", "sparsegpt.tile=512"})
     EXPECT_NE(app::prune_identity_hash(app::load_config("", {"prune.sparsity=0.5", other})), id) << other;
   // The resolved forward dtype counts (the run passes it when it is not fp32).
   EXPECT_NE(app::prune_identity_hash(base, "F16"), id);
@@ -95,6 +96,8 @@ TEST(Config, WrongTypesNameTheKey) {
   EXPECT_NE(error_of("tokenizer: {legacy: true}\n").find("unknown key 'tokenizer.legacy'"), std::string::npos);
   EXPECT_NE(error_of("", {"noequals"}).find("not of the form key=value"), std::string::npos);
   EXPECT_NE(error_of("eval: {batch: 0}\n").find("'eval.batch' must be >= 1"), std::string::npos);
+  EXPECT_NE(error_of("", {"sparsegpt.split_width=-1"}).find("'sparsegpt.split_width' is -1"), std::string::npos);
+  EXPECT_NE(error_of("", {"sparsegpt.tile=0"}).find("'sparsegpt.tile' is 0"), std::string::npos);
 }
 
 TEST(Config, MalformedYamlAndMissingFileNameTheFile) {

@@ -11,6 +11,7 @@
 #include "../../src/app/factor_share.hpp"
 #include "../common/mpi_test_main.hpp"
 #include "scalpel/core/error.hpp"
+#include "scalpel/prune/split_factor.hpp"
 
 namespace scalpel::test {
 namespace {
@@ -66,6 +67,38 @@ TEST(SharedFactors, EveryRankGetsTheFactorItWouldHaveMade) {
     const auto rec = shared.record();
     EXPECT_EQ(rec.at("owners").get<std::vector<int>>(), app::factor_owners(widths, g_world->size()));
   }
+}
+
+// Factors at least split_width wide are made by all ranks together, panel by panel: every rank
+// gets bitwise the factor one rank makes alone (so the prune does not depend on the rank count),
+// and the narrower ones still go whole to their owners. Tile 32: 160 and 130 wide are 5 panels
+// (the last of 130 two rows), spread unevenly over 2 and 4 ranks.
+TEST(SharedFactors, WideFactorsAreMadeByAllRanksWithTheOneRankBits) {
+  auto be = make_cpu_backend(1);
+  const std::vector<std::int64_t> widths{48, 160, 96, 130};
+  std::vector<Tensor> hs;
+  std::vector<app::FactorJob> jobs;
+  for (std::size_t i = 0; i < widths.size(); ++i) hs.push_back(spd(widths[i], 30 + static_cast<unsigned>(i)));
+  for (std::size_t i = 0; i < widths.size(); ++i)
+    jobs.push_back({static_cast<int>(i), "job " + std::to_string(i), &hs[i]});
+  app::FactorSettings s;
+  s.split_width = 100;
+  s.tile = 32;
+  app::SharedFactors shared(*be, *g_world, jobs, s);
+  dist::SelfComm self;
+  const auto alone = [&](Tensor& h) { return prune::shared_inverse_cholesky_upper(*be, h, s.tile, self); };
+  for (std::size_t i = 0; i < widths.size(); ++i) {
+    const bool split = widths[i] >= s.split_width;
+    const auto own = prune::sparsegpt_factor(*be, hs[i], nullptr, s.percdamp, s.max_tries, "own", false,
+                                             split ? std::function<bool(Tensor&)>(alone) : nullptr);
+    const auto& got = shared.get(static_cast<int>(i));
+    ASSERT_EQ(got.hinv.numel(), own.hinv.numel());
+    EXPECT_EQ(std::memcmp(got.hinv.raw(), own.hinv.raw(), own.hinv.nbytes()), 0) << "job " << i;
+    EXPECT_EQ(got.damping, own.damping);
+  }
+  const auto owners = shared.record().at("owners").get<std::vector<int>>();
+  const auto whole = app::factor_owners({48, 96}, g_world->size());
+  EXPECT_EQ(owners, (std::vector<int>{whole[0], -1, whole[1], -1}));
 }
 
 TEST(SharedFactors, AFailureOnItsOwnerFailsEveryRank) {

@@ -207,6 +207,32 @@ TEST(Plan, DataRanksSplitTheFactorisations) {
   EXPECT_EQ(mem(p2, 0, "factorisation"), (3 * 256 * 256 + 1024 * 1024) * 4);
 }
 
+// A factor at least sparsegpt.split_width wide is made by every data rank: fc2 of opt-mini (1024)
+// in 4 panels of 256 rows, dealt 0, 1, 1, 0 at two ranks. Hand count in units of w³ = 256³ (see
+// plan.cpp's shared_factor_cost): every rank inverts the 4 diagonal tiles (4/3); a panel j's
+// owner pays 4 w² c_j + w³/3 (c_j = 256 j), and for each earlier panel j of a later panel i it
+// owns, 4 w³ (j + 1). Rank 0 (panels 0, 3): 4/3 + 1/3 + (12 + 1/3) + 4 (1 + 2 + 3) = 38; rank 1
+// (panels 1, 2): 4/3 + (4 + 1/3) + (8 + 1/3) + 4 (1) + 4 (1 + 2) = 30; one rank: 4/3 + 4/3 + 24 +
+// 4 (3 + 4 + 3) = 66 + 2/3. Received: the other rank's panels of L and L⁻¹, w (c_j + w) each.
+TEST(Plan, SharedFactorsSplitTheirPanelsOverTheDataRanks) {
+  const auto cfg = mini_cfg({"sparsegpt.split_width=1024", "sparsegpt.tile=256"});
+  const auto p1 = plan_of(kOptMini, cfg, 1), p2 = plan_of(kOptMini, cfg, 2);
+  const double w3 = 256.0 * 256 * 256, small = 2.0 / 3.0 * w3;
+  const auto flops = [](const json& p, int r) { return p["ranks"][r]["flops_per_layer"]["factorisation"].get<double>(); };
+  const auto recv = [](const json& p, int r) {
+    return p["ranks"][r]["comm_per_layer"]["factor_broadcast_received_bytes"].get<I>();
+  };
+  EXPECT_DOUBLE_EQ(flops(p1, 0), 3 * small + (66.0 + 2.0 / 3.0) * w3);
+  // The three 256-wide factors stay whole: ranks 0, 1, 0.
+  EXPECT_DOUBLE_EQ(flops(p2, 0), 2 * small + 38 * w3);
+  EXPECT_DOUBLE_EQ(flops(p2, 1), small + 30 * w3);
+  EXPECT_EQ(recv(p1, 0), 0);
+  const I w = 256;
+  EXPECT_EQ(recv(p2, 0), w * w * 4 + 2 * (w * (w + w) + w * (2 * w + w)) * 4);    // panels 1, 2
+  EXPECT_EQ(recv(p2, 1), 2 * w * w * 4 + 2 * (w * w + w * (3 * w + w)) * 4);      // panels 0, 3
+  EXPECT_EQ(mem(p1, 0, "factorisation"), (1024 * 1024 + 3 * w * w) * 4);  // + three scratch tiles
+}
+
 // LLM Surgeon: each pruned linear is scored and updated by one rank, so a rank holds the inverses
 // of its share. opt-mini per layer: 4 x (256² + 257²) + (1024² + 257²) + (256² + 1025²) fp32 entries.
 TEST(Plan, SurgeonRanksSplitTheInversesAndSolves) {
@@ -348,7 +374,13 @@ TEST(Plan, Opt175bOn8x8GpusFits80GB) {
   EXPECT_NEAR(f["statistics"].get<double>(), 0.75e15, 0.05e15);
   EXPECT_NEAR(f["forward"].get<double>(), 1.95e15, 0.1e15);
   EXPECT_NEAR(f["sweep"].get<double>(), 4.5e13, 0.5e13);
-  EXPECT_NEAR(f["factorisation"].get<double>(), 1.6e14 / 2, 0.05e14);
+  // fc2's factor (49152 wide) is made in 48 panels of 1024 rows (sparsegpt.split_width 16384),
+  // whose products with explicit tile inverses add about 3 x 1024 / 49152 of 2/3 d^3: 8.77e13.
+  EXPECT_NEAR(f["factorisation"].get<double>(), 8.77e13, 0.01e13);
+  auto whole = one;
+  whole.sparsegpt.split_width = 0;  // every factor whole
+  const auto w = app::make_plan(pm.spec, input_for(pm, whole, 1));
+  EXPECT_NEAR(w["ranks"][0]["flops_per_layer"]["factorisation"].get<double>(), 1.6e14 / 2, 0.05e14);
 }
 
 TEST(Plan, OverTheMemoryLimitIsRefusedNamingTheKey) {

@@ -165,6 +165,28 @@ TEST_F(PruneDist, Fp16ForwardIsRankAndStageInvariant) {
   fs::remove_all(base);
 }
 
+// fc2's 1024-wide factor made by all data ranks together (sparsegpt.split_width below its width;
+// 4 panels of 256 rows, shared unevenly by 3 ranks): the same bytes at 1, 2 and 3 ranks, with the
+// factor's metrics saying it was shared (owner -1).
+TEST_F(PruneDist, SharedFactorisationIsRankInvariant) {
+  NEED_SHARED();
+  const auto base = temp_dir("splitfac");
+  const std::vector<std::string> opts{"determinism=strict", "prune.method=sparsegpt", "sparsegpt.split_width=1024",
+                                      "sparsegpt.tile=256"};
+  ASSERT_EQ(run_to_end(prune_cmd(1, base / "one", opts)), 0);
+  const auto want = read_bytes(base / "one/model/model.safetensors");
+  ASSERT_GT(want.size(), 1000u);
+  for (const int ranks : {2, 3}) {
+    const auto dir = base / ("ranks" + std::to_string(ranks));
+    ASSERT_EQ(run_to_end(prune_cmd(ranks, dir, opts)), 0);
+    EXPECT_TRUE(read_bytes(dir / "model/model.safetensors") == want) << ranks << " data ranks";
+  }
+  const auto metrics = read_bytes(base / "ranks3/metrics.jsonl");
+  // q/k/v, out_proj and fc1 whole to ranks 0, 1, 2; fc2 by all.
+  EXPECT_NE(metrics.find("\"owners\":[0,1,2,-1]"), std::string::npos) << metrics.substr(0, 2000);
+  fs::remove_all(base);
+}
+
 TEST_F(PruneDist, SigkillOfOneRankEndsTheJobAndAnotherRankCountResumes) {
   NEED_SHARED();
   const auto base = temp_dir("kill");

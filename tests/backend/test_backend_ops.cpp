@@ -47,6 +47,63 @@ TEST_P(BackendOps, GemmTransposesMatchFloat64) {
   EXPECT_REL_NEAR(down(c), want, Tol::f32);
 }
 
+// The shared factorisation's tile ops: a product of rectangles inside larger matrices (outside
+// the rectangle C is untouched), a rectangle copy, the inverse of a lower triangle, the flip.
+TEST_P(BackendOps, TileOpsOnRectangles) {
+  const std::int64_t m = 13, k = 21, n = 9;
+  // A^T is the rectangle rows [2, 2+k) columns [3, 3+m) of a [30, 20]; B^T rows [1, 1+n)
+  // columns [4, 4+k) of b [12, 30]; C rows [5, 5+m) columns [6, 6+n) of c [20, 16].
+  const auto a = random_vec(30 * 20, 14), b = random_vec(12 * 30, 15), c0 = random_vec(20 * 16, 16);
+  Vec want = c0;
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (std::int64_t p = 0; p < k; ++p) s += a[(2 + p) * 20 + 3 + i] * b[(1 + j) * 30 + 4 + p];
+      want[(5 + i) * 16 + 6 + j] = -1.5 * s + 0.5 * c0[(5 + i) * 16 + 6 + j];
+    }
+  Tensor c = up(c0, {20, 16});
+  be->gemm_block(Trans::yes, Trans::yes, -1.5f, up(a, {30, 20}), {2, 3, k, m}, up(b, {12, 30}), {1, 4, n, k}, 0.5f, c,
+                 {5, 6, m, n});
+  EXPECT_REL_NEAR(down(c), want, Tol::f32);
+  EXPECT_THROW(be->gemm_block(Trans::no, Trans::no, 1.0f, c, {0, 0, 4, 4}, c, {0, 0, 4, 4}, 0.0f, c, {18, 14, 4, 4}),
+               Error);  // outside c
+
+  Tensor dst = up(c0, {20, 16});
+  be->copy_block(up(a, {30, 20}), {7, 2, 4, 5}, dst, 11, 10);
+  Vec want_copy = c0;
+  for (std::int64_t i = 0; i < 4; ++i)
+    for (std::int64_t j = 0; j < 5; ++j) want_copy[(11 + i) * 16 + 10 + j] = a[(7 + i) * 20 + 2 + j];
+  EXPECT_EQ(down(dst), want_copy);
+
+  const std::int64_t d = 40;
+  Vec l = random_vec(d * d, 17);
+  for (std::int64_t i = 0; i < d; ++i)  // well away from singular, and fp32 values
+    l[i * d + i] = static_cast<float>(3.0 + std::fabs(l[i * d + i]));
+  Tensor li = up(l, {d, d});
+  be->invert_lower(li);  // reads only the lower triangle; l's upper holds noise
+  const Vec x = down(li);
+  double worst = 0;
+  for (std::int64_t i = 0; i < d; ++i)
+    for (std::int64_t j = 0; j < d; ++j) {
+      double s = 0;
+      for (std::int64_t p = j; p <= i; ++p) s += l[i * d + p] * x[p * d + j];
+      if (j > i) EXPECT_EQ(x[i * d + j], 0.0);
+      worst = std::max(worst, std::fabs((j <= i ? s : 0.0) - (i == j ? 1.0 : 0.0)));
+    }
+  EXPECT_LT(worst, 1e-5);  // L X = I to fp32 rounding (|L| <= 4, d = 40)
+
+  Tensor f = up(l, {d, d});
+  be->flip(f, false);
+  Tensor g = up(l, {d, d});
+  be->flip(g, true);
+  const Vec fv = down(f), gv = down(g);
+  for (std::int64_t i = 0; i < d; ++i)
+    for (std::int64_t j = 0; j < d; ++j) {
+      EXPECT_EQ(fv[i * d + j], l[(d - 1 - i) * d + d - 1 - j]);
+      EXPECT_EQ(gv[i * d + j], j >= i ? l[(d - 1 - i) * d + d - 1 - j] : 0.0);
+    }
+}
+
 TEST_P(BackendOps, SyrkFillsBothTriangles) {
   const std::int64_t n = 300, d = 45;
   const auto x = random_vec(n * d, 7);

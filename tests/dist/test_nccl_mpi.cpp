@@ -2,7 +2,8 @@
 // host sum. At 1 rank SCALPEL_NCCL=force makes a one-rank NCCL communicator, which runs the whole
 // path (unique id over MPI, init, all-reduce on the GPU). At 2 ranks on one GPU NCCL cannot be used
 // (it refuses two ranks per GPU) and the group must say so, so that callers take the host path;
-// on a machine with a GPU per rank the 2-rank sum runs through NCCL. Without a GPU: SKIPPED.
+// on a machine with a GPU per rank the 2-rank sum runs through NCCL. The broadcast likewise.
+// Without a GPU: SKIPPED.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -38,6 +39,27 @@ TEST(Nccl, DeviceAllReduceSumsOverTheRanks) {
   for (std::int64_t i = 0; i < n; ++i)
     ASSERT_DOUBLE_EQ(got.f64()[i], rank_sum + p * static_cast<double>(i) * 1e-3) << i;
   EXPECT_EQ(world.bytes().allreduce, static_cast<std::int64_t>(n * sizeof(double)));
+}
+
+// The shared factorisation's panels go GPU to GPU by broadcast_device: every rank ends with the
+// last rank's bytes.
+TEST(Nccl, DeviceBroadcastFromTheLastRank) {
+  if (cuda_devices() == 0) GTEST_SKIP() << "no GPU here (" << cuda_status() << ")";
+  dist::MpiComm& world = *g_world;
+  setenv("SCALPEL_NCCL", "force", 1);
+  BackendOptions o;
+  o.local_rank = world.local_rank();
+  auto be = make_backend("cuda", o);
+  const std::int64_t n = 70001;
+  Tensor host = Tensor::empty({n}, DType::u8);
+  for (std::int64_t i = 0; i < n; ++i) host.data<std::uint8_t>()[i] = static_cast<std::uint8_t>(i * 7 + world.rank());
+  Tensor dev = be->upload_exact(host);
+  if (!world.device_collectives()) GTEST_SKIP() << world.size() << " ranks on " << cuda_devices() << " GPU(s)";
+  const int root = world.size() - 1;
+  world.broadcast_device(static_cast<std::byte*>(dev.raw()), static_cast<std::size_t>(n), root);
+  const Tensor got = be->download(dev);
+  for (std::int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(got.data<std::uint8_t>()[i], static_cast<std::uint8_t>(i * 7 + root)) << i;
 }
 
 }  // namespace

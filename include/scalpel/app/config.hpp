@@ -98,8 +98,13 @@ struct Config {
 
   // SparseGPT's saliency inside the block sweep: obs (w²/[H⁻¹]²_mm, the reference) or isc
   // (w²·(H_mm + 1/[H⁻¹]_mm), the sensitivity paper's).
+  // Factors at least split_width wide (0 = none) are made by all data ranks together in row
+  // panels of `tile` rows (prune/split_factor.hpp), at every rank count, so that the bits do not
+  // depend on it; narrower ones go whole to one rank each.
   struct SparseGpt {
     std::string saliency = "obs";
+    std::int64_t split_width = 16384;
+    std::int64_t tile = 1024;
   } sparsegpt;
 
   // `scalpel depth`: removing whole decoder blocks (README "Depth pruning").

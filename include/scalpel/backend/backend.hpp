@@ -31,6 +31,11 @@ struct SelectThreshold {
   std::int64_t take_equal = 0;
 };
 
+// A rectangle of a 2-D row-major tensor: rows [r0, r0 + rows), columns [c0, c0 + cols).
+struct Block {
+  std::int64_t r0 = 0, c0 = 0, rows = 0, cols = 0;
+};
+
 // What hessian_prepare did: the damping added to the diagonal, and how many inputs were dead.
 struct HessianPrep {
   double damp = 0.0;
@@ -213,6 +218,19 @@ class Backend {
   // From a factor as cholesky(a, upper) left it, the inverse of the factored matrix in place,
   // both triangles filled (LAPACK potri).
   virtual void cholesky_inverse(Tensor& factor, bool upper) = 0;
+  // The tile ops of the shared factorisation (prune/split_factor.hpp), fp32, TF32 never. On
+  // rectangles of 2-D tensors: C[bc] = alpha op(A[ba]) op(B[bb]) + beta C[bc] (bc must not overlap
+  // ba or bb);
+  virtual void gemm_block(Trans ta, Trans tb, float alpha, const Tensor& a, const Block& ba, const Tensor& b,
+                          const Block& bb, float beta, Tensor& c, const Block& bc) = 0;
+  // dst[r0 + i, c0 + j] = src[bs.r0 + i, bs.c0 + j];
+  virtual void copy_block(const Tensor& src, const Block& bs, Tensor& dst, std::int64_t r0, std::int64_t c0) = 0;
+  // the inverse of the lower triangular square a in place (only its lower triangle is read), the
+  // strict upper triangle zeroed;
+  virtual void invert_lower(Tensor& a) = 0;
+  // the square a with its elements in reverse order (a[i, j] <- a[n-1-i, n-1-j]: J a J), then with
+  // keep_upper the strict lower triangle zeroed.
+  virtual void flip(Tensor& a, bool keep_upper) = 0;
   // SparseGPT's factor in place: a [n, n] symmetric positive definite becomes U, upper, with
   // a⁻¹ = UᵀU (the strict lower triangle zeroed). The same U as the reference's chol, cholesky_inverse,
   // chol(upper) (it is unique), computed as J·chol_lower(J a J)⁻¹·J with J the reversal: one

@@ -125,6 +125,20 @@ class ProfilingBackend final : public Backend {
     const double n = static_cast<double>(f.size(0));
     timed("cholesky_inverse", 2 * n * n * n / 3, [&] { in_.cholesky_inverse(f, upper); });
   }
+  void gemm_block(Trans ta, Trans tb, float alpha, const Tensor& a, const Block& ba, const Tensor& b, const Block& bb,
+                  float beta, Tensor& c, const Block& bc) override {
+    const double k = static_cast<double>(ta == Trans::no ? ba.cols : ba.rows);
+    timed("gemm_block", 2.0 * static_cast<double>(bc.rows) * static_cast<double>(bc.cols) * k,
+          [&] { in_.gemm_block(ta, tb, alpha, a, ba, b, bb, beta, c, bc); });
+  }
+  void copy_block(const Tensor& src, const Block& bs, Tensor& dst, std::int64_t r0, std::int64_t c0) override {
+    timed("copy_block", 0, [&] { in_.copy_block(src, bs, dst, r0, c0); });
+  }
+  void invert_lower(Tensor& a) override {
+    const double n = static_cast<double>(a.size(0));
+    timed("invert_lower", n * n * n / 3, [&] { in_.invert_lower(a); });
+  }
+  void flip(Tensor& a, bool keep_upper) override { timed("flip", 0, [&] { in_.flip(a, keep_upper); }); }
   bool inverse_cholesky_upper(Tensor& a) override {
     const double n = static_cast<double>(a.size(0));
     return timed("inverse_cholesky_upper", 2 * n * n * n / 3, [&] { return in_.inverse_cholesky_upper(a); });

@@ -57,6 +57,8 @@ class Comm {
   // allgatherv() on device buffers: every rank's `mine` in rank order into `out`, counts[r] bytes
   // from rank r (the same list everywhere). Returns once `out` is complete.
   virtual void allgatherv_device(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts);
+  // broadcast() on a device buffer of `bytes` bytes, in place. Returns once it is complete.
+  virtual void broadcast_device(std::byte* dev, std::size_t bytes, int root);
 
   bool is_root() const { return rank() == 0; }
   void broadcast_string(std::string& s, int root);
@@ -127,6 +129,7 @@ class MpiComm final : public Comm {
   bool device_collectives() override;
   void allreduce_sum_device(double* dev, std::size_t n) override;
   void allgatherv_device(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts) override;
+  void broadcast_device(std::byte* dev, std::size_t bytes, int root) override;
 
  private:
   MpiComm() = default;

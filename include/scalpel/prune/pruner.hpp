@@ -127,8 +127,11 @@ struct HinvFactor {
 // or a row slice of it, is given); λ = percdamp·mean(diag H) on the diagonal; chol (lower),
 // cholesky_inverse, chol upper. A failed factorisation (not positive definite, or a non-finite
 // result) restarts with λ x10, logging a warning naming `name`; after max_tries a runtime Error.
+// `factorise` turns the damped H into U in place (false: not positive definite or not finite);
+// empty = Backend::inverse_cholesky_upper (split_factor.hpp's shares the work over ranks).
 HinvFactor sparsegpt_factor(Backend& be, const Tensor& hessian, Tensor* w, double percdamp, int max_tries,
-                            const std::string& name, bool keep_diagonal = false);
+                            const std::string& name, bool keep_diagonal = false,
+                            const std::function<bool(Tensor&)>& factorise = {});
 
 // Block width the sweep uses: blocksize rounded down to a multiple of M for N:M (at least M), so
 // that every N:M group lies inside one block and groups stay aligned to global columns (the

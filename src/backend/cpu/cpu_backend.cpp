@@ -742,6 +742,47 @@ class CpuBackend final : public Backend {
     return all_finite(a);
   }
 
+  void gemm_block(Trans ta, Trans tb, float alpha, const Tensor& a, const Block& ba, const Tensor& b, const Block& bb,
+                  float beta, Tensor& c, const Block& bc) override {
+    check_host_f32(a, "gemm_block A");
+    check_host_f32(b, "gemm_block B");
+    check_host_f32(c, "gemm_block C");
+    const auto [m, n, k] = op_checks::gemm_block(ta, tb, a, ba, b, bb, c, bc);
+    if (m == 0 || n == 0) return;
+    const auto at = [](const Tensor& t, const Block& x) { return t.f32() + x.r0 * t.size(1) + x.c0; };
+    cpu::det_gemm<float>(ta == Trans::yes, tb == Trans::yes, m, n, k, alpha, at(a, ba), a.size(1), at(b, bb), b.size(1),
+                         beta, c.f32() + bc.r0 * c.size(1) + bc.c0, c.size(1));
+  }
+
+  void copy_block(const Tensor& src, const Block& bs, Tensor& dst, std::int64_t r0, std::int64_t c0) override {
+    check_host_f32(src, "copy_block src");
+    check_host_f32(dst, "copy_block dst");
+    op_checks::block_in(src, bs, "copy_block src");
+    op_checks::block_in(dst, {r0, c0, bs.rows, bs.cols}, "copy_block dst");
+    const auto ls = src.size(1), ld = dst.size(1);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < bs.rows; ++i)
+      std::memmove(dst.f32() + (r0 + i) * ld + c0, src.f32() + (bs.r0 + i) * ls + bs.c0,
+                   static_cast<std::size_t>(bs.cols) * sizeof(float));
+  }
+
+  void invert_lower(Tensor& a) override {
+    check_2d(a, "invert_lower A");
+    op_checks::square(a, "invert_lower");
+    const auto n = a.size(0);
+    if (n == 0) return;
+    cpu::trtri_lower<float>(a.f32(), n, n);
+    zero_triangle(a.f32(), n, /*strict_lower=*/false);
+  }
+
+  void flip(Tensor& a, bool keep_upper) override {
+    check_2d(a, "flip A");
+    op_checks::square(a, "flip");
+    float* p = a.f32();
+    std::reverse(p, p + a.numel());
+    if (keep_upper) zero_triangle(p, a.size(0), /*strict_lower=*/true);
+  }
+
   void cholesky_inverse(Tensor& f, bool upper) override {
     check_2d(f, "cholesky_inverse factor");
     const auto n = f.size(0);

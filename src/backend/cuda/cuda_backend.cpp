@@ -812,6 +812,49 @@ class CudaBackend final : public Backend {
     return true;
   }
 
+  void gemm_block(Trans ta, Trans tb, float alpha, const Tensor& a, const Block& ba, const Tensor& b, const Block& bb,
+                  float beta, Tensor& c, const Block& bc) override {
+    check_2d(a, "gemm_block A");
+    check_2d(b, "gemm_block B");
+    check_2d(c, "gemm_block C");
+    const auto [m, n, k] = op_checks::gemm_block(ta, tb, a, ba, b, bb, c, bc);
+    if (m == 0 || n == 0) return;
+    const auto at = [](const Tensor& t, const Block& x) { return t.f32() + x.r0 * t.size(1) + x.c0; };
+    rm_gemm(ta == Trans::yes, tb == Trans::yes, m, n, k, alpha, at(a, ba), a.size(1), at(b, bb), b.size(1), beta,
+            c.f32() + bc.r0 * c.size(1) + bc.c0, c.size(1), /*tf32=*/false);
+  }
+
+  void copy_block(const Tensor& src, const Block& bs, Tensor& dst, std::int64_t r0, std::int64_t c0) override {
+    check_2d(src, "copy_block src");
+    check_2d(dst, "copy_block dst");
+    op_checks::block_in(src, bs, "copy_block src");
+    op_checks::block_in(dst, {r0, c0, bs.rows, bs.cols}, "copy_block dst");
+    if (bs.rows == 0 || bs.cols == 0) return;
+    const std::size_t f = sizeof(float);
+    check_cuda(cudaMemcpy2DAsync(dst.f32() + r0 * dst.size(1) + c0, dst.size(1) * f, src.f32() + bs.r0 * src.size(1) + bs.c0,
+                                 src.size(1) * f, bs.cols * f, bs.rows, cudaMemcpyDeviceToDevice),
+               "Memcpy2DAsync");
+  }
+
+  void invert_lower(Tensor& a) override {
+    check_2d(a, "invert_lower A");
+    op_checks::square(a, "invert_lower");
+    const auto n = a.size(0);
+    if (n == 0) return;
+    // Row-major lower is column-major upper.
+    SCALPEL_CHECK(trtri_upper(a.f32(), n, n), "invert_lower: a zero on the diagonal");
+    cuda::zero_strict_upper(a.f32(), n);
+    launched("zero triangle");
+  }
+
+  void flip(Tensor& a, bool keep_upper) override {
+    check_2d(a, "flip A");
+    op_checks::square(a, "flip");
+    if (a.numel() == 0) return;
+    cuda::reverse_flat(a.f32(), a.size(0), keep_upper);
+    launched("reverse");
+  }
+
   void cholesky_inverse(Tensor& f, bool upper) override {
     check_2d(f, "cholesky_inverse factor");
     const auto n = f.size(0);

@@ -1,0 +1,33 @@
+// SparseGPT's factor of a wide Hessian made by the ranks of a team together, instead of by one of
+// them while the others wait: fc2's 49152-wide factor of OPT-175B is 64 times the work of each
+// 12288-wide one, so giving whole factors to ranks leaves the owner of fc2 the slowest rank of
+// every layer. The matrix is cut into row panels of `tile` rows, dealt to the ranks back and forth
+// (panel_owner). With A = J H J (J the reversal), the Cholesky factor A = LLᵀ and then X = L⁻¹ are
+// formed panel by panel, each finished panel sent to every rank (n²/2 values per phase), and
+// U = J X J is upper triangular with H⁻¹ = UᵀU: Backend::inverse_cholesky_upper's result up to
+// rounding. Every tile op's shapes and inputs depend on n and the tile alone, so U has the same
+// bits at any number of ranks (one rank included) and threads.
+#pragma once
+#include <cstdint>
+
+#include "scalpel/backend/backend.hpp"
+#include "scalpel/dist/comm.hpp"
+
+namespace scalpel::prune {
+
+// The rank that owns row panel i: 0, 1, ..., ranks-1, then ranks-1, ..., 0, and so on. A panel's
+// work grows with its index squared, so dealing them back and forth evens the ranks out (at 48
+// panels over 8 ranks the busiest rank has 8% more than the least busy; dealt round robin, 55%).
+inline int panel_owner(std::int64_t i, int ranks) {
+  const std::int64_t round = i / ranks;
+  const int pos = static_cast<int>(i % ranks);
+  return round % 2 == 0 ? pos : ranks - 1 - pos;
+}
+
+// In place: h, the damped Hessian [n, n] (the same on every rank of `team`), becomes U on every
+// rank. Returns false, on every rank alike, when a pivot is not positive or U is not finite (h is
+// then undefined). Memory: h itself plus three tile x tile scratch tiles and, with several ranks,
+// one panel (tile x n); the work per rank is about (2/3 n³) / ranks.
+bool shared_inverse_cholesky_upper(Backend& be, Tensor& h, std::int64_t tile, dist::Comm& team);
+
+}  // namespace scalpel::prune
