@@ -6,7 +6,8 @@
 //               2-byte activations vs the tensor-core rate;
 //   f64 sum   = adding that batch's fp32 Hessian into the float64 sum vs device copy bandwidth;
 //   factor    = SparseGPT's factor U = chol(H⁻¹), once per input group (3 of width hidden, 1 of
-//               ffn), vs the fp32 GEMM rate;
+//               ffn; a width of at least --split-width by the shared path, as the prune), vs the
+//               fp32 GEMM rate;
 //   sweep     = the OBS sweep of the six weights (q, k, v, out, fc1, fc2) vs the fp32 GEMM rate;
 //   forward   = the decoder layer on a batch (random weights) in the forward dtype (--forward-dtype,
 //               default fp16 as the reference runs an fp16 checkpoint) vs that dtype's GEMM rate;
@@ -31,6 +32,7 @@
 #include "scalpel/core/timer.hpp"
 #include "scalpel/model/model.hpp"
 #include "scalpel/prune/pruner.hpp"
+#include "scalpel/prune/split_factor.hpp"
 
 using namespace scalpel;
 using nlohmann::json;
@@ -97,6 +99,7 @@ int main(int argc, char** argv) {
   std::int64_t hidden = 12288, ffn = 49152, heads = 96, seqlen = 2048, batch = 2, nsamples = 128, layers = 96;
   int repeats = 3, gpus = 8;
   double link_gbps = 150;
+  std::int64_t split_width = 16384, tile = 1024;  // sparsegpt.split_width and .tile, as the prune
   app.add_option("--device", device, "cpu or cuda");
   app.add_option("--hidden", hidden);
   app.add_option("--ffn", ffn);
@@ -111,6 +114,8 @@ int main(int argc, char** argv) {
   app.add_option("--tf32", tf32, "off | forward | all (the backend's TF32 setting)");
   app.add_option("--forward-dtype", forward_dtype, "fp16 | bf16 | fp32: the forward's dtype (fp16: the reference's)")
       ->check(CLI::IsMember({"fp16", "bf16", "fp32"}));
+  app.add_option("--split-width", split_width, "sparsegpt.split_width: wider factors take the shared path (0: none)");
+  app.add_option("--tile", tile, "sparsegpt.tile: rows per panel of a shared factor");
   app.add_option("--out", out, "JSON file (default: stdout only)");
   CLI11_PARSE(app, argc, argv);
 
@@ -207,12 +212,17 @@ int main(int argc, char** argv) {
     Tensor h = be.empty({d, d}), work = be.empty({d, d});
     be.syrk(1.0f / static_cast<float>(x.size(0)), x, 0.0f, h);
     be.hessian_prepare(h, nullptr, 0.01f);
+    // As the prune makes it: a factor at least split_width wide by the shared path (here on one
+    // rank; the projection below divides its panels over the GPUs).
+    const bool shared = split_width > 0 && d >= split_width;
+    dist::SelfComm self;
     std::vector<double> t;
     for (int rep = 0; rep < repeats + 1; ++rep) {
       be.copy(h, work);
       be.synchronize();
       Timer tm;
-      const bool ok = be.inverse_cholesky_upper(work);
+      const bool ok =
+          shared ? prune::shared_inverse_cholesky_upper(be, work, tile, self) : be.inverse_cholesky_upper(work);
       be.synchronize();
       if (!ok) {
         std::cerr << "factorisation failed at width " << d << "\n";
@@ -223,7 +233,8 @@ int main(int argc, char** argv) {
     const double s = median(t);
     const double flops = 2.0 * d * static_cast<double>(d) * d / 3.0;  // potrf n³/3 + trtri n³/3
     fact_by_width[d] = {s, flops / s / 1e12};
-    r["factor"].push_back({{"width", d}, {"s", s}, {"tflops", flops / s / 1e12}, {"vs_gemm", flops / s / gemm_rate}});
+    r["factor"].push_back({{"width", d}, {"s", s}, {"tflops", flops / s / 1e12}, {"vs_gemm", flops / s / gemm_rate},
+                           {"shared", shared}});
     std::cerr << "  factor " << r["factor"].back().dump() << "\n";
     // The sweeps of the weights with this input width, against this factor.
     for (const auto& l : lins) {
@@ -299,16 +310,38 @@ int main(int argc, char** argv) {
                            {"sweep", sweep_layer},  {"forward", fwd_layer}, {"load", load},
                            {"total", one}};
   // N GPUs, data parallel: tokens (statistics, sums, forwards) and weight rows (sweeps) split N
-  // ways; the four factorisations are shared out (greedy by d³, as SharedFactors: with N >= 2 the
-  // busiest rank holds fc2's alone, or all four at N = 1) and each broadcast from its owner
-  // (4 d² bytes); every rank loads every weight; the float64 Hessians are all-reduced (ring:
-  // 2 (N-1)/N of their bytes at the assumed link bandwidth) and the fp16 pruned rows all-gathered.
+  // ways; the factorisations as SharedFactors makes them: a shared factor (fc2's, at least
+  // split_width wide) split by panels, the busiest rank's share of its measured one-rank time by
+  // prune::shared_factor_cost (FLOPs; the waits between panels are not counted), the whole ones
+  // (the three of width hidden) each to the least loaded rank and broadcast from there (4 d²
+  // bytes); every rank loads every weight; the float64 Hessians are all-reduced (ring: 2 (N-1)/N
+  // of their bytes at the assumed link bandwidth) and the fp16 pruned rows all-gathered.
   const double hess_bytes = 8.0 * (3.0 * hidden * (hidden + 1) / 2 + ffn * (ffn + 1.0) / 2);
-  const double factor_bytes = 4.0 * (3.0 * hidden * hidden + static_cast<double>(ffn) * ffn);
+  std::vector<double> loads(static_cast<std::size_t>(gpus), 0.0), recv(static_cast<std::size_t>(gpus), 0.0);
+  std::vector<std::pair<std::int64_t, double>> whole;  // (width, seconds) of the factors made whole
+  for (const std::int64_t d : {hidden, hidden, hidden, ffn}) {
+    if (split_width > 0 && d >= split_width) {
+      const double all = prune::shared_factor_cost(d, tile, 1, 0).flops;
+      for (int g = 0; g < gpus; ++g) {
+        const auto c = prune::shared_factor_cost(d, tile, gpus, g);
+        loads[static_cast<std::size_t>(g)] += fact_by_width[d].first * c.flops / all;
+        recv[static_cast<std::size_t>(g)] += c.recv_bytes;
+      }
+    } else {
+      whole.push_back({d, fact_by_width[d].first});
+    }
+  }
+  std::sort(whole.begin(), whole.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (const auto& [d, sec] : whole) {
+    const auto g = static_cast<std::size_t>(std::min_element(loads.begin(), loads.end()) - loads.begin());
+    loads[g] += sec;
+    for (std::size_t o = 0; o < recv.size(); ++o)
+      if (o != g) recv[o] += 4.0 * static_cast<double>(d) * static_cast<double>(d);
+  }
+  const double factor_share = *std::max_element(loads.begin(), loads.end());
   const double ring = 2.0 * (gpus - 1) / gpus;
-  const double comm = (ring * hess_bytes + (gpus - 1.0) / gpus * (layer_bytes + factor_bytes)) / (link_gbps * 1e9);
-  const double factor_share =
-      gpus >= 2 ? std::max(fact_by_width[ffn].first, 3 * fact_by_width[hidden].first / (gpus - 1)) : factor_layer;
+  const double comm = (ring * hess_bytes + (gpus - 1.0) / gpus * layer_bytes + *std::max_element(recv.begin(), recv.end())) /
+                      (link_gbps * 1e9);
   const double many = (hess_layer + sum_layer + fwd_layer + sweep_layer) / gpus + factor_share + load + comm;
   r["per_layer_ngpu_s"] = {{"gpus", gpus},
                            {"comm", comm},

@@ -173,33 +173,6 @@ double lazy_update_flops(I rows, I cols, I bs) {
   return f;
 }
 
-// A shared factor's work and traffic on data rank r of D (prune/split_factor.cpp, step by step):
-// panel i (rows [c_i, c_i + w_i)) belongs to rank prune::panel_owner(i, D). Its diagonal block
-// costs its owner the update 2 w² c and the Cholesky w³/3, every rank the inverse w³/3; each later
-// panel of the rank 2 w_i w (c + w) (update and solve); forming L⁻¹ costs the owner 2 w² c and
-// each later panel of the rank 2 w_i w (c + w). Received: the other ranks' panels, w (c + w)
-// values each, twice.
-struct SharedFactorCost {
-  double flops = 0, recv_bytes = 0;
-};
-SharedFactorCost shared_factor_cost(I n, I tile, int D, int r) {
-  SharedFactorCost c;
-  const I t = std::min(tile, n), count = ceil_div(n, t);
-  const auto w = [&](I i) { return static_cast<double>(std::min(t, n - i * t)); };
-  for (I j = 0; j < count; ++j) {
-    const double cj = static_cast<double>(j * t), wj = w(j);
-    c.flops += wj * wj * wj / 3.0;
-    if (prune::panel_owner(j, D) == r) {
-      c.flops += 2.0 * wj * wj * cj + wj * wj * wj / 3.0 + 2.0 * wj * wj * cj;
-    } else {
-      c.recv_bytes += 2.0 * wj * (cj + wj) * 4.0;
-    }
-    for (I i = j + 1; i < count; ++i)
-      if (prune::panel_owner(i, D) == r) c.flops += 2.0 * 2.0 * w(i) * wj * (cj + wj);
-  }
-  return c;
-}
-
 }  // namespace
 
 PlanModel load_plan_model(const std::string& folder) {
@@ -524,7 +497,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
         f_stats += t * dd * dd + (wanda ? 2.0 * t * dd : 0.0);
         if (sparsegpt && owner[gi] < 0) {
           // Shared: this rank's panels, every diagonal tile's inverse, the other ranks' panels.
-          const auto sc = shared_factor_cost(g.cols, cfg.sparsegpt.tile, D, d);
+          const auto sc = prune::shared_factor_cost(g.cols, cfg.sparsegpt.tile, D, d);
           f_factor += sc.flops;
           factor_recv += static_cast<I>(sc.recv_bytes);
         } else if (sparsegpt && owner[gi] == d) {

@@ -130,6 +130,24 @@ void invert_rows(Team& team, Tensor& h, const Tiles& tl, std::vector<Tensor>& li
 
 }  // namespace
 
+SharedFactorCost shared_factor_cost(std::int64_t n, std::int64_t tile, int ranks, int r) {
+  SharedFactorCost c;
+  if (n <= 0) return c;
+  const auto t = std::min(std::max<std::int64_t>(tile, 1), n), count = (n + t - 1) / t;
+  const auto w = [&](std::int64_t i) { return static_cast<double>(std::min(t, n - i * t)); };
+  for (std::int64_t j = 0; j < count; ++j) {
+    const double cj = static_cast<double>(j * t), wj = w(j);
+    c.flops += wj * wj * wj / 3.0;
+    if (panel_owner(j, ranks) == r)
+      c.flops += 2.0 * wj * wj * cj + wj * wj * wj / 3.0 + 2.0 * wj * wj * cj;
+    else
+      c.recv_bytes += 2.0 * wj * (cj + wj) * 4.0;
+    for (std::int64_t i = j + 1; i < count; ++i)
+      if (panel_owner(i, ranks) == r) c.flops += 2.0 * 2.0 * w(i) * wj * (cj + wj);
+  }
+  return c;
+}
+
 bool shared_inverse_cholesky_upper(Backend& be, Tensor& h, std::int64_t tile, dist::Comm& team) {
   SCALPEL_CHECK(h.dim() == 2 && h.size(0) == h.size(1) && h.dtype() == DType::f32,
                 "shared_inverse_cholesky_upper of {} {}", dtype_name(h.dtype()), shape_str(h.shape()));

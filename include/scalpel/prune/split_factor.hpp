@@ -24,6 +24,17 @@ inline int panel_owner(std::int64_t i, int ranks) {
   return round % 2 == 0 ? pos : ranks - 1 - pos;
 }
 
+// The work and traffic of rank r of `ranks` in shared_inverse_cholesky_upper of width n, step by
+// step: panel j (rows [c, c + w)) costs its owner the diagonal update 2 w² c and Cholesky w³/3,
+// every rank its inverse w³/3; each later panel i of the rank 2 w_i w (c + w) (update and
+// solve); forming L⁻¹ costs the owner 2 w² c and each later panel i of the rank 2 w_i w (c + w).
+// Received: the other ranks' panels, w (c + w) fp32 values each, twice. (scalpel plan,
+// bench_layer.)
+struct SharedFactorCost {
+  double flops = 0, recv_bytes = 0;
+};
+SharedFactorCost shared_factor_cost(std::int64_t n, std::int64_t tile, int ranks, int r);
+
 // In place: h, the damped Hessian [n, n] (the same on every rank of `team`), becomes U on every
 // rank. Returns false, on every rank alike, when a pivot is not positive or U is not finite (h is
 // then undefined). Memory: h itself plus three tile x tile scratch tiles and, with several ranks,
