@@ -10,28 +10,15 @@
 
 #include "../../src/app/factor_share.hpp"
 #include "../common/mpi_test_main.hpp"
+#include "../common/reference.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/prune/split_factor.hpp"
 
 namespace scalpel::test {
 namespace {
 
-// X Xᵀ/k + 0.1 I, an SPD Hessian of width d.
-Tensor spd(std::int64_t d, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> n(0.0f, 1.0f);
-  const std::int64_t k = 2 * d;
-  std::vector<float> x(static_cast<std::size_t>(d * k));
-  for (auto& v : x) v = n(rng);
-  Tensor h = Tensor::empty({d, d});
-  for (std::int64_t i = 0; i < d; ++i)
-    for (std::int64_t j = 0; j < d; ++j) {
-      double s = 0;
-      for (std::int64_t q = 0; q < k; ++q) s += double(x[i * k + q]) * x[j * k + q];
-      h.f32()[i * d + j] = static_cast<float>(s / k + (i == j ? 0.1 : 0.0));
-    }
-  return h;
-}
+// An SPD Hessian of width d.
+Tensor spd(std::int64_t d, unsigned seed) { return to_tensor(random_spd(d, seed), {d, d}); }
 
 TEST(FactorOwners, LargestFirstToTheLeastLoadedRank) {
   const std::vector<std::int64_t> opt{256, 256, 256, 1024};  // q/k/v, out_proj, fc1, fc2 of opt-mini

@@ -31,6 +31,21 @@ inline Vec random_vec(std::size_t n, std::uint64_t seed, double scale = 1.0) {
   return v;
 }
 
+// X Xᵀ/k + 0.1 I for a random X [n, 2n]: a symmetric positive definite matrix (a Hessian with
+// damping; condition number about 60), rounded to fp32 values.
+inline Vec random_spd(std::int64_t n, std::uint64_t seed) {
+  const std::int64_t k = 2 * n;
+  const Vec x = random_vec(static_cast<std::size_t>(n * k), seed);
+  Vec h(static_cast<std::size_t>(n * n));
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (std::int64_t q = 0; q < k; ++q) s += x[i * k + q] * x[j * k + q];
+      h[i * n + j] = static_cast<double>(static_cast<float>(s / k + (i == j ? 0.1 : 0.0)));
+    }
+  return h;
+}
+
 inline Tensor to_tensor(const Vec& v, Shape shape) {
   Tensor t = Tensor::empty(std::move(shape));
   for (std::size_t i = 0; i < v.size(); ++i) t.f32()[i] = static_cast<float>(v[i]);

@@ -15,13 +15,18 @@
 namespace scalpel::test {
 namespace {
 
-TEST(Nccl, DeviceAllReduceSumsOverTheRanks) {
-  if (cuda_devices() == 0) GTEST_SKIP() << "no GPU here (" << cuda_status() << ")";
-  dist::MpiComm& world = *g_world;
+// This rank's GPU backend, NCCL forced even for a one-rank group.
+std::unique_ptr<Backend> rank_gpu(dist::MpiComm& world) {
   setenv("SCALPEL_NCCL", "force", 1);
   BackendOptions o;
   o.local_rank = world.local_rank();
-  auto be = make_backend("cuda", o);
+  return make_backend("cuda", o);
+}
+
+TEST(Nccl, DeviceAllReduceSumsOverTheRanks) {
+  if (cuda_devices() == 0) GTEST_SKIP() << "no GPU here (" << cuda_status() << ")";
+  dist::MpiComm& world = *g_world;
+  auto be = rank_gpu(world);
   const std::int64_t n = 100003;  // odd, past any power-of-two chunking
   Tensor host = Tensor::empty({n}, DType::f64);
   for (std::int64_t i = 0; i < n; ++i) host.f64()[i] = (world.rank() + 1) * 0.5 + static_cast<double>(i) * 1e-3;
@@ -46,10 +51,7 @@ TEST(Nccl, DeviceAllReduceSumsOverTheRanks) {
 TEST(Nccl, DeviceBroadcastFromTheLastRank) {
   if (cuda_devices() == 0) GTEST_SKIP() << "no GPU here (" << cuda_status() << ")";
   dist::MpiComm& world = *g_world;
-  setenv("SCALPEL_NCCL", "force", 1);
-  BackendOptions o;
-  o.local_rank = world.local_rank();
-  auto be = make_backend("cuda", o);
+  auto be = rank_gpu(world);
   const std::int64_t n = 70001;
   Tensor host = Tensor::empty({n}, DType::u8);
   for (std::int64_t i = 0; i < n; ++i) host.data<std::uint8_t>()[i] = static_cast<std::uint8_t>(i * 7 + world.rank());

@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <random>
 #include <tuple>
 
 #include "../common/backends.hpp"
@@ -19,22 +18,7 @@
 namespace scalpel::test {
 namespace {
 
-// X Xᵀ/k + 0.1 I: symmetric positive definite, condition number about 60.
-Vec spd(std::int64_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> g(0.0, 1.0);
-  const std::int64_t k = 2 * n;
-  Vec x(static_cast<std::size_t>(n * k));
-  for (auto& v : x) v = static_cast<float>(g(rng));
-  Vec h(static_cast<std::size_t>(n * n));
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t j = 0; j < n; ++j) {
-      double s = 0;
-      for (std::int64_t q = 0; q < k; ++q) s += x[i * k + q] * x[j * k + q];
-      h[i * n + j] = static_cast<float>(s / k + (i == j ? 0.1 : 0.0));
-    }
-  return h;
-}
+Vec spd(std::int64_t n, unsigned seed) { return random_spd(n, seed); }
 
 // U (upper) with H⁻¹ = UᵀU in float64: L = chol(J H J), U = J L⁻¹ J.
 Vec ref_factor(const Vec& h, std::int64_t n) {
