@@ -311,8 +311,8 @@ int main(int argc, char** argv) {
                            {"total", one}};
   // N GPUs, data parallel: tokens (statistics, sums, forwards) and weight rows (sweeps) split N
   // ways; the factorisations as SharedFactors makes them: a shared factor (fc2's, at least
-  // split_width wide) split by panels, the busiest rank's share of its measured one-rank time by
-  // prune::shared_factor_cost (FLOPs; the waits between panels are not counted), the whole ones
+  // split_width wide) split by panels, its measured one-rank time scaled by its critical path at
+  // N ranks (prune::shared_factor_cost; the broadcasts' latency is not counted), the whole ones
   // (the three of width hidden) each to the least loaded rank and broadcast from there (4 d²
   // bytes); every rank loads every weight; the float64 Hessians are all-reduced (ring: 2 (N-1)/N
   // of their bytes at the assumed link bandwidth) and the fp16 pruned rows all-gathered.
@@ -324,7 +324,7 @@ int main(int argc, char** argv) {
       const double all = prune::shared_factor_cost(d, tile, 1, 0).flops;
       for (int g = 0; g < gpus; ++g) {
         const auto c = prune::shared_factor_cost(d, tile, gpus, g);
-        loads[static_cast<std::size_t>(g)] += fact_by_width[d].first * c.flops / all;
+        loads[static_cast<std::size_t>(g)] += fact_by_width[d].first * c.critical_flops / all;
         recv[static_cast<std::size_t>(g)] += c.recv_bytes;
       }
     } else {

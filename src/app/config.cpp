@@ -580,16 +580,17 @@ void emit_prune_sections(YAML::Emitter& e, const Config& c) {
   if (c.prune.allocation != "uniform") e << YAML::Key << "allocation" << YAML::Value << c.prune.allocation;
   e << YAML::EndMap;
   if (c.prune.allocation != "uniform") emit_allocation(e, c);
-  // Only what differs from the defaults, so that checkpoints made before a key existed keep their
-  // identity.
-  const Config::SparseGpt dflt;
-  if (c.sparsegpt.saliency != dflt.saliency || c.sparsegpt.split_width != dflt.split_width ||
-      c.sparsegpt.tile != dflt.tile) {
+  // Only what differs from the behaviour before the keys existed (saliency obs, every factor
+  // whole: split_width 0), so that those checkpoints keep their identity; a prune's identity
+  // passes split_width 0 when no factor of its model is that wide (prune_config_hash).
+  const bool split = c.sparsegpt.split_width != 0;
+  if (c.sparsegpt.saliency != "obs" || split) {
     e << YAML::Key << "sparsegpt" << YAML::Value << YAML::BeginMap;
-    if (c.sparsegpt.saliency != dflt.saliency) e << YAML::Key << "saliency" << YAML::Value << c.sparsegpt.saliency;
-    if (c.sparsegpt.split_width != dflt.split_width)
+    if (c.sparsegpt.saliency != "obs") e << YAML::Key << "saliency" << YAML::Value << c.sparsegpt.saliency;
+    if (split) {
       e << YAML::Key << "split_width" << YAML::Value << c.sparsegpt.split_width;
-    if (c.sparsegpt.tile != dflt.tile) e << YAML::Key << "tile" << YAML::Value << c.sparsegpt.tile;
+      e << YAML::Key << "tile" << YAML::Value << c.sparsegpt.tile;
+    }
     e << YAML::EndMap;
   }
   e << YAML::Key << "calibration" << YAML::Value << YAML::BeginMap;

@@ -30,19 +30,23 @@
 //          determinism: strict exact bins (prune::ExactSum: 3 int64, 12 d (d+1) bytes); after the
 //          all-reduce, the fp32 d x d Hessian; Wanda's d-vector likewise;
 //      (d) SparseGPT's factorisation (one more d x d fp32; with several data ranks, the factors of
-//          every group of the pass at once, owned or received) and the sweep's row slice
+//          every group of the pass at once, owned or received; a shared factor also its scratch
+//          and inverse diagonal tiles and a panel in flight) and the sweep's row slice
 //          (rows/data x d x 4), its mask (1 byte per entry) and Err (rows/data x blocksize x 4);
 //      (e) the gathered full pruned weight (rows x cols x 4 + mask);
 //      plus the fp32 embeddings (stage 0) and head (last stage), and the decoder layers the weight
 //      cache keeps besides the current one (up to weight_cache_mb).
 //  - FLOPs per layer: forward 2 x tokens x linear weights + attention 4 x tokens x seqlen x width,
 //    per pass; Hessians tokens x d^2 per group (syrk); factorisation 2/3 d^3 per group the rank
-//    owns (potrf + trtri); the sweep's lazy updates and in-block updates on the row slice; the reconstruction
-//    error 4 x rows/data x d^2 per linear. Time = FLOPs / rate + bytes / network + bytes / read,
-//    where only a layer's read overlaps the work of the layer before (the prefetch); a 2-byte forward on a GPU counts its FLOPs at 16x the rate (tensor cores), and
-//    its Hessians (full GEMMs of the 2-byte activations) at 8x. The rates are GEMM ceilings, so
-//    where norms, softmax and copies weigh (small models) the run is slower: opt-mini, 2 cores,
-//    measured 3.0 s per layer against 1.9 s planned.
+//    owns (potrf + trtri), and for a factor at least sparsegpt.split_width wide the rank's panels
+//    (prune::shared_factor_cost), whose time follows the shared factor's critical path; the
+//    sweep's lazy updates and in-block updates on the row slice; the reconstruction error
+//    4 x rows/data x d^2 per linear. Time = FLOPs / rate + bytes / network + bytes / read, where
+//    only a layer's read overlaps the work of the layer before (the prefetch); a 2-byte forward
+//    on a GPU counts its FLOPs at 16x the rate (tensor cores), and its Hessians (full GEMMs of the
+//    2-byte activations) at 8x. The rates are GEMM ceilings, so where norms, softmax and copies
+//    weigh (small models) the run is slower: opt-mini, 2 cores, measured 3.0 s per layer against
+//    1.9 s planned.
 #include "scalpel/app/plan.hpp"
 
 #include <fmt/format.h>
@@ -352,10 +356,15 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
     }
     stats_bytes.push_back(st);
     kept_bytes.push_back(kept);
-    // A shared factor (split_factor.hpp) also holds three tile x tile scratch tiles and, over
-    // several ranks, one panel in flight.
+    // A shared factor (split_factor.hpp) also holds three tile x tile scratch tiles, the inverse
+    // diagonal tiles of the rank's panels, and with several ranks one panel in flight (two
+    // through host memory).
     const I tile = std::min(cfg.sparsegpt.tile, d);
-    factor_bytes.push_back(!sparsegpt ? 0 : d * d * 4 + (shared_factor(d) ? 3 * tile * tile * 4 + (D > 1 ? tile * d * 4 : 0) : 0));
+    const I own_tiles = ceil_div(ceil_div(d, tile), D);
+    factor_bytes.push_back(!sparsegpt ? 0
+                                      : d * d * 4 + (shared_factor(d) ? (3 + own_tiles) * tile * tile * 4 +
+                                                                            (D > 1 ? 2 * tile * d * 4 : 0)
+                                                                      : 0));
     sweep_bytes.push_back(sweep);
     gathered_bytes.push_back(gathered);
     allreduce_bytes += ar;
@@ -490,6 +499,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
       const double f_forward =
           static_cast<double>(forward_passes) * (2.0 * t * linear_weights + 4.0 * t * T * static_cast<double>(qdim));
       double f_stats = 0, f_factor = 0, f_sweep = 0, f_error = 0;
+      double f_factor_path = 0;  // what the factorisations' time follows: shared ones' critical path
       I factor_recv = 0;  // bytes of the factors other ranks own (broadcast to this one)
       for (std::size_t gi = 0; gi < groups.size(); ++gi) {
         const auto& g = groups[gi];
@@ -499,9 +509,11 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
           // Shared: this rank's panels, every diagonal tile's inverse, the other ranks' panels.
           const auto sc = prune::shared_factor_cost(g.cols, cfg.sparsegpt.tile, D, d);
           f_factor += sc.flops;
+          f_factor_path += sc.critical_flops;
           factor_recv += static_cast<I>(sc.recv_bytes);
         } else if (sparsegpt && owner[gi] == d) {
           f_factor += 2.0 / 3.0 * dd * dd * dd;
+          f_factor_path += 2.0 / 3.0 * dd * dd * dd;
         } else if (sparsegpt) {
           factor_recv += factor_bytes[gi];
         }
@@ -523,8 +535,8 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
       const I send = s < S - 1 ? boundary : 0, recv = s > 0 ? boundary : 0;
 
       const double read_per_layer = nl > 0 ? static_cast<double>(read_layers) / nl : 0;
-      const double sl_compute = (f_total - f_forward - f_stats) / (gflops * 1e9) + f_forward / (forward_gflops * 1e9) +
-                                f_stats / (stats_gflops * 1e9);
+      const double sl_compute = (f_total - f_forward - f_stats - f_factor + f_factor_path) / (gflops * 1e9) +
+                                f_forward / (forward_gflops * 1e9) + f_stats / (stats_gflops * 1e9);
       const double sl_comm = (ar_sent + ag_recv + static_cast<double>(factor_recv)) / (net * kGB);
       const double sl_read = read_per_layer / (rd * kGB);
       const double s_compute = sl_compute * nl;
@@ -579,6 +591,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
            {{"forward", f_forward},
             {"statistics", f_stats},
             {"factorisation", f_factor},
+            {"factorisation_critical_path", f_factor_path},
             {"sweep", f_sweep},
             {"error", f_error},
             {"total", f_total}}},
@@ -796,8 +809,15 @@ void print_plan(const json& p) {
   const double stats_gf = rates["statistics_gflops"].get<double>() * 1e9;
   frow("statistics (syrk)", f["statistics"].get<double>(),
        stats_gf != gf ? "  (2-byte activations: one tensor-core GEMM, twice the FLOPs)" : "", stats_gf);
-  frow("factorisation", f["factorisation"].get<double>(),
-       D > 1 ? fmt::format("  (this rank's share; the {} data ranks split the groups)", D) : "");
+  {
+    // A shared factor's ranks meet at every panel: its time follows its critical path.
+    const double own = f["factorisation"].get<double>(), path = f["factorisation_critical_path"].get<double>();
+    fmt::print("  {:<{}}{:>14}{:>14}{:>12}{}\n", "factorisation", lw, flops_str(own), "", seconds_str(path / gf),
+               D == 1       ? ""
+               : path > own ? fmt::format("  (this rank's share; time: the shared factors' critical path, {})",
+                                          flops_str(path))
+                            : fmt::format("  (this rank's share; the {} data ranks split the groups)", D));
+  }
   frow(D > 1 ? fmt::format("sweep (rows / {})", D) : "sweep", f["sweep"].get<double>(), "");
   frow("reconstruction error", f["error"].get<double>(), "");
   brow("all-reduce (statistics)", c["allreduce_sent_bytes"].get<double>(), net,

@@ -547,7 +547,9 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   io::CheckpointIdentity id;
   id.model = cfg.model;
   id.model_fingerprint = io::model_fingerprint(cfg.model);
-  id.config_hash = prune_config_hash(cfg, windows, fwd);
+  std::int64_t widest = 0;
+  for (const auto& l : spec.linears()) widest = std::max(widest, l.in);
+  id.config_hash = prune_config_hash(cfg, windows, fwd, widest);
   id.grid = {{"stages", grid.stages}, {"data", grid.data}, {"determinism", cfg.determinism}};
   id.num_layers = spec.layers;
   std::optional<io::Checkpoint> ckpt;

@@ -37,7 +37,8 @@ WindowRange calibration_shard(std::int64_t nseq, std::int64_t batch, int ranks, 
   return {mine.begin * batch, std::min(nseq, mine.end * batch)};
 }
 
-std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows, DType forward) {
+std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows, DType forward,
+                              std::int64_t widest_input) {
   // What decides the pruned weights: method, pattern, options, calibration windows. Not the
   // threads, output paths, logging, tokenizer mode (the windows' digest covers the ids) or
   // evaluation settings. `determinism` counts too (strict sums exactly, fast in floating point),
@@ -49,6 +50,8 @@ std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>
   c.allocation = cfg.allocation;
   c.allocation.traces.clear();  // where the estimate is cached, not what it is
   c.sparsegpt = cfg.sparsegpt;
+  // A split width no factor reaches changes nothing: the identity of every factor made whole.
+  if (cfg.prune.method != "sparsegpt" || widest_input < cfg.sparsegpt.split_width) c.sparsegpt.split_width = 0;
   c.calibration = cfg.calibration;
   c.calibration.path = io::digest_bytes(windows.data(), windows.size() * sizeof(std::int32_t));
   c.calibration.offsets.clear();

@@ -39,9 +39,10 @@ WindowRange calibration_shard(std::int64_t nseq, std::int64_t batch, int ranks, 
 
 // The checkpoint's config hash: what decides the pruned weights (prune, surgeon and calibration
 // sections, determinism, a low-precision forward's dtype), with the calibration windows' digest
-// standing for the text and offsets.
+// standing for the text and offsets. widest_input: the model's widest linear input (SparseGPT's
+// widest factor), which says whether sparsegpt.split_width changes anything.
 std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows,
-                              DType forward = DType::f32);
+                              DType forward = DType::f32, std::int64_t widest_input = 0);
 
 // The dtype of the prune's calibration forward on `device`: cuda.forward_dtype (auto: `stored`,
 // the checkpoint's weight dtype, when it is 2-byte, else fp32) or cpu.forward_dtype.

@@ -98,7 +98,11 @@ void Model::prefetch(std::int64_t layer) {
   if (!uploader_) uploader_ = be_.make_uploader();
   prefetched_[layer] = std::async(std::launch::async, [source = source_, uploader = uploader_, names] {
     std::vector<Tensor> stored;
-    for (const auto& n : names) stored.push_back(source->load(n));  // views: the upload reads them
+    for (const auto& n : names) {
+      Tensor t = source->load(n);  // a view: the upload reads it
+      // float64 travels as the fp32 load() would make of it (no device float64 weights).
+      stored.push_back(t.dtype() == DType::f64 ? t.to_f32() : t);
+    }
     auto copies = uploader->upload(stored);
     std::map<std::string, Tensor> out;
     for (std::size_t i = 0; i < names.size(); ++i) out[names[i]] = std::move(copies[i]);

@@ -135,15 +135,21 @@ SharedFactorCost shared_factor_cost(std::int64_t n, std::int64_t tile, int ranks
   if (n <= 0) return c;
   const auto t = std::min(std::max<std::int64_t>(tile, 1), n), count = (n + t - 1) / t;
   const auto w = [&](std::int64_t i) { return static_cast<double>(std::min(t, n - i * t)); };
+  std::vector<double> later(static_cast<std::size_t>(ranks));  // each rank's work on panels after j
   for (std::int64_t j = 0; j < count; ++j) {
     const double cj = static_cast<double>(j * t), wj = w(j);
-    c.flops += wj * wj * wj / 3.0;
+    const double diag = 2.0 * wj * wj * cj + wj * wj * wj / 3.0, inv = wj * wj * wj / 3.0, last = 2.0 * wj * wj * cj;
+    c.flops += inv;
     if (panel_owner(j, ranks) == r)
-      c.flops += 2.0 * wj * wj * cj + wj * wj * wj / 3.0 + 2.0 * wj * wj * cj;
+      c.flops += diag + last;
     else
       c.recv_bytes += 2.0 * wj * (cj + wj) * 4.0;
-    for (std::int64_t i = j + 1; i < count; ++i)
-      if (panel_owner(i, ranks) == r) c.flops += 2.0 * 2.0 * w(i) * wj * (cj + wj);
+    std::fill(later.begin(), later.end(), 0.0);
+    for (std::int64_t i = j + 1; i < count; ++i) later[static_cast<std::size_t>(panel_owner(i, ranks))] += 2.0 * w(i) * wj * (cj + wj);
+    c.flops += 2.0 * later[static_cast<std::size_t>(r)];  // once in each phase
+    // Phase 1's step j and phase 2's step j: the owner's part, then the busiest rank's.
+    const double busiest = *std::max_element(later.begin(), later.end());
+    c.critical_flops += diag + inv + busiest + last + busiest;
   }
   return c;
 }

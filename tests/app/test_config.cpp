@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../../src/app/run_common.hpp"
 #include "scalpel/app/config.hpp"
 #include "scalpel/core/error.hpp"
 
@@ -74,6 +75,23 @@ TEST(Config, PruneIdentityIgnoresEverythingButPruneCalibrationAndDeterminism) {
   // The resolved forward dtype counts (the run passes it when it is not fp32).
   EXPECT_NE(app::prune_identity_hash(base, "F16"), id);
   EXPECT_NE(app::prune_identity_hash(base, "F16"), app::prune_identity_hash(base, "BF16"));
+}
+
+// sparsegpt.split_width (and then tile) count in a prune's identity only where a factor of the
+// model reaches the width: a narrower model keeps the identity its checkpoints had before the keys
+// existed (every factor whole, split_width 0), a wider one gets a new one (its fc2 factor is made
+// another way), and a method without factors ignores them.
+TEST(Config, SplitWidthCountsOnlyWhereAFactorReachesIt) {
+  const std::vector<std::int32_t> ids{5, 6, 7};
+  const auto hash = [&](const std::vector<std::string>& o, std::int64_t widest) {
+    return app::prune_config_hash(app::load_config("", o), ids, DType::f32, widest);
+  };
+  const std::vector<std::string> dflt{}, off{"sparsegpt.split_width=0"}, tile{"sparsegpt.tile=512"};
+  EXPECT_EQ(hash(dflt, 4096), hash(off, 4096));
+  EXPECT_EQ(hash(tile, 4096), hash(off, 4096));
+  EXPECT_NE(hash(dflt, 49152), hash(off, 49152));
+  EXPECT_NE(hash(tile, 49152), hash(dflt, 49152));
+  EXPECT_EQ(hash({"prune.method=wanda"}, 49152), hash({"prune.method=wanda", "sparsegpt.split_width=0"}, 49152));
 }
 
 TEST(Config, UnknownKeysNameTheirPath) {

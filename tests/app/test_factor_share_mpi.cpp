@@ -88,6 +88,27 @@ TEST(SharedFactors, WideFactorsAreMadeByAllRanksWithTheOneRankBits) {
   EXPECT_EQ(owners, (std::vector<int>{whole[0], -1, whole[1], -1}));
 }
 
+// A pivot that no damping fixes, in the last panel of a shared factor (owned by rank 1 at 2 ranks,
+// by rank 3 at 4): every rank stops with the same error, none waits for a panel.
+TEST(SharedFactors, AnIndefiniteSharedFactorFailsEveryRankAlike) {
+  auto be = make_cpu_backend(1);
+  Tensor h = spd(128, 40);
+  h.f32()[0] = -1000.0f;  // row 0 is the flipped matrix's last row: panel 3 of 4 (tile 32)
+  std::vector<app::FactorJob> jobs{{0, "layer 9 fc2", &h}};
+  app::FactorSettings s;
+  s.split_width = 100;
+  s.tile = 32;
+  s.max_tries = 2;
+  try {
+    app::SharedFactors shared(*be, *g_world, jobs, s);
+    shared.get(0);
+    FAIL() << "no error on rank " << g_world->rank();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("layer 9 fc2: the Hessian could not be factorised after 2 tries"), std::string::npos) << msg;
+  }
+}
+
 TEST(SharedFactors, AFailureOnItsOwnerFailsEveryRank) {
   auto be = make_cpu_backend(1);
   Tensor good = spd(32, 1), bad = spd(64, 2);

@@ -230,7 +230,19 @@ TEST(Plan, SharedFactorsSplitTheirPanelsOverTheDataRanks) {
   const I w = 256;
   EXPECT_EQ(recv(p2, 0), w * w * 4 + 2 * (w * (w + w) + w * (2 * w + w)) * 4);    // panels 1, 2
   EXPECT_EQ(recv(p2, 1), 2 * w * w * 4 + 2 * (w * w + w * (3 * w + w)) * 4);      // panels 0, 3
-  EXPECT_EQ(mem(p1, 0, "factorisation"), (1024 * 1024 + 3 * w * w) * 4);  // + three scratch tiles
+  // + three scratch tiles and the inverses of the rank's 4 diagonal tiles.
+  EXPECT_EQ(mem(p1, 0, "factorisation"), (1024 * 1024 + 7 * w * w) * 4);
+  // Time: the ranks meet at every panel, so per panel its owner's diagonal work (the Cholesky
+  // step 2 w² c + w³/3 and the inverse's 2 w² c) and every rank's tile inverse (w³/3), then in
+  // each phase the busiest rank's work on later panels. Two ranks, in w³: panel 0: 1/3 + 1/3 +
+  // 2 x 4 (rank 1 has panels 1, 2); panel 1: 7/3 + 1/3 + 2 + 2 x 4; panel 2: 13/3 + 1/3 + 4 +
+  // 2 x 6; panel 3: 19/3 + 1/3 + 6: 54 + 2/3. One rank: its own FLOPs.
+  const auto path = [](const json& p, int r) {
+    return p["ranks"][r]["flops_per_layer"]["factorisation_critical_path"].get<double>();
+  };
+  EXPECT_DOUBLE_EQ(path(p1, 0), flops(p1, 0));
+  EXPECT_DOUBLE_EQ(path(p2, 0), 2 * small + (54.0 + 2.0 / 3.0) * w3);
+  EXPECT_DOUBLE_EQ(path(p2, 1), small + (54.0 + 2.0 / 3.0) * w3);
 }
 
 // LLM Surgeon: each pruned linear is scored and updated by one rank, so a rank holds the inverses

@@ -67,6 +67,20 @@ TEST_P(BackendOps, TileOpsOnRectangles) {
   EXPECT_REL_NEAR(down(c), want, Tol::f32);
   EXPECT_THROW(be->gemm_block(Trans::no, Trans::no, 1.0f, c, {0, 0, 4, 4}, c, {0, 0, 4, 4}, 0.0f, c, {18, 14, 4, 4}),
                Error);  // outside c
+  // A B^T, beta 0 (C is not read: NaN there must not leak): rows [4, 9) columns [1, 8) of a
+  // times rows [3, 7) columns [2, 9) of b, transposed.
+  const std::int64_t m2 = 5, k2 = 7, n2 = 4;
+  Vec want_nt(static_cast<std::size_t>(m2 * n2));
+  for (std::int64_t i = 0; i < m2; ++i)
+    for (std::int64_t j = 0; j < n2; ++j) {
+      double s = 0;
+      for (std::int64_t p = 0; p < k2; ++p) s += a[(4 + i) * 20 + 1 + p] * b[(3 + j) * 30 + 2 + p];
+      want_nt[i * n2 + j] = s;
+    }
+  Tensor nt = up(Vec(static_cast<std::size_t>(m2 * n2), std::numeric_limits<double>::quiet_NaN()), {m2, n2});
+  be->gemm_block(Trans::no, Trans::yes, 1.0f, up(a, {30, 20}), {4, 1, m2, k2}, up(b, {12, 30}), {3, 2, n2, k2}, 0.0f,
+                 nt, {0, 0, m2, n2});
+  EXPECT_REL_NEAR(down(nt), want_nt, Tol::f32);
 
   Tensor dst = up(c0, {20, 16});
   be->copy_block(up(a, {30, 20}), {7, 2, 4, 5}, dst, 11, 10);
@@ -87,7 +101,9 @@ TEST_P(BackendOps, TileOpsOnRectangles) {
     for (std::int64_t j = 0; j < d; ++j) {
       double s = 0;
       for (std::int64_t p = j; p <= i; ++p) s += l[i * d + p] * x[p * d + j];
-      if (j > i) EXPECT_EQ(x[i * d + j], 0.0);
+      if (j > i) {
+        EXPECT_EQ(x[i * d + j], 0.0);
+      }
       worst = std::max(worst, std::fabs((j <= i ? s : 0.0) - (i == j ? 1.0 : 0.0)));
     }
   EXPECT_LT(worst, 1e-5);  // L X = I to fp32 rounding (|L| <= 4, d = 40)

@@ -44,9 +44,13 @@ class SyntheticSource final : public model::WeightSource {
     Tensor t = Tensor::empty(shapes_.at(name));
     const auto h = std::hash<std::string>{}(name);
     for (std::int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>((h + 7 * i) % 1000) / 1000.0f;
-    return t;
+    if (!float64) return t;
+    Tensor d = Tensor::empty(t.shape(), DType::f64);
+    for (std::int64_t i = 0; i < t.numel(); ++i) d.f64()[i] = t.f32()[i];
+    return d;
   }
   std::string failing;
+  bool float64 = false;  // store every tensor as F64
   mutable std::atomic<int> reads{0};
   mutable std::atomic<bool> failed{false};
 
@@ -73,14 +77,16 @@ bool same(Backend& be, const model::LayerWeights& a, const model::LayerWeights& 
 }
 
 // On each backend (the cuda one copies through its Uploader's pinned buffers and copy stream),
-// in fp32 and in a 2-byte forward dtype (the stored f32 tensors are then rounded on the device).
-class ModelPrefetchOn : public ::testing::TestWithParam<std::tuple<std::string, DType>> {};
+// in fp32 and in a 2-byte forward dtype (the stored tensors are then rounded on the device), from
+// F32 and from F64 stored tensors.
+class ModelPrefetchOn : public ::testing::TestWithParam<std::tuple<std::string, DType, bool>> {};
 
 TEST_P(ModelPrefetchOn, SameWeightsAsAReadOnDemand) {
   const auto spec = tiny();
   std::unique_ptr<Backend> be;
   SCALPEL_BACKEND_OR_SKIP(be, std::get<0>(GetParam()), 1);
   auto src = std::make_shared<SyntheticSource>(spec);
+  src->float64 = std::get<2>(GetParam());
   model::Model plain(spec, src, *be, 0), pre(spec, src, *be, 0);
   plain.set_forward_dtype(std::get<1>(GetParam()));
   pre.set_forward_dtype(std::get<1>(GetParam()));
@@ -98,9 +104,10 @@ TEST_P(ModelPrefetchOn, SameWeightsAsAReadOnDemand) {
 
 INSTANTIATE_TEST_SUITE_P(All, ModelPrefetchOn,
                          ::testing::Combine(::testing::ValuesIn(test_backends()),
-                                            ::testing::Values(DType::f32, DType::f16)),
+                                            ::testing::Values(DType::f32, DType::f16), ::testing::Bool()),
                          [](const auto& info) {
-                           return std::get<0>(info.param) + "_" + std::string(dtype_name(std::get<1>(info.param)));
+                           return std::get<0>(info.param) + "_" + std::string(dtype_name(std::get<1>(info.param))) +
+                                  (std::get<2>(info.param) ? "_storedF64" : "");
                          });
 
 TEST(ModelPrefetch, AReadErrorSurfacesWhenTheLayerIsAskedFor) {

@@ -1,4 +1,4 @@
-// prune::shared_inverse_cholesky_upper on one rank (tests/prune/test_split_factor_mpi.cpp runs it
+// prune::shared_inverse_cholesky_upper on one rank (tests/app/test_factor_share_mpi.cpp runs it
 // over several): U is upper triangular with H⁻¹ = UᵀU, checked against a float64 reference for
 // tilings that divide n and that leave a ragged last panel, next to Backend::inverse_cholesky_upper
 // (the factor it replaces for wide Hessians); the same bits at any thread count; an indefinite H
@@ -107,7 +107,7 @@ TEST(SplitFactorCpu, TheSameBitsAtAnyThreadCount) {
 TEST(SplitFactorCpu, AnIndefiniteMatrixIsRefused) {
   const std::int64_t n = 100;
   Vec h = spd(n, 5);
-  h[static_cast<std::size_t>(10 * n + 10)] = -5.0;  // a negative pivot inside the first panel
+  h[static_cast<std::size_t>(10 * n + 10)] = -5.0;  // a negative pivot (row 89 after the flip: panel 2)
   auto be = make_cpu_backend(1);
   dist::SelfComm self;
   Tensor u = to_tensor(h, {n, n});

@@ -28,17 +28,21 @@ inline int panel_owner(std::int64_t i, int ranks) {
 // step: panel j (rows [c, c + w)) costs its owner the diagonal update 2 w² c and Cholesky w³/3,
 // every rank its inverse w³/3; each later panel i of the rank 2 w_i w (c + w) (update and
 // solve); forming L⁻¹ costs the owner 2 w² c and each later panel i of the rank 2 w_i w (c + w).
-// Received: the other ranks' panels, w (c + w) fp32 values each, twice. (scalpel plan,
+// Received: the other ranks' panels, w (c + w) fp32 values each, twice. The ranks meet at every
+// panel's broadcast, so the time follows the critical path: per panel, its owner's diagonal work
+// (the others wait), then the busiest rank's work on its later panels; critical_flops counts
+// that (the same on every rank; the broadcasts' latency is not in it). (scalpel plan,
 // bench_layer.)
 struct SharedFactorCost {
-  double flops = 0, recv_bytes = 0;
+  double flops = 0, recv_bytes = 0, critical_flops = 0;
 };
 SharedFactorCost shared_factor_cost(std::int64_t n, std::int64_t tile, int ranks, int r);
 
 // In place: h, the damped Hessian [n, n] (the same on every rank of `team`), becomes U on every
 // rank. Returns false, on every rank alike, when a pivot is not positive or U is not finite (h is
-// then undefined). Memory: h itself plus three tile x tile scratch tiles and, with several ranks,
-// one panel (tile x n); the work per rank is about (2/3 n³) / ranks.
+// then undefined). Memory: h itself, three tile x tile scratch tiles and the inverse diagonal
+// tiles of this rank's panels, and with several ranks one panel (tile x n) in flight (two through
+// host memory); the work per rank is about (2/3 n³) / ranks.
 bool shared_inverse_cholesky_upper(Backend& be, Tensor& h, std::int64_t tile, dist::Comm& team);
 
 }  // namespace scalpel::prune

@@ -4,9 +4,9 @@
 // legacy stream is computing. While one buffer's bytes cross the bus the other is filled.
 //
 // Device memory comes from the backend's caching allocator, whose freed blocks may still be read
-// by work queued on the legacy stream: the copy stream therefore first waits for everything that
-// stream holds at the start of a batch (an event), and the batch ends with the copy stream
-// synchronised, so the tensors handed back are complete.
+// by work queued on the legacy stream: a batch therefore allocates all of its tensors first, then
+// makes the copy stream wait for everything the legacy stream holds at that point (an event), and
+// ends with the copy stream synchronised, so the tensors handed back are complete.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -62,16 +62,18 @@ class CudaUploader final : public Uploader {
   std::vector<Tensor> upload(const std::vector<Tensor>& host) override {
     std::lock_guard<std::mutex> lock(mu_);
     check(cudaSetDevice(device_), "SetDevice");  // per thread: this one may be new
-    check(cudaEventRecord(queued_, cudaStreamLegacy), "EventRecord");
-    check(cudaStreamWaitEvent(stream_, queued_, 0), "StreamWaitEvent");
     std::vector<Tensor> out;
     out.reserve(host.size());
     for (const auto& h : host) {
       SCALPEL_CHECK(h.device() == Device::cpu, "upload of a tensor that is not in host memory");
-      Tensor d = alloc_(h.shape(), h.dtype());
-      copy(static_cast<const std::byte*>(h.raw()), static_cast<std::byte*>(d.raw()), h.nbytes());
-      out.push_back(std::move(d));
+      out.push_back(alloc_(h.shape(), h.dtype()));
     }
+    // Every block is ours now; work queued on the legacy stream before it was freed is queued
+    // before this event, so no copy starts until it is done.
+    check(cudaEventRecord(queued_, cudaStreamLegacy), "EventRecord");
+    check(cudaStreamWaitEvent(stream_, queued_, 0), "StreamWaitEvent");
+    for (std::size_t i = 0; i < host.size(); ++i)
+      copy(static_cast<const std::byte*>(host[i].raw()), static_cast<std::byte*>(out[i].raw()), host[i].nbytes());
     check(cudaStreamSynchronize(stream_), "StreamSynchronize");
     return out;
   }
