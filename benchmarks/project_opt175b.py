@@ -47,7 +47,9 @@ def main():
     plan = json.loads(subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout)
     rank = plan["ranks"][0]
     flops = rank["flops_per_layer"]
-    per_layer = {k: flops[k] / (rates[k] * 1e9) for k in rates}
+    # A shared factor's time follows its critical path (the ranks wait at every panel).
+    timed_flops = dict(flops, factorisation=flops.get("factorisation_critical_path", flops["factorisation"]))
+    per_layer = {k: timed_flops[k] / (rates[k] * 1e9) for k in rates}
     compute = sum(per_layer.values())
     comm, read = rank["seconds_per_layer"]["comm"], rank["seconds_per_layer"]["read"]
     # The next layer's read overlaps this one's work (Model::prefetch), as the plan counts it.
