@@ -89,6 +89,8 @@ case $MODE in
         # reconstruction error, then the fp32 forward
     step bench_factor_49152 build/bin/bench_factor --device cuda --width 49152 --tile 1024 --repeats 2 \
       --out "$OUT/bench_factor_cuda_49152.json"
+    step bench_factor_49152_t512 build/bin/bench_factor --device cuda --width 49152 --tile 512 --repeats 2 \
+      --out "$OUT/bench_factor_cuda_49152_t512.json"
     step e2e_opt175b_layer benchmarks/bench_e2e.sh --device cuda --ceilings --out "$OUT/e2e_opt175b_layer.json"
     step e2e_opt175b_layer_noerr benchmarks/bench_e2e.sh --device cuda --set output.reconstruction_error=false \
       --out "$OUT/e2e_opt175b_layer_noerr.json"
