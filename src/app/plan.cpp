@@ -237,414 +237,444 @@ I forward_bytes(const PlanInput& in) {
   return want == "auto" && in.dtype_bytes == 2 ? 2 : 4;
 }
 
-json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
-  const Config& cfg = in.cfg;
-  SCALPEL_CHECK_INPUT(in.world >= 1, "--ranks must be >= 1, got {}", in.world);
-  // ---- grid (the same rules and messages as dist::make_grid) ----
-  const int S = cfg.parallel.stages;
-  SCALPEL_CHECK_INPUT(S >= 1, "config: 'parallel.stages' must be >= 1, got {}", S);
-  int D = cfg.parallel.data;
-  if (D == 0) {
-    SCALPEL_CHECK_INPUT(in.world % S == 0,
-                        "config: 'parallel.stages' {} does not divide the {} ranks of the job (world = stages x data)",
-                        S, in.world);
-    D = in.world / S;
+namespace {
+
+// ---- make_plan in parts: the job, the rates, the per-layer terms every rank shares, a stage's
+// reads and writes, and per rank its memory phases, its FLOPs and its times. ----
+
+// The grid (the same rules and messages as dist::make_grid), the job's settings and the stored
+// sizes.
+struct Job {
+  const model::ModelSpec& spec;
+  const PlanInput& in;
+  const Config& cfg;
+  int S = 1, D = 1;
+  bool sparsegpt = false, wanda = false, strict = false;
+  I copies = 1, T = 0, N = 0, B = 0, bs = 0, chunks = 0;
+  std::vector<Group> groups;
+
+  Job(const model::ModelSpec& sp, const PlanInput& pi) : spec(sp), in(pi), cfg(pi.cfg) {
+    SCALPEL_CHECK_INPUT(in.world >= 1, "--ranks must be >= 1, got {}", in.world);
+    S = cfg.parallel.stages;
+    SCALPEL_CHECK_INPUT(S >= 1, "config: 'parallel.stages' must be >= 1, got {}", S);
+    D = cfg.parallel.data;
+    if (D == 0) {
+      SCALPEL_CHECK_INPUT(in.world % S == 0,
+                          "config: 'parallel.stages' {} does not divide the {} ranks of the job (world = stages x data)",
+                          S, in.world);
+      D = in.world / S;
+    }
+    SCALPEL_CHECK_INPUT(static_cast<I>(S) * D == in.world,
+                        "config: 'parallel.stages' {} x 'parallel.data' {} = {} ranks, but the job has {} (world = "
+                        "stages x data)",
+                        S, D, static_cast<I>(S) * D, in.world);
+    SCALPEL_CHECK_INPUT(S <= spec.layers, "config: 'parallel.stages' {} exceeds the model's {} layers (a stage owns at "
+                        "least one layer)", S, spec.layers);
+    sparsegpt = cfg.prune.method == "sparsegpt";
+    wanda = cfg.prune.method == "wanda";
+    strict = cfg.determinism == "strict";
+    copies = cfg.prune.propagation == "dense" ? 2 : 1;
+    T = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
+    SCALPEL_CHECK_INPUT(T <= spec.max_positions,
+                        "config: 'calibration.seqlen' {} exceeds the model's max_position_embeddings {}", T,
+                        spec.max_positions);
+    N = cfg.calibration.nsamples;
+    B = cfg.calibration.batch;
+    bs = cfg.prune.blocksize;
+    chunks = ceil_div(N, B);
+    groups = target_groups(spec, cfg.prune.targets);
   }
-  SCALPEL_CHECK_INPUT(static_cast<I>(S) * D == in.world,
-                      "config: 'parallel.stages' {} x 'parallel.data' {} = {} ranks, but the job has {} (world = "
-                      "stages x data)",
-                      S, D, static_cast<I>(S) * D, in.world);
-  SCALPEL_CHECK_INPUT(S <= spec.layers, "config: 'parallel.stages' {} exceeds the model's {} layers (a stage owns at "
-                      "least one layer)", S, spec.layers);
-
-  // ---- job ----
-  const std::string& method = cfg.prune.method;
-  const bool sparsegpt = method == "sparsegpt", wanda = method == "wanda";
   // Factors made by all data ranks together (prune/split_factor.hpp).
-  const auto shared_factor = [&](I width) {
+  bool shared_factor(I width) const {
     return sparsegpt && cfg.sparsegpt.split_width > 0 && width >= cfg.sparsegpt.split_width;
-  };
-  const bool strict = cfg.determinism == "strict";
-  const bool dense_prop = cfg.prune.propagation == "dense";
-  const I copies = dense_prop ? 2 : 1;
-  const I T = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
-  SCALPEL_CHECK_INPUT(T <= spec.max_positions,
-                      "config: 'calibration.seqlen' {} exceeds the model's max_position_embeddings {}", T,
-                      spec.max_positions);
-  const I N = cfg.calibration.nsamples, B = cfg.calibration.batch, bs = cfg.prune.blocksize;
-  const I chunks = ceil_div(N, B);
-  const auto groups = target_groups(spec, cfg.prune.targets);
-  const I h = spec.hidden;
-  const I qdim = spec.heads * spec.head_dim;
+  }
+  I stored(const TensorRef& t) const {
+    auto it = in.tensor_bytes.find(t.name);
+    return it != in.tensor_bytes.end() ? it->second : t.numel * in.dtype_bytes;
+  }
+  I stored_sum(const std::vector<TensorRef>& ts) const {
+    I b = 0;
+    for (const auto& t : ts) b += stored(t);
+    return b;
+  }
+};
 
-  // ---- rates ----
-  double gflops = in.gflops;
-  std::string gflops_note = "given";
-  if (gflops <= 0) {
+struct Rates {
+  double gflops = 0, forward_gflops = 0, stats_gflops = 0, net = 0, rd = 0;
+  std::string note = "given";
+  I fb = 4;  // bytes per forward value
+};
+
+Rates plan_rates(const Job& job) {
+  const Config& cfg = job.cfg;
+  Rates r;
+  r.gflops = job.in.gflops;
+  if (r.gflops <= 0) {
     if (cfg.device == "cuda") {
-      gflops = kCudaGflops;
-      gflops_note = "cuda default: an A100's FP32 peak without TF32";
+      r.gflops = kCudaGflops;
+      r.note = "cuda default: an A100's FP32 peak without TF32";
     } else {
       int threads = cfg.threads;
       if (threads <= 0) {
         const int cores = std::max(1u, std::thread::hardware_concurrency());
-        threads = std::max(1, cores / std::min(cores, in.world));
-        gflops_note = fmt::format("cpu default: {} GFLOP/s x {} thread(s); threads 0 = this machine's {} cores / ranks",
-                                  kCpuGflopsPerThread, threads, cores);
+        threads = std::max(1, cores / std::min(cores, job.in.world));
+        r.note = fmt::format("cpu default: {} GFLOP/s x {} thread(s); threads 0 = this machine's {} cores / ranks",
+                             kCpuGflopsPerThread, threads, cores);
       } else {
-        gflops_note = fmt::format("cpu default: {} GFLOP/s x {} thread(s)", kCpuGflopsPerThread, threads);
+        r.note = fmt::format("cpu default: {} GFLOP/s x {} thread(s)", kCpuGflopsPerThread, threads);
       }
-      gflops = kCpuGflopsPerThread * threads;
+      r.gflops = kCpuGflopsPerThread * threads;
     }
   }
   // A 2-byte forward on a GPU runs its GEMMs on tensor cores: an A100's dense FP16 peak is 16x its
   // FP32 peak (312 against 19.5 TFLOP/s), the ratio applied to the forward's FLOPs.
-  const I fb = forward_bytes(in);
-  const bool tensor_cores = fb == 2 && cfg.device == "cuda";
-  const double forward_gflops = gflops * (tensor_cores ? 16.0 : 1.0);
+  r.fb = forward_bytes(job.in);
+  const bool tensor_cores = r.fb == 2 && cfg.device == "cuda";
+  r.forward_gflops = r.gflops * (tensor_cores ? 16.0 : 1.0);
   // The Hessians of 2-byte activations: one full tensor-core GEMM (twice SYRK's FLOPs) per batch.
-  const double stats_gflops = tensor_cores ? forward_gflops / 2 : gflops;
-  const double net = in.net_gbps > 0 ? in.net_gbps : kNetGbps;
-  const double rd = in.read_gbps > 0 ? in.read_gbps : kReadGbps;
+  r.stats_gflops = tensor_cores ? r.forward_gflops / 2 : r.gflops;
+  r.net = job.in.net_gbps > 0 ? job.in.net_gbps : kNetGbps;
+  r.rd = job.in.read_gbps > 0 ? job.in.read_gbps : kReadGbps;
+  return r;
+}
 
-  auto stored = [&](const TensorRef& t) -> I {
-    auto it = in.tensor_bytes.find(t.name);
-    return it != in.tensor_bytes.end() ? it->second : t.numel * in.dtype_bytes;
-  };
-  auto stored_sum = [&](const std::vector<TensorRef>& ts) {
-    I b = 0;
-    for (const auto& t : ts) b += stored(t);
-    return b;
-  };
-
-  // ---- per layer, the same on every rank ----
-  I linear_weights = 0, qkv_out = 0;
-  for (const auto& l : spec.linears()) {
-    linear_weights += l.out * l.in;
-    if (l.input_group == 0) qkv_out += l.out;
-  }
-  const I layer32 = spec.layer_params() * fb;  // one copy of a decoder layer in the forward dtype
-  I allreduce_bytes = 0, allgather_bytes = 0;
+// Per layer, the same on every rank: each input group's memory terms and traffic, the
+// statistics passes and who factorises what.
+struct LayerModel {
+  I linear_weights = 0, qkv_out = 0, layer32 = 0, allreduce_bytes = 0, allgather_bytes = 0, forward_passes = 0;
   json groups_json = json::array();
   // stats_bytes: what the statistics of an input hold while collected (until the all-reduce);
   // kept_bytes: what stays while its linears are pruned (strict: the bins are freed once reduced
   // into the fp32 Hessian; the scratch stays with the statistics object).
   std::vector<I> stats_bytes, kept_bytes, factor_bytes, sweep_bytes, gathered_bytes;
-  for (const auto& g : groups) {
-    const I d = g.cols;
-    // (c) while collected: each batch's fp32 xᵀx (scratch) and the running sum over the upper
-    // triangle: float64 (fast: 8 bytes per entry) or exact bins (strict: 3 int64); Wanda's vector
-    // likewise. Once reduced, only the fp32 Hessian (and vector) stays.
-    const I kept = d * d * 4 + (wanda ? d * 4 : 0);
-    const I acc = strict ? 12 * d * (d + 1) + (wanda ? 24 * d : 0) : 4 * d * (d + 1) + (wanda ? 8 * d : 0);
-    const I st = std::max(d * d * 4 + (wanda ? d * 4 : 0) + acc, kept + acc);  // accumulating / finishing
-    // Summed over the data group: the float64 sums, or the exact bins; with more than one data
-    // rank, unstructured thresholds are chosen over all rows by three all-reduced histograms of
-    // 4096 + 1024 + 1024 int64 (per 128-column block for SparseGPT, per matrix for magnitude).
-    I ar = acc;
-    const bool unstructured = cfg.prune.pattern == "unstructured";
-    if (D > 1 && unstructured && (sparsegpt || method == "magnitude"))
-      ar += static_cast<I>(g.linears.size()) * (sparsegpt ? ceil_div(d, bs) : 1) * 6144 * 8;
-    I sweep = 0, gathered = 0;
-    json lin = json::array();
-    for (const auto& l : g.linears) {
-      const I rs = ceil_div(l.out, D);  // the largest row slice
-      sweep = std::max(sweep, rs * d * 4 + rs * d + (sparsegpt ? rs * bs * 4 : 0));
-      gathered = std::max(gathered, l.out * d * (4 + in.dtype_bytes + 1));  // stored + mask on the host, fp32 on the device
-      allgather_bytes += l.out * d * (in.dtype_bytes + 1);  // rows in the stored dtype + 1-byte mask
-      lin.push_back({{"name", l.name}, {"rows", l.out}, {"cols", l.in}, {"row_slice", rs}});
-    }
-    stats_bytes.push_back(st);
-    kept_bytes.push_back(kept);
-    // A shared factor (split_factor.hpp) also holds three tile x tile scratch tiles, the inverse
-    // diagonal tiles of the rank's panels, and with several ranks one panel in flight (two
-    // through host memory).
-    const I tile = std::min(cfg.sparsegpt.tile, d);
-    const I own_tiles = ceil_div(ceil_div(d, tile), D);
-    factor_bytes.push_back(!sparsegpt ? 0
-                                      : d * d * 4 + (shared_factor(d) ? (3 + own_tiles) * tile * tile * 4 +
-                                                                            (D > 1 ? 2 * tile * d * 4 : 0)
-                                                                      : 0));
-    sweep_bytes.push_back(sweep);
-    gathered_bytes.push_back(gathered);
-    allreduce_bytes += ar;
-    groups_json.push_back({{"label", g.label},
-                           {"linears", lin},
-                           {"cols", d},
-                           {"statistics_bytes", st},
-                           {"statistics_kept_bytes", kept},
-                           {"factorisation_bytes", factor_bytes.back()},
-                           {"sweep_bytes", sweep},
-                           {"gathered_bytes", gathered},
-                           {"allreduce_bytes", ar}});
-  }
-  // Statistics passes: all groups at once, or one per group with true_sequential.
   std::vector<std::vector<std::size_t>> passes;
-  if (cfg.prune.true_sequential) {
-    for (std::size_t i = 0; i < groups.size(); ++i) passes.push_back({i});
-  } else {
-    passes.emplace_back();
-    for (std::size_t i = 0; i < groups.size(); ++i) passes.back().push_back(i);
+  std::vector<int> owner;  // the data rank that factorises each group (-1: all of them, shared)
+};
+
+// One input group's terms, appended to lm.
+void add_group(const Job& job, const Group& g, LayerModel& lm) {
+  const Config& cfg = job.cfg;
+  const I d = g.cols, D = job.D, bs = job.bs;
+  const bool wanda = job.wanda, sparsegpt = job.sparsegpt;
+  // (c) while collected: each batch's fp32 xᵀx (scratch) and the running sum over the upper
+  // triangle: float64 (fast: 8 bytes per entry) or exact bins (strict: 3 int64); Wanda's vector
+  // likewise. Once reduced, only the fp32 Hessian (and vector) stays.
+  const I kept = d * d * 4 + (wanda ? d * 4 : 0);
+  const I acc = job.strict ? 12 * d * (d + 1) + (wanda ? 24 * d : 0) : 4 * d * (d + 1) + (wanda ? 8 * d : 0);
+  const I st = std::max(d * d * 4 + (wanda ? d * 4 : 0) + acc, kept + acc);  // accumulating / finishing
+  // Summed over the data group: the float64 sums, or the exact bins; with more than one data
+  // rank, unstructured thresholds are chosen over all rows by three all-reduced histograms of
+  // 4096 + 1024 + 1024 int64 (per 128-column block for SparseGPT, per matrix for magnitude).
+  I ar = acc;
+  const bool unstructured = cfg.prune.pattern == "unstructured";
+  if (D > 1 && unstructured && (sparsegpt || cfg.prune.method == "magnitude"))
+    ar += static_cast<I>(g.linears.size()) * (sparsegpt ? ceil_div(d, bs) : 1) * 6144 * 8;
+  I sweep = 0, gathered = 0;
+  json lin = json::array();
+  for (const auto& l : g.linears) {
+    const I rs = ceil_div(l.out, D);  // the largest row slice
+    sweep = std::max(sweep, rs * d * 4 + rs * d + (sparsegpt ? rs * bs * 4 : 0));
+    gathered = std::max(gathered, l.out * d * (4 + job.in.dtype_bytes + 1));  // stored + mask on the host, fp32 on the device
+    lm.allgather_bytes += l.out * d * (job.in.dtype_bytes + 1);  // rows in the stored dtype + 1-byte mask
+    lin.push_back({{"name", l.name}, {"rows", l.out}, {"cols", l.in}, {"row_slice", rs}});
   }
-  const I forward_passes = static_cast<I>(passes.size()) + 1;  // statistics pass(es) + propagation
-  // The data rank that factorises each group (per pass, as the prune assigns them; -1: shared).
-  std::vector<int> owner(groups.size(), -1);
-  for (const auto& p : passes) {
+  // A shared factor (split_factor.hpp) also holds three tile x tile scratch tiles, the inverse
+  // diagonal tiles of the rank's panels, and with several ranks one panel in flight (two
+  // through host memory).
+  const I tile = std::min(cfg.sparsegpt.tile, d);
+  const I own_tiles = ceil_div(ceil_div(d, tile), D);
+  const I factor = !sparsegpt ? 0
+                              : d * d * 4 + (job.shared_factor(d)
+                                                 ? (3 + own_tiles) * tile * tile * 4 + (D > 1 ? 2 * tile * d * 4 : 0)
+                                                 : 0);
+  lm.stats_bytes.push_back(st);
+  lm.kept_bytes.push_back(kept);
+  lm.factor_bytes.push_back(factor);
+  lm.sweep_bytes.push_back(sweep);
+  lm.gathered_bytes.push_back(gathered);
+  lm.allreduce_bytes += ar;
+  lm.groups_json.push_back({{"label", g.label},
+                            {"linears", lin},
+                            {"cols", d},
+                            {"statistics_bytes", st},
+                            {"statistics_kept_bytes", kept},
+                            {"factorisation_bytes", factor},
+                            {"sweep_bytes", sweep},
+                            {"gathered_bytes", gathered},
+                            {"allreduce_bytes", ar}});
+}
+
+LayerModel layer_model(const Job& job, const Rates& rates) {
+  LayerModel lm;
+  for (const auto& l : job.spec.linears()) {
+    lm.linear_weights += l.out * l.in;
+    if (l.input_group == 0) lm.qkv_out += l.out;
+  }
+  lm.layer32 = job.spec.layer_params() * rates.fb;  // one copy of a decoder layer in the forward dtype
+  for (const auto& g : job.groups) add_group(job, g, lm);
+  // Statistics passes: all groups at once, or one per group with true_sequential.
+  const auto& groups = job.groups;
+  if (job.cfg.prune.true_sequential) {
+    for (std::size_t i = 0; i < groups.size(); ++i) lm.passes.push_back({i});
+  } else {
+    lm.passes.emplace_back();
+    for (std::size_t i = 0; i < groups.size(); ++i) lm.passes.back().push_back(i);
+  }
+  lm.forward_passes = static_cast<I>(lm.passes.size()) + 1;  // statistics pass(es) + propagation
+  // Per pass, as the prune assigns them: whole factors greedily, shared ones to all.
+  lm.owner.assign(groups.size(), -1);
+  for (const auto& p : lm.passes) {
     std::vector<I> widths;
     std::vector<std::size_t> whole;
     for (auto i : p)
-      if (!shared_factor(groups[i].cols)) {
+      if (!job.shared_factor(groups[i].cols)) {
         widths.push_back(groups[i].cols);
         whole.push_back(i);
       }
-    const auto o = factor_owners(widths, D);
-    for (std::size_t k = 0; k < whole.size(); ++k) owner[whole[k]] = o[k];
+    const auto o = factor_owners(widths, job.D);
+    for (std::size_t k = 0; k < whole.size(); ++k) lm.owner[whole[k]] = o[k];
   }
+  return lm;
+}
 
-  // ---- per rank ----
-  json ranks = json::array();
-  json peak = {{"bytes", -1}};
-  std::vector<double> stage_seconds(S, 0.0);
-  I total_read = 0;
-  double total_allreduce_sent = 0, total_gather_recv = 0;
-  std::vector<std::string> warnings;
-  I idle_data_ranks = 0;
-  for (int s = 0; s < S; ++s) {
-    const auto lr = dist::block_range(spec.layers, S, s);
-    const I nl = lr.end - lr.begin;
-    I read_layers = 0;
-    for (I l = lr.begin; l < lr.end; ++l) read_layers += stored_sum(layer_tensors(spec, l));
+// A stage's layers, reads, writes, embeddings/head and weight cache.
+struct StageModel {
+  dist::Range layers;
+  I nl = 0, read_layers = 0, read_extra = 0, embed32 = 0, write_layers = 0, cache = 0, next_layer = 0;
+};
+
+StageModel stage_model(const Job& job, const LayerModel& lm, int s) {
+  const auto& spec = job.spec;
+  StageModel st;
+  st.layers = dist::block_range(spec.layers, job.S, s);
+  const auto& lr = st.layers;
+  st.nl = lr.end - lr.begin;
+  for (I l = lr.begin; l < lr.end; ++l) st.read_layers += job.stored_sum(layer_tensors(spec, l));
+  if (s == 0) {
     const auto first = first_stage_tensors(spec);
+    st.read_extra += job.stored_sum(first);
+    st.embed32 += numel_of(first) * 4;
+  }
+  if (s == job.S - 1) {
     const auto last = last_stage_tensors(spec, s == 0);
-    I read_extra = 0, embed32 = 0;
-    if (s == 0) {
-      read_extra += stored_sum(first);
-      embed32 += numel_of(first) * 4;
-    }
-    if (s == S - 1) {
-      read_extra += stored_sum(last);
-      embed32 += numel_of(last) * 4;
-    }
-    I write_layers = 0;  // the stage's writer (data index 0): pruned weights as stored + packed masks
-    for (I l = lr.begin; l < lr.end; ++l)
-      for (const auto& g : groups)
-        for (const auto& lin : g.linears)
-          write_layers += stored({spec.layer_prefix(l) + lin.name + ".weight", lin.out * lin.in}) +
-                          ceil_div(lin.out * lin.in, 8);
-    const I cache_layers = layer32 > 0 ? std::min<I>((cfg.weight_cache_mb << 20) / layer32, nl) : 0;
-    const I cache = std::max<I>(0, cache_layers - 1) * layer32;
+    st.read_extra += job.stored_sum(last);
+    st.embed32 += numel_of(last) * 4;
+  }
+  // The stage's writer (data index 0): pruned weights as stored + packed masks.
+  for (I l = lr.begin; l < lr.end; ++l)
+    for (const auto& g : job.groups)
+      for (const auto& lin : g.linears)
+        st.write_layers += job.stored({spec.layer_prefix(l) + lin.name + ".weight", lin.out * lin.in}) +
+                           ceil_div(lin.out * lin.in, 8);
+  const I cache_layers = lm.layer32 > 0 ? std::min<I>((job.cfg.weight_cache_mb << 20) / lm.layer32, st.nl) : 0;
+  st.cache = std::max<I>(0, cache_layers - 1) * lm.layer32;
+  st.next_layer = st.nl > 1 ? job.stored_sum(layer_tensors(spec, lr.begin)) : 0;  // prefetched, as stored
+  return st;
+}
 
-    for (int d = 0; d < D; ++d) {
-      const int rank = s * D + d;
-      const auto cr = dist::block_range(chunks, D, d);
-      const I nseq = std::min(N, cr.end * B) - std::min(N, cr.begin * B);
-      if (s == 0 && nseq == 0) ++idle_data_ranks;
-      const I tok = nseq * T;
-      const I chunk = std::min(B, nseq);
+// A rank's memory: the base terms, then every phase of a layer (statistics, the prune of each
+// group, propagation); the largest phase is its peak.
+struct RankMemory {
+  json memory;
+  I peak = -1;
+  std::string peak_phase, peak_terms;
+};
 
-      // Memory terms.
-      const I act = tok * h * fb * copies;
-      const I weights = 2 * layer32;
-      const I next_layer = nl > 1 ? stored_sum(layer_tensors(spec, lr.begin)) : 0;  // prefetched, as stored
-      const I fwd = chunk * T * std::max(qkv_out, spec.ffn) * fb * 3;
-      const I attn = chunk * spec.heads * T * T * (fb == 2 ? 6 : 4);  // 2-byte: fp32 scores + 2-byte P
-      const I base = act + weights + next_layer + embed32 + cache;
-      json phases = json::object();
-      std::string peak_phase, peak_terms;
-      I rank_peak = -1, stats_max = 0, factor_max = 0, sweep_max = 0, gathered_max = 0;
-      // A phase: its terms (name, bytes) on top of the base ones; the largest is the rank's peak.
-      auto phase = [&](const std::string& name, const std::vector<std::pair<const char*, I>>& terms) {
-        I bytes = base;
-        std::string text = fmt::format("activations {}, layer weights {}", bytes_str(act), bytes_str(weights));
-        if (next_layer) text += fmt::format(", next layer {}", bytes_str(next_layer));
-        for (const auto& [what, b] : terms) {
-          bytes += b;
-          if (b) text += fmt::format(", {} {}", what, bytes_str(b));
-        }
-        if (embed32) text += fmt::format(", embeddings/head {}", bytes_str(embed32));
-        if (cache) text += fmt::format(", weight cache {}", bytes_str(cache));
-        phases[name] = bytes;
-        if (bytes > rank_peak) {
-          rank_peak = bytes;
-          peak_phase = name;
-          peak_terms = text;
-        }
-      };
-      for (const auto& p : passes) {
-        I st = 0, kept = 0;
-        for (auto i : p) {
-          st += stats_bytes[i];
-          kept += kept_bytes[i];
-        }
-        stats_max = std::max(stats_max, st);
-        phase(cfg.prune.true_sequential ? "statistics " + groups[p.front()].label : "statistics",
-              {{"statistics", st}, {"forward temporaries", fwd}, {"attention scores", attn}});
-        I pass_factors = 0;  // several data ranks: every factor of the pass is held from its start
-        for (auto i : p) pass_factors += factor_bytes[i];
-        for (auto i : p) {
-          const I factors = D > 1 ? pass_factors : factor_bytes[i];
-          factor_max = std::max(factor_max, factors);
-          sweep_max = std::max(sweep_max, sweep_bytes[i]);
-          gathered_max = std::max(gathered_max, gathered_bytes[i]);
-          phase("prune " + groups[i].label, {{"statistics", kept},
+RankMemory rank_memory(const Job& job, const Rates& rates, const LayerModel& lm, const StageModel& st, I tok,
+                       I chunk) {
+  const auto& spec = job.spec;
+  const I fb = rates.fb, T = job.T, D = job.D;
+  const I act = tok * spec.hidden * fb * job.copies;
+  const I weights = 2 * lm.layer32;
+  const I fwd = chunk * T * std::max(lm.qkv_out, spec.ffn) * fb * 3;
+  const I attn = chunk * spec.heads * T * T * (fb == 2 ? 6 : 4);  // 2-byte: fp32 scores + 2-byte P
+  const I base = act + weights + st.next_layer + st.embed32 + st.cache;
+  RankMemory m;
+  json phases = json::object();
+  I stats_max = 0, factor_max = 0, sweep_max = 0, gathered_max = 0;
+  // A phase: its terms (name, bytes) on top of the base ones.
+  auto phase = [&](const std::string& name, const std::vector<std::pair<const char*, I>>& terms) {
+    I bytes = base;
+    std::string text = fmt::format("activations {}, layer weights {}", bytes_str(act), bytes_str(weights));
+    if (st.next_layer) text += fmt::format(", next layer {}", bytes_str(st.next_layer));
+    for (const auto& [what, b] : terms) {
+      bytes += b;
+      if (b) text += fmt::format(", {} {}", what, bytes_str(b));
+    }
+    if (st.embed32) text += fmt::format(", embeddings/head {}", bytes_str(st.embed32));
+    if (st.cache) text += fmt::format(", weight cache {}", bytes_str(st.cache));
+    phases[name] = bytes;
+    if (bytes > m.peak) {
+      m.peak = bytes;
+      m.peak_phase = name;
+      m.peak_terms = text;
+    }
+  };
+  for (const auto& p : lm.passes) {
+    I stats = 0, kept = 0, pass_factors = 0;  // several data ranks: every factor of the pass from its start
+    for (auto i : p) {
+      stats += lm.stats_bytes[i];
+      kept += lm.kept_bytes[i];
+      pass_factors += lm.factor_bytes[i];
+    }
+    stats_max = std::max(stats_max, stats);
+    phase(job.cfg.prune.true_sequential ? "statistics " + job.groups[p.front()].label : "statistics",
+          {{"statistics", stats}, {"forward temporaries", fwd}, {"attention scores", attn}});
+    for (auto i : p) {
+      const I factors = D > 1 ? pass_factors : lm.factor_bytes[i];
+      factor_max = std::max(factor_max, factors);
+      sweep_max = std::max(sweep_max, lm.sweep_bytes[i]);
+      gathered_max = std::max(gathered_max, lm.gathered_bytes[i]);
+      phase("prune " + job.groups[i].label, {{"statistics", kept},
                                              {"factorisation", factors},
-                                             {"sweep", sweep_bytes[i]},
-                                             {"gathered weight", gathered_bytes[i]}});
-        }
-      }
-      phase("propagation", {{"forward temporaries", fwd}, {"attention scores", attn}});
+                                             {"sweep", lm.sweep_bytes[i]},
+                                             {"gathered weight", lm.gathered_bytes[i]}});
+    }
+  }
+  phase("propagation", {{"forward temporaries", fwd}, {"attention scores", attn}});
+  m.memory = {{"activations", act},       {"layer_weights", weights},  {"next_layer", st.next_layer},
+              {"forward_temporaries", fwd}, {"attention_scores", attn}, {"statistics", stats_max},
+              {"factorisation", factor_max}, {"sweep", sweep_max},      {"gathered", gathered_max},
+              {"embeddings_head", st.embed32}, {"weight_cache", st.cache}, {"phases", phases},
+              {"peak", m.peak},             {"peak_phase", m.peak_phase}};
+  return m;
+}
 
-      // FLOPs per layer.
-      const double t = static_cast<double>(tok);
-      const double f_forward =
-          static_cast<double>(forward_passes) * (2.0 * t * linear_weights + 4.0 * t * T * static_cast<double>(qdim));
-      double f_stats = 0, f_factor = 0, f_sweep = 0, f_error = 0;
-      double f_factor_path = 0;  // what the factorisations' time follows: shared ones' critical path
-      I factor_recv = 0;  // bytes of the factors other ranks own (broadcast to this one)
-      for (std::size_t gi = 0; gi < groups.size(); ++gi) {
-        const auto& g = groups[gi];
-        const double dd = static_cast<double>(g.cols);
-        f_stats += t * dd * dd + (wanda ? 2.0 * t * dd : 0.0);
-        if (sparsegpt && owner[gi] < 0) {
-          // Shared: this rank's panels, every diagonal tile's inverse, the other ranks' panels.
-          const auto sc = prune::shared_factor_cost(g.cols, cfg.sparsegpt.tile, D, d);
-          f_factor += sc.flops;
-          f_factor_path += sc.critical_flops;
-          factor_recv += static_cast<I>(sc.recv_bytes);
-        } else if (sparsegpt && owner[gi] == d) {
-          f_factor += 2.0 / 3.0 * dd * dd * dd;
-          f_factor_path += 2.0 / 3.0 * dd * dd * dd;
-        } else if (sparsegpt) {
-          factor_recv += factor_bytes[gi];
-        }
-        for (const auto& l : g.linears) {
-          const I rs = ceil_div(l.out, D);
-          f_sweep += sparsegpt ? lazy_update_flops(rs, g.cols, bs) + static_cast<double>(rs) * dd * (bs - 1)
+// A rank's FLOPs per layer, and the bytes of factors (or shared factors' panels) it receives.
+struct RankWork {
+  double forward = 0, stats = 0, factor = 0, factor_path = 0, sweep = 0, error = 0;
+  I factor_recv = 0;
+  double total() const { return forward + stats + factor + sweep + error; }
+};
+
+RankWork rank_work(const Job& job, const LayerModel& lm, I tok, int d) {
+  const Config& cfg = job.cfg;
+  const I D = job.D, bs = job.bs;
+  RankWork w;
+  const double t = static_cast<double>(tok);
+  w.forward = static_cast<double>(lm.forward_passes) *
+              (2.0 * t * lm.linear_weights + 4.0 * t * job.T * static_cast<double>(job.spec.heads * job.spec.head_dim));
+  for (std::size_t gi = 0; gi < job.groups.size(); ++gi) {
+    const auto& g = job.groups[gi];
+    const double dd = static_cast<double>(g.cols);
+    w.stats += t * dd * dd + (job.wanda ? 2.0 * t * dd : 0.0);
+    if (job.sparsegpt && lm.owner[gi] < 0) {
+      // Shared: this rank's panels, every diagonal tile's inverse, the other ranks' panels; the
+      // time follows the critical path (factor_path).
+      const auto sc = prune::shared_factor_cost(g.cols, cfg.sparsegpt.tile, job.D, d);
+      w.factor += sc.flops;
+      w.factor_path += sc.critical_flops;
+      w.factor_recv += static_cast<I>(sc.recv_bytes);
+    } else if (job.sparsegpt && lm.owner[gi] == d) {
+      w.factor += 2.0 / 3.0 * dd * dd * dd;
+      w.factor_path += 2.0 / 3.0 * dd * dd * dd;
+    } else if (job.sparsegpt) {
+      w.factor_recv += lm.factor_bytes[gi];
+    }
+    for (const auto& l : g.linears) {
+      const I rs = ceil_div(l.out, D);
+      w.sweep += job.sparsegpt ? lazy_update_flops(rs, g.cols, bs) + static_cast<double>(rs) * dd * (bs - 1)
                                : 2.0 * static_cast<double>(rs) * dd;
-          if (cfg.output.reconstruction_error) f_error += 4.0 * static_cast<double>(rs) * dd * dd;
-        }
-      }
-      const double f_total = f_forward + f_stats + f_factor + f_sweep + f_error;
+      if (cfg.output.reconstruction_error) w.error += 4.0 * static_cast<double>(rs) * dd * dd;
+    }
+  }
+  return w;
+}
 
-      // Communication per layer (ring all-reduce: 2 (D-1)/D of the buffer sent per rank; an
-      // all-gather receives the (D-1)/D of the matrices this rank did not prune).
-      const double frac = static_cast<double>(D - 1) / D;
-      const double ar_sent = 2.0 * frac * static_cast<double>(allreduce_bytes);
-      const double ag_recv = frac * static_cast<double>(allgather_bytes);
-      const I boundary = tok * h * fb * copies;
-      const I send = s < S - 1 ? boundary : 0, recv = s > 0 ? boundary : 0;
+// One rank's record: memory, reads and writes, traffic, FLOPs and seconds per layer and for its
+// stage.
+json rank_record(const Job& job, const Rates& rates, const LayerModel& lm, const StageModel& st, int s, int d) {
+  const I D = job.D;
+  const auto cr = dist::block_range(job.chunks, job.D, d);
+  const I nseq = std::min(job.N, cr.end * job.B) - std::min(job.N, cr.begin * job.B);
+  const I tok = nseq * job.T;
+  const auto mem = rank_memory(job, rates, lm, st, tok, std::min(job.B, nseq));
+  const auto w = rank_work(job, lm, tok, d);
 
-      const double read_per_layer = nl > 0 ? static_cast<double>(read_layers) / nl : 0;
-      const double sl_compute = (f_total - f_forward - f_stats - f_factor + f_factor_path) / (gflops * 1e9) +
-                                f_forward / (forward_gflops * 1e9) + f_stats / (stats_gflops * 1e9);
-      const double sl_comm = (ar_sent + ag_recv + static_cast<double>(factor_recv)) / (net * kGB);
-      const double sl_read = read_per_layer / (rd * kGB);
-      const double s_compute = sl_compute * nl;
-      const double s_comm = sl_comm * nl + static_cast<double>(send + recv) / (net * kGB);
-      const double s_read = static_cast<double>(read_layers + read_extra) / (rd * kGB);
-      // Model::prefetch reads (and uploads) the next layer while one works: past the first layer,
-      // a layer costs the longer of its work and the next one's read.
-      const double sl_work = sl_compute + sl_comm;
-      const double sl_total = nl > 1 ? std::max(sl_work, sl_read) : sl_work + sl_read;
-      const double s_read_hidden = static_cast<double>(std::max<I>(nl - 1, 0)) * std::min(sl_work, sl_read);
-      const double s_total = s_compute + s_comm + s_read - s_read_hidden;
-      stage_seconds[s] = std::max(stage_seconds[s], s_total);
-      total_read += read_layers + read_extra;
-      total_allreduce_sent += ar_sent * nl;
-      total_gather_recv += ag_recv * nl;
+  // Communication per layer (ring all-reduce: 2 (D-1)/D of the buffer sent per rank; an
+  // all-gather receives the (D-1)/D of the matrices this rank did not prune).
+  const double frac = static_cast<double>(D - 1) / D;
+  const double ar_sent = 2.0 * frac * static_cast<double>(lm.allreduce_bytes);
+  const double ag_recv = frac * static_cast<double>(lm.allgather_bytes);
+  const I boundary = tok * job.spec.hidden * rates.fb * job.copies;
+  const I send = s < job.S - 1 ? boundary : 0, recv = s > 0 ? boundary : 0;
 
-      json r = {
-          {"rank", rank},
+  const double nl = static_cast<double>(st.nl);
+  const double read_per_layer = st.nl > 0 ? static_cast<double>(st.read_layers) / nl : 0;
+  const double sl_compute = (w.total() - w.forward - w.stats - w.factor + w.factor_path) / (rates.gflops * 1e9) +
+                            w.forward / (rates.forward_gflops * 1e9) + w.stats / (rates.stats_gflops * 1e9);
+  const double sl_comm = (ar_sent + ag_recv + static_cast<double>(w.factor_recv)) / (rates.net * kGB);
+  const double sl_read = read_per_layer / (rates.rd * kGB);
+  const double s_compute = sl_compute * nl;
+  const double s_comm = sl_comm * nl + static_cast<double>(send + recv) / (rates.net * kGB);
+  const double s_read = static_cast<double>(st.read_layers + st.read_extra) / (rates.rd * kGB);
+  // Model::prefetch reads (and uploads) the next layer while one works: past the first layer,
+  // a layer costs the longer of its work and the next one's read.
+  const double sl_work = sl_compute + sl_comm;
+  const double sl_total = st.nl > 1 ? std::max(sl_work, sl_read) : sl_work + sl_read;
+  const double s_read_hidden = static_cast<double>(std::max<I>(st.nl - 1, 0)) * std::min(sl_work, sl_read);
+  const double s_total = s_compute + s_comm + s_read - s_read_hidden;
+
+  return {{"rank", s * D + d},
           {"stage", s},
           {"data_index", d},
-          {"layers", {lr.begin, lr.end}},
+          {"layers", {st.layers.begin, st.layers.end}},
           {"sequences", nseq},
           {"tokens", tok},
-          {"memory",
-           {{"activations", act},
-            {"layer_weights", weights},
-            {"next_layer", next_layer},
-            {"forward_temporaries", fwd},
-            {"attention_scores", attn},
-            {"statistics", stats_max},
-            {"factorisation", factor_max},
-            {"sweep", sweep_max},
-            {"gathered", gathered_max},
-            {"embeddings_head", embed32},
-            {"weight_cache", cache},
-            {"phases", phases},
-            {"peak", rank_peak},
-            {"peak_phase", peak_phase}}},
+          {"memory", mem.memory},
+          {"peak_terms", mem.peak_terms},
           {"io",
-           {{"read_bytes", read_layers + read_extra},
-            {"read_layers_bytes", read_layers},
-            {"read_embeddings_head_bytes", read_extra},
-            {"write_bytes", d == 0 ? write_layers : 0}}},
+           {{"read_bytes", st.read_layers + st.read_extra},
+            {"read_layers_bytes", st.read_layers},
+            {"read_embeddings_head_bytes", st.read_extra},
+            {"write_bytes", d == 0 ? st.write_layers : 0}}},
           {"comm_per_layer",
-           {{"allreduce_bytes", allreduce_bytes},
+           {{"allreduce_bytes", lm.allreduce_bytes},
             {"allreduce_sent_bytes", ar_sent},
-            {"allgather_bytes", allgather_bytes},
+            {"allgather_bytes", lm.allgather_bytes},
             {"allgather_received_bytes", ag_recv},
-            {"factor_broadcast_received_bytes", factor_recv}}},
+            {"factor_broadcast_received_bytes", w.factor_recv}}},
           {"stage_boundary", {{"send_bytes", send}, {"recv_bytes", recv}}},
           {"flops_per_layer",
-           {{"forward", f_forward},
-            {"statistics", f_stats},
-            {"factorisation", f_factor},
-            {"factorisation_critical_path", f_factor_path},
-            {"sweep", f_sweep},
-            {"error", f_error},
-            {"total", f_total}}},
-          {"seconds_per_layer",
-           {{"compute", sl_compute}, {"comm", sl_comm}, {"read", sl_read}, {"total", sl_total}}},
+           {{"forward", w.forward},
+            {"statistics", w.stats},
+            {"factorisation", w.factor},
+            {"factorisation_critical_path", w.factor_path},
+            {"sweep", w.sweep},
+            {"error", w.error},
+            {"total", w.total()}}},
+          {"seconds_per_layer", {{"compute", sl_compute}, {"comm", sl_comm}, {"read", sl_read}, {"total", sl_total}}},
           {"seconds",
-           {{"compute", s_compute}, {"comm", s_comm}, {"read", s_read}, {"read_hidden", s_read_hidden},
+           {{"compute", s_compute},
+            {"comm", s_comm},
+            {"read", s_read},
+            {"read_hidden", s_read_hidden},
             {"total", s_total}}}};
-      if (rank_peak > peak["bytes"].get<I>())
-        peak = {{"bytes", rank_peak}, {"gb", rank_peak / kGB}, {"rank", rank},         {"stage", s},
-                {"data_index", d},    {"phase", peak_phase},  {"breakdown", peak_terms}};
-      ranks.push_back(std::move(r));
-    }
-  }
-  if (idle_data_ranks > 0)
-    warnings.push_back(fmt::format(
-        "{} of {} data ranks hold no calibration sequences ({} sequences in {} chunks of calibration.batch {}): "
-        "lower calibration.batch to at most {} or use fewer data ranks",
-        idle_data_ranks, D, N, chunks, B, std::max<I>(1, N / D)));
+}
 
-  json stages = json::array();
-  double job_seconds = 0;
-  for (int s = 0; s < S; ++s) {
-    const auto lr = dist::block_range(spec.layers, S, s);
-    stages.push_back({{"stage", s},
-                      {"layers", {lr.begin, lr.end}},
-                      {"ranks", {s * D, s * D + D - 1}},
-                      {"seconds", stage_seconds[s]}});
-    job_seconds += stage_seconds[s];
-  }
-
+// The model, job, grid, calibration, rates and per-layer sections of the plan.
+json plan_header(const Job& job, const Rates& rates, const LayerModel& lm) {
+  const auto& spec = job.spec;
+  const Config& cfg = job.cfg;
   I stored_total = 0;
-  for (I l = 0; l < spec.layers; ++l) stored_total += stored_sum(layer_tensors(spec, l));
-  stored_total += stored_sum(first_stage_tensors(spec)) + stored_sum(last_stage_tensors(spec, true));
+  for (I l = 0; l < spec.layers; ++l) stored_total += job.stored_sum(layer_tensors(spec, l));
+  stored_total += job.stored_sum(first_stage_tensors(spec)) + job.stored_sum(last_stage_tensors(spec, true));
   const auto nm = parse_nm(cfg.prune.pattern);
-  const double limit = cfg.parallel.memory_gb;
-  const bool fits = limit <= 0 || static_cast<double>(peak["bytes"].get<I>()) <= limit * kGB;
-
   json plan;
-  plan["model"] = {{"name", in.model_name},
+  plan["model"] = {{"name", job.in.model_name},
                    {"model_type", spec.model_type},
                    {"layers", spec.layers},
-                   {"hidden", h},
+                   {"hidden", spec.hidden},
                    {"ffn", spec.ffn},
                    {"heads", spec.heads},
                    {"kv_heads", spec.kv_heads},
                    {"vocab", spec.vocab_size},
                    {"params", spec.total_params()},
-                   {"dtype", in.dtype_name},
-                   {"dtype_bytes", in.dtype_bytes},
+                   {"dtype", job.in.dtype_name},
+                   {"dtype_bytes", job.in.dtype_bytes},
                    {"stored_bytes", stored_total},
-                   {"sizes_from", in.tensor_bytes.empty() ? "config.json" : "safetensors headers"}};
-  plan["job"] = {{"method", method},
+                   {"sizes_from", job.in.tensor_bytes.empty() ? "config.json" : "safetensors headers"}};
+  plan["job"] = {{"method", cfg.prune.method},
                  {"sparsity", cfg.prune.sparsity},
                  {"pattern", cfg.prune.pattern},
                  {"label", nm ? cfg.prune.pattern : fmt::format("{:g}%", cfg.prune.sparsity * 100)},
@@ -652,23 +682,74 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
                  {"true_sequential", cfg.prune.true_sequential},
                  {"determinism", cfg.determinism},
                  {"device", cfg.device},
-                 {"blocksize", bs},
+                 {"blocksize", job.bs},
                  {"weight_cache_mb", cfg.weight_cache_mb}};
-  plan["grid"] = {{"world", in.world}, {"stages", S}, {"data", D}};
-  plan["calibration"] = {{"nsamples", N}, {"seqlen", T}, {"batch", B}, {"chunks", chunks}, {"tokens", N * T}};
-  plan["rates"] = {{"gflops", gflops},
-                   {"gflops_note", gflops_note},
-                   {"forward_gflops", forward_gflops},
-                   {"statistics_gflops", stats_gflops},
-                   {"forward_bytes", fb},
-                   {"net_gbps", net},
-                   {"read_gbps", rd}};
-  plan["per_layer"] = {{"groups", groups_json},
-                       {"linear_params", linear_weights},
+  plan["grid"] = {{"world", job.in.world}, {"stages", job.S}, {"data", job.D}};
+  plan["calibration"] = {
+      {"nsamples", job.N}, {"seqlen", job.T}, {"batch", job.B}, {"chunks", job.chunks}, {"tokens", job.N * job.T}};
+  plan["rates"] = {{"gflops", rates.gflops},
+                   {"gflops_note", rates.note},
+                   {"forward_gflops", rates.forward_gflops},
+                   {"statistics_gflops", rates.stats_gflops},
+                   {"forward_bytes", rates.fb},
+                   {"net_gbps", rates.net},
+                   {"read_gbps", rates.rd}};
+  plan["per_layer"] = {{"groups", lm.groups_json},
+                       {"linear_params", lm.linear_weights},
                        {"layer_params", spec.layer_params()},
-                       {"forward_passes", forward_passes},
-                       {"allreduce_bytes", allreduce_bytes},
-                       {"allgather_bytes", allgather_bytes}};
+                       {"forward_passes", lm.forward_passes},
+                       {"allreduce_bytes", lm.allreduce_bytes},
+                       {"allgather_bytes", lm.allgather_bytes}};
+  return plan;
+}
+
+}  // namespace
+
+json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
+  const Job job(spec, in);
+  const Rates rates = plan_rates(job);
+  const LayerModel lm = layer_model(job, rates);
+  json plan = plan_header(job, rates, lm);
+
+  json ranks = json::array(), stages = json::array();
+  json peak = {{"bytes", -1}};
+  I total_read = 0, idle_data_ranks = 0;
+  double total_allreduce_sent = 0, total_gather_recv = 0, job_seconds = 0;
+  for (int s = 0; s < job.S; ++s) {
+    const StageModel st = stage_model(job, lm, s);
+    double stage_seconds = 0;
+    for (int d = 0; d < job.D; ++d) {
+      json r = rank_record(job, rates, lm, st, s, d);
+      if (s == 0 && r["sequences"].get<I>() == 0) ++idle_data_ranks;
+      stage_seconds = std::max(stage_seconds, r["seconds"]["total"].get<double>());
+      total_read += r["io"]["read_bytes"].get<I>();
+      total_allreduce_sent += r["comm_per_layer"]["allreduce_sent_bytes"].get<double>() * static_cast<double>(st.nl);
+      total_gather_recv += r["comm_per_layer"]["allgather_received_bytes"].get<double>() * static_cast<double>(st.nl);
+      const I rank_peak = r["memory"]["peak"].get<I>();
+      if (rank_peak > peak["bytes"].get<I>())
+        peak = {{"bytes", rank_peak},
+                {"gb", rank_peak / kGB},
+                {"rank", s * job.D + d},
+                {"stage", s},
+                {"data_index", d},
+                {"phase", r["memory"]["peak_phase"]},
+                {"breakdown", r["peak_terms"]}};
+      r.erase("peak_terms");
+      ranks.push_back(std::move(r));
+    }
+    stages.push_back({{"stage", s},
+                      {"layers", {st.layers.begin, st.layers.end}},
+                      {"ranks", {s * job.D, s * job.D + job.D - 1}},
+                      {"seconds", stage_seconds}});
+    job_seconds += stage_seconds;
+  }
+  std::vector<std::string> warnings;
+  if (idle_data_ranks > 0)
+    warnings.push_back(fmt::format(
+        "{} of {} data ranks hold no calibration sequences ({} sequences in {} chunks of calibration.batch {}): "
+        "lower calibration.batch to at most {} or use fewer data ranks",
+        idle_data_ranks, job.D, job.N, job.chunks, job.B, std::max<I>(1, job.N / job.D)));
+  const double limit = job.cfg.parallel.memory_gb;
   plan["ranks"] = std::move(ranks);
   plan["stages"] = std::move(stages);
   plan["peak"] = peak;
@@ -678,7 +759,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
                     {"seconds", job_seconds},
                     {"hours", job_seconds / 3600}};
   plan["limit_gb"] = limit;
-  plan["fits"] = fits;
+  plan["fits"] = limit <= 0 || static_cast<double>(peak["bytes"].get<I>()) <= limit * kGB;
   plan["warnings"] = warnings;
   return plan;
 }
@@ -700,9 +781,10 @@ void check_plan_fits(const json& plan, const Config& cfg) {
 
 namespace {
 
-// The plan as tables: memory per rank class (ranks with the same figures), per-layer work of the
-// busiest rank, and the whole job.
-void print_plan(const json& p) {
+constexpr int kLabelWidth = 30;
+
+// The model, job, grid and rates, a line each.
+void print_plan_header(const json& p) {
   const auto& m = p["model"];
   const auto& job = p["job"];
   const auto& grid = p["grid"];
@@ -727,8 +809,11 @@ void print_plan(const json& p) {
   fmt::print("rates per rank: {:g} GFLOP/s ({}), network {:g} GB/s, read {:g} GB/s\n", rates["gflops"].get<double>(),
              rates["gflops_note"].get<std::string>(), rates["net_gbps"].get<double>(),
              rates["read_gbps"].get<double>());
+}
 
-  // Rank classes: consecutive ranks with the same sequences and memory figures (one column each).
+// Memory per rank class: consecutive ranks with the same sequences and memory figures (one
+// column each, at most 8).
+void print_plan_memory(const json& p) {
   struct Cls {
     std::size_t first, last;
   };
@@ -744,7 +829,7 @@ void print_plan(const json& p) {
   const std::size_t kMaxCols = 8;
   if (cls.size() > kMaxCols) cls.resize(kMaxCols);  // the JSON output has every rank
 
-  const int lw = 30, cw = 16;
+  const int lw = kLabelWidth, cw = 16;
   auto row = [&](const std::string& label, auto&& cell) {
     std::string line = fmt::format("  {:<{}}", label, lw);
     for (const auto& c : cls) line += fmt::format("{:>{}}", cell(ranks[c.first]), cw);
@@ -780,8 +865,14 @@ void print_plan(const json& p) {
   row("  at", [](const json& r) { return r["memory"]["peak_phase"].get<std::string>(); });
   if (p["ranks"].size() > 0 && cls.back().last + 1 < ranks.size())
     fmt::print("  (first {} rank groups shown; --json lists every rank)\n", kMaxCols);
+}
 
-  // The busiest rank's layer.
+// The busiest rank's layer: FLOPs, bytes and seconds of each phase.
+void print_plan_layer(const json& p) {
+  const auto& ranks = p["ranks"];
+  const auto& rates = p["rates"];
+  const int D = p["grid"]["data"];
+  const int lw = kLabelWidth;
   std::size_t busiest = 0;
   auto layer_s = [&](std::size_t i) { return ranks[i]["seconds_per_layer"]["total"].get<double>(); };
   for (std::size_t i = 0; i < ranks.size(); ++i)
@@ -831,7 +922,11 @@ void print_plan(const json& p) {
        r["layers"][1].get<I>() - r["layers"][0].get<I>() > 1 ? "  (the next layer's, during this one's work)" : "");
   fmt::print("  {:<{}}{:>14}{:>14}{:>12}\n", "total", lw, flops_str(f["total"].get<double>()), "",
              seconds_str(r["seconds_per_layer"]["total"].get<double>()));
+}
 
+// Each stage's time (its slowest rank), the totals and the memory limit.
+void print_plan_job(const json& p) {
+  const auto& ranks = p["ranks"];
   fmt::print("\nwhole job (stages run one after another: each needs the pruned outputs of the one before)\n");
   for (const auto& st : p["stages"]) {
     const int s = st["stage"];
@@ -869,6 +964,15 @@ void print_plan(const json& p) {
   else
     fmt::print("  parallel.memory_gb 0: no limit checked\n");
   for (const auto& w : p["warnings"]) fmt::print("warning: {}\n", w.get<std::string>());
+}
+
+// The plan as tables: memory per rank class, the per-layer work of the busiest rank, and the
+// whole job.
+void print_plan(const json& p) {
+  print_plan_header(p);
+  print_plan_memory(p);
+  print_plan_layer(p);
+  print_plan_job(p);
 }
 
 }  // namespace
