@@ -503,6 +503,125 @@ int run_export(const std::string& checkpoint_dir, const std::string& model_overr
   return kExitOk;
 }
 
+// A layer of this rank's stage: pruned (a committed one replayed from the checkpoint), then
+// propagated through x, this layer's outputs and the next layer's inputs (before the commit, so
+// that the layer's seconds count all of its work). On the data group's first rank an uncommitted
+// layer is written as its shard, and {shard, metrics} returned for the manifest; null elsewhere.
+nlohmann::json own_layer(const LinearJob& j, const CalibrationPass& c, Tensor& x, model::Model& m,
+                         io::Checkpoint& ckpt, bool committed, const std::vector<TargetGroup>& groups,
+                         const Timer& layer_timer) {
+  j.watchdog.beat("load layer", j.layer);
+  const auto dense = m.layer_weights(j.layer);
+  auto working = std::make_shared<model::LayerWeights>(*dense);
+  if (committed) {
+    // Replay: the stored weights are the ones the original run propagated with.
+    const auto data = ckpt.read_layer(j.layer);
+    for (const auto& t : data.tensors) working->tensors[t.name] = to_forward(j.be, t.data, j.fwd);
+  }
+  std::vector<io::TensorRecord> records;
+  nlohmann::json layer_metrics;
+  if (!committed) layer_metrics = prune_layer(j, c, groups, *working, records);
+  j.watchdog.beat("forward", j.layer);
+  Timer forward_timer;
+  const bool dense_propagation = j.cfg.prune.propagation == "dense";
+  forward_layer(j.be, j.spec, dense_propagation ? *dense : *working, x, c.my_nseq, c.seqlen, c.batch, c.rope, nullptr);
+  if (committed || j.group.rank() != 0) return nullptr;
+  layer_metrics["forward_s"] = forward_timer.seconds();
+  layer_metrics["seconds"] = layer_timer.seconds();
+  j.watchdog.beat("write shard", j.layer);
+  const auto info = io::write_shard_file(ckpt.dir(), j.layer, 0, records, nullptr);
+  return {{"shard", info.to_json()}, {"metrics", layer_metrics}};
+}
+
+// The allocation's metrics record and log line (rank 0 logs).
+void record_allocation(const Allocation& allocation, const std::string& config_hash, Metrics& metrics, bool log_it) {
+  nlohmann::json rec = allocation.record;
+  rec["config_hash"] = config_hash;
+  metrics.write(rec);
+  const auto [lo, hi] = allocation.range();
+  if (log_it)
+    log::info("allocation {}: sparsities from {:.4f} to {:.4f}, mean {:.4f}, parameter-weighted {:.4f} ({:.1f} s)",
+              allocation.method, lo, hi, allocation.record.at("mean_sparsity").get<double>(),
+              allocation.record.at("weighted_sparsity").get<double>(), allocation.seconds);
+}
+
+// What the checkpoint must match to be resumed: the model, what decides the weights, the grid.
+io::CheckpointIdentity prune_identity(const Config& cfg, const dist::Grid& grid, const model::ModelSpec& spec,
+                                      const std::vector<std::int32_t>& windows, DType fwd) {
+  io::CheckpointIdentity id;
+  id.model = cfg.model;
+  id.model_fingerprint = io::model_fingerprint(cfg.model);
+  std::int64_t widest = 0;
+  for (const auto& l : spec.linears()) widest = std::max(widest, l.in);
+  id.config_hash = prune_config_hash(cfg, windows, fwd, widest);
+  id.grid = {{"stages", grid.stages}, {"data", grid.data}, {"determinism", cfg.determinism}};
+  id.num_layers = spec.layers;
+  return id;
+}
+
+// World rank 0 owns the manifest (creates, validates, cleans, commits); the others read it once
+// rank 0 is done with that.
+std::optional<io::Checkpoint> open_checkpoint(dist::Comm& world, const fs::path& dir, const io::CheckpointIdentity& id,
+                                              bool restart) {
+  std::optional<io::Checkpoint> ckpt;
+  if (world.is_root()) {
+    io::CheckpointOptions copt;
+    copt.restart = restart;
+    ckpt = io::Checkpoint::open_or_create(dir, id, copt);
+  }
+  world.barrier();
+  if (!world.is_root()) ckpt = io::Checkpoint::open_read(dir);
+  return ckpt;
+}
+
+// World rank 0: the owner's shard of `layer` into the manifest ({shard, metrics} as the owner
+// sent them), a log line and the metrics record.
+void commit_layer(io::Checkpoint& ckpt, std::int64_t layer, std::int64_t layers, const nlohmann::json& msg,
+                  const std::string& config_hash, Metrics& metrics) {
+  const auto info = io::ShardInfo::from_json(msg.at("shard"), fmt::format("layer {} shard", layer));
+  const auto& layer_metrics = msg.at("metrics");
+  ckpt.commit_layer(layer, {info}, layer_metrics);
+  double err_sum = 0;
+  std::size_t errs = 0;
+  const auto& lins = layer_metrics.at("linears");
+  for (const auto& [k, v] : lins.items())
+    if (v["error_rel"].is_number()) {
+      err_sum += v["error_rel"].get<double>();
+      ++errs;
+    }
+  log::info("layer {}/{} committed: {} linears, {}, {:.1f} s", layer + 1, layers, lins.size(),
+            errs ? fmt::format("mean relative error {:.4g}", err_sum / static_cast<double>(errs))
+                 : std::string("reconstruction error not computed"),
+            layer_metrics.at("seconds").get<double>());
+  nlohmann::json rec = layer_metrics;
+  rec["event"] = "layer";
+  rec["config_hash"] = config_hash;
+  metrics.write(rec);
+}
+
+// World rank 0, every layer committed: the whole result read back through the checkpoint (digests
+// checked) for the summary and the export, so that what is exported is exactly what the manifest
+// vouches for.
+void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfCheckpoint& src,
+                          const model::ModelSpec& spec, const prune::Pattern& pattern, double seconds, int ranks,
+                          const std::string& config_hash, Metrics& metrics) {
+  PrunedReader reader(ckpt, src, spec);
+  const auto [zeros, total] = reader.count();
+  const nlohmann::json summary = {{"method", cfg.prune.method}, {"pattern", pattern.str()},
+                                  {"zeros", zeros},             {"weights", total},
+                                  {"sparsity", total ? double(zeros) / double(total) : 0.0},
+                                  {"seconds", seconds},         {"ranks", ranks}};
+  if (!ckpt.complete()) ckpt.mark_complete(summary);
+  log::info("pruned {} of {} target weights ({:.2f}%) in {:.1f} s", zeros, total, total ? 100.0 * zeros / total : 0.0,
+            seconds);
+  if (!cfg.output.export_dir.empty()) {
+    const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
+    export_hf_folder(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20);
+    log::info("exported the pruned model to {}", dest.string());
+  }
+  metrics.write({{"event", "prune"}, {"config_hash", config_hash}, {"summary", summary}});
+}
+
 int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
   if (cfg.prune.method == "surgeon") return run_surgeon(cfg, world, place, restart);
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
@@ -540,26 +659,10 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto shard = calibration_shard(nseq, batch, grid.data, grid.data_index);
   const std::int64_t seq0 = shard.begin, my_nseq = shard.count();
 
-  // The checkpoint: world rank 0 owns the manifest (creates, validates, cleans, commits); the
-  // others read it once rank 0 is done with that.
   const fs::path out_dir = cfg.output.dir;
   const fs::path ckpt_dir = out_dir / cfg.output.checkpoint;
-  io::CheckpointIdentity id;
-  id.model = cfg.model;
-  id.model_fingerprint = io::model_fingerprint(cfg.model);
-  std::int64_t widest = 0;
-  for (const auto& l : spec.linears()) widest = std::max(widest, l.in);
-  id.config_hash = prune_config_hash(cfg, windows, fwd, widest);
-  id.grid = {{"stages", grid.stages}, {"data", grid.data}, {"determinism", cfg.determinism}};
-  id.num_layers = spec.layers;
-  std::optional<io::Checkpoint> ckpt;
-  if (world.is_root()) {
-    io::CheckpointOptions copt;
-    copt.restart = restart;
-    ckpt = io::Checkpoint::open_or_create(ckpt_dir, id, copt);
-  }
-  world.barrier();
-  if (!world.is_root()) ckpt = io::Checkpoint::open_read(ckpt_dir);
+  const io::CheckpointIdentity id = prune_identity(cfg, grid, spec, windows, fwd);
+  std::optional<io::Checkpoint> ckpt = open_checkpoint(world, ckpt_dir, id, restart);
   const auto resume_from = ckpt->first_uncommitted();
 
   log::info("prune {} ({}, {} layers): {} {}, {} calibration windows x {} tokens from {}; {} rank(s) = {} stage(s) x "
@@ -577,7 +680,6 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const model::RopeTables rope_tables =
       spec.family == model::Family::llama ? model::make_rope_tables(be, spec, seqlen) : model::RopeTables{};
   const model::RopeTables* rope = spec.family == model::Family::llama ? &rope_tables : nullptr;
-  const bool dense_propagation = cfg.prune.propagation == "dense";
   prune::StatsKinds kinds;
   kinds.hessian = true;  // SparseGPT's input, and every method's reconstruction error
   kinds.col_norms = method == prune::Method::wanda;
@@ -590,17 +692,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   AllocationContext actx{m, groups, calib, shard, batch, group, accumulation, cfg.surgeon.keep_activations_mb,
                          grid.stage, grid.stages, &pipe, &world};
   const Allocation allocation = allocate_sparsity(cfg, pattern, actx);
-  if (!allocation.record.empty()) {
-    nlohmann::json rec = allocation.record;
-    rec["config_hash"] = id.config_hash;
-    metrics.write(rec);
-    const auto [lo, hi] = allocation.range();
-    if (world.is_root())
-      log::info("allocation {}: sparsities from {:.4f} to {:.4f}, mean {:.4f}, parameter-weighted {:.4f} ({:.1f} s)",
-                allocation.method, lo, hi,
-                allocation.record.at("mean_sparsity").get<double>(),
-                allocation.record.at("weighted_sparsity").get<double>(), allocation.seconds);
-  }
+  if (!allocation.record.empty()) record_allocation(allocation, id.config_hash, metrics, world.is_root());
 
   // The allocation ran the fp32 forward; the layers run in the forward dtype from here.
   m.set_forward_dtype(fwd);
@@ -622,37 +714,11 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     // Errors name the layer (the rank is added by main): "layer 3: ...".
     try {
       if (owner == grid.stage) {
-        watchdog.beat("load layer", layer);
-        const auto dense = m.layer_weights(layer);
+        const LinearJob job{be, group, cfg, *src, spec, method, allocation, fwd, layer, watchdog};
+        const CalibrationPass calib_pass{x, my_nseq, seqlen, batch, nseq, rope, kinds, accumulation};
         if (layer + 1 < my_layers.end && prefetch_layers()) m.prefetch(layer + 1);  // reads overlap this layer
-        auto working = std::make_shared<model::LayerWeights>(*dense);
-        if (committed) {
-          // Replay: the stored weights are the ones the original run propagated with.
-          const auto data = ckpt->read_layer(layer);
-          for (const auto& t : data.tensors) working->tensors[t.name] = to_forward(be, t.data, fwd);
-        }
-        std::vector<io::TensorRecord> records;
-        nlohmann::json layer_metrics;
-        if (!committed) {
-          const LinearJob job{be, group, cfg, *src, spec, method, allocation, fwd, layer, watchdog};
-          const CalibrationPass calib_pass{x, my_nseq, seqlen, batch, nseq, rope, kinds, accumulation};
-          layer_metrics = prune_layer(job, calib_pass, groups, *working, records);
-        }
-        // The propagation: this layer's outputs, the next layer's inputs (before the commit, so
-        // that the layer's seconds count all of its work).
-        watchdog.beat("forward", layer);
-        Timer forward_timer;
-        forward_layer(be, spec, dense_propagation ? *dense : *working, x, my_nseq, seqlen, batch, rope, nullptr);
-        if (!committed) {
-          layer_metrics["forward_s"] = forward_timer.seconds();
-          layer_metrics["seconds"] = layer_timer.seconds();
-          if (group.rank() == 0) {
-            watchdog.beat("write shard", layer);
-            const auto info = io::write_shard_file(ckpt_dir, layer, 0, records, nullptr);
-            commit_msg = {{"shard", info.to_json()}, {"metrics", layer_metrics}};
-            if (!world.is_root()) send_json(world, commit_msg, 0, tag_commit);
-          }
-        }
+        commit_msg = own_layer(job, calib_pass, x, m, *ckpt, committed, groups, layer_timer);
+        if (!committed && group.rank() == 0 && !world.is_root()) send_json(world, commit_msg, 0, tag_commit);
         if (layer == my_layers.end - 1 && grid.stage < grid.stages - 1) {
           watchdog.beat("send activations", layer);
           send_tensor(pipe, be.download(x), grid.stage + 1, tag_x);
@@ -677,25 +743,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     if (world.is_root() && !committed) {
       watchdog.beat("commit", layer);
       if (owner != 0) commit_msg = recv_json(world, grid.world_rank_of(owner, 0), tag_commit);
-      const auto info = io::ShardInfo::from_json(commit_msg.at("shard"), fmt::format("layer {} shard", layer));
-      const auto& layer_metrics = commit_msg.at("metrics");
-      ckpt->commit_layer(layer, {info}, layer_metrics);
-      double err_sum = 0;
-      std::size_t errs = 0;
-      const auto& lins = layer_metrics.at("linears");
-      for (const auto& [k, v] : lins.items())
-        if (v["error_rel"].is_number()) {
-          err_sum += v["error_rel"].get<double>();
-          ++errs;
-        }
-      log::info("layer {}/{} committed: {} linears, {}, {:.1f} s", layer + 1, spec.layers, lins.size(),
-                errs ? fmt::format("mean relative error {:.4g}", err_sum / static_cast<double>(errs))
-                     : std::string("reconstruction error not computed"),
-                layer_metrics.at("seconds").get<double>());
-      nlohmann::json rec = layer_metrics;
-      rec["event"] = "layer";
-      rec["config_hash"] = id.config_hash;
-      metrics.write(rec);
+      commit_layer(*ckpt, layer, spec.layers, commit_msg, id.config_hash, metrics);
     }
     progress.update(layer + 1, (layer + 1) * nseq * seqlen);
     // Stop requests (SIGTERM/SIGUSR1 on any rank) are honoured here, after the commit, by all
@@ -717,26 +765,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   // models); the others wait at the barrier below: no heartbeat to give, so no countdown.
   watchdog.suspend("summary and export");
 
-  // Every layer is committed. Rank 0 reads the whole result back through the checkpoint (digests
-  // checked) for the summary and the export, so what is exported is exactly what the manifest
-  // vouches for.
-  nlohmann::json summary;
-  if (world.is_root()) {
-    PrunedReader reader(*ckpt, *src, spec);
-    const auto [zeros, total] = reader.count();
-    summary = {{"method", cfg.prune.method}, {"pattern", pattern.str()}, {"zeros", zeros}, {"weights", total},
-               {"sparsity", total ? double(zeros) / double(total) : 0.0}, {"seconds", total_timer.seconds()},
-               {"ranks", world.size()}};
-    if (!ckpt->complete()) ckpt->mark_complete(summary);
-    log::info("pruned {} of {} target weights ({:.2f}%) in {:.1f} s", zeros, total,
-              total ? 100.0 * zeros / total : 0.0, total_timer.seconds());
-    if (!cfg.output.export_dir.empty()) {
-      const auto dest = out_dir / cfg.output.export_dir;
-      export_hf_folder(*src, reader.lazy(), dest, cfg.output.export_shard_mb << 20);
-      log::info("exported the pruned model to {}", dest.string());
-    }
-    metrics.write({{"event", "prune"}, {"config_hash", id.config_hash}, {"summary", summary}});
-  }
+  if (world.is_root()) summarise_and_export(cfg, *ckpt, *src, spec, pattern, total_timer.seconds(), world.size(),
+                                            id.config_hash, metrics);
   world.barrier();
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
   watchdog.beat("evaluate", -1);
