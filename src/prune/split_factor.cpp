@@ -1,8 +1,9 @@
 // The shared factorisation (see split_factor.hpp). Panels are rows of the one n x n matrix every
 // rank holds, which is A at the start, L (lower triangle) after the first phase and X = L⁻¹ after
-// the second. While X is formed, the strict upper triangle holds the sums of the rows not yet
-// finished, transposed: Σ_m L_im X_m for row panel i sits in rows [0, r0(i)) of its column panel,
-// space the lower-triangular result never uses.
+// the second. The work on a panel's diagonal block, which every other rank waits for, is kept to
+// its Cholesky factor and inverse: the updates of a diagonal block (A_ii - Σ L_ij L_ijᵀ) are made
+// by the panel's owner as each L_ij appears, and X_i is summed in place from X_i = Σ_{m<i}
+// (-L_ii⁻¹ L_im) X_m as the panels X_m arrive, so that no panel waits for a last product.
 #include "scalpel/prune/split_factor.hpp"
 
 #include <algorithm>
@@ -59,10 +60,9 @@ struct Team {
   }
 };
 
-// L_jj = chol(A_jj - L_j,<j L_j,<jᵀ) in place (its strict upper triangle zeroed).
+// L_jj = chol of the diagonal block in place (its updates already made; strict upper zeroed).
 bool factor_diagonal(Backend& be, Tensor& h, const Tiles& tl, std::int64_t j, const Tensor& scratch) {
   const auto c = tl.r0(j), w = tl.w(j);
-  if (c > 0) be.gemm_block(Trans::no, Trans::yes, -1.0f, h, {c, 0, w, c}, h, {c, 0, w, c}, 1.0f, h, {c, c, w, w});
   Tensor d = view_of(scratch, w, w);
   be.copy_block(h, {c, c, w, w}, d, 0, 0);
   if (!be.cholesky(d, /*upper=*/false)) return false;
@@ -70,7 +70,8 @@ bool factor_diagonal(Backend& be, Tensor& h, const Tiles& tl, std::int64_t j, co
   return true;
 }
 
-// L_ij = (A_ij - L_i,<j L_j,<jᵀ) L_jj⁻ᵀ for i > j, given linv = L_jj⁻¹.
+// L_ij = (A_ij - L_i,<j L_j,<jᵀ) L_jj⁻ᵀ for i > j, given linv = L_jj⁻¹; then its term off the
+// diagonal block of row i: A_ii -= L_ij L_ijᵀ.
 void solve_block(Backend& be, Tensor& h, const Tiles& tl, std::int64_t i, std::int64_t j, const Tensor& linv,
                  const Tensor& scratch) {
   const auto ci = tl.r0(i), wi = tl.w(i), c = tl.r0(j), w = tl.w(j);
@@ -78,6 +79,7 @@ void solve_block(Backend& be, Tensor& h, const Tiles& tl, std::int64_t i, std::i
   Tensor t = view_of(scratch, wi, w);
   be.gemm_block(Trans::no, Trans::yes, 1.0f, h, {ci, c, wi, w}, linv, {0, 0, w, w}, 0.0f, t, {0, 0, wi, w});
   be.copy_block(t, {0, 0, wi, w}, h, ci, c);
+  be.gemm_block(Trans::no, Trans::yes, -1.0f, h, {ci, c, wi, w}, h, {ci, c, wi, w}, 1.0f, h, {ci, ci, wi, wi});
 }
 
 // Phase 1: h = A becomes L (lower triangle), row panel by row panel. linv_own[i] keeps L_ii⁻¹ of
@@ -102,28 +104,29 @@ bool factor_rows(Team& team, Tensor& h, const Tiles& tl, const std::vector<Tenso
   return true;
 }
 
-// Phase 2: X = L⁻¹ by row panels: X_ii = L_ii⁻¹ and X_i,<i = -L_ii⁻¹ Σ_{m<i} L_im X_m,<i. Once
-// panel m of X is on every rank, each rank adds L_im X_m to the sums of its panels i > m (kept
-// transposed in h's strict upper triangle; the rows of X_m's diagonal block start them).
-void invert_rows(Team& team, Tensor& h, const Tiles& tl, std::vector<Tensor>& linv_own) {
+// Phase 2: X = L⁻¹ by row panels: X_ii = L_ii⁻¹ and X_i,<i = Σ_{m<i} (-L_ii⁻¹ L_im) X_m,<i. Once
+// panel m of X is on every rank, each rank adds its term to its panels i > m, in place: block m
+// of row i, which held L_im, is first written by this very term (after L_im was read), and the
+// blocks before it add to what the earlier terms left.
+void invert_rows(Team& team, Tensor& h, const Tiles& tl, std::vector<Tensor>& linv_own, const Tensor& scratch) {
   Backend& be = team.be;
   for (std::int64_t m = 0; m < tl.count; ++m) {
     const auto cm = tl.r0(m), wm = tl.w(m);
     if (team.mine(m)) {
       Tensor& linv = linv_own[static_cast<std::size_t>(m)];
-      if (cm > 0)
-        be.gemm_block(Trans::no, Trans::yes, -1.0f, linv, {0, 0, wm, wm}, h, {0, cm, cm, wm}, 0.0f, h, {cm, 0, wm, cm});
-      be.copy_block(linv, {0, 0, wm, wm}, h, cm, cm);
+      be.copy_block(linv, {0, 0, wm, wm}, h, cm, cm);  // X_mm; X_m,<m is complete
       linv = Tensor();
     }
     team.share(h, tl, m);
     for (std::int64_t i = m + 1; i < tl.count; ++i) {
       if (!team.mine(i)) continue;
       const auto ci = tl.r0(i), wi = tl.w(i);
-      // Sumᵀ rows [0, cm) += X_m,<mᵀ L_imᵀ; rows [cm, cm + wm) = X_mmᵀ L_imᵀ (their first term).
+      Tensor t = view_of(scratch, wi, wm);  // -L_ii⁻¹ L_im
+      be.gemm_block(Trans::no, Trans::no, -1.0f, linv_own[static_cast<std::size_t>(i)], {0, 0, wi, wi}, h,
+                    {ci, cm, wi, wm}, 0.0f, t, {0, 0, wi, wm});
       if (cm > 0)
-        be.gemm_block(Trans::yes, Trans::yes, 1.0f, h, {cm, 0, wm, cm}, h, {ci, cm, wi, wm}, 1.0f, h, {0, ci, cm, wi});
-      be.gemm_block(Trans::yes, Trans::yes, 1.0f, h, {cm, cm, wm, wm}, h, {ci, cm, wi, wm}, 0.0f, h, {cm, ci, wm, wi});
+        be.gemm_block(Trans::no, Trans::no, 1.0f, t, {0, 0, wi, wm}, h, {cm, 0, wm, cm}, 1.0f, h, {ci, 0, wi, cm});
+      be.gemm_block(Trans::no, Trans::no, 1.0f, t, {0, 0, wi, wm}, h, {cm, cm, wm, wm}, 0.0f, h, {ci, cm, wi, wm});
     }
   }
 }
@@ -137,19 +140,20 @@ SharedFactorCost shared_factor_cost(std::int64_t n, std::int64_t tile, int ranks
   const auto w = [&](std::int64_t i) { return static_cast<double>(std::min(t, n - i * t)); };
   std::vector<double> later(static_cast<std::size_t>(ranks));  // each rank's work on panels after j
   for (std::int64_t j = 0; j < count; ++j) {
-    const double cj = static_cast<double>(j * t), wj = w(j);
-    const double diag = 2.0 * wj * wj * cj + wj * wj * wj / 3.0, inv = wj * wj * wj / 3.0, last = 2.0 * wj * wj * cj;
-    c.flops += inv;
+    const double cj = static_cast<double>(j * t), wj = w(j), cube = wj * wj * wj / 3.0;
+    c.flops += cube;  // the tile's inverse, on every rank
     if (panel_owner(j, ranks) == r)
-      c.flops += diag + last;
+      c.flops += cube;  // its Cholesky factor
     else
       c.recv_bytes += 2.0 * wj * (cj + wj) * 4.0;
+    // Per later panel i, in each phase: 2 w_i w (c + w) (update and solve; X's term) and
+    // 2 w_i² w (the diagonal block's update; -L_ii⁻¹ L_ij).
     std::fill(later.begin(), later.end(), 0.0);
-    for (std::int64_t i = j + 1; i < count; ++i) later[static_cast<std::size_t>(panel_owner(i, ranks))] += 2.0 * w(i) * wj * (cj + wj);
-    c.flops += 2.0 * later[static_cast<std::size_t>(r)];  // once in each phase
-    // Phase 1's step j and phase 2's step j: the owner's part, then the busiest rank's.
-    const double busiest = *std::max_element(later.begin(), later.end());
-    c.critical_flops += diag + inv + busiest + last + busiest;
+    for (std::int64_t i = j + 1; i < count; ++i)
+      later[static_cast<std::size_t>(panel_owner(i, ranks))] += 2.0 * w(i) * wj * (cj + wj) + 2.0 * w(i) * w(i) * wj;
+    c.flops += 2.0 * later[static_cast<std::size_t>(r)];
+    // Each phase's step j: the owner's part (the others wait), then the busiest rank's.
+    c.critical_flops += 2.0 * cube + 2.0 * *std::max_element(later.begin(), later.end());
   }
   return c;
 }
@@ -167,8 +171,8 @@ bool shared_inverse_cholesky_upper(Backend& be, Tensor& h, std::int64_t tile, di
   std::vector<Tensor> linv_own(static_cast<std::size_t>(tl.count));
   be.flip(h, /*keep_upper=*/false);  // A = J H J
   if (!factor_rows(tm, h, tl, scratch, linv_own)) return false;
-  invert_rows(tm, h, tl, linv_own);
-  be.flip(h, /*keep_upper=*/true);  // U = J X J; the sums' space (X's strict upper) zeroed
+  invert_rows(tm, h, tl, linv_own, scratch[2]);
+  be.flip(h, /*keep_upper=*/true);  // U = J X J, X's strict upper triangle (what was left of A) zeroed
   return be.all_finite(h);
 }
 

@@ -209,11 +209,12 @@ TEST(Plan, DataRanksSplitTheFactorisations) {
 
 // A factor at least sparsegpt.split_width wide is made by every data rank: fc2 of opt-mini (1024)
 // in 4 panels of 256 rows, dealt 0, 1, 1, 0 at two ranks. Hand count in units of w³ = 256³ (see
-// plan.cpp's shared_factor_cost): every rank inverts the 4 diagonal tiles (4/3); a panel j's
-// owner pays 4 w² c_j + w³/3 (c_j = 256 j), and for each earlier panel j of a later panel i it
-// owns, 4 w³ (j + 1). Rank 0 (panels 0, 3): 4/3 + 1/3 + (12 + 1/3) + 4 (1 + 2 + 3) = 38; rank 1
-// (panels 1, 2): 4/3 + (4 + 1/3) + (8 + 1/3) + 4 (1) + 4 (1 + 2) = 30; one rank: 4/3 + 4/3 + 24 +
-// 4 (3 + 4 + 3) = 66 + 2/3. Received: the other rank's panels of L and L⁻¹, w (c_j + w) each.
+// split_factor.hpp's shared_factor_cost): every rank inverts the 4 diagonal tiles (4/3), a
+// panel's owner factors its tile (1/3), and for each earlier panel j of a later panel i it owns,
+// in each of the two phases, 2 (j + 1) + 2 (c_j = 256 j). Rank 0 (panels 0, 3): 4/3 + 2/3 +
+// (8 + 12 + 16) = 38; rank 1 (panels 1, 2): 4/3 + 2/3 + 8 + (8 + 12) = 30; one rank: 4/3 + 4/3
+// + 3 x 8 + 2 x 12 + 16 = 66 + 2/3. Received: the other rank's panels of L and L⁻¹, w (c_j + w)
+// each.
 TEST(Plan, SharedFactorsSplitTheirPanelsOverTheDataRanks) {
   const auto cfg = mini_cfg({"sparsegpt.split_width=1024", "sparsegpt.tile=256"});
   const auto p1 = plan_of(kOptMini, cfg, 1), p2 = plan_of(kOptMini, cfg, 2);
@@ -232,17 +233,16 @@ TEST(Plan, SharedFactorsSplitTheirPanelsOverTheDataRanks) {
   EXPECT_EQ(recv(p2, 1), 2 * w * w * 4 + 2 * (w * w + w * (3 * w + w)) * 4);      // panels 0, 3
   // + three scratch tiles and the inverses of the rank's 4 diagonal tiles.
   EXPECT_EQ(mem(p1, 0, "factorisation"), (1024 * 1024 + 7 * w * w) * 4);
-  // Time: the ranks meet at every panel, so per panel its owner's diagonal work (the Cholesky
-  // step 2 w² c + w³/3 and the inverse's 2 w² c) and every rank's tile inverse (w³/3), then in
-  // each phase the busiest rank's work on later panels. Two ranks, in w³: panel 0: 1/3 + 1/3 +
-  // 2 x 4 (rank 1 has panels 1, 2); panel 1: 7/3 + 1/3 + 2 + 2 x 4; panel 2: 13/3 + 1/3 + 4 +
-  // 2 x 6; panel 3: 19/3 + 1/3 + 6: 54 + 2/3. One rank: its own FLOPs.
+  // Time: the ranks meet at every panel, so per panel and phase its owner's tile (1/3 each: the
+  // Cholesky factor, the inverse), then the busiest rank's work on later panels. Two ranks, in
+  // w³: panel 0: 2/3 + 2 x 8 (rank 1 has panels 1, 2); panel 1: 2/3 + 2 x 6; panel 2: 2/3 + 2 x 8;
+  // panel 3: 2/3: 46 + 2/3. One rank: its own FLOPs.
   const auto path = [](const json& p, int r) {
     return p["ranks"][r]["flops_per_layer"]["factorisation_critical_path"].get<double>();
   };
   EXPECT_DOUBLE_EQ(path(p1, 0), flops(p1, 0));
-  EXPECT_DOUBLE_EQ(path(p2, 0), 2 * small + (54.0 + 2.0 / 3.0) * w3);
-  EXPECT_DOUBLE_EQ(path(p2, 1), small + (54.0 + 2.0 / 3.0) * w3);
+  EXPECT_DOUBLE_EQ(path(p2, 0), 2 * small + (46.0 + 2.0 / 3.0) * w3);
+  EXPECT_DOUBLE_EQ(path(p2, 1), small + (46.0 + 2.0 / 3.0) * w3);
 }
 
 // LLM Surgeon: each pruned linear is scored and updated by one rank, so a rank holds the inverses

@@ -25,14 +25,14 @@ inline int panel_owner(std::int64_t i, int ranks) {
 }
 
 // The work and traffic of rank r of `ranks` in shared_inverse_cholesky_upper of width n, step by
-// step: panel j (rows [c, c + w)) costs its owner the diagonal update 2 w² c and Cholesky w³/3,
-// every rank its inverse w³/3; each later panel i of the rank 2 w_i w (c + w) (update and
-// solve); forming L⁻¹ costs the owner 2 w² c and each later panel i of the rank 2 w_i w (c + w).
+// step: panel j (rows [c, c + w)) costs its owner its Cholesky factor w³/3 and every rank its
+// inverse w³/3; each later panel i of the rank, in each of the two phases, 2 w_i w (c + w) (the
+// update and solve; X's term) and 2 w_i² w (the diagonal block's update; -L_ii⁻¹ L_ij).
 // Received: the other ranks' panels, w (c + w) fp32 values each, twice. The ranks meet at every
-// panel's broadcast, so the time follows the critical path: per panel, its owner's diagonal work
-// (the others wait), then the busiest rank's work on its later panels; critical_flops counts
-// that (the same on every rank; the broadcasts' latency is not in it). (scalpel plan,
-// bench_layer.)
+// panel's broadcast, so the time follows the critical path: per panel and phase, its owner's
+// diagonal work (the others wait), then the busiest rank's work on its later panels;
+// critical_flops counts that (the same on every rank; the broadcasts' latency is not in it).
+// (scalpel plan, bench_layer.)
 struct SharedFactorCost {
   double flops = 0, recv_bytes = 0, critical_flops = 0;
 };
