@@ -88,12 +88,12 @@ TEST(SharedFactors, WideFactorsAreMadeByAllRanksWithTheOneRankBits) {
   EXPECT_EQ(owners, (std::vector<int>{whole[0], -1, whole[1], -1}));
 }
 
-// A pivot that no damping fixes, in the last panel of a shared factor (owned by rank 1 at 2 ranks,
-// by rank 3 at 4): every rank stops with the same error, none waits for a panel.
+// A pivot that no damping fixes, in panel 2 of a shared factor (owned by rank 1 at 2 ranks, by
+// rank 2 at 4): every rank stops with the same error, none waits for a panel.
 TEST(SharedFactors, AnIndefiniteSharedFactorFailsEveryRankAlike) {
   auto be = make_cpu_backend(1);
   Tensor h = spd(128, 40);
-  h.f32()[0] = -1000.0f;  // row 0 is the flipped matrix's last row: panel 3 of 4 (tile 32)
+  h.f32()[40 * 128 + 40] = -1000.0f;  // row 40 is the flipped matrix's row 87: panel 2 of 4 (tile 32)
   std::vector<app::FactorJob> jobs{{0, "layer 9 fc2", &h}};
   app::FactorSettings s;
   s.split_width = 100;
