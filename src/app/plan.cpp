@@ -10,9 +10,10 @@
 //    the statistics pass(es) over its sequences (one, or one per input group with
 //    prune.true_sequential), all-reduces the statistics over its data group, factorises its share
 //    of the Hessians (one per input group; the groups go to the data ranks greedily by d³, and each
-//    factor is broadcast from its owner: app/factor_share.hpp), sweeps its row slice (rows / data)
-//    of every linear, all-gathers the pruned rows (fp32 + 1-byte mask), and runs the propagation
-//    pass.
+//    factor is broadcast from its owner: app/factor_share.hpp; a group at least
+//    sparsegpt.split_width wide is factorised by all of them in panels: prune/split_factor.hpp),
+//    sweeps its row slice (rows / data) of every linear, all-gathers the pruned rows (stored dtype
+//    + 1-byte mask), and runs the propagation pass.
 //  - Stages run one after another: layer l+1 needs the outputs of the pruned layer l for every
 //    calibration sequence, so a stage starts when the stage before has finished (its activations
 //    are sent once per stage boundary). More stages cut each rank's reads, not the job's time.
