@@ -503,15 +503,17 @@ int run_export(const std::string& checkpoint_dir, const std::string& model_overr
   return kExitOk;
 }
 
-// A layer of this rank's stage: pruned (a committed one replayed from the checkpoint), then
-// propagated through x, this layer's outputs and the next layer's inputs (before the commit, so
-// that the layer's seconds count all of its work). On the data group's first rank an uncommitted
-// layer is written as its shard, and {shard, metrics} returned for the manifest; null elsewhere.
+// A layer of this rank's stage: loaded (with prefetch_next, the next layer's read starts then),
+// pruned (a committed one replayed from the checkpoint), then propagated through x, this layer's
+// outputs and the next layer's inputs (before the commit, so that the layer's seconds count all
+// of its work). On the data group's first rank an uncommitted layer is written as its shard, and
+// {shard, metrics} returned for the manifest; null elsewhere.
 nlohmann::json own_layer(const LinearJob& j, const CalibrationPass& c, Tensor& x, model::Model& m,
-                         io::Checkpoint& ckpt, bool committed, const std::vector<TargetGroup>& groups,
-                         const Timer& layer_timer) {
+                         io::Checkpoint& ckpt, bool committed, bool prefetch_next,
+                         const std::vector<TargetGroup>& groups, const Timer& layer_timer) {
   j.watchdog.beat("load layer", j.layer);
   const auto dense = m.layer_weights(j.layer);
+  if (prefetch_next) m.prefetch(j.layer + 1);  // its reads and uploads overlap this layer's work
   auto working = std::make_shared<model::LayerWeights>(*dense);
   if (committed) {
     // Replay: the stored weights are the ones the original run propagated with.
@@ -716,8 +718,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
       if (owner == grid.stage) {
         const LinearJob job{be, group, cfg, *src, spec, method, allocation, fwd, layer, watchdog};
         const CalibrationPass calib_pass{x, my_nseq, seqlen, batch, nseq, rope, kinds, accumulation};
-        if (layer + 1 < my_layers.end && prefetch_layers()) m.prefetch(layer + 1);  // reads overlap this layer
-        commit_msg = own_layer(job, calib_pass, x, m, *ckpt, committed, groups, layer_timer);
+        const bool prefetch_next = layer + 1 < my_layers.end && prefetch_layers();
+        commit_msg = own_layer(job, calib_pass, x, m, *ckpt, committed, prefetch_next, groups, layer_timer);
         if (!committed && group.rank() == 0 && !world.is_root()) send_json(world, commit_msg, 0, tag_commit);
         if (layer == my_layers.end - 1 && grid.stage < grid.stages - 1) {
           watchdog.beat("send activations", layer);
