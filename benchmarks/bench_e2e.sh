@@ -3,8 +3,8 @@
 # `scalpel prune` reading the Hugging Face folder, calibrating, pruning every layer, committing the
 # checkpoint and exporting; the process's wall time, the prune's per-layer phases from its metrics
 # (statistics = the forward with the Hessians, factorisation, sweep, reconstruction error, the
-# propagating forward, the rest of the layer: the gather and the shard write) and the time outside the layers;
-# with --ceilings, bench_layer's same-run ceilings at the same widths on the same device (SGEMM,
+# propagating forward, the rest of the layer: the gather and the shard write) and the time outside
+# the layers; with --ceilings, bench_layer's same-run ceilings at the same widths on the same device (SGEMM,
 # SYRK, factorisation, copy and upload rates). Writes one JSON.
 #   benchmarks/bench_e2e.sh [--hidden 12288 --ffn 49152 --heads 96 --layers 1] [--device cuda]
 #       [--nsamples 128 --seqlen 2048 --batch 2] [--ceilings] [--set key=value ...] [--out FILE]
