@@ -301,29 +301,8 @@ void read_tasks(const YAML::Node& node, const std::string& source, std::vector<E
   }
 }
 
-}  // namespace
-
-Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  YAML::Node root;
-  const std::string source = path.empty() ? "<defaults>" : path;
-  if (!path.empty()) {
-    try {
-      root = YAML::LoadFile(path);
-    } catch (const YAML::BadFile&) {
-      SCALPEL_INPUT_ERROR("{}: cannot read the config file", path);
-    } catch (const YAML::Exception& e) {
-      SCALPEL_INPUT_ERROR("{}: not valid YAML: {}", path, e.what());
-    }
-  }
-  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  for (const auto& o : overrides) apply_override(root, o);
-
-  Config c;
-  MapReader top(root, "", source);
-  top.get("model", c.model);
-  top.get("device", c.device);
-  top.get("threads", c.threads);
-  top.get("weight_cache_mb", c.weight_cache_mb);
+// The sections of the config file, each read into its part of Config (unknown keys are errors).
+void read_device_sections(MapReader& top, const std::string& source, Config& c) {
   {
     MapReader r(top.child("cuda"), "cuda", source);
     r.get("tf32", c.cuda.tf32);
@@ -352,6 +331,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("add_bos", c.eval.add_bos);
     r.finish();
   }
+}
+
+void read_prune_sections(MapReader& top, const std::string& source, Config& c) {
   {
     MapReader r(top.child("prune"), "prune", source);
     r.get("method", c.prune.method);
@@ -384,6 +366,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("tile", c.sparsegpt.tile);
     r.finish();
   }
+}
+
+void read_method_sections(MapReader& top, const std::string& source, Config& c) {
   {
     MapReader r(top.child("depth"), "depth", source);
     r.get("criterion", c.depth.criterion);
@@ -413,6 +398,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("final_loss", c.surgeon.final_loss);
     r.finish();
   }
+}
+
+void read_run_sections(MapReader& top, const std::string& source, Config& c) {
   {
     MapReader r(top.child("calibration"), "calibration", source);
     r.get("path", c.calibration.path);
@@ -441,15 +429,16 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.get("watchdog_seconds", c.parallel.watchdog_seconds);
     r.finish();
   }
-  top.get("determinism", c.determinism);
   {
     MapReader r(top.child("log"), "log", source);
     r.get("level", c.log.level);
     r.get("progress_seconds", c.log.progress_seconds);
     r.finish();
   }
-  top.finish();
+}
 
+// Checks of the values that no section's own validator covers.
+void validate_device(const Config& c, const std::string& source) {
   if (c.device != "cpu" && c.device != "cuda")
     SCALPEL_INPUT_ERROR("{}: 'device' is '{}', expected cpu or cuda", source, c.device);
   if (c.threads < 0) SCALPEL_INPUT_ERROR("{}: 'threads' must be >= 0", source);
@@ -472,6 +461,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.eval.max_windows < 0) SCALPEL_INPUT_ERROR("{}: 'eval.max_windows' must be >= 0", source);
   if (c.eval.max_items < 0) SCALPEL_INPUT_ERROR("{}: 'eval.max_items' must be >= 0", source);
   if (c.log.progress_seconds < 0) SCALPEL_INPUT_ERROR("{}: 'log.progress_seconds' must be >= 0", source);
+}
+
+void validate_prune(const Config& c, const std::string& source) {
   static const std::set<std::string> methods{"magnitude", "wanda", "sparsegpt", "surgeon"};
   if (!methods.count(c.prune.method))
     SCALPEL_INPUT_ERROR("{}: 'prune.method' is '{}', expected magnitude, wanda, sparsegpt or surgeon", source,
@@ -492,6 +484,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     SCALPEL_INPUT_ERROR("{}: 'prune.propagation' is '{}', expected pruned or dense", source, c.prune.propagation);
   if (!(c.prune.dampening > 0)) SCALPEL_INPUT_ERROR("{}: 'prune.dampening' must be > 0", source);
   if (c.prune.blocksize < 1) SCALPEL_INPUT_ERROR("{}: 'prune.blocksize' must be >= 1", source);
+}
+
+void validate_run(const Config& c, const std::string& source) {
   if (c.calibration.nsamples < 1) SCALPEL_INPUT_ERROR("{}: 'calibration.nsamples' must be >= 1", source);
   if (c.calibration.seqlen < 0 || c.calibration.seqlen == 1)
     SCALPEL_INPUT_ERROR("{}: 'calibration.seqlen' must be 0 (model maximum) or >= 2", source);
@@ -504,6 +499,41 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.determinism != "fast" && c.determinism != "strict")
     SCALPEL_INPUT_ERROR("{}: 'determinism' is '{}', expected fast or strict", source, c.determinism);
   if (c.output.export_shard_mb < 1) SCALPEL_INPUT_ERROR("{}: 'output.export_shard_mb' must be >= 1", source);
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  const std::string source = path.empty() ? "<defaults>" : path;
+  if (!path.empty()) {
+    try {
+      root = YAML::LoadFile(path);
+    } catch (const YAML::BadFile&) {
+      SCALPEL_INPUT_ERROR("{}: cannot read the config file", path);
+    } catch (const YAML::Exception& e) {
+      SCALPEL_INPUT_ERROR("{}: not valid YAML: {}", path, e.what());
+    }
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  for (const auto& o : overrides) apply_override(root, o);
+
+  Config c;
+  MapReader top(root, "", source);
+  top.get("model", c.model);
+  top.get("device", c.device);
+  top.get("threads", c.threads);
+  top.get("weight_cache_mb", c.weight_cache_mb);
+  top.get("determinism", c.determinism);
+  read_device_sections(top, source, c);
+  read_prune_sections(top, source, c);
+  read_method_sections(top, source, c);
+  read_run_sections(top, source, c);
+  top.finish();
+
+  validate_device(c, source);
+  validate_prune(c, source);
+  validate_run(c, source);
   return c;
 }
 
