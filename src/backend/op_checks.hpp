@@ -32,11 +32,29 @@ inline void block_in(const Tensor& t, const Block& b, const char* what) {
                 shape_str(t.shape()));
 }
 
+// Where two blocks lie in the same tensor, they must not share an element (the tile ops read and
+// write in an unspecified order, on both backends).
+inline void disjoint(const Tensor& s, const Block& bs, const Tensor& d, const Block& bd, const char* what) {
+  if (s.raw() != d.raw()) return;
+  const bool apart = bs.rows == 0 || bs.cols == 0 || bd.rows == 0 || bd.cols == 0 || bs.r0 + bs.rows <= bd.r0 ||
+                     bd.r0 + bd.rows <= bs.r0 || bs.c0 + bs.cols <= bd.c0 || bd.c0 + bd.cols <= bs.c0;
+  SCALPEL_CHECK(apart, "{}: blocks at ({}, {}) and ({}, {}) of one tensor overlap", what, bs.r0, bs.c0, bd.r0, bd.c0);
+}
+
+inline void copy_block(const Tensor& src, const Block& bs, const Tensor& dst, std::int64_t r0, std::int64_t c0) {
+  block_in(src, bs, "copy_block src");
+  const Block bd{r0, c0, bs.rows, bs.cols};
+  block_in(dst, bd, "copy_block dst");
+  disjoint(src, bs, dst, bd, "copy_block");
+}
+
 inline GemmDims gemm_block(Trans ta, Trans tb, const Tensor& a, const Block& ba, const Tensor& b, const Block& bb,
                            const Tensor& c, const Block& bc) {
   block_in(a, ba, "gemm_block A");
   block_in(b, bb, "gemm_block B");
   block_in(c, bc, "gemm_block C");
+  disjoint(a, ba, c, bc, "gemm_block A and C");
+  disjoint(b, bb, c, bc, "gemm_block B and C");
   const auto m = ta == Trans::no ? ba.rows : ba.cols;
   const auto k = ta == Trans::no ? ba.cols : ba.rows;
   const auto kb = tb == Trans::no ? bb.rows : bb.cols;

@@ -67,6 +67,8 @@ TEST_P(BackendOps, TileOpsOnRectangles) {
   EXPECT_REL_NEAR(down(c), want, Tol::f32);
   EXPECT_THROW(be->gemm_block(Trans::no, Trans::no, 1.0f, c, {0, 0, 4, 4}, c, {0, 0, 4, 4}, 0.0f, c, {18, 14, 4, 4}),
                Error);  // outside c
+  EXPECT_THROW(be->gemm_block(Trans::no, Trans::no, 1.0f, c, {0, 0, 4, 4}, c, {0, 0, 4, 4}, 0.0f, c, {3, 3, 4, 4}),
+               Error);  // C overlaps A and B
   // A B^T, beta 0 (C is not read: NaN there must not leak): rows [4, 9) columns [1, 8) of a
   // times rows [3, 7) columns [2, 9) of b, transposed.
   const std::int64_t m2 = 5, k2 = 7, n2 = 4;
@@ -88,6 +90,11 @@ TEST_P(BackendOps, TileOpsOnRectangles) {
   for (std::int64_t i = 0; i < 4; ++i)
     for (std::int64_t j = 0; j < 5; ++j) want_copy[(11 + i) * 16 + 10 + j] = a[(7 + i) * 20 + 2 + j];
   EXPECT_EQ(down(dst), want_copy);
+  be->copy_block(dst, {11, 10, 4, 5}, dst, 0, 0);  // within one tensor, apart
+  for (std::int64_t i = 0; i < 4; ++i)
+    for (std::int64_t j = 0; j < 5; ++j) want_copy[i * 16 + j] = want_copy[(11 + i) * 16 + 10 + j];
+  EXPECT_EQ(down(dst), want_copy);
+  EXPECT_THROW(be->copy_block(dst, {0, 0, 4, 5}, dst, 2, 3), Error);  // overlapping: refused
 
   const std::int64_t d = 40;
   Vec l = random_vec(d * d, 17);

@@ -220,10 +220,10 @@ class Backend {
   virtual void cholesky_inverse(Tensor& factor, bool upper) = 0;
   // The tile ops of the shared factorisation (prune/split_factor.hpp), fp32, TF32 never. On
   // rectangles of 2-D tensors: C[bc] = alpha op(A[ba]) op(B[bb]) + beta C[bc] (bc must not overlap
-  // ba or bb);
+  // ba or bb: refused);
   virtual void gemm_block(Trans ta, Trans tb, float alpha, const Tensor& a, const Block& ba, const Tensor& b,
                           const Block& bb, float beta, Tensor& c, const Block& bc) = 0;
-  // dst[r0 + i, c0 + j] = src[bs.r0 + i, bs.c0 + j];
+  // dst[r0 + i, c0 + j] = src[bs.r0 + i, bs.c0 + j] (the two blocks must not overlap);
   virtual void copy_block(const Tensor& src, const Block& bs, Tensor& dst, std::int64_t r0, std::int64_t c0) = 0;
   // the inverse of the lower triangular square a in place (only its lower triangle is read), the
   // strict upper triangle zeroed;

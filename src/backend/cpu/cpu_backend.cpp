@@ -757,12 +757,11 @@ class CpuBackend final : public Backend {
   void copy_block(const Tensor& src, const Block& bs, Tensor& dst, std::int64_t r0, std::int64_t c0) override {
     check_host_f32(src, "copy_block src");
     check_host_f32(dst, "copy_block dst");
-    op_checks::block_in(src, bs, "copy_block src");
-    op_checks::block_in(dst, {r0, c0, bs.rows, bs.cols}, "copy_block dst");
+    op_checks::copy_block(src, bs, dst, r0, c0);
     const auto ls = src.size(1), ld = dst.size(1);
 #pragma omp parallel for schedule(static)
     for (std::int64_t i = 0; i < bs.rows; ++i)
-      std::memmove(dst.f32() + (r0 + i) * ld + c0, src.f32() + (bs.r0 + i) * ls + bs.c0,
+      std::memcpy(dst.f32() + (r0 + i) * ld + c0, src.f32() + (bs.r0 + i) * ls + bs.c0,
                    static_cast<std::size_t>(bs.cols) * sizeof(float));
   }
 

@@ -827,8 +827,7 @@ class CudaBackend final : public Backend {
   void copy_block(const Tensor& src, const Block& bs, Tensor& dst, std::int64_t r0, std::int64_t c0) override {
     check_2d(src, "copy_block src");
     check_2d(dst, "copy_block dst");
-    op_checks::block_in(src, bs, "copy_block src");
-    op_checks::block_in(dst, {r0, c0, bs.rows, bs.cols}, "copy_block dst");
+    op_checks::copy_block(src, bs, dst, r0, c0);
     if (bs.rows == 0 || bs.cols == 0) return;
     const std::size_t f = sizeof(float);
     check_cuda(cudaMemcpy2DAsync(dst.f32() + r0 * dst.size(1) + c0, dst.size(1) * f, src.f32() + bs.r0 * src.size(1) + bs.c0,

@@ -72,8 +72,14 @@ class CudaUploader final : public Uploader {
     // before this event, so no copy starts until it is done.
     check(cudaEventRecord(queued_, cudaStreamLegacy), "EventRecord");
     check(cudaStreamWaitEvent(stream_, queued_, 0), "StreamWaitEvent");
-    for (std::size_t i = 0; i < host.size(); ++i)
-      copy(static_cast<const std::byte*>(host[i].raw()), static_cast<std::byte*>(out[i].raw()), host[i].nbytes());
+    try {
+      for (std::size_t i = 0; i < host.size(); ++i)
+        copy(static_cast<const std::byte*>(host[i].raw()), static_cast<std::byte*>(out[i].raw()), host[i].nbytes());
+    } catch (...) {
+      // Copies already queued must end before `out` hands its blocks back to the allocator.
+      cudaStreamSynchronize(stream_);
+      throw;
+    }
     check(cudaStreamSynchronize(stream_), "StreamSynchronize");
     return out;
   }
