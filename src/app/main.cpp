@@ -57,6 +57,179 @@ std::string preset_path_list(const std::string& flag, const std::vector<std::str
   return list + "]";
 }
 
+// Every option of every command, filled by CLI11.
+struct Options {
+  std::string log_level = "info";
+  bool print_config = false;
+  std::string model;  // --model of eval, prune, depth and plan
+  std::vector<std::string> eval_args, text, task;
+  std::vector<std::string> prune_args;
+  bool restart = false;
+  std::vector<std::string> depth_args;
+  bool scores_only = false;
+  std::string ex_ckpt, ex_out, ex_model;
+  std::int64_t ex_shard_mb = 5000;
+  std::string inspect_path;
+  bool inspect_json = false;
+  std::vector<std::string> plan_args;
+  int plan_ranks = 0;
+  bool plan_json = false;
+  double gflops = 0, net_gbps = 0, read_gbps = 0;
+  std::string tk_model, tk_input, tk_output, tk_preset = "text", tk_mode = "transformers";
+};
+
+// The subcommands that take a config file and overrides.
+struct Commands {
+  CLI::App *eval, *tokenize, *prune, *depth, *exporter, *inspect, *plan;
+};
+
+void add_config_args(CLI::App* cmd, std::vector<std::string>& args, Options& o, const std::string& example) {
+  cmd->add_option("args", args, "[config.yaml] [key=value ...] (e.g. " + example + ")");
+  cmd->add_flag("--print-config", o.print_config, "print the resolved config and exit");
+  cmd->add_option("--model", o.model, "Hugging Face model folder (same as model=DIR)");
+}
+
+CLI::App* add_eval(CLI::App& app, Options& o) {
+  auto* eval = app.add_subcommand("eval", "perplexity on evaluation texts (SparseGPT/Wanda protocol) and zero-shot "
+                                          "task accuracy (lm-evaluation-harness scoring)");
+  add_config_args(eval, o.eval_args, o, "eval.seqlen=256");
+  eval->add_option("--text", o.text, "PRESET:PATH to evaluate (wikitext2, ptb, c4, text); repeatable; replaces eval.sets")
+      ->allow_extra_args(false);
+  eval->add_option("--task", o.task,
+                   "PRESET:PATH zero-shot task (piqa, hellaswag, arc_easy, arc_challenge, winogrande, boolq, rte, "
+                   "openbookqa, copa, lambada, mc); repeatable; replaces eval.tasks")
+      ->allow_extra_args(false);
+  return eval;
+}
+
+CLI::App* add_tokenize(CLI::App& app, Options& o) {
+  auto* tokenize = app.add_subcommand("tokenize", "write the token ids of a text (int32) to check them");
+  tokenize->add_option("--model", o.tk_model, "model folder holding the tokenizer files")->required();
+  tokenize->add_option("--input", o.tk_input, "text file")->required();
+  tokenize->add_option("--output", o.tk_output, "output file of int32 ids (a .json with the count goes beside it)")
+      ->required();
+  tokenize->add_option("--preset", o.tk_preset, "how to read the text: text (as is), wikitext2, ptb, c4");
+  tokenize->add_option("--mode", o.tk_mode, "SentencePiece models: transformers (default) or sentencepiece (sp.encode)");
+  return tokenize;
+}
+
+CLI::App* add_prune(CLI::App& app, Options& o) {
+  auto* prune = app.add_subcommand("prune", "prune a model layer by layer (SparseGPT, Wanda, magnitude; N:M)");
+  add_config_args(prune, o.prune_args, o, "prune.sparsity=0.6");
+  prune->add_flag("--restart", o.restart, "discard the checkpoint in the output folder instead of resuming it");
+  return prune;
+}
+
+CLI::App* add_depth(CLI::App& app, Options& o) {
+  auto* depth = app.add_subcommand("depth", "remove whole decoder blocks (ShortGPT's Block Influence, angular "
+                                            "distance, LaCo merging, perplexity greedy)");
+  add_config_args(depth, o.depth_args, o, "depth.criterion=angular depth.remove=2");
+  depth->add_flag("--scores-only", o.scores_only, "print the per-block scores (JSON) and remove nothing");
+  return depth;
+}
+
+CLI::App* add_export(CLI::App& app, Options& o) {
+  auto* exporter = app.add_subcommand("export", "write the Hugging Face folder of a complete pruning checkpoint");
+  exporter->add_option("--checkpoint", o.ex_ckpt, "checkpoint folder (output.dir/ckpt of a prune)")->required();
+  exporter->add_option("--out", o.ex_out, "folder to write (replaced if present)")->required();
+  exporter->add_option("--model", o.ex_model, "source model folder (default: the one the checkpoint records)");
+  exporter->add_option("--shard-mb", o.ex_shard_mb, "shard model.safetensors past this size (MB)");
+  return exporter;
+}
+
+CLI::App* add_inspect(CLI::App& app, Options& o) {
+  auto* inspect = app.add_subcommand("inspect", "per-layer and total sparsity of a model folder or checkpoint");
+  inspect->add_option("path", o.inspect_path, "Hugging Face model folder (or a pruning checkpoint folder)")->required();
+  inspect->add_flag("--json", o.inspect_json, "print JSON instead of a table");
+  return inspect;
+}
+
+// `scalpel plan`: per-rank memory, I/O, communication and time of a prune job (see plan.cpp).
+CLI::App* add_plan(CLI::App& app, Options& o) {
+  auto* plan = app.add_subcommand("plan", "per-rank memory, I/O, communication and time of a prune job, from "
+                                          "config.json alone; refuses a grid that exceeds parallel.memory_gb");
+  plan->add_option("args", o.plan_args, "[config.yaml] [key=value ...] (e.g. parallel.stages=8)");
+  plan->add_option("--model", o.model, "Hugging Face model folder (same as model=DIR); config.json is enough");
+  plan->add_option("--ranks", o.plan_ranks, "ranks of the job (default: the MPI world size; on one process, "
+                                            "parallel.stages x parallel.data when parallel.data is set)")
+      ->check(CLI::PositiveNumber);
+  plan->add_flag("--json", o.plan_json, "print JSON (every rank's figures) instead of tables");
+  plan->add_option("--gflops", o.gflops, "FLOP rate per rank in GFLOP/s (default: cpu 95 x threads, cuda 19500)")
+      ->check(CLI::PositiveNumber);
+  plan->add_option("--net-gbps", o.net_gbps, "network GB/s per rank (default 12.5)")->check(CLI::PositiveNumber);
+  plan->add_option("--read-gbps", o.read_gbps, "checkpoint read GB/s per rank (default 2)")->check(CLI::PositiveNumber);
+  return plan;
+}
+
+Commands add_commands(CLI::App& app, Options& o) {
+  app.require_subcommand(1);
+  app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off");
+  Commands c{};
+  c.eval = add_eval(app, o);
+  c.tokenize = add_tokenize(app, o);
+  c.prune = add_prune(app, o);
+  c.depth = add_depth(app, o);
+  c.exporter = add_export(app, o);
+  c.inspect = add_inspect(app, o);
+  c.plan = add_plan(app, o);
+  return c;
+}
+
+// The config of a command from its arguments, --model and the extra overrides its options stand for.
+scalpel::app::Config command_config(const std::vector<std::string>& args, const Options& o,
+                                    std::vector<std::string> extra = {}) {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  split_args(args, config_path, overrides);
+  if (!o.model.empty()) overrides.push_back("model=" + o.model);
+  overrides.insert(overrides.end(), extra.begin(), extra.end());
+  return scalpel::app::load_config(config_path, overrides);
+}
+
+// Runs the chosen command; returns its exit code.
+int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world) {
+  using namespace scalpel::app;
+  const int rank = world.rank();
+  const NodePlace place{world.local_rank(), world.local_size()};
+  const auto printed = [&](const Config& cfg) {
+    if (o.print_config && rank == 0) std::cout << dump_config(cfg);
+    return o.print_config;
+  };
+  if (*c.eval) {
+    std::vector<std::string> extra;
+    if (!o.text.empty()) extra.push_back("eval.sets=" + preset_path_list("--text", o.text));
+    if (!o.task.empty()) extra.push_back("eval.tasks=" + preset_path_list("--task", o.task));
+    const auto cfg = command_config(o.eval_args, o, extra);
+    return printed(cfg) ? 0 : run_eval(cfg, world, place);
+  }
+  if (*c.prune) {
+    const auto cfg = command_config(o.prune_args, o);
+    return printed(cfg) ? 0 : run_prune(cfg, world, place, o.restart);
+  }
+  if (*c.depth) {
+    const auto cfg = command_config(o.depth_args, o);
+    return printed(cfg) ? 0 : run_depth(cfg, world, place, o.scores_only);
+  }
+  if (*c.plan) {
+    const auto cfg = command_config(o.plan_args, o);
+    int ranks = o.plan_ranks > 0 ? o.plan_ranks : world.size();
+    if (o.plan_ranks <= 0 && world.size() == 1 && cfg.parallel.data > 0)
+      ranks = cfg.parallel.stages * cfg.parallel.data;
+    // Only rank 0 plans and prints; an error there aborts the job (see main's catch blocks).
+    return rank == 0 ? run_plan(cfg, ranks, o.plan_json, o.gflops, o.net_gbps, o.read_gbps) : 0;
+  }
+  if (*c.exporter) return rank == 0 ? run_export(o.ex_ckpt, o.ex_model, o.ex_out, o.ex_shard_mb) : 0;
+  if (*c.inspect) {
+    if (rank == 0) {
+      const auto j = inspect_hf_folder(o.inspect_path, !o.inspect_json);
+      if (o.inspect_json) std::cout << j.dump(2) << '\n';
+    }
+    return 0;
+  }
+  if (*c.tokenize) return run_tokenize(o.tk_model, o.tk_input, o.tk_preset, o.tk_output, o.tk_mode, world);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -66,84 +239,8 @@ int main(int argc, char** argv) {
   const int rank = world->rank(), size = world->size();
 
   CLI::App app{"scalpel: one-shot pruning of large language models (SparseGPT, Wanda, magnitude, N:M)"};
-  app.require_subcommand(1);
-  std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off");
-
-  auto* eval = app.add_subcommand("eval", "perplexity on evaluation texts (SparseGPT/Wanda protocol) and zero-shot "
-                                          "task accuracy (lm-evaluation-harness scoring)");
-  std::vector<std::string> eval_args;
-  bool print_config = false;
-  std::string model_opt;
-  std::vector<std::string> text_opts, task_opts;
-  eval->add_option("args", eval_args, "[config.yaml] [key=value ...] (e.g. eval.seqlen=256)");
-  eval->add_flag("--print-config", print_config, "print the resolved config and exit");
-  eval->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR)");
-  eval->add_option("--text", text_opts, "PRESET:PATH to evaluate (wikitext2, ptb, c4, text); repeatable; replaces eval.sets")
-      ->allow_extra_args(false);
-  eval->add_option("--task", task_opts,
-                   "PRESET:PATH zero-shot task (piqa, hellaswag, arc_easy, arc_challenge, winogrande, boolq, rte, "
-                   "openbookqa, copa, lambada, mc); repeatable; replaces eval.tasks")
-      ->allow_extra_args(false);
-
-  auto* tokenize = app.add_subcommand("tokenize", "write the token ids of a text (int32) to check them");
-  std::string tk_model, tk_input, tk_output, tk_preset = "text", tk_mode = "transformers";
-  tokenize->add_option("--model", tk_model, "model folder holding the tokenizer files")->required();
-  tokenize->add_option("--input", tk_input, "text file")->required();
-  tokenize->add_option("--output", tk_output, "output file of int32 ids (a .json with the count goes beside it)")->required();
-  tokenize->add_option("--preset", tk_preset, "how to read the text: text (as is), wikitext2, ptb, c4");
-  tokenize->add_option("--mode", tk_mode, "SentencePiece models: transformers (default) or sentencepiece (sp.encode)");
-
-  auto* prune = app.add_subcommand("prune", "prune a model layer by layer (SparseGPT, Wanda, magnitude; N:M)");
-  std::vector<std::string> prune_args;
-  bool prune_restart = false;
-  prune->add_option("args", prune_args, "[config.yaml] [key=value ...] (e.g. prune.sparsity=0.6)");
-  prune->add_flag("--print-config", print_config, "print the resolved config and exit");
-  prune->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR)");
-  prune->add_flag("--restart", prune_restart, "discard the checkpoint in the output folder instead of resuming it");
-
-  auto* depth = app.add_subcommand("depth", "remove whole decoder blocks (ShortGPT's Block Influence, angular "
-                                            "distance, LaCo merging, perplexity greedy)");
-  std::vector<std::string> depth_args;
-  bool depth_scores_only = false;
-  depth->add_option("args", depth_args, "[config.yaml] [key=value ...] (e.g. depth.criterion=angular depth.remove=2)");
-  depth->add_flag("--print-config", print_config, "print the resolved config and exit");
-  depth->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR)");
-  depth->add_flag("--scores-only", depth_scores_only, "print the per-block scores (JSON) and remove nothing");
-
-  auto* exporter = app.add_subcommand("export", "write the Hugging Face folder of a complete pruning checkpoint");
-  std::string ex_ckpt, ex_out, ex_model;
-  std::int64_t ex_shard_mb = 5000;
-  exporter->add_option("--checkpoint", ex_ckpt, "checkpoint folder (output.dir/ckpt of a prune)")->required();
-  exporter->add_option("--out", ex_out, "folder to write (replaced if present)")->required();
-  exporter->add_option("--model", ex_model, "source model folder (default: the one the checkpoint records)");
-  exporter->add_option("--shard-mb", ex_shard_mb, "shard model.safetensors past this size (MB)");
-
-  auto* inspect = app.add_subcommand("inspect", "per-layer and total sparsity of a model folder or checkpoint");
-  std::string inspect_path;
-  bool inspect_json = false;
-  inspect->add_option("path", inspect_path, "Hugging Face model folder (or a pruning checkpoint folder)")->required();
-  inspect->add_flag("--json", inspect_json, "print JSON instead of a table");
-
-  // `scalpel plan`: per-rank memory, I/O, communication and time of a prune job (see plan.cpp).
-  auto* plan = app.add_subcommand("plan", "per-rank memory, I/O, communication and time of a prune job, from "
-                                          "config.json alone; refuses a grid that exceeds parallel.memory_gb");
-  std::vector<std::string> plan_args;
-  int plan_ranks = 0;
-  bool plan_json = false;
-  double plan_gflops = 0, plan_net_gbps = 0, plan_read_gbps = 0;
-  plan->add_option("args", plan_args, "[config.yaml] [key=value ...] (e.g. parallel.stages=8)");
-  plan->add_option("--model", model_opt, "Hugging Face model folder (same as model=DIR); config.json is enough");
-  plan->add_option("--ranks", plan_ranks, "ranks of the job (default: the MPI world size; on one process, "
-                                          "parallel.stages x parallel.data when parallel.data is set)")
-      ->check(CLI::PositiveNumber);
-  plan->add_flag("--json", plan_json, "print JSON (every rank's figures) instead of tables");
-  plan->add_option("--gflops", plan_gflops, "FLOP rate per rank in GFLOP/s (default: cpu 95 x threads, cuda 19500)")
-      ->check(CLI::PositiveNumber);
-  plan->add_option("--net-gbps", plan_net_gbps, "network GB/s per rank (default 12.5)")->check(CLI::PositiveNumber);
-  plan->add_option("--read-gbps", plan_read_gbps, "checkpoint read GB/s per rank (default 2)")
-      ->check(CLI::PositiveNumber);
-
+  Options opts;
+  const Commands commands = add_commands(app, opts);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -152,65 +249,8 @@ int main(int argc, char** argv) {
   }
 
   try {
-    scalpel::log::init(rank, size, log_level);
-    if (*eval) {
-      std::string config_path;
-      std::vector<std::string> overrides;
-      split_args(eval_args, config_path, overrides);
-      if (!model_opt.empty()) overrides.push_back("model=" + model_opt);
-      if (!text_opts.empty()) overrides.push_back("eval.sets=" + preset_path_list("--text", text_opts));
-      if (!task_opts.empty()) overrides.push_back("eval.tasks=" + preset_path_list("--task", task_opts));
-      const auto cfg = scalpel::app::load_config(config_path, overrides);
-      if (print_config) {
-        if (rank == 0) std::cout << scalpel::app::dump_config(cfg);
-        return 0;
-      }
-      return scalpel::app::run_eval(cfg, *world, {world->local_rank(), world->local_size()});
-    }
-    if (*prune) {
-      std::string config_path;
-      std::vector<std::string> overrides;
-      split_args(prune_args, config_path, overrides);
-      if (!model_opt.empty()) overrides.push_back("model=" + model_opt);
-      const auto cfg = scalpel::app::load_config(config_path, overrides);
-      if (print_config) {
-        if (rank == 0) std::cout << scalpel::app::dump_config(cfg);
-        return 0;
-      }
-      return scalpel::app::run_prune(cfg, *world, {world->local_rank(), world->local_size()}, prune_restart);
-    }
-    if (*depth) {
-      std::string config_path;
-      std::vector<std::string> overrides;
-      split_args(depth_args, config_path, overrides);
-      if (!model_opt.empty()) overrides.push_back("model=" + model_opt);
-      const auto cfg = scalpel::app::load_config(config_path, overrides);
-      if (print_config) {
-        if (rank == 0) std::cout << scalpel::app::dump_config(cfg);
-        return 0;
-      }
-      return scalpel::app::run_depth(cfg, *world, {world->local_rank(), world->local_size()}, depth_scores_only);
-    }
-    if (*plan) {
-      std::string config_path;
-      std::vector<std::string> overrides;
-      split_args(plan_args, config_path, overrides);
-      if (!model_opt.empty()) overrides.push_back("model=" + model_opt);
-      const auto cfg = scalpel::app::load_config(config_path, overrides);
-      int ranks = plan_ranks > 0 ? plan_ranks : size;
-      if (plan_ranks <= 0 && size == 1 && cfg.parallel.data > 0) ranks = cfg.parallel.stages * cfg.parallel.data;
-      // Only rank 0 plans and prints; an error there aborts the job (see the catch blocks).
-      return rank == 0 ? scalpel::app::run_plan(cfg, ranks, plan_json, plan_gflops, plan_net_gbps, plan_read_gbps) : 0;
-    }
-    if (*exporter) return rank == 0 ? scalpel::app::run_export(ex_ckpt, ex_model, ex_out, ex_shard_mb) : 0;
-    if (*inspect) {
-      if (rank == 0) {
-        const auto j = scalpel::app::inspect_hf_folder(inspect_path, !inspect_json);
-        if (inspect_json) std::cout << j.dump(2) << '\n';
-      }
-      return 0;
-    }
-    if (*tokenize) return scalpel::app::run_tokenize(tk_model, tk_input, tk_preset, tk_output, tk_mode, *world);
+    scalpel::log::init(rank, size, opts.log_level);
+    return dispatch(commands, opts, *world);
   } catch (const CLI::ValidationError& e) {
     if (rank == 0) std::fprintf(stderr, "scalpel: error: %s\n", e.what());
     if (size > 1) world->abort(scalpel::kExitInput);
@@ -226,5 +266,4 @@ int main(int argc, char** argv) {
     if (size > 1) world->abort(scalpel::kExitInternal);
     return scalpel::kExitInternal;
   }
-  return 0;
 }
