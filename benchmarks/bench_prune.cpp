@@ -131,6 +131,99 @@ struct Setup {
   bool error = false;
 };
 
+// Statistics: the Hessian only (SparseGPT), in batches of s.batch tokens; `stats` keeps the last
+// run's. Returns the median seconds.
+double time_stats(ProfilingBackend& prof, const Tensor& x, std::int64_t seqlen, const Setup& s,
+                  const std::string& name, std::unique_ptr<prune::InputStats>& stats) {
+  const auto d = x.size(1), tokens = x.size(0);
+  return median_seconds(s.repeats, [&] {
+    stats = std::make_unique<prune::InputStats>(prof, d, prune::StatsKinds{true, false}, name);
+    for (std::int64_t t0 = 0; t0 < tokens; t0 += s.batch) {
+      const auto b = std::min(s.batch, tokens - t0);
+      stats->add_batch(x.slice_rows(t0, t0 + b), std::max<std::int64_t>(1, b / seqlen));
+    }
+  });
+}
+
+struct Factorisation {
+  prune::HinvFactor f;
+  Tensor wf;                // the weight with its dead columns zeroed
+  double seconds = 0;       // sparsegpt_factor, median
+  double ceiling = 0;       // its FLOPs at spotrf's rate
+  double potrf = 0;         // spotrf alone
+  double lapack_route = 0;  // spotrf, spotri, spotrf
+  json ops;
+};
+
+// Factorisation of the Hessian (and w's dead columns zeroed), with its ceilings.
+Factorisation time_factorisation(Backend& cpu, ProfilingBackend& prof, const Tensor& w, const Tensor& hessian,
+                                 const Setup& s, const std::string& name) {
+  Factorisation r;
+  prof.reset();
+  r.wf = w.clone();
+  r.seconds =
+      median_seconds(s.repeats, [&] { r.f = prune::sparsegpt_factor(prof, hessian, &r.wf, 0.01, 10, name); });
+  r.ops = op_breakdown(prof);
+  Tensor damped = hessian.clone();
+  cpu.hessian_prepare(damped, nullptr, 0.01f);
+  r.potrf = time_spotrf(damped, s.repeats);
+  // The ceiling for the whole factorisation: its FLOPs at spotrf's rate.
+  r.ceiling = r.potrf * 2.0;
+  // And the reference's route (4n³/3 FLOPs) through LAPACK, for comparison.
+  r.lapack_route = time_lapack_route(damped, s.repeats);
+  return r;
+}
+
+prune::SweepOptions sweep_options(const Setup& s) {
+  prune::SweepOptions so;
+  so.pattern = s.pattern;
+  so.blocksize = s.blocksize;
+  return so;
+}
+
+struct Sweep {
+  double seconds = 0, ceiling = 0, lazy_flops = 0, inblock_flops = 0;
+  std::int64_t blocksize = 0;
+  json ops;
+};
+
+// Sweep (fresh copy of the dead-zeroed weight each repeat; the copy is outside the timing).
+Sweep time_sweep(Backend& cpu, const Tensor& wf, const Tensor& hinv, const Setup& s) {
+  const auto rows = wf.size(0), d = wf.size(1);
+  const prune::SweepOptions so = sweep_options(s);
+  Sweep r;
+  r.blocksize = prune::sparsegpt_blocksize(s.blocksize, s.pattern);
+  std::vector<double> ts;
+  ProfilingBackend prof_sweep(cpu);
+  for (int rep = 0; rep < s.repeats; ++rep) {
+    Tensor ws = wf.clone();
+    Tensor mask = cpu.empty({rows, d}, DType::u8), losses = cpu.zeros({rows}, DType::f64);
+    prof_sweep.reset();
+    Timer tm;
+    prune::sparsegpt_sweep(prof_sweep, ws, hinv, so, mask, losses);
+    ts.push_back(tm.seconds());
+  }
+  r.seconds = median(ts);
+  r.ceiling = time_lazy_sgemms(rows, d, r.blocksize, s.repeats, &r.lazy_flops);
+  r.inblock_flops = 1.0 * rows * d * (r.blocksize - 1);
+  r.ops = op_breakdown(prof_sweep);
+  return r;
+}
+
+// The reconstruction error of the pruned weight (pruned here, untimed), timed.
+json time_error(Backend& cpu, const Tensor& w, const Factorisation& fa, const prune::InputStats& stats,
+                const Setup& s) {
+  const auto rows = w.size(0), d = w.size(1);
+  const double dd = static_cast<double>(d);
+  Tensor ws = fa.wf.clone();
+  Tensor mask = cpu.empty({rows, d}, DType::u8), losses = cpu.zeros({rows}, DType::f64);
+  prune::sparsegpt_sweep(cpu, ws, fa.f.hinv, sweep_options(s), mask, losses);
+  prune::ReconstructionError e;
+  const double t_err =
+      median_seconds(s.repeats, [&] { e = prune::reconstruction_error(cpu, w, ws, stats.hessian(), stats.nsamples()); });
+  return {{"seconds", t_err}, {"gflops", 4.0 * rows * dd * dd / t_err / 1e9}, {"relative", e.rel}};
+}
+
 // Times the three phases (and optionally the error) of SparseGPT on weight w [rows, d] with
 // calibration tokens x [tokens, d] (sequences of `seqlen` tokens), plus the ceilings.
 json bench_linear(Backend& cpu, const Tensor& w, const Tensor& x, std::int64_t seqlen, const Setup& s,
@@ -139,55 +232,17 @@ json bench_linear(Backend& cpu, const Tensor& w, const Tensor& x, std::int64_t s
   ProfilingBackend prof(cpu);
   std::cerr << "bench_prune: " << name << " (" << rows << " x " << d << ", " << tokens << " tokens)\n";
 
-  // Statistics: the Hessian only (SparseGPT), in batches of s.batch tokens.
   std::unique_ptr<prune::InputStats> stats;
-  const double t_stats = median_seconds(s.repeats, [&] {
-    stats = std::make_unique<prune::InputStats>(prof, d, prune::StatsKinds{true, false}, name);
-    for (std::int64_t t0 = 0; t0 < tokens; t0 += s.batch) {
-      const auto b = std::min(s.batch, tokens - t0);
-      stats->add_batch(x.slice_rows(t0, t0 + b), std::max<std::int64_t>(1, b / seqlen));
-    }
-  });
+  const double t_stats = time_stats(prof, x, seqlen, s, name, stats);
   const json stats_ops = op_breakdown(prof);
   const double syrk_flops = 1.0 * tokens * d * (d + 1);
   const double c_stats = time_ssyrk(x, s.batch, s.repeats);
 
-  // Factorisation.
-  prof.reset();
-  prune::HinvFactor f;
-  Tensor wf = w.clone();
-  const double t_fact =
-      median_seconds(s.repeats, [&] { f = prune::sparsegpt_factor(prof, stats->hessian(), &wf, 0.01, 10, name); });
-  const json fact_ops = op_breakdown(prof);
+  const Factorisation fa = time_factorisation(cpu, prof, w, stats->hessian(), s, name);
   const double dd = static_cast<double>(d);
   const double fact_flops = 2.0 * dd * dd * dd / 3;  // potrf n³/3 + trtri n³/3
-  Tensor damped = stats->hessian().clone();
-  cpu.hessian_prepare(damped, nullptr, 0.01f);
-  const double c_potrf = time_spotrf(damped, s.repeats);
-  // The ceiling for the whole factorisation: its FLOPs at spotrf's rate.
-  const double c_fact = c_potrf * 2.0;
-  // And the reference's route (4n³/3 FLOPs) through LAPACK, for comparison.
-  const double lapack_route = time_lapack_route(damped, s.repeats);
 
-  // Sweep (fresh copy of the dead-zeroed weight each repeat; the copy is outside the timing).
-  prune::SweepOptions so;
-  so.pattern = s.pattern;
-  so.blocksize = s.blocksize;
-  const auto bs = prune::sparsegpt_blocksize(s.blocksize, s.pattern);
-  std::vector<double> ts;
-  ProfilingBackend prof_sweep(cpu);
-  for (int r = 0; r < s.repeats; ++r) {
-    Tensor ws = wf.clone();
-    Tensor mask = cpu.empty({rows, d}, DType::u8), losses = cpu.zeros({rows}, DType::f64);
-    prof_sweep.reset();
-    Timer tm;
-    prune::sparsegpt_sweep(prof_sweep, ws, f.hinv, so, mask, losses);
-    ts.push_back(tm.seconds());
-  }
-  const double t_sweep = median(ts);
-  double lazy_flops = 0;
-  const double c_sweep = time_lazy_sgemms(rows, d, bs, s.repeats, &lazy_flops);
-  const double inblock_flops = 1.0 * rows * d * (bs - 1);
+  const Sweep sw = time_sweep(cpu, fa.wf, fa.f.hinv, s);
 
   json j = {{"name", name},
             {"rows", rows},
@@ -195,30 +250,22 @@ json bench_linear(Backend& cpu, const Tensor& w, const Tensor& x, std::int64_t s
             {"tokens", tokens},
             {"tokens_per_syrk", std::min(s.batch, tokens)},
             {"pattern", s.pattern.str()},
-            {"blocksize", bs},
+            {"blocksize", sw.blocksize},
             {"stats", phase(t_stats, syrk_flops, c_stats)},
-            {"factorisation", phase(t_fact, fact_flops, c_fact)},
-            {"sweep", phase(t_sweep, lazy_flops + inblock_flops, c_sweep)},
+            {"factorisation", phase(fa.seconds, fact_flops, fa.ceiling)},
+            {"sweep", phase(sw.seconds, sw.lazy_flops + sw.inblock_flops, sw.ceiling)},
             {"stats_ops", stats_ops},
-            {"factorisation_ops", fact_ops},
-            {"sweep_ops", op_breakdown(prof_sweep)},
-            {"spotrf_gflops", dd * dd * dd / 3 / c_potrf / 1e9},
-            {"lapack_route_seconds", lapack_route},
-            {"damping_tries", f.tries}};
-  j["factorisation"]["speedup_vs_lapack_route"] = lapack_route / t_fact;
+            {"factorisation_ops", fa.ops},
+            {"sweep_ops", sw.ops},
+            {"spotrf_gflops", dd * dd * dd / 3 / fa.potrf / 1e9},
+            {"lapack_route_seconds", fa.lapack_route},
+            {"damping_tries", fa.f.tries}};
+  j["factorisation"]["speedup_vs_lapack_route"] = fa.lapack_route / fa.seconds;
   // The sweep's ceiling covers only its BLAS-3 FLOPs (the in-block part has no GEMM to compare).
-  j["sweep"]["ceiling_gflops"] = lazy_flops / c_sweep / 1e9;
-  j["sweep"]["lazy_flops"] = lazy_flops;
-  j["sweep"]["inblock_flops"] = inblock_flops;
-  if (s.error) {
-    Tensor ws = wf.clone();
-    Tensor mask = cpu.empty({rows, d}, DType::u8), losses = cpu.zeros({rows}, DType::f64);
-    prune::sparsegpt_sweep(cpu, ws, f.hinv, so, mask, losses);
-    prune::ReconstructionError e;
-    const double t_err = median_seconds(
-        s.repeats, [&] { e = prune::reconstruction_error(cpu, w, ws, stats->hessian(), stats->nsamples()); });
-    j["error"] = {{"seconds", t_err}, {"gflops", 4.0 * rows * dd * dd / t_err / 1e9}, {"relative", e.rel}};
-  }
+  j["sweep"]["ceiling_gflops"] = sw.lazy_flops / sw.ceiling / 1e9;
+  j["sweep"]["lazy_flops"] = sw.lazy_flops;
+  j["sweep"]["inblock_flops"] = sw.inblock_flops;
+  if (s.error) j["error"] = time_error(cpu, w, fa, *stats, s);
   std::cerr << "  stats " << j["stats"]["efficiency"] << ", factorisation " << j["factorisation"]["efficiency"]
             << " (x" << j["factorisation"]["speedup_vs_lapack_route"] << " vs spotrf+spotri+spotrf)"
             << ", sweep " << j["sweep"]["efficiency"] << " of the ceiling\n";
@@ -242,10 +289,8 @@ std::vector<std::int32_t> calibration_ids(const fs::path& model_dir, const fs::p
   return out;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App cli{"scalpel prune benchmark: SparseGPT phases against the OpenBLAS ceilings at the same sizes"};
+// The command line; the synthetic layers' sizes and the real layer's model, text and windows.
+struct Options {
   std::vector<std::int64_t> cols{4096};
   std::int64_t rows = 4096, tokens = 4096, seqlen = 2048, windows = 16, calib_seqlen = 128;
   std::string model = fs::exists("../shared/models/opt-mini") ? "../shared/models/opt-mini" : "models/opt-mini";
@@ -257,74 +302,92 @@ int main(int argc, char** argv) {
   int threads = 0;
   bool real = true, synthetic = true;
   Setup s;
-  cli.add_option("--cols", cols, "input widths of the synthetic layers (e.g. 4096 5120 12288)");
-  cli.add_option("--rows", rows, "output rows of the synthetic layers");
-  cli.add_option("--tokens", tokens, "calibration tokens of the synthetic layers");
-  cli.add_option("--seqlen", seqlen, "tokens per sequence (the Hessian's n counts sequences)");
-  cli.add_option("--batch", s.batch, "tokens per statistics batch (one syrk each)");
-  cli.add_option("--blocksize", s.blocksize, "SparseGPT block width");
-  cli.add_option("--pattern", pattern, "unstructured or N:M");
-  cli.add_option("--sparsity", sparsity, "unstructured sparsity");
-  cli.add_option("--repeats", s.repeats, "timed runs per phase (median reported)");
-  cli.add_option("--threads", threads, "BLAS/OpenMP threads (0: all cores)");
-  cli.add_flag("--error,!--no-error", s.error, "also time the reconstruction error (4 rows d² FLOPs)");
-  cli.add_option("--model", model, "Hugging Face folder of the real layer (opt-mini)");
-  cli.add_option("--calib", calib, "calibration text for the real layer");
-  cli.add_option("--layer", layer, "decoder layer of the real model");
-  cli.add_option("--windows", windows, "calibration windows for the real layer");
-  cli.add_flag("--real,!--no-real", real, "benchmark the real layer");
-  cli.add_flag("--synthetic,!--no-synthetic", synthetic, "benchmark the synthetic layers");
-  cli.add_option("--out", out, "JSON output file (default: stdout only)");
+};
+
+void add_options(CLI::App& cli, Options& o) {
+  cli.add_option("--cols", o.cols, "input widths of the synthetic layers (e.g. 4096 5120 12288)");
+  cli.add_option("--rows", o.rows, "output rows of the synthetic layers");
+  cli.add_option("--tokens", o.tokens, "calibration tokens of the synthetic layers");
+  cli.add_option("--seqlen", o.seqlen, "tokens per sequence (the Hessian's n counts sequences)");
+  cli.add_option("--batch", o.s.batch, "tokens per statistics batch (one syrk each)");
+  cli.add_option("--blocksize", o.s.blocksize, "SparseGPT block width");
+  cli.add_option("--pattern", o.pattern, "unstructured or N:M");
+  cli.add_option("--sparsity", o.sparsity, "unstructured sparsity");
+  cli.add_option("--repeats", o.s.repeats, "timed runs per phase (median reported)");
+  cli.add_option("--threads", o.threads, "BLAS/OpenMP threads (0: all cores)");
+  cli.add_flag("--error,!--no-error", o.s.error, "also time the reconstruction error (4 rows d² FLOPs)");
+  cli.add_option("--model", o.model, "Hugging Face folder of the real layer (opt-mini)");
+  cli.add_option("--calib", o.calib, "calibration text for the real layer");
+  cli.add_option("--layer", o.layer, "decoder layer of the real model");
+  cli.add_option("--windows", o.windows, "calibration windows for the real layer");
+  cli.add_flag("--real,!--no-real", o.real, "benchmark the real layer");
+  cli.add_flag("--synthetic,!--no-synthetic", o.synthetic, "benchmark the synthetic layers");
+  cli.add_option("--out", o.out, "JSON output file (default: stdout only)");
+}
+
+// The synthetic layers: random weights and tokens of each width in o.cols.
+json bench_synthetic(Backend& cpu, const Options& o) {
+  json synth = json::array();
+  for (const auto d : o.cols) {
+    Tensor x = Tensor::empty({o.tokens, d}), w = Tensor::empty({o.rows, d});
+    fill_random(x.f32(), x.numel(), 1 + static_cast<std::uint64_t>(d));
+    fill_random(w.f32(), w.numel(), 2 + static_cast<std::uint64_t>(d));
+    synth.push_back(
+        bench_linear(cpu, w, x, o.seqlen, o.s, "synthetic " + std::to_string(o.rows) + "x" + std::to_string(d)));
+  }
+  return synth;
+}
+
+// Every linear of the real model's decoder layer o.layer, on the inputs the calibration windows
+// give it.
+json bench_real(Backend& cpu, const Options& o) {
+  const std::int64_t windows = o.windows, calib_seqlen = o.calib_seqlen, layer = o.layer;
+  auto ckpt = std::make_shared<const io::HfCheckpoint>(o.model);
+  const auto spec = model::ModelSpec::from_config(ckpt->config(), o.model);
+  model::Model m(spec, app::checkpoint_source(ckpt), cpu);
+  const auto ids = calibration_ids(o.model, o.calib, windows, calib_seqlen);
+  Tensor x = m.embed(ids, windows, calib_seqlen);
+  for (std::int64_t l = 0; l < layer; ++l) m.layer_forward(l, x, windows, calib_seqlen);
+  std::map<int, Tensor> inputs;
+  std::map<std::string, int> group_of;
+  model::LinearTap tap = [&](int g, const std::vector<std::string>& names, const Tensor& in) {
+    inputs[g] = in.clone();
+    for (const auto& n : names) group_of[n] = g;
+  };
+  // The forward with taps, timed: what one calibration pass through the layer costs.
+  Timer tf;
+  m.layer_forward(layer, x, windows, calib_seqlen, &tap);
+  const double t_forward = tf.seconds();
+  const auto weights = m.layer_weights(layer);
+  json lin = json::array();
+  Setup sr = o.s;
+  sr.batch = windows * calib_seqlen;
+  for (const auto& l : spec.linears()) {
+    const Tensor& w = weights->at(l.name + ".weight");
+    lin.push_back(bench_linear(cpu, w, inputs.at(group_of.at(l.name)), calib_seqlen, sr,
+                               "layer " + std::to_string(layer) + " " + l.name));
+  }
+  return {{"model", o.model}, {"layer", layer}, {"windows", windows}, {"seqlen", calib_seqlen},
+          {"forward_seconds", t_forward}, {"linears", lin}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli{"scalpel prune benchmark: SparseGPT phases against the OpenBLAS ceilings at the same sizes"};
+  Options o;
+  add_options(cli, o);
   CLI11_PARSE(cli, argc, argv);
 
   try {
-    s.pattern = prune::Pattern::parse(pattern, sparsity, "--pattern");
-    const int nthreads = app::threads_per_rank(threads, 1);
+    o.s.pattern = prune::Pattern::parse(o.pattern, o.sparsity, "--pattern");
+    const int nthreads = app::threads_per_rank(o.threads, 1);
     auto cpu = make_cpu_backend(nthreads);
-    json j = {{"benchmark", "prune"}, {"threads", nthreads}, {"repeats", s.repeats}, {"method", "sparsegpt"}};
-
-    if (synthetic) {
-      json synth = json::array();
-      for (const auto d : cols) {
-        Tensor x = Tensor::empty({tokens, d}), w = Tensor::empty({rows, d});
-        fill_random(x.f32(), x.numel(), 1 + static_cast<std::uint64_t>(d));
-        fill_random(w.f32(), w.numel(), 2 + static_cast<std::uint64_t>(d));
-        synth.push_back(bench_linear(*cpu, w, x, seqlen, s, "synthetic " + std::to_string(rows) + "x" + std::to_string(d)));
-      }
-      j["synthetic"] = synth;
-    }
-
-    if (real && fs::exists(fs::path(model) / "config.json")) {
-      auto ckpt = std::make_shared<const io::HfCheckpoint>(model);
-      const auto spec = model::ModelSpec::from_config(ckpt->config(), model);
-      model::Model m(spec, app::checkpoint_source(ckpt), *cpu);
-      const auto ids = calibration_ids(model, calib, windows, calib_seqlen);
-      Tensor x = m.embed(ids, windows, calib_seqlen);
-      for (std::int64_t l = 0; l < layer; ++l) m.layer_forward(l, x, windows, calib_seqlen);
-      std::map<int, Tensor> inputs;
-      std::map<std::string, int> group_of;
-      model::LinearTap tap = [&](int g, const std::vector<std::string>& names, const Tensor& in) {
-        inputs[g] = in.clone();
-        for (const auto& n : names) group_of[n] = g;
-      };
-      // The forward with taps, timed: what one calibration pass through the layer costs.
-      Timer tf;
-      m.layer_forward(layer, x, windows, calib_seqlen, &tap);
-      const double t_forward = tf.seconds();
-      const auto weights = m.layer_weights(layer);
-      json lin = json::array();
-      Setup sr = s;
-      sr.batch = windows * calib_seqlen;
-      for (const auto& l : spec.linears()) {
-        const Tensor& w = weights->at(l.name + ".weight");
-        lin.push_back(bench_linear(*cpu, w, inputs.at(group_of.at(l.name)), calib_seqlen, sr,
-                                   "layer " + std::to_string(layer) + " " + l.name));
-      }
-      j["real"] = {{"model", model}, {"layer", layer}, {"windows", windows}, {"seqlen", calib_seqlen},
-                   {"forward_seconds", t_forward}, {"linears", lin}};
-    }
+    json j = {{"benchmark", "prune"}, {"threads", nthreads}, {"repeats", o.s.repeats}, {"method", "sparsegpt"}};
+    if (o.synthetic) j["synthetic"] = bench_synthetic(*cpu, o);
+    if (o.real && fs::exists(fs::path(o.model) / "config.json")) j["real"] = bench_real(*cpu, o);
     std::cout << j.dump(2) << std::endl;
-    if (!out.empty()) std::ofstream(out) << j.dump(2) << '\n';
+    if (!o.out.empty()) std::ofstream(o.out) << j.dump(2) << '\n';
   } catch (const std::exception& e) {
     std::cerr << "bench_prune: error: " << e.what() << '\n';
     return 1;
