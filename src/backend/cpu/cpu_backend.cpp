@@ -5,9 +5,6 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <omp.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <cmath>
@@ -24,6 +21,7 @@
 #include "cpu_backward.hpp"
 #include "fast_exp.hpp"
 #include "cpu_factor.hpp"
+#include "cpu_sweep.hpp"
 #include "det_blas.hpp"
 
 namespace scalpel {
@@ -88,42 +86,6 @@ void mirror_triangle(float* a, std::int64_t n, bool from_upper) {
             a[j * n + i] = a[i * n + j];
         }
 }
-
-// dst[j * ld + t] = src[t * ls + j] for a 16 x 16 block: the OBS sweep's row tiles go in and out
-// of their transposed layout with it (AVX-512 in-register transpose, scalar elsewhere).
-#pragma GCC diagnostic push
-// GCC 12's own _mm512_undefined_ps inside the unpack intrinsics trips this warning.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-inline void transpose16(const float* src, std::int64_t ls, float* dst, std::int64_t ld) {
-#if defined(__AVX512F__)
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int h = 0; h < 16; h += 8)
-    for (int i = 0; i < 4; ++i) {
-      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
-      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
-    }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-  }
-  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, r[i]);
-#else
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) dst[j * ld + i] = src[i * ls + j];
-#endif
-}
-#pragma GCC diagnostic pop
 
 class CpuBackend final : public Backend {
  public:
@@ -1110,168 +1072,9 @@ class CpuBackend final : public Backend {
     check_2d(err, "obs_sweep err");
     check_mask(mask, "obs_sweep mask");
     op_checks::obs_sweep(w, hinv, col0, width, prune_n, prune_m, mask, err, losses);
-    const auto rows = w.size(0), d = w.size(1);
-    if (rows == 0 || width == 0) return;
-    const float* U = hinv.f32() + col0 * d + col0;  // the block's diagonal tile, row stride d
-    std::vector<float> dsq(static_cast<std::size_t>(width));
-    for (std::int64_t j = 0; j < width; ++j) dsq[j] = U[j * d + j] * U[j * d + j];
-    float* W = w.f32() + col0;
-    std::uint8_t* M = mask.data<std::uint8_t>() + col0;
-    float* E = err.f32();
-    double* Lp = losses.f64();
-    // kLanes rows at a time, transposed into an L1-resident tile [width][kLanes]: every step of
-    // the sweep is then a vector op across rows (one division gives kLanes errors, one FMA per
-    // column updates kLanes rows), with no branches on the data. Rows past the end are padded
-    // with zero weights that are kept, so their errors are exactly zero.
-    constexpr std::int64_t kLanes = 16;
-    const std::int64_t group = prune_m > 0 ? prune_m : 1;
-    // Columns are applied to the rest of the block kMaxChunk at a time; for N:M the chunk must
-    // divide M so that every group starts a chunk (its columns then hold all earlier updates).
-    constexpr std::int64_t kMaxChunk = 4;
-    std::int64_t chunk = kMaxChunk;
-    while (prune_m > 0 && prune_m % chunk != 0) --chunk;
-#pragma omp parallel
-    {
-      std::vector<float> tile(static_cast<std::size_t>(width * kLanes)), keep(tile.size()), etile(tile.size()),
-          score(static_cast<std::size_t>(group * kLanes));
-      float* T = tile.data();
-      float* K = keep.data();
-      float* ET = etile.data();
-      float* S = score.data();
-      alignas(64) float stage_w[kLanes * kLanes];
-      alignas(64) float stage_k[kLanes * kLanes];
-      const std::int64_t wv = width - width % kLanes;  // columns moved by whole 16 x 16 blocks
-#pragma omp for schedule(static)
-      for (std::int64_t r0 = 0; r0 < rows; r0 += kLanes) {
-        const std::int64_t nr = std::min(kLanes, rows - r0);
-        // Into the transposed tile: 16 x 16 blocks through a row-major staging square.
-        for (std::int64_t jb = 0; jb < wv; jb += kLanes) {
-          for (std::int64_t t = 0; t < kLanes; ++t) {
-            const float* wr = W + (r0 + t) * d + jb;
-            const std::uint8_t* mr = M + (r0 + t) * d + jb;
-            for (std::int64_t j = 0; j < kLanes; ++j) {
-              stage_w[t * kLanes + j] = t < nr ? wr[j] : 0.0f;
-              stage_k[t * kLanes + j] = t >= nr || prune_m > 0 || mr[j] != 0 ? 1.0f : 0.0f;
-            }
-          }
-          transpose16(stage_w, kLanes, T + jb * kLanes, kLanes);
-          transpose16(stage_k, kLanes, K + jb * kLanes, kLanes);
-        }
-        for (std::int64_t t = 0; t < kLanes; ++t)
-          for (std::int64_t j = wv; j < width; ++j) {
-            T[j * kLanes + t] = t < nr ? W[(r0 + t) * d + j] : 0.0f;
-            K[j * kLanes + t] = t >= nr || prune_m > 0 || M[(r0 + t) * d + j] != 0 ? 1.0f : 0.0f;
-          }
-        float loss[kLanes] = {};
-        for (std::int64_t i0 = 0; i0 < width; i0 += chunk) {
-          const std::int64_t i1 = std::min(width, i0 + chunk);
-          if (prune_m > 0 && i0 % prune_m == 0) {
-            // N:M: rank the group's scores w²/U_jj² (weights as updated so far: chunks start at
-            // every group, so all earlier columns are applied) in every lane; prune the c
-            // smallest, ties to the lower column.
-            const std::int64_t len = std::min<std::int64_t>(prune_m, width - i0), c = std::min<std::int64_t>(prune_n, len);
-            const float* tg = T + i0 * kLanes;
-            float* kg = K + i0 * kLanes;
-            for (std::int64_t a = 0; a < len; ++a) {
-              const float* ta = tg + a * kLanes;
-              const float q = dsq[i0 + a];
-#pragma omp simd
-              for (std::int64_t t = 0; t < kLanes; ++t) S[a * kLanes + t] = ta[t] * ta[t] / q;
-            }
-            for (std::int64_t a = 0; a < len; ++a) {
-              float rank[kLanes] = {};
-              for (std::int64_t b = 0; b < len; ++b) {
-                const bool before = b < a;
-#pragma omp simd
-                for (std::int64_t t = 0; t < kLanes; ++t) {
-                  const float sa = S[a * kLanes + t], sb = S[b * kLanes + t];
-                  rank[t] += (sb < sa || (before && sb == sa)) ? 1.0f : 0.0f;
-                }
-              }
-              float* ka = kg + a * kLanes;
-#pragma omp simd
-              for (std::int64_t t = 0; t < kLanes; ++t) ka[t] = rank[t] >= static_cast<float>(c) ? 1.0f : 0.0f;
-            }
-            for (std::int64_t t = nr; t < kLanes; ++t)
-              for (std::int64_t a = 0; a < len; ++a) kg[a * kLanes + t] = 1.0f;  // padding stays kept
-          }
-          // The chunk's columns one by one, each updating the rest of the chunk...
-          float e[kMaxChunk][kLanes];
-          for (std::int64_t i = i0; i < i1; ++i) {
-            const float* u = U + i * d;
-            const float di = u[i];
-            float* ti = T + i * kLanes;
-            const float* ki = K + i * kLanes;
-            float* ec = e[i - i0];
-            float* ei = ET + i * kLanes;
-#pragma omp simd
-            for (std::int64_t t = 0; t < kLanes; ++t) {
-              const float wv = ti[t];
-              const bool kept = ki[t] != 0.0f;
-              ec[t] = kept ? 0.0f : wv / di;  // (w - q) / d with q = 0 when pruned, as the reference
-              ti[t] = kept ? wv : 0.0f;
-              ei[t] = ec[t];
-              loss[t] += ec[t] * ec[t];
-            }
-            for (std::int64_t j = i + 1; j < i1; ++j) {
-              const float uj = u[j];
-              float* tj = T + j * kLanes;
-#pragma omp simd
-              for (std::int64_t t = 0; t < kLanes; ++t) tj[t] -= ec[t] * uj;
-            }
-          }
-          // ...then all of them on the columns after it: one load and store per column for up to
-          // kMaxChunk FMAs, applied in column order, so every element sees the same rounding
-          // sequence as the column-by-column reference loop.
-          const std::int64_t nc = i1 - i0;
-          const float* u0 = U + i0 * d;
-          for (std::int64_t j = i1; j < width; ++j) {
-            float* tj = T + j * kLanes;
-            if (nc == kMaxChunk) {
-              const float a0 = u0[j], a1 = u0[d + j], a2 = u0[2 * d + j], a3 = u0[3 * d + j];
-#pragma omp simd
-              for (std::int64_t t = 0; t < kLanes; ++t) {
-                float v = tj[t];
-                v -= e[0][t] * a0;
-                v -= e[1][t] * a1;
-                v -= e[2][t] * a2;
-                v -= e[3][t] * a3;
-                tj[t] = v;
-              }
-            } else {
-              for (std::int64_t c = 0; c < nc; ++c) {
-                const float uc = u0[c * d + j];
-#pragma omp simd
-                for (std::int64_t t = 0; t < kLanes; ++t) tj[t] -= e[c][t] * uc;
-              }
-            }
-          }
-        }
-        // Back to rows (weights, errors, and the N:M mask chosen in the sweep).
-        for (std::int64_t jb = 0; jb < wv; jb += kLanes) {
-          transpose16(T + jb * kLanes, kLanes, stage_w, kLanes);
-          transpose16(ET + jb * kLanes, kLanes, stage_k, kLanes);
-          for (std::int64_t t = 0; t < nr; ++t)
-            for (std::int64_t j = 0; j < kLanes; ++j) {
-              W[(r0 + t) * d + jb + j] = stage_w[t * kLanes + j];
-              E[(r0 + t) * width + jb + j] = stage_k[t * kLanes + j];
-            }
-          if (prune_m > 0) {
-            transpose16(K + jb * kLanes, kLanes, stage_k, kLanes);
-            for (std::int64_t t = 0; t < nr; ++t)
-              for (std::int64_t j = 0; j < kLanes; ++j) M[(r0 + t) * d + jb + j] = stage_k[t * kLanes + j] != 0.0f;
-          }
-        }
-        for (std::int64_t t = 0; t < nr; ++t) {
-          for (std::int64_t j = wv; j < width; ++j) {
-            W[(r0 + t) * d + j] = T[j * kLanes + t];
-            E[(r0 + t) * width + j] = ET[j * kLanes + t];
-            if (prune_m > 0) M[(r0 + t) * d + j] = K[j * kLanes + t] != 0.0f;
-          }
-          Lp[r0 + t] += static_cast<double>(loss[t]) / 2;
-        }
-      }
-    }
+    const auto d = w.size(1);
+    cpu::obs_sweep(w.f32() + col0, mask.data<std::uint8_t>() + col0, w.size(0), d, hinv.f32() + col0 * d + col0, width,
+                   prune_n, prune_m, err.f32(), losses.f64());
   }
 
   void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0) override {
