@@ -624,162 +624,210 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
   metrics.write({{"event", "prune"}, {"config_hash", config_hash}, {"summary", summary}});
 }
 
+// What every step of a layer-by-layer prune reads: the settings, the grid, the model and the
+// calibration windows (every rank tokenizes the text: cheaper than shipping the ids around) with
+// this rank's shard of them. Built with every input check that can run before any work.
+struct PruneSession {
+  PruneSession(const Config& c, dist::Comm& w, const NodePlace& place)
+      : cfg(c), world(w), grid(dist::make_grid(w, c.parallel.stages, c.parallel.data)),
+        threads(threads_per_rank(c.threads, place.local_ranks)), backend(make_rank_backend(c, place)),
+        src(std::make_shared<const io::HfCheckpoint>(c.model)),
+        spec(model::ModelSpec::from_config(src->config(), (fs::path(c.model) / "config.json").string())),
+        pattern(prune::Pattern::parse(c.prune.pattern, c.prune.sparsity, "config: 'prune.pattern'")),
+        method(prune::parse_method(c.prune.method, "config: 'prune.method'")),
+        groups(spec.linear_groups(c.prune.targets, "config: 'prune.targets'")), fwd(forward_dtype(c, *src, spec)) {
+    if (grid.stages > spec.layers)
+      SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
+                          c.model);
+    // The plan's memory model decides before any work whether the job fits (the same check as
+    // `scalpel plan`, which prints the terms).
+    if (c.parallel.memory_gb > 0) check_plan_fits(plan_of_job(c, w.size()), c);
+    // A typo in the evaluation settings must not surface only after hours of pruning. Rank 0,
+    // which reads those files at the end, checks them.
+    detail::on_root(w, [&] { check_eval_inputs(c, spec); });
+    tok = make_tokenizer(c);
+    calib = calibration_windows(c, spec, *tok);
+    shard = calibration_shard(calib.nseq, c.calibration.batch, grid.data, grid.data_index);
+  }
+
+  const Config& cfg;
+  dist::Comm& world;
+  dist::Grid grid;
+  int threads;
+  std::unique_ptr<Backend> backend;
+  std::shared_ptr<const io::HfCheckpoint> src;
+  model::ModelSpec spec;
+  prune::Pattern pattern;
+  prune::Method method;
+  std::vector<TargetGroup> groups;
+  DType fwd;
+  std::unique_ptr<text::Tokenizer> tok;
+  CalibrationWindows calib;
+  WindowRange shard;
+};
+
+// The layer loop's state: the checkpoint, the model, this stage's activations x and the services.
+struct LayerLoop {
+  const PruneSession& s;
+  io::Checkpoint& ckpt;
+  const io::CheckpointIdentity& id;
+  model::Model& m;
+  const Allocation& allocation;
+  const model::RopeTables* rope;
+  prune::StatsKinds kinds;
+  prune::Accumulation accumulation;
+  bool host_activations;
+  Tensor x;
+  Metrics& metrics;
+  Watchdog& watchdog;
+};
+
+constexpr int kTagActivations = 1, kTagCommit = 2;
+
+// This rank's part of one layer: the owning stage prunes it (the data group's first rank sends
+// the commit message to world rank 0 unless that is itself) and, after its last layer, sends its
+// activations on; the next stage receives them. Returns the commit message on the rank that has it.
+nlohmann::json layer_work(LayerLoop& l, std::int64_t layer, const Timer& layer_timer) {
+  const auto& s = l.s;
+  const auto& grid = s.grid;
+  dist::Comm& group = *grid.data_group;
+  const int owner = stage_of(layer, s.spec.layers, grid.stages);
+  const bool committed = l.ckpt.committed(layer);
+  const auto my_layers = dist::block_range(s.spec.layers, grid.stages, grid.stage);
+  nlohmann::json commit_msg;
+  // Errors name the layer (the rank is added by main): "layer 3: ...".
+  try {
+    if (owner == grid.stage) {
+      Backend& be = *s.backend;
+      const LinearJob job{be, group, s.cfg, *s.src, s.spec, s.method, l.allocation, s.fwd, layer, l.watchdog};
+      const CalibrationPass pass{l.x,  s.shard.count(), s.calib.seqlen, s.cfg.calibration.batch, s.calib.nseq,
+                                 l.rope, l.kinds,          l.accumulation};
+      const bool prefetch_next = layer + 1 < my_layers.end && prefetch_layers();
+      commit_msg = own_layer(job, pass, l.x, l.m, l.ckpt, committed, prefetch_next, s.groups, layer_timer);
+      if (!committed && group.rank() == 0 && !s.world.is_root()) send_json(s.world, commit_msg, 0, kTagCommit);
+      if (layer == my_layers.end - 1 && grid.stage < grid.stages - 1) {
+        l.watchdog.beat("send activations", layer);
+        send_tensor(*grid.pipe, be.download(l.x), grid.stage + 1, kTagActivations);
+        l.x = Tensor();
+      }
+    }
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.find(fmt::format("layer {}", layer)) != std::string::npos) throw;
+    throw Error(e.kind(), fmt::format("layer {}: {}", layer, what), __FILE__, __LINE__);
+  }
+  // The stage before hands its activations over after its last layer (both sides here, before
+  // the layer's world-wide stop check, so neither waits on the other).
+  if (grid.stage > 0 && layer == my_layers.begin - 1) {
+    l.watchdog.beat("receive activations", layer);
+    Tensor host = Tensor::empty({s.shard.count() * s.calib.seqlen, s.spec.hidden}, s.fwd);
+    grid.pipe->recv(std::span<std::byte>(static_cast<std::byte*>(host.raw()), static_cast<std::size_t>(host.nbytes())),
+                    grid.stage - 1, kTagActivations);
+    l.x = l.host_activations ? host : s.backend->upload_exact(host);  // in the forward dtype
+  }
+  return commit_msg;
+}
+
+// Every layer in order: its work, the commit by world rank 0 (the owner's shard into the
+// manifest), progress, and the world-wide stop check after the commit. kExitInterrupted on a stop.
+int prune_layers(LayerLoop& l) {
+  const auto& s = l.s;
+  const auto layers = s.spec.layers;
+  Progress progress("prune", layers, "layers", s.cfg.log.progress_seconds, s.world.is_root());
+  for (std::int64_t layer = 0; layer < layers; ++layer) {
+    Timer layer_timer;
+    const bool committed = l.ckpt.committed(layer);
+    nlohmann::json commit_msg = layer_work(l, layer, layer_timer);
+    if (s.world.is_root() && !committed) {
+      l.watchdog.beat("commit", layer);
+      const int owner = stage_of(layer, layers, s.grid.stages);
+      if (owner != 0) commit_msg = recv_json(s.world, s.grid.world_rank_of(owner, 0), kTagCommit);
+      commit_layer(l.ckpt, layer, layers, commit_msg, l.id.config_hash, l.metrics);
+    }
+    progress.update(layer + 1, (layer + 1) * s.calib.nseq * s.calib.seqlen);
+    l.watchdog.beat("stop check", layer);
+    if (layer + 1 < layers && stop_requested(s.world, {"layer", layer + 1, layers, layer}, l.id.config_hash, l.metrics))
+      return kExitInterrupted;
+  }
+  progress.finish();
+  return kExitOk;
+}
+
+// The evaluation of the pruned model over every rank, layers read from the checkpoint one at a time.
+void evaluate_pruned(const PruneSession& s, const fs::path& ckpt_dir, const std::string& config_hash,
+                     Metrics& metrics, Watchdog& watchdog) {
+  model::Model pruned(s.spec, std::make_shared<PrunedSource>(io::Checkpoint::open_read(ckpt_dir), s.src, s.spec),
+                      *s.backend, static_cast<std::size_t>(s.cfg.weight_cache_mb) << 20);
+  pruned.set_forward_dtype(s.fwd);  // evaluated as it was pruned: the reference's fp16 eval on a GPU
+  evaluate_config(pruned, s.tok.get(), s.cfg, s.world, metrics,
+                  {{"pruned", true}, {"config_hash", config_hash}, {"forward_dtype", dtype_name(s.fwd)}},
+                  [&] { watchdog.beat("evaluate", -1); });
+}
+
+void log_prune_start(const PruneSession& s, std::int64_t resume_from, const fs::path& ckpt_dir) {
+  const auto& cfg = s.cfg;
+  log::info("prune {} ({}, {} layers): {} {}, {} calibration windows x {} tokens from {}; {} rank(s) = {} stage(s) x "
+            "{} data, device {} ({} forward), {} thread(s) per rank, determinism {}",
+            cfg.model, s.spec.model_type, s.spec.layers, cfg.prune.method, s.pattern.str(), s.calib.nseq,
+            s.calib.seqlen, cfg.calibration.path, s.world.size(), s.grid.stages, s.grid.data, s.backend->name(),
+            dtype_name(s.fwd), s.threads, cfg.determinism);
+  if (resume_from > 0)
+    log::info("checkpoint {}: layers 0..{} committed; resuming at layer {}", ckpt_dir.string(), resume_from - 1,
+              resume_from);
+}
+
 int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
   if (cfg.prune.method == "surgeon") return run_surgeon(cfg, world, place, restart);
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   Timer total_timer;
   install_stop_signals();
-  const auto grid = dist::make_grid(world, cfg.parallel.stages, cfg.parallel.data);
-  dist::Comm& group = *grid.data_group;
-  dist::Comm& pipe = *grid.pipe;
-  const int threads = threads_per_rank(cfg.threads, place.local_ranks);
-  auto backend = make_rank_backend(cfg, place);
-  Backend& be = *backend;
-  auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
-  const auto spec =
-      model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
-  const auto pattern = prune::Pattern::parse(cfg.prune.pattern, cfg.prune.sparsity, "config: 'prune.pattern'");
-  const auto method = prune::parse_method(cfg.prune.method, "config: 'prune.method'");
-  const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
-  const DType fwd = forward_dtype(cfg, *src, spec);
-  if (grid.stages > spec.layers)
-    SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
-                        cfg.model);
-  // The plan's memory model decides before any work whether the job fits (the same check as
-  // `scalpel plan`, which prints the terms).
-  if (cfg.parallel.memory_gb > 0) check_plan_fits(plan_of_job(cfg, world.size()), cfg);
-  // A typo in the evaluation settings must not surface only after hours of pruning. Rank 0, which
-  // reads those files at the end, checks them.
-  detail::on_root(world, [&] { check_eval_inputs(cfg, spec); });
-
-  // Calibration windows (every rank tokenizes the text: cheaper than shipping the ids around) and
-  // this rank's shard of them.
-  auto tok = make_tokenizer(cfg);
-  const auto calib = calibration_windows(cfg, spec, *tok);
-  const auto& windows = calib.ids;
-  const std::int64_t nseq = calib.nseq, seqlen = calib.seqlen, batch = cfg.calibration.batch;
-  const auto shard = calibration_shard(nseq, batch, grid.data, grid.data_index);
-  const std::int64_t seq0 = shard.begin, my_nseq = shard.count();
-
+  const PruneSession s(cfg, world, place);
+  Backend& be = *s.backend;
+  const auto& spec = s.spec;
   const fs::path out_dir = cfg.output.dir;
   const fs::path ckpt_dir = out_dir / cfg.output.checkpoint;
-  const io::CheckpointIdentity id = prune_identity(cfg, grid, spec, windows, fwd);
+  const io::CheckpointIdentity id = prune_identity(cfg, s.grid, spec, s.calib.ids, s.fwd);
   std::optional<io::Checkpoint> ckpt = open_checkpoint(world, ckpt_dir, id, restart);
-  const auto resume_from = ckpt->first_uncommitted();
-
-  log::info("prune {} ({}, {} layers): {} {}, {} calibration windows x {} tokens from {}; {} rank(s) = {} stage(s) x "
-            "{} data, device {} ({} forward), {} thread(s) per rank, determinism {}",
-            cfg.model, spec.model_type, spec.layers, cfg.prune.method, pattern.str(), nseq, seqlen,
-            cfg.calibration.path, world.size(), grid.stages, grid.data, be.name(), dtype_name(fwd), threads,
-            cfg.determinism);
-  if (resume_from > 0)
-    log::info("checkpoint {}: layers 0..{} committed; resuming at layer {}", ckpt_dir.string(), resume_from - 1,
-              resume_from);
+  log_prune_start(s, ckpt->first_uncommitted(), ckpt_dir);
 
   Metrics metrics;
   if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((out_dir / cfg.output.metrics).string());
-  model::Model m(spec, checkpoint_source(src), be, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
+  model::Model m(spec, checkpoint_source(s.src), be, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
+  const std::int64_t seqlen = s.calib.seqlen, batch = cfg.calibration.batch;
   const model::RopeTables rope_tables =
       spec.family == model::Family::llama ? model::make_rope_tables(be, spec, seqlen) : model::RopeTables{};
-  const model::RopeTables* rope = spec.family == model::Family::llama ? &rope_tables : nullptr;
   prune::StatsKinds kinds;
   kinds.hessian = true;  // SparseGPT's input, and every method's reconstruction error
-  kinds.col_norms = method == prune::Method::wanda;
+  kinds.col_norms = s.method == prune::Method::wanda;
   const auto accumulation = cfg.determinism == "strict" ? prune::Accumulation::exact : prune::Accumulation::sum;
-  const auto my_layers = dist::block_range(spec.layers, grid.stages, grid.stage);
-  const int tag_x = 1, tag_commit = 2;
 
   // The allocation is recomputed on a resumed run too: it depends on the dense model and the
   // calibration windows only, so it comes out the same.
-  AllocationContext actx{m, groups, calib, shard, batch, group, accumulation, cfg.surgeon.keep_activations_mb,
-                         grid.stage, grid.stages, &pipe, &world};
-  const Allocation allocation = allocate_sparsity(cfg, pattern, actx);
+  AllocationContext actx{m, s.groups, s.calib, s.shard, batch, *s.grid.data_group, accumulation,
+                         cfg.surgeon.keep_activations_mb, s.grid.stage, s.grid.stages, s.grid.pipe.get(), &world};
+  const Allocation allocation = allocate_sparsity(cfg, s.pattern, actx);
   if (!allocation.record.empty()) record_allocation(allocation, id.config_hash, metrics, world.is_root());
 
   // The allocation ran the fp32 forward; the layers run in the forward dtype from here.
-  m.set_forward_dtype(fwd);
-  const bool host_activations = activations_on_host(be, cfg, world);
-  Tensor x;
-  if (grid.stage == 0)
-    x = embed_windows(be, m,
-                      std::span<const std::int32_t>(windows).subspan(static_cast<std::size_t>(seq0 * seqlen),
-                                                                     static_cast<std::size_t>(my_nseq * seqlen)),
-                      my_nseq, seqlen, batch, spec.hidden, host_activations);
-  Progress progress("prune", spec.layers, "layers", cfg.log.progress_seconds, world.is_root());
+  m.set_forward_dtype(s.fwd);
   Watchdog watchdog(cfg.parallel.watchdog_seconds, world.rank());
-
-  for (std::int64_t layer = 0; layer < spec.layers; ++layer) {
-    Timer layer_timer;
-    const int owner = stage_of(layer, spec.layers, grid.stages);
-    const bool committed = ckpt->committed(layer);
-    nlohmann::json commit_msg;  // the owner's {shard, metrics} for the manifest owner
-    // Errors name the layer (the rank is added by main): "layer 3: ...".
-    try {
-      if (owner == grid.stage) {
-        const LinearJob job{be, group, cfg, *src, spec, method, allocation, fwd, layer, watchdog};
-        const CalibrationPass calib_pass{x, my_nseq, seqlen, batch, nseq, rope, kinds, accumulation};
-        const bool prefetch_next = layer + 1 < my_layers.end && prefetch_layers();
-        commit_msg = own_layer(job, calib_pass, x, m, *ckpt, committed, prefetch_next, groups, layer_timer);
-        if (!committed && group.rank() == 0 && !world.is_root()) send_json(world, commit_msg, 0, tag_commit);
-        if (layer == my_layers.end - 1 && grid.stage < grid.stages - 1) {
-          watchdog.beat("send activations", layer);
-          send_tensor(pipe, be.download(x), grid.stage + 1, tag_x);
-          x = Tensor();
-        }
-      }
-    } catch (const Error& e) {
-      const std::string what = e.what();
-      if (what.find(fmt::format("layer {}", layer)) != std::string::npos) throw;
-      throw Error(e.kind(), fmt::format("layer {}: {}", layer, what), __FILE__, __LINE__);
-    }
-    // The stage before hands its activations over after its last layer (both sides here, before
-    // the layer's world-wide stop check, so neither waits on the other).
-    if (grid.stage > 0 && layer == my_layers.begin - 1) {
-      watchdog.beat("receive activations", layer);
-      Tensor host = Tensor::empty({my_nseq * seqlen, spec.hidden}, fwd);
-      pipe.recv(std::span<std::byte>(static_cast<std::byte*>(host.raw()), static_cast<std::size_t>(host.nbytes())),
-                grid.stage - 1, tag_x);
-      x = host_activations ? host : be.upload_exact(host);  // in the forward dtype
-    }
-    // The commit: world rank 0 records the owner's shard in the manifest.
-    if (world.is_root() && !committed) {
-      watchdog.beat("commit", layer);
-      if (owner != 0) commit_msg = recv_json(world, grid.world_rank_of(owner, 0), tag_commit);
-      commit_layer(*ckpt, layer, spec.layers, commit_msg, id.config_hash, metrics);
-    }
-    progress.update(layer + 1, (layer + 1) * nseq * seqlen);
-    // Stop requests (SIGTERM/SIGUSR1 on any rank) are honoured here, after the commit, by all
-    // ranks together.
-    watchdog.beat("stop check", layer);
-    std::int64_t stop = stop_signal();
-    world.allreduce_max(std::span<std::int64_t>(&stop, 1));
-    if (stop != 0 && layer + 1 < spec.layers) {
-      log::warn("signal {} received: stopping after layer {}/{} (committed); rerun the same command to resume "
-                "(exit code {})",
-                stop, layer + 1, spec.layers, kExitInterrupted);
-      metrics.write({{"event", "interrupted"}, {"signal", stop}, {"after_layer", layer}, {"config_hash", id.config_hash}});
-      return kExitInterrupted;
-    }
-  }
-  progress.finish();
-  x = Tensor();
+  LayerLoop loop{s,     *ckpt, id, m, allocation, spec.family == model::Family::llama ? &rope_tables : nullptr,
+                 kinds, accumulation, activations_on_host(be, cfg, world), Tensor(), metrics, watchdog};
+  if (s.grid.stage == 0)
+    loop.x = embed_windows(be, m, s.calib.windows(s.shard.begin, s.shard.count()), s.shard.count(), seqlen, batch,
+                           spec.hidden, loop.host_activations);
+  if (const int code = prune_layers(loop); code != kExitOk) return code;
+  loop.x = Tensor();
   // Rank 0 alone reads the checkpoint back and writes the export (hundreds of GB for the largest
   // models); the others wait at the barrier below: no heartbeat to give, so no countdown.
   watchdog.suspend("summary and export");
-
-  if (world.is_root()) summarise_and_export(cfg, *ckpt, *src, spec, pattern, total_timer.seconds(), world.size(),
-                                            id.config_hash, metrics);
+  if (world.is_root())
+    summarise_and_export(cfg, *ckpt, *s.src, spec, s.pattern, total_timer.seconds(), world.size(), id.config_hash,
+                         metrics);
   world.barrier();
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
   watchdog.beat("evaluate", -1);
-
-  // Evaluation of the pruned model over every rank, layers read from the checkpoint one at a time.
-  model::Model pruned(spec, std::make_shared<PrunedSource>(io::Checkpoint::open_read(ckpt_dir), src, spec), be,
-                      static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
-  pruned.set_forward_dtype(fwd);  // evaluated as it was pruned: the reference's fp16 eval on a GPU
-  evaluate_config(pruned, tok.get(), cfg, world, metrics,
-                  {{"pruned", true}, {"config_hash", id.config_hash}, {"forward_dtype", dtype_name(fwd)}},
-                  [&] { watchdog.beat("evaluate", -1); });
+  evaluate_pruned(s, ckpt_dir, id.config_hash, metrics, watchdog);
   return kExitOk;
 }
 

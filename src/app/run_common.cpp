@@ -1,7 +1,9 @@
 // Shared services of the prune drivers (see run_common.hpp).
 #include "run_common.hpp"
 
+#include "scalpel/app/run_control.hpp"
 #include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/manifest.hpp"
 #include "scalpel/text/calibration.hpp"
@@ -82,6 +84,19 @@ Tensor to_storage(Backend& be, const Tensor& w, DType dtype) {
   Tensor out = Tensor::empty(host.shape(), dtype);
   convert_from_f32(dtype, host.f32(), out.raw(), static_cast<std::size_t>(host.numel()));
   return out;
+}
+
+bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& config_hash, Metrics& metrics) {
+  std::int64_t stop = stop_signal();
+  world.allreduce_max(std::span<std::int64_t>(&stop, 1));
+  if (stop == 0) return false;
+  log::warn("signal {} received: stopping after {} {}/{} (committed); rerun the same command to resume (exit code {})",
+            stop, at.unit, at.done, at.total, kExitInterrupted);
+  metrics.write({{"event", "interrupted"},
+                 {"signal", stop},
+                 {fmt::format("after_{}", at.unit), at.after},
+                 {"config_hash", config_hash}});
+  return true;
 }
 
 }  // namespace scalpel::app

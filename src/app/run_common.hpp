@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "scalpel/app/config.hpp"
+#include "scalpel/app/progress.hpp"
 #include "scalpel/backend/backend.hpp"
+#include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
 #include "scalpel/model/spec.hpp"
 #include "scalpel/text/tokenizer.hpp"
@@ -49,6 +51,16 @@ std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>
 DType forward_dtype(const Config& cfg, const std::string& device, DType stored);
 // The same for a model folder: `stored` read from its first decoder linear's weight.
 DType forward_dtype(const Config& cfg, const io::HfCheckpoint& src, const model::ModelSpec& spec);
+
+// Where a run may stop: after `done` of `total` units ("layer", "shot"), the last one `after`
+// (its index as the metrics name it).
+struct StopPoint {
+  const char* unit;
+  std::int64_t done, total, after;
+};
+// Whether any rank received SIGTERM/SIGUSR1 (one all-reduce: every rank agrees); on a stop the
+// warning is logged and the "interrupted" record written. Call on every rank, after a commit.
+bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& config_hash, Metrics& metrics);
 
 // fp32 weight -> the checkpoint's stored dtype, on the host.
 Tensor to_storage(Backend& be, const Tensor& w, DType dtype);

@@ -535,14 +535,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
                       [&] { watchdog.beat("evaluate", -1); });
     }
     progress.update(shot - first + 1, 0);
-    std::int64_t stop = stop_signal();
-    world.allreduce_max(std::span<std::int64_t>(&stop, 1));
-    if (stop != 0 && shot < K) {
-      log::warn("signal {} received: stopping after shot {}/{} (committed); rerun the same command to resume (exit "
-                "code {})", stop, shot, K, kExitInterrupted);
-      metrics.write({{"event", "interrupted"}, {"signal", stop}, {"after_shot", shot}, {"config_hash", id.config_hash}});
-      return kExitInterrupted;
-    }
+    if (shot < K && stop_requested(world, {"shot", shot, K, shot}, id.config_hash, metrics)) return kExitInterrupted;
   }
   progress.finish();
   run.wbs_final = std::move(wbs);

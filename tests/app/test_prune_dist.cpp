@@ -229,6 +229,10 @@ TEST_F(PruneDist, Sigusr1StopsAfterACommittedLayerWithExit75AndTheRerunFinishes)
   EXPECT_GE(done, 1);
   EXPECT_LT(done, 4) << "the stop came after the last layer; nothing to check";
   EXPECT_NE(read_bytes(log).find("stopping after layer"), std::string::npos) << read_bytes(log);
+  const auto stops = records(out / "metrics.jsonl", "interrupted");  // the last committed layer, 0-based
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0]["signal"], SIGUSR1);
+  EXPECT_EQ(stops[0]["after_layer"], done - 1);
   EXPECT_FALSE(fs::exists(out / "model/model.safetensors"));
   ASSERT_EQ(run_to_end(prune_cmd(2, out, {})), 0);
   EXPECT_TRUE(read_bytes(out / "model/model.safetensors") == read_bytes(base / "ref/model/model.safetensors"));

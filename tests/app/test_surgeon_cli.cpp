@@ -119,6 +119,12 @@ TEST(SurgeonCli, StoppedOrKilledRunResumesBitwise) {
     kill(pid, SIGUSR1);
     const int code = wait_exit(pid);
     EXPECT_TRUE(code == 75 || code == 0) << code;  // 0 only if the signal came after the last shot
+    if (code == 75) {
+      const auto stops = records(dir / "metrics.jsonl", "interrupted");
+      ASSERT_EQ(stops.size(), 1u);
+      EXPECT_EQ(stops[0]["signal"], SIGUSR1);
+      EXPECT_EQ(stops[0]["after_shot"], shot_of(dir / "ckpt"));
+    }
     ASSERT_EQ(run_to_end(surgeon_args(dir, "opt-mini", extra)), 0);
     EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), want);
     fs::remove_all(dir);
