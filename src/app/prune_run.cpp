@@ -16,6 +16,7 @@
 #include <cmath>
 #include <filesystem>
 #include <optional>
+#include <set>
 
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/export.hpp"
@@ -438,19 +439,25 @@ class PrunedReader {
     r.load = [this](const std::string& name) { return load(name); };
     return r;
   }
-  // Zeros and entries of every pruned tensor (a pass over the layers, one at a time).
+  // Zeros and entries of every pruned tensor: those an export already loaded are counted then,
+  // the others now (a pass over their layers, one at a time).
   std::pair<std::int64_t, std::int64_t> count() {
-    std::int64_t zeros = 0, total = 0;
-    for (const auto& [name, w] : where_) {
-      const auto st = sparsity_stats(load(name));
-      zeros += st.zeros;
-      total += st.rows * st.cols;
-    }
-    return {zeros, total};
+    for (const auto& [name, w] : where_)
+      if (!counted_.count(name)) load(name);
+    return {zeros_, total_};
   }
 
  private:
   Tensor load(const std::string& name) {
+    Tensor v = read(name);
+    if (counted_.insert(name).second) {
+      const auto st = sparsity_stats(v);
+      zeros_ += st.zeros;
+      total_ += st.rows * st.cols;
+    }
+    return v;
+  }
+  Tensor read(const std::string& name) {
     const auto& [layer, t] = where_.at(name);
     if (layer != cached_) {
       data_ = io::LayerData();  // the last layer is freed before the next is read
@@ -470,6 +477,8 @@ class PrunedReader {
   std::map<std::string, std::pair<std::int64_t, std::string>> where_;  // stored name -> (layer, name in it)
   std::int64_t cached_ = -1;
   io::LayerData data_;
+  std::set<std::string> counted_;
+  std::int64_t zeros_ = 0, total_ = 0;
 };
 
 int run_export(const std::string& checkpoint_dir, const std::string& model_override, const std::string& out,
@@ -602,12 +611,18 @@ void commit_layer(io::Checkpoint& ckpt, std::int64_t layer, std::int64_t layers,
 }
 
 // World rank 0, every layer committed: the whole result read back through the checkpoint (digests
-// checked) for the summary and the export, so that what is exported is exactly what the manifest
-// vouches for.
+// checked) for the export and the summary, in one pass, so that what is exported is exactly what
+// the manifest vouches for. The checkpoint is marked complete after the export: a run that fails
+// while exporting exports again when rerun.
 void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfCheckpoint& src,
                           const model::ModelSpec& spec, const prune::Pattern& pattern, double seconds, int ranks,
                           const std::string& config_hash, Metrics& metrics) {
   PrunedReader reader(ckpt, src, spec);
+  if (!cfg.output.export_dir.empty()) {
+    const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
+    export_hf_folder(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20);
+    log::info("exported the pruned model to {}", dest.string());
+  }
   const auto [zeros, total] = reader.count();
   const nlohmann::json summary = {{"method", cfg.prune.method}, {"pattern", pattern.str()},
                                   {"zeros", zeros},             {"weights", total},
@@ -616,11 +631,6 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
   if (!ckpt.complete()) ckpt.mark_complete(summary);
   log::info("pruned {} of {} target weights ({:.2f}%) in {:.1f} s", zeros, total, total ? 100.0 * zeros / total : 0.0,
             seconds);
-  if (!cfg.output.export_dir.empty()) {
-    const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
-    export_hf_folder(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20);
-    log::info("exported the pruned model to {}", dest.string());
-  }
   metrics.write({{"event", "prune"}, {"config_hash", config_hash}, {"summary", summary}});
 }
 
@@ -771,7 +781,9 @@ void log_prune_start(const PruneSession& s, std::int64_t resume_from, const fs::
             cfg.model, s.spec.model_type, s.spec.layers, cfg.prune.method, s.pattern.str(), s.calib.nseq,
             s.calib.seqlen, cfg.calibration.path, s.world.size(), s.grid.stages, s.grid.data, s.backend->name(),
             dtype_name(s.fwd), s.threads, cfg.determinism);
-  if (resume_from > 0)
+  if (resume_from >= s.spec.layers)
+    log::info("checkpoint {}: all {} layers committed; nothing to prune", ckpt_dir.string(), s.spec.layers);
+  else if (resume_from > 0)
     log::info("checkpoint {}: layers 0..{} committed; resuming at layer {}", ckpt_dir.string(), resume_from - 1,
               resume_from);
 }
@@ -801,23 +813,25 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   kinds.col_norms = s.method == prune::Method::wanda;
   const auto accumulation = cfg.determinism == "strict" ? prune::Accumulation::exact : prune::Accumulation::sum;
 
-  // The allocation is recomputed on a resumed run too: it depends on the dense model and the
-  // calibration windows only, so it comes out the same.
-  AllocationContext actx{m, s.groups, s.calib, s.shard, batch, *s.grid.data_group, accumulation,
-                         cfg.surgeon.keep_activations_mb, s.grid.stage, s.grid.stages, s.grid.pipe.get(), &world};
-  const Allocation allocation = allocate_sparsity(cfg, s.pattern, actx);
-  if (!allocation.record.empty()) record_allocation(allocation, id.config_hash, metrics, world.is_root());
-
-  // The allocation ran the fp32 forward; the layers run in the forward dtype from here.
-  m.set_forward_dtype(s.fwd);
   Watchdog watchdog(cfg.parallel.watchdog_seconds, world.rank());
-  LayerLoop loop{s,     *ckpt, id, m, allocation, spec.family == model::Family::llama ? &rope_tables : nullptr,
-                 kinds, accumulation, activations_on_host(be, cfg, world), Tensor(), metrics, watchdog};
-  if (s.grid.stage == 0)
-    loop.x = embed_windows(be, m, s.calib.windows(s.shard.begin, s.shard.count()), s.shard.count(), seqlen, batch,
-                           spec.hidden, loop.host_activations);
-  if (const int code = prune_layers(loop); code != kExitOk) return code;
-  loop.x = Tensor();
+  // Every rank reads the same manifest, so all agree whether any layer is left.
+  if (ckpt->first_uncommitted() < spec.layers) {
+    // The allocation is recomputed on a resumed run too: it depends on the dense model and the
+    // calibration windows only, so it comes out the same.
+    AllocationContext actx{m, s.groups, s.calib, s.shard, batch, *s.grid.data_group, accumulation,
+                           cfg.surgeon.keep_activations_mb, s.grid.stage, s.grid.stages, s.grid.pipe.get(), &world};
+    const Allocation allocation = allocate_sparsity(cfg, s.pattern, actx);
+    if (!allocation.record.empty()) record_allocation(allocation, id.config_hash, metrics, world.is_root());
+
+    // The allocation ran the fp32 forward; the layers run in the forward dtype from here.
+    m.set_forward_dtype(s.fwd);
+    LayerLoop loop{s,     *ckpt, id, m, allocation, spec.family == model::Family::llama ? &rope_tables : nullptr,
+                   kinds, accumulation, activations_on_host(be, cfg, world), Tensor(), metrics, watchdog};
+    if (s.grid.stage == 0)
+      loop.x = embed_windows(be, m, s.calib.windows(s.shard.begin, s.shard.count()), s.shard.count(), seqlen, batch,
+                             spec.hidden, loop.host_activations);
+    if (const int code = prune_layers(loop); code != kExitOk) return code;
+  }
   // Rank 0 alone reads the checkpoint back and writes the export (hundreds of GB for the largest
   // models); the others wait at the barrier below: no heartbeat to give, so no countdown.
   watchdog.suspend("summary and export");

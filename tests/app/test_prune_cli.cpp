@@ -204,6 +204,16 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   const auto j = nlohmann::json::parse(report.substr(0, report.rfind("exit=")));
   // Magnitude prunes int(numel * 0.5) of each matrix exactly: the total is half of every linear.
   EXPECT_EQ(j["total"]["zeros"].get<std::int64_t>(), 3145728 / 2);
+  // The same prune rerun with an export: every layer is committed, so no layer is run again (no
+  // allocation, no forward); the export and the summary come from the checkpoint in one pass.
+  const auto rerun = run_capture(prune_args(dir, "opt-mini", {"prune.method=magnitude", "output.export=model"}));
+  ASSERT_NE(rerun.find("exit=0"), std::string::npos) << rerun;
+  EXPECT_NE(rerun.find("all 4 layers committed; nothing to prune"), std::string::npos) << rerun;
+  EXPECT_EQ(rerun.find("4/4 layers"), std::string::npos) << rerun;  // the layer loop's progress line
+  EXPECT_NE(rerun.find("pruned 1572864 of 3145728 target weights"), std::string::npos) << rerun;
+  const auto again_report = run_capture({kBin, "inspect", "--json", (dir / "model").string()});
+  const auto ja = nlohmann::json::parse(again_report.substr(0, again_report.rfind("exit=")));
+  EXPECT_EQ(ja["total"], j["total"]);
 
   // A checkpoint with a layer missing from the manifest is not exported.
   const auto partial = temp_dir("partial");
