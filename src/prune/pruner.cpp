@@ -114,6 +114,55 @@ ReconstructionError reconstruction_error(Backend& be, const Tensor& w, const Ten
   return e;
 }
 
+namespace {
+
+// SparseGPT: r.weight (the copy of the weight) factored (or o.factor, shared) and swept in place;
+// r's mask, losses, damping and seconds filled.
+void prune_sparsegpt(Backend& be, const InputStats* stats, const PruneOptions& o, const std::string& what,
+                     PruneResult& r) {
+  const auto rows = r.weight.size(0), cols = r.weight.size(1);
+  SCALPEL_CHECK_INPUT(stats && stats->has_hessian() && stats->nsamples() > 0,
+                      "{}: SparseGPT needs the Hessian of the inputs (InputStats with a Hessian, fed)", what);
+  SCALPEL_CHECK_INPUT(o.blocksize >= 1, "{}: blocksize {} must be >= 1", what, o.blocksize);
+  SCALPEL_CHECK_INPUT(o.percdamp > 0 && std::isfinite(o.percdamp), "{}: dampening {} must be > 0", what, o.percdamp);
+  SCALPEL_CHECK_INPUT(o.max_damping_tries >= 1, "{}: max_damping_tries must be >= 1", what);
+  Timer tf;
+  SCALPEL_CHECK_INPUT(!o.isc || !o.pattern.is_nm(), "{}: the ISC saliency is for unstructured patterns", what);
+  HinvFactor own;
+  if (o.factor) {
+    SCALPEL_CHECK(o.factor->hinv.defined() && o.factor->hinv.size(0) == cols && (!o.isc || o.factor->hdiag.defined()),
+                  "{}: the shared factor does not fit", what);
+    be.zero_dead_columns(stats->hessian(), r.weight);
+  } else {
+    own = sparsegpt_factor(be, stats->hessian(), &r.weight, o.percdamp, o.max_damping_tries, what, o.isc);
+  }
+  const HinvFactor& f = o.factor ? *o.factor : own;
+  r.seconds.factorisation = tf.seconds();
+  r.damping = f.damping;
+  r.percdamp = f.percdamp;
+  r.damping_tries = f.tries;
+  r.dead = f.dead;
+  Timer ts;
+  Tensor losses = be.zeros({rows}, DType::f64);
+  SweepOptions so;
+  so.pattern = o.pattern;
+  so.blocksize = o.blocksize;
+  so.total_rows = o.total_rows;
+  so.select = o.select;
+  so.hdiag = o.isc ? &f.hdiag : nullptr;
+  sparsegpt_sweep(be, r.weight, f.hinv, so, r.mask, losses);
+  r.seconds.sweep = ts.seconds();
+  r.blocksize = sparsegpt_blocksize(o.blocksize, o.pattern);
+  const Tensor hl = be.download(losses);
+  r.losses.assign(hl.data<double>(), hl.data<double>() + rows);
+  if (!be.all_finite(r.weight))
+    SCALPEL_RUNTIME_ERROR("{}: SparseGPT produced non-finite weights (damping {:g}); the Hessian is too "
+                          "ill-conditioned: raise prune.dampening",
+                          what, r.damping);
+}
+
+}  // namespace
+
 PruneResult prune_linear(Backend& be, const Tensor& weight, const InputStats* stats, const PruneOptions& o) {
   const std::string what = o.name.empty() ? std::string("linear") : o.name;
   validate_pattern(o.pattern, what);
@@ -150,47 +199,9 @@ PruneResult prune_linear(Backend& be, const Tensor& weight, const InputStats* st
       r.seconds.sweep = t.seconds();
       break;
     }
-    case Method::sparsegpt: {
-      SCALPEL_CHECK_INPUT(stats && stats->has_hessian() && stats->nsamples() > 0,
-                          "{}: SparseGPT needs the Hessian of the inputs (InputStats with a Hessian, fed)", what);
-      SCALPEL_CHECK_INPUT(o.blocksize >= 1, "{}: blocksize {} must be >= 1", what, o.blocksize);
-      SCALPEL_CHECK_INPUT(o.percdamp > 0 && std::isfinite(o.percdamp), "{}: dampening {} must be > 0", what, o.percdamp);
-      SCALPEL_CHECK_INPUT(o.max_damping_tries >= 1, "{}: max_damping_tries must be >= 1", what);
-      Timer tf;
-      SCALPEL_CHECK_INPUT(!o.isc || !o.pattern.is_nm(), "{}: the ISC saliency is for unstructured patterns", what);
-      HinvFactor own;
-      if (o.factor) {
-        SCALPEL_CHECK(o.factor->hinv.defined() && o.factor->hinv.size(0) == cols && (!o.isc || o.factor->hdiag.defined()),
-                      "{}: the shared factor does not fit", what);
-        be.zero_dead_columns(stats->hessian(), r.weight);
-      } else {
-        own = sparsegpt_factor(be, stats->hessian(), &r.weight, o.percdamp, o.max_damping_tries, what, o.isc);
-      }
-      const HinvFactor& f = o.factor ? *o.factor : own;
-      r.seconds.factorisation = tf.seconds();
-      r.damping = f.damping;
-      r.percdamp = f.percdamp;
-      r.damping_tries = f.tries;
-      r.dead = f.dead;
-      Timer ts;
-      Tensor losses = be.zeros({rows}, DType::f64);
-      SweepOptions so;
-      so.pattern = o.pattern;
-      so.blocksize = o.blocksize;
-      so.total_rows = o.total_rows;
-      so.select = o.select;
-      so.hdiag = o.isc ? &f.hdiag : nullptr;
-      sparsegpt_sweep(be, r.weight, f.hinv, so, r.mask, losses);
-      r.seconds.sweep = ts.seconds();
-      r.blocksize = sparsegpt_blocksize(o.blocksize, o.pattern);
-      const Tensor hl = be.download(losses);
-      r.losses.assign(hl.data<double>(), hl.data<double>() + rows);
-      if (!be.all_finite(r.weight))
-        SCALPEL_RUNTIME_ERROR("{}: SparseGPT produced non-finite weights (damping {:g}); the Hessian is too "
-                              "ill-conditioned: raise prune.dampening",
-                              what, r.damping);
+    case Method::sparsegpt:
+      prune_sparsegpt(be, stats, o, what, r);
       break;
-    }
   }
 
   const Tensor hm = be.download(r.mask);
