@@ -455,12 +455,9 @@ int finish_surgeon(SurgeonRun& r, const io::HfCheckpoint& src, const model::Mode
   return kExitOk;
 }
 
-}  // namespace
-
-int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
+// What LLM Surgeon cannot run with in this release: pipeline stages, a 2-byte forward.
+void check_surgeon_config(const Config& cfg) {
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
-  Timer total_timer;
-  install_stop_signals();
   if (cfg.parallel.stages != 1)
     SCALPEL_INPUT_ERROR("config: 'parallel.stages' {}: LLM Surgeon runs data-parallel only in this release "
                         "(parallel.stages: 1)", cfg.parallel.stages);
@@ -468,6 +465,55 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   if (fd == "fp16" || fd == "bf16")
     SCALPEL_INPUT_ERROR("config: '{}.forward_dtype' {}: LLM Surgeon's gradients need the fp32 forward (fp32, or auto)",
                         cfg.device, fd);
+}
+
+// The shot checkpoint: created or resumed by world rank 0, then read by the others.
+io::ShotCheckpoint open_shot_state(const Config& cfg, dist::Comm& world, const dist::Grid& grid,
+                                   const model::ModelSpec& spec, const std::string& config_hash, bool restart) {
+  const fs::path ckpt_dir = fs::path(cfg.output.dir) / cfg.output.checkpoint;
+  io::CheckpointIdentity id;
+  id.model = cfg.model;
+  id.model_fingerprint = io::model_fingerprint(cfg.model);
+  id.config_hash = config_hash;
+  id.grid = {{"stages", 1}, {"data", grid.data}, {"determinism", cfg.determinism}};
+  id.num_layers = spec.layers;
+  std::optional<io::ShotCheckpoint> state;
+  if (world.is_root()) state = io::ShotCheckpoint::open_or_create(ckpt_dir, id, cfg.surgeon.shots, restart);
+  world.barrier();
+  if (!world.is_root()) state = io::ShotCheckpoint::open_read(ckpt_dir);
+  return std::move(*state);
+}
+
+// After a shot: its weights installed and committed, its record logged and written, and the
+// evaluation of surgeon.eval_shots.
+void commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, std::vector<Tensor>& wbs,
+                 nlohmann::json rec, const text::Tokenizer* tok) {
+  const auto K = r.cfg.surgeon.shots;
+  install(r.m, r.be, r.targets, wbs);
+  Timer ct;
+  if (r.world.is_root())
+    state.commit_shot(shot, shot_records(r.targets, wbs, r.m.spec().layers), {{"reached", rec["reached"]}});
+  r.world.barrier();
+  rec["seconds"]["commit_s"] = ct.seconds();
+  rec["config_hash"] = r.config_hash;
+  if (r.world.is_root()) log_shot(rec);
+  r.metrics.write(rec);
+  const auto& eval_shots = r.cfg.surgeon.eval_shots;
+  const bool eval_now = std::count(eval_shots.begin(), eval_shots.end(), shot) > 0;
+  if (eval_now && shot < K && !r.cfg.eval.sets.empty()) {
+    Config c = r.cfg;
+    c.eval.tasks.clear();
+    evaluate_config(r.m, tok, c, r.world, r.metrics, {{"pruned", true}, {"shot", shot}, {"config_hash", r.config_hash}},
+                    [&] { r.watchdog.beat("evaluate", -1); });
+  }
+}
+
+}  // namespace
+
+int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
+  check_surgeon_config(cfg);
+  Timer total_timer;
+  install_stop_signals();
   const auto grid = dist::make_grid(world, 1, cfg.parallel.data);
   auto backend = make_rank_backend(cfg, place);
   Backend& be = *backend;
@@ -482,28 +528,19 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   auto tok = make_tokenizer(cfg);
   const auto calib = calibration_windows(cfg, spec, *tok);
   const auto shard = calibration_shard(calib.nseq, cfg.calibration.batch, grid.data, grid.data_index);
-
-  const fs::path out_dir = cfg.output.dir, ckpt_dir = out_dir / cfg.output.checkpoint;
-  io::CheckpointIdentity id;
-  id.model = cfg.model;
-  id.model_fingerprint = io::model_fingerprint(cfg.model);
-  id.config_hash = prune_config_hash(cfg, calib.ids);
-  id.grid = {{"stages", 1}, {"data", grid.data}, {"determinism", cfg.determinism}};
-  id.num_layers = spec.layers;
-  std::optional<io::ShotCheckpoint> state;
-  if (world.is_root()) state = io::ShotCheckpoint::open_or_create(ckpt_dir, id, cfg.surgeon.shots, restart);
-  world.barrier();
-  if (!world.is_root()) state = io::ShotCheckpoint::open_read(ckpt_dir);
+  const std::string config_hash = prune_config_hash(cfg, calib.ids);
+  io::ShotCheckpoint state = open_shot_state(cfg, world, grid, spec, config_hash, restart);
   const auto K = cfg.surgeon.shots;
 
   model::Model m(spec, checkpoint_source(src), be, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
   std::vector<Tensor> wbs;
   for (const auto& t : targets) wbs.push_back(weight_with_bias(be, *m.layer_weights(t.layer), t.linear));
-  const auto first = state->last_shot() + 1;
+  const auto first = state.last_shot() + 1;
   if (first > 1) {
-    wbs = read_shot(state->last(), targets);
+    wbs = read_shot(state.last(), targets);
     install(m, be, targets, wbs);
-    log::info("checkpoint {}: shots 1..{} committed; resuming at shot {}", ckpt_dir.string(), first - 1, first);
+    log::info("checkpoint {}: shots 1..{} committed; resuming at shot {}",
+              (fs::path(cfg.output.dir) / cfg.output.checkpoint).string(), first - 1, first);
   }
   log::info("prune {} ({}, {} layers): LLM Surgeon ({} cost) {} to {:.1f}% in {} shots, {} linears; {} calibration "
             "windows x {} tokens; {} rank(s), determinism {}",
@@ -511,31 +548,17 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
             100 * final_sparsity(cfg, opt), K, targets.size(), calib.nseq, calib.seqlen, world.size(), cfg.determinism);
 
   Metrics metrics;
-  if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((out_dir / cfg.output.metrics).string());
+  if (world.is_root() && !cfg.output.metrics.empty())
+    metrics = Metrics((fs::path(cfg.output.dir) / cfg.output.metrics).string());
   Watchdog watchdog(cfg.parallel.watchdog_seconds, world.rank());
   SurgeonRun run{cfg, world, *grid.data_group, be, m, calib, shard, targets, opt,
                  cfg.determinism == "strict" ? prune::Accumulation::exact : prune::Accumulation::sum,
-                 metrics, watchdog, id.config_hash, {}};
+                 metrics, watchdog, config_hash, {}};
   Progress progress("surgeon", K, "shots", cfg.log.progress_seconds, world.is_root());
   for (std::int64_t shot = first; shot <= K; ++shot) {
-    auto rec = run_shot(run, shot, wbs);
-    install(m, be, targets, wbs);
-    Timer ct;
-    if (world.is_root()) state->commit_shot(shot, shot_records(targets, wbs, spec.layers), {{"reached", rec["reached"]}});
-    world.barrier();
-    rec["seconds"]["commit_s"] = ct.seconds();
-    rec["config_hash"] = id.config_hash;
-    if (world.is_root()) log_shot(rec);
-    metrics.write(rec);
-    const bool eval_now = std::count(cfg.surgeon.eval_shots.begin(), cfg.surgeon.eval_shots.end(), shot) > 0;
-    if (eval_now && shot < K && !cfg.eval.sets.empty()) {
-      Config c = cfg;
-      c.eval.tasks.clear();
-      evaluate_config(m, tok.get(), c, world, metrics, {{"pruned", true}, {"shot", shot}, {"config_hash", id.config_hash}},
-                      [&] { watchdog.beat("evaluate", -1); });
-    }
+    commit_shot(run, state, shot, wbs, run_shot(run, shot, wbs), tok.get());
     progress.update(shot - first + 1, 0);
-    if (shot < K && stop_requested(world, {"shot", shot, K, shot}, id.config_hash, metrics)) return kExitInterrupted;
+    if (shot < K && stop_requested(world, {"shot", shot, K, shot}, config_hash, metrics)) return kExitInterrupted;
   }
   progress.finish();
   run.wbs_final = std::move(wbs);
