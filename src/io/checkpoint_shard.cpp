@@ -417,6 +417,127 @@ std::string layer_group_path(std::int64_t layer) { return fmt::format("/layers/{
 // ---------------------------------------------------------------------------------------------
 // Writer
 
+namespace {
+
+// The slice one record describes (rows, digest, mask digest), after checking that its tensor is a
+// host tensor with a leading dim, that its row range fits, and that its packed mask is well formed.
+SliceInfo describe_record(const TensorRecord& r, const std::string& what) {
+  SCALPEL_CHECK(r.data.defined() && r.data.device() == Device::cpu, "{}: tensor '{}' is not a host tensor",
+                what, r.name);
+  SCALPEL_CHECK(r.data.dim() >= 1, "{}: tensor '{}' is 0-d (row slices need a leading dim)", what, r.name);
+  SliceInfo s;
+  s.tensor = r.name;
+  s.dtype = r.data.dtype();
+  s.shape = r.data.shape();
+  if (r.total_rows < 0) {
+    s.row_begin = 0;
+    s.row_end = s.total_rows = r.data.rows();
+  } else {
+    s.row_begin = r.row_begin;
+    s.row_end = r.row_end;
+    s.total_rows = r.total_rows;
+    SCALPEL_CHECK(0 <= s.row_begin && s.row_begin <= s.row_end && s.row_end <= s.total_rows &&
+                      s.row_end - s.row_begin == r.data.rows(),
+                  "{}: tensor '{}': rows [{}, {}) of {} for a slice of {} rows", what, r.name,
+                  s.row_begin, s.row_end, s.total_rows, r.data.rows());
+  }
+  s.digest = digest_bytes(r.data.raw(), r.data.nbytes());
+  if (!r.packed_mask.empty()) {
+    const std::int64_t n = r.data.numel();
+    SCALPEL_CHECK(r.packed_mask.size() == packed_mask_bytes(n), "{}: tensor '{}': mask of {} bytes for {} elements",
+                  what, r.name, r.packed_mask.size(), n);
+    // Padding bits must be zero: they are digested, and merging slices ORs them into place.
+    SCALPEL_CHECK(n % 8 == 0 || (r.packed_mask.back() >> (n % 8)) == 0,
+                  "{}: tensor '{}': mask padding bits are not zero", what, r.name);
+    s.mask_digest = digest_bytes(r.packed_mask.data(), r.packed_mask.size());
+  }
+  return s;
+}
+
+// Checks every record and digests it before touching the disk: a bad argument leaves no file.
+std::vector<SliceInfo> describe_records(const std::vector<TensorRecord>& tensors, const std::string& what) {
+  std::vector<SliceInfo> slices;
+  std::set<std::string> names;
+  for (const auto& r : tensors) {
+    check_tensor_name(r.name);
+    SCALPEL_CHECK(names.insert(r.name).second, "{}: tensor '{}' given twice", what, r.name);
+    slices.push_back(describe_record(r, what));
+  }
+  return slices;
+}
+
+// One record's dataset with its row and digest attributes, and its mask dataset when it has one.
+void write_record(hid_t group, const TensorRecord& r, const SliceInfo& s, const std::string& tmp_what) {
+  auto dset = write_dataset(group, r.name, s.shape, s.dtype, r.data.raw(), tmp_what);
+  write_attr_i64(dset.get(), "row_begin", s.row_begin, tmp_what);
+  write_attr_i64(dset.get(), "row_end", s.row_end, tmp_what);
+  write_attr_i64(dset.get(), "total_rows", s.total_rows, tmp_what);
+  write_attr_string(dset.get(), "digest", s.digest, tmp_what);
+  if (!r.metrics.is_null()) write_attr_json(dset.get(), "metrics", r.metrics, tmp_what);
+  if (!r.packed_mask.empty()) {
+    auto mset = write_dataset(group, r.name + kMaskSuffix, {static_cast<std::int64_t>(r.packed_mask.size())},
+                              DType::u8, r.packed_mask.data(), tmp_what);
+    write_attr_i64(mset.get(), "bits", r.data.numel(), tmp_what);
+    write_attr_string(mset.get(), "layout", kMaskLayout, tmp_what);
+    write_attr_string(mset.get(), "digest", s.mask_digest, tmp_what);
+  }
+}
+
+// /layers/<layer> in `file`, with the shard's attributes and every record's datasets.
+void write_layer_group(hid_t file, const ShardInfo& info, const std::vector<TensorRecord>& tensors,
+                       const json& metrics, const std::string& tmp_what) {
+  auto gcpl = creation_plist(H5P_GROUP_CREATE);
+  auto layers = h5::group(H5Gcreate2(file, "/layers", H5P_DEFAULT, gcpl.get(), H5P_DEFAULT));
+  auto group = h5::group(layers.valid() ? H5Gcreate2(layers.get(), std::to_string(info.layer).c_str(),
+                                                     H5P_DEFAULT, gcpl.get(), H5P_DEFAULT)
+                                        : -1);
+  if (!group.valid()) SCALPEL_RUNTIME_ERROR("{}: cannot create group {}: {}", tmp_what,
+                                            layer_group_path(info.layer), h5::last_error());
+  write_attr_i64(group.get(), "layer", info.layer, tmp_what);
+  write_attr_i64(group.get(), "shard", info.shard, tmp_what);
+  if (!metrics.is_null()) write_attr_json(group.get(), "metrics", metrics, tmp_what);
+  for (std::size_t i = 0; i < tensors.size(); ++i) write_record(group.get(), tensors[i], info.slices[i], tmp_what);
+  group.close();
+  layers.close();
+}
+
+// Writes the whole shard file at `tmp_path` and flushes and closes it (no fsync yet).
+void write_shard_contents(const fs::path& tmp_path, const ShardInfo& info, const std::vector<TensorRecord>& tensors,
+                          const json& metrics) {
+  const std::string tmp_what = tmp_path.string();
+  h5::Session session;
+  auto fapl = file_access_plist();
+  auto fcpl = creation_plist(H5P_FILE_CREATE);
+  auto file = h5::file(H5Fcreate(tmp_path.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()));
+  if (!file.valid()) SCALPEL_RUNTIME_ERROR("{}: cannot create: {}", tmp_what, h5::last_error());
+  write_attr_string(file.get(), "format", kShardFormat, tmp_what);
+  write_attr_i64(file.get(), "format_version", kShardFormatVersion, tmp_what);
+  write_layer_group(file.get(), info, tensors, metrics, tmp_what);
+  if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0 || !file.close())
+    SCALPEL_RUNTIME_ERROR("{}: cannot flush and close: {}", tmp_what, h5::last_error());
+}
+
+// fsyncs the temp file, renames it to `final_path` and fsyncs the folder `dir`.
+void publish_shard(TmpGuard& tmp, const fs::path& final_path, const fs::path& dir, const std::string& what) {
+  // HDF5's sec2 driver never fsyncs: make the bytes durable before the name says they exist.
+  fsync_path(tmp.path, false);
+  detail::crash_point("shard.synced");
+  if (::rename(tmp.path.c_str(), final_path.c_str()) != 0)
+    SCALPEL_RUNTIME_ERROR("{}: cannot rename {} into place: {}", what, tmp.path.string(), std::strerror(errno));
+  tmp.done = true;
+  detail::crash_point("shard.renamed");
+  fsync_path(dir.empty() ? fs::path(".") : dir, true);
+}
+
+std::uint64_t written_file_bytes(const fs::path& final_path, const std::string& what) {
+  struct stat st {};
+  if (::stat(final_path.c_str(), &st) != 0)
+    SCALPEL_RUNTIME_ERROR("{}: cannot stat after writing: {}", what, std::strerror(errno));
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+}  // namespace
+
 ShardInfo write_shard_file(const fs::path& dir, std::int64_t layer, std::int64_t shard,
                            const std::vector<TensorRecord>& tensors, const json& metrics) {
   ShardInfo info;
@@ -425,103 +546,13 @@ ShardInfo write_shard_file(const fs::path& dir, std::int64_t layer, std::int64_t
   info.file = shard_file_name(layer, shard);  // checks the ranges
   const fs::path final_path = dir / info.file;
   const std::string what = final_path.string();
-
-  // Check every record and digest it before touching the disk: a bad argument leaves no file.
-  std::set<std::string> names;
-  for (const auto& r : tensors) {
-    check_tensor_name(r.name);
-    SCALPEL_CHECK(names.insert(r.name).second, "{}: tensor '{}' given twice", what, r.name);
-    SCALPEL_CHECK(r.data.defined() && r.data.device() == Device::cpu, "{}: tensor '{}' is not a host tensor",
-                  what, r.name);
-    SCALPEL_CHECK(r.data.dim() >= 1, "{}: tensor '{}' is 0-d (row slices need a leading dim)", what, r.name);
-    SliceInfo s;
-    s.tensor = r.name;
-    s.dtype = r.data.dtype();
-    s.shape = r.data.shape();
-    if (r.total_rows < 0) {
-      s.row_begin = 0;
-      s.row_end = s.total_rows = r.data.rows();
-    } else {
-      s.row_begin = r.row_begin;
-      s.row_end = r.row_end;
-      s.total_rows = r.total_rows;
-      SCALPEL_CHECK(0 <= s.row_begin && s.row_begin <= s.row_end && s.row_end <= s.total_rows &&
-                        s.row_end - s.row_begin == r.data.rows(),
-                    "{}: tensor '{}': rows [{}, {}) of {} for a slice of {} rows", what, r.name,
-                    s.row_begin, s.row_end, s.total_rows, r.data.rows());
-    }
-    s.digest = digest_bytes(r.data.raw(), r.data.nbytes());
-    if (!r.packed_mask.empty()) {
-      const std::int64_t n = r.data.numel();
-      SCALPEL_CHECK(r.packed_mask.size() == packed_mask_bytes(n), "{}: tensor '{}': mask of {} bytes for {} elements",
-                    what, r.name, r.packed_mask.size(), n);
-      // Padding bits must be zero: they are digested, and merging slices ORs them into place.
-      SCALPEL_CHECK(n % 8 == 0 || (r.packed_mask.back() >> (n % 8)) == 0,
-                    "{}: tensor '{}': mask padding bits are not zero", what, r.name);
-      s.mask_digest = digest_bytes(r.packed_mask.data(), r.packed_mask.size());
-    }
-    info.slices.push_back(std::move(s));
-  }
+  info.slices = describe_records(tensors, what);
 
   TmpGuard tmp{final_path};
   tmp.path += ".tmp";
-  const std::string tmp_what = tmp.path.string();
-  {
-    h5::Session session;
-    auto fapl = file_access_plist();
-    auto fcpl = creation_plist(H5P_FILE_CREATE);
-    auto file = h5::file(H5Fcreate(tmp.path.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()));
-    if (!file.valid()) SCALPEL_RUNTIME_ERROR("{}: cannot create: {}", tmp_what, h5::last_error());
-    write_attr_string(file.get(), "format", kShardFormat, tmp_what);
-    write_attr_i64(file.get(), "format_version", kShardFormatVersion, tmp_what);
-
-    auto gcpl = creation_plist(H5P_GROUP_CREATE);
-    auto layers = h5::group(H5Gcreate2(file.get(), "/layers", H5P_DEFAULT, gcpl.get(), H5P_DEFAULT));
-    auto group = h5::group(layers.valid() ? H5Gcreate2(layers.get(), std::to_string(layer).c_str(),
-                                                       H5P_DEFAULT, gcpl.get(), H5P_DEFAULT)
-                                          : -1);
-    if (!group.valid()) SCALPEL_RUNTIME_ERROR("{}: cannot create group {}: {}", tmp_what,
-                                              layer_group_path(layer), h5::last_error());
-    write_attr_i64(group.get(), "layer", layer, tmp_what);
-    write_attr_i64(group.get(), "shard", shard, tmp_what);
-    if (!metrics.is_null()) write_attr_json(group.get(), "metrics", metrics, tmp_what);
-
-    for (std::size_t i = 0; i < tensors.size(); ++i) {
-      const auto& r = tensors[i];
-      const auto& s = info.slices[i];
-      auto dset = write_dataset(group.get(), r.name, s.shape, s.dtype, r.data.raw(), tmp_what);
-      write_attr_i64(dset.get(), "row_begin", s.row_begin, tmp_what);
-      write_attr_i64(dset.get(), "row_end", s.row_end, tmp_what);
-      write_attr_i64(dset.get(), "total_rows", s.total_rows, tmp_what);
-      write_attr_string(dset.get(), "digest", s.digest, tmp_what);
-      if (!r.metrics.is_null()) write_attr_json(dset.get(), "metrics", r.metrics, tmp_what);
-      if (!r.packed_mask.empty()) {
-        auto mset = write_dataset(group.get(), r.name + kMaskSuffix,
-                                  {static_cast<std::int64_t>(r.packed_mask.size())}, DType::u8,
-                                  r.packed_mask.data(), tmp_what);
-        write_attr_i64(mset.get(), "bits", r.data.numel(), tmp_what);
-        write_attr_string(mset.get(), "layout", kMaskLayout, tmp_what);
-        write_attr_string(mset.get(), "digest", s.mask_digest, tmp_what);
-      }
-    }
-    group.close();
-    layers.close();
-    if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0 || !file.close())
-      SCALPEL_RUNTIME_ERROR("{}: cannot flush and close: {}", tmp_what, h5::last_error());
-  }
-  // HDF5's sec2 driver never fsyncs: make the bytes durable before the name says they exist.
-  fsync_path(tmp.path, false);
-  detail::crash_point("shard.synced");
-  if (::rename(tmp.path.c_str(), final_path.c_str()) != 0)
-    SCALPEL_RUNTIME_ERROR("{}: cannot rename {} into place: {}", what, tmp_what, std::strerror(errno));
-  tmp.done = true;
-  detail::crash_point("shard.renamed");
-  fsync_path(dir.empty() ? fs::path(".") : dir, true);
-
-  struct stat st {};
-  if (::stat(final_path.c_str(), &st) != 0)
-    SCALPEL_RUNTIME_ERROR("{}: cannot stat after writing: {}", what, std::strerror(errno));
-  info.bytes = static_cast<std::uint64_t>(st.st_size);
+  write_shard_contents(tmp.path, info, tensors, metrics);
+  publish_shard(tmp, final_path, dir, what);
+  info.bytes = written_file_bytes(final_path, what);
   return info;
 }
 

@@ -133,6 +133,77 @@ void sort_slices(ManifestTensor& t) {
                    });
 }
 
+// The entries of a layer's "files" (sorted by shard), each checked to name a shard of `layer`;
+// their names are added to `file_names`.
+std::vector<ManifestFile> parse_layer_files(const json& j, std::int64_t layer, const std::string& ctx,
+                                            std::set<std::string>& file_names) {
+  const json& files = field(j, "files", ctx);
+  SCALPEL_CHECK_INPUT(files.is_array() && !files.empty(), "{}.files: expected a non-empty array", ctx);
+  std::vector<ManifestFile> out;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const std::string fctx = fmt::format("{}.files[{}]", ctx, i);
+    ManifestFile f;
+    f.file = get_string(files[i], "file", fctx);
+    f.shard = get_index(files[i], "shard", fctx);
+    f.bytes = static_cast<std::uint64_t>(get_index(files[i], "bytes", fctx));
+    const auto parsed = parse_shard_file_name(f.file);
+    SCALPEL_CHECK_INPUT(parsed && parsed->first == layer && parsed->second == f.shard,
+                        "{}: file \"{}\" is not shard {} of layer {}", fctx, f.file, f.shard, layer);
+    SCALPEL_CHECK_INPUT(file_names.insert(f.file).second, "{}: file \"{}\" listed twice", fctx, f.file);
+    out.push_back(std::move(f));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.shard < b.shard; });
+  return out;
+}
+
+// One entry of a tensor's "slices": its file must be one of `file_names`; "mask_digest" is read
+// only when the tensor has a mask.
+ManifestSlice parse_manifest_slice(const json& sj, const std::string& sctx, bool mask,
+                                   const std::set<std::string>& file_names) {
+  ManifestSlice s;
+  s.file = get_string(sj, "file", sctx);
+  SCALPEL_CHECK_INPUT(file_names.count(s.file), "{}: file \"{}\" is not among the layer's files", sctx, s.file);
+  const json& rows = field(sj, "rows", sctx);
+  SCALPEL_CHECK_INPUT(rows.is_array() && rows.size() == 2 && rows[0].is_number_integer() &&
+                          rows[1].is_number_integer(),
+                      "{}.rows: expected [begin, end]", sctx);
+  s.row_begin = rows[0].get<std::int64_t>();
+  s.row_end = rows[1].get<std::int64_t>();
+  s.digest = get_string(sj, "digest", sctx);
+  SCALPEL_CHECK_INPUT(is_digest(s.digest), "{}.digest: \"{}\" is not an xxh3 digest", sctx, s.digest);
+  if (mask) {
+    s.mask_digest = get_string(sj, "mask_digest", sctx);
+    SCALPEL_CHECK_INPUT(is_digest(s.mask_digest), "{}.mask_digest: \"{}\" is not an xxh3 digest", sctx,
+                        s.mask_digest);
+  }
+  return s;
+}
+
+// One entry of a layer's "tensors": dtype, shape, mask flag, and slices that tile its rows exactly.
+ManifestTensor parse_manifest_tensor(const json& tj, const std::string& tctx,
+                                     const std::set<std::string>& file_names) {
+  ManifestTensor t;
+  const auto dt = dtype_from_safetensors(get_string(tj, "dtype", tctx));
+  SCALPEL_CHECK_INPUT(dt.has_value(), "{}.dtype: unknown dtype", tctx);
+  t.dtype = *dt;
+  const json& shape = field(tj, "shape", tctx);
+  SCALPEL_CHECK_INPUT(shape.is_array() && !shape.empty() &&
+                          std::all_of(shape.begin(), shape.end(),
+                                      [](const json& d) { return d.is_number_integer() && d.get<std::int64_t>() >= 0; }),
+                      "{}.shape: expected a non-empty array of non-negative integers", tctx);
+  t.shape = shape.get<Shape>();
+  const json& mask = field(tj, "mask", tctx);
+  SCALPEL_CHECK_INPUT(mask.is_boolean(), "{}.mask: expected true or false", tctx);
+  t.mask = mask.get<bool>();
+  const json& slices = field(tj, "slices", tctx);
+  SCALPEL_CHECK_INPUT(slices.is_array() && !slices.empty(), "{}.slices: expected a non-empty array", tctx);
+  for (std::size_t i = 0; i < slices.size(); ++i)
+    t.slices.push_back(parse_manifest_slice(slices[i], fmt::format("{}.slices[{}]", tctx, i), t.mask, file_names));
+  sort_slices(t);
+  const std::string why = tiling_problem(t);
+  SCALPEL_CHECK_INPUT(why.empty(), "{}: {}", tctx, why);
+  return t;
+}
 }  // namespace
 
 SliceInfo ManifestTensor::slice_info(const std::string& name, std::size_t i) const {
@@ -175,68 +246,12 @@ LayerEntry LayerEntry::from_json(const json& j, std::int64_t layer, const std::s
   SCALPEL_CHECK_INPUT(get_string(j, "status", ctx) == "committed", "{}: not a committed layer", ctx);
   e.time = get_string(j, "time", ctx);
   e.metrics = j.contains("metrics") ? j.at("metrics") : json::object();
-
-  const json& files = field(j, "files", ctx);
-  SCALPEL_CHECK_INPUT(files.is_array() && !files.empty(), "{}.files: expected a non-empty array", ctx);
   std::set<std::string> file_names;
-  for (std::size_t i = 0; i < files.size(); ++i) {
-    const std::string fctx = fmt::format("{}.files[{}]", ctx, i);
-    ManifestFile f;
-    f.file = get_string(files[i], "file", fctx);
-    f.shard = get_index(files[i], "shard", fctx);
-    f.bytes = static_cast<std::uint64_t>(get_index(files[i], "bytes", fctx));
-    const auto parsed = parse_shard_file_name(f.file);
-    SCALPEL_CHECK_INPUT(parsed && parsed->first == layer && parsed->second == f.shard,
-                        "{}: file \"{}\" is not shard {} of layer {}", fctx, f.file, f.shard, layer);
-    SCALPEL_CHECK_INPUT(file_names.insert(f.file).second, "{}: file \"{}\" listed twice", fctx, f.file);
-    e.files.push_back(std::move(f));
-  }
-  std::sort(e.files.begin(), e.files.end(), [](const auto& a, const auto& b) { return a.shard < b.shard; });
-
+  e.files = parse_layer_files(j, layer, ctx, file_names);
   const json& tensors = field(j, "tensors", ctx);
   SCALPEL_CHECK_INPUT(tensors.is_object(), "{}.tensors: expected an object", ctx);
-  for (const auto& [name, tj] : tensors.items()) {
-    const std::string tctx = fmt::format("{}.tensors[\"{}\"]", ctx, name);
-    ManifestTensor t;
-    const auto dt = dtype_from_safetensors(get_string(tj, "dtype", tctx));
-    SCALPEL_CHECK_INPUT(dt.has_value(), "{}.dtype: unknown dtype", tctx);
-    t.dtype = *dt;
-    const json& shape = field(tj, "shape", tctx);
-    SCALPEL_CHECK_INPUT(shape.is_array() && !shape.empty() &&
-                            std::all_of(shape.begin(), shape.end(),
-                                        [](const json& d) { return d.is_number_integer() && d.get<std::int64_t>() >= 0; }),
-                        "{}.shape: expected a non-empty array of non-negative integers", tctx);
-    t.shape = shape.get<Shape>();
-    const json& mask = field(tj, "mask", tctx);
-    SCALPEL_CHECK_INPUT(mask.is_boolean(), "{}.mask: expected true or false", tctx);
-    t.mask = mask.get<bool>();
-    const json& slices = field(tj, "slices", tctx);
-    SCALPEL_CHECK_INPUT(slices.is_array() && !slices.empty(), "{}.slices: expected a non-empty array", tctx);
-    for (std::size_t i = 0; i < slices.size(); ++i) {
-      const std::string sctx = fmt::format("{}.slices[{}]", tctx, i);
-      ManifestSlice s;
-      s.file = get_string(slices[i], "file", sctx);
-      SCALPEL_CHECK_INPUT(file_names.count(s.file), "{}: file \"{}\" is not among the layer's files", sctx, s.file);
-      const json& rows = field(slices[i], "rows", sctx);
-      SCALPEL_CHECK_INPUT(rows.is_array() && rows.size() == 2 && rows[0].is_number_integer() &&
-                              rows[1].is_number_integer(),
-                          "{}.rows: expected [begin, end]", sctx);
-      s.row_begin = rows[0].get<std::int64_t>();
-      s.row_end = rows[1].get<std::int64_t>();
-      s.digest = get_string(slices[i], "digest", sctx);
-      SCALPEL_CHECK_INPUT(is_digest(s.digest), "{}.digest: \"{}\" is not an xxh3 digest", sctx, s.digest);
-      if (t.mask) {
-        s.mask_digest = get_string(slices[i], "mask_digest", sctx);
-        SCALPEL_CHECK_INPUT(is_digest(s.mask_digest), "{}.mask_digest: \"{}\" is not an xxh3 digest", sctx,
-                            s.mask_digest);
-      }
-      t.slices.push_back(std::move(s));
-    }
-    sort_slices(t);
-    const std::string why = tiling_problem(t);
-    SCALPEL_CHECK_INPUT(why.empty(), "{}: {}", tctx, why);
-    e.tensors.emplace(name, std::move(t));
-  }
+  for (const auto& [name, tj] : tensors.items())
+    e.tensors.emplace(name, parse_manifest_tensor(tj, fmt::format("{}.tensors[\"{}\"]", ctx, name), file_names));
   return e;
 }
 

@@ -73,27 +73,29 @@ bool is_float_dtype(DType t) {
   return t == DType::f32 || t == DType::f16 || t == DType::bf16 || t == DType::f64;
 }
 
-TensorInfo parse_entry(const std::string& what, const std::string& name, const json& e,
-                       std::uint64_t data_bytes) {
-  const auto fail_prefix = [&] { return fmt::format("{}: tensor '{}'", what, name); };
-  SCALPEL_CHECK_INPUT(e.is_object(), "{}: header entry is a {}, not a JSON object", fail_prefix(),
-                      e.type_name());
-  TensorInfo t;
-  t.name = name;
+// "<what>: tensor '<name>'", the start of every message about one header entry.
+std::string entry_prefix(const std::string& what, const std::string& name) {
+  return fmt::format("{}: tensor '{}'", what, name);
+}
 
+// The entry's "dtype": present, a string, and one scalpel knows.
+DType parse_entry_dtype(const std::string& what, const std::string& name, const json& e) {
   const auto d = e.find("dtype");
-  SCALPEL_CHECK_INPUT(d != e.end(), "{}: header entry has no \"dtype\"", fail_prefix());
-  SCALPEL_CHECK_INPUT(d->is_string(), "{}: \"dtype\" is a {}, not a string", fail_prefix(),
+  SCALPEL_CHECK_INPUT(d != e.end(), "{}: header entry has no \"dtype\"", entry_prefix(what, name));
+  SCALPEL_CHECK_INPUT(d->is_string(), "{}: \"dtype\" is a {}, not a string", entry_prefix(what, name),
                       d->type_name());
   const auto dtype = dtype_from_safetensors(d->get_ref<const std::string&>());
   SCALPEL_CHECK_INPUT(dtype.has_value(),
                       "{}: unknown dtype {} (expected F16, BF16, F32, F64, I32, I64, U8 or BOOL)",
-                      fail_prefix(), short_dump(*d));
-  t.dtype = *dtype;
+                      entry_prefix(what, name), short_dump(*d));
+  return *dtype;
+}
 
+// Fills t.shape from the entry's "shape" and returns the tensor's byte count (t.dtype set).
+std::uint64_t parse_entry_shape(const std::string& what, const json& e, TensorInfo& t) {
   const auto s = e.find("shape");
-  SCALPEL_CHECK_INPUT(s != e.end(), "{}: header entry has no \"shape\"", fail_prefix());
-  SCALPEL_CHECK_INPUT(s->is_array(), "{}: \"shape\" is a {}, not an array", fail_prefix(),
+  SCALPEL_CHECK_INPUT(s != e.end(), "{}: header entry has no \"shape\"", entry_prefix(what, t.name));
+  SCALPEL_CHECK_INPUT(s->is_array(), "{}: \"shape\" is a {}, not an array", entry_prefix(what, t.name),
                       s->type_name());
   // numel for the byte count; `extent` (zeros counted as 1) so that every partial product a
   // reader forms later (the row length of a tensor with 0 rows, say) is known not to overflow.
@@ -101,7 +103,7 @@ TensorInfo parse_entry(const std::string& what, const std::string& name, const j
   bool overflow = false;
   for (std::size_t i = 0; i < s->size(); ++i) {
     std::uint64_t dim = 0;
-    SCALPEL_CHECK_INPUT(as_index((*s)[i], dim), "{}: shape dimension {} is {} ({})", fail_prefix(),
+    SCALPEL_CHECK_INPUT(as_index((*s)[i], dim), "{}: shape dimension {} is {} ({})", entry_prefix(what, t.name),
                         i, short_dump((*s)[i]), not_index_reason((*s)[i]));
     t.shape.push_back(static_cast<std::int64_t>(dim));
     overflow = overflow || __builtin_mul_overflow(numel, dim, &numel) ||
@@ -110,51 +112,65 @@ TensorInfo parse_entry(const std::string& what, const std::string& name, const j
   std::uint64_t nbytes = 0;
   overflow = overflow || __builtin_mul_overflow(numel, dtype_size(t.dtype), &nbytes) ||
              extent > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
-  SCALPEL_CHECK_INPUT(!overflow, "{}: shape {} overflows 64-bit element/byte counts", fail_prefix(),
+  SCALPEL_CHECK_INPUT(!overflow, "{}: shape {} overflows 64-bit element/byte counts", entry_prefix(what, t.name),
                       shape_str(t.shape));
+  return nbytes;
+}
 
+// Fills t.begin and t.end from the entry's "data_offsets", checked against the data section.
+void parse_entry_offsets(const std::string& what, const json& e, std::uint64_t data_bytes, TensorInfo& t) {
   const auto o = e.find("data_offsets");
-  SCALPEL_CHECK_INPUT(o != e.end(), "{}: header entry has no \"data_offsets\"", fail_prefix());
+  SCALPEL_CHECK_INPUT(o != e.end(), "{}: header entry has no \"data_offsets\"", entry_prefix(what, t.name));
   SCALPEL_CHECK_INPUT(o->is_array() && o->size() == 2,
-                      "{}: \"data_offsets\" is {}, not an array [begin, end]", fail_prefix(),
+                      "{}: \"data_offsets\" is {}, not an array [begin, end]", entry_prefix(what, t.name),
                       short_dump(*o));
   for (int k = 0; k < 2; ++k) {
     std::uint64_t& v = k == 0 ? t.begin : t.end;
-    SCALPEL_CHECK_INPUT(as_index((*o)[k], v), "{}: data_offsets {} is {} ({})", fail_prefix(),
+    SCALPEL_CHECK_INPUT(as_index((*o)[k], v), "{}: data_offsets {} is {} ({})", entry_prefix(what, t.name),
                         k == 0 ? "begin" : "end", short_dump((*o)[k]), not_index_reason((*o)[k]));
   }
-  SCALPEL_CHECK_INPUT(t.begin <= t.end, "{}: data_offsets begin {} > end {}", fail_prefix(), t.begin,
-                      t.end);
+  SCALPEL_CHECK_INPUT(t.begin <= t.end, "{}: data_offsets begin {} > end {}", entry_prefix(what, t.name),
+                      t.begin, t.end);
   SCALPEL_CHECK_INPUT(t.end <= data_bytes,
                       "{}: data_offsets [{}, {}] run past the end of the data section ({} bytes)",
-                      fail_prefix(), t.begin, t.end, data_bytes);
+                      entry_prefix(what, t.name), t.begin, t.end, data_bytes);
+}
+
+TensorInfo parse_entry(const std::string& what, const std::string& name, const json& e,
+                       std::uint64_t data_bytes) {
+  SCALPEL_CHECK_INPUT(e.is_object(), "{}: header entry is a {}, not a JSON object", entry_prefix(what, name),
+                      e.type_name());
+  TensorInfo t;
+  t.name = name;
+  t.dtype = parse_entry_dtype(what, name, e);
+  const std::uint64_t nbytes = parse_entry_shape(what, e, t);
+  parse_entry_offsets(what, e, data_bytes, t);
   SCALPEL_CHECK_INPUT(nbytes == t.end - t.begin,
                       "{}: shape {} of {} needs {} bytes but data_offsets [{}, {}] hold {}",
-                      fail_prefix(), shape_str(t.shape), dtype_name(t.dtype), nbytes, t.begin,
+                      entry_prefix(what, name), shape_str(t.shape), dtype_name(t.dtype), nbytes, t.begin,
                       t.end, t.end - t.begin);
   return t;
 }
 
-}  // namespace
-
-SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, const std::string& what) {
+// The length of the JSON header, checked against the file size and the header limit.
+std::uint64_t parse_header_length(std::span<const std::byte> file, const std::string& what) {
   SCALPEL_CHECK_INPUT(file.size() >= 8,
                       "{}: file is {} bytes, shorter than the 8-byte safetensors header length",
                       what, file.size());
-  SafetensorsHeader h;
-  h.header_bytes = read_le64(file.data());
+  const std::uint64_t header_bytes = read_le64(file.data());
   const std::uint64_t rest = file.size() - 8;
-  SCALPEL_CHECK_INPUT(h.header_bytes <= rest,
+  SCALPEL_CHECK_INPUT(header_bytes <= rest,
                       "{}: header length {} runs past the end of the file ({} bytes): not a "
                       "safetensors file, or truncated",
-                      what, h.header_bytes, file.size());
-  SCALPEL_CHECK_INPUT(h.header_bytes <= kMaxSafetensorsHeaderBytes,
+                      what, header_bytes, file.size());
+  SCALPEL_CHECK_INPUT(header_bytes <= kMaxSafetensorsHeaderBytes,
                       "{}: header length {} exceeds the {}-byte limit: not a safetensors file", what,
-                      h.header_bytes, kMaxSafetensorsHeaderBytes);
-  const std::uint64_t data_bytes = rest - h.header_bytes;
+                      header_bytes, kMaxSafetensorsHeaderBytes);
+  return header_bytes;
+}
 
-  const char* first = reinterpret_cast<const char*>(file.data()) + 8;
-  const char* last = first + h.header_bytes;
+// The header text as a JSON object, refusing nesting deeper than kMaxJsonDepth while parsing.
+json parse_header_json(const char* first, const char* last, const std::string& what) {
   json root;
   try {
     const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t ev, json&) {
@@ -169,29 +185,27 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, cons
   }
   SCALPEL_CHECK_INPUT(root.is_object(), "{}: header is a JSON {}, not an object", what,
                       root.type_name());
+  return root;
+}
 
-  for (auto it = root.begin(); it != root.end(); ++it) {
-    const std::string& name = it.key();
-    if (name == "__metadata__") {
-      const json& m = it.value();
-      SCALPEL_CHECK_INPUT(m.is_object(), "{}: __metadata__ is a {}, not an object", what,
-                          m.type_name());
-      for (auto kv = m.begin(); kv != m.end(); ++kv) {
-        SCALPEL_CHECK_INPUT(kv.value().is_string(), "{}: __metadata__ '{}' is a {}, not a string",
-                            what, kv.key(), kv.value().type_name());
-        h.metadata[kv.key()] = kv.value().get<std::string>();
-      }
-      continue;
-    }
-    h.tensors.push_back(parse_entry(what, name, it.value(), data_bytes));
+// Copies the string values of the "__metadata__" object `m` into `out`.
+void parse_header_metadata(const json& m, const std::string& what, std::map<std::string, std::string>& out) {
+  SCALPEL_CHECK_INPUT(m.is_object(), "{}: __metadata__ is a {}, not an object", what, m.type_name());
+  for (auto kv = m.begin(); kv != m.end(); ++kv) {
+    SCALPEL_CHECK_INPUT(kv.value().is_string(), "{}: __metadata__ '{}' is a {}, not a string", what,
+                        kv.key(), kv.value().type_name());
+    out[kv.key()] = kv.value().get<std::string>();
   }
+}
 
-  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+// Sorts `tensors` by offset and refuses two non-empty tensors that share a byte.
+void sort_and_check_overlap(std::vector<TensorInfo>& tensors, const std::string& what) {
+  std::sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
   // Empty tensors own no bytes, so they may sit anywhere; non-empty ones must not share a byte.
   const TensorInfo* prev = nullptr;
-  for (const auto& t : h.tensors) {
+  for (const auto& t : tensors) {
     if (t.begin == t.end) continue;
     SCALPEL_CHECK_INPUT(!prev || t.begin >= prev->end,
                         "{}: tensors '{}' [{}, {}] and '{}' [{}, {}] have overlapping data_offsets",
@@ -199,6 +213,23 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, cons
                         t.name, t.begin, t.end);
     if (!prev || t.end > prev->end) prev = &t;
   }
+}
+
+}  // namespace
+
+SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, const std::string& what) {
+  SafetensorsHeader h;
+  h.header_bytes = parse_header_length(file, what);
+  const std::uint64_t data_bytes = file.size() - 8 - h.header_bytes;
+  const char* first = reinterpret_cast<const char*>(file.data()) + 8;
+  const json root = parse_header_json(first, first + h.header_bytes, what);
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    if (it.key() == "__metadata__")
+      parse_header_metadata(it.value(), what, h.metadata);
+    else
+      h.tensors.push_back(parse_entry(what, it.key(), it.value(), data_bytes));
+  }
+  sort_and_check_overlap(h.tensors, what);
   return h;
 }
 
@@ -346,11 +377,9 @@ struct TmpFile {
   }
 };
 
-}  // namespace
-
-void write_safetensors(const fs::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  const std::string what = path.string();
+// The header text for `tensors` and `metadata`, each name and tensor checked, ready to write.
+std::string build_header(const std::vector<std::pair<std::string, Tensor>>& tensors,
+                         const std::map<std::string, std::string>& metadata, const std::string& what) {
   // ordered_json keeps the entries in the caller's order, which is also the data order.
   nlohmann::ordered_json h = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
@@ -381,14 +410,13 @@ void write_safetensors(const fs::path& path, const std::vector<std::pair<std::st
   }
   // Pad with spaces (valid JSON whitespace) so that the data section starts 8-byte aligned.
   header.append((8 - header.size() % 8) % 8, ' ');
+  return header;
+}
 
-  TmpFile tmp;
-  tmp.path = path;
-  tmp.path += ".tmp";
+// Writes the length, the header and every tensor's bytes to tmp.fd, then fsyncs and closes it.
+void write_file_body(TmpFile& tmp, const std::string& header,
+                     const std::vector<std::pair<std::string, Tensor>>& tensors) {
   const std::string tmp_what = tmp.path.string();
-  tmp.fd = ::open(tmp.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (tmp.fd < 0) SCALPEL_RUNTIME_ERROR("{}: cannot create: {}", tmp_what, std::strerror(errno));
-
   std::byte len[8];
   const std::uint64_t n = header.size();
   for (int i = 0; i < 8; ++i) len[i] = static_cast<std::byte>((n >> (8 * i)) & 0xffu);
@@ -401,11 +429,10 @@ void write_safetensors(const fs::path& path, const std::vector<std::pair<std::st
   const int fd = tmp.fd;
   tmp.fd = -1;
   if (::close(fd) != 0) SCALPEL_RUNTIME_ERROR("{}: close failed: {}", tmp_what, std::strerror(errno));
-  if (::rename(tmp.path.c_str(), path.c_str()) != 0)
-    SCALPEL_RUNTIME_ERROR("{}: cannot rename {} into place: {}", what, tmp_what, std::strerror(errno));
-  tmp.committed = true;
+}
 
-  // The rename is durable only once the directory entry is on disk too.
+// The rename is durable only once the directory entry is on disk too.
+void fsync_parent_folder(const fs::path& path) {
   fs::path dir = path.parent_path();
   if (dir.empty()) dir = ".";
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -413,6 +440,26 @@ void write_safetensors(const fs::path& path, const std::vector<std::pair<std::st
     ::fsync(dfd);
     ::close(dfd);
   }
+}
+
+}  // namespace
+
+void write_safetensors(const fs::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  const std::string what = path.string();
+  const std::string header = build_header(tensors, metadata, what);
+
+  TmpFile tmp;
+  tmp.path = path;
+  tmp.path += ".tmp";
+  const std::string tmp_what = tmp.path.string();
+  tmp.fd = ::open(tmp.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (tmp.fd < 0) SCALPEL_RUNTIME_ERROR("{}: cannot create: {}", tmp_what, std::strerror(errno));
+  write_file_body(tmp, header, tensors);
+  if (::rename(tmp.path.c_str(), path.c_str()) != 0)
+    SCALPEL_RUNTIME_ERROR("{}: cannot rename {} into place: {}", what, tmp_what, std::strerror(errno));
+  tmp.committed = true;
+  fsync_parent_folder(path);
 }
 
 }  // namespace scalpel::io
