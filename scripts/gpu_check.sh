@@ -11,6 +11,10 @@
 #                                # bench_e2e.sh: `scalpel prune` end to end of a synthetic one-layer OPT at
 #                                # OPT-175B widths (128 x 2048 tokens), with bench_layer's ceilings; again
 #                                # without the reconstruction error, and with the fp32 forward
+#   scripts/gpu_check.sh all     # one call for a short loan: the GPU tests, the transformers loads, the
+#                                # default end-to-end layer, LLM Surgeon, then the rest, most telling first
+# GPU_CHECK_DEADLINE=S: no step starts after S seconds (it is listed as "skipped: deadline", and the
+# logs of the steps run still come back); set it below the device call's timeout.
 # Logs and JSON go to $OUT (the device tool's folder; default out/gpu_check) and into
 # $OUT/gpu_check.tgz. Exit status: the number of failed steps (0 = all passed).
 set -uo pipefail
@@ -25,10 +29,16 @@ if [ ! -x build/bin/scalpel ] && [ -f "$BUNDLE" ]; then
   source scripts/gpu_unpack.sh "$BUNDLE"
 fi
 SHARED=$(cd .. && pwd)/shared
-failed=0
+failed=0 skipped=0
+DEADLINE=${GPU_CHECK_DEADLINE:-0}
 step() {  # step NAME COMMAND...: runs it, logs to $OUT/NAME.log, counts a failure
   local name=$1
   shift
+  if [ "$DEADLINE" -gt 0 ] && [ "$SECONDS" -ge "$DEADLINE" ]; then
+    echo "gpu_check: $name skipped: deadline (${SECONDS} s of ${DEADLINE})" | tee -a "$OUT/summary.txt"
+    skipped=$((skipped + 1))
+    return 0
+  fi
   local t0=$SECONDS
   "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
@@ -53,7 +63,7 @@ hf_check() {
   python3 scripts/check_hf_load.py "$folder" --text "$text" --seqlen 512 --expect "$ppl"
 }
 
-run_tests() {
+unit_tests() {
   nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
   local t
   for t in backend/test_backend_ops backend/test_lowp_ops backend/test_uploader backend/test_backward_ops \
@@ -61,18 +71,52 @@ run_tests() {
            model/test_decoder_backward app/test_model_backward app/test_lowp_forward prune/test_surgeon app/test_gpu; do
     step "$(basename "$t")" "build/tests/$t"
   done
-  local heldout=data/corpus/heldout.txt calib=data/corpus/calib.txt
-  local common=(calibration.path=$calib calibration.nsamples=16 calibration.seqlen=128 calibration.batch=4
-                'eval.sets=[]' log.progress_seconds=0 output.export=model)
+}
+
+heldout=data/corpus/heldout.txt
+common=(calibration.path=data/corpus/calib.txt calibration.nsamples=16 calibration.seqlen=128 calibration.batch=4
+        'eval.sets=[]' log.progress_seconds=0 output.export=model)
+
+depth_checks() {  # issue 12: depth-pruned exports load in transformers
   step depth_opt build/bin/scalpel depth --model "$SHARED/models/opt-mini" depth.criterion=bi depth.remove=1 \
     output.dir="$OUT/runs/depth-opt" "${common[@]}"
   step hf_depth_opt hf_check "$OUT/runs/depth-opt/model" "$heldout"
   step depth_llama build/bin/scalpel depth --model "$SHARED/models/llama-mini" depth.criterion=angular \
     depth.remove=1 output.dir="$OUT/runs/depth-llama" "${common[@]}"
   step hf_depth_llama hf_check "$OUT/runs/depth-llama/model" "$heldout"
+}
+
+surgeon_checks() {  # issue 11: LLM Surgeon on the GPU, its export in transformers
   step surgeon_gpu build/bin/scalpel prune --model "$SHARED/models/opt-mini" device=cuda prune.method=surgeon \
     surgeon.shots=2 output.dir="$OUT/runs/surgeon" "${common[@]}" --restart
   step hf_surgeon hf_check "$OUT/runs/surgeon/model" "$heldout"
+}
+
+run_tests() {
+  unit_tests
+  depth_checks
+  surgeon_checks
+}
+
+e2e_default() {  # issue 13: the default numerics (fp16 forward) end to end, with the ceilings
+  step e2e_opt175b_layer benchmarks/bench_e2e.sh --device cuda --ceilings --out "$OUT/e2e_opt175b_layer.json"
+}
+
+run_e2e() {  # fc2's factor whole vs shared (one GPU); the default numerics, then without the
+             # reconstruction error, then the fp32 forward
+  step bench_factor_49152 build/bin/bench_factor --device cuda --width 49152 --tile 1024 --repeats 2 \
+    --out "$OUT/bench_factor_cuda_49152.json"
+  step bench_factor_49152_t512 build/bin/bench_factor --device cuda --width 49152 --tile 512 --repeats 2 \
+    --out "$OUT/bench_factor_cuda_49152_t512.json"
+  e2e_default
+  e2e_rest
+}
+
+e2e_rest() {
+  step e2e_opt175b_layer_noerr benchmarks/bench_e2e.sh --device cuda --set output.reconstruction_error=false \
+    --out "$OUT/e2e_opt175b_layer_noerr.json"
+  step e2e_opt175b_layer_fp32 benchmarks/bench_e2e.sh --device cuda --set cuda.forward_dtype=fp32 \
+    --out "$OUT/e2e_opt175b_layer_fp32.json"
 }
 
 run_bench() {
@@ -85,20 +129,19 @@ case $MODE in
   tests) run_tests ;;
   bench) run_bench 9216 36864 72 ;;
   bench13) run_bench 5120 20480 40 ;;
-  e2e)  # fc2's factor whole vs shared (one GPU); the default numerics (fp16 forward), then without the
-        # reconstruction error, then the fp32 forward
-    step bench_factor_49152 build/bin/bench_factor --device cuda --width 49152 --tile 1024 --repeats 2 \
+  e2e) run_e2e ;;
+  all)
+    unit_tests
+    depth_checks
+    e2e_default
+    surgeon_checks
+    step bench_factor_49152 build/bin/bench_factor --device cuda --width 49152 --tile 1024 --repeats 1 \
       --out "$OUT/bench_factor_cuda_49152.json"
-    step bench_factor_49152_t512 build/bin/bench_factor --device cuda --width 49152 --tile 512 --repeats 2 \
-      --out "$OUT/bench_factor_cuda_49152_t512.json"
-    step e2e_opt175b_layer benchmarks/bench_e2e.sh --device cuda --ceilings --out "$OUT/e2e_opt175b_layer.json"
-    step e2e_opt175b_layer_noerr benchmarks/bench_e2e.sh --device cuda --set output.reconstruction_error=false \
-      --out "$OUT/e2e_opt175b_layer_noerr.json"
-    step e2e_opt175b_layer_fp32 benchmarks/bench_e2e.sh --device cuda --set cuda.forward_dtype=fp32 \
-      --out "$OUT/e2e_opt175b_layer_fp32.json" ;;
-  *) echo "usage: scripts/gpu_check.sh tests|bench|bench13|e2e" >&2; exit 2 ;;
+    e2e_rest
+    run_bench 9216 36864 72 ;;
+  *) echo "usage: scripts/gpu_check.sh tests|bench|bench13|e2e|all" >&2; exit 2 ;;
 esac
 rm -rf "$OUT/runs/"*/model "$OUT/runs/"*/ckpt  # weights do not travel back
 tar -C "$OUT" -czf "$OUT/gpu_check.tgz" --exclude=gpu_check.tgz . 2>/dev/null
-echo "gpu_check: $MODE: $failed failed step(s); logs in $OUT"
+echo "gpu_check: $MODE: $failed failed step(s), $skipped skipped (deadline); logs in $OUT"
 exit "$failed"
