@@ -42,60 +42,64 @@ void check_positive(std::int64_t v, const char* key, const std::string& what) {
 
 }  // namespace
 
-ModelSpec ModelSpec::from_config(const json& cfg, const std::string& what) {
-  if (!cfg.is_object()) SCALPEL_INPUT_ERROR("{}: not a JSON object", what);
-  ModelSpec s;
-  s.model_type = get<std::string>(cfg, "model_type", what);
-  using I = std::int64_t;
-  if (s.model_type == "opt") {
-    s.family = Family::opt;
-    s.vocab_size = get<I>(cfg, "vocab_size", what);
-    s.hidden = get<I>(cfg, "hidden_size", what);
-    s.layers = get<I>(cfg, "num_hidden_layers", what);
-    s.heads = get<I>(cfg, "num_attention_heads", what);
-    s.kv_heads = s.heads;
-    s.ffn = get<I>(cfg, "ffn_dim", what);
-    s.max_positions = get<I>(cfg, "max_position_embeddings", what);
-    s.word_embed_proj_dim = get<I>(cfg, "word_embed_proj_dim", what, s.hidden);
-    s.pre_norm = get<bool>(cfg, "do_layer_norm_before", what, true);
-    s.final_norm = s.pre_norm && !get<bool>(cfg, "_remove_final_layer_norm", what, false);
-    s.norm_affine = get<bool>(cfg, "layer_norm_elementwise_affine", what, true);
-    s.linear_bias = get<bool>(cfg, "enable_bias", what, true);
-    s.mlp_bias = s.linear_bias;
-    s.tie_embeddings = get<bool>(cfg, "tie_word_embeddings", what, true);
-    s.activation = get<std::string>(cfg, "activation_function", what, std::string("relu"));
-    s.norm_eps = 1e-5;  // OPT's LayerNorm uses the torch default
-    s.position_offset = 2;
-    if (s.activation != "relu" && s.activation != "gelu_new" && s.activation != "gelu")
-      SCALPEL_INPUT_ERROR("{}: activation_function '{}' is not supported (relu, gelu, gelu_new)", what,
-                          s.activation);
-  } else if (s.model_type == "llama" || s.model_type == "mistral" || s.model_type == "qwen2") {
-    s.family = Family::llama;
-    s.vocab_size = get<I>(cfg, "vocab_size", what);
-    s.hidden = get<I>(cfg, "hidden_size", what);
-    s.layers = get<I>(cfg, "num_hidden_layers", what);
-    s.heads = get<I>(cfg, "num_attention_heads", what);
-    s.kv_heads = get<I>(cfg, "num_key_value_heads", what, s.heads);
-    s.ffn = get<I>(cfg, "intermediate_size", what);
-    s.max_positions = get<I>(cfg, "max_position_embeddings", what);
-    s.word_embed_proj_dim = s.hidden;
-    s.norm_eps = get<double>(cfg, "rms_norm_eps", what, 1e-6);
-    s.rope_theta = get<double>(cfg, "rope_theta", what, 10000.0);
-    s.linear_bias = get<bool>(cfg, "attention_bias", what, s.model_type == "qwen2");
-    s.mlp_bias = get<bool>(cfg, "mlp_bias", what, false);
-    s.tie_embeddings = get<bool>(cfg, "tie_word_embeddings", what, false);
-    s.activation = get<std::string>(cfg, "hidden_act", what, std::string("silu"));
-    if (s.activation != "silu")
-      SCALPEL_INPUT_ERROR("{}: hidden_act '{}' is not supported (silu)", what, s.activation);
-    if (auto it = cfg.find("rope_scaling"); it != cfg.end() && !it->is_null()) {
-      const auto type = it->value("rope_type", it->value("type", std::string()));
-      if (type != "linear")
-        SCALPEL_INPUT_ERROR("{}: rope_scaling type '{}' is not supported (null or linear)", what, type);
-      s.rope_linear_factor = get<double>(*it, "factor", what + " rope_scaling");
-    }
-  } else {
-    SCALPEL_INPUT_ERROR("{}: model_type '{}' is not supported (opt, llama)", what, s.model_type);
+namespace {
+
+using I = std::int64_t;
+
+// OPT's keys, with the defaults of transformers' OPTConfig.
+void read_opt(const json& cfg, const std::string& what, ModelSpec& s) {
+  s.family = Family::opt;
+  s.vocab_size = get<I>(cfg, "vocab_size", what);
+  s.hidden = get<I>(cfg, "hidden_size", what);
+  s.layers = get<I>(cfg, "num_hidden_layers", what);
+  s.heads = get<I>(cfg, "num_attention_heads", what);
+  s.kv_heads = s.heads;
+  s.ffn = get<I>(cfg, "ffn_dim", what);
+  s.max_positions = get<I>(cfg, "max_position_embeddings", what);
+  s.word_embed_proj_dim = get<I>(cfg, "word_embed_proj_dim", what, s.hidden);
+  s.pre_norm = get<bool>(cfg, "do_layer_norm_before", what, true);
+  s.final_norm = s.pre_norm && !get<bool>(cfg, "_remove_final_layer_norm", what, false);
+  s.norm_affine = get<bool>(cfg, "layer_norm_elementwise_affine", what, true);
+  s.linear_bias = get<bool>(cfg, "enable_bias", what, true);
+  s.mlp_bias = s.linear_bias;
+  s.tie_embeddings = get<bool>(cfg, "tie_word_embeddings", what, true);
+  s.activation = get<std::string>(cfg, "activation_function", what, std::string("relu"));
+  s.norm_eps = 1e-5;  // OPT's LayerNorm uses the torch default
+  s.position_offset = 2;
+  if (s.activation != "relu" && s.activation != "gelu_new" && s.activation != "gelu")
+    SCALPEL_INPUT_ERROR("{}: activation_function '{}' is not supported (relu, gelu, gelu_new)", what,
+                        s.activation);
+}
+
+// LLaMA's keys (Mistral and Qwen2 share them), with the defaults of transformers' LlamaConfig.
+void read_llama(const json& cfg, const std::string& what, ModelSpec& s) {
+  s.family = Family::llama;
+  s.vocab_size = get<I>(cfg, "vocab_size", what);
+  s.hidden = get<I>(cfg, "hidden_size", what);
+  s.layers = get<I>(cfg, "num_hidden_layers", what);
+  s.heads = get<I>(cfg, "num_attention_heads", what);
+  s.kv_heads = get<I>(cfg, "num_key_value_heads", what, s.heads);
+  s.ffn = get<I>(cfg, "intermediate_size", what);
+  s.max_positions = get<I>(cfg, "max_position_embeddings", what);
+  s.word_embed_proj_dim = s.hidden;
+  s.norm_eps = get<double>(cfg, "rms_norm_eps", what, 1e-6);
+  s.rope_theta = get<double>(cfg, "rope_theta", what, 10000.0);
+  s.linear_bias = get<bool>(cfg, "attention_bias", what, s.model_type == "qwen2");
+  s.mlp_bias = get<bool>(cfg, "mlp_bias", what, false);
+  s.tie_embeddings = get<bool>(cfg, "tie_word_embeddings", what, false);
+  s.activation = get<std::string>(cfg, "hidden_act", what, std::string("silu"));
+  if (s.activation != "silu")
+    SCALPEL_INPUT_ERROR("{}: hidden_act '{}' is not supported (silu)", what, s.activation);
+  if (auto it = cfg.find("rope_scaling"); it != cfg.end() && !it->is_null()) {
+    const auto type = it->value("rope_type", it->value("type", std::string()));
+    if (type != "linear")
+      SCALPEL_INPUT_ERROR("{}: rope_scaling type '{}' is not supported (null or linear)", what, type);
+    s.rope_linear_factor = get<double>(*it, "factor", what + " rope_scaling");
   }
+}
+
+// Sizes that must be positive and agree; head_dim (LLaMA may set it) read here.
+void check_shape(const json& cfg, const std::string& what, ModelSpec& s) {
   check_positive(s.vocab_size, "vocab_size", what);
   check_positive(s.hidden, "hidden_size", what);
   check_positive(s.layers, "num_hidden_layers", what);
@@ -112,6 +116,21 @@ ModelSpec ModelSpec::from_config(const json& cfg, const std::string& what) {
                         s.heads, s.kv_heads);
   if (s.head_dim <= 0 || s.head_dim % 2 != 0)
     SCALPEL_INPUT_ERROR("{}: head_dim {} must be positive and even", what, s.head_dim);
+}
+
+}  // namespace
+
+ModelSpec ModelSpec::from_config(const json& cfg, const std::string& what) {
+  if (!cfg.is_object()) SCALPEL_INPUT_ERROR("{}: not a JSON object", what);
+  ModelSpec s;
+  s.model_type = get<std::string>(cfg, "model_type", what);
+  if (s.model_type == "opt")
+    read_opt(cfg, what, s);
+  else if (s.model_type == "llama" || s.model_type == "mistral" || s.model_type == "qwen2")
+    read_llama(cfg, what, s);
+  else
+    SCALPEL_INPUT_ERROR("{}: model_type '{}' is not supported (opt, llama)", what, s.model_type);
+  check_shape(cfg, what, s);
   return s;
 }
 
