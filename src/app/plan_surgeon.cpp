@@ -119,6 +119,69 @@ double rank_gflops(const Config& cfg, const PlanInput& in, std::string& note) {
 
 }  // namespace
 
+namespace {
+
+// Bytes per rank: the whole model, the factor sums, the activations (kept per layer, or recomputed
+// from each layer's input), and in the update phase the inverses, factors and chunk solves.
+struct SurgeonMemory {
+  I layer_cache = 0, activations = 0, weights = 0, sums = 0, factors = 0, chunks = 0;
+  I curvature_peak = 0, update_peak = 0;
+  bool keep = false;
+};
+
+SurgeonMemory surgeon_memory(const model::ModelSpec& spec, const Config& cfg, const Sizes& z, I B, I T) {
+  SurgeonMemory m;
+  const I d = spec.hidden, e = spec.word_embed_proj_dim, V = spec.vocab_size, L = spec.layers;
+  const I qdim = spec.heads * spec.head_dim, kvdim = spec.kv_heads * spec.head_dim;
+  const I cache_floats = B * T * d * (spec.pre_norm ? 4 : 6) + 2 * B * T * qdim + 2 * B * T * kvdim +
+                         B * spec.heads * T * T + B * T * spec.ffn * (spec.family == model::Family::llama ? 3 : 2);
+  m.layer_cache = cache_floats * 4;
+  m.keep = L * m.layer_cache <= (cfg.surgeon.keep_activations_mb << 20);
+  m.activations = (m.keep ? L * m.layer_cache : L * B * T * d * 4 + m.layer_cache) + T * V * 4 + 2 * B * T * d * 4;
+  m.weights = spec.layer_params() * 4 * L + V * e * 4 * (spec.tie_embeddings ? 1 : 2) + z.params * 4;
+  m.sums = (z.a_packed + z.g_packed) * (cfg.determinism == "strict" ? 24 : 8) + z.largest_factor * z.largest_factor * 4;
+  m.factors = 2 * z.largest_factor * z.largest_factor * 8;
+  const I mc = cfg.surgeon.max_correlate > 0 ? cfg.surgeon.max_correlate : 0;
+  m.chunks = mc > 0 ? 8 * mc * mc * 4 : 0;
+  m.curvature_peak = m.weights + m.sums + m.activations;
+  m.update_peak = m.weights + z.inverses_bytes + m.factors + m.chunks;
+  return m;
+}
+
+// FLOPs per rank: a shot's forward and backward, factor accumulation and inverses, and the chunk
+// solves of all shots (they grow with the shot's sparsity).
+struct SurgeonWork {
+  double fwd_bwd = 0, factors = 0, inverses = 0, solve_total = 0, shot_flops = 0;
+  bool curvature = true;
+};
+
+SurgeonWork surgeon_work(const model::ModelSpec& spec, const Config& cfg, const Sizes& z, I my_windows, I T,
+                         bool keep) {
+  SurgeonWork w;
+  const I tokens = my_windows * T, L = spec.layers, K = cfg.surgeon.shots;
+  const I qdim = spec.heads * spec.head_dim;
+  const double lin = 2.0 * static_cast<double>(z.params) * static_cast<double>(tokens);
+  const double attn = 2.0 * static_cast<double>(L) * static_cast<double>(my_windows) * T * T * qdim;  // causal half of 4·T²·qdim
+  const double head = 2.0 * static_cast<double>(spec.vocab_size) * spec.word_embed_proj_dim * static_cast<double>(tokens);
+  const double fwd = lin + attn + head;
+  w.fwd_bwd = fwd * 3 + (keep ? 0.0 : lin + attn);
+  w.factors = z.factor_flops * static_cast<double>(tokens);
+  w.inverses = z.inverse_flops;
+  const I mc = cfg.surgeon.max_correlate > 0 ? cfg.surgeon.max_correlate : 0;
+  const bool elements = cfg.prune.pattern != "structured";
+  const auto nm = elements && cfg.prune.pattern != "unstructured" ? parse_nm(cfg.prune.pattern) : std::nullopt;
+  const double s_final = nm ? static_cast<double>(nm->first) / nm->second : cfg.prune.sparsity;  // N:M reaches N/M
+  for (I k = 1; k <= K; ++k) {
+    const double q = s_final * static_cast<double>(k) / static_cast<double>(K) * static_cast<double>(z.rank_pruned);
+    if (elements && mc > 0) w.solve_total += q / static_cast<double>(mc) * std::pow(static_cast<double>(mc), 3) / 3;
+  }
+  w.curvature = cfg.surgeon.cost != "magnitude";
+  w.shot_flops = w.curvature ? w.fwd_bwd + w.factors + 2 * w.inverses : 0;  // inverses at half the fp32 rate
+  return w;
+}
+
+}  // namespace
+
 json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in) {
   const Config& cfg = in.cfg;
   SCALPEL_CHECK_INPUT(in.world >= 1, "--ranks must be >= 1, got {}", in.world);
@@ -126,73 +189,41 @@ json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in) {
                       "(parallel.stages: 1)", cfg.parallel.stages);
   const I T = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
   const I N = cfg.calibration.nsamples, B = cfg.calibration.batch, K = cfg.surgeon.shots, L = spec.layers;
-  const I my_windows = (N + in.world - 1) / in.world, tokens = my_windows * T;
+  const I my_windows = (N + in.world - 1) / in.world;
   const auto z = sizes_of(spec, cfg, in.world);
-  const bool strict = cfg.determinism == "strict";
-  const I d = spec.hidden, e = spec.word_embed_proj_dim, V = spec.vocab_size;
-  const I qdim = spec.heads * spec.head_dim, kvdim = spec.kv_heads * spec.head_dim;
-
-  // ---- memory per rank ----
-  const I cache_floats = B * T * d * (spec.pre_norm ? 4 : 6) + 2 * B * T * qdim + 2 * B * T * kvdim +
-                         B * spec.heads * T * T + B * T * spec.ffn * (spec.family == model::Family::llama ? 3 : 2);
-  const I layer_cache = cache_floats * 4;
-  const bool keep = L * layer_cache <= (cfg.surgeon.keep_activations_mb << 20);
-  const I activations = (keep ? L * layer_cache : L * B * T * d * 4 + layer_cache) + T * V * 4 + 2 * B * T * d * 4;
-  const I weights = spec.layer_params() * 4 * L + V * e * 4 * (spec.tie_embeddings ? 1 : 2) + z.params * 4;
-  const I sums = (z.a_packed + z.g_packed) * (strict ? 24 : 8) + z.largest_factor * z.largest_factor * 4;
-  const I factors = 2 * z.largest_factor * z.largest_factor * 8;
-  const I mc = cfg.surgeon.max_correlate > 0 ? cfg.surgeon.max_correlate : 0;
-  const I chunks = mc > 0 ? 8 * mc * mc * 4 : 0;
-  const I curvature_peak = weights + sums + activations;
-  const I update_peak = weights + z.inverses_bytes + factors + chunks;
-  const I peak = std::max(curvature_peak, update_peak);
-
-  // ---- FLOPs of a shot, per rank ----
+  const SurgeonMemory m = surgeon_memory(spec, cfg, z, B, T);
+  const I peak = std::max(m.curvature_peak, m.update_peak);
   std::string note;
   const double gflops = rank_gflops(cfg, in, note);
-  const double lin = 2.0 * static_cast<double>(z.params) * static_cast<double>(tokens);
-  const double attn = 2.0 * static_cast<double>(L) * static_cast<double>(my_windows) * T * T * qdim;  // causal half of 4·T²·qdim
-  const double head = 2.0 * static_cast<double>(V) * e * static_cast<double>(tokens);
-  const double fwd = lin + attn + head;
-  const double fwd_bwd = fwd * 3 + (keep ? 0.0 : lin + attn);
-  const double fac = z.factor_flops * static_cast<double>(tokens);
-  const double inv = z.inverse_flops;
-  double solve_total = 0;
-  const bool elements = cfg.prune.pattern != "structured";
-  const auto nm = elements && cfg.prune.pattern != "unstructured" ? parse_nm(cfg.prune.pattern) : std::nullopt;
-  const double s_final = nm ? static_cast<double>(nm->first) / nm->second : cfg.prune.sparsity;  // N:M reaches N/M
-  for (I k = 1; k <= K; ++k) {
-    const double q = s_final * static_cast<double>(k) / static_cast<double>(K) * static_cast<double>(z.rank_pruned);
-    if (elements && mc > 0) solve_total += q / static_cast<double>(mc) * std::pow(static_cast<double>(mc), 3) / 3;
-  }
-  const bool curvature = cfg.surgeon.cost != "magnitude";
-  const double shot_flops = (curvature ? fwd_bwd + fac + 2 * inv : 0);  // inverses at half the fp32 rate
-  const double run_seconds = (static_cast<double>(K) * shot_flops + solve_total) / (gflops * 1e9);
+  const SurgeonWork w = surgeon_work(spec, cfg, z, my_windows, T, m.keep);
+  const double run_seconds = (static_cast<double>(K) * w.shot_flops + w.solve_total) / (gflops * 1e9);
   return {{"kind", "surgeon"},
-          {"model", {{"name", in.model_name}, {"layers", L}, {"hidden", d}, {"ffn", spec.ffn}, {"params", z.params},
-                     {"pruned_params", z.pruned}}},
+          {"model", {{"name", in.model_name}, {"layers", L}, {"hidden", spec.hidden}, {"ffn", spec.ffn},
+                     {"params", z.params}, {"pruned_params", z.pruned}}},
           {"job", {{"shots", K}, {"pattern", cfg.prune.pattern}, {"cost", cfg.surgeon.cost},
                    {"max_correlate", cfg.surgeon.max_correlate}, {"determinism", cfg.determinism}}},
           {"grid", {{"stages", 1}, {"data", in.world}}},
           {"calibration", {{"windows", N}, {"seqlen", T}, {"batch", B}, {"windows_per_rank", my_windows}}},
-          {"activations", {{"mode", keep ? "keep" : "recompute"}, {"layer_cache_bytes", layer_cache},
+          {"activations", {{"mode", m.keep ? "keep" : "recompute"}, {"layer_cache_bytes", m.layer_cache},
                            {"keep_activations_mb", cfg.surgeon.keep_activations_mb}}},
           {"rates", {{"gflops", gflops}, {"note", note}}},
-          {"memory", {{"weights", weights}, {"factor_sums", sums}, {"activations", activations},
-                      {"factors", factors}, {"inverses", z.inverses_bytes}, {"chunks", chunks},
-                      {"curvature_peak", curvature_peak}, {"update_peak", update_peak}}},
-          {"per_shot_flops", {{"forward_backward", curvature ? fwd_bwd : 0.0}, {"factors", curvature ? fac : 0.0},
-                              {"inverses_f64", curvature ? inv : 0.0}}},
-          {"solve_flops_all_shots", solve_total},
+          {"memory", {{"weights", m.weights}, {"factor_sums", m.sums}, {"activations", m.activations},
+                      {"factors", m.factors}, {"inverses", z.inverses_bytes}, {"chunks", m.chunks},
+                      {"curvature_peak", m.curvature_peak}, {"update_peak", m.update_peak}}},
+          {"per_shot_flops", {{"forward_backward", w.curvature ? w.fwd_bwd : 0.0},
+                              {"factors", w.curvature ? w.factors : 0.0},
+                              {"inverses_f64", w.curvature ? w.inverses : 0.0}}},
+          {"solve_flops_all_shots", w.solve_total},
           {"seconds", run_seconds},
           {"peak", {{"hint", "LLM Surgeon holds the whole model and every pruned linear's factors on each rank in "
                              "this release (data-parallel only): a smaller model, prune.targets, or a machine with "
                              "more memory"},
                     {"bytes", peak}, {"rank", 0}, {"stage", 0}, {"data_index", 0},
-                    {"phase", curvature_peak >= update_peak ? "curvature" : "update"},
+                    {"phase", m.curvature_peak >= m.update_peak ? "curvature" : "update"},
                     {"breakdown", fmt::format("weights {}, factor sums {}, activations {}, inverses {}",
-                                              bytes_str(static_cast<double>(weights)), bytes_str(static_cast<double>(sums)),
-                                              bytes_str(static_cast<double>(activations)),
+                                              bytes_str(static_cast<double>(m.weights)),
+                                              bytes_str(static_cast<double>(m.sums)),
+                                              bytes_str(static_cast<double>(m.activations)),
                                               bytes_str(static_cast<double>(z.inverses_bytes)))}}}};
 }
 
