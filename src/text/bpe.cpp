@@ -189,6 +189,105 @@ namespace {
 // distinct words: train.txt has under 100k).
 constexpr std::size_t kCacheEntries = 1 << 18;
 constexpr std::size_t kCacheWordBytes = 128;
+
+// The vocabulary id of the whole pre-token (its bytes as vocabulary characters), or -1.
+std::int32_t whole_word_id(std::string_view bytes,
+                           const std::unordered_map<std::string, std::int32_t>& token_to_id) {
+  std::string word;
+  for (unsigned char b : bytes) word += byte_map().byte_utf8[b];
+  const auto it = token_to_id.find(word);
+  return it == token_to_id.end() ? -1 : it->second;
+}
+
+// The merges of one pre-token. Symbols in a doubly linked list; candidate merges in a min-heap
+// keyed by (rank, position). A heap entry is stale when its symbols changed since it was pushed;
+// it is re-validated by looking the current pair up again. Both orders cost O(n log n), so long
+// pre-tokens (a run of a million spaces) stay cheap. MergeMap is BpeTokenizer's
+// (left id << 32 | right id) -> {rank, id} map.
+template <class MergeMap>
+class WordMerger {
+ public:
+  using Merge = typename MergeMap::mapped_type;
+
+  WordMerger(std::string_view bytes, const std::int32_t (&byte_id)[256], const MergeMap& merges)
+      : merges_(merges), sym_(bytes.size()), prev_(bytes.size()), next_(bytes.size()) {
+    const std::size_t n = bytes.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      sym_[i] = byte_id[static_cast<unsigned char>(bytes[i])];
+      prev_[i] = static_cast<std::int64_t>(i) - 1;
+      next_[i] = i + 1 < n ? static_cast<std::int64_t>(i + 1) : -1;
+    }
+    for (std::size_t i = 0; i + 1 < n; ++i) push_pair(static_cast<std::int64_t>(i));
+  }
+
+  // tokenizers' Word::merge_all(): one merge at a time, the lowest rank first, then the leftmost.
+  void merge_rank_then_position() {
+    while (!heap_.empty()) {
+      const Cand c = heap_.top();
+      heap_.pop();
+      if (const Merge* m = current(c)) merge_at(c.second, *m);
+    }
+  }
+
+  // GPT2Tokenizer.bpe(): take the lowest-ranked pair present and merge all its occurrences left
+  // to right (non-overlapping) before looking again. The entries of one rank pop in position
+  // order; a merge cannot create another pair of the same rank (the merged symbol differs from
+  // both parts), so the batch is complete when it is taken.
+  void merge_all_of_lowest_rank() {
+    std::vector<std::int64_t> batch;
+    while (!heap_.empty()) {
+      const std::uint32_t rank = heap_.top().first;
+      batch.clear();
+      while (!heap_.empty() && heap_.top().first == rank) {
+        batch.push_back(heap_.top().second);
+        heap_.pop();
+      }
+      for (std::int64_t p : batch)
+        if (const Merge* m = current({rank, p})) merge_at(p, *m);
+    }
+  }
+
+  // Appends the remaining symbols, in order.
+  void append_to(std::vector<std::int32_t>& out) const {
+    for (std::int64_t p = 0; p >= 0; p = next_[p]) out.push_back(sym_[p]);
+  }
+
+ private:
+  using Cand = std::pair<std::uint32_t, std::int64_t>;  // (rank, position of the left symbol)
+
+  void push_pair(std::int64_t p) {
+    if (p < 0) return;
+    const std::int64_t q = next_[p];
+    if (q < 0) return;
+    if (auto it = merges_.find(pair_key(sym_[p], sym_[q])); it != merges_.end())
+      heap_.emplace(it->second.rank, p);
+  }
+
+  // The merge of candidate `c` when its pair is still there, else null (a stale entry).
+  const Merge* current(const Cand& c) const {
+    const std::int64_t p = c.second;
+    if (sym_[p] < 0 || next_[p] < 0) return nullptr;
+    auto it = merges_.find(pair_key(sym_[p], sym_[next_[p]]));
+    if (it == merges_.end() || it->second.rank != c.first) return nullptr;
+    return &it->second;
+  }
+
+  void merge_at(std::int64_t p, const Merge& m) {
+    const std::int64_t q = next_[p];
+    sym_[p] = m.id;
+    sym_[q] = -1;
+    next_[p] = next_[q];
+    if (next_[q] >= 0) prev_[next_[q]] = p;
+    push_pair(prev_[p]);
+    push_pair(p);
+  }
+
+  const MergeMap& merges_;
+  std::vector<std::int32_t> sym_;
+  std::vector<std::int64_t> prev_, next_;
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap_;
+};
+
 }  // namespace
 
 void BpeTokenizer::bpe_word(std::string_view bytes, std::vector<std::int32_t>& out) const {
@@ -205,73 +304,15 @@ void BpeTokenizer::bpe_word(std::string_view bytes, std::vector<std::int32_t>& o
   std::vector<std::int32_t> result;
   if (ignore_merges_) {
     // tokenizers' BPE with ignore_merges takes a pre-token that is itself a vocabulary entry whole.
-    std::string word;
-    for (unsigned char b : bytes) word += byte_map().byte_utf8[b];
-    if (auto it = token_to_id_.find(word); it != token_to_id_.end()) result.push_back(it->second);
+    if (const std::int32_t id = whole_word_id(bytes, token_to_id_); id >= 0) result.push_back(id);
   }
   if (result.empty()) {
-    // Symbols in a doubly linked list; candidate merges in a min-heap keyed by (rank, position).
-    // A heap entry is stale when its symbols changed since it was pushed; it is re-validated by
-    // looking the current pair up again. Both orders cost O(n log n), so long pre-tokens (a run of
-    // a million spaces) stay cheap.
-    std::vector<std::int32_t> sym(n);
-    std::vector<std::int64_t> prev(n), next(n);
-    for (std::size_t i = 0; i < n; ++i) {
-      sym[i] = byte_id_[static_cast<unsigned char>(bytes[i])];
-      prev[i] = static_cast<std::int64_t>(i) - 1;
-      next[i] = i + 1 < n ? static_cast<std::int64_t>(i + 1) : -1;
-    }
-    using Cand = std::pair<std::uint32_t, std::int64_t>;  // (rank, position of the left symbol)
-    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
-    auto push_pair = [&](std::int64_t p) {
-      if (p < 0) return;
-      const std::int64_t q = next[p];
-      if (q < 0) return;
-      if (auto it = merges_.find(pair_key(sym[p], sym[q])); it != merges_.end())
-        heap.emplace(it->second.rank, p);
-    };
-    auto current = [&](const Cand& c) -> const Merge* {
-      const std::int64_t p = c.second;
-      if (sym[p] < 0 || next[p] < 0) return nullptr;
-      auto it = merges_.find(pair_key(sym[p], sym[next[p]]));
-      if (it == merges_.end() || it->second.rank != c.first) return nullptr;
-      return &it->second;
-    };
-    auto merge_at = [&](std::int64_t p, const Merge& m) {
-      const std::int64_t q = next[p];
-      sym[p] = m.id;
-      sym[q] = -1;
-      next[p] = next[q];
-      if (next[q] >= 0) prev[next[q]] = p;
-      push_pair(prev[p]);
-      push_pair(p);
-    };
-    for (std::size_t i = 0; i + 1 < n; ++i) push_pair(static_cast<std::int64_t>(i));
-
-    if (order_ == MergeOrder::rank_then_position) {
-      while (!heap.empty()) {
-        const Cand c = heap.top();
-        heap.pop();
-        if (const Merge* m = current(c)) merge_at(c.second, *m);
-      }
-    } else {
-      // GPT2Tokenizer.bpe(): take the lowest-ranked pair present and merge all its occurrences
-      // left to right (non-overlapping) before looking again. The entries of one rank pop in
-      // position order; a merge cannot create another pair of the same rank (the merged symbol
-      // differs from both parts), so the batch is complete when it is taken.
-      std::vector<std::int64_t> batch;
-      while (!heap.empty()) {
-        const std::uint32_t rank = heap.top().first;
-        batch.clear();
-        while (!heap.empty() && heap.top().first == rank) {
-          batch.push_back(heap.top().second);
-          heap.pop();
-        }
-        for (std::int64_t p : batch)
-          if (const Merge* m = current({rank, p})) merge_at(p, *m);
-      }
-    }
-    for (std::int64_t p = 0; p >= 0; p = next[p]) result.push_back(sym[p]);
+    WordMerger merger(bytes, byte_id_, merges_);
+    if (order_ == MergeOrder::rank_then_position)
+      merger.merge_rank_then_position();
+    else
+      merger.merge_all_of_lowest_rank();
+    merger.append_to(result);
   }
   out.insert(out.end(), result.begin(), result.end());
   if (cacheable) {
@@ -452,6 +493,63 @@ void BpeTokenizer::finish_setup(const fs::path& file) {
 
 namespace {
 
+// RobertaProcessing / BertProcessing: a single sequence is cls A sep.
+void parse_cls_sep(const json& pp, const fs::path& file, const std::string& field,
+                   std::vector<std::int32_t>& prefix, std::vector<std::int32_t>& suffix) {
+  auto special = [&](const char* key) {
+    const auto it = pp.find(key);
+    if (it == pp.end() || !it->is_array() || it->size() != 2 || !(*it)[1].is_number_integer())
+      SCALPEL_INPUT_ERROR("{}: {}.{} must be [token, id]", file.string(), field, key);
+    return json_id((*it)[1], file, fmt::format("{}.{}", field, key));
+  };
+  prefix.push_back(special("cls"));
+  suffix.insert(suffix.begin(), special("sep"));
+}
+
+// The ids of one {"SpecialToken": {"id": name}} item of TemplateProcessing's "single", looked up
+// in its "special_tokens", appended to `ids`.
+void append_template_special(const json& pp, const json& item, const fs::path& file, const std::string& field,
+                             std::vector<std::int32_t>& ids) {
+  const auto& st = item["SpecialToken"];
+  if (!st.is_object() || !st.contains("id") || !st["id"].is_string())
+    SCALPEL_INPUT_ERROR("{}: {}.single has a SpecialToken without an id", file.string(), field);
+  const std::string name = st["id"].get<std::string>();
+  const auto specials = pp.find("special_tokens");
+  if (specials == pp.end() || !specials->is_object() || !specials->contains(name))
+    SCALPEL_INPUT_ERROR("{}: {}.special_tokens lacks \"{}\"", file.string(), field, name);
+  const auto& entry = (*specials)[name];
+  if (!entry.is_object() || !entry.contains("ids") || !entry["ids"].is_array())
+    SCALPEL_INPUT_ERROR("{}: {}.special_tokens[\"{}\"].ids must be a list", file.string(), field, name);
+  for (const auto& v : entry["ids"])
+    ids.push_back(json_id(v, file, fmt::format("{}.special_tokens[\"{}\"]", field, name)));
+}
+
+// TemplateProcessing: the special tokens of "single" before and after sequence A.
+void parse_template(const json& pp, const fs::path& file, const std::string& field,
+                    std::vector<std::int32_t>& prefix, std::vector<std::int32_t>& suffix) {
+  const auto single = pp.find("single");
+  if (single == pp.end() || !single->is_array())
+    SCALPEL_INPUT_ERROR("{}: {}.single must be a list", file.string(), field);
+  std::vector<std::int32_t> before, after;
+  bool seen_a = false;
+  for (const auto& item : *single) {
+    if (item.is_object() && item.contains("Sequence")) {
+      const auto& seq = item["Sequence"];
+      if (!seq.is_object() || detail::json_string(seq, "id") != "A" || seen_a)
+        SCALPEL_INPUT_ERROR("{}: {}.single must hold sequence A exactly once", file.string(), field);
+      seen_a = true;
+    } else if (item.is_object() && item.contains("SpecialToken")) {
+      append_template_special(pp, item, file, field, seen_a ? after : before);
+    } else {
+      SCALPEL_INPUT_ERROR("{}: {}.single holds an item that is neither Sequence nor SpecialToken",
+                          file.string(), field);
+    }
+  }
+  if (!seen_a) SCALPEL_INPUT_ERROR("{}: {}.single has no sequence A", file.string(), field);
+  prefix.insert(prefix.end(), before.begin(), before.end());
+  suffix.insert(suffix.begin(), after.begin(), after.end());
+}
+
 // The post-processor of tokenizer.json as the ids it puts before and after a single sequence.
 void parse_post_processor(const json& pp, const fs::path& file, const std::string& field,
                           std::vector<std::int32_t>& prefix, std::vector<std::int32_t>& suffix) {
@@ -469,51 +567,11 @@ void parse_post_processor(const json& pp, const fs::path& file, const std::strin
     return;
   }
   if (type == "RobertaProcessing" || type == "BertProcessing") {
-    // single sequence: cls A sep
-    auto special = [&](const char* key) {
-      const auto it = pp.find(key);
-      if (it == pp.end() || !it->is_array() || it->size() != 2 || !(*it)[1].is_number_integer())
-        SCALPEL_INPUT_ERROR("{}: {}.{} must be [token, id]", file.string(), field, key);
-      return json_id((*it)[1], file, fmt::format("{}.{}", field, key));
-    };
-    prefix.push_back(special("cls"));
-    suffix.insert(suffix.begin(), special("sep"));
+    parse_cls_sep(pp, file, field, prefix, suffix);
     return;
   }
   if (type == "TemplateProcessing") {
-    const auto single = pp.find("single");
-    if (single == pp.end() || !single->is_array())
-      SCALPEL_INPUT_ERROR("{}: {}.single must be a list", file.string(), field);
-    const auto specials = pp.find("special_tokens");
-    std::vector<std::int32_t> before, after;
-    bool seen_a = false;
-    for (const auto& item : *single) {
-      if (item.is_object() && item.contains("Sequence")) {
-        const auto& seq = item["Sequence"];
-        if (!seq.is_object() || detail::json_string(seq, "id") != "A" || seen_a)
-          SCALPEL_INPUT_ERROR("{}: {}.single must hold sequence A exactly once", file.string(), field);
-        seen_a = true;
-      } else if (item.is_object() && item.contains("SpecialToken")) {
-        const auto& st = item["SpecialToken"];
-        if (!st.is_object() || !st.contains("id") || !st["id"].is_string())
-          SCALPEL_INPUT_ERROR("{}: {}.single has a SpecialToken without an id", file.string(), field);
-        const std::string name = st["id"].get<std::string>();
-        if (specials == pp.end() || !specials->is_object() || !specials->contains(name))
-          SCALPEL_INPUT_ERROR("{}: {}.special_tokens lacks \"{}\"", file.string(), field, name);
-        const auto& entry = (*specials)[name];
-        if (!entry.is_object() || !entry.contains("ids") || !entry["ids"].is_array())
-          SCALPEL_INPUT_ERROR("{}: {}.special_tokens[\"{}\"].ids must be a list", file.string(), field, name);
-        for (const auto& v : entry["ids"])
-          (seen_a ? after : before)
-              .push_back(json_id(v, file, fmt::format("{}.special_tokens[\"{}\"]", field, name)));
-      } else {
-        SCALPEL_INPUT_ERROR("{}: {}.single holds an item that is neither Sequence nor SpecialToken",
-                            file.string(), field);
-      }
-    }
-    if (!seen_a) SCALPEL_INPUT_ERROR("{}: {}.single has no sequence A", file.string(), field);
-    prefix.insert(prefix.end(), before.begin(), before.end());
-    suffix.insert(suffix.begin(), after.begin(), after.end());
+    parse_template(pp, file, field, prefix, suffix);
     return;
   }
   SCALPEL_INPUT_ERROR(
@@ -538,18 +596,11 @@ std::pair<std::string, std::string> parse_json_merge(const json& m, const fs::pa
   SCALPEL_INPUT_ERROR("{}: model.merges[{}] must be \"a b\" or [\"a\", \"b\"]", file.string(), index);
 }
 
-}  // namespace
+using TokenIds = std::unordered_map<std::string, std::int32_t>;
 
-std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const fs::path& file) {
-  std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
-  t->kind_ = "bpe(tokenizer.json)";
-  t->order_ = MergeOrder::rank_then_position;
-  t->prefix_space_per_piece_ = true;
-  const json root = detail::read_json(file);
+// tokenizer.json's "model" after the checks that it is a byte-level BPE this loader reproduces.
+const json& checked_json_model(const json& root, const fs::path& file) {
   const std::string f = file.string();
-  if (!root.is_object()) SCALPEL_INPUT_ERROR("{}: expected a JSON object", f);
-
-  // --- model
   const auto model_it = root.find("model");
   if (model_it == root.end() || !model_it->is_object()) SCALPEL_INPUT_ERROR("{}: no \"model\" object", f);
   const json& model = *model_it;
@@ -566,30 +617,41 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const fs::path& 
         !(model[key].is_string() && model[key].get<std::string>().empty()))
       SCALPEL_INPUT_ERROR("{}: model.{} is set; it is not supported", f, key);
   }
-  t->ignore_merges_ = detail::json_bool(model, "ignore_merges", file).value_or(false);
-  if (!model.contains("vocab")) SCALPEL_INPUT_ERROR("{}: model.vocab is missing", f);
-  load_vocab(model["vocab"], file, "model.vocab", t->id_to_token_, t->token_to_id_);
+  return model;
+}
+
+// model.merges into `merges` (BpeTokenizer's pair -> {rank, id} map), ranked by position.
+template <class MergeMap>
+void load_json_merges(const json& model, const fs::path& file, const TokenIds& token_to_id,
+                      MergeMap& merges) {
+  const std::string f = file.string();
   if (!model.contains("merges") || !model["merges"].is_array())
     SCALPEL_INPUT_ERROR("{}: model.merges must be a list", f);
-  {
-    const json& merges = model["merges"];
-    t->merges_.reserve(merges.size());
-    for (std::size_t i = 0; i < merges.size(); ++i) {
-      const auto [a, b] = parse_json_merge(merges[i], file, i);
-      auto ia = t->token_to_id_.find(a), ib = t->token_to_id_.find(b), ir = t->token_to_id_.find(a + b);
-      if (ia == t->token_to_id_.end() || ib == t->token_to_id_.end())
-        SCALPEL_INPUT_ERROR("{}: model.merges[{}] \"{} {}\" uses a token missing from model.vocab", f, i, a,
-                            b);
-      if (ir == t->token_to_id_.end())
-        SCALPEL_INPUT_ERROR(
-            "{}: model.merges[{}] \"{} {}\": the merged token \"{}\" is missing from model.vocab", f, i, a, b,
-            a + b);
-      // A repeated pair keeps its last rank, as both transformers and tokenizers build the map.
-      t->merges_[pair_key(ia->second, ib->second)] = Merge{static_cast<std::uint32_t>(i), ir->second};
-    }
+  const json& list = model["merges"];
+  merges.reserve(list.size());
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const auto [a, b] = parse_json_merge(list[i], file, i);
+    auto ia = token_to_id.find(a), ib = token_to_id.find(b), ir = token_to_id.find(a + b);
+    if (ia == token_to_id.end() || ib == token_to_id.end())
+      SCALPEL_INPUT_ERROR("{}: model.merges[{}] \"{} {}\" uses a token missing from model.vocab", f, i, a, b);
+    if (ir == token_to_id.end())
+      SCALPEL_INPUT_ERROR(
+          "{}: model.merges[{}] \"{} {}\": the merged token \"{}\" is missing from model.vocab", f, i, a, b,
+          a + b);
+    // A repeated pair keeps its last rank, as both transformers and tokenizers build the map.
+    merges[pair_key(ia->second, ib->second)] = {static_cast<std::uint32_t>(i), ir->second};
   }
+}
 
-  // --- normalizer / pre-tokenizer / decoder
+struct ByteLevelOptions {
+  bool add_prefix_space = true;
+  bool use_regex = true;
+};
+
+// tokenizer.json's normalizer (null only), pre_tokenizer (ByteLevel, whose options are returned)
+// and decoder (ByteLevel or null).
+ByteLevelOptions read_byte_level_options(const json& root, const fs::path& file) {
+  const std::string f = file.string();
   if (root.contains("normalizer") && !root["normalizer"].is_null())
     SCALPEL_INPUT_ERROR("{}: normalizer is set ({}); only null is supported", f,
                         detail::json_string(root["normalizer"], "type", "?"));
@@ -598,52 +660,113 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const fs::path& 
     SCALPEL_INPUT_ERROR(
         "{}: pre_tokenizer must be ByteLevel (got {})", f,
         pre == root.end() || pre->is_null() ? std::string("null") : detail::json_string(*pre, "type", "?"));
-  t->add_prefix_space_ = detail::json_bool(*pre, "add_prefix_space", file).value_or(true);
-  t->use_regex_ = detail::json_bool(*pre, "use_regex", file).value_or(true);
+  ByteLevelOptions options;
+  options.add_prefix_space = detail::json_bool(*pre, "add_prefix_space", file).value_or(true);
+  options.use_regex = detail::json_bool(*pre, "use_regex", file).value_or(true);
   if (const auto dec = root.find("decoder");
       dec != root.end() && !dec->is_null() && detail::json_string(*dec, "type") != "ByteLevel")
     SCALPEL_INPUT_ERROR("{}: decoder must be ByteLevel or null (got {})", f,
                         detail::json_string(*dec, "type", "?"));
+  return options;
+}
+
+// BpeTokenizer::add_token_id(content, id, file, where): the id an added token ends up with.
+using AddTokenId =
+    std::function<std::int32_t(const std::string&, std::int32_t, const fs::path&, const std::string&)>;
+
+// Appends `a` with the id that add_id gives it for `id` (-1: the next free one), unless its
+// content is empty or already among `added`.
+void add_if_new(std::vector<AddedToken>& added, AddedToken a, std::int32_t id, const fs::path& from,
+                const std::string& where, const AddTokenId& add_id) {
+  const bool have =
+      std::any_of(added.begin(), added.end(), [&](const AddedToken& t) { return t.content == a.content; });
+  if (have || a.content.empty()) return;
+  a.id = add_id(a.content, id, from, where);
+  added.push_back(std::move(a));
+}
+
+// One entry of tokenizer.json's "added_tokens", with the id the file gives it.
+AddedToken parse_json_added_token(const json& e, const fs::path& file, const std::string& where) {
+  const std::string f = file.string();
+  if (!e.is_object() || !e.contains("content") || !e["content"].is_string() || !e.contains("id"))
+    SCALPEL_INPUT_ERROR("{}: {} needs \"id\" and \"content\"", f, where);
+  AddedToken a;
+  a.content = e["content"].get<std::string>();
+  a.id = json_id(e["id"], file, where);
+  a.lstrip = detail::json_bool(e, "lstrip", file).value_or(false);
+  a.rstrip = detail::json_bool(e, "rstrip", file).value_or(false);
+  a.normalized = detail::json_bool(e, "normalized", file).value_or(true);
+  a.special = detail::json_bool(e, "special", file).value_or(false);
+  if (detail::json_bool(e, "single_word", file).value_or(false))
+    SCALPEL_INPUT_ERROR("{}: {} (\"{}\") sets single_word, which is not supported", f, where, a.content);
+  if (a.content.empty()) SCALPEL_INPUT_ERROR("{}: {} has empty content", f, where);
+  return a;
+}
+
+// tokenizer.json's "added_tokens", all of them in file order, with their ids in the vocabulary.
+std::vector<AddedToken> read_json_added_tokens(const json& root, const fs::path& file,
+                                               const AddTokenId& add_id) {
+  std::vector<AddedToken> added;
+  const auto at = root.find("added_tokens");
+  if (at == root.end() || at->is_null()) return added;
+  if (!at->is_array()) SCALPEL_INPUT_ERROR("{}: added_tokens must be a list", file.string());
+  for (std::size_t i = 0; i < at->size(); ++i) {
+    const std::string where = fmt::format("added_tokens[{}]", i);
+    AddedToken a = parse_json_added_token((*at)[i], file, where);
+    a.id = add_id(a.content, a.id, file, where);
+    added.push_back(std::move(a));
+  }
+  return added;
+}
+
+// Input Error unless each id the post-processor adds is a token of the vocabulary.
+void check_post_processor_ids(const std::vector<std::int32_t>& prefix,
+                              const std::vector<std::int32_t>& suffix,
+                              const std::vector<std::string>& id_to_token, const fs::path& file) {
+  for (const auto* ids : {&prefix, &suffix})
+    for (std::int32_t id : *ids)
+      if (static_cast<std::size_t>(id) >= id_to_token.size() || id_to_token[id].empty())
+        SCALPEL_INPUT_ERROR("{}: post_processor adds id {}, which is not in the vocabulary", file.string(),
+                            id);
+}
+
+}  // namespace
+
+std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const fs::path& file) {
+  std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
+  t->kind_ = "bpe(tokenizer.json)";
+  t->order_ = MergeOrder::rank_then_position;
+  t->prefix_space_per_piece_ = true;
+  const json root = detail::read_json(file);
+  if (!root.is_object()) SCALPEL_INPUT_ERROR("{}: expected a JSON object", file.string());
+
+  // --- model
+  const json& model = checked_json_model(root, file);
+  t->ignore_merges_ = detail::json_bool(model, "ignore_merges", file).value_or(false);
+  if (!model.contains("vocab")) SCALPEL_INPUT_ERROR("{}: model.vocab is missing", file.string());
+  load_vocab(model["vocab"], file, "model.vocab", t->id_to_token_, t->token_to_id_);
+  load_json_merges(model, file, t->token_to_id_, t->merges_);
+
+  // --- normalizer / pre-tokenizer / decoder / post-processor
+  const ByteLevelOptions byte_level = read_byte_level_options(root, file);
+  t->add_prefix_space_ = byte_level.add_prefix_space;
+  t->use_regex_ = byte_level.use_regex;
   if (const auto pp = root.find("post_processor"); pp != root.end())
     parse_post_processor(*pp, file, "post_processor", t->prefix_, t->suffix_);
 
   // --- added tokens: the file's own, then special tokens of the folder's configs not among them
-  std::vector<AddedToken> added;
-  if (const auto at = root.find("added_tokens"); at != root.end() && !at->is_null()) {
-    if (!at->is_array()) SCALPEL_INPUT_ERROR("{}: added_tokens must be a list", f);
-    for (std::size_t i = 0; i < at->size(); ++i) {
-      const json& e = (*at)[i];
-      const std::string where = fmt::format("added_tokens[{}]", i);
-      if (!e.is_object() || !e.contains("content") || !e["content"].is_string() || !e.contains("id"))
-        SCALPEL_INPUT_ERROR("{}: {} needs \"id\" and \"content\"", f, where);
-      AddedToken a;
-      a.content = e["content"].get<std::string>();
-      a.id = json_id(e["id"], file, where);
-      a.lstrip = detail::json_bool(e, "lstrip", file).value_or(false);
-      a.rstrip = detail::json_bool(e, "rstrip", file).value_or(false);
-      a.normalized = detail::json_bool(e, "normalized", file).value_or(true);
-      a.special = detail::json_bool(e, "special", file).value_or(false);
-      if (detail::json_bool(e, "single_word", file).value_or(false))
-        SCALPEL_INPUT_ERROR("{}: {} (\"{}\") sets single_word, which is not supported", f, where, a.content);
-      if (a.content.empty()) SCALPEL_INPUT_ERROR("{}: {} has empty content", f, where);
-      a.id = t->add_token_id(a.content, a.id, file, where);
-      added.push_back(std::move(a));
-    }
-  }
-  const detail::HfSpecialTokens cfg = detail::read_special_tokens(file.parent_path(), {});
-  auto have = [&](const std::string& c) {
-    return std::any_of(added.begin(), added.end(), [&](const AddedToken& a) { return a.content == c; });
+  const AddTokenId add_id = [&t](const std::string& token, std::int32_t id, const fs::path& from,
+                                 const std::string& where) {
+    return t->add_token_id(token, id, from, where);
   };
-  for (AddedToken a : cfg.added_tokens_decoder) {
-    if (have(a.content) || a.content.empty()) continue;
-    a.id = t->add_token_id(a.content, a.id, cfg.config_file, "added_tokens_decoder");
-    added.push_back(std::move(a));
-  }
+  std::vector<AddedToken> added = read_json_added_tokens(root, file, add_id);
+  const detail::HfSpecialTokens cfg = detail::read_special_tokens(file.parent_path(), {});
+  for (const AddedToken& a : cfg.added_tokens_decoder)
+    add_if_new(added, a, a.id, cfg.config_file, "added_tokens_decoder", add_id);
   for (AddedToken a : cfg.special) {
-    if (have(a.content) || a.content.empty()) continue;
     a.normalized = false;  // AddedToken(content, special=True) in tokenizers
-    a.id = t->add_token_id(a.content, -1, file.parent_path() / "special_tokens_map.json", "special token");
-    added.push_back(std::move(a));
+    add_if_new(added, std::move(a), -1, file.parent_path() / "special_tokens_map.json", "special token",
+               add_id);
   }
   // tokenizers matches non-normalized added tokens on the raw text first, then the normalized
   // ones on what is left (the same text here, since there is no normalizer).
@@ -651,62 +774,65 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const fs::path& 
   for (auto& a : added) (a.normalized ? normalized : raw).push_back(std::move(a));
   t->splitter_ = AddedTokenSplitter(std::move(raw), StripWhitespace::unicode);
   t->second_pass_ = AddedTokenSplitter(std::move(normalized), StripWhitespace::unicode);
-  for (std::int32_t id : t->prefix_)
-    if (static_cast<std::size_t>(id) >= t->id_to_token_.size() || t->id_to_token_[id].empty())
-      SCALPEL_INPUT_ERROR("{}: post_processor adds id {}, which is not in the vocabulary", f, id);
-  for (std::int32_t id : t->suffix_)
-    if (static_cast<std::size_t>(id) >= t->id_to_token_.size() || t->id_to_token_[id].empty())
-      SCALPEL_INPUT_ERROR("{}: post_processor adds id {}, which is not in the vocabulary", f, id);
+  check_post_processor_ids(t->prefix_, t->suffix_, t->id_to_token_, file);
   t->set_named_ids(cfg.named);
   t->finish_setup(file);
   return t;
 }
 
-std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(const fs::path& folder) {
-  std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
-  t->kind_ = "bpe(vocab.json+merges.txt)";
-  t->order_ = MergeOrder::all_of_lowest_rank;
-  t->prefix_space_per_piece_ = false;
-  const fs::path vocab_file = folder / "vocab.json", merges_file = folder / "merges.txt";
-  load_vocab(detail::read_json(vocab_file), vocab_file, "vocab", t->id_to_token_, t->token_to_id_);
+namespace {
 
-  // GPT2Tokenizer reads merges as read().split("\n")[1:-1]: the first line is the "#version"
-  // header whatever it holds, and whatever follows the last newline is dropped. Reproduced as is
-  // (with a warning) so that the ranks match transformers exactly.
+// `text` cut at every '\n', as Python's str.split("\n") does (the part after the last newline
+// included, empty or not).
+std::vector<std::string_view> split_lines(std::string_view text) {
+  std::vector<std::string_view> lines;
+  for (std::size_t pos = 0;;) {
+    const auto nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) {
+      lines.push_back(text.substr(pos));
+      break;
+    }
+    lines.push_back(text.substr(pos, nl - pos));
+    pos = nl + 1;
+  }
+  return lines;
+}
+
+// Python's str.split(): the fields between runs of Python whitespace.
+std::vector<std::string_view> python_split(std::string_view line) {
+  std::vector<std::string_view> parts;
+  std::string_view rest = python_strip(line);
+  while (!rest.empty()) {
+    std::size_t end = 0;
+    while (end < rest.size()) {
+      std::size_t j = end;
+      if (is_python_space(next_code_point(rest, j))) break;
+      end = j;
+    }
+    parts.push_back(rest.substr(0, end));
+    rest = python_lstrip(rest.substr(end));
+  }
+  return parts;
+}
+
+// merges.txt into `merges` (BpeTokenizer's pair -> {rank, id} map), ranked by line.
+// GPT2Tokenizer reads merges as read().split("\n")[1:-1]: the first line is the "#version"
+// header whatever it holds, and whatever follows the last newline is dropped. Reproduced as is
+// (with a warning) so that the ranks match transformers exactly.
+template <class MergeMap>
+void load_merges_txt(const fs::path& merges_file, const TokenIds& token_to_id, MergeMap& merges) {
   const std::string text = detail::read_file(merges_file);
   const std::string mf = merges_file.string();
   if (!is_valid_utf8(text))
     SCALPEL_INPUT_ERROR("{}: not valid UTF-8 (at byte {})", mf, first_invalid_utf8(text));
-  std::vector<std::string_view> lines;
-  for (std::size_t pos = 0;;) {
-    const auto nl = text.find('\n', pos);
-    if (nl == std::string::npos) {
-      lines.push_back(std::string_view(text).substr(pos));
-      break;
-    }
-    lines.push_back(std::string_view(text).substr(pos, nl - pos));
-    pos = nl + 1;
-  }
+  const std::vector<std::string_view> lines = split_lines(text);
   if (!lines.empty() && !lines.front().starts_with("#version"))
     log::warn("{}: first line is not a #version header; it is skipped, as transformers does", mf);
   if (lines.size() >= 2 && !python_strip(lines.back()).empty())
     log::warn("{}: the last line has no newline; it is ignored, as transformers does", mf);
   std::uint32_t rank = 0;
   for (std::size_t ln = 1; ln + 1 < lines.size(); ++ln) {
-    // str.split(): runs of Python whitespace separate the fields.
-    std::vector<std::string_view> parts;
-    std::string_view rest = python_strip(lines[ln]);
-    while (!rest.empty()) {
-      std::size_t i = 0, end = 0;
-      while (i < rest.size()) {
-        std::size_t j = i;
-        if (is_python_space(next_code_point(rest, j))) break;
-        i = j;
-      }
-      end = i;
-      parts.push_back(rest.substr(0, end));
-      rest = python_lstrip(rest.substr(end));
-    }
+    const std::vector<std::string_view> parts = python_split(lines[ln]);
     if (parts.empty()) {  // a blank line only shifts later ranks, which keeps their order
       ++rank;
       continue;
@@ -714,69 +840,88 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(const fs::path& fo
     if (parts.size() != 2)
       SCALPEL_INPUT_ERROR("{}: line {} holds {} fields, expected two tokens", mf, ln + 1, parts.size());
     const std::string a(parts[0]), b(parts[1]);
-    auto ia = t->token_to_id_.find(a), ib = t->token_to_id_.find(b), ir = t->token_to_id_.find(a + b);
-    if (ia == t->token_to_id_.end() || ib == t->token_to_id_.end())
+    auto ia = token_to_id.find(a), ib = token_to_id.find(b), ir = token_to_id.find(a + b);
+    if (ia == token_to_id.end() || ib == token_to_id.end())
       SCALPEL_INPUT_ERROR("{}: line {} \"{} {}\" uses a token missing from vocab.json", mf, ln + 1, a, b);
-    if (ir == t->token_to_id_.end())
+    if (ir == token_to_id.end())
       SCALPEL_INPUT_ERROR("{}: line {} \"{} {}\": the merged token \"{}\" is missing from vocab.json", mf,
                           ln + 1, a, b, a + b);
-    t->merges_[pair_key(ia->second, ib->second)] = Merge{rank++, ir->second};
+    merges[pair_key(ia->second, ib->second)] = {rank++, ir->second};
   }
+}
 
-  // Special tokens: GPT2Tokenizer's defaults unless the configs say otherwise.
+// The folder's special tokens, GPT2Tokenizer's defaults unless the configs say otherwise;
+// Input Error when tokenizer_config.json names another tokenizer class.
+detail::HfSpecialTokens read_gpt2_special_tokens(const fs::path& folder) {
   const std::string gpt2_eot = "<|endoftext|>";
-  const detail::HfSpecialTokens cfg = detail::read_special_tokens(
+  detail::HfSpecialTokens cfg = detail::read_special_tokens(
       folder, {{"bos_token", gpt2_eot}, {"eos_token", gpt2_eot}, {"unk_token", gpt2_eot}});
   if (cfg.tokenizer_class && *cfg.tokenizer_class != "GPT2Tokenizer" &&
       *cfg.tokenizer_class != "GPT2TokenizerFast")
     SCALPEL_INPUT_ERROR(
         "{}: tokenizer_class \"{}\" is not supported with vocab.json + merges.txt (GPT2Tokenizer only)",
         cfg.config_file.string(), *cfg.tokenizer_class);
+  return cfg;
+}
+
+// The entries of added_tokens.json (token -> id), when the file exists, appended in id order
+// (as transformers adds them) unless already among `added`.
+void add_added_tokens_file(const fs::path& added_file, std::vector<AddedToken>& added,
+                           const AddTokenId& add_id) {
+  std::error_code ec;
+  if (!fs::exists(added_file, ec)) return;
+  const json extra = detail::read_json(added_file);
+  if (!extra.is_object()) SCALPEL_INPUT_ERROR("{}: expected an object of token -> id", added_file.string());
+  std::vector<std::pair<std::int32_t, std::string>> order;
+  for (const auto& [content, v] : extra.items())
+    order.emplace_back(json_id(v, added_file, "\"" + content + "\""), content);
+  std::sort(order.begin(), order.end());
+  for (const auto& [id, content] : order) {
+    AddedToken a;
+    a.content = content;
+    a.special = false;
+    add_if_new(added, std::move(a), id, added_file, "entry", add_id);
+  }
+}
+
+// The id of the configs' bos_token, which add_bos_token puts before every text.
+std::int32_t bos_prefix_id(const detail::HfSpecialTokens& cfg, const TokenIds& token_to_id) {
+  auto bos = cfg.named.find("bos_token");
+  if (bos == cfg.named.end())
+    SCALPEL_INPUT_ERROR("{}: add_bos_token is true but no bos_token is set", cfg.config_file.string());
+  auto id = token_to_id.find(bos->second);
+  if (id == token_to_id.end())
+    SCALPEL_INPUT_ERROR("{}: add_bos_token is true but bos_token \"{}\" is not a token",
+                        cfg.config_file.string(), bos->second);
+  return id->second;
+}
+
+}  // namespace
+
+std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(const fs::path& folder) {
+  std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
+  t->kind_ = "bpe(vocab.json+merges.txt)";
+  t->order_ = MergeOrder::all_of_lowest_rank;
+  t->prefix_space_per_piece_ = false;
+  const fs::path vocab_file = folder / "vocab.json";
+  load_vocab(detail::read_json(vocab_file), vocab_file, "vocab", t->id_to_token_, t->token_to_id_);
+  load_merges_txt(folder / "merges.txt", t->token_to_id_, t->merges_);
+
+  const detail::HfSpecialTokens cfg = read_gpt2_special_tokens(folder);
   t->add_prefix_space_ = detail::json_bool(cfg.config, "add_prefix_space", cfg.config_file).value_or(false);
   const bool add_bos = detail::json_bool(cfg.config, "add_bos_token", cfg.config_file).value_or(false);
 
-  std::vector<AddedToken> added;
-  auto have = [&](const std::string& c) {
-    return std::any_of(added.begin(), added.end(), [&](const AddedToken& a) { return a.content == c; });
+  const AddTokenId add_id = [&t](const std::string& token, std::int32_t id, const fs::path& from,
+                                 const std::string& where) {
+    return t->add_token_id(token, id, from, where);
   };
-  for (AddedToken a : cfg.added_tokens_decoder) {
-    if (have(a.content) || a.content.empty()) continue;
-    a.id = t->add_token_id(a.content, a.id, cfg.config_file, "added_tokens_decoder");
-    added.push_back(std::move(a));
-  }
-  const fs::path added_file = folder / "added_tokens.json";
-  if (std::error_code ec; fs::exists(added_file, ec)) {
-    const json extra = detail::read_json(added_file);
-    if (!extra.is_object()) SCALPEL_INPUT_ERROR("{}: expected an object of token -> id", added_file.string());
-    // Entries in id order, as transformers adds them.
-    std::vector<std::pair<std::int32_t, std::string>> order;
-    for (const auto& [content, v] : extra.items())
-      order.emplace_back(json_id(v, added_file, "\"" + content + "\""), content);
-    std::sort(order.begin(), order.end());
-    for (const auto& [id, content] : order) {
-      if (have(content) || content.empty()) continue;
-      AddedToken a;
-      a.content = content;
-      a.special = false;
-      a.id = t->add_token_id(content, id, added_file, "entry");
-      added.push_back(std::move(a));
-    }
-  }
-  for (AddedToken a : cfg.special) {
-    if (have(a.content) || a.content.empty()) continue;
-    a.id = t->add_token_id(a.content, -1, folder / "special_tokens_map.json", "special token");
-    added.push_back(std::move(a));
-  }
-  if (add_bos) {
-    auto bos = cfg.named.find("bos_token");
-    if (bos == cfg.named.end())
-      SCALPEL_INPUT_ERROR("{}: add_bos_token is true but no bos_token is set", cfg.config_file.string());
-    auto id = t->token_to_id_.find(bos->second);
-    if (id == t->token_to_id_.end())
-      SCALPEL_INPUT_ERROR("{}: add_bos_token is true but bos_token \"{}\" is not a token",
-                          cfg.config_file.string(), bos->second);
-    t->prefix_.push_back(id->second);
-  }
+  std::vector<AddedToken> added;
+  for (const AddedToken& a : cfg.added_tokens_decoder)
+    add_if_new(added, a, a.id, cfg.config_file, "added_tokens_decoder", add_id);
+  add_added_tokens_file(folder / "added_tokens.json", added, add_id);
+  for (const AddedToken& a : cfg.special)
+    add_if_new(added, a, -1, folder / "special_tokens_map.json", "special token", add_id);
+  if (add_bos) t->prefix_.push_back(bos_prefix_id(cfg, t->token_to_id_));
   t->splitter_ = AddedTokenSplitter(std::move(added), StripWhitespace::python);
   t->set_named_ids(cfg.named);
   t->finish_setup(vocab_file);

@@ -88,6 +88,110 @@ std::string without_normalizer(std::string_view bytes) {
   return out;
 }
 
+// Loads tokenizer.model into `sp` and, in transformers mode, the same model without its
+// normalizer into `bare`; returns the number of pieces.
+int load_model(const fs::path& model_file, TokenizerMode mode, sentencepiece::SentencePieceProcessor& sp,
+               sentencepiece::SentencePieceProcessor& bare) {
+  const std::string mf = model_file.string();
+  const std::string bytes = detail::read_file(model_file);
+  if (bytes.empty()) SCALPEL_INPUT_ERROR("{}: file is empty", mf);
+  const auto status = sp.LoadFromSerializedProto(bytes);
+  if (!status.ok()) SCALPEL_INPUT_ERROR("{}: not a usable SentencePiece model: {}", mf, status.ToString());
+  const int pieces = sp.GetPieceSize();
+  if (pieces <= 0) SCALPEL_INPUT_ERROR("{}: the model has no pieces", mf);
+  if (mode == TokenizerMode::transformers) {
+    const std::string stripped = without_normalizer(bytes);
+    const auto st = stripped.empty() ? sentencepiece::util::Status(sentencepiece::util::StatusCode::kDataLoss,
+                                                                   "malformed protobuf")
+                                     : bare.LoadFromSerializedProto(stripped);
+    if (!st.ok())
+      SCALPEL_INPUT_ERROR("{}: cannot rebuild the model without its normalizer: {}", mf, st.ToString());
+  }
+  return pieces;
+}
+
+// Where transformers mode prepends "▁", from tokenizer_config.json: transformers reads
+// legacy=None as True (with a warning) and add_prefix_space as True.
+SentencePieceTokenizer::Prepend read_prepend(const detail::HfSpecialTokens& cfg, TokenizerMode mode) {
+  using Prepend = SentencePieceTokenizer::Prepend;
+  const bool legacy = detail::json_bool(cfg.config, "legacy", cfg.config_file).value_or(true);
+  const bool prefix_space = detail::json_bool(cfg.config, "add_prefix_space", cfg.config_file).value_or(true);
+  if (mode == TokenizerMode::sentencepiece && (!legacy || !prefix_space))
+    log::info("{}: legacy={} add_prefix_space={} are transformers settings; tokenizer.mode sentencepiece "
+              "encodes with sp.encode as stored", cfg.config_file.string(), legacy, prefix_space);
+  return !prefix_space ? Prepend::never : legacy ? Prepend::always : Prepend::first;
+}
+
+// Gives the added tokens their ids: the model's id for a content that is one of its pieces, else
+// the explicit id or the next free one, past the model's pieces.
+class AddedTokenIds {
+ public:
+  AddedTokenIds(const sentencepiece::SentencePieceProcessor& sp, int pieces, std::string model_file)
+      : sp_(sp), pieces_(pieces), model_file_(std::move(model_file)), vocab_size_(pieces) {}
+
+  // Adds `a` (from the config `from`) unless its content is empty or already added.
+  void add(AddedToken a, const fs::path& from) {
+    if (a.content.empty() || has(a.content)) return;
+    const int piece_id = sp_.PieceToId(a.content);
+    const bool in_model = piece_id >= 0 && piece_id < pieces_ && sp_.IdToPiece(piece_id) == a.content;
+    if (in_model) {
+      if (a.id >= 0 && a.id != piece_id)
+        SCALPEL_INPUT_ERROR("{}: token \"{}\" has id {} but {} gives it id {}", from.string(), a.content,
+                            a.id, model_file_, piece_id);
+      a.id = piece_id;
+    } else {
+      if (a.id < 0) a.id = static_cast<std::int32_t>(vocab_size_);
+      claim_extra_id(a, from);
+    }
+    added_.push_back(std::move(a));
+  }
+
+  // The id of the added token the configs name `key` ("bos_token"), or -1.
+  std::int32_t named_id(const std::map<std::string, std::string>& named, const char* key) const {
+    auto it = named.find(key);
+    if (it == named.end()) return -1;
+    for (const auto& a : added_)
+      if (a.content == it->second) return a.id;
+    return -1;
+  }
+
+  std::int64_t vocab_size() const { return vocab_size_; }
+  std::vector<AddedToken> take_added() { return std::move(added_); }
+  std::vector<std::string> take_extra_pieces() { return std::move(extra_pieces_); }
+
+ private:
+  bool has(const std::string& content) const {
+    return std::any_of(added_.begin(), added_.end(),
+                       [&](const AddedToken& a) { return a.content == content; });
+  }
+
+  // Records id a.id, beyond the model's pieces, for a.content.
+  void claim_extra_id(const AddedToken& a, const fs::path& from) {
+    if (a.id > detail::max_token_id(static_cast<std::size_t>(pieces_)))
+      SCALPEL_INPUT_ERROR("{}: token \"{}\" has id {}, far beyond the model's {} pieces", from.string(),
+                          a.content, a.id, pieces_);
+    if (a.id < pieces_)
+      SCALPEL_INPUT_ERROR("{}: token \"{}\" has id {}, which is the model's piece \"{}\"", from.string(),
+                          a.content, a.id, sp_.IdToPiece(a.id));
+    if (a.id >= vocab_size_) {
+      vocab_size_ = static_cast<std::int64_t>(a.id) + 1;
+      extra_pieces_.resize(static_cast<std::size_t>(vocab_size_ - pieces_));
+    }
+    auto& slot = extra_pieces_[static_cast<std::size_t>(a.id - pieces_)];
+    if (!slot.empty())
+      SCALPEL_INPUT_ERROR("{}: id {} is given to both \"{}\" and \"{}\"", from.string(), a.id, slot,
+                          a.content);
+    slot = a.content;
+  }
+
+  const sentencepiece::SentencePieceProcessor& sp_;
+  const int pieces_;
+  const std::string model_file_;
+  std::vector<AddedToken> added_;
+  std::vector<std::string> extra_pieces_;  // contents of the ids from pieces_ on
+  std::int64_t vocab_size_;
+};
+
 }  // namespace
 
 SentencePieceTokenizer::SentencePieceTokenizer()
@@ -100,21 +204,7 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_folder(cons
   std::unique_ptr<SentencePieceTokenizer> t(new SentencePieceTokenizer());
   t->mode_ = mode;
   t->model_file_ = folder / "tokenizer.model";
-  const std::string mf = t->model_file_.string();
-  const std::string bytes = detail::read_file(t->model_file_);
-  if (bytes.empty()) SCALPEL_INPUT_ERROR("{}: file is empty", mf);
-  const auto status = t->sp_->LoadFromSerializedProto(bytes);
-  if (!status.ok()) SCALPEL_INPUT_ERROR("{}: not a usable SentencePiece model: {}", mf, status.ToString());
-  const int pieces = t->sp_->GetPieceSize();
-  if (pieces <= 0) SCALPEL_INPUT_ERROR("{}: the model has no pieces", mf);
-  if (mode == TokenizerMode::transformers) {
-    const std::string bare = without_normalizer(bytes);
-    const auto st = bare.empty() ? sentencepiece::util::Status(sentencepiece::util::StatusCode::kDataLoss,
-                                                               "malformed protobuf")
-                                 : t->bare_->LoadFromSerializedProto(bare);
-    if (!st.ok())
-      SCALPEL_INPUT_ERROR("{}: cannot rebuild the model without its normalizer: {}", mf, st.ToString());
-  }
+  const int pieces = load_model(t->model_file_, mode, *t->sp_, *t->bare_);
 
   const detail::HfSpecialTokens cfg = detail::read_special_tokens(
       folder, {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}});
@@ -123,67 +213,22 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_folder(cons
     SCALPEL_INPUT_ERROR(
         "{}: tokenizer_class \"{}\" is not supported with tokenizer.model (LlamaTokenizer only)", cf,
         *cfg.tokenizer_class);
-  // transformers reads legacy=None as True (with a warning) and add_prefix_space as True.
-  const bool legacy = detail::json_bool(cfg.config, "legacy", cfg.config_file).value_or(true);
-  const bool prefix_space = detail::json_bool(cfg.config, "add_prefix_space", cfg.config_file).value_or(true);
-  t->prepend_ = !prefix_space ? Prepend::never : legacy ? Prepend::always : Prepend::first;
-  if (mode == TokenizerMode::sentencepiece && (!legacy || !prefix_space))
-    log::info("{}: legacy={} add_prefix_space={} are transformers settings; tokenizer.mode sentencepiece "
-              "encodes with sp.encode as stored", cf, legacy, prefix_space);
+  t->prepend_ = read_prepend(cfg, mode);
   t->add_bos_ = detail::json_bool(cfg.config, "add_bos_token", cfg.config_file).value_or(true);
   t->add_eos_ = detail::json_bool(cfg.config, "add_eos_token", cfg.config_file).value_or(false);
 
-  // Added tokens take the model's id for their piece, else an explicit id or the next free one.
-  t->vocab_size_ = pieces;
-  std::vector<AddedToken> added;
-  auto have = [&](const std::string& c) {
-    return std::any_of(added.begin(), added.end(), [&](const AddedToken& a) { return a.content == c; });
-  };
-  auto resolve = [&](AddedToken a, const fs::path& from) {
-    if (a.content.empty() || have(a.content)) return;
-    const int piece_id = t->sp_->PieceToId(a.content);
-    const bool in_model = piece_id >= 0 && piece_id < pieces && t->sp_->IdToPiece(piece_id) == a.content;
-    if (in_model) {
-      if (a.id >= 0 && a.id != piece_id)
-        SCALPEL_INPUT_ERROR("{}: token \"{}\" has id {} but {} gives it id {}", from.string(), a.content,
-                            a.id, mf, piece_id);
-      a.id = piece_id;
-    } else {
-      if (a.id < 0) a.id = static_cast<std::int32_t>(t->vocab_size_);
-      if (a.id > detail::max_token_id(static_cast<std::size_t>(pieces)))
-        SCALPEL_INPUT_ERROR("{}: token \"{}\" has id {}, far beyond the model's {} pieces", from.string(),
-                            a.content, a.id, pieces);
-      if (a.id < pieces)
-        SCALPEL_INPUT_ERROR("{}: token \"{}\" has id {}, which is the model's piece \"{}\"", from.string(),
-                            a.content, a.id, t->sp_->IdToPiece(a.id));
-      if (a.id >= t->vocab_size_) {
-        t->vocab_size_ = static_cast<std::int64_t>(a.id) + 1;
-        t->extra_pieces_.resize(static_cast<std::size_t>(t->vocab_size_ - pieces));
-      }
-      auto& slot = t->extra_pieces_[static_cast<std::size_t>(a.id - pieces)];
-      if (!slot.empty())
-        SCALPEL_INPUT_ERROR("{}: id {} is given to both \"{}\" and \"{}\"", from.string(), a.id, slot,
-                            a.content);
-      slot = a.content;
-    }
-    added.push_back(std::move(a));
-  };
-  for (const auto& a : cfg.added_tokens_decoder) resolve(a, cfg.config_file);
-  for (const auto& a : cfg.special) resolve(a, folder / "special_tokens_map.json");
-
-  auto named_id = [&](const char* key) -> std::int32_t {
-    auto it = cfg.named.find(key);
-    if (it == cfg.named.end()) return -1;
-    for (const auto& a : added)
-      if (a.content == it->second) return a.id;
-    return -1;
-  };
-  t->bos_id_ = named_id("bos_token");
-  t->eos_id_ = named_id("eos_token");
+  AddedTokenIds ids(*t->sp_, pieces, t->model_file_.string());
+  for (const auto& a : cfg.added_tokens_decoder) ids.add(a, cfg.config_file);
+  for (const auto& a : cfg.special) ids.add(a, folder / "special_tokens_map.json");
+  t->vocab_size_ = ids.vocab_size();
+  t->bos_id_ = ids.named_id(cfg.named, "bos_token");
+  t->eos_id_ = ids.named_id(cfg.named, "eos_token");
   if (t->add_bos_ && t->bos_id_ < 0)
     SCALPEL_INPUT_ERROR("{}: add_bos_token is true but no bos_token is set", cf);
   if (t->add_eos_ && t->eos_id_ < 0)
     SCALPEL_INPUT_ERROR("{}: add_eos_token is true but no eos_token is set", cf);
+  t->extra_pieces_ = ids.take_extra_pieces();
+  std::vector<AddedToken> added = ids.take_added();
   t->is_added_.assign(static_cast<std::size_t>(t->vocab_size_), false);
   for (const auto& a : added) t->is_added_[a.id] = true;
   t->splitter_ = AddedTokenSplitter(std::move(added), mode == TokenizerMode::transformers
