@@ -429,6 +429,7 @@ void read_run_sections(MapReader& top, const std::string& source, Config& c) {
     r.get("watchdog_seconds", c.parallel.watchdog_seconds);
     r.finish();
   }
+  top.get("determinism", c.determinism);
   {
     MapReader r(top.child("log"), "log", source);
     r.get("level", c.log.level);
@@ -524,7 +525,6 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   top.get("device", c.device);
   top.get("threads", c.threads);
   top.get("weight_cache_mb", c.weight_cache_mb);
-  top.get("determinism", c.determinism);
   read_device_sections(top, source, c);
   read_prune_sections(top, source, c);
   read_method_sections(top, source, c);

@@ -816,6 +816,9 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   Watchdog watchdog(cfg.parallel.watchdog_seconds, world.rank());
   // Every rank reads the same manifest, so all agree whether any layer is left.
   if (ckpt->first_uncommitted() < spec.layers) {
+    // No heartbeat until the first layer: the allocation's passes and the embedding take as long
+    // as they take (the layer loop's first beat restarts the countdown).
+    watchdog.suspend("allocation");
     // The allocation is recomputed on a resumed run too: it depends on the dense model and the
     // calibration windows only, so it comes out the same.
     AllocationContext actx{m, s.groups, s.calib, s.shard, batch, *s.grid.data_group, accumulation,

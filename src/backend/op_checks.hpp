@@ -33,9 +33,10 @@ inline void block_in(const Tensor& t, const Block& b, const char* what) {
 }
 
 // Where two blocks lie in the same tensor, they must not share an element (the tile ops read and
-// write in an unspecified order, on both backends).
+// write in an unspecified order, on both backends). Only blocks of one tensor (the same data
+// pointer and shape) are compared: overlapping views of one buffer are the caller's to avoid.
 inline void disjoint(const Tensor& s, const Block& bs, const Tensor& d, const Block& bd, const char* what) {
-  if (s.raw() != d.raw()) return;
+  if (s.raw() != d.raw() || s.shape() != d.shape()) return;
   const bool apart = bs.rows == 0 || bs.cols == 0 || bd.rows == 0 || bd.cols == 0 || bs.r0 + bs.rows <= bd.r0 ||
                      bd.r0 + bd.rows <= bs.r0 || bs.c0 + bs.cols <= bd.c0 || bd.c0 + bd.cols <= bs.c0;
   SCALPEL_CHECK(apart, "{}: blocks at ({}, {}) and ({}, {}) of one tensor overlap", what, bs.r0, bs.c0, bd.r0, bd.c0);

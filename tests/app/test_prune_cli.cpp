@@ -206,10 +206,14 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_EQ(j["total"]["zeros"].get<std::int64_t>(), 3145728 / 2);
   // The same prune rerun with an export: every layer is committed, so no layer is run again (no
   // allocation, no forward); the export and the summary come from the checkpoint in one pass.
-  const auto rerun = run_capture(prune_args(dir, "opt-mini", {"prune.method=magnitude", "output.export=model"}));
+  // The layer loop, replaying committed layers, would end with its progress line (on here).
+  const auto rerun = run_capture(
+      prune_args(dir, "opt-mini", {"prune.method=magnitude", "output.export=model", "log.progress_seconds=60"}));
   ASSERT_NE(rerun.find("exit=0"), std::string::npos) << rerun;
   EXPECT_NE(rerun.find("all 4 layers committed; nothing to prune"), std::string::npos) << rerun;
-  EXPECT_EQ(rerun.find("4/4 layers"), std::string::npos) << rerun;  // the layer loop's progress line
+  EXPECT_EQ(rerun.find("4/4 layers"), std::string::npos) << rerun;
+  EXPECT_EQ(records(dir / "metrics.jsonl", "layer").size(), 4u);  // the first run's
+  EXPECT_EQ(records(dir / "metrics.jsonl", "prune").size(), 2u);  // one summary per run
   EXPECT_NE(rerun.find("pruned 1572864 of 3145728 target weights"), std::string::npos) << rerun;
   const auto again_report = run_capture({kBin, "inspect", "--json", (dir / "model").string()});
   const auto ja = nlohmann::json::parse(again_report.substr(0, again_report.rfind("exit=")));

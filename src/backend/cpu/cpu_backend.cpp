@@ -723,7 +723,7 @@ class CpuBackend final : public Backend {
     const auto ls = src.size(1), ld = dst.size(1);
 #pragma omp parallel for schedule(static)
     for (std::int64_t i = 0; i < bs.rows; ++i)
-      std::memcpy(dst.f32() + (r0 + i) * ld + c0, src.f32() + (bs.r0 + i) * ls + bs.c0,
+      std::memmove(dst.f32() + (r0 + i) * ld + c0, src.f32() + (bs.r0 + i) * ls + bs.c0,
                    static_cast<std::size_t>(bs.cols) * sizeof(float));
   }
 
