@@ -238,6 +238,27 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
 
 namespace {
 
+// An export that fails leaves the checkpoint unfinished (every layer committed, not marked
+// complete), and the rerun exports without pruning again.
+TEST(PruneCli, AFailedExportIsRedoneByTheRerun) {
+  NEED_SHARED();
+  const auto dir = temp_dir("export_fails");
+  fs::create_directories(dir);
+  std::ofstream(dir / "blocker") << "a file where the export wants a folder\n";
+  const auto failed = run_capture(prune_args(dir, "opt-mini", {"prune.method=magnitude", "output.export=blocker/model"}));
+  EXPECT_NE(failed.find("exit=3"), std::string::npos) << failed;
+  EXPECT_NE(failed.find("blocker/model"), std::string::npos) << failed;
+  EXPECT_EQ(committed_layers(dir / "ckpt"), 4);
+  const auto manifest = nlohmann::json::parse(read_bytes(dir / "ckpt/manifest.json"));
+  EXPECT_FALSE(manifest.at("complete").get<bool>());
+  const auto rerun = run_capture(prune_args(dir, "opt-mini", {"prune.method=magnitude", "output.export=model"}));
+  ASSERT_NE(rerun.find("exit=0"), std::string::npos) << rerun;
+  EXPECT_NE(rerun.find("nothing to prune"), std::string::npos) << rerun;
+  EXPECT_TRUE(fs::exists(dir / "model/model.safetensors"));
+  EXPECT_TRUE(nlohmann::json::parse(read_bytes(dir / "ckpt/manifest.json")).at("complete").get<bool>());
+  fs::remove_all(dir);
+}
+
 TEST(PruneCli, BadEvaluationInputsStopBeforeAnyPruning) {
   NEED_SHARED();
   const auto dir = temp_dir("bad_eval");
