@@ -58,10 +58,6 @@ void tap_input(const LinearTap* tap, int group, std::vector<std::string> names, 
   if (tap && *tap) (*tap)(group, names, x);
 }
 
-}  // namespace
-
-namespace {
-
 // One layer's forward over n = batch x seqlen tokens: the two residual blocks, each writing the
 // intermediates the backward pass reads into the cache when there is one.
 struct LayerForward {
