@@ -557,13 +557,16 @@ void record_allocation(const Allocation& allocation, const std::string& config_h
 }
 
 // What the checkpoint must match to be resumed: the model, what decides the weights, the grid.
+// The widest factor is that of the widest target's input (split_width changes nothing below it).
 io::CheckpointIdentity prune_identity(const Config& cfg, const dist::Grid& grid, const model::ModelSpec& spec,
-                                      const std::vector<std::int32_t>& windows, DType fwd) {
+                                      const std::vector<TargetGroup>& groups, const std::vector<std::int32_t>& windows,
+                                      DType fwd) {
   io::CheckpointIdentity id;
   id.model = cfg.model;
   id.model_fingerprint = io::model_fingerprint(cfg.model);
   std::int64_t widest = 0;
-  for (const auto& l : spec.linears()) widest = std::max(widest, l.in);
+  for (const auto& g : groups)
+    for (const auto& l : g.linears) widest = std::max(widest, l.in);
   id.config_hash = prune_config_hash(cfg, windows, fwd, widest);
   id.grid = {{"stages", grid.stages}, {"data", grid.data}, {"determinism", cfg.determinism}};
   id.num_layers = spec.layers;
@@ -798,7 +801,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto& spec = s.spec;
   const fs::path out_dir = cfg.output.dir;
   const fs::path ckpt_dir = out_dir / cfg.output.checkpoint;
-  const io::CheckpointIdentity id = prune_identity(cfg, s.grid, spec, s.calib.ids, s.fwd);
+  const io::CheckpointIdentity id = prune_identity(cfg, s.grid, spec, s.groups, s.calib.ids, s.fwd);
   std::optional<io::Checkpoint> ckpt = open_checkpoint(world, ckpt_dir, id, restart);
   log_prune_start(s, ckpt->first_uncommitted(), ckpt_dir);
 

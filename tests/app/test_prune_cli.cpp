@@ -144,6 +144,25 @@ TEST(PruneCli, ChangedConfigIsRefusedUntilRestart) {
 }
 
 // output.reconstruction_error: false skips the error's GEMMs: the same pruned model, null fields.
+// sparsegpt.split_width is part of the identity only where a target's factor reaches it: with the
+// attention alone pruned (256 inputs), moving it between 512 and 2048 changes nothing and the
+// checkpoint resumes; with fc2 pruned too (1024 inputs) the same move is a changed config.
+TEST(PruneCli, SplitWidthCountsOnlyForTheTargetsFactors) {
+  NEED_SHARED();
+  const auto dir = temp_dir("split_ident");
+  const std::string attn = "prune.targets=[self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.out_proj]";
+  ASSERT_EQ(run_to_end(prune_args(dir, "opt-mini", {attn, "sparsegpt.split_width=512"})), 0);
+  const auto same = run_capture(prune_args(dir, "opt-mini", {attn, "sparsegpt.split_width=2048"}));
+  EXPECT_NE(same.find("exit=0"), std::string::npos) << same;
+  EXPECT_NE(same.find("nothing to prune"), std::string::npos) << same;
+  const auto all = temp_dir("split_ident_all");
+  ASSERT_EQ(run_to_end(prune_args(all, "opt-mini", {"sparsegpt.split_width=512"})), 0);
+  const auto changed = run_capture(prune_args(all, "opt-mini", {"sparsegpt.split_width=2048"}));
+  EXPECT_NE(changed.find("exit=2"), std::string::npos) << changed;
+  fs::remove_all(dir);
+  fs::remove_all(all);
+}
+
 TEST(PruneCli, TheReconstructionErrorCanBeSkipped) {
   NEED_SHARED();
   const auto dir = temp_dir("noerr");
