@@ -78,41 +78,43 @@ AddedToken parse_token_value(const nlohmann::json& v, const fs::path& file, cons
 constexpr const char* kSpecialKeys[] = {"bos_token", "eos_token", "unk_token", "sep_token",
                                         "pad_token", "cls_token", "mask_token"};
 
-}  // namespace
-
-HfSpecialTokens read_special_tokens(const fs::path& folder,
-                                    const std::map<std::string, std::string>& defaults) {
-  HfSpecialTokens out;
-  out.config_file = folder / "tokenizer_config.json";
+// A JSON object file of the folder, or an empty object when it is absent.
+nlohmann::json read_object_file(const fs::path& file) {
   std::error_code ec;
-  if (fs::exists(out.config_file, ec)) {
-    out.config = read_json(out.config_file);
-    if (!out.config.is_object()) SCALPEL_INPUT_ERROR("{}: expected a JSON object", out.config_file.string());
-  }
-  nlohmann::json map = nlohmann::json::object();
-  const fs::path map_file = folder / "special_tokens_map.json";
-  if (fs::exists(map_file, ec)) {
-    map = read_json(map_file);
-    if (!map.is_object()) SCALPEL_INPUT_ERROR("{}: expected a JSON object", map_file.string());
-  }
-  if (auto it = out.config.find("tokenizer_class"); it != out.config.end() && it->is_string())
-    out.tokenizer_class = it->get<std::string>();
+  if (!fs::exists(file, ec)) return nlohmann::json::object();
+  nlohmann::json j = read_json(file);
+  if (!j.is_object()) SCALPEL_INPUT_ERROR("{}: expected a JSON object", file.string());
+  return j;
+}
 
-  // from_pretrained lets special_tokens_map.json override tokenizer_config.json key by key.
-  auto lookup = [&](const std::string& key, fs::path& from) -> const nlohmann::json* {
+// The two files a special token can come from; from_pretrained lets special_tokens_map.json
+// override tokenizer_config.json key by key.
+struct SpecialSources {
+  const nlohmann::json& map;
+  const fs::path& map_file;
+  const nlohmann::json& config;
+  const fs::path& config_file;
+
+  const nlohmann::json* lookup(const std::string& key, fs::path& from) const {
     if (auto it = map.find(key); it != map.end()) {
       from = map_file;
       return &*it;
     }
-    if (auto it = out.config.find(key); it != out.config.end()) {
-      from = out.config_file;
+    if (auto it = config.find(key); it != config.end()) {
+      from = config_file;
       return &*it;
     }
     return nullptr;
-  };
+  }
+};
+
+// bos_token ... mask_token (a missing one from `defaults`, a null one left out), then the
+// additional special tokens.
+void read_named_specials(const SpecialSources& src, const std::map<std::string, std::string>& defaults,
+                         HfSpecialTokens& out) {
   for (const char* key : kSpecialKeys) {
     fs::path from;
-    const nlohmann::json* v = lookup(key, from);
+    const nlohmann::json* v = src.lookup(key, from);
     AddedToken t;
     if (v == nullptr) {
       auto d = defaults.find(key);
@@ -127,29 +129,47 @@ HfSpecialTokens read_special_tokens(const fs::path& folder,
     out.special.push_back(std::move(t));
   }
   fs::path from;
-  if (const nlohmann::json* v = lookup("additional_special_tokens", from); v && !v->is_null()) {
+  if (const nlohmann::json* v = src.lookup("additional_special_tokens", from); v && !v->is_null()) {
     if (!v->is_array())
       SCALPEL_INPUT_ERROR("{}: \"additional_special_tokens\" must be a list", from.string());
     for (const auto& e : *v) out.special.push_back(parse_token_value(e, from, "additional_special_tokens"));
   }
+}
 
-  if (auto it = out.config.find("added_tokens_decoder"); it != out.config.end() && !it->is_null()) {
-    if (!it->is_object())
-      SCALPEL_INPUT_ERROR("{}: \"added_tokens_decoder\" must be an object", out.config_file.string());
-    for (const auto& [key, value] : it->items()) {
-      AddedToken t = parse_token_value(value, out.config_file, "added_tokens_decoder." + key);
-      try {
-        std::size_t used = 0;
-        const long id = std::stol(key, &used);
-        if (used != key.size() || id < 0 || id > INT32_MAX) throw std::out_of_range(key);
-        t.id = static_cast<std::int32_t>(id);
-      } catch (const std::exception&) {
-        SCALPEL_INPUT_ERROR("{}: \"added_tokens_decoder\" key \"{}\" is not a token id",
-                            out.config_file.string(), key);
-      }
-      out.added_tokens_decoder.push_back(std::move(t));
+// tokenizer_config.json's added_tokens_decoder: {"id": token}.
+void read_added_tokens_decoder(HfSpecialTokens& out) {
+  auto it = out.config.find("added_tokens_decoder");
+  if (it == out.config.end() || it->is_null()) return;
+  if (!it->is_object())
+    SCALPEL_INPUT_ERROR("{}: \"added_tokens_decoder\" must be an object", out.config_file.string());
+  for (const auto& [key, value] : it->items()) {
+    AddedToken t = parse_token_value(value, out.config_file, "added_tokens_decoder." + key);
+    try {
+      std::size_t used = 0;
+      const long id = std::stol(key, &used);
+      if (used != key.size() || id < 0 || id > INT32_MAX) throw std::out_of_range(key);
+      t.id = static_cast<std::int32_t>(id);
+    } catch (const std::exception&) {
+      SCALPEL_INPUT_ERROR("{}: \"added_tokens_decoder\" key \"{}\" is not a token id", out.config_file.string(),
+                          key);
     }
+    out.added_tokens_decoder.push_back(std::move(t));
   }
+}
+
+}  // namespace
+
+HfSpecialTokens read_special_tokens(const fs::path& folder,
+                                    const std::map<std::string, std::string>& defaults) {
+  HfSpecialTokens out;
+  out.config_file = folder / "tokenizer_config.json";
+  out.config = read_object_file(out.config_file);
+  const fs::path map_file = folder / "special_tokens_map.json";
+  const nlohmann::json map = read_object_file(map_file);
+  if (auto it = out.config.find("tokenizer_class"); it != out.config.end() && it->is_string())
+    out.tokenizer_class = it->get<std::string>();
+  read_named_specials({map, map_file, out.config, out.config_file}, defaults, out);
+  read_added_tokens_decoder(out);
   return out;
 }
 
