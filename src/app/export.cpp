@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "scalpel/core/error.hpp"
+#include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
 #include "scalpel/model/spec.hpp"
 
@@ -64,9 +65,16 @@ std::vector<Entry> rewritten_tensors(const io::HfCheckpoint& src, const ExportRe
   return out;
 }
 
+// Which rank writes shard i: the ranks of the communicator in turn (one process: all of them).
+struct Writers {
+  int rank = 0, size = 1;
+  bool mine(std::size_t shard) const { return static_cast<int>(shard % static_cast<std::size_t>(size)) == rank; }
+};
+
 // model.safetensors, or shards of at most shard_bytes (a tensor larger than that gets a shard of
-// its own) plus the index, in the given order; one shard's tensors in memory at a time.
-void write_tensors(const fs::path& dir, const std::vector<Entry>& all, std::int64_t shard_bytes) {
+// its own) plus the index (rank 0), in the given order; one shard's tensors in memory at a time.
+// Every rank plans the same shards and writes its own.
+void write_tensors(const fs::path& dir, const std::vector<Entry>& all, std::int64_t shard_bytes, const Writers& w) {
   std::vector<std::vector<const Entry*>> shards(1);
   std::int64_t current = 0, total = 0;
   for (const auto& e : all) {
@@ -84,38 +92,46 @@ void write_tensors(const fs::path& dir, const std::vector<Entry>& all, std::int6
     io::write_safetensors(file, tensors);
   };
   if (shards.size() == 1) {
-    write(dir / "model.safetensors", shards[0]);
+    if (w.mine(0)) write(dir / "model.safetensors", shards[0]);
     return;
   }
   nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
   for (std::size_t i = 0; i < shards.size(); ++i) {
     const auto file = fmt::format("model-{:05}-of-{:05}.safetensors", i + 1, shards.size());
-    write(dir / file, shards[i]);
+    if (w.mine(i)) write(dir / file, shards[i]);
     for (const auto* e : shards[i]) index["weight_map"][e->name] = file;
   }
-  std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << '\n';
+  if (w.rank == 0) std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << '\n';
 }
 
 }  // namespace
 
 void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out,
-                         std::int64_t shard_bytes) {
+                         std::int64_t shard_bytes, dist::Comm* comm) {
+  const Writers w = comm ? Writers{comm->rank(), comm->size()} : Writers{};
   const fs::path tmp = out.string() + ".tmp-export";
   std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", tmp.string(), ec.message());
-  write_tensors(tmp, rewritten_tensors(src, rw), shard_bytes);
-  for (const char* f : kCopied)
-    if (fs::exists(src.folder() / f)) fs::copy_file(src.folder() / f, tmp / f, fs::copy_options::overwrite_existing);
-  if (!rw.config.is_null()) {
-    std::ofstream cfg(tmp / "config.json", std::ios::trunc);
-    cfg << rw.config.dump(2) << '\n';
-    if (!cfg) SCALPEL_RUNTIME_ERROR("{}: cannot write config.json", tmp.string());
+  if (w.rank == 0) {
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp, ec);
+    if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", tmp.string(), ec.message());
   }
-  fs::remove_all(out, ec);
-  fs::rename(tmp, out, ec);
-  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot move the export into place: {}", out.string(), ec.message());
+  if (comm) comm->barrier();
+  write_tensors(tmp, rewritten_tensors(src, rw), shard_bytes, w);
+  if (comm) comm->barrier();  // every shard written
+  if (w.rank == 0) {
+    for (const char* f : kCopied)
+      if (fs::exists(src.folder() / f)) fs::copy_file(src.folder() / f, tmp / f, fs::copy_options::overwrite_existing);
+    if (!rw.config.is_null()) {
+      std::ofstream cfg(tmp / "config.json", std::ios::trunc);
+      cfg << rw.config.dump(2) << '\n';
+      if (!cfg) SCALPEL_RUNTIME_ERROR("{}: cannot write config.json", tmp.string());
+    }
+    fs::remove_all(out, ec);
+    fs::rename(tmp, out, ec);
+    if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot move the export into place: {}", out.string(), ec.message());
+  }
+  if (comm) comm->barrier();  // the folder is in place
 }
 
 void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, Tensor>& replaced,
@@ -126,10 +142,10 @@ void export_hf_folder(const io::HfCheckpoint& src, const std::map<std::string, T
 }
 
 void export_hf_folder(const io::HfCheckpoint& src, const LazyReplacement& replaced, const fs::path& out,
-                      std::int64_t shard_bytes) {
+                      std::int64_t shard_bytes, dist::Comm* comm) {
   ExportRewrite rw;
   rw.lazy = replaced;
-  export_hf_rewritten(src, rw, out, shard_bytes);
+  export_hf_rewritten(src, rw, out, shard_bytes, comm);
 }
 
 SparsityStats sparsity_stats(const Tensor& w) {

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <optional>
 #include <set>
+#include <tuple>
 
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/export.hpp"
@@ -444,8 +445,10 @@ class PrunedReader {
   std::pair<std::int64_t, std::int64_t> count() {
     for (const auto& [name, w] : where_)
       if (!counted_.count(name)) load(name);
-    return {zeros_, total_};
+    return counted();
   }
+  // Zeros and entries of the tensors loaded so far.
+  std::pair<std::int64_t, std::int64_t> counted() const { return {zeros_, total_}; }
 
  private:
   Tensor load(const std::string& name) {
@@ -613,24 +616,28 @@ void commit_layer(io::Checkpoint& ckpt, std::int64_t layer, std::int64_t layers,
   metrics.write(rec);
 }
 
-// World rank 0, every layer committed: the whole result read back through the checkpoint (digests
-// checked) for the export and the summary, in one pass, so that what is exported is exactly what
-// the manifest vouches for. The checkpoint is marked complete after the export: a run that fails
-// while exporting exports again when rerun.
+// Every layer committed: the whole result read back through the checkpoint (digests checked) for
+// the export and the summary, in one pass, so that what is exported is exactly what the manifest
+// vouches for. Every rank writes its share of the export's shards (and counts the zeros of what it
+// read); without an export rank 0 counts. Rank 0 then marks the checkpoint complete, after the
+// export: a run that fails while exporting exports again when rerun.
 void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfCheckpoint& src,
-                          const model::ModelSpec& spec, const prune::Pattern& pattern, double seconds, int ranks,
-                          const std::string& config_hash, Metrics& metrics) {
+                          const model::ModelSpec& spec, const prune::Pattern& pattern, double seconds,
+                          dist::Comm& world, const std::string& config_hash, Metrics& metrics) {
   PrunedReader reader(ckpt, src, spec);
-  if (!cfg.output.export_dir.empty()) {
-    const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
-    export_hf_folder(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20);
-    log::info("exported the pruned model to {}", dest.string());
-  }
-  const auto [zeros, total] = reader.count();
+  const bool exporting = !cfg.output.export_dir.empty();
+  const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
+  if (exporting) export_hf_folder(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20, &world);
+  std::array<std::int64_t, 2> count{0, 0};
+  if (exporting || world.is_root()) std::tie(count[0], count[1]) = exporting ? reader.counted() : reader.count();
+  world.allreduce_sum(std::span<std::int64_t>(count));
+  if (!world.is_root()) return;
+  if (exporting) log::info("exported the pruned model to {}", dest.string());
+  const auto [zeros, total] = count;
   const nlohmann::json summary = {{"method", cfg.prune.method}, {"pattern", pattern.str()},
                                   {"zeros", zeros},             {"weights", total},
                                   {"sparsity", total ? double(zeros) / double(total) : 0.0},
-                                  {"seconds", seconds},         {"ranks", ranks}};
+                                  {"seconds", seconds},         {"ranks", world.size()}};
   if (!ckpt.complete()) ckpt.mark_complete(summary);
   log::info("pruned {} of {} target weights ({:.2f}%) in {:.1f} s", zeros, total, total ? 100.0 * zeros / total : 0.0,
             seconds);
@@ -838,13 +845,15 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                              spec.hidden, loop.host_activations);
     if (const int code = prune_layers(loop); code != kExitOk) return code;
   }
-  // Rank 0 alone reads the checkpoint back and writes the export (hundreds of GB for the largest
-  // models); the others wait at the barrier below: no heartbeat to give, so no countdown.
+  // The ranks read the checkpoint back and write the export's shards (hundreds of GB for the
+  // largest models) with no heartbeat to give in between, so no countdown.
   watchdog.suspend("summary and export");
-  if (world.is_root())
-    summarise_and_export(cfg, *ckpt, *s.src, spec, s.pattern, total_timer.seconds(), world.size(), id.config_hash,
-                         metrics);
+  // Once rank 0 has committed the last layer, the other ranks read the manifest again (theirs is
+  // the one they opened at the start).
   world.barrier();
+  if (!world.is_root()) ckpt = io::Checkpoint::open_read(ckpt_dir);
+  summarise_and_export(cfg, *ckpt, *s.src, spec, s.pattern, total_timer.seconds(), world, id.config_hash, metrics);
+  world.barrier();  // the checkpoint is marked complete
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
   watchdog.beat("evaluate", -1);
   evaluate_pruned(s, ckpt_dir, id.config_hash, metrics, watchdog);

@@ -7,6 +7,7 @@
 //    resumes, bitwise equal to an uninterrupted run; SIGUSR1 stops after a committed layer with
 //    exit code 75 and the rerun finishes the same model; a stopped (hung) rank trips the watchdog;
 //    an error on the ranks ends the job with the rank, the layer and the cause.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -105,7 +106,7 @@ void check_invariance(const std::string& tag, const std::vector<std::string>& ex
   const auto want = read_bytes(base / "s1/model/model.safetensors");
   ASSERT_GT(want.size(), 1000u);
   for (int ranks : {2, 3, 4}) {
-    const auto out = base / ("s" + std::to_string(ranks));
+    const auto out = base / fmt::format("s{}", ranks);
     ASSERT_EQ(run_to_end(prune_cmd(ranks, out, strict)), 0) << ranks << " ranks";
     EXPECT_TRUE(read_bytes(out / "model/model.safetensors") == want) << tag << ": strict at " << ranks << " ranks";
   }
@@ -123,6 +124,32 @@ TEST_F(PruneDist, SparseGptUnstructuredIsRankCountInvariant) {
 TEST_F(PruneDist, SparseGpt24IsRankCountInvariant) {
   NEED_SHARED();
   check_invariance("sgpt24", {"prune.method=sparsegpt", "prune.pattern=2:4"});
+}
+
+// A sharded export is written by all ranks, each its share of the shards (rank r: shards r,
+// r + ranks, ...), and the summary counts every tensor once: the same files at 1 and 3 ranks.
+TEST_F(PruneDist, AShardedExportIsTheSameWrittenByThreeRanks) {
+  NEED_SHARED();
+  const auto base = temp_dir("shard_export");
+  const std::vector<std::string> extra{"prune.method=magnitude", "output.export_shard_mb=2"};
+  ASSERT_EQ(run_to_end(prune_cmd(1, base / "r1", extra)), 0);
+  ASSERT_EQ(run_to_end(prune_cmd(3, base / "r3", extra)), 0);
+  int shards = 0;
+  for (const auto& e : fs::directory_iterator(base / "r1/model")) {
+    const auto name = e.path().filename().string();
+    shards += name.rfind("model-", 0) == 0;
+    EXPECT_TRUE(read_bytes(e.path()) == read_bytes(base / "r3/model" / name)) << name;
+  }
+  EXPECT_GE(shards, 5);  // 10.8 MB in 2 MB shards
+  EXPECT_EQ(std::distance(fs::directory_iterator(base / "r1/model"), fs::directory_iterator()),
+            std::distance(fs::directory_iterator(base / "r3/model"), fs::directory_iterator()));
+  for (const char* run : {"r1", "r3"}) {
+    const auto summary = records(base / run / "metrics.jsonl", "prune");
+    ASSERT_EQ(summary.size(), 1u) << run;
+    EXPECT_EQ(summary[0]["summary"]["zeros"], 3145728 / 2) << run;  // magnitude: half of every linear
+    EXPECT_EQ(summary[0]["summary"]["weights"], 3145728) << run;
+  }
+  fs::remove_all(base);
 }
 
 TEST_F(PruneDist, WandaIsRankCountInvariant) {

@@ -16,6 +16,9 @@
 namespace scalpel::io {
 class HfCheckpoint;
 }
+namespace scalpel::dist {
+class Comm;
+}
 
 namespace scalpel::app {
 
@@ -35,8 +38,11 @@ struct LazyReplacement {
   std::set<std::string> names;
   std::function<Tensor(const std::string&)> load;
 };
+// With `comm`, every rank of it calls this together and writes every size()-th shard (a lazy
+// load then reads only that rank's tensors); rank 0 writes the index and the other files and
+// moves the folder into place, and all return once it is there.
 void export_hf_folder(const io::HfCheckpoint& src, const LazyReplacement& replaced, const std::filesystem::path& out,
-                      std::int64_t shard_bytes);
+                      std::int64_t shard_bytes, dist::Comm* comm = nullptr);
 
 // A rewrite of a source folder's tensors and config (depth pruning renumbers and drops decoder
 // blocks this way). Each source tensor keeps its name, is renamed (rename returns the new name)
@@ -52,7 +58,7 @@ struct ExportRewrite {
 // export_hf_folder with a rewrite: the same files, shards and atomic temporary folder, tensors in
 // output-name order.
 void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const std::filesystem::path& out,
-                         std::int64_t shard_bytes);
+                         std::int64_t shard_bytes, dist::Comm* comm = nullptr);
 
 // Zero counts and N:M structure of one weight matrix (any float dtype, host).
 struct SparsityStats {
