@@ -418,6 +418,7 @@ void read_run_sections(MapReader& top, const std::string& source, Config& c) {
     r.get("checkpoint", c.output.checkpoint);
     r.get("export", c.output.export_dir);
     r.get("export_shard_mb", c.output.export_shard_mb);
+    r.get("export_writers", c.output.export_writers);
     r.get("reconstruction_error", c.output.reconstruction_error);
     r.finish();
   }
@@ -500,6 +501,8 @@ void validate_run(const Config& c, const std::string& source) {
   if (c.determinism != "fast" && c.determinism != "strict")
     SCALPEL_INPUT_ERROR("{}: 'determinism' is '{}', expected fast or strict", source, c.determinism);
   if (c.output.export_shard_mb < 1) SCALPEL_INPUT_ERROR("{}: 'output.export_shard_mb' must be >= 1", source);
+  if (c.output.export_writers < 0)
+    SCALPEL_INPUT_ERROR("{}: 'output.export_writers' must be >= 0 (ranks per node; 0 = every rank)", source);
 }
 
 }  // namespace
@@ -690,6 +693,7 @@ std::string dump_config(const Config& c) {
   e << YAML::Key << "checkpoint" << YAML::Value << c.output.checkpoint;
   e << YAML::Key << "export" << YAML::Value << c.output.export_dir;
   e << YAML::Key << "export_shard_mb" << YAML::Value << c.output.export_shard_mb;
+  e << YAML::Key << "export_writers" << YAML::Value << c.output.export_writers;
   e << YAML::Key << "reconstruction_error" << YAML::Value << c.output.reconstruction_error;
   e << YAML::EndMap;
   e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;

@@ -618,16 +618,21 @@ void commit_layer(io::Checkpoint& ckpt, std::int64_t layer, std::int64_t layers,
 
 // Every layer committed: the whole result read back through the checkpoint (digests checked) for
 // the export and the summary, in one pass, so that what is exported is exactly what the manifest
-// vouches for. Every rank writes its share of the export's shards (and counts the zeros of what it
-// read); without an export rank 0 counts. Rank 0 then marks the checkpoint complete, after the
+// vouches for. The writers (output.export_writers per node) write their shares of the export's
+// shards and count the zeros of what they read; without an export rank 0 counts. Rank 0 then marks the checkpoint complete, after the
 // export: a run that fails while exporting exports again when rerun.
 void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfCheckpoint& src,
                           const model::ModelSpec& spec, const prune::Pattern& pattern, double seconds,
-                          dist::Comm& world, const std::string& config_hash, Metrics& metrics) {
+                          dist::Comm& world, const NodePlace& place, const std::string& config_hash,
+                          Metrics& metrics) {
   PrunedReader reader(ckpt, src, spec);
   const bool exporting = !cfg.output.export_dir.empty();
   const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
-  if (exporting) export_hf_folder(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20, &world);
+  // The writers: output.export_writers ranks per node (each holds a shard and a layer at a time).
+  const int per_node = cfg.output.export_writers;
+  const bool writer = per_node == 0 || place.local_rank < per_node;
+  const auto writers = world.split(writer ? 0 : 1, world.rank());
+  if (exporting && writer) export_hf_folder(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20, writers.get());
   std::array<std::int64_t, 2> count{0, 0};
   if (exporting || world.is_root()) std::tie(count[0], count[1]) = exporting ? reader.counted() : reader.count();
   world.allreduce_sum(std::span<std::int64_t>(count));
@@ -852,7 +857,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   // the one they opened at the start).
   world.barrier();
   if (!world.is_root()) ckpt = io::Checkpoint::open_read(ckpt_dir);
-  summarise_and_export(cfg, *ckpt, *s.src, spec, s.pattern, total_timer.seconds(), world, id.config_hash, metrics);
+  summarise_and_export(cfg, *ckpt, *s.src, spec, s.pattern, total_timer.seconds(), world, place, id.config_hash,
+                       metrics);
   world.barrier();  // the checkpoint is marked complete
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
   watchdog.beat("evaluate", -1);

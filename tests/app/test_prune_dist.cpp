@@ -126,24 +126,29 @@ TEST_F(PruneDist, SparseGpt24IsRankCountInvariant) {
   check_invariance("sgpt24", {"prune.method=sparsegpt", "prune.pattern=2:4"});
 }
 
-// A sharded export is written by all ranks, each its share of the shards (rank r: shards r,
-// r + ranks, ...), and the summary counts every tensor once: the same files at 1 and 3 ranks.
+// A sharded export is written by output.export_writers ranks per node, each its share of the
+// shards (writer w: shards w, w + writers, ...), and the summary counts every tensor once: the
+// same files from one rank, from 3 writers (0: every rank) and from one writer of 3 ranks.
 TEST_F(PruneDist, AShardedExportIsTheSameWrittenByThreeRanks) {
   NEED_SHARED();
   const auto base = temp_dir("shard_export");
   const std::vector<std::string> extra{"prune.method=magnitude", "output.export_shard_mb=2"};
+  auto all_write = extra;
+  all_write.push_back("output.export_writers=0");
   ASSERT_EQ(run_to_end(prune_cmd(1, base / "r1", extra)), 0);
-  ASSERT_EQ(run_to_end(prune_cmd(3, base / "r3", extra)), 0);
+  ASSERT_EQ(run_to_end(prune_cmd(3, base / "r3", all_write)), 0);
+  ASSERT_EQ(run_to_end(prune_cmd(3, base / "r3one", extra)), 0);
   int shards = 0;
   for (const auto& e : fs::directory_iterator(base / "r1/model")) {
     const auto name = e.path().filename().string();
     shards += name.rfind("model-", 0) == 0;
     EXPECT_TRUE(read_bytes(e.path()) == read_bytes(base / "r3/model" / name)) << name;
+    EXPECT_TRUE(read_bytes(e.path()) == read_bytes(base / "r3one/model" / name)) << name;
   }
   EXPECT_GE(shards, 5);  // 10.8 MB in 2 MB shards
   EXPECT_EQ(std::distance(fs::directory_iterator(base / "r1/model"), fs::directory_iterator()),
             std::distance(fs::directory_iterator(base / "r3/model"), fs::directory_iterator()));
-  for (const char* run : {"r1", "r3"}) {
+  for (const char* run : {"r1", "r3", "r3one"}) {
     const auto summary = records(base / run / "metrics.jsonl", "prune");
     ASSERT_EQ(summary.size(), 1u) << run;
     EXPECT_EQ(summary[0]["summary"]["zeros"], 3145728 / 2) << run;  // magnitude: half of every linear

@@ -155,6 +155,7 @@ struct Config {
     std::string checkpoint = "ckpt";        // relative to dir: the resumable state
     std::string export_dir = "model";       // relative to dir: pruned model (safetensors); "" skips
     std::int64_t export_shard_mb = 5000;    // shard the export past this size
+    int export_writers = 1;                 // ranks per node writing export shards (0: every rank)
     // Each linear's reconstruction error ‖ΔW Xᵀ‖² from its Hessian (4 rows d² FLOPs: at OPT-175B
     // widths about a fifth of a GPU layer's time); false leaves the metrics' error fields null.
     bool reconstruction_error = true;
