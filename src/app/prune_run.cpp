@@ -628,11 +628,14 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
   PrunedReader reader(ckpt, src, spec);
   const bool exporting = !cfg.output.export_dir.empty();
   const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
-  // The writers: output.export_writers ranks per node (each holds a shard and a layer at a time).
-  const int per_node = cfg.output.export_writers;
-  const bool writer = per_node == 0 || place.local_rank < per_node;
-  const auto writers = world.split(writer ? 0 : 1, world.rank());
-  if (exporting && writer) export_hf_folder(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20, writers.get());
+  // The writers: output.export_writers ranks per node (each holds a shard and a layer at a time);
+  // every rank knows whether there is an export, so all or none make the split.
+  if (exporting) {
+    const int per_node = cfg.output.export_writers;
+    const bool writer = per_node == 0 || place.local_rank < per_node;
+    const auto writers = world.split(writer ? 0 : 1, world.rank());
+    if (writer) export_hf_folder(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20, writers.get());
+  }
   std::array<std::int64_t, 2> count{0, 0};
   if (exporting || world.is_root()) std::tie(count[0], count[1]) = exporting ? reader.counted() : reader.count();
   world.allreduce_sum(std::span<std::int64_t>(count));
