@@ -67,8 +67,7 @@ struct Options {
   bool restart = false;
   std::vector<std::string> depth_args;
   bool scores_only = false;
-  std::string ex_ckpt, ex_out, ex_model;
-  std::int64_t ex_shard_mb = 5000;
+  scalpel::app::ExportRequest ex;
   std::string inspect_path;
   bool inspect_json = false;
   std::vector<std::string> plan_args;
@@ -130,10 +129,12 @@ CLI::App* add_depth(CLI::App& app, Options& o) {
 
 CLI::App* add_export(CLI::App& app, Options& o) {
   auto* exporter = app.add_subcommand("export", "write the Hugging Face folder of a complete pruning checkpoint");
-  exporter->add_option("--checkpoint", o.ex_ckpt, "checkpoint folder (output.dir/ckpt of a prune)")->required();
-  exporter->add_option("--out", o.ex_out, "folder to write (replaced if present)")->required();
-  exporter->add_option("--model", o.ex_model, "source model folder (default: the one the checkpoint records)");
-  exporter->add_option("--shard-mb", o.ex_shard_mb, "shard model.safetensors past this size (MB)");
+  exporter->add_option("--checkpoint", o.ex.checkpoint, "checkpoint folder (output.dir/ckpt of a prune)")->required();
+  exporter->add_option("--out", o.ex.out, "folder to write (replaced if present)")->required();
+  exporter->add_option("--model", o.ex.model, "source model folder (default: the one the checkpoint records)");
+  exporter->add_option("--shard-mb", o.ex.shard_mb, "shard model.safetensors past this size (MB)");
+  exporter->add_option("--writers", o.ex.writers_per_node,
+                       "ranks per node writing shards under mpirun (default 0: every rank)");
   return exporter;
 }
 
@@ -218,7 +219,7 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
     // Only rank 0 plans and prints; an error there aborts the job (see main's catch blocks).
     return rank == 0 ? run_plan(cfg, ranks, o.plan_json, o.gflops, o.net_gbps, o.read_gbps) : 0;
   }
-  if (*c.exporter) return rank == 0 ? run_export(o.ex_ckpt, o.ex_model, o.ex_out, o.ex_shard_mb) : 0;
+  if (*c.exporter) return run_export(o.ex, world, place);
   if (*c.inspect) {
     if (rank == 0) {
       const auto j = inspect_hf_folder(o.inspect_path, !o.inspect_json);

@@ -484,34 +484,43 @@ class PrunedReader {
   std::int64_t zeros_ = 0, total_ = 0;
 };
 
-int run_export(const std::string& checkpoint_dir, const std::string& model_override, const std::string& out,
-               std::int64_t shard_mb) {
+int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& place) {
   // An LLM Surgeon state: the last shot's checkpoint, once every shot is committed; its fp32
   // tensors are rounded to the model's dtypes below, as the prune's own export rounds them.
+  // Every rank checks the same files, so a refusal ends all of them with the same message.
+  if (req.writers_per_node < 0)
+    SCALPEL_INPUT_ERROR("--writers: {} is negative (ranks per node writing shards; 0 = every rank)",
+                        req.writers_per_node);
   const auto open_checkpoint = [&] {
-    if (!io::ShotCheckpoint::is_shot_state(checkpoint_dir)) return io::Checkpoint::open_read(checkpoint_dir);
-    const auto state = io::ShotCheckpoint::open_read(checkpoint_dir);
+    if (!io::ShotCheckpoint::is_shot_state(req.checkpoint)) return io::Checkpoint::open_read(req.checkpoint);
+    const auto state = io::ShotCheckpoint::open_read(req.checkpoint);
     if (!state.complete())
       SCALPEL_INPUT_ERROR("checkpoint {}: not complete ({} of {} shots committed); finish the prune first (rerun "
-                          "the same scalpel prune command)", checkpoint_dir, state.last_shot(), state.total_shots());
+                          "the same scalpel prune command)", req.checkpoint, state.last_shot(), state.total_shots());
     return state.last();
   };
   const auto ckpt = open_checkpoint();
   if (!ckpt.complete())
     SCALPEL_INPUT_ERROR("checkpoint {}: not complete ({} of {} layers committed); finish the prune first (rerun "
                         "the same scalpel prune command)",
-                        checkpoint_dir, ckpt.committed_count(), ckpt.num_layers());
+                        req.checkpoint, ckpt.committed_count(), ckpt.num_layers());
   const std::string model =
-      model_override.empty() ? ckpt.manifest().at("model").at("name").get<std::string>() : model_override;
+      req.model.empty() ? ckpt.manifest().at("model").at("name").get<std::string>() : req.model;
   const io::HfCheckpoint src(model);
   if (io::model_fingerprint(model) != ckpt.manifest().at("model").at("fingerprint").get<std::string>())
-    SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {} (fingerprints differ)", checkpoint_dir,
+    SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {} (fingerprints differ)", req.checkpoint,
                         model);
   const auto spec = model::ModelSpec::from_config(src.config(), (fs::path(model) / "config.json").string());
   PrunedReader reader(ckpt, src, spec);
   const auto lazy = reader.lazy();
-  export_hf_folder(src, lazy, out, shard_mb << 20);
-  fmt::print("exported {} pruned tensors of {} to {}\n", lazy.names.size(), model, out);
+  // As the prune's own export: the writers share the shards (writer i: shards i, i + W, ...).
+  const bool writer = req.writers_per_node == 0 || place.local_rank < req.writers_per_node;
+  const auto writers = world.split(writer ? 0 : 1, world.rank());
+  if (writer) export_hf_folder(src, lazy, req.out, req.shard_mb << 20, writers.get());
+  world.barrier();  // the folder is in place before any rank reports
+  if (world.is_root())  // world rank 0 has local rank 0, a writer: its group is the writers
+    fmt::print("exported {} pruned tensors of {} to {} ({} writing rank{})\n", lazy.names.size(), model, req.out,
+               writers->size(), writers->size() == 1 ? "" : "s");
   return kExitOk;
 }
 

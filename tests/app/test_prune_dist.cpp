@@ -6,7 +6,8 @@
 //  - failures: SIGKILL of one rank ends the job within seconds and a rerun at another rank count
 //    resumes, bitwise equal to an uninterrupted run; SIGUSR1 stops after a committed layer with
 //    exit code 75 and the rerun finishes the same model; a stopped (hung) rank trips the watchdog;
-//    an error on the ranks ends the job with the rank, the layer and the cause.
+//    an error on the ranks ends the job with the rank, the layer and the cause;
+//  - exports: written by several ranks (the prune's, `scalpel export`'s), the same files.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -157,6 +158,34 @@ TEST_F(PruneDist, AShardedExportIsTheSameWrittenByThreeRanks) {
     ASSERT_EQ(summary.size(), 1u) << run;
     EXPECT_EQ(summary[0]["summary"]["zeros"], 3145728 / 2) << run;  // magnitude: half of every linear
     EXPECT_EQ(summary[0]["summary"]["weights"], 3145728) << run;
+  }
+  fs::remove_all(base);
+}
+
+// `scalpel export` under mpiexec shares the shards out as the prune's export does: the folder
+// written by 3 ranks (every rank, then 2 of them) is the one the prune wrote on its own rank.
+TEST_F(PruneDist, TheExportCommandWritesTheSameFolderFromThreeRanks) {
+  NEED_SHARED();
+  const auto base = temp_dir("export_cmd");
+  ASSERT_EQ(run_to_end(prune_cmd(1, base / "r1", {"prune.method=magnitude", "output.export_shard_mb=2"})), 0);
+  const auto exported = [&](const char* name, const char* writers) {
+    return run_to_end({kMpiexec, "-n", "3", "--oversubscribe", kBin, "export", "--checkpoint",
+                       (base / "r1/ckpt").string(), "--out", (base / name).string(), "--shard-mb", "2",
+                       "--writers", writers});
+  };
+  ASSERT_EQ(exported("all", "0"), 0);
+  ASSERT_EQ(exported("two", "2"), 0);
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(base / "r1/model")) {
+    const auto name = e.path().filename();
+    ++files;
+    EXPECT_TRUE(read_bytes(e.path()) == read_bytes(base / "all" / name)) << name;
+    EXPECT_TRUE(read_bytes(e.path()) == read_bytes(base / "two" / name)) << name;
+  }
+  EXPECT_GE(files, 7);  // >= 5 shards, the index, config.json
+  for (const char* run : {"all", "two"}) {
+    EXPECT_EQ(std::distance(fs::directory_iterator(base / run), fs::directory_iterator()), files) << run;
+    EXPECT_FALSE(fs::exists(base / (std::string(run) + ".tmp-export"))) << run;
   }
   fs::remove_all(base);
 }

@@ -99,10 +99,16 @@ int run_surgeon(const Config& cfg, dist::Comm& comm, const NodePlace& place, boo
 // the renumbered export and evaluates it (see depth_run.cpp). scores_only: print the per-block
 // scores, remove and write nothing but the metrics record.
 int run_depth(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool scores_only);
-// Writes the Hugging Face export of a complete checkpoint (model: the checkpoint's source unless
-// model_override names another copy of it).
-int run_export(const std::string& checkpoint_dir, const std::string& model_override, const std::string& out,
-               std::int64_t shard_mb);
+// `scalpel export`: the Hugging Face folder of a complete checkpoint.
+struct ExportRequest {
+  std::string checkpoint, out;
+  std::string model;          // empty: the source model the checkpoint records
+  std::int64_t shard_mb = 5000;
+  int writers_per_node = 0;   // ranks per node writing shards; 0: every rank
+};
+// Writes the export with the ranks of `comm` sharing its shards (writer i of W writes shards
+// i, i + W, ...; rank 0 the index, config and tokenizer files); one rank writes it all.
+int run_export(const ExportRequest& req, dist::Comm& comm, const NodePlace& place);
 int run_tokenize(const std::string& model, const std::string& input, const std::string& preset,
                  const std::string& output, const std::string& mode, dist::Comm& comm);
 
