@@ -488,6 +488,7 @@ int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& pla
   // An LLM Surgeon state: the last shot's checkpoint, once every shot is committed; its fp32
   // tensors are rounded to the model's dtypes below, as the prune's own export rounds them.
   // Every rank checks the same files, so a refusal ends all of them with the same message.
+  if (req.shard_mb < 1) SCALPEL_INPUT_ERROR("--shard-mb: {} must be >= 1 (MB per output shard)", req.shard_mb);
   if (req.writers_per_node < 0)
     SCALPEL_INPUT_ERROR("--writers: {} is negative (ranks per node writing shards; 0 = every rank)",
                         req.writers_per_node);

@@ -249,6 +249,14 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_NE(refused.find("exit=2"), std::string::npos) << refused;
   EXPECT_NE(refused.find("not complete"), std::string::npos) << refused;
   EXPECT_FALSE(fs::exists(partial / "exp"));
+  // Impossible sizes are refused before anything is written.
+  for (const char* bad : {"--shard-mb=0", "--writers=-1"}) {
+    const auto no = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",
+                                 (dir / "bad").string(), bad});
+    EXPECT_NE(no.find("exit=2"), std::string::npos) << bad << no;
+    EXPECT_NE(no.find(std::string(bad).substr(0, std::string(bad).find('='))), std::string::npos) << no;
+    EXPECT_FALSE(fs::exists(dir / "bad")) << bad;
+  }
   fs::remove_all(dir);
   fs::remove_all(partial);
 }
