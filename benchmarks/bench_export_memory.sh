@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Peak memory of `scalpel export` against the size of the model it writes: the export streams the
-# pruned tensors from the checkpoint one layer and one output shard at a time, so its peak stays
+# pruned tensors from the checkpoint one tensor and one output shard at a time, so its peak stays
 # flat as the model grows (before, every pruned tensor was held at once: the peak was the model).
 # A synthetic OPT (make_synthetic_opt) of --layers layers is pruned (magnitude 50%, quick) and
 # exported with --shard-mb shards; the JSON gives the model's bytes, the export's peak RSS and

@@ -73,7 +73,8 @@ struct Options {
   std::vector<std::string> plan_args;
   int plan_ranks = 0;
   bool plan_json = false;
-  double gflops = 0, net_gbps = 0, read_gbps = 0;
+  double gflops = 0, net_gbps = 0, read_gbps = 0, write_gbps = 0;
+  int ranks_per_node = 0;
   std::string tk_model, tk_input, tk_output, tk_preset = "text", tk_mode = "transformers";
 };
 
@@ -159,6 +160,10 @@ CLI::App* add_plan(CLI::App& app, Options& o) {
       ->check(CLI::PositiveNumber);
   plan->add_option("--net-gbps", o.net_gbps, "network GB/s per rank (default 12.5)")->check(CLI::PositiveNumber);
   plan->add_option("--read-gbps", o.read_gbps, "checkpoint read GB/s per rank (default 2)")->check(CLI::PositiveNumber);
+  plan->add_option("--write-gbps", o.write_gbps, "export write GB/s per rank (default 2)")->check(CLI::PositiveNumber);
+  plan->add_option("--ranks-per-node", o.ranks_per_node,
+                   "ranks on each node, for output.export_writers (default: the MPI layout; with --ranks, one node)")
+      ->check(CLI::PositiveNumber);
   return plan;
 }
 
@@ -217,7 +222,16 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
     if (o.plan_ranks <= 0 && world.size() == 1 && cfg.parallel.data > 0)
       ranks = cfg.parallel.stages * cfg.parallel.data;
     // Only rank 0 plans and prints; an error there aborts the job (see main's catch blocks).
-    return rank == 0 ? run_plan(cfg, ranks, o.plan_json, o.gflops, o.net_gbps, o.read_gbps) : 0;
+    PlanInput job;
+    job.world = ranks;
+    job.gflops = o.gflops;
+    job.net_gbps = o.net_gbps;
+    job.read_gbps = o.read_gbps;
+    job.write_gbps = o.write_gbps;
+    // --ranks-per-node, or under mpirun without --ranks the world's own layout; else one node.
+    const bool own_world = o.plan_ranks <= 0 && world.size() > 1;
+    job.ranks_per_node = o.ranks_per_node > 0 ? o.ranks_per_node : own_world ? world.local_size() : 0;
+    return rank == 0 ? run_plan(cfg, job, o.plan_json) : 0;
   }
   if (*c.exporter) return run_export(o.ex, world, place);
   if (*c.inspect) {

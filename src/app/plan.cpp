@@ -79,6 +79,7 @@ using namespace plan_detail;
 
 constexpr double kNetGbps = 12.5;            // 100 Gb/s per rank
 constexpr double kReadGbps = 2;              // per rank, from the checkpoint's filesystem
+constexpr double kWriteGbps = 2;             // per rank, the export's writes
 
 I ceil_div(I a, I b) { return (a + b - 1) / b; }
 
@@ -301,7 +302,7 @@ struct Job {
 };
 
 struct Rates {
-  double gflops = 0, forward_gflops = 0, stats_gflops = 0, net = 0, rd = 0;
+  double gflops = 0, forward_gflops = 0, stats_gflops = 0, net = 0, rd = 0, wr = 0;
   std::string note = "given";
   I fb = 4;  // bytes per forward value
 };
@@ -336,6 +337,7 @@ Rates plan_rates(const Job& job) {
   r.stats_gflops = tensor_cores ? r.forward_gflops / 2 : r.gflops;
   r.net = job.in.net_gbps > 0 ? job.in.net_gbps : kNetGbps;
   r.rd = job.in.read_gbps > 0 ? job.in.read_gbps : kReadGbps;
+  r.wr = job.in.write_gbps > 0 ? job.in.write_gbps : kWriteGbps;
   return r;
 }
 
@@ -471,6 +473,62 @@ StageModel stage_model(const Job& job, const LayerModel& lm, int s) {
   st.cache = std::max<I>(0, cache_layers - 1) * lm.layer32;
   st.next_layer = st.nl > 1 ? job.stored_sum(layer_tensors(spec, lr.begin)) : 0;  // prefetched, as stored
   return st;
+}
+
+// ---- The export (output.export set): the model's tensors in name order, packed greedily into
+// shards of output.export_shard_mb (a larger tensor alone), as app/export.cpp packs them; writer
+// w of W writes shards w, w + W, ... (W: output.export_writers on each node of ranks_per_node
+// ranks; 0: every rank). A writer reads each tensor of its shards once (a pruned one from the
+// checkpoint, the others from the source) and writes it; it holds one shard's tensors.
+
+// Stored bytes of every tensor of the model, by name (the export's order).
+std::map<std::string, I> export_tensors(const Job& job) {
+  const auto& spec = job.spec;
+  std::map<std::string, I> all;
+  for (const auto& t : first_stage_tensors(spec)) all[t.name] = job.stored(t);
+  for (const auto& t : last_stage_tensors(spec, true)) all[t.name] = job.stored(t);
+  for (I l = 0; l < spec.layers; ++l)
+    for (const auto& t : layer_tensors(spec, l)) all[t.name] = job.stored(t);
+  return all;
+}
+
+// Writers: per node min(export_writers, the node's ranks), nodes of ranks_per_node (0: one node).
+int export_writers(const Job& job) {
+  const int world = job.in.world, per = job.cfg.output.export_writers;
+  if (per == 0) return world;
+  const int rpn = job.in.ranks_per_node > 0 ? job.in.ranks_per_node : world;
+  int writers = 0;
+  for (int first = 0; first < world; first += rpn) writers += std::min(per, std::min(rpn, world - first));
+  return writers;
+}
+
+json export_model(const Job& job, const Rates& rates) {
+  if (job.cfg.output.export_dir.empty()) return nullptr;
+  const I shard_bytes = job.cfg.output.export_shard_mb << 20;
+  std::vector<I> shards{0};
+  for (const auto& [name, bytes] : export_tensors(job)) {
+    if (shards.back() > 0 && shards.back() + bytes > shard_bytes) shards.push_back(0);
+    shards.back() += bytes;
+  }
+  const int W = export_writers(job);
+  I busiest = 0, largest = 0;
+  for (std::size_t w = 0; w < static_cast<std::size_t>(W) && w < shards.size(); ++w) {
+    I mine = 0;
+    for (std::size_t i = w; i < shards.size(); i += static_cast<std::size_t>(W)) {
+      mine += shards[i];
+      largest = std::max(largest, shards[i]);
+    }
+    busiest = std::max(busiest, mine);
+  }
+  const double b = static_cast<double>(busiest);
+  return {{"writers", W},
+          {"writers_per_node", job.cfg.output.export_writers},
+          {"ranks_per_node", job.in.ranks_per_node > 0 ? job.in.ranks_per_node : job.in.world},
+          {"shards", shards.size()},
+          {"shard_bytes", shard_bytes},
+          {"writer_bytes", busiest},
+          {"writer_memory_bytes", largest},
+          {"seconds", b / (rates.rd * kGB) + b / (rates.wr * kGB)}};
 }
 
 // A rank's memory: the base terms, then every phase of a layer (statistics, the prune of each
@@ -694,7 +752,8 @@ json plan_header(const Job& job, const Rates& rates, const LayerModel& lm) {
                    {"statistics_gflops", rates.stats_gflops},
                    {"forward_bytes", rates.fb},
                    {"net_gbps", rates.net},
-                   {"read_gbps", rates.rd}};
+                   {"read_gbps", rates.rd},
+                   {"write_gbps", rates.wr}};
   plan["per_layer"] = {{"groups", lm.groups_json},
                        {"linear_params", lm.linear_weights},
                        {"layer_params", spec.layer_params()},
@@ -754,11 +813,15 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
   plan["ranks"] = std::move(ranks);
   plan["stages"] = std::move(stages);
   plan["peak"] = peak;
+  plan["export"] = export_model(job, rates);
+  const double export_seconds = plan["export"].is_null() ? 0.0 : plan["export"]["seconds"].get<double>();
   plan["totals"] = {{"read_bytes", total_read},
                     {"allreduce_sent_bytes", total_allreduce_sent},
                     {"allgather_received_bytes", total_gather_recv},
                     {"seconds", job_seconds},
-                    {"hours", job_seconds / 3600}};
+                    {"hours", job_seconds / 3600},
+                    {"export_seconds", export_seconds},
+                    {"seconds_with_export", job_seconds + export_seconds}};
   plan["limit_gb"] = limit;
   plan["fits"] = limit <= 0 || static_cast<double>(peak["bytes"].get<I>()) <= limit * kGB;
   plan["warnings"] = warnings;
@@ -951,11 +1014,26 @@ void print_plan_job(const json& p) {
                    ? fmt::format(", writes {}", bytes_str((*slow)["io"]["write_bytes"].get<double>()))
                    : "");
   }
+  const auto& ex = p["export"];
+  if (!ex.is_null()) {
+    const int per = ex["writers_per_node"].get<int>();
+    fmt::print("  export: {} shard(s) of up to {} by {} writer(s) ({} per node of {} ranks: output.export_writers, "
+               "--ranks-per-node); the busiest reads and writes {}: {} at the read and write rates, holding a "
+               "shard ({})\n",
+               ex["shards"].get<I>(), bytes_str(ex["shard_bytes"].get<double>()), ex["writers"].get<int>(),
+               per == 0 ? std::string("all") : std::to_string(per), ex["ranks_per_node"].get<int>(),
+               bytes_str(ex["writer_bytes"].get<double>()), seconds_str(ex["seconds"].get<double>()),
+               bytes_str(ex["writer_memory_bytes"].get<double>()));
+  }
   const auto& pk = p["peak"];
-  fmt::print("  total: {} for the prune (evaluation not included); {} read by all ranks; peak memory {} "
+  const auto& tot = p["totals"];
+  fmt::print("  total: {} for the prune{} (evaluation not included); {} read by all ranks; peak memory {} "
              "(rank {}, {})\n",
-             seconds_str(p["totals"]["seconds"].get<double>()), bytes_str(p["totals"]["read_bytes"].get<double>()),
-             bytes_str(pk["bytes"].get<double>()), pk["rank"].get<int>(), pk["phase"].get<std::string>());
+             seconds_str(tot["seconds"].get<double>()),
+             ex.is_null() ? std::string(", no export")
+                          : fmt::format(", {} with the export", seconds_str(tot["seconds_with_export"].get<double>())),
+             bytes_str(tot["read_bytes"].get<double>()), bytes_str(pk["bytes"].get<double>()), pk["rank"].get<int>(),
+             pk["phase"].get<std::string>());
   const double limit = p["limit_gb"];
   if (limit > 0)
     fmt::print("  parallel.memory_gb {:g}: {}\n", limit,
@@ -978,15 +1056,10 @@ void print_plan(const json& p) {
 
 }  // namespace
 
-int run_plan(const Config& cfg, int world, bool as_json, double gflops, double net_gbps, double read_gbps) {
+int run_plan(const Config& cfg, PlanInput in, bool as_json) {
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   const auto pm = load_plan_model(cfg.model);
-  PlanInput in;
   in.cfg = cfg;
-  in.world = world;
-  in.gflops = gflops;
-  in.net_gbps = net_gbps;
-  in.read_gbps = read_gbps;
   in.dtype_bytes = pm.dtype_bytes;
   in.dtype_name = pm.dtype_name;
   in.tensor_bytes = pm.tensor_bytes;

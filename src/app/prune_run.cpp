@@ -417,10 +417,10 @@ nlohmann::json recv_json(dist::Comm& c, int source, int tag) {
 
 }  // namespace
 
-// The pruned tensors of a complete checkpoint, for the export and the summary, one layer in
-// memory at a time: the export asks for them in name order, in which a layer's tensors are
-// contiguous, so each layer is read once. Tensors the checkpoint holds in another dtype than the
-// model's (LLM Surgeon's fp32 states) are rounded to the model's.
+// The pruned tensors of a complete checkpoint, for the export and the summary, read one tensor
+// at a time (its digests checked): each export writer reads exactly the tensors of its shards,
+// even where a layer's tensors fall in two writers' shards. Tensors the checkpoint holds in
+// another dtype than the model's (LLM Surgeon's fp32 states) are rounded to the model's.
 class PrunedReader {
  public:
   PrunedReader(const io::Checkpoint& ckpt, const io::HfCheckpoint& src, const model::ModelSpec& spec)
@@ -462,12 +462,7 @@ class PrunedReader {
   }
   Tensor read(const std::string& name) {
     const auto& [layer, t] = where_.at(name);
-    if (layer != cached_) {
-      data_ = io::LayerData();  // the last layer is freed before the next is read
-      data_ = ckpt_.read_layer(layer);
-      cached_ = layer;
-    }
-    Tensor v = data_.at(t).data;
+    Tensor v = ckpt_.read_tensor(layer, t, false).data;
     const auto dtype = src_.info(name).dtype;
     if (v.dtype() == dtype) return v;
     Tensor stored = Tensor::empty(v.shape(), dtype);
@@ -478,8 +473,6 @@ class PrunedReader {
   const io::Checkpoint& ckpt_;
   const io::HfCheckpoint& src_;
   std::map<std::string, std::pair<std::int64_t, std::string>> where_;  // stored name -> (layer, name in it)
-  std::int64_t cached_ = -1;
-  io::LayerData data_;
   std::set<std::string> counted_;
   std::int64_t zeros_ = 0, total_ = 0;
 };

@@ -353,47 +353,81 @@ const LayerTensor& LayerData::at(const std::string& name) const {
   return *t;
 }
 
-LayerData Checkpoint::read_layer(std::int64_t layer) const {
+namespace {
+
+// One tensor of a committed layer from its shard files (opened in `readers`), every slice checked
+// against the manifest (dtype, shape, digests) and merged into the whole tensor.
+LayerTensor read_entry_tensor(std::int64_t layer, const std::string& name, const ManifestTensor& t,
+                              const std::map<std::string, ShardReader>& readers,
+                              const std::map<std::string, std::int64_t>& shard_of, bool with_mask) {
+  LayerTensor lt;
+  lt.name = name;
+  lt.data = Tensor::empty(t.shape, t.dtype);
+  const std::int64_t cols = shape_numel(t.shape) / std::max<std::int64_t>(1, t.shape[0]);
+  const std::size_t row_bytes = static_cast<std::size_t>(cols) * dtype_size(t.dtype);
+  const bool mask = t.mask && with_mask;
+  if (mask) lt.packed_mask.assign(packed_mask_bytes(shape_numel(t.shape)), 0);
+  for (std::size_t i = 0; i < t.slices.size(); ++i) {
+    const ManifestSlice& s = t.slices[i];
+    const SliceInfo want = t.slice_info(name, i);
+    const ShardReader& r = readers.at(s.file);
+    r.read_data(layer, want, static_cast<char*>(lt.data.raw()) + static_cast<std::size_t>(s.row_begin) * row_bytes);
+    if (mask) {
+      const auto m = r.read_mask(layer, want);
+      copy_mask_bits(m.data(), (s.row_end - s.row_begin) * cols, lt.packed_mask.data(), s.row_begin * cols);
+    }
+    lt.slices.push_back({s.row_begin, s.row_end, shard_of.at(s.file), r.tensor_metrics(layer, name)});
+  }
+  return lt;
+}
+
+}  // namespace
+
+// A committed layer's entry and its shard files, open.
+struct Checkpoint::LayerFiles {
+  LayerEntry entry;
+  std::map<std::string, ShardReader> readers;
+  std::map<std::string, std::int64_t> shard_of;
+};
+
+void Checkpoint::with_layer_files(std::int64_t layer, const std::function<void(const LayerFiles&)>& read) const {
   check_layer_index(layer);
   SCALPEL_CHECK_INPUT(committed(layer), "{}: layer {} is not committed in this checkpoint", dir_.string(), layer);
-  const LayerEntry entry = layer_entry(layer);
   try {
-    std::map<std::string, ShardReader> readers;
-    std::map<std::string, std::int64_t> shard_of;
-    for (const auto& f : entry.files) {
-      readers.emplace(f.file, ShardReader(dir_ / f.file, f.bytes));
-      shard_of[f.file] = f.shard;
+    LayerFiles files;
+    files.entry = layer_entry(layer);
+    for (const auto& f : files.entry.files) {
+      files.readers.emplace(f.file, ShardReader(dir_ / f.file, f.bytes));
+      files.shard_of[f.file] = f.shard;
     }
-    LayerData out;
-    out.layer = layer;
-    out.metrics = entry.metrics;
-    for (const auto& [name, t] : entry.tensors) {  // std::map: by name, as LayerData::find expects
-      LayerTensor lt;
-      lt.name = name;
-      lt.data = Tensor::empty(t.shape, t.dtype);
-      const std::int64_t cols = shape_numel(t.shape) / std::max<std::int64_t>(1, t.shape[0]);
-      const std::size_t row_bytes = static_cast<std::size_t>(cols) * dtype_size(t.dtype);
-      if (t.mask) lt.packed_mask.assign(packed_mask_bytes(shape_numel(t.shape)), 0);
-      for (std::size_t i = 0; i < t.slices.size(); ++i) {
-        const ManifestSlice& s = t.slices[i];
-        const SliceInfo want = t.slice_info(name, i);
-        const ShardReader& r = readers.at(s.file);
-        r.read_data(layer, want, static_cast<char*>(lt.data.raw()) + static_cast<std::size_t>(s.row_begin) * row_bytes);
-        if (t.mask) {
-          const auto m = r.read_mask(layer, want);
-          copy_mask_bits(m.data(), (s.row_end - s.row_begin) * cols, lt.packed_mask.data(), s.row_begin * cols);
-        }
-        lt.slices.push_back({s.row_begin, s.row_end, shard_of.at(s.file), r.tensor_metrics(layer, name)});
-      }
-      out.tensors.push_back(std::move(lt));
-    }
-    for (const auto& [file, r] : readers) out.shard_metrics[shard_of.at(file)] = r.shard_metrics(layer);
-    return out;
+    read(files);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::input) throw;
     // Say what it means for the run, not only what is wrong with the file.
     SCALPEL_INPUT_ERROR("{} [layer {} of checkpoint {} cannot be used; {}]", e.what(), layer, dir_.string(), kRedo);
   }
+}
+
+LayerData Checkpoint::read_layer(std::int64_t layer) const {
+  LayerData out;
+  with_layer_files(layer, [&](const LayerFiles& f) {
+    out.layer = layer;
+    out.metrics = f.entry.metrics;
+    for (const auto& [name, t] : f.entry.tensors)  // std::map: by name, as LayerData::find expects
+      out.tensors.push_back(read_entry_tensor(layer, name, t, f.readers, f.shard_of, true));
+    for (const auto& [file, r] : f.readers) out.shard_metrics[f.shard_of.at(file)] = r.shard_metrics(layer);
+  });
+  return out;
+}
+
+LayerTensor Checkpoint::read_tensor(std::int64_t layer, const std::string& name, bool with_mask) const {
+  LayerTensor out;
+  with_layer_files(layer, [&](const LayerFiles& f) {
+    const auto it = f.entry.tensors.find(name);
+    SCALPEL_CHECK_INPUT(it != f.entry.tensors.end(), "{}: layer {} has no tensor '{}'", dir_.string(), layer, name);
+    out = read_entry_tensor(layer, name, it->second, f.readers, f.shard_of, with_mask);
+  });
+  return out;
 }
 
 }  // namespace scalpel::io

@@ -10,9 +10,12 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <numeric>
 
 #include "scalpel/app/config.hpp"
+#include "scalpel/app/export.hpp"
 #include "scalpel/app/plan.hpp"
+#include "scalpel/io/hf_checkpoint.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/io/safetensors.hpp"
 #include "prune_test_util.hpp"
@@ -393,6 +396,46 @@ TEST(Plan, Opt175bOn8x8GpusFits80GB) {
   whole.sparsegpt.split_width = 0;  // every factor whole
   const auto w = app::make_plan(pm.spec, input_for(pm, whole, 1));
   EXPECT_NEAR(w["ranks"][0]["flops_per_layer"]["factorisation"].get<double>(), 1.6e14 / 2, 0.05e14);
+}
+
+// The export's shards as the plan packs them are the files the exporter writes (opt-mini in
+// 2 MB shards), shared out in turn over the writers: output.export_writers per node.
+TEST(Plan, ExportShardsAreTheExportersAndTheWritersShareThem) {
+  const auto pm = app::load_plan_model(kOptMini.string());
+  const auto dir = scalpel_test::temp_dir("plan_export");
+  app::export_hf_folder(io::HfCheckpoint(kOptMini), std::map<std::string, Tensor>{}, dir / "m", I{2} << 20);
+  std::vector<I> sizes;  // tensor bytes per shard file, in shard order
+  for (int i = 1;; ++i) {
+    const auto f = dir / "m" / fmt::format("model-{:05}-of-{:05}.safetensors", i, 6);
+    if (!fs::exists(f)) break;
+    I bytes = 0;
+    for (const auto& t : io::SafetensorsFile::open(f)->header().tensors) bytes += static_cast<I>(t.end - t.begin);
+    sizes.push_back(bytes);
+  }
+  fs::remove_all(dir);
+  ASSERT_EQ(sizes.size(), 6u) << "opt-mini's 10.8 MB in 2 MB shards";
+  const auto plan_with = [&](int world, int ranks_per_node, std::vector<std::string> extra) {
+    extra.push_back("output.export_shard_mb=2");
+    auto in = input_for(pm, mini_cfg(extra), world);
+    in.ranks_per_node = ranks_per_node;
+    return app::make_plan(pm.spec, in)["export"];
+  };
+  const auto one = plan_with(1, 0, {});
+  EXPECT_EQ(one["shards"].get<I>(), 6);
+  EXPECT_EQ(one["writers"].get<int>(), 1);
+  EXPECT_EQ(one["writer_bytes"].get<I>(), std::accumulate(sizes.begin(), sizes.end(), I{0}));
+  EXPECT_EQ(one["writer_memory_bytes"].get<I>(), *std::max_element(sizes.begin(), sizes.end()));
+  // Read and written once each at 2 GB/s.
+  EXPECT_NEAR(one["seconds"].get<double>(), 2 * one["writer_bytes"].get<double>() / 2e9, 1e-9);
+  // 4 ranks, every one writing: writer 0 has shards 0 and 4, writer 1 shards 1 and 5.
+  const auto all = plan_with(4, 0, {"output.export_writers=0"});
+  EXPECT_EQ(all["writers"].get<int>(), 4);
+  EXPECT_EQ(all["writer_bytes"].get<I>(), std::max(sizes[0] + sizes[4], sizes[1] + sizes[5]));
+  // 5 ranks on nodes of 2 (2 + 2 + 1), 2 writers per node: 5; one per node: 3.
+  EXPECT_EQ(plan_with(5, 2, {"output.export_writers=2"})["writers"].get<int>(), 5);
+  EXPECT_EQ(plan_with(5, 2, {})["writers"].get<int>(), 3);
+  EXPECT_EQ(plan_with(5, 0, {})["writers"].get<int>(), 1);  // one node
+  EXPECT_TRUE(plan_with(1, 0, {"output.export="}).is_null());
 }
 
 TEST(Plan, OverTheMemoryLimitIsRefusedNamingTheKey) {

@@ -317,6 +317,18 @@ TEST(Checkpoint, RowSlicesOfThreeWritersMergeToTheWholeTensor) {
   }
   EXPECT_EQ(d.shard_metrics.size(), 3u);
   EXPECT_EQ(c.layer_entry(1).files.size(), 3u);
+
+  // One tensor alone (the export's reads): the same merged bytes, the mask only when asked for.
+  const LayerTensor fc2 = c.read_tensor(1, "mlp.fc2.weight");
+  EXPECT_TRUE(same_bytes(fc2.data, whole));
+  EXPECT_EQ(fc2.packed_mask, packed_whole);
+  EXPECT_EQ(fc2.slices.size(), 3u);
+  const LayerTensor bare = c.read_tensor(1, "mlp.fc2.weight", false);
+  EXPECT_TRUE(same_bytes(bare.data, whole));
+  EXPECT_TRUE(bare.packed_mask.empty());
+  EXPECT_TRUE(same_bytes(c.read_tensor(1, "self_attn.k_proj.weight").data, other));
+  expect_input_error([&] { c.read_tensor(1, "mlp.fc9.weight"); }, {"layer 1 has no tensor 'mlp.fc9.weight'"});
+  expect_input_error([&] { c.read_tensor(0, "tiny"); }, {"layer 0 is not committed"});
 }
 
 TEST(Checkpoint, ResumeStartsAtFirstUncommittedAndRemovesUnrecordedFiles) {
@@ -550,6 +562,9 @@ TEST_F(CheckpointCorruption, ValidFileWithOtherDataFailsTheDigest) {
   ASSERT_EQ(size_of(file), before);  // so the size check passes and the digest is what fails
   expect_input_error([&] { Checkpoint::open_read(dir.path()).read_layer(0); },
                      {file.string(), "tensor 'mlp.fc1.weight'", "digest", "differs from the committed"});
+  // Read alone, as the export reads it: the same check, the same message.
+  expect_input_error([&] { Checkpoint::open_read(dir.path()).read_tensor(0, "mlp.fc1.weight", false); },
+                     {file.string(), "tensor 'mlp.fc1.weight'", "digest", "differs from the committed", "--restart"});
 }
 
 TEST_F(CheckpointCorruption, TruncatedShardIsReportedAndCanBeRolledBack) {

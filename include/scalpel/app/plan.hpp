@@ -22,6 +22,8 @@ struct PlanInput {
   double gflops = 0;        // per rank
   double net_gbps = 0;      // per rank, each direction
   double read_gbps = 0;     // per rank
+  double write_gbps = 0;    // per rank, the export's writes (0 = 2 GB/s)
+  int ranks_per_node = 0;   // how the world sits on nodes, for output.export_writers (0: one node)
   // Stored weights: bytes per parameter (from config.json torch_dtype), and, when a safetensors
   // header was read, the stored bytes of each tensor by its canonical name (as ModelSpec spells
   // it, e.g. "model.decoder.layers.0.fc1.weight"); a tensor not listed counts numel x dtype_bytes.
@@ -43,7 +45,8 @@ PlanModel load_plan_model(const std::string& folder);
 
 // The plan (a pure function of its inputs): {"model", "job", "grid", "calibration", "rates",
 // "per_layer", "ranks": [per rank: memory terms and peak, I/O, communication, FLOPs, seconds],
-// "stages", "peak", "totals", "limit_gb", "fits", "warnings"}. Input Errors name the config key
+// "stages", "peak", "export" (null without output.export: writers, shards, the busiest writer's
+// bytes read and written, memory and seconds), "totals", "limit_gb", "fits", "warnings"}. Input Errors name the config key
 // (a grid that does not divide the world, more stages than layers, calibration.seqlen too long).
 nlohmann::json make_plan(const model::ModelSpec& spec, const PlanInput& in);
 
@@ -56,9 +59,9 @@ void print_surgeon_plan(const nlohmann::json& plan);
 // and the configured GB, when that peak exceeds cfg.parallel.memory_gb (0 = no limit).
 void check_plan_fits(const nlohmann::json& plan, const Config& cfg);
 
-// Prints the plan of cfg.model for `world` ranks (a table, or JSON), then refuses (input Error,
-// exit code 2) a plan that does not fit parallel.memory_gb. Rates as in PlanInput (0 = default).
-int run_plan(const Config& cfg, int world, bool json, double gflops = 0, double net_gbps = 0,
-             double read_gbps = 0);
+// Prints the plan of cfg.model (a table, or JSON) for the grid and rates of `job` (its world,
+// rates and ranks_per_node; its model fields are filled from cfg.model), then refuses (input
+// Error, exit code 2) a plan that does not fit parallel.memory_gb.
+int run_plan(const Config& cfg, PlanInput job, bool json);
 
 }  // namespace scalpel::app

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -110,6 +111,9 @@ class Checkpoint {
   // checksums, dtype, shape, digests) and merging row slices into whole tensors. Input Error naming
   // the file and tensor on any mismatch; input Error when the layer is not committed.
   LayerData read_layer(std::int64_t layer) const;
+  // One tensor of a committed layer, checked the same way (the layer's files, its slices'
+  // digests); only its own data is read. with_mask false: no mask (packed_mask stays empty).
+  LayerTensor read_tensor(std::int64_t layer, const std::string& name, bool with_mask = true) const;
 
   // Marks the run complete (every layer must be committed) with a free-form summary.
   void mark_complete(const nlohmann::json& summary = nlohmann::json::object());
@@ -126,6 +130,10 @@ class Checkpoint {
   Checkpoint() = default;
   void require_writable(const char* op) const;
   void check_layer_index(std::int64_t layer) const;
+  // Opens a committed layer's shard files for `read`; an input Error it raises is reworded to
+  // say what it means for the run.
+  struct LayerFiles;
+  void with_layer_files(std::int64_t layer, const std::function<void(const LayerFiles&)>& read) const;
   // Writes `next` durably as the manifest, then makes it the in-memory state.
   void replace_manifest(nlohmann::json next);
 
