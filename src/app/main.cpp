@@ -69,7 +69,7 @@ struct Options {
   bool scores_only = false;
   scalpel::app::ExportRequest ex;
   std::string inspect_path;
-  bool inspect_json = false;
+  bool inspect_json = false, inspect_verify = false;
   std::vector<std::string> plan_args;
   int plan_ranks = 0;
   bool plan_json = false;
@@ -140,9 +140,12 @@ CLI::App* add_export(CLI::App& app, Options& o) {
 }
 
 CLI::App* add_inspect(CLI::App& app, Options& o) {
-  auto* inspect = app.add_subcommand("inspect", "per-layer and total sparsity of a model folder or checkpoint");
-  inspect->add_option("path", o.inspect_path, "Hugging Face model folder (or a pruning checkpoint folder)")->required();
+  auto* inspect = app.add_subcommand("inspect", "per-layer and total sparsity of a model folder, or where a pruning "
+                                                "checkpoint stands");
+  inspect->add_option("path", o.inspect_path, "Hugging Face model folder, or a pruning checkpoint folder "
+                                              "(output.dir/ckpt)")->required();
   inspect->add_flag("--json", o.inspect_json, "print JSON instead of a table");
+  inspect->add_flag("--verify", o.inspect_verify, "checkpoint: read every committed file back against its digests");
   return inspect;
 }
 
@@ -235,10 +238,13 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
   }
   if (*c.exporter) return run_export(o.ex, world, place);
   if (*c.inspect) {
-    if (rank == 0) {
-      const auto j = inspect_hf_folder(o.inspect_path, !o.inspect_json);
-      if (o.inspect_json) std::cout << j.dump(2) << '\n';
-    }
+    if (rank != 0) return 0;
+    const bool checkpoint = is_checkpoint_folder(o.inspect_path);
+    if (o.inspect_verify && !checkpoint)
+      SCALPEL_INPUT_ERROR("--verify: {} is not a pruning checkpoint (no manifest.json or shots.json)", o.inspect_path);
+    const auto j = checkpoint ? inspect_checkpoint(o.inspect_path, o.inspect_verify, !o.inspect_json)
+                              : inspect_hf_folder(o.inspect_path, !o.inspect_json);
+    if (o.inspect_json) std::cout << j.dump(2) << '\n';
     return 0;
   }
   if (*c.tokenize) return run_tokenize(o.tk_model, o.tk_input, o.tk_preset, o.tk_output, o.tk_mode, world);

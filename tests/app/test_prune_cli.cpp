@@ -210,6 +210,54 @@ TEST(PruneCli, TargetsTrueSequentialAndDensePropagation) {
   fs::remove_all(dir);
 }
 
+// `scalpel inspect` of a checkpoint: a killed run's layers and where the rerun starts, a finished
+// one's summary, and --verify reading every committed file back: a damaged byte is found (exit 2,
+// naming the file) without running anything.
+TEST(PruneCli, InspectTellsWhereACheckpointStandsAndVerifiesIt) {
+  NEED_SHARED();
+  const auto dir = temp_dir("inspect");
+  const pid_t pid = spawn(prune_args(dir, "opt-mini", {"prune.method=sparsegpt"}));
+  while (committed_layers(dir / "ckpt") < 2) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  kill(pid, SIGKILL);
+  wait_exit(pid);
+  const auto json_of = [](const std::string& out) { return nlohmann::json::parse(out.substr(0, out.rfind("exit="))); };
+  const auto ckpt = (dir / "ckpt").string();
+  const auto partial = run_capture({kBin, "inspect", "--json", "--verify", ckpt});
+  ASSERT_NE(partial.find("exit=0"), std::string::npos) << partial;
+  const auto p = json_of(partial);
+  const auto done = static_cast<std::int64_t>(p["committed"]["layers"].size());
+  EXPECT_GE(done, 2);
+  EXPECT_EQ(done, committed_layers(dir / "ckpt"));
+  EXPECT_FALSE(p["complete"].get<bool>());
+  EXPECT_EQ(p["first_uncommitted"].get<std::int64_t>(), done);
+  EXPECT_EQ(p["verified"]["layers"].get<std::int64_t>(), done);
+  EXPECT_EQ(p["committed"]["pruned"].get<std::int64_t>(), done * 786432 / 2);  // half of each layer's linears
+  if (done < 4) {
+    EXPECT_GT(p["remaining_seconds_estimate"].get<double>(), 0);
+    EXPECT_NE(run_capture({kBin, "inspect", ckpt}).find("the rerun starts at layer " + std::to_string(done)),
+              std::string::npos);
+  }
+  // Finished: the summary; then one byte of layer 0's shard damaged.
+  ASSERT_EQ(run_to_end(prune_args(dir, "opt-mini", {"prune.method=sparsegpt", "output.export="})), 0);
+  const auto table = run_capture({kBin, "inspect", "--verify", ckpt});
+  EXPECT_NE(table.find("4 of 4 committed"), std::string::npos) << table;
+  EXPECT_NE(table.find("complete: sparsegpt unstructured 50%"), std::string::npos) << table;
+  EXPECT_NE(table.find("every size, checksum and digest matches"), std::string::npos) << table;
+  const auto shard = dir / "ckpt/layer-00000.shard-00000.h5";
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(fs::file_size(shard) / 2));
+    const char c = static_cast<char>(f.get());
+    f.seekp(static_cast<std::streamoff>(fs::file_size(shard) / 2));
+    f.put(static_cast<char>(c ^ 0x5a));
+  }
+  const auto damaged = run_capture({kBin, "inspect", "--verify", ckpt});
+  EXPECT_NE(damaged.find("exit=2"), std::string::npos) << damaged;
+  EXPECT_NE(damaged.find("layer-00000.shard-00000.h5"), std::string::npos) << damaged;
+  EXPECT_NE(run_capture({kBin, "inspect", ckpt}).find("exit=0"), std::string::npos);  // without --verify: the manifest
+  fs::remove_all(dir);
+}
+
 TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   NEED_SHARED();
   const auto dir = temp_dir("export");

@@ -124,6 +124,15 @@ TEST(SurgeonCli, StoppedOrKilledRunResumesBitwise) {
       ASSERT_EQ(stops.size(), 1u);
       EXPECT_EQ(stops[0]["signal"], SIGUSR1);
       EXPECT_EQ(stops[0]["after_shot"], shot_of(dir / "ckpt"));
+      // `scalpel inspect` tells the stopped state: shots committed, and the last one verified.
+      const auto out = run_capture({kBin, "inspect", "--json", "--verify", (dir / "ckpt").string()});
+      ASSERT_NE(out.find("exit=0"), std::string::npos) << out;
+      const auto j = nlohmann::json::parse(out.substr(0, out.rfind("exit=")));
+      EXPECT_EQ(j["kind"], "shots");
+      EXPECT_EQ(j["shots"]["committed"], shot_of(dir / "ckpt"));
+      EXPECT_EQ(j["shots"]["total"], 3);
+      EXPECT_FALSE(j["complete"].get<bool>());
+      EXPECT_EQ(j["last_shot"]["verified"]["layers"], 4);
     }
     ASSERT_EQ(run_to_end(surgeon_args(dir, "opt-mini", extra)), 0);
     EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), want);

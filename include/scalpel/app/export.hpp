@@ -75,4 +75,12 @@ SparsityStats sparsity_stats(const Tensor& w);
 // ({"tensors": [...], "total": {...}}) and as a table on stdout when `print`.
 nlohmann::json inspect_hf_folder(const std::filesystem::path& folder, bool print);
 
+// A pruning checkpoint (a layer checkpoint's manifest.json, or LLM Surgeon's shots.json).
+bool is_checkpoint_folder(const std::filesystem::path& dir);
+// Where a checkpoint stands (inspect_checkpoint.cpp): model, identity, grid and runs, the layers
+// (or shots) committed with their files, bytes and recorded sparsity, complete or where the rerun
+// starts and an estimate of the time left; `verify` reads every committed layer back against the
+// manifest (input Error naming the file and tensor on a mismatch). As JSON, and printed when `print`.
+nlohmann::json inspect_checkpoint(const std::filesystem::path& dir, bool verify, bool print);
+
 }  // namespace scalpel::app

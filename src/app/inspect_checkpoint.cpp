@@ -1,0 +1,181 @@
+// `scalpel inspect` of a pruning checkpoint: where a run stands before it is resumed or after the
+// folder was copied elsewhere. The layers (or LLM Surgeon's shots) committed, the runs that wrote
+// them, the time a layer took so far and what the rest would take at that pace, the sparsity the
+// committed layers recorded, and with `verify` every committed file read back against the
+// manifest's digests, so that a damaged checkpoint is found before a job is queued on it.
+#include <fmt/format.h>
+
+#include "scalpel/app/export.hpp"
+#include "scalpel/core/error.hpp"
+#include "scalpel/io/checkpoint.hpp"
+#include "scalpel/io/shot_checkpoint.hpp"
+
+namespace fs = std::filesystem;
+
+namespace scalpel::app {
+namespace {
+
+using json = nlohmann::json;
+using I = std::int64_t;
+
+std::string mb_str(double bytes) { return fmt::format("{:.2f} MB", bytes / 1e6); }
+
+// "0-2, 5" from a sorted list of layer indices.
+std::string ranges_str(const std::vector<I>& v) {
+  std::string out;
+  for (std::size_t i = 0; i < v.size();) {
+    std::size_t j = i;
+    while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
+    out += (out.empty() ? "" : ", ") + (i == j ? fmt::format("{}", v[i]) : fmt::format("{}-{}", v[i], v[j]));
+    i = j + 1;
+  }
+  return out.empty() ? "none" : out;
+}
+
+// The committed layers: files, bytes, seconds and the pruned counts their metrics recorded.
+json committed_layers(const io::Checkpoint& ck) {
+  std::vector<I> layers;
+  I files = 0, bytes = 0, pruned = 0, weights = 0;
+  double seconds = 0;
+  int timed = 0;
+  for (I l = 0; l < ck.num_layers(); ++l) {
+    if (!ck.committed(l)) continue;
+    layers.push_back(l);
+    const auto e = ck.layer_entry(l);
+    files += static_cast<I>(e.files.size());
+    for (const auto& f : e.files) bytes += static_cast<I>(f.bytes);
+    if (e.metrics.is_object() && e.metrics.contains("seconds") && e.metrics["seconds"].is_number()) {
+      seconds += e.metrics["seconds"].get<double>();
+      ++timed;
+    }
+    if (e.metrics.is_object() && e.metrics.contains("linears"))
+      for (const auto& [name, lin] : e.metrics["linears"].items()) {
+        pruned += lin.value("pruned", I{0});
+        weights += lin.value("weights", I{0});
+      }
+  }
+  return {{"layers", layers},         {"files", files},   {"bytes", bytes},
+          {"pruned", pruned},         {"weights", weights},
+          {"seconds_mean", timed ? seconds / timed : 0.0}};
+}
+
+// Every committed layer read back (sizes, HDF5 checksums, digests): input Error naming the file,
+// the tensor and the way out on the first mismatch.
+json verify_layers(const io::Checkpoint& ck) {
+  I layers = 0, tensors = 0, bytes = 0;
+  for (I l = 0; l < ck.num_layers(); ++l) {
+    if (!ck.committed(l)) continue;
+    const auto d = ck.read_layer(l);
+    ++layers;
+    for (const auto& t : d.tensors) {
+      ++tensors;
+      bytes += static_cast<I>(t.data.nbytes() + t.packed_mask.size());
+    }
+  }
+  return {{"layers", layers}, {"tensors", tensors}, {"bytes", bytes}};
+}
+
+json inspect_layers(const io::Checkpoint& ck, bool verify) {
+  const auto& m = ck.manifest();
+  json j = {{"dir", ck.dir().string()},
+            {"format", m.value("format", "")},
+            {"format_version", m.value("format_version", 0)},
+            {"model", m.at("model")},
+            {"config_hash", m.value("config_hash", "")},
+            {"grid", m.value("grid", json::object())},
+            {"runs", m.value("runs", json::array())},
+            {"num_layers", ck.num_layers()},
+            {"committed", committed_layers(ck)},
+            {"first_uncommitted", ck.first_uncommitted()},
+            {"complete", ck.complete()},
+            {"summary", m.value("summary", json(nullptr))}};
+  const I left = ck.num_layers() - ck.committed_count();
+  j["remaining_seconds_estimate"] = static_cast<double>(left) * j["committed"]["seconds_mean"].get<double>();
+  j["verified"] = verify ? verify_layers(ck) : json(nullptr);
+  return j;
+}
+
+void print_verified(const json& j) {
+  if (!j["verified"].is_null())
+    fmt::print("verified: {} layer(s), {} tensor(s), {} read back; every size, checksum and digest matches the "
+               "manifest\n",
+               j["verified"]["layers"].get<I>(), j["verified"]["tensors"].get<I>(),
+               mb_str(j["verified"]["bytes"].get<double>()));
+}
+
+void print_layers(const json& j) {
+  const auto& c = j["committed"];
+  const auto& g = j["grid"];
+  fmt::print("checkpoint {}: {} v{}, model {} ({}), config hash {}\n", j["dir"].get<std::string>(),
+             j["format"].get<std::string>(), j["format_version"].get<int>(),
+             j["model"].value("name", "?"), j["model"].value("fingerprint", "?"), j["config_hash"].get<std::string>());
+  const auto& runs = j["runs"];
+  fmt::print("grid: {} stage(s) x {} data, determinism {}; {} run(s){}\n", g.value("stages", 1), g.value("data", 1),
+             g.value("determinism", "?"), runs.size(),
+             runs.empty() ? "" : fmt::format(", the last started {} at layer {}", runs.back().value("started", "?"),
+                                             runs.back().value("first_uncommitted", I{0})));
+  const I n = j["num_layers"], done = static_cast<I>(c["layers"].size());
+  fmt::print("layers: {} of {} committed ({}); {} shard file(s), {}\n", done, n,
+             ranges_str(c["layers"].get<std::vector<I>>()), c["files"].get<I>(), mb_str(c["bytes"].get<double>()));
+  if (c["weights"].get<I>() > 0)
+    fmt::print("committed linears: {} of {} weights pruned ({:.2f}%)\n", c["pruned"].get<I>(), c["weights"].get<I>(),
+               100.0 * c["pruned"].get<double>() / c["weights"].get<double>());
+  if (j["complete"].get<bool>()) {
+    const auto& s = j["summary"];
+    fmt::print("complete: {} {}, {:.2f}% of the target weights zero, {:.1f} s on {} rank(s)\n", s.value("method", "?"),
+               s.value("pattern", "?"), 100.0 * s.value("sparsity", 0.0), s.value("seconds", 0.0), s.value("ranks", 0));
+  } else if (done == n) {
+    fmt::print("every layer committed, not marked complete: the rerun writes the export and the summary\n");
+  } else {
+    fmt::print("not complete: the rerun starts at layer {}; at the {:.1f} s a committed layer took, the {} left take "
+               "about {:.0f} s on the same grid\n",
+               j["first_uncommitted"].get<I>(), c["seconds_mean"].get<double>(), n - done,
+               j["remaining_seconds_estimate"].get<double>());
+  }
+  print_verified(j);
+}
+
+}  // namespace
+
+bool is_checkpoint_folder(const fs::path& dir) {
+  return fs::exists(dir / io::kManifestName) || io::ShotCheckpoint::is_shot_state(dir);
+}
+
+json inspect_checkpoint(const fs::path& dir, bool verify, bool print) {
+  if (!io::ShotCheckpoint::is_shot_state(dir)) {
+    auto j = inspect_layers(io::Checkpoint::open_read(dir), verify);
+    j["kind"] = "layers";
+    if (print) print_layers(j);
+    return j;
+  }
+  // LLM Surgeon's state: the last committed shot is a complete layer checkpoint of its own.
+  const auto state = io::ShotCheckpoint::open_read(dir);
+  const auto& p = state.pointer();
+  json j = {{"kind", "shots"},
+            {"dir", dir.string()},
+            {"model", {{"name", p.value("model", "")}, {"fingerprint", p.value("model_fingerprint", "")}}},
+            {"config_hash", p.value("config_hash", "")},
+            {"shots", {{"committed", state.last_shot()}, {"total", state.total_shots()}}},
+            {"complete", state.complete()},
+            {"history", p.value("history", json::array())}};
+  if (print)
+    fmt::print("LLM Surgeon state {}: model {} ({}), config hash {}; {} of {} shot(s) committed{}\n", dir.string(),
+               j["model"]["name"].get<std::string>(), j["model"]["fingerprint"].get<std::string>(),
+               j["config_hash"].get<std::string>(), state.last_shot(), state.total_shots(),
+               state.complete() ? " (complete)" : "");
+  if (state.last_shot() > 0) {
+    j["last_shot"] = inspect_layers(state.last(), verify);
+    if (print) {
+      const auto& h = j["history"];
+      const auto& c = j["last_shot"]["committed"];
+      fmt::print("shot {}: committed {}, sparsity reached {}; {} layer(s) in {} shard file(s), {}\n", state.last_shot(),
+                 h.empty() ? "?" : h.back().value("committed", "?"),
+                 h.empty() ? json("?").dump() : h.back().value("metrics", json::object()).value("reached", json("?")).dump(),
+                 c["layers"].size(), c["files"].get<I>(), mb_str(c["bytes"].get<double>()));
+      print_verified(j["last_shot"]);
+    }
+  }
+  return j;
+}
+
+}  // namespace scalpel::app
