@@ -65,7 +65,14 @@ struct Meta {
   std::int64_t tries = 0, dead = 0;
 };
 
+// From the owner to every rank: by NCCL between GPUs that have it (as split_factor's panels go),
+// else through host memory and MPI. Every rank takes the same branch (same backend, and
+// device_collectives() is decided collectively).
 void broadcast_tensor(Backend& be, dist::Comm& group, Tensor& t, int root) {
+  if (t.device() == Device::cuda && group.device_collectives()) {
+    group.broadcast_device(static_cast<std::byte*>(t.raw()), t.nbytes(), root);
+    return;
+  }
   Tensor host = group.rank() == root ? be.download(t) : Tensor::empty(t.shape(), t.dtype());
   group.broadcast(std::span<std::byte>(static_cast<std::byte*>(host.raw()), host.nbytes()), root);
   if (group.rank() != root) t = be.upload_exact(host);
