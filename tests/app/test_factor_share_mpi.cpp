@@ -20,6 +20,18 @@ namespace {
 // An SPD Hessian of width d.
 Tensor spd(std::int64_t d, unsigned seed) { return to_tensor(random_spd(d, seed), {d, d}); }
 
+// SPD Hessians of the given widths (seeds seed, seed + 1, ...) and a factor job for each, named
+// "job i"; the jobs point into `hessians`, which must outlive them.
+std::vector<app::FactorJob> spd_jobs(const std::vector<std::int64_t>& widths, unsigned seed,
+                                     std::vector<Tensor>& hessians) {
+  hessians.clear();
+  for (std::size_t i = 0; i < widths.size(); ++i) hessians.push_back(spd(widths[i], seed + static_cast<unsigned>(i)));
+  std::vector<app::FactorJob> jobs;
+  for (std::size_t i = 0; i < widths.size(); ++i)
+    jobs.push_back({static_cast<int>(i), "job " + std::to_string(i), &hessians[i]});
+  return jobs;
+}
+
 TEST(FactorOwners, LargestFirstToTheLeastLoadedRank) {
   const std::vector<std::int64_t> opt{256, 256, 256, 1024};  // q/k/v, out_proj, fc1, fc2 of opt-mini
   EXPECT_EQ(app::factor_owners(opt, 1), (std::vector<int>{0, 0, 0, 0}));
@@ -32,10 +44,7 @@ TEST(SharedFactors, EveryRankGetsTheFactorItWouldHaveMade) {
   auto be = make_cpu_backend(1);
   const std::vector<std::int64_t> widths{48, 96, 48, 160};
   std::vector<Tensor> hs;
-  std::vector<app::FactorJob> jobs;
-  for (std::size_t i = 0; i < widths.size(); ++i) hs.push_back(spd(widths[i], 10 + static_cast<unsigned>(i)));
-  for (std::size_t i = 0; i < widths.size(); ++i)
-    jobs.push_back({static_cast<int>(i), "job " + std::to_string(i), &hs[i]});
+  const auto jobs = spd_jobs(widths, 10, hs);
   for (const bool isc : {false, true}) {
     app::FactorSettings s;
     s.isc = isc;
@@ -64,10 +73,7 @@ TEST(SharedFactors, WideFactorsAreMadeByAllRanksWithTheOneRankBits) {
   auto be = make_cpu_backend(1);
   const std::vector<std::int64_t> widths{48, 160, 96, 130};
   std::vector<Tensor> hs;
-  std::vector<app::FactorJob> jobs;
-  for (std::size_t i = 0; i < widths.size(); ++i) hs.push_back(spd(widths[i], 30 + static_cast<unsigned>(i)));
-  for (std::size_t i = 0; i < widths.size(); ++i)
-    jobs.push_back({static_cast<int>(i), "job " + std::to_string(i), &hs[i]});
+  const auto jobs = spd_jobs(widths, 30, hs);
   app::FactorSettings s;
   s.split_width = 100;
   s.tile = 32;
