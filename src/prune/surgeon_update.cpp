@@ -1,7 +1,8 @@
 // LLM Surgeon's weight update (pruner.py weight_update, first Kronecker rank): the correlated OBS
 // update of the removed set under F ≈ G ⊗ A on the alive sub-problem, then exact zeros.
 //  elements: Q cut into chunks of whole rows of at most max_correlate entries; per chunk
-//            C = Ĝ⁻¹[r_Q, r_Q] ∘ Â⁻¹[c_Q, c_Q], λ = C⁻¹ (w_Q + ΔW_Q), ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹.
+//            C = Ĝ⁻¹[r_Q, r_Q] ∘ Â⁻¹[c_Q, c_Q], λ = C⁻¹ (w_Q + ΔW_Q), ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹
+//            (applied to ΔW a block of chunks at a time; the same sums in another order).
 //  rows P:    ΔW = -Ĝ⁻¹[:, P] (Ĝ⁻¹_PP)⁻¹ (W + ΔW)_P,: with ΔW_P,: = -W_P,:;
 //  columns P: ΔW = -(W + ΔW)_:,P (Â⁻¹_PP)⁻¹ Â⁻¹[P, :] with ΔW_:,P = -W_:,P.
 #include <algorithm>
@@ -100,26 +101,61 @@ Chunk make_chunk(const std::vector<std::pair<std::int64_t, std::int64_t>>& q, st
   return c;
 }
 
-// With the chunk's factor of C = Ĝ⁻¹[r_Q, r_Q] ∘ Â⁻¹[c_Q, c_Q]: λ = C⁻¹ (w_Q + ΔW_Q), then
-// ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹.
-void apply_chunk(Backend& be, Sub& u, const Chunk& q, const Tensor& factor, bool addupdate) {
-  const auto n = q.size(), nr = static_cast<std::int64_t>(q.rows.size());
-  Tensor lam = be.empty({n, 1});
-  be.gather_pairs(u.w, q.i, q.j, lam);
-  if (addupdate) {
-    Tensor d = be.empty({n, 1});
-    be.gather_pairs(u.dw, q.i, q.j, d);
-    be.add(lam, d);
+// A block of consecutive chunks (their rows distinct: a row never spans two chunks), updated
+// together. Chunk c needs ΔW at its entries as every chunk before it left it; ΔW itself takes the
+// block's updates at its end, in one product over all of its rows, -= Ĝ⁻¹[:, rows_B] T_B with T_B
+// the chunks' Λ Â⁻¹ stacked (a GEMM as deep as the block's rows, where one per chunk was as deep
+// as a chunk's: the whole ΔW was swept once per chunk). Inside the block, d_B (ΔW on the block's
+// rows) takes each chunk's update at once, so the next chunk reads what ΔW would hold.
+struct Block {
+  std::vector<Chunk> chunks;
+  std::vector<std::int64_t> offset;  // each chunk's first row in rows
+  Index rows;
+};
+
+Block make_block(const std::vector<std::pair<std::int64_t, std::int64_t>>& q,
+                 const std::vector<std::pair<std::size_t, std::size_t>>& ranges, std::size_t c0, std::size_t c1) {
+  Block b;
+  for (std::size_t c = c0; c < c1; ++c) {
+    b.chunks.push_back(make_chunk(q, ranges[c]));
+    b.offset.push_back(static_cast<std::int64_t>(b.rows.size()));
+    b.rows.insert(b.rows.end(), b.chunks.back().rows.begin(), b.chunks.back().rows.end());
   }
-  be.cholesky_solve(factor, lam);
-  // Λ Â⁻¹ row by row: Λ has one weight per removed entry, so row r is Σ_k λ_k Â⁻¹[j_k, :] over the
-  // chunk's entries in row r (2·n·ca FLOPs, reading n rows of Â⁻¹ instead of all of it).
-  Tensor t = be.zeros({nr, u.ca});
-  be.rows_axpy(u.ainv, q.j, q.local, lam, t);
-  be.gemm(Trans::no, Trans::no, -1.0f, pick(be, u.ginv, iota(u.ra), q.rows), t, 1.0f, u.dw);  // ΔW -= Ĝ⁻¹[:, rows] Λ Â⁻¹
+  return b;
 }
 
-// Chunks factorised this many at a time (their matrices held together: 8 x 16 MB at 2000 entries).
+// The chunks' λ = C⁻¹ (w_Q + ΔW_Q) with their factors of C = Ĝ⁻¹[r_Q, r_Q] ∘ Â⁻¹[c_Q, c_Q], each
+// chunk's Λ Â⁻¹ into its rows of T_B, then ΔW -= Ĝ⁻¹[:, rows_B] T_B.
+void apply_block(Backend& be, Sub& u, const Block& b, const std::vector<Tensor>& factors, bool addupdate) {
+  const auto nb = static_cast<std::int64_t>(b.rows.size());
+  Tensor t = be.zeros({nb, u.ca});
+  Tensor d = addupdate ? pick(be, u.dw, b.rows, iota(u.ca)) : Tensor();  // ΔW on the block's rows
+  for (std::size_t c = 0; c < b.chunks.size(); ++c) {
+    const Chunk& q = b.chunks[c];
+    const auto n = q.size(), nr = static_cast<std::int64_t>(q.rows.size());
+    Index row_in_block(q.local);
+    for (auto& r : row_in_block) r += b.offset[c];
+    Tensor lam = be.empty({n, 1});
+    be.gather_pairs(u.w, q.i, q.j, lam);
+    if (addupdate) {
+      Tensor dq = be.empty({n, 1});
+      be.gather_pairs(d, row_in_block, q.j, dq);
+      be.add(lam, dq);
+    }
+    be.cholesky_solve(factors[c], lam);
+    // Λ Â⁻¹ row by row: Λ has one weight per removed entry, so row r is Σ_k λ_k Â⁻¹[j_k, :] over the
+    // chunk's entries in row r (2·n·ca FLOPs, reading n rows of Â⁻¹ instead of all of it).
+    be.rows_axpy(u.ainv, q.j, row_in_block, lam, t);
+    if (addupdate && c + 1 < b.chunks.size()) {  // what the block's later chunks read
+      const Tensor tc = t.slice_rows(b.offset[c], b.offset[c] + nr);
+      be.gemm(Trans::no, Trans::no, -1.0f, pick(be, u.ginv, b.rows, q.rows), tc, 1.0f, d);
+    }
+  }
+  be.gemm(Trans::no, Trans::no, -1.0f, pick(be, u.ginv, iota(u.ra), b.rows), t, 1.0f, u.dw);  // ΔW -= Ĝ⁻¹[:, rows_B] T_B
+}
+
+// Chunks factorised and applied this many at a time (their matrices held together: 8 x 16 MB at
+// 2000 entries).
 constexpr std::size_t kChunkBatch = 8;
 
 void update_elements(Backend& be, Linear& l, const Scored& s, const Removal& r, const Options& o) {
@@ -133,23 +169,19 @@ void update_elements(Backend& be, Linear& l, const Scored& s, const Removal& r, 
           q.emplace_back(i, j);
     const auto ranges = row_chunks(q, o.max_correlate);
     for (std::size_t c0 = 0; c0 < ranges.size(); c0 += kChunkBatch) {
-      const std::size_t c1 = std::min(ranges.size(), c0 + kChunkBatch);
-      std::vector<Chunk> chunks;
+      const Block b = make_block(q, ranges, c0, std::min(ranges.size(), c0 + kChunkBatch));
       std::vector<Tensor> factors;
-      for (std::size_t c = c0; c < c1; ++c) {
-        chunks.push_back(make_chunk(q, ranges[c]));
-        const auto n = chunks.back().size();
-        factors.push_back(be.empty({n, n}));
-        be.kron_pairs(u.ginv, u.ainv, chunks.back().i, chunks.back().j, factors.back());
+      for (const auto& ch : b.chunks) {
+        factors.push_back(be.empty({ch.size(), ch.size()}));
+        be.kron_pairs(u.ginv, u.ainv, ch.i, ch.j, factors.back());
       }
       std::vector<std::uint8_t> ok(factors.size(), 0);
       be.cholesky_batch(factors, ok);
-      for (std::size_t c = 0; c < chunks.size(); ++c) {
+      for (std::size_t c = 0; c < b.chunks.size(); ++c)
         if (!ok[c])
           SCALPEL_RUNTIME_ERROR("{}: the correlated update's system of {} weights is not positive definite", l.name,
-                                chunks[c].size());
-        apply_chunk(be, u, chunks[c], factors[c], o.addupdate);
-      }
+                                b.chunks[c].size());
+      apply_block(be, u, b, factors, o.addupdate);
     }
     write_back(be, l, s, u);
   }

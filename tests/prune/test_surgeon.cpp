@@ -268,20 +268,26 @@ TEST_P(ElementUpdate, MatchesTheFloat64ObsSolution) {
   const auto [backend, max_correlate, addupdate] = GetParam();
   std::unique_ptr<Backend> be;
   SCALPEL_BACKEND_OR_SKIP(be, backend, 2);
-  const auto p = make_problem(80, 7, 9);
-  Options o;
-  o.max_correlate = max_correlate;
-  o.addupdate = addupdate;
-  std::vector<Linear> ls{p.linear()};
-  std::vector<Scored> sc{score(*be, ls[0], o)};
-  double tau = 0;
-  const auto rem = select(ls, sc, o, 0.4, tau);
-  EXPECT_EQ(rem[0].removed, static_cast<std::int64_t>(0.4 * 63));  // floor(s·n), exactly
-  update(*be, ls[0], sc[0], rem[0], o);
-  const Vec want = reference_element_update(p, rem[0].mask, max_correlate, addupdate, o);
-  // fp32 solves of systems up to 25 x 25 (condition ~1e2) against float64: ~1e-5.
-  EXPECT_REL_NEAR(to_vec(ls[0].w), want, 2e-4);
-  for (std::size_t k = 0; k < rem[0].mask.size(); ++k) EXPECT_TRUE(!rem[0].mask[k] || ls[0].w.f32()[k] == 0.0f) << k;
+  // 7 rows: one block of chunks; 40 rows with chunks of a row or two: blocks of 8 chunks, whose
+  // updates reach ΔW at the block's end (each chunk still reads ΔW as the chunks before left it).
+  for (const std::int64_t rows : {7, 40}) {
+    const auto p = make_problem(80, rows, 9);
+    Options o;
+    o.max_correlate = max_correlate;
+    o.addupdate = addupdate;
+    std::vector<Linear> ls{p.linear()};
+    std::vector<Scored> sc{score(*be, ls[0], o)};
+    double tau = 0;
+    const auto rem = select(ls, sc, o, 0.4, tau);
+    EXPECT_EQ(rem[0].removed, static_cast<std::int64_t>(0.4 * static_cast<double>(rows * 9)));  // floor(s·n)
+    update(*be, ls[0], sc[0], rem[0], o);
+    const Vec want = reference_element_update(p, rem[0].mask, max_correlate, addupdate, o);
+    // fp32 solves of systems up to 144 x 144 (condition ~1e2) against float64: ~1e-5.
+    SCOPED_TRACE(::testing::Message() << rows << " rows");
+    EXPECT_REL_NEAR(to_vec(ls[0].w), want, 2e-4);
+    for (std::size_t k = 0; k < rem[0].mask.size(); ++k)
+      EXPECT_TRUE(!rem[0].mask[k] || ls[0].w.f32()[k] == 0.0f) << k;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Chunks, ElementUpdate,
