@@ -21,12 +21,13 @@ struct Take {
   std::int64_t equal = 0;
 };
 
-Take kth(const std::vector<float>& costs, std::int64_t k) {
+// Takes the costs by value (a caller that no longer needs them moves them in): the count below
+// the k-th does not depend on their order, so it is taken on the partitioned copy.
+Take kth(std::vector<float> c, std::int64_t k) {
   if (k <= 0) return {-std::numeric_limits<float>::infinity(), 0};
-  std::vector<float> c = costs;
   std::nth_element(c.begin(), c.begin() + (k - 1), c.end());
   const float v = c[static_cast<std::size_t>(k - 1)];
-  const auto below = std::count_if(costs.begin(), costs.end(), [v](float x) { return x < v; });
+  const auto below = std::count_if(c.begin(), c.begin() + (k - 1), [v](float x) { return x < v; });
   return {v, k - below};
 }
 
@@ -45,7 +46,7 @@ std::vector<Removal> select_elements(const std::vector<Linear>& ls, const std::v
   for (const auto& x : sc) all.insert(all.end(), x.cost.begin(), x.cost.end());
   const auto n = static_cast<std::int64_t>(all.size());
   const auto k = std::min(n, static_cast<std::int64_t>(std::floor(s * static_cast<double>(n))));
-  Take t = kth(all, k);
+  Take t = kth(std::move(all), k);
   threshold = k > 0 ? t.value : kNothing;
   std::vector<Removal> out(ls.size());
   for (std::size_t i = 0; i < ls.size(); ++i) {
