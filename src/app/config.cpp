@@ -488,6 +488,30 @@ void validate_prune(const Config& c, const std::string& source) {
   if (c.prune.blocksize < 1) SCALPEL_INPUT_ERROR("{}: 'prune.blocksize' must be >= 1", source);
 }
 
+// True when `inner` is `outer` or lies inside it (lexically, after normalisation).
+bool within(const std::filesystem::path& outer, const std::filesystem::path& inner) {
+  const auto o = outer.lexically_normal(), i = inner.lexically_normal();
+  auto oi = o.begin(), ii = i.begin();
+  for (; oi != o.end() && !oi->empty(); ++oi, ++ii)
+    if (ii == i.end() || *oi != *ii) return false;
+  return true;
+}
+
+// The export replaces its folder: it must not be the run folder or hold the checkpoint.
+void check_output_paths(const Config& c, const std::string& source) {
+  if (c.output.export_dir.empty()) return;
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::absolute(c.output.dir.empty() ? "." : c.output.dir);
+  const fs::path ex = dir / c.output.export_dir, ck = dir / c.output.checkpoint;
+  if (within(ex, dir) || within(ex, ck))
+    SCALPEL_INPUT_ERROR("{}: 'output.export' is '{}': the export replaces that folder, which would take the {} with it; "
+                        "name a folder of its own (the default is model)",
+                        source, c.output.export_dir, within(ex, dir) ? "run folder" : "checkpoint");
+  if (within(ck, ex))
+    SCALPEL_INPUT_ERROR("{}: 'output.export' is '{}', inside the checkpoint folder '{}'; name a folder beside it",
+                        source, c.output.export_dir, c.output.checkpoint);
+}
+
 void validate_run(const Config& c, const std::string& source) {
   if (c.calibration.nsamples < 1) SCALPEL_INPUT_ERROR("{}: 'calibration.nsamples' must be >= 1", source);
   if (c.calibration.seqlen < 0 || c.calibration.seqlen == 1)
@@ -503,6 +527,7 @@ void validate_run(const Config& c, const std::string& source) {
   if (c.output.export_shard_mb < 1) SCALPEL_INPUT_ERROR("{}: 'output.export_shard_mb' must be >= 1", source);
   if (c.output.export_writers < 0)
     SCALPEL_INPUT_ERROR("{}: 'output.export_writers' must be >= 0 (ranks per node; 0 = every rank)", source);
+  check_output_paths(c, source);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Export to a Hugging Face folder and sparsity inspection.
 #include "scalpel/app/export.hpp"
 
+#include "scalpel/app/commands.hpp"
+
 #include <fmt/format.h>
 
 #include <fstream>
@@ -106,18 +108,57 @@ void write_tensors(const fs::path& dir, const std::vector<Entry>& all, std::int6
 
 }  // namespace
 
+bool is_export_file(const std::string& name) {
+  if (name == "model.safetensors" || name == "model.safetensors.index.json") return true;
+  if (name.rfind("model-", 0) == 0 && name.size() > 12 && name.substr(name.size() - 12) == ".safetensors") return true;
+  for (const char* f : kCopied)
+    if (name == f) return true;
+  return false;
+}
+
+void check_export_target(const fs::path& out, const fs::path& source_model) {
+  std::error_code ec;
+  const auto status = fs::symlink_status(out, ec);
+  if (ec || !fs::exists(status)) return;
+  if (!fs::is_directory(status))
+    SCALPEL_INPUT_ERROR("export to {}: it is a file, not a folder; nothing was replaced", out.string());
+  if (fs::weakly_canonical(out, ec) == fs::weakly_canonical(source_model, ec))
+    SCALPEL_INPUT_ERROR("export to {}: it is the source model's folder; choose another one", out.string());
+  for (const auto& e : fs::directory_iterator(out, ec)) {
+    const auto name = e.path().filename().string();
+    if (!e.is_regular_file() || !is_export_file(name))
+      SCALPEL_INPUT_ERROR("export to {}: the folder holds '{}', which no export writes (a checkpoint, a run folder or "
+                          "other files?); scalpel replaces only an earlier export: choose a new or empty folder",
+                          out.string(), name);
+  }
+  if (ec) SCALPEL_INPUT_ERROR("export to {}: cannot list the folder: {}", out.string(), ec.message());
+}
+
+void check_export_folder(const Config& cfg) {
+  if (!cfg.output.export_dir.empty())
+    check_export_target(fs::path(cfg.output.dir) / cfg.output.export_dir, cfg.model);
+}
+
 void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out,
                          std::int64_t shard_bytes, dist::Comm* comm) {
   const Writers w = comm ? Writers{comm->rank(), comm->size()} : Writers{};
   const fs::path tmp = out.string() + ".tmp-export";
   std::error_code ec;
+  check_export_target(out, src.folder());  // every rank: all refuse alike, before anything is removed
   if (w.rank == 0) {
     fs::remove_all(tmp, ec);
     fs::create_directories(tmp, ec);
     if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", tmp.string(), ec.message());
   }
   if (comm) comm->barrier();
-  write_tensors(tmp, rewritten_tensors(src, rw), shard_bytes, w);
+  try {
+    write_tensors(tmp, rewritten_tensors(src, rw), shard_bytes, w);
+  } catch (...) {
+    // A failed export leaves no half-written folder behind (rank 0's failure; one on another
+    // writer ends the job, and the next export starts by removing the folder).
+    if (w.rank == 0) fs::remove_all(tmp, ec);
+    throw;
+  }
   if (comm) comm->barrier();  // every shard written
   if (w.rank == 0) {
     for (const char* f : kCopied)

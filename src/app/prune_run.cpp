@@ -675,7 +675,10 @@ struct PruneSession {
     if (c.parallel.memory_gb > 0) check_plan_fits(plan_of_job(c, w.size()), c);
     // A typo in the evaluation settings must not surface only after hours of pruning. Rank 0,
     // which reads those files at the end, checks them.
-    detail::on_root(w, [&] { check_eval_inputs(c, spec); });
+    detail::on_root(w, [&] {
+      check_eval_inputs(c, spec);
+      check_export_folder(c);
+    });
     tok = make_tokenizer(c);
     calib = calibration_windows(c, spec, *tok);
     shard = calibration_shard(calib.nseq, c.calibration.batch, grid.data, grid.data_index);

@@ -524,7 +524,10 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   const auto opt = surgeon_options(cfg);
   auto targets = targets_of(spec, cfg, opt);
-  detail::on_root(world, [&] { check_eval_inputs(cfg, spec); });
+  detail::on_root(world, [&] {
+    check_eval_inputs(cfg, spec);
+    check_export_folder(cfg);
+  });
   auto tok = make_tokenizer(cfg);
   const auto calib = calibration_windows(cfg, spec, *tok);
   const auto shard = calibration_shard(calib.nseq, cfg.calibration.batch, grid.data, grid.data_index);

@@ -118,6 +118,17 @@ TEST(Config, WrongTypesNameTheKey) {
   EXPECT_NE(error_of("", {"sparsegpt.tile=0"}).find("'sparsegpt.tile' is 0"), std::string::npos);
 }
 
+// The export replaces its folder: not the run folder, not the checkpoint, not inside it.
+TEST(Config, TheExportCannotBeTheRunFolderOrTheCheckpoint) {
+  for (const char* bad : {"output.export=.", "output.export=ckpt", "output.export=ckpt/", "output.export=..",
+                          "output.export=a/../ckpt"})
+    EXPECT_NE(error_of("", {"output.dir=runs/x", bad}).find("'output.export' is"), std::string::npos) << bad;
+  EXPECT_NE(error_of("", {"output.dir=runs/x", "output.export=ckpt/model"}).find("inside the checkpoint folder"),
+            std::string::npos);
+  for (const char* good : {"output.export=model", "output.export=../elsewhere", "output.export=ckpt2"})
+    EXPECT_EQ(error_of("", {"output.dir=runs/x", good}), "no error") << good;
+}
+
 TEST(Config, MalformedYamlAndMissingFileNameTheFile) {
   const auto bad = write_yaml("eval: {seqlen: [\n");
   try {

@@ -255,6 +255,11 @@ TEST(PruneCli, InspectTellsWhereACheckpointStandsAndVerifiesIt) {
   EXPECT_NE(damaged.find("exit=2"), std::string::npos) << damaged;
   EXPECT_NE(damaged.find("layer-00000.shard-00000.h5"), std::string::npos) << damaged;
   EXPECT_NE(run_capture({kBin, "inspect", ckpt}).find("exit=0"), std::string::npos);  // without --verify: the manifest
+  // An export that meets the damage fails the same way and leaves no half-written folder.
+  const auto re = run_capture({kBin, "export", "--checkpoint", ckpt, "--out", (dir / "re").string()});
+  EXPECT_NE(re.find("exit=2"), std::string::npos) << re;
+  EXPECT_FALSE(fs::exists(dir / "re"));
+  EXPECT_FALSE(fs::exists(dir / "re.tmp-export"));
   fs::remove_all(dir);
 }
 
@@ -297,6 +302,18 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_NE(refused.find("exit=2"), std::string::npos) << refused;
   EXPECT_NE(refused.find("not complete"), std::string::npos) << refused;
   EXPECT_FALSE(fs::exists(partial / "exp"));
+  // Folders the export would destroy are refused, and left as they were: the run folder, the
+  // checkpoint it reads, a file, the source model.
+  const auto file = dir / "a_file";
+  std::ofstream(file) << "keep me";
+  for (const auto& target : {dir, dir / "ckpt", file, kShared / "models/opt-mini"}) {
+    const auto no = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out", target.string()});
+    EXPECT_NE(no.find("exit=2"), std::string::npos) << target << no;
+    EXPECT_NE(no.find("export to " + target.string()), std::string::npos) << no;
+  }
+  EXPECT_TRUE(fs::exists(dir / "ckpt/manifest.json"));
+  EXPECT_TRUE(fs::exists(dir / "metrics.jsonl"));
+  EXPECT_EQ(read_bytes(file).size(), 7u);
   // Impossible sizes are refused before anything is written.
   for (const char* bad : {"--shard-mb=0", "--writers=-1"}) {
     const auto no = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",

@@ -55,6 +55,11 @@ struct ExportRewrite {
   nlohmann::json config;
 };
 
+// Refuses (input Error) an export folder that would destroy something: a file, the source
+// model's folder, or a folder holding anything an export does not write (a checkpoint, a run
+// folder, other files). A new, empty or earlier export's folder passes; exports check it first.
+void check_export_target(const std::filesystem::path& out, const std::filesystem::path& source_model);
+
 // export_hf_folder with a rewrite: the same files, shards and atomic temporary folder, tensors in
 // output-name order.
 void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const std::filesystem::path& out,
