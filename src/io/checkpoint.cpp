@@ -74,6 +74,17 @@ std::int64_t first_pending(const json& m) {
   return static_cast<std::int64_t>(layers.size());
 }
 
+bool holds_work(const json& m) {
+  for (const auto& l : m.at("layers"))
+    if (l.at("status") == "committed") return true;
+  return false;
+}
+
+bool same_identity(const json& m, const CheckpointIdentity& id) {
+  return m.at("model").at("fingerprint") == id.model_fingerprint && m.at("config_hash") == id.config_hash &&
+         m.at("num_layers") == id.num_layers;
+}
+
 // Fails (input Error) when an existing checkpoint belongs to another model, configuration or depth.
 void check_identity(const json& m, const CheckpointIdentity& id, const fs::path& dir) {
   const std::string what = (dir / kManifestName).string();
@@ -167,7 +178,15 @@ Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdent
   json m;
   if (fs::exists(mpath)) {
     m = read_manifest(mpath);
-    check_identity(m, id, dir);
+    if (!holds_work(m) && !same_identity(m, id)) {
+      // Nothing committed (a run that stopped on an input error before its first layer, say):
+      // no work is lost by starting afresh, and a corrected rerun must not need --restart.
+      log::info("checkpoint {}: no layer was committed; started afresh for this run's model and settings",
+                dir.string());
+      m = fresh_manifest(id);
+    } else {
+      check_identity(m, id, dir);
+    }
   } else {
     m = fresh_manifest(id);
   }

@@ -404,6 +404,21 @@ TEST(Checkpoint, IdentityMismatchSaysWhatDiffersAndHowToProceed) {
   EXPECT_EQ(c.manifest()["runs"].size(), 1u);
 }
 
+// A checkpoint without a committed layer holds no work: a run with other settings (the same job
+// corrected after an input error that stopped it before its first layer) starts it afresh.
+TEST(Checkpoint, OneWithoutCommittedLayersGivesWayToOtherSettings) {
+  TempDir dir;
+  { Checkpoint::open_or_create(dir.path(), identity(4, "cfg-1")); }
+  {
+    Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(4, "cfg-2"));
+    EXPECT_EQ(c.manifest()["config_hash"], "cfg-2");
+    EXPECT_EQ(c.manifest()["runs"].size(), 1u);  // the earlier run's record went with it
+    commit_simple_layer(c, 0, 1);
+  }
+  // Once a layer is committed, the settings are held to.
+  expect_input_error([&] { Checkpoint::open_or_create(dir.path(), identity(4, "cfg-3")); }, {"config hash cfg-2"});
+}
+
 TEST(Checkpoint, SecondWriterIsLockedOut) {
   TempDir dir;
   Checkpoint c = Checkpoint::open_or_create(dir.path(), identity());
