@@ -68,6 +68,9 @@ ShotCheckpoint ShotCheckpoint::open_or_create(const fs::path& dir, const Checkpo
   s.id_ = id;
   s.total_ = total_shots;
   s.writable_ = true;
+  // A state with no shot committed holds no work: a run with other settings starts it afresh.
+  if (is_shot_state(dir) && read_pointer(dir / kShotPointerName)["shot"].get<std::int64_t>() == 0)
+    fs::remove(dir / kShotPointerName);
   if (is_shot_state(dir)) {
     s.pointer_ = read_pointer(dir / kShotPointerName);
     const auto& p = s.pointer_;

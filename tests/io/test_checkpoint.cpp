@@ -14,6 +14,7 @@
 
 #include "io_test_util.hpp"
 #include "scalpel/io/checkpoint.hpp"
+#include "scalpel/io/shot_checkpoint.hpp"
 #include "scalpel/io/safetensors.hpp"
 
 namespace scalpel::io {
@@ -417,6 +418,20 @@ TEST(Checkpoint, OneWithoutCommittedLayersGivesWayToOtherSettings) {
   }
   // Once a layer is committed, the settings are held to.
   expect_input_error([&] { Checkpoint::open_or_create(dir.path(), identity(4, "cfg-3")); }, {"config hash cfg-2"});
+}
+
+// The same for LLM Surgeon's shot state: before its first shot it gives way; after, it holds.
+TEST(ShotCheckpoint, OneWithoutCommittedShotsGivesWayToOtherSettings) {
+  TempDir dir;
+  const auto state = dir.path() / "ckpt";
+  { ShotCheckpoint::open_or_create(state, identity(2, "cfg-1"), 3, false); }
+  auto s = ShotCheckpoint::open_or_create(state, identity(2, "cfg-2"), 4, false);
+  EXPECT_EQ(s.pointer()["config_hash"], "cfg-2");
+  EXPECT_EQ(s.total_shots(), 4);
+  const std::vector<std::vector<TensorRecord>> layers(2, {record("w", random_tensor(DType::f32, {4, 6}, 7), false, 8)});
+  s.commit_shot(1, layers);
+  expect_input_error([&] { ShotCheckpoint::open_or_create(state, identity(2, "cfg-3"), 4, false); },
+                     {"another configuration"});
 }
 
 TEST(Checkpoint, SecondWriterIsLockedOut) {
