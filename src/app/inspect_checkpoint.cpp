@@ -120,7 +120,9 @@ void print_layers(const json& j) {
   if (c["weights"].get<I>() > 0)
     fmt::print("committed linears: {} of {} weights pruned ({:.2f}%)\n", c["pruned"].get<I>(), c["weights"].get<I>(),
                100.0 * c["pruned"].get<double>() / c["weights"].get<double>());
-  if (j["complete"].get<bool>()) {
+  if (j["complete"].get<bool>() && !j["summary"].contains("method")) {
+    fmt::print("complete\n");  // a shot of an LLM Surgeon state: its summary is the shot's sparsity
+  } else if (j["complete"].get<bool>()) {
     const auto& s = j["summary"];
     fmt::print("complete: {} {}, {:.2f}% of the target weights zero, {:.1f} s on {} rank(s)\n", s.value("method", "?"),
                s.value("pattern", "?"), 100.0 * s.value("sparsity", 0.0), s.value("seconds", 0.0), s.value("ranks", 0));
@@ -144,7 +146,10 @@ bool is_checkpoint_folder(const fs::path& dir) {
 json inspect_checkpoint(const fs::path& dir, bool verify, bool print) {
   if (!io::ShotCheckpoint::is_shot_state(dir)) {
     auto j = inspect_layers(io::Checkpoint::open_read(dir), verify);
-    j["kind"] = "layers";
+    const bool shot = io::ShotCheckpoint::is_shot_folder(dir);
+    j["kind"] = shot ? "shot" : "layers";
+    if (print && shot)
+      fmt::print("{} is one shot of the LLM Surgeon state above it (inspect that folder for the run)\n", dir.string());
     if (print) print_layers(j);
     return j;
   }

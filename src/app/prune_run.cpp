@@ -485,6 +485,9 @@ int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& pla
   if (req.writers_per_node < 0)
     SCALPEL_INPUT_ERROR("--writers: {} is negative (ranks per node writing shards; 0 = every rank)",
                         req.writers_per_node);
+  if (io::ShotCheckpoint::is_shot_folder(req.checkpoint))
+    SCALPEL_INPUT_ERROR("checkpoint {}: one shot of an LLM Surgeon state, not the pruned model; export the state "
+                        "(the folder above it) once every shot is committed", req.checkpoint);
   const auto open_checkpoint = [&] {
     if (!io::ShotCheckpoint::is_shot_state(req.checkpoint)) return io::Checkpoint::open_read(req.checkpoint);
     const auto state = io::ShotCheckpoint::open_read(req.checkpoint);

@@ -44,6 +44,12 @@ std::string shot_name(std::int64_t shot) { return fmt::format("shot-{:05d}", sho
 
 bool ShotCheckpoint::is_shot_state(const fs::path& dir) { return fs::exists(dir / kShotPointerName); }
 
+bool ShotCheckpoint::is_shot_folder(const fs::path& dir) {
+  const fs::path d = dir.lexically_normal().filename().empty() ? dir.lexically_normal().parent_path()
+                                                                : dir.lexically_normal();
+  return d.filename().string().rfind("shot-", 0) == 0 && is_shot_state(d.parent_path().empty() ? "." : d.parent_path());
+}
+
 fs::path ShotCheckpoint::shot_dir(std::int64_t shot) const { return dir_ / shot_name(shot); }
 
 ShotCheckpoint ShotCheckpoint::open_read(const fs::path& dir) {

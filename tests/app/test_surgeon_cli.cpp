@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <random>
 #include <map>
 #include <thread>
@@ -133,6 +134,14 @@ TEST(SurgeonCli, StoppedOrKilledRunResumesBitwise) {
       EXPECT_EQ(j["shots"]["total"], 3);
       EXPECT_FALSE(j["complete"].get<bool>());
       EXPECT_EQ(j["last_shot"]["verified"]["layers"], 4);
+      // A shot's folder is complete as a layer checkpoint, but not the pruned model: not exported.
+      char name[32];
+      std::snprintf(name, sizeof name, "shot-%05lld", static_cast<long long>(shot_of(dir / "ckpt")));
+      const auto shot = dir / "ckpt" / name;
+      const auto no = run_capture({kBin, "export", "--checkpoint", shot.string(), "--out", (dir / "x").string()});
+      EXPECT_NE(no.find("exit=2"), std::string::npos) << no;
+      EXPECT_NE(no.find("one shot of an LLM Surgeon state"), std::string::npos) << no;
+      EXPECT_FALSE(fs::exists(dir / "x"));
     }
     ASSERT_EQ(run_to_end(surgeon_args(dir, "opt-mini", extra)), 0);
     EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), want);

@@ -33,6 +33,9 @@ class ShotCheckpoint {
   static ShotCheckpoint open_read(const std::filesystem::path& dir);
   // True when `dir` holds a shot pointer (a multi-shot state rather than a layer checkpoint).
   static bool is_shot_state(const std::filesystem::path& dir);
+  // True when `dir` is one shot's checkpoint inside a multi-shot state (a shot-NNNNN folder beside
+  // the pointer): complete as a layer checkpoint, but only a step of the run.
+  static bool is_shot_folder(const std::filesystem::path& dir);
 
   std::int64_t last_shot() const { return shot_; }        // 0: nothing committed
   std::int64_t total_shots() const { return total_; }
