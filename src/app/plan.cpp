@@ -284,6 +284,11 @@ struct Job {
     B = cfg.calibration.batch;
     bs = cfg.prune.blocksize;
     chunks = ceil_div(N, B);
+    // As the prune refuses it (run_common's calibration_shard): every data rank needs a batch.
+    SCALPEL_CHECK_INPUT(chunks >= D,
+                        "config: {} calibration windows make {} batches of 'calibration.batch' {}, fewer than the {} "
+                        "ranks of a data group: lower calibration.batch or use fewer ranks per stage",
+                        N, chunks, B, D);
     groups = target_groups(spec, cfg.prune.targets);
   }
   // Factors made by all data ranks together (prune/split_factor.hpp).
@@ -773,14 +778,13 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
 
   json ranks = json::array(), stages = json::array();
   json peak = {{"bytes", -1}};
-  I total_read = 0, idle_data_ranks = 0;
+  I total_read = 0;
   double total_allreduce_sent = 0, total_gather_recv = 0, job_seconds = 0;
   for (int s = 0; s < job.S; ++s) {
     const StageModel st = stage_model(job, lm, s);
     double stage_seconds = 0;
     for (int d = 0; d < job.D; ++d) {
       json r = rank_record(job, rates, lm, st, s, d);
-      if (s == 0 && r["sequences"].get<I>() == 0) ++idle_data_ranks;
       stage_seconds = std::max(stage_seconds, r["seconds"]["total"].get<double>());
       total_read += r["io"]["read_bytes"].get<I>();
       total_allreduce_sent += r["comm_per_layer"]["allreduce_sent_bytes"].get<double>() * static_cast<double>(st.nl);
@@ -804,11 +808,6 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
     job_seconds += stage_seconds;
   }
   std::vector<std::string> warnings;
-  if (idle_data_ranks > 0)
-    warnings.push_back(fmt::format(
-        "{} of {} data ranks hold no calibration sequences ({} sequences in {} chunks of calibration.batch {}): "
-        "lower calibration.batch to at most {} or use fewer data ranks",
-        idle_data_ranks, job.D, job.N, job.chunks, job.B, std::max<I>(1, job.N / job.D)));
   const double limit = job.cfg.parallel.memory_gb;
   plan["ranks"] = std::move(ranks);
   plan["stages"] = std::move(stages);

@@ -349,10 +349,10 @@ TEST(Plan, GridErrorsNameTheKeys) {
   EXPECT_NE(err(mini_cfg({"parallel.stages=8"}), 8).find("exceeds the model's 4 layers"), std::string::npos);
   EXPECT_NE(err(mini_cfg({"calibration.seqlen=1024"}), 1).find("calibration.seqlen"), std::string::npos);
   EXPECT_NE(err(mini_cfg({"prune.targets=[nothing]"}), 1).find("prune.targets"), std::string::npos);
-  // Idle data ranks are a warning: 16 chunks over 32 ranks.
-  const auto p = app::make_plan(pm.spec, input_for(pm, mini_cfg(), 32));
-  ASSERT_EQ(p["warnings"].size(), 1u);
-  EXPECT_NE(p["warnings"][0].get<std::string>().find("16 of 32 data ranks"), std::string::npos);
+  // Idle data ranks are refused, as the prune refuses them: 16 chunks over 32 ranks.
+  EXPECT_NE(err(mini_cfg(), 32).find("16 batches of 'calibration.batch' 8, fewer than the 32 ranks"),
+            std::string::npos);
+  EXPECT_TRUE(app::make_plan(pm.spec, input_for(pm, mini_cfg(), 16))["warnings"].empty());
 }
 
 TEST(Plan, Opt175bOn8x8GpusFits80GB) {
