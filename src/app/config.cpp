@@ -11,6 +11,7 @@
 #include <set>
 
 #include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
 #include "scalpel/text/tasks.hpp"
 
 namespace scalpel::app {
@@ -522,6 +523,9 @@ void validate_run(const Config& c, const std::string& source) {
   if (!(c.parallel.memory_gb >= 0)) SCALPEL_INPUT_ERROR("{}: 'parallel.memory_gb' must be >= 0", source);
   if (!(c.parallel.watchdog_seconds >= 0))
     SCALPEL_INPUT_ERROR("{}: 'parallel.watchdog_seconds' must be >= 0 (0 = off)", source);
+  if (!log::valid_level(c.log.level))
+    SCALPEL_INPUT_ERROR("{}: 'log.level' is '{}', expected trace, debug, info, warn, error or off", source,
+                        c.log.level);
   if (c.determinism != "fast" && c.determinism != "strict")
     SCALPEL_INPUT_ERROR("{}: 'determinism' is '{}', expected fast or strict", source, c.determinism);
   if (c.output.export_shard_mb < 1) SCALPEL_INPUT_ERROR("{}: 'output.export_shard_mb' must be >= 1", source);

@@ -60,6 +60,7 @@ std::string preset_path_list(const std::string& flag, const std::vector<std::str
 // Every option of every command, filled by CLI11.
 struct Options {
   std::string log_level = "info";
+  bool log_level_given = false;
   bool print_config = false;
   std::string model;  // --model of eval, prune, depth and plan
   std::vector<std::string> eval_args, text, task;
@@ -192,7 +193,9 @@ scalpel::app::Config command_config(const std::vector<std::string>& args, const 
   split_args(args, config_path, overrides);
   if (!o.model.empty()) overrides.push_back("model=" + o.model);
   overrides.insert(overrides.end(), extra.begin(), extra.end());
-  return scalpel::app::load_config(config_path, overrides);
+  auto cfg = scalpel::app::load_config(config_path, overrides);
+  if (!o.log_level_given) scalpel::log::set_level(cfg.log.level);  // --log-level wins over log.level
+  return cfg;
 }
 
 // Runs the chosen command; returns its exit code.
@@ -269,6 +272,7 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : scalpel::kExitInput;
   }
 
+  opts.log_level_given = app.get_option("--log-level")->count() > 0;
   try {
     scalpel::log::init(rank, size, opts.log_level);
     return dispatch(commands, opts, *world);

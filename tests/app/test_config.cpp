@@ -116,6 +116,7 @@ TEST(Config, WrongTypesNameTheKey) {
   EXPECT_NE(error_of("eval: {batch: 0}\n").find("'eval.batch' must be >= 1"), std::string::npos);
   EXPECT_NE(error_of("", {"sparsegpt.split_width=-1"}).find("'sparsegpt.split_width' is -1"), std::string::npos);
   EXPECT_NE(error_of("", {"sparsegpt.tile=0"}).find("'sparsegpt.tile' is 0"), std::string::npos);
+  EXPECT_NE(error_of("log: {level: loud}\n").find("'log.level' is 'loud'"), std::string::npos);
 }
 
 // The export replaces its folder: not the run folder, not the checkpoint, not inside it.

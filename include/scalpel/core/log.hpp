@@ -10,6 +10,9 @@ namespace scalpel::log {
 // Called once by the app after MPI start: sets the "[rank r/n]" prefix and the level.
 void init(int rank, int world, const std::string& level = "info");
 int rank();
+// trace, debug, info, warn, error or off (input Error otherwise).
+void set_level(const std::string& level);
+bool valid_level(const std::string& level);
 
 template <class... A>
 void info(fmt::format_string<A...> f, A&&... a) {
