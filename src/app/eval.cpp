@@ -235,18 +235,29 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
 int run_tokenize(const std::string& model, const std::string& input, const std::string& preset,
                  const std::string& output, const std::string& mode, dist::Comm& comm) {
   if (!comm.is_root()) return kExitOk;
+  const std::filesystem::path out(output);
+  if (std::filesystem::is_directory(out))
+    SCALPEL_INPUT_ERROR("--output {}: is a folder; name the file to write", output);
   auto tok = text::Tokenizer::from_folder(model, tokenizer_mode(mode));
   const auto ids = tok->encode(text::load_eval_text(preset, input));
-  const std::filesystem::path out(output);
-  const auto tmp = out.string() + ".tmp";
+  const auto tmp = out.string() + ".tmp";  // written, then renamed over the output
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) SCALPEL_RUNTIME_ERROR("{}: cannot open for writing", tmp);
+    if (!f) SCALPEL_RUNTIME_ERROR("--output {}: cannot open {} for writing (does its folder exist?)", output, tmp);
     // int32 little-endian, as the x86/ARM hosts store them.
     f.write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 4));
-    if (!f) SCALPEL_RUNTIME_ERROR("{}: write failed", tmp);
+    if (!f) {
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+      SCALPEL_RUNTIME_ERROR("--output {}: write failed", output);
+    }
   }
-  std::filesystem::rename(tmp, out);
+  std::error_code ec;
+  std::filesystem::rename(tmp, out, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    SCALPEL_RUNTIME_ERROR("--output {}: cannot move the ids into place", output);
+  }
   const nlohmann::json meta{{"count", ids.size()}, {"dtype", "int32-le"}, {"tokenizer", tok->kind()},
                             {"model", model}, {"input", input}, {"preset", preset}};
   std::ofstream(out.string() + ".json") << meta.dump(2) << '\n';

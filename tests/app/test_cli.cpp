@@ -107,6 +107,12 @@ TEST(Cli, TokenizeWritesInt32IdsAndCount) {
   std::int32_t first = -1;
   f.read(reinterpret_cast<char*>(&first), 4);
   EXPECT_EQ(first, 2);  // OPT's leading </s>
+  // An existing folder as --output is refused, not renamed over (it exited 4 leaving a .tmp).
+  const auto to_dir = run(kBin + " tokenize --model " + (kShared / "models/opt-mini").string() + " --input " +
+                          (kShared / "data/corpus/calib.txt").string() + " --output " + d.string());
+  EXPECT_EQ(to_dir.code, 2) << to_dir.out;
+  EXPECT_NE(to_dir.out.find("is a folder"), std::string::npos) << to_dir.out;
+  EXPECT_FALSE(fs::exists(d.string() + ".tmp"));
 }
 
 struct BadCase {
