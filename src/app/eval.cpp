@@ -174,27 +174,41 @@ void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec) {
     (void)text::load_task_docs(text::task_preset(task.preset), task.path, cfg.eval.max_items);
 }
 
-void evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& cfg, dist::Comm& comm,
-                     Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat) {
+namespace {
+
+// The line and the metrics record of one evaluation set (rank 0).
+void report_set(const EvalResult& r, const EvalSet& set, const Config& cfg, dist::Comm& comm, Metrics& metrics,
+                const nlohmann::json& extra) {
+  fmt::print("{}: ppl {:.4f} (mean nll {:.6f}; {} windows x {} tokens of {}; {:.1f} s, {:.0f} tok/s)\n", r.name,
+             r.ppl, r.mean_nll, r.windows, r.seqlen, r.tokens, r.seconds,
+             r.windows * r.seqlen / std::max(r.seconds, 1e-9));
+  std::fflush(stdout);
+  nlohmann::json rec{{"event", "eval"}, {"set", r.name}, {"preset", set.preset}, {"path", set.path},
+                     {"model", cfg.model}, {"ppl", r.ppl}, {"mean_nll", r.mean_nll}, {"windows", r.windows},
+                     {"seqlen", r.seqlen}, {"tokens", r.tokens}, {"seconds", r.seconds},
+                     {"tokenizer_mode", cfg.tokenizer.mode}, {"ranks", comm.size()}};
+  rec.update(extra);
+  metrics.write(rec);
+}
+
+}  // namespace
+
+bool evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& cfg, dist::Comm& comm,
+                     Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat,
+                     const std::function<bool(std::int64_t, std::int64_t)>& stop) {
   const auto& spec = m.spec();
   const std::int64_t seqlen = eval_seqlen(cfg, spec);
+  const auto total = static_cast<std::int64_t>(cfg.eval.sets.size() + cfg.eval.tasks.size());
+  std::int64_t done = 0;
+  const auto stopped = [&] { return stop && ++done < total && stop(done, total); };
   for (const auto& set : cfg.eval.sets) {
     auto ids = tokenize_on_root(tok, set.preset, set.path, comm);
     const auto limit = text::preset_token_limit(set.preset, seqlen);
     if (limit >= 0 && static_cast<std::int64_t>(ids.size()) > limit) ids.resize(static_cast<std::size_t>(limit));
     const auto r = evaluate_ids(m, ids, seqlen, cfg.eval.batch, cfg.eval.max_windows, comm, set.name,
                                 cfg.log.progress_seconds, heartbeat);
-    if (!comm.is_root()) continue;
-    fmt::print("{}: ppl {:.4f} (mean nll {:.6f}; {} windows x {} tokens of {}; {:.1f} s, {:.0f} tok/s)\n", r.name,
-               r.ppl, r.mean_nll, r.windows, r.seqlen, r.tokens, r.seconds,
-               r.windows * r.seqlen / std::max(r.seconds, 1e-9));
-    std::fflush(stdout);
-    nlohmann::json rec{{"event", "eval"}, {"set", r.name}, {"preset", set.preset}, {"path", set.path},
-                       {"model", cfg.model}, {"ppl", r.ppl}, {"mean_nll", r.mean_nll}, {"windows", r.windows},
-                       {"seqlen", r.seqlen}, {"tokens", r.tokens}, {"seconds", r.seconds},
-                       {"tokenizer_mode", cfg.tokenizer.mode}, {"ranks", comm.size()}};
-    rec.update(extra);
-    metrics.write(rec);
+    if (comm.is_root()) report_set(r, set, cfg, comm, metrics, extra);
+    if (stopped()) return false;
   }
   // The harness's context is the model's (max_position_embeddings), whatever eval.seqlen says;
   // inputs longer than it lose tokens on the left.
@@ -203,7 +217,9 @@ void evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& 
   for (const auto& task : cfg.eval.tasks) {
     const auto r = evaluate_task(m, tok, task, opt, comm, heartbeat);
     if (comm.is_root()) report_task(r, text::task_preset(task.preset), cfg, comm, metrics, extra);
+    if (stopped()) return false;
   }
+  return true;
 }
 
 int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {

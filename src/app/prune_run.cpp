@@ -783,22 +783,29 @@ int prune_layers(LayerLoop& l) {
     }
     progress.update(layer + 1, (layer + 1) * s.calib.nseq * s.calib.seqlen);
     l.watchdog.beat("stop check", layer);
-    if (layer + 1 < layers && stop_requested(s.world, {"layer", layer + 1, layers, layer}, l.id.config_hash, l.metrics))
+    // After the last layer too: the export and the evaluation are redone by the rerun.
+    if (stop_requested(s.world, {"layer", layer + 1, layers, layer}, l.id.config_hash, l.metrics))
       return kExitInterrupted;
   }
   progress.finish();
   return kExitOk;
 }
 
-// The evaluation of the pruned model over every rank, layers read from the checkpoint one at a time.
-void evaluate_pruned(const PruneSession& s, const fs::path& ckpt_dir, const std::string& config_hash,
+// The evaluation of the pruned model over every rank, layers read from the checkpoint one at a
+// time; false when a signal stopped it between two sets or tasks (the rerun evaluates again).
+bool evaluate_pruned(const PruneSession& s, const fs::path& ckpt_dir, const std::string& config_hash,
                      Metrics& metrics, Watchdog& watchdog) {
   model::Model pruned(s.spec, std::make_shared<PrunedSource>(io::Checkpoint::open_read(ckpt_dir), s.src, s.spec),
                       *s.backend, static_cast<std::size_t>(s.cfg.weight_cache_mb) << 20);
   pruned.set_forward_dtype(s.fwd);  // evaluated as it was pruned: the reference's fp16 eval on a GPU
-  evaluate_config(pruned, s.tok.get(), s.cfg, s.world, metrics,
-                  {{"pruned", true}, {"config_hash", config_hash}, {"forward_dtype", dtype_name(s.fwd)}},
-                  [&] { watchdog.beat("evaluate", -1); });
+  return evaluate_config(
+      pruned, s.tok.get(), s.cfg, s.world, metrics,
+      {{"pruned", true}, {"config_hash", config_hash}, {"forward_dtype", dtype_name(s.fwd)}},
+      [&] { watchdog.beat("evaluate", -1); },
+      [&](std::int64_t done, std::int64_t total) {
+        return stop_requested(s.world, {"evaluation", done, total, done, "the results so far in the metrics"},
+                              config_hash, metrics);
+      });
 }
 
 void log_prune_start(const PruneSession& s, std::int64_t resume_from, const fs::path& ckpt_dir) {
@@ -873,9 +880,11 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                        metrics);
   world.barrier();  // the checkpoint is marked complete
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
+  if (stop_requested(world, {"layer", spec.layers, spec.layers, spec.layers - 1, "committed and exported"},
+                     id.config_hash, metrics))
+    return kExitInterrupted;
   watchdog.beat("evaluate", -1);
-  evaluate_pruned(s, ckpt_dir, id.config_hash, metrics, watchdog);
-  return kExitOk;
+  return evaluate_pruned(s, ckpt_dir, id.config_hash, metrics, watchdog) ? kExitOk : kExitInterrupted;
 }
 
 }  // namespace scalpel::app

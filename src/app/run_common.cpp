@@ -90,8 +90,8 @@ bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& c
   std::int64_t stop = stop_signal();
   world.allreduce_max(std::span<std::int64_t>(&stop, 1));
   if (stop == 0) return false;
-  log::warn("signal {} received: stopping after {} {}/{} (committed); rerun the same command to resume (exit code {})",
-            stop, at.unit, at.done, at.total, kExitInterrupted);
+  log::warn("signal {} received: stopping after {} {}/{} ({}); rerun the same command to resume (exit code {})",
+            stop, at.unit, at.done, at.total, at.state, kExitInterrupted);
   metrics.write({{"event", "interrupted"},
                  {"signal", stop},
                  {fmt::format("after_{}", at.unit), at.after},

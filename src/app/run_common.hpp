@@ -57,6 +57,7 @@ DType forward_dtype(const Config& cfg, const io::HfCheckpoint& src, const model:
 struct StopPoint {
   const char* unit;
   std::int64_t done, total, after;
+  const char* state = "committed";  // what holds the work done so far, for the log line
 };
 // Whether any rank received SIGTERM/SIGUSR1 (one all-reduce: every rank agrees); on a stop the
 // warning is logged and the "interrupted" record written. Call on every rank, after a commit.

@@ -450,9 +450,17 @@ int finish_surgeon(SurgeonRun& r, const io::HfCheckpoint& src, const model::Mode
   }
   r.world.barrier();
   if (r.cfg.eval.sets.empty() && r.cfg.eval.tasks.empty()) return kExitOk;
-  evaluate_config(r.m, tok, r.cfg, r.world, r.metrics, {{"pruned", true}, {"config_hash", r.config_hash}},
-                  [&] { r.watchdog.beat("evaluate", -1); });
-  return kExitOk;
+  const auto K = r.cfg.surgeon.shots;
+  if (stop_requested(r.world, {"shot", K, K, K, "committed and exported"}, r.config_hash, r.metrics))
+    return kExitInterrupted;
+  const bool done = evaluate_config(
+      r.m, tok, r.cfg, r.world, r.metrics, {{"pruned", true}, {"config_hash", r.config_hash}},
+      [&] { r.watchdog.beat("evaluate", -1); },
+      [&](std::int64_t n, std::int64_t total) {
+        return stop_requested(r.world, {"evaluation", n, total, n, "the results so far in the metrics"},
+                              r.config_hash, r.metrics);
+      });
+  return done ? kExitOk : kExitInterrupted;
 }
 
 // What LLM Surgeon cannot run with in this release: pipeline stages, a 2-byte forward.
@@ -561,7 +569,8 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   for (std::int64_t shot = first; shot <= K; ++shot) {
     commit_shot(run, state, shot, wbs, run_shot(run, shot, wbs), tok.get());
     progress.update(shot - first + 1, 0);
-    if (shot < K && stop_requested(world, {"shot", shot, K, shot}, config_hash, metrics)) return kExitInterrupted;
+    // After the last shot too: the rerun finds every shot committed and exports and evaluates.
+    if (stop_requested(world, {"shot", shot, K, shot}, config_hash, metrics)) return kExitInterrupted;
   }
   progress.finish();
   run.wbs_final = std::move(wbs);

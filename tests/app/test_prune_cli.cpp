@@ -263,6 +263,34 @@ TEST(PruneCli, InspectTellsWhereACheckpointStandsAndVerifiesIt) {
   fs::remove_all(dir);
 }
 
+// A stop signal after the last layer is honoured too (Slurm's preemption of a run in its export
+// or evaluation): SIGUSR1 once the summary is written stops before the second evaluation set with
+// exit code 75 and an "interrupted" record; the rerun prunes nothing and evaluates both sets.
+TEST(PruneCli, AStopDuringTheFinalEvaluationIsHonoured) {
+  NEED_SHARED();
+  const auto dir = temp_dir("stop_eval");
+  const auto heldout = (kShared / "data/corpus/heldout.txt").string();
+  const std::vector<std::string> extra{"prune.method=magnitude", "eval.max_windows=40",
+                                       "eval.sets=[{name: a, preset: text, path: " + heldout + "}, {name: b, preset: "
+                                       "text, path: " + heldout + "}]"};
+  const pid_t pid = spawn(prune_args(dir, "opt-mini", extra));
+  while (records(dir / "metrics.jsonl", "prune").empty()) {
+    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << "ended before its summary";
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  kill(pid, SIGUSR1);
+  EXPECT_EQ(wait_exit(pid), 75);
+  const auto stops = records(dir / "metrics.jsonl", "interrupted");
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0]["signal"], SIGUSR1);
+  EXPECT_LE(records(dir / "metrics.jsonl", "eval").size(), 1u);  // stopped before set b
+  const auto rerun = run_capture(prune_args(dir, "opt-mini", extra));
+  ASSERT_NE(rerun.find("exit=0"), std::string::npos) << rerun;
+  EXPECT_NE(rerun.find("nothing to prune"), std::string::npos) << rerun;
+  EXPECT_NE(rerun.find("b: ppl"), std::string::npos) << rerun;
+  fs::remove_all(dir);
+}
+
 TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   NEED_SHARED();
   const auto dir = temp_dir("export");

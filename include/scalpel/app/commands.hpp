@@ -62,8 +62,11 @@ void check_export_folder(const Config& cfg);
 // Every eval.sets text and eval.tasks task of `cfg` on `m`: a line each on stdout and a metrics
 // record each (rank 0), the records carrying `extra` (e.g. {"pruned": true}). `tok` is needed on
 // rank 0 only.
-void evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& cfg, dist::Comm& comm,
-                     Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat = {});
+// `stop`, called on every rank between two sets or tasks with (done, total), ends the evaluation
+// when it returns true (a signal: the prune's runs stop there); returns false then, else true.
+bool evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& cfg, dist::Comm& comm,
+                     Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat = {},
+                     const std::function<bool(std::int64_t, std::int64_t)>& stop = {});
 
 // Adapts a checkpoint folder to the model's WeightSource.
 std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io::HfCheckpoint> ckpt);
