@@ -3,6 +3,7 @@
 // aborts the whole job so no rank is left waiting.
 #include <CLI/CLI.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
@@ -115,7 +116,9 @@ CLI::App* add_tokenize(CLI::App& app, Options& o) {
 }
 
 CLI::App* add_prune(CLI::App& app, Options& o) {
-  auto* prune = app.add_subcommand("prune", "prune a model layer by layer (SparseGPT, Wanda, magnitude; N:M)");
+  auto* prune = app.add_subcommand(
+      "prune", "prune a model: layer by layer (SparseGPT, Wanda, magnitude; N:M; OWL or sensitivity allocation) or in "
+               "whole-model shots (LLM Surgeon: prune.method=surgeon)");
   add_config_args(prune, o.prune_args, o, "prune.sparsity=0.6");
   prune->add_flag("--restart", o.restart, "discard the checkpoint in the output folder instead of resuming it");
   return prune;
@@ -140,6 +143,19 @@ CLI::App* add_export(CLI::App& app, Options& o) {
   return exporter;
 }
 
+// A number above zero, with a message that says so (CLI11's own prints its range's bounds).
+const CLI::Validator kPositive(
+    [](std::string& v) -> std::string {
+      try {
+        std::size_t used = 0;
+        const double x = std::stod(v, &used);
+        if (used == v.size() && x > 0 && std::isfinite(x)) return {};
+      } catch (const std::exception&) {
+      }
+      return "must be a number above 0, got '" + v + "'";
+    },
+    "POSITIVE");
+
 CLI::App* add_inspect(CLI::App& app, Options& o) {
   auto* inspect = app.add_subcommand("inspect", "per-layer and total sparsity of a model folder, or where a pruning "
                                                 "checkpoint stands");
@@ -158,16 +174,16 @@ CLI::App* add_plan(CLI::App& app, Options& o) {
   plan->add_option("--model", o.model, "Hugging Face model folder (same as model=DIR); config.json is enough");
   plan->add_option("--ranks", o.plan_ranks, "ranks of the job (default: the MPI world size; on one process, "
                                             "parallel.stages x parallel.data when parallel.data is set)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   plan->add_flag("--json", o.plan_json, "print JSON (every rank's figures) instead of tables");
   plan->add_option("--gflops", o.gflops, "FLOP rate per rank in GFLOP/s (default: cpu 95 x threads, cuda 19500)")
-      ->check(CLI::PositiveNumber);
-  plan->add_option("--net-gbps", o.net_gbps, "network GB/s per rank (default 12.5)")->check(CLI::PositiveNumber);
-  plan->add_option("--read-gbps", o.read_gbps, "checkpoint read GB/s per rank (default 2)")->check(CLI::PositiveNumber);
-  plan->add_option("--write-gbps", o.write_gbps, "export write GB/s per rank (default 2)")->check(CLI::PositiveNumber);
+      ->check(kPositive);
+  plan->add_option("--net-gbps", o.net_gbps, "network GB/s per rank (default 12.5)")->check(kPositive);
+  plan->add_option("--read-gbps", o.read_gbps, "checkpoint read GB/s per rank (default 2)")->check(kPositive);
+  plan->add_option("--write-gbps", o.write_gbps, "export write GB/s per rank (default 2)")->check(kPositive);
   plan->add_option("--ranks-per-node", o.ranks_per_node,
                    "ranks on each node, for output.export_writers (default: the MPI layout; with --ranks, one node)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   return plan;
 }
 
@@ -262,14 +278,22 @@ int main(int argc, char** argv) {
   auto world = scalpel::dist::MpiComm::world();
   const int rank = world->rank(), size = world->size();
 
-  CLI::App app{"scalpel: one-shot pruning of large language models (SparseGPT, Wanda, magnitude, N:M)"};
+  CLI::App app{"scalpel: one-shot pruning of large language models (SparseGPT, Wanda, magnitude, N:M, LLM Surgeon; "
+               "OWL and sensitivity allocation; depth pruning)"};
   Options opts;
   const Commands commands = add_commands(app, opts);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = rank == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : scalpel::kExitInput);
-    return code == 0 ? 0 : scalpel::kExitInput;
+    if (e.get_exit_code() == 0) return rank == 0 ? app.exit(e) : 0;  // --help
+    // An unknown word where the command goes reads as "a subcommand is required": name it.
+    const bool unknown = argc > 1 && argv[1][0] != '-' && app.get_subcommands().empty();
+    if (rank == 0)
+      std::fprintf(stderr, "scalpel: error: %s\nRun with --help for more information.\n",
+                   unknown ? fmt::format("unknown command '{}' (eval, prune, depth, plan, export, inspect, tokenize)",
+                                         argv[1]).c_str()
+                           : e.what());
+    return scalpel::kExitInput;
   }
 
   opts.log_level_given = app.get_option("--log-level")->count() > 0;

@@ -131,6 +131,14 @@ TEST(Cli, UnknownConfigKeyAndWrongType) {
   expect_clean_failure(run(kBin + " eval model=x eval.seqlen=abc"), {"'eval.seqlen' must be an integer"});
 }
 
+// Command-line mistakes: the prefix every error has, the flag or word named, exit code 2.
+TEST(Cli, CommandLineMistakesNameTheFlagOrWord) {
+  expect_clean_failure(run(kBin + " frob"), {"scalpel: error: unknown command 'frob'"});
+  expect_clean_failure(run(kBin + " plan --model x --ranks 0"), {"scalpel: error: --ranks: must be a number above 0"});
+  expect_clean_failure(run(kBin + " plan --model x --gflops abc"), {"--gflops: must be a number above 0, got 'abc'"});
+  expect_clean_failure(run(kBin + " export --out y"), {"scalpel: error: --checkpoint is required"});
+}
+
 TEST(Cli, MissingModelFolder) {
   expect_clean_failure(run(kBin + " eval --model /nonexistent/model --text text:/etc/hostname"), {"/nonexistent/model"});
 }
