@@ -248,10 +248,6 @@ void validate_surgeon(const Config& c, const std::string& source) {
   for (const auto k : s.eval_shots)
     if (k < 1 || k > s.shots)
       SCALPEL_INPUT_ERROR("{}: 'surgeon.eval_shots' has {}, outside the shots 1..{}", source, k, s.shots);
-  if (c.prune.method == "surgeon" && c.prune.pattern != "structured" && c.prune.pattern != "unstructured" &&
-      c.prune.sparsity != 0.5 && c.prune.sparsity != 0.0)
-    SCALPEL_INPUT_ERROR("{}: 'prune.sparsity' {} with prune.pattern {}: an N:M prune reaches N/M, not another "
-                        "fraction (leave prune.sparsity out)", source, c.prune.sparsity, c.prune.pattern);
 }
 
 // A list of {name, preset, path} maps under eval.<key>; `check_preset` returns the error message
@@ -482,6 +478,11 @@ void validate_prune(const Config& c, const std::string& source) {
     const auto nm = parse_nm(c.prune.pattern);
     if (!nm) SCALPEL_INPUT_ERROR("{}: 'prune.pattern' is '{}', expected unstructured or N:M with 0 < N < M (e.g. 2:4)",
                                  source, c.prune.pattern);
+    // Every method prunes N of M: another sparsity than N/M (the default 0.5 aside) would be ignored.
+    const double nm_sparsity = static_cast<double>(nm->first) / static_cast<double>(nm->second);
+    if (c.prune.sparsity != 0.5 && c.prune.sparsity != 0.0 && std::abs(c.prune.sparsity - nm_sparsity) > 1e-12)
+      SCALPEL_INPUT_ERROR("{}: 'prune.sparsity' {} with prune.pattern {}: an N:M prune reaches N/M = {:g}, not another "
+                          "fraction (leave prune.sparsity out)", source, c.prune.sparsity, c.prune.pattern, nm_sparsity);
   }
   if (c.prune.propagation != "pruned" && c.prune.propagation != "dense")
     SCALPEL_INPUT_ERROR("{}: 'prune.propagation' is '{}', expected pruned or dense", source, c.prune.propagation);

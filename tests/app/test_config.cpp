@@ -117,6 +117,10 @@ TEST(Config, WrongTypesNameTheKey) {
   EXPECT_NE(error_of("", {"sparsegpt.split_width=-1"}).find("'sparsegpt.split_width' is -1"), std::string::npos);
   EXPECT_NE(error_of("", {"sparsegpt.tile=0"}).find("'sparsegpt.tile' is 0"), std::string::npos);
   EXPECT_NE(error_of("log: {level: loud}\n").find("'log.level' is 'loud'"), std::string::npos);
+  // N:M reaches N/M for every method: another sparsity would be ignored, so it is refused.
+  EXPECT_NE(error_of("", {"prune.pattern=2:4", "prune.sparsity=0.7"}).find("reaches N/M = 0.5"), std::string::npos);
+  EXPECT_EQ(error_of("", {"prune.pattern=1:4", "prune.sparsity=0.25"}), "no error");
+  EXPECT_EQ(error_of("", {"prune.pattern=4:8"}), "no error");  // the default 0.5 stands for "not given"
 }
 
 // The export replaces its folder: not the run folder, not the checkpoint, not inside it.
