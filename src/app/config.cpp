@@ -539,7 +539,9 @@ void validate_run(const Config& c, const std::string& source) {
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   YAML::Node root;
-  const std::string source = path.empty() ? "<defaults>" : path;
+  // Errors name where the values came from: the file, the key=value arguments, or both.
+  const std::string source = path.empty() ? (overrides.empty() ? "<defaults>" : "command line")
+                                          : (overrides.empty() ? path : path + " or the command line");
   if (!path.empty()) {
     try {
       root = YAML::LoadFile(path);
@@ -586,7 +588,8 @@ std::optional<std::pair<int, int>> parse_nm(const std::string& pattern) {
 
 namespace {
 
-void emit_surgeon(YAML::Emitter& e, const Config& c) {
+// all: also the keys that do not decide the weights (a dump for the user, not an identity).
+void emit_surgeon(YAML::Emitter& e, const Config& c, bool all) {
   e << YAML::Key << "surgeon" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "shots" << YAML::Value << c.surgeon.shots;
   e << YAML::Key << "structures" << YAML::Value << YAML::Flow << c.surgeon.structures;
@@ -596,10 +599,15 @@ void emit_surgeon(YAML::Emitter& e, const Config& c) {
   e << YAML::Key << "addupdate" << YAML::Value << c.surgeon.addupdate;
   e << YAML::Key << "fisher" << YAML::Value << c.surgeon.fisher;
   e << YAML::Key << "cost" << YAML::Value << c.surgeon.cost;
+  if (all) {
+    e << YAML::Key << "eval_shots" << YAML::Value << YAML::Flow << c.surgeon.eval_shots;
+    e << YAML::Key << "keep_activations_mb" << YAML::Value << c.surgeon.keep_activations_mb;
+    e << YAML::Key << "final_loss" << YAML::Value << c.surgeon.final_loss;
+  }
   e << YAML::EndMap;
 }
 
-void emit_allocation(YAML::Emitter& e, const Config& c) {
+void emit_allocation(YAML::Emitter& e, const Config& c, bool all) {
   const auto& a = c.allocation;
   e << YAML::Key << "allocation" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "owl_m" << YAML::Value << a.owl_m;
@@ -609,7 +617,7 @@ void emit_allocation(YAML::Emitter& e, const Config& c) {
   e << YAML::Key << "epsilon" << YAML::Value << a.epsilon;
   e << YAML::Key << "weighted" << YAML::Value << a.weighted;
   e << YAML::Key << "granularity" << YAML::Value << a.granularity;
-  if (!a.traces.empty()) e << YAML::Key << "traces" << YAML::Value << a.traces;
+  if (!a.traces.empty() || all) e << YAML::Key << "traces" << YAML::Value << a.traces;
   e << YAML::EndMap;
 }
 
@@ -628,9 +636,11 @@ void emit_depth(YAML::Emitter& e, const Config& c) {
 }
 
 // The sections that decide a prune's weights, in dump_config's layout. The surgeon section only
-// for a surgeon prune, so that adding it left every other checkpoint's identity as it was.
-void emit_prune_sections(YAML::Emitter& e, const Config& c) {
-  if (c.prune.method == "surgeon") emit_surgeon(e, c);
+// for a surgeon prune, so that adding it left every other checkpoint's identity as it was (and
+// likewise the allocation and sparsegpt keys at their defaults). all: every key, for
+// --print-config, which is not an identity.
+void emit_prune_sections(YAML::Emitter& e, const Config& c, bool all = false) {
+  if (c.prune.method == "surgeon" || all) emit_surgeon(e, c, all);
   e << YAML::Key << "prune" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "method" << YAML::Value << c.prune.method;
   e << YAML::Key << "sparsity" << YAML::Value << c.prune.sparsity;
@@ -640,16 +650,16 @@ void emit_prune_sections(YAML::Emitter& e, const Config& c) {
   e << YAML::Key << "true_sequential" << YAML::Value << c.prune.true_sequential;
   e << YAML::Key << "dampening" << YAML::Value << c.prune.dampening;
   e << YAML::Key << "blocksize" << YAML::Value << c.prune.blocksize;
-  if (c.prune.allocation != "uniform") e << YAML::Key << "allocation" << YAML::Value << c.prune.allocation;
+  if (c.prune.allocation != "uniform" || all) e << YAML::Key << "allocation" << YAML::Value << c.prune.allocation;
   e << YAML::EndMap;
-  if (c.prune.allocation != "uniform") emit_allocation(e, c);
+  if (c.prune.allocation != "uniform" || all) emit_allocation(e, c, all);
   // Only what differs from the behaviour before the keys existed (saliency obs, every factor
   // whole: split_width 0), so that those checkpoints keep their identity; a prune's identity
   // passes split_width 0 when no factor of its model is that wide (prune_config_hash).
-  const bool split = c.sparsegpt.split_width != 0;
+  const bool split = c.sparsegpt.split_width != 0 || all;
   if (c.sparsegpt.saliency != "obs" || split) {
     e << YAML::Key << "sparsegpt" << YAML::Value << YAML::BeginMap;
-    if (c.sparsegpt.saliency != "obs") e << YAML::Key << "saliency" << YAML::Value << c.sparsegpt.saliency;
+    if (c.sparsegpt.saliency != "obs" || all) e << YAML::Key << "saliency" << YAML::Value << c.sparsegpt.saliency;
     if (split) {
       e << YAML::Key << "split_width" << YAML::Value << c.sparsegpt.split_width;
       e << YAML::Key << "tile" << YAML::Value << c.sparsegpt.tile;
@@ -715,7 +725,7 @@ std::string dump_config(const Config& c) {
   e << YAML::Key << "max_items" << YAML::Value << c.eval.max_items;
   e << YAML::Key << "add_bos" << YAML::Value << c.eval.add_bos;
   e << YAML::EndMap;
-  emit_prune_sections(e, c);
+  emit_prune_sections(e, c, /*all=*/true);
   emit_depth(e, c);
   e << YAML::Key << "output" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "dir" << YAML::Value << c.output.dir;

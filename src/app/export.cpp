@@ -135,6 +135,9 @@ void check_export_target(const fs::path& out, const fs::path& source_model) {
 }
 
 void check_export_folder(const Config& cfg) {
+  std::error_code ec;
+  if (fs::exists(cfg.output.dir, ec) && !fs::is_directory(cfg.output.dir, ec))
+    SCALPEL_INPUT_ERROR("config: 'output.dir' {} is a file, not a folder", cfg.output.dir);
   if (!cfg.output.export_dir.empty())
     check_export_target(fs::path(cfg.output.dir) / cfg.output.export_dir, cfg.model);
 }

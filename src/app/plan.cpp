@@ -501,7 +501,7 @@ std::map<std::string, I> export_tensors(const Job& job) {
 int export_writers(const Job& job) {
   const int world = job.in.world, per = job.cfg.output.export_writers;
   if (per == 0) return world;
-  const int rpn = job.in.ranks_per_node > 0 ? job.in.ranks_per_node : world;
+  const int rpn = job.in.ranks_per_node > 0 ? std::min(job.in.ranks_per_node, world) : world;
   int writers = 0;
   for (int first = 0; first < world; first += rpn) writers += std::min(per, std::min(rpn, world - first));
   return writers;
@@ -528,7 +528,7 @@ json export_model(const Job& job, const Rates& rates) {
   const double b = static_cast<double>(busiest);
   return {{"writers", W},
           {"writers_per_node", job.cfg.output.export_writers},
-          {"ranks_per_node", job.in.ranks_per_node > 0 ? job.in.ranks_per_node : job.in.world},
+          {"ranks_per_node", job.in.ranks_per_node > 0 ? std::min(job.in.ranks_per_node, job.in.world) : job.in.world},
           {"shards", shards.size()},
           {"shard_bytes", shard_bytes},
           {"writer_bytes", busiest},

@@ -30,8 +30,9 @@ void Progress::update(std::int64_t done, std::int64_t tokens) {
   last_ = now;
   const double frac = total_ > 0 ? static_cast<double>(done) / static_cast<double>(total_) : 1.0;
   const double eta = frac > 0 ? now * (1 - frac) / frac : NAN;
-  log::info("{}: {}/{} {} ({:.0f}%), {:.0f} tok/s, elapsed {}, ETA {}", what_, done, total_, unit_, 100 * frac,
-            now > 0 ? tokens / now : 0.0, eta_str(now), eta_str(eta));
+  const std::string rate = tokens > 0 && now > 0 ? fmt::format(", {:.0f} tok/s", tokens / now) : "";  // none counted
+  log::info("{}: {}/{} {} ({:.0f}%){}, elapsed {}, ETA {}", what_, done, total_, unit_, 100 * frac, rate,
+            eta_str(now), eta_str(eta));
 }
 
 void Progress::finish() { last_ = -1e300; }

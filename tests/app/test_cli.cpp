@@ -92,6 +92,18 @@ TEST(Cli, PrintConfigShowsOverridesWithoutRunning) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("model: /nowhere"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("seqlen: 77"), std::string::npos) << r.out;
+  // Every key, defaults included (those a checkpoint's identity leaves out as well), and a dump
+  // read back prints the same.
+  for (const char* key : {"keep_activations_mb:", "eval_shots:", "allocation: uniform", "saliency: obs",
+                          "split_width:", "traces:"})
+    EXPECT_NE(r.out.find(key), std::string::npos) << key << "\n" << r.out;
+  const auto file = temp_dir("print_config") / "dump.yaml";
+  fs::create_directories(file.parent_path());
+  std::ofstream(file) << r.out;
+  const auto again = run(kBin + " eval --print-config " + file.string());
+  ASSERT_EQ(again.code, 0) << again.out;
+  EXPECT_EQ(again.out, r.out);
+  fs::remove_all(file.parent_path());
 }
 
 TEST(Cli, TokenizeWritesInt32IdsAndCount) {

@@ -342,6 +342,11 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_TRUE(fs::exists(dir / "ckpt/manifest.json"));
   EXPECT_TRUE(fs::exists(dir / "metrics.jsonl"));
   EXPECT_EQ(read_bytes(file).size(), 7u);
+  // An output.dir that is a file: an input error before anything runs.
+  const auto as_dir = run_capture(prune_args(file, "opt-mini", {"prune.method=magnitude"}));
+  EXPECT_NE(as_dir.find("exit=2"), std::string::npos) << as_dir;
+  EXPECT_NE(as_dir.find("is a file, not a folder"), std::string::npos) << as_dir;
+  EXPECT_EQ(read_bytes(file).size(), 7u);
   // Impossible sizes are refused before anything is written.
   for (const char* bad : {"--shard-mb=0", "--writers=-1"}) {
     const auto no = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",

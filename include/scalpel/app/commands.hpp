@@ -54,9 +54,9 @@ TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const Eval
 // Checks what evaluate_config will read before any work: eval.seqlen within the model's context,
 // every eval.sets file readable, every eval.tasks file's items valid (input Error otherwise).
 void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec);
-// Before any work: the export's folder (output.dir/output.export), when there is one, is new,
-// empty or an earlier export (check_export_target), so a run does not fail, or destroy a folder,
-// at its end.
+// Before any work: output.dir is not a file, and the export's folder (output.dir/output.export),
+// when there is one, is new, empty or an earlier export (check_export_target), so a run does not
+// fail, or destroy a folder, at its end.
 void check_export_folder(const Config& cfg);
 
 // Every eval.sets text and eval.tasks task of `cfg` on `m`: a line each on stdout and a metrics
