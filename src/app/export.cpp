@@ -108,6 +108,9 @@ void write_tensors(const fs::path& dir, const std::vector<Entry>& all, std::int6
 
 }  // namespace
 
+namespace {
+
+// A file an export writes (its tensors, index, config and tokenizer files).
 bool is_export_file(const std::string& name) {
   if (name == "model.safetensors" || name == "model.safetensors.index.json") return true;
   if (name.rfind("model-", 0) == 0 && name.size() > 12 && name.substr(name.size() - 12) == ".safetensors") return true;
@@ -116,9 +119,11 @@ bool is_export_file(const std::string& name) {
   return false;
 }
 
+}  // namespace
+
 void check_export_target(const fs::path& out, const fs::path& source_model) {
   std::error_code ec;
-  const auto status = fs::symlink_status(out, ec);
+  const auto status = fs::status(out, ec);  // a link to a folder is judged by the folder
   if (ec || !fs::exists(status)) return;
   if (!fs::is_directory(status))
     SCALPEL_INPUT_ERROR("export to {}: it is a file, not a folder; nothing was replaced", out.string());

@@ -135,7 +135,8 @@ CLI::App* add_depth(CLI::App& app, Options& o) {
 CLI::App* add_export(CLI::App& app, Options& o) {
   auto* exporter = app.add_subcommand("export", "write the Hugging Face folder of a complete pruning checkpoint");
   exporter->add_option("--checkpoint", o.ex.checkpoint, "checkpoint folder (output.dir/ckpt of a prune)")->required();
-  exporter->add_option("--out", o.ex.out, "folder to write (replaced if present)")->required();
+  exporter->add_option("--out", o.ex.out, "folder to write (an earlier export there is replaced; a folder holding "
+                                          "anything else is refused)")->required();
   exporter->add_option("--model", o.ex.model, "source model folder (default: the one the checkpoint records)");
   exporter->add_option("--shard-mb", o.ex.shard_mb, "shard model.safetensors past this size (MB)");
   exporter->add_option("--writers", o.ex.writers_per_node,
