@@ -231,6 +231,8 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
   auto backend = make_rank_backend(cfg, place);
   auto ckpt = std::make_shared<const io::HfCheckpoint>(cfg.model);
   auto spec = model::ModelSpec::from_config(ckpt->config(), (std::filesystem::path(cfg.model) / "config.json").string());
+  // The texts and task files before anything is written (a missing file left an empty metrics file).
+  detail::on_root(comm, [&] { check_eval_inputs(cfg, spec); });
   std::unique_ptr<text::Tokenizer> tok;
   if (comm.is_root()) tok = make_tokenizer(cfg);
   const DType fwd = forward_dtype(cfg, *ckpt, spec);

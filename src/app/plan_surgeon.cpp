@@ -182,6 +182,19 @@ SurgeonWork surgeon_work(const model::ModelSpec& spec, const Config& cfg, const 
 
 }  // namespace
 
+namespace {
+
+// The terms of the larger phase, which add up to the peak.
+std::string peak_breakdown(const SurgeonMemory& m, const Sizes& z) {
+  const auto b = [](I x) { return bytes_str(static_cast<double>(x)); };
+  if (m.curvature_peak >= m.update_peak)
+    return fmt::format("weights {}, factor sums {}, activations {}", b(m.weights), b(m.sums), b(m.activations));
+  return fmt::format("weights {}, inverses {}, factors {}, chunk systems {}", b(m.weights), b(z.inverses_bytes),
+                     b(m.factors), b(m.chunks));
+}
+
+}  // namespace
+
 json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in) {
   const Config& cfg = in.cfg;
   SCALPEL_CHECK_INPUT(in.world >= 1, "--ranks must be >= 1, got {}", in.world);
@@ -220,11 +233,7 @@ json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in) {
                              "more memory"},
                     {"bytes", peak}, {"rank", 0}, {"stage", 0}, {"data_index", 0},
                     {"phase", m.curvature_peak >= m.update_peak ? "curvature" : "update"},
-                    {"breakdown", fmt::format("weights {}, factor sums {}, activations {}, inverses {}",
-                                              bytes_str(static_cast<double>(m.weights)),
-                                              bytes_str(static_cast<double>(m.sums)),
-                                              bytes_str(static_cast<double>(m.activations)),
-                                              bytes_str(static_cast<double>(z.inverses_bytes)))}}}};
+                    {"breakdown", peak_breakdown(m, z)}}}};
 }
 
 void print_surgeon_plan(const json& p) {

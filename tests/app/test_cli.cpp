@@ -151,6 +151,17 @@ TEST(Cli, CommandLineMistakesNameTheFlagOrWord) {
   expect_clean_failure(run(kBin + " export --out y"), {"scalpel: error: --checkpoint is required"});
 }
 
+// A missing evaluation text stops `scalpel eval` before it writes anything (no empty metrics file).
+TEST(Cli, AMissingTextWritesNothing) {
+  NEED_SHARED();
+  const auto d = temp_dir("eval_missing");
+  expect_clean_failure(run(kBin + " eval --model " + (kShared / "models/opt-mini").string() +
+                           " --text text:/nonexistent/held.txt output.dir=" + (d / "out").string()),
+                       {"/nonexistent/held.txt"});
+  EXPECT_FALSE(fs::exists(d / "out"));
+  fs::remove_all(d);
+}
+
 TEST(Cli, MissingModelFolder) {
   expect_clean_failure(run(kBin + " eval --model /nonexistent/model --text text:/etc/hostname"), {"/nonexistent/model"});
 }

@@ -261,6 +261,15 @@ TEST(Plan, SurgeonRanksSplitTheInversesAndSolves) {
   EXPECT_LT(inv2, 4 * per_layer * 6 / 10);  // the busiest rank's share, about half
   EXPECT_GE(inv2, 4 * per_layer / 2 - 1024 * 1024 * 4);
   EXPECT_LT(p2["solve_flops_all_shots"].get<double>(), 0.6 * p1["solve_flops_all_shots"].get<double>());
+  // The peak's breakdown names the terms of its phase, which add up to it.
+  const auto& mem = p1["memory"];
+  const bool curvature = p1["peak"]["phase"] == "curvature";
+  EXPECT_EQ(p1["peak"]["bytes"].get<I>(),
+            curvature ? mem["weights"].get<I>() + mem["factor_sums"].get<I>() + mem["activations"].get<I>()
+                      : mem["weights"].get<I>() + mem["inverses"].get<I>() + mem["factors"].get<I>() +
+                            mem["chunks"].get<I>());
+  EXPECT_EQ(p1["peak"]["breakdown"].get<std::string>().find(curvature ? "inverses" : "activations"),
+            std::string::npos);
 }
 
 TEST(Plan, StagesSplitTheLayers) {
