@@ -483,10 +483,7 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   std::int64_t n = 0;
   const auto prot = check_depth(cfg, spec, n);
-  if (!scores_only) detail::on_root(world, [&] {
-    check_eval_inputs(cfg, spec);
-    check_export_folder(cfg);
-  });
+  if (!scores_only) check_run_end(world, cfg, spec);
   auto backend = make_rank_backend(cfg, place);
   auto tok = make_tokenizer(cfg);
   const auto calib = calibration_windows(cfg, spec, *tok);

@@ -21,10 +21,6 @@ const char* kCopied[] = {"config.json",       "generation_config.json", "tokeniz
                          "merges.txt",        "tokenizer.model",        "tokenizer_config.json", "special_tokens_map.json",
                          "added_tokens.json"};
 
-}  // namespace
-
-namespace {
-
 // One output tensor: its name and size, and how to get it (a zero-copy view of the source, an
 // eager replacement, or a lazy one made when its shard is written).
 struct Entry {
@@ -105,10 +101,6 @@ void write_tensors(const fs::path& dir, const std::vector<Entry>& all, std::int6
   }
   if (w.rank == 0) std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << '\n';
 }
-
-}  // namespace
-
-namespace {
 
 // A file an export writes (its tensors, index, config and tokenizer files).
 bool is_export_file(const std::string& name) {

@@ -180,10 +180,6 @@ SurgeonWork surgeon_work(const model::ModelSpec& spec, const Config& cfg, const 
   return w;
 }
 
-}  // namespace
-
-namespace {
-
 // The terms of the larger phase, which add up to the peak.
 std::string peak_breakdown(const SurgeonMemory& m, const Sizes& z) {
   const auto b = [](I x) { return bytes_str(static_cast<double>(x)); };

@@ -477,6 +477,21 @@ class PrunedReader {
   std::int64_t zeros_ = 0, total_ = 0;
 };
 
+namespace {
+
+// The export by `per_node` ranks of each node (0: every rank); writer i of W writes shards i,
+// i + W, ... Every rank of `world` calls it; returns the size of its split group (W on a writer:
+// world rank 0 is always one).
+int export_by_writers(const io::HfCheckpoint& src, const LazyReplacement& lazy, const fs::path& dest,
+                      std::int64_t shard_bytes, dist::Comm& world, const NodePlace& place, int per_node) {
+  const bool writer = per_node == 0 || place.local_rank < per_node;
+  const auto writers = world.split(writer ? 0 : 1, world.rank());
+  if (writer) export_hf_folder(src, lazy, dest, shard_bytes, writers.get());
+  return writers->size();
+}
+
+}  // namespace
+
 int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& place) {
   // An LLM Surgeon state: the last shot's checkpoint, once every shot is committed; its fp32
   // tensors are rounded to the model's dtypes below, as the prune's own export rounds them.
@@ -510,14 +525,11 @@ int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& pla
   const auto spec = model::ModelSpec::from_config(src.config(), (fs::path(model) / "config.json").string());
   PrunedReader reader(ckpt, src, spec);
   const auto lazy = reader.lazy();
-  // As the prune's own export: the writers share the shards (writer i: shards i, i + W, ...).
-  const bool writer = req.writers_per_node == 0 || place.local_rank < req.writers_per_node;
-  const auto writers = world.split(writer ? 0 : 1, world.rank());
-  if (writer) export_hf_folder(src, lazy, req.out, req.shard_mb << 20, writers.get());
+  const int writers = export_by_writers(src, lazy, req.out, req.shard_mb << 20, world, place, req.writers_per_node);
   world.barrier();  // the folder is in place before any rank reports
-  if (world.is_root())  // world rank 0 has local rank 0, a writer: its group is the writers
+  if (world.is_root())
     fmt::print("exported {} pruned tensors of {} to {} ({} writing rank{})\n", lazy.names.size(), model, req.out,
-               writers->size(), writers->size() == 1 ? "" : "s");
+               writers, writers == 1 ? "" : "s");
   return kExitOk;
 }
 
@@ -625,8 +637,9 @@ void commit_layer(io::Checkpoint& ckpt, std::int64_t layer, std::int64_t layers,
 // Every layer committed: the whole result read back through the checkpoint (digests checked) for
 // the export and the summary, in one pass, so that what is exported is exactly what the manifest
 // vouches for. The writers (output.export_writers per node) write their shares of the export's
-// shards and count the zeros of what they read; without an export rank 0 counts. Rank 0 then marks the checkpoint complete, after the
-// export: a run that fails while exporting exports again when rerun.
+// shards and count the zeros of what they read; without an export rank 0 counts. Rank 0 then
+// marks the checkpoint complete, after the export: a run that fails while exporting exports again
+// when rerun.
 void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfCheckpoint& src,
                           const model::ModelSpec& spec, const prune::Pattern& pattern, double seconds,
                           dist::Comm& world, const NodePlace& place, const std::string& config_hash,
@@ -634,14 +647,10 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
   PrunedReader reader(ckpt, src, spec);
   const bool exporting = !cfg.output.export_dir.empty();
   const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
-  // The writers: output.export_writers ranks per node (each holds a shard and a layer at a time);
-  // every rank knows whether there is an export, so all or none make the split.
-  if (exporting) {
-    const int per_node = cfg.output.export_writers;
-    const bool writer = per_node == 0 || place.local_rank < per_node;
-    const auto writers = world.split(writer ? 0 : 1, world.rank());
-    if (writer) export_hf_folder(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20, writers.get());
-  }
+  // Every rank knows whether there is an export, so all or none make the writers' split.
+  if (exporting)
+    export_by_writers(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20, world, place,
+                      cfg.output.export_writers);
   std::array<std::int64_t, 2> count{0, 0};
   if (exporting || world.is_root()) std::tie(count[0], count[1]) = exporting ? reader.counted() : reader.count();
   world.allreduce_sum(std::span<std::int64_t>(count));
@@ -676,12 +685,9 @@ struct PruneSession {
     // The plan's memory model decides before any work whether the job fits (the same check as
     // `scalpel plan`, which prints the terms).
     if (c.parallel.memory_gb > 0) check_plan_fits(plan_of_job(c, w.size()), c);
-    // A typo in the evaluation settings must not surface only after hours of pruning. Rank 0,
-    // which reads those files at the end, checks them.
-    detail::on_root(w, [&] {
-      check_eval_inputs(c, spec);
-      check_export_folder(c);
-    });
+    // A typo in the evaluation settings or an export folder that would be refused must not
+    // surface only after hours of pruning.
+    check_run_end(w, c, spec);
     tok = make_tokenizer(c);
     calib = calibration_windows(c, spec, *tok);
     shard = calibration_shard(calib.nseq, c.calibration.batch, grid.data, grid.data_index);
@@ -801,11 +807,7 @@ bool evaluate_pruned(const PruneSession& s, const fs::path& ckpt_dir, const std:
   return evaluate_config(
       pruned, s.tok.get(), s.cfg, s.world, metrics,
       {{"pruned", true}, {"config_hash", config_hash}, {"forward_dtype", dtype_name(s.fwd)}},
-      [&] { watchdog.beat("evaluate", -1); },
-      [&](std::int64_t done, std::int64_t total) {
-        return stop_requested(s.world, {"evaluation", done, total, done, "the results so far in the metrics"},
-                              config_hash, metrics);
-      });
+      [&] { watchdog.beat("evaluate", -1); }, evaluation_stop(s.world, config_hash, metrics));
 }
 
 void log_prune_start(const PruneSession& s, std::int64_t resume_from, const fs::path& ckpt_dir) {

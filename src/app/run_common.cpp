@@ -1,6 +1,9 @@
 // Shared services of the prune drivers (see run_common.hpp).
 #include "run_common.hpp"
 
+#include "root_work.hpp"
+#include "scalpel/app/commands.hpp"
+
 #include "scalpel/app/run_control.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
@@ -97,6 +100,21 @@ bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& c
                  {fmt::format("after_{}", at.unit), at.after},
                  {"config_hash", config_hash}});
   return true;
+}
+
+std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& world, const std::string& config_hash,
+                                                                Metrics& metrics) {
+  return [&world, &config_hash, &metrics](std::int64_t done, std::int64_t total) {
+    return stop_requested(world, {"evaluation", done, total, done, "the results so far in the metrics"}, config_hash,
+                          metrics);
+  };
+}
+
+void check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec) {
+  detail::on_root(world, [&] {
+    check_eval_inputs(cfg, spec);
+    check_export_folder(cfg);
+  });
 }
 
 }  // namespace scalpel::app

@@ -3,6 +3,7 @@
 // data group, the checkpoint identity of a run, and the stored-dtype rounding. Private to app.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -62,6 +63,15 @@ struct StopPoint {
 // Whether any rank received SIGTERM/SIGUSR1 (one all-reduce: every rank agrees); on a stop the
 // warning is logged and the "interrupted" record written. Call on every rank, after a commit.
 bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& config_hash, Metrics& metrics);
+// The `stop` of a run's final evaluate_config: stop_requested between two sets or tasks, recorded
+// as "after_evaluation" (how many were done).
+std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& world, const std::string& config_hash,
+                                                                Metrics& metrics);
+
+// Before a prune's or depth run's work, on world rank 0 (an error there ends every rank): what the
+// run reads and writes at its end, its evaluation inputs (check_eval_inputs) and its export folder
+// (check_export_folder), so that a typo does not surface after hours of work.
+void check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec);
 
 // fp32 weight -> the checkpoint's stored dtype, on the host.
 Tensor to_storage(Backend& be, const Tensor& w, DType dtype);

@@ -455,11 +455,7 @@ int finish_surgeon(SurgeonRun& r, const io::HfCheckpoint& src, const model::Mode
     return kExitInterrupted;
   const bool done = evaluate_config(
       r.m, tok, r.cfg, r.world, r.metrics, {{"pruned", true}, {"config_hash", r.config_hash}},
-      [&] { r.watchdog.beat("evaluate", -1); },
-      [&](std::int64_t n, std::int64_t total) {
-        return stop_requested(r.world, {"evaluation", n, total, n, "the results so far in the metrics"},
-                              r.config_hash, r.metrics);
-      });
+      [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics));
   return done ? kExitOk : kExitInterrupted;
 }
 
@@ -532,10 +528,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   const auto opt = surgeon_options(cfg);
   auto targets = targets_of(spec, cfg, opt);
-  detail::on_root(world, [&] {
-    check_eval_inputs(cfg, spec);
-    check_export_folder(cfg);
-  });
+  check_run_end(world, cfg, spec);
   auto tok = make_tokenizer(cfg);
   const auto calib = calibration_windows(cfg, spec, *tok);
   const auto shard = calibration_shard(calib.nseq, cfg.calibration.batch, grid.data, grid.data_index);

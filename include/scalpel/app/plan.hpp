@@ -46,8 +46,10 @@ PlanModel load_plan_model(const std::string& folder);
 // The plan (a pure function of its inputs): {"model", "job", "grid", "calibration", "rates",
 // "per_layer", "ranks": [per rank: memory terms and peak, I/O, communication, FLOPs, seconds],
 // "stages", "peak", "export" (null without output.export: writers, shards, the busiest writer's
-// bytes read and written, memory and seconds), "totals", "limit_gb", "fits", "warnings"}. Input Errors name the config key
-// (a grid that does not divide the world, more stages than layers, calibration.seqlen too long).
+// bytes (read once and written once), its largest shard and its seconds), "totals", "limit_gb",
+// "fits", "warnings" (empty)}. Input Errors name the config key (a grid that does not divide the
+// world, more stages than layers, fewer calibration batches than data ranks, calibration.seqlen
+// too long).
 nlohmann::json make_plan(const model::ModelSpec& spec, const PlanInput& in);
 
 // The plan of an LLM Surgeon job (prune.method: surgeon; plan_surgeon.cpp): memory per rank by term
