@@ -489,8 +489,9 @@ io::ShotCheckpoint open_shot_state(const Config& cfg, dist::Comm& world, const d
 }
 
 // After a shot: its weights installed and committed, its record logged and written, and the
-// evaluation of surgeon.eval_shots.
-void commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, std::vector<Tensor>& wbs,
+// evaluation of surgeon.eval_shots. False when a stop signal ended that evaluation (between its
+// sets; the shot stays committed, and the rerun goes on with the next shot without repeating it).
+bool commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, std::vector<Tensor>& wbs,
                  nlohmann::json rec, const text::Tokenizer* tok) {
   const auto K = r.cfg.surgeon.shots;
   install(r.m, r.be, r.targets, wbs);
@@ -504,12 +505,12 @@ void commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, st
   r.metrics.write(rec);
   const auto& eval_shots = r.cfg.surgeon.eval_shots;
   const bool eval_now = std::count(eval_shots.begin(), eval_shots.end(), shot) > 0;
-  if (eval_now && shot < K && !r.cfg.eval.sets.empty()) {
-    Config c = r.cfg;
-    c.eval.tasks.clear();
-    evaluate_config(r.m, tok, c, r.world, r.metrics, {{"pruned", true}, {"shot", shot}, {"config_hash", r.config_hash}},
-                    [&] { r.watchdog.beat("evaluate", -1); });
-  }
+  if (!eval_now || shot == K || r.cfg.eval.sets.empty()) return true;
+  Config c = r.cfg;
+  c.eval.tasks.clear();
+  return evaluate_config(r.m, tok, c, r.world, r.metrics,
+                         {{"pruned", true}, {"shot", shot}, {"config_hash", r.config_hash}},
+                         [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics));
 }
 
 }  // namespace
@@ -560,8 +561,9 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
                  metrics, watchdog, config_hash, {}};
   Progress progress("surgeon", K, "shots", cfg.log.progress_seconds, world.is_root());
   for (std::int64_t shot = first; shot <= K; ++shot) {
-    commit_shot(run, state, shot, wbs, run_shot(run, shot, wbs), tok.get());
+    const bool evaluated = commit_shot(run, state, shot, wbs, run_shot(run, shot, wbs), tok.get());
     progress.update(shot - first + 1, 0);
+    if (!evaluated) return kExitInterrupted;
     // After the last shot too: the rerun finds every shot committed and exports and evaluates.
     if (stop_requested(world, {"shot", shot, K, shot}, config_hash, metrics)) return kExitInterrupted;
   }

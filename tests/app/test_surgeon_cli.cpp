@@ -166,6 +166,38 @@ TEST(SurgeonCli, StoppedOrKilledRunResumesBitwise) {
   fs::remove_all(ref);
 }
 
+// A stop signal during an intermediate evaluation (surgeon.eval_shots) is honoured between its
+// sets, as in the final one: sent once set a of shot 1 is recorded (set b is under way then, and
+// finishes), set c is not evaluated; shot 1 stays committed and the rerun goes on with shot 2.
+TEST(SurgeonCli, AStopDuringAnIntermediateEvaluationIsHonoured) {
+  NEED_SHARED();
+  const auto heldout = (kShared / "data/corpus/heldout.txt").string();
+  const std::vector<std::string> extra{
+      "prune.sparsity=0.3", "surgeon.shots=2", "surgeon.eval_shots=[1]", "eval.max_windows=40",
+      "eval.sets=[{name: a, preset: text, path: " + heldout + "}, {name: b, preset: text, path: " + heldout +
+          "}, {name: c, preset: text, path: " + heldout + "}]"};
+  const auto dir = temp_dir("sg_stop_eval");
+  const pid_t pid = spawn(surgeon_args(dir, "opt-mini", extra));
+  while (records(dir / "metrics.jsonl", "eval").empty()) {
+    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << "ended before its first evaluation";
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  kill(pid, SIGUSR1);
+  EXPECT_EQ(wait_exit(pid), 75);
+  const auto evals = records(dir / "metrics.jsonl", "eval");
+  ASSERT_GE(evals.size(), 1u);
+  EXPECT_LE(evals.size(), 2u);  // a, and b if it had begun; before this was honoured, c ran too
+  EXPECT_EQ(evals[0]["shot"], 1);
+  const auto stops = records(dir / "metrics.jsonl", "interrupted");
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0]["after_evaluation"], evals.size());
+  const auto rerun = run_capture(surgeon_args(dir, "opt-mini", extra));
+  ASSERT_NE(rerun.find("exit=0"), std::string::npos) << rerun;
+  EXPECT_NE(rerun.find("resuming at shot 2"), std::string::npos) << rerun;
+  EXPECT_EQ(records(dir / "metrics.jsonl", "shot").size(), 2u);  // shot 1 not run again
+  fs::remove_all(dir);
+}
+
 TEST(SurgeonCli, BadSettingsExit2NamingTheKey) {
   NEED_SHARED();
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases{
