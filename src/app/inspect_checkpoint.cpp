@@ -59,20 +59,27 @@ json committed_layers(const io::Checkpoint& ck) {
           {"seconds_mean", timed ? seconds / timed : 0.0}};
 }
 
-// Every committed layer read back (sizes, HDF5 checksums, digests): input Error naming the file,
-// the tensor and the way out on the first mismatch.
+// Every committed layer read back (sizes, HDF5 checksums, digests) up to the first mismatch:
+// "ok" false with the error (naming the file, the tensor and the way out) and its exit code, the
+// counts those before it.
 json verify_layers(const io::Checkpoint& ck) {
   I layers = 0, tensors = 0, bytes = 0;
-  for (I l = 0; l < ck.num_layers(); ++l) {
-    if (!ck.committed(l)) continue;
-    const auto d = ck.read_layer(l);
-    ++layers;
-    for (const auto& t : d.tensors) {
-      ++tensors;
-      bytes += static_cast<I>(t.data.nbytes() + t.packed_mask.size());
+  json j = {{"ok", true}};
+  try {
+    for (I l = 0; l < ck.num_layers(); ++l) {
+      if (!ck.committed(l)) continue;
+      const auto d = ck.read_layer(l);
+      ++layers;
+      for (const auto& t : d.tensors) {
+        ++tensors;
+        bytes += static_cast<I>(t.data.nbytes() + t.packed_mask.size());
+      }
     }
+  } catch (const Error& e) {
+    j = {{"ok", false}, {"error", e.what()}, {"exit_code", exit_code(e.kind())}};
   }
-  return {{"layers", layers}, {"tensors", tensors}, {"bytes", bytes}};
+  j.update({{"layers", layers}, {"tensors", tensors}, {"bytes", bytes}});
+  return j;
 }
 
 json inspect_layers(const io::Checkpoint& ck, bool verify) {
@@ -96,7 +103,11 @@ json inspect_layers(const io::Checkpoint& ck, bool verify) {
 }
 
 void print_verified(const json& j) {
-  if (!j["verified"].is_null())
+  const auto& v = j["verified"];
+  if (v.is_null()) return;
+  if (!v["ok"].get<bool>())
+    fmt::print("verify FAILED after {} good layer(s): {}\n", v["layers"].get<I>(), v["error"].get<std::string>());
+  else
     fmt::print("verified: {} layer(s), {} tensor(s), {} read back; every size, checksum and digest matches the "
                "manifest\n",
                j["verified"]["layers"].get<I>(), j["verified"]["tensors"].get<I>(),
@@ -181,6 +192,12 @@ json inspect_checkpoint(const fs::path& dir, bool verify, bool print) {
     }
   }
   return j;
+}
+
+std::optional<std::pair<std::string, int>> verification_failure(const json& report) {
+  const auto& v = report.contains("last_shot") ? report["last_shot"]["verified"] : report.value("verified", json());
+  if (!v.is_object() || v["ok"].get<bool>()) return std::nullopt;
+  return std::make_pair(v["error"].get<std::string>(), v["exit_code"].get<int>());
 }
 
 }  // namespace scalpel::app

@@ -18,15 +18,6 @@
 
 namespace {
 
-int exit_code(scalpel::ErrorKind k) {
-  switch (k) {
-    case scalpel::ErrorKind::input: return scalpel::kExitInput;
-    case scalpel::ErrorKind::runtime: return scalpel::kExitRuntime;
-    case scalpel::ErrorKind::internal: return scalpel::kExitInternal;
-  }
-  return scalpel::kExitInternal;
-}
-
 // Splits "config.yaml key=value ..." into the config path and the overrides.
 void split_args(const std::vector<std::string>& args, std::string& config, std::vector<std::string>& overrides) {
   for (const auto& a : args) {
@@ -265,6 +256,10 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
     const auto j = checkpoint ? inspect_checkpoint(o.inspect_path, o.inspect_verify, !o.inspect_json)
                               : inspect_hf_folder(o.inspect_path, !o.inspect_json);
     if (o.inspect_json) std::cout << j.dump(2) << '\n';
+    if (const auto failed = verification_failure(j)) {  // after the report, which says what did verify
+      std::fprintf(stderr, "scalpel: error: %s\n", failed->first.c_str());
+      return failed->second;
+    }
     return 0;
   }
   if (*c.tokenize) return run_tokenize(o.tk_model, o.tk_input, o.tk_preset, o.tk_output, o.tk_mode, world);
@@ -306,7 +301,7 @@ int main(int argc, char** argv) {
     if (size > 1) world->abort(scalpel::kExitInput);
     return scalpel::kExitInput;
   } catch (const scalpel::Error& e) {
-    const int code = exit_code(e.kind());
+    const int code = scalpel::exit_code(e.kind());
     std::fprintf(stderr, "scalpel: error%s: %s\n", size > 1 ? fmt::format(" (rank {})", rank).c_str() : "", e.what());
     if (e.kind() == scalpel::ErrorKind::internal) std::fprintf(stderr, "  (raised at %s)\n", e.where().c_str());
     if (size > 1) world->abort(code);

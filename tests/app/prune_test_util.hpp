@@ -72,11 +72,12 @@ inline int wait_exit(pid_t pid) {
 
 inline int run_to_end(const std::vector<std::string>& args) { return wait_exit(spawn(args)); }
 
-inline std::string run_capture(const std::vector<std::string>& args) {
+// stdout and stderr of a command, then "exit=<code>"; stdout alone when `with_stderr` is false.
+inline std::string run_capture(const std::vector<std::string>& args, bool with_stderr = true) {
   std::string cmd;
   for (const auto& a : args) cmd += "'" + a + "' ";
   std::string out;
-  FILE* p = popen((cmd + " 2>&1; echo \"exit=$?\"").c_str(), "r");
+  FILE* p = popen((cmd + (with_stderr ? " 2>&1" : " 2>/dev/null") + "; echo \"exit=$?\"").c_str(), "r");
   char buf[4096];
   while (p && std::fgets(buf, sizeof buf, p)) out += buf;
   if (p) pclose(p);

@@ -254,6 +254,14 @@ TEST(PruneCli, InspectTellsWhereACheckpointStandsAndVerifiesIt) {
   const auto damaged = run_capture({kBin, "inspect", "--verify", ckpt});
   EXPECT_NE(damaged.find("exit=2"), std::string::npos) << damaged;
   EXPECT_NE(damaged.find("layer-00000.shard-00000.h5"), std::string::npos) << damaged;
+  EXPECT_NE(damaged.find("verify FAILED after 0 good layer(s)"), std::string::npos) << damaged;
+  // As JSON the report still comes (stdout alone here), saying what failed, with the same exit code.
+  const auto damaged_json = run_capture({kBin, "inspect", "--json", "--verify", ckpt}, false);
+  EXPECT_NE(damaged_json.find("exit=2"), std::string::npos) << damaged_json;
+  const auto d = json_of(damaged_json);
+  EXPECT_FALSE(d["verified"]["ok"].get<bool>());
+  EXPECT_EQ(d["verified"]["exit_code"], 2);
+  EXPECT_NE(d["verified"]["error"].get<std::string>().find("layer-00000.shard-00000.h5"), std::string::npos);
   EXPECT_NE(run_capture({kBin, "inspect", ckpt}).find("exit=0"), std::string::npos);  // without --verify: the manifest
   // An export that meets the damage fails the same way and leaves no half-written folder.
   const auto re = run_capture({kBin, "export", "--checkpoint", ckpt, "--out", (dir / "re").string()});

@@ -6,8 +6,10 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -85,7 +87,10 @@ bool is_checkpoint_folder(const std::filesystem::path& dir);
 // Where a checkpoint stands (inspect_checkpoint.cpp): model, identity, grid and runs, the layers
 // (or shots) committed with their files, bytes and recorded sparsity, complete or where the rerun
 // starts and an estimate of the time left; `verify` reads every committed layer back against the
-// manifest (input Error naming the file and tensor on a mismatch). As JSON, and printed when `print`.
+// manifest up to the first mismatch ("verified": {"ok", "error", "exit_code", counts}). As JSON,
+// and printed when `print`.
 nlohmann::json inspect_checkpoint(const std::filesystem::path& dir, bool verify, bool print);
+// The error of a report whose verification failed (naming the file and tensor) and its exit code.
+std::optional<std::pair<std::string, int>> verification_failure(const nlohmann::json& report);
 
 }  // namespace scalpel::app

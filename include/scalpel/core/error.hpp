@@ -38,6 +38,16 @@ inline constexpr int kExitInterrupted = 75;
 // The watchdog saw no progress for parallel.watchdog_seconds (a hung or dead peer).
 inline constexpr int kExitWatchdog = 6;
 
+// The exit code of an error's kind.
+inline constexpr int exit_code(ErrorKind k) {
+  switch (k) {
+    case ErrorKind::input: return kExitInput;
+    case ErrorKind::runtime: return kExitRuntime;
+    case ErrorKind::internal: return kExitInternal;
+  }
+  return kExitInternal;
+}
+
 }  // namespace scalpel
 
 #define SCALPEL_THROW(kind, ...) \
