@@ -63,6 +63,7 @@ namespace {
 struct Meta {
   double damping = 0, percdamp = 0, seconds = 0;
   std::int64_t tries = 0, dead = 0;
+  std::int64_t width = 0;  // checked by the receivers: a byte broadcast cannot tell a size mismatch
 };
 
 // From the owner to every rank: by NCCL between GPUs that have it (as split_factor's panels go),
@@ -111,7 +112,7 @@ void SharedFactors::exchange(const std::function<void()>& idle) {
         Meta m;
         if (mine) {
           const auto& f = made_.at(jobs_[j].input_group);
-          m = {f.damping, f.percdamp, seconds_[j], f.tries, f.dead};
+          m = {f.damping, f.percdamp, seconds_[j], f.tries, f.dead, f.hinv.size(0)};
         }
         group_.broadcast(std::span<std::byte>(reinterpret_cast<std::byte*>(&m), sizeof m), root);
         prune::HinvFactor f;
@@ -119,6 +120,8 @@ void SharedFactors::exchange(const std::function<void()>& idle) {
           f = made_.at(jobs_[j].input_group);
         } else {
           const auto d = jobs_[j].hessian->size(0);
+          SCALPEL_CHECK(m.width == d, "factor of input group {}: rank {} made it {} wide, this rank's Hessian is {}",
+                        jobs_[j].input_group, root, m.width, d);
           f.hinv = be_.empty({d, d});
           if (s_.isc) f.hdiag = be_.empty({d});
           f.damping = m.damping;

@@ -8,7 +8,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
@@ -29,6 +32,10 @@ void check_nccl(ncclResult_t rc, const char* what) {
   if (rc != ncclSuccess) SCALPEL_RUNTIME_ERROR("NCCL {} failed: {}", what, ncclGetErrorString(rc));
 }
 
+void check_comm(ncclComm_t comm) {
+  if (!comm) SCALPEL_RUNTIME_ERROR("the NCCL communicator was aborted after an earlier error");
+}
+
 // FNV-1a of this rank's host name and GPU bus id; 0 when no GPU is selected.
 std::int64_t gpu_key() {
   int dev = -1;
@@ -47,6 +54,30 @@ std::int64_t gpu_key() {
   for (const std::string& s : {std::string(host), std::string("/"), std::string(bus)})
     for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
   return static_cast<std::int64_t>(h >> 1) | 1;  // positive, never 0
+}
+
+// Waits for the collective just queued on the default stream, as NCCL's documentation asks:
+// polling the stream and the communicator's asynchronous error, so that a peer that died or a
+// broken link ends in an error naming the collective instead of a wait without end (the
+// communicator is aborted then, which also frees the peers NCCL can still reach).
+void wait_for(ncclComm_t& comm, const std::string& what) {
+  for (;;) {
+    const cudaError_t q = cudaStreamQuery(nullptr);
+    if (q == cudaSuccess) return;
+    if (q != cudaErrorNotReady) {
+      cudaGetLastError();
+      SCALPEL_RUNTIME_ERROR("CUDA error during the NCCL {}: {}", what, cudaGetErrorString(q));
+    }
+    ncclResult_t async = ncclSuccess;
+    check_nccl(ncclCommGetAsyncError(comm, &async), "CommGetAsyncError");
+    if (async != ncclSuccess && async != ncclInProgress) {
+      ncclCommAbort(comm);
+      comm = nullptr;
+      SCALPEL_RUNTIME_ERROR("NCCL {} failed: {} (a peer rank or its link; the communicator is aborted)", what,
+                            ncclGetErrorString(async));
+    }
+    std::this_thread::yield();
+  }
 }
 
 }  // namespace
@@ -79,6 +110,7 @@ std::unique_ptr<NcclGroup> NcclGroup::create(MpiComm& comm, MPI_Comm* mpi) {
   if (MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, *mpi) != MPI_SUCCESS) SCALPEL_RUNTIME_ERROR("MPI Bcast of the NCCL id failed");
   std::unique_ptr<NcclGroup> g(new NcclGroup());
   g->impl_ = std::make_unique<Impl>();
+  g->size_ = comm.size();
   check_nccl(ncclCommInitRank(&g->impl_->comm, comm.size(), id, comm.rank()), "CommInitRank");
   if (comm.rank() == 0)
     log::info("NCCL communicator over {} rank(s), one GPU each: device sums and gathers go through NCCL", comm.size());
@@ -90,20 +122,21 @@ NcclGroup::~NcclGroup() {
 }
 
 void NcclGroup::allreduce_sum(double* dev, std::size_t n) {
+  check_comm(impl_->comm);
   check_nccl(ncclAllReduce(dev, dev, n, ncclFloat64, ncclSum, impl_->comm, nullptr), "AllReduce");
-  if (cudaStreamSynchronize(nullptr) != cudaSuccess)
-    SCALPEL_RUNTIME_ERROR("CUDA error after an NCCL all-reduce: {}", cudaGetErrorString(cudaGetLastError()));
+  wait_for(impl_->comm, fmt::format("all-reduce of {} float64 values over {} ranks", n, size_));
 }
 
 void NcclGroup::broadcast(std::byte* dev, std::size_t bytes, int root) {
+  check_comm(impl_->comm);
   check_nccl(ncclBroadcast(dev, dev, bytes, ncclUint8, root, impl_->comm, nullptr), "Broadcast");
-  if (cudaStreamSynchronize(nullptr) != cudaSuccess)
-    SCALPEL_RUNTIME_ERROR("CUDA error after an NCCL broadcast: {}", cudaGetErrorString(cudaGetLastError()));
+  wait_for(impl_->comm, fmt::format("broadcast of {} bytes from group rank {} of {}", bytes, root, size_));
 }
 
 void NcclGroup::allgatherv(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts, int rank) {
   // One broadcast per rank, rooted there, into its place in `out` (NCCL's all-gather needs equal
   // counts; row slices differ by a row).
+  check_comm(impl_->comm);
   check_nccl(ncclGroupStart(), "GroupStart");
   std::int64_t offset = 0;
   for (int r = 0; r < static_cast<int>(counts.size()); ++r) {
@@ -114,8 +147,7 @@ void NcclGroup::allgatherv(const std::byte* mine, std::byte* out, std::span<cons
     offset += counts[r];
   }
   check_nccl(ncclGroupEnd(), "GroupEnd");
-  if (cudaStreamSynchronize(nullptr) != cudaSuccess)
-    SCALPEL_RUNTIME_ERROR("CUDA error after an NCCL all-gather: {}", cudaGetErrorString(cudaGetLastError()));
+  wait_for(impl_->comm, fmt::format("all-gather of {} bytes over {} ranks", offset, counts.size()));
 }
 
 #else

@@ -20,7 +20,9 @@ class NcclGroup {
   ~NcclGroup();
   NcclGroup(const NcclGroup&) = delete;
   NcclGroup& operator=(const NcclGroup&) = delete;
-  // In place on the current CUDA device's default stream; returns when the sum is done.
+  // Each in place on the current CUDA device's default stream and returns when it is done; a peer's
+  // failure NCCL reports ends in a runtime Error naming the collective (the communicator aborted).
+  // The sum:
   void allreduce_sum(double* dev, std::size_t n);
   // Rank r's counts[r] bytes at `mine` (device) into `out` at the offset of the counts before it.
   void allgatherv(const std::byte* mine, std::byte* out, std::span<const std::int64_t> counts, int rank);
@@ -31,6 +33,7 @@ class NcclGroup {
   NcclGroup() = default;
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  int size_ = 0;  // ranks, for error messages
 };
 
 }  // namespace scalpel::dist

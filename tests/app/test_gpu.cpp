@@ -89,9 +89,12 @@ TEST(Gpu, SparseGptPruneMatchesTheCpuAtOneAndTwoRanks) {
   ASSERT_EQ(cpu.code, 0) << cpu.out;
   const auto gpu = run(prune_cmd("cuda", dir / "gpu"));
   ASSERT_EQ(gpu.code, 0) << gpu.out;
-  // Two ranks share the one GPU here (NCCL needs a GPU per rank, so the sums go through MPI).
+  // On one GPU the two ranks share it (NCCL needs a GPU per rank, so the sums go through MPI); with
+  // two or more, each rank has its own and the sums, gathers and whole factors go through NCCL.
   const auto gpu2 = run(kMpiexec + " -n 2 --oversubscribe " + prune_cmd("cuda", dir / "gpu2"));
   ASSERT_EQ(gpu2.code, 0) << gpu2.out;
+  EXPECT_EQ(gpu2.out.find("NCCL communicator over 2 rank(s)") != std::string::npos, scalpel::cuda_devices() >= 2)
+      << gpu2.out;
   const auto host = run(prune_cmd("cuda", dir / "gpu_host", "cuda.activations=host"));
   ASSERT_EQ(host.code, 0) << host.out;
   // A one-rank NCCL group (forced): the pruned rows are gathered through NCCL on the GPU.
