@@ -74,11 +74,9 @@ ShotCheckpoint ShotCheckpoint::open_or_create(const fs::path& dir, const Checkpo
   s.id_ = id;
   s.total_ = total_shots;
   s.writable_ = true;
+  if (is_shot_state(dir)) s.pointer_ = read_pointer(dir / kShotPointerName);
   // A state with no shot committed holds no work: a run with other settings starts it afresh.
-  if (is_shot_state(dir) && read_pointer(dir / kShotPointerName)["shot"].get<std::int64_t>() == 0)
-    fs::remove(dir / kShotPointerName);
-  if (is_shot_state(dir)) {
-    s.pointer_ = read_pointer(dir / kShotPointerName);
+  if (!s.pointer_.is_null() && s.pointer_["shot"].get<std::int64_t>() > 0) {
     const auto& p = s.pointer_;
     const auto differs = [&](const char* what) {
       SCALPEL_INPUT_ERROR("{}: the checkpoint was made with another {} than this run; use another output.dir, or "

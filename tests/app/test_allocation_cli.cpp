@@ -79,7 +79,9 @@ TEST(AllocationCli, OwlNmShiftsNPerBlock) {
     const auto layer = std::stoul(name.substr(std::string("model.decoder.layers.").size()));
     const auto& b = alloc[0]["blocks"][layer];
     EXPECT_GE(t["sparsity"].get<double>(), b["sparsity"].get<double>()) << name;
-    if (b["sparsity"].get<double>() >= 0.5) EXPECT_FALSE(t["nm"].get<std::string>().empty()) << name;
+    if (b["sparsity"].get<double>() >= 0.5) {
+      EXPECT_FALSE(t["nm"].get<std::string>().empty()) << name;
+    }
   }
   fs::remove_all(dir);
 }
