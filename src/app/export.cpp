@@ -135,8 +135,12 @@ void check_export_folder(const Config& cfg) {
   std::error_code ec;
   if (fs::exists(cfg.output.dir, ec) && !fs::is_directory(cfg.output.dir, ec))
     SCALPEL_INPUT_ERROR("config: 'output.dir' {} is a file, not a folder", cfg.output.dir);
-  if (!cfg.output.export_dir.empty())
-    check_export_target(fs::path(cfg.output.dir) / cfg.output.export_dir, cfg.model);
+  if (cfg.output.export_dir.empty()) return;
+  // Before the run creates output.dir, a path through it ("../x") cannot be resolved yet: it is
+  // judged as it will resolve then, a real folder's parent (lexically).
+  auto target = fs::path(cfg.output.dir) / cfg.output.export_dir;
+  if (!fs::exists(cfg.output.dir, ec)) target = target.lexically_normal();
+  check_export_target(target, cfg.model);
 }
 
 void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out,

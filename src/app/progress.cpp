@@ -11,8 +11,9 @@
 
 namespace scalpel::app {
 
-Progress::Progress(std::string what, std::int64_t total, std::string unit, double interval_s, bool enabled)
-    : what_(std::move(what)), unit_(std::move(unit)), total_(total), interval_(interval_s),
+Progress::Progress(std::string what, std::int64_t total, std::string unit, double interval_s, bool enabled,
+                   std::int64_t start)
+    : what_(std::move(what)), unit_(std::move(unit)), total_(total), start_(start), interval_(interval_s),
       enabled_(enabled && interval_s > 0) {}
 
 std::string Progress::eta_str(double s) {
@@ -29,7 +30,8 @@ void Progress::update(std::int64_t done, std::int64_t tokens) {
   if (now - last_ < interval_ && done < total_) return;
   last_ = now;
   const double frac = total_ > 0 ? static_cast<double>(done) / static_cast<double>(total_) : 1.0;
-  const double eta = frac > 0 ? now * (1 - frac) / frac : NAN;
+  const double left = static_cast<double>(total_ - done), ran = static_cast<double>(done - start_);
+  const double eta = ran > 0 ? now * left / ran : NAN;
   const std::string rate = tokens > 0 && now > 0 ? fmt::format(", {:.0f} tok/s", tokens / now) : "";  // none counted
   log::info("{}: {}/{} {} ({:.0f}%){}, elapsed {}, ETA {}", what_, done, total_, unit_, 100 * frac, rate,
             eta_str(now), eta_str(eta));

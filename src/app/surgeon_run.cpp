@@ -544,8 +544,8 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   if (first > 1) {
     wbs = read_shot(state.last(), targets);
     install(m, be, targets, wbs);
-    log::info("checkpoint {}: shots 1..{} committed; resuming at shot {}",
-              (fs::path(cfg.output.dir) / cfg.output.checkpoint).string(), first - 1, first);
+    log::info("checkpoint {}: shots 1..{} committed; {}", (fs::path(cfg.output.dir) / cfg.output.checkpoint).string(),
+              first - 1, first > K ? std::string("every shot done, nothing to prune") : fmt::format("resuming at shot {}", first));
   }
   log::info("prune {} ({}, {} layers): LLM Surgeon ({} cost) {} to {:.1f}% in {} shots, {} linears; {} calibration "
             "windows x {} tokens; {} rank(s), determinism {}",
@@ -559,10 +559,10 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   SurgeonRun run{cfg, world, *grid.data_group, be, m, calib, shard, targets, opt,
                  cfg.determinism == "strict" ? prune::Accumulation::exact : prune::Accumulation::sum,
                  metrics, watchdog, config_hash, {}};
-  Progress progress("surgeon", K, "shots", cfg.log.progress_seconds, world.is_root());
+  Progress progress("surgeon", K, "shots", cfg.log.progress_seconds, world.is_root(), first - 1);
   for (std::int64_t shot = first; shot <= K; ++shot) {
     const bool evaluated = commit_shot(run, state, shot, wbs, run_shot(run, shot, wbs), tok.get());
-    progress.update(shot - first + 1, 0);
+    progress.update(shot, 0);
     if (!evaluated) return kExitInterrupted;
     // After the last shot too: the rerun finds every shot committed and exports and evaluates.
     if (stop_requested(world, {"shot", shot, K, shot}, config_hash, metrics)) return kExitInterrupted;

@@ -281,16 +281,24 @@ std::vector<double> Model::backward(std::span<const std::int32_t> ids, std::int6
   Tensor logits = be_.empty({seqlen, V});
   std::vector<double> losses(static_cast<std::size_t>(batch));
   std::vector<std::int32_t> targets(static_cast<std::size_t>(seqlen), -1);
-  std::vector<double> row_loss(static_cast<std::size_t>(seqlen));
+  std::vector<double> row_loss(static_cast<std::size_t>(seqlen)), true_loss(taps.labels ? row_loss.size() : 0);
   for (std::int64_t b = 0; b < batch; ++b) {
     std::copy(ids.begin() + b * seqlen + 1, ids.begin() + (b + 1) * seqlen, targets.begin());
     targets.back() = -1;
     const Tensor rows = x.slice_rows(b * seqlen, (b + 1) * seqlen);
     final_logits(rows, logits);
-    if (taps.labels) taps.labels(b, logits, targets);
+    std::span<const double> data_loss = row_loss;
+    if (taps.labels) {
+      // The loss returned is the data's (the true next tokens), taken before the labels are drawn.
+      const auto n = static_cast<std::size_t>(seqlen - 1);
+      be_.nll(logits.slice_rows(0, seqlen - 1), std::span<const std::int32_t>(targets).first(n),
+              std::span<double>(true_loss).first(n));
+      data_loss = std::span<const double>(true_loss).first(n);
+      taps.labels(b, logits, targets);
+    }
     be_.nll_backward(logits, targets, 1.0f / static_cast<float>(seqlen - 1), row_loss);
     double sum = 0;
-    for (const double v : row_loss) sum += v;
+    for (const double v : data_loss) sum += v;
     losses[static_cast<std::size_t>(b)] = sum / static_cast<double>(seqlen - 1);
     Tensor dxb = dx.slice_rows(b * seqlen, (b + 1) * seqlen);
     final_backward(rows, logits, dxb);

@@ -355,6 +355,14 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_NE(as_dir.find("exit=2"), std::string::npos) << as_dir;
   EXPECT_NE(as_dir.find("is a file, not a folder"), std::string::npos) << as_dir;
   EXPECT_EQ(read_bytes(file).size(), 7u);
+  // An output.export through a run folder not made yet ("../x") is judged before the run too (it
+  // was let through, and refused after the whole prune).
+  fs::create_directories(dir / "other");
+  std::ofstream(dir / "other/notes.txt") << "mine";
+  const auto up = run_capture(prune_args(dir / "new_run", "opt-mini", {"prune.method=magnitude", "output.export=../other"}));
+  EXPECT_NE(up.find("exit=2"), std::string::npos) << up;
+  EXPECT_NE(up.find("notes.txt"), std::string::npos) << up;
+  EXPECT_FALSE(fs::exists(dir / "new_run/ckpt")) << up;
   // Impossible sizes are refused before anything is written.
   for (const char* bad : {"--shard-mb=0", "--writers=-1"}) {
     const auto no = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",

@@ -191,10 +191,36 @@ TEST(SurgeonCli, AStopDuringAnIntermediateEvaluationIsHonoured) {
   const auto stops = records(dir / "metrics.jsonl", "interrupted");
   ASSERT_EQ(stops.size(), 1u);
   EXPECT_EQ(stops[0]["after_evaluation"], evals.size());
-  const auto rerun = run_capture(surgeon_args(dir, "opt-mini", extra));
+  auto again = surgeon_args(dir, "opt-mini", extra);
+  again.push_back("log.progress_seconds=0.001");
+  const auto rerun = run_capture(again);
   ASSERT_NE(rerun.find("exit=0"), std::string::npos) << rerun;
   EXPECT_NE(rerun.find("resuming at shot 2"), std::string::npos) << rerun;
+  EXPECT_NE(rerun.find("surgeon: 2/2 shots (100%)"), std::string::npos) << rerun;  // counted from the resume
   EXPECT_EQ(records(dir / "metrics.jsonl", "shot").size(), 2u);  // shot 1 not run again
+  fs::remove_all(dir);
+}
+
+// A layer-wise prune does not write its checkpoint into a folder holding an LLM Surgeon state
+// (both would claim the folder, and inspect and export would read the surgeon's); --restart
+// discards the state, as it discards a layer checkpoint.
+TEST(SurgeonCli, ALayerWisePruneRefusesAnLlmSurgeonStateUntilRestart) {
+  NEED_SHARED();
+  const auto dir = temp_dir("sg_then_layers");
+  ASSERT_EQ(run_to_end(surgeon_args(dir, "opt-mini", {"prune.sparsity=0.3", "surgeon.shots=1"})), 0);
+  const auto surgeon_model = read_bytes(dir / "model/model.safetensors");
+  const std::vector<std::string> wanda{"prune.method=wanda"};
+  const auto no = run_capture(surgeon_args(dir, "opt-mini", wanda));
+  EXPECT_NE(no.find("exit=2"), std::string::npos) << no;
+  EXPECT_NE(no.find("holds an LLM Surgeon state"), std::string::npos) << no;
+  EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), surgeon_model);  // untouched
+  EXPECT_FALSE(fs::exists(dir / "ckpt/manifest.json"));
+  auto restart = surgeon_args(dir, "opt-mini", wanda);
+  restart.push_back("--restart");
+  ASSERT_EQ(run_to_end(restart), 0);
+  EXPECT_FALSE(fs::exists(dir / "ckpt/shots.json"));
+  EXPECT_FALSE(fs::exists(dir / "ckpt/shot-00001"));
+  EXPECT_EQ(inspect(dir / "ckpt")["kind"], "layers");
   fs::remove_all(dir);
 }
 
@@ -230,10 +256,12 @@ TEST(SurgeonCli, BadSettingsExit2NamingTheKey) {
 
 // Sampled Fisher: labels drawn from the model with a generator seeded per (seed, shot, window),
 // so 1 and 2 ranks draw the same labels and prune the same model; and it is not the empirical
-// Fisher's model (the labels really are drawn).
+// Fisher's model (the labels really are drawn). The calibration loss each shot reports is the
+// data's, whatever labels the gradient used: before shot 1 the same dense model's on both.
 TEST(SurgeonDist, SampledFisherIsRankInvariantAndNotEmpirical) {
   NEED_SHARED();
   std::map<std::string, std::string> models;
+  std::map<std::string, double> loss_before;
   for (const auto& [name, ranks, fisher] : {std::tuple{"s1", 1, "sampled"}, std::tuple{"s2", 2, "sampled"},
                                             std::tuple{"e1", 1, "empirical"}}) {
     const auto dir = temp_dir(std::string("sg_fisher_") + name);
@@ -244,10 +272,16 @@ TEST(SurgeonDist, SampledFisherIsRankInvariantAndNotEmpirical) {
     const auto r = run(shell_command(a));
     ASSERT_EQ(r.code, 0) << r.out;
     models[name] = read_bytes(dir / "model/model.safetensors");
+    const auto shots = records(dir / "metrics.jsonl", "shot");
+    ASSERT_EQ(shots.size(), 1u);
+    loss_before[name] = shots[0]["calibration_loss_before"].get<double>();
     fs::remove_all(dir);
   }
   EXPECT_EQ(models["s1"], models["s2"]);
   EXPECT_NE(models["s1"], models["e1"]);
+  // Both NLLs are float64 sums of the same fp32 logits; 1e-9 leaves room for their two code paths
+  // (the sampled labels' loss differed by 1.5%).
+  EXPECT_NEAR(loss_before["s1"], loss_before["e1"], 1e-9 * loss_before["e1"]);
 }
 
 TEST(SurgeonDist, OneTwoAndFourRanksGiveTheSameModel) {

@@ -13,15 +13,18 @@ namespace scalpel::app {
 class Progress {
  public:
   // `unit` names what is counted ("windows"); interval 0 disables; only `enabled` ranks print.
-  Progress(std::string what, std::int64_t total, std::string unit, double interval_s, bool enabled);
-  // Reports that `done` units are finished, `tokens` tokens so far (for the rate).
+  // `start`: units done by an earlier run (a resume); the ETA follows this run's pace.
+  Progress(std::string what, std::int64_t total, std::string unit, double interval_s, bool enabled,
+           std::int64_t start = 0);
+  // Reports that `done` units are finished in all (start included), `tokens` tokens so far in this
+  // run (for the rate).
   void update(std::int64_t done, std::int64_t tokens);
   void finish();
   static std::string eta_str(double seconds);
 
  private:
   std::string what_, unit_;
-  std::int64_t total_;
+  std::int64_t total_, start_;
   double interval_;
   bool enabled_;
   Timer timer_;

@@ -77,7 +77,8 @@ struct BackwardTaps {
   std::function<void(std::int64_t layer, int group, const std::vector<std::string>& linears, const Tensor& x)> input;
   std::function<void(std::int64_t layer, const std::string& linear, const Tensor& g)> grad;
   // Optional: replaces the labels of window b (its seqlen - 1 next tokens, then -1) from its
-  // logits [seqlen, vocab] before the loss is taken (a sampled Fisher draws them from the model).
+  // logits [seqlen, vocab] before the gradient is taken (a sampled Fisher draws them from the
+  // model); the losses backward returns stay the true next tokens'.
   std::function<void(std::int64_t b, const Tensor& logits, std::span<std::int32_t> targets)> labels;
 };
 
@@ -124,7 +125,8 @@ class Model {
   // each layer's input ([batch*seqlen, hidden]) and recomputes the layer's forward with its cache
   // just before its backward (one layer's intermediates at a time; two forwards and one
   // backward). Both give the same bits. taps.input sees the linears' inputs (in layer order when
-  // kept, in reverse when recomputed), taps.grad the output gradients. Returns the windows' losses.
+  // kept, in reverse when recomputed), taps.grad the output gradients. Returns the windows' losses
+  // (mean NLL of their true next tokens, whatever labels the gradient used).
   std::vector<double> backward(std::span<const std::int32_t> ids, std::int64_t batch, std::int64_t seqlen,
                                const BackwardTaps& taps, bool keep_caches = false);
   // Bytes of one layer's LayerCache for batch x seqlen tokens (fp32).
