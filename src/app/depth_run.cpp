@@ -26,6 +26,7 @@
 #include "run_common.hpp"
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/export.hpp"
+#include "scalpel/app/run_control.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/core/timer.hpp"
@@ -423,7 +424,8 @@ void export_depth(DepthRun& r, const Outcome& o, const fs::path& dest) {
 }
 
 // The pruned model in memory (the export's blocks): every eval.sets text and eval.tasks task.
-void evaluate_pruned(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src, const Outcome& o,
+// False when a stop signal ended the evaluation between two sets or tasks.
+bool evaluate_pruned(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src, const Outcome& o,
                      const text::Tokenizer* tok, Metrics& metrics, const nlohmann::json& extra) {
   auto spec = spec_of(r);
   spec.layers = static_cast<std::int64_t>(o.kept.size());
@@ -431,7 +433,9 @@ void evaluate_pruned(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src, c
   model::Model pruned(spec, source, r.be, static_cast<std::size_t>(r.cfg.weight_cache_mb) << 20);
   for (std::size_t i = 0; i < o.kept.size(); ++i)
     if (o.kept_weights[i]) pruned.set_layer_weights(static_cast<std::int64_t>(i), o.kept_weights[i]);
-  evaluate_config(pruned, tok, r.cfg, r.world, metrics, extra);
+  const std::string no_config_hash;  // depth runs have none; referenced by the stop hook
+  return evaluate_config(pruned, tok, r.cfg, r.world, metrics, extra, {},
+                         evaluation_stop(r.world, no_config_hash, metrics));
 }
 
 // The checks that need only the config and config.json: input Errors naming the key.
@@ -479,6 +483,10 @@ nlohmann::json depth_record(DepthRun& r, const Outcome& o, bool scores_only, dou
 int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool scores_only) {
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   Timer timer;
+  // SIGTERM/SIGUSR1 stop the run with exit code 75 (the batch scripts requeue on it) after the
+  // scoring, before the export, or between evaluation sets; nothing is kept but the metrics, and
+  // the rerun starts over (scoring is one pass).
+  install_stop_signals();
   auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   std::int64_t n = 0;
@@ -513,6 +521,11 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     metrics.write(rec);
     return kExitOk;
   }
+  if (stop_requested(world, {"scoring", 1, 1, 1, "the scores in the metrics; nothing exported, the rerun scores again"},
+                     "", metrics)) {
+    metrics.write(rec);
+    return kExitInterrupted;
+  }
   log::info("removed blocks {} of {}; {} remain", nlohmann::json(o.removed).dump(), spec.layers, o.kept.size());
   if (world.is_root() && !cfg.output.export_dir.empty()) {
     const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
@@ -522,8 +535,8 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   world.barrier();
   metrics.write(rec);
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
-  evaluate_pruned(r, src, o, tok.get(), metrics, {{"depth", true}, {"removed", o.removed}});
-  return kExitOk;
+  return evaluate_pruned(r, src, o, tok.get(), metrics, {{"depth", true}, {"removed", o.removed}}) ? kExitOk
+                                                                                                   : kExitInterrupted;
 }
 
 }  // namespace scalpel::app

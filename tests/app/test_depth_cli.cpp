@@ -8,6 +8,7 @@
 // Every test skips when ../shared is absent.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <numbers>
 #include <sstream>
+#include <thread>
 
 #include "../../src/app/run_common.hpp"
 #include "../common/reference_model.hpp"
@@ -224,6 +226,48 @@ TEST(DepthCli, ExportRenumbersEvaluatesAsSkippedBlocksAndPrunes) {
   const auto s = scalpel::app::sparsity_stats(p.view("model.layers.1.mlp.down_proj.weight"));
   EXPECT_NEAR(s.sparsity(), 0.5, 0.01);
   fs::remove_all(dir);
+}
+
+// SIGUSR1 (Slurm's preemption, as the batch scripts forward it) stops a depth run with exit code
+// 75, which the scripts requeue on: after the scoring (nothing exported: the rerun scores again)
+// or between evaluation sets.
+TEST(DepthCli, AStopSignalEndsTheRunWithExit75) {
+  NEED_SHARED();
+  const auto dir = temp_dir("depth_stop");
+  const auto log = dir.string() + ".log";
+  pid_t pid = spawn(depth_args("opt-deep", dir, {"depth.criterion=ppl", "depth.remove=2"}), log);
+  while (read_bytes(log).find("criterion ppl") == std::string::npos) {  // the handlers are in place
+    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << read_bytes(log);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  kill(pid, SIGUSR1);
+  EXPECT_EQ(wait_exit(pid), 75) << read_bytes(log);
+  auto stops = records(dir / "metrics.jsonl", "interrupted");
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0]["after_scoring"], 1);
+  EXPECT_EQ(records(dir / "metrics.jsonl", "depth").size(), 1u);  // the scores are kept
+  EXPECT_FALSE(fs::exists(dir / "model"));
+  fs::remove_all(dir);
+
+  std::string sets = "eval.sets=[";
+  for (const char* name : {"a", "b", "c"})
+    sets += std::string(name == std::string("a") ? "" : ", ") + "{name: " + name + ", preset: text, path: " + kHeldout + "}";
+  sets += "]";
+  pid = spawn(depth_args("opt-deep", dir, {"depth.criterion=bi", "depth.remove=2", sets, "eval.max_windows=40"}));
+  while (records(dir / "metrics.jsonl", "eval").empty()) {
+    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << "ended before its first evaluation";
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  kill(pid, SIGUSR1);
+  EXPECT_EQ(wait_exit(pid), 75);
+  const auto evals = records(dir / "metrics.jsonl", "eval");
+  EXPECT_LE(evals.size(), 2u);  // a, and b if it had begun
+  stops = records(dir / "metrics.jsonl", "interrupted");
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0]["after_evaluation"], evals.size());
+  EXPECT_TRUE(fs::exists(dir / "model/config.json"));  // exported before the evaluation
+  fs::remove_all(dir);
+  fs::remove(log);
 }
 
 TEST(DepthCli, DeepestRemovesTheBlocksBeforeTheLast) {
