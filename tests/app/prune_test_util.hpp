@@ -7,12 +7,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 namespace scalpel_test {
 
@@ -105,6 +109,20 @@ inline std::vector<nlohmann::json> records(const fs::path& metrics, const std::s
     if (j.value("event", "") == event) out.push_back(j);
   }
   return out;
+}
+
+// Sends SIGUSR1 to `pid` once `metrics` holds a record of `event`, and returns its exit code
+// (-1, with a test failure, when the process ended before such a record).
+inline int stop_after_record(pid_t pid, const fs::path& metrics, const std::string& event) {
+  while (records(metrics, event).empty()) {
+    if (waitpid(pid, nullptr, WNOHANG) == pid) {
+      ADD_FAILURE() << "the process ended before its first '" << event << "' record";
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  kill(pid, SIGUSR1);
+  return wait_exit(pid);
 }
 
 inline std::int64_t committed_layers(const fs::path& ckpt) {

@@ -254,12 +254,7 @@ TEST(DepthCli, AStopSignalEndsTheRunWithExit75) {
     sets += std::string(name == std::string("a") ? "" : ", ") + "{name: " + name + ", preset: text, path: " + kHeldout + "}";
   sets += "]";
   pid = spawn(depth_args("opt-deep", dir, {"depth.criterion=bi", "depth.remove=2", sets, "eval.max_windows=40"}));
-  while (records(dir / "metrics.jsonl", "eval").empty()) {
-    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << "ended before its first evaluation";
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  kill(pid, SIGUSR1);
-  EXPECT_EQ(wait_exit(pid), 75);
+  EXPECT_EQ(stop_after_record(pid, dir / "metrics.jsonl", "eval"), 75);
   const auto evals = records(dir / "metrics.jsonl", "eval");
   EXPECT_LE(evals.size(), 2u);  // a, and b if it had begun
   stops = records(dir / "metrics.jsonl", "interrupted");

@@ -281,13 +281,7 @@ TEST(PruneCli, AStopDuringTheFinalEvaluationIsHonoured) {
   const std::vector<std::string> extra{"prune.method=magnitude", "eval.max_windows=40",
                                        "eval.sets=[{name: a, preset: text, path: " + heldout + "}, {name: b, preset: "
                                        "text, path: " + heldout + "}]"};
-  const pid_t pid = spawn(prune_args(dir, "opt-mini", extra));
-  while (records(dir / "metrics.jsonl", "prune").empty()) {
-    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << "ended before its summary";
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  kill(pid, SIGUSR1);
-  EXPECT_EQ(wait_exit(pid), 75);
+  EXPECT_EQ(stop_after_record(spawn(prune_args(dir, "opt-mini", extra)), dir / "metrics.jsonl", "prune"), 75);
   const auto stops = records(dir / "metrics.jsonl", "interrupted");
   ASSERT_EQ(stops.size(), 1u);
   EXPECT_EQ(stops[0]["signal"], SIGUSR1);

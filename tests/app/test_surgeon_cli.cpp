@@ -177,13 +177,7 @@ TEST(SurgeonCli, AStopDuringAnIntermediateEvaluationIsHonoured) {
       "eval.sets=[{name: a, preset: text, path: " + heldout + "}, {name: b, preset: text, path: " + heldout +
           "}, {name: c, preset: text, path: " + heldout + "}]"};
   const auto dir = temp_dir("sg_stop_eval");
-  const pid_t pid = spawn(surgeon_args(dir, "opt-mini", extra));
-  while (records(dir / "metrics.jsonl", "eval").empty()) {
-    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << "ended before its first evaluation";
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  kill(pid, SIGUSR1);
-  EXPECT_EQ(wait_exit(pid), 75);
+  EXPECT_EQ(stop_after_record(spawn(surgeon_args(dir, "opt-mini", extra)), dir / "metrics.jsonl", "eval"), 75);
   const auto evals = records(dir / "metrics.jsonl", "eval");
   ASSERT_GE(evals.size(), 1u);
   EXPECT_LE(evals.size(), 2u);  // a, and b if it had begun; before this was honoured, c ran too
