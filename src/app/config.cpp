@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <set>
 
 #include "scalpel/core/error.hpp"
@@ -36,15 +37,15 @@ class MapReader {
     if (!v || v.IsNull()) return;
     if (!v.IsScalar())
       SCALPEL_INPUT_ERROR("{}: '{}' must be a scalar, got a {}", source_, key(k), v.IsMap() ? "mapping" : "list");
+    long long integer = 0;  // range-checked below, outside the conversion's catch
     try {
       if constexpr (std::is_same_v<T, bool>) {
         out = v.as<bool>();
       } else if constexpr (std::is_integral_v<T>) {
         const auto s = v.as<std::string>();
         std::size_t pos = 0;
-        const long long x = std::stoll(s, &pos);
+        integer = std::stoll(s, &pos);
         if (pos != s.size()) throw std::invalid_argument(s);
-        out = static_cast<T>(x);
       } else if constexpr (std::is_floating_point_v<T>) {
         const auto s = v.as<std::string>();
         std::size_t pos = 0;
@@ -59,6 +60,14 @@ class MapReader {
                          : std::is_integral_v<T> ? "an integer"
                          : std::is_floating_point_v<T> ? "a number" : "a string";
       SCALPEL_INPUT_ERROR("{}: '{}' must be {}, got '{}'", source_, key(k), want, v.Scalar());
+    }
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      // A value the setting's type cannot hold is refused, not wrapped (threads 4294967297 was 1).
+      using L = std::numeric_limits<T>;
+      if (integer < static_cast<long long>(L::min()) ||
+          (integer > 0 && static_cast<unsigned long long>(integer) > static_cast<unsigned long long>(L::max())))
+        SCALPEL_INPUT_ERROR("{}: '{}' is {}, outside {}..{}", source_, key(k), integer, L::min(), L::max());
+      out = static_cast<T>(integer);
     }
   }
 
@@ -515,6 +524,8 @@ void check_output_paths(const Config& c, const std::string& source) {
 }
 
 void validate_run(const Config& c, const std::string& source) {
+  if (c.output.dir.empty())
+    SCALPEL_INPUT_ERROR("{}: 'output.dir' is empty; name the run's folder ('.' for the working directory)", source);
   if (c.calibration.nsamples < 1) SCALPEL_INPUT_ERROR("{}: 'calibration.nsamples' must be >= 1", source);
   if (c.calibration.seqlen < 0 || c.calibration.seqlen == 1)
     SCALPEL_INPUT_ERROR("{}: 'calibration.seqlen' must be 0 (model maximum) or >= 2", source);
@@ -543,6 +554,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   const std::string source = path.empty() ? (overrides.empty() ? "<defaults>" : "command line")
                                           : (overrides.empty() ? path : path + " or the command line");
   if (!path.empty()) {
+    if (std::filesystem::is_directory(path))
+      SCALPEL_INPUT_ERROR("{}: is a folder, not a config file (a model folder goes with --model)", path);
     try {
       root = YAML::LoadFile(path);
     } catch (const YAML::BadFile&) {

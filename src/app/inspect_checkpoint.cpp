@@ -154,7 +154,9 @@ bool is_checkpoint_folder(const fs::path& dir) {
   return fs::exists(dir / io::kManifestName) || io::ShotCheckpoint::is_shot_state(dir);
 }
 
-json inspect_checkpoint(const fs::path& dir, bool verify, bool print) {
+namespace {
+
+json inspect_any(const fs::path& dir, bool verify, bool print) {
   if (!io::ShotCheckpoint::is_shot_state(dir)) {
     auto j = inspect_layers(io::Checkpoint::open_read(dir), verify);
     const bool shot = io::ShotCheckpoint::is_shot_folder(dir);
@@ -192,6 +194,19 @@ json inspect_checkpoint(const fs::path& dir, bool verify, bool print) {
     }
   }
   return j;
+}
+
+}  // namespace
+
+json inspect_checkpoint(const fs::path& dir, bool verify, bool print) {
+  // A manifest or pointer field of the wrong type (a hand-edited or damaged file) is an input
+  // error naming the folder, not an internal one.
+  try {
+    return inspect_any(dir, verify, print);
+  } catch (const nlohmann::json::exception& e) {
+    SCALPEL_INPUT_ERROR("{}: the checkpoint's manifest ({} or shots.json) has a field of the wrong type or missing: {}",
+                        dir.string(), io::kManifestName, e.what());
+  }
 }
 
 std::optional<std::pair<std::string, int>> verification_failure(const json& report) {

@@ -150,5 +150,25 @@ TEST(Config, MalformedYamlAndMissingFileNameTheFile) {
   }
 }
 
+// Found by an exploratory review: a folder as the config file was an internal error (exit 4),
+// integers out of their setting's range wrapped (threads 4294967297 ran as 1, seed -1 as 2^64-1),
+// and an empty output.dir wrote the run into the working directory.
+TEST(Config, FoldersOutOfRangeIntegersAndAnEmptyRunFolderAreInputErrors) {
+  const auto folder = std::filesystem::temp_directory_path() / "scalpel_cfg_folder";
+  std::filesystem::create_directories(folder);
+  try {
+    app::load_config(folder.string(), {});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::input);
+    EXPECT_NE(std::string(e.what()).find("is a folder"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(folder);
+  EXPECT_NE(error_of("threads: 4294967297\n").find("'threads' is 4294967297, outside"), std::string::npos);
+  EXPECT_NE(error_of("", {"calibration.seed=-1"}).find("'calibration.seed' is -1, outside 0.."), std::string::npos);
+  EXPECT_NE(error_of("", {"output.dir="}).find("'output.dir' is empty"), std::string::npos);
+  EXPECT_EQ(error_of("threads: 2147483647\n"), "no error");  // the largest int is a value like any other
+}
+
 }  // namespace
 }  // namespace scalpel::test

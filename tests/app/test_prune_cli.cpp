@@ -262,6 +262,15 @@ TEST(PruneCli, InspectTellsWhereACheckpointStandsAndVerifiesIt) {
   EXPECT_FALSE(d["verified"]["ok"].get<bool>());
   EXPECT_EQ(d["verified"]["exit_code"], 2);
   EXPECT_NE(d["verified"]["error"].get<std::string>().find("layer-00000.shard-00000.h5"), std::string::npos);
+  // A manifest field of the wrong type (hand-edited) is an input error naming the folder (it was
+  // an internal error, exit 4).
+  fs::create_directories(dir / "edited");
+  auto edited = nlohmann::json::parse(read_bytes(dir / "ckpt/manifest.json"));
+  edited["grid"] = "x";
+  std::ofstream(dir / "edited/manifest.json") << edited.dump();
+  const auto wrong = run_capture({kBin, "inspect", (dir / "edited").string()});
+  EXPECT_NE(wrong.find("exit=2"), std::string::npos) << wrong;
+  EXPECT_NE(wrong.find("wrong type"), std::string::npos) << wrong;
   EXPECT_NE(run_capture({kBin, "inspect", ckpt}).find("exit=0"), std::string::npos);  // without --verify: the manifest
   // An export that meets the damage fails the same way and leaves no half-written folder.
   const auto re = run_capture({kBin, "export", "--checkpoint", ckpt, "--out", (dir / "re").string()});

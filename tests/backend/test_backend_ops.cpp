@@ -159,6 +159,13 @@ TEST_P(BackendOps, ElementwiseMatchFloat64) {
   be->relu(r);
   for (std::int64_t i = 0; i < n; ++i) want[i] = std::max(0.0, g[i]);
   EXPECT_REL_NEAR(down(r), want, Tol::f32);
+  // NaN stays NaN, as torch.relu: a NaN weight must not vanish behind the activation.
+  Tensor nan = up(Vec{std::nan(""), -1.0, 2.0}, {3});
+  be->relu(nan);
+  const auto back = down(nan);
+  EXPECT_TRUE(std::isnan(back[0]));
+  EXPECT_EQ(back[1], 0.0);
+  EXPECT_EQ(back[2], 2.0);
 }
 
 TEST_P(BackendOps, RopeMatchesFloat64) {

@@ -332,7 +332,7 @@ class CpuBackend final : public Backend {
     float* yp = y.f32();
     const auto n = y.numel();
 #pragma omp parallel for simd schedule(static)
-    for (std::int64_t i = 0; i < n; ++i) yp[i] = yp[i] > 0.0f ? yp[i] : 0.0f;
+    for (std::int64_t i = 0; i < n; ++i) yp[i] = yp[i] > 0.0f || yp[i] != yp[i] ? yp[i] : 0.0f;  // NaN stays, as torch
   }
 
   void gelu(Tensor& y) override {

@@ -206,7 +206,8 @@ __global__ void k_colsq_final(const double* partial, float alpha, float beta, fl
 
 __global__ void k_add(float* y, const float* x, i64 n) { GRID_STRIDE(i, n) y[i] += x[i]; }
 __global__ void k_scale(float* y, float a, i64 n) { GRID_STRIDE(i, n) y[i] *= a; }
-__global__ void k_relu(float* y, i64 n) { GRID_STRIDE(i, n) y[i] = y[i] > 0.0f ? y[i] : 0.0f; }
+// NaN stays NaN, as torch.relu (a NaN weight is not hidden by the activation).
+__global__ void k_relu(float* y, i64 n) { GRID_STRIDE(i, n) y[i] = y[i] > 0.0f || isnan(y[i]) ? y[i] : 0.0f; }
 __global__ void k_gelu(float* y, i64 n) {
   const double c = 0.7978845608028654;  // sqrt(2 / pi)
   GRID_STRIDE(i, n) {
