@@ -433,9 +433,8 @@ bool evaluate_pruned(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src, c
   model::Model pruned(spec, source, r.be, static_cast<std::size_t>(r.cfg.weight_cache_mb) << 20);
   for (std::size_t i = 0; i < o.kept.size(); ++i)
     if (o.kept_weights[i]) pruned.set_layer_weights(static_cast<std::int64_t>(i), o.kept_weights[i]);
-  const std::string no_config_hash;  // depth runs have none; referenced by the stop hook
   return evaluate_config(pruned, tok, r.cfg, r.world, metrics, extra, {},
-                         evaluation_stop(r.world, no_config_hash, metrics));
+                         evaluation_stop(r.world, "", metrics));  // depth runs have no config hash
 }
 
 // The checks that need only the config and config.json: input Errors naming the key.

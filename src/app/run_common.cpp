@@ -104,7 +104,7 @@ bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& c
 
 std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& world, const std::string& config_hash,
                                                                 Metrics& metrics) {
-  return [&world, &config_hash, &metrics](std::int64_t done, std::int64_t total) {
+  return [&world, config_hash, &metrics](std::int64_t done, std::int64_t total) {
     return stop_requested(world, {"evaluation", done, total, done, "the results so far in the metrics"}, config_hash,
                           metrics);
   };

@@ -63,8 +63,9 @@ struct StopPoint {
 // Whether any rank received SIGTERM/SIGUSR1 (one all-reduce: every rank agrees); on a stop the
 // warning is logged and the "interrupted" record written. Call on every rank, after a commit.
 bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& config_hash, Metrics& metrics);
-// The `stop` of a run's final evaluate_config: stop_requested between two sets or tasks, recorded
-// as "after_evaluation" (how many were done).
+// The `stop` of a run's evaluate_config: stop_requested between two sets or tasks, recorded as
+// "after_evaluation" (how many were done). It keeps a copy of config_hash; world and metrics must
+// outlive it.
 std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& world, const std::string& config_hash,
                                                                 Metrics& metrics);
 

@@ -151,17 +151,14 @@ std::vector<std::string> remove_unrecorded(const fs::path& dir, const json& m) {
 }
 
 // A folder holding LLM Surgeon's multi-shot state is not a layer checkpoint: refused, or with
-// --restart discarded like one (its pointer first, the commit point, then the shot folders).
+// --restart discarded like one.
 void refuse_or_discard_shot_state(const fs::path& dir, bool restart) {
   if (!ShotCheckpoint::is_shot_state(dir)) return;
   if (!restart)
     SCALPEL_INPUT_ERROR("{}: holds an LLM Surgeon state ({}), not a layer checkpoint; use another output.dir or "
                         "output.checkpoint, or --restart to discard it",
                         dir.string(), kShotPointerName);
-  fs::remove(dir / kShotPointerName);
-  fsync_path(dir, true);
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_directory() && e.path().filename().string().rfind("shot-", 0) == 0) fs::remove_all(e.path());
+  ShotCheckpoint::discard(dir);
 }
 
 }  // namespace

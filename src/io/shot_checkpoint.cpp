@@ -40,6 +40,14 @@ nlohmann::json read_pointer(const fs::path& file) {
 
 std::string shot_name(std::int64_t shot) { return fmt::format("shot-{:05d}", shot); }
 
+// The shot folders in `dir` but `keep` ("" for none).
+void remove_shot_folders(const fs::path& dir, const std::string& keep) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (e.is_directory() && name.rfind("shot-", 0) == 0 && name != keep) fs::remove_all(e.path());
+  }
+}
+
 }  // namespace
 
 bool ShotCheckpoint::is_shot_state(const fs::path& dir) { return fs::exists(dir / kShotPointerName); }
@@ -107,12 +115,13 @@ void ShotCheckpoint::write_pointer(nlohmann::json next) {
   pointer_ = std::move(next);
 }
 
-void ShotCheckpoint::remove_unreferenced() const {
-  const std::string keep = shot_ > 0 ? shot_name(shot_) : "";
-  for (const auto& e : fs::directory_iterator(dir_)) {
-    const auto name = e.path().filename().string();
-    if (e.is_directory() && name.rfind("shot-", 0) == 0 && name != keep) fs::remove_all(e.path());
-  }
+void ShotCheckpoint::remove_unreferenced() const { remove_shot_folders(dir_, shot_ > 0 ? shot_name(shot_) : ""); }
+
+void ShotCheckpoint::discard(const fs::path& dir) {
+  if (!is_shot_state(dir)) return;
+  fs::remove(dir / kShotPointerName);  // the commit point first: nothing is committed after it
+  fsync_path(dir, true);
+  remove_shot_folders(dir, "");
 }
 
 void ShotCheckpoint::commit_shot(std::int64_t shot, const std::vector<std::vector<TensorRecord>>& tensors,

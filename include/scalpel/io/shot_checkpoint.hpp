@@ -36,6 +36,9 @@ class ShotCheckpoint {
   // True when `dir` is one shot's checkpoint inside a multi-shot state (a shot-NNNNN folder beside
   // the pointer): complete as a layer checkpoint, but only a step of the run.
   static bool is_shot_folder(const std::filesystem::path& dir);
+  // Removes the state in `dir`, if any (its pointer first, then the shot folders), leaving the
+  // folder's other files (a layer checkpoint's --restart in the same folder).
+  static void discard(const std::filesystem::path& dir);
 
   std::int64_t last_shot() const { return shot_; }        // 0: nothing committed
   std::int64_t total_shots() const { return total_; }
