@@ -94,7 +94,11 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
   if (max_windows > 0) nwin = std::min(nwin, max_windows);
   r.windows = nwin;
 
-  const auto mine = dist::block_range(nwin, comm.size(), comm.rank());
+  // Whole batches per rank, as the tasks split theirs: a batch (one forward pass) is then made of
+  // the same windows at any rank count, and a window's bits cannot depend on its neighbours'
+  // (OpenBLAS computes a row with bits that depend on its place in the GEMM).
+  const auto batches = dist::block_range((nwin + batch - 1) / batch, comm.size(), comm.rank());
+  const dist::Range mine{std::min(nwin, batches.begin * batch), std::min(nwin, batches.end * batch)};
   std::vector<double> sums(static_cast<std::size_t>(mine.end - mine.begin), 0.0);
   std::vector<double> nll;
   Progress progress(fmt::format("eval {}", name), mine.end - mine.begin, "windows", progress_seconds,

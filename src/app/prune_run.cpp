@@ -292,6 +292,7 @@ nlohmann::json prune_one(const LinearJob& j, const model::LinearSpec& lin, const
   opt.name = fmt::format("layer {} {}", j.layer, lin.name);
   opt.factor = factor;
   opt.total_rows = rows;
+  opt.row_offset = rr.begin;
   if (j.group.size() > 1) opt.select = prune::group_select(j.group);
   const auto r = prune::prune_linear(j.be, as_dtype_on(j.be, w.slice_rows(rr.begin, rr.end), DType::f32), stats, opt);
   j.watchdog.beat("gather", j.layer);

@@ -148,6 +148,7 @@ void prune_sparsegpt(Backend& be, const InputStats* stats, const PruneOptions& o
   so.pattern = o.pattern;
   so.blocksize = o.blocksize;
   so.total_rows = o.total_rows;
+  so.row_offset = o.row_offset;
   so.select = o.select;
   so.hdiag = o.isc ? &f.hdiag : nullptr;
   sparsegpt_sweep(be, r.weight, f.hinv, so, r.mask, losses);

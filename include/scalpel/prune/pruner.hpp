@@ -56,6 +56,7 @@ struct PruneOptions {
   // `select` chooses the whole-matrix (magnitude) and per-block (SparseGPT) thresholds over all
   // slices. Row-wise rules (Wanda, N:M) need neither.
   std::int64_t total_rows = 0;
+  std::int64_t row_offset = 0;  // the slice's first row in the whole matrix
   BlockSelect select = local_select;
   std::string name;              // names the linear in errors and warnings ("layer 3 fc1")
   // SparseGPT, unstructured: the ISC saliency w²·(H_jj + 1/[H⁻¹]_jj) of the sensitivity paper
@@ -142,6 +143,7 @@ struct SweepOptions {
   Pattern pattern;
   std::int64_t blocksize = 128;
   std::int64_t total_rows = 0;  // rows of all slices (unstructured block counts); 0 = w's rows
+  std::int64_t row_offset = 0;  // where w's first row lies among them
   BlockSelect select = local_select;
   const Tensor* hdiag = nullptr;  // unstructured: the ISC saliency with this damped diag H (see PruneOptions)
 };

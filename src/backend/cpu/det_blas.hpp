@@ -4,9 +4,10 @@
 // threads and at 2 ranks x 1 thread would differ. These split the output into tiles sized by the shape alone (256 to 1024)
 // (or independent rows/columns for the triangular ops) and run one single-threaded BLAS call per
 // tile in an OpenMP loop (OpenBLAS runs single-threaded inside a parallel region): every output
-// element is computed by the same call at any thread count. A GEMM row also gets the same bits
-// whether it is computed with the whole matrix or in a row slice (tiles of few rows are padded past
-// OpenBLAS's small-matrix kernels). Row-major, plain CBLAS arguments.
+// element is computed by the same call at any thread count. Calls of few rows are padded past
+// OpenBLAS's small-matrix kernels; a row slice computed on another rank gets the whole matrix's
+// bits through det_gemm_rows, which is told where the slice starts. Row-major, plain CBLAS
+// arguments.
 #pragma once
 #include <cstdint>
 
@@ -16,6 +17,15 @@ namespace scalpel::cpu {
 template <class T>
 void det_gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
               std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc);
+// det_gemm (no transposes) for rows [row0, row0 + m) of a matrix whose other rows other ranks
+// compute: a row gets the bits it gets in the whole matrix's call. OpenBLAS's Haswell/Zen sgemm
+// computes rows in groups of 12 and a row's bits depend on its place in its group and on the tail
+// the call ends with, so every row is computed in a single-threaded call that starts at a global
+// row that is a multiple of kRowAlign and spans a multiple of it (zero rows pad a partial group).
+inline constexpr std::int64_t kRowAlign = 48;  // a multiple of every row grouping met (4, 12, 16)
+template <class T>
+void det_gemm_rows(std::int64_t row0, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
+                   std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc);
 // Upper triangle of C (d x d) = alpha XᵀX + beta C, X n x d (lower triangle of C: see det_syrk_lower_t).
 template <class T>
 void det_syrk_lower_t(std::int64_t d, std::int64_t n, T alpha, const T* x, std::int64_t ldx, T beta, T* c,
