@@ -413,6 +413,22 @@ LayerTensor read_entry_tensor(std::int64_t layer, const std::string& name, const
   return lt;
 }
 
+// A shard file holding a tensor its layer's entry does not record means the manifest was edited
+// (or is not the one the files were committed with): a reader of the entry alone would take that
+// tensor's dense weights and export a partly unpruned model without a word.
+void check_no_unrecorded_tensors(std::int64_t layer, const LayerEntry& entry,
+                                 const std::map<std::string, ShardReader>& readers) {
+  std::map<std::string, std::set<std::string>> recorded;  // by file
+  for (const auto& [name, t] : entry.tensors)
+    for (const auto& s : t.slices) recorded[s.file].insert(name);
+  for (const auto& [file, r] : readers)
+    for (const auto& s : r.list(layer))
+      SCALPEL_CHECK_INPUT(recorded[file].count(s.tensor) > 0,
+                          "{}: holds tensor '{}' of layer {}, which the manifest does not record: the manifest "
+                          "was edited or belongs to other files",
+                          r.path().string(), s.tensor, layer);
+}
+
 }  // namespace
 
 // A committed layer's entry and its shard files, open.
@@ -445,6 +461,7 @@ LayerData Checkpoint::read_layer(std::int64_t layer) const {
   with_layer_files(layer, [&](const LayerFiles& f) {
     out.layer = layer;
     out.metrics = f.entry.metrics;
+    check_no_unrecorded_tensors(layer, f.entry, f.readers);
     for (const auto& [name, t] : f.entry.tensors)  // std::map: by name, as LayerData::find expects
       out.tensors.push_back(read_entry_tensor(layer, name, t, f.readers, f.shard_of, true));
     for (const auto& [file, r] : f.readers) out.shard_metrics[f.shard_of.at(file)] = r.shard_metrics(layer);

@@ -620,6 +620,19 @@ TEST_F(CheckpointCorruption, MissingShardIsReported) {
   expect_input_error([&] { Checkpoint::open_or_create(dir.path(), identity(2)); }, {file.string(), "missing"});
 }
 
+// A tensor entry deleted from the manifest by hand: the manifest still validates, but its shard
+// file holds the tensor, so reading the layer (export, verify, resume) fails rather than hand back
+// a layer whose missing tensor a reader would take dense from the model.
+TEST_F(CheckpointCorruption, TensorTheManifestNoLongerRecordsIsReported) {
+  json m = json::parse(read_file(dir / "manifest.json"));
+  m["layers"][0]["tensors"].erase("mlp.fc1.weight");
+  write_file(dir / "manifest.json", m.dump());
+  const Checkpoint c = Checkpoint::open_read(dir.path());  // the manifest alone is consistent
+  expect_input_error([&] { c.read_layer(0); },
+                     {file.string(), "tensor 'mlp.fc1.weight'", "manifest does not record", "layer 0", "--restart"});
+  EXPECT_NO_THROW(c.read_layer(1));
+}
+
 TEST_F(CheckpointCorruption, DamagedMetadataIsReported) {
   // Byte 12 is inside the superblock, which the 1.10 format checksums.
   flip_byte(file, 12);
