@@ -76,11 +76,15 @@ class MapReader {
     return node_ && node_.IsMap() ? node_[k] : YAML::Node();
   }
 
+  // Unknown keys, and keys given twice (YAML forbids it; yaml-cpp would silently keep the first).
   void finish() const {
     if (!node_ || !node_.IsMap()) return;
+    std::set<std::string> seen;
     for (const auto& kv : node_) {
       const auto k = kv.first.as<std::string>();
       if (!used_.count(k)) SCALPEL_INPUT_ERROR("{}: unknown key '{}'", source_, key(k));
+      if (!seen.insert(k).second)
+        SCALPEL_INPUT_ERROR("{}: key '{}' is given twice; keep one", source_, key(k));
     }
   }
 
@@ -557,7 +561,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     if (std::filesystem::is_directory(path))
       SCALPEL_INPUT_ERROR("{}: is a folder, not a config file (a model folder goes with --model)", path);
     try {
-      root = YAML::LoadFile(path);
+      const auto docs = YAML::LoadAllFromFile(path);
+      if (docs.size() > 1)
+        SCALPEL_INPUT_ERROR("{}: holds {} YAML documents ('---' separated); a config is one", path, docs.size());
+      if (!docs.empty()) root = docs.front();
     } catch (const YAML::BadFile&) {
       SCALPEL_INPUT_ERROR("{}: cannot read the config file", path);
     } catch (const YAML::Exception& e) {

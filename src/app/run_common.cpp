@@ -15,6 +15,8 @@
 namespace scalpel::app {
 
 CalibrationWindows calibration_windows(const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer& tok) {
+  if (cfg.calibration.path.empty())
+    SCALPEL_INPUT_ERROR("config: 'calibration.path' is empty; name the calibration text file");
   const auto calib_ids = tok.encode(text::load_eval_text("text", cfg.calibration.path));
   CalibrationWindows w;
   w.seqlen = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;

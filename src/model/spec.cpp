@@ -4,6 +4,7 @@
 
 #include <fnmatch.h>
 
+#include <cmath>
 #include <set>
 
 #include "scalpel/core/error.hpp"
@@ -116,6 +117,13 @@ void check_shape(const json& cfg, const std::string& what, ModelSpec& s) {
                         s.heads, s.kv_heads);
   if (s.head_dim <= 0 || s.head_dim % 2 != 0)
     SCALPEL_INPUT_ERROR("{}: head_dim {} must be positive and even", what, s.head_dim);
+  // The rotary and normalisation constants: a non-positive one gives NaN or garbage angles.
+  if (!(s.rope_theta > 0) || !std::isfinite(s.rope_theta))
+    SCALPEL_INPUT_ERROR("{}: rope_theta {} must be a positive number", what, s.rope_theta);
+  if (!(s.rope_linear_factor > 0) || !std::isfinite(s.rope_linear_factor))
+    SCALPEL_INPUT_ERROR("{}: rope_scaling factor {} must be a positive number", what, s.rope_linear_factor);
+  if (!(s.norm_eps >= 0) || !std::isfinite(s.norm_eps))
+    SCALPEL_INPUT_ERROR("{}: rms_norm_eps {} must be a non-negative number", what, s.norm_eps);
 }
 
 }  // namespace

@@ -96,6 +96,9 @@ std::vector<std::int64_t> sample_window_offsets(std::int64_t numel, std::int64_t
 
 std::vector<std::int64_t> read_window_offsets(const std::filesystem::path& file, std::int64_t numel,
                                               std::int64_t seqlen) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(file, ec))
+    SCALPEL_INPUT_ERROR("{}: is a folder, not a window offsets file", file.string());
   std::ifstream in(file);
   if (!in) SCALPEL_INPUT_ERROR("{}: cannot read the window offsets file", file.string());
   std::vector<std::int64_t> out;

@@ -102,6 +102,20 @@ TEST(Config, UnknownKeysNameTheirPath) {
   EXPECT_NE(error_of("", {"eval.sqlen=3"}).find("unknown key 'eval.sqlen'"), std::string::npos);
 }
 
+// YAML forbids a key twice in one mapping, but yaml-cpp keeps the first silently: a user who
+// appended "sparsity: 0.7" below "sparsity: 0.5" would prune at 0.5. A second document ("---")
+// would be ignored the same way.
+TEST(Config, DuplicateKeysAndSecondDocumentsAreRefused) {
+  EXPECT_NE(error_of("prune: {sparsity: 0.5}\nprune: {sparsity: 0.7}\n").find("key 'prune' is given twice"),
+            std::string::npos);
+  EXPECT_NE(error_of("prune:\n  sparsity: 0.5\n  sparsity: 0.7\n").find("key 'prune.sparsity' is given twice"),
+            std::string::npos);
+  EXPECT_NE(error_of("eval: {sets: [{preset: ptb, path: p, path: q}]}\n").find("'eval.sets.0.path' is given twice"),
+            std::string::npos);
+  EXPECT_NE(error_of("model: a\n---\nmodel: b\n").find("holds 2 YAML documents"), std::string::npos);
+  EXPECT_EQ(error_of("---\nmodel: a\n"), "no error");  // one document with its marker is fine
+}
+
 TEST(Config, WrongTypesNameTheKey) {
   EXPECT_NE(error_of("eval: {seqlen: long}\n").find("'eval.seqlen' must be an integer, got 'long'"), std::string::npos);
   EXPECT_NE(error_of("threads: 2.5\n").find("'threads' must be an integer"), std::string::npos);

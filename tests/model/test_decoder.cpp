@@ -99,6 +99,17 @@ TEST(ModelSpec, BadConfigsNameTheKey) {
   j["num_key_value_heads"] = 2;
   j["rope_scaling"] = {{"type", "yarn"}, {"factor", 2.0}};
   EXPECT_NE(msg(j).find("rope_scaling type 'yarn'"), std::string::npos);
+  // Constants that would give NaN angles or a negative variance floor.
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", -2.0}};
+  EXPECT_NE(msg(j).find("rope_scaling factor -2 must be a positive number"), std::string::npos);
+  j["rope_scaling"] = nullptr;
+  j["rope_theta"] = -10000.0;
+  EXPECT_NE(msg(j).find("rope_theta -10000 must be a positive number"), std::string::npos);
+  j["rope_theta"] = 10000.0;
+  j["rms_norm_eps"] = -1e-6;
+  EXPECT_NE(msg(j).find("rms_norm_eps -1e-06 must be a non-negative number"), std::string::npos);
+  j["rms_norm_eps"] = 1e-6;
+  EXPECT_EQ(msg(j), "no error");
 }
 
 }  // namespace
