@@ -20,6 +20,27 @@ scalpel_find_bin() {
   fi
 }
 
+# The rank count given first on the command line: "-n N", "-np N", "-nN" or "-n=N" sets np and
+# SCALPEL_NP_SHIFT to the words it took (0 when none was given); "-n" without its number exits 2.
+scalpel_parse_np() {
+  SCALPEL_NP_SHIFT=0
+  case "${1:-}" in
+    -n | -np)
+      if [ $# -lt 2 ]; then
+        scalpel_log "$1 needs a number of ranks"
+        exit 2
+      fi
+      np=$2
+      SCALPEL_NP_SHIFT=2
+      ;;
+    -n[0-9]* | -n=*)
+      np=${1#-n}
+      np=${np#=}
+      SCALPEL_NP_SHIFT=1
+      ;;
+  esac
+}
+
 # Positive integer check for an environment variable's value.
 scalpel_need_int() {  # NAME VALUE
   case "$2" in
@@ -57,8 +78,9 @@ scalpel_root_env() {
 
 # Runs "$@" in the background and waits for it, forwarding signals; returns its exit code.
 # SIGTERM and SIGUSR1 reach the ranks as SIGUSR1 (scalpel: finish the current layer, commit, exit
-# 75): mpirun and srun both turn a SIGTERM of their own into killing the ranks. SIGUSR2, SIGINT
-# and SIGHUP are forwarded as they are (the launcher aborts the run on SIGINT/SIGHUP).
+# 75): mpirun and srun both turn a SIGTERM of their own into killing the ranks. A first SIGINT
+# (Ctrl-C) does the same, as Ctrl-C does to scalpel itself; a second one is forwarded as SIGINT
+# (the launcher aborts the run). SIGUSR2 and SIGHUP are forwarded as they are (SIGHUP aborts).
 scalpel_run_forwarding() {
   "$@" &
   _scalpel_child=$!
@@ -66,7 +88,8 @@ scalpel_run_forwarding() {
   trap '_scalpel_forward USR1 TERM' TERM
   trap '_scalpel_forward USR1 USR1' USR1
   trap '_scalpel_forward USR2 USR2' USR2
-  trap '_scalpel_forward INT INT' INT
+  _scalpel_interrupts=0
+  trap '_scalpel_interrupt' INT
   trap '_scalpel_forward HUP HUP' HUP
   local rc=0 again
   while :; do
@@ -82,6 +105,16 @@ scalpel_run_forwarding() {
   fi
   trap - TERM USR1 USR2 INT HUP
   return "$rc"
+}
+
+_scalpel_interrupt() {
+  _scalpel_interrupts=$((_scalpel_interrupts + 1))
+  if [ "$_scalpel_interrupts" = 1 ]; then
+    _scalpel_forward USR1 INT
+    scalpel_log "the ranks stop after the current step (exit 75, rerun to resume); Ctrl-C again aborts them at once"
+  else
+    _scalpel_forward INT INT
+  fi
 }
 
 _scalpel_forward() {  # SIGNAL-TO-SEND SIGNAL-RECEIVED

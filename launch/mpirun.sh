@@ -32,19 +32,18 @@
 # SLURM_CPUS_ON_NODE. As root, OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 are
 # exported (Open MPI refuses root otherwise).
 #
-# Signals: SIGTERM and SIGUSR1 reach every rank as SIGUSR1 (scalpel finishes the current layer,
-# commits it and exits 75); mpirun's own SIGTERM handling would kill the ranks at once. SIGUSR2,
-# SIGINT and SIGHUP are forwarded to mpirun as they are (SIGINT/SIGHUP abort the run).
+# Signals: SIGTERM, SIGUSR1 and a first SIGINT (Ctrl-C) reach every rank as SIGUSR1 (scalpel
+# finishes the current layer, commits it and exits 75); mpirun's own SIGTERM handling would kill
+# the ranks at once. A second SIGINT, SIGUSR2 and SIGHUP are forwarded to mpirun as they are
+# (SIGINT/SIGHUP abort the run: mpirun then exits 1).
 # Exit code: mpirun's, i.e. the ranks' (75 = interrupted after a commit: run it again to resume).
 set -euo pipefail
 # shellcheck source=launch/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 np=${SCALPEL_NP:-${SLURM_NTASKS:-1}}
-if [ "${1:-}" = "-n" ] || [ "${1:-}" = "-np" ]; then
-  np=${2:?"-n needs a number"}
-  shift 2
-fi
+scalpel_parse_np "$@"
+shift "$SCALPEL_NP_SHIFT"
 if [ $# -lt 1 ]; then
   echo "usage: $0 [-n N] <scalpel command> [args...]   (see the header of this script)" >&2
   exit 2
@@ -70,7 +69,11 @@ if [ "${SCALPEL_BIND:-core}" = none ]; then
 elif [ "$pe" -ge 1 ] && [ $((pe * ppn)) -le "$cores" ]; then
   cmd+=(--map-by "ppr:$ppn:node:PE=$pe" --bind-to core)
 else
-  scalpel_log "$ppn ranks x ${pe} threads on $cores cores: oversubscribing, ranks not bound"
+  if [ "$pe" -ge 1 ]; then
+    scalpel_log "$ppn ranks x $pe threads on $cores cores: oversubscribing, ranks not bound"
+  else
+    scalpel_log "$ppn ranks on $cores cores: oversubscribing (one thread each), ranks not bound"
+  fi
   cmd+=(--map-by "ppr:$ppn:node" --oversubscribe --bind-to none)
 fi
 for v in OMP_NUM_THREADS OPENBLAS_NUM_THREADS OMP_WAIT_POLICY; do

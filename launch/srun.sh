@@ -29,9 +29,10 @@
 # SLURM_NTASKS_PER_NODE, SLURM_JOB_NUM_NODES, SLURM_CPUS_ON_NODE. As root,
 # OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 are exported.
 #
-# Signals: SIGTERM and SIGUSR1 reach every task as SIGUSR1 (scalpel finishes the current layer,
-# commits it and exits 75); srun turns a SIGTERM of its own into SIGKILL of the tasks. SIGUSR2,
-# SIGINT and SIGHUP are forwarded to srun as they are (SIGINT twice, or SIGHUP, aborts the step).
+# Signals: SIGTERM, SIGUSR1 and a first SIGINT (Ctrl-C) reach every task as SIGUSR1 (scalpel
+# finishes the current layer, commits it and exits 75); srun turns a SIGTERM of its own into
+# SIGKILL of the tasks. A second SIGINT, SIGUSR2 and SIGHUP are forwarded to srun as they are
+# (srun aborts the step on SIGHUP, or on two SIGINTs within a second).
 # Exit code: srun's, i.e. the highest of the tasks' (75 = interrupted after a commit: run it again
 # to resume).
 set -euo pipefail
@@ -39,10 +40,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 np=${SCALPEL_NP:-${SLURM_NTASKS:-1}}
-if [ "${1:-}" = "-n" ] || [ "${1:-}" = "-np" ]; then
-  np=${2:?"-n needs a number"}
-  shift 2
-fi
+scalpel_parse_np "$@"
+shift "$SCALPEL_NP_SHIFT"
 if [ $# -lt 1 ]; then
   echo "usage: $0 [-n N] <scalpel command> [args...]   (see the header of this script)" >&2
   exit 2

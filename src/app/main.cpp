@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <string_view>
 
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/config.hpp"
@@ -266,10 +267,28 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
   return 0;
 }
 
+// prune and depth: the commands that stop on SIGTERM/SIGUSR1/SIGINT at their next stopping point.
+// Their handlers go in before MPI starts, so that a preemption during start-up (MPI, reading the
+// model and the texts) stops the run after its first layer (exit 75, requeued) instead of
+// killing it (exit 138, not requeued). The command is the first word that is not an option.
+bool stoppable_command(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "--log-level") {
+      ++i;
+      continue;
+    }
+    if (!a.empty() && a[0] == '-') continue;
+    return a == "prune" || a == "depth";
+  }
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   scalpel::app::ensure_passive_wait_policy(argv);
+  if (stoppable_command(argc, argv)) scalpel::app::install_stop_signals();
   scalpel::dist::MpiEnvironment mpi(&argc, &argv);
   auto world = scalpel::dist::MpiComm::world();
   const int rank = world->rank(), size = world->size();

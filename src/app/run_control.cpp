@@ -18,6 +18,21 @@ volatile std::sig_atomic_t g_stop = 0;
 
 void on_stop(int sig) { g_stop = sig; }
 
+// Ctrl-C: the first asks for the same stop as SIGTERM (the layer or shot under way is committed,
+// exit 75, resumable) and says so; a second one ends the process at once, as Ctrl-C usually does.
+void on_interrupt(int sig) {
+  if (g_stop == SIGINT) {
+    std::signal(SIGINT, SIG_DFL);
+    std::raise(SIGINT);
+    return;
+  }
+  g_stop = sig;
+  static const char msg[] =
+      "\nscalpel: interrupt: stopping after the current step (it is kept, rerun to resume); Ctrl-C again to abort "
+      "at once\n";
+  [[maybe_unused]] const auto n = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+}
+
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
@@ -32,6 +47,8 @@ void install_stop_signals() {
   sa.sa_flags = SA_RESTART;  // MPI and file calls carry on; the flag is read between layers
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGUSR1, &sa, nullptr);
+  sa.sa_handler = on_interrupt;
+  sigaction(SIGINT, &sa, nullptr);
 }
 
 int stop_signal() { return g_stop; }

@@ -111,9 +111,9 @@ inline std::vector<nlohmann::json> records(const fs::path& metrics, const std::s
   return out;
 }
 
-// Sends SIGUSR1 to `pid` once `metrics` holds a record of `event`, and returns its exit code
+// Sends `sig` to `pid` once `metrics` holds a record of `event`, and returns its exit code
 // (-1, with a test failure, when the process ended before such a record).
-inline int stop_after_record(pid_t pid, const fs::path& metrics, const std::string& event) {
+inline int stop_after_record(pid_t pid, const fs::path& metrics, const std::string& event, int sig = SIGUSR1) {
   while (records(metrics, event).empty()) {
     if (waitpid(pid, nullptr, WNOHANG) == pid) {
       ADD_FAILURE() << "the process ended before its first '" << event << "' record";
@@ -121,7 +121,7 @@ inline int stop_after_record(pid_t pid, const fs::path& metrics, const std::stri
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  kill(pid, SIGUSR1);
+  kill(pid, sig);
   return wait_exit(pid);
 }
 

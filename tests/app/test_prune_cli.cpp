@@ -302,6 +302,84 @@ TEST(PruneCli, AStopDuringTheFinalEvaluationIsHonoured) {
   fs::remove_all(dir);
 }
 
+// An empty calibration.path named no setting (": file not found").
+TEST(PruneCli, AnEmptyCalibrationPathIsNamed) {
+  NEED_SHARED();
+  const auto dir = temp_dir("no_calib");
+  const auto r = run_capture(prune_args(dir, "opt-mini", {"calibration.path="}));
+  EXPECT_NE(r.find("exit=2"), std::string::npos) << r;
+  EXPECT_NE(r.find("'calibration.path' is empty"), std::string::npos) << r;
+  fs::remove_all(dir);
+}
+
+// True once `pid` catches SIGUSR1 (its SigCgt mask in /proc), i.e. once main has installed the
+// stop handlers.
+bool catches_sigusr1(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("SigCgt:", 0) == 0) return (std::stoull(line.substr(7), nullptr, 16) >> (SIGUSR1 - 1)) & 1;
+  return false;
+}
+
+// A preemption that lands while the run starts (MPI, the model, the texts) is not a kill: the
+// handlers go in first thing in main, and the run stops after its first layer with exit 75, so
+// that the batch script requeues it (it died of SIGUSR1, exit 138, and was not requeued). Only
+// the loading of the executable's libraries, before main, stays exposed.
+TEST(PruneCli, AStopSignalDuringStartUpStopsAfterTheFirstLayer) {
+  NEED_SHARED();
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);  // no restart of the process to set it (see run_control.hpp)
+  const auto dir = temp_dir("early_stop");
+  const pid_t pid = spawn(prune_args(dir, "opt-mini", {"prune.method=sparsegpt"}));
+  while (!catches_sigusr1(pid) && waitpid(pid, nullptr, WNOHANG) == 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  kill(pid, SIGUSR1);
+  EXPECT_EQ(wait_exit(pid), 75);
+  const auto stops = records(dir / "metrics.jsonl", "interrupted");
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0]["after_layer"], 0);
+  EXPECT_EQ(committed_layers(dir / "ckpt"), 1);
+  fs::remove_all(dir);
+}
+
+// Ctrl-C: the first stops after the layer under way as SIGTERM does (exit 75, an "interrupted"
+// record naming SIGINT, the rerun resumes); a second one, once the first was taken, ends the
+// process at once (killed by SIGINT, 130 in a shell) and the committed layers stay usable.
+TEST(PruneCli, CtrlCStopsAfterTheLayerAndASecondOneAbortsAtOnce) {
+  NEED_SHARED();
+  const auto dir = temp_dir("ctrl_c");
+  const std::vector<std::string> extra{"prune.method=sparsegpt"};
+  const auto log = dir / "run.log";
+  EXPECT_EQ(stop_after_record(spawn(prune_args(dir, "opt-mini", extra), log), dir / "metrics.jsonl", "layer", SIGINT),
+            75);
+  const auto stops = records(dir / "metrics.jsonl", "interrupted");
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0]["signal"], SIGINT);
+  EXPECT_NE(read_bytes(log).find("Ctrl-C again to abort at once"), std::string::npos) << read_bytes(log);
+  EXPECT_EQ(run_to_end(prune_args(dir, "opt-mini", extra)), 0);
+
+  // Twice: the evaluation of one long set checks for a stop only after it, so the second Ctrl-C
+  // lands while the first is still waiting to be honoured.
+  const auto twice = temp_dir("ctrl_c_twice");
+  const auto heldout = (kShared / "data/corpus/heldout.txt").string();
+  const std::vector<std::string> long_eval{"prune.method=magnitude",
+                                           "eval.sets=[{name: a, preset: text, path: " + heldout + "}]"};
+  const auto log2 = twice / "run.log";
+  const pid_t pid = spawn(prune_args(twice, "opt-mini", long_eval), log2);
+  while (records(twice / "metrics.jsonl", "prune").empty() && waitpid(pid, nullptr, WNOHANG) == 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  kill(pid, SIGINT);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (read_bytes(log2).find("Ctrl-C again") == std::string::npos &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  kill(pid, SIGINT);
+  EXPECT_EQ(wait_exit(pid), 128 + SIGINT) << read_bytes(log2);
+  EXPECT_TRUE(records(twice / "metrics.jsonl", "eval").empty());  // it did not wait for the set
+  EXPECT_EQ(committed_layers(twice / "ckpt"), 4);
+  fs::remove_all(dir);
+  fs::remove_all(twice);
+}
+
 TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   NEED_SHARED();
   const auto dir = temp_dir("export");

@@ -1,7 +1,8 @@
 // Stopping and hang detection for long runs (DESIGN.md section 8).
 //  - SIGTERM and SIGUSR1 (Slurm's preemption warning) only set a flag; `scalpel prune` checks it
 //    after each committed layer, every rank agreeing through one all-reduce, and exits with
-//    kExitInterrupted (75) so that a batch script can requeue and the rerun resumes.
+//    kExitInterrupted (75) so that a batch script can requeue and the rerun resumes. A first
+//    SIGINT (Ctrl-C) does the same and says so on stderr; a second one ends the process at once.
 //  - The Watchdog turns a hang (a peer that stopped answering in a collective, a stuck file
 //    system) into an abort: when no heartbeat came for its timeout it prints the rank, layer and
 //    phase and ends the process with kExitWatchdog; the launcher then ends the other ranks.
@@ -15,13 +16,13 @@
 
 namespace scalpel::app {
 
-// Installs the SIGTERM/SIGUSR1 handlers (idempotent).
 // OpenMP threads that spin after a parallel region take the cores from the next BLAS call (a
 // SparseGPT or LLM Surgeon run twice as slow on 2 cores). libgomp reads OMP_WAIT_POLICY once, when
 // it loads, so a process started without it restarts itself (execv of /proc/self/exe) with
 // PASSIVE; call first thing in main, before MPI or any thread exists. A user's setting is kept.
 void ensure_passive_wait_policy(char** argv);
 
+// Installs the SIGTERM/SIGUSR1/SIGINT handlers (idempotent).
 void install_stop_signals();
 // The signal that asked for a stop (0: none).
 int stop_signal();

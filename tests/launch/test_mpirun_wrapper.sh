@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# launch/mpirun.sh as a user drives it: the rank count in its spellings ("-n 3", "-n3", "-n=3";
+# "-n" alone refused with exit 2), and a SIGINT (Ctrl-C) sent to the wrapper in the middle of a
+# 2-rank prune: the ranks stop after a committed layer (exit 75, an "interrupted" record with the
+# SIGUSR1 the wrapper turned it into) and the rerun resumes to the bytes of an uninterrupted run.
+# Usage: bash test_mpirun_wrapper.sh SCALPEL_BIN SOURCE_DIR SHARED_DIR (exit 77: skipped).
+set -uo pipefail
+BIN=${1:?usage} ROOT=${2:?usage} SHARED=${3:?usage}
+WRAP="$ROOT/launch/mpirun.sh"
+fail() {
+  echo "FAIL: $*"
+  exit 1
+}
+[ -f "$SHARED/models/opt-mini/config.json" ] || { echo "SKIP: $SHARED/models/opt-mini is absent"; exit 77; }
+command -v mpirun > /dev/null || { echo "SKIP: no mpirun"; exit 77; }
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/scalpel_launch.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+export SCALPEL_BIN="$BIN"
+
+# Arguments: a dry run prints the mpirun command.
+for spelling in "-n 3" "-n3" "-n=3" "-np 3"; do
+  # shellcheck disable=SC2086  # the spelling splits on purpose
+  out=$(SCALPEL_DRY_RUN=1 bash "$WRAP" $spelling eval cfg.yaml 2>&1) || fail "$spelling: exit $?: $out"
+  echo "$out" | grep -q -- "mpirun -n 3 " || fail "$spelling: no 'mpirun -n 3' in: $out"
+  echo "$out" | grep -q -- " eval cfg.yaml" || fail "$spelling: the command is not passed on: $out"
+  echo "$out" | grep -q -- "-n3\|-n=3" && fail "$spelling: the rank count reached scalpel: $out"
+done
+out=$(SCALPEL_DRY_RUN=1 bash "$WRAP" -n 2>&1)
+rc=$?
+[ "$rc" = 2 ] || fail "-n without a number: exit $rc (want 2): $out"
+echo "$out" | grep -q "needs a number of ranks" || fail "-n without a number: $out"
+out=$(SCALPEL_DRY_RUN=1 bash "$WRAP" -n 0 eval 2>&1)
+[ $? = 2 ] || fail "-n 0: want exit 2: $out"
+
+# A Ctrl-C to the wrapper mid-prune.
+args=(prune --model "$SHARED/models/opt-mini" "calibration.path=$SHARED/data/corpus/calib.txt"
+  calibration.nsamples=8 calibration.seqlen=128 calibration.batch=2 prune.method=sparsegpt determinism=strict
+  "eval.sets=[]" log.progress_seconds=0)
+bash "$WRAP" -n 2 "${args[@]}" "output.dir=$TMP/ref" > "$TMP/ref.log" 2>&1 || fail "reference run: $(cat "$TMP/ref.log")"
+# Job control on: a background job of a script otherwise starts with SIGINT ignored, which a
+# shell cannot trap (a Ctrl-C at a terminal reaches a foreground wrapper that can).
+set -m
+bash "$WRAP" -n 2 "${args[@]}" "output.dir=$TMP/cut" > "$TMP/cut.log" 2>&1 &
+wrapper=$!
+set +m
+for _ in $(seq 1 3000); do
+  grep -q '"event":"layer"' "$TMP/cut/metrics.jsonl" 2> /dev/null && break
+  kill -0 "$wrapper" 2> /dev/null || break
+  sleep 0.01
+done
+kill -INT "$wrapper"
+wait "$wrapper"
+rc=$?
+[ "$rc" = 75 ] || fail "SIGINT to the wrapper: exit $rc (want 75): $(cat "$TMP/cut.log")"
+grep -q "got SIGINT: forwarding SIGUSR1" "$TMP/cut.log" || fail "no forwarding line: $(cat "$TMP/cut.log")"
+grep -q '"event":"interrupted".*"signal":10\|"signal":10.*"event":"interrupted"' "$TMP/cut/metrics.jsonl" \
+  || fail "no interrupted record with signal 10: $(cat "$TMP/cut/metrics.jsonl")"
+bash "$WRAP" -n 2 "${args[@]}" "output.dir=$TMP/cut" > "$TMP/resume.log" 2>&1 || fail "resume: $(cat "$TMP/resume.log")"
+grep -q "resuming at layer\|nothing to prune" "$TMP/resume.log" || fail "the rerun did not resume: $(cat "$TMP/resume.log")"
+cmp "$TMP/ref/model/model.safetensors" "$TMP/cut/model/model.safetensors" || fail "resumed export differs"
+echo "PASS"
