@@ -114,6 +114,7 @@ bool is_export_file(const std::string& name) {
 }  // namespace
 
 void check_export_target(const fs::path& out, const fs::path& source_model) {
+  if (out.empty()) SCALPEL_INPUT_ERROR("export: the output folder's path is empty; name the folder to write");
   std::error_code ec;
   const auto status = fs::status(out, ec);  // a link to a folder is judged by the folder
   if (ec || !fs::exists(status)) return;
@@ -143,9 +144,13 @@ void check_export_folder(const Config& cfg) {
   check_export_target(target, cfg.model);
 }
 
-void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out,
+void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out_given,
                          std::int64_t shard_bytes, dist::Comm* comm) {
   const Writers w = comm ? Writers{comm->rank(), comm->size()} : Writers{};
+  // "model/" (as shell completion writes it) names the folder "model": its temporary folder goes
+  // beside it, not inside the folder the export replaces.
+  fs::path out = out_given;
+  while (!out.has_filename() && out.has_relative_path()) out = out.parent_path();
   const fs::path tmp = out.string() + ".tmp-export";
   std::error_code ec;
   check_export_target(out, src.folder());  // every rank: all refuse alike, before anything is removed
@@ -246,7 +251,7 @@ nlohmann::json inspect_hf_folder(const fs::path& folder, bool print) {
       zeros += s.zeros;
       total += s.rows * s.cols;
       rows.push_back({{"tensor", stored}, {"rows", s.rows}, {"cols", s.cols}, {"zeros", s.zeros},
-                      {"sparsity", s.sparsity()}, {"nm", s.nm}, {"zero_rows", s.zero_rows}, {"zero_cols", s.zero_cols}});
+                      {"sparsity", s.sparsity()}, {"nm", s.nm.empty() ? nlohmann::json(nullptr) : nlohmann::json(s.nm)}, {"zero_rows", s.zero_rows}, {"zero_cols", s.zero_cols}});
       if (print)
         fmt::print("{:<48} {:>14} {:>5} {:>8.2f}% {:>5} {:>9} {:>9}\n", stored, fmt::format("{}x{}", s.rows, s.cols),
                    dtype_name(ckpt.info(stored).dtype), 100 * s.sparsity(), s.nm.empty() ? "-" : s.nm, s.zero_rows,

@@ -4,6 +4,9 @@
 // committed layers recorded, and with `verify` every committed file read back against the
 // manifest's digests, so that a damaged checkpoint is found before a job is queued on it.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
 
 #include "scalpel/app/export.hpp"
 #include "scalpel/core/error.hpp"
@@ -96,8 +99,11 @@ json inspect_layers(const io::Checkpoint& ck, bool verify) {
             {"first_uncommitted", ck.first_uncommitted()},
             {"complete", ck.complete()},
             {"summary", m.value("summary", json(nullptr))}};
+  // No estimate before a layer is committed (no pace to go by): null, not 0 s.
   const I left = ck.num_layers() - ck.committed_count();
-  j["remaining_seconds_estimate"] = static_cast<double>(left) * j["committed"]["seconds_mean"].get<double>();
+  j["remaining_seconds_estimate"] = ck.committed_count() > 0
+                                        ? json(static_cast<double>(left) * j["committed"]["seconds_mean"].get<double>())
+                                        : json(nullptr);
   j["verified"] = verify ? verify_layers(ck) : json(nullptr);
   return j;
 }
@@ -139,6 +145,8 @@ void print_layers(const json& j) {
                s.value("pattern", "?"), 100.0 * s.value("sparsity", 0.0), s.value("seconds", 0.0), s.value("ranks", 0));
   } else if (done == n) {
     fmt::print("every layer committed, not marked complete: the rerun writes the export and the summary\n");
+  } else if (done == 0) {
+    fmt::print("not complete: no layer committed yet; the rerun starts at layer 0\n");
   } else {
     fmt::print("not complete: the rerun starts at layer {}; at the {:.1f} s a committed layer took, the {} left take "
                "about {:.0f} s on the same grid\n",
@@ -152,6 +160,23 @@ void print_layers(const json& j) {
 
 bool is_checkpoint_folder(const fs::path& dir) {
   return fs::exists(dir / io::kManifestName) || io::ShotCheckpoint::is_shot_state(dir);
+}
+
+void refuse_run_folder(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec) || is_checkpoint_folder(dir) || fs::exists(dir / "config.json", ec)) return;
+  std::vector<std::string> held;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (!e.is_directory(ec)) continue;
+    if (is_checkpoint_folder(e.path())) held.push_back(e.path().filename().string() + " (a checkpoint)");
+    else if (fs::exists(e.path() / "config.json", ec))
+      held.push_back(e.path().filename().string() + " (a Hugging Face model)");
+  }
+  std::sort(held.begin(), held.end());
+  if (!held.empty())
+    SCALPEL_INPUT_ERROR("{}: is neither a model (config.json) nor a checkpoint (manifest.json or shots.json); it holds "
+                        "{}: inspect one of those",
+                        dir.string(), fmt::format("{}", fmt::join(held, ", ")));
 }
 
 namespace {

@@ -251,6 +251,7 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
   if (*c.exporter) return run_export(o.ex, world, place);
   if (*c.inspect) {
     if (rank != 0) return 0;
+    refuse_run_folder(o.inspect_path);
     const bool checkpoint = is_checkpoint_folder(o.inspect_path);
     if (o.inspect_verify && !checkpoint)
       SCALPEL_INPUT_ERROR("--verify: {} is not a pruning checkpoint (no manifest.json or shots.json)", o.inspect_path);

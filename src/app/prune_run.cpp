@@ -491,6 +491,16 @@ int export_by_writers(const io::HfCheckpoint& src, const LazyReplacement& lazy, 
   return writers->size();
 }
 
+// True when `inner` is `outer` or lies inside it, both resolved (links, "..") as far as they exist.
+bool path_inside(const fs::path& outer, const fs::path& inner) {
+  std::error_code ec;
+  const auto o = fs::weakly_canonical(outer, ec), i = fs::weakly_canonical(inner, ec);
+  auto oi = o.begin(), ii = i.begin();
+  for (; oi != o.end() && !oi->empty(); ++oi, ++ii)
+    if (ii == i.end() || *oi != *ii) return false;
+  return true;
+}
+
 }  // namespace
 
 int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& place) {
@@ -501,6 +511,10 @@ int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& pla
   if (req.writers_per_node < 0)
     SCALPEL_INPUT_ERROR("--writers: {} is negative (ranks per node writing shards; 0 = every rank)",
                         req.writers_per_node);
+  if (req.out.empty()) SCALPEL_INPUT_ERROR("--out: the path is empty; name the folder to export to");
+  if (path_inside(req.checkpoint, req.out))
+    SCALPEL_INPUT_ERROR("export to {}: it is or lies inside the checkpoint folder {}; name a folder beside it",
+                        req.out, req.checkpoint);
   if (io::ShotCheckpoint::is_shot_folder(req.checkpoint))
     SCALPEL_INPUT_ERROR("checkpoint {}: one shot of an LLM Surgeon state, not the pruned model; export the state "
                         "(the folder above it) once every shot is committed", req.checkpoint);

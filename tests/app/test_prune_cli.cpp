@@ -277,6 +277,10 @@ TEST(PruneCli, InspectTellsWhereACheckpointStandsAndVerifiesIt) {
   EXPECT_NE(re.find("exit=2"), std::string::npos) << re;
   EXPECT_FALSE(fs::exists(dir / "re"));
   EXPECT_FALSE(fs::exists(dir / "re.tmp-export"));
+  // The run's folder itself (output.dir) is neither: the error says what it holds.
+  const auto run_dir = run_capture({kBin, "inspect", dir.string()});
+  EXPECT_NE(run_dir.find("exit=2"), std::string::npos) << run_dir;
+  EXPECT_NE(run_dir.find("it holds ckpt (a checkpoint)"), std::string::npos) << run_dir;
   fs::remove_all(dir);
 }
 
@@ -452,6 +456,25 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
     EXPECT_NE(no.find(std::string(bad).substr(0, std::string(bad).find('='))), std::string::npos) << no;
     EXPECT_FALSE(fs::exists(dir / "bad")) << bad;
   }
+  // A folder inside the checkpoint, and an empty path (it wrote ".tmp-export" in the working
+  // folder, then failed with exit 3).
+  for (const auto& target : {(dir / "ckpt/x").string(), std::string()}) {
+    const auto no = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out", target});
+    EXPECT_NE(no.find("exit=2"), std::string::npos) << target << no;
+    EXPECT_FALSE(fs::exists(dir / "ckpt/x"));
+    EXPECT_FALSE(fs::exists(".tmp-export"));
+  }
+  // "exp2/", as shell completion writes it, is the folder exp2 (it failed after the export was
+  // written, "cannot move the export into place"); so is output.export: model/ at the end of a prune.
+  const auto slash = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",
+                                  (dir / "exp2").string() + "/"});
+  EXPECT_NE(slash.find("exit=0"), std::string::npos) << slash;
+  EXPECT_TRUE(fs::exists(dir / "exp2/model.safetensors"));
+  EXPECT_FALSE(fs::exists(dir / "exp2/.tmp-export"));
+  fs::remove_all(dir / "model");
+  const auto rerun_slash = run_capture(prune_args(dir, "opt-mini", {"prune.method=magnitude", "output.export=model/"}));
+  EXPECT_NE(rerun_slash.find("exit=0"), std::string::npos) << rerun_slash;
+  EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), read_bytes(dir / "exp2/model.safetensors"));
   fs::remove_all(dir);
   fs::remove_all(partial);
 }

@@ -84,6 +84,10 @@ nlohmann::json inspect_hf_folder(const std::filesystem::path& folder, bool print
 
 // A pruning checkpoint (a layer checkpoint's manifest.json, or LLM Surgeon's shots.json).
 bool is_checkpoint_folder(const std::filesystem::path& dir);
+// For a folder that is neither a checkpoint nor a model (no config.json) but holds some, such as
+// a run's output.dir: an input Error naming what it holds ("ckpt (a checkpoint), model (a Hugging
+// Face model)"). Does nothing otherwise, leaving the other errors to the readers.
+void refuse_run_folder(const std::filesystem::path& dir);
 // Where a checkpoint stands (inspect_checkpoint.cpp): model, identity, grid and runs, the layers
 // (or shots) committed with their files, bytes and recorded sparsity, complete or where the rerun
 // starts and an estimate of the time left; `verify` reads every committed layer back against the
