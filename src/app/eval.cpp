@@ -16,6 +16,7 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
+#include "scalpel/io/manifest.hpp"
 #include "scalpel/text/eval_text.hpp"
 #include "scalpel/text/tokenizer.hpp"
 
@@ -254,35 +255,36 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
   return kExitOk;
 }
 
+namespace {
+
+// The files `tokenize --output` writes (the ids, their .json, and the .tmp each is written to
+// first) must not be the input text or a folder: refused before anything is written.
+void check_tokenize_output(const std::filesystem::path& out, const std::string& input) {
+  const std::string o = out.string();
+  for (const auto& f : {o, o + ".tmp", o + ".json", o + ".json.tmp"}) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(f, ec))
+      SCALPEL_INPUT_ERROR("--output {}: {} is a folder; name the file to write", o, f);
+    if (std::filesystem::equivalent(f, input, ec))
+      SCALPEL_INPUT_ERROR("--output {}: writing {} would overwrite the --input text {}; name another file", o, f,
+                          input);
+  }
+}
+
+}  // namespace
+
 int run_tokenize(const std::string& model, const std::string& input, const std::string& preset,
                  const std::string& output, const std::string& mode, dist::Comm& comm) {
   if (!comm.is_root()) return kExitOk;
   const std::filesystem::path out(output);
-  if (std::filesystem::is_directory(out))
-    SCALPEL_INPUT_ERROR("--output {}: is a folder; name the file to write", output);
+  check_tokenize_output(out, input);
   auto tok = text::Tokenizer::from_folder(model, tokenizer_mode(mode));
   const auto ids = tok->encode(text::load_eval_text(preset, input));
-  const auto tmp = out.string() + ".tmp";  // written, then renamed over the output
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) SCALPEL_RUNTIME_ERROR("--output {}: cannot open {} for writing (does its folder exist?)", output, tmp);
-    // int32 little-endian, as the x86/ARM hosts store them.
-    f.write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 4));
-    if (!f) {
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      SCALPEL_RUNTIME_ERROR("--output {}: write failed", output);
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, out, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    SCALPEL_RUNTIME_ERROR("--output {}: cannot move the ids into place", output);
-  }
+  // int32 little-endian, as the x86/ARM hosts store them; each file written whole, then renamed.
+  io::write_file_atomic(out, std::string_view(reinterpret_cast<const char*>(ids.data()), ids.size() * 4), "tokenize");
   const nlohmann::json meta{{"count", ids.size()}, {"dtype", "int32-le"}, {"tokenizer", tok->kind()},
                             {"model", model}, {"input", input}, {"preset", preset}};
-  std::ofstream(out.string() + ".json") << meta.dump(2) << '\n';
+  io::write_file_atomic(out.string() + ".json", meta.dump(2) + "\n", "tokenize");
   fmt::print("{} tokens -> {} (int32 little-endian; count in {}.json)\n", ids.size(), output, output);
   return kExitOk;
 }

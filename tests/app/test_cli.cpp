@@ -144,6 +144,28 @@ TEST(Cli, TokenizeWritesInt32IdsAndCount) {
   EXPECT_EQ(to_dir.code, 2) << to_dir.out;
   EXPECT_NE(to_dir.out.find("is a folder"), std::string::npos) << to_dir.out;
   EXPECT_FALSE(fs::exists(d.string() + ".tmp"));
+  // --output naming the --input text (here by another spelling) would replace the text by its ids.
+  const auto text = d / "text.txt";
+  fs::copy_file(kShared / "data/corpus/calib.txt", text);
+  const auto before = fs::file_size(text);
+  const auto onto_input = run(kBin + " tokenize --model " + (kShared / "models/opt-mini").string() + " --input " +
+                              text.string() + " --output " + (d / "." / "text.txt").string());
+  EXPECT_EQ(onto_input.code, 2) << onto_input.out;
+  EXPECT_NE(onto_input.out.find("would overwrite the --input text"), std::string::npos) << onto_input.out;
+  EXPECT_EQ(fs::file_size(text), before);
+  // Nor may the file it is written to first (OUTPUT.tmp), nor its .json (a folder there too).
+  fs::rename(text, d / "ids.tmp");
+  const auto tmp_input = run(kBin + " tokenize --model " + (kShared / "models/opt-mini").string() + " --input " +
+                             (d / "ids.tmp").string() + " --output " + (d / "ids").string());
+  EXPECT_EQ(tmp_input.code, 2) << tmp_input.out;
+  EXPECT_NE(tmp_input.out.find("ids.tmp would overwrite the --input text"), std::string::npos) << tmp_input.out;
+  EXPECT_EQ(fs::file_size(d / "ids.tmp"), before);
+  fs::create_directories(d / "side.json");
+  const auto side = run(kBin + " tokenize --model " + (kShared / "models/opt-mini").string() + " --input " +
+                        (d / "ids.tmp").string() + " --output " + (d / "side").string());
+  EXPECT_EQ(side.code, 2) << side.out;
+  EXPECT_NE(side.out.find("side.json is a folder"), std::string::npos) << side.out;
+  EXPECT_FALSE(fs::exists(d / "side"));
 }
 
 struct BadCase {
