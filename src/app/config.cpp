@@ -285,13 +285,28 @@ void read_preset_list(const YAML::Node& node, const std::string& source, const s
   }
 }
 
+// Unnamed sets and tasks are called by their preset, or preset/file-stem where a preset repeats;
+// two with one name (their lines and metrics records could not be told apart) are refused.
+template <class Item>
+void name_items(std::vector<Item>& items, const std::string& source, const std::string& key) {
+  for (auto& t : items) {
+    if (!t.name.empty()) continue;
+    const auto same = std::count_if(items.begin(), items.end(), [&](const Item& o) { return o.preset == t.preset; });
+    t.name = same > 1 ? t.preset + "/" + std::filesystem::path(t.path).stem().string() : t.preset;
+  }
+  std::set<std::string> seen;
+  for (const auto& t : items)
+    if (!seen.insert(t.name).second)
+      SCALPEL_INPUT_ERROR("{}: 'eval.{}' has two entries named '{}'; give them names of their own", source, key,
+                          t.name);
+}
+
 void read_sets(const YAML::Node& node, const std::string& source, std::vector<EvalSet>& sets) {
   read_preset_list<EvalSet>(node, source, "sets", [](const std::string& p) {
     static const std::set<std::string> presets{"wikitext2", "ptb", "c4", "text"};
     return presets.count(p) ? std::string() : fmt::format("is '{}', expected wikitext2, ptb, c4 or text", p);
   }, sets);
-  for (auto& s : sets)
-    if (s.name.empty()) s.name = s.preset;
+  name_items(sets, source, "sets");
 }
 
 void read_tasks(const YAML::Node& node, const std::string& source, std::vector<EvalTask>& tasks) {
@@ -303,12 +318,7 @@ void read_tasks(const YAML::Node& node, const std::string& source, std::vector<E
     }
     return fmt::format("is '{}', expected one of {}", p, names);
   }, tasks);
-  // Unnamed tasks are called by their preset, or preset/file-stem where a preset repeats.
-  for (auto& t : tasks) {
-    if (!t.name.empty()) continue;
-    const auto same = std::count_if(tasks.begin(), tasks.end(), [&](const EvalTask& o) { return o.preset == t.preset; });
-    t.name = same > 1 ? t.preset + "/" + std::filesystem::path(t.path).stem().string() : t.preset;
-  }
+  name_items(tasks, source, "tasks");
 }
 
 // The sections of the config file, each read into its part of Config (unknown keys are errors).

@@ -490,9 +490,9 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   std::int64_t n = 0;
   const auto prot = check_depth(cfg, spec, n);
-  if (!scores_only) check_run_end(world, cfg, spec);
-  auto backend = make_rank_backend(cfg, place);
   auto tok = make_tokenizer(cfg);
+  if (!scores_only) check_run_end(world, cfg, spec, *tok);
+  auto backend = make_rank_backend(cfg, place);
   const auto calib = calibration_windows(cfg, spec, *tok);
   // Enough batches for the ranks (an input Error naming calibration.batch otherwise), before any work.
   (void)calibration_shard(calib.nseq, cfg.calibration.batch, world.size(), world.rank());

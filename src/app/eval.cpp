@@ -170,13 +170,30 @@ std::int64_t eval_seqlen(const Config& cfg, const model::ModelSpec& spec) {
   return cfg.eval.seqlen > 0 ? cfg.eval.seqlen : spec.max_positions;
 }
 
+// The harness's context is the model's (max_position_embeddings), whatever eval.seqlen says;
+// inputs longer than it lose tokens on the left.
+TaskOptions task_options(const Config& cfg, const model::ModelSpec& spec) {
+  return {cfg.eval.batch, cfg.eval.max_items, cfg.eval.add_bos, spec.max_positions, cfg.log.progress_seconds};
+}
+
 }  // namespace
 
-void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec) {
-  (void)eval_seqlen(cfg, spec);
-  for (const auto& set : cfg.eval.sets) (void)text::load_eval_text(set.preset, set.path);
-  for (const auto& task : cfg.eval.tasks)
-    (void)text::load_task_docs(text::task_preset(task.preset), task.path, cfg.eval.max_items);
+void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer* tok) {
+  const std::int64_t seqlen = eval_seqlen(cfg, spec);
+  for (const auto& set : cfg.eval.sets) {
+    const auto text = text::load_eval_text(set.preset, set.path);
+    if (!tok) continue;
+    const auto n = static_cast<std::int64_t>(tok->encode(text).size());
+    if (n < seqlen)
+      SCALPEL_INPUT_ERROR("{}: eval set '{}': the text has {} tokens, fewer than one window of eval.seqlen {}",
+                          set.path, set.name, n, seqlen);
+  }
+  for (const auto& task : cfg.eval.tasks) {
+    if (tok)
+      check_task_requests(*tok, task, task_options(cfg, spec));
+    else
+      (void)text::load_task_docs(text::task_preset(task.preset), task.path, cfg.eval.max_items);
+  }
 }
 
 namespace {
@@ -215,10 +232,7 @@ bool evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& 
     if (comm.is_root()) report_set(r, set, cfg, comm, metrics, extra);
     if (stopped()) return false;
   }
-  // The harness's context is the model's (max_position_embeddings), whatever eval.seqlen says;
-  // inputs longer than it lose tokens on the left.
-  const TaskOptions opt{cfg.eval.batch, cfg.eval.max_items, cfg.eval.add_bos, spec.max_positions,
-                        cfg.log.progress_seconds};
+  const TaskOptions opt = task_options(cfg, spec);
   for (const auto& task : cfg.eval.tasks) {
     const auto r = evaluate_task(m, tok, task, opt, comm, heartbeat);
     if (comm.is_root()) report_task(r, text::task_preset(task.preset), cfg, comm, metrics, extra);
@@ -236,10 +250,12 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
   auto backend = make_rank_backend(cfg, place);
   auto ckpt = std::make_shared<const io::HfCheckpoint>(cfg.model);
   auto spec = model::ModelSpec::from_config(ckpt->config(), (std::filesystem::path(cfg.model) / "config.json").string());
-  // The texts and task files before anything is written (a missing file left an empty metrics file).
-  detail::on_root(comm, [&] { check_eval_inputs(cfg, spec); });
+  // The texts and task files, read and encoded, before anything is written or run (a missing file
+  // left an empty metrics file; a text too short or a request that cannot be encoded stopped the
+  // run after the sets before it, their records written).
   std::unique_ptr<text::Tokenizer> tok;
   if (comm.is_root()) tok = make_tokenizer(cfg);
+  detail::on_root(comm, [&] { check_eval_inputs(cfg, spec, tok.get()); });
   const DType fwd = forward_dtype(cfg, *ckpt, spec);
   log::info("model {} ({}, {} layers, hidden {}, {:.2f}M params), {} rank(s) x {} thread(s), backend {} ({} forward)",
             cfg.model, spec.model_type, spec.layers, spec.hidden, spec.total_params() / 1e6, comm.size(), threads,

@@ -98,6 +98,11 @@ void score_batch(model::Model& m, const RequestTable& t, std::span<const std::in
 
 }  // namespace
 
+void check_task_requests(const text::Tokenizer& tok, const EvalTask& task, const TaskOptions& opt) {
+  const auto docs = text::load_task_docs(text::task_preset(task.preset), task.path, opt.max_items);
+  (void)encode_docs(tok, docs, {opt.add_bos, opt.max_length}, task.path);
+}
+
 TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const EvalTask& task, const TaskOptions& opt,
                          dist::Comm& comm, const std::function<void()>& heartbeat) {
   Timer timer;

@@ -702,8 +702,8 @@ struct PruneSession {
     if (c.parallel.memory_gb > 0) check_plan_fits(plan_of_job(c, w.size()), c);
     // A typo in the evaluation settings or an export folder that would be refused must not
     // surface only after hours of pruning.
-    check_run_end(w, c, spec);
     tok = make_tokenizer(c);
+    check_run_end(w, c, spec, *tok);
     calib = calibration_windows(c, spec, *tok);
     shard = calibration_shard(calib.nseq, c.calibration.batch, grid.data, grid.data_index);
   }

@@ -112,9 +112,9 @@ std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& worl
   };
 }
 
-void check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec) {
+void check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer& tok) {
   detail::on_root(world, [&] {
-    check_eval_inputs(cfg, spec);
+    check_eval_inputs(cfg, spec, &tok);
     check_export_folder(cfg);
   });
 }

@@ -72,7 +72,7 @@ std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& worl
 // Before a prune's or depth run's work, on world rank 0 (an error there ends every rank): what the
 // run reads and writes at its end, its evaluation inputs (check_eval_inputs) and its export folder
 // (check_export_folder), so that a typo does not surface after hours of work.
-void check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec);
+void check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer& tok);
 
 // fp32 weight -> the checkpoint's stored dtype, on the host.
 Tensor to_storage(Backend& be, const Tensor& w, DType dtype);

@@ -529,8 +529,8 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   const auto opt = surgeon_options(cfg);
   auto targets = targets_of(spec, cfg, opt);
-  check_run_end(world, cfg, spec);
   auto tok = make_tokenizer(cfg);
+  check_run_end(world, cfg, spec, *tok);
   const auto calib = calibration_windows(cfg, spec, *tok);
   const auto shard = calibration_shard(calib.nseq, cfg.calibration.batch, grid.data, grid.data_index);
   const std::string config_hash = prune_config_hash(cfg, calib.ids);

@@ -318,4 +318,32 @@ TEST(Cli, BadTaskFilesNameFileLineAndField) {
   EXPECT_NE(r.out.find("line 2"), std::string::npos) << r.out;
 }
 
+// What only the ids show (a text shorter than one window, a context that is only whitespace, a
+// continuation longer than the model's context) is found before the first forward pass: nothing
+// is scored or written (it stopped after the sets and tasks before it, their records written, and
+// named the set instead of the file).
+TEST(Cli, InputsTheIdsRefuseAreFoundBeforeAnyWork) {
+  NEED_SHARED();
+  const auto d = temp_dir("late_inputs");
+  std::ofstream(d / "short.txt") << "short words here\n";
+  std::ofstream(d / "ws.jsonl") << R"({"context": "a", "choices": ["b", "c"], "label": 1})" << "\n"
+                                << R"({"context": "   ", "choices": ["b", "c"], "label": 0})" << "\n";
+  std::string long_choice;
+  for (int i = 0; i < 700; ++i) long_choice += " word";
+  std::ofstream(d / "long.jsonl") << R"({"context": "a", "choices": [")" << long_choice << R"("], "label": 0})" << "\n";
+  const std::string out = " output.dir=" + d.string() + " output.metrics=metrics.jsonl eval.max_windows=2";
+  const auto short_text = run(task_cmd("opt-mini", "--text " + heldout() + " --text text:" + (d / "short.txt").string(), out));
+  expect_clean_failure(short_text, {(d / "short.txt").string(), "fewer than one window"});
+  const auto ws = run(task_cmd("opt-mini", "--task mc:" + everyday() + " --task mc:" + (d / "ws.jsonl").string(), out));
+  expect_clean_failure(ws, {"ws.jsonl: line 2: request 0", "only whitespace"});
+  const auto long_cont = run(task_cmd("opt-mini", "--task mc:" + (d / "long.jsonl").string(), out));
+  expect_clean_failure(long_cont, {"long.jsonl: line 1", "more than the model's context"});
+  for (const auto* r : {&short_text, &ws, &long_cont}) {
+    EXPECT_EQ(r->out.find(": ppl"), std::string::npos) << r->out;
+    EXPECT_EQ(r->out.find(": acc"), std::string::npos) << r->out;
+  }
+  EXPECT_FALSE(fs::exists(d / "metrics.jsonl"));
+  fs::remove_all(d);
+}
+
 }  // namespace

@@ -116,6 +116,26 @@ TEST(Config, DuplicateKeysAndSecondDocumentsAreRefused) {
   EXPECT_EQ(error_of("---\nmodel: a\n"), "no error");  // one document with its marker is fine
 }
 
+// Sets are named as tasks are (preset, or preset/stem where a preset repeats), and two entries
+// with one name are refused: their lines and metrics records could not be told apart.
+TEST(Config, EvalEntriesGetNamesOfTheirOwn) {
+  const auto c = app::load_config("", {"eval.sets=[{preset: text, path: a/heldout.txt}, {preset: text, path: "
+                                       "calib.txt}, {preset: ptb, path: p.txt}]"});
+  ASSERT_EQ(c.eval.sets.size(), 3u);
+  EXPECT_EQ(c.eval.sets[0].name, "text/heldout");
+  EXPECT_EQ(c.eval.sets[1].name, "text/calib");
+  EXPECT_EQ(c.eval.sets[2].name, "ptb");
+  EXPECT_NE(error_of("", {"eval.sets=[{name: a, preset: text, path: x}, {name: a, preset: ptb, path: y}]"})
+                .find("'eval.sets' has two entries named 'a'"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"eval.tasks=[{name: a, preset: mc, path: x}, {name: a, preset: mc, path: y}]"})
+                .find("'eval.tasks' has two entries named 'a'"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"eval.sets=[{preset: text, path: a/h.txt}, {preset: text, path: b/h.txt}]"})
+                .find("two entries named 'text/h'"),
+            std::string::npos);
+}
+
 TEST(Config, WrongTypesNameTheKey) {
   EXPECT_NE(error_of("eval: {seqlen: long}\n").find("'eval.seqlen' must be an integer, got 'long'"), std::string::npos);
   EXPECT_NE(error_of("threads: 2.5\n").find("'threads' must be an integer"), std::string::npos);

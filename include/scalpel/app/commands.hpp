@@ -51,9 +51,15 @@ struct TaskOptions {
 TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const EvalTask& task, const TaskOptions& opt,
                          dist::Comm& comm, const std::function<void()>& heartbeat = {});
 
+// Every request of a task file encoded as the evaluation will encode it (input Error naming the
+// file, line and request otherwise: a context that is only whitespace, a continuation longer than
+// the model's context). Reads the whole file.
+void check_task_requests(const text::Tokenizer& tok, const EvalTask& task, const TaskOptions& opt);
 // Checks what evaluate_config will read before any work: eval.seqlen within the model's context,
-// every eval.sets file readable, every eval.tasks file's items valid (input Error otherwise).
-void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec);
+// every eval.sets file readable, every eval.tasks file's items valid (input Error otherwise); with
+// `tok`, also what only the ids show: every set at least one window long, every task request
+// encodable (check_task_requests).
+void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer* tok = nullptr);
 // Before any work: output.dir is not a file, and the export's folder (output.dir/output.export),
 // when there is one, is new, empty or an earlier export (check_export_target), so a run does not
 // fail, or destroy a folder, at its end.
