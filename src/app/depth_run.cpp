@@ -434,7 +434,7 @@ bool evaluate_pruned(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src, c
   for (std::size_t i = 0; i < o.kept.size(); ++i)
     if (o.kept_weights[i]) pruned.set_layer_weights(static_cast<std::int64_t>(i), o.kept_weights[i]);
   return evaluate_config(pruned, tok, r.cfg, r.world, metrics, extra, {},
-                         evaluation_stop(r.world, "", metrics));  // depth runs have no config hash
+                         evaluation_stop(r.world, config_hash(r.cfg), metrics));
 }
 
 // The checks that need only the config and config.json: input Errors naming the key.
@@ -465,7 +465,8 @@ nlohmann::json depth_record(DepthRun& r, const Outcome& o, bool scores_only, dou
                      {"original_blocks", spec_of(r).layers},
                      {"calibration", {{"windows", r.calib.nseq}, {"seqlen", r.calib.seqlen}, {"seed", r.cfg.calibration.seed}}},
                      {"seconds", seconds},
-                     {"ranks", r.world.size()}};
+                     {"ranks", r.world.size()},
+                     {"config_hash", config_hash(r.cfg)}};
   if (!scores_only) {
     rec["removed"] = o.removed;
     rec["kept"] = o.kept;
@@ -516,15 +517,11 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     fmt::print("{}\n", rec.dump());
     std::fflush(stdout);
   }
-  if (scores_only) {
-    metrics.write(rec);
-    return kExitOk;
-  }
+  metrics.write(rec);  // before a stop's record, which refers to it
+  if (scores_only) return kExitOk;
   if (stop_requested(world, {"scoring", 1, 1, 1, "the scores in the metrics; nothing exported, the rerun scores again"},
-                     "", metrics)) {
-    metrics.write(rec);
+                     rec.at("config_hash").get<std::string>(), metrics))
     return kExitInterrupted;
-  }
   log::info("removed blocks {} of {}; {} remain", nlohmann::json(o.removed).dump(), spec.layers, o.kept.size());
   if (world.is_root() && !cfg.output.export_dir.empty()) {
     const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
@@ -532,7 +529,6 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     log::info("exported the model without those blocks to {}", dest.string());
   }
   world.barrier();
-  metrics.write(rec);
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
   return evaluate_pruned(r, src, o, tok.get(), metrics, {{"depth", true}, {"removed", o.removed}}) ? kExitOk
                                                                                                    : kExitInterrupted;

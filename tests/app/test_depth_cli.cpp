@@ -246,6 +246,12 @@ TEST(DepthCli, AStopSignalEndsTheRunWithExit75) {
   ASSERT_EQ(stops.size(), 1u);
   EXPECT_EQ(stops[0]["after_scoring"], 1);
   EXPECT_EQ(records(dir / "metrics.jsonl", "depth").size(), 1u);  // the scores are kept
+  // The stop's record names the run's config hash (it was "") and follows the record it refers to.
+  const auto depth_rec = records(dir / "metrics.jsonl", "depth")[0];
+  EXPECT_FALSE(depth_rec["config_hash"].get<std::string>().empty());
+  EXPECT_EQ(stops[0]["config_hash"], depth_rec["config_hash"]);
+  EXPECT_LT(read_bytes(dir / "metrics.jsonl").find("\"event\":\"depth\""),
+            read_bytes(dir / "metrics.jsonl").find("\"event\":\"interrupted\""));
   EXPECT_FALSE(fs::exists(dir / "model"));
   fs::remove_all(dir);
 
