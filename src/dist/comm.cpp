@@ -114,7 +114,7 @@ void MpiComm::allgatherv_device(const std::byte* mine, std::byte* out, std::span
 void MpiComm::broadcast_device(std::byte* dev, std::size_t bytes, int root) {
   SCALPEL_CHECK(device_collectives(), "broadcast_device without NCCL on this group");
   SCALPEL_CHECK(root >= 0 && root < size_, "broadcast_device: root {} of {} ranks", root, size_);
-  bytes_.broadcast += static_cast<std::int64_t>(bytes);
+  if (rank_ != root) bytes_.broadcast += static_cast<std::int64_t>(bytes);
   impl_->nccl->broadcast(dev, bytes, root);
 }
 
@@ -281,7 +281,7 @@ std::vector<double> MpiComm::gatherv(std::span<const double> mine, int root) {
 }
 
 void MpiComm::broadcast(std::span<std::byte> bytes, int root) {
-  bytes_.broadcast += static_cast<std::int64_t>(bytes.size());
+  if (rank_ != root) bytes_.broadcast += static_cast<std::int64_t>(bytes.size());
   for (std::size_t off = 0; off < bytes.size(); off += kChunk) {
     const int n = static_cast<int>(std::min(kChunk, bytes.size() - off));
     check_mpi(MPI_Bcast(bytes.data() + off, n, MPI_BYTE, root, impl_->comm), "Bcast");

@@ -190,6 +190,24 @@ TEST_F(PruneDist, TheExportCommandWritesTheSameFolderFromThreeRanks) {
   fs::remove_all(base);
 }
 
+// The layer records' broadcast bytes are what rank 0 received (they counted what it sent as the
+// root too: 4,980,960 a layer at 2 ranks, 4 MB of them its own fc2 factor): at 2 ranks rank 0
+// factorises fc2 and receives the three 256-wide factors, 3 x 256 x 256 x 4 bytes, as the plan
+// says (plus a few bytes of the factors' descriptions).
+TEST_F(PruneDist, BroadcastBytesAreTheFactorsRankZeroReceived) {
+  NEED_SHARED();
+  const auto out = temp_dir("bcast");
+  ASSERT_EQ(run_to_end(prune_cmd(2, out, {"prune.method=sparsegpt", "output.export="})), 0);
+  const auto layers = records(out / "metrics.jsonl", "layer");
+  ASSERT_EQ(layers.size(), 4u);
+  for (const auto& l : layers) {
+    const auto b = l.at("comm_bytes").at("broadcast").get<std::int64_t>();
+    EXPECT_GE(b, 3 * 256 * 256 * 4) << l.dump();
+    EXPECT_LE(b, 3 * 256 * 256 * 4 + 4096) << l.dump();
+  }
+  fs::remove_all(out);
+}
+
 TEST_F(PruneDist, WandaIsRankCountInvariant) {
   NEED_SHARED();
   check_invariance("wanda", {"prune.method=wanda", "prune.sparsity=0.5"});

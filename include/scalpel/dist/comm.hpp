@@ -11,7 +11,8 @@
 namespace scalpel::dist {
 
 // Bytes this rank handed to each kind of collective (its buffers' sizes: an all-reduce of n bytes
-// counts n, an all-gather counts the gathered total), for the metrics and the benchmark.
+// counts n, an all-gather counts the gathered total, a broadcast what a rank other than the root
+// receives and nothing at the root), for the metrics and the benchmark.
 struct CommBytes {
   std::int64_t allreduce = 0, allgather = 0, p2p = 0, broadcast = 0;
 };
