@@ -47,6 +47,13 @@ TEST(Calibration, OffsetsFileIsReadAndChecked) {
   std::ofstream(dir / "bad.txt") << "12x\n";
   EXPECT_THROW(read_window_offsets(dir / "bad.txt", 5000, 10), Error);
   EXPECT_THROW(read_window_offsets(dir / "missing.txt", 5000, 10), Error);
+  // A folder opened as a file read as empty: "no offsets in the file".
+  try {
+    read_window_offsets(dir, 5000, 10);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is a folder, not a window offsets file"), std::string::npos) << e.what();
+  }
   std::filesystem::remove_all(dir);
 }
 
