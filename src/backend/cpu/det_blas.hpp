@@ -19,9 +19,10 @@ void det_gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::i
               std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc);
 // det_gemm (no transposes) for rows [row0, row0 + m) of a matrix whose other rows other ranks
 // compute: a row gets the bits it gets in the whole matrix's call. OpenBLAS's Haswell/Zen sgemm
-// computes rows in groups of 12 and a row's bits depend on its place in its group and on the tail
-// the call ends with, so every row is computed in a single-threaded call that starts at a global
-// row that is a multiple of kRowAlign and spans a multiple of it (zero rows pad a partial group).
+// computes rows in groups of 12 and the last M mod 12 rows of a call with other bits (measured), so
+// a slice that ends elsewhere than the whole matrix gives rows other bits. Every row is therefore
+// computed in a single-threaded call that starts at a global row that is a multiple of kRowAlign
+// and spans a multiple of it (zero rows pad a partial group): no call has a tail of its own.
 inline constexpr std::int64_t kRowAlign = 48;  // a multiple of every row grouping met (4, 12, 16)
 template <class T>
 void det_gemm_rows(std::int64_t row0, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
