@@ -81,9 +81,15 @@ scalpel_root_env() {
 # 75): mpirun and srun both turn a SIGTERM of their own into killing the ranks. A first SIGINT
 # (Ctrl-C) does the same, as Ctrl-C does to scalpel itself; a second one is forwarded as SIGINT
 # (the launcher aborts the run). SIGUSR2 and SIGHUP are forwarded as they are (SIGHUP aborts).
+# The launcher runs in a process group of its own (job control on for the moment it starts), so a
+# Ctrl-C at the terminal reaches the wrapper alone, which decides what the ranks get (mpirun
+# would abort the job on a SIGINT of its own); its stdin is /dev/null, which a background group
+# may read without being stopped.
 scalpel_run_forwarding() {
-  "$@" &
+  set -m
+  "$@" < /dev/null &
   _scalpel_child=$!
+  set +m
   _scalpel_trapped=0
   trap '_scalpel_forward USR1 TERM' TERM
   trap '_scalpel_forward USR1 USR1' USR1

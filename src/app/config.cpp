@@ -285,20 +285,23 @@ void read_preset_list(const YAML::Node& node, const std::string& source, const s
   }
 }
 
-// Unnamed sets and tasks are called by their preset, or preset/file-stem where a preset repeats;
-// two with one name (their lines and metrics records could not be told apart) are refused.
+// Unnamed sets and tasks are called by their preset, or preset/file-stem where a preset repeats,
+// with #2, #3... where that still repeats (--text gives no way to name them). Two entries given
+// the same name (their lines and metrics records could not be told apart) are refused.
 template <class Item>
 void name_items(std::vector<Item>& items, const std::string& source, const std::string& key) {
+  std::set<std::string> seen;
+  for (const auto& t : items)
+    if (!t.name.empty() && !seen.insert(t.name).second)
+      SCALPEL_INPUT_ERROR("{}: 'eval.{}' has two entries named '{}'; give them names of their own", source, key,
+                          t.name);
   for (auto& t : items) {
     if (!t.name.empty()) continue;
     const auto same = std::count_if(items.begin(), items.end(), [&](const Item& o) { return o.preset == t.preset; });
-    t.name = same > 1 ? t.preset + "/" + std::filesystem::path(t.path).stem().string() : t.preset;
+    const auto base = same > 1 ? t.preset + "/" + std::filesystem::path(t.path).stem().string() : t.preset;
+    t.name = base;
+    for (int n = 2; !seen.insert(t.name).second; ++n) t.name = base + "#" + std::to_string(n);
   }
-  std::set<std::string> seen;
-  for (const auto& t : items)
-    if (!seen.insert(t.name).second)
-      SCALPEL_INPUT_ERROR("{}: 'eval.{}' has two entries named '{}'; give them names of their own", source, key,
-                          t.name);
 }
 
 void read_sets(const YAML::Node& node, const std::string& source, std::vector<EvalSet>& sets) {
@@ -571,7 +574,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     if (std::filesystem::is_directory(path))
       SCALPEL_INPUT_ERROR("{}: is a folder, not a config file (a model folder goes with --model)", path);
     try {
-      const auto docs = YAML::LoadAllFromFile(path);
+      auto docs = YAML::LoadAllFromFile(path);
+      std::erase_if(docs, [](const YAML::Node& d) { return !d || d.IsNull(); });  // a trailing '---'
       if (docs.size() > 1)
         SCALPEL_INPUT_ERROR("{}: holds {} YAML documents ('---' separated); a config is one", path, docs.size());
       if (!docs.empty()) root = docs.front();

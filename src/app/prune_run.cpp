@@ -493,8 +493,9 @@ int export_by_writers(const io::HfCheckpoint& src, const LazyReplacement& lazy, 
 
 // True when `inner` is `outer` or lies inside it, both resolved (links, "..") as far as they exist.
 bool path_inside(const fs::path& outer, const fs::path& inner) {
-  std::error_code ec;
-  const auto o = fs::weakly_canonical(outer, ec), i = fs::weakly_canonical(inner, ec);
+  std::error_code eo, ei;
+  const auto o = fs::weakly_canonical(outer, eo), i = fs::weakly_canonical(inner, ei);
+  if (eo || ei || o.empty()) return false;  // not resolvable: the export's own checks decide
   auto oi = o.begin(), ii = i.begin();
   for (; oi != o.end() && !oi->empty(); ++oi, ++ii)
     if (ii == i.end() || *oi != *ii) return false;

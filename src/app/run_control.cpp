@@ -47,6 +47,9 @@ void install_stop_signals() {
   sa.sa_flags = SA_RESTART;  // MPI and file calls carry on; the flag is read between layers
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGUSR1, &sa, nullptr);
+  // A SIGINT ignored from the start (a background job of a script) stays ignored, as is the custom.
+  struct sigaction old {};
+  if (sigaction(SIGINT, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) return;
   sa.sa_handler = on_interrupt;
   sigaction(SIGINT, &sa, nullptr);
 }

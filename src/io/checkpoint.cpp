@@ -472,6 +472,7 @@ LayerData Checkpoint::read_layer(std::int64_t layer) const {
 LayerTensor Checkpoint::read_tensor(std::int64_t layer, const std::string& name, bool with_mask) const {
   LayerTensor out;
   with_layer_files(layer, [&](const LayerFiles& f) {
+    check_no_unrecorded_tensors(layer, f.entry, f.readers);  // the export reads tensor by tensor
     const auto it = f.entry.tensors.find(name);
     SCALPEL_CHECK_INPUT(it != f.entry.tensors.end(), "{}: layer {} has no tensor '{}'", dir_.string(), layer, name);
     out = read_entry_tensor(layer, name, it->second, f.readers, f.shard_of, with_mask);

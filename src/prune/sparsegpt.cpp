@@ -88,7 +88,7 @@ void sparsegpt_sweep(Backend& be, Tensor& w, const Tensor& hinv, const SweepOpti
       be.mask_threshold(scores, t, mask, c0);
     }
     be.obs_sweep_block(w, hinv, c0, width, p.n, p.m, mask, err, losses);
-    be.obs_lazy_update(w, err, hinv, c0, o.row_offset);
+    be.obs_lazy_update(w, err, hinv, c0, o.row_offset, total_rows);
   }
 }
 

@@ -523,7 +523,7 @@ TEST_P(BackendOps, ObsSweepBlockAndLazyUpdateMatchFloat64) {
     mask = be->upload(mask);
     Tensor et = be->empty({rows, width}), lt = be->zeros({rows}, DType::f64);
     be->obs_sweep_block(wt, ut, c0, width, pm ? 1 : 0, pm, mask, et, lt);
-    be->obs_lazy_update(wt, et, ut, c0, 0);
+    be->obs_lazy_update(wt, et, ut, c0, 0, 0);
     EXPECT_REL_NEAR(down(wt), w, Tol::f32);
     EXPECT_REL_NEAR(down(et), err, Tol::f32);
     const Tensor lh = be->download(lt);

@@ -139,7 +139,7 @@ TEST_P(ThreadInvariance, ColSqNorms) {
 // The SparseGPT sweep of a row slice gives those rows exactly the bits of the whole-matrix sweep,
 // at any thread count: what row-parallel pruning over ranks needs.
 TEST_P(ThreadInvariance, ObsSweepOfRowSliceEqualsWholeMatrix) {
-  const std::int64_t rows = 200, cols = 256, width = 128;
+  const std::int64_t rows = 600, cols = 256, width = 128;  // 3 row tiles of the lazy update: 256, 256, 88
   const auto wv = random_vec(rows * cols, 12), x = random_vec(4 * cols * cols, 13);
   auto sweep = [&](Backend& be, std::int64_t r0, std::int64_t r1) {
     Tensor h = be.zeros({cols, cols});
@@ -154,14 +154,14 @@ TEST_P(ThreadInvariance, ObsSweepOfRowSliceEqualsWholeMatrix) {
     Tensor losses = be.zeros({r1 - r0}, DType::f64);
     for (std::int64_t c0 = 0; c0 < cols; c0 += width) {
       be.obs_sweep_block(w, h, c0, width, 2, 4, mask, err, losses);
-      if (c0 + width < cols) be.obs_lazy_update(w, err, h, c0, r0);
+      if (c0 + width < cols) be.obs_lazy_update(w, err, h, c0, r0, rows);
     }
     return w;
   };
   auto whole = make_cpu_backend(1);
   const Tensor all = whole->download(sweep(*whole, 0, rows));
   auto many = make_cpu_backend(GetParam());
-  for (auto [r0, r1] : {std::pair<std::int64_t, std::int64_t>{0, 67}, {67, 134}, {134, 200}, {13, 14}}) {
+  for (auto [r0, r1] : {std::pair<std::int64_t, std::int64_t>{0, 67}, {67, 300}, {300, 600}, {13, 14}, {250, 520}}) {
     const Tensor part = many->download(sweep(*many, r0, r1));
     EXPECT_EQ(std::memcmp(part.raw(), all.slice_rows(r0, r1).raw(), static_cast<std::size_t>(part.nbytes())), 0)
         << "rows " << r0 << ".." << r1 << " differ from the whole-matrix sweep";

@@ -630,6 +630,9 @@ TEST_F(CheckpointCorruption, TensorTheManifestNoLongerRecordsIsReported) {
   const Checkpoint c = Checkpoint::open_read(dir.path());  // the manifest alone is consistent
   expect_input_error([&] { c.read_layer(0); },
                      {file.string(), "tensor 'mlp.fc1.weight'", "manifest does not record", "layer 0", "--restart"});
+  // The export reads tensor by tensor, the others' too: the same refusal.
+  expect_input_error([&] { c.read_tensor(0, "self_attn.q_proj.weight", false); },
+                     {file.string(), "tensor 'mlp.fc1.weight'", "manifest does not record"});
   EXPECT_NO_THROW(c.read_layer(1));
 }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # launch/mpirun.sh as a user drives it: the rank count in its spellings ("-n 3", "-n3", "-n=3";
-# "-n" alone refused with exit 2), and a SIGINT (Ctrl-C) sent to the wrapper in the middle of a
-# 2-rank prune: the ranks stop after a committed layer (exit 75, an "interrupted" record with the
-# SIGUSR1 the wrapper turned it into) and the rerun resumes to the bytes of an uninterrupted run.
+# "-n" alone refused with exit 2), and a Ctrl-C in the middle of a 2-rank prune, sent as a
+# terminal sends it, to the wrapper's whole process group: the ranks stop after a committed layer
+# (exit 75, an "interrupted" record with the SIGUSR1 the wrapper turned it into) and the rerun
+# resumes to the bytes of an uninterrupted run. opt-deep's 12 layers leave the stop time to land.
 # Usage: bash test_mpirun_wrapper.sh SCALPEL_BIN SOURCE_DIR SHARED_DIR (exit 77: skipped).
 set -uo pipefail
 BIN=${1:?usage} ROOT=${2:?usage} SHARED=${3:?usage}
@@ -11,7 +12,7 @@ fail() {
   echo "FAIL: $*"
   exit 1
 }
-[ -f "$SHARED/models/opt-mini/config.json" ] || { echo "SKIP: $SHARED/models/opt-mini is absent"; exit 77; }
+[ -f "$SHARED/models/opt-deep/config.json" ] || { echo "SKIP: $SHARED/models/opt-deep is absent"; exit 77; }
 command -v mpirun > /dev/null || { echo "SKIP: no mpirun"; exit 77; }
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/scalpel_launch.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
@@ -33,7 +34,7 @@ out=$(SCALPEL_DRY_RUN=1 bash "$WRAP" -n 0 eval 2>&1)
 [ $? = 2 ] || fail "-n 0: want exit 2: $out"
 
 # A Ctrl-C to the wrapper mid-prune.
-args=(prune --model "$SHARED/models/opt-mini" "calibration.path=$SHARED/data/corpus/calib.txt"
+args=(prune --model "$SHARED/models/opt-deep" "calibration.path=$SHARED/data/corpus/calib.txt"
   calibration.nsamples=8 calibration.seqlen=128 calibration.batch=2 prune.method=sparsegpt determinism=strict
   "eval.sets=[]" log.progress_seconds=0)
 bash "$WRAP" -n 2 "${args[@]}" "output.dir=$TMP/ref" > "$TMP/ref.log" 2>&1 || fail "reference run: $(cat "$TMP/ref.log")"
@@ -48,7 +49,7 @@ for _ in $(seq 1 3000); do
   kill -0 "$wrapper" 2> /dev/null || break
   sleep 0.01
 done
-kill -INT "$wrapper"
+kill -INT -- "-$wrapper"  # the group, as a terminal's Ctrl-C: mpirun must not get it
 wait "$wrapper"
 rc=$?
 [ "$rc" = 75 ] || fail "SIGINT to the wrapper: exit $rc (want 75): $(cat "$TMP/cut.log")"

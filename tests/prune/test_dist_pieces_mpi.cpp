@@ -130,6 +130,7 @@ TEST(DistPieces, RowSplitPruneEqualsWholeMatrixPrune) {
     o.blocksize = 64;
     const auto whole = prune::prune_linear(*be, w, &stats, o);
     o.total_rows = rows;
+    o.row_offset = r.begin;  // where the slice lies: its rows are computed in the whole matrix's calls
     o.select = prune::group_select(*g_world);
     const auto part = prune::prune_linear(*be, slice, &stats, o);
     const Tensor ww = whole.weight.slice_rows(r.begin, r.end), wm = whole.mask.slice_rows(r.begin, r.end);

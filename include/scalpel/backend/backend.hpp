@@ -278,11 +278,12 @@ class Backend {
   virtual void obs_sweep_block(Tensor& w, const Tensor& hinv, std::int64_t col0, std::int64_t width, int prune_n,
                                int prune_m, Tensor& mask, Tensor& err, Tensor& losses) = 0;
   // SparseGPT's lazy update after a block: W[:, c1:] -= err · U[col0:c1, c1:], c1 = col0 + err.cols (one GEMM).
-  // row0: where w's first row lies in the whole matrix when w is a row slice another rank's slices
-  // complete (0 otherwise); a backend whose GEMM bits depend on a row's place in the call (CPU:
-  // OpenBLAS) computes every row where the whole matrix's update would.
-  virtual void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0,
-                               std::int64_t row0) = 0;
+  // row0, total_rows: where w's first row lies in the whole matrix, and its rows, when w is a row
+  // slice another rank's slices complete (0, 0: w is the whole matrix); a backend whose GEMM bits
+  // depend on the call a row is computed in (CPU: OpenBLAS) computes every row in the call the
+  // whole matrix's update computes it in.
+  virtual void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0, std::int64_t row0,
+                               std::int64_t total_rows) = 0;
   // out[r] = Σ_j a[r, j] b[r, j] in double, a and b [rows, d].
   virtual void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out) = 0;
 

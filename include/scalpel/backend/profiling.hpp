@@ -178,10 +178,10 @@ class ProfilingBackend final : public Backend {
     timed("obs_sweep", 1.0 * w.size(0) * width * (width - 1),
           [&] { in_.obs_sweep_block(w, hinv, col0, width, pn, pm, mask, err, losses); });
   }
-  void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0,
-                       std::int64_t row0) override {
+  void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0, std::int64_t row0,
+                       std::int64_t total_rows) override {
     const auto rows = w.size(0), width = err.size(1), rest = w.size(1) - col0 - width;
-    timed("obs_lazy", 2.0 * rows * width * rest, [&] { in_.obs_lazy_update(w, err, hinv, col0, row0); });
+    timed("obs_lazy", 2.0 * rows * width * rest, [&] { in_.obs_lazy_update(w, err, hinv, col0, row0, total_rows); });
   }
   void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out) override {
     timed("rowwise_dot", 2.0 * a.numel(), [&] { in_.rowwise_dot(a, b, out); });

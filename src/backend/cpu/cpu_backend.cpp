@@ -1077,16 +1077,18 @@ class CpuBackend final : public Backend {
                    prune_n, prune_m, err.f32(), losses.f64());
   }
 
-  void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0,
-                       std::int64_t row0) override {
+  void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0, std::int64_t row0,
+                       std::int64_t total_rows) override {
     check_2d(w, "obs_lazy W");
     check_2d(err, "obs_lazy err");
     check_2d(hinv, "obs_lazy Hinv");
     op_checks::obs_lazy(w, err, hinv, col0);
     const auto rows = w.size(0), d = w.size(1), width = err.size(1), c1 = col0 + width;
     if (rows == 0 || c1 == d || width == 0) return;
-    cpu::det_gemm_rows<float>(row0, rows, d - c1, width, -1.0f, err.f32(), width, hinv.f32() + col0 * d + c1, d, 1.0f,
-                              w.f32() + c1, d);
+    const auto total = total_rows > 0 ? total_rows : row0 + rows;
+    SCALPEL_CHECK(row0 >= 0 && row0 + rows <= total, "obs_lazy_update: rows [{}, {}) of {}", row0, row0 + rows, total);
+    cpu::det_gemm_rows<float>(row0, rows, total, d - c1, width, -1.0f, err.f32(), width, hinv.f32() + col0 * d + c1, d,
+                              1.0f, w.f32() + c1, d);
   }
 
   void rowwise_dot(const Tensor& a, const Tensor& b, std::span<double> out) override {

@@ -73,17 +73,15 @@ void det_gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, 
 }
 
 template <class T>
-void det_gemm_rows(std::int64_t row0, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
-                   std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+void det_gemm_rows(std::int64_t row0, std::int64_t m, std::int64_t total, std::int64_t n, std::int64_t k, T alpha,
+                   const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
   if (m == 0 || n == 0) return;
-  // Global rows [g0, g1): the slice widened to whole groups; tiles of whole groups from g0.
-  const std::int64_t g0 = row0 / kRowAlign * kRowAlign, g1 = (row0 + m + kRowAlign - 1) / kRowAlign * kRowAlign;
-  const std::int64_t tr = std::max(kRowAlign, tile_for(m) / kRowAlign * kRowAlign), tc = tile_for(n);
-  const std::int64_t tm = tiles(g1 - g0, tr), tn = tiles(n, tc);
+  const std::int64_t t0 = row0 / kRowTile, tm = (row0 + m - 1) / kRowTile + 1 - t0;  // the global tiles met
+  const std::int64_t tc = tile_for(n), tn = tiles(n, tc);
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (std::int64_t bi = 0; bi < tm; ++bi)
     for (std::int64_t bj = 0; bj < tn; ++bj) {
-      const std::int64_t s = g0 + bi * tr, e = std::min(s + tr, g1), rows = e - s;
+      const std::int64_t s = (t0 + bi) * kRowTile, e = std::min(s + kRowTile, total), rows = e - s;
       const std::int64_t lo = std::max(s, row0), hi = std::min(e, row0 + m);  // the slice's own rows
       const std::int64_t j0 = bj * tc, nj = std::min(tc, n - j0);
       if (lo == s && hi == e) {
@@ -91,7 +89,6 @@ void det_gemm_rows(std::int64_t row0, std::int64_t m, std::int64_t n, std::int64
                       I(lda), b + j0, I(ldb), beta, c + (s - row0) * ldc + j0, I(ldc));
         continue;
       }
-      // A partial group at either end: its rows sit where they sit in the whole matrix's call.
       std::vector<T> ap(static_cast<std::size_t>(rows * k), T{0}), cp(static_cast<std::size_t>(rows * nj), T{0});
       for (std::int64_t r = lo; r < hi; ++r) {
         std::copy(a + (r - row0) * lda, a + (r - row0) * lda + k, ap.begin() + (r - s) * k);
@@ -227,8 +224,8 @@ void det_trmm_right_lower_n(std::int64_t m, std::int64_t n, T alpha, const T* l,
 #define SCALPEL_DET_BLAS(T)                                                                                  \
   template void det_gemm<T>(bool, bool, std::int64_t, std::int64_t, std::int64_t, T, const T*, std::int64_t,       \
                             const T*, std::int64_t, T, T*, std::int64_t);                                          \
-  template void det_gemm_rows<T>(std::int64_t, std::int64_t, std::int64_t, std::int64_t, T, const T*, std::int64_t,  \
-                                 const T*, std::int64_t, T, T*, std::int64_t);                                     \
+  template void det_gemm_rows<T>(std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, T, const T*, \
+                                 std::int64_t, const T*, std::int64_t, T, T*, std::int64_t);                       \
   template void det_syrk_upper_t<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T, T*, std::int64_t);   \
   template void det_syrk_lower_n<T>(std::int64_t, std::int64_t, T, const T*, std::int64_t, T, T*, std::int64_t);   \
   template void det_trsm_right_lower_t<T>(std::int64_t, std::int64_t, const T*, std::int64_t, T*, std::int64_t);   \

@@ -17,16 +17,17 @@ namespace scalpel::cpu {
 template <class T>
 void det_gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
               std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc);
-// det_gemm (no transposes) for rows [row0, row0 + m) of a matrix whose other rows other ranks
-// compute: a row gets the bits it gets in the whole matrix's call. OpenBLAS's Haswell/Zen sgemm
-// computes rows in groups of 12 and the last M mod 12 rows of a call with other bits (measured), so
-// a slice that ends elsewhere than the whole matrix gives rows other bits. Every row is therefore
-// computed in a single-threaded call that starts at a global row that is a multiple of kRowAlign
-// and spans a multiple of it (zero rows pad a partial group): no call has a tail of its own.
-inline constexpr std::int64_t kRowAlign = 48;  // a multiple of every row grouping met (4, 12, 16)
+// det_gemm (no transposes) for rows [row0, row0 + m) of a matrix of `total` rows whose other rows
+// other ranks compute: a row gets exactly the bits of the whole matrix's computation. OpenBLAS's
+// bits for a row depend on the call it is computed in (its Haswell/Zen sgemm computes the last
+// M mod 12 rows of a call with other bits; small-matrix kernels take short calls), so every row
+// is computed in the same call as in the whole matrix: the rows are cut into global tiles of
+// kRowTile rows from row 0 (the last ends at `total`), and a tile the slice covers only in part
+// is computed whole with zero rows standing for the rows other ranks hold.
+inline constexpr std::int64_t kRowTile = 256;
 template <class T>
-void det_gemm_rows(std::int64_t row0, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
-                   std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc);
+void det_gemm_rows(std::int64_t row0, std::int64_t m, std::int64_t total, std::int64_t n, std::int64_t k, T alpha,
+                   const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc);
 // Upper triangle of C (d x d) = alpha XᵀX + beta C, X n x d (lower triangle of C: see det_syrk_lower_t).
 template <class T>
 void det_syrk_lower_t(std::int64_t d, std::int64_t n, T alpha, const T* x, std::int64_t ldx, T beta, T* c,

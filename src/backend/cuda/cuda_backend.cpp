@@ -1241,8 +1241,8 @@ class CudaBackend final : public Backend {
     launched("obs_sweep_block");
   }
 
-  void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0,
-                       std::int64_t /*row0*/) override {
+  void obs_lazy_update(Tensor& w, const Tensor& err, const Tensor& hinv, std::int64_t col0, std::int64_t /*row0*/,
+                       std::int64_t /*total_rows*/) override {
     check_2d(w, "obs_lazy W");
     check_2d(err, "obs_lazy err");
     check_2d(hinv, "obs_lazy Hinv");
