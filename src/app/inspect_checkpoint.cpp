@@ -176,7 +176,7 @@ void refuse_run_folder(const fs::path& dir) {
   if (!held.empty())
     SCALPEL_INPUT_ERROR("{}: is neither a model (config.json) nor a checkpoint (manifest.json or shots.json); it holds "
                         "{}: inspect one of those",
-                        dir.string(), fmt::format("{}", fmt::join(held, ", ")));
+                        dir.string(), fmt::join(held, ", "));
 }
 
 namespace {
