@@ -35,7 +35,12 @@ def main():
 
     device = a.device if a.device != "cuda" or torch.cuda.is_available() else "cpu"
     config = AutoConfig.from_pretrained(a.folder)
-    model = AutoModelForCausalLM.from_pretrained(a.folder, torch_dtype=torch.float32).to(device).eval()
+    # transformers 4.56 renamed torch_dtype to dtype (5.x loads in the checkpoint's dtype when neither
+    # is given, which would compare an fp16 forward with scalpel eval's fp32 one).
+    import transformers
+    major, minor = (int(v) for v in transformers.__version__.split(".")[:2])
+    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    model = AutoModelForCausalLM.from_pretrained(a.folder, **{key: torch.float32}).to(device).eval()
     tok = AutoTokenizer.from_pretrained(a.folder)
     layers = getattr(model.config, "num_hidden_layers", None)
     decoder = getattr(model, "model", None)
@@ -62,7 +67,8 @@ def main():
     mean = total / (nwin * (seqlen - 1))
     ppl = math.exp(mean)
     out = {"folder": a.folder, "layers": built, "scalpel_depth": getattr(config, "scalpel_depth", None),
-           "text": a.text, "windows": nwin, "seqlen": seqlen, "mean_nll": mean, "ppl": ppl, "device": device}
+           "text": a.text, "windows": nwin, "seqlen": seqlen, "mean_nll": mean, "ppl": ppl, "device": device,
+           "transformers": transformers.__version__, "torch": torch.__version__}
     print(json.dumps(out))
     if a.expect is not None and abs(ppl - a.expect) > a.rtol * a.expect:
         print(f"error: perplexity {ppl:.4f} differs from the expected {a.expect:.4f} by more than {a.rtol:g}",
