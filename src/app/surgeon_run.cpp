@@ -522,9 +522,6 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   const auto grid = dist::make_grid(world, 1, cfg.parallel.data);
   auto backend = make_rank_backend(cfg, place);
   Backend& be = *backend;
-  if (be.device() != Device::cpu)
-    log::warn("LLM Surgeon on device: {} has not been validated on a GPU in this release (README, LLM Surgeon)",
-              cfg.device);
   auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   const auto opt = surgeon_options(cfg);

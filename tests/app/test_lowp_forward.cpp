@@ -77,8 +77,12 @@ TEST_P(LowpForward, TheBackwardPassRefusesIt) {
 // The mask check at the level of one layer: the same fp16 inputs of opt-mini's layer 1
 // (made once, on the cpu, through the fp16 forward of layer 0) go to each backend, which collects
 // the Hessians through its own fp16 forward of layer 1 and prunes every linear with SparseGPT 50%.
-// The masks must agree with the cpu's on 99.9% of the weights: the backends differ only in
-// summation order (the cpu instance checks the plumbing: it must agree with itself exactly).
+// The masks must agree with the cpu's on 99.9% of the weights in fp16: the backends differ only in
+// summation order (the cpu instance checks the plumbing: it must agree with itself exactly). In
+// bf16 the layer's own forward rounds each differently summed fp32 result to 8 bits, not 11: a
+// difference of one unit there is 8 times fp16's, and the weights whose decision it flips (those
+// within that distance of the threshold) about 8 times as many, so the bound is 1 - 8 x 0.1%.
+// Measured on an H200: f16 0.99981, bf16 0.99883.
 std::vector<std::uint8_t> layer_masks(Backend& be, const fs::path& folder, const Tensor& x_host, std::int64_t B,
                                       std::int64_t T) {
   auto ckpt = std::make_shared<const io::HfCheckpoint>(folder);
@@ -135,7 +139,7 @@ TEST_P(LowpForward, TheSameTwoByteLayerInputsGiveTheSameMasks) {
   if (be->name() == "cpu") {
     EXPECT_EQ(agree, 1.0);
   }
-  EXPECT_GE(agree, 0.999);
+  EXPECT_GE(agree, dt == DType::f16 ? 0.999 : 0.992);
 }
 
 std::string param_name(const ::testing::TestParamInfo<std::tuple<std::string, std::string, DType>>& info) {
