@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <limits>
 
 #include "scalpel/app/export.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
@@ -69,6 +70,34 @@ TEST(Export, ShardedFolderRoundTripsAndInspectSeesTheSparsity) {
   EXPECT_EQ(report["total"]["zeros"].get<std::int64_t>(), zeros);
   EXPECT_EQ(report["total"]["weights"].get<std::int64_t>(), 3145728);
   fs::remove_all(out);
+}
+
+// The zero count reads stored bits: it must say what comparing the widened fp32 value with 0
+// says, for every 16-bit pattern of fp16 and bf16 (±0, subnormals, NaN, infinities included) and
+// for fp32's edge values; sparsity_stats counts the same and finds zero rows and columns.
+TEST(Export, ZerosCountedOnStoredBitsAgreeWithTheFloatComparison) {
+  for (const DType dt : {DType::f16, DType::bf16}) {
+    Tensor t = Tensor::empty({256, 256}, dt);
+    auto* p = t.data<std::uint16_t>();
+    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<std::uint16_t>(i);
+    const Tensor f = t.to_f32();
+    std::int64_t want = 0;
+    for (std::int64_t i = 0; i < f.numel(); ++i) want += f.data<float>()[i] == 0.0f;
+    EXPECT_EQ(want, 2) << dtype_name(dt);  // +0 (0x0000) and -0 (0x8000)
+    EXPECT_EQ(app::count_zeros(t), want) << dtype_name(dt);
+    EXPECT_EQ(app::sparsity_stats(t).zeros, want) << dtype_name(dt);
+  }
+  const float edge[] = {0.0f, -0.0f, 1e-45f, -1e-45f, 1.0f, std::numeric_limits<float>::infinity(),
+                        std::numeric_limits<float>::quiet_NaN(), 0.0f};
+  Tensor t = Tensor::empty({2, 4}, DType::f32);
+  std::memcpy(t.raw(), edge, sizeof edge);
+  EXPECT_EQ(app::count_zeros(t), 3);  // 0, -0 and the last 0; not the subnormals, inf or NaN
+  Tensor z = Tensor::zeros({3, 4}, DType::f16);
+  z.data<std::uint16_t>()[5] = 0x3c00;  // 1.0 at row 1, column 1
+  const auto s = app::sparsity_stats(z);
+  EXPECT_EQ(s.zeros, 11);
+  EXPECT_EQ(s.zero_rows, 2);
+  EXPECT_EQ(s.zero_cols, 3);
 }
 
 }  // namespace

@@ -77,6 +77,8 @@ struct SparsityStats {
   }
 };
 SparsityStats sparsity_stats(const Tensor& w);
+// The number of entries of w (host, any float dtype) that are zero, +0 or -0.
+std::int64_t count_zeros(const Tensor& w);
 
 // Per-tensor and total sparsity of the decoder linears of a Hugging Face folder, as JSON
 // ({"tensors": [...], "total": {...}}) and as a table on stdout when `print`.
