@@ -11,8 +11,8 @@
 #                                # bench_e2e.sh: `scalpel prune` end to end of a synthetic one-layer OPT at
 #                                # OPT-175B widths (128 x 2048 tokens), with bench_layer's ceilings; again
 #                                # without the reconstruction error, and with the fp32 forward
-#   scripts/gpu_check.sh all     # one call for a short loan: the GPU tests, the transformers loads, the
-#                                # default end-to-end layer, LLM Surgeon, then the rest, most telling first
+#   scripts/gpu_check.sh all     # one call for a short loan: the default end-to-end layer, LLM Surgeon's
+#                                # benchmark, the GPU tests, the transformers loads, then the rest
 # GPU_CHECK_DEADLINE=S: no step starts after S seconds (it is listed as "skipped: deadline") and a
 # running program is stopped then (rc 124), so the logs of the steps run still come back; set it
 # below the device call's timeout, leaving a minute for the packing.
@@ -72,7 +72,8 @@ unit_tests() {
   local t
   for t in backend/test_backend_ops backend/test_lowp_ops backend/test_uploader backend/test_backward_ops \
            model/test_model_prefetch model/test_decoder prune/test_split_factor \
-           model/test_decoder_backward app/test_model_backward app/test_lowp_forward prune/test_surgeon app/test_gpu; do
+           model/test_decoder_backward app/test_model_backward app/test_lowp_forward prune/test_surgeon \
+           prune/test_prune_methods app/test_gpu; do
     step "$(basename "$t")" "build/tests/$t"
   done
 }
@@ -135,14 +136,17 @@ case $MODE in
   bench13) run_bench 5120 20480 40 ;;
   e2e) run_e2e ;;
   all)
+    # What the last loan (an H200, 15 min) left open first: the end-to-end layer with the phases
+    # its metrics now split, LLM Surgeon's benchmark; then the tests (app/test_gpu, which took
+    # 344 s there, last of them), the transformers loads and the rest.
+    e2e_default
+    run_bench 9216 36864 72
     unit_tests
     depth_checks
-    e2e_default
     surgeon_checks
     step bench_factor_49152 build/bin/bench_factor --device cuda --width 49152 --tile 1024 --repeats 1 \
       --out "$OUT/bench_factor_cuda_49152.json"
-    e2e_rest
-    run_bench 9216 36864 72 ;;
+    e2e_rest ;;
   *) echo "usage: scripts/gpu_check.sh tests|bench|bench13|e2e|all" >&2; exit 2 ;;
 esac
 rm -rf "$OUT/runs/"*/model "$OUT/runs/"*/ckpt  # weights do not travel back
