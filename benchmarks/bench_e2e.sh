@@ -80,12 +80,17 @@ for r in layers:
          "factorisation_s": sum(x.get("factor_s", 0.0) for x in lin) + sum(sum(f.get("seconds", [])) for f in r.get("factors", [])),
          "sweep_s": sum(x.get("sweep_s", 0.0) for x in lin),
          "forward_s": r.get("forward_s", 0.0),  # the propagation to the next layer
-         "error_s": sum(x.get("error_s", 0.0) for x in lin)}
+         "error_s": sum(x.get("error_s", 0.0) for x in lin),
+         # the layer's read and upload (or the wait for its prefetch); the pruned rows' download,
+         # conversion, gather and packing with the next forward's copy (records of older releases lack them)
+         "load_s": r.get("load_s", 0.0),
+         "gather_s": sum(x.get("gather_s", 0.0) for x in lin)}
     p["rest_s"] = p["seconds"] - sum(v for k, v in p.items() if k != "seconds")
     per_layer.append(p)
 in_layers = sum(p["seconds"] for p in per_layer)
 prune_s = prune["summary"]["seconds"] if prune else None
-res = {"forward_dtype": fdt, "process_s": process_s, "prune_s": prune_s, "layers": len(per_layer), "layer_seconds_sum": in_layers,
+export_s = prune.get("export_s") if prune else None  # the export after the layers (with the zero count)
+res = {"forward_dtype": fdt, "process_s": process_s, "prune_s": prune_s, "export_s": export_s, "layers": len(per_layer), "layer_seconds_sum": in_layers,
        "outside_layers_s": process_s - in_layers,
        "outside_layers_fraction": (process_s - in_layers) / process_s if process_s > 0 else None,
        "median_layer": {k: statistics.median(p[k] for p in per_layer) for k in per_layer[0]} if per_layer else {},

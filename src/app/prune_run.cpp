@@ -199,8 +199,13 @@ class PrunedSource final : public model::WeightSource {
   mutable io::LayerData data_;
 };
 
-// Concatenates the row slices of a host tensor held by the ranks of `group` (rank order).
+// Concatenates the row slices of a host tensor held by the ranks of `group` (rank order). A
+// one-rank group holds them all already: no copy (an OPT-175B layer is 5.4 GB of weights and masks).
 Tensor gather_rows(dist::Comm& group, const Tensor& mine, std::int64_t rows) {
+  if (group.size() == 1) {
+    SCALPEL_CHECK(mine.size(0) == rows, "gather_rows: {} rows held of {}", mine.size(0), rows);
+    return mine;
+  }
   const auto cols = mine.size(1);
   const auto row_bytes = static_cast<std::int64_t>(dtype_size(mine.dtype())) * cols;
   std::vector<std::int64_t> counts;
@@ -237,19 +242,26 @@ struct GatheredLinear {
 GatheredLinear gather_pruned(Backend& be, dist::Comm& group, const prune::PruneResult& r, std::int64_t rows,
                              std::int64_t cols, DType stored_dtype, DType fwd) {
   GatheredLinear out;
+  // Rounded to the stored dtype where the rows are (on a GPU: half the bytes of fp32 to move; the
+  // device's and the host's conversions both round to nearest even, the same bits).
+  const Tensor mine = as_dtype_on(be, r.weight, stored_dtype);
   if (be.device() != Device::cpu && group.device_collectives()) {
     // NCCL: the rows meet on the GPUs; only the writer downloads the whole matrix.
-    const Tensor mine = be.upload_exact(to_storage(be, r.weight, stored_dtype));
     Tensor all = be.empty({rows, cols}, stored_dtype), all_mask = be.empty({rows, cols}, DType::u8);
     gather_rows_device(group, mine, all, rows);
     gather_rows_device(group, r.mask, all_mask, rows);
-    out.next = to_forward(be, all, fwd);  // widened to fp32 on the GPU, or kept
+    out.next = as_dtype_on(be, all, fwd);  // widened to fp32 on the GPU, or kept
     if (group.rank() == 0) {
       out.stored = be.download(all);
       out.mask = be.download(all_mask);
     }
+  } else if (group.size() == 1) {
+    // One rank holds every row: the next forward's copy comes from the device's, not uploaded back.
+    out.stored = be.download(mine);
+    out.mask = be.download(r.mask);
+    out.next = as_dtype_on(be, mine, fwd);
   } else {
-    out.stored = gather_rows(group, to_storage(be, r.weight, stored_dtype), rows);
+    out.stored = gather_rows(group, be.download(mine), rows);
     out.mask = gather_rows(group, be.download(r.mask), rows);
     out.next = to_forward(be, out.stored, fwd);
   }
@@ -296,6 +308,7 @@ nlohmann::json prune_one(const LinearJob& j, const model::LinearSpec& lin, const
   if (j.group.size() > 1) opt.select = prune::group_select(j.group);
   const auto r = prune::prune_linear(j.be, as_dtype_on(j.be, w.slice_rows(rr.begin, rr.end), DType::f32), stats, opt);
   j.watchdog.beat("gather", j.layer);
+  Timer gather_timer;  // the rows' download, conversion and gather, the next forward's copy, the mask's packing
   const auto stored_dtype = j.src.info(j.spec.layer_prefix(j.layer) + wname).dtype;
   auto g = gather_pruned(j.be, j.group, r, rows, w.size(1), stored_dtype, j.fwd);
   std::array<double, 2> err{std::isfinite(r.error) ? r.error : 0.0, std::isfinite(r.dense) ? r.dense : 0.0};
@@ -315,11 +328,14 @@ nlohmann::json prune_one(const LinearJob& j, const model::LinearSpec& lin, const
   if (!j.cfg.output.reconstruction_error) lm["error"] = lm["error_rel"] = nullptr;
   if (!std::isfinite(sparsity) || !std::isfinite(err[0]))
     SCALPEL_RUNTIME_ERROR("layer {} {}: non-finite result", j.layer, lin.name);
+  std::vector<std::uint8_t> packed_mask;
+  if (j.group.rank() == 0) packed_mask = io::pack_mask(g.mask);
+  lm["gather_s"] = gather_timer.seconds();
   if (j.group.rank() == 0) {
     io::TensorRecord rec;
     rec.name = wname;
     rec.data = g.stored;
-    rec.packed_mask = io::pack_mask(g.mask);
+    rec.packed_mask = std::move(packed_mask);
     rec.metrics = lm;
     records.push_back(std::move(rec));
   }
@@ -455,9 +471,8 @@ class PrunedReader {
   Tensor load(const std::string& name) {
     Tensor v = read(name);
     if (counted_.insert(name).second) {
-      const auto st = sparsity_stats(v);
-      zeros_ += st.zeros;
-      total_ += st.rows * st.cols;
+      zeros_ += count_zeros(v);
+      total_ += v.numel();
     }
     return v;
   }
@@ -558,9 +573,11 @@ nlohmann::json own_layer(const LinearJob& j, const CalibrationPass& c, Tensor& x
                          io::Checkpoint& ckpt, bool committed, bool prefetch_next,
                          const std::vector<TargetGroup>& groups, const Timer& layer_timer) {
   j.watchdog.beat("load layer", j.layer);
+  Timer load_timer;  // the layer's read and upload, or the wait for its prefetch
   const auto dense = m.layer_weights(j.layer);
   if (prefetch_next) m.prefetch(j.layer + 1);  // its reads and uploads overlap this layer's work
   auto working = std::make_shared<model::LayerWeights>(*dense);
+  const double load_s = load_timer.seconds();
   if (committed) {
     // Replay: the stored weights are the ones the original run propagated with.
     const auto data = ckpt.read_layer(j.layer);
@@ -575,6 +592,7 @@ nlohmann::json own_layer(const LinearJob& j, const CalibrationPass& c, Tensor& x
   forward_layer(j.be, j.spec, dense_propagation ? *dense : *working, x, c.my_nseq, c.seqlen, c.batch, c.rope, nullptr);
   if (committed || j.group.rank() != 0) return nullptr;
   layer_metrics["forward_s"] = forward_timer.seconds();
+  layer_metrics["load_s"] = load_s;
   layer_metrics["seconds"] = layer_timer.seconds();
   j.watchdog.beat("write shard", j.layer);
   const auto info = io::write_shard_file(ckpt.dir(), j.layer, 0, records, nullptr);
@@ -664,6 +682,7 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
   const bool exporting = !cfg.output.export_dir.empty();
   const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
   // Every rank knows whether there is an export, so all or none make the writers' split.
+  Timer export_timer;
   if (exporting)
     export_by_writers(src, reader.lazy(), dest, cfg.output.export_shard_mb << 20, world, place,
                       cfg.output.export_writers);
@@ -671,7 +690,8 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
   if (exporting || world.is_root()) std::tie(count[0], count[1]) = exporting ? reader.counted() : reader.count();
   world.allreduce_sum(std::span<std::int64_t>(count));
   if (!world.is_root()) return;
-  if (exporting) log::info("exported the pruned model to {}", dest.string());
+  const double export_s = export_timer.seconds();
+  if (exporting) log::info("exported the pruned model to {} ({:.1f} s)", dest.string(), export_s);
   const auto [zeros, total] = count;
   const nlohmann::json summary = {{"method", cfg.prune.method}, {"pattern", pattern.str()},
                                   {"zeros", zeros},             {"weights", total},
@@ -680,7 +700,10 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
   if (!ckpt.complete()) ckpt.mark_complete(summary);
   log::info("pruned {} of {} target weights ({:.2f}%) in {:.1f} s", zeros, total, total ? 100.0 * zeros / total : 0.0,
             seconds);
-  metrics.write({{"event", "prune"}, {"config_hash", config_hash}, {"summary", summary}});
+  metrics.write({{"event", "prune"},
+                 {"config_hash", config_hash},
+                 {"summary", summary},
+                 {"export_s", exporting ? nlohmann::json(export_s) : nlohmann::json(nullptr)}});
 }
 
 // What every step of a layer-by-layer prune reads: the settings, the grid, the model and the
