@@ -258,11 +258,11 @@ GatheredLinear gather_pruned(Backend& be, dist::Comm& group, const prune::PruneR
   } else if (group.size() == 1) {
     // One rank holds every row: the next forward's copy comes from the device's, not uploaded back.
     out.stored = be.download(mine);
-    out.mask = be.download(r.mask);
+    out.mask = r.host_mask;
     out.next = as_dtype_on(be, mine, fwd);
   } else {
     out.stored = gather_rows(group, be.download(mine), rows);
-    out.mask = gather_rows(group, be.download(r.mask), rows);
+    out.mask = gather_rows(group, r.host_mask, rows);
     out.next = to_forward(be, out.stored, fwd);
   }
   return out;

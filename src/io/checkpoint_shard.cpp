@@ -129,6 +129,7 @@ std::vector<std::uint8_t> pack_mask(std::span<const std::uint8_t> keep) {
   // Eight flags per output byte without branches (the compiler vectorises it): masks of a few
   // hundred million weights per layer are packed on every commit.
   const std::size_t full = keep.size() / 8;
+#pragma omp parallel for if (full > (1u << 20)) schedule(static)
   for (std::size_t b = 0; b < full; ++b) {
     const std::uint8_t* k = keep.data() + 8 * b;
     unsigned v = 0;

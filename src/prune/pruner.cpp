@@ -205,9 +205,12 @@ PruneResult prune_linear(Backend& be, const Tensor& weight, const InputStats* st
       break;
   }
 
-  const Tensor hm = be.download(r.mask);
-  const std::uint8_t* m = hm.data<std::uint8_t>();
-  for (std::int64_t i = 0; i < r.total; ++i) r.pruned += m[i] == 0;
+  r.host_mask = be.download(r.mask);
+  const std::uint8_t* m = r.host_mask.data<std::uint8_t>();
+  std::int64_t pruned = 0;
+#pragma omp parallel for reduction(+ : pruned) if (r.total > (1 << 20)) schedule(static)
+  for (std::int64_t i = 0; i < r.total; ++i) pruned += m[i] == 0;
+  r.pruned = pruned;
   r.sparsity = r.total ? static_cast<double>(r.pruned) / static_cast<double>(r.total) : 0.0;
 
   if (o.compute_error && stats && stats->has_hessian() && stats->nsamples() > 0) {

@@ -100,6 +100,12 @@ TEST(CheckpointMask, PackIsLsbFirstAndRoundTrips) {
   EXPECT_EQ(unpack_mask(packed, 10), keep);
   const auto big = random_keep(1001, 7);
   EXPECT_EQ(unpack_mask(pack_mask(big), 1001), big);
+  // Past 2^20 output bytes the packing runs on threads: the same bytes as one at a time.
+  const auto huge = random_keep((std::int64_t{1} << 23) + 8 * 3 + 5, 8);
+  std::vector<std::uint8_t> serial(packed_mask_bytes(static_cast<std::int64_t>(huge.size())), 0);
+  for (std::size_t i = 0; i < huge.size(); ++i)
+    if (huge[i]) serial[i >> 3] |= static_cast<std::uint8_t>(1u << (i & 7));
+  EXPECT_EQ(pack_mask(huge), serial);
 
   // Bit copies at every destination offset agree with a bit-by-bit reference.
   const auto src = random_keep(37, 9);

@@ -318,6 +318,27 @@ TEST_P(PruneMethods, MagnitudeMatchesFloat64) {
   }
 }
 
+// Past 2^20 entries the pruned count is summed by threads: on a 1031 x 1030 matrix it must equal
+// the serial count of the mask and magnitude's int(0.5 * numel), and the host copy of the mask
+// must be the device's.
+TEST_P(PruneMethods, LargeMatricesCountTheirZerosExactly) {
+  const std::int64_t rows = 1031, cols = 1030;
+  const Tensor w = be->upload(to_tensor(random_vec(static_cast<std::size_t>(rows * cols), 11), {rows, cols}));
+  PruneOptions o;
+  o.method = Method::magnitude;
+  o.pattern = Pattern::unstructured(0.5);
+  const auto r = prune_linear(*be, w, nullptr, o);
+  ASSERT_GT(r.total, std::int64_t{1} << 20);
+  const Mask device = host_mask(*be, r.mask);
+  ASSERT_EQ(r.host_mask.numel(), r.total);
+  const Mask host(r.host_mask.data<std::uint8_t>(), r.host_mask.data<std::uint8_t>() + r.host_mask.numel());
+  EXPECT_EQ(mismatches(host, device), 0);
+  std::int64_t zeros = 0;
+  for (const auto k : device) zeros += k == 0;
+  EXPECT_EQ(r.pruned, zeros);
+  EXPECT_EQ(r.pruned, expected_pruned(rows, cols, o.pattern, Method::magnitude, 128));
+}
+
 TEST_P(PruneMethods, WandaMatchesFloat64) {
   auto st = feed(*be, layer);
   Vec h, s;

@@ -74,6 +74,7 @@ struct PhaseSeconds {
 struct PruneResult {
   Tensor weight;                  // pruned fp32 [rows, cols], on the backend
   Tensor mask;                    // U8 [rows, cols], 1 = kept
+  Tensor host_mask;               // the same on the host (downloaded once, to count the zeros)
   std::vector<double> losses;     // SparseGPT: per row Σ (w - q)² / (2 d²), as the reference's Losses
   std::vector<double> row_error;  // per row ‖(W - W')_r Xᵀ‖² (when the error was computed)
   // ‖(W - W')Xᵀ‖_F², ‖W Xᵀ‖_F² and their ratio, from H without X: (n/2) tr(ΔW H ΔWᵀ). NaN when
