@@ -903,6 +903,9 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
 
     // The allocation ran the fp32 forward; the layers run in the forward dtype from here.
     m.set_forward_dtype(s.fwd);
+    // The stage's first layer is read and uploaded while its inputs are embedded (the later ones
+    // while the layer before them works).
+    if (prefetch_layers()) m.prefetch(dist::block_range(spec.layers, s.grid.stages, s.grid.stage).begin);
     LayerLoop loop{s,     *ckpt, id, m, allocation, spec.family == model::Family::llama ? &rope_tables : nullptr,
                    kinds, accumulation, activations_on_host(be, cfg, world), Tensor(), metrics, watchdog};
     if (s.grid.stage == 0)
