@@ -12,6 +12,7 @@
 #include <set>
 
 #include "scalpel/core/error.hpp"
+#include "scalpel/core/paths.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/text/tasks.hpp"
 
@@ -518,11 +519,7 @@ void validate_prune(const Config& c, const std::string& source) {
 
 // True when `inner` is `outer` or lies inside it (lexically, after normalisation).
 bool within(const std::filesystem::path& outer, const std::filesystem::path& inner) {
-  const auto o = outer.lexically_normal(), i = inner.lexically_normal();
-  auto oi = o.begin(), ii = i.begin();
-  for (; oi != o.end() && !oi->empty(); ++oi, ++ii)
-    if (ii == i.end() || *oi != *ii) return false;
-  return true;
+  return path_within(outer.lexically_normal(), inner.lexically_normal());
 }
 
 // The export replaces its folder: it must not be the run folder or hold the checkpoint.

@@ -27,6 +27,7 @@
 #include "scalpel/backend/backend.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
+#include "scalpel/core/paths.hpp"
 #include "scalpel/io/checkpoint.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
 #include "scalpel/io/shot_checkpoint.hpp"
@@ -511,10 +512,7 @@ bool path_inside(const fs::path& outer, const fs::path& inner) {
   std::error_code eo, ei;
   const auto o = fs::weakly_canonical(outer, eo), i = fs::weakly_canonical(inner, ei);
   if (eo || ei || o.empty()) return false;  // not resolvable: the export's own checks decide
-  auto oi = o.begin(), ii = i.begin();
-  for (; oi != o.end() && !oi->empty(); ++oi, ++ii)
-    if (ii == i.end() || *oi != *ii) return false;
-  return true;
+  return path_within(o, i);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "../../src/app/run_common.hpp"
 #include "scalpel/app/config.hpp"
 #include "scalpel/core/error.hpp"
+#include "scalpel/core/paths.hpp"
 
 namespace scalpel::test {
 namespace {
@@ -204,6 +205,17 @@ TEST(Config, FoldersOutOfRangeIntegersAndAnEmptyRunFolderAreInputErrors) {
   EXPECT_NE(error_of("", {"calibration.seed=-1"}).find("'calibration.seed' is -1, outside 0.."), std::string::npos);
   EXPECT_NE(error_of("", {"output.dir="}).find("'output.dir' is empty"), std::string::npos);
   EXPECT_EQ(error_of("threads: 2147483647\n"), "no error");  // the largest int is a value like any other
+}
+
+// The relation behind the export's and the run folder's checks: whole components, a trailing
+// separator of the outer path ignored.
+TEST(Paths, WithinComparesWholeComponents) {
+  EXPECT_TRUE(path_within("runs/a", "runs/a"));
+  EXPECT_TRUE(path_within("runs/a", "runs/a/ckpt/x"));
+  EXPECT_TRUE(path_within("runs/a/", "runs/a/model"));
+  EXPECT_FALSE(path_within("runs/a", "runs/ab"));
+  EXPECT_FALSE(path_within("runs/a/ckpt", "runs/a"));
+  EXPECT_FALSE(path_within("/runs/a", "runs/a"));
 }
 
 }  // namespace
