@@ -38,6 +38,23 @@ struct Blas<double> {
   static constexpr auto trmm = cblas_dtrmm;
 };
 
+// A product of `count` rows computed inside one GEMM call of `rows` rows, the others zero, so that
+// each row gets the bits it gets in a call of that height: op(A)'s row r is written by
+// copy_a_row(r, dst) into padded row first + r, C's row r is c + r * ldc (nj columns).
+template <class T, class CopyARow>
+void padded_gemm(std::int64_t rows, std::int64_t first, std::int64_t count, std::int64_t nj, std::int64_t k, T alpha,
+                 CopyARow copy_a_row, bool tb, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+  std::vector<T> ap(static_cast<std::size_t>(rows * k), T{0}), cp(static_cast<std::size_t>(rows * nj), T{0});
+  for (std::int64_t r = 0; r < count; ++r) {
+    copy_a_row(r, ap.data() + (first + r) * k);
+    if (beta != T{0}) std::copy(c + r * ldc, c + r * ldc + nj, cp.begin() + (first + r) * nj);
+  }
+  Blas<T>::gemm(CblasRowMajor, CblasNoTrans, tb ? CblasTrans : CblasNoTrans, I(rows), I(nj), I(k), alpha, ap.data(),
+                I(k), b, I(ldb), beta, cp.data(), I(nj));
+  for (std::int64_t r = 0; r < count; ++r)
+    std::copy(cp.begin() + (first + r) * nj, cp.begin() + (first + r + 1) * nj, c + r * ldc);
+}
+
 }  // namespace
 
 template <class T>
@@ -61,14 +78,10 @@ void det_gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, 
       // Fewer rows than OpenBLAS's small-matrix path takes over at: padded to kMinRows rows, so
       // that a row gets the bits it gets in a larger tile (a row slice of a matrix, computed on
       // another rank, must match the whole matrix).
-      std::vector<T> ap(static_cast<std::size_t>(kMinRows * k), T{0}), cp(static_cast<std::size_t>(kMinRows * nj), T{0});
-      for (std::int64_t r = 0; r < mi; ++r) {
-        for (std::int64_t q = 0; q < k; ++q) ap[static_cast<std::size_t>(r * k + q)] = ta ? at[q * lda + r] : at[r * lda + q];
-        if (beta != T{0}) std::copy(ct + r * ldc, ct + r * ldc + nj, cp.begin() + r * nj);
-      }
-      Blas<T>::gemm(CblasRowMajor, CblasNoTrans, tb ? CblasTrans : CblasNoTrans, I(kMinRows), I(nj), I(k), alpha,
-                  ap.data(), I(k), bt, I(ldb), beta, cp.data(), I(nj));
-      for (std::int64_t r = 0; r < mi; ++r) std::copy(cp.begin() + r * nj, cp.begin() + (r + 1) * nj, ct + r * ldc);
+      const auto op_a_row = [&](std::int64_t r, T* dst) {
+        for (std::int64_t q = 0; q < k; ++q) dst[q] = ta ? at[q * lda + r] : at[r * lda + q];
+      };
+      padded_gemm(kMinRows, 0, mi, nj, k, alpha, op_a_row, tb, bt, ldb, beta, ct, ldc);
     }
 }
 
@@ -89,15 +102,11 @@ void det_gemm_rows(std::int64_t row0, std::int64_t m, std::int64_t total, std::i
                       I(lda), b + j0, I(ldb), beta, c + (s - row0) * ldc + j0, I(ldc));
         continue;
       }
-      std::vector<T> ap(static_cast<std::size_t>(rows * k), T{0}), cp(static_cast<std::size_t>(rows * nj), T{0});
-      for (std::int64_t r = lo; r < hi; ++r) {
-        std::copy(a + (r - row0) * lda, a + (r - row0) * lda + k, ap.begin() + (r - s) * k);
-        if (beta != T{0}) std::copy(c + (r - row0) * ldc + j0, c + (r - row0) * ldc + j0 + nj, cp.begin() + (r - s) * nj);
-      }
-      Blas<T>::gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, I(rows), I(nj), I(k), alpha, ap.data(), I(k), b + j0,
-                    I(ldb), beta, cp.data(), I(nj));
-      for (std::int64_t r = lo; r < hi; ++r)
-        std::copy(cp.begin() + (r - s) * nj, cp.begin() + (r - s + 1) * nj, c + (r - row0) * ldc + j0);
+      // A tile the slice covers in part: computed whole, the other ranks' rows zero.
+      const auto a_row = [&](std::int64_t r, T* dst) {
+        std::copy(a + (lo + r - row0) * lda, a + (lo + r - row0) * lda + k, dst);
+      };
+      padded_gemm(rows, lo - s, hi - lo, nj, k, alpha, a_row, false, b + j0, ldb, beta, c + (lo - row0) * ldc + j0, ldc);
     }
 }
 
