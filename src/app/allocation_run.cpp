@@ -294,8 +294,42 @@ nlohmann::json trace_identity(const Config& cfg, const AllocationContext& c) {
           {"seed", cfg.calibration.seed}};
 }
 
+// A trace file's estimate, checked against the targets it must describe: one entry per target
+// matrix in order (layer, linear, its size), finite traces, one row per probe. Input errors name
+// the key and the file.
+TraceEstimate read_estimate(const nlohmann::json& t, const std::vector<TargetRef>& targets, std::int64_t probes,
+                            const std::string& path) {
+  TraceEstimate est;
+  try {
+    t.at("layer").get_to(est.layer);
+    t.at("linear").get_to(est.linear);
+    t.at("numel").get_to(est.numel);
+    t.at("sigma").get_to(est.sigma);
+    t.at("probes").get_to(est.probes);
+    t.at("trace").get_to(est.trace);
+  } catch (const std::exception& e) {
+    SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: malformed estimate ({})", path, e.what());
+  }
+  const auto n = targets.size();
+  if (est.layer.size() != n || est.linear.size() != n || est.numel.size() != n || est.sigma.size() != n ||
+      est.trace.size() != n || est.probes.size() != static_cast<std::size_t>(probes))
+    SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: malformed estimate (entries for {} target matrices and {} "
+                        "probes expected)", path, n, probes);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& want = targets[i];
+    if (est.layer[i] != want.layer || est.linear[i] != want.lin.name || est.numel[i] != want.lin.out * want.lin.in ||
+        !std::isfinite(est.trace[i]))
+      SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: malformed estimate (entry {} is not layer {} {} with {} "
+                          "weights and a finite trace)", path, i, want.layer, want.lin.name, want.lin.out * want.lin.in);
+  }
+  for (const auto& row : est.probes)
+    if (row.size() != n) SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: malformed estimate (a probe row of {} "
+                                             "entries, {} expected)", path, row.size(), n);
+  return est;
+}
+
 // The estimate from allocation.traces when it holds this identity's, else computed (and written
-// there by the first data rank, atomically).
+// there by the first data rank, atomically). A file that is not a trace file is not overwritten.
 TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
   const auto& path = cfg.allocation.traces;
   const auto identity = path.empty() ? nlohmann::json() : trace_identity(cfg, c);
@@ -306,19 +340,12 @@ TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
     } catch (const std::exception& e) {
       SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: not a trace file ({})", path, e.what());
     }
-    if (j.value("identity", nlohmann::json()) == identity) {
-      TraceEstimate est;
-      try {
-        const auto& t = j.at("estimate");
-        t.at("layer").get_to(est.layer);
-        t.at("linear").get_to(est.linear);
-        t.at("numel").get_to(est.numel);
-        t.at("sigma").get_to(est.sigma);
-        t.at("probes").get_to(est.probes);
-        t.at("trace").get_to(est.trace);
-      } catch (const std::exception& e) {
-        SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: malformed estimate ({})", path, e.what());
-      }
+    if (!j.is_object() || !j.contains("identity") || !j.contains("estimate") || !j["estimate"].is_object())
+      SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: not a trace file (no identity and estimate objects); it "
+                          "is left as it is: name another file or remove it",
+                          path);
+    if (j["identity"] == identity) {
+      auto est = read_estimate(j["estimate"], target_list(c), cfg.allocation.hutchinson_samples, path);
       log::info("allocation sensitivity: traces read from {}", path);
       return est;
     }
@@ -329,9 +356,7 @@ TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
     const nlohmann::json t = {{"layer", est.layer}, {"linear", est.linear}, {"numel", est.numel},
                               {"sigma", est.sigma}, {"probes", est.probes},   {"trace", est.trace},
                               {"seconds", est.seconds}};
-    const std::string tmp = path + ".tmp";
-    std::ofstream(tmp) << nlohmann::json{{"identity", identity}, {"estimate", t}}.dump() << "\n";
-    std::filesystem::rename(tmp, path);
+    io::write_file_atomic(path, nlohmann::json{{"identity", identity}, {"estimate", t}}.dump() + "\n", "traces");
   }
   return est;
 }

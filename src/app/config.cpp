@@ -211,6 +211,24 @@ void validate_allocation(const Config& c, const std::string& source) {
   if (alloc == "sensitivity" && c.prune.pattern != "unstructured")
     SCALPEL_INPUT_ERROR("{}: 'prune.allocation' sensitivity needs prune.pattern: unstructured (OWL has an N:M rule)",
                         source);
+  // The plain rule spreads the sparsities evenly over [p - alpha, p + alpha]: known before the
+  // estimate (the weighted rule's shift is checked after it).
+  const double p = c.prune.sparsity;
+  if (alloc == "sensitivity" && !a.weighted && a.alpha > 0 && !(p - a.alpha >= 0 && p + a.alpha < 1))
+    SCALPEL_INPUT_ERROR("{}: 'allocation.alpha' {} with prune.sparsity {} spreads the sparsities over [{:g}, {:g}], "
+                        "outside [0, 1); lower it",
+                        source, a.alpha, p, p - a.alpha, p + a.alpha);
+  if (alloc == "sensitivity" && !a.traces.empty()) {
+    // Read or written after an estimate of minutes: a path that cannot be written stops the job now.
+    const std::filesystem::path t(a.traces);
+    const auto parent = t.parent_path().empty() ? std::filesystem::path(".") : t.parent_path();
+    std::error_code ec;
+    if (std::filesystem::is_directory(t, ec))
+      SCALPEL_INPUT_ERROR("{}: 'allocation.traces' {} is a folder; name a file", source, a.traces);
+    if (!std::filesystem::is_directory(parent, ec))
+      SCALPEL_INPUT_ERROR("{}: 'allocation.traces' {}: the folder {} does not exist", source, a.traces,
+                          parent.string());
+  }
   if (c.sparsegpt.saliency != "obs" && c.sparsegpt.saliency != "isc")
     SCALPEL_INPUT_ERROR("{}: 'sparsegpt.saliency' is '{}', expected obs or isc", source, c.sparsegpt.saliency);
   if (c.sparsegpt.split_width < 0)

@@ -129,6 +129,34 @@ TEST(AllocationCli, SensitivityPerMatrixWeightedHitsTheTarget) {
                                                         "allocation.traces=" + (dir / "bad.json").string()})));
   EXPECT_EQ(bad.code, 2) << bad.out;
   EXPECT_NE(bad.out.find("allocation.traces"), std::string::npos) << bad.out;
+  // JSON that is not a trace file (an array; another program's object) is refused and left as it
+  // is; a trace file of this identity whose arrays were cut is malformed; a path in a folder that
+  // does not exist is refused before the estimate. All exit 2 naming the key, nothing pruned.
+  nlohmann::json cut = nlohmann::json::parse(std::ifstream(traces));
+  cut["estimate"]["trace"].erase(cut["estimate"]["trace"].begin() + 3, cut["estimate"]["trace"].end());
+  std::ofstream(dir / "cut.json") << cut.dump();
+  std::ofstream(dir / "array.json") << "[1, 2]";
+  std::ofstream(dir / "other.json") << R"({"format": "x"})";
+  int k = 0;
+  for (const auto& [file, says] : std::vector<std::pair<fs::path, std::string>>{
+           {dir / "array.json", "not a trace file"},
+           {dir / "other.json", "not a trace file"},
+           {dir / "cut.json", "malformed estimate"},
+           {dir / "missing/traces.json", "does not exist"}}) {
+    const auto before = fs::exists(file) ? read_bytes(file) : std::string();
+    const auto out = dir / ("refused" + std::to_string(k++));
+    const auto r4 = run(shell_command(alloc_args(out, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
+                                                       "allocation.hutchinson_samples=2",
+                                                       "allocation.traces=" + file.string()})));
+    EXPECT_EQ(r4.code, 2) << file << "\n" << r4.out;
+    EXPECT_NE(r4.out.find("allocation.traces"), std::string::npos) << r4.out;
+    EXPECT_NE(r4.out.find(says), std::string::npos) << r4.out;
+    EXPECT_EQ(r4.out.find("estimating anew"), std::string::npos) << r4.out;
+    EXPECT_EQ(committed_layers(out / "ckpt"), 0) << file;
+    if (!before.empty()) {
+      EXPECT_EQ(read_bytes(file), before) << file;
+    }
+  }
   fs::remove_all(dir);
 }
 
