@@ -26,7 +26,7 @@ using json = nlohmann::json;
 
 namespace {
 
-constexpr const char* kLockName = "checkpoint.lock";
+constexpr const char* kLockName = kCheckpointLockName;
 constexpr const char* kRedo = "rerun with --restart (or into a new output folder) to recompute it";
 
 json pending_entry() { return {{"status", "pending"}}; }
@@ -105,21 +105,6 @@ void check_identity(const json& m, const CheckpointIdentity& id, const fs::path&
     SCALPEL_INPUT_ERROR("{}: the checkpoint has {} layers, this run's model has {}; {}", what, n, id.num_layers, kHow);
 }
 
-int take_lock(const fs::path& dir) {
-  const fs::path path = dir / kLockName;
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) SCALPEL_RUNTIME_ERROR("{}: cannot create the lock file: {}", path.string(), std::strerror(errno));
-  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
-  const int err = errno;
-  ::close(fd);
-  if (err == EWOULDBLOCK)
-    SCALPEL_INPUT_ERROR("{}: another process is writing this checkpoint (it holds {}); wait for it to end or "
-                        "use another output folder",
-                        dir.string(), path.string());
-  // Some parallel file systems refuse flock: go on without, as the job scheduler runs one job per folder.
-  log::warn("{}: cannot lock ({}); going on without a lock", path.string(), std::strerror(err));
-  return -1;
-}
 
 // Removes the shard and temp files no committed layer records: what an interrupted commit left.
 std::vector<std::string> remove_unrecorded(const fs::path& dir, const json& m) {
@@ -163,6 +148,22 @@ void refuse_or_discard_shot_state(const fs::path& dir, bool restart) {
 
 }  // namespace
 
+int lock_checkpoint_folder(const fs::path& dir) {
+  const fs::path path = dir / kLockName;
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) SCALPEL_RUNTIME_ERROR("{}: cannot create the lock file: {}", path.string(), std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
+  const int err = errno;
+  ::close(fd);
+  if (err == EWOULDBLOCK)
+    SCALPEL_INPUT_ERROR("{}: another process is writing this checkpoint (it holds {}); wait for it to end or "
+                        "use another output folder",
+                        dir.string(), path.string());
+  // Some parallel file systems refuse flock: go on without, as the job scheduler runs one job per folder.
+  log::warn("{}: cannot lock ({}); going on without a lock", path.string(), std::strerror(err));
+  return -1;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Opening
 
@@ -178,7 +179,7 @@ Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdent
   Checkpoint c;
   c.dir_ = dir;
   c.writable_ = true;
-  c.lock_fd_ = take_lock(dir);
+  c.lock_fd_ = lock_checkpoint_folder(dir);
   refuse_or_discard_shot_state(dir, options.restart);
 
   const fs::path mpath = c.manifest_path();

@@ -4,7 +4,10 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "scalpel/core/error.hpp"
@@ -48,6 +51,19 @@ void remove_shot_folders(const fs::path& dir, const std::string& keep) {
   }
 }
 
+// True when `dir` holds nothing but a lock file (a run stopped before its first pointer).
+bool only_lock_file(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename() != kCheckpointLockName) return false;
+  return true;
+}
+
+// --restart: everything in `dir` but the lock this process holds.
+void remove_all_but_lock(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename() != kCheckpointLockName) fs::remove_all(e.path());
+}
+
 }  // namespace
 
 bool ShotCheckpoint::is_shot_state(const fs::path& dir) { return fs::exists(dir / kShotPointerName); }
@@ -72,12 +88,20 @@ ShotCheckpoint ShotCheckpoint::open_read(const fs::path& dir) {
 ShotCheckpoint ShotCheckpoint::open_or_create(const fs::path& dir, const CheckpointIdentity& id,
                                               std::int64_t total_shots, bool restart) {
   SCALPEL_CHECK(total_shots >= 1, "{} shots", total_shots);
-  if (restart && fs::exists(dir)) fs::remove_all(dir);
-  if (fs::exists(dir) && !fs::is_empty(dir) && !is_shot_state(dir))
+  if (!restart && fs::exists(dir) && !only_lock_file(dir) && !is_shot_state(dir))
     SCALPEL_INPUT_ERROR("{}: holds something else than a multi-shot state (no {}); use another output.dir or "
                         "--restart", dir.string(), kShotPointerName);
-  fs::create_directories(dir);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the checkpoint folder: {}", dir.string(), ec.message());
   ShotCheckpoint s;
+  // Before anything in the folder changes: a second run writing the same state stops here.
+  const int fd = lock_checkpoint_folder(dir);
+  s.lock_ = std::shared_ptr<int>(new int(fd), [](int* p) {
+    if (*p >= 0) ::close(*p);  // releases the flock
+    delete p;
+  });
+  if (restart) remove_all_but_lock(dir);
   s.dir_ = dir;
   s.id_ = id;
   s.total_ = total_shots;

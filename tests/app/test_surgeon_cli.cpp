@@ -3,7 +3,10 @@
 // LLaMA, rows and columns entirely zero), a run stopped (SIGUSR1) or killed (SIGKILL) at any point
 // resumes after its last committed shot bitwise equal to a run never interrupted, the data-parallel
 // runs at 1, 2 and 4 ranks give the same model, and bad settings exit 2 naming the key.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -215,6 +218,31 @@ TEST(SurgeonCli, ALayerWisePruneRefusesAnLlmSurgeonStateUntilRestart) {
   EXPECT_FALSE(fs::exists(dir / "ckpt/shots.json"));
   EXPECT_FALSE(fs::exists(dir / "ckpt/shot-00001"));
   EXPECT_EQ(inspect(dir / "ckpt")["kind"], "layers");
+  fs::remove_all(dir);
+}
+
+// Two runs on one output folder: the second stops before it touches the state (exit 2 naming the
+// lock), as a layer-wise prune does; here the test process holds the lock the first run would. A
+// checkpoint folder that cannot be created is an I/O error (exit 3) naming it.
+TEST(SurgeonCli, ASecondWriterIsRefusedAndAnUncreatableFolderNamed) {
+  NEED_SHARED();
+  const auto dir = temp_dir("sg_lock");
+  fs::create_directories(dir / "ckpt");
+  const int fd = ::open((dir / "ckpt/checkpoint.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  const auto held = run(shell_command(surgeon_args(dir, "opt-mini", {"prune.sparsity=0.3", "surgeon.shots=1"})));
+  EXPECT_EQ(held.code, 2) << held.out;
+  EXPECT_NE(held.out.find("another process is writing this checkpoint"), std::string::npos) << held.out;
+  EXPECT_FALSE(fs::exists(dir / "ckpt/shots.json"));
+  EXPECT_FALSE(fs::exists(dir / "model"));
+  ::close(fd);  // released: the same run now goes through (a lock file alone is no foreign state)
+  EXPECT_EQ(run_to_end(surgeon_args(dir, "opt-mini", {"prune.sparsity=0.3", "surgeon.shots=1"})), 0);
+  const auto blocked = dir / "a_file";
+  std::ofstream(blocked) << "x";
+  const auto cannot = run(shell_command(surgeon_args(blocked / "sub", "opt-mini", {"surgeon.shots=1"})));
+  EXPECT_EQ(cannot.code, 3) << cannot.out;
+  EXPECT_NE(cannot.out.find("cannot create the checkpoint folder"), std::string::npos) << cannot.out;
   fs::remove_all(dir);
 }
 

@@ -58,6 +58,13 @@ struct LayerData {
   const LayerTensor& at(const std::string& name) const;  // internal Error when absent
 };
 
+// The exclusive lock a writer holds on <dir>/checkpoint.lock (flock; the file is created): the
+// descriptor to close to release it, or -1 where the file system refuses flock (a warning; the
+// scheduler then runs one job per folder). Input Error naming the folder when another process
+// holds it.
+inline constexpr const char* kCheckpointLockName = "checkpoint.lock";
+int lock_checkpoint_folder(const std::filesystem::path& dir);
+
 // Layout of <dir>:
 //   manifest.json                   the commit record (format, identity, grid, per-layer entries)
 //   layer-LLLLL.shard-SSSSS.h5      one per (layer, writer); /layers/<l>/<tensor> (+ ".mask")

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -26,6 +27,8 @@ class ShotCheckpoint {
   // that an existing pointer has the same identity (model fingerprint, config hash, layer count;
   // input Error saying which differs otherwise) and removes unreferenced shot folders. restart:
   // discard what is there. total_shots: the run's schedule, recorded and checked the same way.
+  // Holds an exclusive lock on <dir>/checkpoint.lock, taken before anything in the folder changes,
+  // until destroyed: a second writer gets an input Error naming the folder.
   static ShotCheckpoint open_or_create(const std::filesystem::path& dir, const CheckpointIdentity& id,
                                        std::int64_t total_shots, bool restart);
   // Opens an existing state read-only (ranks that only read, export). Input Error when the folder
@@ -66,6 +69,7 @@ class ShotCheckpoint {
   nlohmann::json pointer_;
   std::int64_t shot_ = 0, total_ = 0;
   bool writable_ = false;
+  std::shared_ptr<int> lock_;  // the writer's lock on <dir>/checkpoint.lock (its descriptor)
 };
 
 }  // namespace scalpel::io
