@@ -521,8 +521,9 @@ void validate_prune(const Config& c, const std::string& source) {
   validate_depth(c, source);
   if (c.prune.pattern != "unstructured" && c.prune.pattern != "structured") {
     const auto nm = parse_nm(c.prune.pattern);
-    if (!nm) SCALPEL_INPUT_ERROR("{}: 'prune.pattern' is '{}', expected unstructured or N:M with 0 < N < M (e.g. 2:4)",
-                                 source, c.prune.pattern);
+    if (!nm)
+      SCALPEL_INPUT_ERROR("{}: 'prune.pattern' is '{}', expected unstructured{} or N:M with 0 < N < M (e.g. 2:4)",
+                          source, c.prune.pattern, c.prune.method == "surgeon" ? ", structured" : "");
     // Every method prunes N of M: another sparsity than N/M (the default 0.5 aside) would be ignored.
     const double nm_sparsity = static_cast<double>(nm->first) / static_cast<double>(nm->second);
     if (c.prune.sparsity != 0.5 && c.prune.sparsity != 0.0 && std::abs(c.prune.sparsity - nm_sparsity) > 1e-12)
@@ -558,6 +559,9 @@ void check_output_paths(const Config& c, const std::string& source) {
 void validate_run(const Config& c, const std::string& source) {
   if (c.output.dir.empty())
     SCALPEL_INPUT_ERROR("{}: 'output.dir' is empty; name the run's folder ('.' for the working directory)", source);
+  if (c.output.checkpoint.empty())
+    SCALPEL_INPUT_ERROR("{}: 'output.checkpoint' is empty; name the checkpoint's folder inside output.dir (the "
+                        "default is ckpt)", source);
   if (c.calibration.nsamples < 1) SCALPEL_INPUT_ERROR("{}: 'calibration.nsamples' must be >= 1", source);
   if (c.calibration.seqlen < 0 || c.calibration.seqlen == 1)
     SCALPEL_INPUT_ERROR("{}: 'calibration.seqlen' must be 0 (model maximum) or >= 2", source);

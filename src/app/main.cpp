@@ -118,7 +118,7 @@ CLI::App* add_prune(CLI::App& app, Options& o) {
 
 CLI::App* add_depth(CLI::App& app, Options& o) {
   auto* depth = app.add_subcommand("depth", "remove whole decoder blocks (ShortGPT's Block Influence, angular "
-                                            "distance, LaCo merging, perplexity greedy)");
+                                            "distance, LaCo merging, perplexity greedy, the deepest n)");
   add_config_args(depth, o.depth_args, o, "depth.criterion=angular depth.remove=2");
   depth->add_flag("--scores-only", o.scores_only, "print the per-block scores (JSON) and remove nothing");
   return depth;

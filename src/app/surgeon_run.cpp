@@ -467,8 +467,8 @@ void check_surgeon_config(const Config& cfg) {
                         "(parallel.stages: 1)", cfg.parallel.stages);
   const auto& fd = cfg.device == "cuda" ? cfg.cuda.forward_dtype : cfg.cpu.forward_dtype;
   if (fd == "fp16" || fd == "bf16")
-    SCALPEL_INPUT_ERROR("config: '{}.forward_dtype' {}: LLM Surgeon's gradients need the fp32 forward (fp32, or auto)",
-                        cfg.device, fd);
+    SCALPEL_INPUT_ERROR("config: '{}.forward_dtype' {}: LLM Surgeon's gradients need the fp32 forward ({})",
+                        cfg.device, fd, cfg.device == "cuda" ? "fp32, or auto" : "fp32");
 }
 
 // The shot checkpoint: created or resumed by world rank 0, then read by the others.

@@ -259,6 +259,9 @@ TEST(SurgeonCli, BadSettingsExit2NamingTheKey) {
       {{"surgeon.colour=red"}, "colour"},
       {{"parallel.stages=2"}, "parallel.stages"},
       {{"prune.pattern=1:3"}, "does not divide"},
+      {{"prune.pattern=rows"}, "expected unstructured, structured or N:M"},
+      {{"cpu.forward_dtype=fp16"}, "need the fp32 forward (fp32)"},
+      {{"output.checkpoint="}, "'output.checkpoint' is empty"},
   };
   int i = 0;
   for (const auto& [extra, key] : cases) {
