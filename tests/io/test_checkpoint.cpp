@@ -431,13 +431,35 @@ TEST(ShotCheckpoint, OneWithoutCommittedShotsGivesWayToOtherSettings) {
   TempDir dir;
   const auto state = dir.path() / "ckpt";
   { ShotCheckpoint::open_or_create(state, identity(2, "cfg-1"), 3, false); }
-  auto s = ShotCheckpoint::open_or_create(state, identity(2, "cfg-2"), 4, false);
-  EXPECT_EQ(s.pointer()["config_hash"], "cfg-2");
-  EXPECT_EQ(s.total_shots(), 4);
-  const std::vector<std::vector<TensorRecord>> layers(2, {record("w", random_tensor(DType::f32, {4, 6}, 7), false, 8)});
-  s.commit_shot(1, layers);
+  {
+    auto s = ShotCheckpoint::open_or_create(state, identity(2, "cfg-2"), 4, false);
+    EXPECT_EQ(s.pointer()["config_hash"], "cfg-2");
+    EXPECT_EQ(s.total_shots(), 4);
+    const std::vector<std::vector<TensorRecord>> layers(2,
+                                                        {record("w", random_tensor(DType::f32, {4, 6}, 7), false, 8)});
+    s.commit_shot(1, layers);
+  }
   expect_input_error([&] { ShotCheckpoint::open_or_create(state, identity(2, "cfg-3"), 4, false); },
                      {"another configuration"});
+}
+
+// The writer holds <dir>/checkpoint.lock from before it changes anything: a second writer (here,
+// in the same process) is refused and the state is left as it was, --restart included; a moved
+// state keeps the lock, a destroyed one releases it.
+TEST(ShotCheckpoint, SecondWriterIsLockedOut) {
+  TempDir dir;
+  const auto state = dir.path() / "ckpt";
+  auto s = ShotCheckpoint::open_or_create(state, identity(2, "cfg-1"), 3, false);
+  const std::vector<std::vector<TensorRecord>> layers(2, {record("w", random_tensor(DType::f32, {4, 6}, 7), false, 8)});
+  s.commit_shot(1, layers);
+  for (const bool restart : {false, true})
+    expect_input_error([&] { ShotCheckpoint::open_or_create(state, identity(2, "cfg-1"), 3, restart); },
+                       {"another process", "checkpoint.lock"});
+  EXPECT_TRUE(fs::exists(state / "shot-00001"));
+  auto moved = std::move(s);
+  EXPECT_THROW(ShotCheckpoint::open_or_create(state, identity(2, "cfg-1"), 3, false), Error);
+  moved = ShotCheckpoint::open_read(state);
+  EXPECT_EQ(ShotCheckpoint::open_or_create(state, identity(2, "cfg-1"), 3, false).last_shot(), 1);
 }
 
 TEST(Checkpoint, SecondWriterIsLockedOut) {
