@@ -88,7 +88,7 @@ ShotCheckpoint ShotCheckpoint::open_read(const fs::path& dir) {
 ShotCheckpoint ShotCheckpoint::open_or_create(const fs::path& dir, const CheckpointIdentity& id,
                                               std::int64_t total_shots, bool restart) {
   SCALPEL_CHECK(total_shots >= 1, "{} shots", total_shots);
-  if (!restart && fs::exists(dir) && !only_lock_file(dir) && !is_shot_state(dir))
+  if (!restart && fs::is_directory(dir) && !only_lock_file(dir) && !is_shot_state(dir))
     SCALPEL_INPUT_ERROR("{}: holds something else than a multi-shot state (no {}); use another output.dir or "
                         "--restart", dir.string(), kShotPointerName);
   std::error_code ec;
