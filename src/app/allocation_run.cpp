@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 
+#include "scalpel/app/progress.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/core/timer.hpp"
@@ -229,6 +230,7 @@ TraceEstimate hessian_traces(AllocationContext& c, std::int64_t probes, double e
     est.sigma.push_back(rms(be, dense[static_cast<std::size_t>(t.layer)]->at(t.lin.name + ".weight")));
   }
   est.trace.assign(targets.size(), 0.0);
+  Progress progress("sensitivity", probes, "probes", c.progress_seconds, c.group.rank() == 0);
   for (std::int64_t k = 0; k < probes; ++k) {
     const Direction dir = [&](std::size_t i) {
       return be.upload(probe_direction(seed, k, static_cast<std::int64_t>(i), targets[i].lin.out, targets[i].lin.in));
@@ -246,7 +248,13 @@ TraceEstimate hessian_traces(AllocationContext& c, std::int64_t probes, double e
       est.trace[i] += row[i] / static_cast<double>(probes);
     }
     est.probes.push_back(std::move(row));
+    progress.update(k + 1, 2 * (k + 1) * c.calib.nseq * c.calib.seqlen);
+    if (c.stop && k + 1 < probes && c.stop(k + 1, probes)) {
+      est.stopped = true;
+      break;
+    }
   }
+  if (!est.stopped) progress.finish();
   for (std::int64_t l = 0; l < m.spec().layers; ++l) m.set_layer_weights(l, dense[static_cast<std::size_t>(l)]);
   est.seconds = timer.seconds();
   return est;
@@ -352,7 +360,7 @@ TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
     log::info("allocation sensitivity: {} holds another model's, windows' or probes' traces; estimating anew", path);
   }
   auto est = hessian_traces(c, cfg.allocation.hutchinson_samples, cfg.allocation.epsilon, cfg.calibration.seed);
-  if (!path.empty() && c.group.rank() == 0) {
+  if (!path.empty() && c.group.rank() == 0 && !est.stopped) {
     const nlohmann::json t = {{"layer", est.layer}, {"linear", est.linear}, {"numel", est.numel},
                               {"sigma", est.sigma}, {"probes", est.probes},   {"trace", est.trace},
                               {"seconds", est.seconds}};
@@ -364,6 +372,10 @@ TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
 nlohmann::json allocate_sensitivity(const Config& cfg, Allocation& a, AllocationContext& c) {
   const auto& ac = cfg.allocation;
   const auto est = cached_traces(cfg, c);
+  if (est.stopped) {
+    a.stopped = true;
+    return {};
+  }
   const bool per_matrix = ac.granularity == "matrix";
   std::vector<double> trace, sens;
   std::vector<std::int64_t> params;
@@ -405,6 +417,10 @@ Allocation allocate_sparsity(const Config& cfg, const prune::Pattern& base, Allo
   Timer timer;
   a.patterns.resize(static_cast<std::size_t>(c.model.spec().layers));
   nlohmann::json rec = a.method == "owl" ? allocate_owl(cfg, a, c) : allocate_sensitivity(cfg, a, c);
+  if (a.stopped) {
+    a.patterns.clear();
+    return a;
+  }
   double weights = 0, pruned = 0, mean = 0;
   std::int64_t count = 0;
   for (std::size_t l = 0; l < a.patterns.size(); ++l)

@@ -9,6 +9,7 @@
 // Both are computed identically on every rank and do not depend on the rank count.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -40,6 +41,10 @@ struct AllocationContext {
   int stage = 0, stages = 1;
   dist::Comm* pipe = nullptr;
   dist::Comm* world = nullptr;
+  // Sensitivity: a progress line per probe (interval 0: none; rank 0 prints), and `stop`, asked on
+  // every rank after each probe (every rank agreeing): true ends the estimate there, nothing kept.
+  double progress_seconds = 0;
+  std::function<bool(std::int64_t done, std::int64_t total)> stop{};
 };
 
 struct Allocation {
@@ -48,6 +53,7 @@ struct Allocation {
   std::vector<std::map<std::string, prune::Pattern>> patterns;  // per layer, per linear (owl, sensitivity)
   nlohmann::json record;  // the metrics record {"event": "allocation", ...} (empty for uniform)
   double seconds = 0;
+  bool stopped = false;  // a stop signal ended the sensitivity estimate: no patterns, nothing kept
   // The pattern linear `name` of `layer` is pruned with.
   const prune::Pattern& of(std::int64_t layer, const std::string& name) const;
   // The smallest and largest sparsity handed out.
@@ -73,6 +79,7 @@ struct TraceEstimate {
   std::vector<std::vector<double>> probes;   // [probe][matrix]: vᵀ(H D v) restricted to the matrix / σ
   std::vector<double> trace;                 // mean over the probes
   double seconds = 0;
+  bool stopped = false;  // ctx.stop said so after probes.size() probes: the estimate is incomplete
 };
 // Probe k perturbs every target W by ±ε·σ_W·V_k,W (V Rademacher from `seed`, the same on every
 // rank); v·∇_W L at both points from the linears' inputs and output gradients (Σ_t g_t·V a_t, no

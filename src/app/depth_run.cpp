@@ -487,6 +487,7 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   // scoring, before the export, or between evaluation sets; nothing is kept but the metrics, and
   // the rerun starts over (scoring is one pass).
   install_stop_signals();
+  set_interrupt_note(kDepthInterruptNote);
   auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   std::int64_t n = 0;

@@ -271,8 +271,9 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
 // prune and depth: the commands that stop on SIGTERM/SIGUSR1/SIGINT at their next stopping point.
 // Their handlers go in before MPI starts, so that a preemption during start-up (MPI, reading the
 // model and the texts) stops the run after its first layer (exit 75, requeued) instead of
-// killing it (exit 138, not requeued). The command is the first word that is not an option.
-bool stoppable_command(int argc, char** argv) {
+// killing it (exit 138, not requeued). The command is the first word that is not an option
+// (empty when none).
+std::string_view command_word(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     if (a == "--log-level") {
@@ -280,16 +281,19 @@ bool stoppable_command(int argc, char** argv) {
       continue;
     }
     if (!a.empty() && a[0] == '-') continue;
-    return a == "prune" || a == "depth";
+    return a;
   }
-  return false;
+  return {};
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   scalpel::app::ensure_passive_wait_policy(argv);
-  if (stoppable_command(argc, argv)) scalpel::app::install_stop_signals();
+  if (const auto word = command_word(argc, argv); word == "prune" || word == "depth") {
+    scalpel::app::install_stop_signals();
+    if (word == "depth") scalpel::app::set_interrupt_note(scalpel::app::kDepthInterruptNote);
+  }
   scalpel::dist::MpiEnvironment mpi(&argc, &argv);
   auto world = scalpel::dist::MpiComm::world();
   const int rank = world->rank(), size = world->size();

@@ -896,8 +896,19 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     // calibration windows only, so it comes out the same.
     AllocationContext actx{m, s.groups, s.calib, s.shard, batch, *s.grid.data_group, accumulation,
                            cfg.surgeon.keep_activations_mb, s.grid.stage, s.grid.stages, s.grid.pipe.get(), &world};
+    actx.progress_seconds = cfg.log.progress_seconds;
+    actx.stop = [&](std::int64_t done, std::int64_t total) {
+      return stop_requested(world, {"probe", done, total, done, "nothing of the estimate is kept: the rerun estimates "
+                                    "it again"}, id.config_hash, metrics);
+    };
     const Allocation allocation = allocate_sparsity(cfg, s.pattern, actx);
-    if (!allocation.record.empty()) record_allocation(allocation, id.config_hash, metrics, world.is_root());
+    if (allocation.stopped) return kExitInterrupted;
+    if (!allocation.record.empty()) {
+      record_allocation(allocation, id.config_hash, metrics, world.is_root());
+      if (stop_requested(world, {"allocation", 1, 1, 1, "the allocation in the metrics; the rerun computes it again"},
+                         id.config_hash, metrics))
+        return kExitInterrupted;
+    }
 
     // The allocation ran the fp32 forward; the layers run in the forward dtype from here.
     m.set_forward_dtype(s.fwd);

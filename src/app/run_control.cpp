@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <limits>
@@ -18,6 +19,15 @@ volatile std::sig_atomic_t g_stop = 0;
 
 void on_stop(int sig) { g_stop = sig; }
 
+constexpr const char* kKeptNote = "stopping after the current step (it is kept, rerun to resume)";
+std::atomic<const char*> g_note{kKeptNote};  // lock-free: read in the handler
+
+void write_stderr(const char* s) {
+  std::size_t n = 0;
+  while (s[n] != '\0') ++n;
+  [[maybe_unused]] const auto w = ::write(STDERR_FILENO, s, n);
+}
+
 // Ctrl-C: the first asks for the same stop as SIGTERM (the layer or shot under way is committed,
 // exit 75, resumable) and says so; a second one ends the process at once, as Ctrl-C usually does.
 void on_interrupt(int sig) {
@@ -27,10 +37,9 @@ void on_interrupt(int sig) {
     return;
   }
   g_stop = sig;
-  static const char msg[] =
-      "\nscalpel: interrupt: stopping after the current step (it is kept, rerun to resume); Ctrl-C again to abort "
-      "at once\n";
-  [[maybe_unused]] const auto n = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+  write_stderr("\nscalpel: interrupt: ");
+  write_stderr(g_note.load());
+  write_stderr("; Ctrl-C again to abort at once\n");
 }
 
 std::int64_t now_ns() {
@@ -55,6 +64,8 @@ void install_stop_signals() {
 }
 
 int stop_signal() { return g_stop; }
+
+void set_interrupt_note(const char* note) { g_note.store(note != nullptr ? note : kKeptNote); }
 
 Watchdog::Watchdog(double timeout_seconds, int rank) : timeout_(timeout_seconds), rank_(rank) {
   last_ns_ = now_ns();

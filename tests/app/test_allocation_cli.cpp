@@ -160,6 +160,40 @@ TEST(AllocationCli, SensitivityPerMatrixWeightedHitsTheTarget) {
   fs::remove_all(dir);
 }
 
+// A stop signal during the sensitivity estimate ends the run after the probe under way (exit 75,
+// the "interrupted" record says after which), not after the whole estimate and a layer: nothing
+// is allocated, committed or written to allocation.traces, and the rerun estimates again.
+TEST(AllocationCli, AStopSignalDuringTheSensitivityEstimateStopsAfterTheProbe) {
+  NEED_SHARED();
+  const auto dir = temp_dir("al_stop");
+  const auto log = dir.string() + ".log";
+  const auto traces = dir / "traces.json";
+  const auto args = alloc_args(dir, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
+                                     "allocation.hutchinson_samples=4", "allocation.traces=" + traces.string()});
+  const pid_t pid = spawn(args, log);
+  while (read_bytes(log).find("calibration windows x") == std::string::npos) {  // the handlers are in place
+    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << read_bytes(log);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  kill(pid, SIGUSR1);
+  ASSERT_EQ(wait_exit(pid), 75) << read_bytes(log);
+  const auto stops = records(dir / "metrics.jsonl", "interrupted");
+  ASSERT_EQ(stops.size(), 1u) << read_bytes(log);
+  EXPECT_EQ(stops[0]["after_probe"], 1);  // the first check comes after the first of 4 probes
+  EXPECT_NE(read_bytes(log).find("stopping after probe 1/4"), std::string::npos) << read_bytes(log);
+  EXPECT_TRUE(records(dir / "metrics.jsonl", "allocation").empty());
+  EXPECT_EQ(committed_layers(dir / "ckpt"), 0);
+  EXPECT_FALSE(fs::exists(traces));
+  EXPECT_FALSE(fs::exists(dir / "model"));
+  // The rerun resumes the (empty) checkpoint: the whole estimate, then every layer.
+  ASSERT_EQ(run_to_end(args), 0);
+  EXPECT_EQ(records(dir / "metrics.jsonl", "allocation").size(), 1u);
+  EXPECT_TRUE(fs::exists(traces));
+  EXPECT_TRUE(fs::exists(dir / "model/config.json"));
+  fs::remove_all(dir);
+  fs::remove(log);
+}
+
 TEST(AllocationCli, BadSettingsExit2NamingTheKey) {
   NEED_SHARED();
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases{

@@ -268,6 +268,20 @@ TEST(DepthCli, AStopSignalEndsTheRunWithExit75) {
   EXPECT_EQ(stops[0]["after_evaluation"], evals.size());
   EXPECT_TRUE(fs::exists(dir / "model/config.json"));  // exported before the evaluation
   fs::remove_all(dir);
+
+  // Ctrl-C says what depth keeps (nothing but the metrics), not the prune's "kept, rerun to resume".
+  fs::remove(log);  // the wait below must not read the first run's log
+  pid = spawn(depth_args("opt-deep", dir, {"depth.criterion=ppl", "depth.remove=2"}), log);
+  while (read_bytes(log).find("criterion ppl") == std::string::npos) {
+    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << read_bytes(log);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  kill(pid, SIGINT);
+  EXPECT_EQ(wait_exit(pid), 75) << read_bytes(log);
+  EXPECT_NE(read_bytes(log).find("nothing is exported and a rerun scores again"), std::string::npos) << read_bytes(log);
+  EXPECT_EQ(read_bytes(log).find("rerun to resume)"), std::string::npos) << read_bytes(log);
+  EXPECT_FALSE(fs::exists(dir / "model"));
+  fs::remove_all(dir);
   fs::remove(log);
 }
 

@@ -26,6 +26,13 @@ void ensure_passive_wait_policy(char** argv);
 void install_stop_signals();
 // The signal that asked for a stop (0: none).
 int stop_signal();
+// What a first Ctrl-C says will happen (a string with static storage; nullptr: the default "stopping
+// after the current step (it is kept, rerun to resume)"), for runs that keep something else.
+void set_interrupt_note(const char* note);
+// scalpel depth's: it checks after the scoring and between evaluation sets, and keeps no state.
+inline constexpr const char* kDepthInterruptNote =
+    "stopping after the scoring (the scores go to the metrics; nothing is exported and a rerun scores again) or "
+    "after the evaluation set under way";
 
 class Watchdog {
  public:
