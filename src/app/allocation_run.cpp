@@ -52,25 +52,27 @@ double rms(Backend& be, const Tensor& w) {
 // rather than held for every target at once: it costs a hash per 64 weights.
 using Direction = std::function<Tensor(std::size_t i)>;
 
-// Installs W ± step·σ·V for every target (the dense weights otherwise).
+// Installs W ± step·σ·V for every target (the dense weights otherwise), layer by layer: the
+// model lets go of a layer's previous perturbed copy before the next layer's is made, so the
+// perturbed copies add one layer's targets at most to what the model already held.
 void install_perturbed(AllocationContext& c, const std::vector<TargetRef>& targets, const Direction& dir,
                        const std::vector<std::shared_ptr<const model::LayerWeights>>& dense,
                        const std::vector<double>& sigma, double step) {
   auto& be = c.model.backend();
-  std::vector<std::shared_ptr<model::LayerWeights>> layers(dense.size());
-  for (std::size_t i = 0; i < targets.size(); ++i) {
+  for (std::size_t i = 0; i < targets.size();) {  // targets are in layer order
     const auto l = static_cast<std::size_t>(targets[i].layer);
-    if (!layers[l]) layers[l] = std::make_shared<model::LayerWeights>(*dense[l]);
-    const auto name = targets[i].lin.name + ".weight";
-    const Tensor& w = dense[l]->at(name);
-    Tensor p = be.empty(w.shape());
-    be.copy(dir(i), p);
-    be.scale(p, static_cast<float>(step * sigma[i]));
-    be.add(p, w);
-    layers[l]->tensors[name] = p;
+    auto layer = std::make_shared<model::LayerWeights>(*dense[l]);
+    for (; i < targets.size() && static_cast<std::size_t>(targets[i].layer) == l; ++i) {
+      const auto name = targets[i].lin.name + ".weight";
+      const Tensor& w = dense[l]->at(name);
+      Tensor p = be.empty(w.shape());
+      be.copy(dir(i), p);
+      be.scale(p, static_cast<float>(step * sigma[i]));
+      be.add(p, w);
+      layer->tensors[name] = p;
+    }
+    c.model.set_layer_weights(static_cast<std::int64_t>(l), std::move(layer));
   }
-  for (std::size_t l = 0; l < layers.size(); ++l)
-    if (layers[l]) c.model.set_layer_weights(static_cast<std::int64_t>(l), layers[l]);
 }
 
 // v·∇_W (Σ_windows L) for every target at the installed weights: per calibration batch

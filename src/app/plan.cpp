@@ -48,6 +48,8 @@
 //    2-byte activations) at 8x. The rates are GEMM ceilings, so where norms, softmax and copies
 //    weigh (small models) the run is slower: opt-mini, 2 cores, measured 3.0 s per layer against
 //    1.9 s planned.
+//  - prune.allocation adds its pass before the layers (allocation_plan): its time to the job's,
+//    and its memory as one more phase, which for the sensitivity estimate is often the peak.
 #include "scalpel/app/plan.hpp"
 
 #include <fmt/format.h>
@@ -721,6 +723,66 @@ json rank_record(const Job& job, const Rates& rates, const LayerModel& lm, const
             {"total", s_total}}}};
 }
 
+// ---- The allocation pass before the layers (prune.allocation), on data rank 0 (the most windows).
+//  - sensitivity: every rank holds the whole model in fp32 (the dense weights, a perturbed copy of
+//    every target, and while a layer's copy is replaced the next one), a probe direction or two,
+//    and a backward pass's activations (app/allocation_run.cpp keeps every layer's intermediates
+//    and the V·a of every target when they fit in surgeon.keep_activations_mb); 2 forward+backward
+//    passes per probe, each also 2·targets·tokens for the V·a products, at the fp32 rate.
+//  - owl: one dense fp32 forward through the stage's layers with the Wanda column norms: the
+//    stage's activations, one layer's weights, a chunk's temporaries.
+json allocation_plan(const Job& job, const Rates& rates, const LayerModel& lm) {
+  const auto& spec = job.spec;
+  const auto& cfg = job.cfg;
+  if (cfg.prune.allocation != "sensitivity" && cfg.prune.allocation != "owl") return nullptr;
+  const auto cr = dist::block_range(job.chunks, job.D, 0);
+  const I nseq = std::min(job.N, cr.end * job.B), B = std::min(job.B, nseq), T = job.T, L = spec.layers;
+  const I tok = nseq * T;
+  const auto b = [](I x) { return bytes_str(static_cast<double>(x)); };
+  const I outside = (spec.total_params() - L * spec.layer_params()) * 4;  // embeddings, head, final norm
+  const double attn = 2.0 * static_cast<double>(nseq) * T * T * static_cast<double>(spec.heads * spec.head_dim);
+  if (cfg.prune.allocation == "owl") {
+    const I act = tok * spec.hidden * 4;
+    const I fwd = B * T * std::max(lm.qkv_out, spec.ffn) * 4 * 3 + B * spec.heads * T * T * 4;
+    const I bytes = act + lm.layer32 + fwd + outside;
+    const double flops = static_cast<double>(L) / job.S * (2.0 * static_cast<double>(tok * lm.linear_weights) + attn);
+    return {{"method", "owl"},
+            {"bytes", bytes},
+            {"breakdown", fmt::format("activations {}, layer weights {}, forward temporaries {}, embeddings/head {}",
+                                      b(act), b(lm.layer32), b(fwd), b(outside))},
+            {"flops", flops},
+            {"seconds", flops / (rates.gflops * 1e9)}};
+  }
+  I targets = 0, layer_targets = 0, largest = 0, y_bytes = 0;
+  for (const auto& g : job.groups)
+    for (const auto& lin : g.linears) {
+      layer_targets += lin.out * lin.in * 4;
+      largest = std::max(largest, lin.out * lin.in * 4);
+      y_bytes += lin.out * B * T * 4;
+    }
+  targets = layer_targets * L;
+  const auto act = backward_activations(spec, B, T, cfg.surgeon.keep_activations_mb, y_bytes * L);
+  const I activations = act.bytes + (act.keep ? 0 : y_bytes);  // recomputing: one layer's V·a at a time
+  const I dense = L * spec.layer_params() * 4 + outside;
+  const I bytes = dense + targets + layer_targets + 2 * largest + activations;
+  const double lin = 2.0 * static_cast<double>(tok) * static_cast<double>(L * lm.linear_weights);
+  const double head = 2.0 * static_cast<double>(tok) * static_cast<double>(spec.vocab_size * spec.word_embed_proj_dim);
+  const double fwd = lin + static_cast<double>(L) * attn + head;
+  const double pass = 3 * fwd + (act.keep ? 0.0 : lin + static_cast<double>(L) * attn) +
+                      2.0 * static_cast<double>(tok) * static_cast<double>(targets / 4);
+  const double flops = 2.0 * static_cast<double>(cfg.allocation.hutchinson_samples) * pass;
+  return {{"method", "sensitivity"},
+          {"probes", cfg.allocation.hutchinson_samples},
+          {"passes", 2 * cfg.allocation.hutchinson_samples},
+          {"activations_mode", act.keep ? "keep" : "recompute"},
+          {"bytes", bytes},
+          {"breakdown", fmt::format("dense weights {}, perturbed targets {}, probe directions {}, activations {} ({})",
+                                    b(dense), b(targets + layer_targets), b(2 * largest), b(activations),
+                                    act.keep ? "kept" : "recomputed")},
+          {"flops", flops},
+          {"seconds", flops / (rates.gflops * 1e9)}};
+}
+
 // The model, job, grid, calibration, rates and per-layer sections of the plan.
 json plan_header(const Job& job, const Rates& rates, const LayerModel& lm) {
   const auto& spec = job.spec;
@@ -812,6 +874,25 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
                       {"seconds", stage_seconds}});
     job_seconds += stage_seconds;
   }
+  // The allocation runs before the layers, on every rank alike (sensitivity: one stage).
+  plan["allocation"] = allocation_plan(job, rates, lm);
+  double alloc_seconds = 0;
+  if (!plan["allocation"].is_null()) {
+    const auto& a = plan["allocation"];
+    alloc_seconds = a["seconds"].get<double>();
+    if (a["bytes"].get<I>() > peak["bytes"].get<I>())
+      peak = {{"bytes", a["bytes"]},
+              {"gb", a["bytes"].get<I>() / kGB},
+              {"rank", 0},
+              {"stage", 0},
+              {"data_index", 0},
+              {"phase", fmt::format("allocation ({})", a["method"].get<std::string>())},
+              {"breakdown", a["breakdown"]},
+              {"hint", "the sensitivity estimate holds the whole model in fp32 with a perturbed copy of every "
+                       "target on every rank: prune.allocation: owl, fewer prune.targets, a lower "
+                       "surgeon.keep_activations_mb (recomputes the forward), or a machine with more memory"}};
+  }
+  job_seconds += alloc_seconds;
   const double limit = job.cfg.parallel.memory_gb;
   plan["ranks"] = std::move(ranks);
   plan["stages"] = std::move(stages);
@@ -822,6 +903,7 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
                     {"allreduce_sent_bytes", total_allreduce_sent},
                     {"allgather_received_bytes", total_gather_recv},
                     {"seconds", job_seconds},
+                    {"allocation_seconds", alloc_seconds},
                     {"hours", job_seconds / 3600},
                     {"export_seconds", export_seconds},
                     {"seconds_with_export", job_seconds + export_seconds}};
@@ -1016,6 +1098,15 @@ void print_plan_job(const json& p) {
                (*slow)["io"]["write_bytes"].get<I>() > 0
                    ? fmt::format(", writes {}", bytes_str((*slow)["io"]["write_bytes"].get<double>()))
                    : "");
+  }
+  if (const auto& a = p["allocation"]; !a.is_null()) {
+    const bool sens = a["method"] == "sensitivity";
+    fmt::print("  allocation ({}{}), before the layers: {}; {} per rank ({})\n", a["method"].get<std::string>(),
+               sens ? fmt::format(", {} probes = {} forward+backward passes, activations {}", a["probes"].get<I>(),
+                                  a["passes"].get<I>(), a["activations_mode"].get<std::string>())
+                    : std::string(", one dense forward"),
+               seconds_str(a["seconds"].get<double>()), bytes_str(a["bytes"].get<double>()),
+               a["breakdown"].get<std::string>());
   }
   const auto& ex = p["export"];
   if (!ex.is_null()) {

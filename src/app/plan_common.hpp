@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "scalpel/model/spec.hpp"
+
 namespace scalpel::app::plan_detail {
 
 inline constexpr double kGB = 1e9;                 // GB are SI: parallel.memory_gb 80 = 80e9 bytes
@@ -36,6 +38,30 @@ inline std::string seconds_str(double s) {
   if (s < 120) return fmt::format("{:.2f} s", s);
   if (s < 7200) return fmt::format("{:.1f} min", s / 60);
   return fmt::format("{:.2f} h", s / 3600);
+}
+
+// A backward pass's activations (model::Model::backward, fp32) for batches of B windows of T
+// tokens: every layer's forward intermediates kept when they and `kept_extra` (what a caller keeps
+// alongside, per layer pass) fit in keep_mb, else each layer's input and one layer's
+// intermediates (recomputed); plus a window's logits and the residual stream and its gradient.
+struct BackwardActivations {
+  std::int64_t layer_cache = 0, bytes = 0;
+  bool keep = false;
+};
+inline BackwardActivations backward_activations(const model::ModelSpec& spec, std::int64_t B, std::int64_t T,
+                                                std::int64_t keep_mb, std::int64_t kept_extra = 0) {
+  using I = std::int64_t;
+  const I d = spec.hidden, L = spec.layers;
+  const I qdim = spec.heads * spec.head_dim, kvdim = spec.kv_heads * spec.head_dim;
+  // As Model::layer_cache_bytes counts them.
+  const I cache_floats = B * T * d * (spec.pre_norm ? 4 : 6) + 2 * B * T * qdim + 2 * B * T * kvdim +
+                         B * spec.heads * T * T + B * T * spec.ffn * (spec.family == model::Family::llama ? 3 : 2);
+  BackwardActivations a;
+  a.layer_cache = cache_floats * 4;
+  a.keep = L * a.layer_cache + kept_extra <= (keep_mb << 20);
+  a.bytes = (a.keep ? L * a.layer_cache + kept_extra : L * B * T * d * 4 + a.layer_cache) + T * spec.vocab_size * 4 +
+            2 * B * T * d * 4;
+  return a;
 }
 
 }  // namespace scalpel::app::plan_detail

@@ -131,13 +131,11 @@ struct SurgeonMemory {
 
 SurgeonMemory surgeon_memory(const model::ModelSpec& spec, const Config& cfg, const Sizes& z, I B, I T) {
   SurgeonMemory m;
-  const I d = spec.hidden, e = spec.word_embed_proj_dim, V = spec.vocab_size, L = spec.layers;
-  const I qdim = spec.heads * spec.head_dim, kvdim = spec.kv_heads * spec.head_dim;
-  const I cache_floats = B * T * d * (spec.pre_norm ? 4 : 6) + 2 * B * T * qdim + 2 * B * T * kvdim +
-                         B * spec.heads * T * T + B * T * spec.ffn * (spec.family == model::Family::llama ? 3 : 2);
-  m.layer_cache = cache_floats * 4;
-  m.keep = L * m.layer_cache <= (cfg.surgeon.keep_activations_mb << 20);
-  m.activations = (m.keep ? L * m.layer_cache : L * B * T * d * 4 + m.layer_cache) + T * V * 4 + 2 * B * T * d * 4;
+  const I e = spec.word_embed_proj_dim, V = spec.vocab_size, L = spec.layers;
+  const auto act = backward_activations(spec, B, T, cfg.surgeon.keep_activations_mb);
+  m.layer_cache = act.layer_cache;
+  m.keep = act.keep;
+  m.activations = act.bytes;
   m.weights = spec.layer_params() * 4 * L + V * e * 4 * (spec.tie_embeddings ? 1 : 2) + z.params * 4;
   m.sums = (z.a_packed + z.g_packed) * (cfg.determinism == "strict" ? 24 : 8) + z.largest_factor * z.largest_factor * 4;
   m.factors = 2 * z.largest_factor * z.largest_factor * 8;

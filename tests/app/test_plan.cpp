@@ -272,6 +272,47 @@ TEST(Plan, SurgeonRanksSplitTheInversesAndSolves) {
             std::string::npos);
 }
 
+// prune.allocation runs before the layers: the sensitivity estimate holds the whole fp32 model, a
+// perturbed copy of every target (and one layer's next copy), two probe directions and a backward
+// pass's activations, and it can be the run's peak; OWL's dense forward is smaller than a layer's
+// statistics phase. Both add their time to the job's.
+TEST(Plan, TheAllocationPassIsPlannedAndCanBeThePeak) {
+  const auto uniform = plan_of(kOptMini, mini_cfg({"prune.method=wanda"}), 1);
+  EXPECT_TRUE(uniform["allocation"].is_null());
+  const auto p = plan_of(kOptMini, mini_cfg({"prune.method=wanda", "prune.allocation=sensitivity"}), 1);
+  const auto& a = p["allocation"];
+  ASSERT_FALSE(a.is_null());
+  EXPECT_EQ(a["passes"].get<I>(), 16);  // 8 probes (the default), two passes each
+  // opt-mini's targets per layer: q, k, v, out 256x256, fc1 1024x256, fc2 256x1024 (fp32).
+  const I layer_targets = (4 * 256 * 256 + 2 * 1024 * 256) * 4;
+  const I dense = app::load_plan_model(kOptMini.string()).spec.total_params() * 4;
+  const I activations = a["bytes"].get<I>() - dense - 5 * layer_targets - 2 * 1024 * 256 * 4;
+  // Kept (8 GB allows it): 4 layers' intermediates of a batch of 8 x 512 and every target's V.a.
+  EXPECT_EQ(a["activations_mode"], "keep");
+  EXPECT_GT(activations, 4 * 8 * 512 * (6 * 256 + 2 * 1024) * 4);
+  EXPECT_EQ(p["peak"]["phase"], "allocation (sensitivity)");
+  EXPECT_EQ(p["peak"]["bytes"], a["bytes"]);
+  EXPECT_NEAR(p["totals"]["seconds"].get<double>(),
+              uniform["totals"]["seconds"].get<double>() + a["seconds"].get<double>(), 1e-9);
+  // A smaller keep_activations_mb recomputes the forward: less memory, more FLOPs.
+  const auto r = plan_of(kOptMini, mini_cfg({"prune.method=wanda", "prune.allocation=sensitivity",
+                                             "surgeon.keep_activations_mb=64"}), 1);
+  EXPECT_EQ(r["allocation"]["activations_mode"], "recompute");
+  EXPECT_LT(r["allocation"]["bytes"].get<I>(), a["bytes"].get<I>());
+  EXPECT_GT(r["allocation"]["flops"].get<double>(), a["flops"].get<double>());
+  // Over parallel.memory_gb, the refusal names the allocation.
+  auto cfg = mini_cfg({"prune.method=wanda", "prune.allocation=sensitivity", "parallel.memory_gb=0.5"});
+  const auto msg = input_error([&] { app::check_plan_fits(plan_of(kOptMini, cfg, 1), cfg); });
+  EXPECT_NE(msg.find("allocation (sensitivity)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("perturbed targets"), std::string::npos) << msg;
+  // OWL: one forward, below the prune's own peak.
+  const auto o = plan_of(kOptMini, mini_cfg({"prune.method=wanda", "prune.allocation=owl"}), 1);
+  EXPECT_EQ(o["allocation"]["method"], "owl");
+  EXPECT_LT(o["allocation"]["bytes"].get<I>(), o["peak"]["bytes"].get<I>());
+  EXPECT_EQ(o["peak"]["phase"], uniform["peak"]["phase"]);
+  EXPECT_GT(o["allocation"]["seconds"].get<double>(), 0);
+}
+
 TEST(Plan, StagesSplitTheLayers) {
   const auto p = plan_of(kOptMini, mini_cfg({"parallel.stages=2"}), 2);
   ASSERT_EQ(p["grid"]["stages"].get<int>(), 2);
