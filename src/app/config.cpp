@@ -273,7 +273,9 @@ void validate_surgeon(const Config& c, const std::string& source) {
   for (const auto& x : s.structures)
     if (x != "rows" && x != "columns")
       SCALPEL_INPUT_ERROR("{}: 'surgeon.structures' has '{}', expected rows and/or columns", source, x);
-  const bool default_structures = s.structures == std::vector<std::string>{"rows", "columns"};
+  // Both, in any order: what the default names (a pattern other than structured ignores it).
+  const auto names = [&](const char* x) { return std::find(s.structures.begin(), s.structures.end(), x) != s.structures.end(); };
+  const bool default_structures = names("rows") && names("columns");
   if (c.prune.method == "surgeon" && c.prune.pattern != "structured" && !default_structures)
     SCALPEL_INPUT_ERROR("{}: 'surgeon.structures' {} needs prune.pattern: structured (pattern '{}' removes single "
                         "weights)", source, fmt::format("[{}]", fmt::join(s.structures, ", ")), c.prune.pattern);

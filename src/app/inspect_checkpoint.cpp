@@ -199,13 +199,25 @@ json inspect_any(const fs::path& dir, bool verify, bool print) {
             {"model", {{"name", p.value("model", "")}, {"fingerprint", p.value("model_fingerprint", "")}}},
             {"config_hash", p.value("config_hash", "")},
             {"shots", {{"committed", state.last_shot()}, {"total", state.total_shots()}}},
-            {"complete", state.complete()},
+            {"complete", state.exported()},
+            {"summary", p.value("summary", json(nullptr))},
             {"history", p.value("history", json::array())}};
-  if (print)
-    fmt::print("LLM Surgeon state {}: model {} ({}), config hash {}; {} of {} shot(s) committed{}\n", dir.string(),
+  if (print) {
+    fmt::print("LLM Surgeon state {}: model {} ({}), config hash {}; {} of {} shot(s) committed\n", dir.string(),
                j["model"]["name"].get<std::string>(), j["model"]["fingerprint"].get<std::string>(),
-               j["config_hash"].get<std::string>(), state.last_shot(), state.total_shots(),
-               state.complete() ? " (complete)" : "");
+               j["config_hash"].get<std::string>(), state.last_shot(), state.total_shots());
+    if (state.exported()) {
+      const auto& s = j["summary"];
+      fmt::print("complete: surgeon ({} cost) {}, {:.2f}% of the target weights and biases zero, {:.1f} s on {} "
+                 "rank(s), export {:.1f} s\n", s.value("cost", "?"), s.value("pattern", "?"),
+                 100.0 * s.value("sparsity", 0.0), s.value("seconds", 0.0), s.value("ranks", 0),
+                 s.value("export_s", 0.0));
+    } else if (state.complete()) {
+      fmt::print("every shot committed, not marked complete: the rerun writes the export and the summary\n");
+    } else {
+      fmt::print("not complete: the rerun starts at shot {}\n", state.last_shot() + 1);
+    }
+  }
   if (state.last_shot() > 0) {
     j["last_shot"] = inspect_layers(state.last(), verify);
     if (print) {

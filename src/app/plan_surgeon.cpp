@@ -13,6 +13,8 @@
 //   activations  keep (every layer's forward intermediates of a batch) or recompute (each layer's
 //                input only, plus one layer's intermediates), as surgeon.keep_activations_mb decides;
 //   chunks       8 chunk matrices of max_correlate² fp32 factorised together.
+// surgeon.cost kobd scores with the factors' diagonals (no inverses, no chunk systems, no
+// correlated update); magnitude needs no curvature at all (no backward, factor sums or factors).
 // FLOPs: forward 2·params·tokens + attention, backward twice that (input gradients only; no weight
 // gradients), a second forward when recomputing; factors T·d² per factor; float64 inverses n³
 // (Cholesky, triangular inverse, LᵀL) per factor, at half the fp32 rate; chunk solves (1/3)·Q³ per
@@ -25,6 +27,7 @@
 #include <thread>
 
 #include "plan_common.hpp"
+#include "run_common.hpp"
 #include "scalpel/app/plan.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/dist/comm.hpp"
@@ -70,6 +73,10 @@ Sizes sizes_of(const model::ModelSpec& spec, const Config& cfg, int ranks) {
   std::vector<double> numel, inv_flops;
   std::vector<I> inv_bytes;
   const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
+  if (const auto nm = cfg.prune.pattern != "unstructured" && cfg.prune.pattern != "structured"
+                          ? parse_nm(cfg.prune.pattern)
+                          : std::nullopt)
+    check_surgeon_nm(groups, nm->first, nm->second);
   for (const auto& l : spec.linears()) z.params += l.out * (l.in + (l.bias ? 1 : 0));
   z.params *= spec.layers;
   for (const auto& g : groups) {
@@ -124,7 +131,7 @@ namespace {
 // Bytes per rank: the whole model, the factor sums, the activations (kept per layer, or recomputed
 // from each layer's input), and in the update phase the inverses, factors and chunk solves.
 struct SurgeonMemory {
-  I layer_cache = 0, activations = 0, weights = 0, sums = 0, factors = 0, chunks = 0;
+  I layer_cache = 0, activations = 0, weights = 0, sums = 0, factors = 0, chunks = 0, inverses = 0;
   I curvature_peak = 0, update_peak = 0;
   bool keep = false;
 };
@@ -132,17 +139,25 @@ struct SurgeonMemory {
 SurgeonMemory surgeon_memory(const model::ModelSpec& spec, const Config& cfg, const Sizes& z, I B, I T) {
   SurgeonMemory m;
   const I e = spec.word_embed_proj_dim, V = spec.vocab_size, L = spec.layers;
+  const bool curvature = cfg.surgeon.cost != "magnitude", inverses = cfg.surgeon.cost == "surgeon";
   const auto act = backward_activations(spec, B, T, cfg.surgeon.keep_activations_mb);
   m.layer_cache = act.layer_cache;
   m.keep = act.keep;
-  m.activations = act.bytes;
+  // magnitude: no backward; the final calibration loss's forward holds one batch's residual
+  // stream, one layer's intermediates and a window's logits.
+  m.activations = curvature ? act.bytes : act.layer_cache + B * T * spec.hidden * 4 + T * V * 4;
   m.weights = spec.layer_params() * 4 * L + V * e * 4 * (spec.tie_embeddings ? 1 : 2) + z.params * 4;
-  m.sums = (z.a_packed + z.g_packed) * (cfg.determinism == "strict" ? 24 : 8) + z.largest_factor * z.largest_factor * 4;
-  m.factors = 2 * z.largest_factor * z.largest_factor * 8;
+  if (curvature) {
+    m.sums = (z.a_packed + z.g_packed) * (cfg.determinism == "strict" ? 24 : 8) +
+             z.largest_factor * z.largest_factor * 4;
+    m.factors = 2 * z.largest_factor * z.largest_factor * 8;
+  }
+  // kobd scores from the factors' diagonals: no inverses, no correlated update.
   const I mc = cfg.surgeon.max_correlate > 0 ? cfg.surgeon.max_correlate : 0;
-  m.chunks = mc > 0 ? 8 * mc * mc * 4 : 0;
+  m.chunks = inverses && mc > 0 ? 8 * mc * mc * 4 : 0;
+  m.inverses = inverses ? z.inverses_bytes : 0;
   m.curvature_peak = m.weights + m.sums + m.activations;
-  m.update_peak = m.weights + z.inverses_bytes + m.factors + m.chunks;
+  m.update_peak = m.weights + m.inverses + m.factors + m.chunks;
   return m;
 }
 
@@ -164,14 +179,14 @@ SurgeonWork surgeon_work(const model::ModelSpec& spec, const Config& cfg, const 
   const double fwd = lin + attn + head;
   w.fwd_bwd = fwd * 3 + (keep ? 0.0 : lin + attn);
   w.factors = z.factor_flops * static_cast<double>(tokens);
-  w.inverses = z.inverse_flops;
+  w.inverses = cfg.surgeon.cost == "surgeon" ? z.inverse_flops : 0.0;  // kobd: the factors' diagonals
   const I mc = cfg.surgeon.max_correlate > 0 ? cfg.surgeon.max_correlate : 0;
-  const bool elements = cfg.prune.pattern != "structured";
+  const bool elements = cfg.prune.pattern != "structured", surgeon_cost = cfg.surgeon.cost == "surgeon";
   const auto nm = elements && cfg.prune.pattern != "unstructured" ? parse_nm(cfg.prune.pattern) : std::nullopt;
   const double s_final = nm ? static_cast<double>(nm->first) / nm->second : cfg.prune.sparsity;  // N:M reaches N/M
   for (I k = 1; k <= K; ++k) {
     const double q = s_final * static_cast<double>(k) / static_cast<double>(K) * static_cast<double>(z.rank_pruned);
-    if (elements && mc > 0) w.solve_total += q / static_cast<double>(mc) * std::pow(static_cast<double>(mc), 3) / 3;
+    if (surgeon_cost && elements && mc > 0) w.solve_total += q / static_cast<double>(mc) * std::pow(static_cast<double>(mc), 3) / 3;
   }
   w.curvature = cfg.surgeon.cost != "magnitude";
   w.shot_flops = w.curvature ? w.fwd_bwd + w.factors + 2 * w.inverses : 0;  // inverses at half the fp32 rate
@@ -179,11 +194,11 @@ SurgeonWork surgeon_work(const model::ModelSpec& spec, const Config& cfg, const 
 }
 
 // The terms of the larger phase, which add up to the peak.
-std::string peak_breakdown(const SurgeonMemory& m, const Sizes& z) {
+std::string peak_breakdown(const SurgeonMemory& m) {
   const auto b = [](I x) { return bytes_str(static_cast<double>(x)); };
   if (m.curvature_peak >= m.update_peak)
     return fmt::format("weights {}, factor sums {}, activations {}", b(m.weights), b(m.sums), b(m.activations));
-  return fmt::format("weights {}, inverses {}, factors {}, chunk systems {}", b(m.weights), b(z.inverses_bytes),
+  return fmt::format("weights {}, inverses {}, factors {}, chunk systems {}", b(m.weights), b(m.inverses),
                      b(m.factors), b(m.chunks));
 }
 
@@ -215,7 +230,7 @@ json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in) {
                            {"keep_activations_mb", cfg.surgeon.keep_activations_mb}}},
           {"rates", {{"gflops", gflops}, {"note", note}}},
           {"memory", {{"weights", m.weights}, {"factor_sums", m.sums}, {"activations", m.activations},
-                      {"factors", m.factors}, {"inverses", z.inverses_bytes}, {"chunks", m.chunks},
+                      {"factors", m.factors}, {"inverses", m.inverses}, {"chunks", m.chunks},
                       {"curvature_peak", m.curvature_peak}, {"update_peak", m.update_peak}}},
           {"per_shot_flops", {{"forward_backward", w.curvature ? w.fwd_bwd : 0.0},
                               {"factors", w.curvature ? w.factors : 0.0},
@@ -227,7 +242,7 @@ json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in) {
                              "more memory"},
                     {"bytes", peak}, {"rank", 0}, {"stage", 0}, {"data_index", 0},
                     {"phase", m.curvature_peak >= m.update_peak ? "curvature" : "update"},
-                    {"breakdown", peak_breakdown(m, z)}}}};
+                    {"breakdown", peak_breakdown(m)}}}};
 }
 
 void print_surgeon_plan(const json& p) {

@@ -65,18 +65,6 @@ void forward_layer(Backend& be, const model::ModelSpec& spec, const model::Layer
   if (staged) be.synchronize();
 }
 
-// `scalpel plan`'s figures for this job (cfg.model's config.json and tensor sizes, `world` ranks).
-nlohmann::json plan_of_job(const Config& cfg, int world) {
-  const auto pm = load_plan_model(cfg.model);
-  PlanInput pin;
-  pin.cfg = cfg;
-  pin.world = world;
-  pin.dtype_bytes = pm.dtype_bytes;
-  pin.dtype_name = pm.dtype_name;
-  pin.tensor_bytes = pm.tensor_bytes;
-  return make_plan(pm.spec, pin);
-}
-
 // Where the calibration activations stay between layers: on the GPU when cuda.activations says
 // device, or says auto and the plan's per-rank peak (activations included) fits in 90% of the
 // GPU's memory; otherwise in host memory, a batch at a time on the GPU.

@@ -1,8 +1,11 @@
 // Shared services of the prune drivers (see run_common.hpp).
 #include "run_common.hpp"
 
+#include <algorithm>
+
 #include "root_work.hpp"
 #include "scalpel/app/commands.hpp"
+#include "scalpel/app/plan.hpp"
 
 #include "scalpel/app/run_control.hpp"
 #include "scalpel/core/error.hpp"
@@ -44,6 +47,32 @@ WindowRange calibration_shard(std::int64_t nseq, std::int64_t batch, int ranks, 
   return {mine.begin * batch, std::min(nseq, mine.end * batch)};
 }
 
+namespace {
+
+// LLM Surgeon reads none of the layer-wise prune's keys (blocksize, dampening, true_sequential,
+// propagation; sparsegpt, allocation, which it refuses) and of surgeon.structures only which of
+// rows and columns are named, for the structured pattern alone: those keys take their defaults in
+// its identity, so that changing them does not refuse a resume. The defaults keep the identity
+// of the checkpoints made before.
+void surgeon_identity_keys(Config& c) {
+  const Config d;
+  c.prune.blocksize = d.prune.blocksize;
+  c.prune.dampening = d.prune.dampening;
+  c.prune.true_sequential = d.prune.true_sequential;
+  c.prune.propagation = d.prune.propagation;
+  c.sparsegpt = d.sparsegpt;
+  c.allocation = d.allocation;
+  const auto named = [&](const char* s) {
+    return std::find(c.surgeon.structures.begin(), c.surgeon.structures.end(), s) != c.surgeon.structures.end();
+  };
+  std::vector<std::string> canonical;
+  for (const char* s : {"rows", "columns"})
+    if (named(s)) canonical.emplace_back(s);
+  c.surgeon.structures = c.prune.pattern == "structured" ? canonical : d.surgeon.structures;
+}
+
+}  // namespace
+
 std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows, DType forward,
                               std::int64_t widest_input) {
   // What decides the pruned weights: method, pattern, options, calibration windows. Not the
@@ -63,7 +92,27 @@ std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>
   c.calibration.path = io::digest_bytes(windows.data(), windows.size() * sizeof(std::int32_t));
   c.calibration.offsets.clear();
   c.determinism = cfg.determinism;
+  if (cfg.prune.method == "surgeon") surgeon_identity_keys(c);
   return prune_identity_hash(c, forward == DType::f32 ? "" : std::string(dtype_name(forward)));
+}
+
+void check_surgeon_nm(const std::vector<model::LinearGroup>& groups, std::int64_t n, std::int64_t m) {
+  for (const auto& g : groups)
+    for (const auto& lin : g.linears)
+      if (lin.in % m != 0)
+        SCALPEL_INPUT_ERROR("config: 'prune.pattern' {}:{} does not divide the {} input columns of {}; exclude it "
+                            "with prune.targets", n, m, lin.in, lin.name);
+}
+
+nlohmann::json plan_of_job(const Config& cfg, int world) {
+  const auto pm = load_plan_model(cfg.model);
+  PlanInput pin;
+  pin.cfg = cfg;
+  pin.world = world;
+  pin.dtype_bytes = pm.dtype_bytes;
+  pin.dtype_name = pm.dtype_name;
+  pin.tensor_bytes = pm.tensor_bytes;
+  return cfg.prune.method == "surgeon" ? make_surgeon_plan(pm.spec, pin) : make_plan(pm.spec, pin);
 }
 
 DType forward_dtype(const Config& cfg, const std::string& device, DType stored) {

@@ -47,6 +47,14 @@ WindowRange calibration_shard(std::int64_t nseq, std::int64_t batch, int ranks, 
 std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows,
                               DType forward = DType::f32, std::int64_t widest_input = 0);
 
+// LLM Surgeon's N:M groups M consecutive input columns of each target: M must divide every
+// target's input width (an input error naming the linear; the run and its plan check alike).
+void check_surgeon_nm(const std::vector<model::LinearGroup>& groups, std::int64_t n, std::int64_t m);
+
+// `scalpel plan`'s figures for this job (cfg.model's config.json and tensor sizes, `world` ranks):
+// the layer-wise plan, or LLM Surgeon's for prune.method: surgeon.
+nlohmann::json plan_of_job(const Config& cfg, int world);
+
 // The dtype of the prune's calibration forward on `device`: cuda.forward_dtype (auto: `stored`,
 // the checkpoint's weight dtype, when it is 2-byte, else fp32) or cpu.forward_dtype.
 DType forward_dtype(const Config& cfg, const std::string& device, DType stored);

@@ -21,6 +21,7 @@
 
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/export.hpp"
+#include "scalpel/app/plan.hpp"
 #include "scalpel/app/progress.hpp"
 #include "scalpel/app/run_control.hpp"
 #include "scalpel/core/error.hpp"
@@ -69,15 +70,11 @@ double final_sparsity(const Config& cfg, const sg::Options& o) {
 
 std::vector<SurgeonTarget> targets_of(const model::ModelSpec& spec, const Config& cfg, const sg::Options& o) {
   const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
+  if (o.shape == sg::Shape::nm) check_surgeon_nm(groups, o.n, o.m);
   std::vector<SurgeonTarget> out;
   for (std::int64_t l = 0; l < spec.layers; ++l)
     for (const auto& g : groups)
-      for (const auto& lin : g.linears) {
-        if (o.shape == sg::Shape::nm && lin.in % o.m != 0)
-          SCALPEL_INPUT_ERROR("config: prune.pattern {}:{} does not divide the {} input columns of {}; exclude it "
-                              "with prune.targets", o.n, o.m, lin.in, lin.name);
-        out.push_back({l, lin});
-      }
+      for (const auto& lin : g.linears) out.push_back({l, lin});
   return out;
 }
 
@@ -408,7 +405,7 @@ void log_shot(const nlohmann::json& rec) {
 
 // After the last shot: weights rounded to the checkpoint's dtype (what the export holds and what
 // is evaluated), the export, the summary record and the evaluation.
-int finish_surgeon(SurgeonRun& r, const io::HfCheckpoint& src, const model::ModelSpec& spec,
+int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpoint& src, const model::ModelSpec& spec,
                    const text::Tokenizer* tok, const Timer& total_timer) {
   r.watchdog.beat("export", -1);
   std::map<std::string, Tensor> replaced;
@@ -431,21 +428,24 @@ int finish_surgeon(SurgeonRun& r, const io::HfCheckpoint& src, const model::Mode
   install(r.m, r.be, r.targets, rounded);
   const double loss = r.cfg.surgeon.final_loss ? calibration_loss(r) : std::nan("");
   const auto zeros = zeros_of(rounded), total = weights_of(rounded);
-  const nlohmann::json summary = {{"method", "surgeon"}, {"cost", r.cfg.surgeon.cost}, {"pattern", r.cfg.prune.pattern},
-                                  {"shots", r.cfg.surgeon.shots}, {"zeros", zeros}, {"weights", total},
-                                  {"sparsity", static_cast<double>(zeros) / static_cast<double>(total)},
-                                  {"calibration_loss", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr)},
-                                  {"seconds", total_timer.seconds()},
-                                  {"ranks", r.world.size()}};
+  nlohmann::json summary = {{"method", "surgeon"}, {"cost", r.cfg.surgeon.cost}, {"pattern", r.cfg.prune.pattern},
+                            {"shots", r.cfg.surgeon.shots}, {"zeros", zeros}, {"weights", total},
+                            {"sparsity", static_cast<double>(zeros) / static_cast<double>(total)},
+                            {"calibration_loss", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr)},
+                            {"ranks", r.world.size()}};
   if (r.world.is_root()) {
     log::info("pruned {} of {} target weights and biases ({:.2f}%){} in {:.1f} s", zeros, total, 100.0 * zeros / total,
               std::isfinite(loss) ? fmt::format(", calibration loss {:.6f},", loss) : std::string(","),
               total_timer.seconds());
+    Timer et;
     if (!r.cfg.output.export_dir.empty()) {
       const auto dest = fs::path(r.cfg.output.dir) / r.cfg.output.export_dir;
       export_hf_folder(src, replaced, dest, r.cfg.output.export_shard_mb << 20);
-      log::info("exported the pruned model to {}", dest.string());
+      log::info("exported the pruned model to {} ({:.1f} s)", dest.string(), et.seconds());
     }
+    summary["export_s"] = et.seconds();
+    summary["seconds"] = total_timer.seconds();
+    state.record_summary(summary);  // after the export: `scalpel inspect` says complete from here
     r.metrics.write({{"event", "prune"}, {"config_hash", r.config_hash}, {"summary", summary}});
   }
   r.world.barrier();
@@ -496,8 +496,15 @@ bool commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, st
   const auto K = r.cfg.surgeon.shots;
   install(r.m, r.be, r.targets, wbs);
   Timer ct;
-  if (r.world.is_root())
-    state.commit_shot(shot, shot_records(r.targets, wbs, r.m.spec().layers), {{"reached", rec["reached"]}});
+  if (r.world.is_root()) {
+    // Per layer, what `scalpel inspect` sums as a layer checkpoint's pruned counts.
+    std::vector<nlohmann::json> layer_metrics(static_cast<std::size_t>(r.m.spec().layers));
+    for (const auto& t : r.targets)
+      layer_metrics[static_cast<std::size_t>(t.layer)]["linears"][t.linear.name] = {
+          {"pruned", rec["linears"][t.label()]["zero_w"]}, {"weights", t.linear.out * t.linear.in}};
+    state.commit_shot(shot, shot_records(r.targets, wbs, r.m.spec().layers), {{"reached", rec["reached"]}},
+                      layer_metrics);
+  }
   r.world.barrier();
   rec["seconds"]["commit_s"] = ct.seconds();
   rec["config_hash"] = r.config_hash;
@@ -526,6 +533,8 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   const auto opt = surgeon_options(cfg);
   auto targets = targets_of(spec, cfg, opt);
+  // The plan's memory model decides before any work whether the job fits, as `scalpel plan` does.
+  if (cfg.parallel.memory_gb > 0) check_plan_fits(plan_of_job(cfg, world.size()), cfg);
   auto tok = make_tokenizer(cfg);
   check_run_end(world, cfg, spec, *tok);
   const auto calib = calibration_windows(cfg, spec, *tok);
@@ -566,7 +575,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   }
   progress.finish();
   run.wbs_final = std::move(wbs);
-  return finish_surgeon(run, *src, spec, tok.get(), total_timer);
+  return finish_surgeon(run, state, *src, spec, tok.get(), total_timer);
 }
 
 }  // namespace scalpel::app

@@ -149,7 +149,7 @@ void ShotCheckpoint::discard(const fs::path& dir) {
 }
 
 void ShotCheckpoint::commit_shot(std::int64_t shot, const std::vector<std::vector<TensorRecord>>& tensors,
-                                 const nlohmann::json& metrics) {
+                                 const nlohmann::json& metrics, const std::vector<nlohmann::json>& layer_metrics) {
   SCALPEL_CHECK(writable_, "shot checkpoint {} opened read-only", dir_.string());
   SCALPEL_CHECK(shot == shot_ + 1 && shot <= total_, "commit of shot {} after shot {} (of {})", shot, shot_, total_);
   SCALPEL_CHECK(static_cast<std::int64_t>(tensors.size()) == id_.num_layers, "{} layers for {}", tensors.size(),
@@ -161,15 +161,25 @@ void ShotCheckpoint::commit_shot(std::int64_t shot, const std::vector<std::vecto
   auto ck = Checkpoint::open_or_create(shot_dir(shot), id, opt);
   for (std::int64_t l = 0; l < id_.num_layers; ++l) {
     const auto info = ck.write_layer_shard(l, 0, tensors[static_cast<std::size_t>(l)]);
-    ck.commit_layer(l, {info});
+    const auto li = static_cast<std::size_t>(l);
+    ck.commit_layer(l, {info}, li < layer_metrics.size() ? layer_metrics[li] : nlohmann::json::object());
   }
   ck.mark_complete(metrics);
   nlohmann::json next = pointer_;
   next["shot"] = shot;
   next["history"].push_back({{"shot", shot}, {"committed", utc_now_iso()}, {"metrics", metrics}});
+  next.erase("summary");  // a summary belongs to the state with every shot
   write_pointer(std::move(next));  // the commit point
   shot_ = shot;
   remove_unreferenced();
+}
+
+void ShotCheckpoint::record_summary(const nlohmann::json& summary) {
+  SCALPEL_CHECK(writable_, "shot checkpoint {} opened read-only", dir_.string());
+  SCALPEL_CHECK(complete(), "summary of {} before its last shot ({} of {})", dir_.string(), shot_, total_);
+  nlohmann::json next = pointer_;
+  next["summary"] = summary;
+  write_pointer(std::move(next));
 }
 
 }  // namespace scalpel::io

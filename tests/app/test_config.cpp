@@ -95,6 +95,34 @@ TEST(Config, SplitWidthCountsOnlyWhereAFactorReachesIt) {
   EXPECT_EQ(hash({"prune.method=wanda"}, 49152), hash({"prune.method=wanda", "sparsegpt.split_width=0"}, 49152));
 }
 
+// LLM Surgeon's identity leaves out the keys it does not read (the layer-wise prune's blocksize,
+// dampening, true_sequential, propagation) and the order of surgeon.structures, so that changing
+// them does not refuse a resume; what it reads counts. A structures list other than both is for
+// the structured pattern alone, and [columns, rows] is the default's set.
+TEST(Config, SurgeonIdentityCountsOnlyWhatTheSurgeonReads) {
+  const std::vector<std::int32_t> ids{5, 6, 7};
+  const auto hash = [&](std::vector<std::string> o) {
+    o.push_back("prune.method=surgeon");
+    return app::prune_config_hash(app::load_config("", o), ids);
+  };
+  const auto base = hash({});
+  for (const char* same : {"prune.blocksize=64", "prune.dampening=0.1", "prune.true_sequential=false",
+                           "prune.propagation=dense", "surgeon.structures=[columns, rows]",
+                           "surgeon.keep_activations_mb=1", "surgeon.final_loss=false", "surgeon.eval_shots=[1]"})
+    EXPECT_EQ(hash({same}), base) << same;
+  for (const char* other : {"prune.sparsity=0.3", "surgeon.shots=8", "surgeon.damp_g=0.1", "surgeon.cost=kobd",
+                            "surgeon.fisher=sampled", "surgeon.max_correlate=100", "prune.pattern=2:4"})
+    EXPECT_NE(hash({other}), base) << other;
+  const auto structured = hash({"prune.pattern=structured"});
+  EXPECT_EQ(hash({"prune.pattern=structured", "surgeon.structures=[columns, rows]"}), structured);
+  EXPECT_NE(hash({"prune.pattern=structured", "surgeon.structures=[rows]"}), structured);
+  EXPECT_NE(hash({"prune.pattern=structured", "surgeon.structures=[rows]"}),
+            hash({"prune.pattern=structured", "surgeon.structures=[columns]"}));
+  // The layer-wise prune still counts its own keys.
+  EXPECT_NE(app::prune_config_hash(app::load_config("", {"prune.blocksize=64"}), ids),
+            app::prune_config_hash(app::load_config("", {}), ids));
+}
+
 TEST(Config, UnknownKeysNameTheirPath) {
   EXPECT_NE(error_of("modle: x\n").find("unknown key 'modle'"), std::string::npos);
   EXPECT_NE(error_of("eval: {seqlen: 8, batchsize: 2}\n").find("unknown key 'eval.batchsize'"), std::string::npos);

@@ -313,6 +313,33 @@ TEST(Plan, TheAllocationPassIsPlannedAndCanBeThePeak) {
   EXPECT_GT(o["allocation"]["seconds"].get<double>(), 0);
 }
 
+// surgeon.cost kobd scores from the factors' diagonals (no inverses, chunk systems or solves),
+// magnitude needs no curvature (no factor sums, no backward); an N:M the targets' widths do not
+// take is refused as the run refuses it.
+TEST(Plan, SurgeonCostsPlanOnlyWhatTheyCompute) {
+  const auto pm = app::load_plan_model(kOptMini.string());
+  const auto plan = [&](const std::vector<std::string>& extra) {
+    auto o = extra;
+    o.push_back("prune.method=surgeon");
+    return app::make_surgeon_plan(pm.spec, input_for(pm, mini_cfg(o), 1));
+  };
+  const auto sg = plan({}), kobd = plan({"surgeon.cost=kobd"}), mag = plan({"surgeon.cost=magnitude"});
+  EXPECT_GT(sg["memory"]["inverses"].get<I>(), 0);
+  EXPECT_GT(sg["solve_flops_all_shots"].get<double>(), 0);
+  EXPECT_EQ(kobd["memory"]["inverses"].get<I>(), 0);
+  EXPECT_EQ(kobd["memory"]["chunks"].get<I>(), 0);
+  EXPECT_EQ(kobd["solve_flops_all_shots"].get<double>(), 0);
+  EXPECT_EQ(kobd["per_shot_flops"]["inverses_f64"].get<double>(), 0);
+  EXPECT_EQ(kobd["memory"]["factor_sums"], sg["memory"]["factor_sums"]);  // the curvature pass is the same
+  EXPECT_LT(kobd["seconds"].get<double>(), sg["seconds"].get<double>());
+  EXPECT_EQ(mag["memory"]["factor_sums"].get<I>(), 0);
+  EXPECT_LT(mag["memory"]["activations"].get<I>(), sg["memory"]["activations"].get<I>());
+  EXPECT_LT(mag["peak"]["bytes"].get<I>(), kobd["peak"]["bytes"].get<I>());
+  EXPECT_EQ(mag["peak"]["bytes"], mag["memory"]["weights"].get<I>() + mag["memory"]["activations"].get<I>());
+  const auto msg = input_error([&] { plan({"prune.pattern=3:7"}); });
+  EXPECT_NE(msg.find("'prune.pattern' 3:7 does not divide the 256 input columns"), std::string::npos) << msg;
+}
+
 TEST(Plan, StagesSplitTheLayers) {
   const auto p = plan_of(kOptMini, mini_cfg({"parallel.stages=2"}), 2);
   ASSERT_EQ(p["grid"]["stages"].get<int>(), 2);

@@ -107,6 +107,30 @@ TEST(SurgeonCli, StoppedOrKilledRunResumesBitwise) {
   ASSERT_EQ(run_to_end(surgeon_args(ref, "opt-mini", extra)), 0);
   const auto want = read_bytes(ref / "model/model.safetensors");
   ASSERT_GT(want.size(), 1000u);
+  {
+    // Complete only once exported: the summary (with the export's seconds) is in the state.
+    const auto out = run_capture({kBin, "inspect", (ref / "ckpt").string()});
+    EXPECT_NE(out.find("3 of 3 shot(s) committed"), std::string::npos) << out;
+    EXPECT_NE(out.find("complete: surgeon (surgeon cost) unstructured"), std::string::npos) << out;
+    const auto js = run_capture({kBin, "inspect", "--json", (ref / "ckpt").string()});
+    const auto j = nlohmann::json::parse(js.substr(0, js.rfind("exit=")));
+    EXPECT_TRUE(j["complete"].get<bool>());
+    EXPECT_GE(j["summary"]["export_s"].get<double>(), 0.0);
+    EXPECT_EQ(records(ref / "metrics.jsonl", "prune").at(0)["summary"], j["summary"]);
+    // The last shot's layers carry their pruned counts: 30% of the targets' weights.
+    const auto& c = j["last_shot"]["committed"];
+    EXPECT_EQ(c["weights"].get<std::int64_t>(), 3145728);
+    EXPECT_NEAR(c["pruned"].get<double>() / 3145728.0, 0.3, 0.01);
+    // Every shot committed but no summary (a run ended between its last commit and the export).
+    const auto copy = temp_dir("sg_noexport");
+    fs::copy(ref / "ckpt", copy / "ckpt", fs::copy_options::recursive);
+    auto ptr = nlohmann::json::parse(std::ifstream(copy / "ckpt/shots.json"));
+    ptr.erase("summary");
+    std::ofstream(copy / "ckpt/shots.json") << ptr.dump(2);
+    const auto half = run_capture({kBin, "inspect", (copy / "ckpt").string()});
+    EXPECT_NE(half.find("every shot committed, not marked complete"), std::string::npos) << half;
+    fs::remove_all(copy);
+  }
   auto shot_of = [](const fs::path& ckpt) -> std::int64_t {
     try {
       std::ifstream f(ckpt / "shots.json");
@@ -136,7 +160,9 @@ TEST(SurgeonCli, StoppedOrKilledRunResumesBitwise) {
       EXPECT_EQ(j["shots"]["committed"], shot_of(dir / "ckpt"));
       EXPECT_EQ(j["shots"]["total"], 3);
       EXPECT_FALSE(j["complete"].get<bool>());
+      EXPECT_TRUE(j["summary"].is_null());
       EXPECT_EQ(j["last_shot"]["verified"]["layers"], 4);
+      EXPECT_GT(j["last_shot"]["committed"]["pruned"].get<std::int64_t>(), 0);
       // A shot's folder is complete as a layer checkpoint, but not the pruned model: not exported.
       char name[32];
       std::snprintf(name, sizeof name, "shot-%05lld", static_cast<long long>(shot_of(dir / "ckpt")));
@@ -258,10 +284,12 @@ TEST(SurgeonCli, BadSettingsExit2NamingTheKey) {
       {{"surgeon.eval_shots=[41]"}, "surgeon.eval_shots"},
       {{"surgeon.colour=red"}, "colour"},
       {{"parallel.stages=2"}, "parallel.stages"},
-      {{"prune.pattern=1:3"}, "does not divide"},
+      {{"prune.pattern=1:3"}, "'prune.pattern' 1:3 does not divide"},
       {{"prune.pattern=rows"}, "expected unstructured, structured or N:M"},
       {{"cpu.forward_dtype=fp16"}, "need the fp32 forward (fp32)"},
       {{"output.checkpoint="}, "'output.checkpoint' is empty"},
+      // The plan's memory model, as `scalpel plan` prints it: the whole model and its factors.
+      {{"parallel.memory_gb=0.05"}, "'parallel.memory_gb' is 0.05 GB per rank"},
   };
   int i = 0;
   for (const auto& [extra, key] : cases) {

@@ -51,10 +51,17 @@ class ShotCheckpoint {
   Checkpoint last() const;
 
   // Writes shot `shot` (the next one: last_shot() + 1): tensors[layer] are the layer's records,
-  // written as one shard per layer and committed, then the pointer is replaced with `metrics` and
-  // the previous shot's folder removed. Internal Error for any other shot number.
+  // written as one shard per layer and committed with layer_metrics[layer] (when given: the
+  // layer checkpoint's {"linears": {name: {"pruned", "weights"}}} that `scalpel inspect` sums),
+  // then the pointer is replaced with `metrics` and the previous shot's folder removed. Internal
+  // Error for any other shot number.
   void commit_shot(std::int64_t shot, const std::vector<std::vector<TensorRecord>>& tensors,
-                   const nlohmann::json& metrics = nlohmann::json::object());
+                   const nlohmann::json& metrics = nlohmann::json::object(),
+                   const std::vector<nlohmann::json>& layer_metrics = {});
+  // After the last shot, once the run's export is written: the run's summary in the pointer
+  // (atomically). A rerun writes it again; exported() says whether one was written.
+  void record_summary(const nlohmann::json& summary);
+  bool exported() const { return complete() && pointer_.contains("summary"); }
 
   const nlohmann::json& pointer() const { return pointer_; }
   const std::filesystem::path& dir() const { return dir_; }
