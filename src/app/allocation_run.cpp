@@ -282,7 +282,12 @@ nlohmann::json allocate_owl(const Config& cfg, Allocation& a, AllocationContext&
       blocks.push_back({{"layer", l}, {"score", d[l]}, {"sparsity", p.target()}, {"pattern", p.str()}});
     }
   } else {
-    const auto s = prune::owl_sparsities(d, base.sparsity, cfg.allocation.owl_lambda);
+    std::vector<std::size_t> clamped;
+    const auto s = prune::owl_sparsities(d, base.sparsity, cfg.allocation.owl_lambda, "allocation.owl_lambda", &clamped);
+    if (!clamped.empty() && c.group.rank() == 0 && (c.world == nullptr || c.world->rank() == 0))
+      log::warn("allocation owl: block(s) {} would get a sparsity <= 0 (prune.sparsity {} minus up to 2 x "
+                "allocation.owl_lambda {}); OWL's clamp prunes them at 1%", nlohmann::json(clamped).dump(),
+                base.sparsity, cfg.allocation.owl_lambda);
     for (std::size_t l = 0; l < d.size(); ++l) {
       set_layer(a, c, static_cast<std::int64_t>(l), prune::Pattern::unstructured(s[l]));
       blocks.push_back({{"layer", l}, {"score", d[l]}, {"sparsity", s[l]}});

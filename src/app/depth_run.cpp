@@ -399,9 +399,13 @@ nlohmann::json depth_config(nlohmann::json c, const Outcome& o, std::int64_t lay
     for (const auto l : o.kept) kept.push_back(v[static_cast<std::size_t>(l)]);
     v = kept;
   }
+  // A model depth-pruned before keeps that record under "previous" (its indices are those of the
+  // model before it), so the chain back to the original stays readable.
+  nlohmann::json previous = c.contains("scalpel_depth") ? c["scalpel_depth"] : nlohmann::json();
   c["scalpel_depth"] = {{"criterion", cfg.depth.criterion}, {"removed", o.removed}, {"kept", o.kept},
                         {"original_num_hidden_layers", layers}};
   if (o.details.contains("merged")) c["scalpel_depth"]["merged"] = o.details["merged"];
+  if (!previous.is_null()) c["scalpel_depth"]["previous"] = std::move(previous);
   return c;
 }
 
@@ -498,8 +502,12 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto calib = calibration_windows(cfg, spec, *tok);
   // Enough batches for the ranks (an input Error naming calibration.batch otherwise), before any work.
   (void)calibration_shard(calib.nseq, cfg.calibration.batch, world.size(), world.rank());
-  if (cfg.depth.criterion == "laco" && cfg.depth.windows > 0)
+  if (cfg.depth.criterion == "laco" && cfg.depth.windows > 0) {
+    if (cfg.depth.windows > calib.nseq && world.is_root())
+      log::warn("depth.windows {} exceeds the {} calibration windows: laco compares on all {}", cfg.depth.windows,
+                calib.nseq, calib.nseq);
     (void)calibration_shard(std::min(cfg.depth.windows, calib.nseq), cfg.calibration.batch, world.size(), world.rank());
+  }
   model::Model m(spec, checkpoint_source(src), *backend, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
   DepthRun r{cfg, world, *backend, m, *src, calib, std::nullopt, {}};
   if (spec.family == model::Family::llama) r.rope = model::make_rope_tables(*backend, spec, calib.seqlen);
@@ -507,12 +515,13 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   log::info("depth {} ({}, {} blocks): criterion {}, remove {}{}; {} calibration windows x {} tokens; {} rank(s)",
             cfg.model, spec.model_type, spec.layers, cfg.depth.criterion, n, scores_only ? " (scores only)" : "",
             calib.nseq, calib.seqlen, world.size());
-  const auto o = choose(r, n, prot, scores_only);
-  if (!scores_only && static_cast<std::int64_t>(o.removed.size()) < n)
-    log::warn("laco removed {} of the {} blocks asked: no further merge kept a similarity above depth.threshold {}",
-              o.removed.size(), n, cfg.depth.threshold);
+  // Opened before the scoring: a metrics file that cannot be written fails now, not after it.
   Metrics metrics;
   if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((fs::path(cfg.output.dir) / cfg.output.metrics).string());
+  const auto o = choose(r, n, prot, scores_only);
+  if (!scores_only && static_cast<std::int64_t>(o.removed.size()) < n && !o.removed.empty())
+    log::warn("laco removed {} of the {} blocks asked: no further merge kept a similarity above depth.threshold {}",
+              o.removed.size(), n, cfg.depth.threshold);
   const auto rec = depth_record(r, o, scores_only, timer.seconds());
   if (world.is_root()) {
     fmt::print("{}\n", rec.dump());
@@ -520,6 +529,11 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   }
   metrics.write(rec);  // before a stop's record, which refers to it
   if (scores_only) return kExitOk;
+  // No merge kept: the export would be the model itself. The scores are in the metrics.
+  if (cfg.depth.criterion == "laco" && o.removed.empty())
+    SCALPEL_INPUT_ERROR("config: 'depth.threshold' {}: laco kept no merge (no merged model's similarity to the dense "
+                        "one reached it; the depth record lists each attempt's), so nothing is removed and nothing "
+                        "exported; lower depth.threshold", cfg.depth.threshold);
   if (stop_requested(world, {"scoring", 1, 1, 1, "the scores in the metrics; nothing exported, the rerun scores again"},
                      rec.at("config_hash").get<std::string>(), metrics))
     return kExitInterrupted;

@@ -134,8 +134,16 @@ void check_export_target(const fs::path& out, const fs::path& source_model) {
 
 void check_export_folder(const Config& cfg) {
   std::error_code ec;
-  if (fs::exists(cfg.output.dir, ec) && !fs::is_directory(cfg.output.dir, ec))
-    SCALPEL_INPUT_ERROR("config: 'output.dir' {} is a file, not a folder", cfg.output.dir);
+  // output.dir, or the nearest of its parents that exists, must be a folder (it is created later).
+  for (fs::path p = cfg.output.dir; !p.empty(); p = p.parent_path()) {
+    if (fs::exists(p, ec)) {
+      if (!fs::is_directory(p, ec))
+        SCALPEL_INPUT_ERROR("config: 'output.dir' {}{} is a file, not a folder", cfg.output.dir,
+                            p == fs::path(cfg.output.dir) ? "" : fmt::format(": {}", p.string()));
+      break;
+    }
+    if (p == p.parent_path()) break;
+  }
   if (cfg.output.export_dir.empty()) return;
   // Before the run creates output.dir, a path through it ("../x") cannot be resolved yet: it is
   // judged as it will resolve then, a real folder's parent (lexically).

@@ -69,13 +69,16 @@ double mean_of(const std::vector<double>& v) {
 }  // namespace
 
 std::vector<double> owl_sparsities(const std::vector<double>& outlier_ratio, double sparsity, double lambda,
-                                   const std::string& key) {
+                                   const std::string& key, std::vector<std::size_t>* clamped) {
   const auto r = normalised(outlier_ratio, lambda * 2);
   const double mean = mean_of(r);
   std::vector<double> s(r.size());
   for (std::size_t l = 0; l < r.size(); ++l) {
     s[l] = 1.0 - (r[l] - mean + (1.0 - sparsity));
-    if (s[l] <= 0) s[l] = 0.01;
+    if (s[l] <= 0) {
+      s[l] = 0.01;
+      if (clamped) clamped->push_back(l);
+    }
     if (!(s[l] < 1))
       SCALPEL_INPUT_ERROR("config: '{}' {} gives block {} the sparsity {:.4f} (outside [0, 1)); lower it", key,
                           lambda, l, s[l]);

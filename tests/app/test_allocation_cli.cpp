@@ -49,6 +49,13 @@ TEST(AllocationCli, OwlGivesEachBlockItsSparsityWithWanda) {
       EXPECT_GT(got, want - 1.0 / 256) << name;
     }
   }
+  // A target below OWL's window: the blocks the clamp raises to 1% are named, not pruned silently.
+  const auto low = dir / "low";
+  const auto r = run(shell_command(alloc_args(low, {"prune.method=magnitude", "prune.sparsity=0",
+                                                    "prune.allocation=owl", "output.export="})));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("would get a sparsity <= 0 (prune.sparsity 0 minus"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("OWL's clamp prunes them at 1%"), std::string::npos) << r.out;
   fs::remove_all(dir);
 }
 

@@ -358,6 +358,34 @@ TEST(DepthCli, LacoExportHoldsTheRdscMerge) {
     (void)got;
   }
   EXPECT_FALSE(e.has(p + "2.fc1.weight"));
+
+  // Depth-pruning that export again keeps its record under "previous".
+  const auto again = dir / "again";
+  std::vector<std::string> a2{kBin, "depth", "--model", (dir / "model").string(), "output.dir=" + again.string(),
+                              "depth.criterion=bi", "depth.remove=1"};
+  for (const auto& c : calib_args(8, 2)) a2.push_back(c);
+  const auto out2 = run_capture(a2);
+  ASSERT_NE(out2.find("exit=0"), std::string::npos) << out2;
+  const auto sd = scalpel::io::HfCheckpoint(again / "model").config()["scalpel_depth"];
+  EXPECT_EQ(sd["criterion"], "bi");
+  EXPECT_EQ(sd["original_num_hidden_layers"], 2);
+  EXPECT_EQ(sd["previous"]["merged"], nlohmann::json::parse("[[1, 2, 3]]"));
+  EXPECT_EQ(sd["previous"]["original_num_hidden_layers"], 4);
+
+  // A threshold no merge reaches (a cosine similarity of 1: the model itself): nothing removed, so nothing
+  // exported, exit 2 naming the key; the attempts are in the metrics. depth.windows past the
+  // calibration windows is said, not silently clamped.
+  const auto none = dir / "none";
+  const auto out3 = run_capture(depth_args("opt-mini", none, {"depth.criterion=laco", "depth.threshold=1",
+                                                             "depth.remove=1", "depth.windows=50"}));
+  EXPECT_NE(out3.find("exit=2"), std::string::npos) << out3;
+  EXPECT_NE(out3.find("'depth.threshold' 1: laco kept no merge"), std::string::npos) << out3;
+  EXPECT_NE(out3.find("depth.windows 50 exceeds the 8 calibration windows"), std::string::npos) << out3;
+  EXPECT_FALSE(fs::exists(none / "model"));
+  const auto none_rec = records(none / "metrics.jsonl", "depth");
+  ASSERT_EQ(none_rec.size(), 1u);
+  EXPECT_TRUE(none_rec[0]["removed"].empty());
+  EXPECT_FALSE(none_rec[0]["attempts"].empty());
   fs::remove_all(dir);
 }
 
@@ -423,6 +451,14 @@ TEST(DepthCli, BadInputsExitTwoNamingTheKeyAndWriteNothing) {
   EXPECT_FALSE(fs::exists(dir / "model"));
   EXPECT_FALSE(fs::exists(dir / "model.tmp-export"));
   EXPECT_FALSE(fs::exists(dir / "metrics.jsonl"));
+  // An output.dir under a file is refused before the model is scored, not when the metrics open.
+  fs::create_directories(dir);
+  std::ofstream(dir / "afile") << "x";
+  const auto out = run_capture(depth_args("opt-mini", dir / "afile/out", {"depth.criterion=bi"}));
+  EXPECT_NE(out.find("exit=2"), std::string::npos) << out;
+  EXPECT_NE(out.find("'output.dir' " + (dir / "afile/out").string() + ": " + (dir / "afile").string() +
+                     " is a file"), std::string::npos) << out;
+  EXPECT_EQ(out.find("calibration windows x"), std::string::npos) << out;  // before the scoring began
   fs::remove_all(dir);
 }
 

@@ -46,7 +46,9 @@ TEST(Owl, EqualRatiosAndClampAndErrors) {
   // All blocks alike: the reference divides by zero; every block gets the target.
   for (const double x : owl_sparsities({2, 2, 2}, 0.5, 0.08)) EXPECT_NEAR(x, 0.5, kTol);
   // S_l <= 0 becomes 0.01 (the reference's clamp): S = 0.05, λ = 0.2 gives block 3 −0.15.
-  const auto s = owl_sparsities({1, 2, 3, 4}, 0.05, 0.2);
+  std::vector<std::size_t> clamped;
+  const auto s = owl_sparsities({1, 2, 3, 4}, 0.05, 0.2, "allocation.owl_lambda", &clamped);
+  EXPECT_EQ(clamped, (std::vector<std::size_t>{2, 3}));
   EXPECT_NEAR(s[0], 0.25, kTol);
   EXPECT_NEAR(s[3], 0.01, kTol);
   // A block at sparsity >= 1 is an error naming the key.

@@ -30,9 +30,10 @@ class OutlierCounter {
 // OWL, unstructured: r_l = (D_l − min D)/(max D − min D)·2λ; sparsity S_l = 1 − (r_l − mean r +
 // (1 − S)), and S_l <= 0 becomes 0.01 (the reference's clamp). All blocks equal (max D = min D,
 // where the reference divides by zero): every block gets S. Input Error naming `key` when a
-// block's sparsity reaches 1.
+// block's sparsity reaches 1. `clamped` (when given) gets the blocks the clamp raised.
 std::vector<double> owl_sparsities(const std::vector<double>& outlier_ratio, double sparsity, double lambda,
-                                   const std::string& key = "allocation.owl_lambda");
+                                   const std::string& key = "allocation.owl_lambda",
+                                   std::vector<std::size_t>* clamped = nullptr);
 
 // OWL, N:M (prune_wanda_outlier_structure): r_l = (D_l − min D)/(max D − min D)·λ, λ counting
 // weights per group; N_l = n − round(r_l − mean r) (round half to even, as numpy). Input Error
