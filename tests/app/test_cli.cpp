@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -201,6 +202,43 @@ TEST(Cli, AMissingTextWritesNothing) {
                        {"/nonexistent/held.txt"});
   EXPECT_FALSE(fs::exists(d / "out"));
   fs::remove_all(d);
+}
+
+// The metrics file gets whole records or an error: a full disk or a file-size limit exits 3 naming
+// the file, with no half record left (it used to exit 0 and leave a cut line); a run that fails
+// before its first record leaves no empty metrics file behind.
+TEST(Cli, MetricsRecordsAreWholeOrTheRunFails) {
+  NEED_SHARED();
+  const auto d = temp_dir("metrics_io");
+  const auto full = run(kBin + " eval --model " + (kShared / "models/opt-mini").string() + " --text " + heldout() +
+                        " eval.max_windows=1 eval.seqlen=64 threads=1 output.metrics=/dev/full");
+  EXPECT_EQ(full.code, 3) << full.out;
+  EXPECT_NE(full.out.find("/dev/full: cannot write the metrics record (eval): No space left on device"),
+            std::string::npos) << full.out;
+  const std::string before(901, 'x');
+  std::ofstream(d / "metrics.jsonl") << before;
+  const auto limited = run("bash -c 'ulimit -f 1; " + eval_cmd(kShared / "models/opt-mini", heldout(),
+                                                               "output.dir=" + d.string() + " output.metrics=metrics.jsonl") + "'");
+  EXPECT_EQ(limited.code, 3) << limited.out;
+  EXPECT_NE(limited.out.find("File too large"), std::string::npos) << limited.out;
+  std::ifstream in(d / "metrics.jsonl");
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(in)), {}), before);  // cut back to where it was
+  // A model whose weights are NaN: the evaluation fails (exit 3) before any record.
+  const auto nan = copy_model("nan");
+  auto f = scalpel::io::SafetensorsFile::open(kShared / "models/opt-mini/model.safetensors");
+  std::vector<std::pair<std::string, scalpel::Tensor>> tensors;
+  for (const auto& t : f->header().tensors) {
+    scalpel::Tensor v = f->view(t.name).clone();
+    if (t.name == "model.decoder.layers.1.fc1.weight") std::memset(v.raw(), 0xff, v.nbytes());  // NaN in any float
+    tensors.emplace_back(t.name, v);
+  }
+  scalpel::io::write_safetensors(nan / "model.safetensors", tensors);
+  const auto r = run(eval_cmd(nan, heldout(), "output.dir=" + (d / "nan").string() + " output.metrics=metrics.jsonl"));
+  EXPECT_EQ(r.code, 3) << r.out;
+  EXPECT_NE(r.out.find("non-finite"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(d / "nan/metrics.jsonl"));
+  fs::remove_all(d);
+  fs::remove_all(nan);
 }
 
 TEST(Cli, MissingModelFolder) {

@@ -264,9 +264,17 @@ TEST(SurgeonCli, ASecondWriterIsRefusedAndAnUncreatableFolderNamed) {
   EXPECT_FALSE(fs::exists(dir / "model"));
   ::close(fd);  // released: the same run now goes through (a lock file alone is no foreign state)
   EXPECT_EQ(run_to_end(surgeon_args(dir, "opt-mini", {"prune.sparsity=0.3", "surgeon.shots=1"})), 0);
+  // An output.dir under a file is a setting no run can use: refused first, naming the key.
   const auto blocked = dir / "a_file";
   std::ofstream(blocked) << "x";
-  const auto cannot = run(shell_command(surgeon_args(blocked / "sub", "opt-mini", {"surgeon.shots=1"})));
+  const auto under = run(shell_command(surgeon_args(blocked / "sub", "opt-mini", {"surgeon.shots=1"})));
+  EXPECT_EQ(under.code, 2) << under.out;
+  EXPECT_NE(under.out.find("'output.dir'"), std::string::npos) << under.out;
+  // The checkpoint folder's own path taken by a file: I/O (exit 3) naming it.
+  const auto taken = dir / "taken";
+  fs::create_directories(taken);
+  std::ofstream(taken / "ckpt") << "x";
+  const auto cannot = run(shell_command(surgeon_args(taken, "opt-mini", {"surgeon.shots=1"})));
   EXPECT_EQ(cannot.code, 3) << cannot.out;
   EXPECT_NE(cannot.out.find("cannot create the checkpoint folder"), std::string::npos) << cannot.out;
   fs::remove_all(dir);

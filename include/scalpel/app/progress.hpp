@@ -1,7 +1,6 @@
 // Progress lines with rate and ETA for long work (rank 0 prints), and the JSON-lines metrics file.
 #pragma once
 #include <cstdint>
-#include <fstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -31,15 +30,29 @@ class Progress {
   double last_ = 0;
 };
 
+// The JSON-lines metrics file: one record per line, appended whole or not at all.
 class Metrics {
  public:
   Metrics() = default;
-  // Appends to `path` (created with its folder); empty path: a sink that drops records.
+  // Appends to `path` (created with its folder; runtime Error naming it when it cannot be
+  // opened); empty path: a sink that drops records.
   explicit Metrics(const std::string& path);
-  void write(nlohmann::json record);  // adds "time" (UTC ISO 8601)
+  Metrics(Metrics&& o) noexcept;
+  Metrics& operator=(Metrics&& o) noexcept;
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+  // A file this object created and never wrote to is removed (a run that failed before its first
+  // record leaves no empty metrics file).
+  ~Metrics();
+  // Adds "time" (UTC ISO 8601) and appends the record as one line. A failed write (a full disk, a
+  // file-size limit) cuts the file back to its previous end and is a runtime Error naming it.
+  void write(nlohmann::json record);
 
  private:
-  std::ofstream out_;
+  void close();
+  std::string path_;
+  int fd_ = -1;
+  bool created_ = false, written_ = false;
 };
 
 }  // namespace scalpel::app
