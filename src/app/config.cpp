@@ -35,7 +35,11 @@ class MapReader {
     used_.insert(k);
     if (!node_ || !node_.IsMap()) return;
     const YAML::Node v = node_[k];
-    if (!v || v.IsNull()) return;
+    if (!v) return;
+    // "dir:" with nothing after it: a value forgotten, not the default asked for.
+    if (v.IsNull())
+      SCALPEL_INPUT_ERROR("{}: '{}' has no value (YAML null); give one, or leave the key out for its default",
+                          source_, key(k));
     if (!v.IsScalar())
       SCALPEL_INPUT_ERROR("{}: '{}' must be a scalar, got a {}", source_, key(k), v.IsMap() ? "mapping" : "list");
     long long integer = 0;  // range-checked below, outside the conversion's catch
@@ -82,7 +86,10 @@ class MapReader {
     if (!node_ || !node_.IsMap()) return;
     std::set<std::string> seen;
     for (const auto& kv : node_) {
-      const auto k = kv.first.as<std::string>();
+      if (!kv.first.IsScalar())
+        SCALPEL_INPUT_ERROR("{}: line {}: a key of '{}' is a {}, not a name", source_, kv.first.Mark().line + 1,
+                            path_.empty() ? "<top>" : path_, kv.first.IsMap() ? "mapping" : "list");
+      const auto k = kv.first.Scalar();
       if (!used_.count(k)) SCALPEL_INPUT_ERROR("{}: unknown key '{}'", source_, key(k));
       if (!seen.insert(k).second)
         SCALPEL_INPUT_ERROR("{}: key '{}' is given twice; keep one", source_, key(k));

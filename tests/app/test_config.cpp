@@ -123,6 +123,16 @@ TEST(Config, SurgeonIdentityCountsOnlyWhatTheSurgeonReads) {
             app::prune_config_hash(app::load_config("", {}), ids));
 }
 
+// A key that is not a name (a list or mapping as a key) was a yaml-cpp conversion error, exit 4;
+// a key with no value kept the default silently ("dir:" with the value forgotten).
+TEST(Config, KeysThatAreNotNamesAndKeysWithoutValuesAreInputErrors) {
+  EXPECT_NE(error_of("model: x\n[1, 2]: y\n").find("line 2: a key of '<top>' is a list, not a name"),
+            std::string::npos);
+  EXPECT_NE(error_of("prune:\n  {a: 1}: 2\n").find("a key of 'prune' is a mapping, not a name"), std::string::npos);
+  EXPECT_NE(error_of("output:\n  dir:\n").find("'output.dir' has no value (YAML null)"), std::string::npos);
+  EXPECT_NE(error_of("prune: {sparsity: ~}\n").find("'prune.sparsity' has no value"), std::string::npos);
+}
+
 TEST(Config, UnknownKeysNameTheirPath) {
   EXPECT_NE(error_of("modle: x\n").find("unknown key 'modle'"), std::string::npos);
   EXPECT_NE(error_of("eval: {seqlen: 8, batchsize: 2}\n").find("unknown key 'eval.batchsize'"), std::string::npos);
