@@ -69,6 +69,7 @@
 #include "scalpel/prune/split_factor.hpp"
 #include "factor_share.hpp"
 #include "plan_common.hpp"
+#include "run_common.hpp"
 
 namespace fs = std::filesystem;
 
@@ -216,6 +217,7 @@ PlanModel load_plan_model(const std::string& folder) {
   // Stored sizes from the safetensors headers when the weights are there (headers only).
   if (fs::exists(dir / "model.safetensors") || fs::exists(dir / "model.safetensors.index.json")) {
     const io::HfCheckpoint ck(dir);
+    check_layer_tensors(ck, pm.spec);  // a plan of weights config.json does not describe is no plan
     auto add = [&](const std::vector<TensorRef>& ts) {
       for (const auto& t : ts) {
         const auto stored = ck.resolve(t.name);

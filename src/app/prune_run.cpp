@@ -707,6 +707,7 @@ struct PruneSession {
     if (grid.stages > spec.layers)
       SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
                           c.model);
+    check_layer_tensors(*src, spec);
     // The plan's memory model decides before any work whether the job fits (the same check as
     // `scalpel plan`, which prints the terms).
     if (c.parallel.memory_gb > 0) check_plan_fits(plan_of_job(c, w.size()), c);

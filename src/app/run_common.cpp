@@ -104,6 +104,19 @@ void check_surgeon_nm(const std::vector<model::LinearGroup>& groups, std::int64_
                             "with prune.targets", n, m, lin.in, lin.name);
 }
 
+void check_layer_tensors(const io::HfCheckpoint& src, const model::ModelSpec& spec) {
+  for (std::int64_t l = 0; l < spec.layers; ++l)
+    for (const auto& [name, shape] : spec.layer_tensors(l)) {
+      const auto& info = src.info(name);  // names the folder and the tensor when it is missing
+      if (info.shape != shape)
+        SCALPEL_INPUT_ERROR("{}: tensor '{}' has shape {}, but config.json implies {}", src.folder().string(), name,
+                            nlohmann::json(info.shape).dump(), nlohmann::json(shape).dump());
+      if (info.dtype != DType::f32 && info.dtype != DType::f16 && info.dtype != DType::bf16 && info.dtype != DType::f64)
+        SCALPEL_INPUT_ERROR("{}: tensor '{}' has dtype {}, expected a float type", src.folder().string(), name,
+                            dtype_name(info.dtype));
+    }
+}
+
 nlohmann::json plan_of_job(const Config& cfg, int world) {
   const auto pm = load_plan_model(cfg.model);
   PlanInput pin;

@@ -51,6 +51,11 @@ std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>
 // target's input width (an input error naming the linear; the run and its plan check alike).
 void check_surgeon_nm(const std::vector<model::LinearGroup>& groups, std::int64_t n, std::int64_t m);
 
+// Every decoder layer's tensors present in `src` with the shape config.json implies and a float
+// dtype, from the headers alone (no weight is read): an input Error naming the tensor before any
+// work, where the run would otherwise meet it at that layer, hours in.
+void check_layer_tensors(const io::HfCheckpoint& src, const model::ModelSpec& spec);
+
 // `scalpel plan`'s figures for this job (cfg.model's config.json and tensor sizes, `world` ranks):
 // the layer-wise plan, or LLM Surgeon's for prune.method: surgeon.
 nlohmann::json plan_of_job(const Config& cfg, int world);

@@ -74,11 +74,7 @@ std::shared_ptr<const LayerWeights> Model::layer_weights(std::int64_t layer) {
   };
   auto w = std::make_shared<LayerWeights>();
   const auto prefix = spec_.layer_prefix(layer);
-  for (const auto& l : spec_.linears()) {
-    w->tensors[l.name + ".weight"] = get(prefix + l.name + ".weight", {l.out, l.in});
-    if (l.bias) w->tensors[l.name + ".bias"] = get(prefix + l.name + ".bias", {l.out});
-  }
-  for (const auto& n : spec_.layer_norm_tensors()) w->tensors[n] = get(prefix + n, {spec_.hidden});
+  for (const auto& [name, shape] : spec_.layer_tensors(layer)) w->tensors[name.substr(prefix.size())] = get(name, shape);
   if (cached_bytes_ + w->bytes() <= cache_bytes_) {
     cached_bytes_ += w->bytes();
     layers_[layer] = w;
@@ -89,12 +85,7 @@ std::shared_ptr<const LayerWeights> Model::layer_weights(std::int64_t layer) {
 void Model::prefetch(std::int64_t layer) {
   if (layer < 0 || layer >= spec_.layers || layers_.count(layer) || prefetched_.count(layer)) return;
   std::vector<std::string> names;
-  const auto prefix = spec_.layer_prefix(layer);
-  for (const auto& l : spec_.linears()) {
-    names.push_back(prefix + l.name + ".weight");
-    if (l.bias) names.push_back(prefix + l.name + ".bias");
-  }
-  for (const auto& n : spec_.layer_norm_tensors()) names.push_back(prefix + n);
+  for (const auto& t : spec_.layer_tensors(layer)) names.push_back(t.first);
   if (!uploader_) uploader_ = be_.make_uploader();
   prefetched_[layer] = std::async(std::launch::async, [source = source_, uploader = uploader_, names] {
     std::vector<Tensor> stored;

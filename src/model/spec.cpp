@@ -175,6 +175,17 @@ std::vector<std::string> ModelSpec::layer_norm_tensors() const {
   return {"input_layernorm.weight", "post_attention_layernorm.weight"};
 }
 
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> ModelSpec::layer_tensors(std::int64_t layer) const {
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> out;
+  const auto prefix = layer_prefix(layer);
+  for (const auto& l : linears()) {
+    out.push_back({prefix + l.name + ".weight", {l.out, l.in}});
+    if (l.bias) out.push_back({prefix + l.name + ".bias", {l.out}});
+  }
+  for (const auto& n : layer_norm_tensors()) out.push_back({prefix + n, {hidden}});
+  return out;
+}
+
 std::string ModelSpec::embed_tokens_name() const {
   return family == Family::opt ? "model.decoder.embed_tokens.weight" : "model.embed_tokens.weight";
 }

@@ -263,6 +263,44 @@ TEST(Cli, MissingTensor) {
   expect_clean_failure(run(eval_cmd(d, heldout())), {"model.decoder.layers.2.fc1.weight"});
 }
 
+// prune, LLM Surgeon, depth and plan check every layer's tensors (present, shaped as config.json says,
+// a float type) from the headers before any work: a missing tensor of layer 2 or a transposed one
+// of layer 1 used to surface only when the prune reached that layer, after committing the others.
+TEST(Cli, PruneAndDepthCheckEveryLayersTensorsFirst) {
+  NEED_SHARED();
+  auto f = scalpel::io::SafetensorsFile::open(kShared / "models/opt-mini/model.safetensors");
+  const auto missing = copy_model("pre_missing"), transposed = copy_model("pre_transposed");
+  std::vector<std::pair<std::string, scalpel::Tensor>> keep, turned;
+  for (const auto& t : f->header().tensors) {
+    if (t.name != "model.decoder.layers.2.fc1.weight") keep.emplace_back(t.name, f->view(t.name));
+    scalpel::Tensor v = f->view(t.name).clone();
+    if (t.name == "model.decoder.layers.1.fc1.weight") v = v.reshape({v.size(1), v.size(0)});
+    turned.emplace_back(t.name, v);
+  }
+  scalpel::io::write_safetensors(missing / "model.safetensors", keep);
+  scalpel::io::write_safetensors(transposed / "model.safetensors", turned);
+  const std::string calib = " calibration.path=" + (kShared / "data/corpus/calib.txt").string() +
+                            " calibration.nsamples=4 calibration.seqlen=64 threads=1 output.dir=";
+  const auto d = temp_dir("pre_out");
+  for (const auto& [model, says] : std::vector<std::pair<fs::path, std::string>>{
+           {missing, "tensor 'model.decoder.layers.2.fc1.weight' not found"},
+           {transposed, "'model.decoder.layers.1.fc1.weight' has shape [256,1024], but config.json implies [1024,256]"}})
+    for (const std::string& cmd : {"prune --model " + model.string() + " prune.method=magnitude",
+                                  "prune --model " + model.string() + " prune.method=surgeon surgeon.shots=1",
+                                  "depth --model " + model.string() + " depth.criterion=bi"}) {
+      const auto out = d / std::to_string(std::hash<std::string>{}(cmd));
+      const auto r = run(kBin + " " + cmd + calib + out.string());
+      expect_clean_failure(r, {says});
+      EXPECT_EQ(r.out.find("committed"), std::string::npos) << cmd << "\n" << r.out;  // before the first layer
+      EXPECT_FALSE(fs::exists(out / "model")) << cmd;
+    }
+  // `scalpel plan` reads the same headers for the stored sizes: it refuses the same way.
+  expect_clean_failure(run(kBin + " plan --model " + transposed.string()), {"has shape [256,1024]"});
+  fs::remove_all(d);
+  fs::remove_all(missing);
+  fs::remove_all(transposed);
+}
+
 TEST(Cli, UnknownModelType) {
   NEED_SHARED();
   const auto d = copy_model("mtype");

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -56,6 +57,9 @@ struct ModelSpec {
   std::vector<LinearGroup> linear_groups(const std::vector<std::string>& globs, const std::string& what) const;
   // Every non-linear tensor a layer stores (norm weights/biases), relative names.
   std::vector<std::string> layer_norm_tensors() const;
+  // Every tensor of layer `layer` the model reads, full names with the shape config.json implies:
+  // the linears' weights [out, in] and biases [out], then the norms [hidden].
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> layer_tensors(std::int64_t layer) const;
   std::string embed_tokens_name() const;
   std::string final_norm_prefix() const;               // "model.decoder.final_layer_norm"
   std::string lm_head_name() const;                    // "lm_head.weight" or the tied embedding
