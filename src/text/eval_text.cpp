@@ -18,7 +18,7 @@ constexpr std::size_t kC4Documents = 1100;  // valdata[:1100] in get_c4 / get_c4
 
 // The datasets read the files as Python str (UTF-8, strict): invalid bytes are an input error.
 std::string read_utf8(const fs::path& path) {
-  std::string text = detail::read_file(path);
+  std::string text = detail::read_input_file(path);
   if (text.size() >= 2 && static_cast<unsigned char>(text[0]) == 0x1F &&
       static_cast<unsigned char>(text[1]) == 0x8B)
     SCALPEL_INPUT_ERROR("{}: file is gzip-compressed; decompress it first (gunzip)", path.string());

@@ -3,6 +3,8 @@
 #include "hf_files.hpp"
 
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include "scalpel/core/error.hpp"
@@ -20,6 +22,19 @@ std::string read_file(const fs::path& path) {
   ss << in.rdbuf();
   if (in.bad()) SCALPEL_INPUT_ERROR("{}: read error", path.string());
   return std::move(ss).str();
+}
+
+std::string read_input_file(const fs::path& path) {
+  std::error_code ec;
+  const auto st = fs::status(path, ec);
+  if (ec || fs::is_regular_file(st) || fs::is_directory(st)) return read_file(path);  // errors named there
+  // A pipe, a FIFO, /dev/stdin: what the first read got, for every later one.
+  static std::mutex mu;
+  static std::map<std::string, std::string> once;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = path.string();
+  if (auto it = once.find(key); it != once.end()) return it->second;
+  return once.emplace(key, read_file(path)).first->second;
 }
 
 nlohmann::json parse_json(const std::string& text, const fs::path& path) {

@@ -18,6 +18,10 @@ namespace fs = std::filesystem;
 
 // Whole file as bytes; input Error naming it when missing or unreadable.
 std::string read_file(const fs::path& path);
+// The same for an evaluation text or task file, which a run reads more than once (its check
+// before any work, then its evaluation): a file that is not a regular file (a pipe, a FIFO,
+// /dev/stdin, <(...)) is read once per process and its bytes kept for the later reads.
+std::string read_input_file(const fs::path& path);
 
 // Parses JSON text read from `path`; input Error with the parser's position on failure.
 nlohmann::json parse_json(const std::string& text, const fs::path& path);

@@ -354,7 +354,7 @@ const TaskPreset& task_preset(const std::string& name) {
 
 std::vector<TaskDoc> load_task_docs(const TaskPreset& preset, const fs::path& path, std::int64_t max_items) {
   const std::string file = path.string();
-  const std::string bytes = detail::read_file(path);
+  const std::string bytes = detail::read_input_file(path);
   const DocFn fn = doc_function(preset.name);
   std::vector<TaskDoc> docs;
   std::int64_t line = 0;

@@ -355,6 +355,20 @@ std::string task_cmd(const std::string& model, const std::string& tasks, const s
 
 std::string everyday() { return (fs::path(SCALPEL_SOURCE_DIR) / "tests/data/tasks/everyday_mc.jsonl").string(); }
 
+// A task or text file that is a pipe (/dev/stdin, a shell's <(...)) is read once: the check before
+// the evaluation used to consume it, and the evaluation then found it empty ("no items").
+TEST(Cli, PipedTaskAndTextFilesAreReadOnce) {
+  NEED_SHARED();
+  const auto task = run("head -n 5 " + everyday() + " | " + task_cmd("opt-mini", "--task mc:/dev/stdin", "output.metrics="));
+  ASSERT_EQ(task.code, 0) << task.out;
+  EXPECT_NE(task.out.find("; 5 items;"), std::string::npos) << task.out;
+  const auto text = run("bash -c \"" + kBin + " eval --model " + (kShared / "models/opt-mini").string() +
+                        " --text text:<(cat " + (kShared / "data/corpus/heldout.txt").string() +
+                        ") eval.max_windows=1 eval.seqlen=64 threads=1 output.metrics=\"");
+  ASSERT_EQ(text.code, 0) << text.out;
+  EXPECT_NE(text.out.find("text: ppl "), std::string::npos) << text.out;
+}
+
 TEST(Cli, TaskLineAndMetricsRecord) {
   NEED_SHARED();
   const auto d = temp_dir("task_ok");
