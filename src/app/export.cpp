@@ -113,23 +113,60 @@ bool is_export_file(const std::string& name) {
 
 }  // namespace
 
+namespace {
+
+// The first entry of `dir` that no export writes ("" when none).
+std::string foreign_entry(const fs::path& dir, const fs::path& out) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (!e.is_regular_file() || !is_export_file(e.path().filename().string())) return e.path().filename().string();
+  if (ec) SCALPEL_INPUT_ERROR("export to {}: cannot list {}: {}", out.string(), dir.string(), ec.message());
+  return "";
+}
+
+// The export's temporary folder beside `out` (removed before the export starts): absent, or a
+// leftover of an earlier export holding export files only.
+void check_export_scratch(const fs::path& out) {
+  fs::path o = out;
+  while (!o.has_filename() && o.has_relative_path()) o = o.parent_path();
+  const fs::path tmp = o.string() + ".tmp-export";
+  std::error_code ec;
+  const auto st = fs::symlink_status(tmp, ec);
+  if (ec || !fs::exists(st)) return;
+  const std::string what = fs::is_directory(st) ? foreign_entry(tmp, out) : tmp.filename().string();
+  if (!what.empty())
+    SCALPEL_INPUT_ERROR("export to {}: {} holds '{}', which no export writes; the export removes that folder before "
+                        "writing (it is where an interrupted export left its files): move what you keep out of it",
+                        out.string(), tmp.string(), what);
+}
+
+}  // namespace
+
 void check_export_target(const fs::path& out, const fs::path& source_model) {
   if (out.empty()) SCALPEL_INPUT_ERROR("export: the output folder's path is empty; name the folder to write");
+  check_export_scratch(out);
   std::error_code ec;
   const auto status = fs::status(out, ec);  // a link to a folder is judged by the folder
-  if (ec || !fs::exists(status)) return;
+  if (ec || !fs::exists(status)) {
+    // Created later: the nearest of its parents that exists must be a folder.
+    for (fs::path p = out.parent_path(); !p.empty(); p = p.parent_path()) {
+      if (fs::exists(p, ec)) {
+        if (!fs::is_directory(p, ec))
+          SCALPEL_INPUT_ERROR("export to {}: {} is a file, not a folder", out.string(), p.string());
+        break;
+      }
+      if (p == p.parent_path()) break;
+    }
+    return;
+  }
   if (!fs::is_directory(status))
     SCALPEL_INPUT_ERROR("export to {}: it is a file, not a folder; nothing was replaced", out.string());
   if (fs::weakly_canonical(out, ec) == fs::weakly_canonical(source_model, ec))
     SCALPEL_INPUT_ERROR("export to {}: it is the source model's folder; choose another one", out.string());
-  for (const auto& e : fs::directory_iterator(out, ec)) {
-    const auto name = e.path().filename().string();
-    if (!e.is_regular_file() || !is_export_file(name))
-      SCALPEL_INPUT_ERROR("export to {}: the folder holds '{}', which no export writes (a checkpoint, a run folder or "
-                          "other files?); scalpel replaces only an earlier export: choose a new or empty folder",
-                          out.string(), name);
-  }
-  if (ec) SCALPEL_INPUT_ERROR("export to {}: cannot list the folder: {}", out.string(), ec.message());
+  if (const auto name = foreign_entry(out, out); !name.empty())
+    SCALPEL_INPUT_ERROR("export to {}: the folder holds '{}', which no export writes (a checkpoint, a run folder or "
+                        "other files?); scalpel replaces only an earlier export: choose a new or empty folder",
+                        out.string(), name);
 }
 
 void check_export_folder(const Config& cfg) {

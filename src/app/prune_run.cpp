@@ -535,6 +535,11 @@ int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& pla
                         req.checkpoint, ckpt.committed_count(), ckpt.num_layers());
   const std::string model =
       req.model.empty() ? ckpt.manifest().at("model").at("name").get<std::string>() : req.model;
+  // The manifest holds the model's path as the prune was given it (relative to where it ran).
+  std::error_code ec;
+  if (req.model.empty() && !fs::is_directory(model, ec))
+    SCALPEL_INPUT_ERROR("checkpoint {}: its model '{}' (the path the prune was given, relative to the folder it ran "
+                        "in) is not a folder from here; name it with --model", req.checkpoint, model);
   const io::HfCheckpoint src(model);
   if (io::model_fingerprint(model) != ckpt.manifest().at("model").at("fingerprint").get<std::string>())
     SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {} (fingerprints differ)", req.checkpoint,

@@ -444,6 +444,25 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_TRUE(fs::exists(dir / "ckpt/manifest.json"));
   EXPECT_TRUE(fs::exists(dir / "metrics.jsonl"));
   EXPECT_EQ(read_bytes(file).size(), 7u);
+  // A folder under a file is bad input (it was exit 3 naming the temporary folder), and a
+  // temporary folder holding the user's files is not removed (it was, silently).
+  const auto under = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out", (file / "x").string()});
+  EXPECT_NE(under.find("exit=2"), std::string::npos) << under;
+  EXPECT_NE(under.find(file.string() + " is a file, not a folder"), std::string::npos) << under;
+  fs::create_directories(dir / "exp9.tmp-export");
+  std::ofstream(dir / "exp9.tmp-export/important.txt") << "precious";
+  const auto scratch = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",
+                                    (dir / "exp9").string()});
+  EXPECT_NE(scratch.find("exit=2"), std::string::npos) << scratch;
+  EXPECT_NE(scratch.find("holds 'important.txt'"), std::string::npos) << scratch;
+  EXPECT_EQ(read_bytes(dir / "exp9.tmp-export/important.txt"), "precious");
+  EXPECT_FALSE(fs::exists(dir / "exp9"));
+  fs::remove(dir / "exp9.tmp-export/important.txt");
+  std::ofstream(dir / "exp9.tmp-export/model.safetensors") << "half";  // an interrupted export's leftover
+  const auto leftover = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",
+                                     (dir / "exp9").string()});
+  EXPECT_NE(leftover.find("exit=0"), std::string::npos) << leftover;
+  EXPECT_FALSE(fs::exists(dir / "exp9.tmp-export"));
   // An output.dir that is a file: an input error before anything runs.
   const auto as_dir = run_capture(prune_args(file, "opt-mini", {"prune.method=magnitude"}));
   EXPECT_NE(as_dir.find("exit=2"), std::string::npos) << as_dir;
@@ -484,6 +503,18 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   const auto rerun_slash = run_capture(prune_args(dir, "opt-mini", {"prune.method=magnitude", "output.export=model/"}));
   EXPECT_NE(rerun_slash.find("exit=0"), std::string::npos) << rerun_slash;
   EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), read_bytes(dir / "exp2/model.safetensors"));
+  // The manifest keeps the model path as given ("opt-mini", from the models folder): exported
+  // from elsewhere, the message says where the path came from and how to name the model.
+  const auto rel = dir / "relative";
+  const auto made = run("cd " + (kShared / "models").string() + " && " + kBin + " prune --model opt-mini " +
+                        "prune.method=magnitude calibration.path=" + (kShared / "data/corpus/calib.txt").string() +
+                        " calibration.nsamples=4 calibration.seqlen=64 output.export= output.dir=" + rel.string());
+  ASSERT_EQ(made.code, 0) << made.out;
+  const auto away = run("cd / && " + kBin + " export --checkpoint " + (rel / "ckpt").string() + " --out " +
+                        (rel / "exp").string());
+  EXPECT_EQ(away.code, 2) << away.out;
+  EXPECT_NE(away.out.find("its model 'opt-mini' (the path the prune was given"), std::string::npos) << away.out;
+  EXPECT_NE(away.out.find("--model"), std::string::npos) << away.out;
   fs::remove_all(dir);
   fs::remove_all(partial);
 }
