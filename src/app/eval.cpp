@@ -277,6 +277,7 @@ namespace {
 // first) must not be the input text or a folder: refused before anything is written.
 void check_tokenize_output(const std::filesystem::path& out, const std::string& input) {
   const std::string o = out.string();
+  if (o.empty()) SCALPEL_INPUT_ERROR("--output: the path is empty; name the file to write");
   for (const auto& f : {o, o + ".tmp", o + ".json", o + ".json.tmp"}) {
     std::error_code ec;
     if (std::filesystem::is_directory(f, ec))

@@ -60,21 +60,26 @@ struct Item {
   // harness would only warn and score the item 0.
   int label(const char* name, std::size_t choices, bool rendered = false) const {
     const json& v = field(name);
+    constexpr long long kHuge = std::numeric_limits<long long>::max();  // past every choice count
     long long x = -1;
     const std::string s = v.is_string() ? v.get<std::string>() : "";
-    if (v.is_number_integer()) {
+    if (v.is_number_unsigned()) {
+      x = v.get<unsigned long long>() > static_cast<unsigned long long>(kHuge) ? kHuge : v.get<long long>();
+    } else if (v.is_number_integer()) {
       x = v.get<long long>();
     } else if (v.is_boolean()) {
       x = v.get<bool>() ? 1 : 0;
-    } else if (rendered && !s.empty() && s.size() < 10 && s.find_first_not_of("0123456789") == std::string::npos &&
-               (s == "0" || s[0] != '0')) {
-      x = std::stoll(s);
+    } else if (rendered && !s.empty() && s.find_first_not_of("0123456789") == std::string::npos) {
+      if (s.size() > 1 && s[0] == '0')
+        fail(fmt::format("field '{}' is {}: digits with a leading zero, which Python's literal_eval (how the harness "
+                         "reads it) refuses", name, v.dump()));
+      x = s.size() < 10 ? std::stoll(s) : kHuge;
     } else {
       fail(fmt::format("field '{}' must be {}, got {}", name,
                        rendered ? "an integer or a string of digits" : "an integer label", v.dump()));
     }
     if (x < 0 || x >= static_cast<long long>(choices))
-      fail(fmt::format("field '{}' is {}, out of range for {} choices", name, x, choices));
+      fail(fmt::format("field '{}' is {}, out of range for {} choices", name, v.dump(), choices));
     return static_cast<int>(x);
   }
   // choices.label.index(key): ARC and OpenBookQA name the answer by its label ("A", "1", ...).

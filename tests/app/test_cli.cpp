@@ -145,6 +145,11 @@ TEST(Cli, TokenizeWritesInt32IdsAndCount) {
   EXPECT_EQ(to_dir.code, 2) << to_dir.out;
   EXPECT_NE(to_dir.out.find("is a folder"), std::string::npos) << to_dir.out;
   EXPECT_FALSE(fs::exists(d.string() + ".tmp"));
+  // An empty --output is bad input (it was an I/O error about renaming ".tmp").
+  const auto empty = run(kBin + " tokenize --model " + (kShared / "models/opt-mini").string() + " --input " +
+                         (kShared / "data/corpus/calib.txt").string() + " --output ''");
+  EXPECT_EQ(empty.code, 2) << empty.out;
+  EXPECT_NE(empty.out.find("--output: the path is empty"), std::string::npos) << empty.out;
   // --output naming the --input text (here by another spelling) would replace the text by its ids.
   const auto text = d / "text.txt";
   fs::copy_file(kShared / "data/corpus/calib.txt", text);

@@ -139,7 +139,13 @@ TEST(TaskPresets, BadItemsNameFileLineAndField) {
   // rendered label takes digits but not a leading zero (literal_eval refuses "01").
   bad("piqa", R"({"goal": "g", "sol1": "a", "sol2": "b", "label": "1"})", {"'label'", "integer"});
   bad("hellaswag", R"({"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": ["x", "y"], "label": "01"})",
-      {"'label'"});
+      {"'label'", "leading zero"});
+  // Values past any integer type are quoted as written, and out of range (it said -1).
+  bad("hellaswag",
+      R"({"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": ["x", "y"], "label": "99999999999999999999"})",
+      {"'label' is \"99999999999999999999\", out of range for 2 choices"});
+  bad("mc", R"({"context": "c", "choices": ["a", "b"], "label": 18446744073709551615})",
+      {"'label' is 18446744073709551615, out of range"});
   bad("boolq", R"({"passage": "p", "question": "q", "answer": true})", {"'label'", "missing"});
   expect_input_error([&] { (void)task_preset("mmlu"); }, {"mmlu", "piqa", "lambada"});
   expect_input_error([&] { (void)load_task_docs(task_preset("mc"), d / "absent.jsonl"); }, {"absent.jsonl"});
