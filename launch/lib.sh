@@ -41,11 +41,34 @@ scalpel_parse_np() {
   esac
 }
 
-# Positive integer check for an environment variable's value.
+# Positive integer check for a value (NAME names it in the message): digits only, not zero, at
+# most 9 digits (arithmetic beyond that overflows).
 scalpel_need_int() {  # NAME VALUE
   case "$2" in
-    '' | *[!0-9]* | 0) scalpel_log "$1 must be a positive integer (got '$2')"; exit 2 ;;
+    '' | *[!0-9]*) scalpel_log "$1 must be a positive integer (got '$2')"; exit 2 ;;
   esac
+  if [ "${#2}" -gt 9 ] || [ $((10#$2)) -eq 0 ]; then
+    scalpel_log "$1 must be a positive integer below 10^9 (got '$2')"
+    exit 2
+  fi
+}
+
+# Checks the variable named VAR with scalpel_need_int and rewrites it in plain decimal: bash
+# arithmetic reads "08" as a bad octal number and "010" as 8, where mpirun and srun read 10.
+scalpel_int_var() {  # VAR LABEL
+  scalpel_need_int "$2" "${!1}"
+  printf -v "$1" '%d' "$((10#${!1}))"
+}
+
+# The scalpel command word of ARGS (the first word not an option; --log-level takes a value).
+scalpel_command_word() {  # ARGS...
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --log-level) shift 2 || return 0 ;;
+      -*) shift ;;
+      *) echo "$1"; return 0 ;;
+    esac
+  done
 }
 
 # SCALPEL_THREADS, when set: OMP_NUM_THREADS and OPENBLAS_NUM_THREADS for every rank, and
@@ -56,12 +79,12 @@ scalpel_build_command() {  # BIN COMMAND ARGS...
   shift
   SCALPEL_CMD=("$bin" "$@")
   [ -n "${SCALPEL_THREADS:-}" ] || return 0
-  scalpel_need_int SCALPEL_THREADS "$SCALPEL_THREADS"
+  scalpel_int_var SCALPEL_THREADS SCALPEL_THREADS
   export OMP_NUM_THREADS=$SCALPEL_THREADS OPENBLAS_NUM_THREADS=$SCALPEL_THREADS
-  case "${1:-}" in
+  case "$(scalpel_command_word "$@")" in
     eval | prune)
       local a
-      for a in "${@:2}"; do
+      for a in "$@"; do
         case "$a" in threads=*) return 0 ;; esac
       done
       SCALPEL_CMD+=("threads=$SCALPEL_THREADS")

@@ -48,15 +48,17 @@ if [ $# -lt 1 ]; then
   echo "usage: $0 [-n N] <scalpel command> [args...]   (see the header of this script)" >&2
   exit 2
 fi
-scalpel_need_int "number of ranks" "$np"
+scalpel_int_var np "number of ranks"
 
 nodes=${SLURM_JOB_NUM_NODES:-1}
+scalpel_int_var nodes SLURM_JOB_NUM_NODES
 ppn=${SCALPEL_PPN:-$(((np + nodes - 1) / nodes))}
-scalpel_need_int SCALPEL_PPN "$ppn"
+scalpel_int_var ppn SCALPEL_PPN
 [ "$ppn" -gt "$np" ] && ppn=$np
 cores=${SCALPEL_CORES_PER_NODE:-${SLURM_CPUS_ON_NODE:-$(nproc)}}
 cores=${cores%%(*}  # SLURM_CPUS_ON_NODE can read "16(x2)" on heterogeneous allocations
-scalpel_need_int SCALPEL_CORES_PER_NODE "$cores"
+scalpel_int_var cores SCALPEL_CORES_PER_NODE
+[ -n "${SCALPEL_THREADS:-}" ] && scalpel_int_var SCALPEL_THREADS SCALPEL_THREADS
 pe=${SCALPEL_THREADS:-$((cores / ppn))}
 
 bin=$(scalpel_find_bin)

@@ -46,14 +46,18 @@ if [ $# -lt 1 ]; then
   echo "usage: $0 [-n N] <scalpel command> [args...]   (see the header of this script)" >&2
   exit 2
 fi
-scalpel_need_int "number of tasks" "$np"
+scalpel_int_var np "number of tasks"
 
+[ -n "${SCALPEL_THREADS:-}" ] && scalpel_int_var SCALPEL_THREADS SCALPEL_THREADS
 cpt=${SCALPEL_THREADS:-${SLURM_CPUS_PER_TASK:-}}
 if [ -z "$cpt" ] && [ -n "${SLURM_CPUS_ON_NODE:-}" ]; then
   nodes=${SLURM_JOB_NUM_NODES:-1}
+  scalpel_int_var nodes SLURM_JOB_NUM_NODES
   per_node=${SLURM_NTASKS_PER_NODE:-$(((np + nodes - 1) / nodes))}
   per_node=${per_node%%(*}
+  scalpel_int_var per_node SLURM_NTASKS_PER_NODE
   node_cpus=${SLURM_CPUS_ON_NODE%%(*}
+  scalpel_int_var node_cpus SLURM_CPUS_ON_NODE
   cpt=$((node_cpus / per_node))
   [ "$cpt" -ge 1 ] || cpt=1
 fi

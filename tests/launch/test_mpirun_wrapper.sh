@@ -32,6 +32,19 @@ rc=$?
 echo "$out" | grep -q "needs a number of ranks" || fail "-n without a number: $out"
 out=$(SCALPEL_DRY_RUN=1 bash "$WRAP" -n 0 eval 2>&1)
 [ $? = 2 ] || fail "-n 0: want exit 2: $out"
+# Leading zeros are decimal, as mpirun reads them (bash arithmetic took 08 for bad octal and 010
+# for 8); zero nodes and counts past 10^9 are refused with exit 2, not a shell error.
+out=$(SCALPEL_DRY_RUN=1 SCALPEL_CORES_PER_NODE=64 bash "$WRAP" -n 010 prune a 2>&1) || fail "-n 010: exit $?: $out"
+echo "$out" | grep -q -- "mpirun -n 10 --map-by ppr:10:node:PE=6 " || fail "-n 010: $out"
+out=$(SCALPEL_DRY_RUN=1 SCALPEL_THREADS=08 bash "$WRAP" -n 08 prune a 2>&1) || fail "SCALPEL_THREADS=08: exit $?: $out"
+echo "$out" | grep -q -- "mpirun -n 8 .* prune a threads=8" || fail "SCALPEL_THREADS=08 -n 08: $out"
+out=$(SCALPEL_DRY_RUN=1 SLURM_JOB_NUM_NODES=0 bash "$WRAP" -n 2 prune a 2>&1)
+[ $? = 2 ] || fail "SLURM_JOB_NUM_NODES=0: want exit 2: $out"
+out=$(SCALPEL_DRY_RUN=1 bash "$WRAP" -n 999999999999999999999 prune a 2>&1)
+[ $? = 2 ] || fail "a count past 10^9: want exit 2: $out"
+# threads=N reaches prune when --log-level comes first (scalpel --log-level LEVEL COMMAND).
+out=$(SCALPEL_DRY_RUN=1 SCALPEL_THREADS=2 bash "$WRAP" -n 2 --log-level debug prune a 2>&1) || fail "log-level: $out"
+echo "$out" | grep -q -- "--log-level debug prune a threads=2" || fail "--log-level first: no threads=2 in: $out"
 
 # A Ctrl-C to the wrapper mid-prune.
 args=(prune --model "$SHARED/models/opt-deep" "calibration.path=$SHARED/data/corpus/calib.txt"
