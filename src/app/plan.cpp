@@ -186,7 +186,8 @@ double lazy_update_flops(I rows, I cols, I bs) {
 
 PlanModel load_plan_model(const std::string& folder) {
   const fs::path dir(folder);
-  SCALPEL_CHECK_INPUT(fs::is_directory(dir), "{}: not a model folder (no such directory)", folder);
+  SCALPEL_CHECK_INPUT(fs::is_directory(dir), "{}: not a model folder ({})", folder,
+                      fs::exists(dir) ? "it is a file; name the folder that holds config.json" : "no such directory");
   const fs::path cfg_path = dir / "config.json";
   std::ifstream in(cfg_path, std::ios::binary);
   SCALPEL_CHECK_INPUT(in, "{}: cannot open (missing or unreadable)", cfg_path.string());

@@ -45,7 +45,8 @@ bool plain_relative(const std::string& file) {
 
 HfCheckpoint::HfCheckpoint(fs::path folder) : folder_(std::move(folder)) {
   const std::string where = folder_.string();
-  SCALPEL_CHECK_INPUT(fs::is_directory(folder_), "{}: not a model folder (no such directory)", where);
+  SCALPEL_CHECK_INPUT(fs::is_directory(folder_), "{}: not a model folder ({})", where,
+                      fs::exists(folder_) ? "it is a file; name the folder that holds config.json" : "no such directory");
 
   const fs::path config_path = folder_ / "config.json";
   SCALPEL_CHECK_INPUT(fs::exists(config_path), "{}: missing config.json", where);

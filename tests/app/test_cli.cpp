@@ -248,6 +248,10 @@ TEST(Cli, MetricsRecordsAreWholeOrTheRunFails) {
 
 TEST(Cli, MissingModelFolder) {
   expect_clean_failure(run(kBin + " eval --model /nonexistent/model --text text:/etc/hostname"), {"/nonexistent/model"});
+  // A file given for the folder (its config.json, say) is named as such, not "no such directory".
+  const auto file = (kShared / "models/opt-mini/config.json").string();
+  for (const std::string cmd : {" eval --text text:/etc/hostname --model ", " inspect ", " plan --model "})
+    expect_clean_failure(run(kBin + cmd + file), {file + ": not a model folder (it is a file"});
 }
 
 TEST(Cli, TruncatedSafetensors) {
