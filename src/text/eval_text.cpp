@@ -97,7 +97,7 @@ std::string load_eval_text(const std::string& preset, const fs::path& path) {
     SCALPEL_INPUT_ERROR("unknown evaluation preset \"{}\" for {} (wikitext2, ptb, c4 or text)", preset,
                         path.string());
   }
-  if (text.empty()) SCALPEL_INPUT_ERROR("{}: the {} evaluation text is empty", path.string(), preset);
+  if (text.empty()) SCALPEL_INPUT_ERROR("{}: the evaluation text (preset {}) is empty", path.string(), preset);
   return text;
 }
 

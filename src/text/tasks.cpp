@@ -34,7 +34,8 @@ struct Item {
   }
   const json& field(const char* name) const {
     const auto it = j.find(name);
-    if (it == j.end() || it->is_null()) fail(fmt::format("field '{}' is missing", name));
+    if (it == j.end()) fail(fmt::format("field '{}' is missing", name));
+    if (it->is_null()) fail(fmt::format("field '{}' is null", name));
     return *it;
   }
   bool has(const char* name) const { return j.contains(name) && !j[name].is_null(); }
