@@ -2,6 +2,7 @@
 // every error names the key path (and the file it came from).
 #include "scalpel/app/config.hpp"
 
+#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -319,6 +320,11 @@ void read_preset_list(const YAML::Node& node, const std::string& source, const s
 template <class Item>
 void name_items(std::vector<Item>& items, const std::string& source, const std::string& key) {
   std::set<std::string> seen;
+  for (const auto& t : items)
+    for (const char ch : t.name)  // a line break would split the result line on stdout
+      if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f)
+        SCALPEL_INPUT_ERROR("{}: 'eval.{}' has a name with a control character ({}); use a name on one line", source,
+                            key, nlohmann::json(t.name).dump());
   for (const auto& t : items)
     if (!t.name.empty() && !seen.insert(t.name).second)
       SCALPEL_INPUT_ERROR("{}: 'eval.{}' has two entries named '{}'; give them names of their own", source, key,
