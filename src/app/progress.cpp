@@ -1,4 +1,4 @@
-// Progress and metrics output.
+// Progress lines and the metrics file (see progress.hpp).
 #include "scalpel/app/progress.hpp"
 
 #include <fcntl.h>
@@ -7,12 +7,12 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstring>
-#include <utility>
-#include <cmath>
 #include <ctime>
 #include <filesystem>
+#include <utility>
 
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
