@@ -47,7 +47,9 @@ scalpel_need_int() {  # NAME VALUE
   case "$2" in
     '' | *[!0-9]*) scalpel_log "$1 must be a positive integer (got '$2')"; exit 2 ;;
   esac
-  if [ "${#2}" -gt 9 ] || [ $((10#$2)) -eq 0 ]; then
+  local digits=$2
+  while [ "${#digits}" -gt 1 ] && [ "${digits:0:1}" = 0 ]; do digits=${digits:1}; done  # 0008 is 8
+  if [ "${#digits}" -gt 9 ] || [ "$digits" = 0 ]; then
     scalpel_log "$1 must be a positive integer below 10^9 (got '$2')"
     exit 2
   fi

@@ -88,8 +88,9 @@ class MapReader {
     std::set<std::string> seen;
     for (const auto& kv : node_) {
       if (!kv.first.IsScalar())
-        SCALPEL_INPUT_ERROR("{}: line {}: a key of '{}' is a {}, not a name", source_, kv.first.Mark().line + 1,
-                            path_.empty() ? "<top>" : path_, kv.first.IsMap() ? "mapping" : "list");
+        SCALPEL_INPUT_ERROR("{}: line {}: a key of '{}' is {}, not a name", source_, kv.first.Mark().line + 1,
+                            path_.empty() ? "<top>" : path_,
+                            kv.first.IsMap() ? "a mapping" : kv.first.IsSequence() ? "a list" : "null");
       const auto k = kv.first.Scalar();
       if (!used_.count(k)) SCALPEL_INPUT_ERROR("{}: unknown key '{}'", source_, key(k));
       if (!seen.insert(k).second)
@@ -321,11 +322,6 @@ template <class Item>
 void name_items(std::vector<Item>& items, const std::string& source, const std::string& key) {
   std::set<std::string> seen;
   for (const auto& t : items)
-    for (const char ch : t.name)  // a line break would split the result line on stdout
-      if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f)
-        SCALPEL_INPUT_ERROR("{}: 'eval.{}' has a name with a control character ({}); use a name on one line", source,
-                            key, nlohmann::json(t.name).dump());
-  for (const auto& t : items)
     if (!t.name.empty() && !seen.insert(t.name).second)
       SCALPEL_INPUT_ERROR("{}: 'eval.{}' has two entries named '{}'; give them names of their own", source, key,
                           t.name);
@@ -336,6 +332,11 @@ void name_items(std::vector<Item>& items, const std::string& source, const std::
     t.name = base;
     for (int n = 2; !seen.insert(t.name).second; ++n) t.name = base + "#" + std::to_string(n);
   }
+  for (const auto& t : items)  // given or made from a file name: a line break would split its result line
+    for (const char ch : t.name)
+      if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f)
+        SCALPEL_INPUT_ERROR("{}: 'eval.{}' has a name with a control character ({}); use a name on one line", source,
+                            key, nlohmann::json(t.name).dump());
 }
 
 void read_sets(const YAML::Node& node, const std::string& source, std::vector<EvalSet>& sets) {

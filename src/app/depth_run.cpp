@@ -494,7 +494,7 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   set_interrupt_note(kDepthInterruptNote);
   auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
-  check_layer_tensors(*src, spec);
+  detail::on_root(world, [&] { check_layer_tensors(cfg.model, spec); });
   std::int64_t n = 0;
   const auto prot = check_depth(cfg, spec, n);
   auto tok = make_tokenizer(cfg);

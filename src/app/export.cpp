@@ -115,11 +115,16 @@ bool is_export_file(const std::string& name) {
 
 namespace {
 
-// The first entry of `dir` that no export writes ("" when none).
-std::string foreign_entry(const fs::path& dir, const fs::path& out) {
+// The first entry of `dir` that no export writes ("" when none); with `partial`, also a file's
+// "<name>.tmp" (a shard or file an interrupted export was writing).
+std::string foreign_entry(const fs::path& dir, const fs::path& out, bool partial = false) {
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (!e.is_regular_file() || !is_export_file(e.path().filename().string())) return e.path().filename().string();
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (partial && name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) name.resize(name.size() - 4);
+    std::error_code fe;
+    if (!e.is_regular_file(fe) || !is_export_file(name)) return e.path().filename().string();
+  }
   if (ec) SCALPEL_INPUT_ERROR("export to {}: cannot list {}: {}", out.string(), dir.string(), ec.message());
   return "";
 }
@@ -133,8 +138,10 @@ void check_export_scratch(const fs::path& out) {
   std::error_code ec;
   const auto st = fs::symlink_status(tmp, ec);
   if (ec || !fs::exists(st)) return;
-  const std::string what = fs::is_directory(st) ? foreign_entry(tmp, out) : tmp.filename().string();
-  if (!what.empty())
+  if (!fs::is_directory(st))
+    SCALPEL_INPUT_ERROR("export to {}: {} is a file, where the export puts its temporary folder (removed first): "
+                        "move it away", out.string(), tmp.string());
+  if (const auto what = foreign_entry(tmp, out, true); !what.empty())
     SCALPEL_INPUT_ERROR("export to {}: {} holds '{}', which no export writes; the export removes that folder before "
                         "writing (it is where an interrupted export left its files): move what you keep out of it",
                         out.string(), tmp.string(), what);
@@ -199,6 +206,7 @@ void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, c
   const fs::path tmp = out.string() + ".tmp-export";
   std::error_code ec;
   check_export_target(out, src.folder());  // every rank: all refuse alike, before anything is removed
+  if (comm) comm->barrier();  // every rank has looked at the temporary folder before rank 0 removes it
   if (w.rank == 0) {
     fs::remove_all(tmp, ec);
     fs::create_directories(tmp, ec);

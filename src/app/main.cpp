@@ -203,7 +203,11 @@ scalpel::app::Config command_config(const std::vector<std::string>& args, const 
   if (!o.model.empty()) overrides.push_back("model=" + o.model);
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   auto cfg = scalpel::app::load_config(config_path, overrides);
-  if (!o.log_level_given) scalpel::log::set_level(cfg.log.level);  // --log-level wins over log.level
+  if (o.log_level_given) {
+    cfg.log.level = o.log_level;  // --log-level wins over log.level, and --print-config shows it
+  } else {
+    scalpel::log::set_level(cfg.log.level);
+  }
   return cfg;
 }
 

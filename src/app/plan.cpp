@@ -891,9 +891,12 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
               {"data_index", 0},
               {"phase", fmt::format("allocation ({})", a["method"].get<std::string>())},
               {"breakdown", a["breakdown"]},
-              {"hint", "the sensitivity estimate holds the whole model in fp32 with a perturbed copy of every "
-                       "target on every rank: prune.allocation: owl, fewer prune.targets, a lower "
-                       "surgeon.keep_activations_mb (recomputes the forward), or a machine with more memory"}};
+              {"hint", a["method"] == "owl"
+                           ? "OWL's dense pass holds the rank's calibration activations in fp32: more data ranks "
+                             "(parallel.data) split them, fewer calibration windows shrink them"
+                           : "the sensitivity estimate holds the whole model in fp32 with a perturbed copy of every "
+                             "target on every rank: prune.allocation: owl, fewer prune.targets, a lower "
+                             "surgeon.keep_activations_mb (recomputes the forward), or a machine with more memory"}};
   }
   job_seconds += alloc_seconds;
   const double limit = job.cfg.parallel.memory_gb;

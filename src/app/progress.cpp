@@ -51,45 +51,44 @@ Metrics::Metrics(const std::string& path) : path_(path) {
   if (path.empty()) return;
   const std::filesystem::path p(path);
   std::error_code ec;
-  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
-  created_ = !std::filesystem::exists(p, ec);
-  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0) {
-    const int err = errno;
-    const auto parent = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
-    if (std::filesystem::exists(parent, ec) && !std::filesystem::is_directory(parent, ec))
-      SCALPEL_RUNTIME_ERROR("{}: cannot open the metrics file: {} is a file, not a folder", path, parent.string());
-    SCALPEL_RUNTIME_ERROR("{}: cannot open the metrics file for writing: {}", path, std::strerror(err));
+  const auto parent = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
+  std::filesystem::create_directories(parent, ec);
+  if (std::filesystem::exists(parent, ec) && !std::filesystem::is_directory(parent, ec))
+    SCALPEL_RUNTIME_ERROR("{}: cannot open the metrics file: {} is a file, not a folder", path, parent.string());
+  // An existing file is opened now; a new one is created by the first record, so a run that fails
+  // before it leaves no file (nothing is ever removed). Either way, a path that cannot be written
+  // fails here, before any work.
+  if (std::filesystem::exists(p, ec)) {
+    open_file(false);
+  } else if (::access(parent.c_str(), W_OK) != 0) {
+    SCALPEL_RUNTIME_ERROR("{}: cannot create the metrics file: {}", path, std::strerror(errno));
   }
 }
 
-Metrics::Metrics(Metrics&& o) noexcept
-    : path_(std::move(o.path_)), fd_(std::exchange(o.fd_, -1)), created_(o.created_), written_(o.written_) {}
+void Metrics::open_file(bool create) {
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
+  if (fd_ < 0) SCALPEL_RUNTIME_ERROR("{}: cannot open the metrics file for writing: {}", path_, std::strerror(errno));
+}
+
+Metrics::Metrics(Metrics&& o) noexcept : path_(std::move(o.path_)), fd_(std::exchange(o.fd_, -1)) { o.path_.clear(); }
 
 Metrics& Metrics::operator=(Metrics&& o) noexcept {
   if (this != &o) {
-    close();
+    if (fd_ >= 0) ::close(fd_);
     path_ = std::move(o.path_);
+    o.path_.clear();
     fd_ = std::exchange(o.fd_, -1);
-    created_ = o.created_;
-    written_ = o.written_;
   }
   return *this;
 }
 
-Metrics::~Metrics() { close(); }
-
-void Metrics::close() {
-  if (fd_ < 0) return;
-  struct stat st {};
-  const bool empty = ::fstat(fd_, &st) == 0 && st.st_size == 0;
-  ::close(fd_);
-  fd_ = -1;
-  if (created_ && !written_ && empty) ::unlink(path_.c_str());
+Metrics::~Metrics() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void Metrics::write(nlohmann::json record) {
-  if (fd_ < 0) return;
+  if (path_.empty()) return;
+  if (fd_ < 0) open_file(true);
   const auto now = std::chrono::system_clock::now();
   const std::time_t t = std::chrono::system_clock::to_time_t(now);
   std::tm tm{};
@@ -118,11 +117,10 @@ void Metrics::write(nlohmann::json record) {
     done += static_cast<std::size_t>(n);
   }
   ::sigaction(SIGXFSZ, &old, nullptr);
-  if (err == 0) {
-    written_ = true;
-    return;
-  }
-  if (end >= 0 && done > 0) [[maybe_unused]] const int r = ::ftruncate(fd_, end);  // no half record left
+  if (err == 0) return;
+  // No half record left: cut back what this write added, unless another writer appended since.
+  if (end >= 0 && done > 0 && ::fstat(fd_, &st) == 0 && st.st_size == end + static_cast<off_t>(done))
+    [[maybe_unused]] const int r = ::ftruncate(fd_, end);
   SCALPEL_RUNTIME_ERROR("{}: cannot write the metrics record ({}): {}", path_, record.value("event", "?"),
                         std::strerror(err));
 }

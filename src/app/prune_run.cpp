@@ -538,8 +538,10 @@ int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& pla
   // The manifest holds the model's path as the prune was given it (relative to where it ran).
   std::error_code ec;
   if (req.model.empty() && !fs::is_directory(model, ec))
-    SCALPEL_INPUT_ERROR("checkpoint {}: its model '{}' (the path the prune was given, relative to the folder it ran "
-                        "in) is not a folder from here; name it with --model", req.checkpoint, model);
+    SCALPEL_INPUT_ERROR("checkpoint {}: its model '{}' (the path the prune was given{}) is not a folder {}; name it "
+                        "with --model", req.checkpoint, model,
+                        fs::path(model).is_relative() ? ", relative to the folder it ran in" : "",
+                        fs::path(model).is_relative() ? "from here" : "any more");
   const io::HfCheckpoint src(model);
   if (io::model_fingerprint(model) != ckpt.manifest().at("model").at("fingerprint").get<std::string>())
     SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {} (fingerprints differ)", req.checkpoint,
@@ -712,7 +714,7 @@ struct PruneSession {
     if (grid.stages > spec.layers)
       SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
                           c.model);
-    check_layer_tensors(*src, spec);
+    detail::on_root(w, [&] { check_layer_tensors(c.model, spec); });
     // The plan's memory model decides before any work whether the job fits (the same check as
     // `scalpel plan`, which prints the terms).
     if (c.parallel.memory_gb > 0) check_plan_fits(plan_of_job(c, w.size()), c);
@@ -895,7 +897,9 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
       return stop_requested(world, {"probe", done, total, done, "nothing of the estimate is kept: the rerun estimates "
                                     "it again"}, id.config_hash, metrics);
     };
+    if (cfg.prune.allocation == "sensitivity") set_interrupt_note(kSensitivityInterruptNote);
     const Allocation allocation = allocate_sparsity(cfg, s.pattern, actx);
+    set_interrupt_note(nullptr);  // the layers keep what they commit
     if (allocation.stopped) return kExitInterrupted;
     if (!allocation.record.empty()) {
       record_allocation(allocation, id.config_hash, metrics, world.is_root());

@@ -117,6 +117,10 @@ void check_layer_tensors(const io::HfCheckpoint& src, const model::ModelSpec& sp
     }
 }
 
+void check_layer_tensors(const std::string& folder, const model::ModelSpec& spec) {
+  check_layer_tensors(io::HfCheckpoint(folder), spec);
+}
+
 nlohmann::json plan_of_job(const Config& cfg, int world) {
   const auto pm = load_plan_model(cfg.model);
   PlanInput pin;

@@ -53,8 +53,10 @@ void check_surgeon_nm(const std::vector<model::LinearGroup>& groups, std::int64_
 
 // Every decoder layer's tensors present in `src` with the shape config.json implies and a float
 // dtype, from the headers alone (no weight is read): an input Error naming the tensor before any
-// work, where the run would otherwise meet it at that layer, hours in.
+// work, where the run would otherwise meet it at that layer, hours in. The folder form opens the
+// model for the check alone (its files' mappings end with it): call it on one rank.
 void check_layer_tensors(const io::HfCheckpoint& src, const model::ModelSpec& spec);
+void check_layer_tensors(const std::string& folder, const model::ModelSpec& spec);
 
 // `scalpel plan`'s figures for this job (cfg.model's config.json and tensor sizes, `world` ranks):
 // the layer-wise plan, or LLM Surgeon's for prune.method: surgeon.

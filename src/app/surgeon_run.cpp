@@ -531,7 +531,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   Backend& be = *backend;
   auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
-  check_layer_tensors(*src, spec);
+  detail::on_root(world, [&] { check_layer_tensors(cfg.model, spec); });
   const auto opt = surgeon_options(cfg);
   auto targets = targets_of(spec, cfg, opt);
   // The plan's memory model decides before any work whether the job fits, as `scalpel plan` does.

@@ -182,11 +182,12 @@ TEST(AllocationCli, AStopSignalDuringTheSensitivityEstimateStopsAfterTheProbe) {
     ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << read_bytes(log);
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  kill(pid, SIGUSR1);
+  kill(pid, SIGINT);  // a first Ctrl-C: the same stop, and it says what is kept
   ASSERT_EQ(wait_exit(pid), 75) << read_bytes(log);
   const auto stops = records(dir / "metrics.jsonl", "interrupted");
   ASSERT_EQ(stops.size(), 1u) << read_bytes(log);
   EXPECT_EQ(stops[0]["after_probe"], 1);  // the first check comes after the first of 4 probes
+  EXPECT_EQ(stops[0]["signal"], SIGINT);
   EXPECT_NE(read_bytes(log).find("stopping after probe 1/4"), std::string::npos) << read_bytes(log);
   EXPECT_TRUE(records(dir / "metrics.jsonl", "allocation").empty());
   EXPECT_EQ(committed_layers(dir / "ckpt"), 0);

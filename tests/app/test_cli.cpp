@@ -124,6 +124,10 @@ TEST(Cli, PrintConfigShowsOverridesWithoutRunning) {
   ASSERT_EQ(again.code, 0) << again.out;
   EXPECT_EQ(again.out, r.out);
   fs::remove_all(file.parent_path());
+  // --log-level (before the command) wins over log.level, and the printed config says so.
+  const auto lv = run(kBin + " --log-level warn eval --print-config model=/nowhere log.level=debug");
+  ASSERT_EQ(lv.code, 0) << lv.out;
+  EXPECT_NE(lv.out.find("level: warn"), std::string::npos) << lv.out;
 }
 
 TEST(Cli, TokenizeWritesInt32IdsAndCount) {

@@ -130,6 +130,7 @@ TEST(Config, KeysThatAreNotNamesAndKeysWithoutValuesAreInputErrors) {
             std::string::npos);
   EXPECT_NE(error_of("prune:\n  {a: 1}: 2\n").find("a key of 'prune' is a mapping, not a name"), std::string::npos);
   EXPECT_NE(error_of("output:\n  dir:\n").find("'output.dir' has no value (YAML null)"), std::string::npos);
+  EXPECT_NE(error_of("model: x\nnull: 3\n").find("line 2: a key of '<top>' is null, not a name"), std::string::npos);
   EXPECT_NE(error_of("prune: {sparsity: ~}\n").find("'prune.sparsity' has no value"), std::string::npos);
   // A set or task name on two lines would split its result line.
   EXPECT_NE(error_of("eval: {tasks: [{name: \"a\\nb\", preset: mc, path: x}]}\n").find("a control character (\"a\\nb\")"),

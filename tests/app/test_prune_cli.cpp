@@ -458,7 +458,8 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_EQ(read_bytes(dir / "exp9.tmp-export/important.txt"), "precious");
   EXPECT_FALSE(fs::exists(dir / "exp9"));
   fs::remove(dir / "exp9.tmp-export/important.txt");
-  std::ofstream(dir / "exp9.tmp-export/model.safetensors") << "half";  // an interrupted export's leftover
+  std::ofstream(dir / "exp9.tmp-export/model.safetensors.tmp") << "half";  // an interrupted export's leftovers
+  std::ofstream(dir / "exp9.tmp-export/config.json") << "{}";
   const auto leftover = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",
                                      (dir / "exp9").string()});
   EXPECT_NE(leftover.find("exit=0"), std::string::npos) << leftover;
@@ -524,15 +525,20 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
 namespace {
 
 // An export that fails leaves the checkpoint unfinished (every layer committed, not marked
-// complete), and the rerun exports without pruning again.
+// complete), and the rerun exports without pruning again. The failure: a file-size limit (4 MB)
+// the layer shards (1.7 MB each) fit under and the 10.8 MB model.safetensors does not; a
+// blocked export path is refused before the prune now.
 TEST(PruneCli, AFailedExportIsRedoneByTheRerun) {
   NEED_SHARED();
   const auto dir = temp_dir("export_fails");
   fs::create_directories(dir);
-  std::ofstream(dir / "blocker") << "a file where the export wants a folder\n";
-  const auto failed = run_capture(prune_args(dir, "opt-mini", {"prune.method=magnitude", "output.export=blocker/model"}));
-  EXPECT_NE(failed.find("exit=3"), std::string::npos) << failed;
-  EXPECT_NE(failed.find("blocker/model"), std::string::npos) << failed;
+  std::string cmd = "trap '' XFSZ; ulimit -f 4096; exec";
+  for (const auto& a : prune_args(dir, "opt-mini", {"prune.method=magnitude"})) cmd += " '" + a + "'";
+  const auto failed = run("bash -c \"" + cmd + "\"");
+  EXPECT_EQ(failed.code, 3) << failed.out;
+  EXPECT_NE(failed.out.find("model.safetensors.tmp: write failed: File too large"), std::string::npos) << failed.out;
+  EXPECT_FALSE(fs::exists(dir / "model.tmp-export"));
+  EXPECT_FALSE(fs::exists(dir / "model"));
   EXPECT_EQ(committed_layers(dir / "ckpt"), 4);
   const auto manifest = nlohmann::json::parse(read_bytes(dir / "ckpt/manifest.json"));
   EXPECT_FALSE(manifest.at("complete").get<bool>());

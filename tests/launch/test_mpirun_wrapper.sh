@@ -40,6 +40,8 @@ out=$(SCALPEL_DRY_RUN=1 SCALPEL_THREADS=08 bash "$WRAP" -n 08 prune a 2>&1) || f
 echo "$out" | grep -q -- "mpirun -n 8 .* prune a threads=8" || fail "SCALPEL_THREADS=08 -n 08: $out"
 out=$(SCALPEL_DRY_RUN=1 SLURM_JOB_NUM_NODES=0 bash "$WRAP" -n 2 prune a 2>&1)
 [ $? = 2 ] || fail "SLURM_JOB_NUM_NODES=0: want exit 2: $out"
+out=$(SCALPEL_DRY_RUN=1 bash "$WRAP" -n 0000000008 prune a 2>&1) || fail "-n 0000000008: exit $?: $out"
+echo "$out" | grep -q -- "mpirun -n 8 " || fail "-n 0000000008: $out"
 out=$(SCALPEL_DRY_RUN=1 bash "$WRAP" -n 999999999999999999999 prune a 2>&1)
 [ $? = 2 ] || fail "a count past 10^9: want exit 2: $out"
 # threads=N reaches prune when --log-level comes first (scalpel --log-level LEVEL COMMAND).

@@ -34,25 +34,23 @@ class Progress {
 class Metrics {
  public:
   Metrics() = default;
-  // Appends to `path` (created with its folder; runtime Error naming it when it cannot be
-  // opened); empty path: a sink that drops records.
+  // Appends to `path` (its folder created; an existing file opened now, a new one created by the
+  // first record, so a run that fails before it leaves no empty file); a path that cannot be
+  // written is a runtime Error naming it, here. Empty path: a sink that drops records.
   explicit Metrics(const std::string& path);
   Metrics(Metrics&& o) noexcept;
   Metrics& operator=(Metrics&& o) noexcept;
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
-  // A file this object created and never wrote to is removed (a run that failed before its first
-  // record leaves no empty metrics file).
   ~Metrics();
   // Adds "time" (UTC ISO 8601) and appends the record as one line. A failed write (a full disk, a
   // file-size limit) cuts the file back to its previous end and is a runtime Error naming it.
   void write(nlohmann::json record);
 
  private:
-  void close();
+  void open_file(bool create);
   std::string path_;
   int fd_ = -1;
-  bool created_ = false, written_ = false;
 };
 
 }  // namespace scalpel::app
