@@ -115,6 +115,16 @@ bool is_export_file(const std::string& name) {
 
 namespace {
 
+// `p` or the nearest of its parents that exists ("" when none does, for a relative path).
+fs::path nearest_existing(fs::path p) {
+  std::error_code ec;
+  for (; !p.empty(); p = p.parent_path()) {
+    if (fs::exists(p, ec)) return p;
+    if (p == p.parent_path()) break;
+  }
+  return {};
+}
+
 // The first entry of `dir` that no export writes ("" when none); with `partial`, also a file's
 // "<name>.tmp" (a shard or file an interrupted export was writing).
 std::string foreign_entry(const fs::path& dir, const fs::path& out, bool partial = false) {
@@ -156,14 +166,8 @@ void check_export_target(const fs::path& out, const fs::path& source_model) {
   const auto status = fs::status(out, ec);  // a link to a folder is judged by the folder
   if (ec || !fs::exists(status)) {
     // Created later: the nearest of its parents that exists must be a folder.
-    for (fs::path p = out.parent_path(); !p.empty(); p = p.parent_path()) {
-      if (fs::exists(p, ec)) {
-        if (!fs::is_directory(p, ec))
-          SCALPEL_INPUT_ERROR("export to {}: {} is a file, not a folder", out.string(), p.string());
-        break;
-      }
-      if (p == p.parent_path()) break;
-    }
+    if (const auto f = nearest_existing(out.parent_path()); !f.empty() && !fs::is_directory(f, ec))
+      SCALPEL_INPUT_ERROR("export to {}: {} is a file, not a folder", out.string(), f.string());
     return;
   }
   if (!fs::is_directory(status))
@@ -179,15 +183,9 @@ void check_export_target(const fs::path& out, const fs::path& source_model) {
 void check_export_folder(const Config& cfg) {
   std::error_code ec;
   // output.dir, or the nearest of its parents that exists, must be a folder (it is created later).
-  for (fs::path p = cfg.output.dir; !p.empty(); p = p.parent_path()) {
-    if (fs::exists(p, ec)) {
-      if (!fs::is_directory(p, ec))
-        SCALPEL_INPUT_ERROR("config: 'output.dir' {}{} is a file, not a folder", cfg.output.dir,
-                            p == fs::path(cfg.output.dir) ? "" : fmt::format(": {}", p.string()));
-      break;
-    }
-    if (p == p.parent_path()) break;
-  }
+  if (const auto f = nearest_existing(cfg.output.dir); !f.empty() && !fs::is_directory(f, ec))
+    SCALPEL_INPUT_ERROR("config: 'output.dir' {}{} is a file, not a folder", cfg.output.dir,
+                        f == fs::path(cfg.output.dir) ? "" : fmt::format(": {}", f.string()));
   if (cfg.output.export_dir.empty()) return;
   // Before the run creates output.dir, a path through it ("../x") cannot be resolved yet: it is
   // judged as it will resolve then, a real folder's parent (lexically).
