@@ -65,6 +65,13 @@ bin=$(scalpel_find_bin)
 scalpel_build_command "$bin" "$@"
 scalpel_root_env
 
+case "${SCALPEL_BIND:-core}" in
+  core | cores | none) ;;
+  *)
+    echo "SCALPEL_BIND=$SCALPEL_BIND: expected core (the default) or none" >&2
+    exit 2
+    ;;
+esac
 cmd=("${SCALPEL_MPIRUN:-mpirun}" -n "$np")
 if [ "${SCALPEL_BIND:-core}" = none ]; then
   cmd+=(--map-by "ppr:$ppn:node" --bind-to none)

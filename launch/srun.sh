@@ -49,6 +49,8 @@ fi
 scalpel_int_var np "number of tasks"
 
 [ -n "${SCALPEL_THREADS:-}" ] && scalpel_int_var SCALPEL_THREADS SCALPEL_THREADS
+[ -z "${SCALPEL_THREADS:-}" ] && [ -n "${SLURM_CPUS_PER_TASK:-}" ] \
+  && scalpel_int_var SLURM_CPUS_PER_TASK SLURM_CPUS_PER_TASK
 cpt=${SCALPEL_THREADS:-${SLURM_CPUS_PER_TASK:-}}
 if [ -z "$cpt" ] && [ -n "${SLURM_CPUS_ON_NODE:-}" ]; then
   nodes=${SLURM_JOB_NUM_NODES:-1}

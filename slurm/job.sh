@@ -5,8 +5,11 @@
 #
 #   the job                       batch shell (this code)        step (srun/mpirun -> scalpel ranks)
 #   SIGUSR1 <seconds> before  --> trap: SIGUSR1 to the step  --> finish the layer, commit, exit 75
-#   the time limit, or from       exit 75 -> scontrol requeue    (SIGTERM to the batch shell does
-#   scancel -s USR1 -b JOBID      $SLURM_JOB_ID, exit            the same)
+#   the time limit, or from       exit 75 -> scontrol requeue
+#   scancel -s USR1 -b JOBID      $SLURM_JOB_ID, exit
+#   SIGTERM (scancel JOBID,   --> trap: SIGUSR1 to the step  --> the same, if it has the time
+#   scontrol requeue, Slurm's     exit 75, no requeue: a cancelled job stays cancelled; one that
+#   own preemption)               Slurm requeues starts again by itself
 #   restart (same job id, SLURM_RESTART_COUNT=1, 2, ...): the same command; scalpel prune resumes
 #   after the last committed layer of output.dir/ckpt. Logs append (--open-mode=append).
 #
@@ -29,12 +32,18 @@ scalpel_job() {
     exit 2
   fi
   local restarts=${SLURM_RESTART_COUNT:-0} max=${SCALPEL_MAX_REQUEUES:-20}
+  if ! [[ $max =~ ^[0-9]+$ ]]; then
+    scalpel_job_log "SCALPEL_MAX_REQUEUES=$max: expected a count (0, 1, 2, ...; default 20)"
+    exit 2
+  fi
+  [[ $restarts =~ ^[0-9]+$ ]] || restarts=0  # Slurm sets it; anything else counts as a first run
   scalpel_job_log "job ${SLURM_JOB_ID:-?} (restart $restarts) on ${SLURM_JOB_NODELIST:-?}," \
     "${SLURM_NTASKS:-1} task(s): $launcher scalpel $*"
 
   "$wrapper" "$@" &
   _scalpel_job_step=$!
   _scalpel_job_signalled=0
+  _scalpel_job_term=0
   trap '_scalpel_job_forward USR1' USR1
   trap '_scalpel_job_forward TERM' TERM
   local rc=0 again
@@ -58,7 +67,7 @@ scalpel_job() {
       ;;
     75)
       if [ -z "${SLURM_JOB_ID:-}" ]; then
-        scalpel_job_log "interrupted after a committed layer (exit 75), not in a Slurm job: run the same command to resume"
+        scalpel_job_log "interrupted (exit 75: what was done is kept), not in a Slurm job: run the same command to resume"
         exit 75
       fi
       if [ "$restarts" -ge "$max" ]; then
@@ -66,11 +75,18 @@ scalpel_job() {
           "resubmit the same job to resume"
         exit 75
       fi
-      scalpel_job_log "interrupted after a committed layer (exit 75): requeueing job $SLURM_JOB_ID"
+      if [ "$_scalpel_job_term" = 1 ]; then
+        # scancel, an `scontrol requeue` from outside, or Slurm's own preemption: Slurm decides
+        # whether the job comes back; requeueing it here would undo a cancel.
+        scalpel_job_log "stopped after SIGTERM (exit 75; JobState=$(_scalpel_job_state)): not requeueing;" \
+          "a job Slurm requeued starts again by itself, a cancelled one resumes when resubmitted"
+        exit 75
+      fi
+      scalpel_job_log "interrupted (exit 75: what was done is kept): requeueing job $SLURM_JOB_ID"
       if scontrol requeue "$SLURM_JOB_ID"; then
         exit 75  # this instance ends as REQUEUED; the job starts again and resumes
       fi
-      scalpel_job_log "scontrol requeue $SLURM_JOB_ID failed (--no-requeue, or JobRequeue=0?):" \
+      scalpel_job_log "scontrol requeue $SLURM_JOB_ID failed (--no-requeue, or JobRequeue=0?; JobState=$(_scalpel_job_state)):" \
         "resubmit the same job to resume"
       exit 75
       ;;
@@ -81,8 +97,17 @@ scalpel_job() {
   esac
 }
 
+# The job's state as Slurm has it now (COMPLETING after a cancel, REQUEUED, ...), or "?".
+_scalpel_job_state() {
+  local st
+  st=$(scontrol show job -o "${SLURM_JOB_ID:-}" 2> /dev/null | grep -o 'JobState=[A-Z_]*' | head -1)
+  st=${st#JobState=}
+  echo "${st:-?}"
+}
+
 _scalpel_job_forward() {
   _scalpel_job_signalled=1
+  [ "$1" = TERM ] && _scalpel_job_term=1
   scalpel_job_log "got SIG$1: asking scalpel to stop after the current layer (SIGUSR1 to the step)"
   kill -s USR1 "$_scalpel_job_step" 2> /dev/null || true
 }

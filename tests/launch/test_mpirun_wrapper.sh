@@ -47,6 +47,14 @@ out=$(SCALPEL_DRY_RUN=1 bash "$WRAP" -n 999999999999999999999 prune a 2>&1)
 # threads=N reaches prune when --log-level comes first (scalpel --log-level LEVEL COMMAND).
 out=$(SCALPEL_DRY_RUN=1 SCALPEL_THREADS=2 bash "$WRAP" -n 2 --log-level debug prune a 2>&1) || fail "log-level: $out"
 echo "$out" | grep -q -- "--log-level debug prune a threads=2" || fail "--log-level first: no threads=2 in: $out"
+# A binding that is not one (it bound to cores silently), and srun.sh's SLURM_CPUS_PER_TASK that is
+# not a count (it reached srun as --cpus-per-task=abc): exit 2 naming the variable.
+out=$(SCALPEL_DRY_RUN=1 SCALPEL_BIND=bogus bash "$WRAP" -n 2 prune a 2>&1)
+[ $? = 2 ] || fail "SCALPEL_BIND=bogus: want exit 2: $out"
+echo "$out" | grep -q "SCALPEL_BIND=bogus" || fail "SCALPEL_BIND=bogus: $out"
+out=$(SCALPEL_DRY_RUN=1 SLURM_CPUS_PER_TASK=abc bash "$ROOT/launch/srun.sh" -n 2 prune a 2>&1)
+[ $? = 2 ] || fail "srun.sh SLURM_CPUS_PER_TASK=abc: want exit 2: $out"
+echo "$out" | grep -q "SLURM_CPUS_PER_TASK" || fail "srun.sh SLURM_CPUS_PER_TASK=abc: $out"
 
 # A Ctrl-C to the wrapper mid-prune.
 args=(prune --model "$SHARED/models/opt-deep" "calibration.path=$SHARED/data/corpus/calib.txt"

@@ -35,7 +35,7 @@ state=$(job_field "$JOB" JobState)
 code=$(job_field "$JOB" ExitCode)
 restarts=$(job_field "$JOB" Restarts)
 say "job $JOB: JobState=$state ExitCode=$code Restarts=$restarts"
-if ! grep -q "interrupted after a committed layer (exit 75): requeueing job $JOB" "$TMP/job.log"; then
+if ! grep -q "interrupted (exit 75: what was done is kept): requeueing job $JOB" "$TMP/job.log"; then
   got=$(grep -o "scalpel prune [a-z]* (exit [0-9]*)" "$TMP/job.log" | head -1)
   case "$got" in
     *"(exit 138)") fail "after SIGUSR1 the ranks died of the signal (exit 138 = 128 + SIGUSR1) instead of committing the layer and exiting 75: this scalpel does not handle SIGUSR1" ;;

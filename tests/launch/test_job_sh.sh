@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# slurm/job.sh's decisions without a Slurm: a stand-in step (exits 75 when it gets SIGUSR1, as
+# scalpel does after committing a layer) and a stand-in `scontrol` that logs its calls. SIGUSR1
+# to the batch shell (the time-limit warning, `scancel -s USR1 -b`) requeues the job; SIGTERM (a
+# plain `scancel`, which requeued and finished a cancelled job) stops the step and does not; a
+# SCALPEL_MAX_REQUEUES that is not a count is refused with exit 2 (it meant no limit).
+# Usage: bash test_job_sh.sh SOURCE_DIR
+set -uo pipefail
+ROOT=${1:?usage: $0 SOURCE_DIR}
+fail() {
+  echo "FAIL: $*"
+  exit 1
+}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/scalpel_job_sh.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+mkdir -p "$TMP/root/launch" "$TMP/bin"
+cat > "$TMP/root/launch/fake.sh" <<'STEP'
+#!/usr/bin/env bash
+trap 'echo "step: SIGUSR1, exiting 75"; exit 75' USR1
+echo "step: started $*"
+for _ in $(seq 600); do sleep 0.1; done
+exit 0
+STEP
+cat > "$TMP/bin/scontrol" <<STUB
+#!/usr/bin/env bash
+echo "\$*" >> "$TMP/scontrol.calls"
+[ "\$1" = show ] && echo "JobId=\${3:-?} JobState=RUNNING Restarts=0"
+exit 0
+STUB
+chmod +x "$TMP/root/launch/fake.sh" "$TMP/bin/scontrol"
+
+# run_job SIGNAL: the job in the background, SIGNAL to its shell once the step runs; its exit code.
+run_job() {
+  rm -f "$TMP/scontrol.calls" "$TMP/job.log"
+  PATH="$TMP/bin:$PATH" SCALPEL_LAUNCHER=fake SLURM_JOB_ID=4242 \
+    bash -c "source '$ROOT/slurm/job.sh'; scalpel_job '$TMP/root' prune cfg.yaml" > "$TMP/job.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 100); do grep -q "step: started" "$TMP/job.log" 2> /dev/null && break; sleep 0.1; done
+  grep -q "step: started" "$TMP/job.log" || fail "the stand-in step did not start: $(cat "$TMP/job.log")"
+  kill -s "$1" "$pid"
+  wait "$pid"
+}
+
+run_job USR1
+rc=$?
+[ "$rc" = 75 ] || fail "SIGUSR1: exit $rc, want 75: $(cat "$TMP/job.log")"
+grep -q "requeue 4242" "$TMP/scontrol.calls" 2> /dev/null || fail "SIGUSR1: no scontrol requeue: $(cat "$TMP/job.log")"
+grep -q "requeueing job 4242" "$TMP/job.log" || fail "SIGUSR1: the log does not say it requeues: $(cat "$TMP/job.log")"
+
+run_job TERM
+rc=$?
+[ "$rc" = 75 ] || fail "SIGTERM: exit $rc, want 75: $(cat "$TMP/job.log")"
+grep -q "step: SIGUSR1" "$TMP/job.log" || fail "SIGTERM: the step was not asked to stop: $(cat "$TMP/job.log")"
+grep -q "requeue" "$TMP/scontrol.calls" 2> /dev/null && fail "SIGTERM: the job requeued itself: $(cat "$TMP/scontrol.calls")"
+grep -q "stopped after SIGTERM (exit 75; JobState=RUNNING): not requeueing" "$TMP/job.log" \
+  || fail "SIGTERM: the log does not say it leaves the job to Slurm: $(cat "$TMP/job.log")"
+
+out=$(SCALPEL_LAUNCHER=fake SCALPEL_MAX_REQUEUES=abc bash -c "source '$ROOT/slurm/job.sh'; scalpel_job '$TMP/root' prune x" 2>&1)
+rc=$?
+[ "$rc" = 2 ] || fail "SCALPEL_MAX_REQUEUES=abc: exit $rc, want 2: $out"
+echo "$out" | grep -q "SCALPEL_MAX_REQUEUES=abc: expected a count" || fail "SCALPEL_MAX_REQUEUES=abc: $out"
+echo "$out" | grep -q "step: started" && fail "SCALPEL_MAX_REQUEUES=abc: the step ran: $out"
+echo "PASS: SIGUSR1 requeues, SIGTERM stops without a requeue, a bad SCALPEL_MAX_REQUEUES is refused"
