@@ -430,14 +430,14 @@ void export_depth(DepthRun& r, const Outcome& o, const fs::path& dest) {
 // The pruned model in memory (the export's blocks): every eval.sets text and eval.tasks task.
 // False when a stop signal ended the evaluation between two sets or tasks.
 bool evaluate_pruned(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src, const Outcome& o,
-                     const text::Tokenizer* tok, Metrics& metrics, const nlohmann::json& extra) {
+                     const EvalInputs& eval_inputs, Metrics& metrics, const nlohmann::json& extra) {
   auto spec = spec_of(r);
   spec.layers = static_cast<std::int64_t>(o.kept.size());
   auto source = std::make_shared<RenumberedSource>(std::move(src), block_stems(spec), o.kept);
   model::Model pruned(spec, source, r.be, static_cast<std::size_t>(r.cfg.weight_cache_mb) << 20);
   for (std::size_t i = 0; i < o.kept.size(); ++i)
     if (o.kept_weights[i]) pruned.set_layer_weights(static_cast<std::int64_t>(i), o.kept_weights[i]);
-  return evaluate_config(pruned, tok, r.cfg, r.world, metrics, extra, {},
+  return evaluate_config(pruned, eval_inputs, r.cfg, r.world, metrics, extra, {},
                          evaluation_stop(r.world, config_hash(r.cfg), metrics));
 }
 
@@ -498,7 +498,8 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   std::int64_t n = 0;
   const auto prot = check_depth(cfg, spec, n);
   auto tok = make_tokenizer(cfg);
-  if (!scores_only) check_run_end(world, cfg, spec, *tok);
+  EvalInputs eval_inputs;
+  if (!scores_only) eval_inputs = check_run_end(world, cfg, spec, *tok);
   auto backend = make_rank_backend(cfg, place);
   const auto calib = calibration_windows(cfg, spec, *tok);
   // Enough batches for the ranks (an input Error naming calibration.batch otherwise), before any work.
@@ -546,7 +547,7 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   }
   world.barrier();
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
-  return evaluate_pruned(r, src, o, tok.get(), metrics, {{"depth", true}, {"removed", o.removed}}) ? kExitOk
+  return evaluate_pruned(r, src, o, eval_inputs, metrics, {{"depth", true}, {"removed", o.removed}}) ? kExitOk
                                                                                                    : kExitInterrupted;
 }
 

@@ -33,15 +33,6 @@ class CheckpointSource final : public model::WeightSource {
   std::shared_ptr<const io::HfCheckpoint> ckpt_;
 };
 
-// Rank 0 tokenizes, every rank receives the ids (tokenizing once keeps big texts cheap).
-std::vector<std::int32_t> tokenize_on_root(const text::Tokenizer* tok, const std::string& preset,
-                                           const std::string& path, dist::Comm& comm) {
-  std::vector<std::int32_t> ids;
-  detail::on_root(comm, [&] { ids = tok->encode(text::load_eval_text(preset, path)); });
-  detail::broadcast_vector(ids, comm);
-  return ids;
-}
-
 }  // namespace
 
 std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io::HfCheckpoint> ckpt) {
@@ -178,22 +169,19 @@ TaskOptions task_options(const Config& cfg, const model::ModelSpec& spec) {
 
 }  // namespace
 
-void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer* tok) {
+EvalInputs read_eval_inputs(const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer& tok) {
   const std::int64_t seqlen = eval_seqlen(cfg, spec);
+  EvalInputs in;
   for (const auto& set : cfg.eval.sets) {
-    const auto text = text::load_eval_text(set.preset, set.path);
-    if (!tok) continue;
-    const auto n = static_cast<std::int64_t>(tok->encode(text).size());
+    auto ids = tok.encode(text::load_eval_text(set.preset, set.path));
+    const auto n = static_cast<std::int64_t>(ids.size());
     if (n < seqlen)
       SCALPEL_INPUT_ERROR("{}: eval set '{}': the text has {} tokens, fewer than one window of eval.seqlen {}",
                           set.path, set.name, n, seqlen);
+    in.sets.push_back(std::move(ids));
   }
-  for (const auto& task : cfg.eval.tasks) {
-    if (tok)
-      check_task_requests(*tok, task, task_options(cfg, spec));
-    else
-      (void)text::load_task_docs(text::task_preset(task.preset), task.path, cfg.eval.max_items);
-  }
+  for (const auto& task : cfg.eval.tasks) in.tasks.push_back(encode_task(tok, task, task_options(cfg, spec)));
+  return in;
 }
 
 namespace {
@@ -215,16 +203,37 @@ void report_set(const EvalResult& r, const EvalSet& set, const Config& cfg, dist
 
 }  // namespace
 
-bool evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& cfg, dist::Comm& comm,
+bool evaluate_config(model::Model& m, const EvalInputs& inputs, const Config& cfg, dist::Comm& comm,
                      Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat,
-                     const std::function<bool(std::int64_t, std::int64_t)>& stop) {
+                     const std::function<bool(std::int64_t, std::int64_t)>& stop, const EvalResume& resume) {
   const auto& spec = m.spec();
   const std::int64_t seqlen = eval_seqlen(cfg, spec);
-  const auto total = static_cast<std::int64_t>(cfg.eval.sets.size() + cfg.eval.tasks.size());
+  const auto nsets = cfg.eval.sets.size(), ntasks = cfg.eval.tasks.size();
+  SCALPEL_CHECK(!comm.is_root() || (inputs.sets.size() == nsets && inputs.tasks.size() >= ntasks),
+                "evaluate_config: inputs for {} sets and {} tasks, the config has {} and {}", inputs.sets.size(),
+                inputs.tasks.size(), nsets, ntasks);
+  const auto total = static_cast<std::int64_t>(nsets + ntasks);
   std::int64_t done = 0;
-  const auto stopped = [&] { return stop && ++done < total && stop(done, total); };
-  for (const auto& set : cfg.eval.sets) {
-    auto ids = tokenize_on_root(tok, set.preset, set.path, comm);
+  const auto stopped = [&] {
+    ++done;
+    if (resume.done && comm.is_root()) resume.done(done);
+    return stop && done < total && stop(done, total);
+  };
+  // Evaluated before a stop: said once, not repeated (their records are in the metrics).
+  const auto skipped = [&](const std::string& name) {
+    if (done >= resume.skip) return false;
+    if (comm.is_root())
+      log::info("{}: evaluated by the run a signal stopped after it (its record is in the metrics); not repeated",
+                name);
+    ++done;
+    return true;
+  };
+  for (std::size_t i = 0; i < nsets; ++i) {
+    const auto& set = cfg.eval.sets[i];
+    if (skipped(set.name)) continue;
+    std::vector<std::int32_t> ids;
+    if (comm.is_root()) ids = inputs.sets[i];
+    detail::broadcast_vector(ids, comm);
     const auto limit = text::preset_token_limit(set.preset, seqlen);
     if (limit >= 0 && static_cast<std::int64_t>(ids.size()) > limit) ids.resize(static_cast<std::size_t>(limit));
     const auto r = evaluate_ids(m, ids, seqlen, cfg.eval.batch, cfg.eval.max_windows, comm, set.name,
@@ -233,8 +242,10 @@ bool evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& 
     if (stopped()) return false;
   }
   const TaskOptions opt = task_options(cfg, spec);
-  for (const auto& task : cfg.eval.tasks) {
-    const auto r = evaluate_task(m, tok, task, opt, comm, heartbeat);
+  for (std::size_t i = 0; i < ntasks; ++i) {
+    const auto& task = cfg.eval.tasks[i];
+    if (skipped(task.name)) continue;
+    const auto r = evaluate_encoded_task(m, comm.is_root() ? &inputs.tasks[i] : nullptr, task, opt, comm, heartbeat);
     if (comm.is_root()) report_task(r, text::task_preset(task.preset), cfg, comm, metrics, extra);
     if (stopped()) return false;
   }
@@ -255,7 +266,8 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
   // run after the sets before it, their records written).
   std::unique_ptr<text::Tokenizer> tok;
   if (comm.is_root()) tok = make_tokenizer(cfg);
-  detail::on_root(comm, [&] { check_eval_inputs(cfg, spec, tok.get()); });
+  EvalInputs inputs;
+  detail::on_root(comm, [&] { inputs = read_eval_inputs(cfg, spec, *tok); });
   const DType fwd = forward_dtype(cfg, *ckpt, spec);
   log::info("model {} ({}, {} layers, hidden {}, {:.2f}M params), {} rank(s) x {} thread(s), backend {} ({} forward)",
             cfg.model, spec.model_type, spec.layers, spec.hidden, spec.total_params() / 1e6, comm.size(), threads,
@@ -266,7 +278,7 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
   Metrics metrics;
   if (comm.is_root() && !cfg.output.metrics.empty())
     metrics = Metrics((std::filesystem::path(cfg.output.dir) / cfg.output.metrics).string());
-  evaluate_config(m, tok.get(), cfg, comm, metrics,
+  evaluate_config(m, inputs, cfg, comm, metrics,
                   {{"threads", threads}, {"config_hash", config_hash(cfg)}, {"forward_dtype", dtype_name(fwd)}});
   return kExitOk;
 }
@@ -296,7 +308,7 @@ int run_tokenize(const std::string& model, const std::string& input, const std::
   const std::filesystem::path out(output);
   check_tokenize_output(out, input);
   auto tok = text::Tokenizer::from_folder(model, tokenizer_mode(mode));
-  const auto ids = tok->encode(text::load_eval_text(preset, input));
+  const auto ids = tok->encode(text::read_eval_text(preset, input));
   // int32 little-endian, as the x86/ARM hosts store them; each file written whole, then renamed.
   io::write_file_atomic(out, std::string_view(reinterpret_cast<const char*>(ids.data()), ids.size() * 4), "tokenize");
   const nlohmann::json meta{{"count", ids.size()}, {"dtype", "int32-le"}, {"tokenizer", tok->kind()},

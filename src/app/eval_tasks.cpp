@@ -19,52 +19,27 @@
 namespace scalpel::app {
 namespace {
 
-// Every request of a task as ids: request r is ids[offset[r] .. offset[r+1]), its last cont[r]
-// ids scored.
-struct RequestTable {
-  std::vector<std::int64_t> offset{0};
-  std::vector<std::int32_t> ids;
-  std::vector<std::int64_t> cont;
-  std::int64_t size() const { return static_cast<std::int64_t>(cont.size()); }
-  std::int64_t length(std::int64_t r) const { return offset[r + 1] - offset[r]; }
-};
-
-RequestTable encode_docs(const text::Tokenizer& tok, const std::vector<text::TaskDoc>& docs,
-                         const text::HarnessEncoding& enc, const std::string& path) {
-  RequestTable t;
-  for (const auto& d : docs) {
-    for (std::size_t k = 0; k < d.requests.size(); ++k) {
-      text::EncodedRequest e;
-      try {
-        e = text::encode_request(tok, d.requests[k].first, d.requests[k].second, enc);
-      } catch (const Error& err) {
-        SCALPEL_INPUT_ERROR("{}: line {}: request {}: {}", path, d.line, k, err.what());
-      }
-      t.ids.insert(t.ids.end(), e.ids.begin(), e.ids.end());
-      t.offset.push_back(static_cast<std::int64_t>(t.ids.size()));
-      t.cont.push_back(e.continuation);
-    }
+// Rank 0's requests (without the items) on every rank; an empty table stands for "rank 0's".
+TaskRequests share_requests(const TaskRequests* root, dist::Comm& comm) {
+  TaskRequests t;
+  if (comm.is_root()) {
+    t.offset = root->offset;
+    t.ids = root->ids;
+    t.cont = root->cont;
+    t.line = root->line;
+    t.index = root->index;
   }
-  return t;
-}
-
-// Rank 0 loads and encodes; an input error there reaches every rank as the same error.
-RequestTable load_on_root(const text::Tokenizer* tok, const text::TaskPreset& preset, const EvalTask& task,
-                          const TaskOptions& opt, dist::Comm& comm, std::vector<text::TaskDoc>& docs) {
-  RequestTable t;
-  detail::on_root(comm, [&] {
-    docs = text::load_task_docs(preset, task.path, opt.max_items);
-    t = encode_docs(*tok, docs, {opt.add_bos, opt.max_length}, task.path);
-  });
   detail::broadcast_vector(t.offset, comm);
   detail::broadcast_vector(t.ids, comm);
   detail::broadcast_vector(t.cont, comm);
+  detail::broadcast_vector(t.line, comm);
+  detail::broadcast_vector(t.index, comm);
   return t;
 }
 
 // One batch through the model: per request, the summed log-likelihood of its scored tokens (in
 // position order) and whether every one of them is the greedy choice.
-void score_batch(model::Model& m, const RequestTable& t, std::span<const std::int64_t> reqs,
+void score_batch(model::Model& m, const TaskRequests& t, std::span<const std::int64_t> reqs,
                  std::vector<double>& loglik, std::vector<double>& greedy) {
   std::int64_t len = 1;  // the model reads every id but the last (a request may score nothing)
   for (auto r : reqs) len = std::max(len, t.length(r) - 1);
@@ -98,17 +73,40 @@ void score_batch(model::Model& m, const RequestTable& t, std::span<const std::in
 
 }  // namespace
 
-void check_task_requests(const text::Tokenizer& tok, const EvalTask& task, const TaskOptions& opt) {
-  const auto docs = text::load_task_docs(text::task_preset(task.preset), task.path, opt.max_items);
-  (void)encode_docs(tok, docs, {opt.add_bos, opt.max_length}, task.path);
+TaskRequests encode_task(const text::Tokenizer& tok, const EvalTask& task, const TaskOptions& opt) {
+  TaskRequests t;
+  t.docs = text::load_task_docs(text::task_preset(task.preset), task.path, opt.max_items);
+  const text::HarnessEncoding enc{opt.add_bos, opt.max_length};
+  for (const auto& d : t.docs) {
+    for (std::size_t k = 0; k < d.requests.size(); ++k) {
+      text::EncodedRequest e;
+      try {
+        e = text::encode_request(tok, d.requests[k].first, d.requests[k].second, enc);
+      } catch (const Error& err) {
+        SCALPEL_INPUT_ERROR("{}: line {}: request {}: {}", task.path, d.line, k, err.what());
+      }
+      t.ids.insert(t.ids.end(), e.ids.begin(), e.ids.end());
+      t.offset.push_back(static_cast<std::int64_t>(t.ids.size()));
+      t.cont.push_back(e.continuation);
+      t.line.push_back(d.line);
+      t.index.push_back(static_cast<std::int64_t>(k));
+    }
+  }
+  return t;
 }
 
 TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const EvalTask& task, const TaskOptions& opt,
                          dist::Comm& comm, const std::function<void()>& heartbeat) {
+  TaskRequests requests;
+  detail::on_root(comm, [&] { requests = encode_task(*tok, task, opt); });
+  return evaluate_encoded_task(m, &requests, task, opt, comm, heartbeat);
+}
+
+TaskResult evaluate_encoded_task(model::Model& m, const TaskRequests* requests, const EvalTask& task,
+                                 const TaskOptions& opt, dist::Comm& comm, const std::function<void()>& heartbeat) {
   Timer timer;
   const auto& preset = text::task_preset(task.preset);
-  std::vector<text::TaskDoc> docs;
-  const RequestTable t = load_on_root(tok, preset, task, opt, comm, docs);
+  const TaskRequests t = share_requests(requests, comm);
 
   // Longest first (the harness's order too: the batch's padding stays small), then file order.
   std::vector<std::int64_t> order(static_cast<std::size_t>(t.size()));
@@ -129,11 +127,12 @@ TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const Eval
     if (heartbeat) heartbeat();
   }
   progress.finish();
-  for (std::size_t i = 0; i < loglik.size(); ++i)
-    if (!std::isfinite(loglik[i]))
-      SCALPEL_RUNTIME_ERROR("task {}: request {} has a non-finite log-likelihood ({}): the weights or activations "
-                            "overflow", task.name, order[static_cast<std::size_t>(mine.begin * opt.batch) + i],
-                            loglik[i]);
+  for (std::size_t i = 0; i < loglik.size(); ++i) {
+    if (std::isfinite(loglik[i])) continue;
+    const auto r = order[static_cast<std::size_t>(mine.begin * opt.batch) + i];
+    SCALPEL_RUNTIME_ERROR("task {}: {}: line {}: request {} has a non-finite log-likelihood ({}): the weights or "
+                          "activations overflow", task.name, task.path, t.line[r], t.index[r], loglik[i]);
+  }
 
   // Batch order is sorted order; rank 0 puts the results back in request order and scores.
   const auto all_ll = comm.gatherv(loglik, 0), all_greedy = comm.gatherv(greedy, 0);
@@ -152,7 +151,7 @@ TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const Eval
       ll[static_cast<std::size_t>(order[i])] = all_ll[i];
       gr[static_cast<std::size_t>(order[i])] = all_greedy[i] != 0.0;
     }
-    res.scores = text::score_task(preset, docs, ll, gr);
+    res.scores = text::score_task(preset, requests->docs, ll, gr);
     res.loglik = std::move(ll);
   }
   res.seconds = timer.seconds();

@@ -715,13 +715,14 @@ struct PruneSession {
       SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
                           c.model);
     detail::on_root(w, [&] { check_layer_tensors(c.model, spec); });
+    if (pattern.is_nm()) check_nm_widths(groups, pattern.n, pattern.m);
     // The plan's memory model decides before any work whether the job fits (the same check as
     // `scalpel plan`, which prints the terms).
     if (c.parallel.memory_gb > 0) check_plan_fits(plan_of_job(c, w.size()), c);
     // A typo in the evaluation settings or an export folder that would be refused must not
     // surface only after hours of pruning.
     tok = make_tokenizer(c);
-    check_run_end(w, c, spec, *tok);
+    eval_inputs = check_run_end(w, c, spec, *tok);
     calib = calibration_windows(c, spec, *tok);
     shard = calibration_shard(calib.nseq, c.calibration.batch, grid.data, grid.data_index);
   }
@@ -738,6 +739,7 @@ struct PruneSession {
   std::vector<TargetGroup> groups;
   DType fwd;
   std::unique_ptr<text::Tokenizer> tok;
+  EvalInputs eval_inputs;  // rank 0
   CalibrationWindows calib;
   WindowRange shard;
 };
@@ -830,17 +832,39 @@ int prune_layers(LayerLoop& l) {
   return kExitOk;
 }
 
+// Where the evaluation of a checkpoint stands, in its manifest's "extra": how many sets and tasks
+// of the config with this hash (the whole config: eval.* included) a run a signal stopped had
+// evaluated. Cleared once the evaluation ends, so a rerun of a finished run evaluates again.
+EvalResume evaluation_resume(const PruneSession& s, io::Checkpoint& ckpt) {
+  const auto key = config_hash(s.cfg);
+  std::int64_t skip = 0;
+  if (s.world.is_root()) {
+    const auto extra = ckpt.manifest().value("extra", nlohmann::json::object());
+    if (const auto e = extra.value("evaluation", nlohmann::json::object()); e.value("config_hash", "") == key)
+      skip = e.value("done", std::int64_t{0});
+  }
+  s.world.broadcast(std::as_writable_bytes(std::span(&skip, 1)), 0);
+  const auto total = static_cast<std::int64_t>(s.cfg.eval.sets.size() + s.cfg.eval.tasks.size());
+  return {std::clamp<std::int64_t>(skip, 0, total), [&ckpt, key, total](std::int64_t done) {
+            auto extra = ckpt.manifest().value("extra", nlohmann::json::object());
+            if (done >= total) extra.erase("evaluation");
+            else extra["evaluation"] = {{"config_hash", key}, {"done", done}};
+            ckpt.set_extra(extra);
+          }};
+}
+
 // The evaluation of the pruned model over every rank, layers read from the checkpoint one at a
-// time; false when a signal stopped it between two sets or tasks (the rerun evaluates again).
-bool evaluate_pruned(const PruneSession& s, const fs::path& ckpt_dir, const std::string& config_hash,
-                     Metrics& metrics, Watchdog& watchdog) {
+// time; false when a signal stopped it between two sets or tasks (the rerun goes on from there).
+bool evaluate_pruned(const PruneSession& s, const fs::path& ckpt_dir, io::Checkpoint& ckpt,
+                     const std::string& config_hash, Metrics& metrics, Watchdog& watchdog) {
   model::Model pruned(s.spec, std::make_shared<PrunedSource>(io::Checkpoint::open_read(ckpt_dir), s.src, s.spec),
                       *s.backend, static_cast<std::size_t>(s.cfg.weight_cache_mb) << 20);
   pruned.set_forward_dtype(s.fwd);  // evaluated as it was pruned: the reference's fp16 eval on a GPU
   return evaluate_config(
-      pruned, s.tok.get(), s.cfg, s.world, metrics,
+      pruned, s.eval_inputs, s.cfg, s.world, metrics,
       {{"pruned", true}, {"config_hash", config_hash}, {"forward_dtype", dtype_name(s.fwd)}},
-      [&] { watchdog.beat("evaluate", -1); }, evaluation_stop(s.world, config_hash, metrics));
+      [&] { watchdog.beat("evaluate", -1); }, evaluation_stop(s.world, config_hash, metrics),
+      evaluation_resume(s, ckpt));
 }
 
 void log_prune_start(const PruneSession& s, std::int64_t resume_from, const fs::path& ckpt_dir) {
@@ -927,15 +951,15 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   // the one they opened at the start).
   world.barrier();
   if (!world.is_root()) ckpt = io::Checkpoint::open_read(ckpt_dir);
-  summarise_and_export(cfg, *ckpt, *s.src, spec, s.pattern, total_timer.seconds(), world, place, id.config_hash,
-                       metrics);
+  summarise_and_export(cfg, *ckpt, *s.src, spec, s.pattern, total_timer.seconds(), first_layer, world, place,
+                       id.config_hash, metrics);
   world.barrier();  // the checkpoint is marked complete
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
   if (stop_requested(world, {"layer", spec.layers, spec.layers, spec.layers - 1, "committed and exported"},
                      id.config_hash, metrics))
     return kExitInterrupted;
   watchdog.beat("evaluate", -1);
-  return evaluate_pruned(s, ckpt_dir, id.config_hash, metrics, watchdog) ? kExitOk : kExitInterrupted;
+  return evaluate_pruned(s, ckpt_dir, *ckpt, id.config_hash, metrics, watchdog) ? kExitOk : kExitInterrupted;
 }
 
 }  // namespace scalpel::app

@@ -178,11 +178,14 @@ std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& worl
   };
 }
 
-void check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer& tok) {
+EvalInputs check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec,
+                         const text::Tokenizer& tok) {
+  EvalInputs inputs;
   detail::on_root(world, [&] {
-    check_eval_inputs(cfg, spec, &tok);
+    inputs = read_eval_inputs(cfg, spec, tok);
     check_export_folder(cfg);
   });
+  return inputs;
 }
 
 }  // namespace scalpel::app

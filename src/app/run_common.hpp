@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "scalpel/app/commands.hpp"
 #include "scalpel/app/config.hpp"
 #include "scalpel/app/progress.hpp"
 #include "scalpel/backend/backend.hpp"
@@ -85,9 +86,16 @@ std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& worl
                                                                 Metrics& metrics);
 
 // Before a prune's or depth run's work, on world rank 0 (an error there ends every rank): what the
-// run reads and writes at its end, its evaluation inputs (check_eval_inputs) and its export folder
+// run reads and writes at its end, its evaluation inputs (read here, once: read_eval_inputs; the
+// result holds them on rank 0 for the run's evaluations) and its export folder
 // (check_export_folder), so that a typo does not surface after hours of work.
-void check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer& tok);
+EvalInputs check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec,
+                         const text::Tokenizer& tok);
+
+// A layer's vectors (LayerNorm/RMSNorm weights, biases), which no pruner checks, finite: an input
+// Error naming the layer and tensor otherwise (a NaN there reached the next linear's Hessian, and
+// the error blamed the inputs).
+void check_layer_vectors(Backend& be, const model::LayerWeights& w, std::int64_t layer);
 
 // fp32 weight -> the checkpoint's stored dtype, on the host.
 Tensor to_storage(Backend& be, const Tensor& w, DType dtype);

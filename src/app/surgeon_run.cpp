@@ -406,7 +406,7 @@ void log_shot(const nlohmann::json& rec) {
 // After the last shot: weights rounded to the checkpoint's dtype (what the export holds and what
 // is evaluated), the export, the summary record and the evaluation.
 int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpoint& src, const model::ModelSpec& spec,
-                   const text::Tokenizer* tok, const Timer& total_timer) {
+                   const EvalInputs& eval_inputs, const Timer& total_timer) {
   r.watchdog.beat("export", -1);
   std::map<std::string, Tensor> replaced;
   std::vector<Tensor> rounded;
@@ -454,7 +454,7 @@ int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpo
   if (stop_requested(r.world, {"shot", K, K, K, "committed and exported"}, r.config_hash, r.metrics))
     return kExitInterrupted;
   const bool done = evaluate_config(
-      r.m, tok, r.cfg, r.world, r.metrics, {{"pruned", true}, {"config_hash", r.config_hash}},
+      r.m, eval_inputs, r.cfg, r.world, r.metrics, {{"pruned", true}, {"config_hash", r.config_hash}},
       [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics));
   return done ? kExitOk : kExitInterrupted;
 }
@@ -492,7 +492,7 @@ io::ShotCheckpoint open_shot_state(const Config& cfg, dist::Comm& world, const d
 // evaluation of surgeon.eval_shots. False when a stop signal ended that evaluation (between its
 // sets; the shot stays committed, and the rerun goes on with the next shot without repeating it).
 bool commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, std::vector<Tensor>& wbs,
-                 nlohmann::json rec, const text::Tokenizer* tok) {
+                 nlohmann::json rec, const EvalInputs& eval_inputs) {
   const auto K = r.cfg.surgeon.shots;
   install(r.m, r.be, r.targets, wbs);
   Timer ct;
@@ -515,7 +515,7 @@ bool commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, st
   if (!eval_now || shot == K || r.cfg.eval.sets.empty()) return true;
   Config c = r.cfg;
   c.eval.tasks.clear();
-  return evaluate_config(r.m, tok, c, r.world, r.metrics,
+  return evaluate_config(r.m, eval_inputs, c, r.world, r.metrics,
                          {{"pruned", true}, {"shot", shot}, {"config_hash", r.config_hash}},
                          [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics));
 }
@@ -537,7 +537,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   // The plan's memory model decides before any work whether the job fits, as `scalpel plan` does.
   if (cfg.parallel.memory_gb > 0) check_plan_fits(plan_of_job(cfg, world.size()), cfg);
   auto tok = make_tokenizer(cfg);
-  check_run_end(world, cfg, spec, *tok);
+  const auto eval_inputs = check_run_end(world, cfg, spec, *tok);
   const auto calib = calibration_windows(cfg, spec, *tok);
   const auto shard = calibration_shard(calib.nseq, cfg.calibration.batch, grid.data, grid.data_index);
   const std::string config_hash = prune_config_hash(cfg, calib.ids);
@@ -568,7 +568,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
                  metrics, watchdog, config_hash, {}};
   Progress progress("surgeon", K, "shots", cfg.log.progress_seconds, world.is_root(), first - 1);
   for (std::int64_t shot = first; shot <= K; ++shot) {
-    const bool evaluated = commit_shot(run, state, shot, wbs, run_shot(run, shot, wbs), tok.get());
+    const bool evaluated = commit_shot(run, state, shot, wbs, run_shot(run, shot, wbs), eval_inputs);
     progress.update(shot, 0);
     if (!evaluated) return kExitInterrupted;
     // After the last shot too: the rerun finds every shot committed and exports and evaluates.
@@ -576,7 +576,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   }
   progress.finish();
   run.wbs_final = std::move(wbs);
-  return finish_surgeon(run, state, *src, spec, tok.get(), total_timer);
+  return finish_surgeon(run, state, *src, spec, eval_inputs, total_timer);
 }
 
 }  // namespace scalpel::app

@@ -281,12 +281,23 @@ TEST(PruneCli, InspectTellsWhereACheckpointStandsAndVerifiesIt) {
   const auto run_dir = run_capture({kBin, "inspect", dir.string()});
   EXPECT_NE(run_dir.find("exit=2"), std::string::npos) << run_dir;
   EXPECT_NE(run_dir.find("it holds ckpt (a checkpoint)"), std::string::npos) << run_dir;
+  // Layer shards without their manifest (it said "missing config.json"): the folder, and the run's
+  // folder holding it, say what it is and that nothing in it is committed.
+  fs::create_directories(dir / "orphan/ckpt");
+  fs::copy_file(dir / "ckpt/layer-00000.shard-00000.h5", dir / "orphan/ckpt/layer-00000.shard-00000.h5");
+  const auto orphan = run_capture({kBin, "inspect", (dir / "orphan/ckpt").string()});
+  EXPECT_NE(orphan.find("exit=2"), std::string::npos) << orphan;
+  EXPECT_NE(orphan.find("but no manifest.json"), std::string::npos) << orphan;
+  EXPECT_NE(orphan.find("nothing in it counts as committed"), std::string::npos) << orphan;
+  const auto above = run_capture({kBin, "inspect", (dir / "orphan").string()});
+  EXPECT_NE(above.find("exit=2"), std::string::npos) << above;
+  EXPECT_NE(above.find("it holds ckpt (a checkpoint without its manifest.json"), std::string::npos) << above;
   fs::remove_all(dir);
 }
 
 // A stop signal after the last layer is honoured too (Slurm's preemption of a run in its export
 // or evaluation): SIGUSR1 once the summary is written stops before the second evaluation set with
-// exit code 75 and an "interrupted" record; the rerun prunes nothing and evaluates both sets.
+// exit code 75 and an "interrupted" record; the rerun prunes nothing and evaluates what is left.
 TEST(PruneCli, AStopDuringTheFinalEvaluationIsHonoured) {
   NEED_SHARED();
   const auto dir = temp_dir("stop_eval");
@@ -298,11 +309,28 @@ TEST(PruneCli, AStopDuringTheFinalEvaluationIsHonoured) {
   const auto stops = records(dir / "metrics.jsonl", "interrupted");
   ASSERT_EQ(stops.size(), 1u);
   EXPECT_EQ(stops[0]["signal"], SIGUSR1);
-  EXPECT_LE(records(dir / "metrics.jsonl", "eval").size(), 1u);  // stopped before set b
+  const auto before = records(dir / "metrics.jsonl", "eval").size();
+  EXPECT_LE(before, 1u);  // stopped before set b
+  // The rerun goes on where the evaluation stopped: a set evaluated before the stop is not
+  // evaluated again (a requeued job whose evaluation outlasted its time slot repeated it forever,
+  // writing its record each time), so each set has exactly one record.
   const auto rerun = run_capture(prune_args(dir, "opt-mini", extra));
   ASSERT_NE(rerun.find("exit=0"), std::string::npos) << rerun;
   EXPECT_NE(rerun.find("nothing to prune"), std::string::npos) << rerun;
   EXPECT_NE(rerun.find("b: ppl"), std::string::npos) << rerun;
+  EXPECT_EQ(rerun.find("a: ppl") == std::string::npos, before == 1) << rerun;
+  if (before == 1) {
+    EXPECT_NE(rerun.find("a: evaluated by the run a signal stopped after it"), std::string::npos) << rerun;
+  }
+  const auto evals = records(dir / "metrics.jsonl", "eval");
+  ASSERT_EQ(evals.size(), 2u);
+  EXPECT_EQ(evals[0]["set"], "a");
+  EXPECT_EQ(evals[1]["set"], "b");
+  // A finished evaluation leaves nothing behind: running the same command again evaluates both.
+  const auto third = run_capture(prune_args(dir, "opt-mini", extra));
+  EXPECT_NE(third.find("a: ppl"), std::string::npos) << third;
+  EXPECT_NE(third.find("b: ppl"), std::string::npos) << third;
+  EXPECT_FALSE(nlohmann::json::parse(read_bytes(dir / "ckpt/manifest.json"))["extra"].contains("evaluation"));
   fs::remove_all(dir);
 }
 

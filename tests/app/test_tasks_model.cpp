@@ -11,6 +11,7 @@
 #include "../common/backends.hpp"
 #include "../common/reference_model.hpp"
 #include "scalpel/app/commands.hpp"
+#include "scalpel/core/error.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
 
@@ -97,6 +98,57 @@ TEST_P(TaskModel, EveryPresetMatchesAFloat64Forward) {
     }
   }
   std::printf("largest |loglik - float64| on %s: %.3g\n", folder.filename().c_str(), worst);
+}
+
+// A run reads its evaluation inputs before its work (app::read_eval_inputs) and evaluates from
+// them at its end: the files changing or vanishing in between must change nothing. The records of
+// an evaluation from inputs read before the text file was removed and the task file overwritten
+// with garbage equal those of an evaluation with the files in place.
+TEST_P(TaskModel, EvaluatesTheInputsReadBeforeTheWork) {
+  auto ckpt = std::make_shared<const io::HfCheckpoint>(folder);
+  const auto spec = model::ModelSpec::from_config(ckpt->config(), "config.json");
+  model::Model m(spec, app::checkpoint_source(ckpt), *be);
+  const auto tok = text::Tokenizer::from_folder(folder);
+  dist::SelfComm self;
+  const fs::path text = dir / "text.txt", task = dir / "mc.jsonl";
+  std::ofstream(text) << "The river runs to the sea. The sea is wide and deep, and the ships sail on it all "
+                         "day and all night, from one shore to the other, carrying wheat and wool.\n";
+  std::ofstream(task) << kItems.back().second << "\n" << kItems.back().second << "\n";
+  app::Config cfg;
+  cfg.model = folder.string();
+  cfg.eval.seqlen = 8;
+  cfg.eval.sets = {{"text", "text", text.string()}};
+  cfg.eval.tasks = {{"mc", "mc", task.string()}};
+  const auto records = [&](const app::EvalInputs& in, const std::string& name) {
+    {
+      app::Metrics metrics((dir / name).string());
+      EXPECT_TRUE(app::evaluate_config(m, in, cfg, self, metrics, nlohmann::json::object()));
+    }
+    std::vector<nlohmann::json> out;
+    std::ifstream f(dir / name);
+    for (std::string line; std::getline(f, line);) {
+      auto j = nlohmann::json::parse(line);
+      for (const char* k : {"time", "seconds"}) j.erase(k);
+      out.push_back(j);
+    }
+    return out;
+  };
+  const auto before = records(app::read_eval_inputs(cfg, spec, *tok), "before.jsonl");
+  const auto inputs = app::read_eval_inputs(cfg, spec, *tok);
+  fs::remove(text);
+  std::ofstream(task) << "not json\n";
+  const auto after = records(inputs, "after.jsonl");
+  ASSERT_EQ(before.size(), 2u);
+  EXPECT_EQ(after, before);
+  EXPECT_GT(before[0].at("windows").get<std::int64_t>(), 0);
+  EXPECT_EQ(before[1].at("requests").get<std::int64_t>(), 6);  // 2 items x 3 choices
+  // And read now, the files are refused, naming them.
+  try {
+    (void)app::read_eval_inputs(cfg, spec, *tok);
+    ADD_FAILURE() << "a removed eval text was read";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(text.string()), std::string::npos) << e.what();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(All, TaskModel,

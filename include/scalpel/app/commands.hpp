@@ -46,33 +46,65 @@ struct TaskOptions {
   double progress_seconds = 5;
 };
 
-// One zero-shot task, as lm-evaluation-harness scores it (see eval_tasks.cpp). `tok` is needed on
-// rank 0 only. The result does not depend on the rank count.
+// A task file's items and every request encoded as the evaluation reads them: request r is
+// ids[offset[r] .. offset[r+1]), its last cont[r] ids scored; it is request index[r] of the item on
+// file line line[r].
+struct TaskRequests {
+  std::vector<text::TaskDoc> docs;
+  std::vector<std::int64_t> offset{0};
+  std::vector<std::int32_t> ids;
+  std::vector<std::int64_t> cont, line, index;
+  std::int64_t size() const { return static_cast<std::int64_t>(cont.size()); }
+  std::int64_t length(std::int64_t r) const { return offset[r + 1] - offset[r]; }
+};
+
+// Reads and encodes a task file (at most opt.max_items items): input Error naming the file, line
+// and request for an invalid item or a request that cannot be encoded (a context that is only
+// whitespace, a continuation longer than the model's context).
+TaskRequests encode_task(const text::Tokenizer& tok, const EvalTask& task, const TaskOptions& opt);
+
+// One zero-shot task, as lm-evaluation-harness scores it (see eval_tasks.cpp), from the requests
+// rank 0 holds (`requests` is read on rank 0 only). The result does not depend on the rank count.
+TaskResult evaluate_encoded_task(model::Model& m, const TaskRequests* requests, const EvalTask& task,
+                                 const TaskOptions& opt, dist::Comm& comm, const std::function<void()>& heartbeat = {});
+// The same, rank 0 reading and encoding the file with `tok` (needed on rank 0 only).
 TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const EvalTask& task, const TaskOptions& opt,
                          dist::Comm& comm, const std::function<void()>& heartbeat = {});
 
-// Every request of a task file encoded as the evaluation will encode it (input Error naming the
-// file, line and request otherwise: a context that is only whitespace, a continuation longer than
-// the model's context). Reads the whole file.
-void check_task_requests(const text::Tokenizer& tok, const EvalTask& task, const TaskOptions& opt);
-// Checks what evaluate_config will read before any work: eval.seqlen within the model's context,
-// every eval.sets file readable, every eval.tasks file's items valid (input Error otherwise); with
-// `tok`, also what only the ids show: every set at least one window long, every task request
-// encodable (check_task_requests).
-void check_eval_inputs(const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer* tok = nullptr);
+// What evaluate_config reads, read once: each eval.sets text as ids and each eval.tasks file
+// encoded, in config order. A run reads them on rank 0 before any work (input Error for a file
+// that is missing or invalid, a text shorter than one window of eval.seqlen, a request that cannot
+// be encoded) and evaluates from them at its end, so an input edited or removed meanwhile changes
+// nothing and a big text is tokenized once however often the run evaluates.
+struct EvalInputs {
+  std::vector<std::vector<std::int32_t>> sets;
+  std::vector<TaskRequests> tasks;
+};
+EvalInputs read_eval_inputs(const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer& tok);
 // Before any work: output.dir is not a file, and the export's folder (output.dir/output.export),
 // when there is one, is new, empty or an earlier export (check_export_target), so a run does not
 // fail, or destroy a folder, at its end.
 void check_export_folder(const Config& cfg);
 
-// Every eval.sets text and eval.tasks task of `cfg` on `m`: a line each on stdout and a metrics
-// record each (rank 0), the records carrying `extra` (e.g. {"pruned": true}). `tok` is needed on
-// rank 0 only.
+// Where an evaluation stopped by a signal left off: `skip` sets and tasks (in config order, sets
+// first) already evaluated, with their records in the metrics, are not repeated; `done`, when
+// set, is called on rank 0 with the count evaluated after each one (the prune keeps it in its
+// checkpoint). Every rank passes the same skip.
+struct EvalResume {
+  std::int64_t skip = 0;
+  std::function<void(std::int64_t)> done;
+};
+
+// Every eval.sets text and eval.tasks task of `cfg` on `m`, from `inputs` (read_eval_inputs of
+// the same sets and tasks; a config may leave out its trailing tasks, on rank 0 only; empty
+// elsewhere): a line each on stdout and a metrics record each (rank 0), the records carrying
+// `extra` (e.g. {"pruned": true}).
 // `stop`, called on every rank between two sets or tasks with (done, total), ends the evaluation
 // when it returns true (a signal: the prune's runs stop there); returns false then, else true.
-bool evaluate_config(model::Model& m, const text::Tokenizer* tok, const Config& cfg, dist::Comm& comm,
+bool evaluate_config(model::Model& m, const EvalInputs& inputs, const Config& cfg, dist::Comm& comm,
                      Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat = {},
-                     const std::function<bool(std::int64_t, std::int64_t)>& stop = {});
+                     const std::function<bool(std::int64_t, std::int64_t)>& stop = {},
+                     const EvalResume& resume = {});
 
 // Adapts a checkpoint folder to the model's WeightSource.
 std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io::HfCheckpoint> ckpt);
