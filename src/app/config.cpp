@@ -757,8 +757,11 @@ std::string fnv1a_hex(const std::string& text) {
 
 }  // namespace
 
-std::string dump_config(const Config& c) {
+std::string dump_config(const Config& c, bool readable) {
   YAML::Emitter e;
+  // 15 significant digits print every decimal of up to 15 digits as written (0.6, not the 17-digit
+  // 0.59999999999999998 that round-trips the double); the hash keeps the 17.
+  if (readable) e.SetDoublePrecision(15);
   e << YAML::BeginMap;
   e << YAML::Key << "model" << YAML::Value << c.model;
   e << YAML::Key << "device" << YAML::Value << c.device;

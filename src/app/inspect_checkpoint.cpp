@@ -11,6 +11,7 @@
 #include "scalpel/app/export.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/io/checkpoint.hpp"
+#include "scalpel/io/checkpoint_shard.hpp"
 #include "scalpel/io/shot_checkpoint.hpp"
 
 namespace fs = std::filesystem;
@@ -141,8 +142,11 @@ void print_layers(const json& j) {
     fmt::print("complete\n");  // a shot of an LLM Surgeon state: its summary is the shot's sparsity
   } else if (j["complete"].get<bool>()) {
     const auto& s = j["summary"];
-    fmt::print("complete: {} {}, {:.2f}% of the target weights zero, {:.1f} s on {} rank(s)\n", s.value("method", "?"),
-               s.value("pattern", "?"), 100.0 * s.value("sparsity", 0.0), s.value("seconds", 0.0), s.value("ranks", 0));
+    const auto from = s.value("resumed_at_layer", I{0});
+    fmt::print("complete: {} {}, {:.2f}% of the target weights zero, {:.1f} s on {} rank(s){}\n", s.value("method", "?"),
+               s.value("pattern", "?"), 100.0 * s.value("sparsity", 0.0), s.value("seconds", 0.0), s.value("ranks", 0),
+               from <= 0 ? std::string() : from >= n ? std::string(" (of the run that only exported)")
+                                                     : fmt::format(" (of the run that resumed at layer {})", from));
   } else if (done == n) {
     fmt::print("every layer committed, not marked complete: the rerun writes the export and the summary\n");
   } else if (done == 0) {
@@ -162,15 +166,35 @@ bool is_checkpoint_folder(const fs::path& dir) {
   return fs::exists(dir / io::kManifestName) || io::ShotCheckpoint::is_shot_state(dir);
 }
 
+namespace {
+
+// Layer shard files without the manifest that records them: a checkpoint whose manifest.json was
+// removed or never written (a prune killed before its first commit).
+bool holds_orphan_shards(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (io::parse_shard_file_name(e.path().filename().string())) return true;
+  return false;
+}
+
+}  // namespace
+
 void refuse_run_folder(const fs::path& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec) || is_checkpoint_folder(dir) || fs::exists(dir / "config.json", ec)) return;
+  if (holds_orphan_shards(dir))
+    SCALPEL_INPUT_ERROR("{}: holds layer shard files (layer-LLLLL.shard-SSSSS.h5) but no manifest.json, the record "
+                        "of what is committed: nothing in it counts as committed, and the prune's rerun with this "
+                        "folder as its checkpoint starts it afresh", dir.string());
   std::vector<std::string> held;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     if (!e.is_directory(ec)) continue;
     if (is_checkpoint_folder(e.path())) held.push_back(e.path().filename().string() + " (a checkpoint)");
     else if (fs::exists(e.path() / "config.json", ec))
       held.push_back(e.path().filename().string() + " (a Hugging Face model)");
+    else if (holds_orphan_shards(e.path()))
+      held.push_back(e.path().filename().string() + " (a checkpoint without its manifest.json: nothing in it counts "
+                     "as committed)");
   }
   std::sort(held.begin(), held.end());
   if (!held.empty())

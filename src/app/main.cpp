@@ -217,7 +217,7 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
   const int rank = world.rank();
   const NodePlace place{world.local_rank(), world.local_size()};
   const auto printed = [&](const Config& cfg) {
-    if (o.print_config && rank == 0) std::cout << dump_config(cfg);
+    if (o.print_config && rank == 0) std::cout << dump_config(cfg, /*readable=*/true);
     return o.print_config;
   };
   if (*c.eval) {

@@ -295,6 +295,8 @@ struct Job {
                         "ranks of a data group: lower calibration.batch or use fewer ranks per stage",
                         N, chunks, B, D);
     groups = target_groups(spec, cfg.prune.targets);
+    if (const auto nm = parse_nm(cfg.prune.pattern))  // as the prune refuses it
+      check_nm_widths(spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'"), nm->first, nm->second);
   }
   // Factors made by all data ranks together (prune/split_factor.hpp).
   bool shared_factor(I width) const {

@@ -76,7 +76,7 @@ Sizes sizes_of(const model::ModelSpec& spec, const Config& cfg, int ranks) {
   if (const auto nm = cfg.prune.pattern != "unstructured" && cfg.prune.pattern != "structured"
                           ? parse_nm(cfg.prune.pattern)
                           : std::nullopt)
-    check_surgeon_nm(groups, nm->first, nm->second);
+    check_nm_widths(groups, nm->first, nm->second);
   for (const auto& l : spec.linears()) z.params += l.out * (l.in + (l.bias ? 1 : 0));
   z.params *= spec.layers;
   for (const auto& g : groups) {

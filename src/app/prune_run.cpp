@@ -543,9 +543,12 @@ int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& pla
                         fs::path(model).is_relative() ? ", relative to the folder it ran in" : "",
                         fs::path(model).is_relative() ? "from here" : "any more");
   const io::HfCheckpoint src(model);
-  if (io::model_fingerprint(model) != ckpt.manifest().at("model").at("fingerprint").get<std::string>())
-    SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {} (fingerprints differ)", req.checkpoint,
-                        model);
+  const auto& made_from = ckpt.manifest().at("model");
+  if (const auto fp = io::model_fingerprint(model); fp != made_from.at("fingerprint").get<std::string>())
+    SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {}: the fingerprint of its config.json and "
+                        "weight file headers is {}, the checkpoint's model ({} as the prune read it) had {}",
+                        req.checkpoint, model, fp, made_from.at("name").get<std::string>(),
+                        made_from.at("fingerprint").get<std::string>());
   const auto spec = model::ModelSpec::from_config(src.config(), (fs::path(model) / "config.json").string());
   PrunedReader reader(ckpt, src, spec);
   const auto lazy = reader.lazy();
@@ -578,7 +581,10 @@ nlohmann::json own_layer(const LinearJob& j, const CalibrationPass& c, Tensor& x
   }
   std::vector<io::TensorRecord> records;
   nlohmann::json layer_metrics;
-  if (!committed) layer_metrics = prune_layer(j, c, groups, *working, records);
+  if (!committed) {
+    check_layer_vectors(j.be, *dense, j.layer);
+    layer_metrics = prune_layer(j, c, groups, *working, records);
+  }
   j.watchdog.beat("forward", j.layer);
   Timer forward_timer;
   const bool dense_propagation = j.cfg.prune.propagation == "dense";
@@ -651,7 +657,9 @@ void commit_layer(io::Checkpoint& ckpt, std::int64_t layer, std::int64_t layers,
       err_sum += v["error_rel"].get<double>();
       ++errs;
     }
-  log::info("layer {}/{} committed: {} linears, {}, {:.1f} s", layer + 1, layers, lins.size(),
+  // Layers are named by their 0-based index everywhere (resume, errors, metrics, inspect); the
+  // count says how far the prune is.
+  log::info("layer {} committed ({}/{}): {} linears, {}, {:.1f} s", layer, layer + 1, layers, lins.size(),
             errs ? fmt::format("mean relative error {:.4g}", err_sum / static_cast<double>(errs))
                  : std::string("reconstruction error not computed"),
             layer_metrics.at("seconds").get<double>());
@@ -661,16 +669,26 @@ void commit_layer(io::Checkpoint& ckpt, std::int64_t layer, std::int64_t layers,
   metrics.write(rec);
 }
 
+// What a summary's seconds cover when its run resumed a checkpoint ("" otherwise).
+std::string resumed_note(const nlohmann::json& summary, std::int64_t layers) {
+  const auto from = summary.value("resumed_at_layer", std::int64_t{0});
+  if (from <= 0) return "";
+  if (from >= layers) return " (every layer committed before: this run exported)";
+  return fmt::format(" (layers {}..{}: the run resumed)", from, layers - 1);
+}
+
 // Every layer committed: the whole result read back through the checkpoint (digests checked) for
 // the export and the summary, in one pass, so that what is exported is exactly what the manifest
 // vouches for. The writers (output.export_writers per node) write their shares of the export's
 // shards and count the zeros of what they read; without an export rank 0 counts. Rank 0 then
 // marks the checkpoint complete, after the export: a run that fails while exporting exports again
-// when rerun.
+// when rerun. first_layer: the first layer this run pruned (its seconds count from there; the
+// summary says so when it is not 0). A checkpoint complete before this run keeps the summary of
+// the run that completed it, and this run's log line and record repeat that one.
 void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfCheckpoint& src,
                           const model::ModelSpec& spec, const prune::Pattern& pattern, double seconds,
-                          dist::Comm& world, const NodePlace& place, const std::string& config_hash,
-                          Metrics& metrics) {
+                          std::int64_t first_layer, dist::Comm& world, const NodePlace& place,
+                          const std::string& config_hash, Metrics& metrics) {
   PrunedReader reader(ckpt, src, spec);
   const bool exporting = !cfg.output.export_dir.empty();
   const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
@@ -686,13 +704,19 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
   const double export_s = export_timer.seconds();
   if (exporting) log::info("exported the pruned model to {} ({:.1f} s)", dest.string(), export_s);
   const auto [zeros, total] = count;
-  const nlohmann::json summary = {{"method", cfg.prune.method}, {"pattern", pattern.str()},
-                                  {"zeros", zeros},             {"weights", total},
-                                  {"sparsity", total ? double(zeros) / double(total) : 0.0},
-                                  {"seconds", seconds},         {"ranks", world.size()}};
-  if (!ckpt.complete()) ckpt.mark_complete(summary);
-  log::info("pruned {} of {} target weights ({:.2f}%) in {:.1f} s", zeros, total, total ? 100.0 * zeros / total : 0.0,
-            seconds);
+  nlohmann::json summary = {{"method", cfg.prune.method}, {"pattern", pattern.str()},
+                            {"zeros", zeros},             {"weights", total},
+                            {"sparsity", total ? double(zeros) / double(total) : 0.0},
+                            {"seconds", seconds},         {"ranks", world.size()}};
+  if (first_layer > 0) summary["resumed_at_layer"] = first_layer;
+  const bool was_complete = ckpt.complete();
+  if (was_complete && ckpt.manifest().contains("summary") && ckpt.manifest()["summary"].is_object())
+    summary = ckpt.manifest()["summary"];
+  if (!was_complete) ckpt.mark_complete(summary);
+  log::info("pruned {} of {} target weights ({:.2f}%) in {:.1f} s on {} rank(s){}{}", zeros, total,
+            total ? 100.0 * zeros / total : 0.0, summary.value("seconds", 0.0), summary.value("ranks", 0),
+            resumed_note(summary, spec.layers), was_complete ? ", by the run that completed the checkpoint" : "");
+  if (was_complete) summary["complete_before_this_run"] = true;
   metrics.write({{"event", "prune"},
                  {"config_hash", config_hash},
                  {"summary", summary},
@@ -893,7 +917,8 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const fs::path ckpt_dir = out_dir / cfg.output.checkpoint;
   const io::CheckpointIdentity id = prune_identity(cfg, s.grid, spec, s.groups, s.calib.ids, s.fwd);
   std::optional<io::Checkpoint> ckpt = open_checkpoint(world, ckpt_dir, id, restart);
-  log_prune_start(s, ckpt->first_uncommitted(), ckpt_dir);
+  const std::int64_t first_layer = ckpt->first_uncommitted();
+  log_prune_start(s, first_layer, ckpt_dir);
 
   Metrics metrics;
   if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((out_dir / cfg.output.metrics).string());

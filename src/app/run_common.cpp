@@ -96,7 +96,7 @@ std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>
   return prune_identity_hash(c, forward == DType::f32 ? "" : std::string(dtype_name(forward)));
 }
 
-void check_surgeon_nm(const std::vector<model::LinearGroup>& groups, std::int64_t n, std::int64_t m) {
+void check_nm_widths(const std::vector<model::LinearGroup>& groups, std::int64_t n, std::int64_t m) {
   for (const auto& g : groups)
     for (const auto& lin : g.linears)
       if (lin.in % m != 0)
@@ -144,6 +144,19 @@ DType forward_dtype(const Config& cfg, const io::HfCheckpoint& src, const model:
   return forward_dtype(cfg, cfg.device, src.info(spec.layer_prefix(0) + spec.linears().front().name + ".weight").dtype);
 }
 
+void check_layer_vectors(Backend& be, const model::LayerWeights& w, std::int64_t layer) {
+  for (const auto& [name, t] : w.tensors) {
+    if (t.dim() != 1) continue;
+    Tensor f = t;
+    if (t.dtype() != DType::f32 && t.dtype() != DType::f64) {
+      f = be.empty(t.shape());
+      be.convert(t, f);
+    }
+    if (!be.all_finite(f))
+      SCALPEL_INPUT_ERROR("layer {} {}: the tensor holds NaN or infinite values (the model is damaged)", layer, name);
+  }
+}
+
 Tensor to_forward(Backend& be, const Tensor& w, DType forward) {
   if (forward == DType::f32) return be.upload(w);
   if (w.dtype() == forward) return be.upload_exact(w);
@@ -161,8 +174,12 @@ bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& c
   std::int64_t stop = stop_signal();
   world.allreduce_max(std::span<std::int64_t>(&stop, 1));
   if (stop == 0) return false;
-  log::warn("signal {} received: stopping after {} {}/{} ({}); rerun the same command to resume (exit code {})",
-            stop, at.unit, at.done, at.total, at.state, kExitInterrupted);
+  // A layer by its 0-based index, as every other message names it; shots and probes count from 1.
+  const auto where = std::string_view(at.unit) == "layer"
+                         ? fmt::format("layer {} ({}/{})", at.after, at.done, at.total)
+                         : fmt::format("{} {}/{}", at.unit, at.done, at.total);
+  log::warn("signal {} received: stopping after {} ({}); rerun the same command to resume (exit code {})", stop,
+            where, at.state, kExitInterrupted);
   metrics.write({{"event", "interrupted"},
                  {"signal", stop},
                  {fmt::format("after_{}", at.unit), at.after},

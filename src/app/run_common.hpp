@@ -48,9 +48,11 @@ WindowRange calibration_shard(std::int64_t nseq, std::int64_t batch, int ranks, 
 std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows,
                               DType forward = DType::f32, std::int64_t widest_input = 0);
 
-// LLM Surgeon's N:M groups M consecutive input columns of each target: M must divide every
-// target's input width (an input error naming the linear; the run and its plan check alike).
-void check_surgeon_nm(const std::vector<model::LinearGroup>& groups, std::int64_t n, std::int64_t m);
+// An N:M pattern groups M consecutive input columns of each target: M must divide every target's
+// input width (an input error naming the linear; every run and its plan check alike). The
+// reference codes take N of a last, partial group of fewer than M columns, so N:M with M - N
+// columns left zeroed whole input features of that linear.
+void check_nm_widths(const std::vector<model::LinearGroup>& groups, std::int64_t n, std::int64_t m);
 
 // Every decoder layer's tensors present in `src` with the shape config.json implies and a float
 // dtype, from the headers alone (no weight is read): an input Error naming the tensor before any

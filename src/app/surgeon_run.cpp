@@ -70,7 +70,7 @@ double final_sparsity(const Config& cfg, const sg::Options& o) {
 
 std::vector<SurgeonTarget> targets_of(const model::ModelSpec& spec, const Config& cfg, const sg::Options& o) {
   const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
-  if (o.shape == sg::Shape::nm) check_surgeon_nm(groups, o.n, o.m);
+  if (o.shape == sg::Shape::nm) check_nm_widths(groups, o.n, o.m);
   std::vector<SurgeonTarget> out;
   for (std::int64_t l = 0; l < spec.layers; ++l)
     for (const auto& g : groups)

@@ -124,6 +124,11 @@ Tensor Model::embed(std::span<const std::int32_t> ids, std::int64_t batch, std::
   const auto n = batch * seqlen, d = spec_.hidden, e = spec_.word_embed_proj_dim;
   Tensor tok = be_.empty({n, e});
   be_.embedding(ids, embed_tokens_, tok);
+  // A damaged row would reach every layer's statistics (the first Hessian's error blamed the
+  // layer's inputs); the rows read are checked, not the whole table.
+  if (!be_.all_finite(tok))
+    SCALPEL_INPUT_ERROR("{}: a row of the {} token ids embedded holds NaN or infinite values (the model is damaged)",
+                        spec_.embed_tokens_name(), n);
   Tensor x;
   if (e != d) {
     x = be_.empty({n, d});
@@ -137,6 +142,9 @@ Tensor Model::embed(std::span<const std::int32_t> ids, std::int64_t batch, std::
     for (std::int64_t i = 0; i < n; ++i) pos[i] = static_cast<std::int32_t>(i % seqlen + spec_.position_offset);
     Tensor p = be_.empty({n, d});
     be_.embedding(pos, embed_positions_, p);
+    if (!be_.all_finite(p))
+      SCALPEL_INPUT_ERROR("model.decoder.embed_positions.weight: a row of positions 0..{} holds NaN or infinite values "
+                          "(the model is damaged)", seqlen - 1);
     be_.add(x, p);
   }
   if (forward_dtype_ == DType::f32) return x;

@@ -29,7 +29,8 @@ HinvFactor sparsegpt_factor(Backend& be, const Tensor& hessian, Tensor* w, doubl
   SCALPEL_CHECK(hessian.dim() == 2 && hessian.size(0) == hessian.size(1), "{}: Hessian {}", name,
                 shape_str(hessian.shape()));
   SCALPEL_CHECK_INPUT(be.all_finite(hessian),
-                      "{}: the Hessian holds NaN or infinite values (the layer's inputs overflowed?)", name);
+                      "{}: the Hessian holds NaN or infinite values (the layer's inputs overflowed, or a linear "
+                      "left out of prune.targets holds NaN?)", name);
   const auto d = hessian.size(0);
   double pd = percdamp;
   for (int t = 1; t <= max_tries; ++t) {

@@ -85,7 +85,7 @@ std::string join_c4_documents(const std::string& raw, const fs::path& path) {
 
 }  // namespace
 
-std::string load_eval_text(const std::string& preset, const fs::path& path) {
+std::string read_eval_text(const std::string& preset, const fs::path& path) {
   std::string text;
   if (preset == "wikitext2" || preset == "text") {
     text = read_utf8(path);
@@ -97,6 +97,11 @@ std::string load_eval_text(const std::string& preset, const fs::path& path) {
     SCALPEL_INPUT_ERROR("unknown evaluation preset \"{}\" for {} (wikitext2, ptb, c4 or text)", preset,
                         path.string());
   }
+  return text;
+}
+
+std::string load_eval_text(const std::string& preset, const fs::path& path) {
+  auto text = read_eval_text(preset, path);
   if (text.empty()) SCALPEL_INPUT_ERROR("{}: the evaluation text (preset {}) is empty", path.string(), preset);
   return text;
 }

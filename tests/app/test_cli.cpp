@@ -108,10 +108,13 @@ TEST(Cli, MpiRanksGiveTheSamePerplexityAndOnlyRankZeroPrints) {
 }
 
 TEST(Cli, PrintConfigShowsOverridesWithoutRunning) {
-  const auto r = run(kBin + " eval --print-config model=/nowhere eval.seqlen=77");
+  const auto r = run(kBin + " eval --print-config model=/nowhere eval.seqlen=77 prune.sparsity=0.6");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("model: /nowhere"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("seqlen: 77"), std::string::npos) << r.out;
+  // Numbers as written (it printed 0.59999999999999998, the double's 17 digits).
+  EXPECT_NE(r.out.find("sparsity: 0.6\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("owl_lambda: 0.08\n"), std::string::npos) << r.out;
   // Every key, defaults included (those a checkpoint's identity leaves out as well), and a dump
   // read back prints the same.
   for (const char* key : {"keep_activations_mb:", "eval_shots:", "allocation: uniform", "saliency: obs",
@@ -143,6 +146,14 @@ TEST(Cli, TokenizeWritesInt32IdsAndCount) {
   std::int32_t first = -1;
   f.read(reinterpret_cast<char*>(&first), 4);
   EXPECT_EQ(first, 2);  // OPT's leading </s>
+  // An empty text has ids too, as transformers' tokenizer(""): OPT's </s> alone (it was refused as
+  // an empty evaluation text).
+  std::ofstream(d / "empty.txt");
+  const auto none = run(kBin + " tokenize --model " + (kShared / "models/opt-mini").string() + " --input " +
+                        (d / "empty.txt").string() + " --output " + (d / "empty.ids").string());
+  ASSERT_EQ(none.code, 0) << none.out;
+  EXPECT_NE(none.out.find("1 tokens"), std::string::npos) << none.out;
+  EXPECT_EQ(scalpel_test::read_bytes(d / "empty.ids"), std::string("\x02\0\0\0", 4));
   // An existing folder as --output is refused, not renamed over (it exited 4 leaving a .tmp).
   const auto to_dir = run(kBin + " tokenize --model " + (kShared / "models/opt-mini").string() + " --input " +
                           (kShared / "data/corpus/calib.txt").string() + " --output " + d.string());

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -38,6 +39,72 @@ std::vector<std::string> prune_args(const fs::path& out, const std::string& mode
                              "threads=1"};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
+}
+
+// An N:M pattern whose M does not divide a target's input width: the reference codes take N of
+// the last, partial group, so 16:32 on llama-mini's down_proj (688 = 21 x 32 + 16 columns) zeroed
+// its last 16 input columns whole and 1:3 on opt-mini's 256-wide linears their last column; it
+// exits 0. Refused now, by the prune and by its plan, naming the linear and its width.
+TEST(PruneCli, NmThatDoesNotDivideAWidthIsRefused) {
+  NEED_SHARED();
+  const auto dir = temp_dir("nm_width");
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases{{"llama-mini", "16:32", "688"},
+                                                                            {"opt-mini", "1:3", "256"}};
+  for (const auto& [model, pattern, width] : cases) {
+    auto args = prune_args(dir, model, {"prune.method=magnitude", "prune.pattern=" + pattern});
+    const auto r = run_capture(args);
+    EXPECT_NE(r.find("exit=2"), std::string::npos) << r;
+    EXPECT_NE(r.find("'prune.pattern' " + pattern + " does not divide the " + width + " input columns"),
+              std::string::npos) << r;
+    EXPECT_FALSE(fs::exists(dir / "ckpt")) << pattern;
+    args[1] = "plan";
+    const auto p = run_capture(args);
+    EXPECT_NE(p.find("exit=2"), std::string::npos) << p;
+    EXPECT_NE(p.find("does not divide the " + width + " input columns"), std::string::npos) << p;
+  }
+  fs::remove_all(dir);
+}
+
+// A copy of opt-mini with every byte of `tensor` set to 0xff (NaN in any float dtype).
+fs::path model_with_nan(const fs::path& dir, const std::string& tensor) {
+  const auto model = dir / "model-nan";
+  fs::create_directories(model);
+  for (const auto& e : fs::directory_iterator(kShared / "models/opt-mini"))
+    if (e.is_regular_file()) fs::copy_file(e.path(), model / e.path().filename(), fs::copy_options::overwrite_existing);
+  const auto bytes = read_bytes(model / "model.safetensors");
+  std::uint64_t header = 0;
+  std::memcpy(&header, bytes.data(), 8);
+  const auto range = nlohmann::json::parse(bytes.substr(8, header)).at(tensor).at("data_offsets");
+  const auto begin = 8 + header + range[0].get<std::uint64_t>(), end = 8 + header + range[1].get<std::uint64_t>();
+  std::fstream f(model / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(begin));
+  const std::string nan(end - begin, '\xff');
+  f.write(nan.data(), static_cast<std::streamsize>(nan.size()));
+  return model;
+}
+
+// A NaN in a tensor no pruner reads (a LayerNorm, the embeddings) surfaced as "the Hessian holds
+// NaN ... (the layer's inputs overflowed?)" for the next linear: now the damaged tensor is named,
+// exit 2, the layers before it committed and the one it is in not.
+TEST(PruneCli, ANanOutsideTheLinearsIsNamed) {
+  NEED_SHARED();
+  const auto dir = temp_dir("nan_named");
+  const std::vector<std::tuple<std::string, std::string, std::int64_t>> cases{
+      {"model.decoder.layers.1.final_layer_norm.weight", "layer 1 final_layer_norm.weight", 1},
+      {"model.decoder.embed_tokens.weight", "model.decoder.embed_tokens.weight: a row of the", 0},
+      {"model.decoder.embed_positions.weight", "model.decoder.embed_positions.weight: a row of positions", 0}};
+  for (const auto& [tensor, says, committed] : cases) {
+    auto args = prune_args(dir / "run", "opt-mini", {"prune.method=sparsegpt"});
+    args[3] = model_with_nan(dir, tensor).string();
+    const auto r = run_capture(args);
+    EXPECT_NE(r.find("exit=2"), std::string::npos) << tensor << r;
+    EXPECT_NE(r.find(says), std::string::npos) << tensor << r;
+    EXPECT_NE(r.find("NaN or infinite"), std::string::npos) << tensor << r;
+    EXPECT_EQ(r.find("Hessian"), std::string::npos) << tensor << r;
+    EXPECT_EQ(committed_layers(dir / "run/ckpt"), committed) << tensor;
+    fs::remove_all(dir / "run");
+  }
+  fs::remove_all(dir);
 }
 
 TEST(PruneCli, SigkillAtAnyPointThenRerunIsBitwiseEqual) {
@@ -445,6 +512,12 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_TRUE(summaries[0].at("export_s").is_null());  // output.export= : none
   EXPECT_GT(summaries[1].at("export_s").get<double>(), 0.0);
   EXPECT_NE(rerun.find("pruned 1572864 of 3145728 target weights"), std::string::npos) << rerun;
+  // The rerun pruned nothing: its line and record repeat the summary of the run that did (they
+  // gave the rerun's own 0.5 s and rank count).
+  EXPECT_NE(rerun.find("by the run that completed the checkpoint"), std::string::npos) << rerun;
+  EXPECT_EQ(summaries[1].at("summary").at("seconds"), summaries[0].at("summary").at("seconds"));
+  EXPECT_TRUE(summaries[1].at("summary").value("complete_before_this_run", false));
+  EXPECT_FALSE(summaries[0].at("summary").contains("complete_before_this_run"));
   const auto again_report = run_capture({kBin, "inspect", "--json", (dir / "model").string()});
   const auto ja = nlohmann::json::parse(again_report.substr(0, again_report.rfind("exit=")));
   EXPECT_EQ(ja["total"], j["total"]);
@@ -544,6 +617,22 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_EQ(away.code, 2) << away.out;
   EXPECT_NE(away.out.find("its model 'opt-mini' (the path the prune was given"), std::string::npos) << away.out;
   EXPECT_NE(away.out.find("--model"), std::string::npos) << away.out;
+  // --model naming a model whose config.json differs (one key added) is another model: refused,
+  // saying what the fingerprint covers and what the checkpoint records, nothing written.
+  const auto other = dir / "other-model";
+  fs::create_directories(other);
+  for (const auto& e : fs::directory_iterator(kShared / "models/opt-mini"))
+    if (e.is_regular_file()) fs::copy_file(e.path(), other / e.path().filename());
+  auto conf = nlohmann::json::parse(read_bytes(other / "config.json"));
+  conf["note"] = "edited";
+  std::ofstream(other / "config.json") << conf.dump(2);
+  const auto differs = run_capture({kBin, "export", "--checkpoint", (rel / "ckpt").string(), "--out",
+                                    (rel / "exp").string(), "--model", other.string()});
+  EXPECT_NE(differs.find("exit=2"), std::string::npos) << differs;
+  EXPECT_NE(differs.find("was made from another model than " + other.string() + ": the fingerprint of its "
+                         "config.json and weight file headers is xxh3:"), std::string::npos) << differs;
+  EXPECT_NE(differs.find("(opt-mini as the prune read it) had xxh3:"), std::string::npos) << differs;
+  EXPECT_FALSE(fs::exists(rel / "exp"));
   fs::remove_all(dir);
   fs::remove_all(partial);
 }

@@ -293,6 +293,10 @@ TEST_F(PruneDist, SigkillOfOneRankEndsTheJobAndAnotherRankCountResumes) {
   ASSERT_EQ(wait_exit(spawn(prune_cmd(3, out, strict), log)), 0) << read_bytes(log);
   if (done < 4) {
     EXPECT_NE(read_bytes(log).find("resuming at layer"), std::string::npos) << read_bytes(log);
+    // The summary's seconds and ranks are the resumed run's: it says from which layer.
+    const auto manifest = nlohmann::json::parse(read_bytes(out / "ckpt/manifest.json"));
+    EXPECT_EQ(manifest.at("summary").at("resumed_at_layer").get<std::int64_t>(), done) << manifest.dump();
+    EXPECT_EQ(manifest.at("summary").at("ranks").get<int>(), 3);
   }
   EXPECT_TRUE(read_bytes(out / "model/model.safetensors") == read_bytes(base / "ref/model/model.safetensors"));
   fs::remove_all(base);

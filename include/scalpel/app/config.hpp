@@ -183,8 +183,9 @@ struct Config {
 Config load_config(const std::string& path, const std::vector<std::string>& overrides);
 // "2:4" -> {2, 4} (N pruned of every M), nullopt when malformed or not 0 < N < M.
 std::optional<std::pair<int, int>> parse_nm(const std::string& pattern);
-// The resolved configuration as YAML.
-std::string dump_config(const Config& cfg);
+// The resolved configuration as YAML. readable: numbers to 15 significant digits, as a user
+// writes them (--print-config); otherwise 17, every double exact (what config_hash hashes).
+std::string dump_config(const Config& cfg, bool readable = false);
 // A stable hash of the resolved configuration (hex), for metrics.
 std::string config_hash(const Config& cfg);
 // A stable hash of what decides a prune's weights alone (the prune and calibration sections and

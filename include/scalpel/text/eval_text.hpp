@@ -15,6 +15,8 @@ namespace scalpel::text {
 // Input Error naming the file for a missing or unreadable file, bad JSON (with its line) or an
 // empty result.
 std::string load_eval_text(const std::string& preset, const std::filesystem::path& path);
+// The same text, empty allowed (`scalpel tokenize`: an empty file has ids, the tokenizer's BOS).
+std::string read_eval_text(const std::string& preset, const std::filesystem::path& path);
 
 // Token limit a preset imposes after tokenizing (c4: 256 * seqlen), or -1 for none.
 std::int64_t preset_token_limit(const std::string& preset, std::int64_t seqlen);
