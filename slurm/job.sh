@@ -9,7 +9,8 @@
 #   scancel -s USR1 -b JOBID      $SLURM_JOB_ID, exit
 #   SIGTERM (scancel JOBID,   --> trap: SIGUSR1 to the step  --> the same, if it has the time
 #   scontrol requeue, Slurm's     exit 75, no requeue: a cancelled job stays cancelled; one that
-#   own preemption)               Slurm requeues starts again by itself
+#   own preemption)               Slurm requeues starts again by itself (a SIGTERM after the
+#                                 SIGUSR1, the time limit's own, still requeues)
 #   restart (same job id, SLURM_RESTART_COUNT=1, 2, ...): the same command; scalpel prune resumes
 #   after the last committed layer of output.dir/ckpt. Logs append (--open-mode=append).
 #
@@ -40,12 +41,15 @@ scalpel_job() {
   scalpel_job_log "job ${SLURM_JOB_ID:-?} (restart $restarts) on ${SLURM_JOB_NODELIST:-?}," \
     "${SLURM_NTASKS:-1} task(s): $launcher scalpel $*"
 
-  "$wrapper" "$@" &
-  _scalpel_job_step=$!
+  # The traps go in before the step starts: a signal in between reaches the step once it exists.
+  _scalpel_job_step=""
   _scalpel_job_signalled=0
   _scalpel_job_term=0
   trap '_scalpel_job_forward USR1' USR1
   trap '_scalpel_job_forward TERM' TERM
+  "$wrapper" "$@" &
+  _scalpel_job_step=$!
+  [ "$_scalpel_job_signalled" = 1 ] && kill -s USR1 "$_scalpel_job_step" 2> /dev/null
   local rc=0 again
   while :; do
     wait "$_scalpel_job_step"
@@ -105,9 +109,12 @@ _scalpel_job_state() {
   echo "${st:-?}"
 }
 
+# A SIGTERM with no SIGUSR1 before it is a cancel (or Slurm's own requeue or preemption); one
+# after the time-limit SIGUSR1 is the time limit itself, and the job still requeues.
 _scalpel_job_forward() {
+  [ "$1" = TERM ] && [ "$_scalpel_job_signalled" = 0 ] && _scalpel_job_term=1
   _scalpel_job_signalled=1
-  [ "$1" = TERM ] && _scalpel_job_term=1
   scalpel_job_log "got SIG$1: asking scalpel to stop after the current layer (SIGUSR1 to the step)"
-  kill -s USR1 "$_scalpel_job_step" 2> /dev/null || true
+  [ -n "$_scalpel_job_step" ] && kill -s USR1 "$_scalpel_job_step" 2> /dev/null
+  return 0
 }

@@ -3,7 +3,8 @@
 # scalpel does after committing a layer) and a stand-in `scontrol` that logs its calls. SIGUSR1
 # to the batch shell (the time-limit warning, `scancel -s USR1 -b`) requeues the job; SIGTERM (a
 # plain `scancel`, which requeued and finished a cancelled job) stops the step and does not; a
-# SCALPEL_MAX_REQUEUES that is not a count is refused with exit 2 (it meant no limit).
+# SCALPEL_MAX_REQUEUES that is not a count is refused with exit 2 (it meant no limit); a SIGTERM
+# after the SIGUSR1 (the time limit's own) still requeues.
 # Usage: bash test_job_sh.sh SOURCE_DIR
 set -uo pipefail
 ROOT=${1:?usage: $0 SOURCE_DIR}
@@ -16,7 +17,7 @@ trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$TMP/root/launch" "$TMP/bin"
 cat > "$TMP/root/launch/fake.sh" <<'STEP'
 #!/usr/bin/env bash
-trap 'echo "step: SIGUSR1, exiting 75"; exit 75' USR1
+trap 'echo "step: SIGUSR1, exiting 75"; sleep 0.5; exit 75' USR1
 echo "step: started $*"
 for _ in $(seq 600); do sleep 0.1; done
 exit 0
@@ -29,7 +30,8 @@ exit 0
 STUB
 chmod +x "$TMP/root/launch/fake.sh" "$TMP/bin/scontrol"
 
-# run_job SIGNAL: the job in the background, SIGNAL to its shell once the step runs; its exit code.
+# run_job SIGNAL...: the job in the background, the signals to its shell (0.2 s apart) once the
+# step runs; its exit code.
 run_job() {
   rm -f "$TMP/scontrol.calls" "$TMP/job.log"
   PATH="$TMP/bin:$PATH" SCALPEL_LAUNCHER=fake SLURM_JOB_ID=4242 \
@@ -37,7 +39,11 @@ run_job() {
   local pid=$!
   for _ in $(seq 100); do grep -q "step: started" "$TMP/job.log" 2> /dev/null && break; sleep 0.1; done
   grep -q "step: started" "$TMP/job.log" || fail "the stand-in step did not start: $(cat "$TMP/job.log")"
-  kill -s "$1" "$pid"
+  local sig
+  for sig in "$@"; do
+    kill -s "$sig" "$pid"
+    sleep 0.2
+  done
   wait "$pid"
 }
 
@@ -55,9 +61,17 @@ grep -q "requeue" "$TMP/scontrol.calls" 2> /dev/null && fail "SIGTERM: the job r
 grep -q "stopped after SIGTERM (exit 75; JobState=RUNNING): not requeueing" "$TMP/job.log" \
   || fail "SIGTERM: the log does not say it leaves the job to Slurm: $(cat "$TMP/job.log")"
 
+# The time limit: SIGUSR1 ahead of it, then its own SIGTERM while the step still finishes its
+# layer: still a requeue (only a SIGTERM with no SIGUSR1 before it is a cancel).
+run_job USR1 TERM
+rc=$?
+[ "$rc" = 75 ] || fail "SIGUSR1 then SIGTERM: exit $rc, want 75: $(cat "$TMP/job.log")"
+grep -q "requeue 4242" "$TMP/scontrol.calls" 2> /dev/null \
+  || fail "SIGUSR1 then SIGTERM: no requeue: $(cat "$TMP/job.log")"
+
 out=$(SCALPEL_LAUNCHER=fake SCALPEL_MAX_REQUEUES=abc bash -c "source '$ROOT/slurm/job.sh'; scalpel_job '$TMP/root' prune x" 2>&1)
 rc=$?
 [ "$rc" = 2 ] || fail "SCALPEL_MAX_REQUEUES=abc: exit $rc, want 2: $out"
 echo "$out" | grep -q "SCALPEL_MAX_REQUEUES=abc: expected a count" || fail "SCALPEL_MAX_REQUEUES=abc: $out"
 echo "$out" | grep -q "step: started" && fail "SCALPEL_MAX_REQUEUES=abc: the step ran: $out"
-echo "PASS: SIGUSR1 requeues, SIGTERM stops without a requeue, a bad SCALPEL_MAX_REQUEUES is refused"
+echo "PASS: SIGUSR1 requeues (a SIGTERM after it too), SIGTERM alone stops without a requeue, a bad SCALPEL_MAX_REQUEUES is refused"

@@ -52,7 +52,7 @@ echo "$out" | grep -q -- "--log-level debug prune a threads=2" || fail "--log-le
 out=$(SCALPEL_DRY_RUN=1 SCALPEL_BIND=bogus bash "$WRAP" -n 2 prune a 2>&1)
 [ $? = 2 ] || fail "SCALPEL_BIND=bogus: want exit 2: $out"
 echo "$out" | grep -q "SCALPEL_BIND=bogus" || fail "SCALPEL_BIND=bogus: $out"
-out=$(SCALPEL_DRY_RUN=1 SLURM_CPUS_PER_TASK=abc bash "$ROOT/launch/srun.sh" -n 2 prune a 2>&1)
+out=$(SCALPEL_DRY_RUN=1 SCALPEL_THREADS= SLURM_CPUS_PER_TASK=abc bash "$ROOT/launch/srun.sh" -n 2 prune a 2>&1)
 [ $? = 2 ] || fail "srun.sh SLURM_CPUS_PER_TASK=abc: want exit 2: $out"
 echo "$out" | grep -q "SLURM_CPUS_PER_TASK" || fail "srun.sh SLURM_CPUS_PER_TASK=abc: $out"
 
