@@ -14,6 +14,7 @@
 #include "scalpel/io/checkpoint_shard.hpp"
 #include "scalpel/io/manifest.hpp"
 #include "scalpel/prune/allocation.hpp"
+#include "root_work.hpp"
 
 namespace scalpel::app {
 namespace {
@@ -217,7 +218,9 @@ std::vector<double> owl_outlier_ratios(AllocationContext& c, double owl_m) {
   return ratios;
 }
 
-TraceEstimate hessian_traces(AllocationContext& c, std::int64_t probes, double epsilon, std::uint64_t seed) {
+TraceEstimate hessian_traces(AllocationContext& c, std::int64_t probes, double epsilon, std::uint64_t seed,
+                             const std::vector<std::vector<double>>& done,
+                             const std::function<void(const TraceEstimate&)>& after_probe) {
   Timer timer;
   auto& m = c.model;
   auto& be = m.backend();
@@ -232,8 +235,17 @@ TraceEstimate hessian_traces(AllocationContext& c, std::int64_t probes, double e
     est.sigma.push_back(rms(be, dense[static_cast<std::size_t>(t.layer)]->at(t.lin.name + ".weight")));
   }
   est.trace.assign(targets.size(), 0.0);
-  Progress progress("sensitivity", probes, "probes", c.progress_seconds, c.group.rank() == 0);
-  for (std::int64_t k = 0; k < probes; ++k) {
+  // Kept probes count in the same order as computed ones: the sum, and so the allocation, is the
+  // same bits as an estimate never stopped.
+  SCALPEL_CHECK(static_cast<std::int64_t>(done.size()) <= probes, "{} kept probes of {}", done.size(), probes);
+  for (const auto& row : done) {
+    SCALPEL_CHECK(row.size() == targets.size(), "a kept probe of {} entries, {} targets", row.size(), targets.size());
+    for (std::size_t i = 0; i < targets.size(); ++i) est.trace[i] += row[i] / static_cast<double>(probes);
+    est.probes.push_back(row);
+  }
+  const auto first = static_cast<std::int64_t>(done.size());
+  Progress progress("sensitivity", probes, "probes", c.progress_seconds, c.group.rank() == 0, first);
+  for (std::int64_t k = first; k < probes; ++k) {
     const Direction dir = [&](std::size_t i) {
       return be.upload(probe_direction(seed, k, static_cast<std::int64_t>(i), targets[i].lin.out, targets[i].lin.in));
     };
@@ -250,13 +262,14 @@ TraceEstimate hessian_traces(AllocationContext& c, std::int64_t probes, double e
       est.trace[i] += row[i] / static_cast<double>(probes);
     }
     est.probes.push_back(std::move(row));
-    progress.update(k + 1, 2 * (k + 1) * c.calib.nseq * c.calib.seqlen);
+    if (after_probe) after_probe(est);
+    progress.update(k + 1, 2 * (k + 1 - first) * c.calib.nseq * c.calib.seqlen);
     if (c.stop && k + 1 < probes && c.stop(k + 1, probes)) {
       est.stopped = true;
       break;
     }
   }
-  if (!est.stopped) progress.finish();
+  if (!est.stopped && first < probes) progress.finish();
   for (std::int64_t l = 0; l < m.spec().layers; ++l) m.set_layer_weights(l, dense[static_cast<std::size_t>(l)]);
   est.seconds = timer.seconds();
   return est;
@@ -343,11 +356,46 @@ TraceEstimate read_estimate(const nlohmann::json& t, const std::vector<TargetRef
   return est;
 }
 
+// The probes kept in c.probes_path for this identity, read on the first data rank and shared with
+// the others (all start from the same probe); none when the file is absent or another
+// estimate's, and none with a warning when it cannot be read (estimated anew: it is only a cache).
+std::vector<std::vector<double>> kept_probes(AllocationContext& c, const nlohmann::json& identity, std::int64_t probes,
+                                             std::size_t targets) {
+  std::vector<double> flat;
+  if (c.group.rank() == 0 && !c.probes_path.empty() && std::filesystem::exists(c.probes_path)) {
+    try {
+      const auto j = nlohmann::json::parse(std::ifstream(c.probes_path));
+      if (j.at("identity") == identity) {
+        const auto rows = j.at("probes").get<std::vector<std::vector<double>>>();
+        if (static_cast<std::int64_t>(rows.size()) > probes) throw std::runtime_error("more probes than asked");
+        for (const auto& row : rows) {
+          if (row.size() != targets) throw std::runtime_error("a probe row of another size");
+          for (double v : row)
+            if (!std::isfinite(v)) throw std::runtime_error("a non-finite entry");
+          flat.insert(flat.end(), row.begin(), row.end());
+        }
+      } else {
+        log::info("allocation sensitivity: {} holds another estimate's probes; estimating anew", c.probes_path);
+      }
+    } catch (const std::exception& e) {
+      log::warn("allocation sensitivity: {} cannot be read ({}); estimating anew", c.probes_path, e.what());
+      flat.clear();
+    }
+  }
+  detail::broadcast_vector(flat, c.group);
+  std::vector<std::vector<double>> rows;
+  for (std::size_t at = 0; targets > 0 && at < flat.size(); at += targets)
+    rows.emplace_back(flat.begin() + static_cast<std::ptrdiff_t>(at),
+                      flat.begin() + static_cast<std::ptrdiff_t>(at + targets));
+  return rows;
+}
+
 // The estimate from allocation.traces when it holds this identity's, else computed (and written
 // there by the first data rank, atomically). A file that is not a trace file is not overwritten.
+// The probes go on from those kept in c.probes_path, which gets every new one.
 TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
   const auto& path = cfg.allocation.traces;
-  const auto identity = path.empty() ? nlohmann::json() : trace_identity(cfg, c);
+  const auto identity = path.empty() && c.probes_path.empty() ? nlohmann::json() : trace_identity(cfg, c);
   if (!path.empty() && std::filesystem::exists(path)) {
     nlohmann::json j;
     try {
@@ -366,7 +414,18 @@ TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
     }
     log::info("allocation sensitivity: {} holds another model's, windows' or probes' traces; estimating anew", path);
   }
-  auto est = hessian_traces(c, cfg.allocation.hutchinson_samples, cfg.allocation.epsilon, cfg.calibration.seed);
+  const auto probes = cfg.allocation.hutchinson_samples;
+  const auto kept = kept_probes(c, identity, probes, target_list(c).size());
+  if (!kept.empty() && c.group.rank() == 0)
+    log::info("allocation sensitivity: {} of {} probes kept in {}; {}", kept.size(), probes, c.probes_path,
+              static_cast<std::int64_t>(kept.size()) == probes ? "none left to estimate" : "estimating the rest");
+  std::function<void(const TraceEstimate&)> keep;
+  if (!c.probes_path.empty() && c.group.rank() == 0)
+    keep = [&](const TraceEstimate& e) {
+      io::write_file_atomic(c.probes_path, nlohmann::json{{"identity", identity}, {"probes", e.probes}}.dump() + "\n",
+                            "sensitivity probes");
+    };
+  auto est = hessian_traces(c, probes, cfg.allocation.epsilon, cfg.calibration.seed, kept, keep);
   if (!path.empty() && c.group.rank() == 0 && !est.stopped) {
     const nlohmann::json t = {{"layer", est.layer}, {"linear", est.linear}, {"numel", est.numel},
                               {"sigma", est.sigma}, {"probes", est.probes},   {"trace", est.trace},

@@ -25,6 +25,9 @@
 
 namespace scalpel::app {
 
+// The sensitivity estimate's kept probes, in the prune's checkpoint folder.
+inline constexpr const char* kSensitivityProbesFile = "sensitivity-probes.json";
+
 // What the allocation passes read: the dense model, its target linears, and this rank's windows.
 struct AllocationContext {
   model::Model& model;
@@ -42,9 +45,13 @@ struct AllocationContext {
   dist::Comm* pipe = nullptr;
   dist::Comm* world = nullptr;
   // Sensitivity: a progress line per probe (interval 0: none; rank 0 prints), and `stop`, asked on
-  // every rank after each probe (every rank agreeing): true ends the estimate there, nothing kept.
+  // every rank after each probe (every rank agreeing): true ends the estimate there.
   double progress_seconds = 0;
   std::function<bool(std::int64_t done, std::int64_t total)> stop{};
+  // Sensitivity: where the probes done so far are kept (rank 0 rewrites it after each probe, with
+  // the estimate's identity), so that a stopped, killed or resumed prune goes on from the last
+  // probe instead of estimating anew; empty: nowhere. The prune puts it in its checkpoint folder.
+  std::string probes_path{};
 };
 
 struct Allocation {
@@ -84,7 +91,11 @@ struct TraceEstimate {
 // Probe k perturbs every target W by ±ε·σ_W·V_k,W (V Rademacher from `seed`, the same on every
 // rank); v·∇_W L at both points from the linears' inputs and output gradients (Σ_t g_t·V a_t, no
 // weight gradient formed); (d₊ − d₋)/(2ε σ_W) estimates tr(H_WW).
-TraceEstimate hessian_traces(AllocationContext& ctx, std::int64_t probes, double epsilon, std::uint64_t seed);
+// `done`: rows of probes 0.. computed before (a kept state), not computed again; `after_probe`,
+// when set, gets the estimate after each new probe (rank 0 keeps it).
+TraceEstimate hessian_traces(AllocationContext& ctx, std::int64_t probes, double epsilon, std::uint64_t seed,
+                             const std::vector<std::vector<double>>& done = {},
+                             const std::function<void(const TraceEstimate&)>& after_probe = {});
 // The Rademacher direction of probe k for matrix `index` (in TraceEstimate order): ±1, fp32 host.
 Tensor probe_direction(std::uint64_t seed, std::int64_t probe, std::int64_t index, std::int64_t rows,
                        std::int64_t cols);

@@ -178,6 +178,8 @@ EvalInputs read_eval_inputs(const Config& cfg, const model::ModelSpec& spec, con
     if (n < seqlen)
       SCALPEL_INPUT_ERROR("{}: eval set '{}': the text has {} tokens, fewer than one window of eval.seqlen {}",
                           set.path, set.name, n, seqlen);
+    const auto limit = text::preset_token_limit(set.preset, seqlen);  // c4: the first 256 windows only
+    if (limit >= 0 && n > limit) ids.resize(static_cast<std::size_t>(limit));
     in.sets.push_back(std::move(ids));
   }
   for (const auto& task : cfg.eval.tasks) in.tasks.push_back(encode_task(tok, task, task_options(cfg, spec)));
@@ -223,8 +225,8 @@ bool evaluate_config(model::Model& m, const EvalInputs& inputs, const Config& cf
   const auto skipped = [&](const std::string& name) {
     if (done >= resume.skip) return false;
     if (comm.is_root())
-      log::info("{}: evaluated by the run a signal stopped after it (its record is in the metrics); not repeated",
-                name);
+      log::info("{}: evaluated by an earlier run of this checkpoint before it stopped (its record is in the "
+                "metrics); not repeated", name);
     ++done;
     return true;
   };

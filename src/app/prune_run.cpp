@@ -636,6 +636,7 @@ std::optional<io::Checkpoint> open_checkpoint(dist::Comm& world, const fs::path&
     io::CheckpointOptions copt;
     copt.restart = restart;
     ckpt = io::Checkpoint::open_or_create(dir, id, copt);
+    if (restart) fs::remove(dir / kSensitivityProbesFile);  // --restart starts every estimate anew too
   }
   world.barrier();
   if (!world.is_root()) ckpt = io::Checkpoint::open_read(dir);
@@ -859,7 +860,9 @@ int prune_layers(LayerLoop& l) {
 // Where the evaluation of a checkpoint stands, in its manifest's "extra": how many sets and tasks
 // of the config with this hash (the whole config: eval.* included) a run a signal stopped had
 // evaluated. Cleared once the evaluation ends, so a rerun of a finished run evaluates again.
+// Without a metrics file the results of a stopped run are nowhere to be found again: no resume.
 EvalResume evaluation_resume(const PruneSession& s, io::Checkpoint& ckpt) {
+  if (s.cfg.output.metrics.empty()) return {};
   const auto key = config_hash(s.cfg);
   std::int64_t skip = 0;
   if (s.world.is_root()) {
@@ -942,9 +945,10 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     AllocationContext actx{m, s.groups, s.calib, s.shard, batch, *s.grid.data_group, accumulation,
                            cfg.surgeon.keep_activations_mb, s.grid.stage, s.grid.stages, s.grid.pipe.get(), &world};
     actx.progress_seconds = cfg.log.progress_seconds;
+    actx.probes_path = (ckpt_dir / kSensitivityProbesFile).string();
     actx.stop = [&](std::int64_t done, std::int64_t total) {
-      return stop_requested(world, {"probe", done, total, done, "nothing of the estimate is kept: the rerun estimates "
-                                    "it again"}, id.config_hash, metrics);
+      return stop_requested(world, {"probe", done, total, done, "the probes done are kept in the checkpoint folder: the "
+                                    "rerun goes on from there"}, id.config_hash, metrics);
     };
     if (cfg.prune.allocation == "sensitivity") set_interrupt_note(kSensitivityInterruptNote);
     const Allocation allocation = allocate_sparsity(cfg, s.pattern, actx);

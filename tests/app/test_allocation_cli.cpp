@@ -169,7 +169,10 @@ TEST(AllocationCli, SensitivityPerMatrixWeightedHitsTheTarget) {
 
 // A stop signal during the sensitivity estimate ends the run after the probe under way (exit 75,
 // the "interrupted" record says after which), not after the whole estimate and a layer: nothing
-// is allocated, committed or written to allocation.traces, and the rerun estimates again.
+// is allocated, committed or written to allocation.traces. The probes done are kept in the
+// checkpoint folder: the rerun computes only the others (it estimated all of them again), a
+// prune resumed after a layer estimates none, and the export is bitwise that of a run never
+// stopped.
 TEST(AllocationCli, AStopSignalDuringTheSensitivityEstimateStopsAfterTheProbe) {
   NEED_SHARED();
   const auto dir = temp_dir("al_stop");
@@ -193,13 +196,34 @@ TEST(AllocationCli, AStopSignalDuringTheSensitivityEstimateStopsAfterTheProbe) {
   EXPECT_EQ(committed_layers(dir / "ckpt"), 0);
   EXPECT_FALSE(fs::exists(traces));
   EXPECT_FALSE(fs::exists(dir / "model"));
-  // The rerun resumes the (empty) checkpoint: the whole estimate, then every layer.
-  ASSERT_EQ(run_to_end(args), 0);
-  EXPECT_EQ(records(dir / "metrics.jsonl", "allocation").size(), 1u);
+  const auto kept = dir / "ckpt/sensitivity-probes.json";
+  ASSERT_TRUE(fs::exists(kept));
+  EXPECT_EQ(nlohmann::json::parse(read_bytes(kept))["probes"].size(), 1u);
+  // The rerun goes on from probe 2; stopped after its first committed layer, the next one reads
+  // all four probes.
+  const auto log2 = dir.string() + ".2.log";
+  const int second = stop_after_record(spawn(args, log2), dir / "metrics.jsonl", "layer");
+  EXPECT_NE(read_bytes(log2).find("1 of 4 probes kept in " + kept.string() + "; estimating the rest"),
+            std::string::npos) << read_bytes(log2);
+  EXPECT_EQ(nlohmann::json::parse(read_bytes(kept))["probes"].size(), 4u);
+  fs::remove(traces);  // which the finished estimate wrote, and which would be read first
+  const auto log3 = dir.string() + ".3.log";
+  ASSERT_EQ(wait_exit(spawn(args, log3)), 0) << read_bytes(log3);
+  if (second == 75) {  // else the second run finished every layer before the signal landed
+    EXPECT_NE(read_bytes(log3).find("4 of 4 probes kept in " + kept.string() + "; none left to estimate"),
+              std::string::npos) << read_bytes(log3);
+  }
+  EXPECT_EQ(records(dir / "metrics.jsonl", "allocation").size(), second == 75 ? 2u : 1u);
   EXPECT_TRUE(fs::exists(traces));
-  EXPECT_TRUE(fs::exists(dir / "model/config.json"));
+  const auto ref = temp_dir("al_stop_ref");
+  ASSERT_EQ(run_to_end(alloc_args(ref, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
+                                        "allocation.hutchinson_samples=4"})), 0);
+  EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), read_bytes(ref / "model/model.safetensors"));
+  EXPECT_EQ(records(dir / "metrics.jsonl", "allocation").back()["blocks"],
+            records(ref / "metrics.jsonl", "allocation").back()["blocks"]);
   fs::remove_all(dir);
-  fs::remove(log);
+  fs::remove_all(ref);
+  for (const auto& l : {log, log2, log3}) fs::remove(l);
 }
 
 TEST(AllocationCli, BadSettingsExit2NamingTheKey) {

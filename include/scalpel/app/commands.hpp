@@ -71,8 +71,8 @@ TaskResult evaluate_encoded_task(model::Model& m, const TaskRequests* requests, 
 TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const EvalTask& task, const TaskOptions& opt,
                          dist::Comm& comm, const std::function<void()>& heartbeat = {});
 
-// What evaluate_config reads, read once: each eval.sets text as ids and each eval.tasks file
-// encoded, in config order. A run reads them on rank 0 before any work (input Error for a file
+// What evaluate_config reads, read once: each eval.sets text as ids (cut to the preset's token
+// limit: c4's 256 windows) and each eval.tasks file encoded, in config order. A run reads them on rank 0 before any work (input Error for a file
 // that is missing or invalid, a text shorter than one window of eval.seqlen, a request that cannot
 // be encoded) and evaluates from them at its end, so an input edited or removed meanwhile changes
 // nothing and a big text is tokenized once however often the run evaluates.

@@ -29,9 +29,9 @@ int stop_signal();
 // What a first Ctrl-C says will happen (a string with static storage; nullptr: the default "stopping
 // after the current step (it is kept, rerun to resume)"), for runs that keep something else.
 void set_interrupt_note(const char* note);
-// prune.allocation: sensitivity's, during its estimate (a stop there keeps nothing of it).
+// prune.allocation: sensitivity's, during its estimate (the probes done are kept in the checkpoint).
 inline constexpr const char* kSensitivityInterruptNote =
-    "stopping after the sensitivity probe under way (nothing of the estimate is kept: a rerun estimates again)";
+    "stopping after the sensitivity probe under way (the probes done are kept: a rerun goes on from there)";
 // scalpel depth's: it checks after the scoring and between evaluation sets, and keeps no state.
 inline constexpr const char* kDepthInterruptNote =
     "stopping after the scoring (the scores go to the metrics; nothing is exported and a rerun scores again) or "
