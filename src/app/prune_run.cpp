@@ -857,27 +857,16 @@ int prune_layers(LayerLoop& l) {
   return kExitOk;
 }
 
-// Where the evaluation of a checkpoint stands, in its manifest's "extra": how many sets and tasks
-// of the config with this hash (the whole config: eval.* included) a run a signal stopped had
-// evaluated. Cleared once the evaluation ends, so a rerun of a finished run evaluates again.
-// Without a metrics file the results of a stopped run are nowhere to be found again: no resume.
-EvalResume evaluation_resume(const PruneSession& s, io::Checkpoint& ckpt) {
-  if (s.cfg.output.metrics.empty()) return {};
-  const auto key = config_hash(s.cfg);
-  std::int64_t skip = 0;
-  if (s.world.is_root()) {
-    const auto extra = ckpt.manifest().value("extra", nlohmann::json::object());
-    if (const auto e = extra.value("evaluation", nlohmann::json::object()); e.value("config_hash", "") == key)
-      skip = e.value("done", std::int64_t{0});
-  }
-  s.world.broadcast(std::as_writable_bytes(std::span(&skip, 1)), 0);
-  const auto total = static_cast<std::int64_t>(s.cfg.eval.sets.size() + s.cfg.eval.tasks.size());
-  return {std::clamp<std::int64_t>(skip, 0, total), [&ckpt, key, total](std::int64_t done) {
-            auto extra = ckpt.manifest().value("extra", nlohmann::json::object());
-            if (done >= total) extra.erase("evaluation");
-            else extra["evaluation"] = {{"config_hash", key}, {"done", done}};
-            ckpt.set_extra(extra);
-          }};
+// The evaluation's resume state, in the checkpoint manifest's "extra" (see evaluation_resume).
+EvalResume manifest_evaluation_resume(const PruneSession& s, io::Checkpoint& ckpt) {
+  nlohmann::json kept;
+  if (s.world.is_root()) kept = ckpt.manifest().value("extra", nlohmann::json::object()).value("evaluation", kept);
+  return evaluation_resume(s.cfg, s.world, kept, [&ckpt](const nlohmann::json& e) {
+    auto extra = ckpt.manifest().value("extra", nlohmann::json::object());
+    if (e.is_null()) extra.erase("evaluation");
+    else extra["evaluation"] = e;
+    ckpt.set_extra(extra);
+  });
 }
 
 // The evaluation of the pruned model over every rank, layers read from the checkpoint one at a
@@ -891,7 +880,7 @@ bool evaluate_pruned(const PruneSession& s, const fs::path& ckpt_dir, io::Checkp
       pruned, s.eval_inputs, s.cfg, s.world, metrics,
       {{"pruned", true}, {"config_hash", config_hash}, {"forward_dtype", dtype_name(s.fwd)}},
       [&] { watchdog.beat("evaluate", -1); }, evaluation_stop(s.world, config_hash, metrics),
-      evaluation_resume(s, ckpt));
+      manifest_evaluation_resume(s, ckpt));
 }
 
 void log_prune_start(const PruneSession& s, std::int64_t resume_from, const fs::path& ckpt_dir) {

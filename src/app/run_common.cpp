@@ -195,6 +195,20 @@ std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& worl
   };
 }
 
+EvalResume evaluation_resume(const Config& cfg, dist::Comm& world, const nlohmann::json& kept,
+                             std::function<void(const nlohmann::json&)> keep) {
+  if (cfg.output.metrics.empty()) return {};
+  const auto key = config_hash(cfg);
+  std::int64_t skip = 0;
+  if (world.is_root() && kept.is_object() && kept.value("config_hash", "") == key)
+    skip = kept.value("done", std::int64_t{0});
+  world.broadcast(std::as_writable_bytes(std::span(&skip, 1)), 0);
+  const auto total = static_cast<std::int64_t>(cfg.eval.sets.size() + cfg.eval.tasks.size());
+  return {std::clamp<std::int64_t>(skip, 0, total), [keep = std::move(keep), key, total](std::int64_t done) {
+            keep(done >= total ? nlohmann::json() : nlohmann::json{{"config_hash", key}, {"done", done}});
+          }};
+}
+
 EvalInputs check_run_end(dist::Comm& world, const Config& cfg, const model::ModelSpec& spec,
                          const text::Tokenizer& tok) {
   EvalInputs inputs;

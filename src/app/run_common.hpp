@@ -87,6 +87,14 @@ bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& c
 std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& world, const std::string& config_hash,
                                                                 Metrics& metrics);
 
+// The resume of an evaluation a signal stopped, kept where a run keeps its state: `kept` (read on
+// world rank 0) is what `keep` last stored there, {"config_hash": the whole config's hash (eval.*
+// included), "done": sets and tasks evaluated}; `keep` (called on rank 0) stores the count after
+// each one, and null once the evaluation ends, so a rerun of a finished run evaluates again.
+// Without a metrics file the results of a stopped run are nowhere to be found again: no resume.
+EvalResume evaluation_resume(const Config& cfg, dist::Comm& world, const nlohmann::json& kept,
+                             std::function<void(const nlohmann::json&)> keep);
+
 // Before a prune's or depth run's work, on world rank 0 (an error there ends every rank): what the
 // run reads and writes at its end, its evaluation inputs (read here, once: read_eval_inputs; the
 // result holds them on rank 0 for the run's evaluations) and its export folder

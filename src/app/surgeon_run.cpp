@@ -453,9 +453,14 @@ int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpo
   const auto K = r.cfg.surgeon.shots;
   if (stop_requested(r.world, {"shot", K, K, K, "committed and exported"}, r.config_hash, r.metrics))
     return kExitInterrupted;
+  // A stop between sets is resumed from the shot state's pointer file, as the prune's from its
+  // manifest.
+  nlohmann::json kept;
+  if (r.world.is_root()) kept = state.pointer().value("evaluation", kept);
+  auto resume = evaluation_resume(r.cfg, r.world, kept, [&state](const nlohmann::json& e) { state.record_evaluation(e); });
   const bool done = evaluate_config(
       r.m, eval_inputs, r.cfg, r.world, r.metrics, {{"pruned", true}, {"config_hash", r.config_hash}},
-      [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics));
+      [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics), resume);
   return done ? kExitOk : kExitInterrupted;
 }
 

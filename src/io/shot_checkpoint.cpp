@@ -174,6 +174,14 @@ void ShotCheckpoint::commit_shot(std::int64_t shot, const std::vector<std::vecto
   remove_unreferenced();
 }
 
+void ShotCheckpoint::record_evaluation(const nlohmann::json& evaluation) {
+  SCALPEL_CHECK(writable_, "shot checkpoint {} opened read-only", dir_.string());
+  nlohmann::json next = pointer_;
+  if (evaluation.is_null()) next.erase("evaluation");
+  else next["evaluation"] = evaluation;
+  write_pointer(std::move(next));
+}
+
 void ShotCheckpoint::record_summary(const nlohmann::json& summary) {
   SCALPEL_CHECK(writable_, "shot checkpoint {} opened read-only", dir_.string());
   SCALPEL_CHECK(complete(), "summary of {} before its last shot ({} of {})", dir_.string(), shot_, total_);

@@ -224,6 +224,37 @@ TEST(SurgeonCli, AStopDuringAnIntermediateEvaluationIsHonoured) {
   fs::remove_all(dir);
 }
 
+// A stop during the final evaluation: sent once set a is recorded, it stops after a or b; the
+// rerun evaluates only what was left (the shot state's pointer file keeps the count, as the
+// prune's manifest does; it evaluated a again), each set has one record, and once the evaluation
+// ends the count is gone.
+TEST(SurgeonCli, AStopDuringTheFinalEvaluationResumesIt) {
+  NEED_SHARED();
+  const auto heldout = (kShared / "data/corpus/heldout.txt").string();
+  std::string sets = "eval.sets=[";
+  for (const char* n : {"a", "b", "c"}) sets += std::string(n == std::string("a") ? "" : ", ") + "{name: " + n +
+                                                ", preset: text, path: " + heldout + "}";
+  const std::vector<std::string> extra{"prune.sparsity=0.3", "surgeon.shots=1", "eval.max_windows=40", sets + "]"};
+  const auto dir = temp_dir("sg_stop_final");
+  EXPECT_EQ(stop_after_record(spawn(surgeon_args(dir, "opt-mini", extra)), dir / "metrics.jsonl", "eval"), 75);
+  const auto before = records(dir / "metrics.jsonl", "eval").size();
+  ASSERT_GE(before, 1u);
+  ASSERT_LE(before, 2u);
+  const auto rerun = run_capture(surgeon_args(dir, "opt-mini", extra));
+  ASSERT_NE(rerun.find("exit=0"), std::string::npos) << rerun;
+  EXPECT_EQ(rerun.find("a: ppl"), std::string::npos) << rerun;
+  EXPECT_NE(rerun.find("a: evaluated by an earlier run of this checkpoint"), std::string::npos) << rerun;
+  EXPECT_NE(rerun.find("c: ppl"), std::string::npos) << rerun;
+  const auto evals = records(dir / "metrics.jsonl", "eval");
+  ASSERT_EQ(evals.size(), 3u);
+  EXPECT_EQ(evals[0]["set"], "a");
+  EXPECT_EQ(evals[1]["set"], "b");
+  EXPECT_EQ(evals[2]["set"], "c");
+  const auto pointer = nlohmann::json::parse(read_bytes(dir / "ckpt/shots.json"));
+  EXPECT_FALSE(pointer.contains("evaluation")) << pointer.dump();
+  fs::remove_all(dir);
+}
+
 // A layer-wise prune does not write its checkpoint into a folder holding an LLM Surgeon state
 // (both would claim the folder, and inspect and export would read the surgeon's); --restart
 // discards the state, as it discards a layer checkpoint.

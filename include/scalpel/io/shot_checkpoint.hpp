@@ -61,6 +61,9 @@ class ShotCheckpoint {
   // After the last shot, once the run's export is written: the run's summary in the pointer
   // (atomically). A rerun writes it again; exported() says whether one was written.
   void record_summary(const nlohmann::json& summary);
+  // Where the final evaluation stands (the app's resume state), kept in the pointer file; null
+  // removes it.
+  void record_evaluation(const nlohmann::json& evaluation);
   bool exported() const { return complete() && pointer_.contains("summary"); }
 
   const nlohmann::json& pointer() const { return pointer_; }
