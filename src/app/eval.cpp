@@ -235,9 +235,7 @@ bool evaluate_config(model::Model& m, const EvalInputs& inputs, const Config& cf
     if (skipped(set.name)) continue;
     std::vector<std::int32_t> ids;
     if (comm.is_root()) ids = inputs.sets[i];
-    detail::broadcast_vector(ids, comm);
-    const auto limit = text::preset_token_limit(set.preset, seqlen);
-    if (limit >= 0 && static_cast<std::int64_t>(ids.size()) > limit) ids.resize(static_cast<std::size_t>(limit));
+    detail::broadcast_vector(ids, comm);  // already cut to the preset's limit by read_eval_inputs
     const auto r = evaluate_ids(m, ids, seqlen, cfg.eval.batch, cfg.eval.max_windows, comm, set.name,
                                 cfg.log.progress_seconds, heartbeat);
     if (comm.is_root()) report_set(r, set, cfg, comm, metrics, extra);

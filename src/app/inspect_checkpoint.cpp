@@ -169,7 +169,7 @@ bool is_checkpoint_folder(const fs::path& dir) {
 namespace {
 
 // Layer shard files without the manifest that records them: a checkpoint whose manifest.json was
-// removed or never written (a prune killed before its first commit).
+// removed or lost (copied without it, a damaged file system).
 bool holds_orphan_shards(const fs::path& dir) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec))

@@ -871,9 +871,9 @@ EvalResume manifest_evaluation_resume(const PruneSession& s, io::Checkpoint& ckp
 
 // The evaluation of the pruned model over every rank, layers read from the checkpoint one at a
 // time; false when a signal stopped it between two sets or tasks (the rerun goes on from there).
-bool evaluate_pruned(const PruneSession& s, const fs::path& ckpt_dir, io::Checkpoint& ckpt,
-                     const std::string& config_hash, Metrics& metrics, Watchdog& watchdog) {
-  model::Model pruned(s.spec, std::make_shared<PrunedSource>(io::Checkpoint::open_read(ckpt_dir), s.src, s.spec),
+bool evaluate_pruned(const PruneSession& s, io::Checkpoint& ckpt, const std::string& config_hash, Metrics& metrics,
+                     Watchdog& watchdog) {
+  model::Model pruned(s.spec, std::make_shared<PrunedSource>(io::Checkpoint::open_read(ckpt.dir()), s.src, s.spec),
                       *s.backend, static_cast<std::size_t>(s.cfg.weight_cache_mb) << 20);
   pruned.set_forward_dtype(s.fwd);  // evaluated as it was pruned: the reference's fp16 eval on a GPU
   return evaluate_config(
@@ -977,7 +977,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                      id.config_hash, metrics))
     return kExitInterrupted;
   watchdog.beat("evaluate", -1);
-  return evaluate_pruned(s, ckpt_dir, *ckpt, id.config_hash, metrics, watchdog) ? kExitOk : kExitInterrupted;
+  return evaluate_pruned(s, *ckpt, id.config_hash, metrics, watchdog) ? kExitOk : kExitInterrupted;
 }
 
 }  // namespace scalpel::app

@@ -100,6 +100,14 @@ inline std::string shell_command(const std::vector<std::string>& args) {
   return cmd;
 }
 
+// The override "eval.sets=[{name: a, preset: text, path: P}, ...]": one set per name, all of `path`.
+inline std::string eval_sets_arg(const std::vector<std::string>& names, const std::string& path) {
+  std::string arg = "eval.sets=[";
+  for (std::size_t i = 0; i < names.size(); ++i)
+    arg += (i ? ", " : "") + std::string("{name: ") + names[i] + ", preset: text, path: " + path + "}";
+  return arg + "]";
+}
+
 // The records of a metrics file (JSON lines) with the given event.
 inline std::vector<nlohmann::json> records(const fs::path& metrics, const std::string& event) {
   std::vector<nlohmann::json> out;

@@ -255,11 +255,8 @@ TEST(DepthCli, AStopSignalEndsTheRunWithExit75) {
   EXPECT_FALSE(fs::exists(dir / "model"));
   fs::remove_all(dir);
 
-  std::string sets = "eval.sets=[";
-  for (const char* name : {"a", "b", "c"})
-    sets += std::string(name == std::string("a") ? "" : ", ") + "{name: " + name + ", preset: text, path: " + kHeldout + "}";
-  sets += "]";
-  pid = spawn(depth_args("opt-deep", dir, {"depth.criterion=bi", "depth.remove=2", sets, "eval.max_windows=40"}));
+  pid = spawn(depth_args("opt-deep", dir, {"depth.criterion=bi", "depth.remove=2",
+                                           eval_sets_arg({"a", "b", "c"}, kHeldout), "eval.max_windows=40"}));
   EXPECT_EQ(stop_after_record(pid, dir / "metrics.jsonl", "eval"), 75);
   const auto evals = records(dir / "metrics.jsonl", "eval");
   EXPECT_LE(evals.size(), 2u);  // a, and b if it had begun

@@ -370,10 +370,8 @@ TEST(PruneCli, AStopDuringTheFinalEvaluationIsHonoured) {
   NEED_SHARED();
   const auto dir = temp_dir("stop_eval");
   const auto heldout = (kShared / "data/corpus/heldout.txt").string();
-  std::string sets = "eval.sets=[";
-  for (const char* n : {"a", "b", "c"}) sets += std::string(n == std::string("a") ? "" : ", ") + "{name: " + n +
-                                                ", preset: text, path: " + heldout + "}";
-  const std::vector<std::string> extra{"prune.method=magnitude", "eval.max_windows=40", sets + "]"};
+  const std::vector<std::string> extra{"prune.method=magnitude", "eval.max_windows=40",
+                                       eval_sets_arg({"a", "b", "c"}, heldout)};
   EXPECT_EQ(stop_after_record(spawn(prune_args(dir, "opt-mini", extra)), dir / "metrics.jsonl", "prune"), 75);
   const auto stops = records(dir / "metrics.jsonl", "interrupted");
   ASSERT_EQ(stops.size(), 1u);

@@ -203,8 +203,7 @@ TEST(SurgeonCli, AStopDuringAnIntermediateEvaluationIsHonoured) {
   const auto heldout = (kShared / "data/corpus/heldout.txt").string();
   const std::vector<std::string> extra{
       "prune.sparsity=0.3", "surgeon.shots=2", "surgeon.eval_shots=[1]", "eval.max_windows=40",
-      "eval.sets=[{name: a, preset: text, path: " + heldout + "}, {name: b, preset: text, path: " + heldout +
-          "}, {name: c, preset: text, path: " + heldout + "}]"};
+      eval_sets_arg({"a", "b", "c"}, heldout)};
   const auto dir = temp_dir("sg_stop_eval");
   EXPECT_EQ(stop_after_record(spawn(surgeon_args(dir, "opt-mini", extra)), dir / "metrics.jsonl", "eval"), 75);
   const auto evals = records(dir / "metrics.jsonl", "eval");
@@ -231,10 +230,8 @@ TEST(SurgeonCli, AStopDuringAnIntermediateEvaluationIsHonoured) {
 TEST(SurgeonCli, AStopDuringTheFinalEvaluationResumesIt) {
   NEED_SHARED();
   const auto heldout = (kShared / "data/corpus/heldout.txt").string();
-  std::string sets = "eval.sets=[";
-  for (const char* n : {"a", "b", "c"}) sets += std::string(n == std::string("a") ? "" : ", ") + "{name: " + n +
-                                                ", preset: text, path: " + heldout + "}";
-  const std::vector<std::string> extra{"prune.sparsity=0.3", "surgeon.shots=1", "eval.max_windows=40", sets + "]"};
+  const std::vector<std::string> extra{"prune.sparsity=0.3", "surgeon.shots=1", "eval.max_windows=40",
+                                       eval_sets_arg({"a", "b", "c"}, heldout)};
   const auto dir = temp_dir("sg_stop_final");
   EXPECT_EQ(stop_after_record(spawn(surgeon_args(dir, "opt-mini", extra)), dir / "metrics.jsonl", "eval"), 75);
   const auto before = records(dir / "metrics.jsonl", "eval").size();
