@@ -12,16 +12,19 @@
 //            (cosine) to the dense model's
 // The math lives in depth_scores.cpp; this file computes hidden states, gathers sums, writes the
 // metrics record, the export (blocks dropped and renumbered, config.json rewritten) and evaluates
-// the result.
+// the result. The progress (scores, rounds, attempts, export, evaluation count) is kept in
+// depth_state's file after each unit, so a stopped or killed run goes on from there.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <optional>
 
 #include "depth_scores.hpp"
+#include "depth_state.hpp"
 #include "root_work.hpp"
 #include "run_common.hpp"
 #include "scalpel/app/commands.hpp"
@@ -30,7 +33,9 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/core/timer.hpp"
+#include "scalpel/io/checkpoint_shard.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
+#include "scalpel/io/manifest.hpp"
 
 namespace fs = std::filesystem;
 
@@ -49,7 +54,45 @@ struct DepthRun {
   const CalibrationWindows& calib;
   std::optional<model::RopeTables> rope;
   std::vector<Block> blocks;  // the dense model's blocks
+  DepthState* state;  // the progress kept for a rerun
+  Metrics* metrics;
+  std::string hash;  // the whole config's, as the metrics records carry it
 };
+
+// Thrown on every rank alike (stop_requested agrees through an all-reduce) when a signal asked
+// for a stop between two ppl rounds or LaCo attempts; run_depth ends with exit code 75.
+struct DepthStopped {};
+
+// Whether a signal asked for a stop after `unit` `done` of `total` (kept in the state file).
+void stop_point(DepthRun& r, const char* unit, std::int64_t done, std::int64_t total) {
+  const auto what = fmt::format("kept in {}", r.state->path().string());
+  if (stop_requested(r.world, {unit, done, total, done, what.c_str()}, r.hash, *r.metrics)) throw DepthStopped{};
+}
+
+// The numbers kept under `key` when they are `size` of them (any size: 0), else none (a state
+// that does not fit this run is recomputed, with a warning).
+std::optional<std::vector<double>> kept_numbers(const nlohmann::json& j, std::size_t size, const std::string& what) {
+  if (j.is_null()) return std::nullopt;
+  try {
+    auto v = numbers_from(j, what);
+    if (size == 0 || v.size() == size) return v;
+  } catch (const Error&) {
+  }
+  log::warn("depth: the kept {} do not fit this run; computing them anew", what);
+  return std::nullopt;
+}
+
+// The scores of a one-pass criterion (bi, angular): kept by an earlier run, or computed and kept.
+template <class F>
+std::vector<double> kept_scores(DepthRun& r, std::size_t size, F&& compute) {
+  if (auto v = kept_numbers(r.state->at("scores"), size, "scores")) {
+    log::info("depth: the {} scores kept in {}", r.cfg.depth.criterion, r.state->path().string());
+    return *v;
+  }
+  auto v = compute();
+  r.state->keep("scores", exact_numbers(v));
+  return v;
+}
 
 const model::ModelSpec& spec_of(DepthRun& r) { return r.m.spec(); }
 
@@ -205,7 +248,8 @@ struct LacoState {
   std::vector<std::vector<std::int64_t>> groups;
   std::vector<Tensor> dense;  // per batch of this rank: the dense model's last block output (host)
   std::int64_t windows = 0;
-  Block candidate;            // the merged block of the last candidate scored
+  Block candidate;            // the merged block of the last candidate scored (null: not merged yet)
+  std::size_t attempt = 0;    // attempts scored (or read from the kept ones) so far
 };
 
 std::vector<Block> merged_stack(const LacoState& s, std::int64_t l, std::int64_t count, const Block& merged) {
@@ -238,20 +282,50 @@ double laco_similarity(DepthRun& r, LacoState& s, const std::vector<Block>& stac
   return sum_windows(r.world, mine, 1)[0] / static_cast<double>(s.windows * T);
 }
 
+// The similarity of LaCo attempt `at` (current blocks l .. l+count-1), when an earlier run kept it.
+std::optional<double> kept_attempt(DepthRun& r, std::size_t at, std::int64_t l, std::int64_t count) {
+  const auto& attempts = r.state->at("attempts");
+  if (!attempts.is_array() || at >= attempts.size()) return std::nullopt;
+  const auto& k = attempts[at];
+  if (!k.is_object() || k.value("start", nlohmann::json()) != nlohmann::json(l) ||
+      k.value("count", nlohmann::json()) != nlohmann::json(count))
+    return std::nullopt;
+  const auto v = kept_numbers(k.value("similarity", nlohmann::json()), 1, "laco attempt");
+  if (!v) return std::nullopt;
+  log::info("laco: merging current blocks {}..{}: similarity {:.6f} kept in {}", l, l + count - 1, (*v)[0],
+            r.state->path().string());
+  return (*v)[0];
+}
+
 std::vector<depth::LacoAttempt> laco_run(DepthRun& r, LacoState& s, std::int64_t n, const std::vector<bool>& prot) {
   const auto& d = r.cfg.depth;
   s.blocks = r.blocks;
   for (std::int64_t l = 0; l < spec_of(r).layers; ++l) s.groups.push_back({l});
   s.windows = d.windows > 0 ? std::min(d.windows, r.calib.nseq) : r.calib.nseq;
   const depth::LacoOptions o{d.merge, d.interval, n, d.threshold};
-  auto similarity = [&](std::int64_t l, std::int64_t count) {
+  auto merge = [&](std::int64_t l, std::int64_t count) {
     const std::vector<Block> group(s.blocks.begin() + l, s.blocks.begin() + l + count);
-    s.candidate = merge_blocks(r, group, s.groups[static_cast<std::size_t>(l)][0]);
+    return merge_blocks(r, group, s.groups[static_cast<std::size_t>(l)][0]);
+  };
+  auto similarity = [&](std::int64_t l, std::int64_t count) {
+    const auto at = s.attempt++;
+    if (const auto kept = kept_attempt(r, at, l, count)) {  // merged only if accepted
+      s.candidate = nullptr;
+      return *kept;
+    }
+    s.candidate = merge(l, count);
     const double sim = laco_similarity(r, s, merged_stack(s, l, count, s.candidate));
     log::info("laco: merging current blocks {}..{} gives similarity {:.6f}", l, l + count - 1, sim);
+    auto kept = r.state->at("attempts");
+    if (!kept.is_array()) kept = nlohmann::json::array();
+    kept.erase(kept.begin() + std::min(at, kept.size()), kept.end());
+    kept.push_back({{"start", l}, {"count", count}, {"similarity", exact_numbers({sim})}});
+    r.state->keep("attempts", std::move(kept));
+    stop_point(r, "attempt", static_cast<std::int64_t>(at) + 1, 0);
     return sim;
   };
   auto accept = [&](std::int64_t l, std::int64_t count) {
+    if (!s.candidate) s.candidate = merge(l, count);
     s.blocks = merged_stack(s, l, count, s.candidate);
     auto& g = s.groups[static_cast<std::size_t>(l)];
     for (std::int64_t k = l + 1; k < l + count; ++k)
@@ -287,19 +361,42 @@ void keep_the_rest(Outcome& o, std::int64_t layers) {
   o.kept_weights.assign(o.kept.size(), nullptr);
 }
 
+// The perplexities of the round after `removed`, when an earlier run kept that round (the same
+// blocks removed before it and the same candidates).
+std::optional<std::vector<double>> kept_round(DepthRun& r, const std::vector<std::int64_t>& removed,
+                                              const std::vector<std::int64_t>& candidates) {
+  const auto& rounds = r.state->at("rounds");
+  if (!rounds.is_array() || removed.size() >= rounds.size()) return std::nullopt;
+  const auto& k = rounds[removed.size()];
+  if (!k.is_object() || k.value("removed", nlohmann::json()) != nlohmann::json(removed) ||
+      k.value("candidates", nlohmann::json()) != nlohmann::json(candidates))
+    return std::nullopt;
+  auto v = kept_numbers(k.value("ppl", nlohmann::json()), candidates.size(), "ppl round");
+  if (v) log::info("ppl round {}: kept in {}", removed.size() + 1, r.state->path().string());
+  return v;
+}
+
 // ppl: the per-block scores are the first round's (null for protected blocks); every round goes
 // to the details. --scores-only, and depth.greedy false (remove the n best of that round), run
 // the first round alone.
 Outcome choose_ppl(DepthRun& r, std::int64_t n, const std::vector<bool>& prot, bool scores_only) {
   Outcome o;
   std::vector<depth::GreedyRound> rounds;
+  const bool one_round = scores_only || !r.cfg.depth.greedy;
+  const std::int64_t total = one_round ? 1 : n;
   auto scorer = [&](const std::vector<std::int64_t>& removed, const std::vector<std::int64_t>& candidates) {
+    if (auto v = kept_round(r, removed, candidates)) return *v;
     auto v = ppl_round(r, removed, candidates);
     log::info("ppl round {}: {} candidates, best perplexity {:.4f}", removed.size() + 1, candidates.size(),
               *std::min_element(v.begin(), v.end()));
+    auto kept = r.state->at("rounds");
+    if (!kept.is_array()) kept = nlohmann::json::array();
+    kept.erase(kept.begin() + std::min(removed.size(), kept.size()), kept.end());
+    kept.push_back({{"removed", removed}, {"candidates", candidates}, {"ppl", exact_numbers(v)}});
+    r.state->keep("rounds", std::move(kept));
+    stop_point(r, "round", static_cast<std::int64_t>(removed.size()) + 1, total);
     return v;
   };
-  const bool one_round = scores_only || !r.cfg.depth.greedy;
   o.removed = depth::greedy_remove(spec_of(r).layers, one_round ? 1 : n, prot, scorer, rounds);
   o.scores.assign(static_cast<std::size_t>(spec_of(r).layers), std::nan(""));
   for (std::size_t c = 0; c < rounds[0].candidates.size(); ++c)
@@ -350,13 +447,13 @@ Outcome choose(DepthRun& r, std::int64_t n, const std::vector<bool>& prot, bool 
   if (c == "laco") return choose_laco(r, n, prot);
   Outcome o;
   if (c == "bi") {
-    o.scores = bi_scores(r);
+    o.scores = kept_scores(r, static_cast<std::size_t>(spec_of(r).layers), [&] { return bi_scores(r); });
     o.removed = depth::lowest_blocks(o.scores, n, prot);
   } else if (c == "deepest") {  // no scores: the rule needs no pass over the windows
     const auto start = depth::deepest_start(spec_of(r).layers, n, prot);
     for (std::int64_t k = start; k < start + n; ++k) o.removed.push_back(k);
   } else {
-    o.scores = angular_scores(r, n);
+    o.scores = kept_scores(r, static_cast<std::size_t>(spec_of(r).layers - n + 1), [&] { return angular_scores(r, n); });
     const auto start = depth::angular_start(o.scores, n, prot);
     for (std::int64_t k = start; k < start + n; ++k) o.removed.push_back(k);
   }
@@ -437,8 +534,51 @@ bool evaluate_pruned(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src, c
   model::Model pruned(spec, source, r.be, static_cast<std::size_t>(r.cfg.weight_cache_mb) << 20);
   for (std::size_t i = 0; i < o.kept.size(); ++i)
     if (o.kept_weights[i]) pruned.set_layer_weights(static_cast<std::int64_t>(i), o.kept_weights[i]);
+  // The sets and tasks an earlier run of this config evaluated are in the metrics: skipped.
+  const auto resume = evaluation_resume(r.cfg, r.world, r.state->at("evaluation"),
+                                        [&r](const nlohmann::json& j) { r.state->keep("evaluation", j); });
   return evaluate_config(pruned, eval_inputs, r.cfg, r.world, metrics, extra, {},
-                         evaluation_stop(r.world, config_hash(r.cfg), metrics));
+                         evaluation_stop(r.world, r.hash, metrics), resume);
+}
+
+// Whether `dest` holds the export of outcome `o` that an earlier run wrote (the state names the
+// folder and its config.json the same blocks): then it is not written again.
+bool export_kept(DepthRun& r, const Outcome& o, const fs::path& dest) {
+  if (r.state->at("exported") != dest.string()) return false;
+  try {
+    const auto c = nlohmann::json::parse(std::ifstream(dest / "config.json"));
+    const auto want = depth_config(r.src.config(), o, spec_of(r).layers, r.cfg);
+    return c.at("scalpel_depth") == want.at("scalpel_depth") && c.at("num_hidden_layers") == want.at("num_hidden_layers");
+  } catch (const std::exception&) {
+    return false;  // gone or changed since: written again
+  }
+}
+
+// The export of `o` into output.dir/output.export (rank 0), unless an earlier run wrote it.
+void export_once(DepthRun& r, const Outcome& o) {
+  if (!r.world.is_root() || r.cfg.output.export_dir.empty()) return;
+  const auto dest = fs::path(r.cfg.output.dir) / r.cfg.output.export_dir;
+  if (export_kept(r, o, dest)) {
+    log::info("depth: the export in {} is this run's (kept in {}); not written again", dest.string(),
+              r.state->path().string());
+    return;
+  }
+  r.state->keep("exported", nullptr);
+  export_depth(r, o, dest);
+  r.state->keep("exported", dest.string());
+  log::info("exported the model without those blocks to {}", dest.string());
+}
+
+// What the kept progress belongs to: the model (its fingerprint) and what decides the scores and
+// the choice (the depth section, the calibration windows' ids, determinism).
+nlohmann::json depth_identity(const Config& cfg, const CalibrationWindows& calib) {
+  Config c;
+  c.depth = cfg.depth;
+  c.calibration = cfg.calibration;
+  c.calibration.path = io::digest_bytes(calib.ids.data(), calib.ids.size() * sizeof(std::int32_t));
+  c.calibration.offsets.clear();
+  c.determinism = cfg.determinism;
+  return {{"model", io::model_fingerprint(cfg.model)}, {"settings", config_hash(c)}};
 }
 
 // The checks that need only the config and config.json: input Errors naming the key.
@@ -482,14 +622,59 @@ nlohmann::json depth_record(DepthRun& r, const Outcome& o, bool scores_only, dou
   return rec;
 }
 
+
+// The record's scores and choice, printed (rank 0) and written to the metrics.
+nlohmann::json report(DepthRun& r, const Outcome& o, bool scores_only, double seconds) {
+  auto rec = depth_record(r, o, scores_only, seconds);
+  rec["resumed"] = r.state->resumed();
+  if (r.world.is_root()) {
+    fmt::print("{}\n", rec.dump());
+    std::fflush(stdout);
+  }
+  r.metrics->write(rec);  // before a stop's record, which refers to it
+  return rec;
+}
+
+// After the scoring: the export and the evaluation of the pruned model (exit code 75 when a stop
+// signal ended it).
+int remove_and_evaluate(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src, const Outcome& o,
+                        const EvalInputs& eval_inputs) {
+  const auto& cfg = r.cfg;
+  // No merge kept: the export would be the model itself. The scores are in the metrics.
+  if (cfg.depth.criterion == "laco" && o.removed.empty())
+    SCALPEL_INPUT_ERROR("config: 'depth.threshold' {}: laco kept no merge (no merged model's similarity to the dense "
+                        "one reached it; the depth record lists each attempt's), so nothing is removed and nothing "
+                        "exported; lower depth.threshold", cfg.depth.threshold);
+  const auto kept_in = fmt::format("the scores kept in {}; nothing exported", r.state->path().string());
+  if (stop_requested(r.world, {"scoring", 1, 1, 1, kept_in.c_str()}, r.hash, *r.metrics)) return kExitInterrupted;
+  log::info("removed blocks {} of {}; {} remain", nlohmann::json(o.removed).dump(), spec_of(r).layers, o.kept.size());
+  export_once(r, o);
+  r.world.barrier();
+  if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
+  return evaluate_pruned(r, std::move(src), o, eval_inputs, *r.metrics, {{"depth", true}, {"removed", o.removed}})
+             ? kExitOk
+             : kExitInterrupted;
+}
+
+// Before any work, on every rank: enough batches of the calibration windows for the ranks (an
+// input Error naming calibration.batch otherwise), for laco's windows too.
+void check_windows(const Config& cfg, dist::Comm& world, const CalibrationWindows& calib) {
+  (void)calibration_shard(calib.nseq, cfg.calibration.batch, world.size(), world.rank());
+  if (cfg.depth.criterion != "laco" || cfg.depth.windows <= 0) return;
+  if (cfg.depth.windows > calib.nseq && world.is_root())
+    log::warn("depth.windows {} exceeds the {} calibration windows: laco compares on all {}", cfg.depth.windows,
+              calib.nseq, calib.nseq);
+  (void)calibration_shard(std::min(cfg.depth.windows, calib.nseq), cfg.calibration.batch, world.size(), world.rank());
+}
+
 }  // namespace
 
-int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool scores_only) {
+int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool scores_only, bool restart) {
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   Timer timer;
-  // SIGTERM/SIGUSR1 stop the run with exit code 75 (the batch scripts requeue on it) after the
-  // scoring, before the export, or between evaluation sets; nothing is kept but the metrics, and
-  // the rerun starts over (scoring is one pass).
+  // SIGTERM/SIGUSR1 stop the run with exit code 75 (the batch scripts requeue on it) after a ppl
+  // round or LaCo attempt, after the scoring, or between evaluation sets; the progress is kept in
+  // the state file and the rerun goes on from there.
   install_stop_signals();
   set_interrupt_note(kDepthInterruptNote);
   auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
@@ -502,53 +687,29 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   if (!scores_only) eval_inputs = check_run_end(world, cfg, spec, *tok);
   auto backend = make_rank_backend(cfg, place);
   const auto calib = calibration_windows(cfg, spec, *tok);
-  // Enough batches for the ranks (an input Error naming calibration.batch otherwise), before any work.
-  (void)calibration_shard(calib.nseq, cfg.calibration.batch, world.size(), world.rank());
-  if (cfg.depth.criterion == "laco" && cfg.depth.windows > 0) {
-    if (cfg.depth.windows > calib.nseq && world.is_root())
-      log::warn("depth.windows {} exceeds the {} calibration windows: laco compares on all {}", cfg.depth.windows,
-                calib.nseq, calib.nseq);
-    (void)calibration_shard(std::min(cfg.depth.windows, calib.nseq), cfg.calibration.batch, world.size(), world.rank());
-  }
+  check_windows(cfg, world, calib);
+  // Opened before the scoring: a metrics file that cannot be written fails now, not after it.
+  Metrics metrics;
+  if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((fs::path(cfg.output.dir) / cfg.output.metrics).string());
+  DepthState state(world, fs::path(cfg.output.dir) / cfg.output.checkpoint / kDepthStateFile,
+                   depth_identity(cfg, calib), restart);
   model::Model m(spec, checkpoint_source(src), *backend, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
-  DepthRun r{cfg, world, *backend, m, *src, calib, std::nullopt, {}};
+  DepthRun r{cfg, world, *backend, m, *src, calib, std::nullopt, {}, &state, &metrics, config_hash(cfg)};
   if (spec.family == model::Family::llama) r.rope = model::make_rope_tables(*backend, spec, calib.seqlen);
   for (std::int64_t l = 0; l < spec.layers; ++l) r.blocks.push_back(m.layer_weights(l));
   log::info("depth {} ({}, {} blocks): criterion {}, remove {}{}; {} calibration windows x {} tokens; {} rank(s)",
             cfg.model, spec.model_type, spec.layers, cfg.depth.criterion, n, scores_only ? " (scores only)" : "",
             calib.nseq, calib.seqlen, world.size());
-  // Opened before the scoring: a metrics file that cannot be written fails now, not after it.
-  Metrics metrics;
-  if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((fs::path(cfg.output.dir) / cfg.output.metrics).string());
-  const auto o = choose(r, n, prot, scores_only);
-  if (!scores_only && static_cast<std::int64_t>(o.removed.size()) < n && !o.removed.empty())
-    log::warn("laco removed {} of the {} blocks asked: no further merge kept a similarity above depth.threshold {}",
-              o.removed.size(), n, cfg.depth.threshold);
-  const auto rec = depth_record(r, o, scores_only, timer.seconds());
-  if (world.is_root()) {
-    fmt::print("{}\n", rec.dump());
-    std::fflush(stdout);
-  }
-  metrics.write(rec);  // before a stop's record, which refers to it
-  if (scores_only) return kExitOk;
-  // No merge kept: the export would be the model itself. The scores are in the metrics.
-  if (cfg.depth.criterion == "laco" && o.removed.empty())
-    SCALPEL_INPUT_ERROR("config: 'depth.threshold' {}: laco kept no merge (no merged model's similarity to the dense "
-                        "one reached it; the depth record lists each attempt's), so nothing is removed and nothing "
-                        "exported; lower depth.threshold", cfg.depth.threshold);
-  if (stop_requested(world, {"scoring", 1, 1, 1, "the scores in the metrics; nothing exported, the rerun scores again"},
-                     rec.at("config_hash").get<std::string>(), metrics))
+  try {
+    const auto o = choose(r, n, prot, scores_only);
+    if (!scores_only && static_cast<std::int64_t>(o.removed.size()) < n && !o.removed.empty())
+      log::warn("laco removed {} of the {} blocks asked: no further merge kept a similarity above depth.threshold {}",
+                o.removed.size(), n, cfg.depth.threshold);
+    report(r, o, scores_only, timer.seconds());
+    return scores_only ? kExitOk : remove_and_evaluate(r, src, o, eval_inputs);
+  } catch (const DepthStopped&) {
     return kExitInterrupted;
-  log::info("removed blocks {} of {}; {} remain", nlohmann::json(o.removed).dump(), spec.layers, o.kept.size());
-  if (world.is_root() && !cfg.output.export_dir.empty()) {
-    const auto dest = fs::path(cfg.output.dir) / cfg.output.export_dir;
-    export_depth(r, o, dest);
-    log::info("exported the model without those blocks to {}", dest.string());
   }
-  world.barrier();
-  if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
-  return evaluate_pruned(r, src, o, eval_inputs, metrics, {{"depth", true}, {"removed", o.removed}}) ? kExitOk
-                                                                                                   : kExitInterrupted;
 }
 
 }  // namespace scalpel::app

@@ -121,6 +121,7 @@ CLI::App* add_depth(CLI::App& app, Options& o) {
                                             "distance, LaCo merging, perplexity greedy, the deepest n)");
   add_config_args(depth, o.depth_args, o, "depth.criterion=angular depth.remove=2");
   depth->add_flag("--scores-only", o.scores_only, "print the per-block scores (JSON) and remove nothing");
+  depth->add_flag("--restart", o.restart, "discard the progress kept in the output folder instead of resuming it");
   return depth;
 }
 
@@ -233,7 +234,7 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
   }
   if (*c.depth) {
     const auto cfg = command_config(o.depth_args, o);
-    return printed(cfg) ? 0 : run_depth(cfg, world, place, o.scores_only);
+    return printed(cfg) ? 0 : run_depth(cfg, world, place, o.scores_only, o.restart);
   }
   if (*c.plan) {
     const auto cfg = command_config(o.plan_args, o);

@@ -177,7 +177,8 @@ bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& c
   // A layer by its 0-based index, as every other message names it; shots and probes count from 1.
   const auto where = std::string_view(at.unit) == "layer"
                          ? fmt::format("layer {} ({}/{})", at.after, at.done, at.total)
-                         : fmt::format("{} {}/{}", at.unit, at.done, at.total);
+                         : at.total > 0 ? fmt::format("{} {}/{}", at.unit, at.done, at.total)
+                                        : fmt::format("{} {}", at.unit, at.done);  // a count not known ahead
   log::warn("signal {} received: stopping after {} ({}); rerun the same command to resume (exit code {})", stop,
             where, at.state, kExitInterrupted);
   metrics.write({{"event", "interrupted"},

@@ -72,7 +72,7 @@ DType forward_dtype(const Config& cfg, const std::string& device, DType stored);
 DType forward_dtype(const Config& cfg, const io::HfCheckpoint& src, const model::ModelSpec& spec);
 
 // Where a run may stop: after `done` of `total` units ("layer", "shot"), the last one `after`
-// (its index as the metrics name it).
+// (its index as the metrics name it); total 0 when not known ahead (LaCo's attempts).
 struct StopPoint {
   const char* unit;
   std::int64_t done, total, after;

@@ -4,6 +4,8 @@
 //     evaluated with those blocks skipped (computed here), and `scalpel prune` running on it;
 //   - LaCo's exported block equal to the RDSC formula computed here from the checkpoint;
 //   - --scores-only at 1, 2 and 4 ranks printing the same scores;
+//   - stops (after a ppl round, a LaCo attempt, between evaluation sets) and reruns going on from
+//     the progress kept to the result of a run never stopped;
 //   - bad inputs: exit code 2, a message naming the key, nothing written.
 // Every test skips when ../shared is absent.
 #include <gtest/gtest.h>
@@ -228,55 +230,154 @@ TEST(DepthCli, ExportRenumbersEvaluatesAsSkippedBlocksAndPrunes) {
   fs::remove_all(dir);
 }
 
-// SIGUSR1 (Slurm's preemption, as the batch scripts forward it) stops a depth run with exit code
-// 75, which the scripts requeue on: after the scoring (nothing exported: the rerun scores again)
-// or between evaluation sets.
-TEST(DepthCli, AStopSignalEndsTheRunWithExit75) {
-  NEED_SHARED();
-  const auto dir = temp_dir("depth_stop");
-  const auto log = dir.string() + ".log";
-  pid_t pid = spawn(depth_args("opt-deep", dir, {"depth.criterion=ppl", "depth.remove=2"}), log);
-  while (read_bytes(log).find("criterion ppl") == std::string::npos) {  // the handlers are in place
-    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << read_bytes(log);
+// Spawns `args` with its log in `log` and sends `sig` once the log holds `line` (the handlers are
+// in place then); returns the exit code.
+int stop_at_line(const std::vector<std::string>& args, const std::string& log, const std::string& line,
+                 int sig = SIGUSR1) {
+  fs::remove(log);  // the wait must not read an earlier run's log
+  const pid_t pid = spawn(args, log);
+  while (read_bytes(log).find(line) == std::string::npos) {
+    if (waitpid(pid, nullptr, WNOHANG) == pid) {
+      ADD_FAILURE() << "ended before '" << line << "':\n" << read_bytes(log);
+      return -1;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  kill(pid, SIGUSR1);
-  EXPECT_EQ(wait_exit(pid), 75) << read_bytes(log);
-  auto stops = records(dir / "metrics.jsonl", "interrupted");
-  ASSERT_EQ(stops.size(), 1u);
-  EXPECT_EQ(stops[0]["after_scoring"], 1);
-  EXPECT_EQ(records(dir / "metrics.jsonl", "depth").size(), 1u);  // the scores are kept
-  // The stop's record names the run's config hash (it was "") and follows the record it refers to.
-  const auto depth_rec = records(dir / "metrics.jsonl", "depth")[0];
-  EXPECT_FALSE(depth_rec["config_hash"].get<std::string>().empty());
-  EXPECT_EQ(stops[0]["config_hash"], depth_rec["config_hash"]);
-  EXPECT_LT(read_bytes(dir / "metrics.jsonl").find("\"event\":\"depth\""),
-            read_bytes(dir / "metrics.jsonl").find("\"event\":\"interrupted\""));
-  EXPECT_FALSE(fs::exists(dir / "model"));
-  fs::remove_all(dir);
+  kill(pid, sig);
+  return wait_exit(pid);
+}
 
-  pid = spawn(depth_args("opt-deep", dir, {"depth.criterion=bi", "depth.remove=2",
-                                           eval_sets_arg({"a", "b", "c"}, kHeldout), "eval.max_windows=40"}));
-  EXPECT_EQ(stop_after_record(pid, dir / "metrics.jsonl", "eval"), 75);
+// The depth record without what differs between an interrupted and an uninterrupted run.
+nlohmann::json choice_of(nlohmann::json rec) {
+  for (const char* k : {"seconds", "time", "resumed", "config_hash"}) rec.erase(k);  // the hash covers output.dir
+  return rec;
+}
+
+// SIGUSR1 (Slurm's preemption, as the batch scripts forward it) stops a depth run with exit code
+// 75, which the scripts requeue on: after a ppl round, and the rerun goes on from the rounds kept
+// in ckpt/depth-state.json to the same choice, scores and export as a run never stopped.
+TEST(DepthCli, AStoppedPplGreedyGoesOnFromTheKeptRounds) {
+  NEED_SHARED();
+  const auto ref = temp_dir("depth_ppl_ref"), dir = temp_dir("depth_ppl_stop");
+  const auto log = dir.string() + ".log";
+  const std::vector<std::string> ppl{"depth.criterion=ppl", "depth.remove=2"};
+  ASSERT_EQ(run_to_end(depth_args("opt-deep", ref, ppl)), 0);
+  const auto want = records(ref / "metrics.jsonl", "depth");
+  ASSERT_EQ(want.size(), 1u);
+
+  // A round takes far longer than the 2 ms the wait polls: the stop comes after the first.
+  EXPECT_EQ(stop_at_line(depth_args("opt-deep", dir, ppl), log, "criterion ppl"), 75) << read_bytes(log);
+  const auto stops = records(dir / "metrics.jsonl", "interrupted");
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0]["after_round"], 1);
+  EXPECT_TRUE(records(dir / "metrics.jsonl", "depth").empty());  // no choice yet
+  EXPECT_FALSE(fs::exists(dir / "model"));
+  const auto state = nlohmann::json::parse(read_bytes(dir / "ckpt/depth-state.json"));
+  EXPECT_EQ(state["kept"]["rounds"].size(), 1u);
+  EXPECT_EQ(state["kept"]["rounds"][0]["ppl"].size(), 10u);  // blocks 1..10 (0 and 11 protected)
+
+  const auto out = run_capture(depth_args("opt-deep", dir, ppl));
+  ASSERT_NE(out.find("exit=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("ppl round 1: kept in"), std::string::npos) << out;
+  const auto got = records(dir / "metrics.jsonl", "depth");
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0]["resumed"], true);
+  EXPECT_EQ(want[0]["resumed"], false);
+  EXPECT_EQ(choice_of(got[0]).dump(), choice_of(want[0]).dump());  // scores and rounds bit for bit
+  EXPECT_EQ(stops[0]["config_hash"], got[0]["config_hash"]);
+  EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), read_bytes(ref / "model/model.safetensors"));
+  EXPECT_EQ(read_bytes(dir / "model/config.json"), read_bytes(ref / "model/config.json"));
+
+  // Other settings in the same folder start anew (the state is replaced, not refused); --restart
+  // discards a state of the same settings.
+  const auto other = run_capture(depth_args("opt-deep", dir, {"depth.criterion=ppl", "depth.remove=1"}));
+  ASSERT_NE(other.find("exit=0"), std::string::npos) << other;
+  EXPECT_NE(other.find("holds another model's or settings' progress; starting anew"), std::string::npos) << other;
+  EXPECT_EQ(other.find("kept in"), std::string::npos) << other;
+  auto args = depth_args("opt-deep", dir, {"depth.criterion=ppl", "depth.remove=1", "--restart"});
+  const auto restarted = run_capture(args);
+  ASSERT_NE(restarted.find("exit=0"), std::string::npos) << restarted;
+  EXPECT_EQ(restarted.find("kept in"), std::string::npos) << restarted;
+  EXPECT_EQ(records(dir / "metrics.jsonl", "depth").back()["resumed"], false);
+  fs::remove_all(ref);
+  fs::remove_all(dir);
+  fs::remove(log);
+}
+
+// LaCo stopped after an attempt: the rerun reads the similarities kept, merges again only the
+// groups accepted and exports the same model.
+TEST(DepthCli, AStoppedLacoGoesOnFromTheKeptAttempts) {
+  NEED_SHARED();
+  const auto ref = temp_dir("depth_laco_ref"), dir = temp_dir("depth_laco_stop");
+  const auto log = dir.string() + ".log";
+  const std::vector<std::string> laco{"depth.criterion=laco", "depth.remove=3", "depth.threshold=0.9"};
+  ASSERT_EQ(run_to_end(depth_args("opt-deep", ref, laco)), 0);
+  EXPECT_EQ(stop_at_line(depth_args("opt-deep", dir, laco), log, "criterion laco"), 75) << read_bytes(log);
+  const auto stops = records(dir / "metrics.jsonl", "interrupted");
+  ASSERT_EQ(stops.size(), 1u);
+  const auto kept = nlohmann::json::parse(read_bytes(dir / "ckpt/depth-state.json"))["kept"]["attempts"];
+  EXPECT_GE(stops[0]["after_attempt"].get<std::size_t>(), 1u);
+  EXPECT_EQ(kept.size(), stops[0]["after_attempt"].get<std::size_t>());
+  const auto out = run_capture(depth_args("opt-deep", dir, laco));
+  ASSERT_NE(out.find("exit=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("kept in"), std::string::npos) << out;
+  const auto want = records(ref / "metrics.jsonl", "depth"), got = records(dir / "metrics.jsonl", "depth");
+  ASSERT_EQ(want.size(), 1u);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(choice_of(got[0]).dump(), choice_of(want[0]).dump());
+  EXPECT_FALSE(got[0]["merged"].empty());
+  EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), read_bytes(ref / "model/model.safetensors"));
+  fs::remove_all(ref);
+  fs::remove_all(dir);
+  fs::remove(log);
+}
+
+// A stop between evaluation sets: the export is done and kept; the rerun evaluates the sets left,
+// each once, and does not write the export again.
+TEST(DepthCli, AStopBetweenEvaluationSetsResumesTheEvaluation) {
+  NEED_SHARED();
+  const auto dir = temp_dir("depth_eval_stop");
+  const auto args = depth_args("opt-deep", dir, {"depth.criterion=bi", "depth.remove=2",
+                                                 eval_sets_arg({"a", "b", "c"}, kHeldout), "eval.max_windows=40"});
+  EXPECT_EQ(stop_after_record(spawn(args), dir / "metrics.jsonl", "eval"), 75);
   const auto evals = records(dir / "metrics.jsonl", "eval");
+  ASSERT_GE(evals.size(), 1u);
   EXPECT_LE(evals.size(), 2u);  // a, and b if it had begun
-  stops = records(dir / "metrics.jsonl", "interrupted");
+  const auto stops = records(dir / "metrics.jsonl", "interrupted");
   ASSERT_EQ(stops.size(), 1u);
   EXPECT_EQ(stops[0]["after_evaluation"], evals.size());
-  EXPECT_TRUE(fs::exists(dir / "model/config.json"));  // exported before the evaluation
-  fs::remove_all(dir);
+  ASSERT_TRUE(fs::exists(dir / "model/config.json"));  // exported before the evaluation
+  const auto written = fs::last_write_time(dir / "model/config.json");
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a rewrite would change the time
 
-  // Ctrl-C says what depth keeps (nothing but the metrics), not the prune's "kept, rerun to resume".
-  fs::remove(log);  // the wait below must not read the first run's log
-  pid = spawn(depth_args("opt-deep", dir, {"depth.criterion=ppl", "depth.remove=2"}), log);
-  while (read_bytes(log).find("criterion ppl") == std::string::npos) {
-    ASSERT_NE(waitpid(pid, nullptr, WNOHANG), pid) << read_bytes(log);
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  kill(pid, SIGINT);
-  EXPECT_EQ(wait_exit(pid), 75) << read_bytes(log);
-  EXPECT_NE(read_bytes(log).find("nothing is exported and a rerun scores again"), std::string::npos) << read_bytes(log);
-  EXPECT_EQ(read_bytes(log).find("rerun to resume)"), std::string::npos) << read_bytes(log);
+  const auto out = run_capture(args);
+  ASSERT_NE(out.find("exit=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("not written again"), std::string::npos) << out;
+  EXPECT_EQ(fs::last_write_time(dir / "model/config.json"), written);
+  std::vector<std::string> names;
+  for (const auto& e : records(dir / "metrics.jsonl", "eval")) names.push_back(e["set"]);
+  EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "c"}));
+  // The evaluation finished: its count is cleared, so a rerun evaluates everything again.
+  EXPECT_FALSE(nlohmann::json::parse(read_bytes(dir / "ckpt/depth-state.json"))["kept"].contains("evaluation"));
+
+  // An export replaced since (here: removed) is written again.
+  fs::remove_all(dir / "model");
+  const auto again = run_capture(args);
+  ASSERT_NE(again.find("exit=0"), std::string::npos) << again;
+  EXPECT_TRUE(fs::exists(dir / "model/config.json"));
+  EXPECT_EQ(again.find("not written again"), std::string::npos) << again;
+  fs::remove_all(dir);
+}
+
+// Ctrl-C says what depth keeps, and does the same stop.
+TEST(DepthCli, CtrlCSaysTheProgressIsKept) {
+  NEED_SHARED();
+  const auto dir = temp_dir("depth_sigint");
+  const auto log = dir.string() + ".log";
+  EXPECT_EQ(stop_at_line(depth_args("opt-deep", dir, {"depth.criterion=ppl", "depth.remove=2"}), log, "criterion ppl",
+                         SIGINT), 75) << read_bytes(log);
+  EXPECT_NE(read_bytes(log).find("the progress is kept: a rerun goes on from there"), std::string::npos)
+      << read_bytes(log);
   EXPECT_FALSE(fs::exists(dir / "model"));
   fs::remove_all(dir);
   fs::remove(log);
@@ -394,8 +495,9 @@ TEST(DepthCli, ScoresOnlyIsTheSameAtOneTwoAndFourRanks) {
   for (const std::string criterion : {"bi", "ppl", "laco"}) {
     nlohmann::json first;
     for (const int np : {1, 2, 4}) {
+      // --restart: each rank count scores anew (it would read the scores the run before kept).
       auto args = depth_args("opt-mini", dir, {"depth.criterion=" + criterion, "depth.remove=1", "depth.windows=4",
-                                               "depth.threshold=0.5", "--scores-only"}, 8, 1);
+                                               "depth.threshold=0.5", "--scores-only", "--restart"}, 8, 1);
       args.insert(args.begin(), {kMpiexec, "-n", std::to_string(np), "--oversubscribe"});
       const auto out = run_capture(args);
       ASSERT_NE(out.find("exit=0"), std::string::npos) << out;

@@ -142,8 +142,9 @@ int run_prune(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool 
 int run_surgeon(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool restart);
 // `scalpel depth`: removes whole decoder blocks by depth.criterion (bi, angular, laco, ppl), writes
 // the renumbered export and evaluates it (see depth_run.cpp). scores_only: print the per-block
-// scores, remove and write nothing but the metrics record.
-int run_depth(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool scores_only);
+// scores, remove and write nothing but the metrics record (and the kept progress). restart:
+// discard the progress kept in the output folder instead of going on from it.
+int run_depth(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool scores_only, bool restart = false);
 // `scalpel export`: the Hugging Face folder of a complete checkpoint.
 struct ExportRequest {
   std::string checkpoint, out;

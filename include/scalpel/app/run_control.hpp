@@ -32,10 +32,11 @@ void set_interrupt_note(const char* note);
 // prune.allocation: sensitivity's, during its estimate (the probes done are kept in the checkpoint).
 inline constexpr const char* kSensitivityInterruptNote =
     "stopping after the sensitivity probe under way (the probes done are kept: a rerun goes on from there)";
-// scalpel depth's: it checks after the scoring and between evaluation sets, and keeps no state.
+// scalpel depth's: it checks after each ppl round or LaCo attempt, after the scoring and between
+// evaluation sets, and keeps its progress in its state file.
 inline constexpr const char* kDepthInterruptNote =
-    "stopping after the scoring (the scores go to the metrics; nothing is exported and a rerun scores again) or "
-    "after the evaluation set under way";
+    "stopping after the ppl round or LaCo attempt under way, the scoring, or the evaluation set under way (the "
+    "progress is kept: a rerun goes on from there)";
 
 class Watchdog {
  public:
