@@ -257,6 +257,7 @@ struct Job {
   const Config& cfg;
   int S = 1, D = 1;
   bool sparsegpt = false, wanda = false, strict = false;
+  bool hessian = false;  // collected: SparseGPT's input, every method's reconstruction error
   I copies = 1, T = 0, N = 0, B = 0, bs = 0, chunks = 0;
   std::vector<Group> groups;
 
@@ -279,6 +280,7 @@ struct Job {
                         "least one layer)", S, spec.layers);
     sparsegpt = cfg.prune.method == "sparsegpt";
     wanda = cfg.prune.method == "wanda";
+    hessian = sparsegpt || cfg.output.reconstruction_error;
     strict = cfg.determinism == "strict";
     copies = cfg.prune.propagation == "dense" ? 2 : 1;
     T = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
@@ -373,10 +375,12 @@ void add_group(const Job& job, const Group& g, LayerModel& lm) {
   const bool wanda = job.wanda, sparsegpt = job.sparsegpt;
   // (c) while collected: each batch's fp32 xᵀx (scratch) and the running sum over the upper
   // triangle: float64 (fast: 8 bytes per entry) or exact bins (strict: 3 int64); Wanda's vector
-  // likewise. Once reduced, only the fp32 Hessian (and vector) stays.
-  const I kept = d * d * 4 + (wanda ? d * 4 : 0);
-  const I acc = job.strict ? 12 * d * (d + 1) + (wanda ? 24 * d : 0) : 4 * d * (d + 1) + (wanda ? 8 * d : 0);
-  const I st = std::max(d * d * 4 + (wanda ? d * 4 : 0) + acc, kept + acc);  // accumulating / finishing
+  // likewise. Once reduced, only the fp32 Hessian (and vector) stays. No Hessian without SparseGPT
+  // or the reconstruction error.
+  const I h = job.hessian ? 1 : 0;
+  const I kept = h * d * d * 4 + (wanda ? d * 4 : 0);
+  const I acc = job.strict ? h * 12 * d * (d + 1) + (wanda ? 24 * d : 0) : h * 4 * d * (d + 1) + (wanda ? 8 * d : 0);
+  const I st = std::max(h * d * d * 4 + (wanda ? d * 4 : 0) + acc, kept + acc);  // accumulating / finishing
   // Summed over the data group: the float64 sums, or the exact bins; with more than one data
   // rank, unstructured thresholds are chosen over all rows by three all-reduced histograms of
   // 4096 + 1024 + 1024 int64 (per 128-column block for SparseGPT, per matrix for magnitude).
@@ -435,7 +439,9 @@ LayerModel layer_model(const Job& job, const Rates& rates) {
     lm.passes.emplace_back();
     for (std::size_t i = 0; i < groups.size(); ++i) lm.passes.back().push_back(i);
   }
-  lm.forward_passes = static_cast<I>(lm.passes.size()) + 1;  // statistics pass(es) + propagation
+  // Statistics pass(es) + propagation; magnitude without the reconstruction error collects nothing.
+  const bool any_stats = job.hessian || job.wanda;
+  lm.forward_passes = (any_stats ? static_cast<I>(lm.passes.size()) : 0) + 1;
   // Per pass, as the prune assigns them: whole factors greedily, shared ones to all.
   lm.owner.assign(groups.size(), -1);
   for (const auto& p : lm.passes) {
@@ -633,7 +639,7 @@ RankWork rank_work(const Job& job, const LayerModel& lm, I tok, int d) {
   for (std::size_t gi = 0; gi < job.groups.size(); ++gi) {
     const auto& g = job.groups[gi];
     const double dd = static_cast<double>(g.cols);
-    w.stats += t * dd * dd + (job.wanda ? 2.0 * t * dd : 0.0);
+    w.stats += (job.hessian ? t * dd * dd : 0.0) + (job.wanda ? 2.0 * t * dd : 0.0);
     if (job.sparsegpt && lm.owner[gi] < 0) {
       // Shared: this rank's panels, every diagonal tile's inverse, the other ranks' panels; the
       // time follows the critical path (factor_path).

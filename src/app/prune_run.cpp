@@ -126,7 +126,8 @@ FactorSettings factor_settings(const Config& cfg) {
 }
 
 // Collects the statistics of the given groups' inputs with one pass over the calibration windows
-// (the layer's outputs are discarded: x is copied per batch).
+// (the layer's outputs are discarded: x is copied per batch); none, and no pass, when `kinds`
+// asks for nothing (magnitude without the reconstruction error).
 std::map<int, std::unique_ptr<prune::InputStats>> collect_stats(Backend& be, const model::ModelSpec& spec,
                                                                 const model::LayerWeights& w, const Tensor& x,
                                                                 std::int64_t nseq, std::int64_t seqlen,
@@ -135,6 +136,7 @@ std::map<int, std::unique_ptr<prune::InputStats>> collect_stats(Backend& be, con
                                                                 prune::StatsKinds kinds, std::int64_t layer,
                                                                 prune::Accumulation mode, std::int64_t total) {
   std::map<int, std::unique_ptr<prune::InputStats>> stats;
+  if (!kinds.hessian && !kinds.col_norms) return stats;
   for (const auto& g : groups) {
     std::string names;
     for (const auto& l : g.linears) names += (names.empty() ? "" : "/") + l.name;
@@ -373,7 +375,7 @@ nlohmann::json prune_layer(const LinearJob& j, const CalibrationPass& c, const s
     }
     for (const auto& g : pass) {
       for (const auto& lin : g.linears)
-        lin_metrics[lin.name] = prune_one(j, lin, stats.at(g.input_group).get(),
+        lin_metrics[lin.name] = prune_one(j, lin, stats.count(g.input_group) ? stats.at(g.input_group).get() : nullptr,
                                           factors ? &factors->get(g.input_group) : nullptr, working, records);
       if (factors) factors->release(g.input_group);
     }
@@ -919,7 +921,9 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const model::RopeTables rope_tables =
       spec.family == model::Family::llama ? model::make_rope_tables(be, spec, seqlen) : model::RopeTables{};
   prune::StatsKinds kinds;
-  kinds.hessian = true;  // SparseGPT's input, and every method's reconstruction error
+  // The Hessian is SparseGPT's input and every method's reconstruction error; Wanda needs only
+  // the column norms, magnitude nothing (no statistics pass at all without the error).
+  kinds.hessian = s.method == prune::Method::sparsegpt || cfg.output.reconstruction_error;
   kinds.col_norms = s.method == prune::Method::wanda;
   const auto accumulation = cfg.determinism == "strict" ? prune::Accumulation::exact : prune::Accumulation::sum;
 

@@ -387,6 +387,16 @@ TEST(Plan, TrueSequentialHoldsOneGroupAtATimeAndRunsMorePasses) {
   EXPECT_EQ(mem(w, 0, "statistics"), (3 * 256 * 256 + 1024 * 1024) * 4 + 4 * (3 * 256 * 257 + 1024 * 1025) +
                                          (3 * 256 + 1024) * (4 + 8));
   EXPECT_EQ(mem(w, 0, "activations"), 2 * mem(a, 0, "activations"));
+  // Without the reconstruction error Wanda collects its vectors alone (no Hessian, no syrk), and
+  // magnitude nothing: no statistics pass, one forward (propagation).
+  const auto wv = plan_of(kOptMini, mini_cfg({"prune.method=wanda", "output.reconstruction_error=false"}), 2);
+  EXPECT_EQ(mem(wv, 0, "statistics"), (3 * 256 + 1024) * (4 + 8));
+  EXPECT_EQ(wv["per_layer"]["allreduce_bytes"].get<I>(), (3 * 256 + 1024) * 8);
+  EXPECT_DOUBLE_EQ(wv["ranks"][0]["flops_per_layer"]["statistics"].get<double>(),
+                   64.0 * 512 * 2 * (3 * 256 + 1024));  // 64 sequences per rank: 2 t d per group
+  const auto mv = plan_of(kOptMini, mini_cfg({"prune.method=magnitude", "output.reconstruction_error=false"}), 1);
+  EXPECT_EQ(mem(mv, 0, "statistics"), 0);
+  EXPECT_EQ(mv["per_layer"]["forward_passes"].get<I>(), 1);
 }
 
 TEST(Plan, LlamaGroupsGateAndUpAndReadsTheUntiedHeadOnTheLastStage) {

@@ -210,7 +210,6 @@ TEST(PruneCli, ChangedConfigIsRefusedUntilRestart) {
   fs::remove_all(dir);
 }
 
-// output.reconstruction_error: false skips the error's GEMMs: the same pruned model, null fields.
 // sparsegpt.split_width is part of the identity only where a target's factor reaches it: with the
 // attention alone pruned (256 inputs), moving it between 512 and 2048 changes nothing and the
 // checkpoint resumes; with fc2 pruned too (1024 inputs) the same move is a changed config.
@@ -230,6 +229,7 @@ TEST(PruneCli, SplitWidthCountsOnlyForTheTargetsFactors) {
   fs::remove_all(all);
 }
 
+// output.reconstruction_error: false skips the error's GEMMs: the same pruned model, null fields.
 TEST(PruneCli, TheReconstructionErrorCanBeSkipped) {
   NEED_SHARED();
   const auto dir = temp_dir("noerr");

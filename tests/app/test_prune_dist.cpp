@@ -208,6 +208,32 @@ TEST_F(PruneDist, BroadcastBytesAreTheFactorsRankZeroReceived) {
   fs::remove_all(out);
 }
 
+// Wanda and magnitude need no Hessian for their masks: with output.reconstruction_error false
+// none is collected or all-reduced (the float64 sums of fc2's alone would be 8 x 1024 x 1025 / 2
+// bytes = 4.2 MB per layer). Wanda reduces its column norms (8 bytes x 1792 inputs), magnitude only
+// the threshold histograms of its global selection (6144 int64 per matrix). The masks are the same.
+TEST_F(PruneDist, WandaAndMagnitudeWithoutTheErrorReduceNoHessian) {
+  NEED_SHARED();
+  const auto out = temp_dir("noerr_dist");
+  for (const std::string method : {"wanda", "magnitude"}) {
+    std::vector<std::vector<nlohmann::json>> layers;
+    for (const std::string err : {"true", "false"}) {
+      const auto dir = out / (method + "_err_" + err);
+      ASSERT_EQ(run_to_end(prune_cmd(2, dir, {"eval.sets=[]", "prune.method=" + method,
+                                              "output.reconstruction_error=" + err})), 0) << method << " " << err;
+      layers.push_back(records(dir / "metrics.jsonl", "layer"));
+    }
+    EXPECT_TRUE(read_bytes(out / (method + "_err_true/model/model.safetensors")) ==
+                read_bytes(out / (method + "_err_false/model/model.safetensors"))) << method;
+    ASSERT_EQ(layers[1].size(), 4u);
+    for (const auto& l : layers[1])
+      EXPECT_LT(l["comm_bytes"]["allreduce"].get<std::int64_t>(), method == "wanda" ? 16 * 1024 : 6 * 6144 * 8 + 1024)
+          << method << " layer " << l["layer"];
+    EXPECT_GT(layers[0][0]["comm_bytes"]["allreduce"].get<std::int64_t>(), 4'000'000) << method;  // with the Hessians
+  }
+  fs::remove_all(out);
+}
+
 TEST_F(PruneDist, WandaIsRankCountInvariant) {
   NEED_SHARED();
   check_invariance("wanda", {"prune.method=wanda", "prune.sparsity=0.5"});
