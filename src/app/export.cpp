@@ -10,6 +10,7 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
+#include "scalpel/io/manifest.hpp"
 #include "scalpel/model/spec.hpp"
 
 namespace fs = std::filesystem;
@@ -102,9 +103,14 @@ void write_tensors(const fs::path& dir, const std::vector<Entry>& all, std::int6
   if (w.rank == 0) std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << '\n';
 }
 
-// A file an export writes (its tensors, index, config and tokenizer files).
+// What every export writes last, naming its source: an existing folder is replaced only when it
+// holds this file (an export scalpel wrote), never a model saved by other tools, which has the
+// same file names.
+constexpr const char* kExportMarker = "scalpel-export.json";
+
+// A file an export writes (its tensors, index, config and tokenizer files, the marker).
 bool is_export_file(const std::string& name) {
-  if (name == "model.safetensors" || name == "model.safetensors.index.json") return true;
+  if (name == "model.safetensors" || name == "model.safetensors.index.json" || name == kExportMarker) return true;
   if (name.rfind("model-", 0) == 0 && name.size() > 12 && name.substr(name.size() - 12) == ".safetensors") return true;
   for (const char* f : kCopied)
     if (name == f) return true;
@@ -159,8 +165,24 @@ void check_export_scratch(const fs::path& out) {
 
 }  // namespace
 
-void check_export_target(const fs::path& out, const fs::path& source_model) {
-  if (out.empty()) SCALPEL_INPUT_ERROR("export: the output folder's path is empty; name the folder to write");
+fs::path export_destination(const fs::path& given) {
+  if (given.empty()) SCALPEL_INPUT_ERROR("export: the output folder's path is empty; name the folder to write");
+  // "model/" (as shell completion writes it) names the folder "model": its temporary folder goes
+  // beside it, not inside the folder the export replaces.
+  fs::path out = given;
+  while (!out.has_filename() && out.has_relative_path()) out = out.parent_path();
+  std::error_code ec;
+  if (!fs::is_symlink(out, ec)) return out;
+  // A link names where the export goes: the folder it points to is replaced, the link stays.
+  const auto target = fs::weakly_canonical(out, ec);
+  if (ec || !fs::exists(target, ec))
+    SCALPEL_INPUT_ERROR("export to {}: it is a link to {}, which does not exist; create the folder or name another",
+                        out.string(), fs::read_symlink(out, ec).string());
+  return target;
+}
+
+void check_export_target(const fs::path& out_given, const fs::path& source_model) {
+  const auto out = export_destination(out_given);
   check_export_scratch(out);
   std::error_code ec;
   const auto status = fs::status(out, ec);  // a link to a folder is judged by the folder
@@ -178,6 +200,11 @@ void check_export_target(const fs::path& out, const fs::path& source_model) {
     SCALPEL_INPUT_ERROR("export to {}: the folder holds '{}', which no export writes (a checkpoint, a run folder or "
                         "other files?); scalpel replaces only an earlier export: choose a new or empty folder",
                         out.string(), name);
+  if (!fs::is_empty(out, ec) && !fs::exists(out / kExportMarker, ec))
+    SCALPEL_INPUT_ERROR("export to {}: the folder holds a model that scalpel did not export (no {}: a model saved "
+                        "by other tools, or an export of an earlier scalpel, which wrote none?); scalpel replaces "
+                        "only its own exports: choose a new or empty folder, or remove this one yourself",
+                        out.string(), kExportMarker);
 }
 
 void check_export_folder(const Config& cfg) {
@@ -197,10 +224,7 @@ void check_export_folder(const Config& cfg) {
 void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out_given,
                          std::int64_t shard_bytes, dist::Comm* comm) {
   const Writers w = comm ? Writers{comm->rank(), comm->size()} : Writers{};
-  // "model/" (as shell completion writes it) names the folder "model": its temporary folder goes
-  // beside it, not inside the folder the export replaces.
-  fs::path out = out_given;
-  while (!out.has_filename() && out.has_relative_path()) out = out.parent_path();
+  const fs::path out = export_destination(out_given);
   const fs::path tmp = out.string() + ".tmp-export";
   std::error_code ec;
   check_export_target(out, src.folder());  // every rank: all refuse alike, before anything is removed
@@ -228,6 +252,10 @@ void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, c
       cfg << rw.config.dump(2) << '\n';
       if (!cfg) SCALPEL_RUNTIME_ERROR("{}: cannot write config.json", tmp.string());
     }
+    std::ofstream marker(tmp / kExportMarker, std::ios::trunc);
+    marker << nlohmann::json{{"written_by", "scalpel"}, {"source", fs::absolute(src.folder()).lexically_normal().string()},
+                             {"time", io::utc_now_iso()}}.dump(2) << '\n';
+    if (!marker) SCALPEL_RUNTIME_ERROR("{}: cannot write {}", tmp.string(), kExportMarker);
     fs::remove_all(out, ec);
     fs::rename(tmp, out, ec);
     if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot move the export into place: {}", out.string(), ec.message());

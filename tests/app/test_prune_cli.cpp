@@ -547,6 +547,30 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_TRUE(fs::exists(dir / "ckpt/manifest.json"));
   EXPECT_TRUE(fs::exists(dir / "metrics.jsonl"));
   EXPECT_EQ(read_bytes(file).size(), 7u);
+  // A model saved by other tools has an export's file names: without the scalpel-export.json
+  // every export writes it is refused and left as it was (it was replaced).
+  const auto saved = dir / "saved_model";
+  fs::copy(dir / "model", saved);
+  fs::remove(saved / "scalpel-export.json");
+  const auto foreign = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out", saved.string()});
+  EXPECT_NE(foreign.find("exit=2"), std::string::npos) << foreign;
+  EXPECT_NE(foreign.find("a model that scalpel did not export"), std::string::npos) << foreign;
+  EXPECT_FALSE(fs::exists(saved / "scalpel-export.json"));
+  EXPECT_EQ(read_bytes(saved / "model.safetensors"), read_bytes(dir / "model/model.safetensors"));
+  // A link is written through: the folder it points to gets the export, the link stays a link; a
+  // link to nothing is refused (both were replaced by a folder).
+  fs::create_symlink(dir / "model", dir / "latest");
+  const auto linked = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",
+                                   (dir / "latest").string()});
+  EXPECT_NE(linked.find("exit=0"), std::string::npos) << linked;
+  EXPECT_TRUE(fs::is_symlink(dir / "latest"));
+  EXPECT_TRUE(fs::exists(dir / "model/scalpel-export.json"));
+  fs::create_symlink(dir / "nowhere", dir / "dangling");
+  const auto dangling = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",
+                                     (dir / "dangling").string()});
+  EXPECT_NE(dangling.find("exit=2"), std::string::npos) << dangling;
+  EXPECT_NE(dangling.find("which does not exist"), std::string::npos) << dangling;
+  EXPECT_TRUE(fs::is_symlink(dir / "dangling"));
   // A folder under a file is bad input (it was exit 3 naming the temporary folder), and a
   // temporary folder holding the user's files is not removed (it was, silently).
   const auto under = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out", (file / "x").string()});

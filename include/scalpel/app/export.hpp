@@ -58,8 +58,11 @@ struct ExportRewrite {
 };
 
 // Refuses (input Error) an export folder that would destroy something: a file, the source
-// model's folder, or a folder holding anything an export does not write (a checkpoint, a run
-// folder, other files). A new, empty or earlier export's folder passes; exports check it first.
+// model's folder, a folder holding anything an export does not write (a checkpoint, a run
+// folder, other files), or one without the scalpel-export.json every export writes (a model
+// saved by other tools has the same file names). A new, empty or earlier export's folder passes;
+// exports check it first. A link is judged, and written, as the folder it points to (the link
+// stays); a link to nothing is refused.
 void check_export_target(const std::filesystem::path& out, const std::filesystem::path& source_model);
 
 // export_hf_folder with a rewrite: the same files, shards and atomic temporary folder, tensors in
