@@ -10,7 +10,6 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
-#include "scalpel/io/manifest.hpp"
 #include "scalpel/model/spec.hpp"
 
 namespace fs = std::filesystem;
@@ -252,9 +251,9 @@ void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, c
       cfg << rw.config.dump(2) << '\n';
       if (!cfg) SCALPEL_RUNTIME_ERROR("{}: cannot write config.json", tmp.string());
     }
+    // The same bytes in every export (no path, no time): exports stay comparable byte for byte.
     std::ofstream marker(tmp / kExportMarker, std::ios::trunc);
-    marker << nlohmann::json{{"written_by", "scalpel"}, {"source", fs::absolute(src.folder()).lexically_normal().string()},
-                             {"time", io::utc_now_iso()}}.dump(2) << '\n';
+    marker << nlohmann::json{{"written_by", "scalpel"}}.dump() << '\n';
     if (!marker) SCALPEL_RUNTIME_ERROR("{}: cannot write {}", tmp.string(), kExportMarker);
     fs::remove_all(out, ec);
     fs::rename(tmp, out, ec);
