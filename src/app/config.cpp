@@ -44,13 +44,17 @@ class MapReader {
     if (!v.IsScalar())
       SCALPEL_INPUT_ERROR("{}: '{}' must be a scalar, got a {}", source_, key(k), v.IsMap() ? "mapping" : "list");
     long long integer = 0;  // range-checked below, outside the conversion's catch
+    unsigned long long uinteger = 0;  // the same for unsigned settings (a seed up to 2^64 - 1)
     try {
       if constexpr (std::is_same_v<T, bool>) {
         out = v.as<bool>();
       } else if constexpr (std::is_integral_v<T>) {
         const auto s = v.as<std::string>();
         std::size_t pos = 0;
-        integer = std::stoll(s, &pos);
+        if (std::is_unsigned_v<T> && !s.empty() && s[0] != '-')
+          uinteger = std::stoull(s, &pos);
+        else
+          integer = std::stoll(s, &pos);
         if (pos != s.size()) throw std::invalid_argument(s);
       } else if constexpr (std::is_floating_point_v<T>) {
         const auto s = v.as<std::string>();
@@ -70,6 +74,14 @@ class MapReader {
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
       // A value the setting's type cannot hold is refused, not wrapped (threads 4294967297 was 1).
       using L = std::numeric_limits<T>;
+      if constexpr (std::is_unsigned_v<T>) {
+        if (integer == 0 && uinteger <= static_cast<unsigned long long>(L::max())) {
+          out = static_cast<T>(uinteger);
+          return;
+        }
+        if (integer == 0)
+          SCALPEL_INPUT_ERROR("{}: '{}' is {}, outside {}..{}", source_, key(k), uinteger, L::min(), L::max());
+      }
       if (integer < static_cast<long long>(L::min()) ||
           (integer > 0 && static_cast<unsigned long long>(integer) > static_cast<unsigned long long>(L::max())))
         SCALPEL_INPUT_ERROR("{}: '{}' is {}, outside {}..{}", source_, key(k), integer, L::min(), L::max());
@@ -105,8 +117,19 @@ class MapReader {
   std::set<std::string> used_;
 };
 
+// Every key of the mapping `src` set in the mapping `dst`, sections merged key by key.
+void merge_into(YAML::Node dst, const YAML::Node& src) {
+  for (const auto& kv : src) {
+    YAML::Node at = dst[kv.first.Scalar()];
+    if (at && at.IsMap() && kv.second.IsMap())
+      merge_into(at, kv.second);
+    else
+      dst[kv.first.Scalar()] = kv.second;
+  }
+}
+
 // Sets `dotted` in `root` to the YAML value `text`, creating maps on the way; numeric parts index
-// lists ("eval.sets.0.path=x").
+// lists ("eval.sets.0.path=x"); a mapping merges into the section it names.
 void apply_override(YAML::Node root, const std::string& spec) {
   const auto eq = spec.find('=');
   if (eq == std::string::npos || eq == 0)
@@ -118,7 +141,13 @@ void apply_override(YAML::Node root, const std::string& spec) {
   } catch (const YAML::Exception& e) {
     SCALPEL_INPUT_ERROR("override '{}': value is not valid YAML: {}", dotted, e.what());
   }
-  if (!value || value.IsNull()) value = YAML::Node(text);
+  if (text.empty()) {
+    value = YAML::Node(text);  // "output.export=": the empty string (no export)
+  } else if (!value || value.IsNull()) {
+    // "~" or "null": a value forgotten, as in a file (where it is an error too), not the text "~".
+    SCALPEL_INPUT_ERROR("override '{}': '{}' is YAML null, no value; give one, or leave the key out for its default",
+                        dotted, text);
+  }
   std::vector<std::string> parts;
   std::size_t start = 0;
   while (true) {
@@ -153,6 +182,9 @@ void apply_override(YAML::Node root, const std::string& spec) {
     chain.push_back(next);
   }
   YAML::Node last = chain.back();
+  if (last.IsScalar())
+    SCALPEL_INPUT_ERROR("override '{}': '{}' is a value, not a mapping", dotted,
+                        parts.size() > 1 ? dotted.substr(0, dotted.size() - parts.back().size() - 1) : "<top>");
   if (last.IsSequence()) {
     std::size_t idx = 0;
     try {
@@ -162,6 +194,8 @@ void apply_override(YAML::Node root, const std::string& spec) {
     }
     if (idx >= last.size()) SCALPEL_INPUT_ERROR("override '{}': index {} past the list", dotted, idx);
     last[idx] = value;
+  } else if (YAML::Node at = last[parts.back()]; at && at.IsMap() && value.IsMap()) {
+    merge_into(at, value);  // "surgeon={shots: 3}" sets shots, keeping the section's other keys
   } else {
     last[parts.back()] = value;
   }
@@ -271,6 +305,11 @@ void validate_depth(const Config& c, const std::string& source) {
 void validate_surgeon(const Config& c, const std::string& source) {
   const auto& s = c.surgeon;
   if (s.shots < 1) SCALPEL_INPUT_ERROR("{}: 'surgeon.shots' must be >= 1", source);
+  // Each shot is a pass over the calibration windows, a curvature estimate and a checkpoint: the
+  // paper's schedules take 5 to 40. Billions were accepted (and committed shots that removed nothing).
+  if (s.shots > 1000)
+    SCALPEL_INPUT_ERROR("{}: 'surgeon.shots' {} exceeds 1000 (each shot is a pass over the calibration windows and a "
+                        "checkpoint; the paper's schedules take 5 to 40)", source, s.shots);
   if (!(s.damp_g > 0) || !(s.damp_a > 0)) SCALPEL_INPUT_ERROR("{}: 'surgeon.damp_g' and 'surgeon.damp_a' must be > 0", source);
   if (s.keep_activations_mb < 0) SCALPEL_INPUT_ERROR("{}: 'surgeon.keep_activations_mb' must be >= 0", source);
   if (s.max_correlate < 0) SCALPEL_INPUT_ERROR("{}: 'surgeon.max_correlate' must be >= 0 (0 = all at once)", source);

@@ -247,6 +247,32 @@ TEST(Config, FoldersOutOfRangeIntegersAndAnEmptyRunFolderAreInputErrors) {
   EXPECT_NE(error_of("", {"calibration.seed=-1"}).find("'calibration.seed' is -1, outside 0.."), std::string::npos);
   EXPECT_NE(error_of("", {"output.dir="}).find("'output.dir' is empty"), std::string::npos);
   EXPECT_EQ(error_of("threads: 2147483647\n"), "no error");  // the largest int is a value like any other
+  // An unsigned setting takes its whole range (a seed above 2^63 - 1 was "must be an integer").
+  EXPECT_EQ(app::load_config("", {"calibration.seed=18446744073709551615"}).calibration.seed,
+            18446744073709551615ull);
+  EXPECT_NE(error_of("", {"calibration.seed=18446744073709551616"}).find("'calibration.seed' must be an integer"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"surgeon.shots=4294967297"}).find("'surgeon.shots' 4294967297 exceeds 1000"),
+            std::string::npos);
+  EXPECT_EQ(error_of("", {"surgeon.shots=1000"}), "no error");
+}
+
+// Overrides: "~" is no value, as in a file (it became the text "~": a folder named "~"); a key
+// under a value is an input error naming it (it was yaml-cpp's exit 4); a mapping merges into its
+// section (it replaced it, dropping the file's other keys); "key=" is the empty string.
+TEST(Config, OverridesOfNullUnderAValueAndOfASection) {
+  for (const auto* o : {"output.dir=~", "output.dir=null", "prune.targets=~"})
+    EXPECT_NE(error_of("", {o}).find("is YAML null, no value"), std::string::npos) << o;
+  EXPECT_NE(error_of("model: x\n", {"model.x=1"}).find("'model' is a value, not a mapping"), std::string::npos);
+  EXPECT_NE(error_of("calibration: {seed: 3}\n", {"calibration.seed.0=1"}).find("'calibration.seed' is a value"),
+            std::string::npos);
+  const auto c = app::load_config(write_yaml("surgeon: {shots: 5, damp_g: 0.5}\ncalibration: {nsamples: 16}\n"),
+                                  {"surgeon={shots: 3}", "calibration={seqlen: 64}"});
+  EXPECT_EQ(c.surgeon.shots, 3);
+  EXPECT_DOUBLE_EQ(c.surgeon.damp_g, 0.5);
+  EXPECT_EQ(c.calibration.nsamples, 16);
+  EXPECT_EQ(c.calibration.seqlen, 64);
+  EXPECT_EQ(app::load_config("", {"output.export="}).output.export_dir, "");
 }
 
 // The relation behind the export's and the run folder's checks: whole components, a trailing
