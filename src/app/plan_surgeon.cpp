@@ -47,6 +47,8 @@ struct Sizes {
   double inverse_flops = 0;        // Σ n³ over the busiest rank's linears' A and G
   I inverses_bytes = 0;            // Σ (R² + C'²) · 4 over its linears
   I rank_pruned = 0;               // the pruned weights of its linears (its share of the chunk solves)
+  I largest_linear = 0;            // the most weights of one pruned linear
+  double rank_cubes = 0;           // Σ numel³ over its linears (max_correlate 0: one chunk per linear)
 };
 
 // Per pruned linear of the model (layer by layer): its weight count and its inverses' FLOPs and
@@ -54,18 +56,21 @@ struct Sizes {
 void assign_to_ranks(Sizes& z, const std::vector<double>& numel, const std::vector<double>& inv_flops,
                      const std::vector<I>& inv_bytes, int ranks) {
   const auto owners = dist::balance_parts(numel, ranks);
-  std::vector<double> flops(static_cast<std::size_t>(ranks), 0.0), weights(flops);
+  std::vector<double> flops(static_cast<std::size_t>(ranks), 0.0), weights(flops), cubes(flops);
   std::vector<I> bytes(static_cast<std::size_t>(ranks), 0);
   for (std::size_t i = 0; i < owners.size(); ++i) {
     const auto r = static_cast<std::size_t>(owners[i]);
     flops[r] += inv_flops[i];
     bytes[r] += inv_bytes[i];
     weights[r] += numel[i];
+    cubes[r] += std::pow(numel[i], 3);
+    z.largest_linear = std::max(z.largest_linear, static_cast<I>(numel[i]));
   }
   const auto busiest = static_cast<std::size_t>(std::max_element(weights.begin(), weights.end()) - weights.begin());
   z.inverse_flops = flops[busiest];
   z.inverses_bytes = bytes[busiest];
   z.rank_pruned = static_cast<I>(weights[busiest]);
+  z.rank_cubes = cubes[busiest];
 }
 
 Sizes sizes_of(const model::ModelSpec& spec, const Config& cfg, int ranks) {
@@ -154,7 +159,14 @@ SurgeonMemory surgeon_memory(const model::ModelSpec& spec, const Config& cfg, co
   }
   // kobd scores from the factors' diagonals: no inverses, no correlated update.
   const I mc = cfg.surgeon.max_correlate > 0 ? cfg.surgeon.max_correlate : 0;
-  m.chunks = inverses && mc > 0 ? 8 * mc * mc * 4 : 0;
+  // max_correlate 0 ("all"): a linear's removed weights are one system, s·n of them at the last
+  // shot, its matrix held alone (unstructured and N:M; it was priced 0, and a run of opt-mini's
+  // 50% never finished).
+  const bool elements = cfg.prune.pattern != "structured";
+  const auto nm = elements && cfg.prune.pattern != "unstructured" ? parse_nm(cfg.prune.pattern) : std::nullopt;
+  const double s_final = nm ? static_cast<double>(nm->first) / nm->second : cfg.prune.sparsity;
+  const auto all = static_cast<I>(std::ceil(s_final * static_cast<double>(z.largest_linear)));
+  m.chunks = !inverses ? 0 : mc > 0 ? 8 * mc * mc * 4 : elements ? all * all * 4 : 0;
   m.inverses = inverses ? z.inverses_bytes : 0;
   m.curvature_peak = m.weights + m.sums + m.activations;
   m.update_peak = m.weights + m.inverses + m.factors + m.chunks;
@@ -187,6 +199,9 @@ SurgeonWork surgeon_work(const model::ModelSpec& spec, const Config& cfg, const 
   for (I k = 1; k <= K; ++k) {
     const double q = s_final * static_cast<double>(k) / static_cast<double>(K) * static_cast<double>(z.rank_pruned);
     if (surgeon_cost && elements && mc > 0) w.solve_total += q / static_cast<double>(mc) * std::pow(static_cast<double>(mc), 3) / 3;
+    // max_correlate 0: one system per linear, (s_k n)³/3 each.
+    if (surgeon_cost && elements && mc == 0)
+      w.solve_total += std::pow(s_final * static_cast<double>(k) / static_cast<double>(K), 3) * z.rank_cubes / 3;
   }
   w.curvature = cfg.surgeon.cost != "magnitude";
   w.shot_flops = w.curvature ? w.fwd_bwd + w.factors + 2 * w.inverses : 0;  // inverses at half the fp32 rate

@@ -403,10 +403,35 @@ void log_shot(const nlohmann::json& rec) {
             total);
 }
 
+// The summary of the run: this one's, or, for a state complete before it (exported, its summary
+// recorded), the summary of the run that completed it, marked so in the record (as the layer-wise
+// prune's). first: the first shot this run pruned (resumed_at_shot when above 1).
+nlohmann::json surgeon_summary(SurgeonRun& r, io::ShotCheckpoint& state, nlohmann::json summary, bool exported,
+                               double export_s, double seconds, std::int64_t first) {
+  summary["export_s"] = exported ? nlohmann::json(export_s) : nlohmann::json(nullptr);
+  summary["seconds"] = seconds;
+  if (first > 1) summary["resumed_at_shot"] = first;
+  const bool was_complete = state.exported() && state.pointer()["summary"].is_object();
+  if (was_complete) summary = state.pointer()["summary"];
+  else state.record_summary(summary);  // after the export: `scalpel inspect` says complete from here
+  const auto zeros = summary.value("zeros", std::int64_t{0}), total = summary.value("weights", std::int64_t{1});
+  const auto from = summary.value("resumed_at_shot", std::int64_t{0});
+  const auto K = r.cfg.surgeon.shots;
+  log::info("pruned {} of {} target weights and biases ({:.2f}%) in {:.1f} s on {} rank(s){}{}", zeros, total,
+            100.0 * static_cast<double>(zeros) / static_cast<double>(total), summary.value("seconds", 0.0),
+            summary.value("ranks", 0),
+            from > K ? " (every shot committed before: this run exported)"
+                     : from > 1 ? fmt::format(" (shots {}..{}: the run resumed)", from, K) : std::string(),
+            was_complete ? ", by the run that completed the checkpoint" : "");
+  if (was_complete) summary["complete_before_this_run"] = true;
+  return summary;
+}
+
 // After the last shot: weights rounded to the checkpoint's dtype (what the export holds and what
-// is evaluated), the export, the summary record and the evaluation.
+// is evaluated), the export, the summary record and the evaluation. first: the first shot this
+// run pruned.
 int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpoint& src, const model::ModelSpec& spec,
-                   const EvalInputs& eval_inputs, const Timer& total_timer) {
+                   const EvalInputs& eval_inputs, const Timer& total_timer, std::int64_t first) {
   r.watchdog.beat("export", -1);
   std::map<std::string, Tensor> replaced;
   std::vector<Tensor> rounded;
@@ -434,18 +459,15 @@ int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpo
                             {"calibration_loss", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr)},
                             {"ranks", r.world.size()}};
   if (r.world.is_root()) {
-    log::info("pruned {} of {} target weights and biases ({:.2f}%){} in {:.1f} s", zeros, total, 100.0 * zeros / total,
-              std::isfinite(loss) ? fmt::format(", calibration loss {:.6f},", loss) : std::string(","),
-              total_timer.seconds());
+    if (std::isfinite(loss)) log::info("calibration loss of the pruned model {:.6f}", loss);
     Timer et;
-    if (!r.cfg.output.export_dir.empty()) {
+    const bool exporting = !r.cfg.output.export_dir.empty();
+    if (exporting) {
       const auto dest = fs::path(r.cfg.output.dir) / r.cfg.output.export_dir;
       export_hf_folder(src, replaced, dest, r.cfg.output.export_shard_mb << 20);
       log::info("exported the pruned model to {} ({:.1f} s)", dest.string(), et.seconds());
     }
-    summary["export_s"] = et.seconds();
-    summary["seconds"] = total_timer.seconds();
-    state.record_summary(summary);  // after the export: `scalpel inspect` says complete from here
+    summary = surgeon_summary(r, state, summary, exporting, et.seconds(), total_timer.seconds(), first);
     r.metrics.write({{"event", "prune"}, {"config_hash", r.config_hash}, {"summary", summary}});
   }
   r.world.barrier();
@@ -581,7 +603,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   }
   progress.finish();
   run.wbs_final = std::move(wbs);
-  return finish_surgeon(run, state, *src, spec, eval_inputs, total_timer);
+  return finish_surgeon(run, state, *src, spec, eval_inputs, total_timer, first);
 }
 
 }  // namespace scalpel::app

@@ -338,6 +338,12 @@ TEST(Plan, SurgeonCostsPlanOnlyWhatTheyCompute) {
   EXPECT_EQ(mag["peak"]["bytes"], mag["memory"]["weights"].get<I>() + mag["memory"]["activations"].get<I>());
   const auto msg = input_error([&] { plan({"prune.pattern=3:7"}); });
   EXPECT_NE(msg.find("'prune.pattern' 3:7 does not divide the 256 input columns"), std::string::npos) << msg;
+  // max_correlate 0 ("all"): each linear's removed weights are one system. The largest, fc1 with
+  // its bias column (1024 x 257), has 131584 at 50%: a 131584² fp32 matrix; the solves grow as
+  // (s_k n)³ / 3 (it was planned at 0 bytes and 0 FLOPs, and the run never finished).
+  const auto all = plan({"surgeon.max_correlate=0", "prune.sparsity=0.5"});
+  EXPECT_EQ(all["memory"]["chunks"].get<I>(), I{131584} * 131584 * 4);
+  EXPECT_GT(all["solve_flops_all_shots"].get<double>(), 1e3 * sg["solve_flops_all_shots"].get<double>());
 }
 
 TEST(Plan, StagesSplitTheLayers) {

@@ -220,6 +220,14 @@ TEST(SurgeonCli, AStopDuringAnIntermediateEvaluationIsHonoured) {
   EXPECT_NE(rerun.find("resuming at shot 2"), std::string::npos) << rerun;
   EXPECT_NE(rerun.find("surgeon: 2/2 shots (100%)"), std::string::npos) << rerun;  // counted from the resume
   EXPECT_EQ(records(dir / "metrics.jsonl", "shot").size(), 2u);  // shot 1 not run again
+  const auto summary = records(dir / "metrics.jsonl", "prune").at(0)["summary"];
+  EXPECT_EQ(summary["resumed_at_shot"], 2);
+  EXPECT_NE(rerun.find("(shots 2..2: the run resumed)"), std::string::npos) << rerun;
+  // Without an export, export_s is null (it was a few nanoseconds).
+  const auto bare = temp_dir("sg_no_export");
+  ASSERT_EQ(run_to_end(surgeon_args(bare, "opt-mini", {"prune.sparsity=0.3", "surgeon.shots=1", "output.export="})), 0);
+  EXPECT_TRUE(records(bare / "metrics.jsonl", "prune").at(0)["summary"]["export_s"].is_null());
+  fs::remove_all(bare);
   fs::remove_all(dir);
 }
 
@@ -249,6 +257,15 @@ TEST(SurgeonCli, AStopDuringTheFinalEvaluationResumesIt) {
   EXPECT_EQ(evals[2]["set"], "c");
   const auto pointer = nlohmann::json::parse(read_bytes(dir / "ckpt/shots.json"));
   EXPECT_FALSE(pointer.contains("evaluation")) << pointer.dump();
+  // The state was complete (exported) before the rerun: its summary is the first run's, repeated
+  // and marked so, not replaced by the rerun's seconds (it was: 0.9 s where the prune took 10).
+  const auto summaries = records(dir / "metrics.jsonl", "prune");
+  ASSERT_EQ(summaries.size(), 2u);
+  EXPECT_EQ(summaries[1]["summary"]["seconds"], summaries[0]["summary"]["seconds"]);
+  EXPECT_TRUE(summaries[1]["summary"].value("complete_before_this_run", false));
+  EXPECT_FALSE(summaries[0]["summary"].contains("complete_before_this_run"));
+  EXPECT_EQ(pointer["summary"]["seconds"], summaries[0]["summary"]["seconds"]);
+  EXPECT_NE(rerun.find("by the run that completed the checkpoint"), std::string::npos) << rerun;
   fs::remove_all(dir);
 }
 
