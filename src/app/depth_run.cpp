@@ -108,13 +108,18 @@ void run_stack(DepthRun& r, const std::vector<Block>& stack, Tensor& x, std::int
 }
 
 // Calls fn(first window, count, ids) for each batch of the windows [0, nwin) this rank holds.
+// A pass that outlasts log.progress_seconds says how far rank 0 is (`what`: the pass's name).
 template <class F>
-void for_my_batches(DepthRun& r, std::int64_t nwin, F&& fn) {
+void for_my_batches(DepthRun& r, std::int64_t nwin, const char* what, F&& fn) {
   const auto batch = r.cfg.calibration.batch;
   const auto mine = calibration_shard(nwin, batch, r.world.size(), r.world.rank());
+  Progress progress(what, mine.count(), r.world.size() > 1 ? "windows of rank 0" : "windows",
+                    r.cfg.log.progress_seconds, r.world.is_root());
   for (std::int64_t s0 = mine.begin; s0 < mine.end; s0 += batch) {
     const auto b = std::min(batch, mine.end - s0);
     fn(s0, b, r.calib.windows(s0, b));
+    const auto done = s0 + b - mine.begin;
+    if (s0 + b < mine.end) progress.update(done, done * r.calib.seqlen);  // no line for a pass's end
   }
 }
 
@@ -134,7 +139,7 @@ std::vector<double> sum_windows(dist::Comm& comm, const std::vector<double>& min
 std::vector<double> bi_scores(DepthRun& r) {
   const auto L = spec_of(r).layers, T = r.calib.seqlen, d = spec_of(r).hidden;
   std::vector<double> mine;
-  for_my_batches(r, r.calib.nseq, [&](std::int64_t, std::int64_t b, std::span<const std::int32_t> ids) {
+  for_my_batches(r, r.calib.nseq, "depth bi", [&](std::int64_t, std::int64_t b, std::span<const std::int32_t> ids) {
     Tensor x = r.m.embed(ids, b, T);
     Tensor prev = snapshot(r.be, x);
     std::vector<double> rows(static_cast<std::size_t>(b * L));
@@ -155,7 +160,7 @@ std::vector<double> bi_scores(DepthRun& r) {
 std::vector<double> angular_scores(DepthRun& r, std::int64_t n) {
   const auto L = spec_of(r).layers, T = r.calib.seqlen, d = spec_of(r).hidden, width = L - n + 1;
   std::vector<double> mine;
-  for_my_batches(r, r.calib.nseq, [&](std::int64_t, std::int64_t b, std::span<const std::int32_t> ids) {
+  for_my_batches(r, r.calib.nseq, "depth angular", [&](std::int64_t, std::int64_t b, std::span<const std::int32_t> ids) {
     Tensor x = r.m.embed(ids, b, T);
     std::vector<float> last(static_cast<std::size_t>((L + 1) * b * d));  // [depth][window][d]
     for (std::int64_t l = 0; l <= L; ++l) {
@@ -185,7 +190,7 @@ std::vector<double> ppl_round(DepthRun& r, const std::vector<std::int64_t>& remo
     if (std::find(removed.begin(), removed.end(), l) == removed.end()) kept.push_back(l);
   const auto nc = candidates.size();
   std::vector<double> mine, nll;
-  for_my_batches(r, r.calib.nseq, [&](std::int64_t, std::int64_t b, std::span<const std::int32_t> ids) {
+  for_my_batches(r, r.calib.nseq, "ppl round", [&](std::int64_t, std::int64_t b, std::span<const std::int32_t> ids) {
     Tensor x = r.m.embed(ids, b, T);
     std::vector<Tensor> inputs;
     for (const auto l : kept) {
@@ -266,7 +271,7 @@ double laco_similarity(DepthRun& r, LacoState& s, const std::vector<Block>& stac
   const bool first = s.dense.empty();
   std::vector<double> mine;
   std::size_t batch = 0;
-  for_my_batches(r, s.windows, [&](std::int64_t, std::int64_t b, std::span<const std::int32_t> ids) {
+  for_my_batches(r, s.windows, "laco attempt", [&](std::int64_t, std::int64_t b, std::span<const std::int32_t> ids) {
     Tensor x = r.m.embed(ids, b, T);
     if (first) {
       Tensor y = r.m.embed(ids, b, T);
@@ -411,6 +416,8 @@ Outcome choose_ppl(DepthRun& r, std::int64_t n, const std::vector<bool>& prot, b
   o.details["rounds"] = nlohmann::json::array();
   for (const auto& g : rounds)
     o.details["rounds"].push_back({{"candidates", g.candidates}, {"ppl", numbers(g.values)}, {"removed", g.removed}});
+  // The one-shot ranking's single round removed the n blocks, not its greedy pick alone.
+  if (!r.cfg.depth.greedy && !scores_only) o.details["rounds"][0]["removed"] = o.removed;
   return o;
 }
 
@@ -582,10 +589,13 @@ nlohmann::json depth_identity(const Config& cfg, const CalibrationWindows& calib
 }
 
 // The checks that need only the config and config.json: input Errors naming the key.
-std::vector<bool> check_depth(const Config& cfg, const model::ModelSpec& spec, std::int64_t& n) {
+std::vector<bool> check_depth(const Config& cfg, const model::ModelSpec& spec, std::int64_t& n, int ranks) {
   if (cfg.parallel.stages > 1)
     SCALPEL_INPUT_ERROR("config: 'parallel.stages' {}: scalpel depth runs data-parallel only (every rank holds the "
                         "model); use parallel.stages: 1", cfg.parallel.stages);
+  if (cfg.parallel.data != 0 && cfg.parallel.data != ranks)  // as prune and plan refuse it
+    SCALPEL_INPUT_ERROR("config: 'parallel.stages' 1 x 'parallel.data' {} = {} ranks, but the job has {} (world = "
+                        "stages x data)", cfg.parallel.data, cfg.parallel.data, ranks);
   n = depth::blocks_to_remove(cfg.depth.remove, spec.layers);
   auto prot = depth::protected_mask(cfg.depth.protect, cfg.depth.protect_set, cfg.depth.criterion, spec.layers, n);
   if (cfg.depth.criterion == "angular" &&
@@ -600,9 +610,10 @@ std::vector<bool> check_depth(const Config& cfg, const model::ModelSpec& spec, s
   return prot;
 }
 
-nlohmann::json depth_record(DepthRun& r, const Outcome& o, bool scores_only, double seconds) {
+nlohmann::json depth_record(DepthRun& r, const Outcome& o, bool scores_only, double seconds, std::int64_t n) {
   nlohmann::json rec{{"event", "depth"},
                      {"criterion", r.cfg.depth.criterion},
+                     {"remove", n},  // asked (laco may remove fewer)
                      {"scores", numbers(o.scores)},
                      {"scores_only", scores_only},
                      {"model", r.cfg.model},
@@ -624,8 +635,8 @@ nlohmann::json depth_record(DepthRun& r, const Outcome& o, bool scores_only, dou
 
 
 // The record's scores and choice, printed (rank 0) and written to the metrics.
-nlohmann::json report(DepthRun& r, const Outcome& o, bool scores_only, double seconds) {
-  auto rec = depth_record(r, o, scores_only, seconds);
+nlohmann::json report(DepthRun& r, const Outcome& o, bool scores_only, double seconds, std::int64_t n) {
+  auto rec = depth_record(r, o, scores_only, seconds, n);
   rec["resumed"] = r.state->resumed();
   if (r.world.is_root()) {
     fmt::print("{}\n", rec.dump());
@@ -651,7 +662,9 @@ int remove_and_evaluate(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src
   export_once(r, o);
   r.world.barrier();
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
-  return evaluate_pruned(r, std::move(src), o, eval_inputs, *r.metrics, {{"depth", true}, {"removed", o.removed}})
+  const nlohmann::json extra{{"depth", true}, {"removed", o.removed}, {"config_hash", r.hash},
+                             {"forward_dtype", dtype_name(DType::f32)}};  // every depth pass runs in fp32
+  return evaluate_pruned(r, std::move(src), o, eval_inputs, *r.metrics, extra)
              ? kExitOk
              : kExitInterrupted;
 }
@@ -664,7 +677,11 @@ void check_windows(const Config& cfg, dist::Comm& world, const CalibrationWindow
   if (cfg.depth.windows > calib.nseq && world.is_root())
     log::warn("depth.windows {} exceeds the {} calibration windows: laco compares on all {}", cfg.depth.windows,
               calib.nseq, calib.nseq);
-  (void)calibration_shard(std::min(cfg.depth.windows, calib.nseq), cfg.calibration.batch, world.size(), world.rank());
+  const auto windows = std::min(cfg.depth.windows, calib.nseq), batch = cfg.calibration.batch;
+  if ((windows + batch - 1) / batch < world.size())
+    SCALPEL_INPUT_ERROR("config: 'depth.windows' {} makes {} batches of 'calibration.batch' {}, fewer than the {} "
+                        "ranks: raise depth.windows (0 = all), lower calibration.batch or use fewer ranks",
+                        cfg.depth.windows, (windows + batch - 1) / batch, batch, world.size());
 }
 
 }  // namespace
@@ -681,7 +698,7 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   detail::on_root(world, [&] { check_layer_tensors(cfg.model, spec); });
   std::int64_t n = 0;
-  const auto prot = check_depth(cfg, spec, n);
+  const auto prot = check_depth(cfg, spec, n, world.size());
   auto tok = make_tokenizer(cfg);
   EvalInputs eval_inputs;
   if (!scores_only) eval_inputs = check_run_end(world, cfg, spec, *tok);
@@ -705,7 +722,7 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
     if (!scores_only && static_cast<std::int64_t>(o.removed.size()) < n && !o.removed.empty())
       log::warn("laco removed {} of the {} blocks asked: no further merge kept a similarity above depth.threshold {}",
                 o.removed.size(), n, cfg.depth.threshold);
-    report(r, o, scores_only, timer.seconds());
+    report(r, o, scores_only, timer.seconds(), n);
     return scores_only ? kExitOk : remove_and_evaluate(r, src, o, eval_inputs);
   } catch (const DepthStopped&) {
     return kExitInterrupted;

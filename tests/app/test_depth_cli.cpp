@@ -355,7 +355,11 @@ TEST(DepthCli, AStopBetweenEvaluationSetsResumesTheEvaluation) {
   EXPECT_NE(out.find("not written again"), std::string::npos) << out;
   EXPECT_EQ(fs::last_write_time(dir / "model/config.json"), written);
   std::vector<std::string> names;
-  for (const auto& e : records(dir / "metrics.jsonl", "eval")) names.push_back(e["set"]);
+  for (const auto& e : records(dir / "metrics.jsonl", "eval")) {
+    names.push_back(e["set"]);
+    EXPECT_EQ(e["config_hash"], stops[0]["config_hash"]);  // records of one run tie together
+    EXPECT_EQ(e["forward_dtype"], "F32");
+  }
   EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "c"}));
   // The evaluation finished: its count is cleared, so a rerun evaluates everything again.
   EXPECT_FALSE(nlohmann::json::parse(read_bytes(dir / "ckpt/depth-state.json"))["kept"].contains("evaluation"));
@@ -424,6 +428,8 @@ TEST(DepthCli, PplOneShotRemovesTheBestOfOneRound) {
   std::vector<std::int64_t> want{ranked[0].second, ranked[1].second};
   std::sort(want.begin(), want.end());
   EXPECT_EQ(rec[0]["removed"].get<std::vector<std::int64_t>>(), want);
+  EXPECT_EQ(rec[0]["rounds"][0]["removed"].get<std::vector<std::int64_t>>(), want);  // the round's n, not one
+  EXPECT_EQ(rec[0]["remove"], 2);
   fs::remove_all(dir);
 }
 
@@ -526,6 +532,7 @@ TEST(DepthCli, BadInputsExitTwoNamingTheKeyAndWriteNothing) {
       {{"depth.criterion=angular", "depth.remove=2", "depth.protect=[1, 2]"}, "'depth.protect'"},
       {{"depth.criterion=shortest"}, "'depth.criterion'"},
       {{"parallel.stages=2"}, "'parallel.stages'"},
+      {{"parallel.data=2"}, "'parallel.data' 2 = 2 ranks, but the job has 1"},  // it was ignored
   };
   for (std::size_t i = 0; i < cases.size(); ++i) {
     const auto& [extra, key] = cases[i];
@@ -558,6 +565,12 @@ TEST(DepthCli, BadInputsExitTwoNamingTheKeyAndWriteNothing) {
   EXPECT_NE(out.find("'output.dir' " + (dir / "afile/out").string() + ": " + (dir / "afile").string() +
                      " is a file"), std::string::npos) << out;
   EXPECT_EQ(out.find("calibration windows x"), std::string::npos) << out;  // before the scoring began
+  // laco's windows too few for the ranks name depth.windows (the message blamed calibration.batch).
+  auto few = depth_args("opt-mini", dir / "few", {"depth.criterion=laco", "depth.windows=1"}, 4, 1);
+  few.insert(few.begin(), {kMpiexec, "-n", "2", "--oversubscribe"});
+  const auto windows = run_capture(few);
+  EXPECT_NE(windows.find("exit=2"), std::string::npos) << windows;
+  EXPECT_NE(windows.find("'depth.windows' 1 makes 1 batches"), std::string::npos) << windows;
   fs::remove_all(dir);
 }
 
