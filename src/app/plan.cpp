@@ -258,6 +258,9 @@ struct Job {
   int S = 1, D = 1;
   bool sparsegpt = false, wanda = false, strict = false;
   bool hessian = false;  // collected: SparseGPT's input, every method's reconstruction error
+  // cuda.activations host: the calibration activations live in host memory, a batch at a time on
+  // the GPU (make_plan decides auto as the run does, with parallel.memory_gb for the GPU's memory).
+  bool host_activations = false;
   I copies = 1, T = 0, N = 0, B = 0, bs = 0, chunks = 0;
   std::vector<Group> groups;
 
@@ -281,6 +284,7 @@ struct Job {
     sparsegpt = cfg.prune.method == "sparsegpt";
     wanda = cfg.prune.method == "wanda";
     hessian = sparsegpt || cfg.output.reconstruction_error;
+    host_activations = cfg.device == "cuda" && cfg.cuda.activations == "host";
     strict = cfg.determinism == "strict";
     copies = cfg.prune.propagation == "dense" ? 2 : 1;
     T = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
@@ -566,7 +570,9 @@ RankMemory rank_memory(const Job& job, const Rates& rates, const LayerModel& lm,
                        I chunk) {
   const auto& spec = job.spec;
   const I fb = rates.fb, T = job.T, D = job.D;
-  const I act = tok * spec.hidden * fb * job.copies;
+  // Staged on the host: the batch under way, its input and output, on the GPU.
+  const I all_act = tok * spec.hidden * fb * job.copies;
+  const I act = job.host_activations ? std::min(all_act, 2 * chunk * T * spec.hidden * fb * job.copies) : all_act;
   const I weights = 2 * lm.layer32;
   const I fwd = chunk * T * std::max(lm.qkv_out, spec.ffn) * fb * 3;
   const I attn = chunk * spec.heads * T * T * (fb == 2 ? 6 : 4);  // 2-byte: fp32 scores + 2-byte P
@@ -618,7 +624,8 @@ RankMemory rank_memory(const Job& job, const Rates& rates, const LayerModel& lm,
               {"forward_temporaries", fwd}, {"attention_scores", attn}, {"statistics", stats_max},
               {"factorisation", factor_max}, {"sweep", sweep_max},      {"gathered", gathered_max},
               {"embeddings_head", st.embed32}, {"weight_cache", st.cache}, {"phases", phases},
-              {"peak", m.peak},             {"peak_phase", m.peak_phase}};
+              {"peak", m.peak},             {"peak_phase", m.peak_phase},
+              {"activations_host", job.host_activations ? all_act : 0}};
   return m;
 }
 
@@ -824,6 +831,7 @@ json plan_header(const Job& job, const Rates& rates, const LayerModel& lm) {
                  {"true_sequential", cfg.prune.true_sequential},
                  {"determinism", cfg.determinism},
                  {"device", cfg.device},
+                 {"activations", cfg.device != "cuda" ? "host" : job.host_activations ? "host (staged per batch)" : "GPU"},
                  {"blocksize", job.bs},
                  {"weight_cache_mb", cfg.weight_cache_mb}};
   plan["grid"] = {{"world", job.in.world}, {"stages", job.S}, {"data", job.D}};
@@ -849,6 +857,20 @@ json plan_header(const Job& job, const Rates& rates, const LayerModel& lm) {
 }  // namespace
 
 json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
+  // cuda.activations auto on a GPU: the run stages them on the host when the planned peak exceeds
+  // 90% of the GPU's memory; the plan takes parallel.memory_gb for it.
+  const auto& c = in.cfg;
+  if (c.device == "cuda" && c.cuda.activations == "auto" && c.parallel.memory_gb > 0) {
+    PlanInput device = in, host = in;
+    device.cfg.cuda.activations = "device";
+    host.cfg.cuda.activations = "host";
+    auto p = make_plan(spec, device);
+    if (static_cast<double>(p["peak"]["bytes"].get<I>()) <= 0.9 * c.parallel.memory_gb * kGB) return p;
+    p = make_plan(spec, host);
+    p["job"]["activations"] = "host (staged per batch: cuda.activations auto, the peak on the GPU above 90% of "
+                              "parallel.memory_gb)";
+    return p;
+  }
   const Job job(spec, in);
   const Rates rates = plan_rates(job);
   const LayerModel lm = layer_model(job, rates);
@@ -939,7 +961,10 @@ void check_plan_fits(const json& plan, const Config& cfg) {
       limit, p.at("rank").get<int>(), p.at("stage").get<int>(), p.at("data_index").get<int>(), need / kGB,
       p.at("phase").get<std::string>(), p.at("breakdown").get<std::string>(), p.value("hint", std::string(
       "more data ranks (parallel.data) split the activations and row slices, a smaller calibration.batch shrinks the "
-      "forward temporaries, prune.true_sequential keeps one group's statistics at a time")));
+      "forward temporaries, prune.true_sequential keeps one group's statistics at a time") +
+      (cfg.device == "cuda" && cfg.cuda.activations == "device"
+           ? ", cuda.activations: host (or auto) keeps the activations in host memory, a batch at a time on the GPU"
+           : "")));
 }
 
 namespace {
@@ -962,10 +987,11 @@ void print_plan_header(const json& p) {
              params >= 1e9 ? fmt::format("{:.2f} B", params / 1e9) : fmt::format("{:.2f} M", params / 1e6),
              bytes_str(m["stored_bytes"].get<double>()), m["dtype"].get<std::string>(),
              m["sizes_from"].get<std::string>());
-  fmt::print("job: {} {}, propagation {}{}, determinism {}, device {}\n", job["method"].get<std::string>(),
+  fmt::print("job: {} {}, propagation {}{}, determinism {}, device {}{}\n", job["method"].get<std::string>(),
              job["label"].get<std::string>(), job["propagation"].get<std::string>(),
              job["true_sequential"].get<bool>() ? ", true_sequential" : "", job["determinism"].get<std::string>(),
-             job["device"].get<std::string>());
+             job["device"].get<std::string>(),
+             job["device"] == "cuda" ? ", activations on the " + job["activations"].get<std::string>() : "");
   fmt::print("grid: {} rank(s) = {} stage(s) x {} data; calibration {} x {} tokens in {} chunk(s) of {}\n",
              grid["world"].get<int>(), S, D, cal["nsamples"].get<I>(), cal["seqlen"].get<I>(),
              cal["chunks"].get<I>(), cal["batch"].get<I>());
@@ -1014,6 +1040,8 @@ void print_plan_memory(const json& p) {
     row(label, [key](const json& r) { return bytes_str(r["memory"][key].get<double>()); });
   };
   mem("(a) activations", "activations");
+  if (ranks.size() > 0 && ranks[0]["memory"].value("activations_host", I{0}) > 0)
+    mem("    in host memory", "activations_host");
   mem("(b) layer weights (x2)", "layer_weights");
   mem("    next layer (prefetch)", "next_layer");
   mem("    forward temporaries", "forward_temporaries");

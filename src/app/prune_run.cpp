@@ -71,7 +71,9 @@ void forward_layer(Backend& be, const model::ModelSpec& spec, const model::Layer
 bool activations_on_host(Backend& be, const Config& cfg, const dist::Comm& world) {
   if (be.memory_bytes() == 0 || cfg.cuda.activations == "device") return false;
   if (cfg.cuda.activations == "host") return true;
-  const auto plan = plan_of_job(cfg, world.size());
+  Config on_device = cfg;  // the peak with the activations on the GPU (the plan's auto would decide itself)
+  on_device.cuda.activations = "device";
+  const auto plan = plan_of_job(on_device, world.size());
   const double peak = plan.at("peak").at("bytes").get<double>();
   const bool host = peak > 0.9 * static_cast<double>(be.memory_bytes());
   if (world.is_root())

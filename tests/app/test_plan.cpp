@@ -448,6 +448,35 @@ TEST(Plan, GridErrorsNameTheKeys) {
   EXPECT_NO_THROW(app::make_plan(pm.spec, input_for(pm, mini_cfg(), 16)));  // one batch each: accepted
 }
 
+// cuda.activations host: the GPU holds one batch's input and output, the rest is host memory; auto
+// with parallel.memory_gb plans what the run does (host when the GPU's peak would pass 90% of it).
+// OPT-175B on one GPU with 1024 windows: 51.5 GB of fp16 activations (it was refused at 80 GB,
+// host staging not considered).
+TEST(Plan, HostActivationsLeaveOneBatchOnTheGpu) {
+  const auto pm = app::load_plan_model(kOpt175.string());
+  const auto cfg = [&](const std::string& act, double gb) {
+    return app::load_config(kSource.string() + "/configs/opt-175b-1gpu.yaml",
+                            {"model=" + kOpt175.string(), "calibration.nsamples=1024", "cuda.activations=" + act,
+                             "parallel.memory_gb=" + std::to_string(gb)});
+  };
+  const auto dev = app::make_plan(pm.spec, input_for(pm, cfg("device", 80), 1));
+  const auto host = app::make_plan(pm.spec, input_for(pm, cfg("host", 80), 1));
+  const auto autop = app::make_plan(pm.spec, input_for(pm, cfg("auto", 80), 1));
+  const I tokens = I{1024} * 2048, batch = dev["calibration"]["batch"].get<I>();
+  EXPECT_EQ(mem(dev, 0, "activations"), tokens * 12288 * 2);
+  EXPECT_EQ(mem(host, 0, "activations"), 2 * batch * 2048 * 12288 * 2);
+  EXPECT_EQ(mem(host, 0, "activations_host"), tokens * 12288 * 2);
+  EXPECT_FALSE(dev["fits"].get<bool>());
+  EXPECT_TRUE(host["fits"].get<bool>());
+  EXPECT_EQ(autop["peak"], host["peak"]);  // auto stages them, as the run would
+  EXPECT_NE(autop["job"]["activations"].get<std::string>().find("host"), std::string::npos);
+  const auto msg = input_error([&] { app::check_plan_fits(dev, cfg("device", 80)); });
+  EXPECT_NE(msg.find("cuda.activations: host"), std::string::npos) << msg;
+  // Room on the GPU: auto keeps them there.
+  const auto roomy = app::make_plan(pm.spec, input_for(pm, cfg("auto", 141), 1));
+  EXPECT_EQ(roomy["peak"], dev["peak"]);
+}
+
 TEST(Plan, Opt175bOn8x8GpusFits80GB) {
   const auto cfg = app::load_config(kYaml175.string(), {"model=" + kOpt175.string()});
   ASSERT_EQ(cfg.parallel.memory_gb, 80);
