@@ -596,12 +596,20 @@ bool within(const std::filesystem::path& outer, const std::filesystem::path& inn
   return path_within(outer.lexically_normal(), inner.lexically_normal());
 }
 
-// The export replaces its folder: it must not be the run folder or hold the checkpoint.
+// The export replaces its folder: it must not be the run folder or hold the checkpoint or the
+// metrics file; the metrics file must not be the checkpoint's folder either.
 void check_output_paths(const Config& c, const std::string& source) {
-  if (c.output.export_dir.empty()) return;
   namespace fs = std::filesystem;
   const fs::path dir = fs::absolute(c.output.dir.empty() ? "." : c.output.dir);
-  const fs::path ex = dir / c.output.export_dir, ck = dir / c.output.checkpoint;
+  const fs::path ck = dir / c.output.checkpoint;
+  if (!c.output.metrics.empty() && within(ck, dir / c.output.metrics))
+    SCALPEL_INPUT_ERROR("{}: 'output.metrics' is '{}', the checkpoint folder '{}' or inside it; name a file of its own "
+                        "(the default is metrics.jsonl)", source, c.output.metrics, c.output.checkpoint);
+  if (c.output.export_dir.empty()) return;
+  const fs::path ex = dir / c.output.export_dir;
+  if (!c.output.metrics.empty() && within(ex, dir / c.output.metrics))
+    SCALPEL_INPUT_ERROR("{}: 'output.export' is '{}' and 'output.metrics' '{}': the export would replace the metrics "
+                        "file; name each its own path", source, c.output.export_dir, c.output.metrics);
   if (within(ex, dir) || within(ex, ck))
     SCALPEL_INPUT_ERROR("{}: 'output.export' is '{}': the export replaces that folder, which would take the {} with it; "
                         "name a folder of its own (the default is model)",

@@ -245,7 +245,12 @@ void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, c
   if (comm) comm->barrier();  // every shard written
   if (w.rank == 0) {
     for (const char* f : kCopied)
-      if (fs::exists(src.folder() / f)) fs::copy_file(src.folder() / f, tmp / f, fs::copy_options::overwrite_existing);
+      if (fs::exists(src.folder() / f)) {
+        fs::copy_file(src.folder() / f, tmp / f, fs::copy_options::overwrite_existing);
+        // A read-only source (a shared model store) gave read-only copies, which a later export
+        // by another user, and config.json's rewrite below, could not replace.
+        fs::permissions(tmp / f, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::add, ec);
+      }
     if (!rw.config.is_null()) {
       std::ofstream cfg(tmp / "config.json", std::ios::trunc);
       cfg << rw.config.dump(2) << '\n';

@@ -211,6 +211,14 @@ TEST(Config, TheExportCannotBeTheRunFolderOrTheCheckpoint) {
             std::string::npos);
   for (const char* good : {"output.export=model", "output.export=../elsewhere", "output.export=ckpt2"})
     EXPECT_EQ(error_of("", {"output.dir=runs/x", good}), "no error") << good;
+  // The export and the metrics file on one path: refused before the work (depth found it after
+  // its scoring, and prune after every layer); so is a metrics file in the checkpoint.
+  EXPECT_NE(error_of("", {"output.export=metrics.jsonl"}).find("the export would replace the metrics file"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"output.metrics=model/m.jsonl"}).find("the export would replace the metrics file"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"output.metrics=ckpt"}).find("'output.metrics' is 'ckpt'"), std::string::npos);
+  EXPECT_EQ(error_of("", {"output.metrics=ckpt.jsonl"}), "no error");
 }
 
 TEST(Config, MalformedYamlAndMissingFileNameTheFile) {

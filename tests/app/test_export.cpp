@@ -70,6 +70,19 @@ TEST(Export, ShardedFolderRoundTripsAndInspectSeesTheSparsity) {
   EXPECT_EQ(report["total"]["zeros"].get<std::int64_t>(), zeros);
   EXPECT_EQ(report["total"]["weights"].get<std::int64_t>(), 3145728);
   fs::remove_all(out);
+
+  // A read-only source (a shared model store): the copies are the owner's to write, so a later
+  // export replaces them (config.json came out r--r--r--).
+  const auto ro = fs::temp_directory_path() / ("scalpel_export_ro_" + std::to_string(::getpid()));
+  fs::create_directories(ro);
+  for (const auto& e : fs::directory_iterator(kShared / "models/opt-mini"))
+    if (e.is_regular_file()) fs::copy_file(e.path(), ro / e.path().filename());
+  for (const auto& e : fs::directory_iterator(ro)) fs::permissions(e.path(), fs::perms::owner_read | fs::perms::group_read);
+  app::export_hf_folder(io::HfCheckpoint(ro), std::map<std::string, Tensor>{}, out, 0);
+  for (const char* f : {"config.json", "tokenizer.json"})
+    EXPECT_NE(fs::status(out / f).permissions() & fs::perms::owner_write, fs::perms::none) << f;
+  fs::remove_all(ro);
+  fs::remove_all(out);
 }
 
 // The zero count reads stored bits: it must say what comparing the widened fp32 value with 0
