@@ -339,6 +339,16 @@ TEST(PruneCli, InspectTellsWhereACheckpointStandsAndVerifiesIt) {
   EXPECT_NE(wrong.find("exit=2"), std::string::npos) << wrong;
   EXPECT_NE(wrong.find("wrong type"), std::string::npos) << wrong;
   EXPECT_NE(run_capture({kBin, "inspect", ckpt}).find("exit=0"), std::string::npos);  // without --verify: the manifest
+  // ... and a stat of each shard: one missing or of another size is said, exit 2 (it printed
+  // "complete" with the manifest's sizes).
+  fs::copy(dir / "ckpt", dir / "cut", fs::copy_options::recursive);
+  fs::resize_file(dir / "cut/layer-00002.shard-00000.h5", 1000);
+  const auto cut = run_capture({kBin, "inspect", (dir / "cut").string()});
+  EXPECT_NE(cut.find("exit=2"), std::string::npos) << cut;
+  EXPECT_NE(cut.find("DAMAGED (a stat of the shard files): " + (dir / "cut/layer-00002.shard-00000.h5").string() +
+                     ": shard file of committed layer 2 has 1000 bytes"), std::string::npos) << cut;
+  fs::remove(dir / "cut/layer-00002.shard-00000.h5");
+  EXPECT_NE(run_capture({kBin, "inspect", (dir / "cut").string()}).find("is missing"), std::string::npos);
   // An export that meets the damage fails the same way and leaves no half-written folder.
   const auto re = run_capture({kBin, "export", "--checkpoint", ckpt, "--out", (dir / "re").string()});
   EXPECT_NE(re.find("exit=2"), std::string::npos) << re;
