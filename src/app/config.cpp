@@ -871,14 +871,49 @@ std::string dump_config(const Config& c, bool readable) {
 
 std::string config_hash(const Config& c) { return fnv1a_hex(dump_config(c)); }
 
-std::string prune_identity_hash(const Config& c, const std::string& forward_dtype) {
+namespace {
+
+std::string prune_identity_text(const Config& c, const std::string& forward_dtype) {
   YAML::Emitter e;
   e << YAML::BeginMap;
   emit_prune_sections(e, c);
   e << YAML::Key << "determinism" << YAML::Value << c.determinism;
   if (!forward_dtype.empty()) e << YAML::Key << "forward_dtype" << YAML::Value << forward_dtype;
   e << YAML::EndMap;
-  return fnv1a_hex(std::string(e.c_str()) + "\n");
+  return e.c_str();
+}
+
+// A YAML tree as dotted keys to scalar text (lists in flow form).
+void flatten(const YAML::Node& n, const std::string& prefix, nlohmann::json& out) {
+  if (n.IsMap()) {
+    for (const auto& kv : n) flatten(kv.second, prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar(), out);
+    return;
+  }
+  if (n.IsScalar()) {
+    // Numbers in their shortest exact form (0.6, not the 17 digits the hash text holds).
+    std::string s = n.Scalar();
+    char* end = nullptr;
+    const double x = std::strtod(s.c_str(), &end);
+    if (!s.empty() && end == s.c_str() + s.size() && s.find_first_of(".eE") != std::string::npos)
+      s = nlohmann::json(x).dump();
+    out[prefix] = s;
+    return;
+  }
+  YAML::Emitter e;
+  e << YAML::Flow << n;
+  out[prefix] = e.c_str();
+}
+
+}  // namespace
+
+std::string prune_identity_hash(const Config& c, const std::string& forward_dtype) {
+  return fnv1a_hex(prune_identity_text(c, forward_dtype) + "\n");
+}
+
+nlohmann::json prune_identity_settings(const Config& c, const std::string& forward_dtype) {
+  nlohmann::json out = nlohmann::json::object();
+  flatten(YAML::Load(prune_identity_text(c, forward_dtype)), "", out);
+  return out;
 }
 
 }  // namespace scalpel::app

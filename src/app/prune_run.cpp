@@ -626,6 +626,7 @@ io::CheckpointIdentity prune_identity(const Config& cfg, const dist::Grid& grid,
   for (const auto& g : groups)
     for (const auto& l : g.linears) widest = std::max(widest, l.in);
   id.config_hash = prune_config_hash(cfg, windows, fwd, widest);
+  id.settings = prune_config_settings(cfg, windows, fwd, widest);
   id.grid = {{"stages", grid.stages}, {"data", grid.data}, {"determinism", cfg.determinism}};
   id.num_layers = spec.layers;
   return id;

@@ -73,8 +73,10 @@ void surgeon_identity_keys(Config& c) {
 
 }  // namespace
 
-std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows, DType forward,
-                              std::int64_t widest_input) {
+namespace {
+
+// The configuration a checkpoint's identity covers.
+Config identity_config(const Config& cfg, const std::vector<std::int32_t>& windows, std::int64_t widest_input) {
   // What decides the pruned weights: method, pattern, options, calibration windows. Not the
   // threads, output paths, logging, tokenizer mode (the windows' digest covers the ids) or
   // evaluation settings. `determinism` counts too (strict sums exactly, fast in floating point),
@@ -93,7 +95,27 @@ std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>
   c.calibration.offsets.clear();
   c.determinism = cfg.determinism;
   if (cfg.prune.method == "surgeon") surgeon_identity_keys(c);
-  return prune_identity_hash(c, forward == DType::f32 ? "" : std::string(dtype_name(forward)));
+  return c;
+}
+
+std::string forward_key(DType forward) { return forward == DType::f32 ? "" : std::string(dtype_name(forward)); }
+
+}  // namespace
+
+std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows, DType forward,
+                              std::int64_t widest_input) {
+  return prune_identity_hash(identity_config(cfg, windows, widest_input), forward_key(forward));
+}
+
+nlohmann::json prune_config_settings(const Config& cfg, const std::vector<std::int32_t>& windows, DType forward,
+                                     std::int64_t widest_input) {
+  auto s = prune_identity_settings(identity_config(cfg, windows, widest_input), forward_key(forward));
+  // The windows' digest stands for the text, the offsets and the tokenizer: named as such.
+  if (s.contains("calibration.path")) {
+    s["calibration windows (text, offsets, tokenizer)"] = s["calibration.path"];
+    s.erase("calibration.path");
+  }
+  return s;
 }
 
 void check_nm_widths(const std::vector<model::LinearGroup>& groups, std::int64_t n, std::int64_t m) {

@@ -47,6 +47,9 @@ WindowRange calibration_shard(std::int64_t nseq, std::int64_t batch, int ranks, 
 // widest factor), which says whether sparsegpt.split_width changes anything.
 std::string prune_config_hash(const Config& cfg, const std::vector<std::int32_t>& windows,
                               DType forward = DType::f32, std::int64_t widest_input = 0);
+// What that hash covers, flat (io::CheckpointIdentity::settings), for naming what changed.
+nlohmann::json prune_config_settings(const Config& cfg, const std::vector<std::int32_t>& windows,
+                                     DType forward = DType::f32, std::int64_t widest_input = 0);
 
 // An N:M pattern groups M consecutive input columns of each target: M must divide every target's
 // input width (an input error naming the linear; every run and its plan check alike). The

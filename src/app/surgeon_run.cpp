@@ -500,12 +500,14 @@ void check_surgeon_config(const Config& cfg) {
 
 // The shot checkpoint: created or resumed by world rank 0, then read by the others.
 io::ShotCheckpoint open_shot_state(const Config& cfg, dist::Comm& world, const dist::Grid& grid,
-                                   const model::ModelSpec& spec, const std::string& config_hash, bool restart) {
+                                   const model::ModelSpec& spec, const std::string& config_hash,
+                                   nlohmann::json settings, bool restart) {
   const fs::path ckpt_dir = fs::path(cfg.output.dir) / cfg.output.checkpoint;
   io::CheckpointIdentity id;
   id.model = cfg.model;
   id.model_fingerprint = io::model_fingerprint(cfg.model);
   id.config_hash = config_hash;
+  id.settings = std::move(settings);
   id.grid = {{"stages", 1}, {"data", grid.data}, {"determinism", cfg.determinism}};
   id.num_layers = spec.layers;
   std::optional<io::ShotCheckpoint> state;
@@ -568,7 +570,8 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   const auto calib = calibration_windows(cfg, spec, *tok);
   const auto shard = calibration_shard(calib.nseq, cfg.calibration.batch, grid.data, grid.data_index);
   const std::string config_hash = prune_config_hash(cfg, calib.ids);
-  io::ShotCheckpoint state = open_shot_state(cfg, world, grid, spec, config_hash, restart);
+  io::ShotCheckpoint state =
+      open_shot_state(cfg, world, grid, spec, config_hash, prune_config_settings(cfg, calib.ids), restart);
   const auto K = cfg.surgeon.shots;
 
   model::Model m(spec, checkpoint_source(src), be, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);

@@ -39,6 +39,7 @@ json fresh_manifest(const CheckpointIdentity& id) {
           {"format_version", kCheckpointFormatVersion},
           {"model", {{"name", id.model}, {"fingerprint", id.model_fingerprint}}},
           {"config_hash", id.config_hash},
+          {"settings", id.settings},
           {"grid", id.grid},
           {"num_layers", id.num_layers},
           {"created", now},
@@ -96,10 +97,13 @@ void check_identity(const json& m, const CheckpointIdentity& id, const fs::path&
                         "(fingerprint {}); {}",
                         what, m.at("model").at("name").get<std::string>(), fp, id.model, id.model_fingerprint, kHow);
   const std::string ch = m.at("config_hash");
-  if (ch != id.config_hash)
+  if (ch != id.config_hash) {
+    const auto changed = settings_change(m.value("settings", json()), id.settings);
     SCALPEL_INPUT_ERROR("{}: the checkpoint was written with config hash {}, this run's configuration hashes "
-                        "to {} (the pruning settings changed); {}",
-                        what, ch, id.config_hash, kHow);
+                        "to {} ({}); {}",
+                        what, ch, id.config_hash,
+                        changed.empty() ? "the pruning settings changed" : "changed: " + changed, kHow);
+  }
   const std::int64_t n = m.at("num_layers");
   if (n != id.num_layers)
     SCALPEL_INPUT_ERROR("{}: the checkpoint has {} layers, this run's model has {}; {}", what, n, id.num_layers, kHow);

@@ -412,4 +412,22 @@ std::string model_fingerprint(const fs::path& folder) {
   return fmt::format("xxh3:{:016x}", static_cast<std::uint64_t>(XXH3_64bits_digest(st.get())));
 }
 
+std::string settings_change(const nlohmann::json& was, const nlohmann::json& now) {
+  if (!was.is_object() || !now.is_object()) return "";
+  const auto text = [](const nlohmann::json& j, const std::string& k) {
+    return j.contains(k) ? (j[k].is_string() ? j[k].get<std::string>() : j[k].dump()) : std::string("-");
+  };
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : was.items()) keys.push_back(k);
+  for (const auto& [k, v] : now.items())
+    if (!was.contains(k)) keys.push_back(k);
+  std::string out;
+  for (const auto& k : keys) {
+    const auto a = text(was, k), b = text(now, k);
+    if (a == b) continue;
+    out += fmt::format("{}{} {} -> {}", out.empty() ? "" : ", ", k, a, b);
+  }
+  return out;
+}
+
 }  // namespace scalpel::io

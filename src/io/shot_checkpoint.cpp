@@ -110,18 +110,23 @@ ShotCheckpoint ShotCheckpoint::open_or_create(const fs::path& dir, const Checkpo
   // A state with no shot committed holds no work: a run with other settings starts it afresh.
   if (!s.pointer_.is_null() && s.pointer_["shot"].get<std::int64_t>() > 0) {
     const auto& p = s.pointer_;
-    const auto differs = [&](const char* what) {
+    const auto differs = [&](const std::string& what) {
       SCALPEL_INPUT_ERROR("{}: the checkpoint was made with another {} than this run; use another output.dir, or "
                           "--restart to discard it", dir.string(), what);
     };
     if (p["model_fingerprint"] != id.model_fingerprint) differs("model");
-    if (p["config_hash"] != id.config_hash) differs("configuration (prune, surgeon or calibration settings)");
+    if (p["config_hash"] != id.config_hash) {
+      const auto changed = settings_change(p.value("settings", nlohmann::json()), id.settings);
+      differs(changed.empty() ? "configuration (prune, surgeon, calibration or determinism settings)"
+                              : "configuration (changed: " + changed + ")");
+    }
     if (p["num_layers"].get<std::int64_t>() != id.num_layers) differs("layer count");
     if (p["total_shots"].get<std::int64_t>() != total_shots) differs("number of shots");
     s.shot_ = p["shot"].get<std::int64_t>();
   } else {
     s.write_pointer({{"format", kFormat}, {"version", 1}, {"model", id.model},
                      {"model_fingerprint", id.model_fingerprint}, {"config_hash", id.config_hash},
+                     {"settings", id.settings},
                      {"num_layers", id.num_layers}, {"total_shots", total_shots}, {"shot", 0},
                      {"grid", id.grid}, {"history", nlohmann::json::array()}});
   }

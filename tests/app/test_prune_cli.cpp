@@ -203,7 +203,7 @@ TEST(PruneCli, ChangedConfigIsRefusedUntilRestart) {
   ASSERT_EQ(run_to_end(prune_args(dir, "opt-mini", {"prune.method=magnitude"})), 0);
   const auto out = run_capture(prune_args(dir, "opt-mini", {"prune.method=magnitude", "prune.sparsity=0.6"}));
   EXPECT_NE(out.find("exit=2"), std::string::npos) << out;
-  EXPECT_NE(out.find("config"), std::string::npos) << out;
+  EXPECT_NE(out.find("(changed: prune.sparsity 0.5 -> 0.6)"), std::string::npos) << out;  // the key, not a hash alone
   auto again = prune_args(dir, "opt-mini", {"prune.method=magnitude", "prune.sparsity=0.6"});
   again.push_back("--restart");
   EXPECT_EQ(run_to_end(again), 0);

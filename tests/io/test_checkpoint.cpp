@@ -426,6 +426,31 @@ TEST(Checkpoint, OneWithoutCommittedLayersGivesWayToOtherSettings) {
   expect_input_error([&] { Checkpoint::open_or_create(dir.path(), identity(4, "cfg-3")); }, {"config hash cfg-2"});
 }
 
+// A refused resume names the settings that changed, from the flat record the manifest keeps
+// (a key only one side has shows as "-"); without records on both sides it says what it can.
+TEST(Checkpoint, ARefusedResumeNamesTheChangedSettings) {
+  TempDir dir;
+  auto id = identity(2, "cfg-1");
+  id.settings = {{"prune.sparsity", "0.5"}, {"prune.method", "sparsegpt"}, {"calibration.nsamples", "128"}};
+  {
+    Checkpoint c = Checkpoint::open_or_create(dir.path(), id);
+    commit_simple_layer(c, 0, 1);
+  }
+  auto other = identity(2, "cfg-2");
+  other.settings = {{"prune.sparsity", "0.6"}, {"prune.method", "sparsegpt"}, {"sparsegpt.saliency", "obs"}};
+  expect_input_error([&] { Checkpoint::open_or_create(dir.path(), other); },
+                     {"changed: calibration.nsamples 128 -> -, prune.sparsity 0.5 -> 0.6, sparsegpt.saliency - -> obs"});
+  expect_input_error([&] { Checkpoint::open_or_create(dir.path(), identity(2, "cfg-3")); },
+                     {"the pruning settings changed"});
+  // LLM Surgeon's shot state likewise.
+  const auto state = dir.path() / "shots";
+  {
+    auto s = ShotCheckpoint::open_or_create(state, id, 2, false);
+    s.commit_shot(1, std::vector<std::vector<TensorRecord>>(2, {record("w", random_tensor(DType::f32, {4, 6}, 7), false, 8)}));
+  }
+  expect_input_error([&] { ShotCheckpoint::open_or_create(state, other, 2, false); }, {"prune.sparsity 0.5 -> 0.6"});
+}
+
 // The same for LLM Surgeon's shot state: before its first shot it gives way; after, it holds.
 TEST(ShotCheckpoint, OneWithoutCommittedShotsGivesWayToOtherSettings) {
   TempDir dir;

@@ -2,6 +2,7 @@
 // parsed into validated structs. Unknown keys and wrong types are input errors naming the key path.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <utility>
 #include <string>
@@ -194,5 +195,8 @@ std::string config_hash(const Config& cfg);
 // forward_dtype: the calibration forward's resolved dtype when it is not fp32 ("" otherwise, which
 // keeps the hashes of fp32 runs as they were).
 std::string prune_identity_hash(const Config& cfg, const std::string& forward_dtype = "");
+// What that hash covers, flat ("prune.sparsity": "0.5", ...): kept in the checkpoint so that a
+// resume refused for another configuration names the keys that changed.
+nlohmann::json prune_identity_settings(const Config& cfg, const std::string& forward_dtype = "");
 
 }  // namespace scalpel::app

@@ -25,6 +25,9 @@ struct CheckpointIdentity {
   std::string config_hash;        // of the resolved run configuration
   nlohmann::json grid = nlohmann::json::object();  // e.g. {"stages": 1, "data": 4}
   std::int64_t num_layers = 0;
+  // What the hash covers, flat ({"prune.sparsity": "0.5", ...}; null: not recorded): kept so that
+  // a refused resume names the keys that changed.
+  nlohmann::json settings = nullptr;
 };
 
 struct CheckpointOptions {

@@ -80,6 +80,11 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view bytes
 // fsync of a file (after HDF5 closed it) or of a folder (to make a rename or unlink durable).
 void fsync_path(const std::filesystem::path& path, bool directory);
 
+// The keys whose values differ between two flat settings records (CheckpointIdentity::settings),
+// as "key was → now" joined by ", " (a key absent on one side shows as "-"); empty when either is
+// not an object (a checkpoint written before settings were kept) or none differs.
+std::string settings_change(const nlohmann::json& was, const nlohmann::json& now);
+
 // Current UTC time as "2024-05-01T12:34:56Z".
 std::string utc_now_iso();
 
