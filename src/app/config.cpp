@@ -310,7 +310,8 @@ void validate_surgeon(const Config& c, const std::string& source) {
   if (s.shots > 1000)
     SCALPEL_INPUT_ERROR("{}: 'surgeon.shots' {} exceeds 1000 (each shot is a pass over the calibration windows and a "
                         "checkpoint; the paper's schedules take 5 to 40)", source, s.shots);
-  if (!(s.damp_g > 0) || !(s.damp_a > 0)) SCALPEL_INPUT_ERROR("{}: 'surgeon.damp_g' and 'surgeon.damp_a' must be > 0", source);
+  for (const auto& [key, v] : {std::pair{"damp_g", s.damp_g}, std::pair{"damp_a", s.damp_a}})
+    if (!(v > 0)) SCALPEL_INPUT_ERROR("{}: 'surgeon.{}' is {}, it must be > 0", source, key, v);
   if (s.keep_activations_mb < 0) SCALPEL_INPUT_ERROR("{}: 'surgeon.keep_activations_mb' must be >= 0", source);
   if (s.max_correlate < 0) SCALPEL_INPUT_ERROR("{}: 'surgeon.max_correlate' must be >= 0 (0 = all at once)", source);
   if (s.fisher != "empirical" && s.fisher != "sampled")

@@ -703,8 +703,10 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   EvalInputs eval_inputs;
   if (!scores_only) eval_inputs = check_run_end(world, cfg, spec, *tok);
   auto backend = make_rank_backend(cfg, place);
-  const auto calib = calibration_windows(cfg, spec, *tok);
-  check_windows(cfg, world, calib);
+  // deepest makes no pass over the windows: it reads no calibration text.
+  const bool passes = cfg.depth.criterion != "deepest";
+  const auto calib = passes ? calibration_windows(cfg, spec, *tok) : CalibrationWindows{};
+  if (passes) check_windows(cfg, world, calib);
   // Opened before the scoring: a metrics file that cannot be written fails now, not after it.
   Metrics metrics;
   if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((fs::path(cfg.output.dir) / cfg.output.metrics).string());
@@ -712,7 +714,7 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
                    depth_identity(cfg, calib), restart);
   model::Model m(spec, checkpoint_source(src), *backend, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
   DepthRun r{cfg, world, *backend, m, *src, calib, std::nullopt, {}, &state, &metrics, config_hash(cfg)};
-  if (spec.family == model::Family::llama) r.rope = model::make_rope_tables(*backend, spec, calib.seqlen);
+  if (spec.family == model::Family::llama && passes) r.rope = model::make_rope_tables(*backend, spec, calib.seqlen);
   for (std::int64_t l = 0; l < spec.layers; ++l) r.blocks.push_back(m.layer_weights(l));
   log::info("depth {} ({}, {} blocks): criterion {}, remove {}{}; {} calibration windows x {} tokens; {} rank(s)",
             cfg.model, spec.model_type, spec.layers, cfg.depth.criterion, n, scores_only ? " (scores only)" : "",

@@ -40,6 +40,10 @@ std::vector<double> block_influence(std::span<const double> cos_sums, double tok
 }
 
 std::int64_t blocks_to_remove(double remove, std::int64_t layers) {
+  // A count past the model (1e30 too, which no integer holds: it was called "less than one block").
+  if (remove >= static_cast<double>(layers))
+    SCALPEL_INPUT_ERROR("config: 'depth.remove' asks for {} of the model's {} blocks: at least one block must remain",
+                        remove, layers);
   const auto n = remove >= 1 ? static_cast<std::int64_t>(remove)
                              : static_cast<std::int64_t>(std::floor(remove * static_cast<double>(layers)));
   if (n < 1)

@@ -263,6 +263,7 @@ TEST(Config, FoldersOutOfRangeIntegersAndAnEmptyRunFolderAreInputErrors) {
   EXPECT_NE(error_of("", {"surgeon.shots=4294967297"}).find("'surgeon.shots' 4294967297 exceeds 1000"),
             std::string::npos);
   EXPECT_EQ(error_of("", {"surgeon.shots=1000"}), "no error");
+  EXPECT_NE(error_of("", {"surgeon.damp_a=0"}).find("'surgeon.damp_a' is 0, it must be > 0"), std::string::npos);
 }
 
 // Overrides: "~" is no value, as in a file (it became the text "~": a folder named "~"); a key

@@ -400,6 +400,14 @@ TEST(DepthCli, DeepestRemovesTheBlocksBeforeTheLast) {
   // The last block (11) is kept, renumbered 8.
   const std::string p = "model.decoder.layers.";
   EXPECT_EQ(e.view(p + "8.fc1.weight").to_f32().f32()[5], src.view(p + "11.fc1.weight").to_f32().f32()[5]);
+  // No pass over the windows: no calibration text is read (a missing one was an error).
+  const auto nocal = temp_dir("depth_deepest_nocal");
+  const auto out2 = run_capture(depth_args("opt-deep", nocal, {"depth.criterion=deepest", "depth.remove=3",
+                                                              "calibration.path=/nonexistent/calib.txt"}));
+  ASSERT_NE(out2.find("exit=0"), std::string::npos) << out2;
+  EXPECT_EQ(records(nocal / "metrics.jsonl", "depth").at(0)["removed"].get<std::vector<std::int64_t>>(),
+            (std::vector<std::int64_t>{8, 9, 10}));
+  fs::remove_all(nocal);
   // Block 9 protected: the rule cannot apply; refused, naming the key, nothing written.
   const auto bad_dir = temp_dir("depth_deepest_bad");
   const auto bad = run_capture(depth_args("opt-deep", bad_dir, {"depth.criterion=deepest", "depth.remove=3",

@@ -164,6 +164,8 @@ TEST(DepthScores, RemoveAndProtectChecksNameTheKey) {
   };
   EXPECT_NE(message([] { blocks_to_remove(0.05, 12); }).find("'depth.remove'"), std::string::npos);
   EXPECT_NE(message([] { blocks_to_remove(4, 4); }).find("'depth.remove'"), std::string::npos);
+  // A count no integer holds is past the model, not "less than one block" (its cast overflowed).
+  EXPECT_NE(message([] { blocks_to_remove(1e30, 4); }).find("at least one block must remain"), std::string::npos);
   EXPECT_NE(message([] { protected_mask({5}, true, "bi", 4, 1); }).find("'depth.protect'"), std::string::npos);
   // ppl protects the first and the last block by default: 2 of 4 are free.
   const auto m = protected_mask({}, false, "ppl", 4, 2);
