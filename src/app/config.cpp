@@ -212,6 +212,8 @@ void read_string_list(const YAML::Node& node, const std::string& source, const s
   out.clear();
   for (std::size_t i = 0; i < node.size(); ++i) {
     if (!node[i].IsScalar()) SCALPEL_INPUT_ERROR("{}: '{}.{}' must be a string", source, key, i);
+    if (std::find(out.begin(), out.end(), node[i].Scalar()) != out.end())
+      SCALPEL_INPUT_ERROR("{}: '{}' names '{}' twice; keep one", source, key, node[i].Scalar());
     out.push_back(node[i].Scalar());
   }
 }

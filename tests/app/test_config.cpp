@@ -264,6 +264,9 @@ TEST(Config, FoldersOutOfRangeIntegersAndAnEmptyRunFolderAreInputErrors) {
             std::string::npos);
   EXPECT_EQ(error_of("", {"surgeon.shots=1000"}), "no error");
   EXPECT_NE(error_of("", {"surgeon.damp_a=0"}).find("'surgeon.damp_a' is 0, it must be > 0"), std::string::npos);
+  EXPECT_NE(error_of("", {"prune.targets=[fc1, fc2, fc1]"}).find("'prune.targets' names 'fc1' twice"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"surgeon.structures=[rows, rows]"}).find("names 'rows' twice"), std::string::npos);
 }
 
 // Overrides: "~" is no value, as in a file (it became the text "~": a folder named "~"); a key
