@@ -156,6 +156,12 @@ void apply_override(YAML::Node root, const std::string& spec) {
     if (dot == std::string::npos) break;
     start = dot + 1;
   }
+  // The dotted name of the first k parts ("<top>" for none).
+  const auto first = [&](std::size_t k) {
+    std::string s;
+    for (std::size_t j = 0; j < k; ++j) s += (j ? "." : "") + parts[j];
+    return s.empty() ? std::string("<top>") : s;
+  };
   std::vector<YAML::Node> chain{root};
   for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
     YAML::Node cur = chain.back();
@@ -172,7 +178,7 @@ void apply_override(YAML::Node root, const std::string& spec) {
       if (idx >= cur.size()) SCALPEL_INPUT_ERROR("override '{}': index {} past the list of {}", dotted, idx, cur.size());
       next = cur[idx];
     } else {
-      if (cur.IsScalar()) SCALPEL_INPUT_ERROR("override '{}': '{}' is a value, not a mapping", dotted, p);
+      if (cur.IsScalar()) SCALPEL_INPUT_ERROR("override '{}': '{}' is a value, not a mapping", dotted, first(i));
       next = cur[p];
       if (!next || next.IsNull()) {
         cur[p] = YAML::Node(YAML::NodeType::Map);
@@ -183,8 +189,7 @@ void apply_override(YAML::Node root, const std::string& spec) {
   }
   YAML::Node last = chain.back();
   if (last.IsScalar())
-    SCALPEL_INPUT_ERROR("override '{}': '{}' is a value, not a mapping", dotted,
-                        parts.size() > 1 ? dotted.substr(0, dotted.size() - parts.back().size() - 1) : "<top>");
+    SCALPEL_INPUT_ERROR("override '{}': '{}' is a value, not a mapping", dotted, first(parts.size() - 1));
   if (last.IsSequence()) {
     std::size_t idx = 0;
     try {
@@ -193,7 +198,10 @@ void apply_override(YAML::Node root, const std::string& spec) {
       SCALPEL_INPUT_ERROR("override '{}': '{}' indexes a list, so it must be a number", dotted, parts.back());
     }
     if (idx >= last.size()) SCALPEL_INPUT_ERROR("override '{}': index {} past the list", dotted, idx);
-    last[idx] = value;
+    if (YAML::Node at = last[idx]; at.IsMap() && value.IsMap())
+      merge_into(at, value);  // "eval.sets.0={path: x}" sets path, keeping the set's other keys
+    else
+      last[idx] = value;
   } else if (YAML::Node at = last[parts.back()]; at && at.IsMap() && value.IsMap()) {
     merge_into(at, value);  // "surgeon={shots: 3}" sets shots, keeping the section's other keys
   } else {

@@ -548,10 +548,24 @@ bool evaluate_pruned(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src, c
                          evaluation_stop(r.world, r.hash, metrics), resume);
 }
 
-// Whether `dest` holds the export of outcome `o` that an earlier run wrote (the state names the
-// folder and its config.json the same blocks): then it is not written again.
+// What the state keeps of an export: its folder, shard size and files (name: bytes).
+nlohmann::json export_record(const fs::path& dest, std::int64_t shard_mb) {
+  nlohmann::json files = nlohmann::json::object();
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dest, ec))
+    if (e.is_regular_file(ec)) files[e.path().filename().string()] = static_cast<std::int64_t>(e.file_size(ec));
+  return {{"dir", dest.string()}, {"shard_mb", shard_mb}, {"files", files}};
+}
+
+// Whether `dest` holds the export of outcome `o` that an earlier run wrote: the state names the
+// folder and this run's shard size, its files are there with their sizes, and its config.json
+// records the same blocks. Then it is not written again.
 bool export_kept(DepthRun& r, const Outcome& o, const fs::path& dest) {
-  if (r.state->at("exported") != dest.string()) return false;
+  const auto& kept = r.state->at("exported");
+  if (!kept.is_object() || kept.value("dir", "") != dest.string() ||
+      kept.value("shard_mb", std::int64_t{-1}) != r.cfg.output.export_shard_mb ||
+      kept.value("files", nlohmann::json()) != export_record(dest, r.cfg.output.export_shard_mb)["files"])
+    return false;
   try {
     const auto c = nlohmann::json::parse(std::ifstream(dest / "config.json"));
     const auto want = depth_config(r.src.config(), o, spec_of(r).layers, r.cfg);
@@ -572,7 +586,7 @@ void export_once(DepthRun& r, const Outcome& o) {
   }
   r.state->keep("exported", nullptr);
   export_depth(r, o, dest);
-  r.state->keep("exported", dest.string());
+  r.state->keep("exported", export_record(dest, r.cfg.output.export_shard_mb));
   log::info("exported the model without those blocks to {}", dest.string());
 }
 

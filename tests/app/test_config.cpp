@@ -276,6 +276,7 @@ TEST(Config, OverridesOfNullUnderAValueAndOfASection) {
   for (const auto* o : {"output.dir=~", "output.dir=null", "prune.targets=~"})
     EXPECT_NE(error_of("", {o}).find("is YAML null, no value"), std::string::npos) << o;
   EXPECT_NE(error_of("model: x\n", {"model.x=1"}).find("'model' is a value, not a mapping"), std::string::npos);
+  EXPECT_NE(error_of("model: x\n", {"model.x.y=1"}).find("'model' is a value, not a mapping"), std::string::npos);
   EXPECT_NE(error_of("calibration: {seed: 3}\n", {"calibration.seed.0=1"}).find("'calibration.seed' is a value"),
             std::string::npos);
   const auto c = app::load_config(write_yaml("surgeon: {shots: 5, damp_g: 0.5}\ncalibration: {nsamples: 16}\n"),
@@ -285,6 +286,12 @@ TEST(Config, OverridesOfNullUnderAValueAndOfASection) {
   EXPECT_EQ(c.calibration.nsamples, 16);
   EXPECT_EQ(c.calibration.seqlen, 64);
   EXPECT_EQ(app::load_config("", {"output.export="}).output.export_dir, "");
+  // A list item too: the mapping merges into it.
+  const auto e = app::load_config(write_yaml("eval: {sets: [{name: a, preset: text, path: x.txt}]}\n"),
+                                  {"eval.sets.0={path: y.txt}"});
+  ASSERT_EQ(e.eval.sets.size(), 1u);
+  EXPECT_EQ(e.eval.sets[0].path, "y.txt");
+  EXPECT_EQ(e.eval.sets[0].name, "a");
 }
 
 // The relation behind the export's and the run folder's checks: whole components, a trailing

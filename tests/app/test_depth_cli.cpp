@@ -364,12 +364,18 @@ TEST(DepthCli, AStopBetweenEvaluationSetsResumesTheEvaluation) {
   // The evaluation finished: its count is cleared, so a rerun evaluates everything again.
   EXPECT_FALSE(nlohmann::json::parse(read_bytes(dir / "ckpt/depth-state.json"))["kept"].contains("evaluation"));
 
-  // An export replaced since (here: removed) is written again.
+  // An export replaced since (here: removed), or one of another shard size, is written again.
   fs::remove_all(dir / "model");
   const auto again = run_capture(args);
   ASSERT_NE(again.find("exit=0"), std::string::npos) << again;
   EXPECT_TRUE(fs::exists(dir / "model/config.json"));
   EXPECT_EQ(again.find("not written again"), std::string::npos) << again;
+  auto sharded = args;
+  sharded.push_back("output.export_shard_mb=5");
+  const auto resharded = run_capture(sharded);
+  ASSERT_NE(resharded.find("exit=0"), std::string::npos) << resharded;
+  EXPECT_EQ(resharded.find("not written again"), std::string::npos) << resharded;
+  EXPECT_TRUE(fs::exists(dir / "model/model.safetensors.index.json"));
   fs::remove_all(dir);
 }
 
