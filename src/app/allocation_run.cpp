@@ -1,7 +1,9 @@
 // Layer-wise sparsity allocation passes (see allocation_run.hpp).
 #include "allocation_run.hpp"
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -289,6 +291,13 @@ nlohmann::json allocate_owl(const Config& cfg, Allocation& a, AllocationContext&
   const auto& base = a.base;
   if (base.is_nm()) {
     const auto n = prune::owl_nm(d, base.n, base.m, cfg.allocation.owl_lambda);
+    // Each block's N is rounded, as the reference rounds it: the mean can miss N/M. Said, not fixed.
+    double mean = 0;
+    for (const auto k : n) mean += static_cast<double>(k) / static_cast<double>(base.m) / static_cast<double>(n.size());
+    if (std::abs(mean - base.target()) > 1e-12 && c.group.rank() == 0 && (c.world == nullptr || c.world->rank() == 0))
+      log::warn("allocation owl: the blocks' N:{} patterns average {:.4f}, not the {}'s {:.4f} (each block's N is "
+                "rounded, as the reference rounds it; a smaller allocation.owl_lambda keeps them closer)",
+                base.m, mean, base.str(), base.target());
     for (std::size_t l = 0; l < d.size(); ++l) {
       const auto p = n[l] > 0 ? prune::Pattern::nm(n[l], base.m) : prune::Pattern::unstructured(0);
       set_layer(a, c, static_cast<std::int64_t>(l), p);
@@ -310,12 +319,13 @@ nlohmann::json allocate_owl(const Config& cfg, Allocation& a, AllocationContext&
 }
 
 // What a trace estimate depends on: the model, the windows, the targets, the probes.
-nlohmann::json trace_identity(const Config& cfg, const AllocationContext& c) {
+nlohmann::json trace_identity(const Config& cfg, const std::vector<model::LinearGroup>& groups,
+                              const CalibrationWindows& calib) {
   nlohmann::json targets = nlohmann::json::array();
-  for (const auto& g : c.groups)
+  for (const auto& g : groups)
     for (const auto& lin : g.linears) targets.push_back(lin.name);
   return {{"model", io::model_fingerprint(cfg.model)},
-          {"windows", io::digest_bytes(c.calib.ids.data(), c.calib.ids.size() * sizeof(std::int32_t))},
+          {"windows", io::digest_bytes(calib.ids.data(), calib.ids.size() * sizeof(std::int32_t))},
           {"targets", targets},
           {"probes", cfg.allocation.hutchinson_samples},
           {"epsilon", cfg.allocation.epsilon},
@@ -395,7 +405,7 @@ std::vector<std::vector<double>> kept_probes(AllocationContext& c, const nlohman
 // The probes go on from those kept in c.probes_path, which gets every new one.
 TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
   const auto& path = cfg.allocation.traces;
-  const auto identity = path.empty() && c.probes_path.empty() ? nlohmann::json() : trace_identity(cfg, c);
+  const auto identity = path.empty() && c.probes_path.empty() ? nlohmann::json() : trace_identity(cfg, c.groups, c.calib);
   if (!path.empty() && std::filesystem::exists(path)) {
     nlohmann::json j;
     try {
@@ -415,6 +425,17 @@ TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
     log::info("allocation sensitivity: {} holds another model's, windows' or probes' traces; estimating anew", path);
   }
   const auto probes = cfg.allocation.hutchinson_samples;
+  // Written (a temporary file renamed over it) once the estimate is made: a folder that takes no
+  // file fails now, naming the key, not after minutes of probes. Every rank learns of it.
+  if (!path.empty())
+    detail::on_root(c.group, [&] {
+      const auto tmp = path + ".tmp";
+      if (!std::ofstream(tmp, std::ios::app))
+        SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: cannot be written there ({}); name a writable place",
+                            path, std::strerror(errno));
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+    });
   const auto kept = kept_probes(c, identity, probes, target_list(c).size());
   if (!kept.empty() && c.group.rank() == 0)
     log::info("allocation sensitivity: {} of {} probes kept in {}; {}", kept.size(), probes, c.probes_path,
@@ -452,6 +473,10 @@ nlohmann::json allocate_sensitivity(const Config& cfg, Allocation& a, Allocation
     params[unit] += est.numel[i];
   }
   for (std::size_t u = 0; u < trace.size(); ++u) sens.push_back(trace[u] / static_cast<double>(params[u]));
+  if (c.group.rank() == 0 && !sens.empty() && std::all_of(sens.begin(), sens.end(), [&](double x) { return x == sens[0]; }))
+    log::warn("allocation sensitivity: every unit has the same sensitivity ({}), so the allocation is uniform; a trace "
+              "of 0 everywhere says allocation.epsilon is too small for fp32 (or allocation.hutchinson_samples too "
+              "few)", sens[0]);
   const auto s = prune::sensitivity_sparsities(sens, a.base.sparsity, ac.alpha, ac.weighted, params);
   nlohmann::json units = nlohmann::json::array();
   for (std::size_t u = 0; u < s.size(); ++u) {
@@ -474,6 +499,25 @@ nlohmann::json allocate_sensitivity(const Config& cfg, Allocation& a, Allocation
 }
 
 }  // namespace
+
+bool sensitivity_estimate_kept(const Config& cfg, const std::vector<model::LinearGroup>& groups,
+                               const CalibrationWindows& calib, const std::string& probes_path) {
+  if (cfg.prune.allocation != "sensitivity") return false;
+  const auto identity = trace_identity(cfg, groups, calib);
+  const auto holds = [&](const std::string& path, const char* key) {
+    std::error_code ec;
+    if (path.empty() || !std::filesystem::exists(path, ec)) return false;
+    try {
+      const auto j = nlohmann::json::parse(std::ifstream(path));
+      if (j.at("identity") != identity) return false;
+      return std::string(key) == "estimate" ||
+             static_cast<std::int64_t>(j.at("probes").size()) == cfg.allocation.hutchinson_samples;
+    } catch (const std::exception&) {
+      return false;  // unreadable: the run estimates (and says so)
+    }
+  };
+  return holds(cfg.allocation.traces, "estimate") || holds(probes_path, "probes");
+}
 
 Allocation allocate_sparsity(const Config& cfg, const prune::Pattern& base, AllocationContext& c) {
   Allocation a;

@@ -67,6 +67,12 @@ struct Allocation {
   std::pair<double, double> range() const;
 };
 
+// Whether prune.allocation sensitivity will read its whole estimate instead of computing it: the
+// allocation.traces file, or the probes kept at probes_path, hold this model's, windows' and
+// settings' estimate (complete). The memory check then leaves the estimate's phase out.
+bool sensitivity_estimate_kept(const Config& cfg, const std::vector<model::LinearGroup>& groups,
+                               const CalibrationWindows& calib, const std::string& probes_path);
+
 // The allocation cfg.prune.allocation asks for (uniform: `base` everywhere, no pass). The model's
 // layer weights are the dense ones before and after.
 Allocation allocate_sparsity(const Config& cfg, const prune::Pattern& base, AllocationContext& ctx);

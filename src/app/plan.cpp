@@ -926,7 +926,9 @@ json make_plan(const model::ModelSpec& spec, const PlanInput& in) {
                              "(parallel.data) split them, fewer calibration windows shrink them"
                            : "the sensitivity estimate holds the whole model in fp32 with a perturbed copy of every "
                              "target on every rank: prune.allocation: owl, fewer prune.targets, a lower "
-                             "surgeon.keep_activations_mb (recomputes the forward), or a machine with more memory"}};
+                             "surgeon.keep_activations_mb (recomputes the forward), a machine with more memory, or "
+                             "an allocation.traces file holding the estimate (made where it fits: the run then "
+                             "reads it and the estimate is no phase of the run)"}};
   }
   job_seconds += alloc_seconds;
   const double limit = job.cfg.parallel.memory_gb;

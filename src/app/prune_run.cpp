@@ -733,7 +733,7 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
 // calibration windows (every rank tokenizes the text: cheaper than shipping the ids around) with
 // this rank's shard of them. Built with every input check that can run before any work.
 struct PruneSession {
-  PruneSession(const Config& c, dist::Comm& w, const NodePlace& place)
+  PruneSession(const Config& c, dist::Comm& w, const NodePlace& place, bool restart)
       : cfg(c), world(w), grid(dist::make_grid(w, c.parallel.stages, c.parallel.data)),
         threads(threads_per_rank(c.threads, place.local_ranks)), backend(make_rank_backend(c, place)),
         src(std::make_shared<const io::HfCheckpoint>(c.model)),
@@ -746,15 +746,24 @@ struct PruneSession {
                           c.model);
     detail::on_root(w, [&] { check_layer_tensors(c.model, spec); });
     if (pattern.is_nm()) check_nm_widths(groups, pattern.n, pattern.m);
-    // The plan's memory model decides before any work whether the job fits (the same check as
-    // `scalpel plan`, which prints the terms).
-    if (c.parallel.memory_gb > 0) check_plan_fits(plan_of_job(c, w.size()), c);
     // A typo in the evaluation settings or an export folder that would be refused must not
     // surface only after hours of pruning.
     tok = make_tokenizer(c);
     eval_inputs = check_run_end(w, c, spec, *tok);
     calib = calibration_windows(c, spec, *tok);
     shard = calibration_shard(calib.nseq, c.calibration.batch, grid.data, grid.data_index);
+    if (c.parallel.memory_gb > 0) check_memory(restart);
+  }
+
+  // The plan's memory model decides before any work whether the job fits (the same check as
+  // `scalpel plan`, which prints the terms). A sensitivity estimate the run will read whole (its
+  // allocation.traces, or every probe kept in the checkpoint) is no phase of this run.
+  void check_memory(bool restart) const {
+    const auto probes = restart ? std::string() : (fs::path(cfg.output.dir) / cfg.output.checkpoint /
+                                                   kSensitivityProbesFile).string();
+    Config planned = cfg;
+    if (sensitivity_estimate_kept(cfg, groups, calib, probes)) planned.prune.allocation = Config{}.prune.allocation;
+    check_plan_fits(plan_of_job(planned, world.size()), cfg);
   }
 
   const Config& cfg;
@@ -907,7 +916,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   Timer total_timer;
   install_stop_signals();
-  const PruneSession s(cfg, world, place);
+  const PruneSession s(cfg, world, place, restart);
   Backend& be = *s.backend;
   const auto& spec = s.spec;
   const fs::path out_dir = cfg.output.dir;

@@ -87,6 +87,19 @@ Config identity_config(const Config& cfg, const std::vector<std::int32_t>& windo
   c.surgeon.eval_shots.clear();
   c.allocation = cfg.allocation;
   c.allocation.traces.clear();  // where the estimate is cached, not what it is
+  // The keys of the other rule decide nothing: their defaults (the identities of checkpoints made
+  // before stay as they were for the settings that were left at their defaults).
+  const Config::Allocation d;
+  if (cfg.prune.allocation == "owl") {
+    c.allocation.alpha = d.alpha;
+    c.allocation.hutchinson_samples = d.hutchinson_samples;
+    c.allocation.epsilon = d.epsilon;
+    c.allocation.weighted = d.weighted;
+    c.allocation.granularity = d.granularity;
+  } else if (cfg.prune.allocation == "sensitivity") {
+    c.allocation.owl_m = d.owl_m;
+    c.allocation.owl_lambda = d.owl_lambda;
+  }
   c.sparsegpt = cfg.sparsegpt;
   // A split width no factor reaches changes nothing: the identity of every factor made whole.
   if (cfg.prune.method != "sparsegpt" || widest_input < cfg.sparsegpt.split_width) c.sparsegpt.split_width = 0;

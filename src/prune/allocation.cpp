@@ -118,18 +118,33 @@ std::vector<double> sensitivity_sparsities(const std::vector<double>& sensitivit
   std::stable_sort(order.begin(), order.end(),
                    [&](std::size_t a, std::size_t b) { return sensitivity[a] < sensitivity[b]; });
   std::vector<double> s(n, p);
-  for (std::size_t rank = 0; rank < n && n > 1; ++rank) {
-    const double density = (1.0 - p - alpha) + static_cast<double>(rank) * 2.0 * alpha / static_cast<double>(n - 1);
-    s[order[rank]] = 1.0 - density;
+  const auto density = [&](std::size_t rank) {
+    return (1.0 - p - alpha) + static_cast<double>(rank) * 2.0 * alpha / static_cast<double>(n - 1);
+  };
+  // Equal sensitivities share the mean density of their ranks: the same score, the same sparsity
+  // (a degenerate estimate, every trace 0, is then uniform instead of ordered by index). Distinct
+  // scores get their rank's density, as the reference's argsort gives them.
+  for (std::size_t first = 0; first < n && n > 1;) {
+    std::size_t last = first + 1;
+    while (last < n && sensitivity[order[last]] == sensitivity[order[first]]) ++last;
+    double mean = 0;
+    for (std::size_t r = first; r < last; ++r) mean += density(r);
+    mean /= static_cast<double>(last - first);
+    for (std::size_t r = first; r < last; ++r) s[order[r]] = 1.0 - mean;
+    first = last;
   }
+  double shift = 0;
   if (weighted && n > 0) {
-    const double shift = p - weighted_sparsity(s, params);
+    shift = p - weighted_sparsity(s, params);
     for (auto& x : s) x += shift;
   }
   for (std::size_t i = 0; i < n; ++i)
     if (!(s[i] >= 0 && s[i] < 1))
-      SCALPEL_INPUT_ERROR("config: '{}' {} with prune.sparsity {} gives unit {} the sparsity {:.4f} (outside [0, 1)); "
-                          "lower it", key, alpha, p, i, s[i]);
+      SCALPEL_INPUT_ERROR("config: '{}' {} with prune.sparsity {} gives unit {} (0-based, in the allocation record's "
+                          "order) the sparsity {:.4f} (outside [0, 1)){}; lower it", key, alpha, p, i, s[i],
+                          weighted ? fmt::format(", after allocation.weighted's shift of {:+.4f} to reach the target "
+                                                 "by parameters", shift)
+                                   : std::string());
   return s;
 }
 

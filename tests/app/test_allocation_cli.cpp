@@ -124,6 +124,21 @@ TEST(AllocationCli, SensitivityPerMatrixWeightedHitsTheTarget) {
   const auto second = records(again / "metrics.jsonl", "allocation").at(0);
   for (std::size_t i = 0; i < 24; ++i)
     EXPECT_EQ(second["matrices"][i]["score"], alloc[0]["matrices"][i]["score"]) << i;
+  // parallel.memory_gb between the prune's planned peak (39.3 MB) and the estimate's (55.4 MB;
+  // `scalpel plan --json` with these settings): with the estimate cached it is no phase of the
+  // run, which goes through (it was refused); an estimate still to make is refused.
+  const std::vector<std::string> tight{"prune.method=sparsegpt", "prune.allocation=sensitivity",
+                                       "allocation.granularity=matrix", "parallel.memory_gb=0.047",
+                                       "allocation.traces=" + traces};
+  auto cached = tight;
+  cached.push_back("allocation.hutchinson_samples=1");
+  const auto fits = run(shell_command(alloc_args(dir / "tight", cached)));
+  EXPECT_EQ(fits.code, 0) << fits.out;
+  auto fresh = tight;
+  fresh.push_back("allocation.hutchinson_samples=3");
+  const auto refused = run(shell_command(alloc_args(dir / "tight3", fresh)));
+  EXPECT_EQ(refused.code, 2) << refused.out;
+  EXPECT_NE(refused.out.find("allocation (sensitivity)"), std::string::npos) << refused.out;
   // Other probes: estimated anew, and the file now holds those.
   const auto third = dir / "third";
   const auto r3 = run(shell_command(alloc_args(third, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
@@ -239,6 +254,9 @@ TEST(AllocationCli, BadSettingsExit2NamingTheKey) {
       {{"allocation.hutchinson_samples=0"}, "allocation.hutchinson_samples"},
       {{"sparsegpt.saliency=isc", "prune.pattern=2:4"}, "sparsegpt.saliency"},
       {{"sparsegpt.saliency=isc", "prune.method=wanda"}, "sparsegpt.saliency"},
+      // A traces file nothing can be written beside: before the estimate (it failed after it).
+      {{"prune.allocation=sensitivity", "allocation.traces=/proc/scalpel-traces.json"},
+       "'allocation.traces' /proc/scalpel-traces.json: cannot be written there"},
   };
   int i = 0;
   for (const auto& [extra, key] : cases) {

@@ -123,6 +123,27 @@ TEST(Config, SurgeonIdentityCountsOnlyWhatTheSurgeonReads) {
             app::prune_config_hash(app::load_config("", {}), ids));
 }
 
+// An allocation rule's identity holds its own keys, not the other rule's (an OWL checkpoint
+// refused a rerun with another allocation.hutchinson_samples), nor where traces are cached.
+TEST(Config, AllocationIdentityCountsOnlyTheRuleInUse) {
+  const std::vector<std::int32_t> ids{5, 6, 7};
+  const auto hash = [&](const std::string& rule, std::vector<std::string> o) {
+    o.push_back("prune.method=wanda");
+    o.push_back("prune.allocation=" + rule);
+    return app::prune_config_hash(app::load_config("", o), ids);
+  };
+  const auto owl = hash("owl", {}), sens = hash("sensitivity", {});
+  for (const char* same : {"allocation.hutchinson_samples=3", "allocation.weighted=true", "allocation.epsilon=0.01",
+                           "allocation.alpha=0.05", "allocation.traces=t.json"})
+    EXPECT_EQ(hash("owl", {same}), owl) << same;
+  for (const char* other : {"allocation.owl_lambda=0.1", "allocation.owl_m=7"}) {
+    EXPECT_NE(hash("owl", {other}), owl) << other;
+    EXPECT_EQ(hash("sensitivity", {other}), sens) << other;
+  }
+  for (const char* other : {"allocation.hutchinson_samples=3", "allocation.alpha=0.05", "allocation.weighted=true"})
+    EXPECT_NE(hash("sensitivity", {other}), sens) << other;
+}
+
 // A key that is not a name (a list or mapping as a key) was a yaml-cpp conversion error, exit 4;
 // a key with no value kept the default silently ("dir:" with the value forgotten).
 TEST(Config, KeysThatAreNotNamesAndKeysWithoutValuesAreInputErrors) {
@@ -263,6 +284,7 @@ TEST(Config, FoldersOutOfRangeIntegersAndAnEmptyRunFolderAreInputErrors) {
   EXPECT_NE(error_of("", {"surgeon.shots=4294967297"}).find("'surgeon.shots' 4294967297 exceeds 1000"),
             std::string::npos);
   EXPECT_EQ(error_of("", {"surgeon.shots=1000"}), "no error");
+
   EXPECT_NE(error_of("", {"surgeon.damp_a=0"}).find("'surgeon.damp_a' is 0, it must be > 0"), std::string::npos);
   EXPECT_NE(error_of("", {"prune.targets=[fc1, fc2, fc1]"}).find("'prune.targets' names 'fc1' twice"),
             std::string::npos);

@@ -99,10 +99,17 @@ TEST(Sensitivity, WeightedHitsTheTargetByParameters) {
 }
 
 TEST(Sensitivity, TiesSingleUnitAndErrors) {
-  // Ties keep index order: the first of equals is ranked less sensitive (more sparsity).
+  // Equal scores share their ranks' mean density: the same sparsity (they were split by index,
+  // so an all-zero estimate gave 0.6, 0.53, 0.47, 0.4 by layer).
   const auto t = sensitivity_sparsities({1, 1}, 0.5, 0.1, false, {1, 1});
-  EXPECT_NEAR(t[0], 0.6, kTol);
-  EXPECT_NEAR(t[1], 0.4, kTol);
+  EXPECT_NEAR(t[0], 0.5, kTol);
+  EXPECT_NEAR(t[1], 0.5, kTol);
+  const auto u = sensitivity_sparsities({0, 0, 0, 0}, 0.5, 0.1, false, {1, 1, 1, 1});
+  for (const double x : u) EXPECT_NEAR(x, 0.5, kTol);
+  const auto v = sensitivity_sparsities({3, 1, 1, 2}, 0.5, 0.1, false, {1, 1, 1, 1});  // ranks 0 and 1 tie
+  EXPECT_NEAR(v[1], 1.0 - (0.4 + 0.4 + 0.2 / 3) / 2, kTol);
+  EXPECT_NEAR(v[2], v[1], kTol);
+  EXPECT_NEAR(v[0], 0.4, kTol);
   EXPECT_NEAR(sensitivity_sparsities({7}, 0.3, 0.1, false, {5})[0], 0.3, kTol);
   EXPECT_NE(input_error([] { sensitivity_sparsities({1, 2, 3}, 0.95, 0.1, false, {1, 1, 1}); }).find("allocation.alpha"),
             std::string::npos);
