@@ -3,13 +3,10 @@
 #include "scalpel/app/config.hpp"
 
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <limits>
