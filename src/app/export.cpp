@@ -102,9 +102,9 @@ void write_tensors(const fs::path& dir, const std::vector<Entry>& all, std::int6
   if (w.rank == 0) std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << '\n';
 }
 
-// What every export writes last, naming its source: an existing folder is replaced only when it
-// holds this file (an export scalpel wrote), never a model saved by other tools, which has the
-// same file names.
+// What every export writes last (the same bytes each time): an existing folder is replaced only
+// when it holds this file (an export scalpel wrote), never a model saved by other tools, which
+// has the same file names.
 constexpr const char* kExportMarker = "scalpel-export.json";
 
 // A file an export writes (its tensors, index, config and tokenizer files, the marker).
@@ -162,8 +162,7 @@ void check_export_scratch(const fs::path& out) {
                         out.string(), tmp.string(), what);
 }
 
-}  // namespace
-
+// The folder an export writes: `given` without trailing separators, or the folder a link names.
 fs::path export_destination(const fs::path& given) {
   if (given.empty()) SCALPEL_INPUT_ERROR("export: the output folder's path is empty; name the folder to write");
   // "model/" (as shell completion writes it) names the folder "model": its temporary folder goes
@@ -179,6 +178,8 @@ fs::path export_destination(const fs::path& given) {
                         out.string(), fs::read_symlink(out, ec).string());
   return target;
 }
+
+}  // namespace
 
 void check_export_target(const fs::path& out_given, const fs::path& source_model) {
   const auto out = export_destination(out_given);
