@@ -10,6 +10,8 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
+#include "scalpel/io/manifest.hpp"
+#include "scalpel/io/shot_checkpoint.hpp"
 #include "scalpel/model/spec.hpp"
 
 namespace fs = std::filesystem;
@@ -162,6 +164,23 @@ void check_export_scratch(const fs::path& out) {
                         out.string(), tmp.string(), what);
 }
 
+// Whether `out` is an export of a release from before scalpel-export.json, which a rerun replaces
+// as it always did: it sits in a run folder beside a scalpel checkpoint (a folder holding
+// manifest.json or shots.json), or its config.json records a depth removal (scalpel_depth).
+bool beside_a_checkpoint(const fs::path& out) {
+  std::error_code ec;
+  try {
+    if (nlohmann::json::parse(std::ifstream(out / "config.json")).contains("scalpel_depth")) return true;
+  } catch (const std::exception&) {
+  }
+  const auto parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  for (const auto& e : fs::directory_iterator(parent, ec))
+    if (e.path() != out && e.is_directory(ec) &&
+        (fs::exists(e.path() / io::kManifestName, ec) || fs::exists(e.path() / io::kShotPointerName, ec)))
+      return true;
+  return false;
+}
+
 // The folder an export writes: `given` without trailing separators, or the folder a link names.
 fs::path export_destination(const fs::path& given) {
   if (given.empty()) SCALPEL_INPUT_ERROR("export: the output folder's path is empty; name the folder to write");
@@ -200,7 +219,7 @@ void check_export_target(const fs::path& out_given, const fs::path& source_model
     SCALPEL_INPUT_ERROR("export to {}: the folder holds '{}', which no export writes (a checkpoint, a run folder or "
                         "other files?); scalpel replaces only an earlier export: choose a new or empty folder",
                         out.string(), name);
-  if (!fs::is_empty(out, ec) && !fs::exists(out / kExportMarker, ec))
+  if (!fs::is_empty(out, ec) && !fs::exists(out / kExportMarker, ec) && !beside_a_checkpoint(out))
     SCALPEL_INPUT_ERROR("export to {}: the folder holds a model that scalpel did not export (no {}: a model saved "
                         "by other tools, or an export of an earlier scalpel, which wrote none?); scalpel replaces "
                         "only its own exports: choose a new or empty folder, or remove this one yourself",

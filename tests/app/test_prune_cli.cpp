@@ -558,8 +558,9 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_TRUE(fs::exists(dir / "metrics.jsonl"));
   EXPECT_EQ(read_bytes(file).size(), 7u);
   // A model saved by other tools has an export's file names: without the scalpel-export.json
-  // every export writes it is refused and left as it was (it was replaced).
-  const auto saved = dir / "saved_model";
+  // every export writes it is refused and left as it was (it was replaced). Beside a checkpoint,
+  // in a run folder, a marker-less export is an earlier release's: replaced, as it always was.
+  const auto saved = temp_dir("saved_model");
   fs::copy(dir / "model", saved);
   fs::remove(saved / "scalpel-export.json");
   const auto foreign = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out", saved.string()});
@@ -567,6 +568,12 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_NE(foreign.find("a model that scalpel did not export"), std::string::npos) << foreign;
   EXPECT_FALSE(fs::exists(saved / "scalpel-export.json"));
   EXPECT_EQ(read_bytes(saved / "model.safetensors"), read_bytes(dir / "model/model.safetensors"));
+  fs::remove(dir / "model/scalpel-export.json");  // as an earlier release left it
+  const auto legacy = run_capture({kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",
+                                   (dir / "model").string()});
+  EXPECT_NE(legacy.find("exit=0"), std::string::npos) << legacy;
+  EXPECT_TRUE(fs::exists(dir / "model/scalpel-export.json"));
+  fs::remove_all(saved);
   // A link is written through: the folder it points to gets the export, the link stays a link; a
   // link to nothing is refused (both were replaced by a folder).
   fs::create_symlink(dir / "model", dir / "latest");
