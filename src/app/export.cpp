@@ -380,6 +380,15 @@ nlohmann::json inspect_hf_folder(const fs::path& folder, bool print) {
   const auto spec = model::ModelSpec::from_config(ckpt.config(), (folder / "config.json").string());
   nlohmann::json rows = nlohmann::json::array();
   std::int64_t zeros = 0, total = 0;
+  // A depth export says what `scalpel depth` removed (its config.json's record), first.
+  const auto depth = ckpt.config().value("scalpel_depth", nlohmann::json());
+  if (print && depth.is_object())
+    fmt::print("depth-pruned ({}): blocks {} of the {} removed, {} kept{}{}\n", depth.value("criterion", "?"),
+               depth.value("removed", nlohmann::json::array()).dump(), depth.value("original_num_hidden_layers", 0),
+               depth.value("kept", nlohmann::json::array()).dump(),
+               depth.contains("merged") ? ", merged " + depth["merged"].dump() : std::string(),
+               depth.contains("previous") ? " (depth-pruned before that too: config.json's scalpel_depth.previous)"
+                                          : "");
   if (print)
     fmt::print("{:<48} {:>14} {:>5} {:>9} {:>5} {:>9} {:>9}\n", "tensor", "shape", "dtype", "sparsity", "N:M",
                "zero rows", "zero cols");
@@ -401,7 +410,9 @@ nlohmann::json inspect_hf_folder(const fs::path& folder, bool print) {
   }
   const double sp = total ? static_cast<double>(zeros) / static_cast<double>(total) : 0;
   if (print) fmt::print("decoder linears: {} of {} weights are zero ({:.2f}%)\n", zeros, total, 100 * sp);
-  return {{"tensors", rows}, {"total", {{"zeros", zeros}, {"weights", total}, {"sparsity", sp}}}};
+  nlohmann::json report{{"tensors", rows}, {"total", {{"zeros", zeros}, {"weights", total}, {"sparsity", sp}}}};
+  if (depth.is_object()) report["depth"] = depth;
+  return report;
 }
 
 }  // namespace scalpel::app

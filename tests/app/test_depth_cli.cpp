@@ -203,6 +203,13 @@ TEST(DepthCli, ExportRenumbersEvaluatesAsSkippedBlocksAndPrunes) {
   EXPECT_EQ(layer_tensors, 2u * 9u);  // 7 linears + 2 norms per block
   EXPECT_TRUE(e.has("lm_head.weight"));
   EXPECT_TRUE(e.has("model.norm.weight"));
+  // `scalpel inspect` of the export says what was removed (table and JSON).
+  const auto table = run_capture({kBin, "inspect", exp.string()});
+  EXPECT_NE(table.find("depth-pruned (bi): blocks " + nlohmann::json(removed).dump() + " of the 4 removed"),
+            std::string::npos) << table;
+  const auto js = run_capture({kBin, "inspect", "--json", exp.string()}, false);
+  EXPECT_EQ(nlohmann::json::parse(js.substr(0, js.rfind("exit=")))["depth"]["removed"].get<std::vector<std::int64_t>>(),
+            removed);
 
   // `scalpel eval` of the export = the original with those blocks skipped = depth's own eval.
   const auto ev = dir / "ev";
