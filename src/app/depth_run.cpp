@@ -635,7 +635,7 @@ nlohmann::json depth_record(DepthRun& r, const Outcome& o, bool scores_only, dou
                      {"calibration", {{"windows", r.calib.nseq}, {"seqlen", r.calib.seqlen}, {"seed", r.cfg.calibration.seed}}},
                      {"seconds", seconds},
                      {"ranks", r.world.size()},
-                     {"config_hash", config_hash(r.cfg)}};
+                     {"config_hash", r.hash}};
   if (!scores_only) {
     rec["removed"] = o.removed;
     rec["kept"] = o.kept;

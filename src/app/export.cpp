@@ -167,7 +167,7 @@ void check_export_scratch(const fs::path& out) {
 // Whether `out` is an export of a release from before scalpel-export.json, which a rerun replaces
 // as it always did: it sits in a run folder beside a scalpel checkpoint (a folder holding
 // manifest.json or shots.json), or its config.json records a depth removal (scalpel_depth).
-bool beside_a_checkpoint(const fs::path& out) {
+bool earlier_release_export(const fs::path& out) {
   std::error_code ec;
   try {
     if (nlohmann::json::parse(std::ifstream(out / "config.json")).contains("scalpel_depth")) return true;
@@ -219,7 +219,7 @@ void check_export_target(const fs::path& out_given, const fs::path& source_model
     SCALPEL_INPUT_ERROR("export to {}: the folder holds '{}', which no export writes (a checkpoint, a run folder or "
                         "other files?); scalpel replaces only an earlier export: choose a new or empty folder",
                         out.string(), name);
-  if (!fs::is_empty(out, ec) && !fs::exists(out / kExportMarker, ec) && !beside_a_checkpoint(out))
+  if (!fs::is_empty(out, ec) && !fs::exists(out / kExportMarker, ec) && !earlier_release_export(out))
     SCALPEL_INPUT_ERROR("export to {}: the folder holds a model that scalpel did not export (no {}: a model saved "
                         "by other tools, or an export of an earlier scalpel, which wrote none?); scalpel replaces "
                         "only its own exports: choose a new or empty folder, or remove this one yourself",
