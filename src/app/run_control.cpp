@@ -17,15 +17,40 @@ namespace {
 
 volatile std::sig_atomic_t g_stop = 0;
 
-void on_stop(int sig) { g_stop = sig; }
-
 constexpr const char* kKeptNote = "stopping after the current step (it is kept, rerun to resume)";
-std::atomic<const char*> g_note{kKeptNote};  // lock-free: read in the handler
+std::atomic<const char*> g_note{kKeptNote};  // lock-free: read in the handlers
+std::atomic<int> g_rank{-1};                 // the rank that says what a stop does (-1: unknown, says it)
 
 void write_stderr(const char* s) {
   std::size_t n = 0;
   while (s[n] != '\0') ++n;
   [[maybe_unused]] const auto w = ::write(STDERR_FILENO, s, n);
+}
+
+// SIGTERM/SIGUSR1: the stop is honoured only at the next stopping point, which can be many minutes
+// away (a layer of OPT-175B, an LLM Surgeon shot); the first one says at once, on rank 0 only, that
+// it was received and what happens next, so that a log shows when the signal came.
+void on_stop(int sig) {
+  const bool first = g_stop == 0;
+  g_stop = sig;
+  if (!first || g_rank.load() > 0) return;
+  write_stderr(sig == SIGTERM ? "scalpel: SIGTERM received: " : "scalpel: SIGUSR1 received: ");
+  write_stderr(g_note.load());
+  write_stderr("\n");
+}
+
+// The rank of this process before MPI starts, from the launchers' environment (-1: none says).
+// Open MPI's and PMIx's names come first: a batch shell's SLURM_PROCID (0) is inherited by the
+// ranks mpirun starts inside a job.
+int launcher_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}) {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v == '\0') continue;
+    char* end = nullptr;
+    const long r = std::strtol(v, &end, 10);
+    if (*end == '\0' && r >= 0) return static_cast<int>(r);
+  }
+  return -1;
 }
 
 // Ctrl-C: the first asks for the same stop as SIGTERM (the layer or shot under way is committed,
@@ -50,6 +75,7 @@ std::int64_t now_ns() {
 }  // namespace
 
 void install_stop_signals() {
+  if (g_rank.load() < 0) g_rank.store(launcher_rank());
   struct sigaction sa {};
   sa.sa_handler = on_stop;
   sigemptyset(&sa.sa_mask);
@@ -64,6 +90,8 @@ void install_stop_signals() {
 }
 
 int stop_signal() { return g_stop; }
+
+void set_stop_note_rank(int rank) { g_rank.store(rank); }
 
 void set_interrupt_note(const char* note) { g_note.store(note != nullptr ? note : kKeptNote); }
 

@@ -440,11 +440,17 @@ TEST(PruneCli, AStopSignalDuringStartUpStopsAfterTheFirstLayer) {
   NEED_SHARED();
   setenv("OMP_WAIT_POLICY", "PASSIVE", 1);  // no restart of the process to set it (see run_control.hpp)
   const auto dir = temp_dir("early_stop");
-  const pid_t pid = spawn(prune_args(dir, "opt-mini", {"prune.method=sparsegpt"}));
+  const auto log = dir / "run.log";
+  const pid_t pid = spawn(prune_args(dir, "opt-mini", {"prune.method=sparsegpt"}), log);
   while (!catches_sigusr1(pid) && waitpid(pid, nullptr, WNOHANG) == 0)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   kill(pid, SIGUSR1);
   EXPECT_EQ(wait_exit(pid), 75);
+  // Said at once, before MPI knew the rank: a process no launcher started is rank 0.
+  EXPECT_NE(read_bytes(log).find("scalpel: SIGUSR1 received: stopping after the current step (it is kept, rerun "
+                                 "to resume)"),
+            std::string::npos)
+      << read_bytes(log);
   const auto stops = records(dir / "metrics.jsonl", "interrupted");
   ASSERT_EQ(stops.size(), 1u);
   EXPECT_EQ(stops[0]["after_layer"], 0);

@@ -342,6 +342,11 @@ TEST_F(PruneDist, Sigusr1StopsAfterACommittedLayerWithExit75AndTheRerunFinishes)
   EXPECT_GE(done, 1);
   EXPECT_LT(done, 4) << "the stop came after the last layer; nothing to check";
   EXPECT_NE(read_bytes(log).find("stopping after layer"), std::string::npos) << read_bytes(log);
+  // The signal is acknowledged at once, by rank 0 alone (both ranks received it).
+  const auto said = read_bytes(log);
+  const std::string ack = "scalpel: SIGUSR1 received: stopping after the current step";
+  ASSERT_NE(said.find(ack), std::string::npos) << said;
+  EXPECT_EQ(said.find(ack, said.find(ack) + 1), std::string::npos) << said;
   const auto stops = records(out / "metrics.jsonl", "interrupted");  // the last committed layer, 0-based
   ASSERT_EQ(stops.size(), 1u);
   EXPECT_EQ(stops[0]["signal"], SIGUSR1);

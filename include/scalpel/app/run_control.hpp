@@ -22,11 +22,14 @@ namespace scalpel::app {
 // PASSIVE; call first thing in main, before MPI or any thread exists. A user's setting is kept.
 void ensure_passive_wait_policy(char** argv);
 
-// Installs the SIGTERM/SIGUSR1/SIGINT handlers (idempotent).
+// Installs the SIGTERM/SIGUSR1/SIGINT handlers (idempotent). The first stop signal says on stderr
+// that it was received and what happens next, on rank 0 only (the launcher's rank variables tell
+// it before MPI starts; set_stop_note_rank once MPI knows).
 void install_stop_signals();
+void set_stop_note_rank(int rank);
 // The signal that asked for a stop (0: none).
 int stop_signal();
-// What a first Ctrl-C says will happen (a string with static storage; nullptr: the default "stopping
+// What a first stop signal says will happen (a string with static storage; nullptr: the default "stopping
 // after the current step (it is kept, rerun to resume)"), for runs that keep something else.
 void set_interrupt_note(const char* note);
 // prune.allocation: sensitivity's, during its estimate (the probes done are kept in the checkpoint).
