@@ -683,6 +683,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 
   Config c;
   MapReader top(root, "", source);
+  if (root.IsMap())
+    for (const auto& kv : root)
+      if (kv.first.IsScalar()) c.given.push_back(kv.first.Scalar());  // other keys: top.finish() names them
   top.get("model", c.model);
   top.get("device", c.device);
   top.get("threads", c.threads);

@@ -23,6 +23,7 @@
 #include <limits>
 #include <optional>
 
+#include "depth_checks.hpp"
 #include "depth_scores.hpp"
 #include "depth_state.hpp"
 #include "root_work.hpp"
@@ -602,28 +603,6 @@ nlohmann::json depth_identity(const Config& cfg, const CalibrationWindows& calib
   return {{"model", io::model_fingerprint(cfg.model)}, {"settings", config_hash(c)}};
 }
 
-// The checks that need only the config and config.json: input Errors naming the key.
-std::vector<bool> check_depth(const Config& cfg, const model::ModelSpec& spec, std::int64_t& n, int ranks) {
-  if (cfg.parallel.stages > 1)
-    SCALPEL_INPUT_ERROR("config: 'parallel.stages' {}: scalpel depth runs data-parallel only (every rank holds the "
-                        "model); use parallel.stages: 1", cfg.parallel.stages);
-  if (cfg.parallel.data != 0 && cfg.parallel.data != ranks)  // as prune and plan refuse it
-    SCALPEL_INPUT_ERROR("config: 'parallel.stages' 1 x 'parallel.data' {} = {} ranks, but the job has {} (world = "
-                        "stages x data)", cfg.parallel.data, cfg.parallel.data, ranks);
-  n = depth::blocks_to_remove(cfg.depth.remove, spec.layers);
-  auto prot = depth::protected_mask(cfg.depth.protect, cfg.depth.protect_set, cfg.depth.criterion, spec.layers, n);
-  if (cfg.depth.criterion == "angular" &&
-      depth::angular_start(std::vector<double>(static_cast<std::size_t>(spec.layers - n + 1), 0.0), n, prot) < 0)
-    SCALPEL_INPUT_ERROR("config: 'depth.protect' leaves no {} consecutive unprotected blocks for depth.criterion "
-                        "angular", n);
-  if (cfg.depth.criterion == "deepest" && depth::deepest_start(spec.layers, n, prot) < 0)
-    SCALPEL_INPUT_ERROR("config: 'depth.remove' {} with depth.criterion deepest needs blocks {}..{} (the deepest before "
-                        "the last) to exist and be outside 'depth.protect'", n, spec.layers - 1 - n, spec.layers - 2);
-  if (cfg.depth.criterion == "laco" && cfg.depth.merge > spec.layers)
-    SCALPEL_INPUT_ERROR("config: 'depth.merge' {} exceeds the model's {} blocks", cfg.depth.merge, spec.layers);
-  return prot;
-}
-
 nlohmann::json depth_record(DepthRun& r, const Outcome& o, bool scores_only, double seconds, std::int64_t n) {
   nlohmann::json rec{{"event", "depth"},
                      {"criterion", r.cfg.depth.criterion},
@@ -699,6 +678,27 @@ void check_windows(const Config& cfg, dist::Comm& world, const CalibrationWindow
 }
 
 }  // namespace
+
+std::vector<bool> check_depth(const Config& cfg, const model::ModelSpec& spec, std::int64_t& n, int ranks) {
+  if (cfg.parallel.stages > 1)
+    SCALPEL_INPUT_ERROR("config: 'parallel.stages' {}: scalpel depth runs data-parallel only (every rank holds the "
+                        "model); use parallel.stages: 1", cfg.parallel.stages);
+  if (cfg.parallel.data != 0 && cfg.parallel.data != ranks)  // as prune and plan refuse it
+    SCALPEL_INPUT_ERROR("config: 'parallel.stages' 1 x 'parallel.data' {} = {} ranks, but the job has {} (world = "
+                        "stages x data)", cfg.parallel.data, cfg.parallel.data, ranks);
+  n = depth::blocks_to_remove(cfg.depth.remove, spec.layers);
+  auto prot = depth::protected_mask(cfg.depth.protect, cfg.depth.protect_set, cfg.depth.criterion, spec.layers, n);
+  if (cfg.depth.criterion == "angular" &&
+      depth::angular_start(std::vector<double>(static_cast<std::size_t>(spec.layers - n + 1), 0.0), n, prot) < 0)
+    SCALPEL_INPUT_ERROR("config: 'depth.protect' leaves no {} consecutive unprotected blocks for depth.criterion "
+                        "angular", n);
+  if (cfg.depth.criterion == "deepest" && depth::deepest_start(spec.layers, n, prot) < 0)
+    SCALPEL_INPUT_ERROR("config: 'depth.remove' {} with depth.criterion deepest needs blocks {}..{} (the deepest before "
+                        "the last) to exist and be outside 'depth.protect'", n, spec.layers - 1 - n, spec.layers - 2);
+  if (cfg.depth.criterion == "laco" && cfg.depth.merge > spec.layers)
+    SCALPEL_INPUT_ERROR("config: 'depth.merge' {} exceeds the model's {} blocks", cfg.depth.merge, spec.layers);
+  return prot;
+}
 
 int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool scores_only, bool restart) {
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");

@@ -67,6 +67,7 @@ struct Options {
   std::vector<std::string> plan_args;
   int plan_ranks = 0;
   bool plan_json = false;
+  bool plan_depth = false;
   double gflops = 0, net_gbps = 0, read_gbps = 0, write_gbps = 0;
   int ranks_per_node = 0;
   std::string tk_model, tk_input, tk_output, tk_preset = "text", tk_mode = "transformers";
@@ -160,16 +161,19 @@ CLI::App* add_inspect(CLI::App& app, Options& o) {
   return inspect;
 }
 
-// `scalpel plan`: per-rank memory, I/O, communication and time of a prune job (see plan.cpp).
+// `scalpel plan`: per-rank memory, I/O, communication and time of a prune job (plan.cpp, plan_surgeon.cpp)
+// or a depth job (plan_depth.cpp).
 CLI::App* add_plan(CLI::App& app, Options& o) {
-  auto* plan = app.add_subcommand("plan", "per-rank memory, I/O, communication and time of a prune job, from "
-                                          "config.json alone; refuses a grid that exceeds parallel.memory_gb");
+  auto* plan = app.add_subcommand("plan", "per-rank memory, I/O, communication and time of a prune or depth job, "
+                                          "from config.json alone; refuses a grid that exceeds parallel.memory_gb");
   plan->add_option("args", o.plan_args, "[config.yaml] [key=value ...] (e.g. parallel.stages=8)");
   plan->add_option("--model", o.model, "Hugging Face model folder (same as model=DIR); config.json is enough");
   plan->add_option("--ranks", o.plan_ranks, "ranks of the job (default: the MPI world size; on one process, "
                                             "parallel.stages x parallel.data when parallel.data is set)")
       ->check(kPositive);
   plan->add_flag("--json", o.plan_json, "print JSON (every rank's figures) instead of tables");
+  plan->add_flag("--depth", o.plan_depth, "plan a `scalpel depth` job (the default for a config with a depth: "
+                                          "section and no prune: section)");
   plan->add_option("--gflops", o.gflops, "FLOP rate per rank in GFLOP/s (default: cpu 95 x threads, cuda 19500)")
       ->check(kPositive);
   plan->add_option("--net-gbps", o.net_gbps, "network GB/s per rank (default 12.5)")->check(kPositive);
@@ -248,6 +252,7 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
     job.net_gbps = o.net_gbps;
     job.read_gbps = o.read_gbps;
     job.write_gbps = o.write_gbps;
+    job.depth = o.plan_depth || (cfg.gave("depth") && !cfg.gave("prune"));
     // --ranks-per-node, or under mpirun without --ranks the world's own layout; else one node.
     const bool own_world = o.plan_ranks <= 0 && world.size() > 1;
     job.ranks_per_node = o.ranks_per_node > 0 ? o.ranks_per_node : own_world ? world.local_size() : 0;

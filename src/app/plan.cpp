@@ -1212,10 +1212,14 @@ int run_plan(const Config& cfg, PlanInput in, bool as_json) {
     SCALPEL_CHECK_INPUT(n > 0, "config: 'calibration.offsets' {}: no offsets", cfg.calibration.offsets);
     in.cfg.calibration.nsamples = n;
   }
-  const bool surgeon = cfg.prune.method == "surgeon";
-  const auto plan = surgeon ? make_surgeon_plan(pm.spec, in) : make_plan(pm.spec, in);
+  const bool surgeon = !in.depth && cfg.prune.method == "surgeon";
+  const auto plan = in.depth ? make_depth_plan(pm.spec, in)
+                    : surgeon ? make_surgeon_plan(pm.spec, in)
+                              : make_plan(pm.spec, in);
   if (as_json)
     std::cout << plan.dump(2) << '\n';
+  else if (in.depth)
+    print_depth_plan(plan);
   else if (surgeon)
     print_surgeon_plan(plan);
   else

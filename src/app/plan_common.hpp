@@ -1,12 +1,16 @@
-// Shared by the plans of the two kinds of prune run (plan.cpp: layer by layer; plan_surgeon.cpp:
-// LLM Surgeon's shots): units, default rates and the formatting of bytes, FLOPs and seconds.
+// Shared by the plans of the kinds of run (plan.cpp: a prune layer by layer; plan_surgeon.cpp: LLM
+// Surgeon's shots; plan_depth.cpp: scalpel depth): units, default rates and the formatting of bytes,
+// FLOPs and seconds.
 // Private to app.
 #pragma once
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <thread>
 
+#include "scalpel/app/plan.hpp"
 #include "scalpel/model/spec.hpp"
 
 namespace scalpel::app::plan_detail {
@@ -38,6 +42,24 @@ inline std::string seconds_str(double s) {
   if (s < 120) return fmt::format("{:.2f} s", s);
   if (s < 7200) return fmt::format("{:.1f} min", s / 60);
   return fmt::format("{:.2f} h", s / 3600);
+}
+
+// FLOP rate per rank of the whole-model plans (LLM Surgeon, depth): --gflops, the CUDA default, or
+// the CPU's per-thread rate times the threads a rank gets (config threads, else the cores split
+// over the ranks); `note` says which.
+inline double rank_gflops(const Config& cfg, const PlanInput& in, std::string& note) {
+  if (in.gflops > 0) {
+    note = "given";
+    return in.gflops;
+  }
+  if (cfg.device == "cuda") {
+    note = "cuda default: an A100's FP32 peak without TF32";
+    return kCudaGflops;
+  }
+  const int cores = std::max(1u, std::thread::hardware_concurrency());
+  const int threads = cfg.threads > 0 ? cfg.threads : std::max(1, cores / std::min(cores, in.world));
+  note = fmt::format("cpu default: {} GFLOP/s x {} thread(s)", kCpuGflopsPerThread, threads);
+  return kCpuGflopsPerThread * threads;
 }
 
 // A backward pass's activations (model::Model::backward, fp32) for batches of B windows of T

@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
-#include <thread>
 
 #include "plan_common.hpp"
 #include "run_common.hpp"
@@ -114,20 +113,6 @@ Sizes sizes_of(const model::ModelSpec& spec, const Config& cfg, int ranks) {
   return z;
 }
 
-double rank_gflops(const Config& cfg, const PlanInput& in, std::string& note) {
-  if (in.gflops > 0) {
-    note = "given";
-    return in.gflops;
-  }
-  if (cfg.device == "cuda") {
-    note = "cuda default: an A100's FP32 peak without TF32";
-    return kCudaGflops;
-  }
-  const int cores = std::max(1u, std::thread::hardware_concurrency());
-  const int threads = cfg.threads > 0 ? cfg.threads : std::max(1, cores / std::min(cores, in.world));
-  note = fmt::format("cpu default: {} GFLOP/s x {} thread(s)", kCpuGflopsPerThread, threads);
-  return kCpuGflopsPerThread * threads;
-}
 
 }  // namespace
 

@@ -577,6 +577,50 @@ TEST(Plan, OverTheMemoryLimitIsRefusedNamingTheKey) {
   EXPECT_NO_THROW(app::check_plan_fits(p, unlimited));
 }
 
+// scalpel depth's plan on opt-mini (4 blocks of 789760 parameters: 4 x (256² + 256) for q/k/v/out,
+// 1024 x 256 + 1024 and 256 x 1024 + 256 for fc1/fc2, 4 x 256 for the norms), 128 windows of 512
+// in batches of 8. Block passes of one window: bi L = 4 per window; ppl removing 2 with the first
+// and last block protected: round 1 runs the 4 blocks and each of its 2 candidates on average half
+// of the 3 blocks after it (4 + 2 x 3/2 = 7), round 2 3 + 1 x 2/2 = 4, so 11 per window and 3 head
+// passes; one-shot ppl (depth.greedy false) round 1 alone; laco with merge 3 at most 4 - 3 + 1 = 2
+// attempts and the dense pass, 3 x 4 blocks, over depth.windows 16. Two data ranks halve the
+// windows.
+TEST(Plan, DepthPlansTheCriterionsPassesAndTheWholeModel) {
+  const auto pm = app::load_plan_model(kOptMini.string());
+  auto plan = [&](std::vector<std::string> extra, int world = 1) {
+    return app::make_depth_plan(pm.spec, input_for(pm, mini_cfg(extra), world));
+  };
+  const auto bi = plan({"depth.criterion=bi", "depth.remove=2"});
+  EXPECT_EQ(bi["kind"], "depth");
+  EXPECT_DOUBLE_EQ(bi["work"]["block_passes"].get<double>(), 4 * 128);
+  EXPECT_DOUBLE_EQ(bi["work"]["flops"].get<double>(), 4 * 128 * (2.0 * 789760 * 512 + 2.0 * 512 * 512 * 256));
+  EXPECT_EQ(bi["memory"]["blocks_fp32"].get<I>(), 789760 * 4 * 4);
+  const I x = 8 * 512 * 256 * 4;  // a batch's residual stream
+  EXPECT_EQ(bi["memory"]["activations"].get<I>(), 3 * x);  // and two host snapshots of it
+  EXPECT_DOUBLE_EQ(plan({"depth.criterion=bi"}, 2)["work"]["block_passes"].get<double>(), 4 * 64);
+  const auto ppl = plan({"depth.criterion=ppl", "depth.remove=2"});
+  EXPECT_DOUBLE_EQ(ppl["work"]["block_passes"].get<double>(), 11 * 128);
+  EXPECT_DOUBLE_EQ(ppl["work"]["head_passes"].get<double>(), 3 * 128);
+  EXPECT_EQ(ppl["job"]["protected"].get<I>(), 2);
+  // Every kept block's input, the candidate's copy and one window's 511 x 8192 logits.
+  EXPECT_EQ(ppl["memory"]["activations"].get<I>(), x + 4 * x + x + 511 * 8192 * 4 + 8 * 511 * 8);
+  const auto once = plan({"depth.criterion=ppl", "depth.remove=2", "depth.greedy=false"});
+  EXPECT_DOUBLE_EQ(once["work"]["block_passes"].get<double>(), 7 * 128);
+  const auto laco = plan({"depth.criterion=laco", "depth.remove=1", "depth.merge=3", "depth.windows=16"});
+  EXPECT_DOUBLE_EQ(laco["work"]["block_passes"].get<double>(), 3 * 4 * 16);
+  const auto deepest = plan({"depth.criterion=deepest", "depth.remove=1"});
+  EXPECT_DOUBLE_EQ(deepest["work"]["flops"].get<double>(), 0);
+  EXPECT_EQ(deepest["peak"]["bytes"].get<I>(),
+            deepest["memory"]["blocks_fp32"].get<I>() + deepest["memory"]["embeddings_head"].get<I>());
+  // The export holds the kept blocks only; none without an export.
+  EXPECT_LT(bi["io"]["export_bytes"].get<double>(), bi["io"]["read_bytes"].get<double>());
+  EXPECT_DOUBLE_EQ(plan({"depth.criterion=bi", "output.export="})["io"]["export_bytes"].get<double>(), 0);
+  // The run's refusals, with its messages.
+  EXPECT_NE(input_error([&] { plan({"parallel.stages=2"}); }).find("'parallel.stages' 2"), std::string::npos);
+  EXPECT_NE(input_error([&] { plan({"depth.remove=4"}); }).find("depth.remove"), std::string::npos);
+  EXPECT_NE(input_error([&] { plan({"calibration.nsamples=8"}, 2); }).find("calibration.batch"), std::string::npos);
+}
+
 // ---- the command ----
 
 Run run_here(const std::string& cmd) { return run("cd " + kSource.string() + " && " + cmd); }
@@ -625,6 +669,27 @@ TEST(PlanCli, Opt175bFitsOneEightyGigabyteGpu) {
   EXPECT_NEAR(q["ranks"][0]["memory"]["activations"].get<double>(), 12288.0 * 128 * 2048 * 4, 1.0);
   EXPECT_GT(q["ranks"][0]["seconds_per_layer"]["compute"].get<double>(),
             p["ranks"][0]["seconds_per_layer"]["compute"].get<double>());
+}
+
+// A config with a depth: section and no prune: section is planned as the depth job it describes
+// (it was planned as a SparseGPT prune); --depth asks for it whatever the sections.
+TEST(PlanCli, ADepthConfigIsPlannedAsDepth) {
+  const auto r = run_here(kBin + " plan configs/depth-opt-deep.yaml model=" + kOptMini.string() +
+                          " calibration.nsamples=16 depth.remove=1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("depth plan: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("job: depth.criterion bi, remove 1 block(s)"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("sparsegpt"), std::string::npos) << r.out;
+  const auto j = run_here(kBin + " plan --depth --json --model " + kOptMini.string() + " depth.criterion=ppl");
+  ASSERT_EQ(j.code, 0) << j.out;
+  EXPECT_EQ(json::parse(j.out)["kind"], "depth");
+  const auto prune = run_here(kBin + " plan configs/prune-opt-mini.yaml model=" + kOptMini.string());
+  ASSERT_EQ(prune.code, 0) << prune.out;
+  EXPECT_EQ(prune.out.find("depth plan"), std::string::npos) << prune.out;
+  const auto over = run_here(kBin + " plan --depth --model " + kOptMini.string() + " parallel.memory_gb=0.01");
+  EXPECT_EQ(over.code, 2) << over.out;
+  EXPECT_NE(over.out.find("'parallel.memory_gb' is 0.01 GB per rank"), std::string::npos) << over.out;
+  EXPECT_NE(over.out.find("scalpel depth holds the whole model"), std::string::npos) << over.out;
 }
 
 TEST(PlanCli, RefusesWhatDoesNotFitWithExitCode2) {

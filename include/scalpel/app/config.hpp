@@ -1,6 +1,7 @@
 // The run configuration: a YAML file (yaml-cpp stays inside app) plus dotted key=value overrides,
 // parsed into validated structs. Unknown keys and wrong types are input errors naming the key path.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -177,6 +178,11 @@ struct Config {
     std::string level = "info";
     double progress_seconds = 5.0;  // interval between progress lines; 0 disables
   } log;
+
+  // The top-level keys the file and the overrides gave (not a setting: neither printed nor
+  // hashed); `scalpel plan` plans a depth job for a config with `depth:` and no `prune:`.
+  std::vector<std::string> given;
+  bool gave(const std::string& key) const { return std::find(given.begin(), given.end(), key) != given.end(); }
 };
 
 // Reads `path` (may be empty: defaults only), applies overrides ("eval.seqlen=256",

@@ -31,6 +31,7 @@ struct PlanInput {
   std::string dtype_name = "float16";
   std::map<std::string, std::int64_t> tensor_bytes;
   std::string model_name;   // for the output only
+  bool depth = false;       // plan a `scalpel depth` job (make_depth_plan), not a prune
 };
 
 // What the plan needs of a model folder: config.json (required), and the stored tensor sizes
@@ -56,6 +57,11 @@ nlohmann::json make_plan(const model::ModelSpec& spec, const PlanInput& in);
 // and at its peak (same "peak" fields as make_plan's), FLOPs per shot by phase, the run's time.
 nlohmann::json make_surgeon_plan(const model::ModelSpec& spec, const PlanInput& in);
 void print_surgeon_plan(const nlohmann::json& plan);
+
+// The plan of a `scalpel depth` job (plan_depth.cpp): memory per rank at the criterion's pass, the
+// block and head passes over the calibration windows, the read and the export, the run's time.
+nlohmann::json make_depth_plan(const model::ModelSpec& spec, const PlanInput& in);
+void print_depth_plan(const nlohmann::json& plan);
 
 // Input Error naming 'parallel.memory_gb', the rank and stage with the largest peak, the needed
 // and the configured GB, when that peak exceeds cfg.parallel.memory_gb (0 = no limit).
