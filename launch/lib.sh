@@ -80,6 +80,9 @@ scalpel_build_command() {  # BIN COMMAND ARGS...
   local bin=$1
   shift
   SCALPEL_CMD=("$bin" "$@")
+  # scalpel restarts itself to set PASSIVE when it is unset (see src/app/run_control.hpp), and a
+  # stop signal during that restart kills the rank: set it for the ranks instead.
+  export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
   [ -n "${SCALPEL_THREADS:-}" ] || return 0
   scalpel_int_var SCALPEL_THREADS SCALPEL_THREADS
   export OMP_NUM_THREADS=$SCALPEL_THREADS OPENBLAS_NUM_THREADS=$SCALPEL_THREADS

@@ -68,7 +68,7 @@ scalpel_root_env
 case "${SCALPEL_BIND:-core}" in
   core | cores | none) ;;
   *)
-    echo "SCALPEL_BIND=$SCALPEL_BIND: expected core (the default) or none" >&2
+    scalpel_log "SCALPEL_BIND=$SCALPEL_BIND: expected core (the default; cores is the same) or none"
     exit 2
     ;;
 esac

@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SCALPEL_SHARED:-../shared}
 BIN=${SCALPEL_BIN:-build/bin/scalpel}
+SUBSET="${MODELS+x}${METHODS+x}${SPARSITIES+x}${ALLOCS+x}${EVAL_WINDOWS+x}${SCALPEL_TABLE_DIR+x}"  # empty: the whole default table
 OUT=${SCALPEL_TABLE_DIR:-runs/allocation_table}
 MODELS=${MODELS:-"opt-mini llama-mini"}
 METHODS=${METHODS:-"wanda sparsegpt"}
@@ -23,6 +24,9 @@ EVAL_WINDOWS=${EVAL_WINDOWS:-100}
 [ -x "$BIN" ] || scripts/setup.sh
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 mkdir -p "$OUT"
+# The committed results file (benchmarks/results/) is replaced only by the whole default table; a
+# subset, or a run into another SCALPEL_TABLE_DIR, writes its results beside its runs instead.
+if [ -z "$SUBSET" ]; then RESULTS=benchmarks/results/allocation_table.json; else RESULTS=$OUT/allocation_table.json; fi
 SETS="[{name: wikitext2, preset: wikitext2, path: $SHARED/data/wikitext2/wiki.test.raw.joined.txt}, {name: ptb, preset: ptb, path: $SHARED/data/ptb/ptb.test.txt}, {name: heldout, preset: text, path: $SHARED/data/corpus/heldout.txt}]"
 for model in $MODELS; do
   for method in $METHODS; do
@@ -46,9 +50,9 @@ for model in $MODELS; do
     done
   done
 done
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$RESULTS" <<'PY'
 import json, os, sys
-out = sys.argv[1]
+out, results = sys.argv[1], sys.argv[2]
 rows = []
 for name in sorted(os.listdir(out)):
     m = os.path.join(out, name, "metrics.jsonl")
@@ -65,8 +69,9 @@ for name in sorted(os.listdir(out)):
         row["allocated"] = [round(u["sparsity"], 4) for u in alloc.get("blocks", alloc.get("matrices", []))]
         row["scores"] = [u["score"] for u in alloc.get("blocks", alloc.get("matrices", []))]
     rows.append(row)
-os.makedirs("benchmarks/results", exist_ok=True)
-json.dump(rows, open("benchmarks/results/allocation_table.json", "w"), indent=1)
+os.makedirs(os.path.dirname(results), exist_ok=True)
+json.dump(rows, open(results, "w"), indent=1)
+print(f"results: {results}")
 for r in rows:
     print(json.dumps({k: r[k] for k in ("run", "ppl", "sparsity", "wall_seconds")}))
 PY

@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SCALPEL_SHARED:-../shared}
 BIN=${SCALPEL_BIN:-build/bin/scalpel}
+SUBSET="${MODELS+x}${CRITERIA+x}${REMOVES+x}${EVAL_WINDOWS+x}${SCALPEL_TABLE_DIR+x}"  # empty: the whole default table
 OUT=${SCALPEL_TABLE_DIR:-runs/depth_table}
 MODELS=${MODELS:-"opt-mini llama-mini opt-deep"}
 CRITERIA=${CRITERIA:-"bi angular ppl laco"}
@@ -21,6 +22,9 @@ REMOVES=${REMOVES:-"1 2"}
 EVAL_WINDOWS=${EVAL_WINDOWS:-128}
 [ -x "$BIN" ] || scripts/setup.sh
 mkdir -p "$OUT"
+# The committed results file (benchmarks/results/) is replaced only by the whole default table; a
+# subset, or a run into another SCALPEL_TABLE_DIR, writes its results beside its runs instead.
+if [ -z "$SUBSET" ]; then RESULTS=benchmarks/results/depth_table.json; else RESULTS=$OUT/depth_table.json; fi
 SETS="[{name: wikitext2, preset: wikitext2, path: $SHARED/data/wikitext2/wiki.test.raw.joined.txt}, {name: ptb, preset: ptb, path: $SHARED/data/ptb/ptb.test.txt}, {name: heldout, preset: text, path: $SHARED/data/corpus/heldout.txt}]"
 CALIB=("calibration.path=$SHARED/data/corpus/calib.txt" calibration.nsamples=128 calibration.seqlen=512
        calibration.seed=0 calibration.batch=8)
@@ -64,9 +68,9 @@ for model in $MODELS; do
   unset seen
 done
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$RESULTS" <<'PY'
 import json, os, sys
-out = sys.argv[1]
+out, results = sys.argv[1], sys.argv[2]
 def evals(path):
     if not os.path.exists(path):
         return None
@@ -96,8 +100,9 @@ for name in sorted(os.listdir(out)):
         if k in dep:
             row[k] = dep[k]
     rows.append(row)
-os.makedirs("benchmarks/results", exist_ok=True)
-json.dump(rows, open("benchmarks/results/depth_table.json", "w"), indent=1)
+os.makedirs(os.path.dirname(results), exist_ok=True)
+json.dump(rows, open(results, "w"), indent=1)
+print(f"results: {results}")
 for r in rows:
     ppl = r["ppl"] or {}
     print(f'{r["run"]:28} removed {str(r.get("removed", "-")):10} merged {str(r.get("merged", "-")):14} '

@@ -5,17 +5,23 @@
 # per-layer relative reconstruction error; zero-shot accuracy on the Brown cloze and LAMBADA-style
 # files of data/tasks and the hand-written tests/data/tasks/everyday_mc.jsonl. tokenizer.mode is
 # transformers (the default); the config "dense-sentencepiece" evaluates the dense model with
-# tokenizer.mode=sentencepiece instead. Writes runs/table/results.{md,json}.
+# tokenizer.mode=sentencepiece instead. Writes runs/table/results.{md,json}, and the whole table's
+# JSON to benchmarks/results/prune_table.json.
 #   MODELS="opt-mini" CONFIGS="sparsegpt:0.5:unstructured" scripts/prune_table.sh   # a subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SCALPEL_SHARED:-../shared}
 BIN=${SCALPEL_BIN:-build/bin/scalpel}
+SUBSET="${MODELS+x}${CONFIGS+x}${SCALPEL_TABLE_DIR+x}"  # empty: the whole default table
 OUT=${SCALPEL_TABLE_DIR:-runs/table}
 MODELS=${MODELS:-"opt-mini llama-mini"}
 CONFIGS=${CONFIGS:-"dense dense-sentencepiece magnitude:0.5:unstructured wanda:0.5:unstructured wanda:0.5:2:4 sparsegpt:0.5:unstructured sparsegpt:0.5:2:4 sparsegpt:0.5:4:8 magnitude:0.7:unstructured wanda:0.7:unstructured sparsegpt:0.7:unstructured magnitude:0.8:unstructured wanda:0.8:unstructured sparsegpt:0.8:unstructured"}
 [ -x "$BIN" ] || scripts/setup.sh
 mkdir -p "$OUT"
+# The committed results file (benchmarks/results/) is replaced only by the whole default table; a
+# subset, or a run into another SCALPEL_TABLE_DIR, writes its results beside its runs instead.
+# (prune_table_summary.py writes $OUT/results.{md,json}; the whole table's JSON is copied to
+# benchmarks/results/prune_table.json at the end.)
 TASKS="[{name: cloze, preset: mc, path: data/tasks/brown_cloze.jsonl}, {name: lambada, preset: lambada, path: data/tasks/brown_lambada.jsonl}, {name: everyday, preset: mc, path: tests/data/tasks/everyday_mc.jsonl}]"
 SETS="[{name: wikitext2, preset: wikitext2, path: $SHARED/data/wikitext2/wiki.test.raw.joined.txt}, {name: ptb, preset: ptb, path: $SHARED/data/ptb/ptb.test.txt}, {name: heldout, preset: text, path: $SHARED/data/corpus/heldout.txt}]"
 for model in $MODELS; do
@@ -23,7 +29,9 @@ for model in $MODELS; do
     run="$OUT/$model-${cfg//:/-}"
     # Byte-level BPE has one tokenizer behaviour: the sentencepiece row is for SentencePiece models.
     if [ "$cfg" = dense-sentencepiece ] && [ ! -f "$SHARED/models/$model/tokenizer.model" ]; then continue; fi
-    rm -f "$run/metrics.jsonl"
+    # A fresh run each time: a kept checkpoint resumed a stopped evaluation, whose records went
+    # with the metrics file removed here, and its row was dropped.
+    rm -rf "$run"
     if [ "$cfg" = dense ] || [ "$cfg" = dense-sentencepiece ]; then
       mode=transformers
       [ "$cfg" = dense-sentencepiece ] && mode=sentencepiece
@@ -40,3 +48,4 @@ for model in $MODELS; do
   done
 done
 python3 scripts/prune_table_summary.py "$OUT"
+if [ -z "$SUBSET" ]; then cp "$OUT/results.json" benchmarks/results/prune_table.json; fi

@@ -14,11 +14,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SCALPEL_SHARED:-../shared}
 BIN=${SCALPEL_BIN:-build/bin/scalpel}
+SUBSET="${MODELS+x}${RUNS+x}${SCALPEL_TABLE_DIR+x}"  # empty: the whole default table
 OUT=${SCALPEL_TABLE_DIR:-runs/surgeon_table}
 MODELS=${MODELS:-"opt-mini llama-mini"}
 RUNS=${RUNS:-"u50 nm24 s40to30 s8to30"}
 [ -x "$BIN" ] || scripts/setup.sh
 mkdir -p "$OUT"
+# The committed results file (benchmarks/results/) is replaced only by the whole default table; a
+# subset, or a run into another SCALPEL_TABLE_DIR, writes its results beside its runs instead.
+if [ -z "$SUBSET" ]; then RESULTS=benchmarks/results/surgeon_table.json; else RESULTS=$OUT/surgeon_table.json; fi
 SETS="[{name: wikitext2, preset: wikitext2, path: $SHARED/data/wikitext2/wiki.test.raw.joined.txt}, {name: ptb, preset: ptb, path: $SHARED/data/ptb/ptb.test.txt}, {name: heldout, preset: text, path: $SHARED/data/corpus/heldout.txt}]"
 for model in $MODELS; do
   for run in $RUNS; do
@@ -39,9 +43,9 @@ for model in $MODELS; do
     python3 -c "print(round($end - $start, 1))" > "$dir/wall_seconds"
   done
 done
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$RESULTS" <<'PY'
 import json, os, sys
-out = sys.argv[1]
+out, results = sys.argv[1], sys.argv[2]
 rows = []
 for name in sorted(os.listdir(out)):
     m = os.path.join(out, name, "metrics.jsonl")
@@ -61,8 +65,9 @@ for name in sorted(os.listdir(out)):
                      "reached": s.get("reached"), "ppl": e})
     rows.append({"run": name, "summary": summary,
                  "wall_seconds": float(open(os.path.join(out, name, "wall_seconds")).read())})
-os.makedirs("benchmarks/results", exist_ok=True)
-json.dump(rows, open("benchmarks/results/surgeon_table.json", "w"), indent=1)
+os.makedirs(os.path.dirname(results), exist_ok=True)
+json.dump(rows, open(results, "w"), indent=1)
+print(f"results: {results}")
 for r in rows:
     print(json.dumps(r))
 PY

@@ -38,6 +38,20 @@ scalpel_job() {
     exit 2
   fi
   [[ $restarts =~ ^[0-9]+$ ]] || restarts=0  # Slurm sets it; anything else counts as a first run
+  # --restart discards what an earlier run kept: meant for the job's first run, it would discard
+  # the committed layers again at every requeue (and the job would loop until SCALPEL_MAX_REQUEUES).
+  if [ "$restarts" -gt 0 ]; then
+    local a kept=()
+    for a in "$@"; do
+      if [ "$a" = --restart ]; then
+        scalpel_job_log "restart $restarts: --restart left out (it is for the first run; here it would discard" \
+          "what the earlier runs of this job committed)"
+      else
+        kept+=("$a")
+      fi
+    done
+    set -- "${kept[@]}"
+  fi
   scalpel_job_log "job ${SLURM_JOB_ID:-?} (restart $restarts) on ${SLURM_JOB_NODELIST:-?}," \
     "${SLURM_NTASKS:-1} task(s): $launcher scalpel $*"
 
@@ -63,6 +77,14 @@ scalpel_job() {
   fi
   # Slurm sends SIGTERM to this shell when `scontrol requeue` below takes effect: let it finish.
   trap '' USR1 TERM
+  # 138 = killed by the SIGUSR1 forwarded above: it reached a rank before scalpel took the signal
+  # (the first moments of the step: srun, the loading of the libraries), when nothing was done yet.
+  # Nothing is lost, so it is an interruption like any other (it made the job FAILED).
+  if [ "$_scalpel_job_signalled" = 1 ] && [ "$rc" = 138 ]; then
+    scalpel_job_log "the step died of the SIGUSR1 forwarded to it before scalpel could take it (its start-up);" \
+      "nothing was lost: treated as interrupted (exit 75)"
+    rc=75
+  fi
 
   case "$rc" in
     0)

@@ -234,7 +234,11 @@ std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& worl
 EvalResume evaluation_resume(const Config& cfg, dist::Comm& world, const nlohmann::json& kept,
                              std::function<void(const nlohmann::json&)> keep) {
   if (cfg.output.metrics.empty()) return {};
-  const auto key = config_hash(cfg);
+  // The log section changes no result: a rerun with --log-level debug or another progress
+  // interval resumes too.
+  Config keyed = cfg;
+  keyed.log = {};
+  const auto key = config_hash(keyed);
   std::int64_t skip = 0;
   if (world.is_root() && kept.is_object() && kept.value("config_hash", "") == key)
     skip = kept.value("done", std::int64_t{0});

@@ -92,7 +92,7 @@ std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& worl
 
 // The resume of an evaluation a signal stopped, kept where a run keeps its state: `kept` (read on
 // world rank 0) is what `keep` last stored there, {"config_hash": the whole config's hash (eval.*
-// included), "done": sets and tasks evaluated}; `keep` (called on rank 0) stores the count after
+// included, log.* left out), "done": sets and tasks evaluated}; `keep` (called on rank 0) stores the count after
 // each one, and null once the evaluation ends, so a rerun of a finished run evaluates again.
 // Without a metrics file the results of a stopped run are nowhere to be found again: no resume.
 EvalResume evaluation_resume(const Config& cfg, dist::Comm& world, const nlohmann::json& kept,

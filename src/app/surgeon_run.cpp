@@ -479,6 +479,7 @@ int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpo
   // manifest.
   nlohmann::json kept;
   if (r.world.is_root()) kept = state.pointer().value("evaluation", kept);
+  if (kept.is_object() && kept.contains("shot")) kept = nullptr;  // an eval_shots evaluation's (evaluate_shot)
   auto resume = evaluation_resume(r.cfg, r.world, kept, [&state](const nlohmann::json& e) { state.record_evaluation(e); });
   const bool done = evaluate_config(
       r.m, eval_inputs, r.cfg, r.world, r.metrics, {{"pruned", true}, {"config_hash", r.config_hash}},
@@ -517,12 +518,36 @@ io::ShotCheckpoint open_shot_state(const Config& cfg, dist::Comm& world, const d
   return std::move(*state);
 }
 
+// The eval.sets evaluation of surgeon.eval_shots after `shot`, on the model holding its weights.
+// Its progress is kept in the shot state's pointer file as {"shot", "config_hash", "done"}, with
+// done 0 as soon as it starts, so that a rerun after a stop between its sets, or a kill, evaluates
+// the sets that were left before it goes on with the next shot (it went on without them). False
+// when a stop signal ended it.
+bool evaluate_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, const EvalInputs& eval_inputs) {
+  Config c = r.cfg;
+  c.eval.tasks.clear();
+  nlohmann::json kept;
+  if (r.world.is_root()) kept = state.pointer().value("evaluation", kept);
+  if (!kept.is_object() || kept.value("shot", std::int64_t{-1}) != shot) kept = nullptr;
+  auto resume = evaluation_resume(c, r.world, kept, [&state, shot](const nlohmann::json& e) {
+    nlohmann::json k = e;
+    if (!k.is_null()) k["shot"] = shot;
+    state.record_evaluation(k);
+  });
+  if (resume.done && r.world.is_root() && resume.skip == 0) resume.done(0);  // started: a kill now resumes it
+  return evaluate_config(r.m, eval_inputs, c, r.world, r.metrics,
+                         {{"pruned", true}, {"shot", shot}, {"config_hash", r.config_hash}},
+                         [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics),
+                         resume);
+}
+
+bool evaluates_after(const Config& cfg, std::int64_t shot);
+
 // After a shot: its weights installed and committed, its record logged and written, and the
 // evaluation of surgeon.eval_shots. False when a stop signal ended that evaluation (between its
 // sets; the shot stays committed, and the rerun goes on with the next shot without repeating it).
 bool commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, std::vector<Tensor>& wbs,
                  nlohmann::json rec, const EvalInputs& eval_inputs) {
-  const auto K = r.cfg.surgeon.shots;
   install(r.m, r.be, r.targets, wbs);
   Timer ct;
   if (r.world.is_root()) {
@@ -539,14 +564,26 @@ bool commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, st
   rec["config_hash"] = r.config_hash;
   if (r.world.is_root()) log_shot(rec);
   r.metrics.write(rec);
-  const auto& eval_shots = r.cfg.surgeon.eval_shots;
-  const bool eval_now = std::count(eval_shots.begin(), eval_shots.end(), shot) > 0;
-  if (!eval_now || shot == K || r.cfg.eval.sets.empty()) return true;
-  Config c = r.cfg;
-  c.eval.tasks.clear();
-  return evaluate_config(r.m, eval_inputs, c, r.world, r.metrics,
-                         {{"pruned", true}, {"shot", shot}, {"config_hash", r.config_hash}},
-                         [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics));
+  return !evaluates_after(r.cfg, shot) || evaluate_shot(r, state, shot, eval_inputs);
+}
+
+// Whether surgeon.eval_shots asks for eval.sets after `shot` (the last shot's is the final
+// evaluation, which has tasks too).
+bool evaluates_after(const Config& cfg, std::int64_t shot) {
+  const auto& e = cfg.surgeon.eval_shots;
+  return shot < cfg.surgeon.shots && !cfg.eval.sets.empty() && std::count(e.begin(), e.end(), shot) > 0;
+}
+
+// The shot whose eval_shots evaluation the shot state's pointer says is under way (-1: none), on
+// every rank.
+std::int64_t pending_shot_evaluation(const io::ShotCheckpoint& state, dist::Comm& world) {
+  std::int64_t shot = -1;
+  if (world.is_root()) {
+    const auto e = state.pointer().value("evaluation", nlohmann::json());
+    if (e.is_object()) shot = e.value("shot", std::int64_t{-1});
+  }
+  world.broadcast(std::as_writable_bytes(std::span(&shot, 1)), 0);
+  return shot;
 }
 
 }  // namespace
@@ -596,6 +633,11 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   SurgeonRun run{cfg, world, *grid.data_group, be, m, calib, shard, targets, opt,
                  cfg.determinism == "strict" ? prune::Accumulation::exact : prune::Accumulation::sum,
                  metrics, watchdog, config_hash, {}};
+  // An eval_shots evaluation of the last committed shot that a stop or a kill cut short: its sets
+  // left are evaluated first (the shot's weights are installed).
+  if (first > 1 && evaluates_after(cfg, first - 1) && pending_shot_evaluation(state, world) == first - 1 &&
+      !evaluate_shot(run, state, first - 1, eval_inputs))
+    return kExitInterrupted;
   Progress progress("surgeon", K, "shots", cfg.log.progress_seconds, world.is_root(), first - 1);
   for (std::int64_t shot = first; shot <= K; ++shot) {
     const bool evaluated = commit_shot(run, state, shot, wbs, run_shot(run, shot, wbs), eval_inputs);

@@ -197,7 +197,8 @@ TEST(SurgeonCli, StoppedOrKilledRunResumesBitwise) {
 
 // A stop signal during an intermediate evaluation (surgeon.eval_shots) is honoured between its
 // sets, as in the final one: sent once set a of shot 1 is recorded (set b is under way then, and
-// finishes), set c is not evaluated; shot 1 stays committed and the rerun goes on with shot 2.
+// finishes), set c is not evaluated; shot 1 stays committed, and the rerun evaluates the sets of
+// shot 1 that were left (it went on with shot 2 without them), then goes on with shot 2.
 TEST(SurgeonCli, AStopDuringAnIntermediateEvaluationIsHonoured) {
   NEED_SHARED();
   const auto heldout = (kShared / "data/corpus/heldout.txt").string();
@@ -213,11 +214,22 @@ TEST(SurgeonCli, AStopDuringAnIntermediateEvaluationIsHonoured) {
   const auto stops = records(dir / "metrics.jsonl", "interrupted");
   ASSERT_EQ(stops.size(), 1u);
   EXPECT_EQ(stops[0]["after_evaluation"], evals.size());
+  const auto pointer = nlohmann::json::parse(read_bytes(dir / "ckpt/shots.json"));
+  EXPECT_EQ(pointer["evaluation"]["shot"], 1) << pointer.dump();
+  EXPECT_EQ(pointer["evaluation"]["done"], evals.size()) << pointer.dump();
   auto again = surgeon_args(dir, "opt-mini", extra);
   again.push_back("log.progress_seconds=0.001");
   const auto rerun = run_capture(again);
   ASSERT_NE(rerun.find("exit=0"), std::string::npos) << rerun;
   EXPECT_NE(rerun.find("resuming at shot 2"), std::string::npos) << rerun;
+  EXPECT_NE(rerun.find("a: evaluated by an earlier run of this checkpoint before it stopped"), std::string::npos)
+      << rerun;
+  // Each set of shot 1 has exactly one record, in order, before shot 2's record.
+  std::vector<std::string> shot1;
+  for (const auto& e : records(dir / "metrics.jsonl", "eval"))
+    if (e.value("shot", 0) == 1) shot1.push_back(e["set"]);
+  EXPECT_EQ(shot1, (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_FALSE(nlohmann::json::parse(read_bytes(dir / "ckpt/shots.json")).contains("evaluation"));
   EXPECT_NE(rerun.find("surgeon: 2/2 shots (100%)"), std::string::npos) << rerun;  // counted from the resume
   EXPECT_EQ(records(dir / "metrics.jsonl", "shot").size(), 2u);  // shot 1 not run again
   const auto summary = records(dir / "metrics.jsonl", "prune").at(0)["summary"];

@@ -4,7 +4,8 @@
 # to the batch shell (the time-limit warning, `scancel -s USR1 -b`) requeues the job; SIGTERM (a
 # plain `scancel`, which requeued and finished a cancelled job) stops the step and does not; a
 # SCALPEL_MAX_REQUEUES that is not a count is refused with exit 2 (it meant no limit); a SIGTERM
-# after the SIGUSR1 (the time limit's own) still requeues.
+# after the SIGUSR1 (the time limit's own) still requeues; a step the forwarded SIGUSR1 killed
+# (exit 138) requeues; --restart is left out of a requeued run.
 # Usage: bash test_job_sh.sh SOURCE_DIR
 set -uo pipefail
 ROOT=${1:?usage: $0 SOURCE_DIR}
@@ -74,4 +75,40 @@ rc=$?
 [ "$rc" = 2 ] || fail "SCALPEL_MAX_REQUEUES=abc: exit $rc, want 2: $out"
 echo "$out" | grep -q "SCALPEL_MAX_REQUEUES=abc: expected a count" || fail "SCALPEL_MAX_REQUEUES=abc: $out"
 echo "$out" | grep -q "step: started" && fail "SCALPEL_MAX_REQUEUES=abc: the step ran: $out"
-echo "PASS: SIGUSR1 requeues (a SIGTERM after it too), SIGTERM alone stops without a requeue, a bad SCALPEL_MAX_REQUEUES is refused"
+# A step killed by the SIGUSR1 forwarded to it (138: it landed before scalpel took the signal, in
+# its first moments) lost nothing: a requeue, as for exit 75 (the job ended FAILED).
+cat > "$TMP/root/launch/early.sh" <<'STEP'
+#!/usr/bin/env bash
+echo "step: started $*"
+for _ in $(seq 600); do sleep 0.1; done
+exit 0
+STEP
+chmod +x "$TMP/root/launch/early.sh"
+rm -f "$TMP/scontrol.calls"
+PATH="$TMP/bin:$PATH" SCALPEL_LAUNCHER=early SLURM_JOB_ID=4242 \
+  bash -c "source '$ROOT/slurm/job.sh'; scalpel_job '$TMP/root' prune cfg.yaml" > "$TMP/job.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "step: started" "$TMP/job.log" 2> /dev/null && break; sleep 0.1; done
+kill -s USR1 "$pid"
+wait "$pid"
+rc=$?
+[ "$rc" = 75 ] || fail "a step killed by the forwarded SIGUSR1: exit $rc, want 75: $(cat "$TMP/job.log")"
+grep -q "requeue 4242" "$TMP/scontrol.calls" 2> /dev/null || fail "138: no requeue: $(cat "$TMP/job.log")"
+grep -q "nothing was lost: treated as interrupted" "$TMP/job.log" || fail "138: $(cat "$TMP/job.log")"
+
+# --restart is for the first run: a requeued run (SLURM_RESTART_COUNT 1) leaves it out, and says
+# so (it discarded the committed layers at every requeue, looping until SCALPEL_MAX_REQUEUES).
+restart_args() {  # RESTART_COUNT: the arguments the step got
+  PATH="$TMP/bin:$PATH" SCALPEL_LAUNCHER=early SLURM_JOB_ID=4242 SLURM_RESTART_COUNT=$1 \
+    bash -c "source '$ROOT/slurm/job.sh'; scalpel_job '$TMP/root' prune cfg.yaml --restart a=1" > "$TMP/job.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 100); do grep -q "step: started" "$TMP/job.log" 2> /dev/null && break; sleep 0.1; done
+  kill -s USR1 "$pid"
+  wait "$pid"
+  grep "step: started" "$TMP/job.log"
+}
+[ "$(restart_args 0)" = "step: started prune cfg.yaml --restart a=1" ] || fail "restart 0: $(cat "$TMP/job.log")"
+[ "$(restart_args 1)" = "step: started prune cfg.yaml a=1" ] || fail "restart 1 kept --restart: $(cat "$TMP/job.log")"
+grep -q "restart 1: --restart left out" "$TMP/job.log" || fail "restart 1: not said: $(cat "$TMP/job.log")"
+
+echo "PASS: SIGUSR1 requeues (a SIGTERM after it too, a step it killed in its start-up too), SIGTERM alone stops without a requeue, a bad SCALPEL_MAX_REQUEUES is refused, --restart is left out of a requeued run"

@@ -51,7 +51,11 @@ echo "$out" | grep -q -- "--log-level debug prune a threads=2" || fail "--log-le
 # not a count (it reached srun as --cpus-per-task=abc): exit 2 naming the variable.
 out=$(SCALPEL_DRY_RUN=1 SCALPEL_BIND=bogus bash "$WRAP" -n 2 prune a 2>&1)
 [ $? = 2 ] || fail "SCALPEL_BIND=bogus: want exit 2: $out"
-echo "$out" | grep -q "SCALPEL_BIND=bogus" || fail "SCALPEL_BIND=bogus: $out"
+echo "$out" | grep -q "scalpel-launch: SCALPEL_BIND=bogus" || fail "SCALPEL_BIND=bogus: $out"
+# The ranks get OMP_WAIT_POLICY=PASSIVE (scalpel restarted itself to set it, and a stop signal
+# during that restart killed the rank); a user's value is passed on as it is.
+out=$(env -u OMP_WAIT_POLICY SCALPEL_DRY_RUN=1 bash "$WRAP" -n 2 prune a 2>&1) || fail "OMP_WAIT_POLICY: $out"
+echo "$out" | grep -q -- "-x OMP_WAIT_POLICY" || fail "OMP_WAIT_POLICY not passed to the ranks: $out"
 out=$(SCALPEL_DRY_RUN=1 SCALPEL_THREADS= SLURM_CPUS_PER_TASK=abc bash "$ROOT/launch/srun.sh" -n 2 prune a 2>&1)
 [ $? = 2 ] || fail "srun.sh SLURM_CPUS_PER_TASK=abc: want exit 2: $out"
 echo "$out" | grep -q "SLURM_CPUS_PER_TASK" || fail "srun.sh SLURM_CPUS_PER_TASK=abc: $out"
