@@ -307,7 +307,7 @@ int main(int argc, char** argv) {
   scalpel::dist::MpiEnvironment mpi(&argc, &argv);
   auto world = scalpel::dist::MpiComm::world();
   const int rank = world->rank(), size = world->size();
-  scalpel::app::set_stop_note_rank(rank);
+  scalpel::app::set_stop_note_rank(rank, size);
 
   CLI::App app{"scalpel: one-shot pruning of large language models (SparseGPT, Wanda, magnitude, N:M, LLM Surgeon; "
                "OWL and sensitivity allocation; depth pruning)"};

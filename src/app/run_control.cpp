@@ -20,6 +20,7 @@ volatile std::sig_atomic_t g_stop = 0;
 constexpr const char* kKeptNote = "stopping after the current step (it is kept, rerun to resume)";
 std::atomic<const char*> g_note{kKeptNote};  // lock-free: read in the handlers
 std::atomic<int> g_rank{-1};                 // the rank that says what a stop does (-1: unknown, says it)
+std::atomic<bool> g_launched{false};         // started by mpirun/srun (see on_stop)
 
 void write_stderr(const char* s) {
   std::size_t n = 0;
@@ -29,11 +30,14 @@ void write_stderr(const char* s) {
 
 // SIGTERM/SIGUSR1: the stop is honoured only at the next stopping point, which can be many minutes
 // away (a layer of OPT-175B, an LLM Surgeon shot); the first one says at once, on rank 0 only, that
-// it was received and what happens next, so that a log shows when the signal came.
+// it was received and what happens next, so that a log shows when the signal came. A SIGTERM to a
+// rank that mpirun or srun started is their way of ending it (after an MPI_Abort of another rank,
+// a second Ctrl-C): it is not announced as a stop (the wrappers and batch scripts ask for a stop
+// with SIGUSR1).
 void on_stop(int sig) {
   const bool first = g_stop == 0;
   g_stop = sig;
-  if (!first || g_rank.load() > 0) return;
+  if (!first || g_rank.load() > 0 || (sig == SIGTERM && g_launched.load())) return;
   write_stderr(sig == SIGTERM ? "scalpel: SIGTERM received: " : "scalpel: SIGUSR1 received: ");
   write_stderr(g_note.load());
   write_stderr("\n");
@@ -76,6 +80,7 @@ std::int64_t now_ns() {
 
 void install_stop_signals() {
   if (g_rank.load() < 0) g_rank.store(launcher_rank());
+  if (launcher_rank() >= 0) g_launched.store(true);
   struct sigaction sa {};
   sa.sa_handler = on_stop;
   sigemptyset(&sa.sa_mask);
@@ -91,7 +96,10 @@ void install_stop_signals() {
 
 int stop_signal() { return g_stop; }
 
-void set_stop_note_rank(int rank) { g_rank.store(rank); }
+void set_stop_note_rank(int rank, int ranks) {
+  g_rank.store(rank);
+  if (ranks > 1) g_launched.store(true);
+}
 
 void set_interrupt_note(const char* note) { g_note.store(note != nullptr ? note : kKeptNote); }
 
