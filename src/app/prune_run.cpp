@@ -863,8 +863,13 @@ int prune_layers(LayerLoop& l) {
     }
     progress.update(layer + 1, (layer + 1) * s.calib.nseq * s.calib.seqlen);
     l.watchdog.beat("stop check", layer);
+    // A stop while a resume replays committed layers (their forwards rebuild the activations)
+    // names the last layer committed, not the one replayed (it said "after layer 0" with 0..2 kept).
+    std::int64_t kept = layer;
+    if (committed)
+      while (kept + 1 < layers && l.ckpt.committed(kept + 1)) ++kept;
     // After the last layer too: the export and the evaluation are redone by the rerun.
-    if (stop_requested(s.world, {"layer", layer + 1, layers, layer}, l.id.config_hash, l.metrics))
+    if (stop_requested(s.world, {"layer", kept + 1, layers, kept}, l.id.config_hash, l.metrics))
       return kExitInterrupted;
   }
   progress.finish();

@@ -458,6 +458,38 @@ TEST(PruneCli, AStopSignalDuringStartUpStopsAfterTheFirstLayer) {
   fs::remove_all(dir);
 }
 
+// A stop while a resume replays its committed layers (the forwards that rebuild the activations)
+// names the last committed layer in its record, not the layer replayed (it said after_layer 0 with
+// layers 0..2 committed), and the rerun still finishes.
+TEST(PruneCli, AStopDuringTheReplayOfCommittedLayersNamesTheLastOne) {
+  NEED_SHARED();
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  const auto dir = temp_dir("replay_stop");
+  const std::vector<std::string> extra{"prune.method=sparsegpt", "output.export=", "eval.sets=[]", "eval.tasks=[]"};
+  // Stopped once two layers are committed, so that a replay of layer 0 alone shows the difference.
+  const pid_t first = spawn(prune_args(dir, "opt-mini", extra));
+  while (records(dir / "metrics.jsonl", "layer").size() < 2 && waitpid(first, nullptr, WNOHANG) == 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  kill(first, SIGUSR1);
+  EXPECT_EQ(wait_exit(first), 75);
+  const auto kept = committed_layers(dir / "ckpt");
+  ASSERT_GE(kept, 2);
+  if (kept >= 4) GTEST_SKIP() << "the stop came after the last layer; nothing to replay";
+  fs::remove(dir / "metrics.jsonl");
+  const pid_t pid = spawn(prune_args(dir, "opt-mini", extra));
+  while (!catches_sigusr1(pid) && waitpid(pid, nullptr, WNOHANG) == 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  kill(pid, SIGUSR1);  // taken at start-up: honoured after the first replayed layer
+  EXPECT_EQ(wait_exit(pid), 75);
+  const auto stops = records(dir / "metrics.jsonl", "interrupted");
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0]["after_layer"], kept - 1);
+  EXPECT_EQ(committed_layers(dir / "ckpt"), kept);
+  EXPECT_EQ(run_to_end(prune_args(dir, "opt-mini", extra)), 0);
+  EXPECT_EQ(committed_layers(dir / "ckpt"), 4);
+  fs::remove_all(dir);
+}
+
 // Ctrl-C: the first stops after the layer under way as SIGTERM does (exit 75, an "interrupted"
 // record naming SIGINT, the rerun resumes); a second one, once the first was taken, ends the
 // process at once (killed by SIGINT, 130 in a shell) and the committed layers stay usable.
