@@ -58,6 +58,7 @@ struct DepthRun {
   DepthState* state;  // the progress kept for a rerun
   Metrics* metrics;
   std::string hash;  // the whole config's, as the metrics records carry it
+  int threads = 0;   // per rank, as the evaluation records carry it
 };
 
 // Thrown on every rank alike (stop_requested agrees through an all-reduce) when a signal asked
@@ -655,7 +656,7 @@ int remove_and_evaluate(DepthRun& r, std::shared_ptr<const io::HfCheckpoint> src
   export_once(r, o);
   r.world.barrier();
   if (cfg.eval.sets.empty() && cfg.eval.tasks.empty()) return kExitOk;
-  const nlohmann::json extra{{"depth", true}, {"removed", o.removed}, {"config_hash", r.hash},
+  const nlohmann::json extra{{"depth", true}, {"removed", o.removed}, {"threads", r.threads}, {"config_hash", r.hash},
                              {"forward_dtype", dtype_name(DType::f32)}};  // every depth pass runs in fp32
   return evaluate_pruned(r, std::move(src), o, eval_inputs, *r.metrics, extra)
              ? kExitOk
@@ -727,7 +728,8 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   DepthState state(world, fs::path(cfg.output.dir) / cfg.output.checkpoint / kDepthStateFile,
                    depth_identity(cfg, calib), restart);
   model::Model m(spec, checkpoint_source(src), *backend, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
-  DepthRun r{cfg, world, *backend, m, *src, calib, std::nullopt, {}, &state, &metrics, config_hash(cfg)};
+  DepthRun r{cfg, world, *backend, m, *src, calib, std::nullopt, {}, &state, &metrics, config_hash(cfg),
+             threads_per_rank(cfg.threads, place.local_ranks)};
   if (spec.family == model::Family::llama && passes) r.rope = model::make_rope_tables(*backend, spec, calib.seqlen);
   for (std::int64_t l = 0; l < spec.layers; ++l) r.blocks.push_back(m.layer_weights(l));
   log::info("depth {} ({}, {} blocks): criterion {}, remove {}{}; {} calibration windows x {} tokens; {} rank(s)",

@@ -104,7 +104,7 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
       double s = 0;  // summed in position order: the same on any rank count
       for (std::int64_t t = 0; t < seqlen - 1; ++t) s += nll[static_cast<std::size_t>(i * (seqlen - 1) + t)];
       if (!std::isfinite(s))
-        SCALPEL_RUNTIME_ERROR("{}: window {} has a non-finite NLL ({}): the weights or activations overflow", name,
+        SCALPEL_RUNTIME_ERROR("{}: window {} has a non-finite NLL ({}): the weights hold a NaN or an infinity (a damaged checkpoint?) or the activations overflow", name,
                               w + i, s);
       sums[static_cast<std::size_t>(w + i - mine.begin)] = s;
     }

@@ -130,8 +130,9 @@ TaskResult evaluate_encoded_task(model::Model& m, const TaskRequests* requests, 
   for (std::size_t i = 0; i < loglik.size(); ++i) {
     if (std::isfinite(loglik[i])) continue;
     const auto r = order[static_cast<std::size_t>(mine.begin * opt.batch) + i];
-    SCALPEL_RUNTIME_ERROR("task {}: {}: line {}: request {} has a non-finite log-likelihood ({}): the weights or "
-                          "activations overflow", task.name, task.path, t.line[r], t.index[r], loglik[i]);
+    SCALPEL_RUNTIME_ERROR("task {}: {}: line {}: request {} has a non-finite log-likelihood ({}): the weights hold a "
+                          "NaN or an infinity (a damaged checkpoint?) or the activations overflow", task.name, task.path,
+                          t.line[r], t.index[r], loglik[i]);
   }
 
   // Batch order is sorted order; rank 0 puts the results back in request order and scores.

@@ -897,7 +897,7 @@ bool evaluate_pruned(const PruneSession& s, io::Checkpoint& ckpt, const std::str
   pruned.set_forward_dtype(s.fwd);  // evaluated as it was pruned: the reference's fp16 eval on a GPU
   return evaluate_config(
       pruned, s.eval_inputs, s.cfg, s.world, metrics,
-      {{"pruned", true}, {"config_hash", config_hash}, {"forward_dtype", dtype_name(s.fwd)}},
+      {{"pruned", true}, {"threads", s.threads}, {"config_hash", config_hash}, {"forward_dtype", dtype_name(s.fwd)}},
       [&] { watchdog.beat("evaluate", -1); }, evaluation_stop(s.world, config_hash, metrics),
       manifest_evaluation_resume(s, ckpt));
 }

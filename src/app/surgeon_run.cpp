@@ -225,6 +225,7 @@ struct SurgeonRun {
   Watchdog& watchdog;
   std::string config_hash;
   std::vector<Tensor> wbs_final;  // the targets' weights after the last shot
+  int threads = 0;                // per rank, as the evaluation records carry it
 };
 
 namespace {
@@ -482,7 +483,7 @@ int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpo
   if (kept.is_object() && kept.contains("shot")) kept = nullptr;  // an eval_shots evaluation's (evaluate_shot)
   auto resume = evaluation_resume(r.cfg, r.world, kept, [&state](const nlohmann::json& e) { state.record_evaluation(e); });
   const bool done = evaluate_config(
-      r.m, eval_inputs, r.cfg, r.world, r.metrics, {{"pruned", true}, {"config_hash", r.config_hash}},
+      r.m, eval_inputs, r.cfg, r.world, r.metrics, {{"pruned", true}, {"threads", r.threads}, {"config_hash", r.config_hash}},
       [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics), resume);
   return done ? kExitOk : kExitInterrupted;
 }
@@ -536,7 +537,7 @@ bool evaluate_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, 
   });
   if (resume.done && r.world.is_root() && resume.skip == 0) resume.done(0);  // started: a kill now resumes it
   return evaluate_config(r.m, eval_inputs, c, r.world, r.metrics,
-                         {{"pruned", true}, {"shot", shot}, {"config_hash", r.config_hash}},
+                         {{"pruned", true}, {"shot", shot}, {"threads", r.threads}, {"config_hash", r.config_hash}},
                          [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics),
                          resume);
 }
@@ -632,7 +633,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   Watchdog watchdog(cfg.parallel.watchdog_seconds, world.rank());
   SurgeonRun run{cfg, world, *grid.data_group, be, m, calib, shard, targets, opt,
                  cfg.determinism == "strict" ? prune::Accumulation::exact : prune::Accumulation::sum,
-                 metrics, watchdog, config_hash, {}};
+                 metrics, watchdog, config_hash, {}, threads_per_rank(cfg.threads, place.local_ranks)};
   // An eval_shots evaluation of the last committed shot that a stop or a kill cut short: its sets
   // left are evaluated first (the shot's weights are installed).
   if (first > 1 && evaluates_after(cfg, first - 1) && pending_shot_evaluation(state, world) == first - 1 &&

@@ -366,6 +366,7 @@ TEST(DepthCli, AStopBetweenEvaluationSetsResumesTheEvaluation) {
     names.push_back(e["set"]);
     EXPECT_EQ(e["config_hash"], stops[0]["config_hash"]);  // records of one run tie together
     EXPECT_EQ(e["forward_dtype"], "F32");
+    EXPECT_EQ(e["threads"], 1);  // as scalpel eval's records carry it
   }
   EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "c"}));
   // The evaluation finished: its count is cleared, so a rerun evaluates everything again.

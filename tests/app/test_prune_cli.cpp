@@ -403,6 +403,7 @@ TEST(PruneCli, AStopDuringTheFinalEvaluationIsHonoured) {
       << rerun;
   const auto evals = records(dir / "metrics.jsonl", "eval");
   ASSERT_EQ(evals.size(), 3u);
+  EXPECT_EQ(evals[0]["threads"], 1);  // as scalpel eval's records carry it
   EXPECT_EQ(evals[0]["set"], "a");
   EXPECT_EQ(evals[1]["set"], "b");
   EXPECT_EQ(evals[2]["set"], "c");

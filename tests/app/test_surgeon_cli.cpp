@@ -226,8 +226,10 @@ TEST(SurgeonCli, AStopDuringAnIntermediateEvaluationIsHonoured) {
       << rerun;
   // Each set of shot 1 has exactly one record, in order, before shot 2's record.
   std::vector<std::string> shot1;
-  for (const auto& e : records(dir / "metrics.jsonl", "eval"))
+  for (const auto& e : records(dir / "metrics.jsonl", "eval")) {
+    EXPECT_EQ(e["threads"], 1);  // as scalpel eval's records carry it
     if (e.value("shot", 0) == 1) shot1.push_back(e["set"]);
+  }
   EXPECT_EQ(shot1, (std::vector<std::string>{"a", "b", "c"}));
   EXPECT_FALSE(nlohmann::json::parse(read_bytes(dir / "ckpt/shots.json")).contains("evaluation"));
   EXPECT_NE(rerun.find("surgeon: 2/2 shots (100%)"), std::string::npos) << rerun;  // counted from the resume
