@@ -93,8 +93,8 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
   const dist::Range mine{std::min(nwin, batches.begin * batch), std::min(nwin, batches.end * batch)};
   std::vector<double> sums(static_cast<std::size_t>(mine.end - mine.begin), 0.0);
   std::vector<double> nll;
-  Progress progress(fmt::format("eval {}", name), mine.end - mine.begin, "windows", progress_seconds,
-                    comm.is_root());
+  Progress progress(fmt::format("eval {}", name), mine.end - mine.begin,
+                    comm.size() > 1 ? "windows of rank 0" : "windows", progress_seconds, comm.is_root());
   for (std::int64_t w = mine.begin; w < mine.end; w += batch) {
     const std::int64_t b = std::min(batch, mine.end - w);
     nll.assign(static_cast<std::size_t>(b * (seqlen - 1)), 0.0);

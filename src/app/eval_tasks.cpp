@@ -116,8 +116,8 @@ TaskResult evaluate_encoded_task(model::Model& m, const TaskRequests* requests, 
   const auto mine = dist::block_range(nbatches, comm.size(), comm.rank());
   std::vector<double> loglik, greedy;
   std::int64_t done = 0, tokens = 0;
-  Progress progress(fmt::format("task {}", task.name), mine.end - mine.begin, "batches", opt.progress_seconds,
-                    comm.is_root());
+  Progress progress(fmt::format("task {}", task.name), mine.end - mine.begin,
+                    comm.size() > 1 ? "batches of rank 0" : "batches", opt.progress_seconds, comm.is_root());
   for (std::int64_t b = mine.begin; b < mine.end; ++b) {
     const auto first = b * opt.batch, last = std::min(t.size(), first + opt.batch);
     const std::span<const std::int64_t> reqs(order.data() + first, static_cast<std::size_t>(last - first));
