@@ -335,6 +335,18 @@ int main(int argc, char** argv) {
     if (rank == 0) std::fprintf(stderr, "scalpel: error: %s\n", e.what());
     if (size > 1) world->abort(scalpel::kExitInput);
     return scalpel::kExitInput;
+  } catch (const scalpel::SharedError& e) {
+    const int code = scalpel::exit_code(e.kind());
+    if (e.ranks() == size) {  // every rank raised it: said once, no abort
+      if (rank == 0) std::fprintf(stderr, "scalpel: error: %s\n", e.what());
+      std::fflush(stderr);
+      // The others wait for that line: mpirun ends the job when the first rank exits non-zero.
+      if (size > 1) world->barrier();
+      return code;
+    }
+    std::fprintf(stderr, "scalpel: error (rank %d): %s\n", rank, e.what());
+    world->abort(code);
+    return code;
   } catch (const scalpel::Error& e) {
     const int code = scalpel::exit_code(e.kind());
     std::fprintf(stderr, "scalpel: error%s: %s\n", size > 1 ? fmt::format(" (rank {})", rank).c_str() : "", e.what());

@@ -27,7 +27,7 @@ void on_root(dist::Comm& comm, F&& work) {
   comm.broadcast(std::as_writable_bytes(std::span(&failed, 1)), 0);
   if (failed) {
     comm.broadcast_string(err, 0);
-    SCALPEL_INPUT_ERROR("{}", err);
+    throw SharedError(ErrorKind::input, err, comm.size(), __FILE__, __LINE__);
   }
 }
 
@@ -57,7 +57,7 @@ void owned_work(dist::Comm& comm, const std::vector<int>& owners, const char* wh
     if (kinds[i] >= 0) {
       comm.broadcast_string(errors[i], owners[i]);
       const auto msg = comm.size() > 1 ? fmt::format("{} ({} on data rank {})", errors[i], what, owners[i]) : errors[i];
-      throw Error(static_cast<ErrorKind>(kinds[i]), msg, __FILE__, __LINE__);
+      throw SharedError(static_cast<ErrorKind>(kinds[i]), msg, comm.size(), __FILE__, __LINE__);
     }
     share(i, owners[i]);
   }

@@ -27,6 +27,20 @@ class Error : public std::runtime_error {
   std::string where_;
 };
 
+// An Error that every rank of a communicator of `ranks` ranks raised alike, from work one rank did
+// and shared (app/root_work.hpp). When that is the whole world, main prints it once and every rank
+// ends with its exit code, with no MPI_Abort (whose banner, and every rank's copy of the message,
+// buried the one line that matters).
+class SharedError : public Error {
+ public:
+  SharedError(ErrorKind kind, std::string message, int ranks, const char* file, int line)
+      : Error(kind, std::move(message), file, line), ranks_(ranks) {}
+  int ranks() const noexcept { return ranks_; }
+
+ private:
+  int ranks_;
+};
+
 // Exit codes of the scalpel executable (documented in the README).
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitInput = 2;     // bad input (config, files, shapes)
