@@ -230,28 +230,41 @@ struct SurgeonRun {
 
 namespace {
 
+// The mean over the data group of per-window values, `mine` this rank's windows in order (the
+// shards are consecutive in rank order): gathered and added in window order, so the mean has the
+// same bits at any rank count (an all-reduce of partial sums changed its last digit).
+double mean_in_window_order(dist::Comm& group, const std::vector<double>& mine) {
+  const auto counts = group.allgather(static_cast<std::int64_t>(mine.size() * sizeof(double)));
+  std::int64_t bytes = 0;
+  for (const auto c : counts) bytes += c;
+  std::vector<double> all(static_cast<std::size_t>(bytes) / sizeof(double));
+  group.allgatherv(std::as_bytes(std::span(mine)), std::as_writable_bytes(std::span(all)), counts);
+  double sum = 0;
+  for (const double v : all) sum += v;
+  return sum / static_cast<double>(all.size());
+}
+
 // The shot's curvature pass over this rank's batches, summed over the data group; returns the
 // mean calibration loss of the model the shot starts from.
 double curvature_pass(SurgeonRun& r, ShotCurvature& curv, nlohmann::json& phases) {
   Timer t;
-  std::array<double, 2> loss_sum{0, 0};
+  std::vector<double> losses_mine;
   const auto batch = r.cfg.calibration.batch;
   const bool keep = r.m.spec().layers * r.m.layer_cache_bytes(batch, r.calib.seqlen) <=
                     (r.cfg.surgeon.keep_activations_mb << 20);
   for (std::int64_t s0 = r.shard.begin; s0 < r.shard.end; s0 += batch) {
     const auto b = std::min(batch, r.shard.end - s0);
     const auto losses = r.m.backward(r.calib.windows(s0, b), b, r.calib.seqlen, curv.taps(s0), keep);
-    for (const double l : losses) loss_sum[0] += l;
-    loss_sum[1] += static_cast<double>(b);
+    losses_mine.insert(losses_mine.end(), losses.begin(), losses.end());
     r.watchdog.beat("curvature", -1);
   }
   phases["forward_backward_s"] = t.seconds() - curv.seconds();
   phases["factors_s"] = curv.seconds();
   t = Timer();
   curv.reduce(r.group);
-  r.group.allreduce_sum(std::span<double>(loss_sum));
+  const double loss = mean_in_window_order(r.group, losses_mine);
   phases["reduce_s"] = t.seconds();
-  return loss_sum[0] / loss_sum[1];
+  return loss;
 }
 
 // Which data rank scores and updates each target: by weight count, largest first to the least
@@ -377,7 +390,7 @@ namespace {
 // The mean next-token loss of the calibration windows (the reference's per-window loss), over the
 // ranks' shards.
 double calibration_loss(SurgeonRun& r) {
-  std::array<double, 2> sum{0, 0};
+  std::vector<double> mine;
   const auto batch = r.cfg.calibration.batch, T = r.calib.seqlen;
   std::vector<double> nll(static_cast<std::size_t>(batch * (T - 1)));
   for (std::int64_t s0 = r.shard.begin; s0 < r.shard.end; s0 += batch) {
@@ -386,12 +399,10 @@ double calibration_loss(SurgeonRun& r) {
     for (std::int64_t w = 0; w < b; ++w) {
       double s = 0;
       for (std::int64_t t = 0; t < T - 1; ++t) s += nll[static_cast<std::size_t>(w * (T - 1) + t)];
-      sum[0] += s / static_cast<double>(T - 1);
+      mine.push_back(s / static_cast<double>(T - 1));
     }
-    sum[1] += static_cast<double>(b);
   }
-  r.group.allreduce_sum(std::span<double>(sum));
-  return sum[0] / sum[1];
+  return mean_in_window_order(r.group, mine);
 }
 
 void log_shot(const nlohmann::json& rec) {
