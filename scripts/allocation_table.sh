@@ -23,6 +23,8 @@ ALLOCS=${ALLOCS:-"uniform owl sensitivity sensitivity-weighted"}
 EVAL_WINDOWS=${EVAL_WINDOWS:-100}
 [ -x "$BIN" ] || scripts/setup.sh
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# The whole table starts from an empty folder: a subset's runs left there would become its rows.
+if [ -z "$SUBSET" ]; then rm -rf "$OUT"; fi
 mkdir -p "$OUT"
 # The committed results file (benchmarks/results/) is replaced only by the whole default table; a
 # subset, or a run into another SCALPEL_TABLE_DIR, writes its results beside its runs instead.

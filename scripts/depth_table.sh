@@ -21,6 +21,8 @@ CRITERIA=${CRITERIA:-"bi angular ppl laco"}
 REMOVES=${REMOVES:-"1 2"}
 EVAL_WINDOWS=${EVAL_WINDOWS:-128}
 [ -x "$BIN" ] || scripts/setup.sh
+# The whole table starts from an empty folder: a subset's runs left there would become its rows.
+if [ -z "$SUBSET" ]; then rm -rf "$OUT"; fi
 mkdir -p "$OUT"
 # The committed results file (benchmarks/results/) is replaced only by the whole default table; a
 # subset, or a run into another SCALPEL_TABLE_DIR, writes its results beside its runs instead.

@@ -17,6 +17,8 @@ OUT=${SCALPEL_TABLE_DIR:-runs/table}
 MODELS=${MODELS:-"opt-mini llama-mini"}
 CONFIGS=${CONFIGS:-"dense dense-sentencepiece magnitude:0.5:unstructured wanda:0.5:unstructured wanda:0.5:2:4 sparsegpt:0.5:unstructured sparsegpt:0.5:2:4 sparsegpt:0.5:4:8 magnitude:0.7:unstructured wanda:0.7:unstructured sparsegpt:0.7:unstructured magnitude:0.8:unstructured wanda:0.8:unstructured sparsegpt:0.8:unstructured"}
 [ -x "$BIN" ] || scripts/setup.sh
+# The whole table starts from an empty folder: a subset's runs left there would become its rows.
+if [ -z "$SUBSET" ]; then rm -rf "$OUT"; fi
 mkdir -p "$OUT"
 # The committed results file (benchmarks/results/) is replaced only by the whole default table; a
 # subset, or a run into another SCALPEL_TABLE_DIR, writes its results beside its runs instead.

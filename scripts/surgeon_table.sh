@@ -19,6 +19,8 @@ OUT=${SCALPEL_TABLE_DIR:-runs/surgeon_table}
 MODELS=${MODELS:-"opt-mini llama-mini"}
 RUNS=${RUNS:-"u50 nm24 s40to30 s8to30"}
 [ -x "$BIN" ] || scripts/setup.sh
+# The whole table starts from an empty folder: a subset's runs left there would become its rows.
+if [ -z "$SUBSET" ]; then rm -rf "$OUT"; fi
 mkdir -p "$OUT"
 # The committed results file (benchmarks/results/) is replaced only by the whole default table; a
 # subset, or a run into another SCALPEL_TABLE_DIR, writes its results beside its runs instead.

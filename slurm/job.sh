@@ -77,10 +77,16 @@ scalpel_job() {
   fi
   # Slurm sends SIGTERM to this shell when `scontrol requeue` below takes effect: let it finish.
   trap '' USR1 TERM
-  # 138 = killed by the SIGUSR1 forwarded above: it reached a rank before scalpel took the signal
-  # (the first moments of the step: srun, the loading of the libraries), when nothing was done yet.
-  # Nothing is lost, so it is an interruption like any other (it made the job FAILED).
-  if [ "$_scalpel_job_signalled" = 1 ] && [ "$rc" = 138 ]; then
+  # 128 + SIGUSR1 = killed by the SIGUSR1 forwarded above. prune and depth take it from their
+  # first line, so it reached a rank before that (the first moments of the step: srun, the loading
+  # of the libraries), when nothing was done yet: an interruption like any other (it made the job
+  # FAILED). Not with --restart (the discard it asks for may not have happened, and a requeue
+  # leaves it out), nor for the commands without stopping points (eval, export: redoing them at
+  # every requeue would not end).
+  local command
+  command=$(_scalpel_job_command "$@")
+  if [ "$_scalpel_job_signalled" = 1 ] && [ "$rc" = $((128 + $(kill -l USR1))) ] \
+    && { [ "$command" = prune ] || [ "$command" = depth ]; } && ! _scalpel_job_has_restart "$@"; then
     scalpel_job_log "the step died of the SIGUSR1 forwarded to it before scalpel could take it (its start-up);" \
       "nothing was lost: treated as interrupted (exit 75)"
     rc=75
@@ -121,6 +127,23 @@ scalpel_job() {
       exit "$rc"
       ;;
   esac
+}
+
+# The scalpel command of the arguments: the first word that is not an option (--log-level takes one).
+_scalpel_job_command() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --log-level) shift 2 ;;
+      -*) shift ;;
+      *) echo "$1"; return 0 ;;
+    esac
+  done
+}
+
+_scalpel_job_has_restart() {
+  local a
+  for a in "$@"; do [ "$a" = --restart ] && return 0; done
+  return 1
 }
 
 # The job's state as Slurm has it now (COMPLETING after a cancel, REQUEUED, ...), or "?".

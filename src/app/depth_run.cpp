@@ -30,6 +30,7 @@
 #include "run_common.hpp"
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/export.hpp"
+#include "scalpel/app/plan.hpp"
 #include "scalpel/app/run_control.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
@@ -671,11 +672,7 @@ void check_windows(const Config& cfg, dist::Comm& world, const CalibrationWindow
   if (cfg.depth.windows > calib.nseq && world.is_root())
     log::warn("depth.windows {} exceeds the {} calibration windows: laco compares on all {}", cfg.depth.windows,
               calib.nseq, calib.nseq);
-  const auto windows = std::min(cfg.depth.windows, calib.nseq), batch = cfg.calibration.batch;
-  if ((windows + batch - 1) / batch < world.size())
-    SCALPEL_INPUT_ERROR("config: 'depth.windows' {} makes {} batches of 'calibration.batch' {}, fewer than the {} "
-                        "ranks: raise depth.windows (0 = all), lower calibration.batch or use fewer ranks",
-                        cfg.depth.windows, (windows + batch - 1) / batch, batch, world.size());
+  check_laco_windows(cfg, calib.nseq, world.size());
 }
 
 }  // namespace
@@ -701,6 +698,15 @@ std::vector<bool> check_depth(const Config& cfg, const model::ModelSpec& spec, s
   return prot;
 }
 
+void check_laco_windows(const Config& cfg, std::int64_t nseq, int ranks) {
+  if (cfg.depth.criterion != "laco" || cfg.depth.windows <= 0) return;
+  const auto windows = std::min(cfg.depth.windows, nseq), batch = cfg.calibration.batch;
+  if ((windows + batch - 1) / batch < ranks)
+    SCALPEL_INPUT_ERROR("config: 'depth.windows' {} makes {} batches of 'calibration.batch' {}, fewer than the {} "
+                        "ranks: raise depth.windows (0 = all), lower calibration.batch or use fewer ranks",
+                        cfg.depth.windows, (windows + batch - 1) / batch, batch, ranks);
+}
+
 int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool scores_only, bool restart) {
   if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   Timer timer;
@@ -714,6 +720,8 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   detail::on_root(world, [&] { check_layer_tensors(cfg.model, spec); });
   std::int64_t n = 0;
   const auto prot = check_depth(cfg, spec, n, world.size());
+  // The plan's memory model decides before any work whether the job fits, as `scalpel plan` does.
+  if (cfg.parallel.memory_gb > 0) check_plan_fits(depth_plan_of_job(cfg, world.size()), cfg);
   auto tok = make_tokenizer(cfg);
   EvalInputs eval_inputs;
   if (!scores_only) eval_inputs = check_run_end(world, cfg, spec, *tok);

@@ -338,7 +338,10 @@ int main(int argc, char** argv) {
   } catch (const scalpel::SharedError& e) {
     const int code = scalpel::exit_code(e.kind());
     if (e.ranks() == size) {  // every rank raised it: said once, no abort
-      if (rank == 0) std::fprintf(stderr, "scalpel: error: %s\n", e.what());
+      if (rank == 0) {
+        std::fprintf(stderr, "scalpel: error: %s\n", e.what());
+        if (e.kind() == scalpel::ErrorKind::internal) std::fprintf(stderr, "  (raised at %s)\n", e.where().c_str());
+      }
       std::fflush(stderr);
       // The others wait for that line: mpirun ends the job when the first rank exits non-zero.
       if (size > 1) world->barrier();

@@ -8,7 +8,8 @@
 //   activations  the batch's residual stream, plus the criterion's own: bi two host snapshots of
 //                it, angular each depth's last-token rows, ppl every kept block's input (a
 //                candidate's pass starts there) and one window's logits, laco the dense model's
-//                final hidden states of its windows and one merged block;
+//                final hidden states of its windows, the merges kept and the candidate (at most
+//                n + 1 merged blocks) and the first attempt's dense pass;
 //   forward      a batch's temporaries (the widest of q/k/v and the MLP, x3) and attention scores.
 // Work, counted in block passes of one window (2·params·T + 2·T²·q FLOPs) and head passes
 // (2·V·e·T): bi and angular L per window; deepest none; ppl per round k the kept L-k blocks once
@@ -67,13 +68,15 @@ DepthWork depth_work(const Config& cfg, I L, I n, I protected_blocks, I my_windo
 }
 
 // The criterion's own activations on top of the batch's residual stream (bytes).
-I criterion_activations(const Config& cfg, const model::ModelSpec& spec, I B, I T, I laco_windows) {
+I criterion_activations(const Config& cfg, const model::ModelSpec& spec, I B, I T, I laco_windows, I n) {
   const I d = spec.hidden, L = spec.layers, x = B * T * d * 4;
   const auto& c = cfg.depth.criterion;
   if (c == "bi") return 2 * x;
   if (c == "angular") return (L + 1) * B * d * 4 + x;
   if (c == "ppl") return L * x + x + (T - 1) * spec.vocab_size * 4 + B * (T - 1) * 8;
-  if (c == "laco") return laco_windows * T * d * 4 + spec.layer_params() * 4 + x;
+  // laco: every merge kept so far and the candidate (at most n + 1 merged blocks: a merge removes
+  // at least one block), and the first attempt's dense pass beside it.
+  if (c == "laco") return laco_windows * T * d * 4 + (n + 1) * spec.layer_params() * 4 + 2 * x;
   return 0;
 }
 
@@ -91,6 +94,7 @@ json make_depth_plan(const model::ModelSpec& spec, const PlanInput& in) {
   // Whole batches per rank, rank 0 the busiest (the run's split; too few batches: its error).
   const I mine = passes ? calibration_shard(N, B, in.world, 0).count() : 0;
   const I laco_all = cfg.depth.windows > 0 ? std::min(cfg.depth.windows, N) : N;
+  if (cfg.depth.criterion == "laco") check_laco_windows(cfg, N, in.world);  // the run's message
   const I laco_mine = cfg.depth.criterion == "laco" ? calibration_shard(laco_all, B, in.world, 0).count() : 0;
   I protected_blocks = 0;
   for (const bool p : prot) protected_blocks += p ? 1 : 0;
@@ -100,7 +104,7 @@ json make_depth_plan(const model::ModelSpec& spec, const PlanInput& in) {
   const I embeddings = (spec.total_params() - spec.layer_params() * L) * 4;
   const I qkv = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
   const I batch = B * T * d * 4;
-  const I own = criterion_activations(cfg, spec, B, T, laco_mine);
+  const I own = criterion_activations(cfg, spec, B, T, laco_mine, n);
   const I forward = passes ? B * T * std::max(qkv, spec.ffn) * 4 * 3 : 0;
   const I scores = passes ? B * spec.heads * T * T * 4 : 0;
   const I activations = passes ? batch + own : 0;
@@ -116,7 +120,9 @@ json make_depth_plan(const model::ModelSpec& spec, const PlanInput& in) {
   const double gflops = rank_gflops(cfg, in, note);
   const double read_gbps = in.read_gbps > 0 ? in.read_gbps : 2, write_gbps = in.write_gbps > 0 ? in.write_gbps : 2;
   const double stored = static_cast<double>(spec.total_params()) * in.dtype_bytes;
-  const double exported = cfg.output.export_dir.empty() ? 0.0 : stored * static_cast<double>(L - n) / L;
+  // The export: the model less the n removed blocks (embeddings and head stay).
+  const double exported =
+      cfg.output.export_dir.empty() ? 0.0 : stored - static_cast<double>(n * spec.layer_params() * in.dtype_bytes);
   const double compute_s = flops / (gflops * 1e9);
   const double read_s = stored / (read_gbps * 1e9), write_s = exported / (write_gbps * 1e9);
   return {{"kind", "depth"},

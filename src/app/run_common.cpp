@@ -167,6 +167,18 @@ nlohmann::json plan_of_job(const Config& cfg, int world) {
   return cfg.prune.method == "surgeon" ? make_surgeon_plan(pm.spec, pin) : make_plan(pm.spec, pin);
 }
 
+nlohmann::json depth_plan_of_job(const Config& cfg, int world) {
+  const auto pm = load_plan_model(cfg.model);
+  PlanInput pin;
+  pin.cfg = cfg;
+  pin.world = world;
+  pin.dtype_bytes = pm.dtype_bytes;
+  pin.dtype_name = pm.dtype_name;
+  pin.tensor_bytes = pm.tensor_bytes;
+  pin.depth = true;
+  return make_depth_plan(pm.spec, pin);
+}
+
 DType forward_dtype(const Config& cfg, const std::string& device, DType stored) {
   const std::string& want = device == "cuda" ? cfg.cuda.forward_dtype : cfg.cpu.forward_dtype;
   if (want == "fp16") return DType::f16;
@@ -231,14 +243,18 @@ std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& worl
   };
 }
 
-EvalResume evaluation_resume(const Config& cfg, dist::Comm& world, const nlohmann::json& kept,
-                             std::function<void(const nlohmann::json&)> keep) {
-  if (cfg.output.metrics.empty()) return {};
+std::string evaluation_key(const Config& cfg) {
   // The log section changes no result: a rerun with --log-level debug or another progress
   // interval resumes too.
   Config keyed = cfg;
   keyed.log = {};
-  const auto key = config_hash(keyed);
+  return config_hash(keyed);
+}
+
+EvalResume evaluation_resume(const Config& cfg, dist::Comm& world, const nlohmann::json& kept,
+                             std::function<void(const nlohmann::json&)> keep) {
+  if (cfg.output.metrics.empty()) return {};
+  const auto key = evaluation_key(cfg);
   std::int64_t skip = 0;
   if (world.is_root() && kept.is_object() && kept.value("config_hash", "") == key)
     skip = kept.value("done", std::int64_t{0});

@@ -67,6 +67,8 @@ void check_layer_tensors(const std::string& folder, const model::ModelSpec& spec
 // `scalpel plan`'s figures for this job (cfg.model's config.json and tensor sizes, `world` ranks):
 // the layer-wise plan, or LLM Surgeon's for prune.method: surgeon.
 nlohmann::json plan_of_job(const Config& cfg, int world);
+// The same for a `scalpel depth` job.
+nlohmann::json depth_plan_of_job(const Config& cfg, int world);
 
 // The dtype of the prune's calibration forward on `device`: cuda.forward_dtype (auto: `stored`,
 // the checkpoint's weight dtype, when it is 2-byte, else fp32) or cpu.forward_dtype.
@@ -97,6 +99,8 @@ std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& worl
 // Without a metrics file the results of a stopped run are nowhere to be found again: no resume.
 EvalResume evaluation_resume(const Config& cfg, dist::Comm& world, const nlohmann::json& kept,
                              std::function<void(const nlohmann::json&)> keep);
+// The "config_hash" of that record: the config's hash with log.* left out.
+std::string evaluation_key(const Config& cfg);
 
 // Before a prune's or depth run's work, on world rank 0 (an error there ends every rank): what the
 // run reads and writes at its end, its evaluation inputs (read here, once: read_eval_inputs; the

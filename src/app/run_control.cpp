@@ -20,7 +20,7 @@ volatile std::sig_atomic_t g_stop = 0;
 constexpr const char* kKeptNote = "stopping after the current step (it is kept, rerun to resume)";
 std::atomic<const char*> g_note{kKeptNote};  // lock-free: read in the handlers
 std::atomic<int> g_rank{-1};                 // the rank that says what a stop does (-1: unknown, says it)
-std::atomic<bool> g_launched{false};         // started by mpirun/srun (see on_stop)
+std::atomic<bool> g_launched{false};         // one of several ranks mpirun/srun started (see on_stop)
 
 void write_stderr(const char* s) {
   std::size_t n = 0;
@@ -38,9 +38,27 @@ void on_stop(int sig) {
   const bool first = g_stop == 0;
   g_stop = sig;
   if (!first || g_rank.load() > 0 || (sig == SIGTERM && g_launched.load())) return;
-  write_stderr(sig == SIGTERM ? "scalpel: SIGTERM received: " : "scalpel: SIGUSR1 received: ");
-  write_stderr(g_note.load());
-  write_stderr("\n");
+  // One write, so that a log line of another thread cannot land inside it.
+  char line[512];
+  std::size_t n = 0;
+  for (const char* part : {sig == SIGTERM ? "scalpel: SIGTERM received: " : "scalpel: SIGUSR1 received: ",
+                           g_note.load(), "\n"})
+    for (const char* c = part; *c != '\0' && n + 1 < sizeof line; ++c) line[n++] = *c;
+  line[n] = '\0';
+  write_stderr(line);
+}
+
+// The ranks of the job before MPI starts, from the launchers' environment (0: none says). A
+// batch script's own environment (SLURM_PROCID 0, no step) is not a launched job.
+int launcher_size() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}) {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v == '\0') continue;
+    char* end = nullptr;
+    const long r = std::strtol(v, &end, 10);
+    if (*end == '\0' && r >= 1) return static_cast<int>(r);
+  }
+  return 0;
 }
 
 // The rank of this process before MPI starts, from the launchers' environment (-1: none says).
@@ -80,7 +98,7 @@ std::int64_t now_ns() {
 
 void install_stop_signals() {
   if (g_rank.load() < 0) g_rank.store(launcher_rank());
-  if (launcher_rank() >= 0) g_launched.store(true);
+  if (launcher_size() > 1) g_launched.store(true);
   struct sigaction sa {};
   sa.sa_handler = on_stop;
   sigemptyset(&sa.sa_mask);

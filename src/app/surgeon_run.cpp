@@ -531,10 +531,10 @@ io::ShotCheckpoint open_shot_state(const Config& cfg, dist::Comm& world, const d
 }
 
 // The eval.sets evaluation of surgeon.eval_shots after `shot`, on the model holding its weights.
-// Its progress is kept in the shot state's pointer file as {"shot", "config_hash", "done"}, with
-// done 0 as soon as it starts, so that a rerun after a stop between its sets, or a kill, evaluates
-// the sets that were left before it goes on with the next shot (it went on without them). False
-// when a stop signal ended it.
+// Its progress is kept in the shot state's pointer file as {"shot", "config_hash", "done"}, done 0
+// written with the shot's commit (pending_evaluation), so that a rerun after a stop between its
+// sets, or a kill, evaluates the sets that were left before it goes on with the next shot (it went
+// on without them). False when a stop signal ended it.
 bool evaluate_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, const EvalInputs& eval_inputs) {
   Config c = r.cfg;
   c.eval.tasks.clear();
@@ -546,7 +546,6 @@ bool evaluate_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, 
     if (!k.is_null()) k["shot"] = shot;
     state.record_evaluation(k);
   });
-  if (resume.done && r.world.is_root() && resume.skip == 0) resume.done(0);  // started: a kill now resumes it
   return evaluate_config(r.m, eval_inputs, c, r.world, r.metrics,
                          {{"pruned", true}, {"shot", shot}, {"threads", r.threads}, {"config_hash", r.config_hash}},
                          [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics),
@@ -554,6 +553,15 @@ bool evaluate_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, 
 }
 
 bool evaluates_after(const Config& cfg, std::int64_t shot);
+
+// The record of the eval_shots evaluation `shot` calls for, none done yet (null: none, or no
+// metrics file to resume from), committed with the shot so that no kill falls between the two.
+nlohmann::json pending_evaluation(const Config& cfg, std::int64_t shot) {
+  if (!evaluates_after(cfg, shot) || cfg.output.metrics.empty()) return nullptr;
+  Config c = cfg;
+  c.eval.tasks.clear();
+  return {{"config_hash", evaluation_key(c)}, {"done", 0}, {"shot", shot}};
+}
 
 // After a shot: its weights installed and committed, its record logged and written, and the
 // evaluation of surgeon.eval_shots. False when a stop signal ended that evaluation (between its
@@ -569,7 +577,7 @@ bool commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, st
       layer_metrics[static_cast<std::size_t>(t.layer)]["linears"][t.linear.name] = {
           {"pruned", rec["linears"][t.label()]["zero_w"]}, {"weights", t.linear.out * t.linear.in}};
     state.commit_shot(shot, shot_records(r.targets, wbs, r.m.spec().layers), {{"reached", rec["reached"]}},
-                      layer_metrics);
+                      layer_metrics, pending_evaluation(r.cfg, shot));
   }
   r.world.barrier();
   rec["seconds"]["commit_s"] = ct.seconds();

@@ -154,7 +154,8 @@ void ShotCheckpoint::discard(const fs::path& dir) {
 }
 
 void ShotCheckpoint::commit_shot(std::int64_t shot, const std::vector<std::vector<TensorRecord>>& tensors,
-                                 const nlohmann::json& metrics, const std::vector<nlohmann::json>& layer_metrics) {
+                                 const nlohmann::json& metrics, const std::vector<nlohmann::json>& layer_metrics,
+                                 const nlohmann::json& evaluation) {
   SCALPEL_CHECK(writable_, "shot checkpoint {} opened read-only", dir_.string());
   SCALPEL_CHECK(shot == shot_ + 1 && shot <= total_, "commit of shot {} after shot {} (of {})", shot, shot_, total_);
   SCALPEL_CHECK(static_cast<std::int64_t>(tensors.size()) == id_.num_layers, "{} layers for {}", tensors.size(),
@@ -174,6 +175,7 @@ void ShotCheckpoint::commit_shot(std::int64_t shot, const std::vector<std::vecto
   next["shot"] = shot;
   next["history"].push_back({{"shot", shot}, {"committed", utc_now_iso()}, {"metrics", metrics}});
   next.erase("summary");  // a summary belongs to the state with every shot
+  if (!evaluation.is_null()) next["evaluation"] = evaluation;
   write_pointer(std::move(next));  // the commit point
   shot_ = shot;
   remove_unreferenced();

@@ -555,6 +555,8 @@ TEST(DepthCli, BadInputsExitTwoNamingTheKeyAndWriteNothing) {
       {{"depth.criterion=shortest"}, "'depth.criterion'"},
       {{"parallel.stages=2"}, "'parallel.stages'"},
       {{"parallel.data=2"}, "'parallel.data' 2 = 2 ranks, but the job has 1"},  // it was ignored
+      // The plan's memory model, before any work, as prune checks it (it was the plan's alone).
+      {{"depth.criterion=deepest", "depth.remove=1", "parallel.memory_gb=0.01"}, "'parallel.memory_gb' is 0.01 GB"},
   };
   for (std::size_t i = 0; i < cases.size(); ++i) {
     const auto& [extra, key] = cases[i];
@@ -593,6 +595,17 @@ TEST(DepthCli, BadInputsExitTwoNamingTheKeyAndWriteNothing) {
   const auto windows = run_capture(few);
   EXPECT_NE(windows.find("exit=2"), std::string::npos) << windows;
   EXPECT_NE(windows.find("'depth.windows' 1 makes 1 batches"), std::string::npos) << windows;
+  // An input rank 0 reads for every rank (an evaluation text that is not there) is reported once
+  // (it was once per rank, with MPI_Abort's banner), with exit code 2.
+  auto missing = depth_args("opt-mini", dir / "missing", {"eval.sets=[{name: a, preset: text, path: /nowhere.txt}]"});
+  missing.insert(missing.begin(), {kMpiexec, "-n", "2", "--oversubscribe"});
+  const auto once = run_capture(missing);
+  EXPECT_NE(once.find("exit=2"), std::string::npos) << once;
+  std::size_t said = 0;
+  for (auto p = once.find("scalpel: error"); p != std::string::npos; p = once.find("scalpel: error", p + 1)) ++said;
+  EXPECT_EQ(said, 1u) << once;
+  EXPECT_NE(once.find("/nowhere.txt"), std::string::npos) << once;
+  EXPECT_EQ(once.find("MPI_ABORT"), std::string::npos) << once;
   fs::remove_all(dir);
 }
 

@@ -608,12 +608,18 @@ TEST(Plan, DepthPlansTheCriterionsPassesAndTheWholeModel) {
   EXPECT_DOUBLE_EQ(once["work"]["block_passes"].get<double>(), 7 * 128);
   const auto laco = plan({"depth.criterion=laco", "depth.remove=1", "depth.merge=3", "depth.windows=16"});
   EXPECT_DOUBLE_EQ(laco["work"]["block_passes"].get<double>(), 3 * 4 * 16);
+  // The dense final states of its 16 windows, n + 1 = 2 merged blocks, the batch and the first
+  // attempt's dense pass beside it.
+  EXPECT_EQ(laco["memory"]["activations"].get<I>(), x + 16 * 512 * 256 * 4 + 2 * 789760 * 4 + 2 * x);
+  // Too few of laco's windows for the ranks: the run's message, naming depth.windows.
+  EXPECT_NE(input_error([&] { plan({"depth.criterion=laco", "depth.windows=8"}, 2); }).find("'depth.windows' 8"),
+            std::string::npos);
   const auto deepest = plan({"depth.criterion=deepest", "depth.remove=1"});
   EXPECT_DOUBLE_EQ(deepest["work"]["flops"].get<double>(), 0);
   EXPECT_EQ(deepest["peak"]["bytes"].get<I>(),
             deepest["memory"]["blocks_fp32"].get<I>() + deepest["memory"]["embeddings_head"].get<I>());
-  // The export holds the kept blocks only; none without an export.
-  EXPECT_LT(bi["io"]["export_bytes"].get<double>(), bi["io"]["read_bytes"].get<double>());
+  // The export is the model less the 2 removed blocks (fp16: 2 bytes a parameter); none without one.
+  EXPECT_DOUBLE_EQ(bi["io"]["read_bytes"].get<double>() - bi["io"]["export_bytes"].get<double>(), 2.0 * 789760 * 2);
   EXPECT_DOUBLE_EQ(plan({"depth.criterion=bi", "output.export="})["io"]["export_bytes"].get<double>(), 0);
   // The run's refusals, with its messages.
   EXPECT_NE(input_error([&] { plan({"parallel.stages=2"}); }).find("'parallel.stages' 2"), std::string::npos);

@@ -96,6 +96,18 @@ rc=$?
 grep -q "requeue 4242" "$TMP/scontrol.calls" 2> /dev/null || fail "138: no requeue: $(cat "$TMP/job.log")"
 grep -q "nothing was lost: treated as interrupted" "$TMP/job.log" || fail "138: $(cat "$TMP/job.log")"
 
+# Not for a command without stopping points (eval: a requeue would redo it and be killed again).
+rm -f "$TMP/scontrol.calls"
+PATH="$TMP/bin:$PATH" SCALPEL_LAUNCHER=early SLURM_JOB_ID=4242 \
+  bash -c "source '$ROOT/slurm/job.sh'; scalpel_job '$TMP/root' eval cfg.yaml" > "$TMP/job.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "step: started" "$TMP/job.log" 2> /dev/null && break; sleep 0.1; done
+kill -s USR1 "$pid"
+wait "$pid"
+rc=$?
+[ "$rc" = 138 ] || fail "an eval step killed by the forwarded SIGUSR1: exit $rc, want 138: $(cat "$TMP/job.log")"
+grep -q "requeue" "$TMP/scontrol.calls" 2> /dev/null && fail "eval 138: requeued: $(cat "$TMP/job.log")"
+
 # --restart is for the first run: a requeued run (SLURM_RESTART_COUNT 1) leaves it out, and says
 # so (it discarded the committed layers at every requeue, looping until SCALPEL_MAX_REQUEUES).
 restart_args() {  # RESTART_COUNT: the arguments the step got

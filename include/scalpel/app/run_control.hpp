@@ -24,8 +24,8 @@ void ensure_passive_wait_policy(char** argv);
 
 // Installs the SIGTERM/SIGUSR1/SIGINT handlers (idempotent). The first stop signal says on stderr
 // that it was received and what happens next, on rank 0 only (the launcher's rank variables tell
-// it before MPI starts; set_stop_note_rank once MPI knows), and a SIGTERM only in a process no
-// launcher started (mpirun and srun end their ranks with it).
+// it before MPI starts; set_stop_note_rank once MPI knows), and a SIGTERM only in a job of one
+// process (mpirun and srun end the ranks of a larger job with it).
 void install_stop_signals();
 void set_stop_note_rank(int rank, int ranks);
 // The signal that asked for a stop (0: none).

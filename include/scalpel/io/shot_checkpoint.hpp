@@ -55,9 +55,12 @@ class ShotCheckpoint {
   // layer checkpoint's {"linears": {name: {"pruned", "weights"}}} that `scalpel inspect` sums),
   // then the pointer is replaced with `metrics` and the previous shot's folder removed. Internal
   // Error for any other shot number.
+  // `evaluation`, when not null, goes into the pointer with the commit (the app's record of an
+  // evaluation of this shot still to make; see record_evaluation).
   void commit_shot(std::int64_t shot, const std::vector<std::vector<TensorRecord>>& tensors,
                    const nlohmann::json& metrics = nlohmann::json::object(),
-                   const std::vector<nlohmann::json>& layer_metrics = {});
+                   const std::vector<nlohmann::json>& layer_metrics = {},
+                   const nlohmann::json& evaluation = nullptr);
   // After the last shot, once the run's export is written: the run's summary in the pointer
   // (atomically). A rerun writes it again; exported() says whether one was written.
   void record_summary(const nlohmann::json& summary);
