@@ -565,7 +565,7 @@ nlohmann::json pending_evaluation(const Config& cfg, std::int64_t shot) {
 
 // After a shot: its weights installed and committed, its record logged and written, and the
 // evaluation of surgeon.eval_shots. False when a stop signal ended that evaluation (between its
-// sets; the shot stays committed, and the rerun goes on with the next shot without repeating it).
+// sets; the shot stays committed, and the rerun evaluates the sets left before the next shot).
 bool commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, std::vector<Tensor>& wbs,
                  nlohmann::json rec, const EvalInputs& eval_inputs) {
   install(r.m, r.be, r.targets, wbs);
