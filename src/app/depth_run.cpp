@@ -129,11 +129,7 @@ void for_my_batches(DepthRun& r, std::int64_t nwin, const char* what, F&& fn) {
 // Every rank's rows of `width` per-window values, concatenated in window order on every rank,
 // summed column by column in that order (the same bits at any rank count).
 std::vector<double> sum_windows(dist::Comm& comm, const std::vector<double>& mine, std::size_t width) {
-  const auto counts = comm.allgather(static_cast<std::int64_t>(mine.size() * sizeof(double)));
-  std::int64_t total = 0;
-  for (const auto c : counts) total += c;
-  std::vector<double> all(static_cast<std::size_t>(total) / sizeof(double));
-  comm.allgatherv(std::as_bytes(std::span(mine)), std::as_writable_bytes(std::span(all)), counts);
+  const auto all = detail::allgather_vector(mine, comm);
   std::vector<double> sums(width, 0.0);
   for (std::size_t i = 0; i < all.size(); ++i) sums[i % width] += all[i];
   return sums;

@@ -72,4 +72,14 @@ void broadcast_vector(std::vector<T>& v, dist::Comm& comm, int root = 0) {
   comm.broadcast(std::as_writable_bytes(std::span(v)), root);
 }
 
+// Every rank's `mine` concatenated in rank order, on every rank.
+inline std::vector<double> allgather_vector(const std::vector<double>& mine, dist::Comm& comm) {
+  const auto counts = comm.allgather(static_cast<std::int64_t>(mine.size() * sizeof(double)));
+  std::int64_t bytes = 0;
+  for (const auto c : counts) bytes += c;
+  std::vector<double> all(static_cast<std::size_t>(bytes) / sizeof(double));
+  comm.allgatherv(std::as_bytes(std::span(mine)), std::as_writable_bytes(std::span(all)), counts);
+  return all;
+}
+
 }  // namespace scalpel::app::detail

@@ -156,27 +156,30 @@ void check_layer_tensors(const std::string& folder, const model::ModelSpec& spec
   check_layer_tensors(io::HfCheckpoint(folder), spec);
 }
 
-nlohmann::json plan_of_job(const Config& cfg, int world) {
-  const auto pm = load_plan_model(cfg.model);
+namespace {
+
+// The plan's input for cfg's model at `world` ranks, the default rates.
+PlanInput plan_input(const Config& cfg, int world, const PlanModel& pm) {
   PlanInput pin;
   pin.cfg = cfg;
   pin.world = world;
   pin.dtype_bytes = pm.dtype_bytes;
   pin.dtype_name = pm.dtype_name;
   pin.tensor_bytes = pm.tensor_bytes;
+  return pin;
+}
+
+}  // namespace
+
+nlohmann::json plan_of_job(const Config& cfg, int world) {
+  const auto pm = load_plan_model(cfg.model);
+  const auto pin = plan_input(cfg, world, pm);
   return cfg.prune.method == "surgeon" ? make_surgeon_plan(pm.spec, pin) : make_plan(pm.spec, pin);
 }
 
 nlohmann::json depth_plan_of_job(const Config& cfg, int world) {
   const auto pm = load_plan_model(cfg.model);
-  PlanInput pin;
-  pin.cfg = cfg;
-  pin.world = world;
-  pin.dtype_bytes = pm.dtype_bytes;
-  pin.dtype_name = pm.dtype_name;
-  pin.tensor_bytes = pm.tensor_bytes;
-  pin.depth = true;
-  return make_depth_plan(pm.spec, pin);
+  return make_depth_plan(pm.spec, plan_input(cfg, world, pm));
 }
 
 DType forward_dtype(const Config& cfg, const std::string& device, DType stored) {

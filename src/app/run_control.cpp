@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <initializer_list>
 #include <cstdio>
 #include <limits>
 #include <cstdlib>
@@ -48,31 +49,26 @@ void on_stop(int sig) {
   write_stderr(line);
 }
 
-// The ranks of the job before MPI starts, from the launchers' environment (0: none says). A
-// batch script's own environment (SLURM_PROCID 0, no step) is not a launched job.
-int launcher_size() {
-  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}) {
+// The first of the launcher variables `names` set to an integer >= lowest, else `none`.
+int launcher_value(std::initializer_list<const char*> names, long lowest, int none) {
+  for (const char* name : names) {
     const char* v = std::getenv(name);
     if (v == nullptr || *v == '\0') continue;
     char* end = nullptr;
     const long r = std::strtol(v, &end, 10);
-    if (*end == '\0' && r >= 1) return static_cast<int>(r);
+    if (*end == '\0' && r >= lowest) return static_cast<int>(r);
   }
-  return 0;
+  return none;
 }
 
-// The rank of this process before MPI starts, from the launchers' environment (-1: none says).
-// Open MPI's and PMIx's names come first: a batch shell's SLURM_PROCID (0) is inherited by the
-// ranks mpirun starts inside a job.
+// The ranks of the job before MPI starts (0: none says). A batch script's own environment
+// (SLURM_PROCID 0, no step) is not a launched job.
+int launcher_size() { return launcher_value({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}, 1, 0); }
+
+// The rank of this process before MPI starts (-1: none says). Open MPI's and PMIx's names come
+// first: a batch shell's SLURM_PROCID (0) is inherited by the ranks mpirun starts inside a job.
 int launcher_rank() {
-  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}) {
-    const char* v = std::getenv(name);
-    if (v == nullptr || *v == '\0') continue;
-    char* end = nullptr;
-    const long r = std::strtol(v, &end, 10);
-    if (*end == '\0' && r >= 0) return static_cast<int>(r);
-  }
-  return -1;
+  return launcher_value({"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}, 0, -1);
 }
 
 // Ctrl-C: the first asks for the same stop as SIGTERM (the layer or shot under way is committed,

@@ -234,11 +234,7 @@ namespace {
 // shards are consecutive in rank order): gathered and added in window order, so the mean has the
 // same bits at any rank count (an all-reduce of partial sums changed its last digit).
 double mean_in_window_order(dist::Comm& group, const std::vector<double>& mine) {
-  const auto counts = group.allgather(static_cast<std::int64_t>(mine.size() * sizeof(double)));
-  std::int64_t bytes = 0;
-  for (const auto c : counts) bytes += c;
-  std::vector<double> all(static_cast<std::size_t>(bytes) / sizeof(double));
-  group.allgatherv(std::as_bytes(std::span(mine)), std::as_writable_bytes(std::span(all)), counts);
+  const auto all = detail::allgather_vector(mine, group);
   double sum = 0;
   for (const double v : all) sum += v;
   return sum / static_cast<double>(all.size());
@@ -552,7 +548,12 @@ bool evaluate_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, 
                          resume);
 }
 
-bool evaluates_after(const Config& cfg, std::int64_t shot);
+// Whether surgeon.eval_shots asks for eval.sets after `shot` (the last shot's is the final
+// evaluation, which has tasks too).
+bool evaluates_after(const Config& cfg, std::int64_t shot) {
+  const auto& e = cfg.surgeon.eval_shots;
+  return shot < cfg.surgeon.shots && !cfg.eval.sets.empty() && std::count(e.begin(), e.end(), shot) > 0;
+}
 
 // The record of the eval_shots evaluation `shot` calls for, none done yet (null: none, or no
 // metrics file to resume from), committed with the shot so that no kill falls between the two.
@@ -585,13 +586,6 @@ bool commit_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, st
   if (r.world.is_root()) log_shot(rec);
   r.metrics.write(rec);
   return !evaluates_after(r.cfg, shot) || evaluate_shot(r, state, shot, eval_inputs);
-}
-
-// Whether surgeon.eval_shots asks for eval.sets after `shot` (the last shot's is the final
-// evaluation, which has tasks too).
-bool evaluates_after(const Config& cfg, std::int64_t shot) {
-  const auto& e = cfg.surgeon.eval_shots;
-  return shot < cfg.surgeon.shots && !cfg.eval.sets.empty() && std::count(e.begin(), e.end(), shot) > 0;
 }
 
 // The shot whose eval_shots evaluation the shot state's pointer says is under way (-1: none), on

@@ -84,26 +84,25 @@ for _ in $(seq 600); do sleep 0.1; done
 exit 0
 STEP
 chmod +x "$TMP/root/launch/early.sh"
-rm -f "$TMP/scontrol.calls"
-PATH="$TMP/bin:$PATH" SCALPEL_LAUNCHER=early SLURM_JOB_ID=4242 \
-  bash -c "source '$ROOT/slurm/job.sh'; scalpel_job '$TMP/root' prune cfg.yaml" > "$TMP/job.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do grep -q "step: started" "$TMP/job.log" 2> /dev/null && break; sleep 0.1; done
-kill -s USR1 "$pid"
-wait "$pid"
+# early_job ARGS...: the job with the step above, SIGUSR1 to its shell once the step runs; its exit
+# code (RESTART_COUNT: SLURM_RESTART_COUNT, default 0).
+early_job() {
+  rm -f "$TMP/scontrol.calls"
+  PATH="$TMP/bin:$PATH" SCALPEL_LAUNCHER=early SLURM_JOB_ID=4242 SLURM_RESTART_COUNT=${RESTART_COUNT:-0} \
+    bash -c "source '$ROOT/slurm/job.sh'; scalpel_job '$TMP/root' $*" > "$TMP/job.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 100); do grep -q "step: started" "$TMP/job.log" 2> /dev/null && break; sleep 0.1; done
+  kill -s USR1 "$pid"
+  wait "$pid"
+}
+early_job prune cfg.yaml
 rc=$?
 [ "$rc" = 75 ] || fail "a step killed by the forwarded SIGUSR1: exit $rc, want 75: $(cat "$TMP/job.log")"
 grep -q "requeue 4242" "$TMP/scontrol.calls" 2> /dev/null || fail "138: no requeue: $(cat "$TMP/job.log")"
 grep -q "nothing was lost: treated as interrupted" "$TMP/job.log" || fail "138: $(cat "$TMP/job.log")"
 
 # Not for a command without stopping points (eval: a requeue would redo it and be killed again).
-rm -f "$TMP/scontrol.calls"
-PATH="$TMP/bin:$PATH" SCALPEL_LAUNCHER=early SLURM_JOB_ID=4242 \
-  bash -c "source '$ROOT/slurm/job.sh'; scalpel_job '$TMP/root' eval cfg.yaml" > "$TMP/job.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do grep -q "step: started" "$TMP/job.log" 2> /dev/null && break; sleep 0.1; done
-kill -s USR1 "$pid"
-wait "$pid"
+early_job eval cfg.yaml
 rc=$?
 [ "$rc" = 138 ] || fail "an eval step killed by the forwarded SIGUSR1: exit $rc, want 138: $(cat "$TMP/job.log")"
 grep -q "requeue" "$TMP/scontrol.calls" 2> /dev/null && fail "eval 138: requeued: $(cat "$TMP/job.log")"
@@ -111,12 +110,7 @@ grep -q "requeue" "$TMP/scontrol.calls" 2> /dev/null && fail "eval 138: requeued
 # --restart is for the first run: a requeued run (SLURM_RESTART_COUNT 1) leaves it out, and says
 # so (it discarded the committed layers at every requeue, looping until SCALPEL_MAX_REQUEUES).
 restart_args() {  # RESTART_COUNT: the arguments the step got
-  PATH="$TMP/bin:$PATH" SCALPEL_LAUNCHER=early SLURM_JOB_ID=4242 SLURM_RESTART_COUNT=$1 \
-    bash -c "source '$ROOT/slurm/job.sh'; scalpel_job '$TMP/root' prune cfg.yaml --restart a=1" > "$TMP/job.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 100); do grep -q "step: started" "$TMP/job.log" 2> /dev/null && break; sleep 0.1; done
-  kill -s USR1 "$pid"
-  wait "$pid"
+  RESTART_COUNT=$1 early_job prune cfg.yaml --restart a=1
   grep "step: started" "$TMP/job.log"
 }
 [ "$(restart_args 0)" = "step: started prune cfg.yaml --restart a=1" ] || fail "restart 0: $(cat "$TMP/job.log")"
