@@ -671,6 +671,31 @@ void check_windows(const Config& cfg, dist::Comm& world, const CalibrationWindow
   check_laco_windows(cfg, calib.nseq, world.size());
 }
 
+// What every rank reads and checks alike before any work (on_every_rank: an error is printed once).
+struct DepthInputs {
+  std::shared_ptr<const io::HfCheckpoint> src;
+  model::ModelSpec spec;
+  std::int64_t n = 0;  // blocks to remove
+  std::vector<bool> prot;
+  std::unique_ptr<text::Tokenizer> tok;
+  CalibrationWindows calib;
+};
+
+DepthInputs depth_inputs(const Config& cfg, dist::Comm& world) {
+  auto src = open_model(cfg);
+  auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
+  std::int64_t n = 0;
+  auto prot = check_depth(cfg, spec, n, world.size());
+  // The plan's memory model decides before any work whether the job fits, as `scalpel plan` does.
+  if (cfg.parallel.memory_gb > 0) check_plan_fits(depth_plan_of_job(cfg, world.size()), cfg);
+  auto tok = make_tokenizer(cfg);
+  // deepest makes no pass over the windows: it reads no calibration text.
+  const bool passes = cfg.depth.criterion != "deepest";
+  auto calib = passes ? calibration_windows(cfg, spec, *tok) : CalibrationWindows{};
+  if (passes) check_windows(cfg, world, calib);
+  return {std::move(src), std::move(spec), n, std::move(prot), std::move(tok), std::move(calib)};
+}
+
 }  // namespace
 
 std::vector<bool> check_depth(const Config& cfg, const model::ModelSpec& spec, std::int64_t& n, int ranks) {
@@ -704,28 +729,19 @@ void check_laco_windows(const Config& cfg, std::int64_t nseq, int ranks) {
 }
 
 int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool scores_only, bool restart) {
-  if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   Timer timer;
   // SIGTERM/SIGUSR1 stop the run with exit code 75 (the batch scripts requeue on it) after a ppl
   // round or LaCo attempt, after the scoring, or between evaluation sets; the progress is kept in
   // the state file and the rerun goes on from there.
   install_stop_signals();
   set_interrupt_note(kDepthInterruptNote);
-  auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
-  const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
+  auto in = detail::on_every_rank(world, [&] { return depth_inputs(cfg, world); });
+  const auto& [src, spec, n, prot, tok, calib] = in;
+  const bool passes = cfg.depth.criterion != "deepest";
   detail::on_root(world, [&] { check_layer_tensors(cfg.model, spec); });
-  std::int64_t n = 0;
-  const auto prot = check_depth(cfg, spec, n, world.size());
-  // The plan's memory model decides before any work whether the job fits, as `scalpel plan` does.
-  if (cfg.parallel.memory_gb > 0) check_plan_fits(depth_plan_of_job(cfg, world.size()), cfg);
-  auto tok = make_tokenizer(cfg);
   EvalInputs eval_inputs;
   if (!scores_only) eval_inputs = check_run_end(world, cfg, spec, *tok);
   auto backend = make_rank_backend(cfg, place);
-  // deepest makes no pass over the windows: it reads no calibration text.
-  const bool passes = cfg.depth.criterion != "deepest";
-  const auto calib = passes ? calibration_windows(cfg, spec, *tok) : CalibrationWindows{};
-  if (passes) check_windows(cfg, world, calib);
   // Opened before the scoring: a metrics file that cannot be written fails now, not after it.
   Metrics metrics;
   if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((fs::path(cfg.output.dir) / cfg.output.metrics).string());

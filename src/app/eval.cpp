@@ -45,6 +45,11 @@ text::TokenizerMode tokenizer_mode(const std::string& mode) {
   SCALPEL_INPUT_ERROR("tokenizer mode '{}': expected transformers or sentencepiece", mode);
 }
 
+std::shared_ptr<const io::HfCheckpoint> open_model(const Config& cfg) {
+  if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
+  return std::make_shared<const io::HfCheckpoint>(cfg.model);
+}
+
 std::unique_ptr<text::Tokenizer> make_tokenizer(const Config& cfg) {
   return text::Tokenizer::from_folder(cfg.model, tokenizer_mode(cfg.tokenizer.mode));
 }
@@ -253,22 +258,29 @@ bool evaluate_config(model::Model& m, const EvalInputs& inputs, const Config& cf
 }
 
 int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
-  if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
-  if (cfg.eval.sets.empty() && cfg.eval.tasks.empty())
-    SCALPEL_INPUT_ERROR("config: 'eval.sets' and 'eval.tasks' are empty: nothing to evaluate (e.g. --text "
-                        "wikitext2:FILE or --task piqa:FILE)");
   const int threads = threads_per_rank(cfg.threads, place.local_ranks);
-  auto backend = make_rank_backend(cfg, place);
-  auto ckpt = std::make_shared<const io::HfCheckpoint>(cfg.model);
-  auto spec = model::ModelSpec::from_config(ckpt->config(), (std::filesystem::path(cfg.model) / "config.json").string());
+  struct Opened {
+    std::unique_ptr<Backend> backend;
+    std::shared_ptr<const io::HfCheckpoint> ckpt;
+    model::ModelSpec spec;
+    DType fwd;
+  };
+  // What every rank checks alike (an error is printed once).
+  const auto [backend, ckpt, spec, fwd] = detail::on_every_rank(comm, [&] {
+    auto src = open_model(cfg);
+    if (cfg.eval.sets.empty() && cfg.eval.tasks.empty())
+      SCALPEL_INPUT_ERROR("config: 'eval.sets' and 'eval.tasks' are empty: nothing to evaluate (e.g. --text "
+                          "wikitext2:FILE or --task piqa:FILE)");
+    auto be = make_rank_backend(cfg, place);
+    auto sp = model::ModelSpec::from_config(src->config(), (std::filesystem::path(cfg.model) / "config.json").string());
+    const auto dt = forward_dtype(cfg, *src, sp);
+    return Opened{std::move(be), std::move(src), std::move(sp), dt};
+  });
   // The texts and task files, read and encoded, before anything is written or run (a missing file
   // left an empty metrics file; a text too short or a request that cannot be encoded stopped the
   // run after the sets before it, their records written).
-  std::unique_ptr<text::Tokenizer> tok;
-  if (comm.is_root()) tok = make_tokenizer(cfg);
   EvalInputs inputs;
-  detail::on_root(comm, [&] { inputs = read_eval_inputs(cfg, spec, *tok); });
-  const DType fwd = forward_dtype(cfg, *ckpt, spec);
+  detail::on_root(comm, [&] { inputs = read_eval_inputs(cfg, spec, *make_tokenizer(cfg)); });
   log::info("model {} ({}, {} layers, hidden {}, {:.2f}M params), {} rank(s) x {} thread(s), backend {} ({} forward)",
             cfg.model, spec.model_type, spec.layers, spec.hidden, spec.total_params() / 1e6, comm.size(), threads,
             backend->name(), dtype_name(fwd));

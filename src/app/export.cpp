@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <exception>
 #include <fstream>
 
 #include "scalpel/core/error.hpp"
@@ -13,6 +14,7 @@
 #include "scalpel/io/manifest.hpp"
 #include "scalpel/io/shot_checkpoint.hpp"
 #include "scalpel/model/spec.hpp"
+#include "root_work.hpp"
 
 namespace fs = std::filesystem;
 
@@ -254,13 +256,29 @@ void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, c
     if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", tmp.string(), ec.message());
   }
   if (comm) comm->barrier();
+  // A failed export leaves no half-written folder behind: a writer's error is every writer's
+  // (on_every_rank), and rank 0 removes the folder before any of them ends the job. A rank that
+  // dies outright leaves it to the next export, which starts by removing it.
+  std::exception_ptr failed;
   try {
-    write_tensors(tmp, rewritten_tensors(src, rw), shard_bytes, w);
+    const auto write = [&] {
+      try {
+        write_tensors(tmp, rewritten_tensors(src, rw), shard_bytes, w);
+      } catch (const Error&) {
+        throw;
+      } catch (const std::exception& e) {  // out of memory, a file system error: shared as well
+        SCALPEL_RUNTIME_ERROR("export to {}: {}", out.string(), e.what());
+      }
+    };
+    if (comm) detail::on_every_rank(*comm, write);
+    else write();
   } catch (...) {
-    // A failed export leaves no half-written folder behind (rank 0's failure; one on another
-    // writer ends the job, and the next export starts by removing the folder).
+    failed = std::current_exception();
+  }
+  if (failed) {
     if (w.rank == 0) fs::remove_all(tmp, ec);
-    throw;
+    if (comm) comm->barrier();
+    std::rethrow_exception(failed);
   }
   if (comm) comm->barrier();  // every shard written
   if (w.rank == 0) {

@@ -16,6 +16,7 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/dist/comm.hpp"
+#include "root_work.hpp"
 
 namespace {
 
@@ -221,27 +222,31 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
   using namespace scalpel::app;
   const int rank = world.rank();
   const NodePlace place{world.local_rank(), world.local_size()};
+  // A config error (every rank reads the same files and arguments) is printed once.
+  const auto agreed_config = [&](auto&& load) { return detail::on_every_rank(world, load); };
   const auto printed = [&](const Config& cfg) {
     if (o.print_config && rank == 0) std::cout << dump_config(cfg, /*readable=*/true);
     return o.print_config;
   };
   if (*c.eval) {
-    std::vector<std::string> extra;
-    if (!o.text.empty()) extra.push_back("eval.sets=" + preset_path_list("--text", o.text));
-    if (!o.task.empty()) extra.push_back("eval.tasks=" + preset_path_list("--task", o.task));
-    const auto cfg = command_config(o.eval_args, o, extra);
+    const auto cfg = agreed_config([&] {
+      std::vector<std::string> extra;
+      if (!o.text.empty()) extra.push_back("eval.sets=" + preset_path_list("--text", o.text));
+      if (!o.task.empty()) extra.push_back("eval.tasks=" + preset_path_list("--task", o.task));
+      return command_config(o.eval_args, o, extra);
+    });
     return printed(cfg) ? 0 : run_eval(cfg, world, place);
   }
   if (*c.prune) {
-    const auto cfg = command_config(o.prune_args, o);
+    const auto cfg = agreed_config([&] { return command_config(o.prune_args, o); });
     return printed(cfg) ? 0 : run_prune(cfg, world, place, o.restart);
   }
   if (*c.depth) {
-    const auto cfg = command_config(o.depth_args, o);
+    const auto cfg = agreed_config([&] { return command_config(o.depth_args, o); });
     return printed(cfg) ? 0 : run_depth(cfg, world, place, o.scores_only, o.restart);
   }
   if (*c.plan) {
-    const auto cfg = command_config(o.plan_args, o);
+    const auto cfg = agreed_config([&] { return command_config(o.plan_args, o); });
     int ranks = o.plan_ranks > 0 ? o.plan_ranks : world.size();
     if (o.plan_ranks <= 0 && world.size() == 1 && cfg.parallel.data > 0)
       ranks = cfg.parallel.stages * cfg.parallel.data;

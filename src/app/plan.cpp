@@ -249,7 +249,7 @@ namespace {
 // ---- make_plan in parts: the job, the rates, the per-layer terms every rank shares, a stage's
 // reads and writes, and per rank its memory phases, its FLOPs and its times. ----
 
-// The grid (the same rules and messages as dist::make_grid), the job's settings and the stored
+// The grid (dist::grid_data, as the run checks it), the job's settings and the stored
 // sizes.
 struct Job {
   const model::ModelSpec& spec;
@@ -267,18 +267,7 @@ struct Job {
   Job(const model::ModelSpec& sp, const PlanInput& pi) : spec(sp), in(pi), cfg(pi.cfg) {
     SCALPEL_CHECK_INPUT(in.world >= 1, "--ranks must be >= 1, got {}", in.world);
     S = cfg.parallel.stages;
-    SCALPEL_CHECK_INPUT(S >= 1, "config: 'parallel.stages' must be >= 1, got {}", S);
-    D = cfg.parallel.data;
-    if (D == 0) {
-      SCALPEL_CHECK_INPUT(in.world % S == 0,
-                          "config: 'parallel.stages' {} does not divide the {} ranks of the job (world = stages x data)",
-                          S, in.world);
-      D = in.world / S;
-    }
-    SCALPEL_CHECK_INPUT(static_cast<I>(S) * D == in.world,
-                        "config: 'parallel.stages' {} x 'parallel.data' {} = {} ranks, but the job has {} (world = "
-                        "stages x data)",
-                        S, D, static_cast<I>(S) * D, in.world);
+    D = dist::grid_data(in.world, S, cfg.parallel.data);
     SCALPEL_CHECK_INPUT(S <= spec.layers, "config: 'parallel.stages' {} exceeds the model's {} layers (a stage owns at "
                         "least one layer)", S, spec.layers);
     sparsegpt = cfg.prune.method == "sparsegpt";

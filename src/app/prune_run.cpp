@@ -507,12 +507,18 @@ bool path_inside(const fs::path& outer, const fs::path& inner) {
   return path_within(o, i);
 }
 
-}  // namespace
+// What an export reads, every rank alike: the checkpoint, the model it was made from and its spec.
+struct ExportSource {
+  std::optional<io::Checkpoint> ckpt;
+  std::string model;
+  std::optional<io::HfCheckpoint> src;
+  std::optional<model::ModelSpec> spec;
+};
 
-int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& place) {
+// Opens and checks the export's inputs; an input Error names the option or file at fault.
+void open_export(const ExportRequest& req, ExportSource& in) {
   // An LLM Surgeon state: the last shot's checkpoint, once every shot is committed; its fp32
   // tensors are rounded to the model's dtypes below, as the prune's own export rounds them.
-  // Every rank checks the same files, so a refusal ends all of them with the same message.
   if (req.shard_mb < 1) SCALPEL_INPUT_ERROR("--shard-mb: {} must be >= 1 (MB per output shard)", req.shard_mb);
   if (req.writers_per_node < 0)
     SCALPEL_INPUT_ERROR("--writers: {} is negative (ranks per node writing shards; 0 = every rank)",
@@ -532,12 +538,12 @@ int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& pla
                           "the same scalpel prune command)", req.checkpoint, state.last_shot(), state.total_shots());
     return state.last();
   };
-  const auto ckpt = open_checkpoint();
+  const auto& ckpt = in.ckpt.emplace(open_checkpoint());
   if (!ckpt.complete())
     SCALPEL_INPUT_ERROR("checkpoint {}: not complete ({} of {} layers committed); finish the prune first (rerun "
                         "the same scalpel prune command)",
                         req.checkpoint, ckpt.committed_count(), ckpt.num_layers());
-  const std::string model =
+  const std::string& model = in.model =
       req.model.empty() ? ckpt.manifest().at("model").at("name").get<std::string>() : req.model;
   // The manifest holds the model's path as the prune was given it (relative to where it ran).
   std::error_code ec;
@@ -546,14 +552,26 @@ int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& pla
                         "with --model", req.checkpoint, model,
                         fs::path(model).is_relative() ? ", relative to the folder it ran in" : "",
                         fs::path(model).is_relative() ? "from here" : "any more");
-  const io::HfCheckpoint src(model);
+  const auto& src = in.src.emplace(model);
   const auto& made_from = ckpt.manifest().at("model");
   if (const auto fp = io::model_fingerprint(model); fp != made_from.at("fingerprint").get<std::string>())
     SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {}: the fingerprint of its config.json and "
                         "weight file headers is {}, the checkpoint's model ({} as the prune read it) had {}",
                         req.checkpoint, model, fp, made_from.at("name").get<std::string>(),
                         made_from.at("fingerprint").get<std::string>());
-  const auto spec = model::ModelSpec::from_config(src.config(), (fs::path(model) / "config.json").string());
+  in.spec.emplace(model::ModelSpec::from_config(src.config(), (fs::path(model) / "config.json").string()));
+}
+
+}  // namespace
+
+int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& place) {
+  // Every rank checks the same files: a refusal is printed once and ends all of them.
+  ExportSource in;
+  detail::on_every_rank(world, [&] { open_export(req, in); });
+  const auto& ckpt = *in.ckpt;
+  const auto& model = in.model;
+  const auto& src = *in.src;
+  const auto& spec = *in.spec;
   PrunedReader reader(ckpt, src, spec);
   const auto lazy = reader.lazy();
   const int writers = export_by_writers(src, lazy, req.out, req.shard_mb << 20, world, place, req.writers_per_node);
@@ -729,46 +747,39 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
                  {"export_s", exporting ? nlohmann::json(export_s) : nlohmann::json(nullptr)}});
 }
 
-// What every step of a layer-by-layer prune reads: the settings, the grid, the model and the
-// calibration windows (every rank tokenizes the text: cheaper than shipping the ids around) with
-// this rank's shard of them. Built with every input check that can run before any work.
-struct PruneSession {
-  PruneSession(const Config& c, dist::Comm& w, const NodePlace& place, bool restart)
-      : cfg(c), world(w), grid(dist::make_grid(w, c.parallel.stages, c.parallel.data)),
-        threads(threads_per_rank(c.threads, place.local_ranks)), backend(make_rank_backend(c, place)),
-        src(std::make_shared<const io::HfCheckpoint>(c.model)),
+// What every rank reads and checks alike before any work, from the config, the model folder and the
+// calibration text (every rank tokenizes it: cheaper than shipping the ids around). Built by
+// on_every_rank: an error is printed once.
+struct PruneInputs {
+  PruneInputs(const Config& c, int ranks, const NodePlace& place, bool restart)
+      : threads(threads_per_rank(c.threads, place.local_ranks)), backend(make_rank_backend(c, place)),
+        src(open_model(c)),
         spec(model::ModelSpec::from_config(src->config(), (fs::path(c.model) / "config.json").string())),
         pattern(prune::Pattern::parse(c.prune.pattern, c.prune.sparsity, "config: 'prune.pattern'")),
         method(prune::parse_method(c.prune.method, "config: 'prune.method'")),
         groups(spec.linear_groups(c.prune.targets, "config: 'prune.targets'")), fwd(forward_dtype(c, *src, spec)) {
-    if (grid.stages > spec.layers)
-      SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", grid.stages, spec.layers,
-                          c.model);
-    detail::on_root(w, [&] { check_layer_tensors(c.model, spec); });
+    const int data = dist::grid_data(ranks, c.parallel.stages, c.parallel.data);
+    if (c.parallel.stages > spec.layers)
+      SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", c.parallel.stages,
+                          spec.layers, c.model);
     if (pattern.is_nm()) check_nm_widths(groups, pattern.n, pattern.m);
-    // A typo in the evaluation settings or an export folder that would be refused must not
-    // surface only after hours of pruning.
     tok = make_tokenizer(c);
-    eval_inputs = check_run_end(w, c, spec, *tok);
     calib = calibration_windows(c, spec, *tok);
-    shard = calibration_shard(calib.nseq, c.calibration.batch, grid.data, grid.data_index);
-    if (c.parallel.memory_gb > 0) check_memory(restart);
+    (void)calibration_shard(calib.nseq, c.calibration.batch, data, 0);  // enough batches for a stage's ranks
+    if (c.parallel.memory_gb > 0) check_memory(c, ranks, restart);
   }
 
   // The plan's memory model decides before any work whether the job fits (the same check as
   // `scalpel plan`, which prints the terms). A sensitivity estimate the run will read whole (its
   // allocation.traces, or every probe kept in the checkpoint) is no phase of this run.
-  void check_memory(bool restart) const {
+  void check_memory(const Config& cfg, int ranks, bool restart) const {
     const auto probes = restart ? std::string() : (fs::path(cfg.output.dir) / cfg.output.checkpoint /
                                                    kSensitivityProbesFile).string();
     Config planned = cfg;
     if (sensitivity_estimate_kept(cfg, groups, calib, probes)) planned.prune.allocation = Config{}.prune.allocation;
-    check_plan_fits(plan_of_job(planned, world.size()), cfg);
+    check_plan_fits(plan_of_job(planned, ranks), cfg);
   }
 
-  const Config& cfg;
-  dist::Comm& world;
-  dist::Grid grid;
   int threads;
   std::unique_ptr<Backend> backend;
   std::shared_ptr<const io::HfCheckpoint> src;
@@ -778,8 +789,27 @@ struct PruneSession {
   std::vector<TargetGroup> groups;
   DType fwd;
   std::unique_ptr<text::Tokenizer> tok;
-  EvalInputs eval_inputs;  // rank 0
   CalibrationWindows calib;
+};
+
+// What every step of a layer-by-layer prune reads: the checked inputs, the grid with this rank's
+// shard of the calibration windows, and (rank 0) the evaluation texts. Built with every input
+// check that can run before any work.
+struct PruneSession : PruneInputs {
+  PruneSession(const Config& c, dist::Comm& w, const NodePlace& place, bool restart)
+      : PruneInputs(detail::on_every_rank(w, [&] { return PruneInputs(c, w.size(), place, restart); })),
+        cfg(c), world(w), grid(dist::make_grid(w, c.parallel.stages, c.parallel.data)) {
+    detail::on_root(w, [&] { check_layer_tensors(c.model, spec); });
+    // A typo in the evaluation settings or an export folder that would be refused must not
+    // surface only after hours of pruning.
+    eval_inputs = check_run_end(w, c, spec, *tok);
+    shard = calibration_shard(calib.nseq, c.calibration.batch, grid.data, grid.data_index);
+  }
+
+  const Config& cfg;
+  dist::Comm& world;
+  dist::Grid grid;
+  EvalInputs eval_inputs;  // rank 0
   WindowRange shard;
 };
 
@@ -918,7 +948,6 @@ void log_prune_start(const PruneSession& s, std::int64_t resume_from, const fs::
 
 int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
   if (cfg.prune.method == "surgeon") return run_surgeon(cfg, world, place, restart);
-  if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
   Timer total_timer;
   install_stop_signals();
   const PruneSession s(cfg, world, place, restart);

@@ -1,10 +1,14 @@
 // Work that one rank does and shares with the others: rank 0 reading and tokenizing an input
-// file, or items split over the ranks (factorisations, LLM Surgeon's updates). An error on the rank
-// doing the work becomes the same error on every rank, so no rank waits for data that never comes,
-// and the job ends with the message naming what failed.
+// file, or items split over the ranks (factorisations, LLM Surgeon's updates); and the input checks
+// every rank makes alike. An error on the rank doing the work becomes the same error on every rank,
+// so no rank waits for data that never comes, and the job ends with the message naming what failed,
+// printed once.
 #pragma once
+#include <algorithm>
+#include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "scalpel/core/error.hpp"
@@ -12,23 +16,61 @@
 
 namespace scalpel::app::detail {
 
-// Runs `work` on rank 0; an input Error it throws is rethrown on every rank.
+// Runs `work` on rank 0; an Error it throws is rethrown on every rank, of the same kind.
 template <class F>
 void on_root(dist::Comm& comm, F&& work) {
   std::string err;
+  std::int64_t kind = -1;
   if (comm.is_root()) {
     try {
       work();
     } catch (const Error& e) {
       err = e.what();
+      kind = static_cast<std::int64_t>(e.kind());
     }
   }
-  std::int64_t failed = err.empty() ? 0 : 1;
-  comm.broadcast(std::as_writable_bytes(std::span(&failed, 1)), 0);
-  if (failed) {
+  comm.broadcast(std::as_writable_bytes(std::span(&kind, 1)), 0);
+  if (kind >= 0) {
     comm.broadcast_string(err, 0);
-    throw SharedError(ErrorKind::input, err, comm.size(), __FILE__, __LINE__);
+    throw SharedError(static_cast<ErrorKind>(kind), err, comm.size(), __FILE__, __LINE__);
   }
+}
+
+// Runs `check` on every rank and returns its result: input checks each rank makes alike from the
+// same inputs (a config, a model's config.json, the calibration text). An Error on any rank becomes
+// a SharedError on every rank, with the kind and message of the lowest failing rank (naming it when
+// some ranks passed), so a config typo at 64 ranks is printed once and not 64 times under
+// MPI_Abort's banner. `check` makes no collective call (a failing rank would leave the others
+// waiting in it).
+template <class F>
+auto on_every_rank(dist::Comm& comm, F&& check) -> decltype(check()) {
+  using R = decltype(check());
+  if (comm.size() == 1) return check();
+  std::string err;
+  std::int64_t kind = -1;
+  std::optional<std::conditional_t<std::is_void_v<R>, bool, R>> result;
+  try {
+    if constexpr (std::is_void_v<R>) {
+      check();
+      result = true;
+    } else {
+      result.emplace(check());
+    }
+  } catch (const Error& e) {
+    err = e.what();
+    kind = static_cast<std::int64_t>(e.kind());
+  }
+  const auto failed = comm.allgather(kind >= 0 ? 1 : 0);
+  const auto first = std::find(failed.begin(), failed.end(), 1);
+  if (first == failed.end()) {
+    if constexpr (std::is_void_v<R>) return;
+    else return std::move(*result);
+  }
+  const int root = static_cast<int>(first - failed.begin());
+  comm.broadcast(std::as_writable_bytes(std::span(&kind, 1)), root);
+  comm.broadcast_string(err, root);
+  if (std::count(failed.begin(), failed.end(), 1) < comm.size()) err += fmt::format(" (on rank {})", root);
+  throw SharedError(static_cast<ErrorKind>(kind), err, comm.size(), __FILE__, __LINE__);
 }
 
 // Items split over the ranks of comm, owners[i] the rank that does item i: each rank runs work(i)

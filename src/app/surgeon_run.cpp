@@ -600,25 +600,43 @@ std::int64_t pending_shot_evaluation(const io::ShotCheckpoint& state, dist::Comm
   return shot;
 }
 
-}  // namespace
+// What every rank reads and checks alike before any work (on_every_rank: an error is printed once).
+struct SurgeonInputs {
+  std::shared_ptr<const io::HfCheckpoint> src;
+  model::ModelSpec spec;
+  sg::Options opt;
+  std::unique_ptr<text::Tokenizer> tok;
+  CalibrationWindows calib;
+  std::vector<SurgeonTarget> targets;
+};
 
-int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
+SurgeonInputs surgeon_inputs(const Config& cfg, int ranks) {
   check_surgeon_config(cfg);
-  Timer total_timer;
-  install_stop_signals();
-  const auto grid = dist::make_grid(world, 1, cfg.parallel.data);
-  auto backend = make_rank_backend(cfg, place);
-  Backend& be = *backend;
-  auto src = std::make_shared<const io::HfCheckpoint>(cfg.model);
-  const auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
-  detail::on_root(world, [&] { check_layer_tensors(cfg.model, spec); });
+  const int data = dist::grid_data(ranks, 1, cfg.parallel.data);
+  auto src = open_model(cfg);
+  auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
   const auto opt = surgeon_options(cfg);
   auto targets = targets_of(spec, cfg, opt);
   // The plan's memory model decides before any work whether the job fits, as `scalpel plan` does.
-  if (cfg.parallel.memory_gb > 0) check_plan_fits(plan_of_job(cfg, world.size()), cfg);
+  if (cfg.parallel.memory_gb > 0) check_plan_fits(plan_of_job(cfg, ranks), cfg);
   auto tok = make_tokenizer(cfg);
+  auto calib = calibration_windows(cfg, spec, *tok);
+  (void)calibration_shard(calib.nseq, cfg.calibration.batch, data, 0);  // enough batches for the data ranks
+  return {std::move(src), std::move(spec), opt, std::move(tok), std::move(calib), std::move(targets)};
+}
+
+}  // namespace
+
+int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
+  Timer total_timer;
+  install_stop_signals();
+  auto in = detail::on_every_rank(world, [&] { return surgeon_inputs(cfg, world.size()); });
+  auto& [src, spec, opt, tok, calib, targets] = in;
+  const auto grid = dist::make_grid(world, 1, cfg.parallel.data);
+  auto backend = make_rank_backend(cfg, place);
+  Backend& be = *backend;
+  detail::on_root(world, [&] { check_layer_tensors(cfg.model, spec); });
   const auto eval_inputs = check_run_end(world, cfg, spec, *tok);
-  const auto calib = calibration_windows(cfg, spec, *tok);
   const auto shard = calibration_shard(calib.nseq, cfg.calibration.batch, grid.data, grid.data_index);
   const std::string config_hash = prune_config_hash(cfg, calib.ids);
   io::ShotCheckpoint state =

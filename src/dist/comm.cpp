@@ -240,19 +240,23 @@ std::unique_ptr<Comm> MpiComm::split(int color, int key) {
   return c;
 }
 
-Grid make_grid(Comm& world, int stages, int data) {
+int grid_data(int world, int stages, int data) {
   SCALPEL_CHECK_INPUT(stages >= 1, "config: 'parallel.stages' must be >= 1, got {}", stages);
-  const int w = world.size();
   if (data == 0) {
-    SCALPEL_CHECK_INPUT(w % stages == 0,
+    SCALPEL_CHECK_INPUT(world % stages == 0,
                         "config: 'parallel.stages' {} does not divide the {} ranks of the job (world = stages x data)",
-                        stages, w);
-    data = w / stages;
+                        stages, world);
+    data = world / stages;
   }
-  SCALPEL_CHECK_INPUT(stages * data == w,
+  SCALPEL_CHECK_INPUT(static_cast<std::int64_t>(stages) * data == world,
                       "config: 'parallel.stages' {} x 'parallel.data' {} = {} ranks, but the job has {} (world = "
                       "stages x data)",
-                      stages, data, stages * data, w);
+                      stages, data, static_cast<std::int64_t>(stages) * data, world);
+  return data;
+}
+
+Grid make_grid(Comm& world, int stages, int data) {
+  data = grid_data(world.size(), stages, data);
   Grid g;
   g.stages = stages;
   g.data = data;

@@ -1,7 +1,8 @@
 // Shared SparseGPT factors over the ranks of MPI_COMM_WORLD (registered at 1, 2 and 4 ranks): the
 // greedy owner assignment, every rank receiving bitwise the factor it would have made itself, and a
 // factorisation that fails on its owner failing on every rank with the owner's message and error
-// kind (detail::owned_work, which LLM Surgeon's scores and updates use too).
+// kind (detail::owned_work, which LLM Surgeon's scores and updates use too); and the input checks
+// every rank makes alike (detail::on_every_rank), whose error every rank raises once.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <random>
 
 #include "../../src/app/factor_share.hpp"
+#include "../../src/app/root_work.hpp"
 #include "../common/mpi_test_main.hpp"
 #include "../common/reference.hpp"
 #include "scalpel/core/error.hpp"
@@ -136,6 +138,51 @@ TEST(SharedFactors, AFailureOnItsOwnerFailsEveryRank) {
     // The owner's error kind (a non-finite Hessian is an input error, exit 2) at any rank count.
     EXPECT_EQ(e.kind(), ErrorKind::input) << msg;
   }
+}
+
+TEST(OnEveryRank, ReturnsTheResultWhenEveryRankPasses) {
+  const int r = app::detail::on_every_rank(*g_world, [] { return g_world->rank() * 10; });
+  EXPECT_EQ(r, g_world->rank() * 10);
+  int calls = 0;
+  app::detail::on_every_rank(*g_world, [&] { ++calls; });
+  EXPECT_EQ(calls, 1);
+}
+
+TEST(OnEveryRank, AnErrorEveryRankMeetsIsOneSharedErrorWithRankZerosMessage) {
+  try {
+    app::detail::on_every_rank(*g_world, [] {
+      SCALPEL_INPUT_ERROR("config: 'prune.sparsity' is wrong on rank {}", g_world->rank());
+    });
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {  // one rank: the check's own Error, printed by its only rank
+    EXPECT_EQ(e.kind(), ErrorKind::input);
+    const auto* shared = dynamic_cast<const SharedError*>(&e);
+    ASSERT_EQ(shared != nullptr, g_world->size() > 1);
+    // main prints it once, on rank 0, with no MPI_Abort.
+    if (shared) {
+      EXPECT_EQ(shared->ranks(), g_world->size());
+    }
+    EXPECT_STREQ(e.what(), "config: 'prune.sparsity' is wrong on rank 0");  // the lowest rank's, no rank named
+  }
+}
+
+TEST(OnEveryRank, AnErrorOnSomeRanksNamesTheLowestAndKeepsItsKind) {
+  const int size = g_world->size();
+  if (size == 1) GTEST_SKIP() << "needs 2 or more ranks (registered at 2 and 4)";
+  try {
+    app::detail::on_every_rank(*g_world, [&] {
+      if (g_world->rank() >= size / 2) SCALPEL_RUNTIME_ERROR("cannot read shard on rank {}", g_world->rank());
+      return 1;
+    });
+    ADD_FAILURE() << "no error";
+  } catch (const SharedError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::runtime);
+    EXPECT_EQ(std::string(e.what()), fmt::format("cannot read shard on rank {0} (on rank {0})", size / 2));
+  }
+  // Every rank is still in step: a collective after the error completes.
+  std::int64_t one = 1;
+  g_world->allreduce_sum(std::span(&one, 1));
+  EXPECT_EQ(one, size);
 }
 
 }  // namespace

@@ -187,6 +187,24 @@ TEST_F(PruneDist, TheExportCommandWritesTheSameFolderFromThreeRanks) {
     EXPECT_EQ(std::distance(fs::directory_iterator(base / run), fs::directory_iterator()), files) << run;
     EXPECT_FALSE(fs::exists(base / (std::string(run) + ".tmp-export"))) << run;
   }
+  // A checkpoint shard that no longer reads (bytes flipped in its data) fails the writer that
+  // reads it, here not rank 0: the error is printed once, and no half-written folder is left
+  // (rank 0 removed it only after its own failures, so 2 of 3 writers' shards stayed behind).
+  const auto shard = base / "r1/ckpt/layer-00003.shard-00000.h5";
+  auto bytes = read_bytes(shard);
+  for (std::size_t i = bytes.size() / 2; i < bytes.size() / 2 + 64; ++i) bytes[i] = static_cast<char>(~bytes[i]);
+  std::ofstream(shard, std::ios::binary | std::ios::trunc) << bytes;
+  const auto out = run_capture({kMpiexec, "-n", "3", "--oversubscribe", kBin, "export", "--checkpoint",
+                                (base / "r1/ckpt").string(), "--out", (base / "bad").string(), "--shard-mb", "2"});
+  EXPECT_EQ(out.find("exit=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("layer-00003.shard-00000.h5"), std::string::npos) << out;
+  EXPECT_NE(out.find("(on rank "), std::string::npos) << out;
+  EXPECT_EQ(out.find("(on rank 0)"), std::string::npos) << out;
+  std::size_t said = 0;
+  for (auto p = out.find("scalpel: error"); p != std::string::npos; p = out.find("scalpel: error", p + 1)) ++said;
+  EXPECT_EQ(said, 1u) << out;
+  EXPECT_FALSE(fs::exists(base / "bad.tmp-export"));
+  EXPECT_FALSE(fs::exists(base / "bad"));
   fs::remove_all(base);
 }
 
@@ -453,6 +471,38 @@ TEST_F(PruneDist, AJobThatDoesNotFitTheMemoryLimitIsRefusedBeforeItStarts) {
   EXPECT_NE(out.find("exit=2"), std::string::npos) << out;
   EXPECT_NE(out.find("parallel.memory_gb"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(base / "run/ckpt/manifest.json")) << "nothing may be started";
+  fs::remove_all(base);
+}
+
+// An input check every rank makes alike (the config, the model folder, the calibration text, the
+// grid, an export's checkpoint) is printed once, by rank 0, with exit code 2 and no MPI_Abort
+// banner; each was printed once per rank under MPI_Abort's banner.
+TEST_F(PruneDist, InputErrorsEveryRankMeetsArePrintedOnce) {
+  NEED_SHARED();
+  const auto base = temp_dir("once");
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases{
+      {prune_cmd(2, base / "a", {"prune.sparsityy=0.5"}), "unknown key 'prune.sparsityy'"},
+      {prune_cmd(2, base / "b", {"calibration.path=/nowhere.txt"}), "/nowhere.txt"},
+      {prune_cmd(2, base / "c", {"prune.pattern=3:5"}), "'prune.pattern' 3:5"},
+      {prune_cmd(2, base / "d", {"parallel.stages=3"}), "'parallel.stages' 3 does not divide the 2 ranks"},
+      {prune_cmd(2, base / "e", {"prune.method=surgeon", "calibration.seqlen=4096"}), "'calibration.seqlen' 4096"},
+      {{kMpiexec, "-n", "2", "--oversubscribe", kBin, "eval", "--model", (base / "nomodel").string(), "--text",
+        "text:" + (kShared / "data/corpus/heldout.txt").string()},
+       (base / "nomodel").string()},
+      {{kMpiexec, "-n", "2", "--oversubscribe", kBin, "export", "--checkpoint", (base / "nockpt").string(), "--out",
+        (base / "x").string()},
+       "manifest.json is missing"},
+  };
+  for (const auto& [cmd, says] : cases) {
+    const auto out = run_capture(cmd);
+    EXPECT_NE(out.find("exit=2"), std::string::npos) << out;
+    EXPECT_NE(out.find(says), std::string::npos) << out;
+    std::size_t said = 0;
+    for (auto p = out.find("scalpel: error"); p != std::string::npos; p = out.find("scalpel: error", p + 1)) ++said;
+    EXPECT_EQ(said, 1u) << out;
+    EXPECT_EQ(out.find("MPI_ABORT"), std::string::npos) << out;
+  }
+  EXPECT_FALSE(fs::exists(base / "a")) << "nothing may be written";
   fs::remove_all(base);
 }
 

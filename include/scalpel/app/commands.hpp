@@ -118,6 +118,9 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
                         const std::string& name, double progress_seconds,
                         const std::function<void()>& heartbeat = {});
 
+// The model folder cfg.model (an input Error when the config names none).
+std::shared_ptr<const io::HfCheckpoint> open_model(const Config& cfg);
+
 // The tokenizer of cfg.model with cfg.tokenizer.mode.
 std::unique_ptr<text::Tokenizer> make_tokenizer(const Config& cfg);
 text::TokenizerMode tokenizer_mode(const std::string& mode);

@@ -149,6 +149,9 @@ struct Grid {
 };
 // data == 0: world / stages. Input Error when world is not stages x data.
 Grid make_grid(Comm& world, int stages, int data);
+// make_grid's check, made by no collective call: the data ranks per stage of a grid of `world`
+// ranks (data == 0: world / stages), or an input Error naming parallel.stages and parallel.data.
+int grid_data(int world, int stages, int data);
 
 // Contiguous block split of n items over `parts`: the [begin, end) of part p (the first n % parts
 // parts get one more).
