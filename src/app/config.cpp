@@ -20,11 +20,20 @@
 namespace scalpel::app {
 namespace {
 
+// A section or list given with no value ("prune:" with nothing under it, "~"): something
+// forgotten, refused as a key with no value is (it silently meant all the defaults).
+void refuse_null(const YAML::Node& node, const std::string& source, const std::string& key, const char* what) {
+  if (node && node.IsNull())
+    SCALPEL_INPUT_ERROR("{}: '{}' has no value (YAML null); give its {}, or leave it out for the defaults", source,
+                        key, what);
+}
+
 // Reads one YAML map, remembering which keys were used, so that leftovers are reported.
 class MapReader {
  public:
   MapReader(const YAML::Node& node, std::string path, const std::string& source)
       : node_(node), path_(std::move(path)), source_(source) {
+    if (!path_.empty()) refuse_null(node_, source_, path_, "keys");
     if (node_ && !node_.IsNull() && !node_.IsMap())
       SCALPEL_INPUT_ERROR("{}: '{}' must be a mapping", source_, path_.empty() ? "<top>" : path_);
   }
@@ -60,7 +69,7 @@ class MapReader {
         const auto s = v.as<std::string>();
         std::size_t pos = 0;
         const double x = std::stod(s, &pos);
-        if (pos != s.size()) throw std::invalid_argument(s);
+        if (pos != s.size() || !std::isfinite(x)) throw std::invalid_argument(s);  // "inf", "nan": no setting's
         out = static_cast<T>(x);
       } else {
         out = v.as<std::string>();
@@ -68,7 +77,7 @@ class MapReader {
     } catch (const std::exception&) {
       const char* want = std::is_same_v<T, bool> ? "a boolean"
                          : std::is_integral_v<T> ? "an integer"
-                         : std::is_floating_point_v<T> ? "a number" : "a string";
+                         : std::is_floating_point_v<T> ? "a finite number" : "a string";
       SCALPEL_INPUT_ERROR("{}: '{}' must be {}, got '{}'", source_, key(k), want, v.Scalar());
     }
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
@@ -91,7 +100,7 @@ class MapReader {
 
   YAML::Node child(const std::string& k) {
     used_.insert(k);
-    return node_ && node_.IsMap() ? node_[k] : YAML::Node();
+    return node_ && node_.IsMap() ? node_[k] : YAML::Node(YAML::NodeType::Undefined);  // absent, not null
   }
 
   // Unknown keys, and keys given twice (YAML forbids it; yaml-cpp would silently keep the first).
@@ -117,14 +126,19 @@ class MapReader {
   std::set<std::string> used_;
 };
 
-// Every key of the mapping `src` set in the mapping `dst`, sections merged key by key.
-void merge_into(YAML::Node dst, const YAML::Node& src) {
+// Every key of the mapping `src` set in the mapping `dst`, sections merged key by key; `path` is
+// dst's dotted name for the errors (a key given twice in src, which the merge would hide).
+void merge_into(YAML::Node dst, const YAML::Node& src, const std::string& path) {
+  std::set<std::string> seen;
   for (const auto& kv : src) {
-    YAML::Node at = dst[kv.first.Scalar()];
+    const auto k = kv.first.Scalar();
+    if (!seen.insert(k).second)
+      SCALPEL_INPUT_ERROR("override '{}': key '{}.{}' is given twice; keep one", path, path, k);
+    YAML::Node at = dst[k];
     if (at && at.IsMap() && kv.second.IsMap())
-      merge_into(at, kv.second);
+      merge_into(at, kv.second, path + "." + k);
     else
-      dst[kv.first.Scalar()] = kv.second;
+      dst[k] = kv.second;
   }
 }
 
@@ -199,11 +213,11 @@ void apply_override(YAML::Node root, const std::string& spec) {
     }
     if (idx >= last.size()) SCALPEL_INPUT_ERROR("override '{}': index {} past the list", dotted, idx);
     if (YAML::Node at = last[idx]; at.IsMap() && value.IsMap())
-      merge_into(at, value);  // "eval.sets.0={path: x}" sets path, keeping the set's other keys
+      merge_into(at, value, dotted);  // "eval.sets.0={path: x}" sets path, keeping the set's other keys
     else
       last[idx] = value;
   } else if (YAML::Node at = last[parts.back()]; at && at.IsMap() && value.IsMap()) {
-    merge_into(at, value);  // "surgeon={shots: 3}" sets shots, keeping the section's other keys
+    merge_into(at, value, dotted);  // "surgeon={shots: 3}" sets shots, keeping the section's other keys
   } else {
     last[parts.back()] = value;
   }
@@ -211,7 +225,8 @@ void apply_override(YAML::Node root, const std::string& spec) {
 
 void read_string_list(const YAML::Node& node, const std::string& source, const std::string& key,
                       std::vector<std::string>& out) {
-  if (!node || node.IsNull()) return;
+  refuse_null(node, source, key, "list");
+  if (!node) return;
   if (node.IsScalar()) {
     out = {node.Scalar()};
     return;
@@ -228,7 +243,8 @@ void read_string_list(const YAML::Node& node, const std::string& source, const s
 
 void read_int_list(const YAML::Node& node, const std::string& source, const std::string& key,
                    std::vector<std::int64_t>& out) {
-  if (!node || node.IsNull()) return;
+  refuse_null(node, source, key, "list");
+  if (!node) return;
   if (!node.IsSequence()) SCALPEL_INPUT_ERROR("{}: '{}' must be a list of integers", source, key);
   out.clear();
   for (std::size_t i = 0; i < node.size(); ++i) {
@@ -252,7 +268,10 @@ void validate_allocation(const Config& c, const std::string& source) {
   if (!(a.owl_lambda >= 0)) SCALPEL_INPUT_ERROR("{}: 'allocation.owl_lambda' must be >= 0", source);
   if (!(a.alpha >= 0 && a.alpha < 1)) SCALPEL_INPUT_ERROR("{}: 'allocation.alpha' must be in [0, 1)", source);
   if (a.hutchinson_samples < 1) SCALPEL_INPUT_ERROR("{}: 'allocation.hutchinson_samples' must be >= 1", source);
-  if (!(a.epsilon > 0)) SCALPEL_INPUT_ERROR("{}: 'allocation.epsilon' must be > 0", source);
+  // A step as large as the weights' RMS measures nothing local (and 1e30 overflowed fp32).
+  if (!(a.epsilon > 0 && a.epsilon <= 1))
+    SCALPEL_INPUT_ERROR("{}: 'allocation.epsilon' {} must be in (0, 1] (a step relative to each matrix's RMS)", source,
+                        a.epsilon);
   if (a.granularity != "block" && a.granularity != "matrix")
     SCALPEL_INPUT_ERROR("{}: 'allocation.granularity' is '{}', expected block or matrix", source, a.granularity);
   if (alloc == "owl" && a.granularity == "matrix")
@@ -348,7 +367,8 @@ void validate_surgeon(const Config& c, const std::string& source) {
 template <class Item>
 void read_preset_list(const YAML::Node& node, const std::string& source, const std::string& key,
                       const std::function<std::string(const std::string&)>& check_preset, std::vector<Item>& items) {
-  if (!node || node.IsNull()) return;
+  refuse_null(node, source, "eval." + key, "list");
+  if (!node) return;
   if (!node.IsSequence()) SCALPEL_INPUT_ERROR("{}: 'eval.{}' must be a list", source, key);
   items.clear();
   for (std::size_t i = 0; i < node.size(); ++i) {

@@ -153,6 +153,25 @@ TEST(Config, KeysThatAreNotNamesAndKeysWithoutValuesAreInputErrors) {
   EXPECT_NE(error_of("output:\n  dir:\n").find("'output.dir' has no value (YAML null)"), std::string::npos);
   EXPECT_NE(error_of("model: x\nnull: 3\n").find("line 2: a key of '<top>' is null, not a name"), std::string::npos);
   EXPECT_NE(error_of("prune: {sparsity: ~}\n").find("'prune.sparsity' has no value"), std::string::npos);
+  // A section or list with nothing under it: a bare "prune:" ran the default prune.
+  for (const auto& [yaml, key] : std::vector<std::pair<std::string, std::string>>{
+           {"prune:\n", "'prune' has no value (YAML null); give its keys"},
+           {"prune: ~\n", "'prune' has no value"},
+           {"output:\n# dir: runs/x\n", "'output' has no value"},
+           {"eval:\n  sets:\n", "'eval.sets' has no value (YAML null); give its list"},
+           {"eval: {sets: [~]}\n", "'eval.sets.0' has no value"},
+           {"prune: {targets: }\n", "'prune.targets' has no value"},
+           {"surgeon: {structures: ~}\n", "'surgeon.structures' has no value"},
+           {"surgeon: {eval_shots: }\n", "'surgeon.eval_shots' has no value"},
+           {"depth: {protect: ~}\n", "'depth.protect' has no value"}})
+    EXPECT_NE(error_of(yaml).find(key), std::string::npos) << yaml << ": " << error_of(yaml);
+  EXPECT_EQ(error_of("prune: {}\neval: {sets: []}\n"), "no error");  // empty, as written: the defaults, no sets
+  // No setting takes a number that is not finite (allocation.owl_lambda inf printed a sparsity of -nan).
+  for (const auto* v : {"inf", "-inf", "nan", "1e999"})
+    EXPECT_NE(error_of(std::string("allocation: {owl_lambda: ") + v + "}\n").find("must be a finite number"),
+              std::string::npos) << v;
+  EXPECT_NE(error_of("", {"allocation.epsilon=1e30"}).find("'allocation.epsilon' 1e+30 must be in (0, 1]"),
+            std::string::npos) << error_of("", {"allocation.epsilon=1e30"});
   // A set or task name on two lines would split its result line.
   EXPECT_NE(error_of("eval: {tasks: [{name: \"a\\nb\", preset: mc, path: x}]}\n").find("a control character (\"a\\nb\")"),
             std::string::npos);
@@ -177,6 +196,15 @@ TEST(Config, DuplicateKeysAndSecondDocumentsAreRefused) {
   EXPECT_NE(error_of("eval: {sets: [{preset: ptb, path: p, path: q}]}\n").find("'eval.sets.0.path' is given twice"),
             std::string::npos);
   EXPECT_NE(error_of("model: a\n---\nmodel: b\n").find("holds 2 YAML documents"), std::string::npos);
+  // In an override's mapping too, also where it merges into a section the file has (the merge
+  // kept the last silently).
+  EXPECT_NE(error_of("surgeon: {shots: 5}\n", {"surgeon={shots: 3, shots: 4}"})
+                .find("override 'surgeon': key 'surgeon.shots' is given twice"),
+            std::string::npos) << error_of("surgeon: {shots: 5}\n", {"surgeon={shots: 3, shots: 4}"});
+  EXPECT_NE(error_of("", {"surgeon={shots: 3, shots: 4}"}).find("'surgeon.shots' is given twice"), std::string::npos);
+  EXPECT_NE(error_of("eval: {sets: [{name: a, preset: text, path: x}]}\n", {"eval.sets.0={path: y, path: z}"})
+                .find("key 'eval.sets.0.path' is given twice"),
+            std::string::npos);
   EXPECT_EQ(error_of("---\nmodel: a\n"), "no error");  // one document with its marker is fine
   EXPECT_EQ(error_of("model: a\n---\n"), "no error");  // and a trailing marker
 }
