@@ -67,6 +67,7 @@
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
 #include "scalpel/prune/split_factor.hpp"
+#include "allocation_run.hpp"
 #include "factor_share.hpp"
 #include "plan_common.hpp"
 #include "run_common.hpp"
@@ -1141,6 +1142,9 @@ void print_plan_job(const json& p) {
                seconds_str(a["seconds"].get<double>()), bytes_str(a["bytes"].get<double>()),
                a["breakdown"].get<std::string>());
   }
+  if (p.contains("allocation_read"))
+    fmt::print("  allocation (sensitivity): the estimate is read whole from {}, no pass before the layers\n",
+               p["allocation_read"].get<std::string>());
   const auto& ex = p["export"];
   if (!ex.is_null()) {
     const int per = ex["writers_per_node"].get<int>();
@@ -1180,6 +1184,22 @@ void print_plan(const json& p) {
   print_plan_job(p);
 }
 
+// The file a sensitivity allocation will read its whole estimate from (allocation.traces, or the
+// probes kept in the checkpoint), checked as the run checks it, against the calibration windows'
+// ids; empty when the run estimates (or for another allocation). The text is tokenized only when
+// such a file exists.
+std::string sensitivity_estimate_file(const Config& cfg, const model::ModelSpec& spec) {
+  if (cfg.prune.allocation != "sensitivity") return "";
+  const auto probes = (fs::path(cfg.output.dir) / cfg.output.checkpoint / kSensitivityProbesFile).string();
+  std::error_code ec;
+  const bool traces = !cfg.allocation.traces.empty() && fs::exists(cfg.allocation.traces, ec);
+  if (!traces && !fs::exists(probes, ec)) return "";
+  const auto calib = calibration_windows(cfg, spec, *make_tokenizer(cfg));
+  const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
+  if (!sensitivity_estimate_kept(cfg, groups, calib, probes)) return "";
+  return sensitivity_estimate_kept(cfg, groups, calib, "") ? cfg.allocation.traces : probes;
+}
+
 }  // namespace
 
 int run_plan(const Config& cfg, PlanInput in, bool as_json) {
@@ -1202,9 +1222,13 @@ int run_plan(const Config& cfg, PlanInput in, bool as_json) {
     in.cfg.calibration.nsamples = n;
   }
   const bool surgeon = !in.depth && cfg.prune.method == "surgeon";
-  const auto plan = in.depth ? make_depth_plan(pm.spec, in)
-                    : surgeon ? make_surgeon_plan(pm.spec, in)
-                              : make_plan(pm.spec, in);
+  // A sensitivity estimate the run will read whole is no phase of it (the run's own check).
+  const auto estimate = in.depth || surgeon ? std::string() : sensitivity_estimate_file(cfg, pm.spec);
+  if (!estimate.empty()) in.cfg.prune.allocation = Config{}.prune.allocation;
+  auto plan = in.depth ? make_depth_plan(pm.spec, in)
+              : surgeon ? make_surgeon_plan(pm.spec, in)
+                        : make_plan(pm.spec, in);
+  if (!estimate.empty()) plan["allocation_read"] = estimate;
   if (as_json)
     std::cout << plan.dump(2) << '\n';
   else if (in.depth)

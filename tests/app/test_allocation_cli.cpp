@@ -139,6 +139,20 @@ TEST(AllocationCli, SensitivityPerMatrixWeightedHitsTheTarget) {
   const auto refused = run(shell_command(alloc_args(dir / "tight3", fresh)));
   EXPECT_EQ(refused.code, 2) << refused.out;
   EXPECT_NE(refused.out.find("allocation (sensitivity)"), std::string::npos) << refused.out;
+  // `scalpel plan` decides as the run does (it planned the estimate and refused the job the
+  // prune ran).
+  const auto planned = [&](const fs::path& out, std::vector<std::string> args) {
+    args = alloc_args(out, args);
+    args[1] = "plan";
+    return run(shell_command(args));
+  };
+  const auto plan_fits = planned(dir / "tight", cached);
+  EXPECT_EQ(plan_fits.code, 0) << plan_fits.out;
+  EXPECT_NE(plan_fits.out.find("allocation (sensitivity): the estimate is read whole from " + traces),
+            std::string::npos) << plan_fits.out;
+  const auto plan_refused = planned(dir / "tight3", fresh);
+  EXPECT_EQ(plan_refused.code, 2) << plan_refused.out;
+  EXPECT_EQ(plan_refused.out.find("read whole"), std::string::npos) << plan_refused.out;
   // Other probes: estimated anew, and the file now holds those.
   const auto third = dir / "third";
   const auto r3 = run(shell_command(alloc_args(third, {"prune.method=sparsegpt", "prune.allocation=sensitivity",
