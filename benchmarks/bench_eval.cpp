@@ -56,11 +56,11 @@ struct Options {
 void add_options(CLI::App& cli, Options& o) {
   cli.add_option("--model", o.model, "Hugging Face model folder");
   cli.add_option("--text", o.text_path, "text to evaluate");
-  cli.add_option("--seqlen", o.seqlen, "window length (0: the model's maximum)");
-  cli.add_option("--windows", o.windows, "windows per timed pass");
-  cli.add_option("--batch", o.batch, "windows per forward");
-  cli.add_option("--repeats", o.repeats, "timed passes (median reported)");
-  cli.add_option("--threads", o.threads, "BLAS/OpenMP threads (0: all cores)");
+  cli.add_option("--seqlen", o.seqlen, "window length (0: the model's maximum)")->check(CLI::NonNegativeNumber);
+  cli.add_option("--windows", o.windows, "windows per timed pass")->check(CLI::PositiveNumber);
+  cli.add_option("--batch", o.batch, "windows per forward")->check(CLI::PositiveNumber);
+  cli.add_option("--repeats", o.repeats, "timed passes (median reported)")->check(CLI::PositiveNumber);
+  cli.add_option("--threads", o.threads, "BLAS/OpenMP threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cli.add_option("--out", o.out, "JSON output file (default: stdout only)");
 }
 
@@ -164,16 +164,12 @@ int main(int argc, char** argv) {
   Options o;
   add_options(cli, o);
   CLI11_PARSE(cli, argc, argv);
-
-  try {
+  return bench::guarded("bench_eval", [&] {
     const int nthreads = app::threads_per_rank(o.threads, 1);
     auto cpu = make_cpu_backend(nthreads);
-    const nlohmann::json j = run_benchmark(*cpu, nthreads, o);
-    std::cout << j.dump(2) << std::endl;
-    if (!o.out.empty()) std::ofstream(o.out) << j.dump(2) << '\n';
-  } catch (const std::exception& e) {
-    std::cerr << "bench_eval: error: " << e.what() << '\n';
-    return 1;
-  }
-  return 0;
+    nlohmann::json j = run_benchmark(*cpu, nthreads, o);
+    j["provenance"] = bench::provenance(argc, argv);
+    bench::emit_json(j, o.out);
+    return 0;
+  });
 }

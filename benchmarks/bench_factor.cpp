@@ -64,56 +64,65 @@ int main(int argc, char** argv) {
   std::string device = "cpu", out;
   std::int64_t width = 4096, tile = 1024;
   int repeats = 3, threads = 0;
-  app.add_option("--device", device, "cpu or cuda");
-  app.add_option("--width", width, "the Hessian's width (49152: OPT-175B's fc2)");
-  app.add_option("--tile", tile, "rows per panel (sparsegpt.tile)");
-  app.add_option("--repeats", repeats);
-  app.add_option("--threads", threads, "CPU threads per rank (0: the library's choice)");
+  app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--width", width, "the Hessian's width (49152: OPT-175B's fc2)")->check(CLI::PositiveNumber);
+  app.add_option("--tile", tile, "rows per panel (sparsegpt.tile)")->check(CLI::PositiveNumber);
+  app.add_option("--repeats", repeats)->check(CLI::PositiveNumber);
+  app.add_option("--threads", threads, "CPU threads per rank (0: the library's choice)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--out", out, "JSON file (rank 0; default: stdout only)");
-  CLI11_PARSE(app, argc, argv);
-  BackendOptions bo;
-  bo.threads = threads;
-  bo.local_rank = world->rank();
-  auto be = make_backend(device, bo);
-  const Tensor h = be->upload(spd_host(width, width));
-  const double n = static_cast<double>(width);
-
-  Tensor u;
-  const double whole_s = timed(*world, *be, repeats, [&] {
-    u = clone_on(*be, h);
-    if (!be->inverse_cholesky_upper(u)) throw std::runtime_error("whole factorisation failed");
-  });
-  const double shared_s = timed(*world, *be, repeats, [&] {
-    u = clone_on(*be, h);
-    if (!prune::shared_inverse_cholesky_upper(*be, u, tile, *world))
-      throw std::runtime_error("shared factorisation failed");
-  });
-  // The same bits as one rank alone (the prune's rank-count invariance rests on it).
-  dist::SelfComm self;
-  Tensor alone = clone_on(*be, h);
-  prune::shared_inverse_cholesky_upper(*be, alone, tile, self);
-  const Tensor a = be->download(alone), b = be->download(u);
-  const bool same = std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-
-  const double whole_flops = 2.0 / 3.0 * n * n * n;
-  const json r = {{"benchmark", "bench_factor"},
-                  {"device", be->name()},
-                  {"ranks", world->size()},
-                  {"threads_per_rank", threads},
-                  {"width", width},
-                  {"tile", tile},
-                  {"repeats", repeats},
-                  {"whole_one_rank_s", whole_s},
-                  {"whole_gflops", whole_flops / whole_s / 1e9},
-                  {"shared_s", shared_s},
-                  {"speedup_vs_whole", whole_s / shared_s},
-                  {"same_bits_as_one_rank", same},
-                  {"note", "whole: Backend::inverse_cholesky_upper on each rank (the owner's time before the split); "
-                           "shared: prune::shared_inverse_cholesky_upper over all ranks, panels through host memory "
-                           "and MPI"}};
-  if (world->rank() == 0) {
-    std::cout << r.dump(1) << "\n";
-    if (!out.empty()) std::ofstream(out) << r.dump(1) << "\n";
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return world->rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
   }
-  return same ? 0 : 1;
+  // An error is said by the rank that met it; with several ranks it ends the job (MPI_Abort), as
+  // the others may be waiting for it in a collective (a GPU missing on one rank's node).
+  const int code = bench::guarded("bench_factor", [&] {
+    BackendOptions bo;
+    bo.threads = threads;
+    bo.local_rank = world->rank();
+    auto be = make_backend(device, bo);
+    const Tensor h = be->upload(spd_host(width, width));
+    const double n = static_cast<double>(width);
+
+    Tensor u;
+    const double whole_s = timed(*world, *be, repeats, [&] {
+      u = clone_on(*be, h);
+      if (!be->inverse_cholesky_upper(u)) throw std::runtime_error("whole factorisation failed");
+    });
+    const double shared_s = timed(*world, *be, repeats, [&] {
+      u = clone_on(*be, h);
+      if (!prune::shared_inverse_cholesky_upper(*be, u, tile, *world))
+        throw std::runtime_error("shared factorisation failed");
+    });
+    // The same bits as one rank alone (the prune's rank-count invariance rests on it).
+    dist::SelfComm self;
+    Tensor alone = clone_on(*be, h);
+    prune::shared_inverse_cholesky_upper(*be, alone, tile, self);
+    const Tensor a = be->download(alone), b = be->download(u);
+    const bool same = std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+
+    const double whole_flops = 2.0 / 3.0 * n * n * n;
+    json r = {{"benchmark", "bench_factor"},
+                    {"device", be->name()},
+                    {"ranks", world->size()},
+                    {"threads_per_rank", threads},
+                    {"width", width},
+                    {"tile", tile},
+                    {"repeats", repeats},
+                    {"whole_one_rank_s", whole_s},
+                    {"whole_gflops", whole_flops / whole_s / 1e9},
+                    {"shared_s", shared_s},
+                    {"speedup_vs_whole", whole_s / shared_s},
+                    {"same_bits_as_one_rank", same},
+                    {"note", "whole: Backend::inverse_cholesky_upper on each rank (the owner's time before the split); "
+                             "shared: prune::shared_inverse_cholesky_upper over all ranks, panels through host memory "
+                             "and MPI"}};
+    r["provenance"] = bench::provenance(argc, argv);
+    if (world->rank() == 0) bench::emit_json(r, out, 1);
+    return same ? 0 : 1;
+  });
+  if (code == 2 && world->size() > 1) world->abort(2);
+  return code;
 }

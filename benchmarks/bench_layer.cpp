@@ -103,24 +103,26 @@ struct Options {
 };
 
 void add_options(CLI::App& app, Options& o) {
-  app.add_option("--device", o.device, "cpu or cuda");
-  app.add_option("--hidden", o.hidden);
-  app.add_option("--ffn", o.ffn);
-  app.add_option("--heads", o.heads);
-  app.add_option("--seqlen", o.seqlen, "tokens per calibration sequence");
-  app.add_option("--batch", o.batch, "sequences per timed batch");
-  app.add_option("--nsamples", o.nsamples, "calibration sequences of the projected run");
-  app.add_option("--layers", o.layers, "decoder layers of the projected model");
-  app.add_option("--repeats", o.repeats);
-  app.add_option("--gpus", o.gpus, "ranks of the multi-GPU projection");
+  const auto positive = CLI::PositiveNumber;
+  app.add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--hidden", o.hidden)->check(positive);
+  app.add_option("--ffn", o.ffn)->check(positive);
+  app.add_option("--heads", o.heads)->check(positive);
+  app.add_option("--seqlen", o.seqlen, "tokens per calibration sequence")->check(positive);
+  app.add_option("--batch", o.batch, "sequences per timed batch")->check(positive);
+  app.add_option("--nsamples", o.nsamples, "calibration sequences of the projected run")->check(positive);
+  app.add_option("--layers", o.layers, "decoder layers of the projected model")->check(positive);
+  app.add_option("--repeats", o.repeats)->check(positive);
+  app.add_option("--gpus", o.gpus, "ranks of the multi-GPU projection")->check(positive);
   app.add_option("--link-gbps", o.link_gbps,
-                 "assumed all-reduce bus bandwidth between GPUs (GB/s), for the projection");
-  app.add_option("--tf32", o.tf32, "off | forward | all (the backend's TF32 setting)");
+                 "assumed all-reduce bus bandwidth between GPUs (GB/s), for the projection")->check(positive);
+  app.add_option("--tf32", o.tf32, "off | forward | all (the backend's TF32 setting)")
+      ->check(CLI::IsMember({"off", "forward", "all"}));
   app.add_option("--forward-dtype", o.forward_dtype, "fp16 | bf16 | fp32: the forward's dtype (fp16: the reference's)")
       ->check(CLI::IsMember({"fp16", "bf16", "fp32"}));
   app.add_option("--split-width", o.split_width,
-                 "sparsegpt.split_width: wider factors take the shared path (0: none)");
-  app.add_option("--tile", o.tile, "sparsegpt.tile: rows per panel of a shared factor");
+                 "sparsegpt.split_width: wider factors take the shared path (0: none)")->check(CLI::NonNegativeNumber);
+  app.add_option("--tile", o.tile, "sparsegpt.tile: rows per panel of a shared factor")->check(positive);
   app.add_option("--out", o.out, "JSON file (default: stdout only)");
 }
 
@@ -422,14 +424,8 @@ void project(const Options& o, const LayerTimes& lt, const FactorTimes& fact_by_
                      {"not_included", "reading the checkpoint from disk, the final evaluation"}};
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app("Per-phase time of one OPT layer's SparseGPT prune on a backend, with same-run ceilings");
-  Options o;
-  add_options(app, o);
-  CLI11_PARSE(app, argc, argv);
-
+// The benchmark: ceilings, then each phase, then the projection; 1 when a factorisation failed.
+int run(const Options& o, int argc, char** argv) {
   BackendOptions bo;
   bo.tf32_forward = o.tf32 != "off";
   bo.tf32_hessian = o.tf32 == "all";
@@ -453,7 +449,17 @@ int main(int argc, char** argv) {
   if (!phase_factors_and_sweeps(st, rate, r, lt, fact_by_width)) return 1;
   lt.forward = phase_forward(st, rate, r);
   project(o, lt, fact_by_width, r);
-  std::cout << r.dump(2) << "\n";
-  if (!o.out.empty()) std::ofstream(o.out) << r.dump(2) << "\n";
+  r["provenance"] = bench::provenance(argc, argv);
+  bench::emit_json(r, o.out);
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app("Per-phase time of one OPT layer's SparseGPT prune on a backend, with same-run ceilings");
+  Options o;
+  add_options(app, o);
+  CLI11_PARSE(app, argc, argv);
+  return bench::guarded("bench_layer", [&] { return run(o, argc, argv); });
 }

@@ -305,21 +305,23 @@ struct Options {
 };
 
 void add_options(CLI::App& cli, Options& o) {
-  cli.add_option("--cols", o.cols, "input widths of the synthetic layers (e.g. 4096 5120 12288)");
-  cli.add_option("--rows", o.rows, "output rows of the synthetic layers");
-  cli.add_option("--tokens", o.tokens, "calibration tokens of the synthetic layers");
-  cli.add_option("--seqlen", o.seqlen, "tokens per sequence (the Hessian's n counts sequences)");
-  cli.add_option("--batch", o.s.batch, "tokens per statistics batch (one syrk each)");
-  cli.add_option("--blocksize", o.s.blocksize, "SparseGPT block width");
+  cli.add_option("--cols", o.cols, "input widths of the synthetic layers (e.g. 4096 5120 12288)")
+      ->check(CLI::PositiveNumber);
+  cli.add_option("--rows", o.rows, "output rows of the synthetic layers")->check(CLI::PositiveNumber);
+  cli.add_option("--tokens", o.tokens, "calibration tokens of the synthetic layers")->check(CLI::PositiveNumber);
+  cli.add_option("--seqlen", o.seqlen, "tokens per sequence (the Hessian's n counts sequences)")
+      ->check(CLI::PositiveNumber);
+  cli.add_option("--batch", o.s.batch, "tokens per statistics batch (one syrk each)")->check(CLI::PositiveNumber);
+  cli.add_option("--blocksize", o.s.blocksize, "SparseGPT block width")->check(CLI::PositiveNumber);
   cli.add_option("--pattern", o.pattern, "unstructured or N:M");
-  cli.add_option("--sparsity", o.sparsity, "unstructured sparsity");
-  cli.add_option("--repeats", o.s.repeats, "timed runs per phase (median reported)");
-  cli.add_option("--threads", o.threads, "BLAS/OpenMP threads (0: all cores)");
+  cli.add_option("--sparsity", o.sparsity, "unstructured sparsity")->check(CLI::Range(0.0, 1.0));
+  cli.add_option("--repeats", o.s.repeats, "timed runs per phase (median reported)")->check(CLI::PositiveNumber);
+  cli.add_option("--threads", o.threads, "BLAS/OpenMP threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cli.add_flag("--error,!--no-error", o.s.error, "also time the reconstruction error (4 rows d² FLOPs)");
   cli.add_option("--model", o.model, "Hugging Face folder of the real layer (opt-mini)");
   cli.add_option("--calib", o.calib, "calibration text for the real layer");
-  cli.add_option("--layer", o.layer, "decoder layer of the real model");
-  cli.add_option("--windows", o.windows, "calibration windows for the real layer");
+  cli.add_option("--layer", o.layer, "decoder layer of the real model")->check(CLI::NonNegativeNumber);
+  cli.add_option("--windows", o.windows, "calibration windows for the real layer")->check(CLI::PositiveNumber);
   cli.add_flag("--real,!--no-real", o.real, "benchmark the real layer");
   cli.add_flag("--synthetic,!--no-synthetic", o.synthetic, "benchmark the synthetic layers");
   cli.add_option("--out", o.out, "JSON output file (default: stdout only)");
@@ -378,19 +380,18 @@ int main(int argc, char** argv) {
   Options o;
   add_options(cli, o);
   CLI11_PARSE(cli, argc, argv);
-
-  try {
+  // A --model given is read (a missing one is an error); the default is skipped when absent.
+  const bool model_given = cli.get_option("--model")->count() > 0;
+  return bench::guarded("bench_prune", [&] {
     o.s.pattern = prune::Pattern::parse(o.pattern, o.sparsity, "--pattern");
     const int nthreads = app::threads_per_rank(o.threads, 1);
     auto cpu = make_cpu_backend(nthreads);
     json j = {{"benchmark", "prune"}, {"threads", nthreads}, {"repeats", o.s.repeats}, {"method", "sparsegpt"}};
     if (o.synthetic) j["synthetic"] = bench_synthetic(*cpu, o);
-    if (o.real && fs::exists(fs::path(o.model) / "config.json")) j["real"] = bench_real(*cpu, o);
-    std::cout << j.dump(2) << std::endl;
-    if (!o.out.empty()) std::ofstream(o.out) << j.dump(2) << '\n';
-  } catch (const std::exception& e) {
-    std::cerr << "bench_prune: error: " << e.what() << '\n';
-    return 1;
-  }
-  return 0;
+    if (o.real && (model_given || fs::exists(fs::path(o.model) / "config.json"))) j["real"] = bench_real(*cpu, o);
+    else if (o.real) j["real"] = "skipped: no model at " + o.model + " (give --model)";
+    j["provenance"] = bench::provenance(argc, argv);
+    bench::emit_json(j, o.out);
+    return 0;
+  });
 }

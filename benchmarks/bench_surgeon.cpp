@@ -304,37 +304,38 @@ int main(int argc, char** argv) {
   double sparsity = 0.5;
   int repeats = 3;
   std::string out, device = "cpu";
-  app.add_option("--hidden", hidden);
-  app.add_option("--ffn", ffn);
-  app.add_option("--heads", heads);
-  app.add_option("--seqlen", seqlen, "tokens of the timed batch (one sequence)");
+  app.add_option("--hidden", hidden)->check(CLI::PositiveNumber);
+  app.add_option("--ffn", ffn)->check(CLI::PositiveNumber);
+  app.add_option("--heads", heads)->check(CLI::PositiveNumber);
+  app.add_option("--seqlen", seqlen, "tokens of the timed batch (one sequence)")->check(CLI::PositiveNumber);
   app.add_option("--sparsity", sparsity,
                  "fraction removed by the timed update (the update grows with it: at OPT-13B widths 0.01 takes "
-                 "minutes on 2 cores, 0.5 hours)");
-  app.add_option("--max-correlate", max_correlate);
-  app.add_option("--repeats", repeats);
-  app.add_option("--device", device, "cpu or cuda");
-  app.add_option("--out", out, "JSON file");
+                 "minutes on 2 cores, 0.5 hours)")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--max-correlate", max_correlate)->check(CLI::PositiveNumber);
+  app.add_option("--repeats", repeats)->check(CLI::PositiveNumber);
+  app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--out", out, "JSON file (default: stdout only)");
   CLI11_PARSE(app, argc, argv);
-
-  auto bep = make_backend(device, 0);
-  const Setup st{*bep, opt_spec(hidden, ffn, heads, seqlen), hidden, ffn, seqlen, max_correlate, sparsity, repeats};
-  json r = {{"device", device}, {"hidden", hidden}, {"ffn", ffn}, {"heads", heads}, {"tokens", seqlen},
-            {"sparsity", sparsity}, {"max_correlate", max_correlate}, {"threads", omp_get_max_threads()},
-            {"repeats", repeats}};
-  const double gemm = sgemm_rate(st.be, repeats);
-  r["ceiling"]["sgemm_gflops"] = gemm / 1e9;
-  std::cerr << "bench_surgeon: " << device << ", hidden " << hidden << " ffn " << ffn << ", sgemm " << gemm / 1e9
-            << " GFLOP/s\n";
-  {
-    model::LayerCache cache;
-    std::map<std::string, Tensor> grads;
-    phase_passes(st, gemm, cache, grads, r);
-    phase_factors(st, cache, grads, r);
-  }
-  const double inv_s = phase_inverses(st, r);
-  phase_updates(st, inv_s, r);
-  std::cout << r.dump(2) << "\n";
-  if (!out.empty()) std::ofstream(out) << r.dump(2) << "\n";
-  return 0;
+  return bench::guarded("bench_surgeon", [&] {
+    auto bep = make_backend(device, 0);
+    const Setup st{*bep, opt_spec(hidden, ffn, heads, seqlen), hidden, ffn, seqlen, max_correlate, sparsity, repeats};
+    json r = {{"device", device}, {"hidden", hidden}, {"ffn", ffn}, {"heads", heads}, {"tokens", seqlen},
+              {"sparsity", sparsity}, {"max_correlate", max_correlate}, {"threads", omp_get_max_threads()},
+              {"repeats", repeats}};
+    const double gemm = sgemm_rate(st.be, repeats);
+    r["ceiling"]["sgemm_gflops"] = gemm / 1e9;
+    std::cerr << "bench_surgeon: " << device << ", hidden " << hidden << " ffn " << ffn << ", sgemm " << gemm / 1e9
+              << " GFLOP/s\n";
+    {
+      model::LayerCache cache;
+      std::map<std::string, Tensor> grads;
+      phase_passes(st, gemm, cache, grads, r);
+      phase_factors(st, cache, grads, r);
+    }
+    const double inv_s = phase_inverses(st, r);
+    phase_updates(st, inv_s, r);
+    r["provenance"] = bench::provenance(argc, argv);
+    bench::emit_json(r, out);
+    return 0;
+  });
 }

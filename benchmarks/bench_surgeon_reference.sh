@@ -15,16 +15,26 @@ BIN=${SCALPEL_BIN:-build/bin/scalpel}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$(dirname "$OUT")"
+# A step that fails shows the end of its log (the trap removes the folder that holds it).
+run_logged() {
+  local log=$1
+  shift
+  if ! "$@" > "$log" 2>&1; then
+    echo "bench_surgeon_reference.sh: failed: $*" >&2
+    tail -n 20 "$log" >&2
+    exit 2
+  fi
+}
 t0=$(date +%s.%N)
-OMP_WAIT_POLICY=PASSIVE "$BIN" prune configs/surgeon-opt-mini.yaml "model=$SHARED/models/opt-mini" \
-  "calibration.path=$SHARED/data/corpus/calib.txt" "eval.sets=[]" threads=2 "output.dir=$work/scalpel" \
-  log.progress_seconds=0 > "$work/scalpel.log" 2>&1
+run_logged "$work/scalpel.log" env OMP_WAIT_POLICY=PASSIVE "$BIN" prune configs/surgeon-opt-mini.yaml \
+  "model=$SHARED/models/opt-mini" "calibration.path=$SHARED/data/corpus/calib.txt" "eval.sets=[]" threads=2 \
+  "output.dir=$work/scalpel" log.progress_seconds=0
 t1=$(date +%s.%N)
 scalpel_s=$(python3 -c "print($t1 - $t0)")
 reference_s=null
 if [ -n "${REFERENCE_CMD:-}" ]; then
   t2=$(date +%s.%N)
-  bash -c "$REFERENCE_CMD" > "$work/reference.log" 2>&1
+  run_logged "$work/reference.log" bash -c "$REFERENCE_CMD"
   t3=$(date +%s.%N)
   reference_s=$(python3 -c "print($t3 - $t2)")
 fi
