@@ -7,12 +7,14 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <fstream>
 
 #include "scalpel/app/export.hpp"
 #include "scalpel/core/error.hpp"
 #include "scalpel/io/checkpoint.hpp"
 #include "scalpel/io/checkpoint_shard.hpp"
 #include "scalpel/io/shot_checkpoint.hpp"
+#include "depth_state.hpp"
 
 namespace fs = std::filesystem;
 
@@ -205,11 +207,33 @@ bool holds_orphan_shards(const fs::path& dir) {
   return false;
 }
 
+// What a depth run's state file says about its run, for the error that sends the user on: the
+// blocks scored, and the folder its pruned model was exported to.
+std::string depth_state_summary(const fs::path& file) {
+  try {
+    const auto kept = json::parse(std::ifstream(file)).at("kept");
+    std::vector<std::string> says;
+    if (kept.contains("scores")) says.push_back(fmt::format("scores of {} blocks", kept["scores"].size()));
+    if (kept.contains("rounds")) says.push_back(fmt::format("{} ppl rounds", kept["rounds"].size()));
+    if (kept.contains("attempts")) says.push_back(fmt::format("{} laco attempts", kept["attempts"].size()));
+    if (kept.contains("exported") && kept["exported"].is_object())
+      says.push_back(fmt::format("the pruned model exported to {} (inspect that folder)",
+                                 kept["exported"].at("dir").get<std::string>()));
+    return says.empty() ? "nothing kept yet" : fmt::format("{}", fmt::join(says, "; "));
+  } catch (const std::exception&) {
+    return "unreadable";
+  }
+}
+
 }  // namespace
 
 void refuse_run_folder(const fs::path& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec) || is_checkpoint_folder(dir) || fs::exists(dir / "config.json", ec)) return;
+  if (fs::exists(dir / kDepthStateFile, ec))
+    SCALPEL_INPUT_ERROR("{}: a scalpel depth run's state ({}: {}), not a model or a pruning checkpoint; the run's "
+                        "scores and removals are in its metrics.jsonl", dir.string(), kDepthStateFile,
+                        depth_state_summary(dir / kDepthStateFile));
   if (holds_orphan_shards(dir))
     SCALPEL_INPUT_ERROR("{}: holds layer shard files (layer-LLLLL.shard-SSSSS.h5) but no manifest.json, the record "
                         "of what is committed: nothing in it counts as committed, and the prune's rerun with this "
@@ -218,6 +242,8 @@ void refuse_run_folder(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     if (!e.is_directory(ec)) continue;
     if (is_checkpoint_folder(e.path())) held.push_back(e.path().filename().string() + " (a checkpoint)");
+    else if (fs::exists(e.path() / kDepthStateFile, ec))
+      held.push_back(e.path().filename().string() + " (a depth run's state)");
     else if (fs::exists(e.path() / "config.json", ec))
       held.push_back(e.path().filename().string() + " (a Hugging Face model)");
     else if (holds_orphan_shards(e.path()))

@@ -210,6 +210,14 @@ TEST(DepthCli, ExportRenumbersEvaluatesAsSkippedBlocksAndPrunes) {
   const auto js = run_capture({kBin, "inspect", "--json", exp.string()}, false);
   EXPECT_EQ(nlohmann::json::parse(js.substr(0, js.rfind("exit=")))["depth"]["removed"].get<std::vector<std::int64_t>>(),
             removed);
+  // `scalpel inspect` of the run's state folder, or of the run folder, says what they are (it said
+  // "missing config.json").
+  const auto state = run_capture({kBin, "inspect", (dir / "ckpt").string()});
+  EXPECT_NE(state.find("exit=2"), std::string::npos) << state;
+  EXPECT_NE(state.find("a scalpel depth run's state (depth-state.json: scores of 4 blocks; the pruned model exported "
+                       "to " + exp.string() + " (inspect that folder))"), std::string::npos) << state;
+  const auto run_dir = run_capture({kBin, "inspect", dir.string()});
+  EXPECT_NE(run_dir.find("ckpt (a depth run's state), model (a Hugging Face model)"), std::string::npos) << run_dir;
 
   // `scalpel eval` of the export = the original with those blocks skipped = depth's own eval.
   const auto ev = dir / "ev";

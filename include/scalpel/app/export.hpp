@@ -92,7 +92,9 @@ bool is_checkpoint_folder(const std::filesystem::path& dir);
 // For a folder that is neither a checkpoint nor a model (no config.json) but holds some, such as
 // a run's output.dir: an input Error naming what it holds ("ckpt (a checkpoint), model (a Hugging
 // Face model)"); for layer shard files without a manifest.json, in the folder or one below it, an
-// input Error saying so. Does nothing otherwise, leaving the other errors to the readers.
+// input Error saying so; for a depth run's state folder (depth-state.json), an input Error saying
+// what it holds and where its model went. Does nothing otherwise, leaving the other errors to the
+// readers.
 void refuse_run_folder(const std::filesystem::path& dir);
 // Where a checkpoint stands (inspect_checkpoint.cpp): model, identity, grid and runs, the layers
 // (or shots) committed with their files, bytes and recorded sparsity, complete or where the rerun
