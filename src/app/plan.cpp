@@ -60,6 +60,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -67,6 +68,7 @@
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
 #include "scalpel/prune/split_factor.hpp"
+#include "scalpel/text/calibration.hpp"
 #include "allocation_run.hpp"
 #include "factor_share.hpp"
 #include "plan_common.hpp"
@@ -1210,17 +1212,11 @@ int run_plan(const Config& cfg, PlanInput in, bool as_json) {
   in.dtype_name = pm.dtype_name;
   in.tensor_bytes = pm.tensor_bytes;
   in.model_name = cfg.model;
-  // An offsets file fixes the number of windows (one offset a line), as the prune reads it.
-  if (!cfg.calibration.offsets.empty()) {
-    std::ifstream f(cfg.calibration.offsets);
-    SCALPEL_CHECK_INPUT(f, "config: 'calibration.offsets' {}: cannot open", cfg.calibration.offsets);
-    I n = 0;
-    std::string line;
-    while (std::getline(f, line))
-      if (line.find_first_not_of(" \t\r") != std::string::npos) ++n;
-    SCALPEL_CHECK_INPUT(n > 0, "config: 'calibration.offsets' {}: no offsets", cfg.calibration.offsets);
-    in.cfg.calibration.nsamples = n;
-  }
+  // An offsets file fixes the number of windows, read as the prune reads it ('#' lines are
+  // comments; they were counted as windows); their range against the text is the run's check.
+  if (!cfg.calibration.offsets.empty())
+    in.cfg.calibration.nsamples = static_cast<I>(
+        text::read_window_offsets(cfg.calibration.offsets, std::numeric_limits<std::int64_t>::max(), 0).size());
   const bool surgeon = !in.depth && cfg.prune.method == "surgeon";
   // A sensitivity estimate the run will read whole is no phase of it (the run's own check).
   const auto estimate = in.depth || surgeon ? std::string() : sensitivity_estimate_file(cfg, pm.spec);

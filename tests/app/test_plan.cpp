@@ -677,6 +677,23 @@ TEST(PlanCli, Opt175bFitsOneEightyGigabyteGpu) {
             p["ranks"][0]["seconds_per_layer"]["compute"].get<double>());
 }
 
+// An offsets file gives the plan as many windows as the run reads from it: '#' lines are comments
+// (the plan counted them as windows), and a line that is no offset is the run's error.
+TEST(PlanCli, AnOffsetsFileCountsItsOffsetsAsTheRunReadsThem) {
+  const auto dir = scalpel_test::temp_dir("plan_offsets");
+  std::ofstream(dir / "offsets.txt") << "# windows of the calibration text\n0\n\n512\n  # another\n1024\n";
+  const auto j = run_here(kBin + " plan --json --model " + kOptMini.string() + " calibration.offsets=" +
+                          (dir / "offsets.txt").string());
+  ASSERT_EQ(j.code, 0) << j.out;
+  EXPECT_EQ(json::parse(j.out)["calibration"]["nsamples"], 3);
+  std::ofstream(dir / "bad.txt") << "0\nten\n";
+  const auto bad = run_here(kBin + " plan --model " + kOptMini.string() + " calibration.offsets=" +
+                            (dir / "bad.txt").string());
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("bad.txt:2: 'ten' is not a non-negative integer offset"), std::string::npos) << bad.out;
+  fs::remove_all(dir);
+}
+
 // A config with a depth: section and no prune: section is planned as the depth job it describes
 // (it was planned as a SparseGPT prune); --depth asks for it whatever the sections.
 TEST(PlanCli, ADepthConfigIsPlannedAsDepth) {
