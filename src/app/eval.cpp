@@ -1,12 +1,9 @@
 // `scalpel eval` and `scalpel tokenize`: the perplexity protocol of the SparseGPT and Wanda papers,
 // spread over MPI ranks by window, and the token dump users check tokenization with.
-#include <sched.h>
-
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <thread>
 
 #include "scalpel/app/commands.hpp"
 #include "scalpel/app/progress.hpp"
@@ -21,61 +18,6 @@
 #include "scalpel/text/tokenizer.hpp"
 
 namespace scalpel::app {
-namespace {
-
-class CheckpointSource final : public model::WeightSource {
- public:
-  explicit CheckpointSource(std::shared_ptr<const io::HfCheckpoint> c) : ckpt_(std::move(c)) {}
-  bool has(const std::string& name) const override { return ckpt_->has(name); }
-  Tensor load(const std::string& name) const override { return ckpt_->view(name); }
-
- private:
-  std::shared_ptr<const io::HfCheckpoint> ckpt_;
-};
-
-}  // namespace
-
-std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io::HfCheckpoint> ckpt) {
-  return std::make_shared<CheckpointSource>(std::move(ckpt));
-}
-
-text::TokenizerMode tokenizer_mode(const std::string& mode) {
-  if (mode == "transformers") return text::TokenizerMode::transformers;
-  if (mode == "sentencepiece") return text::TokenizerMode::sentencepiece;
-  SCALPEL_INPUT_ERROR("tokenizer mode '{}': expected transformers or sentencepiece", mode);
-}
-
-std::shared_ptr<const io::HfCheckpoint> open_model(const Config& cfg) {
-  if (cfg.model.empty()) SCALPEL_INPUT_ERROR("config: 'model' (a Hugging Face model folder) is required");
-  return std::make_shared<const io::HfCheckpoint>(cfg.model);
-}
-
-std::unique_ptr<text::Tokenizer> make_tokenizer(const Config& cfg) {
-  return text::Tokenizer::from_folder(cfg.model, tokenizer_mode(cfg.tokenizer.mode));
-}
-
-int threads_per_rank(int configured, int local_ranks) {
-  if (configured > 0) return configured;
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  // A rank the launcher bound to some cores (mpirun --bind-to, srun --cpu-bind, a Slurm
-  // allocation) uses those; an unbound rank shares the node's cores with the others on it.
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) == 0) {
-    const int allowed = CPU_COUNT(&set);
-    if (allowed > 0 && allowed < cores) return allowed;
-  }
-  return std::max(1, cores / std::max(1, local_ranks));
-}
-
-std::unique_ptr<Backend> make_rank_backend(const Config& cfg, const NodePlace& place) {
-  BackendOptions o;
-  o.threads = threads_per_rank(cfg.threads, place.local_ranks);
-  o.local_rank = place.local_rank;
-  o.tf32_forward = cfg.cuda.tf32 != "off";
-  o.tf32_hessian = cfg.cuda.tf32 == "all";
-  return make_backend(cfg.device, o);
-}
 
 EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, std::int64_t seqlen,
                         std::int64_t batch, std::int64_t max_windows, dist::Comm& comm, const std::string& name,

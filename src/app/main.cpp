@@ -239,7 +239,10 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
   }
   if (*c.prune) {
     const auto cfg = agreed_config([&] { return command_config(o.prune_args, o); });
-    return printed(cfg) ? 0 : run_prune(cfg, world, place, o.restart);
+    if (printed(cfg)) return 0;
+    // Two drivers on the same services: LLM Surgeon's whole-model shots, the others layer by layer.
+    return cfg.prune.method == "surgeon" ? run_surgeon(cfg, world, place, o.restart)
+                                         : run_prune(cfg, world, place, o.restart);
   }
   if (*c.depth) {
     const auto cfg = agreed_config([&] { return command_config(o.depth_args, o); });

@@ -38,6 +38,7 @@
 #include "scalpel/text/tokenizer.hpp"
 #include "allocation_run.hpp"
 #include "factor_share.hpp"
+#include "pruned_export.hpp"
 #include "root_work.hpp"
 #include "run_common.hpp"
 
@@ -427,161 +428,6 @@ nlohmann::json recv_json(dist::Comm& c, int source, int tag) {
 
 }  // namespace
 
-// The pruned tensors of a complete checkpoint, for the export and the summary, read one tensor
-// at a time (its digests checked): each export writer reads exactly the tensors of its shards,
-// even where a layer's tensors fall in two writers' shards. Tensors the checkpoint holds in
-// another dtype than the model's (LLM Surgeon's fp32 states) are rounded to the model's.
-class PrunedReader {
- public:
-  PrunedReader(const io::Checkpoint& ckpt, const io::HfCheckpoint& src, const model::ModelSpec& spec)
-      : ckpt_(ckpt), src_(src) {
-    for (std::int64_t layer = 0; layer < spec.layers; ++layer)
-      for (const auto& [t, info] : ckpt.layer_entry(layer).tensors) {
-        const auto name = src.resolve(spec.layer_prefix(layer) + t);
-        if (name.empty())
-          SCALPEL_INPUT_ERROR("checkpoint {}: layer {} tensor '{}' is not in the model {}", ckpt.dir().string(), layer,
-                              t, src.folder().string());
-        where_[name] = {layer, t};
-      }
-  }
-  LazyReplacement lazy() {
-    LazyReplacement r;
-    for (const auto& [name, w] : where_) r.names.insert(name);
-    r.load = [this](const std::string& name) { return load(name); };
-    return r;
-  }
-  // Zeros and entries of every pruned tensor: those an export already loaded are counted then,
-  // the others now (a pass over their layers, one at a time).
-  std::pair<std::int64_t, std::int64_t> count() {
-    for (const auto& [name, w] : where_)
-      if (!counted_.count(name)) load(name);
-    return counted();
-  }
-  // Zeros and entries of the tensors loaded so far.
-  std::pair<std::int64_t, std::int64_t> counted() const { return {zeros_, total_}; }
-
- private:
-  Tensor load(const std::string& name) {
-    Tensor v = read(name);
-    if (counted_.insert(name).second) {
-      zeros_ += count_zeros(v);
-      total_ += v.numel();
-    }
-    return v;
-  }
-  Tensor read(const std::string& name) {
-    const auto& [layer, t] = where_.at(name);
-    Tensor v = ckpt_.read_tensor(layer, t, false).data;
-    const auto dtype = src_.info(name).dtype;
-    if (v.dtype() == dtype) return v;
-    Tensor stored = Tensor::empty(v.shape(), dtype);
-    const Tensor f = v.to_f32();
-    convert_from_f32(dtype, f.f32(), stored.raw(), static_cast<std::size_t>(f.numel()));
-    return stored;
-  }
-  const io::Checkpoint& ckpt_;
-  const io::HfCheckpoint& src_;
-  std::map<std::string, std::pair<std::int64_t, std::string>> where_;  // stored name -> (layer, name in it)
-  std::set<std::string> counted_;
-  std::int64_t zeros_ = 0, total_ = 0;
-};
-
-namespace {
-
-// The export by `per_node` ranks of each node (0: every rank); writer i of W writes shards i,
-// i + W, ... Every rank of `world` calls it; returns the size of its split group (W on a writer:
-// world rank 0 is always one).
-int export_by_writers(const io::HfCheckpoint& src, const LazyReplacement& lazy, const fs::path& dest,
-                      std::int64_t shard_bytes, dist::Comm& world, const NodePlace& place, int per_node) {
-  const bool writer = per_node == 0 || place.local_rank < per_node;
-  const auto writers = world.split(writer ? 0 : 1, world.rank());
-  if (writer) export_hf_folder(src, lazy, dest, shard_bytes, writers.get());
-  return writers->size();
-}
-
-// True when `inner` is `outer` or lies inside it, both resolved (links, "..") as far as they exist.
-bool path_inside(const fs::path& outer, const fs::path& inner) {
-  std::error_code eo, ei;
-  const auto o = fs::weakly_canonical(outer, eo), i = fs::weakly_canonical(inner, ei);
-  if (eo || ei || o.empty()) return false;  // not resolvable: the export's own checks decide
-  return path_within(o, i);
-}
-
-// What an export reads, every rank alike: the checkpoint, the model it was made from and its spec.
-struct ExportSource {
-  std::optional<io::Checkpoint> ckpt;
-  std::string model;
-  std::optional<io::HfCheckpoint> src;
-  std::optional<model::ModelSpec> spec;
-};
-
-// Opens and checks the export's inputs; an input Error names the option or file at fault.
-void open_export(const ExportRequest& req, ExportSource& in) {
-  // An LLM Surgeon state: the last shot's checkpoint, once every shot is committed; its fp32
-  // tensors are rounded to the model's dtypes below, as the prune's own export rounds them.
-  if (req.shard_mb < 1) SCALPEL_INPUT_ERROR("--shard-mb: {} must be >= 1 (MB per output shard)", req.shard_mb);
-  if (req.writers_per_node < 0)
-    SCALPEL_INPUT_ERROR("--writers: {} is negative (ranks per node writing shards; 0 = every rank)",
-                        req.writers_per_node);
-  if (req.out.empty()) SCALPEL_INPUT_ERROR("--out: the path is empty; name the folder to export to");
-  if (path_inside(req.checkpoint, req.out))
-    SCALPEL_INPUT_ERROR("export to {}: it is or lies inside the checkpoint folder {}; name a folder beside it",
-                        req.out, req.checkpoint);
-  if (io::ShotCheckpoint::is_shot_folder(req.checkpoint))
-    SCALPEL_INPUT_ERROR("checkpoint {}: one shot of an LLM Surgeon state, not the pruned model; export the state "
-                        "(the folder above it) once every shot is committed", req.checkpoint);
-  const auto open_checkpoint = [&] {
-    if (!io::ShotCheckpoint::is_shot_state(req.checkpoint)) return io::Checkpoint::open_read(req.checkpoint);
-    const auto state = io::ShotCheckpoint::open_read(req.checkpoint);
-    if (!state.complete())
-      SCALPEL_INPUT_ERROR("checkpoint {}: not complete ({} of {} shots committed); finish the prune first (rerun "
-                          "the same scalpel prune command)", req.checkpoint, state.last_shot(), state.total_shots());
-    return state.last();
-  };
-  const auto& ckpt = in.ckpt.emplace(open_checkpoint());
-  if (!ckpt.complete())
-    SCALPEL_INPUT_ERROR("checkpoint {}: not complete ({} of {} layers committed); finish the prune first (rerun "
-                        "the same scalpel prune command)",
-                        req.checkpoint, ckpt.committed_count(), ckpt.num_layers());
-  const std::string& model = in.model =
-      req.model.empty() ? ckpt.manifest().at("model").at("name").get<std::string>() : req.model;
-  // The manifest holds the model's path as the prune was given it (relative to where it ran).
-  std::error_code ec;
-  if (req.model.empty() && !fs::is_directory(model, ec))
-    SCALPEL_INPUT_ERROR("checkpoint {}: its model '{}' (the path the prune was given{}) is not a folder {}; name it "
-                        "with --model", req.checkpoint, model,
-                        fs::path(model).is_relative() ? ", relative to the folder it ran in" : "",
-                        fs::path(model).is_relative() ? "from here" : "any more");
-  const auto& src = in.src.emplace(model);
-  const auto& made_from = ckpt.manifest().at("model");
-  if (const auto fp = io::model_fingerprint(model); fp != made_from.at("fingerprint").get<std::string>())
-    SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {}: the fingerprint of its config.json and "
-                        "weight file headers is {}, the checkpoint's model ({} as the prune read it) had {}",
-                        req.checkpoint, model, fp, made_from.at("name").get<std::string>(),
-                        made_from.at("fingerprint").get<std::string>());
-  in.spec.emplace(model::ModelSpec::from_config(src.config(), (fs::path(model) / "config.json").string()));
-}
-
-}  // namespace
-
-int run_export(const ExportRequest& req, dist::Comm& world, const NodePlace& place) {
-  // Every rank checks the same files: a refusal is printed once and ends all of them.
-  ExportSource in;
-  detail::on_every_rank(world, [&] { open_export(req, in); });
-  const auto& ckpt = *in.ckpt;
-  const auto& model = in.model;
-  const auto& src = *in.src;
-  const auto& spec = *in.spec;
-  PrunedReader reader(ckpt, src, spec);
-  const auto lazy = reader.lazy();
-  const int writers = export_by_writers(src, lazy, req.out, req.shard_mb << 20, world, place, req.writers_per_node);
-  world.barrier();  // the folder is in place before any rank reports
-  if (world.is_root())
-    fmt::print("exported {} pruned tensors of {} to {} ({} writing rank{})\n", lazy.names.size(), model, req.out,
-               writers, writers == 1 ? "" : "s");
-  return kExitOk;
-}
-
 // A layer of this rank's stage: loaded (with prefetch_next, the next layer's read starts then),
 // pruned (a committed one replayed from the checkpoint), then propagated through x, this layer's
 // outputs and the next layer's inputs (before the commit, so that the layer's seconds count all
@@ -947,7 +793,7 @@ void log_prune_start(const PruneSession& s, std::int64_t resume_from, const fs::
 }
 
 int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
-  if (cfg.prune.method == "surgeon") return run_surgeon(cfg, world, place, restart);
+  SCALPEL_CHECK(cfg.prune.method != "surgeon", "LLM Surgeon's shots are run_surgeon's, not the layer loop's");
   Timer total_timer;
   install_stop_signals();
   const PruneSession s(cfg, world, place, restart);

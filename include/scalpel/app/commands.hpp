@@ -141,7 +141,7 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place);
 // restart: discard an existing checkpoint in the output folder instead of resuming it.
 int run_prune(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool restart);
 // LLM Surgeon's whole-model shots (prune.method: surgeon; see surgeon_run.cpp), with the same
-// checkpoint, resume, export and evaluation services; run_prune hands such configs to it.
+// checkpoint, resume, export and evaluation services; `scalpel prune` runs it for such configs.
 int run_surgeon(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool restart);
 // `scalpel depth`: removes whole decoder blocks by depth.criterion (bi, angular, laco, ppl), writes
 // the renumbered export and evaluates it (see depth_run.cpp). scores_only: print the per-block
