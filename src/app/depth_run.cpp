@@ -741,7 +741,7 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   detail::on_root(world, [&] { check_layer_tensors(cfg.model, spec); });
   EvalInputs eval_inputs;
   if (!scores_only) eval_inputs = check_run_end(world, cfg, spec, *tok);
-  auto backend = make_rank_backend(cfg, place);
+  auto backend = detail::on_every_rank(world, [&] { return make_rank_backend(cfg, place); });  // no GPU: said once
   // Opened before the scoring: a metrics file that cannot be written fails now, not after it.
   Metrics metrics;
   if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((fs::path(cfg.output.dir) / cfg.output.metrics).string());

@@ -633,7 +633,7 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
   auto in = detail::on_every_rank(world, [&] { return surgeon_inputs(cfg, world.size()); });
   auto& [src, spec, opt, tok, calib, targets] = in;
   const auto grid = dist::make_grid(world, 1, cfg.parallel.data);
-  auto backend = make_rank_backend(cfg, place);
+  auto backend = detail::on_every_rank(world, [&] { return make_rank_backend(cfg, place); });  // no GPU: said once
   Backend& be = *backend;
   detail::on_root(world, [&] { check_layer_tensors(cfg.model, spec); });
   const auto eval_inputs = check_run_end(world, cfg, spec, *tok);
