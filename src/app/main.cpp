@@ -1,6 +1,7 @@
 // scalpel: the command line. Starts MPI, parses the command and config, runs it, and turns any
-// error into one message (with the rank) and a non-zero exit; under MPI an error on one rank
-// aborts the whole job so no rank is left waiting.
+// error into one message and a non-zero exit: an error every rank raised alike (a SharedError) is
+// printed once by rank 0 and every rank exits with its code; an error on one rank is printed with
+// the rank and aborts the whole job, so no rank is left waiting.
 #include <CLI/CLI.hpp>
 
 #include <cmath>
