@@ -1198,8 +1198,10 @@ std::string sensitivity_estimate_file(const Config& cfg, const model::ModelSpec&
   if (!traces && !fs::exists(probes, ec)) return "";
   const auto calib = calibration_windows(cfg, spec, *make_tokenizer(cfg));
   const auto groups = spec.linear_groups(cfg.prune.targets, "config: 'prune.targets'");
-  if (!sensitivity_estimate_kept(cfg, groups, calib, probes)) return "";
-  return sensitivity_estimate_kept(cfg, groups, calib, "") ? cfg.allocation.traces : probes;
+  if (traces && sensitivity_estimate_kept(cfg, groups, calib, "")) return cfg.allocation.traces;
+  Config probes_only = cfg;  // each file read once: the traces were checked above
+  probes_only.allocation.traces.clear();
+  return sensitivity_estimate_kept(probes_only, groups, calib, probes) ? probes : "";
 }
 
 }  // namespace
