@@ -369,13 +369,13 @@ TraceEstimate read_estimate(const nlohmann::json& t, const std::vector<TargetRef
 // The probes kept in c.probes_path for this identity, read on the first data rank and shared with
 // the others (all start from the same probe); none when the file is absent or another
 // estimate's, and none with a warning when it cannot be read (estimated anew: it is only a cache).
-std::vector<std::vector<double>> kept_probes(AllocationContext& c, const nlohmann::json& identity, std::int64_t probes,
-                                             std::size_t targets) {
+std::vector<std::vector<double>> kept_probes(AllocationContext& c, const nlohmann::json& identity,
+                                             const std::string& model, std::int64_t probes, std::size_t targets) {
   std::vector<double> flat;
   if (c.group.rank() == 0 && !c.probes_path.empty() && std::filesystem::exists(c.probes_path)) {
     try {
       const auto j = nlohmann::json::parse(std::ifstream(c.probes_path));
-      if (j.at("identity") == identity) {
+      if (io::kept_identity_matches(j.at("identity"), identity, model, c.probes_path)) {
         const auto rows = j.at("probes").get<std::vector<std::vector<double>>>();
         if (static_cast<std::int64_t>(rows.size()) > probes) throw std::runtime_error("more probes than asked");
         for (const auto& row : rows) {
@@ -417,7 +417,7 @@ TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
       SCALPEL_INPUT_ERROR("config: 'allocation.traces' {}: not a trace file (no identity and estimate objects); it "
                           "is left as it is: name another file or remove it",
                           path);
-    if (j["identity"] == identity) {
+    if (io::kept_identity_matches(j["identity"], identity, cfg.model, path)) {
       auto est = read_estimate(j["estimate"], target_list(c), cfg.allocation.hutchinson_samples, path);
       log::info("allocation sensitivity: traces read from {}", path);
       return est;
@@ -436,7 +436,7 @@ TraceEstimate cached_traces(const Config& cfg, AllocationContext& c) {
       std::error_code ec;
       std::filesystem::remove(tmp, ec);
     });
-  const auto kept = kept_probes(c, identity, probes, target_list(c).size());
+  const auto kept = kept_probes(c, identity, cfg.model, probes, target_list(c).size());
   if (!kept.empty() && c.group.rank() == 0)
     log::info("allocation sensitivity: {} of {} probes kept in {}; {}", kept.size(), probes, c.probes_path,
               static_cast<std::int64_t>(kept.size()) == probes ? "none left to estimate" : "estimating the rest");
@@ -509,7 +509,7 @@ bool sensitivity_estimate_kept(const Config& cfg, const std::vector<model::Linea
     if (path.empty() || !std::filesystem::exists(path, ec)) return false;
     try {
       const auto j = nlohmann::json::parse(std::ifstream(path));
-      if (j.at("identity") != identity) return false;
+      if (!io::kept_identity_matches(j.at("identity"), identity, cfg.model, path)) return false;
       return std::string(key) == "estimate" ||
              static_cast<std::int64_t>(j.at("probes").size()) == cfg.allocation.hutchinson_samples;
     } catch (const std::exception&) {

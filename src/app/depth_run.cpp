@@ -746,7 +746,7 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   Metrics metrics;
   if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((fs::path(cfg.output.dir) / cfg.output.metrics).string());
   DepthState state(world, fs::path(cfg.output.dir) / cfg.output.checkpoint / kDepthStateFile,
-                   depth_identity(cfg, calib), restart);
+                   depth_identity(cfg, calib), cfg.model, restart);
   model::Model m(spec, checkpoint_source(src), *backend, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
   DepthRun r{cfg, world, *backend, m, *src, calib, std::nullopt, {}, &state, &metrics, config_hash(cfg),
              threads_per_rank(cfg.threads, place.local_ranks)};

@@ -16,14 +16,15 @@ namespace {
 
 // The kept values of the file at `path` when it holds `identity`'s state; an empty object
 // otherwise (absent, another identity's, unreadable: said in the log).
-nlohmann::json read_state(const fs::path& path, const nlohmann::json& identity, bool& resumed) {
+nlohmann::json read_state(const fs::path& path, const nlohmann::json& identity, const fs::path& model,
+                          bool& resumed) {
   resumed = false;
   std::error_code ec;
   if (!fs::exists(path, ec)) return nlohmann::json::object();
   try {
     std::ifstream in(path);
     const auto j = nlohmann::json::parse(in);
-    if (j.at("identity") != identity) {
+    if (!io::kept_identity_matches(j.at("identity"), identity, model, path.string())) {
       log::info("depth: {} holds another model's or settings' progress; starting anew", path.string());
       return nlohmann::json::object();
     }
@@ -39,13 +40,14 @@ nlohmann::json read_state(const fs::path& path, const nlohmann::json& identity, 
 
 }  // namespace
 
-DepthState::DepthState(dist::Comm& world, fs::path path, nlohmann::json identity, bool restart)
+DepthState::DepthState(dist::Comm& world, fs::path path, nlohmann::json identity, const fs::path& model,
+                       bool restart)
     : path_(std::move(path)), root_(world.is_root()), identity_(std::move(identity)) {
   std::string text;
   if (root_) {
     std::error_code ec;
     if (restart) fs::remove(path_, ec);
-    kept_ = read_state(path_, identity_, resumed_);
+    kept_ = read_state(path_, identity_, model, resumed_);
     if (resumed_) log::info("depth: resuming the progress kept in {}", path_.string());
     text = kept_.dump();
   }

@@ -21,7 +21,8 @@ inline constexpr const char* kDepthStateFile = "depth-state.json";
 class DepthState {
  public:
   // Reads `path` on world rank 0 and shares it; `restart` discards it (--restart).
-  DepthState(dist::Comm& world, std::filesystem::path path, nlohmann::json identity, bool restart);
+  DepthState(dist::Comm& world, std::filesystem::path path, nlohmann::json identity,
+             const std::filesystem::path& model, bool restart);
   // The value kept under `key`; null when none.
   const nlohmann::json& at(const std::string& key) const;
   // Keeps `value` under `key` (null removes it) in this rank's copy; rank 0 also replaces the

@@ -86,9 +86,11 @@ void open_export(const ExportRequest& req, ExportSource& in) {
                         fs::path(model).is_relative() ? "from here" : "any more");
   const auto& src = in.src.emplace(model);
   const auto& made_from = ckpt.manifest().at("model");
-  if (const auto fp = io::model_fingerprint(model); fp != made_from.at("fingerprint").get<std::string>())
-    SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {}: the fingerprint of its config.json and "
-                        "weight file headers is {}, the checkpoint's model ({} as the prune read it) had {}",
+  if (const auto fp = io::model_fingerprint(model);
+      !io::kept_model_matches(made_from.at("fingerprint").get<std::string>(), fp, model, req.checkpoint))
+    SCALPEL_INPUT_ERROR("checkpoint {} was made from another model than {}: the fingerprint of its config.json, "
+                        "weight file headers and sampled weights is {}, the checkpoint's model ({} as the prune read "
+                        "it) had {}",
                         req.checkpoint, model, fp, made_from.at("name").get<std::string>(),
                         made_from.at("fingerprint").get<std::string>());
   in.spec.emplace(model::ModelSpec::from_config(src.config(), (fs::path(model) / "config.json").string()));

@@ -92,7 +92,7 @@ void check_identity(const json& m, const CheckpointIdentity& id, const fs::path&
   const std::string what = (dir / kManifestName).string();
   constexpr const char* kHow = "use a new output folder, or --restart to discard this checkpoint and start over";
   const std::string fp = m.at("model").at("fingerprint");
-  if (fp != id.model_fingerprint)
+  if (!kept_model_matches(fp, id.model_fingerprint, id.model, what))
     SCALPEL_INPUT_ERROR("{}: the checkpoint belongs to model {} (fingerprint {}), this run prunes {} "
                         "(fingerprint {}); {}",
                         what, m.at("model").at("name").get<std::string>(), fp, id.model, id.model_fingerprint, kHow);
@@ -204,6 +204,7 @@ Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdent
       m = fresh_manifest(id);
     } else {
       check_identity(m, id, dir);
+      m["model"]["fingerprint"] = id.model_fingerprint;  // an earlier release's, accepted: now with values
     }
   } else {
     m = fresh_manifest(id);

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
 #include "scalpel/io/safetensors.hpp"
 
 namespace scalpel::io {
@@ -373,43 +374,98 @@ std::string safetensors_header_bytes(const fs::path& path) {
 
 }  // namespace
 
-std::string model_fingerprint(const fs::path& folder) {
+namespace {
+
+// The weight files of a Hugging Face folder, by name: model.safetensors, or the files the index
+// names (each once, in name order).
+std::vector<std::string> weight_files(const fs::path& folder, const std::string& where) {
+  if (fs::exists(folder / "model.safetensors")) return {"model.safetensors"};
+  const fs::path index = folder / "model.safetensors.index.json";
+  SCALPEL_CHECK_INPUT(fs::exists(index), "{}: has neither model.safetensors nor model.safetensors.index.json", where);
+  std::set<std::string> uniq;
+  try {
+    const json j = json::parse(slurp(index, where));
+    for (const auto& [name, file] : j.at("weight_map").items()) uniq.insert(file.get<std::string>());
+  } catch (const json::exception& e) {
+    SCALPEL_INPUT_ERROR("{}: model.safetensors.index.json is malformed: {}", where, e.what());
+  }
+  for (const auto& f : uniq)
+    SCALPEL_CHECK_INPUT(f.find('/') == std::string::npos && f != ".." && !f.empty(),
+                        "{}: weight file \"{}\" is not a plain file name", where, f);
+  return {uniq.begin(), uniq.end()};
+}
+
+// Bytes of a tensor's data the fingerprint reads: all of a small one, else four windows spread
+// from its first byte to its last (a replaced tensor, or weights trained further, differ there).
+constexpr std::size_t kSampleWindow = 64;
+
+void feed_samples(XXH3_state_t* st, const fs::path& file) {
+  const auto f = SafetensorsFile::open(file);
+  for (const auto& info : f->header().tensors) {
+    const std::size_t n = info.end - info.begin;
+    if (n == 0) continue;
+    const Tensor t = f->view(info.name);
+    const auto* p = static_cast<const unsigned char*>(t.raw());
+    if (n <= 4 * kSampleWindow) {
+      XXH3_64bits_update(st, p, n);
+      continue;
+    }
+    const std::size_t last = n - kSampleWindow;
+    for (const std::size_t at : {std::size_t{0}, last / 3, 2 * (last / 3), last})
+      XXH3_64bits_update(st, p + at, kSampleWindow);
+  }
+}
+
+// XXH3 over config.json and each weight file's header, and with `values` samples of each tensor's
+// bytes; length-prefixed parts, so that no two different sequences of parts hash the same stream.
+std::string fingerprint(const fs::path& folder, bool values) {
   const std::string where = folder.string();
   std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> st(XXH3_createState(), XXH3_freeState);
   SCALPEL_CHECK(st != nullptr, "XXH3_createState failed");
   XXH3_64bits_reset(st.get());
   auto feed = [&](std::string_view tag, const std::string& bytes) {
-    // Length-prefixed so that no two different sequences of parts hash the same stream.
     const std::uint64_t lens[2] = {tag.size(), bytes.size()};
     XXH3_64bits_update(st.get(), lens, sizeof lens);
     XXH3_64bits_update(st.get(), tag.data(), tag.size());
     XXH3_64bits_update(st.get(), bytes.data(), bytes.size());
   };
   feed("config.json", slurp(folder / "config.json", where));
-
-  std::vector<std::string> files;
-  if (fs::exists(folder / "model.safetensors")) {
-    files.push_back("model.safetensors");
-  } else {
-    const fs::path index = folder / "model.safetensors.index.json";
-    SCALPEL_CHECK_INPUT(fs::exists(index), "{}: has neither model.safetensors nor model.safetensors.index.json",
-                        where);
-    json j;
-    try {
-      j = json::parse(slurp(index, where));
-      std::set<std::string> uniq;
-      for (const auto& [name, file] : j.at("weight_map").items()) uniq.insert(file.get<std::string>());
-      files.assign(uniq.begin(), uniq.end());
-    } catch (const json::exception& e) {
-      SCALPEL_INPUT_ERROR("{}: model.safetensors.index.json is malformed: {}", where, e.what());
-    }
-  }
-  for (const auto& f : files) {
-    SCALPEL_CHECK_INPUT(f.find('/') == std::string::npos && f != ".." && !f.empty(),
-                        "{}: weight file \"{}\" is not a plain file name", where, f);
+  for (const auto& f : weight_files(folder, where)) {
     feed(f, safetensors_header_bytes(folder / f));
+    if (values) feed_samples(st.get(), folder / f);
   }
-  return fmt::format("xxh3:{:016x}", static_cast<std::uint64_t>(XXH3_64bits_digest(st.get())));
+  return fmt::format("{}{:016x}", values ? kFingerprintPrefix : kHeaderFingerprintPrefix,
+                     static_cast<std::uint64_t>(XXH3_64bits_digest(st.get())));
+}
+
+}  // namespace
+
+std::string model_fingerprint(const fs::path& folder) { return fingerprint(folder, true); }
+
+bool kept_model_matches(const std::string& kept, const std::string& now, const fs::path& folder,
+                        const std::string& what) {
+  if (kept == now) return true;
+  if (kept.rfind(kHeaderFingerprintPrefix, 0) != 0) return false;
+  try {
+    if (kept != fingerprint(folder, false)) return false;
+  } catch (const Error&) {
+    return false;  // a folder that cannot be read is not the model (the caller says which it holds)
+  }
+  log::warn("{}: recorded by an earlier release, whose model fingerprint covered config.json and the weight files' "
+            "headers but not the weights' values; taken as {}'s (same config and headers), which this run cannot "
+            "confirm for the values; it now records the fingerprint with them",
+            what, folder.string());
+  return true;
+}
+
+bool kept_identity_matches(nlohmann::json kept, const nlohmann::json& now, const fs::path& folder,
+                           const std::string& what) {
+  if (!kept.is_object() || !now.is_object() || !kept.contains("model") || !now.contains("model") ||
+      !kept["model"].is_string() || !now["model"].is_string())
+    return kept == now;
+  const std::string model = kept["model"];
+  kept["model"] = now["model"];
+  return kept == now && kept_model_matches(model, now["model"].get<std::string>(), folder, what);
 }
 
 std::string settings_change(const nlohmann::json& was, const nlohmann::json& now) {

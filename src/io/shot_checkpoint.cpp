@@ -114,7 +114,10 @@ ShotCheckpoint ShotCheckpoint::open_or_create(const fs::path& dir, const Checkpo
       SCALPEL_INPUT_ERROR("{}: the checkpoint was made with another {} than this run; use another output.dir, or "
                           "--restart to discard it", dir.string(), what);
     };
-    if (p["model_fingerprint"] != id.model_fingerprint) differs("model");
+    if (!p["model_fingerprint"].is_string() ||
+        !kept_model_matches(p["model_fingerprint"].get<std::string>(), id.model_fingerprint, id.model,
+                            (dir / kShotPointerName).string()))
+      differs("model");
     if (p["config_hash"] != id.config_hash) {
       const auto changed = settings_change(p.value("settings", nlohmann::json()), id.settings);
       differs(changed.empty() ? "configuration (prune, surgeon, calibration or determinism settings)"
@@ -123,6 +126,7 @@ ShotCheckpoint ShotCheckpoint::open_or_create(const fs::path& dir, const Checkpo
     if (p["num_layers"].get<std::int64_t>() != id.num_layers) differs("layer count");
     if (p["total_shots"].get<std::int64_t>() != total_shots) differs("number of shots");
     s.shot_ = p["shot"].get<std::int64_t>();
+    s.pointer_["model_fingerprint"] = id.model_fingerprint;  // an earlier release's, accepted: now with values
   } else {
     s.write_pointer({{"format", kFormat}, {"version", 1}, {"model", id.model},
                      {"model_fingerprint", id.model_fingerprint}, {"config_hash", id.config_hash},

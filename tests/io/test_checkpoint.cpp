@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -723,23 +724,78 @@ TEST_F(CheckpointCorruption, AnyFlippedByteIsCaught) {
   EXPECT_GT(detected, 30);  // most of a shard is checksummed data
 }
 
-TEST(CheckpointFingerprint, DependsOnConfigAndHeadersOnly) {
+TEST(CheckpointFingerprint, DependsOnConfigHeadersAndSampledValues) {
   TempDir dir;
   write_file(dir / "config.json", R"({"model_type": "opt", "num_hidden_layers": 2})");
   write_safetensors(dir / "model.safetensors", {{"w", random_tensor(DType::f32, {4, 4}, 1)}});
   const std::string a = model_fingerprint(dir.path());
-  EXPECT_EQ(a.rfind("xxh3:", 0), 0u);
+  EXPECT_EQ(a.rfind("xxh3s:", 0), 0u);
   EXPECT_EQ(model_fingerprint(dir.path()), a);
-  // Same shapes, other values: same fingerprint (headers only, by design).
+  // Same shapes, other values (a model trained further, a tensor replaced): another model. Before,
+  // the fingerprint covered the headers only and a checkpoint resumed onto such a model.
   write_safetensors(dir / "model.safetensors", {{"w", random_tensor(DType::f32, {4, 4}, 2)}});
-  EXPECT_EQ(model_fingerprint(dir.path()), a);
+  const std::string v = model_fingerprint(dir.path());
+  EXPECT_NE(v, a);
   write_safetensors(dir / "model.safetensors", {{"w", random_tensor(DType::f32, {4, 5}, 2)}});
   const std::string b = model_fingerprint(dir.path());
   EXPECT_NE(b, a);
+  EXPECT_NE(b, v);
   write_file(dir / "config.json", R"({"model_type": "opt", "num_hidden_layers": 3})");
   EXPECT_NE(model_fingerprint(dir.path()), b);
   TempDir empty;
   expect_input_error([&] { model_fingerprint(empty.path()); }, {"config.json"});
+}
+
+// The samples of a tensor over 256 bytes: four 64-byte windows from its first byte to its last
+// (here 16 KiB: bytes 0, 5440, 10880 and 16320 on). A byte in a window changes the fingerprint;
+// one between windows does not (the documented limit: a few KiB read per tensor, not the weights).
+TEST(CheckpointFingerprint, SamplesFourWindowsOfALargeTensor) {
+  TempDir dir;
+  write_file(dir / "config.json", R"({"model_type": "opt"})");
+  const auto file = dir / "model.safetensors";
+  write_safetensors(file, {{"big", random_tensor(DType::f32, {64, 64}, 3)}, {"small", random_tensor(DType::f32, {3}, 4)}});
+  const std::string base = model_fingerprint(dir.path());
+  const auto h = SafetensorsFile::open(file)->header();
+  const auto flip = [&](const std::string& tensor, std::uint64_t at) {
+    std::uint64_t begin = 0;
+    for (const auto& t : h.tensors)
+      if (t.name == tensor) begin = h.data_start() + t.begin;
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(begin + at));
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x01);
+    f.seekp(static_cast<std::streamoff>(begin + at));
+    f.write(&c, 1);
+  };
+  for (const std::uint64_t at : {0u, 5440u + 63u, 10880u, 16383u}) {
+    flip("big", at);
+    EXPECT_NE(model_fingerprint(dir.path()), base) << "byte " << at;
+    flip("big", at);  // back
+    EXPECT_EQ(model_fingerprint(dir.path()), base) << "byte " << at;
+  }
+  flip("big", 2000);
+  EXPECT_EQ(model_fingerprint(dir.path()), base);
+  flip("big", 2000);
+  flip("small", 11);  // a tensor of 12 bytes is read whole
+  EXPECT_NE(model_fingerprint(dir.path()), base);
+}
+
+// A fingerprint of an earlier release ("xxh3:", config.json and headers only) is taken as the
+// folder's when it matches them. The value is what release 20ab05a's model_fingerprint gives
+// opt-mini (the project's copy and ../shared's alike), so its checkpoints still resume.
+TEST(CheckpointFingerprint, AnEarlierReleasesFingerprintStillMatchesItsModel) {
+  const fs::path opt = fs::path(SCALPEL_SOURCE_DIR) / "models/opt-mini";
+  if (!fs::exists(opt / "model.safetensors")) GTEST_SKIP() << opt.string() << " not found";
+  const std::string now = model_fingerprint(opt);
+  EXPECT_TRUE(kept_model_matches(now, now, opt, "test"));
+  EXPECT_TRUE(kept_model_matches("xxh3:5fe2299b132ffc6e", now, opt, "test"));
+  EXPECT_FALSE(kept_model_matches("xxh3:258cbbdd7187d4c1", now, opt, "test"));  // llama-mini's
+  EXPECT_FALSE(kept_model_matches("xxh3s:5fe2299b132ffc6e", now, opt, "test"));
+  // An identity object (a depth state's, a trace estimate's): the model key compared as above.
+  const nlohmann::json kept{{"model", "xxh3:5fe2299b132ffc6e"}, {"seed", 0}};
+  EXPECT_TRUE(kept_identity_matches(kept, {{"model", now}, {"seed", 0}}, opt, "test"));
+  EXPECT_FALSE(kept_identity_matches(kept, {{"model", now}, {"seed", 1}}, opt, "test"));
 }
 
 }  // namespace

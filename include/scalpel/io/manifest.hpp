@@ -88,10 +88,29 @@ std::string settings_change(const nlohmann::json& was, const nlohmann::json& now
 // Current UTC time as "2024-05-01T12:34:56Z".
 std::string utc_now_iso();
 
-// A cheap fingerprint of a Hugging Face model folder: XXH3 over config.json and the JSON headers
-// (names, dtypes, shapes, offsets) of its safetensors files, in file-name order. It reads a few KiB,
-// not the weights: it catches a different model or layout, not weights edited in place.
-// Input Error naming the folder when config.json or a weight file is missing or malformed.
+// The fingerprint of a Hugging Face model folder: XXH3 over config.json, the JSON headers (names,
+// dtypes, shapes, offsets) of its safetensors files in file-name order, and samples of each
+// tensor's bytes (all of a tensor up to 256 bytes, else four 64-byte windows from its first byte
+// to its last). It reads a few KiB per tensor, not the weights: it tells apart another model or
+// layout, a tensor replaced, weights trained further; not an edit confined to unsampled bytes.
+// "xxh3s:" and 16 hex digits. Input Error naming the folder when config.json or a weight file is
+// missing or malformed.
+inline constexpr const char* kFingerprintPrefix = "xxh3s:";
 std::string model_fingerprint(const std::filesystem::path& hf_folder);
+
+// Fingerprints recorded by earlier releases ("xxh3:") covered config.json and the headers only.
+inline constexpr const char* kHeaderFingerprintPrefix = "xxh3:";
+
+// Whether the fingerprint `kept` (recorded by an earlier run, in `what`) is that of `folder`, whose
+// fingerprint is `now`: equal, or an earlier release's header fingerprint equal to the folder's,
+// accepted with a warning that the values could not be checked (a checkpoint made before the
+// fingerprint sampled values resumes; its next write records `now`).
+bool kept_model_matches(const std::string& kept, const std::string& now, const std::filesystem::path& folder,
+                        const std::string& what);
+
+// The same for an identity object whose "model" is a fingerprint (a depth state's, a trace
+// estimate's): equal to `now` once an earlier release's matching fingerprint is taken as `now`'s.
+bool kept_identity_matches(nlohmann::json kept, const nlohmann::json& now, const std::filesystem::path& folder,
+                           const std::string& what);
 
 }  // namespace scalpel::io
