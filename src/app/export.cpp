@@ -148,22 +148,34 @@ std::string foreign_entry(const fs::path& dir, const fs::path& out, bool partial
   return "";
 }
 
-// The export's temporary folder beside `out` (removed before the export starts): absent, or a
-// leftover of an earlier export holding export files only.
+// The folders beside `out` an export uses: the new export is written into FOLDER.tmp-export, and
+// an earlier export is moved to FOLDER.old-export before the new one is renamed into place, then
+// removed; a kill leaves one folder or the other whole, never a half-removed export.
+struct ExportScratch {
+  fs::path tmp, old;
+};
+
+ExportScratch export_scratch(fs::path out) {
+  while (!out.has_filename() && out.has_relative_path()) out = out.parent_path();
+  return {out.string() + ".tmp-export", out.string() + ".old-export"};
+}
+
+// The scratch folders (removed before the export starts): absent, or leftovers of an earlier
+// export holding export files only.
 void check_export_scratch(const fs::path& out) {
-  fs::path o = out;
-  while (!o.has_filename() && o.has_relative_path()) o = o.parent_path();
-  const fs::path tmp = o.string() + ".tmp-export";
-  std::error_code ec;
-  const auto st = fs::symlink_status(tmp, ec);
-  if (ec || !fs::exists(st)) return;
-  if (!fs::is_directory(st))
-    SCALPEL_INPUT_ERROR("export to {}: {} is a file, where the export puts its temporary folder (removed first): "
-                        "move it away", out.string(), tmp.string());
-  if (const auto what = foreign_entry(tmp, out, true); !what.empty())
-    SCALPEL_INPUT_ERROR("export to {}: {} holds '{}', which no export writes; the export removes that folder before "
-                        "writing (it is where an interrupted export left its files): move what you keep out of it",
-                        out.string(), tmp.string(), what);
+  const auto scratch = export_scratch(out);
+  for (const auto& dir : {scratch.tmp, scratch.old}) {
+    std::error_code ec;
+    const auto st = fs::symlink_status(dir, ec);
+    if (ec || !fs::exists(st)) continue;
+    if (!fs::is_directory(st))
+      SCALPEL_INPUT_ERROR("export to {}: {} is a file, where the export puts a folder of its own (removed first): "
+                          "move it away", out.string(), dir.string());
+    if (const auto what = foreign_entry(dir, out, true); !what.empty())
+      SCALPEL_INPUT_ERROR("export to {}: {} holds '{}', which no export writes; the export removes that folder "
+                          "before writing (it is where an interrupted export left its files): move what you keep out "
+                          "of it", out.string(), dir.string(), what);
+  }
 }
 
 // Whether `out` is an export of a release from before scalpel-export.json, which a rerun replaces
@@ -242,16 +254,38 @@ void check_export_folder(const Config& cfg) {
   check_export_target(target, cfg.model);
 }
 
+namespace {
+
+// The written export `tmp` becomes `out`: an earlier export there is renamed to `old` first and
+// removed last, so that a kill between any two steps leaves a whole export (old, new, or both)
+// and the next export cleans up. Each rename is made durable (fsync of the parent folder).
+void move_into_place(const fs::path& tmp, const fs::path& out, const fs::path& old) {
+  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (fs::exists(fs::symlink_status(out, ec))) {
+    fs::rename(out, old, ec);
+    if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot move the earlier export aside to {}: {}", out.string(), old.string(),
+                                  ec.message());
+  }
+  fs::rename(tmp, out, ec);
+  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot move the export into place: {}", out.string(), ec.message());
+  io::fsync_path(parent, true);
+  fs::remove_all(old, ec);
+}
+
+}  // namespace
+
 void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out_given,
                          std::int64_t shard_bytes, dist::Comm* comm) {
   const Writers w = comm ? Writers{comm->rank(), comm->size()} : Writers{};
   const fs::path out = export_destination(out_given);
-  const fs::path tmp = out.string() + ".tmp-export";
+  const auto [tmp, old] = export_scratch(out);
   std::error_code ec;
   check_export_target(out, src.folder());  // every rank: all refuse alike, before anything is removed
-  if (comm) comm->barrier();  // every rank has looked at the temporary folder before rank 0 removes it
+  if (comm) comm->barrier();  // every rank has looked at the scratch folders before rank 0 removes them
   if (w.rank == 0) {
     fs::remove_all(tmp, ec);
+    fs::remove_all(old, ec);
     fs::create_directories(tmp, ec);
     if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", tmp.string(), ec.message());
   }
@@ -298,9 +332,7 @@ void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, c
     std::ofstream marker(tmp / kExportMarker, std::ios::trunc);
     marker << nlohmann::json{{"written_by", "scalpel"}}.dump() << '\n';
     if (!marker) SCALPEL_RUNTIME_ERROR("{}: cannot write {}", tmp.string(), kExportMarker);
-    fs::remove_all(out, ec);
-    fs::rename(tmp, out, ec);
-    if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot move the export into place: {}", out.string(), ec.message());
+    move_into_place(tmp, out, old);
   }
   if (comm) comm->barrier();  // the folder is in place
 }

@@ -4,9 +4,11 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 
 #include "scalpel/app/export.hpp"
+#include "scalpel/core/error.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
 
 namespace fs = std::filesystem;
@@ -82,6 +84,46 @@ TEST(Export, ShardedFolderRoundTripsAndInspectSeesTheSparsity) {
   for (const char* f : {"config.json", "tokenizer.json"})
     EXPECT_NE(fs::status(out / f).permissions() & fs::perms::owner_write, fs::perms::none) << f;
   fs::remove_all(ro);
+  fs::remove_all(out);
+}
+
+// An earlier export is moved aside (FOLDER.old-export) before the new one is renamed in, and
+// removed after: it used to be deleted file by file first, so a kill in that window left a folder
+// of tokenizer files without weights or marker, which the next export refused as "a model that
+// scalpel did not export". The folder a kill between the two renames leaves (the old export whole
+// beside no FOLDER) is removed by the next export; one holding other files is refused, untouched.
+TEST(Export, AnEarlierExportIsMovedAsideWholeAndItsLeftoverRemoved) {
+  if (!fs::exists(kShared / "models/opt-mini/config.json")) GTEST_SKIP() << "../shared/models not present";
+  io::HfCheckpoint src(kShared / "models/opt-mini");
+  const std::string pruned = "model.decoder.layers.1.fc1.weight";
+  const auto out = fs::temp_directory_path() / ("scalpel_export_aside_" + std::to_string(::getpid()));
+  const fs::path old = out.string() + ".old-export", tmp = out.string() + ".tmp-export";
+  app::export_hf_folder(src, std::map<std::string, Tensor>{}, out, 0);
+  std::map<std::string, Tensor> replaced{{pruned, prune_2_4(src.view(pruned))}};
+  app::export_hf_folder(src, replaced, out, 0);  // replaces the dense export
+  EXPECT_FALSE(fs::exists(old));
+  EXPECT_FALSE(fs::exists(tmp));
+  const Tensor got = io::HfCheckpoint(out).view(pruned), want = replaced.at(pruned);
+  EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0);
+
+  fs::rename(out, old);  // as a kill between the renames leaves it: the old export aside, no FOLDER
+  app::export_hf_folder(src, std::map<std::string, Tensor>{}, out, 0);
+  EXPECT_FALSE(fs::exists(old));
+  EXPECT_TRUE(fs::exists(out / "scalpel-export.json"));
+
+  fs::create_directories(old);
+  std::ofstream(old / "notes.txt") << "mine";
+  try {
+    app::export_hf_folder(src, std::map<std::string, Tensor>{}, out, 0);
+    ADD_FAILURE() << "a leftover holding other files was not refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::input);
+    EXPECT_NE(std::string(e.what()).find(old.string() + " holds 'notes.txt', which no export writes"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fs::exists(old / "notes.txt"));
+  EXPECT_TRUE(fs::exists(out / "scalpel-export.json"));
+  fs::remove_all(old);
   fs::remove_all(out);
 }
 
