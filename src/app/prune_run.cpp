@@ -583,7 +583,7 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
   if (was_complete && ckpt.manifest().contains("summary") && ckpt.manifest()["summary"].is_object())
     summary = ckpt.manifest()["summary"];
   if (!was_complete) ckpt.mark_complete(summary);
-  log::info("pruned {} of {} target weights ({:.2f}%) in {:.1f} s on {} rank(s){}{}", zeros, total,
+  log::info("pruned: {} of {} target weights zero ({:.2f}%) in {:.1f} s on {} rank(s){}{}", zeros, total,
             total ? 100.0 * zeros / total : 0.0, summary.value("seconds", 0.0), summary.value("ranks", 0),
             resumed_note(summary, spec.layers), was_complete ? ", by the run that completed the checkpoint" : "");
   if (was_complete) summary["complete_before_this_run"] = true;
@@ -783,7 +783,7 @@ void log_prune_start(const PruneSession& s, std::int64_t resume_from, const fs::
   log::info("prune {} ({}, {} layers): {} {}, {} calibration windows x {} tokens from {}; {} rank(s) = {} stage(s) x "
             "{} data, device {} ({} forward), {} thread(s) per rank, determinism {}",
             cfg.model, s.spec.model_type, s.spec.layers, cfg.prune.method, s.pattern.str(), s.calib.nseq,
-            s.calib.seqlen, cfg.calibration.path, s.world.size(), s.grid.stages, s.grid.data, s.backend->name(),
+            s.calib.seqlen, s.calib.source, s.world.size(), s.grid.stages, s.grid.data, s.backend->name(),
             dtype_name(s.fwd), s.threads, cfg.determinism);
   if (resume_from >= s.spec.layers)
     log::info("checkpoint {}: all {} layers committed; nothing to prune", ckpt_dir.string(), s.spec.layers);

@@ -79,7 +79,10 @@ std::unique_ptr<Backend> make_rank_backend(const Config& cfg, const NodePlace& p
 CalibrationWindows calibration_windows(const Config& cfg, const model::ModelSpec& spec, const text::Tokenizer& tok) {
   if (cfg.calibration.path.empty())
     SCALPEL_INPUT_ERROR("config: 'calibration.path' is empty; name the calibration text file");
-  const auto calib_ids = tok.encode(text::load_eval_text("text", cfg.calibration.path));
+  const auto text = text::read_eval_text("text", cfg.calibration.path);
+  if (text.empty())
+    SCALPEL_INPUT_ERROR("config: 'calibration.path' {}: the calibration text is empty", cfg.calibration.path);
+  const auto calib_ids = tok.encode(text);
   CalibrationWindows w;
   w.seqlen = cfg.calibration.seqlen > 0 ? cfg.calibration.seqlen : spec.max_positions;
   if (w.seqlen > spec.max_positions)
@@ -91,6 +94,10 @@ CalibrationWindows calibration_windows(const Config& cfg, const model::ModelSpec
                                                          cfg.calibration.path)
                            : text::read_window_offsets(cfg.calibration.offsets, n, w.seqlen);
   w.nseq = static_cast<std::int64_t>(offsets.size());
+  w.source = cfg.calibration.offsets.empty()
+                 ? cfg.calibration.path
+                 : fmt::format("{} at the offsets in {} (calibration.nsamples and seed not used)",
+                               cfg.calibration.path, cfg.calibration.offsets);
   w.ids.reserve(static_cast<std::size_t>(w.nseq * w.seqlen));
   for (auto o : offsets) w.ids.insert(w.ids.end(), calib_ids.begin() + o, calib_ids.begin() + o + w.seqlen);
   return w;

@@ -23,6 +23,9 @@ namespace scalpel::app {
 struct CalibrationWindows {
   std::vector<std::int32_t> ids;
   std::int64_t nseq = 0, seqlen = 0;
+  // Where they come from, for the run's first line: the text, and the offsets file when one
+  // replaced the seeded sampling (calibration.nsamples and seed then unused).
+  std::string source;
   // The ids of windows [first, first + count).
   std::span<const std::int32_t> windows(std::int64_t first, std::int64_t count) const {
     return std::span<const std::int32_t>(ids).subspan(static_cast<std::size_t>(first * seqlen),

@@ -425,7 +425,7 @@ nlohmann::json surgeon_summary(SurgeonRun& r, io::ShotCheckpoint& state, nlohman
   const auto zeros = summary.value("zeros", std::int64_t{0}), total = summary.value("weights", std::int64_t{1});
   const auto from = summary.value("resumed_at_shot", std::int64_t{0});
   const auto K = r.cfg.surgeon.shots;
-  log::info("pruned {} of {} target weights and biases ({:.2f}%) in {:.1f} s on {} rank(s){}{}", zeros, total,
+  log::info("pruned: {} of {} target weights and biases zero ({:.2f}%) in {:.1f} s on {} rank(s){}{}", zeros, total,
             100.0 * static_cast<double>(zeros) / static_cast<double>(total), summary.value("seconds", 0.0),
             summary.value("ranks", 0),
             from > K ? " (every shot committed before: this run exported)"
@@ -654,9 +654,10 @@ int run_surgeon(const Config& cfg, dist::Comm& world, const NodePlace& place, bo
               first - 1, first > K ? std::string("every shot done, nothing to prune") : fmt::format("resuming at shot {}", first));
   }
   log::info("prune {} ({}, {} layers): LLM Surgeon ({} cost) {} to {:.1f}% in {} shots, {} linears; {} calibration "
-            "windows x {} tokens; {} rank(s), determinism {}",
+            "windows x {} tokens from {}; {} rank(s), determinism {}",
             cfg.model, spec.model_type, spec.layers, cfg.surgeon.cost, cfg.prune.pattern,
-            100 * final_sparsity(cfg, opt), K, targets.size(), calib.nseq, calib.seqlen, world.size(), cfg.determinism);
+            100 * final_sparsity(cfg, opt), K, targets.size(), calib.nseq, calib.seqlen, calib.source, world.size(),
+            cfg.determinism);
 
   Metrics metrics;
   if (world.is_root() && !cfg.output.metrics.empty())

@@ -477,6 +477,30 @@ TEST(PruneCli, AnEmptyCalibrationPathIsNamed) {
   const auto r = run_capture(prune_args(dir, "opt-mini", {"calibration.path="}));
   EXPECT_NE(r.find("exit=2"), std::string::npos) << r;
   EXPECT_NE(r.find("'calibration.path' is empty"), std::string::npos) << r;
+  // An empty file is the calibration text, not "the evaluation text (preset text)" as it said.
+  fs::create_directories(dir);
+  std::ofstream(dir / "empty.txt").flush();
+  const auto e = run_capture(prune_args(dir, "opt-mini", {"calibration.path=" + (dir / "empty.txt").string()}));
+  EXPECT_NE(e.find("exit=2"), std::string::npos) << e;
+  EXPECT_NE(e.find("'calibration.path' " + (dir / "empty.txt").string() + ": the calibration text is empty"),
+            std::string::npos) << e;
+  EXPECT_FALSE(fs::exists(dir / "ckpt"));
+  fs::remove_all(dir);
+}
+
+// calibration.offsets replaces the seeded sampling: its windows are the run's, whatever nsamples
+// says (8 here), and the first line says that nsamples and seed are not used.
+TEST(PruneCli, AnOffsetsFileReplacesTheSeededWindows) {
+  NEED_SHARED();
+  const auto dir = temp_dir("offsets");
+  fs::create_directories(dir);
+  std::ofstream(dir / "offs.txt") << "# two windows\n0\n1000\n";
+  const auto r = run_capture(prune_args(dir, "opt-mini", {"prune.method=wanda", "output.export=",
+                                                          "calibration.offsets=" + (dir / "offs.txt").string()}));
+  EXPECT_NE(r.find("exit=0"), std::string::npos) << r;
+  EXPECT_NE(r.find("2 calibration windows x 128 tokens from " + (kShared / "data/corpus/calib.txt").string() +
+                   " at the offsets in " + (dir / "offs.txt").string() + " (calibration.nsamples and seed not used)"),
+            std::string::npos) << r;
   fs::remove_all(dir);
 }
 
@@ -618,7 +642,7 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   ASSERT_EQ(summaries.size(), 2u);  // one summary per run
   EXPECT_TRUE(summaries[0].at("export_s").is_null());  // output.export= : none
   EXPECT_GT(summaries[1].at("export_s").get<double>(), 0.0);
-  EXPECT_NE(rerun.find("pruned 1572864 of 3145728 target weights"), std::string::npos) << rerun;
+  EXPECT_NE(rerun.find("pruned: 1572864 of 3145728 target weights zero"), std::string::npos) << rerun;
   // The rerun pruned nothing: its line and record repeat the summary of the run that did (they
   // gave the rerun's own 0.5 s and rank count).
   EXPECT_NE(rerun.find("by the run that completed the checkpoint"), std::string::npos) << rerun;
