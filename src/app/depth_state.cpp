@@ -1,6 +1,8 @@
 // The kept progress of `scalpel depth` (see depth_state.hpp).
 #include "depth_state.hpp"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -8,6 +10,8 @@
 #include "scalpel/core/error.hpp"
 #include "scalpel/core/log.hpp"
 #include "scalpel/io/manifest.hpp"
+#include "scalpel/io/shot_checkpoint.hpp"
+#include "root_work.hpp"
 
 namespace fs = std::filesystem;
 
@@ -44,16 +48,29 @@ DepthState::DepthState(dist::Comm& world, fs::path path, nlohmann::json identity
                        bool restart)
     : path_(std::move(path)), root_(world.is_root()), identity_(std::move(identity)) {
   std::string text;
-  if (root_) {
+  detail::on_root(world, [&] {
+    const fs::path dir = path_.parent_path();
     std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the folder of the depth state: {}", dir.string(), ec.message());
+    if (fs::exists(dir / io::kManifestName, ec) || io::ShotCheckpoint::is_shot_state(dir))
+      SCALPEL_INPUT_ERROR("{}: holds a prune checkpoint ({}), not the progress of a scalpel depth run; use another "
+                          "output.dir or output.checkpoint",
+                          dir.string(), fs::exists(dir / io::kManifestName, ec) ? io::kManifestName
+                                                                                  : io::kShotPointerName);
+    lock_fd_ = io::lock_checkpoint_folder(dir);
     if (restart) fs::remove(path_, ec);
     kept_ = read_state(path_, identity_, model, resumed_);
     if (resumed_) log::info("depth: resuming the progress kept in {}", path_.string());
     text = kept_.dump();
-  }
+  });
   world.broadcast_string(text, 0);
   if (!root_) kept_ = nlohmann::json::parse(text);
   resumed_ = !kept_.empty();
+}
+
+DepthState::~DepthState() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
 const nlohmann::json& DepthState::at(const std::string& key) const {

@@ -13,16 +13,22 @@
 #include <nlohmann/json.hpp>
 
 #include "scalpel/dist/comm.hpp"
+#include "scalpel/io/checkpoint.hpp"
 
 namespace scalpel::app {
 
-inline constexpr const char* kDepthStateFile = "depth-state.json";
+inline constexpr const char* kDepthStateFile = io::kDepthStateName;
 
 class DepthState {
  public:
-  // Reads `path` on world rank 0 and shares it; `restart` discards it (--restart).
+  // Reads `path` on world rank 0 and shares it; `restart` discards it (--restart). Rank 0 holds
+  // the folder's checkpoint.lock until destroyed (a second run on it gets an input Error), and a
+  // folder holding a prune's manifest or LLM Surgeon's state is refused (every rank throws).
   DepthState(dist::Comm& world, std::filesystem::path path, nlohmann::json identity,
              const std::filesystem::path& model, bool restart);
+  ~DepthState();
+  DepthState(const DepthState&) = delete;
+  DepthState& operator=(const DepthState&) = delete;
   // The value kept under `key`; null when none.
   const nlohmann::json& at(const std::string& key) const;
   // Keeps `value` under `key` (null removes it) in this rank's copy; rank 0 also replaces the
@@ -36,6 +42,7 @@ class DepthState {
  private:
   std::filesystem::path path_;
   bool root_ = false, resumed_ = false;
+  int lock_fd_ = -1;
   nlohmann::json identity_, kept_ = nlohmann::json::object();
 };
 

@@ -150,6 +150,21 @@ void refuse_or_discard_shot_state(const fs::path& dir, bool restart) {
   ShotCheckpoint::discard(dir);
 }
 
+// A folder holding `scalpel depth`'s progress is not a layer checkpoint either: refused, or with
+// --restart its state removed (a depth run and a prune sharing one folder replaced each other's
+// export and wrote beside each other's state).
+void refuse_or_discard_depth_state(const fs::path& dir, bool restart) {
+  const fs::path state = dir / kDepthStateName;
+  std::error_code ec;
+  if (!fs::exists(state, ec)) return;
+  if (!restart)
+    SCALPEL_INPUT_ERROR("{}: holds the progress of a scalpel depth run ({}), not a layer checkpoint; use another "
+                        "output.dir or output.checkpoint, or --restart to discard it",
+                        dir.string(), kDepthStateName);
+  if (::unlink(state.c_str()) != 0)
+    SCALPEL_RUNTIME_ERROR("{}: cannot remove for --restart: {}", state.string(), std::strerror(errno));
+}
+
 }  // namespace
 
 int lock_checkpoint_folder(const fs::path& dir) {
@@ -185,6 +200,7 @@ Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdent
   c.writable_ = true;
   c.lock_fd_ = lock_checkpoint_folder(dir);
   refuse_or_discard_shot_state(dir, options.restart);
+  refuse_or_discard_depth_state(dir, options.restart);
 
   const fs::path mpath = c.manifest_path();
   if (options.restart && fs::exists(mpath)) {

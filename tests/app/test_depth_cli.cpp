@@ -8,7 +8,10 @@
 //     the progress kept to the result of a run never stopped;
 //   - bad inputs: exit code 2, a message naming the key, nothing written.
 // Every test skips when ../shared is absent.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -439,6 +442,53 @@ TEST(DepthCli, DeepestRemovesTheBlocksBeforeTheLast) {
   EXPECT_FALSE(fs::exists(bad_dir / "model"));
   fs::remove_all(dir);
   fs::remove_all(bad_dir);
+}
+
+// A depth run and a prune sharing one checkpoint folder wrote beside each other's state and
+// replaced each other's export, and two depth runs on one folder both ran, recording every set
+// twice. Now depth refuses a folder holding a prune's manifest, the prune refuses one holding
+// depth's progress (--restart discards it), and depth holds checkpoint.lock as the prune does.
+TEST(DepthCli, AnotherRunsFolderIsRefusedAndASecondRunLockedOut) {
+  NEED_SHARED();
+  const auto dir = temp_dir("depth_shared_folder");
+  const std::vector<std::string> prune{kBin, "prune", "--model", (kShared / "models/opt-mini").string(),
+                                       "prune.method=magnitude", "output.export=", "output.dir=" + dir.string(),
+                                       "calibration.path=" + kCalib, "calibration.nsamples=4",
+                                       "calibration.seqlen=64"};
+  ASSERT_EQ(run_to_end(prune), 0);
+  const auto deep = depth_args("opt-mini", dir, {"depth.criterion=deepest", "depth.remove=1"});
+  const auto refused = run_capture(deep);
+  EXPECT_NE(refused.find("exit=2"), std::string::npos) << refused;
+  EXPECT_NE(refused.find((dir / "ckpt").string() + ": holds a prune checkpoint (manifest.json), not the progress "
+                         "of a scalpel depth run"), std::string::npos) << refused;
+  EXPECT_FALSE(fs::exists(dir / "ckpt/depth-state.json"));
+  EXPECT_FALSE(fs::exists(dir / "model"));
+  fs::remove_all(dir);
+
+  ASSERT_NE(run_capture(deep).find("exit=0"), std::string::npos);
+  ASSERT_TRUE(fs::exists(dir / "ckpt/depth-state.json"));
+  const auto other = run_capture(prune);
+  EXPECT_NE(other.find("exit=2"), std::string::npos) << other;
+  EXPECT_NE(other.find("holds the progress of a scalpel depth run (depth-state.json), not a layer checkpoint"),
+            std::string::npos) << other;
+  EXPECT_FALSE(fs::exists(dir / "ckpt/manifest.json"));
+
+  // A second depth run while the folder's lock is held (here by this process) stops at once.
+  {
+    const int fd = ::open((dir / "ckpt/checkpoint.lock").c_str(), O_RDWR | O_CREAT, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+    const auto locked = run_capture(deep);
+    ::close(fd);
+    EXPECT_NE(locked.find("exit=2"), std::string::npos) << locked;
+    EXPECT_NE(locked.find("another process is writing this checkpoint"), std::string::npos) << locked;
+  }
+  auto restart = prune;
+  restart.push_back("--restart");
+  EXPECT_EQ(run_to_end(restart), 0);
+  EXPECT_FALSE(fs::exists(dir / "ckpt/depth-state.json"));
+  EXPECT_TRUE(fs::exists(dir / "ckpt/manifest.json"));
+  fs::remove_all(dir);
 }
 
 TEST(DepthCli, PplOneShotRemovesTheBestOfOneRound) {

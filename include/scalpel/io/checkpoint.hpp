@@ -68,6 +68,10 @@ struct LayerData {
 inline constexpr const char* kCheckpointLockName = "checkpoint.lock";
 int lock_checkpoint_folder(const std::filesystem::path& dir);
 
+// The progress `scalpel depth` keeps in its checkpoint folder: a layer checkpoint is not written
+// into a folder holding it (nor a depth state into one holding a manifest or a shot state).
+inline constexpr const char* kDepthStateName = "depth-state.json";
+
 // Layout of <dir>:
 //   manifest.json                   the commit record (format, identity, grid, per-layer entries)
 //   layer-LLLLL.shard-SSSSS.h5      one per (layer, writer); /layers/<l>/<tensor> (+ ".mask")
