@@ -5,10 +5,18 @@
 
 #include <fmt/format.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <exception>
 #include <fstream>
+#include <optional>
 
 #include "scalpel/core/error.hpp"
+#include "scalpel/core/log.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "scalpel/io/hf_checkpoint.hpp"
 #include "scalpel/io/manifest.hpp"
@@ -256,6 +264,38 @@ void check_export_folder(const Config& cfg) {
 
 namespace {
 
+// Exports into one folder take turns: world rank 0 of each holds an flock on the folder's parent
+// from the removal of the scratch folders to the rename (two runs sharing an output folder
+// removed each other's FOLDER.tmp-export and both failed; the second now waits, then replaces the
+// first's export). A file system that refuses flock on a folder: a warning, no lock.
+class ExportTurn {
+ public:
+  ExportTurn(const fs::path& out, const fs::path& parent) {
+    std::error_code ec;
+    fs::create_directories(parent, ec);  // a failure is named when the scratch folder is created
+    fd_ = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd_ < 0) return;
+    if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) return;
+    if (errno == EWOULDBLOCK) {
+      log::info("export to {}: another export into {} is under way; waiting for it to end", out.string(),
+                parent.string());
+      if (::flock(fd_, LOCK_EX) == 0) return;
+    }
+    log::warn("export to {}: cannot lock {} ({}); going on without", out.string(), parent.string(),
+              std::strerror(errno));
+    ::close(fd_);
+    fd_ = -1;
+  }
+  ~ExportTurn() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  ExportTurn(const ExportTurn&) = delete;
+  ExportTurn& operator=(const ExportTurn&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 // The written export `tmp` becomes `out`: an earlier export there is renamed to `old` first and
 // removed last, so that a kill between any two steps leaves a whole export (old, new, or both)
 // and the next export cleans up. Each rename is made durable (fsync of the parent folder).
@@ -283,7 +323,9 @@ void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, c
   std::error_code ec;
   check_export_target(out, src.folder());  // every rank: all refuse alike, before anything is removed
   if (comm) comm->barrier();  // every rank has looked at the scratch folders before rank 0 removes them
+  std::optional<ExportTurn> turn;
   if (w.rank == 0) {
+    turn.emplace(out, out.has_parent_path() ? out.parent_path() : fs::path("."));
     fs::remove_all(tmp, ec);
     fs::remove_all(old, ec);
     fs::create_directories(tmp, ec);

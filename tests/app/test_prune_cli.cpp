@@ -803,6 +803,27 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
 
 namespace {
 
+// Two exports into one folder at once (two runs sharing an output folder): each removed the
+// other's FOLDER.tmp-export and one or both failed with exit 3 (8 of 8 tries in a review). They
+// take turns now: both succeed, the folder holds one whole export, no scratch folder is left.
+TEST(PruneCli, TwoExportsIntoOneFolderTakeTurns) {
+  NEED_SHARED();
+  const auto dir = temp_dir("export_turns");
+  ASSERT_EQ(run_to_end(prune_args(dir, "opt-mini", {"prune.method=magnitude", "output.export="})), 0);
+  const std::vector<std::string> exp{kBin, "export", "--checkpoint", (dir / "ckpt").string(), "--out",
+                                     (dir / "exp").string()};
+  for (int round = 0; round < 3; ++round) {
+    const pid_t a = spawn(exp, dir / "a.log"), b = spawn(exp, dir / "b.log");
+    EXPECT_EQ(wait_exit(a), 0) << read_bytes(dir / "a.log");
+    EXPECT_EQ(wait_exit(b), 0) << read_bytes(dir / "b.log");
+    EXPECT_TRUE(fs::exists(dir / "exp/scalpel-export.json"));
+    EXPECT_TRUE(fs::exists(dir / "exp/model.safetensors"));
+    EXPECT_FALSE(fs::exists(dir / "exp.tmp-export"));
+    EXPECT_FALSE(fs::exists(dir / "exp.old-export"));
+  }
+  fs::remove_all(dir);
+}
+
 // An export that fails leaves the checkpoint unfinished (every layer committed, not marked
 // complete), and the rerun exports without pruning again. The failure: a file-size limit (4 MB)
 // the layer shards (1.7 MB each) fit under and the 10.8 MB model.safetensors does not; a
