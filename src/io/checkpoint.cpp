@@ -165,6 +165,18 @@ void refuse_or_discard_depth_state(const fs::path& dir, bool restart) {
     SCALPEL_RUNTIME_ERROR("{}: cannot remove for --restart: {}", state.string(), std::strerror(errno));
 }
 
+// What the files the opening removed were: the layers --restart discards, layers no manifest
+// records (it was removed: they are computed again), or the files of a commit a kill interrupted.
+void say_removed(const fs::path& dir, std::size_t n, bool restart, bool had_manifest) {
+  if (restart)
+    log::info("checkpoint {}: discarded {} file(s) for --restart", dir.string(), n);
+  else if (!had_manifest)
+    log::warn("checkpoint {}: removed {} shard file(s) that no manifest records ({} is missing: the layers they "
+              "held are computed again)", dir.string(), n, kManifestName);
+  else
+    log::info("checkpoint {}: removed {} file(s) of an interrupted commit", dir.string(), n);
+}
+
 }  // namespace
 
 int lock_checkpoint_folder(const fs::path& dir) {
@@ -203,7 +215,8 @@ Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdent
   refuse_or_discard_depth_state(dir, options.restart);
 
   const fs::path mpath = c.manifest_path();
-  if (options.restart && fs::exists(mpath)) {
+  const bool had_manifest = fs::exists(mpath);
+  if (options.restart && had_manifest) {
     // Manifest first: once it is gone nothing is committed, and the cleanup below removes the rest.
     if (::unlink(mpath.c_str()) != 0)
       SCALPEL_RUNTIME_ERROR("{}: cannot remove for --restart: {}", mpath.string(), std::strerror(errno));
@@ -249,8 +262,7 @@ Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdent
       }
     }
   }
-  if (!c.removed_.empty())
-    log::info("checkpoint {}: removed {} file(s) of an interrupted commit", dir.string(), c.removed_.size());
+  if (!c.removed_.empty()) say_removed(dir, c.removed_.size(), options.restart, had_manifest);
   return c;
 }
 

@@ -206,7 +206,18 @@ TEST(PruneCli, ChangedConfigIsRefusedUntilRestart) {
   EXPECT_NE(out.find("(changed: prune.sparsity 0.5 -> 0.6)"), std::string::npos) << out;  // the key, not a hash alone
   auto again = prune_args(dir, "opt-mini", {"prune.method=magnitude", "prune.sparsity=0.6"});
   again.push_back("--restart");
-  EXPECT_EQ(run_to_end(again), 0);
+  const auto restarted = run_capture(again);
+  EXPECT_NE(restarted.find("exit=0"), std::string::npos) << restarted;
+  // The layers --restart discards are said as such (it said "of an interrupted commit").
+  EXPECT_NE(restarted.find("discarded 4 file(s) for --restart"), std::string::npos) << restarted;
+  // Committed layers whose manifest was removed: a warning that they are computed again.
+  fs::remove(dir / "ckpt/manifest.json");
+  again.pop_back();
+  const auto lost = run_capture(again);
+  EXPECT_NE(lost.find("exit=0"), std::string::npos) << lost;
+  EXPECT_NE(lost.find("[warning] checkpoint " + (dir / "ckpt").string() + ": removed 4 shard file(s) that no "
+                      "manifest records (manifest.json is missing: the layers they held are computed again)"),
+            std::string::npos) << lost;
   fs::remove_all(dir);
 }
 
