@@ -745,10 +745,14 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   // Opened before the scoring: a metrics file that cannot be written fails now, not after it.
   Metrics metrics;
   if (world.is_root() && !cfg.output.metrics.empty()) metrics = Metrics((fs::path(cfg.output.dir) / cfg.output.metrics).string());
-  DepthState state(world, fs::path(cfg.output.dir) / cfg.output.checkpoint / kDepthStateFile,
-                   depth_identity(cfg, calib), cfg.model, restart);
+  const auto identity = depth_identity(cfg, calib);
+  DepthState state(world, fs::path(cfg.output.dir) / cfg.output.checkpoint / kDepthStateFile, identity, cfg.model,
+                   restart);
   model::Model m(spec, checkpoint_source(src), *backend, static_cast<std::size_t>(cfg.weight_cache_mb) << 20);
-  DepthRun r{cfg, world, *backend, m, *src, calib, std::nullopt, {}, &state, &metrics, config_hash(cfg),
+  // The records' config_hash is the settings' the state belongs to (not paths, threads or the
+  // evaluation), so a resumed or relocated run's records carry the hash of the run never stopped.
+  DepthRun r{cfg, world, *backend, m, *src, calib, std::nullopt, {}, &state, &metrics,
+             identity.at("settings").get<std::string>(),
              threads_per_rank(cfg.threads, place.local_ranks)};
   if (spec.family == model::Family::llama && passes) r.rope = model::make_rope_tables(*backend, spec, calib.seqlen);
   for (std::int64_t l = 0; l < spec.layers; ++l) r.blocks.push_back(m.layer_weights(l));

@@ -267,7 +267,9 @@ int stop_at_line(const std::vector<std::string>& args, const std::string& log, c
 
 // The depth record without what differs between an interrupted and an uninterrupted run.
 nlohmann::json choice_of(nlohmann::json rec) {
-  for (const char* k : {"seconds", "time", "resumed", "config_hash"}) rec.erase(k);  // the hash covers output.dir
+  // config_hash stays: it is the settings' hash, the same for a run in another output.dir (it
+  // hashed the whole config, paths included, and differed).
+  for (const char* k : {"seconds", "time", "resumed"}) rec.erase(k);
   return rec;
 }
 
