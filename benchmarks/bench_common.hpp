@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench_commit.hpp"  // SCALPEL_BENCH_COMMIT, written at build time (benchmarks/commit_id.cmake)
+#include "bench_commit.hpp"  // SCALPEL_BENCH_COMMIT, written at build time (cmake/commit_id.cmake)
 #include "scalpel/core/timer.hpp"
 
 namespace scalpel::bench {

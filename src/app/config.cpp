@@ -52,6 +52,14 @@ class MapReader {
                           source_, key(k));
     if (!v.IsScalar())
       SCALPEL_INPUT_ERROR("{}: '{}' must be a scalar, got a {}", source_, key(k), v.IsMap() ? "mapping" : "list");
+    // A quoted scalar is a string in YAML ("0.5", 'true'): not a number or a boolean, as its type
+    // says (it was converted).
+    if constexpr (std::is_arithmetic_v<T>)
+      if (v.Tag() == "!")
+        SCALPEL_INPUT_ERROR("{}: '{}' must be {}, got the quoted string '{}' (write it without quotes)", source_,
+                            key(k), std::is_same_v<T, bool> ? "a boolean" : std::is_integral_v<T> ? "an integer"
+                                                                                                  : "a number",
+                            v.Scalar());
     long long integer = 0;  // range-checked below, outside the conversion's catch
     unsigned long long uinteger = 0;  // the same for unsigned settings (a seed up to 2^64 - 1)
     try {

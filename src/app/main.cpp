@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <string_view>
 
@@ -18,13 +19,16 @@
 #include "scalpel/core/log.hpp"
 #include "scalpel/dist/comm.hpp"
 #include "root_work.hpp"
+#include "scalpel_commit.hpp"  // SCALPEL_COMMIT, written at build time (cmake/commit_id.cmake)
 
 namespace {
 
-// Splits "config.yaml key=value ..." into the config path and the overrides.
+// Splits "config.yaml key=value ..." into the config path and the overrides. A config file whose
+// path holds '=' ("runs/lr=0.1/prune.yaml") is the config when it exists.
 void split_args(const std::vector<std::string>& args, std::string& config, std::vector<std::string>& overrides) {
   for (const auto& a : args) {
-    if (a.find('=') != std::string::npos) {
+    std::error_code ec;
+    if (a.find('=') != std::string::npos && !(config.empty() && std::filesystem::is_regular_file(a, ec))) {
       overrides.push_back(a);
     } else if (config.empty()) {
       config = a;
@@ -207,7 +211,15 @@ scalpel::app::Config command_config(const std::vector<std::string>& args, const 
   std::string config_path;
   std::vector<std::string> overrides;
   split_args(args, config_path, overrides);
-  if (!o.model.empty()) overrides.push_back("model=" + o.model);
+  if (!o.model.empty()) {
+    // Both --model and a model= override: the one given last won silently, whichever it was.
+    for (const auto& ov : overrides)
+      if (ov.rfind("model=", 0) == 0 && ov.substr(6) != o.model)
+        throw scalpel::Error(scalpel::ErrorKind::input,
+                             fmt::format("--model {} and the override {} name two models; give one", o.model, ov),
+                             __FILE__, __LINE__);
+    overrides.push_back("model=" + o.model);
+  }
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   auto cfg = scalpel::app::load_config(config_path, overrides);
   if (o.log_level_given) {
@@ -320,6 +332,7 @@ int main(int argc, char** argv) {
 
   CLI::App app{"scalpel: one-shot pruning of large language models (SparseGPT, Wanda, magnitude, N:M, LLM Surgeon; "
                "OWL and sensitivity allocation; depth pruning)"};
+  app.set_version_flag("--version", fmt::format("scalpel {} (commit {})", SCALPEL_VERSION, SCALPEL_COMMIT));
   Options opts;
   const Commands commands = add_commands(app, opts);
   try {

@@ -137,7 +137,7 @@ ModelSpec ModelSpec::from_config(const json& cfg, const std::string& what) {
   else if (s.model_type == "llama" || s.model_type == "mistral" || s.model_type == "qwen2")
     read_llama(cfg, what, s);
   else
-    SCALPEL_INPUT_ERROR("{}: model_type '{}' is not supported (opt, llama)", what, s.model_type);
+    SCALPEL_INPUT_ERROR("{}: model_type '{}' is not supported (opt, llama, mistral, qwen2)", what, s.model_type);
   check_shape(cfg, what, s);
   return s;
 }

@@ -203,6 +203,12 @@ void expect_clean_failure(const Run& r, const std::vector<std::string>& needles)
 TEST(Cli, UnknownConfigKeyAndWrongType) {
   expect_clean_failure(run(kBin + " eval model=x eval.sqlen=3"), {"unknown key 'eval.sqlen'"});
   expect_clean_failure(run(kBin + " eval model=x eval.seqlen=abc"), {"'eval.seqlen' must be an integer"});
+  // Quoted, a number or a boolean is a string in YAML: refused (it was converted).
+  expect_clean_failure(run(kBin + " eval --print-config model=x 'prune.sparsity=\"0.5\"'"),
+                       {"'prune.sparsity' must be a number, got the quoted string '0.5'"});
+  expect_clean_failure(run(kBin + " eval --print-config model=x \"eval.add_bos='true'\""),
+                       {"'eval.add_bos' must be a boolean, got the quoted string 'true'"});
+  EXPECT_EQ(run(kBin + " eval --print-config model=x prune.sparsity=0.5 eval.add_bos=true").code, 0);
 }
 
 // Command-line mistakes: the prefix every error has, the flag or word named, exit code 2.
@@ -211,6 +217,26 @@ TEST(Cli, CommandLineMistakesNameTheFlagOrWord) {
   expect_clean_failure(run(kBin + " plan --model x --ranks 0"), {"scalpel: error: --ranks: must be a number above 0"});
   expect_clean_failure(run(kBin + " plan --model x --gflops abc"), {"--gflops: must be a number above 0, got 'abc'"});
   expect_clean_failure(run(kBin + " export --out y"), {"scalpel: error: --checkpoint is required"});
+}
+
+// --version names the release and the commit built; a config file whose path holds '=' is the
+// config (it was read as an override: "unknown key '/tmp/.../lr'"); --model and a model= override
+// naming two models are refused (the override lost silently).
+TEST(Cli, VersionConfigPathsWithEqualsAndTwoModels) {
+  const auto v = run(kBin + " --version");
+  ASSERT_EQ(v.code, 0) << v.out;
+  EXPECT_NE(v.out.find("scalpel 0.1.0 (commit "), std::string::npos) << v.out;
+  const auto dir = temp_dir("lr=0.1");
+  std::ofstream(dir / "prune.yaml") << "model: /nowhere\neval:\n  seqlen: 77\n";
+  const auto c = run(kBin + " eval --print-config " + (dir / "prune.yaml").string() + " eval.max_windows=3");
+  ASSERT_EQ(c.code, 0) << c.out;
+  EXPECT_NE(c.out.find("seqlen: 77"), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find("max_windows: 3"), std::string::npos) << c.out;
+  fs::remove_all(dir);
+  expect_clean_failure(run(kBin + " eval --print-config --model /a model=/b"),
+                       {"--model /a and the override model=/b name two models; give one"});
+  const auto same = run(kBin + " eval --print-config --model /a model=/a");
+  EXPECT_EQ(same.code, 0) << same.out;
 }
 
 // A missing evaluation text stops `scalpel eval` before it writes anything (no empty metrics file).
@@ -334,7 +360,8 @@ TEST(Cli, UnknownModelType) {
   std::string cfg((std::istreambuf_iterator<char>(in)), {});
   cfg.replace(cfg.find("\"opt\""), 5, "\"bloom\"");
   std::ofstream(d / "config.json") << cfg;
-  expect_clean_failure(run(eval_cmd(d, heldout())), {"config.json", "model_type 'bloom'"});
+  expect_clean_failure(run(eval_cmd(d, heldout())),
+                       {"config.json", "model_type 'bloom' is not supported (opt, llama, mistral, qwen2)"});
 }
 
 TEST(Cli, MissingAndMalformedTokenizer) {
