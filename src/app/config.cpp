@@ -641,12 +641,18 @@ void check_output_paths(const Config& c, const std::string& source) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::absolute(c.output.dir.empty() ? "." : c.output.dir);
   const fs::path ck = dir / c.output.checkpoint;
+  // The checkpoint is a folder of its own inside the run folder (its cleanup removes files no
+  // commit records; the run folder holds the metrics and the export).
+  if (within(ck, dir))
+    SCALPEL_INPUT_ERROR("{}: 'output.checkpoint' is '{}', the run folder itself{}; name a folder of its own inside "
+                        "output.dir (the default is ckpt)", source, c.output.checkpoint,
+                        within(dir, ck) ? "" : " or a folder holding it");
   if (!c.output.metrics.empty() && within(ck, dir / c.output.metrics))
     SCALPEL_INPUT_ERROR("{}: 'output.metrics' is '{}', the checkpoint folder '{}' or inside it; name a file of its own "
                         "(the default is metrics.jsonl)", source, c.output.metrics, c.output.checkpoint);
   if (c.output.export_dir.empty()) return;
   const fs::path ex = dir / c.output.export_dir;
-  if (!c.output.metrics.empty() && within(ex, dir / c.output.metrics))
+  if (!c.output.metrics.empty() && within(ex, dir / c.output.metrics) && !within(ex, dir))
     SCALPEL_INPUT_ERROR("{}: 'output.export' is '{}' and 'output.metrics' '{}': the export would replace the metrics "
                         "file; name each its own path", source, c.output.export_dir, c.output.metrics);
   if (within(ex, dir) || within(ex, ck))

@@ -209,6 +209,13 @@ TEST(Cli, UnknownConfigKeyAndWrongType) {
   expect_clean_failure(run(kBin + " eval --print-config model=x \"eval.add_bos='true'\""),
                        {"'eval.add_bos' must be a boolean, got the quoted string 'true'"});
   EXPECT_EQ(run(kBin + " eval --print-config model=x prune.sparsity=0.5 eval.add_bos=true").code, 0);
+  // The output path named is the one at fault (both blamed output.metrics).
+  expect_clean_failure(run(kBin + " prune --print-config model=x output.checkpoint=."),
+                       {"'output.checkpoint' is '.', the run folder itself; name a folder of its own"});
+  expect_clean_failure(run(kBin + " prune --print-config model=x output.checkpoint=.."),
+                       {"'output.checkpoint' is '..', the run folder itself or a folder holding it"});
+  expect_clean_failure(run(kBin + " prune --print-config model=x output.export=.."),
+                       {"'output.export' is '..': the export replaces that folder, which would take the run folder"});
 }
 
 // Command-line mistakes: the prefix every error has, the flag or word named, exit code 2.
