@@ -140,7 +140,16 @@ ShotCheckpoint ShotCheckpoint::open_or_create(const fs::path& dir, const Checkpo
 
 Checkpoint ShotCheckpoint::last() const {
   if (shot_ == 0) SCALPEL_INPUT_ERROR("{}: no shot committed yet", dir_.string());
-  return Checkpoint::open_read(shot_dir(shot_));
+  // The folder of the committed shot, removed or emptied since: said as such (it read "no
+  // checkpoint here (manifest.json is missing)", with no way on).
+  const fs::path last = shot_dir(shot_);
+  std::error_code ec;
+  if (!fs::exists(last / kManifestName, ec))
+    SCALPEL_INPUT_ERROR("{}: {} records shot {} as committed in {}, which is {}; rerun with --restart (or into a new "
+                        "output folder) to compute the shots again",
+                        dir_.string(), kShotPointerName, shot_, last.filename().string(),
+                        fs::exists(last, ec) ? "without its manifest.json (damaged?)" : "missing (removed?)");
+  return Checkpoint::open_read(last);
 }
 
 void ShotCheckpoint::write_pointer(nlohmann::json next) {

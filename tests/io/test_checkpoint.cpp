@@ -469,6 +469,24 @@ TEST(ShotCheckpoint, OneWithoutCommittedShotsGivesWayToOtherSettings) {
                      {"another configuration"});
 }
 
+// The committed shot's folder removed (or its manifest): the error says what shots.json records and
+// how to go on (it said "no checkpoint here (manifest.json is missing)").
+TEST(ShotCheckpoint, AMissingShotFolderIsNamedWithTheWayOn) {
+  TempDir dir;
+  const auto state = dir.path() / "ckpt";
+  {
+    auto s = ShotCheckpoint::open_or_create(state, identity(2, "cfg-1"), 3, false);
+    s.commit_shot(1, std::vector<std::vector<TensorRecord>>(2, {record("w", random_tensor(DType::f32, {4, 6}, 7), false, 8)}));
+  }
+  fs::remove(state / "shot-00001" / "manifest.json");
+  expect_input_error([&] { ShotCheckpoint::open_read(state).last(); },
+                     {"shots.json records shot 1 as committed in shot-00001, which is without its manifest.json",
+                      "--restart"});
+  fs::remove_all(state / "shot-00001");
+  expect_input_error([&] { ShotCheckpoint::open_read(state).last(); },
+                     {"shot-00001, which is missing (removed?)", "--restart"});
+}
+
 // The writer holds <dir>/checkpoint.lock from before it changes anything: a second writer (here,
 // in the same process) is refused and the state is left as it was, --restart included; a moved
 // state keeps the lock, a destroyed one releases it.
