@@ -756,10 +756,12 @@ int run_depth(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
              threads_per_rank(cfg.threads, place.local_ranks)};
   if (spec.family == model::Family::llama && passes) r.rope = model::make_rope_tables(*backend, spec, calib.seqlen);
   for (std::int64_t l = 0; l < spec.layers; ++l) r.blocks.push_back(m.layer_weights(l));
-  log::info("depth {} ({}, {} blocks): criterion {}, remove {}{}; {} calibration windows x {} tokens from {}; {} "
-            "rank(s)",
-            cfg.model, spec.model_type, spec.layers, cfg.depth.criterion, n, scores_only ? " (scores only)" : "",
-            calib.nseq, calib.seqlen, calib.source, world.size());
+  log::info("depth {} ({}, {} blocks): criterion {}, remove {}{}; {}{} rank(s)", cfg.model, spec.model_type,
+            spec.layers, cfg.depth.criterion, n, scores_only ? " (scores only)" : "",
+            calib.nseq == 0 ? std::string()  // deepest: no pass over windows
+                            : fmt::format("{} calibration windows x {} tokens from {}; ", calib.nseq, calib.seqlen,
+                                          calib.source),
+            world.size());
   try {
     const auto o = choose(r, n, prot, scores_only);
     if (!scores_only && static_cast<std::int64_t>(o.removed.size()) < n && !o.removed.empty())

@@ -21,8 +21,9 @@ namespace {
 // The kept values of the file at `path` when it holds `identity`'s state; an empty object
 // otherwise (absent, another identity's, unreadable: said in the log).
 nlohmann::json read_state(const fs::path& path, const nlohmann::json& identity, const fs::path& model,
-                          bool& resumed) {
+                          bool& resumed, bool& earlier_identity) {
   resumed = false;
+  earlier_identity = false;
   std::error_code ec;
   if (!fs::exists(path, ec)) return nlohmann::json::object();
   try {
@@ -35,6 +36,7 @@ nlohmann::json read_state(const fs::path& path, const nlohmann::json& identity, 
     const auto& kept = j.at("kept");
     if (!kept.is_object()) throw std::runtime_error("'kept' is not an object");
     resumed = true;
+    earlier_identity = j.at("identity") != identity;  // an earlier release's fingerprint, accepted
     return kept;
   } catch (const std::exception& e) {
     log::warn("depth: {} cannot be read ({}); starting anew", path.string(), e.what());
@@ -53,15 +55,19 @@ DepthState::DepthState(dist::Comm& world, fs::path path, nlohmann::json identity
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the folder of the depth state: {}", dir.string(), ec.message());
+    lock_fd_ = io::lock_checkpoint_folder(dir);  // first: a prune that ends meanwhile is seen below
     if (fs::exists(dir / io::kManifestName, ec) || io::ShotCheckpoint::is_shot_state(dir))
       SCALPEL_INPUT_ERROR("{}: holds a prune checkpoint ({}), not the progress of a scalpel depth run; use another "
                           "output.dir or output.checkpoint",
                           dir.string(), fs::exists(dir / io::kManifestName, ec) ? io::kManifestName
                                                                                   : io::kShotPointerName);
-    lock_fd_ = io::lock_checkpoint_folder(dir);
     if (restart) fs::remove(path_, ec);
-    kept_ = read_state(path_, identity_, model, resumed_);
+    bool earlier_identity = false;
+    kept_ = read_state(path_, identity_, model, resumed_, earlier_identity);
     if (resumed_) log::info("depth: resuming the progress kept in {}", path_.string());
+    if (earlier_identity)  // recorded now with this release's fingerprint (warned once, not at every rerun)
+      io::write_file_atomic(path_, nlohmann::json{{"identity", identity_}, {"kept", kept_}}.dump() + "\n",
+                            "depth state");
     text = kept_.dump();
   });
   world.broadcast_string(text, 0);

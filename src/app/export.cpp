@@ -210,6 +210,12 @@ fs::path export_destination(const fs::path& given) {
   // beside it, not inside the folder the export replaces.
   fs::path out = given;
   while (!out.has_filename() && out.has_relative_path()) out = out.parent_path();
+  // "." or ".." last ("--out ." from inside the folder) names the folder by its full path, so
+  // that its scratch folders go beside it ("..tmp-export" went inside its parent).
+  if (out.filename() == "." || out.filename() == "..") {
+    out = fs::absolute(out).lexically_normal();
+    while (!out.has_filename() && out.has_relative_path()) out = out.parent_path();
+  }
   std::error_code ec;
   if (!fs::is_symlink(out, ec)) return out;
   // A link names where the export goes: the folder it points to is replaced, the link stays.
@@ -279,7 +285,10 @@ class ExportTurn {
     if (errno == EWOULDBLOCK) {
       log::info("export to {}: another export into {} is under way; waiting for it to end", out.string(),
                 parent.string());
-      if (::flock(fd_, LOCK_EX) == 0) return;
+      int rc;
+      while ((rc = ::flock(fd_, LOCK_EX)) != 0 && errno == EINTR) {
+      }
+      if (rc == 0) return;
     }
     log::warn("export to {}: cannot lock {} ({}); going on without", out.string(), parent.string(),
               std::strerror(errno));
@@ -302,15 +311,40 @@ class ExportTurn {
 void move_into_place(const fs::path& tmp, const fs::path& out, const fs::path& old) {
   const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
   std::error_code ec;
-  if (fs::exists(fs::symlink_status(out, ec))) {
+  const bool earlier = fs::exists(fs::symlink_status(out, ec));
+  if (earlier) {
     fs::rename(out, old, ec);
     if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot move the earlier export aside to {}: {}", out.string(), old.string(),
                                   ec.message());
   }
   fs::rename(tmp, out, ec);
-  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot move the export into place: {}", out.string(), ec.message());
+  if (ec) {
+    std::error_code back;
+    if (earlier) fs::rename(old, out, back);  // the earlier export stays in place
+    SCALPEL_RUNTIME_ERROR("{}: cannot move the export into place: {}", out.string(), ec.message());
+  }
   io::fsync_path(parent, true);
   fs::remove_all(old, ec);
+}
+
+// Rank 0, once it has its turn: puts back an earlier export a kill left aside (FOLDER.old-export
+// and no FOLDER: removing it first lost it when this export failed too), judges the folder
+// again (what appeared while it waited for its turn is refused like the rest), and makes an empty
+// FOLDER.tmp-export.
+void prepare_scratch(const fs::path& out, const ExportScratch& s, const fs::path& source) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(out, ec)) && fs::exists(s.old / kExportMarker, ec)) {
+    fs::rename(s.old, out, ec);
+    if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot put back the earlier export from {}: {}", out.string(), s.old.string(),
+                                  ec.message());
+    log::info("export to {}: put back the earlier export an interrupted export left in {}", out.string(),
+              s.old.string());
+  }
+  check_export_target(out, source);
+  fs::remove_all(s.tmp, ec);
+  fs::remove_all(s.old, ec);
+  fs::create_directories(s.tmp, ec);
+  if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", s.tmp.string(), ec.message());
 }
 
 }  // namespace
@@ -319,19 +353,20 @@ void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, c
                          std::int64_t shard_bytes, dist::Comm* comm) {
   const Writers w = comm ? Writers{comm->rank(), comm->size()} : Writers{};
   const fs::path out = export_destination(out_given);
-  const auto [tmp, old] = export_scratch(out);
+  const auto scratch = export_scratch(out);
+  const auto& [tmp, old] = scratch;
   std::error_code ec;
   check_export_target(out, src.folder());  // every rank: all refuse alike, before anything is removed
   if (comm) comm->barrier();  // every rank has looked at the scratch folders before rank 0 removes them
   std::optional<ExportTurn> turn;
-  if (w.rank == 0) {
+  const auto prepare = [&] {
     turn.emplace(out, out.has_parent_path() ? out.parent_path() : fs::path("."));
-    fs::remove_all(tmp, ec);
-    fs::remove_all(old, ec);
-    fs::create_directories(tmp, ec);
-    if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", tmp.string(), ec.message());
-  }
-  if (comm) comm->barrier();
+    prepare_scratch(out, scratch, src.folder());
+  };
+  if (comm)
+    detail::on_root(*comm, prepare);  // a refusal after the wait is every rank's
+  else
+    prepare();
   // A failed export leaves no half-written folder behind: a writer's error is every writer's
   // (on_every_rank), and rank 0 removes the folder before any of them ends the job. A rank that
   // dies outright leaves it to the next export, which starts by removing it.

@@ -38,6 +38,15 @@ void split_args(const std::vector<std::string>& args, std::string& config, std::
   }
 }
 
+// A model path as written, for comparing two spellings: without the quotes of a YAML string, "."
+// and ".." parts, or trailing separators.
+std::string plain_path(std::string s) {
+  if (s.size() >= 2 && (s.front() == '"' || s.front() == '\'') && s.back() == s.front()) s = s.substr(1, s.size() - 2);
+  auto p = std::filesystem::path(s).lexically_normal();
+  while (!p.has_filename() && p.has_relative_path()) p = p.parent_path();
+  return p.string();
+}
+
 // "PRESET:PATH" options as a YAML list of {preset, path} (single-quoted, quotes doubled).
 std::string preset_path_list(const std::string& flag, const std::vector<std::string>& opts) {
   auto quoted = [](std::string s) {
@@ -214,7 +223,7 @@ scalpel::app::Config command_config(const std::vector<std::string>& args, const 
   if (!o.model.empty()) {
     // Both --model and a model= override: the one given last won silently, whichever it was.
     for (const auto& ov : overrides)
-      if (ov.rfind("model=", 0) == 0 && ov.substr(6) != o.model)
+      if (ov.rfind("model=", 0) == 0 && plain_path(ov.substr(6)) != plain_path(o.model))
         throw scalpel::Error(scalpel::ErrorKind::input,
                              fmt::format("--model {} and the override {} name two models; give one", o.model, ov),
                              __FILE__, __LINE__);

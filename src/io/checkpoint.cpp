@@ -167,12 +167,12 @@ void refuse_or_discard_depth_state(const fs::path& dir, bool restart) {
 
 // What the files the opening removed were: the layers --restart discards, layers no manifest
 // records (it was removed: they are computed again), or the files of a commit a kill interrupted.
-void say_removed(const fs::path& dir, std::size_t n, bool restart, bool had_manifest) {
-  if (restart)
-    log::info("checkpoint {}: discarded {} file(s) for --restart", dir.string(), n);
+void say_removed(const fs::path& dir, std::size_t n, const CheckpointOptions& options, bool had_manifest) {
+  if (options.restart)
+    log::info("checkpoint {}: discarded {} file(s) {}", dir.string(), n, options.discarded);
   else if (!had_manifest)
-    log::warn("checkpoint {}: removed {} shard file(s) that no manifest records ({} is missing: the layers they "
-              "held are computed again)", dir.string(), n, kManifestName);
+    log::warn("checkpoint {}: removed {} file(s) that no manifest records ({} is missing: the layers they held are "
+              "computed again)", dir.string(), n, kManifestName);
   else
     log::info("checkpoint {}: removed {} file(s) of an interrupted commit", dir.string(), n);
 }
@@ -262,7 +262,7 @@ Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdent
       }
     }
   }
-  if (!c.removed_.empty()) say_removed(dir, c.removed_.size(), options.restart, had_manifest);
+  if (!c.removed_.empty()) say_removed(dir, c.removed_.size(), options, had_manifest);
   return c;
 }
 

@@ -372,10 +372,6 @@ std::string safetensors_header_bytes(const fs::path& path) {
   return out;
 }
 
-}  // namespace
-
-namespace {
-
 // The weight files of a Hugging Face folder, by name: model.safetensors, or the files the index
 // names (each once, in name order).
 std::vector<std::string> weight_files(const fs::path& folder, const std::string& where) {
@@ -453,7 +449,7 @@ bool kept_model_matches(const std::string& kept, const std::string& now, const f
   }
   log::warn("{}: recorded by an earlier release, whose model fingerprint covered config.json and the weight files' "
             "headers but not the weights' values; taken as {}'s (same config and headers), which this run cannot "
-            "confirm for the values; it now records the fingerprint with them",
+            "confirm for the values",
             what, folder.string());
   return true;
 }

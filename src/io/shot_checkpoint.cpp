@@ -177,6 +177,7 @@ void ShotCheckpoint::commit_shot(std::int64_t shot, const std::vector<std::vecto
   id.config_hash = fmt::format("{}/shot-{}", id_.config_hash, shot);
   CheckpointOptions opt;
   opt.restart = true;  // a leftover of an interrupted attempt at this shot
+  opt.discarded = "of an interrupted attempt at this shot";
   auto ck = Checkpoint::open_or_create(shot_dir(shot), id, opt);
   for (std::int64_t l = 0; l < id_.num_layers; ++l) {
     const auto info = ck.write_layer_shard(l, 0, tensors[static_cast<std::size_t>(l)]);

@@ -242,8 +242,10 @@ TEST(Cli, VersionConfigPathsWithEqualsAndTwoModels) {
   fs::remove_all(dir);
   expect_clean_failure(run(kBin + " eval --print-config --model /a model=/b"),
                        {"--model /a and the override model=/b name two models; give one"});
-  const auto same = run(kBin + " eval --print-config --model /a model=/a");
-  EXPECT_EQ(same.code, 0) << same.out;
+  for (const char* same : {"model=/a", "model=/a/", "'model=\"/a\"'"}) {
+    const auto r = run(kBin + " eval --print-config --model /a " + same);
+    EXPECT_EQ(r.code, 0) << same << "\n" << r.out;
+  }
 }
 
 // A missing evaluation text stops `scalpel eval` before it writes anything (no empty metrics file).

@@ -106,10 +106,26 @@ TEST(Export, AnEarlierExportIsMovedAsideWholeAndItsLeftoverRemoved) {
   const Tensor got = io::HfCheckpoint(out).view(pruned), want = replaced.at(pruned);
   EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0);
 
-  fs::rename(out, old);  // as a kill between the renames leaves it: the old export aside, no FOLDER
+  // As a kill between the renames leaves it: the old export aside, no FOLDER. An export that then
+  // fails (here a replacement of the wrong shape) puts it back first: it was removed and lost.
+  fs::rename(out, old);
+  const std::map<std::string, Tensor> wrong{{pruned, Tensor::zeros({2, 2}, DType::f16)}};
+  EXPECT_THROW(app::export_hf_folder(src, wrong, out, 0), Error);
+  EXPECT_FALSE(fs::exists(old));
+  EXPECT_FALSE(fs::exists(tmp));
+  const Tensor kept = io::HfCheckpoint(out).view(pruned);
+  EXPECT_EQ(std::memcmp(kept.raw(), want.raw(), want.nbytes()), 0);
+  // And one that succeeds replaces it as usual.
+  fs::rename(out, old);
   app::export_hf_folder(src, std::map<std::string, Tensor>{}, out, 0);
   EXPECT_FALSE(fs::exists(old));
   EXPECT_TRUE(fs::exists(out / "scalpel-export.json"));
+  // A path ending in ".." names the folder it resolves to: its scratch folders go beside it
+  // (this wrote "sub/..tmp-export", created sub inside the export and failed).
+  app::export_hf_folder(src, std::map<std::string, Tensor>{}, out / "sub" / "..", 0);
+  EXPECT_TRUE(fs::exists(out / "scalpel-export.json"));
+  EXPECT_FALSE(fs::exists(out / "sub"));
+  EXPECT_FALSE(fs::exists(tmp));
 
   fs::create_directories(old);
   std::ofstream(old / "notes.txt") << "mine";

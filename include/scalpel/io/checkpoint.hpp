@@ -36,6 +36,8 @@ struct CheckpointOptions {
   // Stat every committed shard file at open and fail fast (input Error) if one is missing or has
   // the wrong size; a repair tool turns this off to open a damaged checkpoint and roll it back.
   bool check_files = true;
+  // What the files `restart` removes are, for the log line ("discarded N file(s) for --restart").
+  const char* discarded = "for --restart";
 };
 
 // One tensor of a layer read back: whole (slices merged), in its stored dtype.
