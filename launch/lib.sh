@@ -145,7 +145,7 @@ _scalpel_interrupt() {
   _scalpel_interrupts=$((_scalpel_interrupts + 1))
   if [ "$_scalpel_interrupts" = 1 ]; then
     _scalpel_forward USR1 INT
-    scalpel_log "the ranks stop after the current step (exit 75, rerun to resume); Ctrl-C again aborts them at once"
+    scalpel_log "the ranks stop after the current step (exit 75, rerun to resume); Ctrl-C again passes it to the launcher"
   else
     _scalpel_forward INT INT
   fi

@@ -35,7 +35,8 @@
 # Signals: SIGTERM, SIGUSR1 and a first SIGINT (Ctrl-C) reach every rank as SIGUSR1 (scalpel
 # finishes the current layer, commits it and exits 75); mpirun's own SIGTERM handling would kill
 # the ranks at once. A second SIGINT, SIGUSR2 and SIGHUP are forwarded to mpirun as they are
-# (SIGINT/SIGHUP abort the run: mpirun then exits 1).
+# (SIGINT/SIGHUP: mpirun ends the job, sending the ranks SIGTERM, on which scalpel too stops after
+# the current layer; mpirun then exits 1).
 # Exit code: mpirun's, i.e. the ranks' (75 = interrupted after a commit: run it again to resume).
 set -euo pipefail
 # shellcheck source=launch/lib.sh
@@ -75,6 +76,7 @@ esac
 cmd=("${SCALPEL_MPIRUN:-mpirun}" -n "$np")
 if [ "${SCALPEL_BIND:-core}" = none ]; then
   cmd+=(--map-by "ppr:$ppn:node" --bind-to none)
+  [ "$ppn" -gt "$cores" ] && cmd+=(--oversubscribe)  # mpirun refuses more ranks than slots otherwise
 elif [ "$pe" -ge 1 ] && [ $((pe * ppn)) -le "$cores" ]; then
   cmd+=(--map-by "ppr:$ppn:node:PE=$pe" --bind-to core)
 else

@@ -60,6 +60,13 @@ out=$(SCALPEL_DRY_RUN=1 SCALPEL_THREADS= SLURM_CPUS_PER_TASK=abc bash "$ROOT/lau
 [ $? = 2 ] || fail "srun.sh SLURM_CPUS_PER_TASK=abc: want exit 2: $out"
 echo "$out" | grep -q "SLURM_CPUS_PER_TASK" || fail "srun.sh SLURM_CPUS_PER_TASK=abc: $out"
 
+# SCALPEL_BIND=none with more ranks than cores oversubscribes (mpirun refused it for want of slots);
+# with fewer it does not.
+out=$(SCALPEL_DRY_RUN=1 SCALPEL_BIND=none SCALPEL_CORES_PER_NODE=2 bash "$WRAP" -n 4 eval a 2>&1) || fail "none: $out"
+echo "$out" | grep -q -- "--bind-to none --oversubscribe" || fail "SCALPEL_BIND=none, 4 ranks on 2 cores: $out"
+out=$(SCALPEL_DRY_RUN=1 SCALPEL_BIND=none SCALPEL_CORES_PER_NODE=8 bash "$WRAP" -n 4 eval a 2>&1) || fail "none: $out"
+echo "$out" | grep -q -- "--oversubscribe" && fail "SCALPEL_BIND=none, 4 ranks on 8 cores oversubscribes: $out"
+
 # A Ctrl-C to the wrapper mid-prune.
 args=(prune --model "$SHARED/models/opt-deep" "calibration.path=$SHARED/data/corpus/calib.txt"
   calibration.nsamples=8 calibration.seqlen=128 calibration.batch=2 prune.method=sparsegpt determinism=strict
