@@ -49,23 +49,34 @@ void Progress::finish() { last_ = -1e300; }
 
 Metrics::Metrics(const std::string& path) : path_(path) {
   if (path.empty()) return;
-  const std::filesystem::path p(path);
+  namespace fs = std::filesystem;
+  const fs::path p(path);
   std::error_code ec;
-  const auto parent = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
-  std::filesystem::create_directories(parent, ec);
-  if (std::filesystem::exists(parent, ec) && !std::filesystem::is_directory(parent, ec))
-    SCALPEL_RUNTIME_ERROR("{}: cannot open the metrics file: {} is a file, not a folder", path, parent.string());
+  // Its folder and the missing ones above it are created with the file by the first record, so
+  // that a run failing before it leaves no empty output folder (`scalpel eval` of a model with a
+  // missing tensor left one); the nearest folder that exists must take them.
+  fs::path base = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  while (!fs::exists(base, ec) && base.has_parent_path() && base != base.parent_path()) base = base.parent_path();
+  if (!fs::exists(base, ec)) base = ".";
+  if (!fs::is_directory(base, ec))
+    SCALPEL_RUNTIME_ERROR("{}: cannot open the metrics file: {} is a file, not a folder", path, base.string());
   // An existing file is opened now; a new one is created by the first record, so a run that fails
   // before it leaves no file (nothing is ever removed). Either way, a path that cannot be written
   // fails here, before any work.
-  if (std::filesystem::exists(p, ec)) {
+  if (fs::exists(p, ec)) {
     open_file(false);
-  } else if (::access(parent.c_str(), W_OK) != 0) {
+  } else if (::access(base.c_str(), W_OK) != 0) {
     SCALPEL_RUNTIME_ERROR("{}: cannot create the metrics file: {}", path, std::strerror(errno));
   }
 }
 
 void Metrics::open_file(bool create) {
+  if (create) {
+    std::error_code ec;
+    const std::filesystem::path p(path_);
+    if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
+    if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create its folder: {}", path_, ec.message());
+  }
   fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
   if (fd_ < 0) SCALPEL_RUNTIME_ERROR("{}: cannot open the metrics file for writing: {}", path_, std::strerror(errno));
 }

@@ -322,6 +322,11 @@ TEST(Cli, MissingTensor) {
     if (t.name != "model.decoder.layers.2.fc1.weight") keep.emplace_back(t.name, f->view(t.name));
   scalpel::io::write_safetensors(d / "model.safetensors", keep);
   expect_clean_failure(run(eval_cmd(d, heldout())), {"model.decoder.layers.2.fc1.weight"});
+  // Found while the evaluation runs: no output folder is left behind, empty (it was).
+  const auto out = d / "out";
+  expect_clean_failure(run(eval_cmd(d, heldout(), "output.metrics=metrics.jsonl output.dir=" + out.string())),
+                       {"model.decoder.layers.2.fc1.weight"});
+  EXPECT_FALSE(fs::exists(out));
 }
 
 // prune, LLM Surgeon, depth and plan check every layer's tensors (present, shaped as config.json says,
