@@ -65,9 +65,7 @@ DepthState::DepthState(dist::Comm& world, fs::path path, nlohmann::json identity
     bool earlier_identity = false;
     kept_ = read_state(path_, identity_, model, resumed_, earlier_identity);
     if (resumed_) log::info("depth: resuming the progress kept in {}", path_.string());
-    if (earlier_identity)  // recorded now with this release's fingerprint (warned once, not at every rerun)
-      io::write_file_atomic(path_, nlohmann::json{{"identity", identity_}, {"kept", kept_}}.dump() + "\n",
-                            "depth state");
+    if (earlier_identity) save();  // with this release's fingerprint (warned once, not at every rerun)
     text = kept_.dump();
   });
   world.broadcast_string(text, 0);
@@ -90,7 +88,10 @@ void DepthState::keep(const std::string& key, nlohmann::json value) {
     kept_.erase(key);
   else
     kept_[key] = std::move(value);
-  if (!root_) return;
+  if (root_) save();
+}
+
+void DepthState::save() const {
   std::error_code ec;
   fs::create_directories(path_.parent_path(), ec);  // a failure is named by the write below
   io::write_file_atomic(path_, nlohmann::json{{"identity", identity_}, {"kept", kept_}}.dump() + "\n", "depth state");

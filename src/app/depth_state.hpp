@@ -40,6 +40,8 @@ class DepthState {
   const std::filesystem::path& path() const { return path_; }
 
  private:
+  void save() const;  // rank 0: the file replaced atomically with the identity and the kept values
+
   std::filesystem::path path_;
   bool root_ = false, resumed_ = false;
   int lock_fd_ = -1;

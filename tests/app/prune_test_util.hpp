@@ -8,12 +8,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -91,6 +93,23 @@ inline std::string run_capture(const std::vector<std::string>& args, bool with_s
 inline std::string read_bytes(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(f), {}};
+}
+
+// A copy of the shared opt-mini's files in `to` (created; files there replaced), to alter one way.
+inline fs::path copy_opt_mini(const fs::path& to) {
+  fs::create_directories(to);
+  for (const auto& e : fs::directory_iterator(kShared / "models/opt-mini"))
+    if (e.is_regular_file()) fs::copy_file(e.path(), to / e.path().filename(), fs::copy_options::overwrite_existing);
+  return to;
+}
+
+// The file offsets [begin, end) of `tensor`'s data in `model`/model.safetensors.
+inline std::pair<std::uint64_t, std::uint64_t> tensor_file_range(const fs::path& model, const std::string& tensor) {
+  const auto bytes = read_bytes(model / "model.safetensors");
+  std::uint64_t header = 0;
+  for (int i = 0; i < 8; ++i) header |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  const auto range = nlohmann::json::parse(bytes.substr(8, header)).at(tensor).at("data_offsets");
+  return {8 + header + range[0].get<std::uint64_t>(), 8 + header + range[1].get<std::uint64_t>()};
 }
 
 // A shell command line running `args` (each quoted) with passive OpenMP waiting, for run().

@@ -67,15 +67,8 @@ TEST(PruneCli, NmThatDoesNotDivideAWidthIsRefused) {
 
 // A copy of opt-mini with every byte of `tensor` set to 0xff (NaN in any float dtype).
 fs::path model_with_nan(const fs::path& dir, const std::string& tensor) {
-  const auto model = dir / "model-nan";
-  fs::create_directories(model);
-  for (const auto& e : fs::directory_iterator(kShared / "models/opt-mini"))
-    if (e.is_regular_file()) fs::copy_file(e.path(), model / e.path().filename(), fs::copy_options::overwrite_existing);
-  const auto bytes = read_bytes(model / "model.safetensors");
-  std::uint64_t header = 0;
-  std::memcpy(&header, bytes.data(), 8);
-  const auto range = nlohmann::json::parse(bytes.substr(8, header)).at(tensor).at("data_offsets");
-  const auto begin = 8 + header + range[0].get<std::uint64_t>(), end = 8 + header + range[1].get<std::uint64_t>();
+  const auto model = copy_opt_mini(dir / "model-nan");
+  const auto [begin, end] = tensor_file_range(model, tensor);
   std::fstream f(model / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
   f.seekp(static_cast<std::streamoff>(begin));
   const std::string nan(end - begin, '\xff');
@@ -228,10 +221,7 @@ TEST(PruneCli, ChangedConfigIsRefusedUntilRestart) {
 TEST(PruneCli, AModelWithOtherWeightValuesIsAnotherModel) {
   NEED_SHARED();
   const auto dir = temp_dir("values");
-  const auto model = dir / "model";
-  fs::create_directories(model);
-  for (const auto& e : fs::directory_iterator(kShared / "models/opt-mini"))
-    if (e.is_regular_file()) fs::copy_file(e.path(), model / e.path().filename());
+  const auto model = copy_opt_mini(dir / "model");
   auto args = prune_args(dir / "run", "opt-mini", {"prune.method=magnitude", "output.export="});
   args[3] = model.string();
   ASSERT_EQ(run_to_end(args), 0);
@@ -260,10 +250,7 @@ TEST(PruneCli, AModelWithOtherWeightValuesIsAnotherModel) {
 
   // One weight changed in place (the first of layer 2's fc1), same file size and header: refused.
   const auto bytes = read_bytes(model / "model.safetensors");
-  std::uint64_t header = 0;
-  std::memcpy(&header, bytes.data(), 8);
-  const auto at = 8 + header + nlohmann::json::parse(bytes.substr(8, header))
-                                   .at("model.decoder.layers.2.fc1.weight").at("data_offsets")[0].get<std::uint64_t>();
+  const auto at = tensor_file_range(model, "model.decoder.layers.2.fc1.weight").first;
   {
     std::fstream f(model / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(static_cast<std::streamoff>(at));
@@ -792,10 +779,7 @@ TEST(PruneCli, ExportCommandWritesTheCheckpointsModel) {
   EXPECT_NE(away.out.find("--model"), std::string::npos) << away.out;
   // --model naming a model whose config.json differs (one key added) is another model: refused,
   // saying what the fingerprint covers and what the checkpoint records, nothing written.
-  const auto other = dir / "other-model";
-  fs::create_directories(other);
-  for (const auto& e : fs::directory_iterator(kShared / "models/opt-mini"))
-    if (e.is_regular_file()) fs::copy_file(e.path(), other / e.path().filename());
+  const auto other = copy_opt_mini(dir / "other-model");
   auto conf = nlohmann::json::parse(read_bytes(other / "config.json"));
   conf["note"] = "edited";
   std::ofstream(other / "config.json") << conf.dump(2);

@@ -425,10 +425,7 @@ TEST_F(PruneDist, AnErrorOnTheRanksNamesRankAndLayerAndEndsTheJob) {
   NEED_SHARED();
   // A copy of opt-mini whose layer 2 fc1 weight holds a NaN.
   const auto base = temp_dir("nan");
-  const auto model = base / "models/opt-mini";
-  fs::create_directories(model);
-  for (const auto& e : fs::directory_iterator(kShared / "models/opt-mini"))
-    if (e.is_regular_file()) fs::copy_file(e.path(), model / e.path().filename());
+  const auto model = copy_opt_mini(base / "models/opt-mini");
   {
     const scalpel::io::HfCheckpoint src(model);
     const auto name = src.resolve("model.decoder.layers.2.fc1.weight");
