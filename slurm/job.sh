@@ -38,14 +38,19 @@ scalpel_job() {
     exit 2
   fi
   [[ $restarts =~ ^[0-9]+$ ]] || restarts=0  # Slurm sets it; anything else counts as a first run
-  # --restart discards what an earlier run kept: meant for the job's first run, it would discard
-  # the committed layers again at every requeue (and the job would loop until SCALPEL_MAX_REQUEUES).
+  # --restart and --restart-from L discard what an earlier run kept: meant for the job's first run,
+  # they would discard the committed layers again at every requeue (and the job would loop until
+  # SCALPEL_MAX_REQUEUES).
   if [ "$restarts" -gt 0 ]; then
-    local a kept=()
+    local a kept=() flag=""
     for a in "$@"; do
-      if [ "$a" = --restart ]; then
-        scalpel_job_log "restart $restarts: --restart left out (it is for the first run; here it would discard" \
-          "what the earlier runs of this job committed)"
+      if [ -n "$flag" ]; then
+        _scalpel_job_left_out "$restarts" "$flag $a"
+        flag=""
+      elif [ "$a" = --restart-from ]; then
+        flag=$a  # its value is the next argument
+      elif [ "$a" = --restart ] || [[ $a == --restart-from=* ]]; then
+        _scalpel_job_left_out "$restarts" "$a"
       else
         kept+=("$a")
       fi
@@ -140,9 +145,14 @@ _scalpel_job_command() {
   done
 }
 
+_scalpel_job_left_out() {  # RESTARTS WHAT
+  scalpel_job_log "restart $1: $2 left out (it is for the first run; here it would discard what the earlier runs" \
+    "of this job committed)"
+}
+
 _scalpel_job_has_restart() {
   local a
-  for a in "$@"; do [ "$a" = --restart ] && return 0; done
+  for a in "$@"; do [ "$a" = --restart ] || [ "$a" = --restart-from ] || [[ $a == --restart-from=* ]] && return 0; done
   return 1
 }
 

@@ -92,26 +92,12 @@ json verify_layers(const io::Checkpoint& ck) {
 // manifest recorded. Null when so; else a failed "verified" record naming the first bad file (the
 // table took the sizes from the manifest and said "complete" with shards missing).
 json stat_files(const io::Checkpoint& ck) {
-  I layers = 0;
-  for (I l = 0; l < ck.num_layers(); ++l) {
-    if (!ck.committed(l)) continue;
-    for (const auto& f : ck.layer_entry(l).files) {
-      const auto p = ck.dir() / f.file;
-      std::error_code ec;
-      const auto size = fs::file_size(p, ec);
-      std::string error;
-      if (ec)
-        error = fmt::format("{}: shard file of committed layer {} is missing", p.string(), l);
-      else if (size != f.bytes)
-        error = fmt::format("{}: shard file of committed layer {} has {} bytes, the manifest recorded {}", p.string(), l,
-                            size, f.bytes);
-      if (!error.empty())
-        return {{"ok", false}, {"error", error}, {"exit_code", exit_code(ErrorKind::input)}, {"layers", layers},
-                {"tensors", 0}, {"bytes", 0}, {"files_only", true}};
-    }
-    ++layers;
-  }
-  return nullptr;
+  const auto damage = ck.first_damaged_shard();
+  if (!damage) return nullptr;
+  I layers = 0;  // the committed layers before it, which a stat found whole
+  for (I l = 0; l < damage->layer; ++l) layers += ck.committed(l);
+  return {{"ok", false}, {"error", damage->what}, {"exit_code", exit_code(ErrorKind::input)}, {"layers", layers},
+          {"tensors", 0}, {"bytes", 0}, {"files_only", true}};
 }
 
 json inspect_layers(const io::Checkpoint& ck, bool verify) {
@@ -141,7 +127,9 @@ void print_verified(const json& j) {
   const auto& v = j["verified"];
   if (v.is_null()) return;
   if (!v["ok"].get<bool>() && v.value("files_only", false))
-    fmt::print("DAMAGED (a stat of the shard files): {}\n", v["error"].get<std::string>());
+    fmt::print("DAMAGED (a stat of the shard files): {}\n(a rerun of the prune computes that layer and the ones "
+               "after it again; the layers before it are kept)\n",
+               v["error"].get<std::string>());
   else if (!v["ok"].get<bool>())
     fmt::print("verify FAILED after {} good layer(s): {}\n", v["layers"].get<I>(), v["error"].get<std::string>());
   else

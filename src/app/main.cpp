@@ -74,6 +74,7 @@ struct Options {
   std::vector<std::string> eval_args, text, task;
   std::vector<std::string> prune_args;
   bool restart = false;
+  std::int64_t restart_from = -1;
   std::vector<std::string> depth_args;
   bool scores_only = false;
   scalpel::app::ExportRequest ex;
@@ -128,7 +129,13 @@ CLI::App* add_prune(CLI::App& app, Options& o) {
       "prune", "prune a model: layer by layer (SparseGPT, Wanda, magnitude; N:M; OWL or sensitivity allocation) or in "
                "whole-model shots (LLM Surgeon: prune.method=surgeon)");
   add_config_args(prune, o.prune_args, o, "prune.sparsity=0.6");
-  prune->add_flag("--restart", o.restart, "discard the checkpoint in the output folder instead of resuming it");
+  auto* all = prune->add_flag("--restart", o.restart, "discard the checkpoint in the output folder instead of resuming it");
+  prune->add_option("--restart-from", o.restart_from,
+                    "discard the checkpoint's layers from LAYER (0-based) on and compute them again, keeping those "
+                    "before it (for a shard whose content is damaged)")
+      ->type_name("LAYER")
+      ->check(CLI::NonNegativeNumber)
+      ->excludes(all);
   return prune;
 }
 
@@ -202,6 +209,8 @@ CLI::App* add_plan(CLI::App& app, Options& o) {
 
 Commands add_commands(CLI::App& app, Options& o) {
   app.require_subcommand(1);
+  // Before or after the command: `scalpel prune cfg.yaml --log-level debug` too.
+  app.fallthrough();
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off");
   Commands c{};
   c.eval = add_eval(app, o);
@@ -260,11 +269,17 @@ int dispatch(const Commands& c, const Options& o, scalpel::dist::MpiComm& world)
     return printed(cfg) ? 0 : run_eval(cfg, world, place);
   }
   if (*c.prune) {
-    const auto cfg = agreed_config([&] { return command_config(o.prune_args, o); });
+    const auto cfg = agreed_config([&] {
+      auto cfg = command_config(o.prune_args, o);
+      if (o.restart_from >= 0 && cfg.prune.method == "surgeon")
+        SCALPEL_INPUT_ERROR("--restart-from discards the layers of a layer-by-layer checkpoint; LLM Surgeon's "
+                            "state is one model per shot: resume it as it is, or --restart");
+      return cfg;
+    });
     if (printed(cfg)) return 0;
     // Two drivers on the same services: LLM Surgeon's whole-model shots, the others layer by layer.
     return cfg.prune.method == "surgeon" ? run_surgeon(cfg, world, place, o.restart)
-                                         : run_prune(cfg, world, place, o.restart);
+                                         : run_prune(cfg, world, place, o.restart, o.restart_from);
   }
   if (*c.depth) {
     const auto cfg = agreed_config([&] { return command_config(o.depth_args, o); });

@@ -499,11 +499,12 @@ io::CheckpointIdentity prune_identity(const Config& cfg, const dist::Grid& grid,
 // World rank 0 owns the manifest (creates, validates, cleans, commits); the others read it once
 // rank 0 is done with that.
 std::optional<io::Checkpoint> open_checkpoint(dist::Comm& world, const fs::path& dir, const io::CheckpointIdentity& id,
-                                              bool restart) {
+                                              bool restart, std::int64_t restart_from) {
   std::optional<io::Checkpoint> ckpt;
   if (world.is_root()) {
     io::CheckpointOptions copt;
     copt.restart = restart;
+    copt.restart_from = restart_from;
     ckpt = io::Checkpoint::open_or_create(dir, id, copt);
     if (restart) fs::remove(dir / kSensitivityProbesFile);  // --restart starts every estimate anew too
   }
@@ -726,8 +727,15 @@ nlohmann::json layer_work(LayerLoop& l, std::int64_t layer, const Timer& layer_t
 int prune_layers(LayerLoop& l) {
   const auto& s = l.s;
   const auto layers = s.spec.layers;
-  Progress progress("prune", layers, "layers", s.cfg.log.progress_seconds, s.world.is_root());
+  // A resume's replay of its committed layers (forwards only) reports apart: its lines said
+  // "prune: 2/4 layers" at a pace the pruning then did not keep.
+  const std::int64_t resume_at = l.ckpt.first_uncommitted();
+  const auto interval = s.cfg.log.progress_seconds;
+  const auto tokens = s.calib.nseq * s.calib.seqlen;  // a layer's
+  Progress replay("replay of the committed layers", resume_at, "layers", interval, s.world.is_root());
+  Progress progress("prune", layers, "layers", interval, s.world.is_root(), resume_at);
   for (std::int64_t layer = 0; layer < layers; ++layer) {
+    if (layer == resume_at) progress = Progress("prune", layers, "layers", interval, s.world.is_root(), resume_at);
     Timer layer_timer;
     const bool committed = l.ckpt.committed(layer);
     nlohmann::json commit_msg = layer_work(l, layer, layer_timer);
@@ -737,7 +745,8 @@ int prune_layers(LayerLoop& l) {
       if (owner != 0) commit_msg = recv_json(s.world, s.grid.world_rank_of(owner, 0), kTagCommit);
       commit_layer(l.ckpt, layer, layers, commit_msg, l.id.config_hash, l.metrics);
     }
-    progress.update(layer + 1, (layer + 1) * s.calib.nseq * s.calib.seqlen);
+    if (layer < resume_at) replay.update(layer + 1, (layer + 1) * tokens);
+    else progress.update(layer + 1, (layer + 1 - resume_at) * tokens);
     l.watchdog.beat("stop check", layer);
     // A stop while a resume replays committed layers (their forwards rebuild the activations)
     // names the last layer committed, not the one replayed (it said "after layer 0" with 0..2 kept).
@@ -792,7 +801,7 @@ void log_prune_start(const PruneSession& s, std::int64_t resume_from, const fs::
               resume_from);
 }
 
-int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart) {
+int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool restart, std::int64_t restart_from) {
   SCALPEL_CHECK(cfg.prune.method != "surgeon", "LLM Surgeon's shots are run_surgeon's, not the layer loop's");
   Timer total_timer;
   install_stop_signals();
@@ -802,7 +811,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   const fs::path out_dir = cfg.output.dir;
   const fs::path ckpt_dir = out_dir / cfg.output.checkpoint;
   const io::CheckpointIdentity id = prune_identity(cfg, s.grid, spec, s.groups, s.calib.ids, s.fwd);
-  std::optional<io::Checkpoint> ckpt = open_checkpoint(world, ckpt_dir, id, restart);
+  std::optional<io::Checkpoint> ckpt = open_checkpoint(world, ckpt_dir, id, restart, restart_from);
   const std::int64_t first_layer = ckpt->first_uncommitted();
   log_prune_start(s, first_layer, ckpt_dir);
 

@@ -27,7 +27,6 @@ using json = nlohmann::json;
 namespace {
 
 constexpr const char* kLockName = kCheckpointLockName;
-constexpr const char* kRedo = "rerun with --restart (or into a new output folder) to recompute it";
 
 json pending_entry() { return {{"status", "pending"}}; }
 
@@ -165,16 +164,108 @@ void refuse_or_discard_depth_state(const fs::path& dir, bool restart) {
     SCALPEL_RUNTIME_ERROR("{}: cannot remove for --restart: {}", state.string(), std::strerror(errno));
 }
 
-// What the files the opening removed were: the layers --restart discards, layers no manifest
-// records (it was removed: they are computed again), or the files of a commit a kill interrupted.
-void say_removed(const fs::path& dir, std::size_t n, const CheckpointOptions& options, bool had_manifest) {
+// What the files the opening removed were: the layers --restart or --restart-from or a damaged
+// shard discards, layers no manifest records (it was removed: they are computed again), or the
+// files of a commit a kill interrupted.
+void say_removed(const fs::path& dir, std::size_t n, const CheckpointOptions& options, bool had_manifest,
+                 std::optional<std::int64_t> discarded_from) {
   if (options.restart)
     log::info("checkpoint {}: discarded {} file(s) {}", dir.string(), n, options.discarded);
+  else if (discarded_from)
+    log::info("checkpoint {}: removed {} file(s) of the layers from {} on", dir.string(), n, *discarded_from);
   else if (!had_manifest)
     log::warn("checkpoint {}: removed {} file(s) that no manifest records ({} is missing: the layers they held are "
               "computed again)", dir.string(), n, kManifestName);
   else
     log::info("checkpoint {}: removed {} file(s) of an interrupted commit", dir.string(), n);
+}
+
+// The manifest a writable opening starts from: a fresh one where there is none (or --restart
+// removed it) or where the one found holds no committed work; else the one found, which must
+// belong to this run's model and settings.
+json opening_manifest(const fs::path& dir, const CheckpointIdentity& id, bool restart) {
+  const fs::path mpath = dir / kManifestName;
+  if (restart && fs::exists(mpath)) {
+    // Manifest first: once it is gone nothing is committed, and the cleanup removes the rest.
+    if (::unlink(mpath.c_str()) != 0)
+      SCALPEL_RUNTIME_ERROR("{}: cannot remove for --restart: {}", mpath.string(), std::strerror(errno));
+    fsync_path(dir, true);
+  }
+  if (!fs::exists(mpath)) return fresh_manifest(id);
+  json m = read_manifest(mpath);
+  if (!holds_work(m) && !same_identity(m, id)) {
+    // Nothing committed (a run that stopped on an input error before its first layer, say):
+    // no work is lost by starting afresh, and a corrected rerun must not need --restart.
+    log::info("checkpoint {}: no layer was committed; started afresh for this run's model and settings",
+              dir.string());
+    return fresh_manifest(id);
+  }
+  check_identity(m, id, dir);
+  m["model"]["fingerprint"] = id.model_fingerprint;  // an earlier release's, accepted: now with values
+  return m;
+}
+
+std::optional<ShardDamage> find_damaged_shard(const fs::path& dir, const json& m) {
+  const auto& layers = m.at("layers");
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    if (layers[l].at("status") != "committed") continue;
+    for (const auto& f : layers[l].at("files")) {
+      const fs::path p = dir / f.at("file").get<std::string>();
+      const auto bytes = f.at("bytes").get<std::uint64_t>();
+      const auto layer = static_cast<std::int64_t>(l);
+      struct stat st {};
+      if (::stat(p.c_str(), &st) != 0)
+        return ShardDamage{layer, fmt::format("{}: shard file of committed layer {} is missing", p.string(), l)};
+      if (static_cast<std::uint64_t>(st.st_size) != bytes)
+        return ShardDamage{layer, fmt::format("{}: shard file of committed layer {} has {} bytes, the manifest "
+                                              "recorded {}", p.string(), l, st.st_size, bytes)};
+    }
+  }
+  return std::nullopt;
+}
+
+// Layers >= layer pending (their files then count as unrecorded) and the run not complete; the
+// evaluation state kept in "extra" was of the model as it was, so it goes too.
+void uncommit_from(json& m, std::int64_t layer) {
+  auto& layers = m.at("layers");
+  for (auto l = static_cast<std::size_t>(layer); l < layers.size(); ++l)
+    if (layers[l].at("status") == "committed") layers[l] = pending_entry();
+  m["complete"] = false;
+  m["summary"] = nullptr;
+  m["extra"] = json::object();
+}
+
+std::int64_t count_committed_from(const json& m, std::int64_t layer) {
+  std::int64_t n = 0;
+  const auto& layers = m.at("layers");
+  for (auto l = static_cast<std::size_t>(layer); l < layers.size(); ++l) n += layers[l].at("status") == "committed";
+  return n;
+}
+
+// The first layer this opening uncommits, if any: --restart-from's, or the first with a damaged
+// shard file (then computed again rather than the whole run refused: the layers before it stand).
+std::optional<std::int64_t> layers_to_redo(const fs::path& dir, const json& m, const CheckpointOptions& o) {
+  const std::int64_t n = m.at("num_layers");
+  std::optional<std::int64_t> from;
+  if (o.restart_from >= 0) {
+    SCALPEL_CHECK_INPUT(o.restart_from < n, "--restart-from {}: the model has {} layers (0..{})", o.restart_from, n,
+                        n - 1);
+    const auto dropped = count_committed_from(m, o.restart_from);
+    if (dropped == 0)
+      log::info("checkpoint {}: --restart-from {}: no layer from {} on is committed; nothing to discard", dir.string(),
+                o.restart_from, o.restart_from);
+    else
+      log::info("checkpoint {}: --restart-from {}: {} committed layer(s) from layer {} on discarded, the {} before "
+                "it kept", dir.string(), o.restart_from, dropped, o.restart_from,
+                count_committed_from(m, 0) - dropped);
+    from = o.restart_from;
+  }
+  if (!o.check_files) return from;
+  const auto damage = find_damaged_shard(dir, m);
+  if (!damage || (from && *from <= damage->layer)) return from;
+  log::warn("checkpoint {}: {}; layers {} and after are computed again (the {} committed before it are kept)",
+            dir.string(), damage->what, damage->layer, count_committed_from(m, 0) - count_committed_from(m, damage->layer));
+  return damage->layer;
 }
 
 }  // namespace
@@ -214,57 +305,27 @@ Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdent
   refuse_or_discard_shot_state(dir, options.restart);
   refuse_or_discard_depth_state(dir, options.restart);
 
-  const fs::path mpath = c.manifest_path();
-  const bool had_manifest = fs::exists(mpath);
-  if (options.restart && had_manifest) {
-    // Manifest first: once it is gone nothing is committed, and the cleanup below removes the rest.
-    if (::unlink(mpath.c_str()) != 0)
-      SCALPEL_RUNTIME_ERROR("{}: cannot remove for --restart: {}", mpath.string(), std::strerror(errno));
-    fsync_path(dir, true);
-  }
-  json m;
-  if (fs::exists(mpath)) {
-    m = read_manifest(mpath);
-    if (!holds_work(m) && !same_identity(m, id)) {
-      // Nothing committed (a run that stopped on an input error before its first layer, say):
-      // no work is lost by starting afresh, and a corrected rerun must not need --restart.
-      log::info("checkpoint {}: no layer was committed; started afresh for this run's model and settings",
-                dir.string());
-      m = fresh_manifest(id);
-    } else {
-      check_identity(m, id, dir);
-      m["model"]["fingerprint"] = id.model_fingerprint;  // an earlier release's, accepted: now with values
-    }
-  } else {
-    m = fresh_manifest(id);
-  }
+  const bool had_manifest = fs::exists(c.manifest_path());
+  json m = opening_manifest(dir, id, options.restart);
+  const auto discarded_from = layers_to_redo(dir, m, options);
+  if (discarded_from) uncommit_from(m, *discarded_from);
   // Before anything else: a stale shard under a committed-looking name must not survive into a
-  // later commit of the same layer.
+  // later commit of the same layer. (Killed before the manifest below is replaced, the next
+  // opening finds the same damage, or the same files unrecorded, and does the same.)
   c.removed_ = remove_unrecorded(dir, m);
 
   const std::int64_t resume_at = first_pending(m);
   m["grid"] = id.grid;
   m["updated"] = utc_now_iso();
-  m["runs"].push_back({{"started", m["updated"]}, {"grid", id.grid}, {"first_uncommitted", resume_at}});
+  json run = {{"started", m["updated"]}, {"grid", id.grid}, {"first_uncommitted", resume_at}};
+  if (discarded_from) run["discarded_from"] = *discarded_from;
+  m["runs"].push_back(std::move(run));
   c.replace_manifest(std::move(m));
-
-  if (options.check_files) {
-    for (std::int64_t l = 0; l < c.num_layers(); ++l) {
-      if (!c.committed(l)) continue;
-      for (const auto& f : c.layer_entry(l).files) {
-        const fs::path p = dir / f.file;
-        struct stat st {};
-        if (::stat(p.c_str(), &st) != 0)
-          SCALPEL_INPUT_ERROR("{}: shard file of committed layer {} is missing; {}", p.string(), l, kRedo);
-        if (static_cast<std::uint64_t>(st.st_size) != f.bytes)
-          SCALPEL_INPUT_ERROR("{}: shard file of committed layer {} has {} bytes, the manifest recorded {}; {}",
-                              p.string(), l, st.st_size, f.bytes, kRedo);
-      }
-    }
-  }
-  if (!c.removed_.empty()) say_removed(dir, c.removed_.size(), options, had_manifest);
+  if (!c.removed_.empty()) say_removed(dir, c.removed_.size(), options, had_manifest, discarded_from);
   return c;
 }
+
+std::optional<ShardDamage> Checkpoint::first_damaged_shard() const { return find_damaged_shard(dir_, manifest_); }
 
 Checkpoint Checkpoint::open_read(const fs::path& dir) {
   Checkpoint c;
@@ -389,14 +450,12 @@ void Checkpoint::rollback_to(std::int64_t layer) {
   require_writable("rollback_to");
   SCALPEL_CHECK(layer >= 0 && layer <= num_layers(), "rollback_to({}) of {} layers", layer, num_layers());
   std::vector<std::string> files;
-  json next = manifest_;
   for (std::int64_t l = layer; l < num_layers(); ++l) {
     if (!committed(l)) continue;
     for (const auto& f : manifest_["layers"][l]["files"]) files.push_back(f.at("file").get<std::string>());
-    next["layers"][l] = pending_entry();
   }
-  next["complete"] = false;
-  next["summary"] = nullptr;
+  json next = manifest_;
+  uncommit_from(next, layer);
   next["updated"] = utc_now_iso();
   // Uncommit first: if we die before the unlinks, the next open removes the unrecorded files.
   replace_manifest(std::move(next));
@@ -486,7 +545,10 @@ void Checkpoint::with_layer_files(std::int64_t layer, const std::function<void(c
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::input) throw;
     // Say what it means for the run, not only what is wrong with the file.
-    SCALPEL_INPUT_ERROR("{} [layer {} of checkpoint {} cannot be used; {}]", e.what(), layer, dir_.string(), kRedo);
+    SCALPEL_INPUT_ERROR("{} [layer {} of checkpoint {} cannot be used; rerun the prune with --restart-from {} to "
+                        "compute it and the layers after it again (the layers before it are kept), or with --restart "
+                        "to start over]",
+                        e.what(), layer, dir_.string(), layer);
   }
 }
 

@@ -131,6 +131,12 @@ TEST(Cli, PrintConfigShowsOverridesWithoutRunning) {
   const auto lv = run(kBin + " --log-level warn eval --print-config model=/nowhere log.level=debug");
   ASSERT_EQ(lv.code, 0) << lv.out;
   EXPECT_NE(lv.out.find("level: warn"), std::string::npos) << lv.out;
+  // ... and after it, where one writes it at the end of a command line (it was "not expected").
+  for (const char* cmd : {"eval", "prune", "depth"}) {
+    const auto after = run(kBin + " " + cmd + " --print-config model=/nowhere log.level=debug --log-level warn");
+    ASSERT_EQ(after.code, 0) << cmd << ": " << after.out;
+    EXPECT_NE(after.out.find("level: warn"), std::string::npos) << cmd << ": " << after.out;
+  }
 }
 
 TEST(Cli, TokenizeWritesInt32IdsAndCount) {

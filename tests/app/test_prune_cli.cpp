@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -175,18 +176,64 @@ TEST(PruneCli, TwoFourExportHasExactStructure) {
   fs::remove_all(dir);
 }
 
-TEST(PruneCli, CorruptedShardIsReportedNotUsed) {
+// A shard damaged inside is refused with the layer to restart from, and --restart-from that layer
+// recomputes it and the later ones, keeping those before: the same model as the first run's. One
+// missing (or of another size) is found at the opening, and the rerun computes it again alone.
+TEST(PruneCli, ADamagedShardCostsOnlyItsLayerAndTheLaterOnes) {
   NEED_SHARED();
   const auto dir = temp_dir("corrupt");
-  ASSERT_EQ(run_to_end(prune_args(dir, "opt-mini", {"prune.method=wanda"})), 0);
+  const auto args = prune_args(dir, "opt-mini", {"prune.method=wanda"});
+  ASSERT_EQ(run_to_end(args), 0);
+  const auto want = read_bytes(dir / "model/model.safetensors");
   const auto shard = dir / "ckpt/layer-00002.shard-00000.h5";
   ASSERT_TRUE(fs::exists(shard));
   std::string bytes = read_bytes(shard);
   for (std::size_t i = bytes.size() / 2; i < bytes.size() / 2 + 64; ++i) bytes[i] = static_cast<char>(~bytes[i]);
   std::ofstream(shard, std::ios::binary | std::ios::trunc) << bytes;
-  const auto out = run_capture(prune_args(dir, "opt-mini", {"prune.method=wanda"}));
+  const auto out = run_capture(args);
   EXPECT_NE(out.find("exit=2"), std::string::npos) << out;
   EXPECT_NE(out.find("layer-00002.shard-00000.h5"), std::string::npos) << out;
+  EXPECT_NE(out.find("rerun the prune with --restart-from 2"), std::string::npos) << out;
+
+  auto from2 = args;
+  from2.insert(from2.end(), {"--restart-from", "2"});
+  auto with_progress = from2;  // every progress line printed
+  std::replace(with_progress.begin(), with_progress.end(), std::string("log.progress_seconds=0"),
+               std::string("log.progress_seconds=0.000001"));
+  const auto redo = run_capture(with_progress);
+  EXPECT_NE(redo.find("exit=0"), std::string::npos) << redo;
+  // The replay reports apart from the pruning, whose line counts the layers kept as done.
+  EXPECT_NE(redo.find("replay of the committed layers: 2/2 layers (100%)"), std::string::npos) << redo;
+  EXPECT_EQ(redo.find("prune: 1/4 layers"), std::string::npos) << redo;
+  EXPECT_NE(redo.find("prune: 3/4 layers (75%)"), std::string::npos) << redo;
+  EXPECT_NE(redo.find("--restart-from 2: 2 committed layer(s) from layer 2 on discarded, the 2 before it kept"),
+            std::string::npos) << redo;
+  EXPECT_NE(redo.find("resuming at layer 2"), std::string::npos) << redo;
+  EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), want);
+
+  fs::remove(dir / "ckpt/layer-00003.shard-00000.h5");
+  const auto missing = run_capture(args);
+  EXPECT_NE(missing.find("exit=0"), std::string::npos) << missing;
+  EXPECT_NE(missing.find("shard file of committed layer 3 is missing; layers 3 and after are computed again (the 3 "
+                         "committed before it are kept)"), std::string::npos) << missing;
+  EXPECT_NE(missing.find("resuming at layer 3"), std::string::npos) << missing;
+  EXPECT_EQ(read_bytes(dir / "model/model.safetensors"), want);
+
+  // Past the last layer, with --restart, or for LLM Surgeon's shots: refused, nothing discarded.
+  auto past = args;
+  past.insert(past.end(), {"--restart-from", "4"});
+  const auto refused = run_capture(past);
+  EXPECT_NE(refused.find("exit=2"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("--restart-from 4: the model has 4 layers (0..3)"), std::string::npos) << refused;
+  auto both = from2;
+  both.push_back("--restart");
+  EXPECT_NE(run_capture(both).find("excludes"), std::string::npos);
+  auto surgeon = from2;
+  surgeon.push_back("prune.method=surgeon");
+  const auto shots = run_capture(surgeon);
+  EXPECT_NE(shots.find("exit=2"), std::string::npos) << shots;
+  EXPECT_NE(shots.find("LLM Surgeon's state is one model per shot"), std::string::npos) << shots;
+  EXPECT_EQ(committed_layers(dir / "ckpt"), 4);
   fs::remove_all(dir);
 }
 

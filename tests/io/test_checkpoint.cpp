@@ -641,7 +641,8 @@ TEST_F(CheckpointCorruption, FlippedDataByteFailsFletcher32) {
   flip_byte(file, at + 17);
   const Checkpoint c = Checkpoint::open_read(dir.path());
   expect_input_error([&] { c.read_layer(0); },
-                     {file.string(), "tensor 'mlp.fc1.weight'", "Fletcher32", "corrupted", "layer 0", "--restart"});
+                     {file.string(), "tensor 'mlp.fc1.weight'", "Fletcher32", "corrupted", "layer 0",
+                      "rerun the prune with --restart-from 0", "the layers before it are kept"});
   EXPECT_NO_THROW(c.read_layer(1));  // the other layer's file is intact
 }
 
@@ -669,27 +670,85 @@ TEST_F(CheckpointCorruption, ValidFileWithOtherDataFailsTheDigest) {
                      {file.string(), "tensor 'mlp.fc1.weight'", "digest", "differs from the committed", "--restart"});
 }
 
-TEST_F(CheckpointCorruption, TruncatedShardIsReportedAndCanBeRolledBack) {
+// A shard a stat finds damaged (truncated here) is named by a read; a resume computes its layer
+// and the later ones again (they were computed from it) and keeps the layers before it.
+TEST_F(CheckpointCorruption, ATruncatedShardIsRolledBackToItsLayer) {
   fs::resize_file(file, size_of(file) / 2);
   expect_input_error([&] { Checkpoint::open_read(dir.path()).read_layer(0); }, {file.string(), "truncated"});
-  // Resuming fails fast, before any work.
-  expect_input_error([&] { Checkpoint::open_or_create(dir.path(), identity(2)); },
-                     {file.string(), "committed layer 0", "--restart"});
-  // A repair: open without the file check and roll back to the damaged layer.
-  CheckpointOptions lenient;
-  lenient.check_files = false;
-  Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2), lenient);
-  c.rollback_to(0);
+  const auto damage = Checkpoint::open_read(dir.path()).first_damaged_shard();
+  ASSERT_TRUE(damage.has_value());
+  EXPECT_EQ(damage->layer, 0);
+  EXPECT_EQ(damage->what, file.string() + ": shard file of committed layer 0 has " +
+                              std::to_string(size_of(file)) + " bytes, the manifest recorded " +
+                              std::to_string(size_of(file) * 2));
+  // Opened as recorded (a repair tool): nothing changes until it rolls back.
+  {
+    CheckpointOptions lenient;
+    lenient.check_files = false;
+    Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2), lenient);
+    EXPECT_EQ(c.committed_count(), 2);
+  }
+  Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2));
   EXPECT_EQ(c.first_uncommitted(), 0);
   EXPECT_EQ(c.committed_count(), 0);
   EXPECT_FALSE(fs::exists(file));
   EXPECT_FALSE(fs::exists(dir / shard_file_name(1, 0)));
+  EXPECT_EQ(c.manifest()["runs"].back()["discarded_from"], 0);
+  EXPECT_FALSE(c.first_damaged_shard().has_value());
 }
 
-TEST_F(CheckpointCorruption, MissingShardIsReported) {
-  fs::remove(file);
-  expect_input_error([&] { Checkpoint::open_read(dir.path()).read_layer(0); }, {file.string(), "missing"});
-  expect_input_error([&] { Checkpoint::open_or_create(dir.path(), identity(2)); }, {file.string(), "missing"});
+TEST_F(CheckpointCorruption, AMissingShardCostsOnlyItsLayerAndTheLaterOnes) {
+  const fs::path second = dir / shard_file_name(1, 0);
+  fs::remove(second);
+  expect_input_error([&] { Checkpoint::open_read(dir.path()).read_layer(1); }, {second.string(), "missing"});
+  {
+    Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2));
+    EXPECT_EQ(c.first_uncommitted(), 1);
+    EXPECT_TRUE(c.committed(0));
+    EXPECT_EQ(c.manifest()["runs"].back()["discarded_from"], 1);
+    const LayerData d = c.read_layer(0);  // the layer before it stands, bitwise
+    for (const auto& r : recs) EXPECT_TRUE(same_bytes(d.at(r.name).data, r.data)) << r.name;
+    commit_simple_layer(c, 1, 43);  // computed again, as a resumed run does
+    c.mark_complete();
+  }
+  Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2));
+  EXPECT_TRUE(c.complete());
+  EXPECT_FALSE(c.manifest()["runs"].back().contains("discarded_from"));
+}
+
+// --restart-from: the layers from it on are discarded with their files, the run is no longer
+// complete and the evaluation progress kept for the model as it was goes; the layers before stay.
+TEST_F(CheckpointCorruption, RestartFromDiscardsTheLayersFromItOn) {
+  {
+    Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2));
+    c.mark_complete({{"ppl", 30.0}});
+    c.set_extra({{"evaluation", {{"config_hash", "e"}, {"done", 1}}}});
+  }
+  CheckpointOptions from1;
+  from1.restart_from = 1;
+  {
+    Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2), from1);
+    EXPECT_TRUE(c.committed(0));
+    EXPECT_FALSE(c.committed(1));
+    EXPECT_FALSE(c.complete());
+    EXPECT_TRUE(c.manifest()["summary"].is_null());
+    EXPECT_EQ(c.manifest()["extra"], json::object());
+    EXPECT_EQ(c.removed_files(), std::vector<std::string>{shard_file_name(1, 0)});
+    EXPECT_TRUE(fs::exists(file));
+    EXPECT_EQ(c.manifest()["runs"].back()["discarded_from"], 1);
+  }
+  // Again: nothing from layer 1 on is committed, nothing more goes.
+  {
+    Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2), from1);
+    EXPECT_TRUE(c.committed(0));
+    EXPECT_TRUE(c.removed_files().empty());
+  }
+  // Past the last layer: refused, naming the count, and nothing changed.
+  CheckpointOptions from2;
+  from2.restart_from = 2;
+  expect_input_error([&] { Checkpoint::open_or_create(dir.path(), identity(2), from2); },
+                     {"--restart-from 2", "2 layers (0..1)"});
+  EXPECT_TRUE(Checkpoint::open_read(dir.path()).committed(0));
 }
 
 // A tensor entry deleted from the manifest by hand: the manifest still validates, but its shard

@@ -109,12 +109,22 @@ grep -q "requeue" "$TMP/scontrol.calls" 2> /dev/null && fail "eval 138: requeued
 
 # --restart is for the first run: a requeued run (SLURM_RESTART_COUNT 1) leaves it out, and says
 # so (it discarded the committed layers at every requeue, looping until SCALPEL_MAX_REQUEUES).
-restart_args() {  # RESTART_COUNT: the arguments the step got
-  RESTART_COUNT=$1 early_job prune cfg.yaml --restart a=1
+restart_args() {  # RESTART_COUNT ARGS...: the arguments the step got
+  local count=$1
+  shift
+  RESTART_COUNT=$count early_job prune cfg.yaml "$@" a=1
   grep "step: started" "$TMP/job.log"
 }
-[ "$(restart_args 0)" = "step: started prune cfg.yaml --restart a=1" ] || fail "restart 0: $(cat "$TMP/job.log")"
-[ "$(restart_args 1)" = "step: started prune cfg.yaml a=1" ] || fail "restart 1 kept --restart: $(cat "$TMP/job.log")"
+[ "$(restart_args 0 --restart)" = "step: started prune cfg.yaml --restart a=1" ] || fail "restart 0: $(cat "$TMP/job.log")"
+[ "$(restart_args 1 --restart)" = "step: started prune cfg.yaml a=1" ] || fail "restart 1 kept --restart: $(cat "$TMP/job.log")"
 grep -q "restart 1: --restart left out" "$TMP/job.log" || fail "restart 1: not said: $(cat "$TMP/job.log")"
+# --restart-from L (both spellings) too: it discarded layers L.. at every requeue.
+[ "$(restart_args 0 --restart-from 2)" = "step: started prune cfg.yaml --restart-from 2 a=1" ] \
+  || fail "restart 0, --restart-from: $(cat "$TMP/job.log")"
+[ "$(restart_args 1 --restart-from 2)" = "step: started prune cfg.yaml a=1" ] \
+  || fail "restart 1 kept --restart-from 2: $(cat "$TMP/job.log")"
+grep -q "restart 1: --restart-from 2 left out" "$TMP/job.log" || fail "restart 1: not said: $(cat "$TMP/job.log")"
+[ "$(restart_args 2 --restart-from=2)" = "step: started prune cfg.yaml a=1" ] \
+  || fail "restart 2 kept --restart-from=2: $(cat "$TMP/job.log")"
 
-echo "PASS: SIGUSR1 requeues (a SIGTERM after it too, a step it killed in its start-up too), SIGTERM alone stops without a requeue, a bad SCALPEL_MAX_REQUEUES is refused, --restart is left out of a requeued run"
+echo "PASS: SIGUSR1 requeues (a SIGTERM after it too, a step it killed in its start-up too), SIGTERM alone stops without a requeue, a bad SCALPEL_MAX_REQUEUES is refused, --restart and --restart-from are left out of a requeued run"

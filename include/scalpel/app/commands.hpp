@@ -138,8 +138,10 @@ std::unique_ptr<Backend> make_rank_backend(const Config& cfg, const NodePlace& p
 
 int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place);
 // The layer-by-layer prune with checkpoint, resume, export and evaluation (see prune_run.cpp).
-// restart: discard an existing checkpoint in the output folder instead of resuming it.
-int run_prune(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool restart);
+// restart: discard an existing checkpoint in the output folder instead of resuming it;
+// restart_from >= 0: discard its layers from that one on (io::CheckpointOptions::restart_from).
+int run_prune(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool restart,
+              std::int64_t restart_from = -1);
 // LLM Surgeon's whole-model shots (prune.method: surgeon; see surgeon_run.cpp), with the same
 // checkpoint, resume, export and evaluation services; `scalpel prune` runs it for such configs.
 int run_surgeon(const Config& cfg, dist::Comm& comm, const NodePlace& place, bool restart);

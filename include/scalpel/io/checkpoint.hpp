@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,8 +34,12 @@ struct CheckpointIdentity {
 struct CheckpointOptions {
   // Discard whatever checkpoint the folder holds and start empty (the CLI's --restart).
   bool restart = false;
-  // Stat every committed shard file at open and fail fast (input Error) if one is missing or has
-  // the wrong size; a repair tool turns this off to open a damaged checkpoint and roll it back.
+  // Discard the committed layers from this one on and keep those before it (the CLI's
+  // --restart-from, for a shard whose content is damaged); -1: none. Input Error past the last layer.
+  std::int64_t restart_from = -1;
+  // Stat every committed shard file at open; from the first layer with one missing or of another
+  // size than recorded, the layers are uncommitted (a warning says which) and computed again.
+  // Off: opened as recorded (a repair tool, tests).
   bool check_files = true;
   // What the files `restart` removes are, for the log line ("discarded N file(s) for --restart").
   const char* discarded = "for --restart";
@@ -63,6 +68,13 @@ struct LayerData {
   const LayerTensor& at(const std::string& name) const;  // internal Error when absent
 };
 
+// A committed layer one of whose shard files is missing or not of the size its manifest recorded
+// (what a stat can tell; a read checks the content).
+struct ShardDamage {
+  std::int64_t layer = 0;
+  std::string what;  // "<file>: shard file of committed layer L is missing" (or "has N bytes, ...")
+};
+
 // The exclusive lock a writer holds on <dir>/checkpoint.lock (flock; the file is created): the
 // descriptor to close to release it, or -1 where the file system refuses flock (a warning; the
 // scheduler then runs one job per folder). Input Error naming the folder when another process
@@ -88,7 +100,9 @@ class Checkpoint {
   // An existing manifest must match `id` (model fingerprint, config hash, layer count): otherwise
   // an input Error says which differs and how to proceed (a new output folder, or --restart).
   // Shard files not recorded by a committed layer (an interrupted commit) and *.tmp leftovers are
-  // removed. The grid of this run is recorded in the manifest's "runs" history. Holds an exclusive
+  // removed, and so are those of the layers options.restart_from and damaged shards (see
+  // CheckpointOptions) uncommit. The grid of this run, and the first layer discarded where one
+  // was, are recorded in the manifest's "runs" history. Holds an exclusive
   // lock on <dir>/checkpoint.lock until destroyed: a second writer gets an input Error.
   static Checkpoint open_or_create(const std::filesystem::path& dir, const CheckpointIdentity& id,
                                    const CheckpointOptions& options = {});
@@ -109,6 +123,9 @@ class Checkpoint {
   bool complete() const;
   // The typed entry of a committed layer (internal Error otherwise).
   LayerEntry layer_entry(std::int64_t layer) const;
+  // The lowest committed layer with a shard file missing or of another size than recorded (a stat
+  // per file); nullopt when every one is as recorded.
+  std::optional<ShardDamage> first_damaged_shard() const;
   // Files removed by open_or_create's cleanup (names inside dir), for logs and tests.
   const std::vector<std::string>& removed_files() const { return removed_; }
 
@@ -136,7 +153,8 @@ class Checkpoint {
   // Sets the free-form "extra" field of the manifest.
   void set_extra(const nlohmann::json& extra);
   // Uncommits layers >= layer (manifest first, then their files are deleted), so a damaged or
-  // to-be-redone suffix can be recomputed. Clears "complete".
+  // to-be-redone suffix can be recomputed. Clears "complete", the summary and "extra" (what it
+  // kept, the evaluation's progress, was of the model as it was).
   void rollback_to(std::int64_t layer);
 
   const nlohmann::json& manifest() const { return manifest_; }
