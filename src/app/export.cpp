@@ -347,29 +347,12 @@ void prepare_scratch(const fs::path& out, const ExportScratch& s, const fs::path
   if (ec) SCALPEL_RUNTIME_ERROR("{}: cannot create the export folder: {}", s.tmp.string(), ec.message());
 }
 
-}  // namespace
-
-void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out_given,
-                         std::int64_t shard_bytes, dist::Comm* comm) {
-  const Writers w = comm ? Writers{comm->rank(), comm->size()} : Writers{};
-  const fs::path out = export_destination(out_given);
-  const auto scratch = export_scratch(out);
-  const auto& [tmp, old] = scratch;
-  std::error_code ec;
-  check_export_target(out, src.folder());  // every rank: all refuse alike, before anything is removed
-  if (comm) comm->barrier();  // every rank has looked at the scratch folders before rank 0 removes them
-  std::optional<ExportTurn> turn;
-  const auto prepare = [&] {
-    turn.emplace(out, out.has_parent_path() ? out.parent_path() : fs::path("."));
-    prepare_scratch(out, scratch, src.folder());
-  };
-  if (comm)
-    detail::on_root(*comm, prepare);  // a refusal after the wait is every rank's
-  else
-    prepare();
-  // A failed export leaves no half-written folder behind: a writer's error is every writer's
-  // (on_every_rank), and rank 0 removes the folder before any of them ends the job. A rank that
-  // dies outright leaves it to the next export, which starts by removing it.
+// Every writer's shards of the export into `tmp`. A failed export leaves no half-written folder
+// behind: a writer's error is every writer's (on_every_rank), and rank 0 removes the folder before
+// any of them ends the job. A rank that dies outright leaves it to the next export, which starts
+// by removing it.
+void write_export_shards(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out,
+                         const fs::path& tmp, std::int64_t shard_bytes, const Writers& w, dist::Comm* comm) {
   std::exception_ptr failed;
   try {
     const auto write = [&] {
@@ -386,30 +369,58 @@ void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, c
   } catch (...) {
     failed = std::current_exception();
   }
-  if (failed) {
-    if (w.rank == 0) fs::remove_all(tmp, ec);
-    if (comm) comm->barrier();
-    std::rethrow_exception(failed);
+  if (!failed) return;
+  std::error_code ec;
+  if (w.rank == 0) fs::remove_all(tmp, ec);
+  if (comm) comm->barrier();
+  std::rethrow_exception(failed);
+}
+
+// Rank 0, every shard written: the source's small files (tokenizer, generation config), the
+// rewritten config.json and the marker beside the shards in `tmp`.
+void write_export_files(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& tmp) {
+  std::error_code ec;
+  for (const char* f : kCopied)
+    if (fs::exists(src.folder() / f)) {
+      fs::copy_file(src.folder() / f, tmp / f, fs::copy_options::overwrite_existing);
+      // A read-only source (a shared model store) gave read-only copies, which a later export
+      // by another user, and config.json's rewrite below, could not replace.
+      fs::permissions(tmp / f, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::add, ec);
+    }
+  if (!rw.config.is_null()) {
+    std::ofstream cfg(tmp / "config.json", std::ios::trunc);
+    cfg << rw.config.dump(2) << '\n';
+    if (!cfg) SCALPEL_RUNTIME_ERROR("{}: cannot write config.json", tmp.string());
   }
+  // The same bytes in every export (no path, no time): exports stay comparable byte for byte.
+  std::ofstream marker(tmp / kExportMarker, std::ios::trunc);
+  marker << nlohmann::json{{"written_by", "scalpel"}}.dump() << '\n';
+  if (!marker) SCALPEL_RUNTIME_ERROR("{}: cannot write {}", tmp.string(), kExportMarker);
+}
+
+}  // namespace
+
+void export_hf_rewritten(const io::HfCheckpoint& src, const ExportRewrite& rw, const fs::path& out_given,
+                         std::int64_t shard_bytes, dist::Comm* comm) {
+  const Writers w = comm ? Writers{comm->rank(), comm->size()} : Writers{};
+  const fs::path out = export_destination(out_given);
+  const auto scratch = export_scratch(out);
+  check_export_target(out, src.folder());  // every rank: all refuse alike, before anything is removed
+  if (comm) comm->barrier();  // every rank has looked at the scratch folders before rank 0 removes them
+  std::optional<ExportTurn> turn;
+  const auto prepare = [&] {
+    turn.emplace(out, out.has_parent_path() ? out.parent_path() : fs::path("."));
+    prepare_scratch(out, scratch, src.folder());
+  };
+  if (comm)
+    detail::on_root(*comm, prepare);  // a refusal after the wait is every rank's
+  else
+    prepare();
+  write_export_shards(src, rw, out, scratch.tmp, shard_bytes, w, comm);
   if (comm) comm->barrier();  // every shard written
   if (w.rank == 0) {
-    for (const char* f : kCopied)
-      if (fs::exists(src.folder() / f)) {
-        fs::copy_file(src.folder() / f, tmp / f, fs::copy_options::overwrite_existing);
-        // A read-only source (a shared model store) gave read-only copies, which a later export
-        // by another user, and config.json's rewrite below, could not replace.
-        fs::permissions(tmp / f, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::add, ec);
-      }
-    if (!rw.config.is_null()) {
-      std::ofstream cfg(tmp / "config.json", std::ios::trunc);
-      cfg << rw.config.dump(2) << '\n';
-      if (!cfg) SCALPEL_RUNTIME_ERROR("{}: cannot write config.json", tmp.string());
-    }
-    // The same bytes in every export (no path, no time): exports stay comparable byte for byte.
-    std::ofstream marker(tmp / kExportMarker, std::ios::trunc);
-    marker << nlohmann::json{{"written_by", "scalpel"}}.dump() << '\n';
-    if (!marker) SCALPEL_RUNTIME_ERROR("{}: cannot write {}", tmp.string(), kExportMarker);
-    move_into_place(tmp, out, old);
+    write_export_files(src, rw, scratch.tmp);
+    move_into_place(scratch.tmp, out, scratch.old);
   }
   if (comm) comm->barrier();  // the folder is in place
 }
