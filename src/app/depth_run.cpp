@@ -683,7 +683,7 @@ struct DepthInputs {
 
 DepthInputs depth_inputs(const Config& cfg, dist::Comm& world) {
   auto src = open_model(cfg);
-  auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
+  auto spec = model_spec(*src);
   std::int64_t n = 0;
   auto prot = check_depth(cfg, spec, n, world.size());
   // The plan's memory model decides before any work whether the job fits, as `scalpel plan` does.

@@ -21,7 +21,7 @@ namespace scalpel::app {
 
 EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, std::int64_t seqlen,
                         std::int64_t batch, std::int64_t max_windows, dist::Comm& comm, const std::string& name,
-                        double progress_seconds, const std::function<void()>& heartbeat) {
+                        double progress_seconds, const EvalHeartbeat& heartbeat) {
   Timer timer;
   EvalResult r;
   r.name = name;
@@ -56,8 +56,9 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
       sums[static_cast<std::size_t>(w + i - mine.begin)] = s;
     }
     progress.update(w + b - mine.begin, (w + b - mine.begin) * seqlen);
-    if (heartbeat) heartbeat();
+    if (heartbeat.beat) heartbeat.beat();
   }
+  if (heartbeat.wait && comm.size() > 1) heartbeat.wait();
   // Window order, not arrival order: the total is bitwise the same for any number of ranks.
   const auto all = comm.gatherv(sums, 0);
   double total = 0;
@@ -153,7 +154,7 @@ void report_set(const EvalResult& r, const EvalSet& set, const Config& cfg, dist
 }  // namespace
 
 bool evaluate_config(model::Model& m, const EvalInputs& inputs, const Config& cfg, dist::Comm& comm,
-                     Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat,
+                     Metrics& metrics, const nlohmann::json& extra, const EvalHeartbeat& heartbeat,
                      const std::function<bool(std::int64_t, std::int64_t)>& stop, const EvalResume& resume) {
   const auto& spec = m.spec();
   const std::int64_t seqlen = eval_seqlen(cfg, spec);
@@ -214,7 +215,7 @@ int run_eval(const Config& cfg, dist::Comm& comm, const NodePlace& place) {
       SCALPEL_INPUT_ERROR("config: 'eval.sets' and 'eval.tasks' are empty: nothing to evaluate (e.g. --text "
                           "wikitext2:FILE or --task piqa:FILE)");
     auto be = make_rank_backend(cfg, place);
-    auto sp = model::ModelSpec::from_config(src->config(), (std::filesystem::path(cfg.model) / "config.json").string());
+    auto sp = model_spec(*src);
     const auto dt = forward_dtype(cfg, *src, sp);
     return Opened{std::move(be), std::move(src), std::move(sp), dt};
   });

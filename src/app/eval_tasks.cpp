@@ -96,14 +96,14 @@ TaskRequests encode_task(const text::Tokenizer& tok, const EvalTask& task, const
 }
 
 TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const EvalTask& task, const TaskOptions& opt,
-                         dist::Comm& comm, const std::function<void()>& heartbeat) {
+                         dist::Comm& comm, const EvalHeartbeat& heartbeat) {
   TaskRequests requests;
   detail::on_root(comm, [&] { requests = encode_task(*tok, task, opt); });
   return evaluate_encoded_task(m, &requests, task, opt, comm, heartbeat);
 }
 
 TaskResult evaluate_encoded_task(model::Model& m, const TaskRequests* requests, const EvalTask& task,
-                                 const TaskOptions& opt, dist::Comm& comm, const std::function<void()>& heartbeat) {
+                                 const TaskOptions& opt, dist::Comm& comm, const EvalHeartbeat& heartbeat) {
   Timer timer;
   const auto& preset = text::task_preset(task.preset);
   const TaskRequests t = share_requests(requests, comm);
@@ -124,9 +124,10 @@ TaskResult evaluate_encoded_task(model::Model& m, const TaskRequests* requests, 
     score_batch(m, t, reqs, loglik, greedy);
     for (auto r : reqs) tokens += t.length(r) - 1;
     progress.update(++done, tokens);
-    if (heartbeat) heartbeat();
+    if (heartbeat.beat) heartbeat.beat();
   }
   progress.finish();
+  if (heartbeat.wait && comm.size() > 1) heartbeat.wait();
   for (std::size_t i = 0; i < loglik.size(); ++i) {
     if (std::isfinite(loglik[i])) continue;
     const auto r = order[static_cast<std::size_t>(mine.begin * opt.batch) + i];

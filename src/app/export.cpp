@@ -515,7 +515,7 @@ SparsityStats sparsity_stats(const Tensor& w) {
 
 nlohmann::json inspect_hf_folder(const fs::path& folder, bool print) {
   io::HfCheckpoint ckpt(folder);
-  const auto spec = model::ModelSpec::from_config(ckpt.config(), (folder / "config.json").string());
+  const auto spec = model_spec(ckpt);
   nlohmann::json rows = nlohmann::json::array();
   std::int64_t zeros = 0, total = 0;
   // A depth export says what `scalpel depth` removed (its config.json's record), first.

@@ -93,7 +93,7 @@ void open_export(const ExportRequest& req, ExportSource& in) {
                         "it) had {}",
                         req.checkpoint, model, fp, made_from.at("name").get<std::string>(),
                         made_from.at("fingerprint").get<std::string>());
-  in.spec.emplace(model::ModelSpec::from_config(src.config(), (fs::path(model) / "config.json").string()));
+  in.spec.emplace(model_spec(src));
 }
 
 }  // namespace

@@ -598,14 +598,17 @@ void summarise_and_export(const Config& cfg, io::Checkpoint& ckpt, const io::HfC
 // calibration text (every rank tokenizes it: cheaper than shipping the ids around). Built by
 // on_every_rank: an error is printed once.
 struct PruneInputs {
-  PruneInputs(const Config& c, int ranks, const NodePlace& place, bool restart)
+  PruneInputs(const Config& c, int ranks, const NodePlace& place, bool restart, std::int64_t restart_from)
       : threads(threads_per_rank(c.threads, place.local_ranks)), backend(make_rank_backend(c, place)),
         src(open_model(c)),
-        spec(model::ModelSpec::from_config(src->config(), (fs::path(c.model) / "config.json").string())),
+        spec(model_spec(*src)),
         pattern(prune::Pattern::parse(c.prune.pattern, c.prune.sparsity, "config: 'prune.pattern'")),
         method(prune::parse_method(c.prune.method, "config: 'prune.method'")),
         groups(spec.linear_groups(c.prune.targets, "config: 'prune.targets'")), fwd(forward_dtype(c, *src, spec)) {
     const int data = dist::grid_data(ranks, c.parallel.stages, c.parallel.data);
+    if (restart_from >= spec.layers)  // before any work (the checkpoint's opening checks it again)
+      SCALPEL_INPUT_ERROR("--restart-from {}: the model has {} layers (0..{})", restart_from, spec.layers,
+                          spec.layers - 1);
     if (c.parallel.stages > spec.layers)
       SCALPEL_INPUT_ERROR("config: 'parallel.stages' {} exceeds the {} decoder layers of {}", c.parallel.stages,
                           spec.layers, c.model);
@@ -643,8 +646,9 @@ struct PruneInputs {
 // shard of the calibration windows, and (rank 0) the evaluation texts. Built with every input
 // check that can run before any work.
 struct PruneSession : PruneInputs {
-  PruneSession(const Config& c, dist::Comm& w, const NodePlace& place, bool restart)
-      : PruneInputs(detail::on_every_rank(w, [&] { return PruneInputs(c, w.size(), place, restart); })),
+  PruneSession(const Config& c, dist::Comm& w, const NodePlace& place, bool restart, std::int64_t restart_from)
+      : PruneInputs(
+            detail::on_every_rank(w, [&] { return PruneInputs(c, w.size(), place, restart, restart_from); })),
         cfg(c), world(w), grid(dist::make_grid(w, c.parallel.stages, c.parallel.data)) {
     detail::on_root(w, [&] { check_layer_tensors(c.model, spec); });
     // A typo in the evaluation settings or an export folder that would be refused must not
@@ -783,7 +787,7 @@ bool evaluate_pruned(const PruneSession& s, io::Checkpoint& ckpt, const std::str
   return evaluate_config(
       pruned, s.eval_inputs, s.cfg, s.world, metrics,
       {{"pruned", true}, {"threads", s.threads}, {"config_hash", config_hash}, {"forward_dtype", dtype_name(s.fwd)}},
-      [&] { watchdog.beat("evaluate", -1); }, evaluation_stop(s.world, config_hash, metrics),
+      evaluation_heartbeat(watchdog), evaluation_stop(s.world, config_hash, metrics),
       manifest_evaluation_resume(s, ckpt));
 }
 
@@ -805,7 +809,7 @@ int run_prune(const Config& cfg, dist::Comm& world, const NodePlace& place, bool
   SCALPEL_CHECK(cfg.prune.method != "surgeon", "LLM Surgeon's shots are run_surgeon's, not the layer loop's");
   Timer total_timer;
   install_stop_signals();
-  const PruneSession s(cfg, world, place, restart);
+  const PruneSession s(cfg, world, place, restart, restart_from);
   Backend& be = *s.backend;
   const auto& spec = s.spec;
   const fs::path out_dir = cfg.output.dir;

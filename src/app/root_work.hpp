@@ -16,6 +16,15 @@
 
 namespace scalpel::app::detail {
 
+// When rank `root` holds an error (kind >= 0 there: its ErrorKind, `err` its message), every rank
+// throws it as a SharedError, with `suffix` added; otherwise returns. A collective call.
+inline void throw_shared(dist::Comm& comm, std::int64_t kind, std::string err, int root, const std::string& suffix = {}) {
+  comm.broadcast(std::as_writable_bytes(std::span(&kind, 1)), root);
+  if (kind < 0) return;
+  comm.broadcast_string(err, root);
+  throw SharedError(static_cast<ErrorKind>(kind), err + suffix, comm.size(), __FILE__, __LINE__);
+}
+
 // Runs `work` on rank 0; an Error it throws is rethrown on every rank, of the same kind.
 template <class F>
 void on_root(dist::Comm& comm, F&& work) {
@@ -29,11 +38,7 @@ void on_root(dist::Comm& comm, F&& work) {
       kind = static_cast<std::int64_t>(e.kind());
     }
   }
-  comm.broadcast(std::as_writable_bytes(std::span(&kind, 1)), 0);
-  if (kind >= 0) {
-    comm.broadcast_string(err, 0);
-    throw SharedError(static_cast<ErrorKind>(kind), err, comm.size(), __FILE__, __LINE__);
-  }
+  throw_shared(comm, kind, std::move(err), 0);
 }
 
 // Runs `check` on every rank and returns its result: input checks each rank makes alike from the
@@ -67,10 +72,10 @@ auto on_every_rank(dist::Comm& comm, F&& check) -> decltype(check()) {
     else return std::move(*result);
   }
   const int root = static_cast<int>(first - failed.begin());
-  comm.broadcast(std::as_writable_bytes(std::span(&kind, 1)), root);
-  comm.broadcast_string(err, root);
-  if (std::count(failed.begin(), failed.end(), 1) < comm.size()) err += fmt::format(" (on rank {})", root);
-  throw SharedError(static_cast<ErrorKind>(kind), err, comm.size(), __FILE__, __LINE__);
+  const bool some = std::count(failed.begin(), failed.end(), 1) < comm.size();
+  throw_shared(comm, kind, std::move(err), root, some ? fmt::format(" (on rank {})", root) : std::string());
+  throw Error(ErrorKind::internal, fmt::format("rank {} failed a check but shared no error", root), __FILE__,
+              __LINE__);  // not reached: rank `root` failed, so throw_shared threw
 }
 
 // Items split over the ranks of comm, owners[i] the rank that does item i: each rank runs work(i)
@@ -95,12 +100,8 @@ void owned_work(dist::Comm& comm, const std::vector<int>& owners, const char* wh
   }
   if (comm.size() > 1) idle();
   for (std::size_t i = 0; i < owners.size(); ++i) {
-    comm.broadcast(std::as_writable_bytes(std::span(&kinds[i], 1)), owners[i]);
-    if (kinds[i] >= 0) {
-      comm.broadcast_string(errors[i], owners[i]);
-      const auto msg = comm.size() > 1 ? fmt::format("{} ({} on data rank {})", errors[i], what, owners[i]) : errors[i];
-      throw SharedError(static_cast<ErrorKind>(kinds[i]), msg, comm.size(), __FILE__, __LINE__);
-    }
+    throw_shared(comm, kinds[i], errors[i], owners[i],
+                 comm.size() > 1 ? fmt::format(" ({} on data rank {})", what, owners[i]) : std::string());
     share(i, owners[i]);
   }
 }

@@ -49,6 +49,10 @@ std::shared_ptr<const io::HfCheckpoint> open_model(const Config& cfg) {
   return std::make_shared<const io::HfCheckpoint>(cfg.model);
 }
 
+model::ModelSpec model_spec(const io::HfCheckpoint& src) {
+  return model::ModelSpec::from_config(src.config(), (src.folder() / "config.json").string());
+}
+
 std::unique_ptr<text::Tokenizer> make_tokenizer(const Config& cfg) {
   return text::Tokenizer::from_folder(cfg.model, tokenizer_mode(cfg.tokenizer.mode));
 }
@@ -302,6 +306,11 @@ bool stop_requested(dist::Comm& world, const StopPoint& at, const std::string& c
                  {fmt::format("after_{}", at.unit), at.after},
                  {"config_hash", config_hash}});
   return true;
+}
+
+EvalHeartbeat evaluation_heartbeat(Watchdog& watchdog) {
+  return {[&watchdog] { watchdog.beat("evaluate", -1); },
+          [&watchdog] { watchdog.suspend("waiting for the other ranks' share of the evaluation"); }};
 }
 
 std::function<bool(std::int64_t, std::int64_t)> evaluation_stop(dist::Comm& world, const std::string& config_hash,

@@ -19,6 +19,8 @@
 
 namespace scalpel::app {
 
+class Watchdog;
+
 // The calibration windows of a run: nseq windows of seqlen ids, back to back.
 struct CalibrationWindows {
   std::vector<std::int32_t> ids;
@@ -78,6 +80,10 @@ nlohmann::json depth_plan_of_job(const Config& cfg, int world);
 DType forward_dtype(const Config& cfg, const std::string& device, DType stored);
 // The same for a model folder: `stored` read from its first decoder linear's weight.
 DType forward_dtype(const Config& cfg, const io::HfCheckpoint& src, const model::ModelSpec& spec);
+
+// The watchdog through an evaluation: a beat per batch ("evaluate"), suspended while this rank
+// waits for the others' share of a set or task.
+EvalHeartbeat evaluation_heartbeat(Watchdog& watchdog);
 
 // Where a run may stop: after `done` of `total` units ("layer", "shot"), the last one `after`
 // (its index as the metrics name it); total 0 when not known ahead (LaCo's attempts).

@@ -491,7 +491,7 @@ int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpo
   auto resume = evaluation_resume(r.cfg, r.world, kept, [&state](const nlohmann::json& e) { state.record_evaluation(e); });
   const bool done = evaluate_config(
       r.m, eval_inputs, r.cfg, r.world, r.metrics, {{"pruned", true}, {"threads", r.threads}, {"config_hash", r.config_hash}},
-      [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics), resume);
+      evaluation_heartbeat(r.watchdog), evaluation_stop(r.world, r.config_hash, r.metrics), resume);
   return done ? kExitOk : kExitInterrupted;
 }
 
@@ -544,7 +544,7 @@ bool evaluate_shot(SurgeonRun& r, io::ShotCheckpoint& state, std::int64_t shot, 
   });
   return evaluate_config(r.m, eval_inputs, c, r.world, r.metrics,
                          {{"pruned", true}, {"shot", shot}, {"threads", r.threads}, {"config_hash", r.config_hash}},
-                         [&] { r.watchdog.beat("evaluate", -1); }, evaluation_stop(r.world, r.config_hash, r.metrics),
+                         evaluation_heartbeat(r.watchdog), evaluation_stop(r.world, r.config_hash, r.metrics),
                          resume);
 }
 
@@ -614,7 +614,7 @@ SurgeonInputs surgeon_inputs(const Config& cfg, int ranks) {
   check_surgeon_config(cfg);
   const int data = dist::grid_data(ranks, 1, cfg.parallel.data);
   auto src = open_model(cfg);
-  auto spec = model::ModelSpec::from_config(src->config(), (fs::path(cfg.model) / "config.json").string());
+  auto spec = model_spec(*src);
   const auto opt = surgeon_options(cfg);
   auto targets = targets_of(spec, cfg, opt);
   // The plan's memory model decides before any work whether the job fits, as `scalpel plan` does.

@@ -11,6 +11,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -445,7 +447,9 @@ TEST_F(PruneDist, AnErrorOnTheRanksNamesRankAndLayerAndEndsTheJob) {
     f.write(reinterpret_cast<const char*>(nan16), 2);
   }
   auto cmd = prune_cmd(2, base / "run", {});
-  cmd[7] = model.string();  // --model
+  const auto flag = std::find(cmd.begin(), cmd.end(), std::string("--model"));
+  ASSERT_NE(flag, cmd.end());
+  *(flag + 1) = model.string();
   const auto log = base / "nan.log";
   const auto t0 = Clock::now();
   const int code = wait_exit(spawn(cmd, log));

@@ -58,6 +58,14 @@ struct TaskRequests {
   std::int64_t length(std::int64_t r) const { return offset[r + 1] - offset[r]; }
 };
 
+// The prune's watchdog as an evaluation keeps it: `beat` after every batch of windows or requests,
+// `wait` when this rank's share is done and it waits for the other ranks' (the countdown stops
+// until the next beat: a slower rank, such as the first, which holds a task's longest requests,
+// is not a hung one). Either may be empty.
+struct EvalHeartbeat {
+  std::function<void()> beat, wait;
+};
+
 // Reads and encodes a task file (at most opt.max_items items): input Error naming the file, line
 // and request for an invalid item or a request that cannot be encoded (a context that is only
 // whitespace, a continuation longer than the model's context).
@@ -66,10 +74,10 @@ TaskRequests encode_task(const text::Tokenizer& tok, const EvalTask& task, const
 // One zero-shot task, as lm-evaluation-harness scores it (see eval_tasks.cpp), from the requests
 // rank 0 holds (`requests` is read on rank 0 only). The result does not depend on the rank count.
 TaskResult evaluate_encoded_task(model::Model& m, const TaskRequests* requests, const EvalTask& task,
-                                 const TaskOptions& opt, dist::Comm& comm, const std::function<void()>& heartbeat = {});
+                                 const TaskOptions& opt, dist::Comm& comm, const EvalHeartbeat& heartbeat = {});
 // The same, rank 0 reading and encoding the file with `tok` (needed on rank 0 only).
 TaskResult evaluate_task(model::Model& m, const text::Tokenizer* tok, const EvalTask& task, const TaskOptions& opt,
-                         dist::Comm& comm, const std::function<void()>& heartbeat = {});
+                         dist::Comm& comm, const EvalHeartbeat& heartbeat = {});
 
 // What evaluate_config reads, read once: each eval.sets text as ids (cut to the preset's token
 // limit: c4's 256 windows) and each eval.tasks file encoded, in config order. A run reads them on rank 0 before any work (input Error for a file
@@ -102,7 +110,7 @@ struct EvalResume {
 // `stop`, called on every rank between two sets or tasks with (done, total), ends the evaluation
 // when it returns true (a signal: the prune's runs stop there); returns false then, else true.
 bool evaluate_config(model::Model& m, const EvalInputs& inputs, const Config& cfg, dist::Comm& comm,
-                     Metrics& metrics, const nlohmann::json& extra, const std::function<void()>& heartbeat = {},
+                     Metrics& metrics, const nlohmann::json& extra, const EvalHeartbeat& heartbeat = {},
                      const std::function<bool(std::int64_t, std::int64_t)>& stop = {},
                      const EvalResume& resume = {});
 
@@ -112,14 +120,16 @@ std::shared_ptr<model::WeightSource> checkpoint_source(std::shared_ptr<const io:
 // Perplexity of `ids` with the SparseGPT/Wanda protocol: nsamples = numel / seqlen windows, mean
 // NLL over every predicted position, exp. The windows are split across the ranks of `comm` and the
 // per-window sums are combined in window order, so the result does not depend on the rank count.
-// `heartbeat`, when given, is called after every batch of windows (the prune's watchdog).
+// `heartbeat`: the prune's watchdog (see EvalHeartbeat).
 EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, std::int64_t seqlen,
                         std::int64_t batch, std::int64_t max_windows, dist::Comm& comm,
-                        const std::string& name, double progress_seconds,
-                        const std::function<void()>& heartbeat = {});
+                        const std::string& name, double progress_seconds, const EvalHeartbeat& heartbeat = {});
 
 // The model folder cfg.model (an input Error when the config names none).
 std::shared_ptr<const io::HfCheckpoint> open_model(const Config& cfg);
+// The decoder's shape from the folder's config.json (an input Error naming that file when it is
+// not a supported model).
+model::ModelSpec model_spec(const io::HfCheckpoint& src);
 
 // The tokenizer of cfg.model with cfg.tokenizer.mode.
 std::unique_ptr<text::Tokenizer> make_tokenizer(const Config& cfg);
