@@ -214,8 +214,14 @@ std::optional<ShardDamage> find_damaged_shard(const fs::path& dir, const json& m
       const auto bytes = f.at("bytes").get<std::uint64_t>();
       const auto layer = static_cast<std::int64_t>(l);
       struct stat st {};
-      if (::stat(p.c_str(), &st) != 0)
+      if (::stat(p.c_str(), &st) != 0) {
+        // Only a file that is not there is damage: another failure (a permission, a stalled or
+        // failing file system) must not cost the layers that a retry would find whole.
+        if (errno != ENOENT)
+          SCALPEL_RUNTIME_ERROR("{}: cannot stat the shard file of committed layer {}: {}", p.string(), l,
+                                std::strerror(errno));
         return ShardDamage{layer, fmt::format("{}: shard file of committed layer {} is missing", p.string(), l)};
+      }
       if (static_cast<std::uint64_t>(st.st_size) != bytes)
         return ShardDamage{layer, fmt::format("{}: shard file of committed layer {} has {} bytes, the manifest "
                                               "recorded {}", p.string(), l, st.st_size, bytes)};
@@ -242,30 +248,31 @@ std::int64_t count_committed_from(const json& m, std::int64_t layer) {
   return n;
 }
 
-// The first layer this opening uncommits, if any: --restart-from's, or the first with a damaged
-// shard file (then computed again rather than the whole run refused: the layers before it stand).
+// The first layer this opening uncommits, if any committed one goes: the first with a damaged
+// shard file (computed again rather than the whole run refused: the layers before it stand), or
+// --restart-from's. Said once, with what is kept.
 std::optional<std::int64_t> layers_to_redo(const fs::path& dir, const json& m, const CheckpointOptions& o) {
   const std::int64_t n = m.at("num_layers");
-  std::optional<std::int64_t> from;
-  if (o.restart_from >= 0) {
-    SCALPEL_CHECK_INPUT(o.restart_from < n, "--restart-from {}: the model has {} layers (0..{})", o.restart_from, n,
-                        n - 1);
-    const auto dropped = count_committed_from(m, o.restart_from);
-    if (dropped == 0)
-      log::info("checkpoint {}: --restart-from {}: no layer from {} on is committed; nothing to discard", dir.string(),
-                o.restart_from, o.restart_from);
-    else
-      log::info("checkpoint {}: --restart-from {}: {} committed layer(s) from layer {} on discarded, the {} before "
-                "it kept", dir.string(), o.restart_from, dropped, o.restart_from,
-                count_committed_from(m, 0) - dropped);
-    from = o.restart_from;
+  if (o.restart_from >= n)
+    SCALPEL_INPUT_ERROR("--restart-from {}: the model has {} layers (0..{})", o.restart_from, n, n - 1);
+  const auto damage = o.check_files ? find_damaged_shard(dir, m) : std::nullopt;
+  const bool flag = o.restart_from >= 0;
+  const std::int64_t from = damage && (!flag || damage->layer < o.restart_from) ? damage->layer : o.restart_from;
+  if (from < 0) return std::nullopt;
+  const auto dropped = count_committed_from(m, from), kept = count_committed_from(m, 0) - dropped;
+  if (damage && damage->layer == from) {
+    log::warn("checkpoint {}: {}; layers {} and after are computed again ({} committed layer(s) before it kept{})",
+              dir.string(), damage->what, from, kept,
+              flag ? fmt::format(", from before --restart-from {}", o.restart_from) : "");
+  } else if (dropped == 0) {
+    log::info("checkpoint {}: --restart-from {}: no layer from {} on is committed; nothing to discard", dir.string(),
+              from, from);
+    return std::nullopt;
+  } else {
+    log::info("checkpoint {}: --restart-from {}: {} committed layer(s) from layer {} on discarded, the {} before it "
+              "kept", dir.string(), from, dropped, from, kept);
   }
-  if (!o.check_files) return from;
-  const auto damage = find_damaged_shard(dir, m);
-  if (!damage || (from && *from <= damage->layer)) return from;
-  log::warn("checkpoint {}: {}; layers {} and after are computed again (the {} committed before it are kept)",
-            dir.string(), damage->what, damage->layer, count_committed_from(m, 0) - count_committed_from(m, damage->layer));
-  return damage->layer;
+  return from;
 }
 
 }  // namespace
@@ -307,20 +314,25 @@ Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdent
 
   const bool had_manifest = fs::exists(c.manifest_path());
   json m = opening_manifest(dir, id, options.restart);
+  // Before anything else: a stale shard under a committed-looking name must not survive into a
+  // later commit of the same layer (what a kill during a commit left, or *.tmp leftovers).
+  c.removed_ = remove_unrecorded(dir, m);
   const auto discarded_from = layers_to_redo(dir, m, options);
   if (discarded_from) uncommit_from(m, *discarded_from);
-  // Before anything else: a stale shard under a committed-looking name must not survive into a
-  // later commit of the same layer. (Killed before the manifest below is replaced, the next
-  // opening finds the same damage, or the same files unrecorded, and does the same.)
-  c.removed_ = remove_unrecorded(dir, m);
-
   const std::int64_t resume_at = first_pending(m);
   m["grid"] = id.grid;
   m["updated"] = utc_now_iso();
   json run = {{"started", m["updated"]}, {"grid", id.grid}, {"first_uncommitted", resume_at}};
   if (discarded_from) run["discarded_from"] = *discarded_from;
   m["runs"].push_back(std::move(run));
+  // The manifest first, then the files of the layers it no longer records: a kill in between
+  // leaves them unrecorded, and the next opening removes them (a discard is never half done).
   c.replace_manifest(std::move(m));
+  if (discarded_from) {
+    const auto discarded = remove_unrecorded(dir, c.manifest_);
+    c.removed_.insert(c.removed_.end(), discarded.begin(), discarded.end());
+    std::sort(c.removed_.begin(), c.removed_.end());
+  }
   if (!c.removed_.empty()) say_removed(dir, c.removed_.size(), options, had_manifest, discarded_from);
   return c;
 }
@@ -545,6 +557,10 @@ void Checkpoint::with_layer_files(std::int64_t layer, const std::function<void(c
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::input) throw;
     // Say what it means for the run, not only what is wrong with the file.
+    if (ShotCheckpoint::is_shot_folder(dir_))  // a step of LLM Surgeon's shots: the state is the whole model
+      SCALPEL_INPUT_ERROR("{} [layer {} of the shot checkpoint {} cannot be used; rerun the prune with --restart to "
+                          "compute the shots again]",
+                          e.what(), layer, dir_.string());
     SCALPEL_INPUT_ERROR("{} [layer {} of checkpoint {} cannot be used; rerun the prune with --restart-from {} to "
                         "compute it and the layers after it again (the layers before it are kept), or with --restart "
                         "to start over]",

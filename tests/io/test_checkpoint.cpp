@@ -487,6 +487,28 @@ TEST(ShotCheckpoint, AMissingShotFolderIsNamedWithTheWayOn) {
                      {"shot-00001, which is missing (removed?)", "--restart"});
 }
 
+// A shot's damaged shard names --restart, not --restart-from (which LLM Surgeon refuses: a shot
+// is the whole model); a layer checkpoint's names --restart-from with the layer (CheckpointCorruption).
+TEST(ShotCheckpoint, ADamagedShotShardNamesRestart) {
+  TempDir dir;
+  const auto state = dir.path() / "ckpt";
+  {
+    auto s = ShotCheckpoint::open_or_create(state, identity(2, "cfg-1"), 3, false);
+    s.commit_shot(1, std::vector<std::vector<TensorRecord>>(2, {record("w", random_tensor(DType::f32, {4, 6}, 7), false, 8)}));
+  }
+  const auto shard = state / "shot-00001" / shard_file_name(1, 0);
+  fs::resize_file(shard, size_of(shard) / 2);
+  try {
+    ShotCheckpoint::open_read(state).last().read_layer(1);
+    ADD_FAILURE() << "a truncated shot shard was read";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("of the shot checkpoint"), std::string::npos) << what;
+    EXPECT_NE(what.find("rerun the prune with --restart to compute the shots again"), std::string::npos) << what;
+    EXPECT_EQ(what.find("--restart-from"), std::string::npos) << what;
+  }
+}
+
 // The writer holds <dir>/checkpoint.lock from before it changes anything: a second writer (here,
 // in the same process) is refused and the state is left as it was, --restart included; a moved
 // state keeps the lock, a destroyed one releases it.
@@ -737,11 +759,12 @@ TEST_F(CheckpointCorruption, RestartFromDiscardsTheLayersFromItOn) {
     EXPECT_TRUE(fs::exists(file));
     EXPECT_EQ(c.manifest()["runs"].back()["discarded_from"], 1);
   }
-  // Again: nothing from layer 1 on is committed, nothing more goes.
+  // Again: nothing from layer 1 on is committed, nothing more goes (and none is recorded as gone).
   {
     Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2), from1);
     EXPECT_TRUE(c.committed(0));
     EXPECT_TRUE(c.removed_files().empty());
+    EXPECT_FALSE(c.manifest()["runs"].back().contains("discarded_from"));
   }
   // Past the last layer: refused, naming the count, and nothing changed.
   CheckpointOptions from2;
@@ -749,6 +772,37 @@ TEST_F(CheckpointCorruption, RestartFromDiscardsTheLayersFromItOn) {
   expect_input_error([&] { Checkpoint::open_or_create(dir.path(), identity(2), from2); },
                      {"--restart-from 2", "2 layers (0..1)"});
   EXPECT_TRUE(Checkpoint::open_read(dir.path()).committed(0));
+}
+
+// The discard's manifest is written before its files go: killed just before that write nothing
+// changed; just after it, the files left are unrecorded and the next opening removes them (files
+// going first left a manifest whose layers from 1 on were partly removed yet still committed).
+TEST_F(CheckpointCorruption, AKilledDiscardIsWholeOrNotAtAll) {
+  for (const char* point : {"manifest.synced", "manifest.renamed"}) {
+    SCOPED_TRACE(point);
+    TempDir d;
+    {
+      Checkpoint c = Checkpoint::open_or_create(d.path(), identity(3));
+      for (int l = 0; l < 3; ++l) commit_simple_layer(c, l, 50 + l);
+    }
+    static const char* target;
+    target = point;
+    detail::set_crash_hook([](std::string_view p) {
+      if (p == target) throw std::runtime_error("simulated crash");
+    });
+    CheckpointOptions from1;
+    from1.restart_from = 1;
+    EXPECT_THROW(Checkpoint::open_or_create(d.path(), identity(3), from1), std::runtime_error);
+    detail::set_crash_hook(nullptr);
+    const bool renamed = std::string(point) == "manifest.renamed";
+    EXPECT_EQ(fs::exists(d / shard_file_name(1, 0)), true);  // no file went before the manifest
+    Checkpoint c = Checkpoint::open_or_create(d.path(), identity(3));  // the rerun, without the flag
+    EXPECT_TRUE(c.committed(0));
+    EXPECT_EQ(c.committed(1), !renamed);
+    EXPECT_EQ(c.committed(2), !renamed);
+    EXPECT_EQ(fs::exists(d / shard_file_name(2, 0)), !renamed);
+    EXPECT_FALSE(c.first_damaged_shard().has_value());
+  }
 }
 
 // A tensor entry deleted from the manifest by hand: the manifest still validates, but its shard
