@@ -65,6 +65,7 @@ EvalResult evaluate_ids(model::Model& m, const std::vector<std::int32_t>& ids, s
   if (comm.is_root())
     for (double s : all) total += s;
   comm.broadcast(std::as_writable_bytes(std::span(&total, 1)), 0);
+  if (heartbeat.beat) heartbeat.beat();  // the countdown again, for what comes before the next set's batches
   r.mean_nll = total / static_cast<double>(nwin * (seqlen - 1));
   r.ppl = std::exp(r.mean_nll);
   r.seconds = timer.seconds();

@@ -140,6 +140,7 @@ TaskResult evaluate_encoded_task(model::Model& m, const TaskRequests* requests, 
   const auto all_ll = comm.gatherv(loglik, 0), all_greedy = comm.gatherv(greedy, 0);
   std::vector<double> total_tokens{static_cast<double>(tokens)};
   comm.allreduce_sum(total_tokens);
+  if (heartbeat.beat) heartbeat.beat();  // the countdown again, for what comes before the next task's batches
   TaskResult res;
   res.name = task.name;
   res.preset = task.preset;

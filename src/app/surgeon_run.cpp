@@ -466,6 +466,8 @@ int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpo
                             {"sparsity", static_cast<double>(zeros) / static_cast<double>(total)},
                             {"calibration_loss", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr)},
                             {"ranks", r.world.size()}};
+  // Rank 0 alone writes the export, with no heartbeat to give, and the others wait for it.
+  r.watchdog.suspend("summary and export");
   if (r.world.is_root()) {
     if (std::isfinite(loss)) log::info("calibration loss of the pruned model {:.6f}", loss);
     Timer et;
@@ -480,6 +482,7 @@ int finish_surgeon(SurgeonRun& r, io::ShotCheckpoint& state, const io::HfCheckpo
   }
   r.world.barrier();
   if (r.cfg.eval.sets.empty() && r.cfg.eval.tasks.empty()) return kExitOk;
+  r.watchdog.beat("evaluate", -1);
   const auto K = r.cfg.surgeon.shots;
   if (stop_requested(r.world, {"shot", K, K, K, "committed and exported"}, r.config_hash, r.metrics))
     return kExitInterrupted;

@@ -205,9 +205,10 @@ json opening_manifest(const fs::path& dir, const CheckpointIdentity& id, bool re
   return m;
 }
 
-std::optional<ShardDamage> find_damaged_shard(const fs::path& dir, const json& m) {
+// The first committed layer below `end` with a shard file missing or of another size.
+std::optional<ShardDamage> find_damaged_shard(const fs::path& dir, const json& m, std::int64_t end) {
   const auto& layers = m.at("layers");
-  for (std::size_t l = 0; l < layers.size(); ++l) {
+  for (std::size_t l = 0; l < std::min(layers.size(), static_cast<std::size_t>(end)); ++l) {
     if (layers[l].at("status") != "committed") continue;
     for (const auto& f : layers[l].at("files")) {
       const fs::path p = dir / f.at("file").get<std::string>();
@@ -215,11 +216,12 @@ std::optional<ShardDamage> find_damaged_shard(const fs::path& dir, const json& m
       const auto layer = static_cast<std::int64_t>(l);
       struct stat st {};
       if (::stat(p.c_str(), &st) != 0) {
+        const int err = errno;
         // Only a file that is not there is damage: another failure (a permission, a stalled or
         // failing file system) must not cost the layers that a retry would find whole.
-        if (errno != ENOENT)
+        if (err != ENOENT)
           SCALPEL_RUNTIME_ERROR("{}: cannot stat the shard file of committed layer {}: {}", p.string(), l,
-                                std::strerror(errno));
+                                std::strerror(err));
         return ShardDamage{layer, fmt::format("{}: shard file of committed layer {} is missing", p.string(), l)};
       }
       if (static_cast<std::uint64_t>(st.st_size) != bytes)
@@ -255,15 +257,16 @@ std::optional<std::int64_t> layers_to_redo(const fs::path& dir, const json& m, c
   const std::int64_t n = m.at("num_layers");
   if (o.restart_from >= n)
     SCALPEL_INPUT_ERROR("--restart-from {}: the model has {} layers (0..{})", o.restart_from, n, n - 1);
-  const auto damage = o.check_files ? find_damaged_shard(dir, m) : std::nullopt;
   const bool flag = o.restart_from >= 0;
-  const std::int64_t from = damage && (!flag || damage->layer < o.restart_from) ? damage->layer : o.restart_from;
+  // Only the layers that stay are looked at: those --restart-from discards may be unreadable.
+  const auto damage = o.check_files ? find_damaged_shard(dir, m, flag ? o.restart_from : n) : std::nullopt;
+  const std::int64_t from = damage ? damage->layer : o.restart_from;
   if (from < 0) return std::nullopt;
   const auto dropped = count_committed_from(m, from), kept = count_committed_from(m, 0) - dropped;
-  if (damage && damage->layer == from) {
+  if (damage) {
     log::warn("checkpoint {}: {}; layers {} and after are computed again ({} committed layer(s) before it kept{})",
               dir.string(), damage->what, from, kept,
-              flag ? fmt::format(", from before --restart-from {}", o.restart_from) : "");
+              flag ? fmt::format(", before --restart-from {}", o.restart_from) : "");
   } else if (dropped == 0) {
     log::info("checkpoint {}: --restart-from {}: no layer from {} on is committed; nothing to discard", dir.string(),
               from, from);
@@ -337,7 +340,9 @@ Checkpoint Checkpoint::open_or_create(const fs::path& dir, const CheckpointIdent
   return c;
 }
 
-std::optional<ShardDamage> Checkpoint::first_damaged_shard() const { return find_damaged_shard(dir_, manifest_); }
+std::optional<ShardDamage> Checkpoint::first_damaged_shard() const {
+  return find_damaged_shard(dir_, manifest_, num_layers());
+}
 
 Checkpoint Checkpoint::open_read(const fs::path& dir) {
   Checkpoint c;

@@ -774,6 +774,25 @@ TEST_F(CheckpointCorruption, RestartFromDiscardsTheLayersFromItOn) {
   EXPECT_TRUE(Checkpoint::open_read(dir.path()).committed(0));
 }
 
+// --restart-from looks only at the layers it keeps: a missing file among those it discards is no
+// damage to report, one below it moves the discard down to its layer.
+TEST_F(CheckpointCorruption, RestartFromLooksOnlyAtTheLayersItKeeps) {
+  fs::remove(dir / shard_file_name(1, 0));
+  CheckpointOptions from1;
+  from1.restart_from = 1;
+  {
+    Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2), from1);
+    EXPECT_TRUE(c.committed(0));
+    EXPECT_FALSE(c.committed(1));
+    EXPECT_EQ(c.manifest()["runs"].back()["discarded_from"], 1);
+  }
+  fs::resize_file(file, size_of(file) - 1);
+  Checkpoint c = Checkpoint::open_or_create(dir.path(), identity(2), from1);
+  EXPECT_EQ(c.committed_count(), 0);
+  EXPECT_EQ(c.manifest()["runs"].back()["discarded_from"], 0);
+  EXPECT_FALSE(fs::exists(file));
+}
+
 // The discard's manifest is written before its files go: killed just before that write nothing
 // changed; just after it, the files left are unrecorded and the next opening removes them (files
 // going first left a manifest whose layers from 1 on were partly removed yet still committed).
