@@ -75,11 +75,14 @@ std::int64_t first_pending(const json& m) {
   return static_cast<std::int64_t>(layers.size());
 }
 
-bool holds_work(const json& m) {
-  for (const auto& l : m.at("layers"))
-    if (l.at("status") == "committed") return true;
-  return false;
+std::int64_t count_committed_from(const json& m, std::int64_t layer) {
+  std::int64_t n = 0;
+  const auto& layers = m.at("layers");
+  for (auto l = static_cast<std::size_t>(layer); l < layers.size(); ++l) n += layers[l].at("status") == "committed";
+  return n;
 }
+
+bool holds_work(const json& m) { return count_committed_from(m, 0) > 0; }
 
 bool same_identity(const json& m, const CheckpointIdentity& id) {
   return m.at("model").at("fingerprint") == id.model_fingerprint && m.at("config_hash") == id.config_hash &&
@@ -241,13 +244,6 @@ void uncommit_from(json& m, std::int64_t layer) {
   m["complete"] = false;
   m["summary"] = nullptr;
   m["extra"] = json::object();
-}
-
-std::int64_t count_committed_from(const json& m, std::int64_t layer) {
-  std::int64_t n = 0;
-  const auto& layers = m.at("layers");
-  for (auto l = static_cast<std::size_t>(layer); l < layers.size(); ++l) n += layers[l].at("status") == "committed";
-  return n;
 }
 
 // The first layer this opening uncommits, if any committed one goes: the first with a damaged
